@@ -1,0 +1,824 @@
+/* kite-bench: MQTT load generator. Usage: kite-bench --help.
+ *
+ * One run is one scenario against one broker:
+ *   setup    subscribers connect and subscribe, then publishers connect
+ *            (a bounded number of connects in flight at a time);
+ *   warmup   publishing starts, nothing is measured;
+ *   measure  the window: deliveries, latencies, the broker's CPU time
+ *            (/proc/PID/stat), our own CPU time;
+ *   drain    publishing stops; wait until every expected delivery and ack
+ *            arrived, or nothing moved for a while;
+ *   verify   per (subscriber, publisher): lost, duplicated, reordered.
+ * Output: one JSON line, then one human line, on stdout. Exit status 0 when
+ * delivery was verified, 1 when it was not, 2 for bad usage or setup. */
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/prctl.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bench/bench.h"
+
+static volatile sig_atomic_t timed_out;
+
+static void on_alarm(int sig)
+{
+	(void)sig;
+	timed_out = 1;
+}
+
+void kb_error(struct kb *kb, const char *fmt, ...)
+{
+	va_list ap;
+	char line[160];
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	if (!kb->o.quiet)
+		fprintf(stderr, "kite-bench: %s\n", line);
+	if (kb->nerrors < KB_ERRORS_MAX)
+		memcpy(kb->errors[kb->nerrors++], line, sizeof(line));
+}
+
+/* ---- options ----------------------------------------------------------- */
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+"usage: kite-bench [options]\n"
+"  --port P[,P...]      broker port(s) on 127.0.0.1 (required); connections\n"
+"                       are spread over them (more ports, more source ports)\n"
+"  --topology T         fanout | fanin | p2p | idle        (fanout)\n"
+"  --pubs N             publishers (fanout, fanin)          (1)\n"
+"  --subs N             subscribers (fanout, fanin)         (1)\n"
+"  --pairs N            p2p: N publishers and N subscribers\n"
+"  --conns N            idle: connections to hold\n"
+"  --qos Q              0, 1 or 2                           (0)\n"
+"  --mqtt V             3.1.1 or 5                          (3.1.1)\n"
+"  --payload B          payload bytes, >= %d                (64)\n"
+"  --rate R             total publishes/s; 0 = saturation   (0)\n"
+"  --window W           per publisher: messages not yet delivered to every\n"
+"                       subscriber (and, QoS>0, not yet acked)  (32)\n"
+"  --max-outstanding D  deliveries in flight over all publishers (65536)\n"
+"  --warmup S --duration S --drain S --setup S --hold S   (1 5 10 60 2)\n"
+"  --stall S            saturation: no delivery for S seconds forgives the\n"
+"                       in-flight count (QoS 0 drops)      (1)\n"
+"  --timeout S          hard limit for the whole run        (300)\n"
+"  --broker-pid PID     read its CPU time and RSS from /proc\n"
+"  --connect-concurrency N  connects in flight during setup  (64)\n"
+"  --keepalive S        MQTT keepalive; PINGREQ at S/2      (60)\n"
+"  --gen-bound PCT      flag the result generator-bound above (90)\n"
+"  --name NAME          scenario name in the output\n"
+"  --quiet              no diagnostics on stderr\n",
+		KB_PAYLOAD_MIN);
+}
+
+static int parse_ports(struct kb_opts *o, const char *s)
+{
+	o->nports = 0;
+	char tmp[256];
+	snprintf(tmp, sizeof(tmp), "%s", s);
+	char *save = NULL;
+	for (char *t = strtok_r(tmp, ",", &save); t;
+	     t = strtok_r(NULL, ",", &save)) {
+		long p = strtol(t, NULL, 10);
+		if (p <= 0 || p > 65535 || o->nports == KB_PORTS_MAX)
+			return -1;
+		o->ports[o->nports++] = (uint16_t)p;
+	}
+	return o->nports ? 0 : -1;
+}
+
+static int parse_opts(struct kb_opts *o, int argc, char **argv)
+{
+	enum {
+		O_PORT = 256, O_TOPO, O_PUBS, O_SUBS, O_PAIRS, O_CONNS, O_QOS,
+		O_MQTT, O_PAYLOAD, O_RATE, O_WINDOW, O_MAXOUT, O_WARMUP,
+		O_DURATION, O_DRAIN, O_SETUP, O_HOLD, O_STALL, O_TIMEOUT,
+		O_BPID, O_CONC, O_KA, O_GENB, O_NAME, O_QUIET, O_HOST, O_TLS,
+		O_HELP,
+	};
+	static const struct option lo[] = {
+		{"port", 1, 0, O_PORT},	      {"topology", 1, 0, O_TOPO},
+		{"pubs", 1, 0, O_PUBS},	      {"subs", 1, 0, O_SUBS},
+		{"pairs", 1, 0, O_PAIRS},     {"conns", 1, 0, O_CONNS},
+		{"qos", 1, 0, O_QOS},	      {"mqtt", 1, 0, O_MQTT},
+		{"payload", 1, 0, O_PAYLOAD}, {"rate", 1, 0, O_RATE},
+		{"window", 1, 0, O_WINDOW},   {"max-outstanding", 1, 0, O_MAXOUT},
+		{"warmup", 1, 0, O_WARMUP},   {"duration", 1, 0, O_DURATION},
+		{"drain", 1, 0, O_DRAIN},     {"setup", 1, 0, O_SETUP},
+		{"hold", 1, 0, O_HOLD},	      {"stall", 1, 0, O_STALL},
+		{"timeout", 1, 0, O_TIMEOUT}, {"broker-pid", 1, 0, O_BPID},
+		{"connect-concurrency", 1, 0, O_CONC},
+		{"keepalive", 1, 0, O_KA},    {"gen-bound", 1, 0, O_GENB},
+		{"name", 1, 0, O_NAME},	      {"quiet", 0, 0, O_QUIET},
+		{"host", 1, 0, O_HOST},	      {"tls", 1, 0, O_TLS},
+		{"help", 0, 0, O_HELP},	      {0, 0, 0, 0},
+	};
+	memset(o, 0, sizeof(*o));
+	snprintf(o->name, sizeof(o->name), "run");
+	snprintf(o->host, sizeof(o->host), "127.0.0.1");
+	o->topo = KB_TOPO_FANOUT;
+	o->pubs = 1;
+	o->subs = 1;
+	o->version = MQTT_V311;
+	o->payload = 64;
+	o->window = 32;
+	o->max_outstanding = 65536;
+	o->warmup_s = 1;
+	o->duration_s = 5;
+	o->drain_s = 10;
+	o->setup_s = 60;
+	o->hold_s = 2;
+	o->stall_s = 1;
+	o->timeout_s = 300;
+	o->connect_concurrency = 64;
+	o->keepalive_s = 60;
+	o->gen_bound_pct = 90;
+	o->tls = "off";
+	int ch;
+	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+		switch (ch) {
+		case O_PORT:
+			if (parse_ports(o, optarg) != 0)
+				return -1;
+			break;
+		case O_TOPO:
+			if (!strcmp(optarg, "fanout"))
+				o->topo = KB_TOPO_FANOUT;
+			else if (!strcmp(optarg, "fanin"))
+				o->topo = KB_TOPO_FANIN;
+			else if (!strcmp(optarg, "p2p"))
+				o->topo = KB_TOPO_P2P;
+			else if (!strcmp(optarg, "idle"))
+				o->topo = KB_TOPO_IDLE;
+			else
+				return -1;
+			break;
+		case O_PUBS: o->pubs = (uint32_t)strtoul(optarg, 0, 10); break;
+		case O_SUBS: o->subs = (uint32_t)strtoul(optarg, 0, 10); break;
+		case O_PAIRS:
+			o->pubs = o->subs = (uint32_t)strtoul(optarg, 0, 10);
+			break;
+		case O_CONNS: o->idle = (uint32_t)strtoul(optarg, 0, 10); break;
+		case O_QOS: o->qos = (uint8_t)strtoul(optarg, 0, 10); break;
+		case O_MQTT:
+			if (!strcmp(optarg, "5") || !strcmp(optarg, "5.0"))
+				o->version = MQTT_V5;
+			else if (!strcmp(optarg, "3.1.1") ||
+				 !strcmp(optarg, "4") || !strcmp(optarg, "3"))
+				o->version = MQTT_V311;
+			else
+				return -1;
+			break;
+		case O_PAYLOAD:
+			o->payload = (uint32_t)strtoul(optarg, 0, 10);
+			break;
+		case O_RATE: o->rate = strtod(optarg, 0); break;
+		case O_WINDOW:
+			o->window = (uint32_t)strtoul(optarg, 0, 10);
+			break;
+		case O_MAXOUT:
+			o->max_outstanding = strtoull(optarg, 0, 10);
+			break;
+		case O_WARMUP: o->warmup_s = strtod(optarg, 0); break;
+		case O_DURATION: o->duration_s = strtod(optarg, 0); break;
+		case O_DRAIN: o->drain_s = strtod(optarg, 0); break;
+		case O_SETUP: o->setup_s = strtod(optarg, 0); break;
+		case O_HOLD: o->hold_s = strtod(optarg, 0); break;
+		case O_STALL: o->stall_s = strtod(optarg, 0); break;
+		case O_TIMEOUT: o->timeout_s = strtod(optarg, 0); break;
+		case O_BPID: o->broker_pid = (pid_t)strtol(optarg, 0, 10); break;
+		case O_CONC:
+			o->connect_concurrency =
+				(uint32_t)strtoul(optarg, 0, 10);
+			break;
+		case O_KA:
+			o->keepalive_s = (uint16_t)strtoul(optarg, 0, 10);
+			break;
+		case O_GENB: o->gen_bound_pct = strtod(optarg, 0); break;
+		case O_NAME:
+			snprintf(o->name, sizeof(o->name), "%s", optarg);
+			break;
+		case O_QUIET: o->quiet = true; break;
+		case O_HOST:
+			snprintf(o->host, sizeof(o->host), "%s", optarg);
+			break;
+		case O_TLS: o->tls = optarg; break;
+		case O_HELP:
+		case 'h':
+			usage(stdout);
+			exit(0);
+		default:
+			return -1;
+		}
+	}
+	if (optind != argc || o->nports == 0)
+		return -1;
+	/* Only loopback: the generator never talks to another host. */
+	if (strcmp(o->host, "127.0.0.1") != 0) {
+		fprintf(stderr, "kite-bench: only 127.0.0.1 is supported\n");
+		return -1;
+	}
+	if (strcmp(o->tls, "off") != 0) {
+		fprintf(stderr, "kite-bench: TLS is not implemented yet\n");
+		return -1;
+	}
+	if (o->qos > 2 || o->payload < KB_PAYLOAD_MIN ||
+	    o->payload > KB_PAYLOAD_MAX || o->window == 0 ||
+	    o->window > KB_WINDOW_MAX || o->rate < 0 ||
+	    o->connect_concurrency == 0 || o->max_outstanding == 0)
+		return -1;
+	if (o->topo == KB_TOPO_IDLE) {
+		o->pubs = o->subs = 0;
+		if (o->idle == 0)
+			return -1;
+	} else {
+		o->idle = 0;
+		if (o->pubs == 0 || o->subs == 0)
+			return -1;
+		if (o->topo == KB_TOPO_P2P && o->pubs != o->subs)
+			return -1;
+	}
+	if ((uint64_t)o->pubs + o->subs + o->idle > KB_CONNS_MAX)
+		return -1;
+	return 0;
+}
+
+/* ---- topology ---------------------------------------------------------- */
+
+/* conns[] holds subscribers, then publishers, then idle clients. */
+static int build(struct kb *kb)
+{
+	const struct kb_opts *o = &kb->o;
+	kb->npubs = o->pubs;
+	kb->nsubs = o->subs;
+	kb->nconns = o->pubs + o->subs + o->idle;
+	kb->conns = calloc(kb->nconns, sizeof(*kb->conns));
+	kb->pubs = calloc(kb->npubs ? kb->npubs : 1, sizeof(*kb->pubs));
+	kb->subs = calloc(kb->nsubs ? kb->nsubs : 1, sizeof(*kb->subs));
+	if (!kb->conns || !kb->pubs || !kb->subs)
+		return -1;
+	for (uint32_t i = 0; i < kb->nconns; i++) {
+		struct kb_conn *c = &kb->conns[i];
+		c->fd = -1;
+		c->port = o->ports[i % o->nports];
+		if (i < kb->nsubs) {
+			c->role = KB_ROLE_SUB;
+			c->role_idx = i;
+		} else if (i < kb->nsubs + kb->npubs) {
+			c->role = KB_ROLE_PUB;
+			c->role_idx = i - kb->nsubs;
+		} else {
+			c->role = KB_ROLE_IDLE;
+			c->role_idx = i - kb->nsubs - kb->npubs;
+		}
+	}
+	kb->ntracks = 0;
+	for (uint32_t i = 0; i < kb->nsubs; i++) {
+		struct kb_sub *s = &kb->subs[i];
+		s->conn = i;
+		const char *f = "bench/fanout";
+		char buf[KB_TOPIC_MAX];
+		if (o->topo == KB_TOPO_FANIN) {
+			f = "devices/+/telemetry";
+		} else if (o->topo == KB_TOPO_P2P) {
+			snprintf(buf, sizeof(buf), "p2p/%u", i);
+			f = buf;
+		}
+		s->filter_len = (uint16_t)snprintf(s->filter, sizeof(s->filter),
+						   "%s", f);
+		s->pub_lo = o->topo == KB_TOPO_P2P ? i : 0;
+		s->pub_n = o->topo == KB_TOPO_P2P ? 1 : kb->npubs;
+		s->track_off = kb->ntracks;
+		kb->ntracks += s->pub_n;
+	}
+	kb->tracks = calloc(kb->ntracks ? kb->ntracks : 1, sizeof(*kb->tracks));
+	if (!kb->tracks)
+		return -1;
+	for (uint32_t i = 0; i < kb->npubs; i++) {
+		struct kb_pub *p = &kb->pubs[i];
+		p->conn = kb->nsubs + i;
+		p->fanout = o->topo == KB_TOPO_P2P ? 1 : kb->nsubs;
+		p->window_eff = o->window;
+		if (o->topo == KB_TOPO_FANIN)
+			p->topic_len = (uint16_t)snprintf(
+				p->topic, sizeof(p->topic),
+				"devices/%u/telemetry", i);
+		else if (o->topo == KB_TOPO_P2P)
+			p->topic_len = (uint16_t)snprintf(
+				p->topic, sizeof(p->topic), "p2p/%u", i);
+		else
+			p->topic_len = (uint16_t)snprintf(
+				p->topic, sizeof(p->topic), "bench/fanout");
+		if (o->qos > 0) {
+			p->slots = calloc(o->window, 1);
+			if (!p->slots)
+				return -1;
+		}
+	}
+	/* Filler after the stamped header: something compressible-looking
+	 * but not all zeros. */
+	for (uint32_t i = 0; i < KB_PAYLOAD_MAX; i++)
+		kb->payload[i] = (uint8_t)('a' + i % 26);
+	return 0;
+}
+
+/* ---- phases ------------------------------------------------------------ */
+
+static void set_phase(struct kb *kb, enum kb_phase ph, uint64_t now)
+{
+	kb->phase = ph;
+	kb->phase_start_ns = now;
+}
+
+static void window_begin(struct kb *kb, uint64_t now)
+{
+	kb->win_start_ns = now;
+	kb->self_cpu0 = kb_self_cpu_s();
+	if (kb->o.broker_pid > 0) {
+		kb->broker_cpu0 = kb_proc_cpu_s(kb->o.broker_pid);
+		kb->rss_start_kb = kb_proc_rss_kb(kb->o.broker_pid);
+	}
+	kb->sent_win = kb->recv_win = 0;
+	kb_hist_reset(&kb->lat);
+}
+
+static void window_end(struct kb *kb, uint64_t now)
+{
+	kb->win_end_ns = now;
+	kb->self_cpu1 = kb_self_cpu_s();
+	if (kb->o.broker_pid > 0) {
+		kb->broker_cpu1 = kb_proc_cpu_s(kb->o.broker_pid);
+		kb->rss_end_kb = kb_proc_rss_kb(kb->o.broker_pid);
+		kb->hwm_end_kb = kb_proc_hwm_kb(kb->o.broker_pid);
+	}
+}
+
+static uint64_t s_to_ns(double s)
+{
+	return (uint64_t)(s * 1e9);
+}
+
+static void setup_open(struct kb *kb, uint32_t lo, uint32_t hi, uint64_t now)
+{
+	kb->open_next = lo;
+	kb->open_end = hi;
+	kb->setup_start_ns = kb->setup_start_ns ? kb->setup_start_ns : now;
+}
+
+/* Opens queued connections while fewer than connect_concurrency are in
+ * setup; a broker's accept queue is short (Mosquitto listens with 100). */
+static void setup_pump(struct kb *kb)
+{
+	while (kb->open_next < kb->open_end &&
+	       kb->setup_inflight < kb->o.connect_concurrency && !kb->fatal) {
+		uint32_t idx = kb->open_next++;
+		if (kb_conn_open(kb, idx) != 0) {
+			kb_error(kb, "connect %u to 127.0.0.1:%u: %s", idx,
+				 kb->conns[idx].port, strerror(errno));
+			kb->c.conn_failures++;
+			kb->fatal = true;
+			return;
+		}
+		kb->setup_inflight++;
+	}
+}
+
+static bool pubs_all_acked(const struct kb *kb)
+{
+	if (kb->o.qos == 0)
+		return true;
+	for (uint32_t i = 0; i < kb->npubs; i++)
+		if (kb->pubs[i].unacked)
+			return false;
+	return true;
+}
+
+/* Saturation runs bound what is in flight by deliveries seen; a QoS 0
+ * message the broker dropped is never seen, so after stall_s without any
+ * progress the in-flight count is forgiven (counted in "stalls"). */
+static void check_stall(struct kb *kb, uint64_t now)
+{
+	if (kb->g_out == 0 || now - kb->last_progress_ns < s_to_ns(kb->o.stall_s))
+		return;
+	for (uint32_t i = 0; i < kb->npubs; i++)
+		kb->pubs[i].out_deliv = 0;
+	kb->g_out = 0;
+	kb->c.stalls++;
+	kb->last_progress_ns = now;
+}
+
+/* Publishes what pacing and the windows allow; returns true when more
+ * could be sent right away (saturation, batch cap reached). */
+static bool publish(struct kb *kb, uint64_t now)
+{
+	uint32_t budget = KB_PUB_BATCH_MAX;
+	if (kb->o.rate > 0) {
+		double add = (double)(now - kb->tokens_ns) * kb->o.rate / 1e9;
+		kb->tokens_ns = now;
+		/* At most 10 ms of catch-up after a stall: a fixed-rate run
+		 * must not turn into a burst. */
+		double cap = fmax(1.0, kb->o.rate * 0.01);
+		kb->tokens = fmin(kb->tokens + add, cap);
+		budget = kb->tokens < 1 ? 0 : (uint32_t)fmin(kb->tokens, 1e6);
+	}
+	uint32_t sent = 0;
+	uint32_t misses = 0;
+	while (sent < budget && misses < kb->npubs && !kb->fatal) {
+		uint32_t i = kb->pub_cursor;
+		kb->pub_cursor = (i + 1) % kb->npubs;
+		if (!kb_pub_can_send(kb, &kb->pubs[i])) {
+			misses++;
+			continue;
+		}
+		misses = 0;
+		kb_pub_send(kb, i, now);
+		sent++;
+	}
+	if (kb->o.rate > 0)
+		kb->tokens -= sent;
+	return kb->o.rate == 0 && sent == budget;
+}
+
+static void ping_scan(struct kb *kb, uint64_t now)
+{
+	if (kb->o.keepalive_s == 0 || now - kb->last_ping_scan_ns < 1000000000ull)
+		return;
+	kb->last_ping_scan_ns = now;
+	uint64_t half = (uint64_t)kb->o.keepalive_s * 500000000ull;
+	for (uint32_t i = 0; i < kb->nconns; i++) {
+		struct kb_conn *c = &kb->conns[i];
+		if (c->state == KB_ST_READY && now - c->last_tx_ns > half)
+			kb_client_ping(kb, i, now);
+	}
+}
+
+/* Moves between phases; returns the longest the loop may sleep (ns). */
+static uint64_t advance(struct kb *kb, uint64_t now)
+{
+	const struct kb_opts *o = &kb->o;
+	uint64_t in_phase = now - kb->phase_start_ns;
+	switch (kb->phase) {
+	case KB_PH_SETUP_SUBS:
+	case KB_PH_SETUP_PUBS:
+		if (kb->c.conn_failures || kb->c.conn_closed) {
+			kb->fatal = true;
+			return 0;
+		}
+		if (now - kb->setup_start_ns > s_to_ns(o->setup_s)) {
+			kb_error(kb, "setup: %u of %u connections ready after %.0f s",
+				 kb->setup_ready, kb->nconns, o->setup_s);
+			kb->fatal = true;
+			return 0;
+		}
+		setup_pump(kb);
+		if (kb->open_next < kb->open_end ||
+		    kb->setup_ready < kb->open_end)
+			return 10000000;
+		if (kb->phase == KB_PH_SETUP_SUBS && kb->npubs) {
+			set_phase(kb, KB_PH_SETUP_PUBS, now);
+			setup_open(kb, kb->nsubs, kb->nsubs + kb->npubs, now);
+			setup_pump(kb);
+			return 10000000;
+		}
+		kb->setup_end_ns = now;
+		kb->last_progress_ns = now;
+		kb->tokens_ns = now;
+		if (o->topo == KB_TOPO_IDLE) {
+			set_phase(kb, KB_PH_HOLD, now);
+			window_begin(kb, now);
+		} else {
+			set_phase(kb, KB_PH_WARMUP, now);
+		}
+		return 0;
+	case KB_PH_WARMUP:
+		if (in_phase >= s_to_ns(o->warmup_s)) {
+			set_phase(kb, KB_PH_MEASURE, now);
+			window_begin(kb, now);
+		}
+		return 0;
+	case KB_PH_MEASURE:
+		if (in_phase >= s_to_ns(o->duration_s)) {
+			window_end(kb, now);
+			set_phase(kb, KB_PH_DRAIN, now);
+			kb->last_progress_ns = now;
+		}
+		return 0;
+	case KB_PH_DRAIN: {
+		bool complete = kb->c.unique >= kb->expected &&
+				pubs_all_acked(kb);
+		bool idle = now - kb->last_progress_ns > 2000000000ull;
+		if (complete || idle || in_phase >= s_to_ns(o->drain_s)) {
+			if (!complete)
+				kb_error(kb, "drain ended with %llu of %llu deliveries",
+					 (unsigned long long)kb->c.unique,
+					 (unsigned long long)kb->expected);
+			set_phase(kb, KB_PH_DONE, now);
+		}
+		return 10000000;
+	}
+	case KB_PH_HOLD:
+		if (kb->c.conn_closed) {
+			kb->fatal = true;
+			return 0;
+		}
+		if (in_phase >= s_to_ns(o->hold_s)) {
+			window_end(kb, now);
+			set_phase(kb, KB_PH_DONE, now);
+		}
+		return 10000000;
+	case KB_PH_DONE:
+		return 0;
+	}
+	return 0;
+}
+
+static void run(struct kb *kb)
+{
+	struct epoll_event ev[KB_EVENTS_MAX];
+	uint64_t now = kb_now_ns();
+	set_phase(kb, KB_PH_SETUP_SUBS, now);
+	if (kb->o.topo == KB_TOPO_IDLE)
+		setup_open(kb, 0, kb->nconns, now);
+	else
+		setup_open(kb, 0, kb->nsubs, now);
+	uint64_t sleep_ns = 0;
+	while (kb->phase != KB_PH_DONE && !kb->fatal && !timed_out) {
+		struct timespec ts = {.tv_sec = (time_t)(sleep_ns / 1000000000ull),
+				      .tv_nsec = (long)(sleep_ns % 1000000000ull)};
+		int n = epoll_pwait2(kb->epfd, ev, KB_EVENTS_MAX, &ts, NULL);
+		if (n < 0 && errno != EINTR) {
+			kb_error(kb, "epoll_pwait2: %s", strerror(errno));
+			kb->fatal = true;
+			break;
+		}
+		now = kb_now_ns();
+		for (int i = 0; i < n; i++)
+			kb_handle_event(kb, ev[i].data.u32, ev[i].events, now);
+		sleep_ns = advance(kb, now);
+		bool more = false;
+		if (kb->phase == KB_PH_WARMUP || kb->phase == KB_PH_MEASURE) {
+			more = publish(kb, now);
+			if (kb->o.rate == 0)
+				check_stall(kb, now);
+			if (more) {
+				sleep_ns = 0;
+			} else if (kb->o.rate > 0) {
+				/* Until the bucket holds the next token. */
+				double need = 1.0 - kb->tokens;
+				uint64_t t = need <= 0 ? 0
+					     : (uint64_t)(need * 1e9 / kb->o.rate);
+				sleep_ns = t < 1000000 ? t : 1000000;
+			} else {
+				sleep_ns = 1000000;
+			}
+		}
+		ping_scan(kb, now);
+		kb_flush_all(kb);
+	}
+	if (timed_out)
+		kb_error(kb, "timed out after %.0f s (phase %d)", kb->o.timeout_s,
+			 (int)kb->phase);
+	if (kb->phase == KB_PH_MEASURE || kb->phase == KB_PH_HOLD)
+		window_end(kb, kb_now_ns());
+}
+
+/* Says goodbye to every connection and lets the DISCONNECTs leave. */
+static void shutdown_all(struct kb *kb)
+{
+	enum kb_phase ph = kb->phase;
+	kb->phase = KB_PH_DONE; /* closes from here on are ours */
+	for (uint32_t i = 0; i < kb->nconns; i++)
+		kb_client_disconnect(kb, i);
+	kb_flush_all(kb);
+	for (uint32_t i = 0; i < kb->nconns; i++)
+		kb_conn_close(kb, i, true);
+	kb->phase = ph;
+}
+
+/* ---- report ------------------------------------------------------------ */
+
+struct kb_result {
+	uint64_t lost, unacked;
+	double window_s, broker_cpu_s, self_cpu_s, gen_cpu_pct;
+	double pub_rate, deliv_rate, cpu_per_m, rss_per_conn_kb;
+	bool ok, generator_bound, rate_met;
+};
+
+static void verify(struct kb *kb, struct kb_result *r)
+{
+	for (uint32_t i = 0; i < kb->nsubs; i++) {
+		const struct kb_sub *s = &kb->subs[i];
+		for (uint32_t j = 0; j < s->pub_n; j++) {
+			const struct kb_track *t = &kb->tracks[s->track_off + j];
+			uint64_t sent = kb->pubs[s->pub_lo + j].seq;
+			uint64_t got = (uint64_t)t->next - t->gaps;
+			if (got < sent)
+				r->lost += sent - got;
+			else if (got > sent)
+				kb->c.unexpected += got - sent;
+		}
+	}
+	for (uint32_t i = 0; i < kb->npubs; i++)
+		r->unacked += kb->pubs[i].unacked;
+}
+
+static void compute(struct kb *kb, struct kb_result *r)
+{
+	memset(r, 0, sizeof(*r));
+	verify(kb, r);
+	const struct kb_opts *o = &kb->o;
+	r->window_s = kb->win_end_ns > kb->win_start_ns
+			      ? (double)(kb->win_end_ns - kb->win_start_ns) / 1e9
+			      : 0;
+	r->self_cpu_s = kb->self_cpu1 - kb->self_cpu0;
+	r->broker_cpu_s = o->broker_pid > 0 && kb->broker_cpu0 >= 0 &&
+					  kb->broker_cpu1 >= 0
+				  ? kb->broker_cpu1 - kb->broker_cpu0
+				  : -1;
+	if (r->window_s > 0) {
+		r->gen_cpu_pct = 100.0 * r->self_cpu_s / r->window_s;
+		r->pub_rate = (double)kb->sent_win / r->window_s;
+		r->deliv_rate = (double)kb->recv_win / r->window_s;
+	}
+	r->cpu_per_m = kb->recv_win && r->broker_cpu_s >= 0
+			       ? r->broker_cpu_s / ((double)kb->recv_win / 1e6)
+			       : -1;
+	if (o->topo == KB_TOPO_IDLE && kb->rss_end_kb > 0 &&
+	    kb->rss_before_kb > 0)
+		r->rss_per_conn_kb = (double)(kb->rss_end_kb - kb->rss_before_kb) /
+				     (double)kb->nconns;
+	r->generator_bound = r->gen_cpu_pct > o->gen_bound_pct;
+	r->rate_met = o->rate == 0 || r->pub_rate >= 0.97 * o->rate;
+	bool must_deliver = o->qos > 0 || o->rate > 0;
+	r->ok = !kb->fatal && !timed_out && kb->c.conn_failures == 0 &&
+		kb->c.conn_closed == 0 && kb->c.protocol_errors == 0 &&
+		kb->c.bad_acks == 0 && kb->c.unexpected == 0 &&
+		kb->c.dups == 0 && kb->c.reordered == 0 &&
+		!(must_deliver && r->lost) && r->unacked == 0 &&
+		(o->topo == KB_TOPO_IDLE ? kb->setup_ready == kb->nconns
+					 : kb->recv_win > 0);
+}
+
+static void json_str(FILE *f, const char *s)
+{
+	fputc('"', f);
+	for (; *s; s++) {
+		if (*s == '"' || *s == '\\')
+			fprintf(f, "\\%c", *s);
+		else if ((unsigned char)*s < 0x20)
+			fprintf(f, "\\u%04x", *s);
+		else
+			fputc(*s, f);
+	}
+	fputc('"', f);
+}
+
+static const char *topo_name(enum kb_topology t)
+{
+	static const char *const names[] = {"fanout", "fanin", "p2p", "idle"};
+	return names[t];
+}
+
+static double us(uint64_t ns)
+{
+	return (double)ns / 1000.0;
+}
+
+static void report(struct kb *kb, const struct kb_result *r)
+{
+	const struct kb_opts *o = &kb->o;
+	const struct kb_counters *k = &kb->c;
+	FILE *f = stdout;
+	fprintf(f, "{\"tool\":\"kite-bench\",\"scenario\":");
+	json_str(f, o->name);
+	fprintf(f, ",\"topology\":\"%s\",\"transport\":\"tcp\",\"mqtt\":\"%s\","
+		   "\"qos\":%u,\"pubs\":%u,\"subs\":%u,\"conns\":%u,"
+		   "\"payload\":%u,\"rate_target\":%.1f,\"saturation\":%s,"
+		   "\"window\":%u,\"max_outstanding\":%llu,",
+		topo_name(o->topo), o->version == MQTT_V5 ? "5" : "3.1.1",
+		o->qos, kb->npubs, kb->nsubs, kb->nconns, o->payload, o->rate,
+		o->rate == 0 && o->topo != KB_TOPO_IDLE ? "true" : "false",
+		o->window, (unsigned long long)o->max_outstanding);
+	fprintf(f, "\"setup_s\":%.3f,\"window_s\":%.3f,",
+		kb->setup_end_ns ? (double)(kb->setup_end_ns - kb->setup_start_ns) / 1e9
+				 : -1,
+		r->window_s);
+	fprintf(f, "\"sent\":%llu,\"expected\":%llu,\"received\":%llu,"
+		   "\"unique\":%llu,\"lost\":%llu,\"dups\":%llu,"
+		   "\"dups_flagged\":%llu,\"reordered\":%llu,\"unexpected\":%llu,"
+		   "\"unacked\":%llu,\"bad_acks\":%llu,\"protocol_errors\":%llu,"
+		   "\"conn_failures\":%llu,\"conn_closed\":%llu,\"stalls\":%llu,",
+		(unsigned long long)k->sent, (unsigned long long)kb->expected,
+		(unsigned long long)k->recv, (unsigned long long)k->unique,
+		(unsigned long long)r->lost, (unsigned long long)k->dups,
+		(unsigned long long)k->dups_flagged,
+		(unsigned long long)k->reordered,
+		(unsigned long long)k->unexpected,
+		(unsigned long long)r->unacked, (unsigned long long)k->bad_acks,
+		(unsigned long long)k->protocol_errors,
+		(unsigned long long)k->conn_failures,
+		(unsigned long long)k->conn_closed,
+		(unsigned long long)k->stalls);
+	fprintf(f, "\"sent_in_window\":%llu,\"deliveries_in_window\":%llu,"
+		   "\"pub_rate\":%.1f,\"deliveries_per_s\":%.1f,\"rate_met\":%s,",
+		(unsigned long long)kb->sent_win,
+		(unsigned long long)kb->recv_win, r->pub_rate, r->deliv_rate,
+		r->rate_met ? "true" : "false");
+	const struct kb_hist *h = &kb->lat;
+	fprintf(f, "\"latency_us\":{\"n\":%llu,\"mean\":%.1f,\"p50\":%.1f,"
+		   "\"p90\":%.1f,\"p99\":%.1f,\"p999\":%.1f,\"max\":%.1f},",
+		(unsigned long long)h->n,
+		h->n ? h->sum / (double)h->n / 1000.0 : 0,
+		us(kb_hist_quantile(h, 0.5)), us(kb_hist_quantile(h, 0.9)),
+		us(kb_hist_quantile(h, 0.99)), us(kb_hist_quantile(h, 0.999)),
+		us(h->max));
+	fprintf(f, "\"broker_pid\":%d,\"broker_cpu_s\":%.3f,"
+		   "\"broker_cpu_pct\":%.1f,\"broker_cpu_s_per_m\":%.4f,"
+		   "\"broker_rss_kb_before\":%ld,\"broker_rss_kb_start\":%ld,"
+		   "\"broker_rss_kb_end\":%ld,\"broker_hwm_kb\":%ld,"
+		   "\"rss_per_conn_kb\":%.3f,",
+		(int)o->broker_pid, r->broker_cpu_s,
+		r->window_s > 0 && r->broker_cpu_s >= 0
+			? 100.0 * r->broker_cpu_s / r->window_s
+			: -1,
+		r->cpu_per_m, kb->rss_before_kb, kb->rss_start_kb,
+		kb->rss_end_kb, kb->hwm_end_kb, r->rss_per_conn_kb);
+	fprintf(f, "\"gen_cpu_s\":%.3f,\"gen_cpu_pct\":%.1f,"
+		   "\"generator_bound\":%s,\"ok\":%s,\"errors\":[",
+		r->self_cpu_s, r->gen_cpu_pct,
+		r->generator_bound ? "true" : "false", r->ok ? "true" : "false");
+	for (unsigned i = 0; i < kb->nerrors; i++) {
+		if (i)
+			fputc(',', f);
+		json_str(f, kb->errors[i]);
+	}
+	fprintf(f, "]}\n");
+
+	fprintf(f, "%s %s: %s  sent %llu  recv %llu/%llu  lost %llu  dup %llu  "
+		   "reord %llu | %.0f deliveries/s, %.0f pub/s | lat us p50 %.0f "
+		   "p99 %.0f p99.9 %.0f max %.0f | broker %.2f CPU-s = %.3f "
+		   "CPU-s/M deliveries",
+		o->name, topo_name(o->topo), r->ok ? "OK" : "FAILED",
+		(unsigned long long)k->sent, (unsigned long long)k->unique,
+		(unsigned long long)kb->expected, (unsigned long long)r->lost,
+		(unsigned long long)k->dups, (unsigned long long)k->reordered,
+		r->deliv_rate, r->pub_rate, us(kb_hist_quantile(h, 0.5)),
+		us(kb_hist_quantile(h, 0.99)), us(kb_hist_quantile(h, 0.999)),
+		us(h->max), r->broker_cpu_s, r->cpu_per_m);
+	if (o->topo == KB_TOPO_IDLE)
+		fprintf(f, " | %u conns, broker RSS %ld -> %ld KiB = %.2f KiB/conn",
+			kb->nconns, kb->rss_before_kb, kb->rss_end_kb,
+			r->rss_per_conn_kb);
+	fprintf(f, " | gen CPU %.0f%%%s%s\n", r->gen_cpu_pct,
+		r->generator_bound ? " GENERATOR-BOUND" : "",
+		r->rate_met ? "" : " RATE-NOT-MET");
+	fflush(f);
+}
+
+int main(int argc, char **argv)
+{
+	static struct kb kb; /* large: the payload and histogram */
+	if (parse_opts(&kb.o, argc, argv) != 0) {
+		usage(stderr);
+		return 2;
+	}
+	kb.run_id = getpid();
+	/* Fixed-rate pacing sleeps in tens of microseconds: the default
+	 * 50 us timer slack would smear the schedule. */
+	prctl(PR_SET_TIMERSLACK, 1UL, 0, 0, 0);
+	signal(SIGPIPE, SIG_IGN);
+	struct sigaction sa = {.sa_handler = on_alarm};
+	sigaction(SIGALRM, &sa, NULL);
+	alarm((unsigned)ceil(kb.o.timeout_s));
+
+	uint64_t need = (uint64_t)kb.o.pubs + kb.o.subs + kb.o.idle + 64;
+	uint64_t lim = kb_raise_nofile(need);
+	if (lim < need) {
+		fprintf(stderr, "kite-bench: need %llu descriptors, limit is %llu\n",
+			(unsigned long long)need, (unsigned long long)lim);
+		return 2;
+	}
+	if (build(&kb) != 0 || kb_net_init(&kb) != 0) {
+		fprintf(stderr, "kite-bench: out of memory\n");
+		return 2;
+	}
+	if (kb.o.broker_pid > 0)
+		kb.rss_before_kb = kb_proc_rss_kb(kb.o.broker_pid);
+	run(&kb);
+	struct kb_result r;
+	compute(&kb, &r);
+	shutdown_all(&kb);
+	report(&kb, &r);
+	if (kb.setup_end_ns == 0 && kb.c.conn_failures)
+		return 2;
+	return r.ok ? 0 : 1;
+}

@@ -1,0 +1,361 @@
+/* Connections and socket I/O for kite-bench: one level-triggered epoll set,
+ * non-blocking sockets, a shared receive scratch buffer and per-connection
+ * send buffers flushed once per loop turn (so a turn's acks and publishes
+ * for one connection leave in one send). */
+#include <assert.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "bench/bench.h"
+
+#ifndef IP_BIND_ADDRESS_NO_PORT
+#define IP_BIND_ADDRESS_NO_PORT 24
+#endif
+
+/* ---- plain TCP transport ------------------------------------------------ */
+
+static int plain_start(struct kb_conn *c)
+{
+	(void)c;
+	return 1;
+}
+
+static ssize_t plain_recv(struct kb_conn *c, uint8_t *buf, size_t len)
+{
+	return recv(c->fd, buf, len, MSG_DONTWAIT);
+}
+
+static ssize_t plain_send(struct kb_conn *c, const uint8_t *buf, size_t len)
+{
+	return send(c->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+}
+
+static void plain_close(struct kb_conn *c)
+{
+	(void)c;
+}
+
+const struct kb_transport kb_transport_plain = {
+	.name = "tcp",
+	.start = plain_start,
+	.recv = plain_recv,
+	.send = plain_send,
+	.close = plain_close,
+};
+
+/* ---- setup ------------------------------------------------------------- */
+
+int kb_net_init(struct kb *kb)
+{
+	kb->epfd = epoll_create1(EPOLL_CLOEXEC);
+	if (kb->epfd < 0)
+		return -1;
+	kb->scratch = malloc(KB_RECV_SCRATCH);
+	kb->flush = calloc(kb->nconns ? kb->nconns : 1, sizeof(*kb->flush));
+	if (!kb->scratch || !kb->flush)
+		return -1;
+	return 0;
+}
+
+static int epoll_set(struct kb *kb, uint32_t idx, int op, uint32_t events)
+{
+	struct epoll_event ev = {.events = events, .data.u32 = idx};
+	return epoll_ctl(kb->epfd, op, kb->conns[idx].fd, &ev);
+}
+
+/* Starts a non-blocking connect from 127.0.0.1 (any port) to the broker.
+ * IP_BIND_ADDRESS_NO_PORT lets the kernel pick the source port at connect
+ * time by the whole 4-tuple, so several broker ports multiply the ~28k
+ * ephemeral ports one source address has. */
+int kb_conn_open(struct kb *kb, uint32_t idx)
+{
+	struct kb_conn *c = &kb->conns[idx];
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		kb_error(kb, "socket: %s", strerror(errno));
+		return -1;
+	}
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof(one));
+	struct sockaddr_in src = {.sin_family = AF_INET,
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	if (bind(fd, (struct sockaddr *)&src, sizeof(src)) != 0) {
+		kb_error(kb, "bind 127.0.0.1: %s", strerror(errno));
+		close(fd);
+		return -1;
+	}
+	struct sockaddr_in dst = {.sin_family = AF_INET,
+				  .sin_port = htons(c->port),
+				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	c->fd = fd;
+	c->state = KB_ST_TCP;
+	c->tp = &kb_transport_plain;
+	c->connect_tries++;
+	int rc = connect(fd, (struct sockaddr *)&dst, sizeof(dst));
+	if (rc != 0 && errno != EINPROGRESS) {
+		int e = errno;
+		close(fd);
+		c->fd = -1;
+		c->state = KB_ST_QUEUED;
+		errno = e;
+		return -1;
+	}
+	if (epoll_set(kb, idx, EPOLL_CTL_ADD, EPOLLIN | EPOLLOUT) != 0) {
+		kb_error(kb, "epoll_ctl add: %s", strerror(errno));
+		close(fd);
+		c->fd = -1;
+		return -1;
+	}
+	c->out_armed = true;
+	return 0;
+}
+
+void kb_conn_close(struct kb *kb, uint32_t idx, bool graceful)
+{
+	struct kb_conn *c = &kb->conns[idx];
+	if (c->fd < 0) {
+		c->state = KB_ST_CLOSED;
+		return;
+	}
+	if (graceful && kb_conn_pending(c))
+		(void)c->tp->send(c, c->wbuf + c->woff, kb_conn_pending(c));
+	c->tp->close(c);
+	if (!graceful) {
+		/* Reset instead of FIN: no TIME_WAIT left behind. */
+		struct linger lg = {.l_onoff = 1, .l_linger = 0};
+		setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+	}
+	epoll_ctl(kb->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	c->fd = -1;
+	c->state = KB_ST_CLOSED;
+	free(c->rbuf);
+	c->rbuf = NULL;
+	c->rlen = 0;
+	free(c->wbuf);
+	c->wbuf = NULL;
+	c->wlen = c->woff = c->wcap = 0;
+}
+
+/* ---- send side ---------------------------------------------------------- */
+
+uint8_t *kb_wbuf_reserve(struct kb *kb, struct kb_conn *c, size_t n)
+{
+	(void)kb;
+	if (c->woff == c->wlen)
+		c->woff = c->wlen = 0;
+	if ((size_t)c->wlen + n <= c->wcap)
+		return c->wbuf + c->wlen;
+	if (c->woff > 0) {
+		/* Slide unsent bytes to the front before growing. */
+		memmove(c->wbuf, c->wbuf + c->woff, c->wlen - c->woff);
+		c->wlen -= c->woff;
+		c->woff = 0;
+		if ((size_t)c->wlen + n <= c->wcap)
+			return c->wbuf + c->wlen;
+	}
+	size_t cap = c->wcap ? c->wcap : 1024;
+	while (cap < (size_t)c->wlen + n)
+		cap *= 2;
+	if (cap > KB_WBUF_HARD + KB_PACKET_MAX)
+		return NULL;
+	uint8_t *nb = realloc(c->wbuf, cap);
+	if (!nb)
+		return NULL;
+	c->wbuf = nb;
+	c->wcap = (uint32_t)cap;
+	return c->wbuf + c->wlen;
+}
+
+void kb_wbuf_commit(struct kb *kb, struct kb_conn *c, size_t n)
+{
+	assert((size_t)c->wlen + n <= c->wcap);
+	c->wlen += (uint32_t)n;
+	if (!c->dirty) {
+		c->dirty = true;
+		kb->flush[kb->nflush++] = (uint32_t)(c - kb->conns);
+	}
+}
+
+/* Sends what is buffered; arms EPOLLOUT while the socket is full. Returns
+ * -1 when the connection died. */
+static int conn_flush(struct kb *kb, uint32_t idx)
+{
+	struct kb_conn *c = &kb->conns[idx];
+	while (kb_conn_pending(c)) {
+		ssize_t n = c->tp->send(c, c->wbuf + c->woff, kb_conn_pending(c));
+		if (n > 0) {
+			c->woff += (uint32_t)n;
+			continue;
+		}
+		if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+			break;
+		if (n < 0 && errno == EINTR)
+			continue;
+		return -1;
+	}
+	if (kb_conn_pending(c) > KB_WBUF_HARD) {
+		kb_error(kb, "connection %u: %u bytes unsent, broker not reading",
+			 idx, kb_conn_pending(c));
+		return -1;
+	}
+	bool want_out = kb_conn_pending(c) > 0;
+	if (want_out != c->out_armed) {
+		epoll_set(kb, idx, EPOLL_CTL_MOD,
+			  EPOLLIN | (want_out ? EPOLLOUT : 0));
+		c->out_armed = want_out;
+	}
+	if (!want_out)
+		c->woff = c->wlen = 0;
+	return 0;
+}
+
+static void conn_lost(struct kb *kb, uint32_t idx)
+{
+	kb_client_closed(kb, idx);
+	kb_conn_close(kb, idx, false);
+}
+
+void kb_flush_all(struct kb *kb)
+{
+	/* The list can grow while flushing only through kb_client_closed,
+	 * which never queues output, so one pass is enough. */
+	for (uint32_t i = 0; i < kb->nflush; i++) {
+		uint32_t idx = kb->flush[i];
+		struct kb_conn *c = &kb->conns[idx];
+		c->dirty = false;
+		if (c->fd < 0 || c->state == KB_ST_TCP)
+			continue;
+		if (conn_flush(kb, idx) != 0)
+			conn_lost(kb, idx);
+	}
+	kb->nflush = 0;
+}
+
+/* ---- receive side ------------------------------------------------------- */
+
+/* One recv into the scratch buffer (after any leftover partial packet),
+ * then every whole packet is handled in place. */
+static int conn_read(struct kb *kb, uint32_t idx, uint64_t now)
+{
+	struct kb_conn *c = &kb->conns[idx];
+	uint8_t *buf = kb->scratch;
+	size_t have = c->rlen;
+	if (have) {
+		memcpy(buf, c->rbuf, have);
+		free(c->rbuf);
+		c->rbuf = NULL;
+		c->rlen = 0;
+	}
+	ssize_t n = c->tp->recv(c, buf + have, KB_RECV_SCRATCH - have);
+	if (n == 0)
+		return -1;
+	if (n < 0) {
+		if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+			n = 0;
+		} else {
+			return -1;
+		}
+	}
+	size_t len = have + (size_t)n;
+	ssize_t used = kb_client_input(kb, idx, buf, len, now);
+	if (used < 0)
+		return -1;
+	if (c->state == KB_ST_CLOSED || c->fd < 0)
+		return 0;
+	size_t rest = len - (size_t)used;
+	if (rest) {
+		if (rest > KB_PACKET_MAX) {
+			kb_error(kb, "connection %u: packet larger than %u bytes",
+				 idx, KB_PACKET_MAX);
+			return -1;
+		}
+		c->rbuf = malloc(rest);
+		if (!c->rbuf)
+			return -1;
+		memcpy(c->rbuf, buf + used, rest);
+		c->rlen = (uint32_t)rest;
+	}
+	return 0;
+}
+
+static void conn_established(struct kb *kb, uint32_t idx, uint64_t now)
+{
+	struct kb_conn *c = &kb->conns[idx];
+	int rc = c->tp->start(c);
+	if (rc < 0) {
+		kb->c.conn_failures++;
+		conn_lost(kb, idx);
+		return;
+	}
+	if (rc == 0) {
+		c->state = KB_ST_HANDSHAKE;
+		epoll_set(kb, idx, EPOLL_CTL_MOD, c->tp_wants);
+		c->out_armed = (c->tp_wants & EPOLLOUT) != 0;
+		return;
+	}
+	epoll_set(kb, idx, EPOLL_CTL_MOD, EPOLLIN);
+	c->out_armed = false;
+	kb_client_established(kb, idx, now);
+}
+
+static void conn_connect_done(struct kb *kb, uint32_t idx, uint64_t now)
+{
+	struct kb_conn *c = &kb->conns[idx];
+	int err = 0;
+	socklen_t elen = sizeof(err);
+	getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &elen);
+	if (err == EINPROGRESS || err == EALREADY)
+		return;
+	if (err == 0) {
+		conn_established(kb, idx, now);
+		return;
+	}
+	/* Refused or reset during connect: a full accept queue does this.
+	 * Retry a few times, then count a failure. */
+	epoll_ctl(kb->epfd, EPOLL_CTL_DEL, c->fd, NULL);
+	close(c->fd);
+	c->fd = -1;
+	c->state = KB_ST_QUEUED;
+	if (c->connect_tries < KB_CONNECT_TRIES_MAX &&
+	    kb_conn_open(kb, idx) == 0)
+		return;
+	kb->c.conn_failures++;
+	kb_error(kb, "connect to 127.0.0.1:%u failed: %s", c->port,
+		 strerror(err));
+	kb_client_closed(kb, idx);
+	c->state = KB_ST_CLOSED;
+}
+
+void kb_handle_event(struct kb *kb, uint32_t idx, uint32_t events,
+		     uint64_t now)
+{
+	struct kb_conn *c = &kb->conns[idx];
+	if (c->fd < 0)
+		return;
+	if (c->state == KB_ST_TCP) {
+		conn_connect_done(kb, idx, now);
+		return;
+	}
+	if (c->state == KB_ST_HANDSHAKE) {
+		conn_established(kb, idx, now);
+		return;
+	}
+	if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
+		if (conn_read(kb, idx, now) != 0) {
+			conn_lost(kb, idx);
+			return;
+		}
+	}
+	if ((events & EPOLLOUT) && c->fd >= 0 && !c->dirty) {
+		if (conn_flush(kb, idx) != 0)
+			conn_lost(kb, idx);
+	}
+}

@@ -1,0 +1,109 @@
+/* Broker configuration: Mosquitto's config language, as kite reads it.
+ *
+ * config_load() parses a file (and what it includes) into a struct
+ * kite_config. Any unknown or not-yet-supported option, a bad value, or a
+ * missing argument is an error reported as "FILE:LINE: what is wrong" and
+ * the broker does not start: nothing is silently ignored. */
+#ifndef KITE_CONFIG_H
+#define KITE_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define KITE_LISTENERS_MAX 32
+#define KITE_PATH_MAX 1024
+#define KITE_HOST_MAX 256
+#define KITE_SHARDS_MAX 64
+#define KITE_CONFIG_ERR_MAX 512
+
+/* log_type bits (Mosquitto names). */
+enum kite_log_type {
+	KITE_LOG_ERR = 1 << 0,	 /* error */
+	KITE_LOG_WARNING = 1 << 1,	 /* warning */
+	KITE_LOG_NOTICE = 1 << 2,	 /* notice */
+	KITE_LOG_INFO = 1 << 3,	 /* information */
+	KITE_LOG_DEBUG = 1 << 4,	 /* debug */
+	KITE_LOG_SUBSCRIBE = 1 << 5,	 /* subscribe */
+	KITE_LOG_UNSUBSCRIBE = 1 << 6, /* unsubscribe */
+	KITE_LOG_WEBSOCKETS = 1 << 7,	 /* websockets (accepted, never used) */
+	KITE_LOG_ALL = 0xff,
+};
+
+/* log_dest bits. */
+enum kite_log_dest {
+	KITE_LOGDEST_STDOUT = 1 << 0,
+	KITE_LOGDEST_STDERR = 1 << 1,
+	KITE_LOGDEST_SYSLOG = 1 << 2,
+	KITE_LOGDEST_FILE = 1 << 3,
+	KITE_LOGDEST_TOPIC = 1 << 4, /* accepted: logs go to $SYS/broker/log/... */
+};
+
+struct kite_listener_cfg {
+	char bind_address[KITE_HOST_MAX]; /* "" = all addresses */
+	uint16_t port;
+	int max_connections; /* -1 = unlimited */
+	/* With per_listener_settings true, set from the lines after this
+	 * listener; otherwise copied from the global value by
+	 * config_finalize(). -1 = not set in the file. */
+	int allow_anonymous;
+	/* Where it was declared, for messages. */
+	char file[KITE_PATH_MAX];
+	int line;
+};
+
+struct kite_config {
+	struct kite_listener_cfg listeners[KITE_LISTENERS_MAX];
+	unsigned listener_count;
+
+	bool per_listener_settings;
+	int allow_anonymous; /* global; -1 = not set */
+
+	uint32_t max_keepalive_s;	 /* default 65535 */
+	uint32_t max_packet_size;	 /* 0 = no limit beyond the protocol's */
+	uint32_t message_size_limit;	 /* 0 = no limit */
+	uint32_t max_inflight_messages; /* default 20; 0 = no limit */
+	uint32_t max_queued_messages;	 /* default 1000; 0 = no limit */
+	bool retain_available;		 /* default true */
+	bool connection_messages;	 /* default true */
+	uint32_t sys_interval_s;	 /* default 10; 0 = never */
+	unsigned log_dest;		 /* enum kite_log_dest bits */
+	unsigned log_type;		 /* enum kite_log_type bits */
+	char log_file[KITE_PATH_MAX];
+	char pid_file[KITE_PATH_MAX];
+	unsigned shards; /* 0 = one per online CPU */
+
+	/* True when no listener, port or bind_address was configured: kite
+	 * then listens on 127.0.0.1:1883 only with anonymous access, as
+	 * Mosquitto 2 does ("local only mode"). Set by config_finalize(). */
+	bool local_only;
+	/* The file given with -c, "" for none. Kept for reloads. */
+	char path[KITE_PATH_MAX];
+};
+
+/* Fills Mosquitto 2.0's defaults (no listeners yet). */
+void config_defaults(struct kite_config *cfg);
+
+/* Parses `path` into cfg (which config_defaults() prepared), following
+ * include_dir. On error returns -1 and writes "FILE:LINE: message" (or
+ * "FILE: message" for an unreadable file) into err. */
+int config_load(struct kite_config *cfg, const char *path, char *err,
+		size_t errlen);
+
+/* Same, from a string, as if it were the file named `name` (for tests and
+ * the fuzzer). */
+int config_load_string(struct kite_config *cfg, const char *name,
+		       const char *text, char *err, size_t errlen);
+
+/* Applies the defaults that depend on the whole file: local-only mode
+ * (127.0.0.1:1883, anonymous allowed) when no listener is configured;
+ * allow_anonymous false for configured listeners unless set; the global
+ * allow_anonymous copied into every listener unless per_listener_settings.
+ * Returns -1 with a message for combinations that make no sense (two
+ * listeners on the same address and port). */
+int config_finalize(struct kite_config *cfg, char *err, size_t errlen);
+
+/* The shard count to run: cfg->shards, or the online CPU count. */
+unsigned config_shard_count(const struct kite_config *cfg);
+
+#endif

@@ -1,0 +1,143 @@
+/* Broker lifetime: shared state, shard threads, stop and reload. */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <urcu-qsbr.h>
+
+#include "core/log.h"
+#include "io/engine.h"
+
+#define KITE_VERSION "0.1.0"
+
+const char *broker_version(void)
+{
+	return KITE_VERSION;
+}
+
+static int broker_alloc(struct broker *b)
+{
+	size_t rings = (size_t)(b->nshards + 1) * b->nshards;
+	b->xrings = aligned_alloc(64, sizeof(struct xring) * rings);
+	b->shards = calloc(b->nshards, sizeof(struct shard));
+	b->reg_cap = 1024;
+	b->reg = calloc(b->reg_cap, sizeof(*b->reg));
+	b->gtrie = gtrie_new();
+	b->retained = retain_new(msg_release_cb);
+	if (!b->xrings || !b->shards || !b->reg || !b->gtrie || !b->retained)
+		return -1;
+	for (size_t i = 0; i < rings; i++) {
+		atomic_init(&b->xrings[i].head, 0);
+		atomic_init(&b->xrings[i].tail, 0);
+	}
+	pthread_mutex_init(&b->reg_lock, NULL);
+	pthread_mutex_init(&b->ctl_lock, NULL);
+	return io_uring_queue_init(8, &b->ctl_ring, 0) < 0 ? -1 : 0;
+}
+
+static void broker_log_listeners(const struct broker *b)
+{
+	const struct kite_config *cfg = b->cfg;
+	if (cfg->local_only)
+		log_msg(KITE_LOG_NOTICE,
+			"Starting in local only mode. Connections will only be possible from clients running on this machine.");
+	for (unsigned i = 0; i < cfg->listener_count; i++) {
+		const struct kite_listener_cfg *l = &cfg->listeners[i];
+		log_msg(KITE_LOG_NOTICE, "Opening listen socket on %s:%u (plain TCP, %u shards).",
+			l->bind_address[0] ? l->bind_address : "*", l->port,
+			b->nshards);
+	}
+}
+
+int broker_start(struct broker *b)
+{
+	b->nshards = config_shard_count(b->cfg);
+	assert(b->nshards >= 1 && b->nshards <= KITE_SHARDS_MAX);
+	b->start_s = (uint64_t)time(NULL);
+	if (broker_alloc(b) < 0) {
+		log_msg(KITE_LOG_ERR, "Error: out of memory at startup");
+		return -1;
+	}
+	broker_log_listeners(b);
+	for (unsigned i = 0; i < b->nshards; i++)
+		if (shard_init(&b->shards[i], b, i) < 0)
+			return -1;
+	for (unsigned i = 0; i < b->nshards; i++)
+		if (shard_start(&b->shards[i]) < 0) {
+			log_msg(KITE_LOG_ERR, "Error: cannot start shard %u", i);
+			return -1;
+		}
+	return 0;
+}
+
+void broker_stop(struct broker *b)
+{
+	for (unsigned i = 0; i < b->nshards; i++)
+		broker_post_from_main(b, i, (struct xitem){XK_STOP, NULL});
+	for (unsigned i = 0; i < b->nshards; i++)
+		pthread_join(b->shards[i].thread, NULL);
+	for (unsigned i = 0; i < b->nshards; i++)
+		shard_fini(&b->shards[i]);
+	/* Nothing reads the shared structures any more. */
+	retain_free(b->retained);
+	gtrie_free(b->gtrie);
+	rcu_barrier_qsbr();
+	for (uint32_t i = 0; i < b->reg_cap; i++) {
+		struct client_entry *e = b->reg[i], *next;
+		for (; e; e = next) {
+			next = e->next;
+			free(e);
+		}
+	}
+	free(b->reg);
+	free(b->shards);
+	free(b->xrings);
+	io_uring_queue_exit(&b->ctl_ring);
+}
+
+static bool listeners_equal(const struct kite_config *a,
+			    const struct kite_config *b)
+{
+	if (a->listener_count != b->listener_count)
+		return false;
+	for (unsigned i = 0; i < a->listener_count; i++)
+		if (a->listeners[i].port != b->listeners[i].port ||
+		    strcmp(a->listeners[i].bind_address, b->listeners[i].bind_address))
+			return false;
+	return true;
+}
+
+/* Swaps the config snapshot: every shard switches on its next turn and
+ * says so; the old snapshot is freed after that and a grace period. */
+void broker_reload(struct broker *b, const struct kite_config *next)
+{
+	struct kite_config *cfg = malloc(sizeof(*cfg));
+	if (!cfg) {
+		log_msg(KITE_LOG_ERR, "Reload failed: out of memory");
+		return;
+	}
+	*cfg = *next;
+	if (!listeners_equal(b->cfg, cfg)) {
+		log_msg(KITE_LOG_WARNING,
+			"Listener changes need a restart; keeping the current listeners.");
+		memcpy(cfg->listeners, b->cfg->listeners, sizeof(cfg->listeners));
+		cfg->listener_count = b->cfg->listener_count;
+		cfg->local_only = b->cfg->local_only;
+	}
+	if (config_shard_count(cfg) != b->nshards)
+		log_msg(KITE_LOG_WARNING, "A new shard count needs a restart.");
+	cfg->shards = b->nshards;
+	struct kite_config *old = b->cfg;
+	atomic_store(&b->reload_acks, 0);
+	b->cfg = cfg;
+	for (unsigned i = 0; i < b->nshards; i++)
+		broker_post_from_main(b, i, (struct xitem){XK_RELOAD, cfg});
+	while (atomic_load(&b->reload_acks) < b->nshards)
+		usleep(1000);
+	synchronize_rcu_qsbr();
+	free(old);
+	log_configure(cfg);
+	log_msg(KITE_LOG_NOTICE, "Reloaded configuration from %s.",
+		cfg->path[0] ? cfg->path : "(built-in defaults)");
+}

@@ -1,0 +1,582 @@
+/* A client connection: framing, dispatch, the wire queue, closing.
+ *
+ * Received bytes are decoded where they lie (in the shard's provided
+ * buffer); only a packet split across receives is copied into a buffer of
+ * the connection's own, freed as soon as the packet is complete. Outgoing
+ * packets wait in a ring of entries that reference shared message buffers
+ * and go out as one gathered sendmsg per connection per loop turn. */
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "io/engine.h"
+
+struct send_ctx {
+	struct msghdr mh;
+	struct out_entry *retired; /* outq array the iovecs point into */
+	struct iovec iov[];
+};
+
+static const packet_handler handlers[16] = {
+	[MQTT_CONNECT] = handle_connect,
+	[MQTT_PUBLISH] = handle_publish,
+	[MQTT_PUBACK] = handle_ack,
+	[MQTT_PUBREC] = handle_ack,
+	[MQTT_PUBREL] = handle_ack,
+	[MQTT_PUBCOMP] = handle_ack,
+	[MQTT_SUBSCRIBE] = handle_subscribe,
+	[MQTT_UNSUBSCRIBE] = handle_unsubscribe,
+	[MQTT_PINGREQ] = handle_pingreq,
+	[MQTT_DISCONNECT] = handle_disconnect,
+};
+
+const char *conn_peer_str(const struct conn *c, char *buf, size_t len)
+{
+	char host[INET6_ADDRSTRLEN] = "?";
+	unsigned port = 0;
+	if (c->peer.ss_family == AF_INET) {
+		const struct sockaddr_in *a = (const void *)&c->peer;
+		inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
+		port = ntohs(a->sin_port);
+	} else if (c->peer.ss_family == AF_INET6) {
+		const struct sockaddr_in6 *a = (const void *)&c->peer;
+		if (IN6_IS_ADDR_V4MAPPED(&a->sin6_addr))
+			inet_ntop(AF_INET, &a->sin6_addr.s6_addr[12], host,
+				  sizeof(host));
+		else
+			inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof(host));
+		port = ntohs(a->sin6_port);
+	}
+	snprintf(buf, len, "%s:%u", host, port);
+	return buf;
+}
+
+const char *conn_client_id(const struct conn *c)
+{
+	return c->session ? c->session->client_id : "<unknown>";
+}
+
+/* ---- input ------------------------------------------------------------- */
+
+static uint32_t conn_max_packet(const struct conn *c)
+{
+	uint32_t max = c->shard->cfg->max_packet_size;
+	return max ? max : MQTT_VARINT_MAX + 5u;
+}
+
+/* Runs one complete packet; returns false when the connection stopped
+ * taking input (closed or moving to another shard). */
+static bool conn_dispatch(struct conn *c, const struct mqtt_fixed_header *h,
+			  const uint8_t *body)
+{
+	c->last_rx_ms = c->shard->now_ms;
+	atomic_fetch_add_explicit(&c->shard->stats.msgs_received, 1,
+				  memory_order_relaxed);
+	if (c->state == CONN_AWAIT_CONNECT && h->type != MQTT_CONNECT) {
+		conn_close(c, "first packet was not CONNECT", false);
+		return false;
+	}
+	packet_handler fn = handlers[h->type];
+	if (!fn) {
+		conn_protocol_error(c, MQTT_RC_PROTOCOL_ERROR,
+				    "packet type not allowed from a client");
+		return false;
+	}
+	if (fn(c, h, body, h->remaining_len) < 0)
+		return false;
+	return c->state == CONN_ACTIVE || c->state == CONN_AWAIT_CONNECT;
+}
+
+static int conn_stash(struct conn *c, const uint8_t *data, size_t len,
+		      size_t want)
+{
+	size_t need = c->in_len + len;
+	if (want < need)
+		want = need;
+	if (want > c->in_cap) {
+		uint8_t *n = realloc(c->in_buf, want);
+		if (!n)
+			return -1;
+		c->in_buf = n;
+		c->in_cap = (uint32_t)want;
+	}
+	memcpy(c->in_buf + c->in_len, data, len);
+	c->in_len += (uint32_t)len;
+	return 0;
+}
+
+/* Frames one packet at data; returns its total size, 0 if incomplete (with
+ * *h filled when the header is complete), or -1 after closing c. */
+static long conn_frame(struct conn *c, const uint8_t *data, size_t len,
+		       struct mqtt_fixed_header *h, bool *have_header)
+{
+	*have_header = false;
+	enum mqtt_frame_status st = mqtt_frame_parse(data, len, h);
+	if (st == MQTT_FRAME_NEED_MORE)
+		return 0;
+	if (st == MQTT_FRAME_MALFORMED) {
+		conn_protocol_error(c, MQTT_RC_MALFORMED_PACKET,
+				    "malformed fixed header");
+		return -1;
+	}
+	*have_header = true;
+	size_t total = (size_t)h->header_len + h->remaining_len;
+	if (total > conn_max_packet(c)) {
+		conn_protocol_error(c, MQTT_RC_PACKET_TOO_LARGE,
+				    "packet larger than max_packet_size");
+		return -1;
+	}
+	return total <= len ? (long)total : 0;
+}
+
+/* Completes a packet split across receives; returns bytes of data used,
+ * or -1 when the connection stopped taking input. */
+static long conn_finish_partial(struct conn *c, const uint8_t *data,
+				size_t len)
+{
+	struct mqtt_fixed_header h;
+	bool have;
+	size_t used = 0;
+	/* Grow the header a byte at a time: it is at most 5 bytes. */
+	while (used < len) {
+		long r = conn_frame(c, c->in_buf, c->in_len, &h, &have);
+		if (r < 0)
+			return -1;
+		if (have)
+			break;
+		if (conn_stash(c, data + used, 1, 0) < 0)
+			return -1;
+		used++;
+	}
+	long r = conn_frame(c, c->in_buf, c->in_len, &h, &have);
+	if (r < 0)
+		return -1;
+	if (!have)
+		return (long)used;
+	size_t total = (size_t)h.header_len + h.remaining_len;
+	size_t take = total - c->in_len;
+	if (take > len - used)
+		take = len - used;
+	if (conn_stash(c, data + used, take, total) < 0)
+		return -1;
+	used += take;
+	if (c->in_len < total)
+		return (long)used;
+	uint8_t *pkt = c->in_buf;
+	c->in_buf = NULL;
+	c->in_len = c->in_cap = 0;
+	bool go_on = conn_dispatch(c, &h, pkt + h.header_len);
+	free(pkt);
+	return go_on ? (long)used : -1;
+}
+
+void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
+{
+	if (c->state == CONN_CLOSING)
+		return;
+	if (c->state == CONN_HANDOFF) {
+		if (conn_stash(c, data, len, 0) < 0)
+			conn_close(c, "out of memory", false);
+		return;
+	}
+	if (c->in_len) {
+		long used = conn_finish_partial(c, data, len);
+		if (used < 0)
+			goto stopped;
+		data += used;
+		len -= (size_t)used;
+	}
+	while (len) {
+		struct mqtt_fixed_header h;
+		bool have;
+		long total = conn_frame(c, data, len, &h, &have);
+		if (total < 0)
+			return;
+		if (total == 0) {
+			size_t want = have ? (size_t)h.header_len + h.remaining_len : 0;
+			if (conn_stash(c, data, len, want) < 0)
+				conn_close(c, "out of memory", false);
+			return;
+		}
+		data += total;
+		len -= (size_t)total;
+		if (!conn_dispatch(c, &h, data - total + h.header_len))
+			goto stopped;
+	}
+	return;
+stopped:
+	/* Bytes behind a CONNECT that moves the connection go with it. */
+	if (c->state == CONN_HANDOFF && len && conn_stash(c, data, len, 0) < 0)
+		conn_close(c, "out of memory", false);
+}
+
+/* ---- output ------------------------------------------------------------ */
+
+void conn_mark_dirty(struct conn *c)
+{
+	if (c->flags & CONN_DIRTY)
+		return;
+	c->flags |= CONN_DIRTY;
+	c->dirty_next = c->shard->dirty;
+	c->shard->dirty = c;
+}
+
+static struct out_entry *conn_out_push(struct conn *c)
+{
+	if (c->out_count == c->out_cap) {
+		uint32_t ncap = c->out_cap ? c->out_cap * 2 : 8;
+		struct out_entry *n = malloc(sizeof(*n) * ncap);
+		if (!n)
+			return NULL;
+		for (uint32_t i = 0; i < c->out_count; i++)
+			n[i] = c->outq[(c->out_head + i) & (c->out_cap - 1)];
+		/* An in-flight send still points into the old array. */
+		if (c->send && !c->send->retired)
+			c->send->retired = c->outq;
+		else
+			free(c->outq);
+		c->outq = n;
+		c->out_head = 0;
+		c->out_cap = ncap;
+	}
+	struct out_entry *e = &c->outq[(c->out_head + c->out_count) & (c->out_cap - 1)];
+	c->out_count++;
+	memset(e, 0, sizeof(*e));
+	return e;
+}
+
+void conn_queue_ctrl(struct conn *c, const uint8_t *bytes, size_t len)
+{
+	assert(len > 0 && len <= MQTT_VARINT_MAX + 5u);
+	if (c->state == CONN_CLOSING && !(c->flags & CONN_CLOSE_AFTER_FLUSH))
+		return;
+	struct out_entry *e = conn_out_push(c);
+	if (!e) {
+		conn_close(c, "out of memory", false);
+		return;
+	}
+	e->kind = OUT_CTRL;
+	e->len = (uint32_t)len;
+	if (len <= sizeof(e->inl)) {
+		memcpy(e->inl, bytes, len);
+	} else if ((e->data = malloc(len))) {
+		memcpy(e->data, bytes, len);
+	} else {
+		c->out_count--;
+		conn_close(c, "out of memory", false);
+		return;
+	}
+	c->out_bytes += len;
+	atomic_fetch_add_explicit(&c->shard->stats.msgs_sent, 1,
+				  memory_order_relaxed);
+	conn_mark_dirty(c);
+}
+
+bool conn_queue_publish(struct conn *c, struct msg *m, uint8_t qos,
+			bool retain, bool dup, uint16_t pid)
+{
+	assert(qos <= 2 && (qos == 0) == (pid == 0));
+	if (c->state != CONN_ACTIVE)
+		return false;
+	if (qos == 0 && c->out_bytes > CONN_OUTQ_BYTES_MAX)
+		return false;
+	struct out_entry *e = conn_out_push(c);
+	if (!e) {
+		conn_close(c, "out of memory", false);
+		return false;
+	}
+	e->msg = msg_ref(m);
+	if (qos == 0 && !retain && c->version != MQTT_V5) {
+		e->kind = OUT_PUB_Q0V3;
+		e->len = (uint32_t)msg_q0_packet(m).iov_len;
+	} else {
+		bool v5 = c->version == MQTT_V5;
+		uint32_t body = 2u + m->topic_len + (qos ? 2u : 0u) +
+				(v5 ? 1u : 0u) + m->payload_len;
+		e->kind = OUT_PUB;
+		e->inl[0] = (uint8_t)(MQTT_PUBLISH << 4 | (dup ? 8 : 0) |
+				      qos << 1 | (retain ? 1 : 0));
+		e->hlen = (uint8_t)(1 + mqtt_varint_encode(e->inl + 1, body));
+		uint8_t *mid = e->inl + e->hlen;
+		if (qos) {
+			mid[e->mid++] = (uint8_t)(pid >> 8);
+			mid[e->mid++] = (uint8_t)pid;
+		}
+		if (v5)
+			mid[e->mid++] = 0; /* no properties */
+		e->len = e->hlen + body;
+	}
+	c->out_bytes += e->len;
+	atomic_fetch_add_explicit(&c->shard->stats.msgs_sent, 1,
+				  memory_order_relaxed);
+	conn_mark_dirty(c);
+	return true;
+}
+
+static void out_entry_release(struct out_entry *e)
+{
+	msg_unref(e->msg);
+	free(e->data);
+}
+
+/* Appends the iovecs of e, skipping its first `skip` bytes. */
+static unsigned out_entry_iov(struct out_entry *e, size_t skip,
+			      struct iovec *iov)
+{
+	struct iovec parts[4];
+	unsigned n = 0;
+	if (e->kind == OUT_CTRL) {
+		parts[n++] = (struct iovec){e->data ? e->data : e->inl, e->len};
+	} else if (e->kind == OUT_PUB_Q0V3) {
+		parts[n++] = msg_q0_packet(e->msg);
+	} else {
+		parts[n++] = (struct iovec){e->inl, e->hlen};
+		parts[n++] = msg_topic_wire(e->msg);
+		if (e->mid)
+			parts[n++] = (struct iovec){e->inl + e->hlen, e->mid};
+		parts[n++] = msg_payload_wire(e->msg);
+	}
+	unsigned out = 0;
+	for (unsigned i = 0; i < n; i++) {
+		if (skip >= parts[i].iov_len) {
+			skip -= parts[i].iov_len;
+			continue;
+		}
+		iov[out].iov_base = (uint8_t *)parts[i].iov_base + skip;
+		iov[out].iov_len = parts[i].iov_len - skip;
+		skip = 0;
+		if (iov[out].iov_len)
+			out++;
+	}
+	return out;
+}
+
+void conn_shutdown(struct conn *c)
+{
+	if (c->flags & CONN_SHUTDOWN_SENT)
+		return;
+	c->flags |= CONN_SHUTDOWN_SENT;
+	struct io_uring_sqe *sqe = shard_sqe(c->shard);
+	io_uring_prep_shutdown(sqe, c->fd, SHUT_RDWR);
+	io_uring_sqe_set_data64(sqe, ud_pack(UD_SHUTDOWN, c->id, c->gen));
+}
+
+void conn_flush(struct conn *c)
+{
+	if (c->flags & CONN_SEND_BUSY)
+		return;
+	if (!c->out_count) {
+		if (c->state != CONN_CLOSING)
+			return;
+		if (c->flags & CONN_SHUTDOWN_SENT)
+			conn_on_closed(c);
+		else
+			conn_shutdown(c);
+		return;
+	}
+	unsigned max_iov = c->out_count * 4 < SEND_IOV_MAX ? c->out_count * 4
+							   : SEND_IOV_MAX;
+	struct send_ctx *ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) * max_iov);
+	if (!ctx) {
+		conn_close(c, "out of memory", false);
+		return;
+	}
+	unsigned niov = 0;
+	size_t skip = c->head_off;
+	for (uint32_t i = 0; i < c->out_count && niov + 4 <= max_iov; i++) {
+		struct out_entry *e = &c->outq[(c->out_head + i) & (c->out_cap - 1)];
+		niov += out_entry_iov(e, skip, ctx->iov + niov);
+		skip = 0;
+	}
+	assert(niov > 0 && niov <= max_iov);
+	memset(&ctx->mh, 0, sizeof(ctx->mh));
+	ctx->mh.msg_iov = ctx->iov;
+	ctx->mh.msg_iovlen = niov;
+	ctx->retired = NULL;
+	c->send = ctx;
+	c->flags |= CONN_SEND_BUSY;
+	struct io_uring_sqe *sqe = shard_sqe(c->shard);
+	io_uring_prep_sendmsg(sqe, c->fd, &ctx->mh, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, ud_pack(UD_SEND, c->id, c->gen));
+}
+
+static void conn_out_consume(struct conn *c, size_t bytes)
+{
+	c->out_bytes -= bytes;
+	while (bytes) {
+		assert(c->out_count);
+		struct out_entry *e = &c->outq[c->out_head];
+		size_t left = e->len - c->head_off;
+		if (bytes < left) {
+			c->head_off += (uint32_t)bytes;
+			return;
+		}
+		bytes -= left;
+		out_entry_release(e);
+		c->out_head = (c->out_head + 1) & (c->out_cap - 1);
+		c->out_count--;
+		c->head_off = 0;
+	}
+}
+
+static void conn_out_drop_all(struct conn *c)
+{
+	while (c->out_count) {
+		out_entry_release(&c->outq[c->out_head]);
+		c->out_head = (c->out_head + 1) & (c->out_cap - 1);
+		c->out_count--;
+	}
+	c->head_off = 0;
+	c->out_bytes = 0;
+}
+
+void conn_on_send_done(struct conn *c, int res)
+{
+	struct send_ctx *ctx = c->send;
+	assert(ctx && (c->flags & CONN_SEND_BUSY));
+	c->send = NULL;
+	c->flags &= (uint8_t)~CONN_SEND_BUSY;
+	free(ctx->retired);
+	free(ctx);
+	if (res > 0) {
+		atomic_fetch_add_explicit(&c->shard->stats.bytes_sent,
+					  (uint64_t)res, memory_order_relaxed);
+		conn_out_consume(c, (size_t)res);
+	}
+	if (c->state == CONN_CLOSING) {
+		if (res <= 0)
+			conn_out_drop_all(c);
+		conn_on_closed(c);
+		return;
+	}
+	if (res < 0) {
+		conn_close(c, strerror(-res), true);
+		conn_on_closed(c);
+		return;
+	}
+	if (c->out_count)
+		conn_mark_dirty(c);
+}
+
+/* ---- closing ------------------------------------------------------------ */
+
+void conn_free(struct conn *c)
+{
+	conn_out_drop_all(c);
+	free(c->outq);
+	if (c->send) {
+		free(c->send->retired);
+		free(c->send);
+	}
+	if (c->will) {
+		msg_unref(c->will->msg);
+		free(c->will);
+	}
+	free(c->in_buf);
+	free(c->username);
+	free(c->pending);
+	free(c);
+}
+
+/* Frees the connection once the kernel holds no request on it. */
+void conn_on_closed(struct conn *c)
+{
+	assert(c->state == CONN_CLOSING);
+	if (c->flags & (CONN_RECV_ARMED | CONN_SEND_BUSY))
+		return;
+	if (c->out_count && !(c->flags & CONN_SHUTDOWN_SENT)) {
+		conn_mark_dirty(c); /* flush, then shut down */
+		return;
+	}
+	if (c->flags & CONN_DIRTY)
+		return; /* the dirty list still points here */
+	struct shard *s = c->shard;
+	shard_conn_detach(s, c);
+	close(c->fd);
+	conn_free(c);
+}
+
+static void conn_log_close(struct conn *c, const char *reason)
+{
+	const struct kite_config *cfg = c->shard->cfg;
+	if (!cfg->connection_messages)
+		return;
+	char peer[64];
+	conn_peer_str(c, peer, sizeof(peer));
+	if (c->state == CONN_AWAIT_CONNECT)
+		log_msg(KITE_LOG_NOTICE, "Client <unknown> %s disconnected: %s",
+			peer, reason);
+	else
+		log_msg(KITE_LOG_NOTICE, "Client %s %s disconnected: %s",
+			conn_client_id(c), peer, reason);
+}
+
+void conn_close(struct conn *c, const char *reason, bool send_will)
+{
+	if (c->state == CONN_CLOSING)
+		return;
+	struct shard *s = c->shard;
+	conn_log_close(c, reason);
+	bool was_active = c->state == CONN_ACTIVE;
+	c->state = CONN_CLOSING;
+	c->last_rx_ms = s->now_ms; /* closing deadline starts now */
+	if (c->flags & CONN_COUNTED) {
+		c->flags &= (uint8_t)~CONN_COUNTED;
+		atomic_fetch_sub_explicit(&s->stats.clients_connected, 1,
+					  memory_order_relaxed);
+	}
+	atomic_fetch_sub(&s->b->listener_conns[c->listener], 1);
+	if (c->will) {
+		if (send_will && was_active) {
+			struct msg *m = msg_ref(c->will->msg);
+			route_publish(s, m);
+		}
+		msg_unref(c->will->msg);
+		free(c->will);
+		c->will = NULL;
+	}
+	if (c->session) {
+		struct session *ss = c->session;
+		c->session = NULL;
+		ss->conn = NULL;
+		session_on_disconnect(s, ss);
+	}
+	if (!(c->flags & CONN_CLOSE_AFTER_FLUSH))
+		conn_out_drop_all(c);
+	if (c->flags & CONN_SEND_BUSY) {
+		/* A stalled send must not hold us, unless it carries our
+		 * last words (the tick forces those out after a bound). */
+		if (!(c->flags & CONN_CLOSE_AFTER_FLUSH))
+			conn_shutdown(c);
+	} else if (c->out_count)
+		conn_mark_dirty(c);
+	else
+		conn_shutdown(c);
+}
+
+void conn_close_after_flush(struct conn *c, const char *reason)
+{
+	c->flags |= CONN_CLOSE_AFTER_FLUSH;
+	conn_close(c, reason, false);
+}
+
+void conn_protocol_error(struct conn *c, uint8_t rc, const char *why)
+{
+	if (c->state == CONN_CLOSING)
+		return;
+	bool will = rc != MQTT_RC_SERVER_SHUTTING_DOWN;
+	if (c->version == MQTT_V5 && c->state == CONN_ACTIVE) {
+		uint8_t buf[8];
+		size_t n = mqtt_encode_disconnect(buf, sizeof(buf), MQTT_V5, rc,
+						  NULL);
+		if (n)
+			conn_queue_ctrl(c, buf, n);
+		c->flags |= CONN_CLOSE_AFTER_FLUSH;
+	}
+	conn_close(c, why, will);
+}

@@ -1,0 +1,430 @@
+/* The broker engine: shards, connections, sessions, routing.
+ *
+ * This header is the io/ module's internal interface, shared by its files
+ * (one per concern and one per MQTT packet type); io/main.c uses only the
+ * broker_* entry points at the bottom.
+ *
+ * Ownership: a shard is one thread with its own io_uring. It owns its
+ * connections, the sessions homed on it, its local subscription trie and
+ * its memory. Shards share only what DESIGN.md lists: the global trie, the
+ * retained store, the client-id registry and the config, and they talk
+ * through single-producer rings woken by IORING_OP_MSG_RING. */
+#ifndef KITE_ENGINE_H
+#define KITE_ENGINE_H
+
+#include <liburing.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "core/codec.h"
+#include "core/config.h"
+#include "core/gtrie.h"
+#include "core/retain.h"
+#include "core/trie.h"
+#include "io/msg.h"
+
+/* ---- limits -------------------------------------------------------------- */
+
+/* Provided receive buffers per shard: what a multishot recv fills. An idle
+ * connection holds none of them. */
+#define SHARD_RECV_BUFS 512
+#define SHARD_RECV_BUF_SIZE 16384
+#define SHARD_RING_ENTRIES 4096
+/* Cross-shard ring slots per (source, destination) pair. */
+#define XRING_SLOTS 4096
+/* iovecs in one gathered send; UIO_MAXIOV is 1024. */
+#define SEND_IOV_MAX 512
+/* Bytes queued for one connection beyond which QoS 0 deliveries to it are
+ * dropped (a stalled subscriber must not eat the broker's memory). */
+#define CONN_OUTQ_BYTES_MAX (64u << 20)
+/* A connection that has not completed CONNECT by then is closed. */
+#define CONN_CONNECT_TIMEOUT_MS 10000
+#define SHARD_TICK_MS 250
+/* Largest client id kite stores (the spec allows 65535). */
+#define CLIENT_ID_MAX 65535
+
+_Static_assert(SEND_IOV_MAX <= 1024, "UIO_MAXIOV");
+_Static_assert(KITE_SHARDS_MAX <= 64, "shard masks are 64-bit");
+_Static_assert((XRING_SLOTS & (XRING_SLOTS - 1)) == 0, "power of two");
+_Static_assert((SHARD_RECV_BUFS & (SHARD_RECV_BUFS - 1)) == 0,
+	       "buffer ring size must be a power of two");
+
+/* ---- io_uring user_data: the operation and its owner, no lookup ---------- */
+
+enum ud_op {
+	UD_ACCEPT = 1, /* id: listener index */
+	UD_RECV,
+	UD_SEND,
+	UD_SHUTDOWN,
+	UD_CLOSE,
+	UD_CANCEL,
+	UD_TICK,
+	UD_WAKE, /* MSG_RING from another shard or the main thread */
+};
+
+static inline uint64_t ud_pack(enum ud_op op, uint32_t id, uint32_t gen)
+{
+	return ((uint64_t)op << 56) | ((uint64_t)(id & 0xffffff) << 32) | gen;
+}
+static inline enum ud_op ud_op(uint64_t ud) { return (enum ud_op)(ud >> 56); }
+static inline uint32_t ud_id(uint64_t ud) { return (ud >> 32) & 0xffffff; }
+static inline uint32_t ud_gen(uint64_t ud) { return (uint32_t)ud; }
+
+/* ---- outgoing bytes ------------------------------------------------------ */
+
+enum out_kind {
+	OUT_CTRL,      /* bytes in inl[] or data */
+	OUT_PUB_Q0V3,  /* the message's prebuilt 3.1.1 QoS 0 packet */
+	OUT_PUB,       /* inl[0..hlen) + topic + inl[hlen..hlen+mid) + payload */
+};
+
+struct out_entry {
+	struct msg *msg;
+	uint8_t *data; /* heap control packet, else NULL */
+	uint32_t len;  /* bytes on the wire */
+	uint8_t kind;
+	uint8_t hlen;
+	uint8_t mid;
+	uint8_t inl[21];
+};
+
+struct send_ctx; /* one in-flight gathered send (conn.c) */
+
+/* ---- sessions ------------------------------------------------------------ */
+
+enum inflight_state {
+	INFLIGHT_WAIT_PUBACK,
+	INFLIGHT_WAIT_PUBREC,
+	INFLIGHT_WAIT_PUBCOMP,
+};
+
+struct inflight {
+	struct msg *msg; /* NULL once PUBREC arrived (only PUBREL left) */
+	uint16_t pid;
+	uint8_t qos;
+	uint8_t state;
+};
+
+struct queued {
+	struct msg *msg;
+	uint8_t qos;
+	bool retain;
+};
+
+struct sub_entry {
+	struct sub_entry *next;
+	uint8_t qos;
+	uint16_t len;
+	char filter[];
+};
+
+struct conn;
+struct shard;
+
+struct session {
+	struct shard *shard;
+	struct conn *conn; /* NULL while offline */
+	struct session *prev, *next; /* the shard's sessions */
+	char *client_id;
+	uint16_t client_id_len;
+	bool persistent;  /* clean session was 0 */
+	bool zombie;	  /* taken over by another shard; freed on its kick */
+	uint16_t next_pid;
+	struct sub_entry *subs;
+	uint32_t sub_count;
+	struct inflight *inflight;
+	uint32_t inflight_count, inflight_cap;
+	struct queued *queue;	/* ring */
+	uint32_t q_head, q_count, q_cap;
+	uint16_t *qos2_in;	/* QoS 2 packet ids received, awaiting PUBREL */
+	uint32_t qos2_in_count, qos2_in_cap;
+	/* Fan-out merge of overlapping subscriptions: one delivery per
+	 * session per message, at the highest granted QoS. */
+	uint32_t match_gen;
+	uint32_t match_slot;
+};
+
+/* The interface a persistence backend would implement later: every change
+ * to durable session state goes through these, in this order. Today the
+ * store is memory only (session.c). */
+struct session *session_create(struct shard *s, const uint8_t *id,
+			       uint16_t len, bool persistent);
+void session_destroy(struct session *ss);
+int session_add_sub(struct session *ss, const char *filter, uint16_t len,
+		    uint8_t qos);
+int session_remove_sub(struct session *ss, const char *filter, uint16_t len);
+/* Delivers msg to the session at qos (already min(pub, granted)): onto the
+ * wire, into the inflight window, or into the offline/overflow queue. */
+void session_deliver(struct session *ss, struct msg *m, uint8_t qos,
+		     bool retain);
+/* An ack from the client; returns false if no such packet id was
+ * outstanding in that state. */
+bool session_on_puback(struct session *ss, uint16_t pid);
+bool session_on_pubrec(struct session *ss, uint16_t pid);
+bool session_on_pubcomp(struct session *ss, uint16_t pid);
+/* Reconnect: resend the inflight window with DUP, then queued messages. */
+void session_resume(struct session *ss);
+/* Moves queued messages into the inflight window while it has room. */
+void session_pump(struct session *ss);
+/* Incoming QoS 2 ids (method B: deliver at once, remember the id). */
+bool session_qos2_seen(struct session *ss, uint16_t pid);
+int session_qos2_add(struct session *ss, uint16_t pid);
+void session_qos2_remove(struct session *ss, uint16_t pid);
+
+/* ---- connections ------------------------------------------------------- */
+
+enum conn_state {
+	CONN_AWAIT_CONNECT,
+	CONN_ACTIVE,
+	CONN_HANDOFF,  /* being moved to the shard that owns its session */
+	CONN_CLOSING,
+};
+
+enum conn_flag {
+	CONN_RECV_ARMED = 1 << 0,
+	CONN_SEND_BUSY = 1 << 1,
+	CONN_CLOSE_AFTER_FLUSH = 1 << 2,
+	CONN_DIRTY = 1 << 3,
+	CONN_SHUTDOWN_SENT = 1 << 4,
+	CONN_COUNTED = 1 << 5, /* counted in clients connected */
+};
+
+struct will {
+	struct msg *msg;
+	uint8_t qos;
+	bool retain;
+};
+
+struct conn {
+	struct shard *shard;
+	struct session *session;
+	struct will *will;
+	int fd;
+	uint32_t id, gen;
+	uint8_t state;
+	uint8_t flags;
+	uint8_t version;
+	uint8_t listener;
+	uint16_t keepalive_s;
+	uint64_t last_rx_ms;
+	uint64_t created_ms;
+	/* Only a packet split across receives is buffered here. */
+	uint8_t *in_buf;
+	uint32_t in_len, in_cap;
+	/* Wire queue: ring of entries in send order. */
+	struct out_entry *outq;
+	uint32_t out_head, out_count, out_cap;
+	uint32_t head_off; /* bytes of outq[out_head] already sent */
+	uint64_t out_bytes;
+	struct send_ctx *send;
+	struct conn *dirty_next;
+	struct sockaddr_storage peer;
+	char *username;
+	/* The CONNECT being completed when the conn moves between shards. */
+	struct pending_connect *pending;
+};
+
+/* ---- cross-shard messages ------------------------------------------------ */
+
+enum xkind {
+	XK_DELIVER = 1, /* ptr: struct msg *, one reference travels */
+	XK_KICK,	/* ptr: struct session * of the destination, taken over */
+	XK_ADOPT,	/* ptr: struct conn * to adopt (persistent takeover) */
+	XK_STOP,	/* from main: close everything and exit the loop */
+	XK_RELOAD,	/* from main: ptr is the new config snapshot */
+};
+
+struct xitem {
+	uint8_t kind;
+	void *ptr;
+};
+
+struct xring {
+	_Atomic uint32_t head; /* consumer */
+	char pad0[60];
+	_Atomic uint32_t tail; /* producer */
+	char pad1[60];
+	struct xitem items[XRING_SLOTS];
+};
+
+struct xoverflow {
+	struct xitem *items;
+	uint32_t head, count, cap;
+};
+
+/* ---- shards --------------------------------------------------------------- */
+
+struct shard_stats {
+	_Atomic uint64_t msgs_received, msgs_sent, bytes_received, bytes_sent;
+	_Atomic uint64_t clients_connected, sessions, subscriptions;
+	_Atomic uint64_t msgs_dropped;
+};
+
+struct delivery {
+	struct session *ss;
+	uint8_t qos;
+};
+
+struct broker;
+
+struct shard {
+	unsigned idx;
+	struct broker *b;
+	/* This shard's view of the config: swapped by XK_RELOAD. */
+	const struct kite_config *cfg;
+	pthread_t thread;
+	struct io_uring ring;
+	struct io_uring_buf_ring *br;
+	uint8_t *recv_bufs;
+	int listen_fds[KITE_LISTENERS_MAX];
+	struct __kernel_timespec tick_ts;
+
+	struct conn **conns; /* by id */
+	uint32_t conns_cap, conns_used;
+	uint32_t *free_ids;
+	uint32_t free_count;
+	uint32_t next_gen;
+
+	struct trie *trie;
+	struct session *sessions;
+	struct conn *dirty;
+	uint32_t recv_bufs_used; /* returned to the ring at the turn's end */
+
+	uint64_t wake_mask; /* destinations pushed to this turn */
+	struct xoverflow overflow[KITE_SHARDS_MAX];
+
+	struct delivery *scratch;
+	uint32_t scratch_len, scratch_cap;
+	uint32_t match_gen;
+
+	uint64_t now_ms;
+	uint64_t last_sys_ms;
+	bool stopping;
+	struct shard_stats stats;
+};
+
+/* Client-id registry entry: which shard a client's session lives on. */
+struct client_entry {
+	struct client_entry *next;
+	struct session *session; /* touched only by `shard` */
+	unsigned shard;
+	bool persistent;
+	uint16_t len;
+	char id[];
+};
+
+struct broker {
+	/* The current config snapshot; shards switch on XK_RELOAD. */
+	struct kite_config *cfg;
+	_Atomic unsigned reload_acks;
+	unsigned nshards;
+	struct shard *shards;
+	struct xring *xrings; /* [(nshards + 1) * nshards]: src row, dst col */
+	struct gtrie *gtrie;
+	struct retain_store *retained;
+	_Atomic uint32_t listener_conns[KITE_LISTENERS_MAX];
+	uint64_t start_s;
+	/* Client-id registry: written at CONNECT and disconnect only. */
+	pthread_mutex_t reg_lock;
+	struct client_entry **reg;
+	uint32_t reg_cap, reg_count;
+	/* Control ring for the main thread's MSG_RING wakeups. */
+	struct io_uring ctl_ring;
+	pthread_mutex_t ctl_lock;
+	_Atomic bool stop;
+};
+
+/* shard.c */
+uint64_t now_monotonic_ms(void);
+struct xring *xring_of(struct broker *b, unsigned src, unsigned dst);
+/* Hands an item to shard dst; wakes it at the end of this loop turn. */
+void shard_post(struct shard *s, unsigned dst, struct xitem it);
+/* From the main thread (src row nshards), serialised by ctl_lock. */
+void broker_post_from_main(struct broker *b, unsigned dst, struct xitem it);
+int shard_init(struct shard *s, struct broker *b, unsigned idx);
+int shard_start(struct shard *s);
+void shard_fini(struct shard *s);
+struct io_uring_sqe *shard_sqe(struct shard *s);
+void shard_arm_recv(struct shard *s, struct conn *c);
+int shard_conn_attach(struct shard *s, struct conn *c);
+void shard_conn_detach(struct shard *s, struct conn *c);
+
+/* conn.c */
+/* Feeds received bytes; decodes and dispatches every complete packet. */
+void conn_on_data(struct conn *c, const uint8_t *data, size_t len);
+void conn_queue_ctrl(struct conn *c, const uint8_t *bytes, size_t len);
+/* A PUBLISH to this client; qos/retain/dup as they go on the wire. */
+bool conn_queue_publish(struct conn *c, struct msg *m, uint8_t qos,
+			bool retain, bool dup, uint16_t pid);
+void conn_mark_dirty(struct conn *c);
+void conn_flush(struct conn *c);
+void conn_on_send_done(struct conn *c, int res);
+/* Closes: reason for the log; send_will decides the will message. */
+void conn_close(struct conn *c, const char *reason, bool send_will);
+void conn_close_after_flush(struct conn *c, const char *reason);
+void conn_on_closed(struct conn *c);
+/* Shuts the socket down both ways; requests on it then complete. */
+void conn_shutdown(struct conn *c);
+void conn_free(struct conn *c);
+const char *conn_peer_str(const struct conn *c, char *buf, size_t len);
+const char *conn_client_id(const struct conn *c);
+/* Closes the connection for a protocol violation: logged with the peer and
+ * reason; MQTT 5 clients first get DISCONNECT with the reason code. */
+void conn_protocol_error(struct conn *c, uint8_t rc, const char *why);
+
+/* Packet handlers (handle_*.c), dispatched by type from conn.c. Each gets
+ * the fixed header and the body; returns 0, or -1 when it closed c. */
+typedef int (*packet_handler)(struct conn *c,
+			      const struct mqtt_fixed_header *h,
+			      const uint8_t *body, size_t len);
+int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
+		   const uint8_t *body, size_t len);
+int handle_publish(struct conn *c, const struct mqtt_fixed_header *h,
+		   const uint8_t *body, size_t len);
+int handle_ack(struct conn *c, const struct mqtt_fixed_header *h,
+	       const uint8_t *body, size_t len);
+int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
+		     const uint8_t *body, size_t len);
+int handle_unsubscribe(struct conn *c, const struct mqtt_fixed_header *h,
+		       const uint8_t *body, size_t len);
+int handle_pingreq(struct conn *c, const struct mqtt_fixed_header *h,
+		   const uint8_t *body, size_t len);
+int handle_disconnect(struct conn *c, const struct mqtt_fixed_header *h,
+		      const uint8_t *body, size_t len);
+
+/* handle_connect.c: finishing a CONNECT, possibly on another shard. */
+/* On the session's shard: takes over a connection from another shard. */
+void connect_adopt(struct shard *s, struct conn *c);
+/* On the accepting shard: its recv has stopped, hand the conn over. */
+void connect_handoff_ready(struct shard *s, struct conn *c);
+void session_kick(struct shard *s, struct session *ss);
+/* Session end on disconnect (clean sessions are dropped). */
+void session_on_disconnect(struct shard *s, struct session *ss);
+
+/* route.c */
+/* Routes a new message from this shard: retained store, global trie,
+ * other shards, local fan-out. Takes over the caller's reference. */
+void route_publish(struct shard *s, struct msg *m);
+/* Local fan-out of a message that reached this shard. */
+void route_local(struct shard *s, struct msg *m);
+/* Retained messages matching filter, to one session (on subscribe). */
+void route_retained(struct shard *s, struct session *ss, const char *filter,
+		    uint16_t len, uint8_t granted_qos);
+
+/* sys.c */
+void sys_publish(struct shard *s);
+
+/* ---- entry points for main.c -------------------------------------------- */
+
+int broker_start(struct broker *b);
+/* Asks every shard to stop and joins them. */
+void broker_stop(struct broker *b);
+/* Applies a re-read config (the parts that can change at runtime). */
+void broker_reload(struct broker *b, const struct kite_config *cfg);
+const char *broker_version(void);
+
+#endif

@@ -1,0 +1,417 @@
+/* CONNECT (spec 3.1): validation, the client-id registry and takeover.
+ *
+ * The registry maps a client id to the shard that owns its session. A
+ * clean session always starts on the accepting shard; if an older session
+ * lives on another shard, the registry entry is switched under the lock
+ * and that shard is sent exactly one kick, which closes the old connection
+ * and frees the old session there. A persistent session is resumed where
+ * it lives: the new connection moves to that shard (its recv is cancelled
+ * here, it is re-armed there), so session state never crosses threads. */
+#include <assert.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "io/engine.h"
+
+struct pending_connect {
+	bool clean;
+	bool assigned_id;
+	unsigned target;
+	uint16_t id_len;
+	char id[];
+};
+
+/* ---- registry ------------------------------------------------------------ */
+
+static uint32_t reg_hash(const char *id, uint16_t len)
+{
+	uint32_t h = 2166136261u;
+	for (uint16_t i = 0; i < len; i++)
+		h = (h ^ (uint8_t)id[i]) * 16777619u;
+	return h;
+}
+
+static struct client_entry **reg_slot(struct broker *b, const char *id,
+				      uint16_t len)
+{
+	struct client_entry **pp = &b->reg[reg_hash(id, len) & (b->reg_cap - 1)];
+	while (*pp && ((*pp)->len != len || memcmp((*pp)->id, id, len)))
+		pp = &(*pp)->next;
+	return pp;
+}
+
+static int reg_grow(struct broker *b)
+{
+	if (b->reg_count < b->reg_cap)
+		return 0;
+	uint32_t ncap = b->reg_cap * 2;
+	struct client_entry **n = calloc(ncap, sizeof(*n));
+	if (!n)
+		return -1;
+	for (uint32_t i = 0; i < b->reg_cap; i++) {
+		struct client_entry *e = b->reg[i], *next;
+		for (; e; e = next) {
+			next = e->next;
+			struct client_entry **pp = &n[reg_hash(e->id, e->len) & (ncap - 1)];
+			e->next = *pp;
+			*pp = e;
+		}
+	}
+	free(b->reg);
+	b->reg = n;
+	b->reg_cap = ncap;
+	return 0;
+}
+
+static struct client_entry *reg_insert(struct broker *b, const char *id,
+				       uint16_t len)
+{
+	if (reg_grow(b) < 0)
+		return NULL;
+	struct client_entry *e = calloc(1, sizeof(*e) + len);
+	if (!e)
+		return NULL;
+	memcpy(e->id, id, len);
+	e->len = len;
+	struct client_entry **pp = reg_slot(b, id, len);
+	assert(!*pp);
+	*pp = e;
+	b->reg_count++;
+	return e;
+}
+
+void session_on_disconnect(struct shard *s, struct session *ss)
+{
+	if (ss->persistent)
+		return; /* kept, offline, until a clean session replaces it */
+	struct broker *b = s->b;
+	pthread_mutex_lock(&b->reg_lock);
+	struct client_entry **pp = reg_slot(b, ss->client_id, ss->client_id_len);
+	struct client_entry *e = *pp;
+	bool ours = e && e->session == ss;
+	if (ours) {
+		*pp = e->next;
+		b->reg_count--;
+	}
+	pthread_mutex_unlock(&b->reg_lock);
+	if (ours) {
+		free(e);
+		session_destroy(ss);
+	} else {
+		ss->zombie = true; /* its kick is on the way */
+	}
+}
+
+/* ---- takeover ------------------------------------------------------------- */
+
+static void session_detach_conn(struct session *ss, const char *why)
+{
+	struct conn *old = ss->conn;
+	if (!old)
+		return;
+	old->session = NULL;
+	ss->conn = NULL;
+	/* Mosquitto clears the will of a taken-over connection. */
+	if (old->will) {
+		msg_unref(old->will->msg);
+		free(old->will);
+		old->will = NULL;
+	}
+	if (old->shard->cfg->connection_messages)
+		log_msg(KITE_LOG_NOTICE,
+			"Client %s already connected, closing old connection.",
+			ss->client_id);
+	conn_protocol_error(old, MQTT_RC_SESSION_TAKEN_OVER, why);
+}
+
+void session_kick(struct shard *s, struct session *ss)
+{
+	assert(ss->shard == s);
+	session_detach_conn(ss, "session taken over");
+	session_destroy(ss);
+}
+
+/* ---- completing a CONNECT ----------------------------------------------- */
+
+static void connect_send_connack(struct conn *c, bool present, uint8_t rc)
+{
+	uint8_t buf[64];
+	struct mqtt_props props = {0};
+	if (c->version == MQTT_V5 && c->pending && c->pending->assigned_id) {
+		props.present |= MQTT_PROP_BIT(MQTT_PROP_ASSIGNED_CLIENT_IDENTIFIER);
+		props.assigned_client_identifier = (struct mqtt_bytes){
+			(const uint8_t *)c->pending->id, c->pending->id_len};
+	}
+	uint8_t *dyn = NULL;
+	uint8_t *out = buf;
+	size_t cap = sizeof(buf);
+	if (c->pending && c->pending->id_len > 32) {
+		cap = (size_t)c->pending->id_len + 64;
+		dyn = out = malloc(cap);
+		if (!dyn) {
+			conn_close(c, "out of memory", false);
+			return;
+		}
+	}
+	size_t n = mqtt_encode_connack(out, cap, c->version, present, rc,
+				       c->version == MQTT_V5 ? &props : NULL);
+	assert(n);
+	conn_queue_ctrl(c, out, n);
+	free(dyn);
+}
+
+static void connect_accept(struct shard *s, struct conn *c,
+			   struct session *ss, bool present)
+{
+	c->session = ss;
+	ss->conn = c;
+	ss->zombie = false;
+	c->state = CONN_ACTIVE;
+	c->flags |= CONN_COUNTED;
+	atomic_fetch_add_explicit(&s->stats.clients_connected, 1,
+				  memory_order_relaxed);
+	connect_send_connack(c, present, 0);
+	if (s->cfg->connection_messages) {
+		char peer[64];
+		static const int proto[] = {[3] = 1, [4] = 2, [5] = 5};
+		log_msg(KITE_LOG_NOTICE,
+			"New client connected from %s as %s (p%d, c%d, k%u%s%s%s).",
+			conn_peer_str(c, peer, sizeof(peer)), ss->client_id,
+			proto[c->version], c->pending->clean ? 1 : 0,
+			c->keepalive_s, c->username ? ", u'" : "",
+			c->username ? c->username : "", c->username ? "'" : "");
+	}
+	free(c->pending);
+	c->pending = NULL;
+	if (present)
+		session_resume(ss);
+}
+
+static void connect_start_handoff(struct shard *s, struct conn *c,
+				  unsigned target)
+{
+	c->pending->target = target;
+	c->state = CONN_HANDOFF;
+	if (c->flags & CONN_RECV_ARMED) {
+		struct io_uring_sqe *sqe = shard_sqe(s);
+		io_uring_prep_cancel64(sqe, ud_pack(UD_RECV, c->id, c->gen), 0);
+		io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, c->id, c->gen));
+	}
+	/* The recv's final completion calls connect_handoff_ready(). */
+}
+
+void connect_handoff_ready(struct shard *s, struct conn *c)
+{
+	assert(c->state == CONN_HANDOFF && !(c->flags & CONN_RECV_ARMED));
+	if (c->flags & (CONN_SEND_BUSY | CONN_DIRTY))
+		return; /* nothing is queued before CONNACK; be safe */
+	shard_conn_detach(s, c);
+	shard_post(s, c->pending->target, (struct xitem){XK_ADOPT, c});
+}
+
+/* Decides where the client's session is; runs on the shard holding c. */
+static void connect_complete(struct shard *s, struct conn *c)
+{
+	struct broker *b = s->b;
+	struct pending_connect *p = c->pending;
+	struct session *old = NULL, *ss = NULL;
+	unsigned old_shard = 0;
+	pthread_mutex_lock(&b->reg_lock);
+	struct client_entry *e = *reg_slot(b, p->id, p->id_len);
+	if (e && !p->clean && e->persistent) {
+		if (e->shard != s->idx) {
+			unsigned target = e->shard;
+			pthread_mutex_unlock(&b->reg_lock);
+			connect_start_handoff(s, c, target);
+			return;
+		}
+		ss = e->session;
+		pthread_mutex_unlock(&b->reg_lock);
+		session_detach_conn(ss, "session taken over");
+		connect_accept(s, c, ss, true);
+		return;
+	}
+	ss = session_create(s, (const uint8_t *)p->id, p->id_len, !p->clean);
+	if (!e)
+		e = reg_insert(b, p->id, p->id_len);
+	else {
+		old = e->session;
+		old_shard = e->shard;
+	}
+	if (!ss || !e) {
+		pthread_mutex_unlock(&b->reg_lock);
+		if (ss)
+			session_destroy(ss);
+		conn_close(c, "out of memory", false);
+		return;
+	}
+	e->session = ss;
+	e->shard = s->idx;
+	e->persistent = !p->clean;
+	pthread_mutex_unlock(&b->reg_lock);
+	if (old && old_shard == s->idx)
+		session_kick(s, old);
+	else if (old)
+		shard_post(s, old_shard, (struct xitem){XK_KICK, old});
+	connect_accept(s, c, ss, false);
+}
+
+void connect_adopt(struct shard *s, struct conn *c)
+{
+	assert(c->state == CONN_HANDOFF);
+	if (shard_conn_attach(s, c) < 0) {
+		atomic_fetch_sub(&s->b->listener_conns[c->listener], 1);
+		close(c->fd);
+		conn_free(c);
+		return;
+	}
+	c->state = CONN_AWAIT_CONNECT;
+	shard_arm_recv(s, c);
+	connect_complete(s, c);
+	if (c->state != CONN_ACTIVE || !c->in_len)
+		return;
+	/* Packets the client sent behind its CONNECT. */
+	uint8_t *data = c->in_buf;
+	uint32_t len = c->in_len;
+	c->in_buf = NULL;
+	c->in_len = c->in_cap = 0;
+	conn_on_data(c, data, len);
+	free(data);
+}
+
+/* ---- the packet ------------------------------------------------------------- */
+
+static void connect_refuse(struct conn *c, uint8_t v3_rc, uint8_t v5_rc,
+			   const char *why)
+{
+	uint8_t buf[16];
+	bool v5 = c->version == MQTT_V5;
+	size_t n = mqtt_encode_connack(buf, sizeof(buf), v5 ? MQTT_V5 : MQTT_V311,
+				       false, v5 ? v5_rc : v3_rc, NULL);
+	c->flags |= CONN_CLOSE_AFTER_FLUSH;
+	if (n)
+		conn_queue_ctrl(c, buf, n);
+	conn_close(c, why, false);
+}
+
+static struct pending_connect *connect_pending(const struct mqtt_connect *ci)
+{
+	uint16_t len = (uint16_t)ci->client_id.len;
+	bool assign = len == 0;
+	if (assign)
+		len = 36;
+	struct pending_connect *p = malloc(sizeof(*p) + len + 1u);
+	if (!p)
+		return NULL;
+	p->clean = ci->clean_start;
+	p->assigned_id = assign;
+	p->id_len = len;
+	p->target = 0;
+	if (assign) {
+		/* Mosquitto's form: auto- and a random UUID-like string. */
+		uint8_t r[16] = {0};
+		if (getrandom(r, sizeof(r), 0) != sizeof(r))
+			for (unsigned i = 0; i < sizeof(r); i++)
+				r[i] = (uint8_t)rand();
+		snprintf(p->id, (size_t)len + 1,
+			 "auto-%02X%02X%02X%02X-%02X%02X-%02X%02X-%02X%02X-%02X%02X%02X",
+			 r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
+			 r[9], r[10], r[11], r[12]);
+		p->id_len = (uint16_t)strlen(p->id);
+	} else {
+		memcpy(p->id, ci->client_id.ptr, len);
+		p->id[len] = 0;
+	}
+	return p;
+}
+
+static int connect_take_will(struct conn *c, const struct mqtt_connect *ci)
+{
+	if (!ci->has_will)
+		return 0;
+	struct will *w = malloc(sizeof(*w));
+	if (!w)
+		return -1;
+	w->qos = ci->will.qos;
+	w->retain = ci->will.retain;
+	w->msg = msg_new(ci->will.topic.ptr, (uint16_t)ci->will.topic.len,
+			 ci->will.payload.ptr, ci->will.payload.len, w->qos,
+			 w->retain);
+	if (!w->msg) {
+		free(w);
+		return -1;
+	}
+	c->will = w;
+	return 0;
+}
+
+/* Anonymous means no username (Mosquitto 2: without a password file a
+ * username is enough). */
+static bool connect_allowed(const struct conn *c, const struct mqtt_connect *ci)
+{
+	const struct kite_listener_cfg *l =
+		&c->shard->cfg->listeners[c->listener];
+	return ci->has_username || l->allow_anonymous == 1;
+}
+
+int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
+		   const uint8_t *body, size_t len)
+{
+	if (c->state != CONN_AWAIT_CONNECT) {
+		conn_protocol_error(c, MQTT_RC_PROTOCOL_ERROR, "second CONNECT");
+		return -1;
+	}
+	struct mqtt_connect ci;
+	enum mqtt_rc rc = mqtt_decode_connect(body, len, &ci);
+	c->version = ci.version == MQTT_V5 ? MQTT_V5 : MQTT_V311;
+	if (rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION) {
+		c->version = MQTT_V311;
+		connect_refuse(c, MQTT_V3_CONNACK_BAD_PROTOCOL, rc,
+			       "unsupported protocol version");
+		return -1;
+	}
+	if (rc == MQTT_RC_CLIENT_ID_NOT_VALID) {
+		connect_refuse(c, MQTT_V3_CONNACK_ID_REJECTED, rc,
+			       "invalid client id");
+		return -1;
+	}
+	if (rc != MQTT_RC_SUCCESS) {
+		conn_close(c, "malformed CONNECT", false);
+		return -1;
+	}
+	c->version = ci.version;
+	if (ci.client_id.len == 0 && (!ci.clean_start || ci.version == MQTT_V31)) {
+		connect_refuse(c, MQTT_V3_CONNACK_ID_REJECTED,
+			       MQTT_RC_CLIENT_ID_NOT_VALID,
+			       "empty client id without clean session");
+		return -1;
+	}
+	uint32_t max_ka = c->shard->cfg->max_keepalive_s;
+	if (ci.keepalive_s > max_ka && ci.version != MQTT_V5) {
+		connect_refuse(c, MQTT_V3_CONNACK_ID_REJECTED, 0,
+			       "keepalive above max_keepalive");
+		return -1;
+	}
+	if (!connect_allowed(c, &ci)) {
+		connect_refuse(c, MQTT_V3_CONNACK_NOT_AUTHORIZED,
+			       MQTT_RC_NOT_AUTHORIZED, "not authorised");
+		return -1;
+	}
+	c->keepalive_s = ci.keepalive_s > max_ka ? (uint16_t)max_ka : ci.keepalive_s;
+	if (ci.has_username && !(c->username = strndup((const char *)ci.username.ptr,
+						       ci.username.len))) {
+		conn_close(c, "out of memory", false);
+		return -1;
+	}
+	c->pending = connect_pending(&ci);
+	if (!c->pending || connect_take_will(c, &ci) < 0) {
+		conn_close(c, "out of memory", false);
+		return -1;
+	}
+	connect_complete(c->shard, c);
+	return 0;
+}

@@ -1,0 +1,42 @@
+/* UNSUBSCRIBE (spec 3.10). */
+#include <stdlib.h>
+
+#include "core/log.h"
+#include "io/engine.h"
+
+int handle_unsubscribe(struct conn *c, const struct mqtt_fixed_header *h,
+		       const uint8_t *body, size_t len)
+{
+	struct mqtt_subscribe un;
+	enum mqtt_rc rc = mqtt_decode_unsubscribe(body, len, c->version, &un);
+	if (rc != MQTT_RC_SUCCESS) {
+		conn_protocol_error(c, rc, "invalid UNSUBSCRIBE");
+		return -1;
+	}
+	uint8_t *reasons = malloc(un.count);
+	uint8_t *out = malloc((size_t)un.count + 16);
+	if (!reasons || !out) {
+		free(reasons);
+		free(out);
+		conn_close(c, "out of memory", false);
+		return -1;
+	}
+	uint32_t cur = 0, i = 0;
+	struct mqtt_bytes f;
+	while (mqtt_unsubscribe_next(&un, &cur, &f)) {
+		int had = session_remove_sub(c->session, (const char *)f.ptr,
+					     (uint16_t)f.len);
+		reasons[i++] = had ? MQTT_RC_SUCCESS
+				   : MQTT_RC_NO_SUBSCRIPTION_EXISTED;
+		if (log_enabled(KITE_LOG_UNSUBSCRIBE))
+			log_msg(KITE_LOG_UNSUBSCRIBE, "%s %.*s",
+				c->session->client_id, (int)f.len, f.ptr);
+	}
+	size_t n = mqtt_encode_suback(out, (size_t)un.count + 16, MQTT_UNSUBACK,
+				      c->version, un.packet_id, reasons, i, NULL);
+	if (n)
+		conn_queue_ctrl(c, out, n);
+	free(reasons);
+	free(out);
+	return 0;
+}

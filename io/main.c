@@ -1,0 +1,173 @@
+/* kite: command line, config, signals. Usage follows mosquitto's:
+ *   kite [-c FILE] [-p PORT] [-t] [-v] [--version] */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/log.h"
+#include "io/engine.h"
+
+struct options {
+	const char *config_path;
+	int port;
+	bool test_only;
+	bool verbose;
+};
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"kite version %s: MQTT 3.1.1/5.0 broker\n\n"
+		"Usage: kite [-c config_file] [-p port] [-t] [-v]\n"
+		" -c : read Mosquitto-style configuration from a file;\n"
+		"      without one, listen on 127.0.0.1:1883 with anonymous access.\n"
+		" -p : listen on this port (all addresses) instead of the default.\n"
+		" -t : check the configuration and exit.\n"
+		" -v : log everything to stderr.\n"
+		" --version : print the version and exit.\n",
+		broker_version());
+}
+
+static int parse_args(int argc, char **argv, struct options *o)
+{
+	for (int i = 1; i < argc; i++) {
+		const char *a = argv[i];
+		if (!strcmp(a, "-c") || !strcmp(a, "--config-file")) {
+			if (++i == argc)
+				return -1;
+			o->config_path = argv[i];
+		} else if (!strcmp(a, "-p") || !strcmp(a, "--port")) {
+			if (++i == argc)
+				return -1;
+			char *end;
+			long p = strtol(argv[i], &end, 10);
+			if (*end || p < 1 || p > 65535)
+				return -1;
+			o->port = (int)p;
+		} else if (!strcmp(a, "-t") || !strcmp(a, "--test-config")) {
+			o->test_only = true;
+		} else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
+			o->verbose = true;
+		} else if (!strcmp(a, "--version")) {
+			printf("kite version %s\n", broker_version());
+			exit(0);
+		} else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+			usage(stdout);
+			exit(0);
+		} else {
+			return -1;
+		}
+	}
+	return 0;
+}
+
+static int load_config(const struct options *o, struct kite_config *cfg)
+{
+	char err[KITE_CONFIG_ERR_MAX];
+	config_defaults(cfg);
+	if (o->config_path && config_load(cfg, o->config_path, err, sizeof(err)) < 0) {
+		fprintf(stderr, "Error: %s\n", err);
+		return -1;
+	}
+	if (o->port && cfg->listener_count == 0) {
+		struct kite_listener_cfg *l = &cfg->listeners[cfg->listener_count++];
+		memset(l, 0, sizeof(*l));
+		l->port = (uint16_t)o->port;
+		l->max_connections = -1;
+		l->allow_anonymous = -1;
+	}
+	if (config_finalize(cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr, "Error: %s\n", err);
+		return -1;
+	}
+	if (o->verbose) {
+		cfg->log_type = KITE_LOG_ALL;
+		cfg->log_dest |= KITE_LOGDEST_STDERR;
+	}
+	return 0;
+}
+
+static void write_pid_file(const char *path)
+{
+	if (!path[0])
+		return;
+	FILE *f = fopen(path, "w");
+	if (!f) {
+		log_msg(KITE_LOG_ERR, "Error: unable to write pid file %s: %s",
+			path, strerror(errno));
+		return;
+	}
+	fprintf(f, "%ld\n", (long)getpid());
+	fclose(f);
+}
+
+static void serve(struct broker *b, const struct options *o)
+{
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
+	for (;;) {
+		int sig;
+		if (sigwait(&set, &sig) != 0)
+			continue;
+		if (sig != SIGHUP) {
+			log_msg(KITE_LOG_NOTICE, "kite version %s terminating",
+				broker_version());
+			return;
+		}
+		struct kite_config *next = malloc(sizeof(*next));
+		if (next && load_config(o, next) == 0)
+			broker_reload(b, next);
+		else
+			log_msg(KITE_LOG_ERR,
+				"Reload failed; keeping the running configuration.");
+		free(next);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	struct options o = {0};
+	if (parse_args(argc, argv, &o) < 0) {
+		usage(stderr);
+		return 1;
+	}
+	struct kite_config *cfg = calloc(1, sizeof(*cfg));
+	if (!cfg || load_config(&o, cfg) < 0)
+		return 1;
+	if (o.test_only) {
+		printf("%s: configuration OK\n",
+		       o.config_path ? o.config_path : "(built-in defaults)");
+		return 0;
+	}
+	log_configure(cfg);
+	/* Signals go to the main thread's sigwait, never to a shard. */
+	sigset_t set;
+	sigemptyset(&set);
+	sigaddset(&set, SIGINT);
+	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGHUP);
+	pthread_sigmask(SIG_BLOCK, &set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	log_msg(KITE_LOG_NOTICE, "kite version %s starting", broker_version());
+	if (o.config_path)
+		log_msg(KITE_LOG_NOTICE, "Config loaded from %s.", o.config_path);
+	struct broker b = {.cfg = cfg};
+	if (broker_start(&b) < 0) {
+		log_msg(KITE_LOG_ERR, "Error: broker failed to start");
+		return 1;
+	}
+	write_pid_file(cfg->pid_file);
+	serve(&b, &o);
+	broker_stop(&b);
+	if (b.cfg->pid_file[0])
+		unlink(b.cfg->pid_file);
+	free(b.cfg);
+	log_close();
+	return 0;
+}

@@ -1,0 +1,89 @@
+/* A published message: one immutable, reference-counted buffer shared by
+ * every subscriber's send queue, every shard it crosses to, the retained
+ * store and offline session queues. Freed when the last reference goes.
+ *
+ * Layout of buf: [5 bytes of header room][topic length, 2 bytes][topic]
+ * [payload]. The MQTT 3.1.1 QoS 0 PUBLISH with the retain flag clear (the
+ * form of every live fan-out delivery at QoS 0) is prebuilt right-aligned
+ * into the header room, so such a delivery is a single iovec; every other
+ * form is sent as a small per-delivery header plus the shared topic and
+ * payload pieces. */
+#ifndef KITE_MSG_H
+#define KITE_MSG_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define MSG_HEADER_ROOM 5
+
+struct msg {
+	_Atomic uint32_t refs;
+	uint8_t qos;	 /* as published */
+	bool retain;	 /* as published */
+	uint8_t q0_off;	 /* start of the prebuilt QoS 0 packet in buf */
+	uint16_t topic_len;
+	uint32_t payload_len;
+	uint64_t created_ms; /* monotonic; for message expiry later */
+	uint8_t buf[];
+};
+
+/* Copies topic and payload into a new message with one reference. NULL
+ * when out of memory. */
+struct msg *msg_new(const uint8_t *topic, uint16_t topic_len,
+		    const uint8_t *payload, uint32_t payload_len, uint8_t qos,
+		    bool retain);
+
+static inline struct msg *msg_ref(struct msg *m)
+{
+	atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+	return m;
+}
+
+void msg_unref(struct msg *m);
+/* Same, typed for callbacks that hold messages as void * (retain store). */
+void msg_release_cb(void *m);
+
+static inline const char *msg_topic(const struct msg *m)
+{
+	return (const char *)m->buf + MSG_HEADER_ROOM + 2;
+}
+
+static inline const uint8_t *msg_payload(const struct msg *m)
+{
+	return m->buf + MSG_HEADER_ROOM + 2 + m->topic_len;
+}
+
+/* The prebuilt 3.1.1 QoS 0 packet, retain flag clear. */
+static inline struct iovec msg_q0_packet(const struct msg *m)
+{
+	return (struct iovec){
+		.iov_base = (void *)(m->buf + m->q0_off),
+		.iov_len = (size_t)(MSG_HEADER_ROOM - m->q0_off) + 2 +
+			   m->topic_len + m->payload_len,
+	};
+}
+
+/* Topic with its 2-byte length prefix, as it goes on the wire. */
+static inline struct iovec msg_topic_wire(const struct msg *m)
+{
+	return (struct iovec){
+		.iov_base = (void *)(m->buf + MSG_HEADER_ROOM),
+		.iov_len = 2u + m->topic_len,
+	};
+}
+
+static inline struct iovec msg_payload_wire(const struct msg *m)
+{
+	return (struct iovec){
+		.iov_base = (void *)msg_payload(m),
+		.iov_len = m->payload_len,
+	};
+}
+
+/* Live messages, for $SYS and leak checks. */
+uint64_t msg_live_count(void);
+
+#endif

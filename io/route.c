@@ -1,0 +1,117 @@
+/* Routing a message: retained store, then the global trie names the shards
+ * with subscribers, each gets one reference over its ring, and every shard
+ * fans out to its own sessions from its local trie. */
+#include <assert.h>
+#include <stdlib.h>
+
+#include "io/engine.h"
+
+void route_publish(struct shard *s, struct msg *m)
+{
+	struct broker *b = s->b;
+	const char *topic = msg_topic(m);
+	if (m->retain)
+		retain_set(b->retained, topic, m->topic_len,
+			   m->payload_len ? msg_ref(m) : NULL);
+	uint64_t mask = gtrie_match(b->gtrie, topic, m->topic_len);
+	uint64_t others = mask & ~(1ull << s->idx);
+	while (others) {
+		unsigned d = (unsigned)__builtin_ctzll(others);
+		others &= others - 1;
+		shard_post(s, d, (struct xitem){XK_DELIVER, msg_ref(m)});
+	}
+	if (mask & (1ull << s->idx))
+		route_local(s, m);
+	msg_unref(m);
+}
+
+struct collect {
+	struct shard *s;
+	struct delivery *d;
+	uint32_t len, cap;
+	bool failed;
+};
+
+/* One delivery per session: overlapping subscriptions merge into the
+ * highest granted QoS (spec 3.3.5; Mosquitto 2 does the same). */
+static void route_collect_cb(void *ctx, const struct trie_sub *sub)
+{
+	struct collect *col = ctx;
+	struct session *ss = sub->owner;
+	uint8_t qos = (uint8_t)(sub->options & 3);
+	if (ss->match_gen == col->s->match_gen) {
+		struct delivery *d = &col->d[ss->match_slot];
+		if (qos > d->qos)
+			d->qos = qos;
+		return;
+	}
+	if (col->len == col->cap) {
+		uint32_t ncap = col->cap ? col->cap * 2 : 64;
+		struct delivery *n = realloc(col->d, sizeof(*n) * ncap);
+		if (!n) {
+			col->failed = true;
+			return;
+		}
+		col->d = n;
+		col->cap = ncap;
+	}
+	ss->match_gen = col->s->match_gen;
+	ss->match_slot = col->len;
+	col->d[col->len++] = (struct delivery){ss, qos};
+}
+
+void route_local(struct shard *s, struct msg *m)
+{
+	/* Borrow the shard's scratch array; a will published while this
+	 * loop closes a connection re-enters with a fresh one. */
+	struct collect col = {.s = s, .d = s->scratch, .cap = s->scratch_cap};
+	s->scratch = NULL;
+	s->scratch_cap = 0;
+	if (++s->match_gen == 0)
+		s->match_gen = 1;
+	trie_match(s->trie, msg_topic(m), m->topic_len, route_collect_cb, &col);
+	for (uint32_t i = 0; i < col.len; i++) {
+		uint8_t qos = col.d[i].qos < m->qos ? col.d[i].qos : m->qos;
+		session_deliver(col.d[i].ss, m, qos, false);
+	}
+	if (s->scratch_cap < col.cap) {
+		free(s->scratch);
+		s->scratch = col.d;
+		s->scratch_cap = col.cap;
+	} else {
+		free(col.d);
+	}
+}
+
+struct retained_batch {
+	struct msg **m;
+	uint32_t len, cap;
+};
+
+static void route_retained_cb(void *ctx, void *msg)
+{
+	struct retained_batch *rb = ctx;
+	if (rb->len == rb->cap) {
+		uint32_t ncap = rb->cap ? rb->cap * 2 : 16;
+		struct msg **n = realloc(rb->m, sizeof(*n) * ncap);
+		if (!n)
+			return;
+		rb->m = n;
+		rb->cap = ncap;
+	}
+	rb->m[rb->len++] = msg_ref(msg);
+}
+
+void route_retained(struct shard *s, struct session *ss, const char *filter,
+		    uint16_t len, uint8_t granted_qos)
+{
+	struct retained_batch rb = {0};
+	retain_match(s->b->retained, filter, len, route_retained_cb, &rb);
+	for (uint32_t i = 0; i < rb.len; i++) {
+		uint8_t qos = rb.m[i]->qos < granted_qos ? rb.m[i]->qos : granted_qos;
+		if (ss->conn)
+			session_deliver(ss, rb.m[i], qos, true);
+		msg_unref(rb.m[i]);
+	}
+	free(rb.m);
+}

@@ -1,0 +1,341 @@
+/* Session state: subscriptions, the outgoing inflight window, the queue
+ * behind it (and for offline persistent sessions), incoming QoS 2 ids.
+ * Owned by one shard; memory only for now, and every durable change goes
+ * through the functions declared in engine.h so a disk store can plug in
+ * there. */
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
+#include "io/engine.h"
+
+struct session *session_create(struct shard *s, const uint8_t *id,
+			       uint16_t len, bool persistent)
+{
+	struct session *ss = calloc(1, sizeof(*ss));
+	if (!ss)
+		return NULL;
+	ss->client_id = malloc((size_t)len + 1);
+	if (!ss->client_id) {
+		free(ss);
+		return NULL;
+	}
+	memcpy(ss->client_id, id, len);
+	ss->client_id[len] = 0;
+	ss->client_id_len = len;
+	ss->persistent = persistent;
+	ss->shard = s;
+	ss->next = s->sessions;
+	if (s->sessions)
+		s->sessions->prev = ss;
+	s->sessions = ss;
+	atomic_fetch_add_explicit(&s->stats.sessions, 1, memory_order_relaxed);
+	return ss;
+}
+
+void session_destroy(struct session *ss)
+{
+	struct shard *s = ss->shard;
+	assert(!ss->conn);
+	while (ss->subs)
+		session_remove_sub(ss, ss->subs->filter, ss->subs->len);
+	for (uint32_t i = 0; i < ss->inflight_count; i++)
+		msg_unref(ss->inflight[i].msg);
+	for (uint32_t i = 0; i < ss->q_count; i++)
+		msg_unref(ss->queue[(ss->q_head + i) % ss->q_cap].msg);
+	free(ss->inflight);
+	free(ss->queue);
+	free(ss->qos2_in);
+	if (ss->prev)
+		ss->prev->next = ss->next;
+	else
+		s->sessions = ss->next;
+	if (ss->next)
+		ss->next->prev = ss->prev;
+	atomic_fetch_sub_explicit(&s->stats.sessions, 1, memory_order_relaxed);
+	free(ss->client_id);
+	free(ss);
+}
+
+/* ---- subscriptions -------------------------------------------------------- */
+
+int session_add_sub(struct session *ss, const char *filter, uint16_t len,
+		    uint8_t qos)
+{
+	struct shard *s = ss->shard;
+	struct trie_sub sub = {.owner = ss, .options = qos};
+	enum trie_result r = trie_subscribe(s->trie, filter, len, &sub);
+	if (r < 0)
+		return -1;
+	if (r == TRIE_ADDED_FIRST && gtrie_add(s->b->gtrie, filter, len, s->idx) < 0) {
+		trie_unsubscribe(s->trie, filter, len, ss);
+		return -1;
+	}
+	for (struct sub_entry *e = ss->subs; e; e = e->next) {
+		if (e->len == len && !memcmp(e->filter, filter, len)) {
+			e->qos = qos;
+			return 0;
+		}
+	}
+	struct sub_entry *e = malloc(sizeof(*e) + len + 1u);
+	if (!e) {
+		session_remove_sub(ss, filter, len);
+		return -1;
+	}
+	e->qos = qos;
+	e->len = len;
+	memcpy(e->filter, filter, len);
+	e->filter[len] = 0;
+	e->next = ss->subs;
+	ss->subs = e;
+	ss->sub_count++;
+	atomic_fetch_add_explicit(&s->stats.subscriptions, 1,
+				  memory_order_relaxed);
+	return 0;
+}
+
+int session_remove_sub(struct session *ss, const char *filter, uint16_t len)
+{
+	struct shard *s = ss->shard;
+	enum trie_result r = trie_unsubscribe(s->trie, filter, len, ss);
+	if (r == TRIE_REMOVED_LAST)
+		gtrie_remove(s->b->gtrie, filter, len, s->idx);
+	for (struct sub_entry **pp = &ss->subs; *pp; pp = &(*pp)->next) {
+		struct sub_entry *e = *pp;
+		if (e->len == len && !memcmp(e->filter, filter, len)) {
+			*pp = e->next;
+			free(e);
+			ss->sub_count--;
+			atomic_fetch_sub_explicit(&s->stats.subscriptions, 1,
+						  memory_order_relaxed);
+			return 1;
+		}
+	}
+	return 0;
+}
+
+/* ---- outgoing QoS 1/2 ------------------------------------------------------ */
+
+static bool session_online(const struct session *ss)
+{
+	return ss->conn && ss->conn->state == CONN_ACTIVE;
+}
+
+static bool session_window_open(const struct session *ss)
+{
+	uint32_t max = ss->shard->cfg->max_inflight_messages;
+	return !max || ss->inflight_count < max;
+}
+
+static struct inflight *session_inflight_find(struct session *ss, uint16_t pid)
+{
+	for (uint32_t i = 0; i < ss->inflight_count; i++)
+		if (ss->inflight[i].pid == pid)
+			return &ss->inflight[i];
+	return NULL;
+}
+
+static uint16_t session_next_pid(struct session *ss)
+{
+	/* At most 65535 ids can be in flight; the window is far smaller. */
+	for (;;) {
+		if (++ss->next_pid == 0)
+			ss->next_pid = 1;
+		if (!session_inflight_find(ss, ss->next_pid))
+			return ss->next_pid;
+	}
+}
+
+static int session_inflight_add(struct session *ss, struct msg *m,
+				uint8_t qos, uint16_t pid)
+{
+	if (ss->inflight_count == ss->inflight_cap) {
+		uint32_t ncap = ss->inflight_cap ? ss->inflight_cap * 2 : 4;
+		struct inflight *n = realloc(ss->inflight, sizeof(*n) * ncap);
+		if (!n)
+			return -1;
+		ss->inflight = n;
+		ss->inflight_cap = ncap;
+	}
+	ss->inflight[ss->inflight_count++] = (struct inflight){
+		.msg = msg_ref(m),
+		.pid = pid,
+		.qos = qos,
+		.state = qos == 1 ? INFLIGHT_WAIT_PUBACK : INFLIGHT_WAIT_PUBREC,
+	};
+	return 0;
+}
+
+static void session_inflight_remove(struct session *ss, struct inflight *f)
+{
+	msg_unref(f->msg);
+	size_t i = (size_t)(f - ss->inflight);
+	/* Keep order: a resumed session resends in the original order. */
+	memmove(f, f + 1, sizeof(*f) * (ss->inflight_count - i - 1));
+	ss->inflight_count--;
+}
+
+static void session_send_new(struct session *ss, struct msg *m, uint8_t qos,
+			     bool retain)
+{
+	uint16_t pid = session_next_pid(ss);
+	if (session_inflight_add(ss, m, qos, pid) < 0) {
+		conn_close(ss->conn, "out of memory", false);
+		return;
+	}
+	conn_queue_publish(ss->conn, m, qos, retain, false, pid);
+}
+
+static int session_queue_push(struct session *ss, struct msg *m, uint8_t qos,
+			      bool retain)
+{
+	uint32_t max = ss->shard->cfg->max_queued_messages;
+	if (max && ss->q_count >= max)
+		return -1;
+	if (ss->q_count == ss->q_cap) {
+		uint32_t ncap = ss->q_cap ? ss->q_cap * 2 : 8;
+		struct queued *n = malloc(sizeof(*n) * ncap);
+		if (!n)
+			return -1;
+		for (uint32_t i = 0; i < ss->q_count; i++)
+			n[i] = ss->queue[(ss->q_head + i) % ss->q_cap];
+		free(ss->queue);
+		ss->queue = n;
+		ss->q_head = 0;
+		ss->q_cap = ncap;
+	}
+	ss->queue[(ss->q_head + ss->q_count) % ss->q_cap] =
+		(struct queued){.msg = msg_ref(m), .qos = qos, .retain = retain};
+	ss->q_count++;
+	return 0;
+}
+
+void session_deliver(struct session *ss, struct msg *m, uint8_t qos,
+		     bool retain)
+{
+	assert(qos <= 2);
+	struct shard *s = ss->shard;
+	if (qos == 0) {
+		/* Like Mosquitto (queue_qos0_messages false): QoS 0 is not
+		 * kept for offline clients. */
+		if (!session_online(ss) ||
+		    !conn_queue_publish(ss->conn, m, 0, retain, false, 0))
+			atomic_fetch_add_explicit(&s->stats.msgs_dropped, 1,
+						  memory_order_relaxed);
+		return;
+	}
+	if (session_online(ss) && !ss->q_count && session_window_open(ss)) {
+		session_send_new(ss, m, qos, retain);
+		return;
+	}
+	if (!ss->persistent && !session_online(ss))
+		return;
+	if (session_queue_push(ss, m, qos, retain) < 0)
+		atomic_fetch_add_explicit(&s->stats.msgs_dropped, 1,
+					  memory_order_relaxed);
+}
+
+void session_pump(struct session *ss)
+{
+	while (ss->q_count && session_online(ss) && session_window_open(ss)) {
+		struct queued q = ss->queue[ss->q_head];
+		ss->q_head = (ss->q_head + 1) % ss->q_cap;
+		ss->q_count--;
+		session_send_new(ss, q.msg, q.qos, q.retain);
+		msg_unref(q.msg);
+	}
+}
+
+static void session_send_pubrel(struct session *ss, uint16_t pid)
+{
+	uint8_t buf[8];
+	size_t n = mqtt_encode_ack(buf, sizeof(buf), MQTT_PUBREL,
+				   ss->conn->version, pid, 0, NULL);
+	assert(n);
+	conn_queue_ctrl(ss->conn, buf, n);
+}
+
+void session_resume(struct session *ss)
+{
+	assert(session_online(ss));
+	for (uint32_t i = 0; i < ss->inflight_count; i++) {
+		struct inflight *f = &ss->inflight[i];
+		if (f->state == INFLIGHT_WAIT_PUBCOMP)
+			session_send_pubrel(ss, f->pid);
+		else
+			conn_queue_publish(ss->conn, f->msg, f->qos, false, true,
+					   f->pid);
+	}
+	session_pump(ss);
+}
+
+bool session_on_puback(struct session *ss, uint16_t pid)
+{
+	struct inflight *f = session_inflight_find(ss, pid);
+	if (!f || f->state != INFLIGHT_WAIT_PUBACK)
+		return false;
+	session_inflight_remove(ss, f);
+	session_pump(ss);
+	return true;
+}
+
+bool session_on_pubrec(struct session *ss, uint16_t pid)
+{
+	struct inflight *f = session_inflight_find(ss, pid);
+	if (!f || f->state == INFLIGHT_WAIT_PUBACK)
+		return false;
+	if (f->state == INFLIGHT_WAIT_PUBREC) {
+		f->state = INFLIGHT_WAIT_PUBCOMP;
+		msg_unref(f->msg);
+		f->msg = NULL;
+	}
+	session_send_pubrel(ss, pid);
+	return true;
+}
+
+bool session_on_pubcomp(struct session *ss, uint16_t pid)
+{
+	struct inflight *f = session_inflight_find(ss, pid);
+	if (!f || f->state != INFLIGHT_WAIT_PUBCOMP)
+		return false;
+	session_inflight_remove(ss, f);
+	session_pump(ss);
+	return true;
+}
+
+/* ---- incoming QoS 2 --------------------------------------------------------- */
+
+bool session_qos2_seen(struct session *ss, uint16_t pid)
+{
+	for (uint32_t i = 0; i < ss->qos2_in_count; i++)
+		if (ss->qos2_in[i] == pid)
+			return true;
+	return false;
+}
+
+int session_qos2_add(struct session *ss, uint16_t pid)
+{
+	if (ss->qos2_in_count == ss->qos2_in_cap) {
+		uint32_t ncap = ss->qos2_in_cap ? ss->qos2_in_cap * 2 : 4;
+		if (ncap > 65536)
+			return -1;
+		uint16_t *n = realloc(ss->qos2_in, sizeof(*n) * ncap);
+		if (!n)
+			return -1;
+		ss->qos2_in = n;
+		ss->qos2_in_cap = ncap;
+	}
+	ss->qos2_in[ss->qos2_in_count++] = pid;
+	return 0;
+}
+
+void session_qos2_remove(struct session *ss, uint16_t pid)
+{
+	for (uint32_t i = 0; i < ss->qos2_in_count; i++) {
+		if (ss->qos2_in[i] == pid) {
+			ss->qos2_in[i] = ss->qos2_in[--ss->qos2_in_count];
+			return;
+		}
+	}
+}

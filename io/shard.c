@@ -1,0 +1,657 @@
+/* The shard loop: one thread, one io_uring, one CPU.
+ *
+ * Each turn: submit queued sends and cross-shard wakeups, wait, reap every
+ * ready completion in one batch, run their handlers, drain the rings from
+ * other shards, announce a QSBR quiescent state. */
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <urcu-qsbr.h>
+
+#include "core/log.h"
+#include "io/engine.h"
+
+#define CQE_BATCH 256
+
+uint64_t now_monotonic_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+struct xring *xring_of(struct broker *b, unsigned src, unsigned dst)
+{
+	assert(src <= b->nshards && dst < b->nshards);
+	return &b->xrings[(size_t)src * b->nshards + dst];
+}
+
+struct io_uring_sqe *shard_sqe(struct shard *s)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+	if (!sqe) {
+		/* SQ full: hand the batch to the kernel and take a slot. */
+		io_uring_submit(&s->ring);
+		sqe = io_uring_get_sqe(&s->ring);
+	}
+	assert(sqe);
+	return sqe;
+}
+
+/* ---- cross-shard rings ------------------------------------------------- */
+
+static bool xring_push(struct xring *r, struct xitem it)
+{
+	uint32_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	uint32_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+	if (tail - head == XRING_SLOTS)
+		return false;
+	r->items[tail & (XRING_SLOTS - 1)] = it;
+	atomic_store_explicit(&r->tail, tail + 1, memory_order_release);
+	return true;
+}
+
+static void overflow_push(struct xoverflow *o, struct xitem it)
+{
+	if (o->count == o->cap) {
+		uint32_t ncap = o->cap ? o->cap * 2 : 256;
+		struct xitem *n = malloc(sizeof(*n) * ncap);
+		if (!n)
+			abort(); /* cannot lose an acknowledged message */
+		for (uint32_t i = 0; i < o->count; i++)
+			n[i] = o->items[(o->head + i) % o->cap];
+		free(o->items);
+		o->items = n;
+		o->head = 0;
+		o->cap = ncap;
+	}
+	o->items[(o->head + o->count) % o->cap] = it;
+	o->count++;
+}
+
+void shard_post(struct shard *s, unsigned dst, struct xitem it)
+{
+	assert(dst != s->idx && dst < s->b->nshards);
+	struct xoverflow *o = &s->overflow[dst];
+	/* Keep order: once something overflowed, everything queues behind. */
+	if (o->count || !xring_push(xring_of(s->b, s->idx, dst), it))
+		overflow_push(o, it);
+	s->wake_mask |= 1ull << dst;
+}
+
+static bool shard_flush_overflow(struct shard *s)
+{
+	bool pending = false;
+	for (unsigned d = 0; d < s->b->nshards; d++) {
+		struct xoverflow *o = &s->overflow[d];
+		struct xring *r = xring_of(s->b, s->idx, d);
+		while (o->count && xring_push(r, o->items[o->head])) {
+			o->head = (o->head + 1) % o->cap;
+			o->count--;
+			s->wake_mask |= 1ull << d;
+		}
+		pending |= o->count != 0;
+	}
+	return pending;
+}
+
+static void shard_send_wakeups(struct shard *s)
+{
+	uint64_t mask = s->wake_mask;
+	s->wake_mask = 0;
+	while (mask) {
+		unsigned d = (unsigned)__builtin_ctzll(mask);
+		mask &= mask - 1;
+		struct io_uring_sqe *sqe = shard_sqe(s);
+		io_uring_prep_msg_ring(sqe, s->b->shards[d].ring.ring_fd, 0,
+				       ud_pack(UD_WAKE, 0, 0), 0);
+		/* Nothing to do when it worked; failures still post a CQE. */
+		sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+		io_uring_sqe_set_data64(sqe, ud_pack(UD_WAKE, 1, 0));
+	}
+}
+
+void broker_post_from_main(struct broker *b, unsigned dst, struct xitem it)
+{
+	pthread_mutex_lock(&b->ctl_lock);
+	struct xring *r = xring_of(b, b->nshards, dst);
+	while (!xring_push(r, it))
+		usleep(1000); /* control items are rare; the shard drains */
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&b->ctl_ring);
+	assert(sqe);
+	io_uring_prep_msg_ring(sqe, b->shards[dst].ring.ring_fd, 0,
+			       ud_pack(UD_WAKE, 0, 0), 0);
+	io_uring_submit_and_wait(&b->ctl_ring, 1);
+	struct io_uring_cqe *cqe;
+	if (io_uring_peek_cqe(&b->ctl_ring, &cqe) == 0)
+		io_uring_cqe_seen(&b->ctl_ring, cqe);
+	pthread_mutex_unlock(&b->ctl_lock);
+}
+
+static void shard_stop_all(struct shard *s);
+
+static void shard_handle_xitem(struct shard *s, struct xitem it)
+{
+	switch (it.kind) {
+	case XK_DELIVER:
+		route_local(s, it.ptr);
+		msg_unref(it.ptr);
+		break;
+	case XK_KICK:
+		session_kick(s, it.ptr);
+		break;
+	case XK_ADOPT:
+		connect_adopt(s, it.ptr);
+		break;
+	case XK_STOP:
+		shard_stop_all(s);
+		break;
+	case XK_RELOAD:
+		s->cfg = it.ptr;
+		atomic_fetch_add(&s->b->reload_acks, 1);
+		break;
+	default:
+		assert(!"unknown cross-shard item");
+	}
+}
+
+static void shard_drain_rings(struct shard *s)
+{
+	for (unsigned src = 0; src <= s->b->nshards; src++) {
+		if (src == s->idx)
+			continue;
+		struct xring *r = xring_of(s->b, src, s->idx);
+		uint32_t head = atomic_load_explicit(&r->head,
+						     memory_order_relaxed);
+		uint32_t tail = atomic_load_explicit(&r->tail,
+						     memory_order_acquire);
+		while (head != tail) {
+			struct xitem it = r->items[head & (XRING_SLOTS - 1)];
+			head++;
+			atomic_store_explicit(&r->head, head,
+					      memory_order_release);
+			shard_handle_xitem(s, it);
+		}
+	}
+}
+
+/* ---- connections table ------------------------------------------------ */
+
+int shard_conn_attach(struct shard *s, struct conn *c)
+{
+	if (!s->free_count) {
+		uint32_t ncap = s->conns_cap ? s->conns_cap * 2 : 1024;
+		if (ncap > (1u << 24))
+			return -1;
+		struct conn **n = realloc(s->conns, sizeof(*n) * ncap);
+		uint32_t *f = realloc(s->free_ids, sizeof(*f) * ncap);
+		if (!n || !f) {
+			if (n)
+				s->conns = n;
+			if (f)
+				s->free_ids = f;
+			return -1;
+		}
+		s->conns = n;
+		s->free_ids = f;
+		for (uint32_t i = ncap; i > s->conns_cap; i--) {
+			s->conns[i - 1] = NULL;
+			s->free_ids[s->free_count++] = i - 1;
+		}
+		s->conns_cap = ncap;
+	}
+	c->id = s->free_ids[--s->free_count];
+	c->gen = ++s->next_gen;
+	c->shard = s;
+	s->conns[c->id] = c;
+	s->conns_used++;
+	return 0;
+}
+
+void shard_conn_detach(struct shard *s, struct conn *c)
+{
+	assert(s->conns[c->id] == c);
+	s->conns[c->id] = NULL;
+	s->free_ids[s->free_count++] = c->id;
+	s->conns_used--;
+}
+
+static struct conn *shard_conn_get(struct shard *s, uint64_t ud)
+{
+	uint32_t id = ud_id(ud);
+	if (id >= s->conns_cap)
+		return NULL;
+	struct conn *c = s->conns[id];
+	return c && c->gen == ud_gen(ud) ? c : NULL;
+}
+
+void shard_arm_recv(struct shard *s, struct conn *c)
+{
+	struct io_uring_sqe *sqe = shard_sqe(s);
+	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = 0;
+	io_uring_sqe_set_data64(sqe, ud_pack(UD_RECV, c->id, c->gen));
+	c->flags |= CONN_RECV_ARMED;
+}
+
+/* ---- completions --------------------------------------------------------- */
+
+static void shard_arm_accept(struct shard *s, unsigned li)
+{
+	struct io_uring_sqe *sqe = shard_sqe(s);
+	io_uring_prep_multishot_accept(sqe, s->listen_fds[li], NULL, NULL,
+				       SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, ud_pack(UD_ACCEPT, li, 0));
+}
+
+static void shard_on_accept(struct shard *s, unsigned li,
+			    struct io_uring_cqe *cqe)
+{
+	if (!(cqe->flags & IORING_CQE_F_MORE) && !s->stopping &&
+	    s->listen_fds[li] >= 0)
+		shard_arm_accept(s, li);
+	if (cqe->res < 0) {
+		if (cqe->res != -ECANCELED && !s->stopping)
+			log_msg(KITE_LOG_WARNING, "accept failed: %s",
+				strerror(-cqe->res));
+		return;
+	}
+	int fd = cqe->res;
+	const struct kite_listener_cfg *l = &s->cfg->listeners[li];
+	uint32_t n = atomic_fetch_add(&s->b->listener_conns[li], 1) + 1;
+	if (s->stopping || (l->max_connections >= 0 &&
+			    n > (uint32_t)l->max_connections)) {
+		atomic_fetch_sub(&s->b->listener_conns[li], 1);
+		close(fd);
+		return;
+	}
+	struct conn *c = calloc(1, sizeof(*c));
+	if (!c || shard_conn_attach(s, c) < 0) {
+		free(c);
+		atomic_fetch_sub(&s->b->listener_conns[li], 1);
+		close(fd);
+		return;
+	}
+	c->fd = fd;
+	c->listener = (uint8_t)li;
+	c->state = CONN_AWAIT_CONNECT;
+	c->created_ms = c->last_rx_ms = s->now_ms;
+	socklen_t alen = sizeof(c->peer);
+	if (getpeername(fd, (struct sockaddr *)&c->peer, &alen) < 0)
+		c->peer.ss_family = AF_UNSPEC;
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	shard_arm_recv(s, c);
+}
+
+static void shard_recycle_buf(struct shard *s, unsigned bid)
+{
+	assert(bid < SHARD_RECV_BUFS);
+	io_uring_buf_ring_add(s->br, s->recv_bufs + (size_t)bid * SHARD_RECV_BUF_SIZE,
+			      SHARD_RECV_BUF_SIZE, (unsigned short)bid,
+			      io_uring_buf_ring_mask(SHARD_RECV_BUFS),
+			      (int)s->recv_bufs_used++);
+}
+
+static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
+{
+	struct conn *c = shard_conn_get(s, cqe->user_data);
+	bool more = cqe->flags & IORING_CQE_F_MORE;
+	if (cqe->flags & IORING_CQE_F_BUFFER) {
+		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+		if (c && cqe->res > 0) {
+			assert((unsigned)cqe->res <= SHARD_RECV_BUF_SIZE);
+			atomic_fetch_add_explicit(&s->stats.bytes_received,
+						  (uint64_t)cqe->res,
+						  memory_order_relaxed);
+			conn_on_data(c, s->recv_bufs +
+					       (size_t)bid * SHARD_RECV_BUF_SIZE,
+				     (size_t)cqe->res);
+		}
+		shard_recycle_buf(s, bid);
+	}
+	if (!c)
+		return;
+	if (!more)
+		c->flags &= (uint8_t)~CONN_RECV_ARMED;
+	if (cqe->res == 0 && c->state != CONN_CLOSING)
+		conn_close(c, "closed by client", true);
+	else if (cqe->res < 0 && cqe->res != -ENOBUFS &&
+		 c->state != CONN_CLOSING && c->state != CONN_HANDOFF)
+		conn_close(c, strerror(-cqe->res), true);
+	else if (!more && c->state == CONN_HANDOFF)
+		connect_handoff_ready(s, c); /* recv stopped: move it */
+	else if (!more && c->state != CONN_CLOSING)
+		shard_arm_recv(s, c); /* ENOBUFS or the kernel ended it */
+	if (c->state == CONN_CLOSING)
+		conn_on_closed(c);
+}
+
+static void shard_handle_cqe(struct shard *s, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = cqe->user_data;
+	struct conn *c;
+	switch (ud_op(ud)) {
+	case UD_ACCEPT:
+		shard_on_accept(s, ud_id(ud), cqe);
+		break;
+	case UD_RECV:
+		shard_on_recv(s, cqe);
+		break;
+	case UD_SEND:
+		if ((c = shard_conn_get(s, ud)))
+			conn_on_send_done(c, cqe->res);
+		break;
+	case UD_SHUTDOWN:
+		if ((c = shard_conn_get(s, ud)) && c->state == CONN_CLOSING)
+			conn_on_closed(c);
+		break;
+	case UD_CANCEL:
+	case UD_CLOSE:
+		break;
+	case UD_TICK:
+		break; /* handled after the batch */
+	case UD_WAKE:
+		if (ud_id(ud) == 1 && cqe->res < 0)
+			log_msg(KITE_LOG_ERR, "shard %u: wakeup failed: %s",
+				s->idx, strerror(-cqe->res));
+		break; /* the rings are drained every turn */
+	default:
+		assert(!"unknown completion");
+	}
+}
+
+static void shard_arm_tick(struct shard *s)
+{
+	struct io_uring_sqe *sqe = shard_sqe(s);
+	s->tick_ts.tv_sec = 0;
+	s->tick_ts.tv_nsec = SHARD_TICK_MS * 1000000ll;
+	io_uring_prep_timeout(sqe, &s->tick_ts, 0, 0);
+	io_uring_sqe_set_data64(sqe, ud_pack(UD_TICK, 0, 0));
+}
+
+/* Keepalive (1.5 x the client's value, spec 3.1.2.10) and the CONNECT
+ * deadline, checked once per tick over the shard's connections. */
+static void shard_check_timeouts(struct shard *s)
+{
+	for (uint32_t i = 0; i < s->conns_cap; i++) {
+		struct conn *c = s->conns[i];
+		if (!c || c->state == CONN_HANDOFF)
+			continue;
+		if (c->state == CONN_CLOSING) {
+			/* Last words that the client will not read. */
+			if (s->now_ms - c->last_rx_ms > 2000)
+				conn_shutdown(c);
+			continue;
+		}
+		if (c->state == CONN_AWAIT_CONNECT) {
+			if (s->now_ms - c->created_ms > CONN_CONNECT_TIMEOUT_MS)
+				conn_close(c, "no CONNECT in time", false);
+			continue;
+		}
+		if (c->keepalive_s &&
+		    s->now_ms - c->last_rx_ms > (uint64_t)c->keepalive_s * 1500u)
+			conn_protocol_error(c, MQTT_RC_KEEP_ALIVE_TIMEOUT,
+					    "exceeded timeout");
+	}
+}
+
+static void shard_on_tick(struct shard *s)
+{
+	shard_check_timeouts(s);
+	if (s->idx == 0 && s->cfg->sys_interval_s &&
+	    s->now_ms - s->last_sys_ms >= s->cfg->sys_interval_s * 1000ull) {
+		s->last_sys_ms = s->now_ms;
+		sys_publish(s);
+	}
+}
+
+static void shard_stop_all(struct shard *s)
+{
+	if (s->stopping)
+		return;
+	s->stopping = true;
+	for (unsigned li = 0; li < s->cfg->listener_count; li++) {
+		if (s->listen_fds[li] >= 0) {
+			struct io_uring_sqe *sqe = shard_sqe(s);
+			io_uring_prep_cancel64(sqe, ud_pack(UD_ACCEPT, li, 0), 0);
+			io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, 0, 0));
+			io_uring_submit(&s->ring);
+			close(s->listen_fds[li]);
+			s->listen_fds[li] = -1;
+		}
+	}
+	for (uint32_t i = 0; i < s->conns_cap; i++)
+		if (s->conns[i] && s->conns[i]->state != CONN_CLOSING)
+			conn_protocol_error(s->conns[i],
+					    MQTT_RC_SERVER_SHUTTING_DOWN,
+					    "broker shutting down");
+}
+
+static void shard_flush_dirty(struct shard *s)
+{
+	while (s->dirty) {
+		struct conn *c = s->dirty;
+		s->dirty = c->dirty_next;
+		c->dirty_next = NULL;
+		c->flags &= (uint8_t)~CONN_DIRTY;
+		conn_flush(c);
+	}
+}
+
+static void shard_turn(struct shard *s, bool *tick)
+{
+	struct io_uring_cqe *cqes[CQE_BATCH];
+	unsigned n = io_uring_peek_batch_cqe(&s->ring, cqes, CQE_BATCH);
+	s->now_ms = now_monotonic_ms();
+	s->recv_bufs_used = 0;
+	for (unsigned i = 0; i < n; i++) {
+		if (ud_op(cqes[i]->user_data) == UD_TICK)
+			*tick = true;
+		shard_handle_cqe(s, cqes[i]);
+	}
+	io_uring_cq_advance(&s->ring, n);
+	if (s->recv_bufs_used)
+		io_uring_buf_ring_advance(s->br, (int)s->recv_bufs_used);
+}
+
+static void *shard_main(void *arg)
+{
+	struct shard *s = arg;
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	CPU_SET(s->idx % (unsigned)sysconf(_SC_NPROCESSORS_ONLN), &set);
+	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	rcu_register_thread();
+	s->now_ms = now_monotonic_ms();
+	s->last_sys_ms = s->now_ms;
+	for (unsigned li = 0; li < s->cfg->listener_count; li++)
+		shard_arm_accept(s, li);
+	shard_arm_tick(s);
+	uint64_t stop_deadline = 0;
+	for (;;) {
+		shard_flush_dirty(s);
+		bool backlog = shard_flush_overflow(s);
+		shard_send_wakeups(s);
+		if (s->stopping) {
+			if (!stop_deadline)
+				stop_deadline = s->now_ms + 2000;
+			if (s->conns_used == 0 || s->now_ms > stop_deadline)
+				break;
+		}
+		rcu_thread_offline();
+		if (backlog) {
+			struct __kernel_timespec ts = {.tv_nsec = 1000000};
+			struct io_uring_cqe *cqe;
+			io_uring_submit_and_wait_timeout(&s->ring, &cqe, 1, &ts,
+							 NULL);
+		} else {
+			io_uring_submit_and_wait(&s->ring, 1);
+		}
+		rcu_thread_online();
+		bool tick = false;
+		shard_turn(s, &tick);
+		shard_drain_rings(s);
+		if (tick) {
+			shard_on_tick(s);
+			shard_arm_tick(s);
+		}
+		rcu_quiescent_state();
+	}
+	rcu_unregister_thread();
+	return NULL;
+}
+
+/* ---- setup -------------------------------------------------------------- */
+
+static int shard_listen(const struct kite_listener_cfg *l)
+{
+	struct sockaddr_storage ss = {0};
+	socklen_t alen;
+	const char *host = l->bind_address[0] ? l->bind_address : NULL;
+	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+	struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+	if (host && inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+		a4->sin_family = AF_INET;
+		a4->sin_port = htons(l->port);
+		alen = sizeof(*a4);
+	} else if (host && inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
+		a6->sin6_family = AF_INET6;
+		a6->sin6_port = htons(l->port);
+		alen = sizeof(*a6);
+	} else if (!host) {
+		a6->sin6_family = AF_INET6;
+		a6->sin6_addr = in6addr_any;
+		a6->sin6_port = htons(l->port);
+		alen = sizeof(*a6);
+	} else {
+		errno = EINVAL;
+		return -1;
+	}
+	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	int one = 1, zero = 0;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	if (ss.ss_family == AF_INET6 && !host)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+	if (bind(fd, (struct sockaddr *)&ss, alen) < 0 || listen(fd, 4096) < 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+static int shard_setup_ring(struct shard *s)
+{
+	struct io_uring_params p = {0};
+	/* SINGLE_ISSUER + DEFER_TASKRUN: only this thread submits, and the
+	 * kernel runs completion work when we wait, in our context, instead
+	 * of interrupting the loop with task work. SUBMIT_ALL: one bad SQE
+	 * must not stall the rest of the batch. */
+	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+		  IORING_SETUP_SUBMIT_ALL;
+	p.cq_entries = SHARD_RING_ENTRIES * 4;
+	p.flags |= IORING_SETUP_CQSIZE;
+	int ret = io_uring_queue_init_params(SHARD_RING_ENTRIES, &s->ring, &p);
+	if (ret < 0)
+		return ret;
+	if (!(p.features & IORING_FEAT_NODROP))
+		log_msg(KITE_LOG_WARNING, "kernel may drop completions");
+	size_t brsz = SHARD_RECV_BUFS * sizeof(struct io_uring_buf);
+	void *mem = NULL;
+	if (posix_memalign(&mem, 4096, brsz))
+		return -ENOMEM;
+	memset(mem, 0, brsz);
+	s->br = mem;
+	s->recv_bufs = malloc((size_t)SHARD_RECV_BUFS * SHARD_RECV_BUF_SIZE);
+	if (!s->recv_bufs)
+		return -ENOMEM;
+	io_uring_buf_ring_init(s->br);
+	struct io_uring_buf_reg reg = {
+		.ring_addr = (unsigned long)s->br,
+		.ring_entries = SHARD_RECV_BUFS,
+		.bgid = 0,
+	};
+	ret = io_uring_register_buf_ring(&s->ring, &reg, 0);
+	if (ret < 0)
+		return ret;
+	s->recv_bufs_used = 0;
+	for (unsigned i = 0; i < SHARD_RECV_BUFS; i++)
+		shard_recycle_buf(s, i);
+	io_uring_buf_ring_advance(s->br, (int)s->recv_bufs_used);
+	return 0;
+}
+
+int shard_init(struct shard *s, struct broker *b, unsigned idx)
+{
+	memset(s, 0, sizeof(*s));
+	s->idx = idx;
+	s->b = b;
+	for (unsigned i = 0; i < KITE_LISTENERS_MAX; i++)
+		s->listen_fds[i] = -1;
+	int ret = shard_setup_ring(s);
+	if (ret < 0) {
+		log_msg(KITE_LOG_ERR, "shard %u: io_uring setup failed: %s", idx,
+			strerror(-ret));
+		return -1;
+	}
+	s->trie = trie_new();
+	if (!s->trie)
+		return -1;
+	s->cfg = b->cfg;
+	for (unsigned li = 0; li < b->cfg->listener_count; li++) {
+		const struct kite_listener_cfg *l = &b->cfg->listeners[li];
+		s->listen_fds[li] = shard_listen(l);
+		if (s->listen_fds[li] < 0) {
+			log_msg(KITE_LOG_ERR, "Error: unable to listen on %s:%u: %s",
+				l->bind_address[0] ? l->bind_address : "*",
+				l->port, strerror(errno));
+			return -1;
+		}
+	}
+	return 0;
+}
+
+int shard_start(struct shard *s)
+{
+	return pthread_create(&s->thread, NULL, shard_main, s) ? -1 : 0;
+}
+
+void shard_fini(struct shard *s)
+{
+	for (unsigned li = 0; li < KITE_LISTENERS_MAX; li++)
+		if (s->listen_fds[li] >= 0)
+			close(s->listen_fds[li]);
+	for (uint32_t i = 0; i < s->conns_cap; i++)
+		if (s->conns[i])
+			conn_free(s->conns[i]);
+	while (s->sessions)
+		session_destroy(s->sessions);
+	for (unsigned d = 0; d < KITE_SHARDS_MAX; d++) {
+		struct xoverflow *o = &s->overflow[d];
+		for (uint32_t i = 0; i < o->count; i++)
+			if (o->items[(o->head + i) % o->cap].kind == XK_DELIVER)
+				msg_unref(o->items[(o->head + i) % o->cap].ptr);
+		free(o->items);
+	}
+	if (s->trie)
+		trie_free(s->trie);
+	if (s->ring.ring_fd > 0)
+		io_uring_queue_exit(&s->ring);
+	free(s->br);
+	free(s->recv_bufs);
+	free(s->conns);
+	free(s->free_ids);
+	free(s->scratch);
+}

@@ -1,0 +1,61 @@
+/* $SYS/broker/... topics, as Mosquitto publishes them (retained), every
+ * sys_interval seconds, from shard 0. */
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "io/engine.h"
+
+static void sys_put(struct shard *s, const char *topic, const char *fmt,
+		    unsigned long long v)
+{
+	char payload[64];
+	int n = snprintf(payload, sizeof(payload), fmt, v);
+	struct msg *m = msg_new((const uint8_t *)topic, (uint16_t)strlen(topic),
+				(const uint8_t *)payload, (uint32_t)n, 0, true);
+	if (m)
+		route_publish(s, m);
+}
+
+static uint64_t sys_sum(struct broker *b, size_t field_offset)
+{
+	uint64_t sum = 0;
+	for (unsigned i = 0; i < b->nshards; i++) {
+		_Atomic uint64_t *f = (_Atomic uint64_t *)((char *)&b->shards[i].stats +
+							   field_offset);
+		sum += atomic_load_explicit(f, memory_order_relaxed);
+	}
+	return sum;
+}
+
+#define SUM(field) sys_sum(b, offsetof(struct shard_stats, field))
+
+void sys_publish(struct shard *s)
+{
+	struct broker *b = s->b;
+	char version[64];
+	snprintf(version, sizeof(version), "kite version %s", broker_version());
+	struct msg *m = msg_new((const uint8_t *)"$SYS/broker/version", 19,
+				(const uint8_t *)version, (uint32_t)strlen(version),
+				0, true);
+	if (m)
+		route_publish(s, m);
+	uint64_t connected = SUM(clients_connected), total = SUM(sessions);
+	sys_put(s, "$SYS/broker/uptime", "%llu seconds",
+		(unsigned long long)(time(NULL) - (time_t)b->start_s));
+	sys_put(s, "$SYS/broker/clients/connected", "%llu", connected);
+	sys_put(s, "$SYS/broker/clients/active", "%llu", connected);
+	sys_put(s, "$SYS/broker/clients/total", "%llu", total);
+	sys_put(s, "$SYS/broker/clients/disconnected", "%llu",
+		total > connected ? total - connected : 0);
+	sys_put(s, "$SYS/broker/messages/received", "%llu", SUM(msgs_received));
+	sys_put(s, "$SYS/broker/messages/sent", "%llu", SUM(msgs_sent));
+	sys_put(s, "$SYS/broker/bytes/received", "%llu", SUM(bytes_received));
+	sys_put(s, "$SYS/broker/bytes/sent", "%llu", SUM(bytes_sent));
+	sys_put(s, "$SYS/broker/subscriptions/count", "%llu", SUM(subscriptions));
+	sys_put(s, "$SYS/broker/retained messages/count", "%llu",
+		retain_count(b->retained));
+	sys_put(s, "$SYS/broker/publish/messages/dropped", "%llu",
+		SUM(msgs_dropped));
+}

@@ -1,0 +1,166 @@
+"""Starting and stopping the broker under test (kite, or Mosquitto to
+validate the tests), free loopback ports, and small polling helpers.
+
+The broker binary is $KITE_BIN; its flavour is "mosquitto" when the binary's
+basename is "mosquitto", else "kite"."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 5.0
+STOP_TIMEOUT_S = 5.0
+
+
+def broker_bin():
+    """The binary to test, or None when there is none to test."""
+    path = os.environ.get("KITE_BIN")
+    if path:
+        return path
+    default = REPO / "build" / "kite"
+    return str(default) if default.exists() else None
+
+
+def flavour(path):
+    return "mosquitto" if os.path.basename(path) == "mosquitto" else "kite"
+
+
+def free_port():
+    """A loopback port nobody listens on right now (bind to port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def port_is_free(port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+        return True
+
+
+def _listening(port):
+    """True if some socket listens on 127.0.0.1:port or *:port (IPv4).
+    Read from /proc so that waiting opens no connection the broker would
+    count or log."""
+    want = {"0100007F:%04X" % port, "00000000:%04X" % port}
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                if fields[1] in want and fields[3] == "0A":  # TCP_LISTEN
+                    return True
+    except OSError:
+        pass
+    return False
+
+
+def wait_for(cond, timeout=5.0, interval=0.02, what="condition"):
+    """Polls cond() until it returns a truthy value, which is returned.
+    Raises AssertionError naming `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() >= deadline:
+            raise AssertionError("timed out after %.1fs waiting for %s" % (timeout, what))
+        time.sleep(interval)
+
+
+def strip_kite_only(text):
+    """Removes the options Mosquitto does not know (kite's `shards`)."""
+    return "".join(l for l in text.splitlines(keepends=True)
+                   if not re.match(r"\s*shards\b", l))
+
+
+class Broker:
+    """One broker process. `log` is its stdout+stderr, captured to a file."""
+
+    def __init__(self, binary, flav, workdir, conf_text=None, port=None,
+                 args=None, wait_port=True):
+        self.binary = binary
+        self.flavour = flav
+        self.dir = Path(workdir)
+        self.port = port
+        self.conf_path = None
+        self.out_path = self.dir / ("broker-%d.out" % id(self))
+        self.stopped = False
+        self.returncode = None
+        if conf_text is not None:
+            self.conf_path = self.dir / "broker.conf"
+            self.conf_path.write_text(conf_text)
+            cmd = [binary, "-c", str(self.conf_path)]
+        else:
+            cmd = [binary]
+        cmd += list(args or [])
+        self.cmd = cmd
+        self._out = open(self.out_path, "wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=str(self.dir))
+        if wait_port and port is not None:
+            self.wait_listening()
+
+    def wait_listening(self):
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _listening(self.port):
+            if self.proc.poll() is not None:
+                raise AssertionError("broker exited with %s before listening:\n%s"
+                                     % (self.proc.returncode, self.output()))
+            if time.monotonic() > deadline:
+                raise AssertionError("broker not listening on %d after %.0fs:\n%s"
+                                     % (self.port, START_TIMEOUT_S, self.output()))
+            time.sleep(0.01)
+
+    def output(self):
+        """Everything the broker printed so far."""
+        try:
+            return self.out_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_output(self, pattern, timeout=5.0, text=None):
+        """Waits until the output matches regex `pattern`; returns the match."""
+        def check():
+            return re.search(pattern, text() if text else self.output(), re.M)
+        return wait_for(check, timeout, what="broker output /%s/" % pattern)
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def kill(self, sig):
+        self.proc.send_signal(sig)
+
+    def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT_S):
+        """Sends sig, waits, SIGKILLs after the bound. Returns the exit
+        status (negative: killed by that signal)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                self.returncode = "hung after %s, SIGKILLed" % signal.Signals(sig).name
+                self.stopped = True
+                self._out.close()
+                return self.returncode
+        self.stopped = True
+        self.returncode = self.proc.returncode
+        self._out.close()
+        return self.returncode
+
+
+def run_cmd(cmd, timeout=10, **kw):
+    """Runs a short-lived command; returns CompletedProcess (text)."""
+    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          stdin=subprocess.DEVNULL, timeout=timeout, text=True, **kw)

@@ -1,0 +1,358 @@
+"""Raw MQTT 3.1.1 packets with every byte under the test's control, and a
+reader that parses what the broker sends back.
+
+Builders return bytes and never validate: malformed input is the point.
+RawClient wraps one TCP connection to 127.0.0.1 with bounded reads."""
+
+import select
+import socket
+import struct
+import time
+
+CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7
+SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK = 8, 9, 10, 11
+PINGREQ, PINGRESP, DISCONNECT = 12, 13, 14
+
+NAMES = {
+    1: "CONNECT", 2: "CONNACK", 3: "PUBLISH", 4: "PUBACK", 5: "PUBREC",
+    6: "PUBREL", 7: "PUBCOMP", 8: "SUBSCRIBE", 9: "SUBACK",
+    10: "UNSUBSCRIBE", 11: "UNSUBACK", 12: "PINGREQ", 13: "PINGRESP",
+    14: "DISCONNECT", 15: "AUTH",
+}
+
+
+# --- encoding ---------------------------------------------------------------
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n % 128
+        n //= 128
+        if n:
+            b |= 0x80
+        out.append(b)
+        if not n:
+            return bytes(out)
+
+
+def mqtt_str(s):
+    b = s.encode() if isinstance(s, str) else bytes(s)
+    return struct.pack("!H", len(b)) + b
+
+
+def packet(ptype, flags, body=b""):
+    """Fixed header (type, flags, remaining length) + body."""
+    return bytes([(ptype << 4) | (flags & 0x0F)]) + varint(len(body)) + body
+
+
+def connect(client_id="", clean=True, keepalive=60, username=None,
+            password=None, will=None, proto_name="MQTT", proto_level=4,
+            flags=None):
+    """will = (topic, payload, qos, retain). flags overrides the connect
+    flags byte entirely."""
+    cf = 0
+    payload = mqtt_str(client_id)
+    if clean:
+        cf |= 0x02
+    if will is not None:
+        wtopic, wpayload, wqos, wretain = will
+        cf |= 0x04 | (wqos << 3) | (0x20 if wretain else 0)
+        payload += mqtt_str(wtopic) + mqtt_str(wpayload)
+    if username is not None:
+        cf |= 0x80
+        payload += mqtt_str(username)
+    if password is not None:
+        cf |= 0x40
+        payload += mqtt_str(password)
+    if flags is not None:
+        cf = flags
+    vh = mqtt_str(proto_name) + bytes([proto_level, cf]) + struct.pack("!H", keepalive)
+    return packet(CONNECT, 0, vh + payload)
+
+
+def publish(topic, payload=b"", qos=0, retain=False, dup=False, pid=None):
+    if isinstance(payload, str):
+        payload = payload.encode()
+    flags = (0x08 if dup else 0) | (qos << 1) | (0x01 if retain else 0)
+    body = mqtt_str(topic)
+    if qos > 0:
+        body += struct.pack("!H", pid if pid is not None else 1)
+    return packet(PUBLISH, flags, body + payload)
+
+
+def _ack(ptype, pid, flags=0):
+    return packet(ptype, flags, struct.pack("!H", pid))
+
+
+def puback(pid):
+    return _ack(PUBACK, pid)
+
+
+def pubrec(pid):
+    return _ack(PUBREC, pid)
+
+
+def pubrel(pid, flags=0x02):
+    return _ack(PUBREL, pid, flags)
+
+
+def pubcomp(pid):
+    return _ack(PUBCOMP, pid)
+
+
+def subscribe(pid, filters, flags=0x02):
+    """filters: [(filter, qos)] or a single filter string (QoS 0)."""
+    if isinstance(filters, str):
+        filters = [(filters, 0)]
+    body = struct.pack("!H", pid)
+    for f, q in filters:
+        body += mqtt_str(f) + bytes([q])
+    return packet(SUBSCRIBE, flags, body)
+
+
+def unsubscribe(pid, filters, flags=0x02):
+    if isinstance(filters, str):
+        filters = [filters]
+    body = struct.pack("!H", pid)
+    for f in filters:
+        body += mqtt_str(f)
+    return packet(UNSUBSCRIBE, flags, body)
+
+
+def pingreq():
+    return packet(PINGREQ, 0)
+
+
+def disconnect():
+    return packet(DISCONNECT, 0)
+
+
+# --- decoding ---------------------------------------------------------------
+
+class Packet:
+    """One packet read from the broker. For PUBLISH: topic, pid, payload,
+    dup, qos, retain. For acks: pid. CONNACK: session_present, rc.
+    SUBACK: pid, codes."""
+
+    def __init__(self, first, body):
+        self.type = first >> 4
+        self.flags = first & 0x0F
+        self.body = body
+        self.pid = None
+        if self.type == PUBLISH:
+            self.dup = bool(self.flags & 0x08)
+            self.qos = (self.flags >> 1) & 0x03
+            self.retain = bool(self.flags & 0x01)
+            (tlen,) = struct.unpack_from("!H", body, 0)
+            self.topic = body[2:2 + tlen].decode("utf-8", "replace")
+            pos = 2 + tlen
+            if self.qos:
+                (self.pid,) = struct.unpack_from("!H", body, pos)
+                pos += 2
+            self.payload = body[pos:]
+        elif self.type == CONNACK:
+            self.session_present = bool(body[0] & 0x01)
+            self.rc = body[1]
+        elif self.type in (PUBACK, PUBREC, PUBREL, PUBCOMP, UNSUBACK):
+            (self.pid,) = struct.unpack_from("!H", body, 0)
+        elif self.type == SUBACK:
+            (self.pid,) = struct.unpack_from("!H", body, 0)
+            self.codes = list(body[2:])
+
+    @property
+    def name(self):
+        return NAMES.get(self.type, str(self.type))
+
+    def __repr__(self):
+        if self.type == PUBLISH:
+            return ("<PUBLISH %r q%d%s%s pid=%s %r>"
+                    % (self.topic, self.qos, " dup" if self.dup else "",
+                       " retain" if self.retain else "", self.pid,
+                       self.payload[:40]))
+        return "<%s flags=%x body=%s>" % (self.name, self.flags, self.body.hex())
+
+
+class Closed(Exception):
+    """The broker closed the connection."""
+
+
+class Timeout(Exception):
+    """Nothing (complete) arrived in time."""
+
+
+class RawClient:
+    def __init__(self, port, timeout=5.0, host="127.0.0.1"):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = bytearray()
+        self.timeout = timeout
+        self.eof = False
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def local_port(self):
+        return self.sock.getsockname()[1]
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def _fill(self, deadline):
+        """Reads more bytes into buf. Raises Closed on EOF/reset, Timeout
+        at the deadline."""
+        if self.eof:
+            raise Closed()
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise Timeout()
+        r, _, _ = select.select([self.sock], [], [], remaining)
+        if not r:
+            raise Timeout()
+        try:
+            data = self.sock.recv(65536)
+        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
+            self.eof = True
+            raise Closed()
+        if not data:
+            self.eof = True
+            raise Closed()
+        self.buf += data
+
+    def _try_parse(self):
+        if len(self.buf) < 2:
+            return None
+        mult, length, i = 1, 0, 1
+        while True:
+            if i >= len(self.buf):
+                return None
+            b = self.buf[i]
+            length += (b & 0x7F) * mult
+            mult *= 128
+            i += 1
+            if not b & 0x80:
+                break
+            if i > 4:
+                raise ValueError("broker sent a bad remaining length")
+        if len(self.buf) < i + length:
+            return None
+        pkt = Packet(self.buf[0], bytes(self.buf[i:i + length]))
+        del self.buf[:i + length]
+        return pkt
+
+    def recv(self, timeout=None):
+        """Next packet. Raises Closed or Timeout."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            pkt = self._try_parse()
+            if pkt is not None:
+                return pkt
+            self._fill(deadline)
+
+    def expect(self, ptype, timeout=None):
+        pkt = self.recv(timeout)
+        assert pkt.type == ptype, "expected %s, got %r" % (NAMES[ptype], pkt)
+        return pkt
+
+    def recv_none(self, timeout=0.3):
+        """Asserts nothing arrives within timeout (EOF counts as nothing)."""
+        try:
+            pkt = self.recv(timeout)
+        except (Timeout, Closed):
+            return
+        raise AssertionError("unexpected packet %r" % (pkt,))
+
+    def recv_all(self, timeout=0.3):
+        """Every packet until `timeout` of silence."""
+        out = []
+        while True:
+            try:
+                out.append(self.recv(timeout))
+            except (Timeout, Closed):
+                return out
+
+    def wait_closed(self, timeout=None):
+        """True if the broker closes the connection within timeout (packets
+        before the close are ignored), False on timeout."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        try:
+            while True:
+                self._try_parse()
+                self.buf.clear()
+                self._fill(deadline)
+        except Closed:
+            return True
+        except Timeout:
+            return False
+
+    def is_open(self):
+        """Non-blocking: False if the broker has closed the connection."""
+        if self.eof:
+            return False
+        r, _, _ = select.select([self.sock], [], [], 0)
+        if not r:
+            return True
+        try:
+            data = self.sock.recv(65536, socket.MSG_PEEK)
+        except OSError:
+            return False
+        return bool(data)
+
+    # --- conveniences -------------------------------------------------------
+
+    def connect(self, client_id="", clean=True, keepalive=60, **kw):
+        """Sends CONNECT and returns the CONNACK packet."""
+        self.send(connect(client_id, clean=clean, keepalive=keepalive, **kw))
+        return self.expect(CONNACK)
+
+    def subscribe(self, filters, pid=1):
+        """Returns the SUBACK's list of return codes."""
+        self.send(subscribe(pid, filters))
+        ack = self.expect(SUBACK)
+        assert ack.pid == pid
+        return ack.codes
+
+    def unsubscribe(self, filters, pid=1):
+        self.send(unsubscribe(pid, filters))
+        ack = self.expect(UNSUBACK)
+        assert ack.pid == pid
+
+    def publish(self, topic, payload=b"", qos=0, retain=False, pid=1):
+        """Publishes and completes the QoS handshake."""
+        self.send(publish(topic, payload, qos=qos, retain=retain, pid=pid))
+        if qos == 1:
+            assert self.expect(PUBACK).pid == pid
+        elif qos == 2:
+            assert self.expect(PUBREC).pid == pid
+            self.send(pubrel(pid))
+            assert self.expect(PUBCOMP).pid == pid
+
+    def ack(self, pkt):
+        """Acknowledges a received PUBLISH as a well-behaved client would."""
+        if pkt.qos == 1:
+            self.send(puback(pkt.pid))
+        elif pkt.qos == 2:
+            self.send(pubrec(pkt.pid))
+            self.expect(PUBREL)
+            self.send(pubcomp(pkt.pid))
+
+    def expect_publish(self, timeout=None, ack=True):
+        pkt = self.expect(PUBLISH, timeout)
+        if ack:
+            self.ack(pkt)
+        return pkt
+
+    def ping(self, timeout=None):
+        """A PINGREQ/PINGRESP round trip: everything the broker did before
+        answering is visible after this returns."""
+        self.send(pingreq())
+        return self.expect(PINGRESP, timeout)

@@ -1,0 +1,20 @@
+#!/bin/sh
+# Installs the Debian 12 packages kite needs to build, run and test, if any
+# is missing. Safe to run again: does nothing when all are present.
+set -eu
+PKGS="gcc clang make pkg-config libssl-dev liburing-dev libjemalloc-dev
+liburcu-dev libbpf-dev libclang-rt-14-dev mosquitto mosquitto-clients
+python3 python3-pytest python3-paho-mqtt openssl"
+missing=""
+for p in $PKGS; do
+	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+		missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "deps: installing$missing" >&2
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO=sudo
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+# shellcheck disable=SC2086
+$SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
