@@ -24,7 +24,7 @@ static void usage(FILE *f)
 		"Usage: kite [-c config_file] [-p port] [-t] [-v]\n"
 		" -c : read Mosquitto-style configuration from a file;\n"
 		"      without one, listen on 127.0.0.1:1883 with anonymous access.\n"
-		" -p : listen on this port (all addresses) instead of the default.\n"
+		" -p : local-only mode on this port instead of 1883.\n"
 		" -t : check the configuration and exit.\n"
 		" -v : log everything to stderr.\n"
 		" --version : print the version and exit.\n",
@@ -72,17 +72,14 @@ static int load_config(const struct options *o, struct kite_config *cfg)
 		fprintf(stderr, "Error: %s\n", err);
 		return -1;
 	}
-	if (o->port && cfg->listener_count == 0) {
-		struct kite_listener_cfg *l = &cfg->listeners[cfg->listener_count++];
-		memset(l, 0, sizeof(*l));
-		l->port = (uint16_t)o->port;
-		l->max_connections = -1;
-		l->allow_anonymous = -1;
-	}
 	if (config_finalize(cfg, err, sizeof(err)) < 0) {
 		fprintf(stderr, "Error: %s\n", err);
 		return -1;
 	}
+	/* Like mosquitto -p: without configured listeners the broker stays in
+	 * local-only mode, on that port. */
+	if (o->port && cfg->local_only)
+		cfg->listeners[0].port = (uint16_t)o->port;
 	if (o->verbose) {
 		cfg->log_type = KITE_LOG_ALL;
 		cfg->log_dest |= KITE_LOGDEST_STDERR;

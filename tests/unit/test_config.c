@@ -1,0 +1,1373 @@
+/* Config parser (Mosquitto 2.0.11 semantics) and broker log. */
+#include "runner.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/config.h"
+#include "core/log.h"
+
+/* ---- helpers ----------------------------------------------------------- */
+
+static struct kite_config cfg_g; /* ~45 KB: keep it off the stack */
+static char err_g[KITE_CONFIG_ERR_MAX];
+
+/* Parses text as "t.conf" into cfg_g and finalizes it; returns the error
+ * message, "" on success. */
+static const char *load_err(const char *text)
+{
+	config_defaults(&cfg_g);
+	if (config_load_string(&cfg_g, "t.conf", text, err_g, sizeof(err_g)) <
+	    0)
+		return err_g;
+	if (config_finalize(&cfg_g, err_g, sizeof(err_g)) < 0)
+		return err_g;
+	return "";
+}
+
+/* Same, without finalizing. */
+static const char *parse_err(const char *text)
+{
+	config_defaults(&cfg_g);
+	if (config_load_string(&cfg_g, "t.conf", text, err_g, sizeof(err_g)) <
+	    0)
+		return err_g;
+	return "";
+}
+
+static const char *load_file_err(const char *path)
+{
+	config_defaults(&cfg_g);
+	if (config_load(&cfg_g, path, err_g, sizeof(err_g)) < 0)
+		return err_g;
+	if (config_finalize(&cfg_g, err_g, sizeof(err_g)) < 0)
+		return err_g;
+	return "";
+}
+
+static char *tmpdir_make(char buf[64])
+{
+	snprintf(buf, 64, "/tmp/kite-config-XXXXXX");
+	return mkdtemp(buf);
+}
+
+static int remove_cb(const char *path, const struct stat *sb, int flag,
+		     struct FTW *ftw)
+{
+	return remove(path);
+}
+
+static void tmpdir_remove(const char *dir)
+{
+	nftw(dir, remove_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+/* Writes text to dir/name; returns the path (static buffer). */
+static const char *write_file(const char *dir, const char *name,
+			      const char *text)
+{
+	static char path[512];
+	snprintf(path, sizeof(path), "%s/%s", dir, name);
+	FILE *f = fopen(path, "w");
+	if (f) {
+		fputs(text, f);
+		fclose(f);
+	}
+	return path;
+}
+
+/* Whole file into a static buffer ("" if unreadable). */
+static const char *slurp(const char *path)
+{
+	static char buf[256 * 1024];
+	size_t len = 0;
+	int fd = open(path, O_RDONLY);
+	if (fd >= 0) {
+		ssize_t n;
+		while (len < sizeof(buf) - 1 &&
+		       (n = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0)
+			len += (size_t)n;
+		close(fd);
+	}
+	buf[len] = '\0';
+	return buf;
+}
+
+/* ---- defaults and local-only mode -------------------------------------- */
+
+TEST(config_defaults_match_mosquitto_2)
+{
+	config_defaults(&cfg_g);
+	CHECK_EQ(cfg_g.listener_count, 0);
+	CHECK(!cfg_g.per_listener_settings);
+	CHECK_EQ(cfg_g.allow_anonymous, -1);
+	CHECK_EQ(cfg_g.max_keepalive_s, 65535);
+	CHECK_EQ(cfg_g.max_packet_size, 0);
+	CHECK_EQ(cfg_g.message_size_limit, 0);
+	CHECK_EQ(cfg_g.max_inflight_messages, 20);
+	CHECK_EQ(cfg_g.max_queued_messages, 1000);
+	CHECK(cfg_g.retain_available);
+	CHECK(cfg_g.connection_messages);
+	CHECK_EQ(cfg_g.sys_interval_s, 10);
+	CHECK_EQ(cfg_g.log_dest, KITE_LOGDEST_STDERR);
+	CHECK_EQ(cfg_g.log_type, KITE_LOG_ERR | KITE_LOG_WARNING |
+					 KITE_LOG_NOTICE | KITE_LOG_INFO);
+	CHECK_STR(cfg_g.log_file, "");
+	CHECK_STR(cfg_g.pid_file, "");
+	CHECK_EQ(cfg_g.shards, 0);
+	CHECK(!cfg_g.local_only);
+}
+
+TEST(config_without_listener_is_local_only_with_anonymous)
+{
+	const char *texts[] = {"", "# only a comment\n\n", "sys_interval 5\n",
+			       "max_connections 5\n", "allow_anonymous false\n"};
+	for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+		CHECK_STR(load_err(texts[i]), "");
+		CHECK(cfg_g.local_only);
+		CHECK_EQ(cfg_g.listener_count, 1);
+		CHECK_STR(cfg_g.listeners[0].bind_address, "127.0.0.1");
+		CHECK_EQ(cfg_g.listeners[0].port, 1883);
+		CHECK_EQ(cfg_g.listeners[0].max_connections, -1);
+		CHECK_EQ(cfg_g.listeners[0].allow_anonymous, 1);
+		CHECK_EQ(cfg_g.allow_anonymous, 1);
+	}
+}
+
+TEST(config_finalize_twice_is_harmless)
+{
+	CHECK_STR(load_err(""), "");
+	CHECK_EQ(config_finalize(&cfg_g, err_g, sizeof(err_g)), 0);
+	CHECK(cfg_g.local_only);
+	CHECK_EQ(cfg_g.listener_count, 1);
+}
+
+/* ---- listeners --------------------------------------------------------- */
+
+TEST(config_listener_records_port_address_and_location)
+{
+	CHECK_STR(load_err("\nlistener 1883\nlistener 8883 0.0.0.0\n"
+			   "listener 1884 ::1\n"),
+		  "");
+	CHECK(!cfg_g.local_only);
+	CHECK_EQ(cfg_g.listener_count, 3);
+	CHECK_EQ(cfg_g.listeners[0].port, 1883);
+	CHECK_STR(cfg_g.listeners[0].bind_address, "");
+	CHECK_STR(cfg_g.listeners[0].file, "t.conf");
+	CHECK_EQ(cfg_g.listeners[0].line, 2);
+	CHECK_EQ(cfg_g.listeners[1].port, 8883);
+	CHECK_STR(cfg_g.listeners[1].bind_address, "0.0.0.0");
+	CHECK_EQ(cfg_g.listeners[1].line, 3);
+	CHECK_STR(cfg_g.listeners[2].bind_address, "::1");
+	CHECK_EQ(cfg_g.listeners[2].max_connections, -1);
+}
+
+TEST(config_listener_options_apply_to_the_latest_listener)
+{
+	CHECK_STR(load_err("listener 1883\nmax_connections 10\n"
+			   "listener 1884\n"
+			   "listener 1885\nmax_connections -5\n"),
+		  "");
+	CHECK_EQ(cfg_g.listeners[0].max_connections, 10);
+	CHECK_EQ(cfg_g.listeners[1].max_connections, -1);
+	CHECK_EQ(cfg_g.listeners[2].max_connections, -1); /* negative */
+}
+
+TEST(config_bad_listener_port_reports_expected_range)
+{
+	CHECK_STR(load_err("listener abc\n"),
+		  "t.conf:1: option 'listener': expects a port number "
+		  "1-65535, got 'abc'");
+	CHECK_STR(load_err("\nlistener 65536\n"),
+		  "t.conf:2: option 'listener': expects a port number "
+		  "1-65535, got '65536'");
+	CHECK_STR(load_err("listener 0\n"),
+		  "t.conf:1: option 'listener': expects a port number "
+		  "1-65535, got '0'");
+	CHECK_STR(load_err("listener\n"),
+		  "t.conf:1: option 'listener': missing value (expects a port "
+		  "number 1-65535)");
+	CHECK_STR(load_err("listener 1883 127.0.0.1 extra\n"),
+		  "t.conf:1: option 'listener': unexpected extra argument "
+		  "'extra'");
+}
+
+TEST(config_unix_socket_listener_is_not_supported_yet)
+{
+	CHECK_STR(load_err("listener 0 /run/kite.sock\n"),
+		  "t.conf:1: option 'listener': unix socket listeners are not "
+		  "supported yet");
+}
+
+TEST(config_port_creates_default_listener_after_explicit_ones)
+{
+	CHECK_STR(load_err("port 1884\nlistener 8883\n"), "");
+	CHECK(!cfg_g.local_only);
+	CHECK_EQ(cfg_g.listener_count, 2);
+	CHECK_EQ(cfg_g.listeners[0].port, 8883);
+	CHECK_EQ(cfg_g.listeners[1].port, 1884);
+	CHECK_STR(cfg_g.listeners[1].bind_address, "");
+	CHECK_EQ(cfg_g.listeners[1].line, 1);
+}
+
+TEST(config_port_given_twice_uses_the_last)
+{
+	CHECK_STR(load_err("port 1884\nport 1885\n"), "");
+	CHECK_EQ(cfg_g.listener_count, 1);
+	CHECK_EQ(cfg_g.listeners[0].port, 1885);
+}
+
+TEST(config_bind_address_without_port_listens_on_1883)
+{
+	CHECK_STR(load_err("bind_address 10.0.0.1\n"), "");
+	CHECK(!cfg_g.local_only);
+	CHECK_EQ(cfg_g.listener_count, 1);
+	CHECK_EQ(cfg_g.listeners[0].port, 1883);
+	CHECK_STR(cfg_g.listeners[0].bind_address, "10.0.0.1");
+	CHECK_EQ(cfg_g.listeners[0].allow_anonymous, 0);
+
+	CHECK_STR(load_err("bind_address 10.0.0.1\nport 1999\n"), "");
+	CHECK_EQ(cfg_g.listeners[0].port, 1999);
+	CHECK_STR(cfg_g.listeners[0].bind_address, "10.0.0.1");
+}
+
+TEST(config_bind_address_given_twice_is_an_error)
+{
+	CHECK_STR(load_err("bind_address 10.0.0.1\nbind_address 10.0.0.1\n"),
+		  "t.conf:2: option 'bind_address': given more than once");
+}
+
+TEST(config_listener_options_before_any_listener_go_to_default_listener)
+{
+	CHECK_STR(load_err("max_connections 7\nlistener 8883\nport 1883\n"),
+		  "");
+	CHECK_EQ(cfg_g.listener_count, 2);
+	CHECK_EQ(cfg_g.listeners[0].max_connections, -1);
+	CHECK_EQ(cfg_g.listeners[1].port, 1883);
+	CHECK_EQ(cfg_g.listeners[1].max_connections, 7);
+}
+
+TEST(config_duplicate_listener_names_both_lines)
+{
+	CHECK_STR(load_err("listener 1883 0.0.0.0\nlistener 1884\n"
+			   "listener 1883 0.0.0.0\n"),
+		  "t.conf:3: listener on port 1883 (0.0.0.0) duplicates the "
+		  "one at t.conf:1");
+	CHECK_STR(load_err("listener 1883\n\nlistener 1883\n"),
+		  "t.conf:3: listener on port 1883 (all addresses) duplicates "
+		  "the one at t.conf:1");
+}
+
+TEST(config_duplicate_of_default_listener_names_both_lines)
+{
+	CHECK_STR(load_err("port 1883\nlistener 1883\n"),
+		  "t.conf:1: listener on port 1883 (all addresses) duplicates "
+		  "the one at t.conf:2");
+}
+
+TEST(config_same_port_on_different_addresses_is_allowed)
+{
+	CHECK_STR(load_err("listener 1883 127.0.0.1\nlistener 1883 ::1\n"
+			   "listener 1884\n"),
+		  "");
+	CHECK_EQ(cfg_g.listener_count, 3);
+}
+
+TEST(config_too_many_listeners_is_an_error)
+{
+	char text[KITE_LISTENERS_MAX * 24 + 64];
+	size_t off = 0;
+	for (int i = 0; i < KITE_LISTENERS_MAX; i++)
+		off += (size_t)snprintf(text + off, sizeof(text) - off,
+					"listener %d\n", 2000 + i);
+	CHECK_STR(load_err(text), "");
+	CHECK_EQ(cfg_g.listener_count, KITE_LISTENERS_MAX);
+
+	snprintf(text + off, sizeof(text) - off, "listener 1883\n");
+	char want[128];
+	snprintf(want, sizeof(want),
+		 "t.conf:%d: option 'listener': too many listeners (at most "
+		 "%d)",
+		 KITE_LISTENERS_MAX + 1, KITE_LISTENERS_MAX);
+	CHECK_STR(load_err(text), want);
+
+	snprintf(text + off, sizeof(text) - off, "port 1883\n");
+	snprintf(want, sizeof(want),
+		 "t.conf:%d: too many listeners (at most %d)",
+		 KITE_LISTENERS_MAX + 1, KITE_LISTENERS_MAX);
+	CHECK_STR(load_err(text), want);
+}
+
+TEST(config_listener_address_longer_than_limit_is_an_error)
+{
+	char text[KITE_HOST_MAX + 64];
+	char host[KITE_HOST_MAX + 1];
+	memset(host, 'a', KITE_HOST_MAX);
+	host[KITE_HOST_MAX] = '\0';
+	snprintf(text, sizeof(text), "listener 1883 %s\n", host);
+	char want[128];
+	snprintf(want, sizeof(want),
+		 "t.conf:1: option 'listener': address longer than %d bytes",
+		 KITE_HOST_MAX - 1);
+	CHECK_STR(load_err(text), want);
+}
+
+/* ---- allow_anonymous and per_listener_settings ------------------------- */
+
+TEST(config_allow_anonymous_defaults_to_false_once_a_listener_exists)
+{
+	CHECK_STR(load_err("listener 1883\nlistener 1884\n"), "");
+	CHECK_EQ(cfg_g.allow_anonymous, 0);
+	CHECK_EQ(cfg_g.listeners[0].allow_anonymous, 0);
+	CHECK_EQ(cfg_g.listeners[1].allow_anonymous, 0);
+
+	CHECK_STR(load_err("per_listener_settings true\nlistener 1883\n"), "");
+	CHECK_EQ(cfg_g.listeners[0].allow_anonymous, 0);
+}
+
+TEST(config_global_allow_anonymous_applies_to_every_listener)
+{
+	/* Without per_listener_settings the position does not matter. */
+	CHECK_STR(load_err("listener 1883\nlistener 1884\n"
+			   "allow_anonymous true\n"),
+		  "");
+	CHECK_EQ(cfg_g.allow_anonymous, 1);
+	CHECK_EQ(cfg_g.listeners[0].allow_anonymous, 1);
+	CHECK_EQ(cfg_g.listeners[1].allow_anonymous, 1);
+
+	CHECK_STR(load_err("allow_anonymous true\nlistener 1883\n"
+			   "allow_anonymous false\n"),
+		  "");
+	CHECK_EQ(cfg_g.listeners[0].allow_anonymous, 0);
+}
+
+TEST(config_per_listener_settings_scopes_allow_anonymous)
+{
+	CHECK_STR(load_err("per_listener_settings true\n"
+			   "listener 1883\nallow_anonymous true\n"
+			   "listener 1884\n"
+			   "listener 1885\nallow_anonymous false\n"),
+		  "");
+	CHECK(cfg_g.per_listener_settings);
+	CHECK_EQ(cfg_g.listeners[0].allow_anonymous, 1);
+	CHECK_EQ(cfg_g.listeners[1].allow_anonymous, 0); /* unset */
+	CHECK_EQ(cfg_g.listeners[2].allow_anonymous, 0);
+	CHECK_EQ(cfg_g.allow_anonymous, -1); /* no global value */
+}
+
+TEST(config_per_listener_allow_anonymous_before_listener_goes_to_default)
+{
+	CHECK_STR(load_err("per_listener_settings true\nallow_anonymous true\n"
+			   "listener 8883\nport 1883\n"),
+		  "");
+	CHECK_EQ(cfg_g.listener_count, 2);
+	CHECK_EQ(cfg_g.listeners[0].port, 8883);
+	CHECK_EQ(cfg_g.listeners[0].allow_anonymous, 0);
+	CHECK_EQ(cfg_g.listeners[1].port, 1883);
+	CHECK_EQ(cfg_g.listeners[1].allow_anonymous, 1);
+}
+
+TEST(config_per_listener_settings_after_allow_anonymous_is_an_error)
+{
+	const char *want = "t.conf:3: option 'per_listener_settings': must be "
+			   "set before allow_anonymous and any other security "
+			   "option";
+	CHECK_STR(load_err("allow_anonymous true\nlistener 1883\n"
+			   "per_listener_settings true\n"),
+		  want);
+	CHECK_STR(load_err("per_listener_settings true\nlistener 1883\n"
+			   "allow_anonymous true\nper_listener_settings false\n"),
+		  "");
+	CHECK(!cfg_g.per_listener_settings); /* Mosquitto lets it be unset */
+	CHECK_STR(load_err("allow_anonymous true\nlistener 1883\n"
+			   "per_listener_settings false\n"),
+		  "");
+}
+
+/* The seed from the migration guide: per-listener anonymous access. */
+static const char seed_conf[] = "per_listener_settings true\n"
+				"\n"
+				"listener 1883 127.0.0.1\n"
+				"allow_anonymous true\n"
+				"\n"
+				"listener 8883 0.0.0.0\n"
+				"allow_anonymous false\n";
+
+TEST(config_seed_per_listener_config_parses)
+{
+	CHECK_STR(load_err(seed_conf), "");
+	CHECK(!cfg_g.local_only);
+	CHECK(cfg_g.per_listener_settings);
+	CHECK_EQ(cfg_g.listener_count, 2);
+	CHECK_EQ(cfg_g.listeners[0].port, 1883);
+	CHECK_STR(cfg_g.listeners[0].bind_address, "127.0.0.1");
+	CHECK_EQ(cfg_g.listeners[0].allow_anonymous, 1);
+	CHECK_EQ(cfg_g.listeners[1].port, 8883);
+	CHECK_STR(cfg_g.listeners[1].bind_address, "0.0.0.0");
+	CHECK_EQ(cfg_g.listeners[1].allow_anonymous, 0);
+	CHECK_EQ(cfg_g.listeners[1].line, 6);
+}
+
+TEST(config_seed_with_tls_lines_fails_naming_the_tls_line)
+{
+	static const char *const tls_lines[] = {
+		"cafile /etc/kite/ca.pem",
+		"capath /etc/ssl/certs",
+		"certfile /etc/kite/server.pem",
+		"keyfile /etc/kite/server.key",
+		"crlfile /etc/kite/crl.pem",
+		"require_certificate true",
+		"use_identity_as_username true",
+		"use_subject_as_username true",
+		"tls_version tlsv1.2",
+		"ciphers ECDHE-ECDSA-AES128-GCM-SHA256",
+		"ciphers_tls1.3 TLS_AES_128_GCM_SHA256",
+		"dhparamfile /etc/kite/dh.pem",
+		"acl_file /etc/kite/acl",
+		"password_file /etc/kite/passwd",
+	};
+	for (size_t i = 0; i < sizeof(tls_lines) / sizeof(tls_lines[0]); i++) {
+		char text[512], want[160], name[64];
+		/* After "listener 8883 0.0.0.0" (line 6): line 7. */
+		snprintf(text, sizeof(text),
+			 "per_listener_settings true\n\n"
+			 "listener 1883 127.0.0.1\nallow_anonymous true\n\n"
+			 "listener 8883 0.0.0.0\n%s\nallow_anonymous false\n",
+			 tls_lines[i]);
+		sscanf(tls_lines[i], "%63s", name);
+		snprintf(want, sizeof(want),
+			 "t.conf:7: option '%s' is not supported yet", name);
+		CHECK_STR(load_err(text), want);
+	}
+}
+
+/* ---- every global option ----------------------------------------------- */
+
+TEST(config_every_supported_option_is_parsed)
+{
+	CHECK_STR(load_err("listener 1883\n"
+			   "max_connections 100\n"
+			   "max_keepalive 300\n"
+			   "max_packet_size 1048576\n"
+			   "message_size_limit 65536\n"
+			   "max_inflight_messages 40\n"
+			   "max_queued_messages 5000\n"
+			   "retain_available false\n"
+			   "allow_anonymous true\n"
+			   "connection_messages false\n"
+			   "sys_interval 0\n"
+			   "pid_file /run/kite.pid\n"
+			   "log_dest stdout\n"
+			   "log_dest syslog\n"
+			   "log_dest topic\n"
+			   "log_dest file /var/log/kite.log\n"
+			   "log_type error\n"
+			   "log_type subscribe\n"
+			   "shards 4\n"),
+		  "");
+	CHECK_EQ(cfg_g.listeners[0].max_connections, 100);
+	CHECK_EQ(cfg_g.max_keepalive_s, 300);
+	CHECK_EQ(cfg_g.max_packet_size, 1048576);
+	CHECK_EQ(cfg_g.message_size_limit, 65536);
+	CHECK_EQ(cfg_g.max_inflight_messages, 40);
+	CHECK_EQ(cfg_g.max_queued_messages, 5000);
+	CHECK(!cfg_g.retain_available);
+	CHECK_EQ(cfg_g.allow_anonymous, 1);
+	CHECK(!cfg_g.connection_messages);
+	CHECK_EQ(cfg_g.sys_interval_s, 0);
+	CHECK_STR(cfg_g.pid_file, "/run/kite.pid");
+	CHECK_EQ(cfg_g.log_dest, KITE_LOGDEST_STDOUT | KITE_LOGDEST_SYSLOG |
+					 KITE_LOGDEST_TOPIC | KITE_LOGDEST_FILE);
+	CHECK_STR(cfg_g.log_file, "/var/log/kite.log");
+	CHECK_EQ(cfg_g.log_type, KITE_LOG_ERR | KITE_LOG_SUBSCRIBE);
+	CHECK_EQ(cfg_g.shards, 4);
+	CHECK_EQ(config_shard_count(&cfg_g), 4);
+}
+
+/* Fixture table: one line, whether Mosquitto 2.0.11 accepts it, and the
+ * value it stores. */
+struct range_case {
+	const char *line;
+	bool ok;
+	long long value;
+};
+
+static long long range_value(const char *line)
+{
+	if (!strncmp(line, "max_keepalive", 13))
+		return cfg_g.max_keepalive_s;
+	if (!strncmp(line, "max_packet_size", 15))
+		return cfg_g.max_packet_size;
+	if (!strncmp(line, "message_size_limit", 18))
+		return cfg_g.message_size_limit;
+	if (!strncmp(line, "max_inflight_messages", 21))
+		return cfg_g.max_inflight_messages;
+	if (!strncmp(line, "max_queued_messages", 19))
+		return cfg_g.max_queued_messages;
+	if (!strncmp(line, "sys_interval", 12))
+		return cfg_g.sys_interval_s;
+	if (!strncmp(line, "shards", 6))
+		return cfg_g.shards;
+	if (!strncmp(line, "port", 4))
+		return cfg_g.listeners[0].port;
+	if (!strncmp(line, "max_connections", 15))
+		return cfg_g.listeners[0].max_connections;
+	return -999;
+}
+
+TEST(config_numeric_limits_follow_mosquitto_ranges)
+{
+	static const struct range_case cases[] = {
+		{"max_keepalive 9", false, 0},
+		{"max_keepalive 10", true, 10},
+		{"max_keepalive 65535", true, 65535},
+		{"max_keepalive 65536", false, 0},
+		{"max_packet_size 19", false, 0},
+		{"max_packet_size 20", true, 20},
+		{"max_packet_size 2147483647", true, 2147483647},
+		{"max_packet_size 2147483648", false, 0},
+		{"message_size_limit 0", true, 0},
+		{"message_size_limit 268435455", true, 268435455},
+		{"message_size_limit 268435456", false, 0},
+		{"message_size_limit -1", false, 0},
+		{"max_inflight_messages 0", true, 0},
+		{"max_inflight_messages -1", true, 0},
+		{"max_inflight_messages 65534", true, 65534},
+		{"max_inflight_messages 65535", true, 0},
+		{"max_inflight_messages 65536", false, 0},
+		{"max_queued_messages -1", true, 0},
+		{"max_queued_messages 0", true, 0},
+		{"max_queued_messages 2147483647", true, 2147483647},
+		{"sys_interval -1", false, 0},
+		{"sys_interval 65535", true, 65535},
+		{"sys_interval 65536", false, 0},
+		{"shards 0", true, 0},
+		{"shards 64", true, 64},
+		{"shards 65", false, 0},
+		{"shards -1", false, 0},
+		{"port 0", false, 0},
+		{"port 1", true, 1},
+		{"port 65535", true, 65535},
+		{"port 65536", false, 0},
+		{"max_connections -1", true, -1},
+		{"max_connections 0", true, 0},
+		{"max_connections -2147483648", true, -1},
+		{"max_connections 2147483648", false, 0},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[128];
+		snprintf(text, sizeof(text), "listener 2000\n%s\n",
+			 cases[i].line);
+		if (!strncmp(cases[i].line, "port", 4))
+			snprintf(text, sizeof(text), "%s\n", cases[i].line);
+		const char *err = parse_err(text);
+		if (cases[i].ok != (err[0] == '\0') ||
+		    (cases[i].ok && range_value(cases[i].line) != cases[i].value))
+			fprintf(stderr, "  case '%s': err '%s'\n",
+				cases[i].line, err);
+		CHECK_EQ(err[0] == '\0', cases[i].ok);
+		if (cases[i].ok)
+			CHECK_EQ(range_value(cases[i].line), cases[i].value);
+		else
+			CHECK(strstr(err, "expects") != NULL);
+	}
+}
+
+TEST(config_numbers_are_strict)
+{
+	static const char *const bad[] = {
+		"60s", "0x10", "1e3", "+60", " ", "--60", "-", "6 0",
+		"99999999999999999999", "-99999999999999999999", "60.0",
+	};
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		char text[96];
+		snprintf(text, sizeof(text), "max_keepalive %s\n", bad[i]);
+		CHECK(parse_err(text)[0] != '\0');
+	}
+	CHECK_STR(parse_err("max_keepalive 60s\n"),
+		  "t.conf:1: option 'max_keepalive': expects a number "
+		  "10-65535, got '60s'");
+	CHECK_STR(parse_err("max_keepalive 6 0\n"),
+		  "t.conf:1: option 'max_keepalive': unexpected extra argument "
+		  "'0'");
+}
+
+TEST(config_booleans_accept_true_false_1_and_0)
+{
+	static const struct {
+		const char *word;
+		int value; /* -1 = rejected */
+	} cases[] = {
+		{"true", 1}, {"false", 0}, {"1", 1},	 {"0", 0},
+		{"yes", -1}, {"no", -1},   {"TRUE", -1}, {"True", -1},
+		{"on", -1},  {"2", -1},	   {"truex", -1},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		char text[64], want[160];
+		snprintf(text, sizeof(text), "retain_available %s\n",
+			 cases[i].word);
+		const char *err = parse_err(text);
+		if (cases[i].value < 0) {
+			snprintf(want, sizeof(want),
+				 "t.conf:1: option 'retain_available': expects "
+				 "true or false, got '%s'",
+				 cases[i].word);
+			CHECK_STR(err, want);
+		} else {
+			CHECK_STR(err, "");
+			CHECK_EQ(cfg_g.retain_available, cases[i].value);
+		}
+	}
+}
+
+/* ---- error classes ----------------------------------------------------- */
+
+TEST(config_unknown_option_reports_file_and_line)
+{
+	CHECK_STR(load_err("listener 1883\n\n# comment\nfrobnicate 1\n"),
+		  "t.conf:4: unknown option 'frobnicate'");
+	/* Newer Mosquitto options are unknown to 2.0.11 as well. */
+	CHECK_STR(load_err("accept_protocol_versions 5\n"),
+		  "t.conf:1: unknown option 'accept_protocol_versions'");
+	CHECK_STR(load_err("Listener 1883\n"),
+		  "t.conf:1: unknown option 'Listener'");
+}
+
+TEST(config_mosquitto_only_option_is_not_supported_yet)
+{
+	static const char *const names[] = {
+		"persistence true", "persistence_location /var/lib/kite/",
+		"autosave_interval 60", "connection bridge1",
+		"address 10.0.0.1:1883", "topic # both 0", "protocol websockets",
+		"mount_point foo/", "bind_interface eth0", "max_qos 1",
+		"memory_limit 0", "user mosquitto", "log_timestamp false",
+		"log_timestamp_format %Y", "retry_interval 20",
+		"auth_plugin /x.so", "plugin /x.so", "auth_opt_db x",
+		"plugin_opt_db x", "websockets_log_level 0", "psk_hint x",
+		"set_tcp_nodelay true", "queue_qos0_messages true",
+		"allow_zero_length_clientid false", "auto_id_prefix x",
+		"max_topic_alias 10", "socket_domain ipv4",
+	};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char text[128], want[160], name[64];
+		snprintf(text, sizeof(text), "listener 1883\n%s\n", names[i]);
+		sscanf(names[i], "%63s", name);
+		snprintf(want, sizeof(want),
+			 "t.conf:2: option '%s' is not supported yet", name);
+		CHECK_STR(load_err(text), want);
+	}
+}
+
+TEST(config_missing_argument_is_reported)
+{
+	CHECK_STR(load_err("max_keepalive\n"),
+		  "t.conf:1: option 'max_keepalive': missing value (expects a "
+		  "number 10-65535)");
+	CHECK_STR(load_err("allow_anonymous   \n"),
+		  "t.conf:1: option 'allow_anonymous': missing value (expects "
+		  "true or false)");
+	CHECK_STR(load_err("pid_file\n"),
+		  "t.conf:1: option 'pid_file': missing value (expects a "
+		  "path)");
+	CHECK_STR(load_err("log_dest\n"),
+		  "t.conf:1: option 'log_dest': missing value (expects stdout, "
+		  "stderr, syslog, topic, file PATH or none)");
+	CHECK_STR(load_err("log_dest file   \n"),
+		  "t.conf:1: option 'log_dest': missing value (expects a path "
+		  "after 'file')");
+	CHECK_STR(load_err("include_dir\n"),
+		  "t.conf:1: option 'include_dir': missing value (expects a "
+		  "directory)");
+	CHECK_STR(load_err("port # no port\n"),
+		  "t.conf:1: option 'port': missing value (expects a port "
+		  "number 1-65535)");
+}
+
+TEST(config_extra_argument_is_reported)
+{
+	CHECK_STR(load_err("allow_anonymous true false\n"),
+		  "t.conf:1: option 'allow_anonymous': unexpected extra "
+		  "argument 'false'");
+	CHECK_STR(load_err("log_dest stdout stderr\n"),
+		  "t.conf:1: option 'log_dest': unexpected extra argument "
+		  "'stderr'");
+	CHECK_STR(load_err("log_type error warning\n"),
+		  "t.conf:1: option 'log_type': unexpected extra argument "
+		  "'warning'");
+	CHECK_STR(load_err("bind_address 10.0.0.1 10.0.0.2\n"),
+		  "t.conf:1: option 'bind_address': unexpected extra argument "
+		  "'10.0.0.2'");
+}
+
+TEST(config_trailing_hash_word_is_a_comment)
+{
+	CHECK_STR(load_err("listener 1883 # plain MQTT\n"
+			   "allow_anonymous true # for now\n"
+			   "log_dest stdout #note\n"),
+		  "");
+	CHECK_STR(cfg_g.listeners[0].bind_address, "");
+	CHECK_EQ(cfg_g.allow_anonymous, 1);
+	CHECK_EQ(cfg_g.log_dest, KITE_LOGDEST_STDOUT);
+	/* Paths take the rest of the line, '#' included, as in Mosquitto. */
+	CHECK_STR(load_err("pid_file /run/kite #1.pid\n"), "");
+	CHECK_STR(cfg_g.pid_file, "/run/kite #1.pid");
+}
+
+TEST(config_comments_blank_lines_crlf_and_tabs_are_handled)
+{
+	CHECK_STR(load_err("# comment\r\n"
+			   "   # indented comment\n"
+			   "\t\n"
+			   "\r\n"
+			   "listener 1883\r\n"
+			   "  max_connections\t 12  \t\r\n"
+			   "listener\t1884\t127.0.0.1   \n"
+			   "sys_interval 20"), /* no final newline */
+		  "");
+	CHECK_EQ(cfg_g.listener_count, 2);
+	CHECK_EQ(cfg_g.listeners[0].max_connections, 12);
+	CHECK_EQ(cfg_g.listeners[1].port, 1884);
+	CHECK_STR(cfg_g.listeners[1].bind_address, "127.0.0.1");
+	CHECK_EQ(cfg_g.listeners[1].line, 7);
+	CHECK_EQ(cfg_g.sys_interval_s, 20);
+}
+
+TEST(config_error_message_is_cut_to_the_buffer)
+{
+	char small[12];
+	config_defaults(&cfg_g);
+	CHECK_EQ(config_load_string(&cfg_g, "t.conf", "frobnicate\n", small,
+				    sizeof(small)),
+		 -1);
+	CHECK_STR(small, "t.conf:1: u");
+}
+
+TEST(config_non_utf8_value_is_an_error)
+{
+	CHECK_STR(load_err("pid_file /run/\xff.pid\n"),
+		  "t.conf:1: option 'pid_file': value is not valid UTF-8 text");
+	CHECK_STR(load_err("bind_address \xc0\x80\n"),
+		  "t.conf:1: option 'bind_address': value is not valid UTF-8 "
+		  "text");
+	CHECK_STR(load_err("pid_file /run/k\xc3\xa9.pid\n"), "");
+	CHECK_STR(cfg_g.pid_file, "/run/k\xc3\xa9.pid");
+}
+
+TEST(config_pid_file_given_twice_is_an_error)
+{
+	CHECK_STR(load_err("pid_file /a\npid_file /b\n"),
+		  "t.conf:2: option 'pid_file': given more than once");
+}
+
+TEST(config_path_longer_than_limit_is_an_error)
+{
+	char text[KITE_PATH_MAX + 64];
+	int n = snprintf(text, sizeof(text), "pid_file /");
+	memset(text + n, 'p', KITE_PATH_MAX);
+	snprintf(text + n + KITE_PATH_MAX, 8, "\n");
+	char want[96];
+	snprintf(want, sizeof(want),
+		 "t.conf:1: option 'pid_file': value longer than %d bytes",
+		 KITE_PATH_MAX - 1);
+	CHECK_STR(load_err(text), want);
+}
+
+/* ---- logging options --------------------------------------------------- */
+
+TEST(config_log_dest_first_line_replaces_default_then_accumulates)
+{
+	CHECK_STR(load_err("log_dest stdout\n"), "");
+	CHECK_EQ(cfg_g.log_dest, KITE_LOGDEST_STDOUT);
+	CHECK_STR(load_err("log_dest stdout\nlog_dest stderr\n"), "");
+	CHECK_EQ(cfg_g.log_dest, KITE_LOGDEST_STDOUT | KITE_LOGDEST_STDERR);
+	CHECK_STR(load_err("log_dest stdout\nlog_dest none\nlog_dest syslog\n"),
+		  "");
+	CHECK_EQ(cfg_g.log_dest, KITE_LOGDEST_SYSLOG);
+	CHECK_STR(load_err("log_dest none\n"), "");
+	CHECK_EQ(cfg_g.log_dest, 0);
+}
+
+TEST(config_log_dest_file_takes_the_rest_of_the_line)
+{
+	CHECK_STR(load_err("log_dest file   /var/log/my kite.log  \n"), "");
+	CHECK_STR(cfg_g.log_file, "/var/log/my kite.log");
+	CHECK_EQ(cfg_g.log_dest, KITE_LOGDEST_FILE);
+	CHECK_STR(load_err("log_dest file /a\nlog_dest file /b\n"),
+		  "t.conf:2: option 'log_dest': 'file' given more than once");
+	CHECK_STR(load_err("log_dest file /a\nlog_dest none\n"
+			   "log_dest file /b\n"),
+		  "t.conf:3: option 'log_dest': 'file' given more than once");
+}
+
+TEST(config_log_dest_invalid_value_is_reported)
+{
+	CHECK_STR(load_err("log_dest console\n"),
+		  "t.conf:1: option 'log_dest': expects stdout, stderr, syslog, "
+		  "topic, file PATH or none, got 'console'");
+	CHECK_STR(load_err("log_dest dlt\n"),
+		  "t.conf:1: option 'log_dest': 'dlt' is not supported yet");
+}
+
+TEST(config_log_type_accumulates_all_and_none)
+{
+	CHECK_STR(load_err("log_type warning\n"), "");
+	CHECK_EQ(cfg_g.log_type, KITE_LOG_WARNING);
+	CHECK_STR(load_err("log_type error\nlog_type warning\nlog_type notice\n"
+			   "log_type information\nlog_type debug\n"
+			   "log_type subscribe\nlog_type unsubscribe\n"
+			   "log_type websockets\n"),
+		  "");
+	CHECK_EQ(cfg_g.log_type, KITE_LOG_ALL);
+	CHECK_STR(load_err("log_type all\n"), "");
+	CHECK_EQ(cfg_g.log_type, KITE_LOG_ALL);
+	CHECK_STR(load_err("log_type all\nlog_type none\n"), "");
+	CHECK_EQ(cfg_g.log_type, 0);
+	CHECK_STR(load_err("log_type none\nlog_type debug\n"), "");
+	CHECK_EQ(cfg_g.log_type, KITE_LOG_DEBUG);
+}
+
+TEST(config_log_type_invalid_value_is_reported)
+{
+	CHECK_STR(load_err("log_type verbose\n"),
+		  "t.conf:1: option 'log_type': expects error, warning, notice, "
+		  "information, debug, subscribe, unsubscribe, websockets, all "
+		  "or none, got 'verbose'");
+	CHECK_STR(load_err("log_type internal\n"),
+		  "t.conf:1: option 'log_type': 'internal' is not supported "
+		  "yet");
+}
+
+/* ---- files and include_dir --------------------------------------------- */
+
+TEST(config_load_reads_file_and_records_path)
+{
+	char dirbuf[64];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	char path[512];
+	snprintf(path, sizeof(path), "%s", write_file(dir, "kite.conf",
+						      "listener 1883\n"
+						      "max_keepalive 60\n"));
+	CHECK_STR(load_file_err(path), "");
+	CHECK_STR(cfg_g.path, path);
+	CHECK_STR(cfg_g.listeners[0].file, path);
+	CHECK_EQ(cfg_g.max_keepalive_s, 60);
+
+	write_file(dir, "bad.conf", "listener 1883\nbogus 1\n");
+	char want[400];
+	snprintf(want, sizeof(want), "%s/bad.conf:2: unknown option 'bogus'",
+		 dir);
+	snprintf(path, sizeof(path), "%s/bad.conf", dir);
+	CHECK_STR(load_file_err(path), want);
+	tmpdir_remove(dir);
+}
+
+TEST(config_unreadable_file_reports_strerror)
+{
+	CHECK_STR(load_file_err("/nonexistent-kite-dir/kite.conf"),
+		  "/nonexistent-kite-dir/kite.conf: No such file or directory");
+	CHECK_STR(load_file_err("/tmp"), "/tmp: Is a directory");
+}
+
+TEST(config_file_larger_than_limit_is_an_error)
+{
+	char dirbuf[64];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	char path[256], want[300];
+	snprintf(path, sizeof(path), "%s/big.conf", dir);
+	FILE *f = fopen(path, "w");
+	CHECK(f != NULL);
+	if (f) {
+		static char comments[64 * 1024];
+		memset(comments, '#', sizeof(comments));
+		comments[sizeof(comments) - 1] = '\n';
+		for (int i = 0; i < 64; i++) /* 4 MiB */
+			fwrite(comments, 1, sizeof(comments), f);
+		fclose(f);
+	}
+	snprintf(want, sizeof(want), "%s: File too large", path);
+	CHECK_STR(load_file_err(path), want);
+	tmpdir_remove(dir);
+}
+
+TEST(config_nul_byte_in_file_is_an_error)
+{
+	char dirbuf[64];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	char path[256];
+	snprintf(path, sizeof(path), "%s/nul.conf", dir);
+	FILE *f = fopen(path, "w");
+	CHECK(f != NULL);
+	if (f) {
+		fwrite("listener 1883\nsys_\0interval 5\n", 1, 30, f);
+		fclose(f);
+	}
+	char want[300];
+	snprintf(want, sizeof(want), "%s:2: NUL byte in line", path);
+	CHECK_STR(load_file_err(path), want);
+	tmpdir_remove(dir);
+}
+
+TEST(config_include_dir_reads_conf_files_in_mosquitto_order)
+{
+	char dirbuf[64];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	char inc[128];
+	snprintf(inc, sizeof(inc), "%s/conf.d", dir);
+	CHECK_EQ(mkdir(inc, 0700), 0);
+	write_file(inc, "b.conf", "listener 1004\n");
+	write_file(inc, "a.conf", "listener 1003\n");
+	write_file(inc, "A.conf", "listener 1002\n");
+	write_file(inc, "10-first.conf", "listener 1001\n");
+	write_file(inc, "notes.txt", "bogus\n");
+	write_file(inc, ".conf", "bogus\n"); /* Mosquitto needs a name */
+	write_file(inc, "x.conf.bak", "bogus\n");
+
+	char text[256];
+	snprintf(text, sizeof(text),
+		 "listener 1000\ninclude_dir %s\nlistener 1005\n", inc);
+	CHECK_STR(load_err(text), "");
+	CHECK_EQ(cfg_g.listener_count, 6);
+	for (unsigned i = 0; i < cfg_g.listener_count && i < 6; i++)
+		CHECK_EQ(cfg_g.listeners[i].port, 1000 + i);
+	char want[256];
+	snprintf(want, sizeof(want), "%s/10-first.conf", inc);
+	CHECK_STR(cfg_g.listeners[1].file, want);
+	CHECK_EQ(cfg_g.listeners[1].line, 1);
+
+	/* A trailing slash does not double up in the file names. */
+	snprintf(text, sizeof(text), "include_dir %s/\n", inc);
+	CHECK_STR(load_err(text), "");
+	CHECK_STR(cfg_g.listeners[0].file, want);
+	tmpdir_remove(dir);
+}
+
+TEST(config_include_dir_error_names_included_file_and_line)
+{
+	char dirbuf[64];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	write_file(dir, "a.conf", "listener 1883\n");
+	write_file(dir, "b.conf", "# TLS\n\nlistener 8883\ncafile /ca.pem\n");
+	char text[256], want[256];
+	snprintf(text, sizeof(text), "include_dir %s\nlistener 1884\n", dir);
+	snprintf(want, sizeof(want),
+		 "%s/b.conf:4: option 'cafile' is not supported yet", dir);
+	CHECK_STR(load_err(text), want);
+	tmpdir_remove(dir);
+}
+
+TEST(config_include_dir_missing_directory_is_an_error)
+{
+	CHECK_STR(load_err("\ninclude_dir /nonexistent-kite-dir\n"),
+		  "t.conf:2: option 'include_dir': cannot open directory "
+		  "'/nonexistent-kite-dir': No such file or directory");
+}
+
+TEST(config_include_dir_inside_an_included_file_is_ignored)
+{
+	char dirbuf[64];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	char sub[128], text[256];
+	snprintf(sub, sizeof(sub), "%s/sub", dir);
+	CHECK_EQ(mkdir(sub, 0700), 0);
+	write_file(sub, "x.conf", "listener 1999\n");
+	snprintf(text, sizeof(text), "listener 1883\ninclude_dir %s\n", sub);
+	write_file(dir, "a.conf", text);
+	snprintf(text, sizeof(text), "include_dir %s\n", dir);
+	CHECK_STR(load_err(text), "");
+	CHECK_EQ(cfg_g.listener_count, 1); /* sub/ was not read */
+	CHECK_EQ(cfg_g.listeners[0].port, 1883);
+	tmpdir_remove(dir);
+}
+
+TEST(config_included_file_starts_without_a_current_listener)
+{
+	char dirbuf[64];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	/* Mosquitto's current listener is per file: options at the top of
+	 * an included file go to the default listener, and the main file
+	 * carries on with its own listener afterwards. */
+	write_file(dir, "a.conf", "max_connections 5\nport 1999\n"
+				  "listener 1884\nmax_connections 6\n");
+	char text[256];
+	snprintf(text, sizeof(text),
+		 "listener 1883\ninclude_dir %s\nmax_connections 7\n", dir);
+	CHECK_STR(load_err(text), "");
+	CHECK_EQ(cfg_g.listener_count, 3);
+	CHECK_EQ(cfg_g.listeners[0].port, 1883);
+	CHECK_EQ(cfg_g.listeners[0].max_connections, 7);
+	CHECK_EQ(cfg_g.listeners[1].port, 1884);
+	CHECK_EQ(cfg_g.listeners[1].max_connections, 6);
+	CHECK_EQ(cfg_g.listeners[2].port, 1999);
+	CHECK_EQ(cfg_g.listeners[2].max_connections, 5);
+	tmpdir_remove(dir);
+}
+
+TEST(config_include_dir_conf_entry_that_is_a_directory_is_an_error)
+{
+	char dirbuf[64];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	char sub[128], text[256], want[300];
+	snprintf(sub, sizeof(sub), "%s/dir.conf", dir);
+	CHECK_EQ(mkdir(sub, 0700), 0);
+	snprintf(text, sizeof(text), "include_dir %s\n", dir);
+	snprintf(want, sizeof(want), "%s: Is a directory", sub);
+	CHECK_STR(load_err(text), want);
+	tmpdir_remove(dir);
+}
+
+/* Debian 12's /etc/mosquitto/mosquitto.conf, as packaged. */
+TEST(config_debian_default_config_reports_persistence)
+{
+	const char *debian = "# Place your local configuration in "
+			     "/etc/mosquitto/conf.d/\n"
+			     "#\n"
+			     "# A full description of the configuration file "
+			     "is at\n"
+			     "# /usr/share/doc/mosquitto/examples/"
+			     "mosquitto.conf.example\n"
+			     "\n"
+			     "pid_file /run/mosquitto/mosquitto.pid\n"
+			     "\n"
+			     "persistence true\n"
+			     "persistence_location /var/lib/mosquitto/\n"
+			     "\n"
+			     "log_dest file /var/log/mosquitto/mosquitto.log\n"
+			     "\n"
+			     "include_dir /etc/mosquitto/conf.d\n";
+	CHECK_STR(load_err(debian),
+		  "t.conf:8: option 'persistence' is not supported yet");
+}
+
+TEST(config_mosquitto_example_config_parses_as_local_only)
+{
+	const char *example = "/usr/share/doc/mosquitto/examples/mosquitto.conf";
+	if (access(example, R_OK) != 0) {
+		printf("skip config_mosquitto_example_config_parses_as_local_"
+		       "only: %s not installed\n", example);
+		return;
+	}
+	CHECK_STR(load_file_err(example), "");
+	CHECK(cfg_g.local_only);
+}
+
+TEST(config_shard_count_is_cpus_when_zero)
+{
+	config_defaults(&cfg_g);
+	unsigned n = config_shard_count(&cfg_g);
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	CHECK(n >= 1 && n <= KITE_SHARDS_MAX);
+	if (cpus >= 1 && cpus <= KITE_SHARDS_MAX)
+		CHECK_EQ(n, cpus);
+	cfg_g.shards = 3;
+	CHECK_EQ(config_shard_count(&cfg_g), 3);
+}
+
+/* ---- log --------------------------------------------------------------- */
+
+/* Points fd at path (truncated); returns a dup of the old fd. */
+static int redirect_fd(int fd, const char *path)
+{
+	fflush(stdout);
+	fflush(stderr);
+	int saved = dup(fd);
+	int f = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	if (f >= 0) {
+		dup2(f, fd);
+		close(f);
+	}
+	return saved;
+}
+
+static void restore_fd(int fd, int saved)
+{
+	if (saved >= 0) {
+		dup2(saved, fd);
+		close(saved);
+	}
+}
+
+/* "<unix time in [t0, now]>: msg\n" exactly. */
+static bool log_line_is(const char *text, time_t t0, const char *msg)
+{
+	char *end;
+	long long t = strtoll(text, &end, 10);
+	if (end == text || t < (long long)t0 || t > (long long)time(NULL))
+		return false;
+	if (strncmp(end, ": ", 2) != 0)
+		return false;
+	size_t len = strlen(msg);
+	return !strncmp(end + 2, msg, len) && !strcmp(end + 2 + len, "\n");
+}
+
+static void log_cfg(struct kite_config *cfg, unsigned dest, unsigned types,
+		    const char *file)
+{
+	config_defaults(cfg);
+	cfg->log_dest = dest;
+	cfg->log_type = types;
+	if (file)
+		snprintf(cfg->log_file, sizeof(cfg->log_file), "%s", file);
+}
+
+TEST(log_default_writes_errors_to_information_to_stderr)
+{
+	char dirbuf[64], path[128];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	snprintf(path, sizeof(path), "%s/stderr", dir);
+	log_close(); /* back to the pre-configuration defaults */
+	CHECK(log_enabled(KITE_LOG_ERR));
+	CHECK(log_enabled(KITE_LOG_WARNING));
+	CHECK(log_enabled(KITE_LOG_NOTICE));
+	CHECK(log_enabled(KITE_LOG_INFO));
+	CHECK(!log_enabled(KITE_LOG_DEBUG));
+	CHECK(!log_enabled(KITE_LOG_SUBSCRIBE));
+
+	time_t t0 = time(NULL);
+	int saved = redirect_fd(STDERR_FILENO, path);
+	log_msg(KITE_LOG_INFO, "hello %d", 42);
+	log_msg(KITE_LOG_DEBUG, "not shown");
+	restore_fd(STDERR_FILENO, saved);
+	CHECK(log_line_is(slurp(path), t0, "hello 42"));
+	tmpdir_remove(dir);
+}
+
+TEST(log_file_lines_are_unix_time_colon_message)
+{
+	char dirbuf[64], path[128];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	snprintf(path, sizeof(path), "%s/kite.log", dir);
+	write_file(dir, "kite.log", "old line\n"); /* appended to */
+	struct kite_config cfg;
+	log_cfg(&cfg, KITE_LOGDEST_FILE, KITE_LOG_ALL, path);
+	time_t t0 = time(NULL);
+	CHECK_EQ(log_configure(&cfg), 0);
+	log_msg(KITE_LOG_NOTICE, "client %s connected", "c1");
+	log_close();
+
+	const char *text = slurp(path);
+	CHECK(!strncmp(text, "old line\n", 9));
+	CHECK(log_line_is(text + 9, t0, "client c1 connected"));
+	tmpdir_remove(dir);
+}
+
+TEST(log_type_filters_lines)
+{
+	char dirbuf[64], path[128];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	snprintf(path, sizeof(path), "%s/kite.log", dir);
+	struct kite_config cfg;
+	log_cfg(&cfg, KITE_LOGDEST_FILE, KITE_LOG_ERR | KITE_LOG_SUBSCRIBE,
+		path);
+	time_t t0 = time(NULL);
+	CHECK_EQ(log_configure(&cfg), 0);
+	CHECK(log_enabled(KITE_LOG_ERR));
+	CHECK(log_enabled(KITE_LOG_SUBSCRIBE));
+	CHECK(!log_enabled(KITE_LOG_INFO));
+	log_msg(KITE_LOG_INFO, "info");
+	log_msg(KITE_LOG_DEBUG, "debug");
+	log_msg(KITE_LOG_ERR, "err");
+	log_close();
+	CHECK(log_line_is(slurp(path), t0, "err"));
+	tmpdir_remove(dir);
+}
+
+TEST(log_enabled_is_false_with_no_destination)
+{
+	struct kite_config cfg;
+	log_cfg(&cfg, 0, KITE_LOG_ALL, NULL);
+	CHECK_EQ(log_configure(&cfg), 0);
+	CHECK(!log_enabled(KITE_LOG_ERR));
+	log_cfg(&cfg, KITE_LOGDEST_TOPIC, KITE_LOG_ALL, NULL);
+	CHECK_EQ(log_configure(&cfg), 0);
+	CHECK(!log_enabled(KITE_LOG_ERR)); /* $SYS is not written here */
+	log_close();
+	CHECK(log_enabled(KITE_LOG_ERR));
+}
+
+TEST(log_configure_reopens_the_file)
+{
+	char dirbuf[64], path[128], rotated[128];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	snprintf(path, sizeof(path), "%s/kite.log", dir);
+	snprintf(rotated, sizeof(rotated), "%s/kite.log.1", dir);
+	struct kite_config cfg;
+	log_cfg(&cfg, KITE_LOGDEST_FILE, KITE_LOG_ALL, path);
+	time_t t0 = time(NULL);
+	CHECK_EQ(log_configure(&cfg), 0);
+	log_msg(KITE_LOG_ERR, "before");
+	CHECK_EQ(rename(path, rotated), 0); /* logrotate, then SIGHUP */
+	CHECK_EQ(log_configure(&cfg), 0);
+	log_msg(KITE_LOG_ERR, "after");
+	log_close();
+	CHECK(log_line_is(slurp(rotated), t0, "before"));
+	CHECK(log_line_is(slurp(path), t0, "after"));
+	struct stat sb;
+	CHECK_EQ(stat(path, &sb), 0);
+	CHECK_EQ(sb.st_mode & 0777, 0600);
+	tmpdir_remove(dir);
+}
+
+TEST(log_configure_failure_keeps_the_old_destination)
+{
+	char dirbuf[64], path[128];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	snprintf(path, sizeof(path), "%s/kite.log", dir);
+	struct kite_config cfg, bad;
+	log_cfg(&cfg, KITE_LOGDEST_FILE, KITE_LOG_ERR, path);
+	log_cfg(&bad, KITE_LOGDEST_STDOUT | KITE_LOGDEST_FILE, KITE_LOG_ALL,
+		"/nonexistent-kite-dir/kite.log");
+	time_t t0 = time(NULL);
+	CHECK_EQ(log_configure(&cfg), 0);
+	CHECK_EQ(log_configure(&bad), -1);
+	CHECK(!log_enabled(KITE_LOG_DEBUG));
+	log_msg(KITE_LOG_ERR, "still here");
+	log_close();
+	CHECK(log_line_is(slurp(path), t0, "still here"));
+	tmpdir_remove(dir);
+}
+
+TEST(log_long_message_is_cut_to_one_line)
+{
+	char dirbuf[64], path[128];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	snprintf(path, sizeof(path), "%s/kite.log", dir);
+	struct kite_config cfg;
+	log_cfg(&cfg, KITE_LOGDEST_FILE, KITE_LOG_ALL, path);
+	CHECK_EQ(log_configure(&cfg), 0);
+	static char big[5000];
+	memset(big, 'x', sizeof(big) - 1);
+	log_msg(KITE_LOG_WARNING, "%s", big);
+	log_msg(KITE_LOG_WARNING, "next");
+	log_close();
+	const char *text = slurp(path);
+	const char *nl = strchr(text, '\n');
+	CHECK(nl != NULL);
+	if (nl) {
+		CHECK_EQ(nl - text + 1, 1024);
+		CHECK(strstr(nl + 1, ": next\n") != NULL);
+	}
+	tmpdir_remove(dir);
+}
+
+TEST(log_stdout_destination_writes_stdout)
+{
+	char dirbuf[64], path[128];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	snprintf(path, sizeof(path), "%s/stdout", dir);
+	struct kite_config cfg;
+	log_cfg(&cfg, KITE_LOGDEST_STDOUT, KITE_LOG_ALL, NULL);
+	time_t t0 = time(NULL);
+	int saved = redirect_fd(STDOUT_FILENO, path);
+	CHECK_EQ(log_configure(&cfg), 0);
+	log_msg(KITE_LOG_DEBUG, "to stdout");
+	log_close();
+	restore_fd(STDOUT_FILENO, saved);
+	CHECK(log_line_is(slurp(path), t0, "to stdout"));
+	tmpdir_remove(dir);
+}
+
+#define LOG_THREADS 4
+#define LOG_LINES 500
+
+static void *log_thread_cb(void *arg)
+{
+	long id = (long)(intptr_t)arg;
+	for (int i = 0; i < LOG_LINES; i++)
+		log_msg(KITE_LOG_INFO, "thread %ld line %d %s", id, i,
+			"padding-padding-padding-padding-padding-padding");
+	return NULL;
+}
+
+TEST(log_lines_from_many_threads_never_interleave)
+{
+	char dirbuf[64], path[128];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	snprintf(path, sizeof(path), "%s/kite.log", dir);
+	struct kite_config cfg;
+	log_cfg(&cfg, KITE_LOGDEST_FILE, KITE_LOG_ALL, path);
+	CHECK_EQ(log_configure(&cfg), 0);
+	pthread_t th[LOG_THREADS];
+	for (long i = 0; i < LOG_THREADS; i++)
+		pthread_create(&th[i], NULL, log_thread_cb, (void *)(intptr_t)i);
+	for (int i = 0; i < LOG_THREADS; i++)
+		pthread_join(th[i], NULL);
+	log_close();
+
+	int lines = 0, bad = 0;
+	const char *p = slurp(path);
+	while (*p) {
+		const char *nl = strchr(p, '\n');
+		long id;
+		int n, used = 0;
+		if (!nl)
+			break;
+		if (sscanf(p, "%*d: thread %ld line %d padding-padding-padding-"
+			      "padding-padding-padding%n",
+			   &id, &n, &used) != 2 ||
+		    p + used != nl)
+			bad++;
+		lines++;
+		p = nl + 1;
+	}
+	CHECK_EQ(lines, LOG_THREADS * LOG_LINES);
+	CHECK_EQ(bad, 0);
+	tmpdir_remove(dir);
+}
