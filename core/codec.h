@@ -105,10 +105,11 @@ enum mqtt_props_where {
 
 /* Decodes a property block starting at its variable-byte length.
  * *consumed is the block's total size including the length. Errors:
- * MALFORMED for truncation, bad UTF-8, a property that appears twice where
- * the spec forbids it, or a value outside its range (receive maximum 0,
- * maximum packet size 0, payload format > 1, ...); PROTOCOL_ERROR for a
- * property not allowed at `where`. */
+ * MALFORMED for truncation, bad UTF-8 or an unknown identifier;
+ * PROTOCOL_ERROR (as the spec says) for a property that appears twice where
+ * the spec forbids it, a value outside its range (receive maximum 0,
+ * maximum packet size 0, payload format > 1, ...), or a property not
+ * allowed at `where`. */
 enum mqtt_rc mqtt_props_decode(const uint8_t *buf, size_t len,
 			       enum mqtt_props_where where,
 			       struct mqtt_props *out, size_t *consumed);
@@ -162,8 +163,9 @@ struct mqtt_publish {
 };
 
 /* flags: the fixed header's low nibble. MALFORMED for: truncation,
- * packet id 0 with QoS > 0, invalid UTF-8 in the topic, an empty topic
- * (3.1.1; in 5.0 only when no topic alias is given). TOPIC_NAME_INVALID for
+ * packet id 0 with QoS > 0, invalid UTF-8 in the topic, an empty topic in
+ * 3.1.1 (in 5.0 PROTOCOL_ERROR, and only when no topic alias is given),
+ * DUP set with QoS 0. TOPIC_NAME_INVALID for
  * '+' or '#' in the topic. With version 5 the property block is decoded
  * (MQTT_PROPS_PUBLISH) and a subscription identifier from a client is a
  * PROTOCOL_ERROR. A payload format indicator of 1 with a payload that is
@@ -231,7 +233,7 @@ enum mqtt_rc mqtt_decode_auth(const uint8_t *body, size_t len,
 
 /* MQTT UTF-8 rules (spec 1.5.4): well-formed, no surrogates, no U+0000.
  * Like Mosquitto, also refuses the control characters U+0001..U+001F and
- * U+007F..U+009F. */
+ * U+007F..U+009F, and the non-characters U+FDD0..U+FDEF and U+xFFFE/F. */
 bool mqtt_utf8_valid(const uint8_t *s, size_t len);
 /* A topic name a client may publish to: 1..65535 bytes, valid UTF-8, no
  * '+' or '#'. */
