@@ -8,7 +8,8 @@
  *
  * Reader threads must be registered with urcu-qsbr (rcu_register_thread)
  * and online while calling gtrie_match; they announce quiescent states
- * between loop turns. Freed nodes are reclaimed with call_rcu. */
+ * between loop turns. Freed nodes are reclaimed with call_rcu, so writers
+ * (gtrie_add, gtrie_remove) must be registered and online as well. */
 #ifndef KITE_GTRIE_H
 #define KITE_GTRIE_H
 
@@ -32,5 +33,10 @@ int gtrie_remove(struct gtrie *g, const char *filter, size_t len,
 /* Union of the shard masks of every filter matching topic (same rules as
  * trie_match, including '$'). */
 uint64_t gtrie_match(const struct gtrie *g, const char *topic, size_t len);
+
+/* Nodes linked below the root: 0 once every filter is removed (empty nodes
+ * are unlinked at once, freed after a grace period). Memory accounting and
+ * tests; any thread. */
+size_t gtrie_node_count(const struct gtrie *g);
 
 #endif

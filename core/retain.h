@@ -18,7 +18,10 @@ void retain_free(struct retain_store *r);
 
 /* Stores msg (the store takes over the caller's reference) as the retained
  * message of topic, replacing and releasing any previous one; msg NULL
- * clears the topic. topic must be a valid topic name. Returns 0 or -1. */
+ * clears the topic. topic must be a valid topic name. Returns 0, or -1
+ * (deeper than TRIE_LEVELS_MAX / no memory): then nothing changed and the
+ * caller keeps its reference. The caller must be registered and online
+ * (call_rcu); `release` runs later on liburcu's call_rcu thread. */
 int retain_set(struct retain_store *r, const char *topic, size_t len,
 	       void *msg);
 
@@ -30,5 +33,10 @@ void retain_match(struct retain_store *r, const char *filter, size_t len,
 		  retain_match_cb cb, void *ctx);
 
 size_t retain_count(const struct retain_store *r);
+
+/* Nodes linked below the root: 0 once every topic is cleared (empty nodes
+ * are unlinked at once, freed after a grace period). Memory accounting and
+ * tests; any thread. */
+size_t retain_node_count(const struct retain_store *r);
 
 #endif

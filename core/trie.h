@@ -57,6 +57,10 @@ void trie_match(const struct trie *t, const char *topic, size_t len,
 /* Number of distinct filters with at least one subscriber. */
 size_t trie_filter_count(const struct trie *t);
 
+/* Nodes allocated below the root: 0 once every filter is unsubscribed
+ * (empty nodes are pruned). Memory accounting and tests. */
+size_t trie_node_count(const struct trie *t);
+
 /* True when filter matches topic (the same rules, for one pair). */
 bool topic_matches(const char *filter, size_t flen, const char *topic,
 		   size_t tlen);

@@ -1,0 +1,603 @@
+/* Per-shard subscription trie (see trie.h).
+ *
+ * One node per filter level. A node finds its literal children through an
+ * open-addressing table keyed by the level's hash (linear probing, power of
+ * two capacity, at most 3/4 full), so a level under "devices/" with 5,000
+ * device ids costs one probe, not a list walk. The '+' and '#' children sit
+ * in their own pointers: a wildcard costs a load, never a lookup. A node's
+ * subscriptions are one growable array.
+ *
+ * Matching walks the topic's levels with an explicit stack of (node, level)
+ * pairs and visits only nodes whose level matches, so its cost depends on
+ * the topic and the filters that match it, never on unrelated filters.
+ *
+ * Everything here runs on the owning shard's thread: no atomics, no locks. */
+#include "core/trie.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+
+/* MQTT strings carry a 16-bit length. */
+#define TOPIC_LEN_MAX 65535u
+#define KIDS_CAP_MIN 4u
+
+struct tnode {
+	struct tnode *parent;
+	struct tnode *plus;	  /* the '+' child */
+	struct tnode *hash;	  /* the '#' child: never has children */
+	struct tnode **kids;	  /* literal children, kcap slots, NULL = free */
+	uint32_t kcap, klive;
+	struct trie_sub *subs;
+	uint32_t nsubs, subcap;
+	uint64_t h;		  /* hash of name: skips memcmp, rehashes */
+	uint32_t len;
+	char name[];		  /* the level, not NUL-terminated */
+};
+
+struct trie {
+	struct tnode *root;
+	size_t nfilters;
+	size_t nnodes;
+	uint64_t seed;
+};
+
+/* A topic cut into levels, each hashed once up front: the walk may look the
+ * same level up under several nodes (literal and '+' paths). */
+struct levels {
+	uint32_t n;
+	bool truncated; /* the topic has more than TRIE_LEVELS_MAX levels */
+	uint32_t off[TRIE_LEVELS_MAX];
+	uint32_t len[TRIE_LEVELS_MAX];
+	uint64_t h[TRIE_LEVELS_MAX];
+};
+
+_Static_assert(TRIE_LEVELS_MAX >= 1 && TRIE_LEVELS_MAX <= TOPIC_LEN_MAX,
+	       "level bound must fit the topic length bound");
+
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "level hashing reads words little-endian"
+#endif
+
+#define SLASHES 0x2f2f2f2f2f2f2f2full
+#define BYTES_01 0x0101010101010101ull
+#define BYTES_80 0x8080808080808080ull
+
+static inline uint64_t mix64(uint64_t a, uint64_t b)
+{
+	__uint128_t r = (__uint128_t)a * b;
+	return (uint64_t)r ^ (uint64_t)(r >> 64);
+}
+
+/* The last step of a level's hash: `tail` holds its last len % 8 bytes. */
+static inline uint64_t hash_end(uint64_t h, uint64_t tail, size_t len)
+{
+	return mix64(h ^ tail ^ ((uint64_t)len * 0x9e3779b97f4a7c15ull),
+		     0xe7037ed1a0b428dbull);
+}
+
+/* Keyed hash of one level, 8 bytes per multiply. The per-structure random
+ * seed keeps clients from choosing names that collide in one table.
+ * levels_split computes the same value while it scans for '/'. */
+static uint64_t level_hash(uint64_t seed, const char *s, size_t len)
+{
+	uint64_t h = seed, w = 0;
+	size_t n = len;
+
+	for (; n >= 8; s += 8, n -= 8) {
+		memcpy(&w, s, 8);
+		h = mix64(h ^ w, 0xa0761d6478bd642full);
+	}
+	w = 0;
+	for (size_t i = 0; i < n; i++)
+		w |= (uint64_t)(unsigned char)s[i] << (8 * i);
+	return hash_end(h, w, len);
+}
+
+/* Byte-exact equality without a libc call: levels are short. */
+static inline bool level_eq(const char *a, const char *b, size_t n)
+{
+	uint64_t x, y;
+
+	for (; n >= 8; a += 8, b += 8, n -= 8) {
+		memcpy(&x, a, 8);
+		memcpy(&y, b, 8);
+		if (x != y)
+			return false;
+	}
+	for (size_t i = 0; i < n; i++)
+		if (a[i] != b[i])
+			return false;
+	return true;
+}
+
+/* Cuts s into levels and hashes each in the same pass, a word at a time:
+ * a word without '/' feeds the hash, the word holding the next '/' ends
+ * the level. Stops after TRIE_LEVELS_MAX levels, setting `truncated`. */
+static void levels_split(struct levels *lv, uint64_t seed, const char *s,
+			 size_t len)
+{
+	size_t start = 0, pos = 0;
+	uint64_t h = seed;
+
+	lv->n = 0;
+	lv->truncated = false;
+	for (;;) {
+		uint64_t w = 0;
+		size_t k = 0; /* bytes of this word before the '/' */
+
+		if (pos + 8 <= len) {
+			memcpy(&w, s + pos, 8);
+			uint64_t x = w ^ SLASHES;
+			uint64_t z = (x - BYTES_01) & ~x & BYTES_80;
+			if (!z) {
+				h = mix64(h ^ w, 0xa0761d6478bd642full);
+				pos += 8;
+				continue;
+			}
+			k = (size_t)__builtin_ctzll(z) >> 3; /* first '/' */
+			w &= k ? ~0ull >> (64 - 8 * k) : 0;
+		} else {
+			for (; pos + k < len && s[pos + k] != '/'; k++)
+				w |= (uint64_t)(unsigned char)s[pos + k] << (8 * k);
+		}
+		if (lv->n == TRIE_LEVELS_MAX) {
+			lv->truncated = true;
+			return;
+		}
+		lv->off[lv->n] = (uint32_t)start;
+		lv->len[lv->n] = (uint32_t)(pos + k - start);
+		lv->h[lv->n] = hash_end(h, w, pos + k - start);
+		lv->n++;
+		if (pos + k == len)
+			return;
+		pos = start = pos + k + 1;
+		h = seed;
+	}
+}
+
+static uint64_t seed_new(const void *salt)
+{
+	uint64_t seed;
+
+	/* Once per trie at startup; a weak fallback only costs DoS resistance. */
+	if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != sizeof(seed))
+		seed = (uint64_t)(uintptr_t)salt * 0x9e3779b97f4a7c15ull;
+	return seed;
+}
+
+static size_t filter_depth(const char *f, size_t len)
+{
+	size_t depth = 1;
+
+	for (size_t i = 0; i < len; i++)
+		depth += f[i] == '/';
+	return depth;
+}
+
+static bool is_wild(const char *s, size_t len, char w)
+{
+	return len == 1 && s[0] == w;
+}
+
+/* ---- literal children table ---- */
+
+static struct tnode *kids_find(const struct tnode *n, uint64_t h,
+			       const char *s, uint32_t len)
+{
+	if (!n->kids)
+		return NULL;
+	uint32_t mask = n->kcap - 1;
+	/* Terminates: the table is never more than 3/4 full. */
+	for (uint32_t i = (uint32_t)h & mask;; i = (i + 1) & mask) {
+		const struct tnode *c = n->kids[i];
+
+		if (!c)
+			return NULL;
+		if (c->h == h && c->len == len && level_eq(c->name, s, len))
+			return n->kids[i];
+	}
+}
+
+static void kids_place(struct tnode **slots, uint32_t cap, struct tnode *c)
+{
+	uint32_t i = (uint32_t)c->h & (cap - 1);
+
+	while (slots[i])
+		i = (i + 1) & (cap - 1);
+	slots[i] = c;
+}
+
+static int kids_resize(struct tnode *n, uint32_t cap)
+{
+	struct tnode **slots = NULL;
+
+	assert(cap == 0 || (cap >= KIDS_CAP_MIN && (cap & (cap - 1)) == 0));
+	assert(cap == 0 ? n->klive == 0 : n->klive * 4 <= cap * 3);
+	if (cap) {
+		slots = calloc(cap, sizeof(*slots));
+		if (!slots)
+			return -1;
+		for (uint32_t i = 0; i < n->kcap; i++)
+			if (n->kids[i])
+				kids_place(slots, cap, n->kids[i]);
+	}
+	free(n->kids);
+	n->kids = slots;
+	n->kcap = cap;
+	return 0;
+}
+
+/* Smallest table that holds `live` children at most half full. */
+static uint32_t kids_cap_for(uint32_t live)
+{
+	uint32_t cap = KIDS_CAP_MIN;
+
+	while (cap < live * 2)
+		cap *= 2;
+	return cap;
+}
+
+static int kids_add(struct tnode *n, struct tnode *c)
+{
+	if ((n->klive + 1) * 4 > n->kcap * 3 &&
+	    kids_resize(n, kids_cap_for(n->klive + 1)) != 0)
+		return -1;
+	kids_place(n->kids, n->kcap, c);
+	n->klive++;
+	return 0;
+}
+
+/* Removes c with backward-shift deletion: entries after the hole move back
+ * when their home slot allows it, so probes never need tombstones. */
+static void kids_del(struct tnode *n, const struct tnode *c)
+{
+	uint32_t mask = n->kcap - 1, i = (uint32_t)c->h & mask;
+
+	while (n->kids[i] != c)
+		i = (i + 1) & mask;
+	for (uint32_t j = (i + 1) & mask; n->kids[j]; j = (j + 1) & mask) {
+		uint32_t home = (uint32_t)n->kids[j]->h & mask;
+		/* The entry at j may fill the hole at i only if its home is
+		 * not cyclically within (i, j]. */
+		bool stays = i <= j ? (home > i && home <= j)
+				    : (home > i || home <= j);
+		if (!stays) {
+			n->kids[i] = n->kids[j];
+			i = j;
+		}
+	}
+	n->kids[i] = NULL;
+	n->klive--;
+	if (n->klive == 0)
+		kids_resize(n, 0);
+	else if (n->kcap > KIDS_CAP_MIN && n->klive * 8 < n->kcap)
+		(void)kids_resize(n, kids_cap_for(n->klive)); /* may stay big */
+}
+
+/* ---- nodes ---- */
+
+static struct tnode *node_new(struct trie *t, struct tnode *parent,
+			      const char *s, uint32_t len, uint64_t h)
+{
+	struct tnode *n = calloc(1, sizeof(*n) + len);
+
+	if (!n)
+		return NULL;
+	n->parent = parent;
+	n->h = h;
+	n->len = len;
+	memcpy(n->name, s, len);
+	t->nnodes++;
+	return n;
+}
+
+static bool node_empty(const struct tnode *n)
+{
+	return n->nsubs == 0 && !n->plus && !n->hash && n->klive == 0;
+}
+
+/* Frees n and every ancestor left without subscriptions or children. */
+static void prune(struct trie *t, struct tnode *n)
+{
+	while (n != t->root && node_empty(n)) {
+		struct tnode *p = n->parent;
+
+		if (p->plus == n)
+			p->plus = NULL;
+		else if (p->hash == n)
+			p->hash = NULL;
+		else
+			kids_del(p, n);
+		assert(!n->kids && !n->subs);
+		free(n);
+		t->nnodes--;
+		n = p;
+	}
+}
+
+/* The child of n for one filter level, created when `create` is set. */
+static struct tnode *child_get(struct trie *t, struct tnode *n, const char *s,
+			       uint32_t len, bool create)
+{
+	struct tnode **wild = is_wild(s, len, '+')   ? &n->plus
+			      : is_wild(s, len, '#') ? &n->hash
+						     : NULL;
+	uint64_t h = wild ? 0 : level_hash(t->seed, s, len);
+	struct tnode *c = wild ? *wild : kids_find(n, h, s, len);
+
+	/* Valid filters never continue past '#'. */
+	assert(!n->parent || !is_wild(n->name, n->len, '#'));
+	if (c || !create)
+		return c;
+	c = node_new(t, n, s, len, h);
+	if (!c)
+		return NULL;
+	if (wild) {
+		*wild = c;
+	} else if (kids_add(n, c) != 0) {
+		free(c);
+		t->nnodes--;
+		return NULL;
+	}
+	return c;
+}
+
+/* The node of a filter; on failure to create it, prunes what it added. */
+static struct tnode *path_get(struct trie *t, const char *f, size_t len,
+			      bool create)
+{
+	struct tnode *n = t->root;
+	size_t pos = 0;
+
+	for (;;) {
+		const char *slash = memchr(f + pos, '/', len - pos);
+		size_t end = slash ? (size_t)(slash - f) : len;
+		struct tnode *c = child_get(t, n, f + pos, (uint32_t)(end - pos),
+					    create);
+
+		if (!c) {
+			if (create)
+				prune(t, n);
+			return NULL;
+		}
+		n = c;
+		if (!slash)
+			return n;
+		pos = end + 1;
+	}
+}
+
+/* ---- public ---- */
+
+struct trie *trie_new(void)
+{
+	struct trie *t = calloc(1, sizeof(*t));
+
+	if (!t)
+		return NULL;
+	t->seed = seed_new(t);
+	t->root = node_new(t, NULL, "", 0, 0);
+	if (!t->root) {
+		free(t);
+		return NULL;
+	}
+	t->nnodes = 0; /* the root is not counted */
+	return t;
+}
+
+/* Post-order teardown with parent pointers as the stack: no recursion. A
+ * node's table is scanned from the top down, kcap shrinking as the cursor,
+ * so each slot is looked at once. */
+void trie_free(struct trie *t)
+{
+	if (!t)
+		return;
+	struct tnode *n = t->root;
+	while (n) {
+		struct tnode *c = n->plus ? n->plus : n->hash;
+
+		if (c == n->plus)
+			n->plus = NULL;
+		else
+			n->hash = NULL;
+		while (!c && n->kcap > 0)
+			c = n->kids[--n->kcap];
+		if (c) {
+			n = c;
+			continue;
+		}
+		struct tnode *p = n->parent;
+		free(n->kids);
+		free(n->subs);
+		free(n);
+		n = p;
+	}
+	free(t);
+}
+
+static int subs_push(struct tnode *n, const struct trie_sub *sub)
+{
+	if (n->nsubs == n->subcap) {
+		uint32_t cap = n->subcap ? n->subcap * 2 : 2;
+		struct trie_sub *s = realloc(n->subs, cap * sizeof(*s));
+
+		if (!s)
+			return -1;
+		n->subs = s;
+		n->subcap = cap;
+	}
+	n->subs[n->nsubs++] = *sub;
+	return 0;
+}
+
+enum trie_result trie_subscribe(struct trie *t, const char *filter,
+				size_t len, const struct trie_sub *sub)
+{
+	assert(t && filter && sub && sub->owner);
+	assert(len >= 1 && len <= TOPIC_LEN_MAX);
+	if (filter_depth(filter, len) > TRIE_LEVELS_MAX)
+		return TRIE_TOO_DEEP;
+	struct tnode *n = path_get(t, filter, len, true);
+	if (!n)
+		return TRIE_NO_MEMORY;
+	for (uint32_t i = 0; i < n->nsubs; i++) {
+		if (n->subs[i].owner == sub->owner) {
+			n->subs[i] = *sub;
+			return TRIE_REPLACED;
+		}
+	}
+	if (subs_push(n, sub) != 0) {
+		prune(t, n);
+		return TRIE_NO_MEMORY;
+	}
+	if (n->nsubs > 1)
+		return TRIE_ADDED;
+	t->nfilters++;
+	return TRIE_ADDED_FIRST;
+}
+
+static void subs_shrink(struct tnode *n)
+{
+	if (n->nsubs == 0) {
+		free(n->subs);
+		n->subs = NULL;
+		n->subcap = 0;
+	} else if (n->subcap > 8 && n->nsubs * 4 < n->subcap) {
+		struct trie_sub *s = realloc(n->subs, n->subcap / 2 * sizeof(*s));
+
+		if (s) { /* a failed shrink keeps the larger array */
+			n->subs = s;
+			n->subcap /= 2;
+		}
+	}
+}
+
+enum trie_result trie_unsubscribe(struct trie *t, const char *filter,
+				  size_t len, const void *owner)
+{
+	assert(t && filter && owner);
+	assert(len >= 1 && len <= TOPIC_LEN_MAX);
+	if (filter_depth(filter, len) > TRIE_LEVELS_MAX)
+		return TRIE_NOT_FOUND; /* could never have been added */
+	struct tnode *n = path_get(t, filter, len, false);
+	if (!n)
+		return TRIE_NOT_FOUND;
+	uint32_t i = 0;
+	while (i < n->nsubs && n->subs[i].owner != owner)
+		i++;
+	if (i == n->nsubs)
+		return TRIE_NOT_FOUND;
+	n->subs[i] = n->subs[--n->nsubs]; /* order carries no meaning */
+	subs_shrink(n);
+	if (n->nsubs > 0)
+		return TRIE_REMOVED;
+	t->nfilters--;
+	prune(t, n);
+	return TRIE_REMOVED_LAST;
+}
+
+static void report(const struct tnode *n, trie_match_cb cb, void *ctx)
+{
+	for (uint32_t i = 0; i < n->nsubs; i++)
+		cb(ctx, &n->subs[i]);
+}
+
+struct frame {
+	const struct tnode *n;
+	uint32_t i; /* levels of the topic consumed to reach n */
+};
+
+void trie_match(const struct trie *t, const char *topic, size_t len,
+		trie_match_cb cb, void *ctx)
+{
+	assert(t && cb && (topic || len == 0) && len <= TOPIC_LEN_MAX);
+	struct levels lv;
+	/* Each pop pushes at most two frames one level deeper and the
+	 * deeper one is popped first, so at most one frame waits per level. */
+	struct frame st[TRIE_LEVELS_MAX + 1];
+	uint32_t sp = 0;
+	bool dollar = len > 0 && topic[0] == '$';
+
+	levels_split(&lv, t->seed, topic, len);
+	st[sp++] = (struct frame){t->root, 0};
+	while (sp) {
+		struct frame f = st[--sp];
+
+		if (f.i == lv.n) {
+			if (!lv.truncated) {
+				report(f.n, cb, ctx);
+				if (f.n->hash) /* "a/#" matches "a" */
+					report(f.n->hash, cb, ctx);
+			}
+			continue;
+		}
+		/* 4.7.2: no wildcard first level for a '$' topic. */
+		bool wild = !(f.i == 0 && dollar);
+		if (wild && f.n->hash)
+			report(f.n->hash, cb, ctx);
+		assert(sp + 2 <= TRIE_LEVELS_MAX + 1);
+		if (wild && f.n->plus)
+			st[sp++] = (struct frame){f.n->plus, f.i + 1};
+		const struct tnode *c = kids_find(f.n, lv.h[f.i],
+						  topic + lv.off[f.i],
+						  lv.len[f.i]);
+		if (c)
+			st[sp++] = (struct frame){c, f.i + 1};
+	}
+}
+
+size_t trie_filter_count(const struct trie *t)
+{
+	assert(t);
+	return t->nfilters;
+}
+
+size_t trie_node_count(const struct trie *t)
+{
+	assert(t);
+	return t->nnodes;
+}
+
+static size_t level_end(const char *s, size_t len, size_t pos)
+{
+	const char *slash = pos < len ? memchr(s + pos, '/', len - pos) : NULL;
+
+	return slash ? (size_t)(slash - s) : len;
+}
+
+/* One filter against one topic, level by level. '+' consumes exactly one
+ * level and '#' ends the filter, so no backtracking is ever needed. */
+bool topic_matches(const char *filter, size_t flen, const char *topic,
+		   size_t tlen)
+{
+	assert((filter || flen == 0) && (topic || tlen == 0));
+	size_t fi = 0, ti = 0;
+	bool tdone = false; /* every topic level has been consumed */
+
+	if (tlen > 0 && topic[0] == '$' && flen > 0 &&
+	    (filter[0] == '+' || filter[0] == '#') &&
+	    (flen == 1 || filter[1] == '/'))
+		return false;
+	for (;;) {
+		size_t fe = level_end(filter, flen, fi);
+
+		if (is_wild(filter + fi, fe - fi, '#'))
+			return true; /* the parent level and all below */
+		if (tdone)
+			return false;
+		size_t te = level_end(topic, tlen, ti);
+		if (!is_wild(filter + fi, fe - fi, '+') &&
+		    (fe - fi != te - ti ||
+		     memcmp(filter + fi, topic + ti, fe - fi) != 0))
+			return false;
+		if (fe == flen)
+			return te == tlen;
+		fi = fe + 1;
+		if (te == tlen)
+			tdone = true;
+		else
+			ti = te + 1;
+	}
+}
