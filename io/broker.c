@@ -63,11 +63,13 @@ int broker_start(struct broker *b)
 	for (unsigned i = 0; i < b->nshards; i++)
 		if (shard_init(&b->shards[i], b, i) < 0)
 			return -1;
+	pthread_barrier_init(&b->started, NULL, b->nshards + 1);
 	for (unsigned i = 0; i < b->nshards; i++)
 		if (shard_start(&b->shards[i]) < 0) {
 			log_msg(KITE_LOG_ERR, "Error: cannot start shard %u", i);
-			return -1;
+			abort(); /* the barrier would wait forever */
 		}
+	pthread_barrier_wait(&b->started);
 	return 0;
 }
 
@@ -77,12 +79,17 @@ void broker_stop(struct broker *b)
 		broker_post_from_main(b, i, (struct xitem){XK_STOP, NULL});
 	for (unsigned i = 0; i < b->nshards; i++)
 		pthread_join(b->shards[i].thread, NULL);
+	/* Tearing sessions down updates the global trie, whose writers must
+	 * be registered RCU threads; no shard is left to read it. */
+	rcu_register_thread();
 	for (unsigned i = 0; i < b->nshards; i++)
 		shard_fini(&b->shards[i]);
-	/* Nothing reads the shared structures any more. */
+	rcu_barrier_qsbr();
 	retain_free(b->retained);
 	gtrie_free(b->gtrie);
 	rcu_barrier_qsbr();
+	rcu_unregister_thread();
+	pthread_barrier_destroy(&b->started);
 	for (uint32_t i = 0; i < b->reg_cap; i++) {
 		struct client_entry *e = b->reg[i], *next;
 		for (; e; e = next) {

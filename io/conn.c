@@ -92,18 +92,26 @@ static bool conn_dispatch(struct conn *c, const struct mqtt_fixed_header *h,
 	return c->state == CONN_ACTIVE || c->state == CONN_AWAIT_CONNECT;
 }
 
+/* Memory for a partial packet grows with the bytes that actually arrived:
+ * a header announcing 256 MB must not cost 256 MB up front. */
+#define CONN_STASH_PREALLOC_MAX (1u << 20)
+
 static int conn_stash(struct conn *c, const uint8_t *data, size_t len,
 		      size_t want)
 {
 	size_t need = c->in_len + len;
-	if (want < need)
-		want = need;
-	if (want > c->in_cap) {
-		uint8_t *n = realloc(c->in_buf, want);
+	size_t target = want > need ? want : need;
+	if (target > CONN_STASH_PREALLOC_MAX) {
+		size_t grown = (size_t)c->in_cap * 2 > need ? (size_t)c->in_cap * 2 : need;
+		if (target > grown)
+			target = grown;
+	}
+	if (target > c->in_cap) {
+		uint8_t *n = realloc(c->in_buf, target);
 		if (!n)
 			return -1;
 		c->in_buf = n;
-		c->in_cap = (uint32_t)want;
+		c->in_cap = (uint32_t)target;
 	}
 	memcpy(c->in_buf + c->in_len, data, len);
 	c->in_len += (uint32_t)len;
@@ -126,7 +134,8 @@ static long conn_frame(struct conn *c, const uint8_t *data, size_t len,
 	}
 	*have_header = true;
 	size_t total = (size_t)h->header_len + h->remaining_len;
-	if (total > conn_max_packet(c)) {
+	/* Mosquitto's measure: remaining length plus the first byte. */
+	if ((size_t)h->remaining_len + 1 > conn_max_packet(c)) {
 		conn_protocol_error(c, MQTT_RC_PACKET_TOO_LARGE,
 				    "packet larger than max_packet_size");
 		return -1;
@@ -483,18 +492,20 @@ void conn_free(struct conn *c)
 	free(c);
 }
 
-/* Frees the connection once the kernel holds no request on it. */
+/* Drives a closing connection to its end: flush what must still go out,
+ * then shut the socket down, then free once the kernel holds no request
+ * on it. Called after every event on a closing connection. */
 void conn_on_closed(struct conn *c)
 {
 	assert(c->state == CONN_CLOSING);
-	if (c->flags & (CONN_RECV_ARMED | CONN_SEND_BUSY))
-		return;
 	if (c->out_count && !(c->flags & CONN_SHUTDOWN_SENT)) {
-		conn_mark_dirty(c); /* flush, then shut down */
+		if (!(c->flags & CONN_SEND_BUSY))
+			conn_mark_dirty(c);
 		return;
 	}
-	if (c->flags & CONN_DIRTY)
-		return; /* the dirty list still points here */
+	conn_shutdown(c);
+	if (c->flags & (CONN_RECV_ARMED | CONN_SEND_BUSY | CONN_DIRTY))
+		return;
 	struct shard *s = c->shard;
 	shard_conn_detach(s, c);
 	close(c->fd);

@@ -115,6 +115,13 @@ struct queued {
 	bool retain;
 };
 
+/* An incoming QoS 2 message held until its PUBREL (spec 4.3.3 method A,
+ * as Mosquitto does: subscribers see it once the publisher released it). */
+struct qos2_in {
+	struct msg *msg;
+	uint16_t pid;
+};
+
 struct sub_entry {
 	struct sub_entry *next;
 	uint8_t qos;
@@ -140,7 +147,7 @@ struct session {
 	uint32_t inflight_count, inflight_cap;
 	struct queued *queue;	/* ring */
 	uint32_t q_head, q_count, q_cap;
-	uint16_t *qos2_in;	/* QoS 2 packet ids received, awaiting PUBREL */
+	struct qos2_in *qos2_in; /* QoS 2 received, awaiting PUBREL */
 	uint32_t qos2_in_count, qos2_in_cap;
 	/* Fan-out merge of overlapping subscriptions: one delivery per
 	 * session per message, at the highest granted QoS. */
@@ -170,10 +177,11 @@ bool session_on_pubcomp(struct session *ss, uint16_t pid);
 void session_resume(struct session *ss);
 /* Moves queued messages into the inflight window while it has room. */
 void session_pump(struct session *ss);
-/* Incoming QoS 2 ids (method B: deliver at once, remember the id). */
+/* Incoming QoS 2: held until PUBREL. _release returns the message (the
+ * caller gets the reference) or NULL for an unknown id. */
 bool session_qos2_seen(struct session *ss, uint16_t pid);
-int session_qos2_add(struct session *ss, uint16_t pid);
-void session_qos2_remove(struct session *ss, uint16_t pid);
+int session_qos2_add(struct session *ss, uint16_t pid, struct msg *m);
+struct msg *session_qos2_release(struct session *ss, uint16_t pid);
 
 /* ---- connections ------------------------------------------------------- */
 
@@ -336,6 +344,7 @@ struct broker {
 	struct io_uring ctl_ring;
 	pthread_mutex_t ctl_lock;
 	_Atomic bool stop;
+	pthread_barrier_t started; /* shards and main, once rings are enabled */
 };
 
 /* shard.c */

@@ -30,10 +30,11 @@ int handle_ack(struct conn *c, const struct mqtt_fixed_header *h,
 				 MQTT_RC_PACKET_ID_NOT_FOUND);
 		break;
 	case MQTT_PUBREL: {
-		bool known = session_qos2_seen(ss, a.packet_id);
-		session_qos2_remove(ss, a.packet_id);
+		struct msg *m = session_qos2_release(ss, a.packet_id);
 		ack_send(c, MQTT_PUBCOMP, a.packet_id,
-			 known ? 0 : MQTT_RC_PACKET_ID_NOT_FOUND);
+			 m ? 0 : MQTT_RC_PACKET_ID_NOT_FOUND);
+		if (m)
+			route_publish(c->shard, m);
 		break;
 	}
 	case MQTT_PUBCOMP:

@@ -115,12 +115,8 @@ static void session_detach_conn(struct session *ss, const char *why)
 		return;
 	old->session = NULL;
 	ss->conn = NULL;
-	/* Mosquitto clears the will of a taken-over connection. */
-	if (old->will) {
-		msg_unref(old->will->msg);
-		free(old->will);
-		old->will = NULL;
-	}
+	/* The old connection's will is published, as Mosquitto 2.0 does:
+	 * conn_protocol_error closes it as an abnormal end. */
 	if (old->shard->cfg->connection_messages)
 		log_msg(KITE_LOG_NOTICE,
 			"Client %s already connected, closing old connection.",
@@ -303,7 +299,7 @@ static struct pending_connect *connect_pending(const struct mqtt_connect *ci)
 	uint16_t len = (uint16_t)ci->client_id.len;
 	bool assign = len == 0;
 	if (assign)
-		len = 36;
+		len = 5 + 36; /* "auto-" and a UUID */
 	struct pending_connect *p = malloc(sizeof(*p) + len + 1u);
 	if (!p)
 		return NULL;
@@ -317,10 +313,11 @@ static struct pending_connect *connect_pending(const struct mqtt_connect *ci)
 		if (getrandom(r, sizeof(r), 0) != sizeof(r))
 			for (unsigned i = 0; i < sizeof(r); i++)
 				r[i] = (uint8_t)rand();
-		snprintf(p->id, (size_t)len + 1,
-			 "auto-%02X%02X%02X%02X-%02X%02X-%02X%02X-%02X%02X-%02X%02X%02X",
-			 r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8],
-			 r[9], r[10], r[11], r[12]);
+		char *o = p->id + snprintf(p->id, 6, "auto-");
+		for (unsigned i = 0; i < sizeof(r); i++)
+			o += sprintf(o, "%s%02x",
+				     i == 4 || i == 6 || i == 8 || i == 10 ? "-" : "",
+				     r[i]);
 		p->id_len = (uint16_t)strlen(p->id);
 	} else {
 		memcpy(p->id, ci->client_id.ptr, len);
@@ -358,6 +355,20 @@ static bool connect_allowed(const struct conn *c, const struct mqtt_connect *ci)
 	return ci->has_username || l->allow_anonymous == 1;
 }
 
+/* "MQTT" or "MQIsdp": a known protocol at an unsupported level gets CONNACK
+ * 0x01; anything else is not MQTT and is closed without a word, as
+ * Mosquitto does. */
+static bool connect_known_name(const uint8_t *body, size_t len)
+{
+	if (len < 2)
+		return false;
+	size_t n = (size_t)body[0] << 8 | body[1];
+	if (len < 2 + n)
+		return false;
+	return (n == 4 && !memcmp(body + 2, "MQTT", 4)) ||
+	       (n == 6 && !memcmp(body + 2, "MQIsdp", 6));
+}
+
 int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 		   const uint8_t *body, size_t len)
 {
@@ -368,6 +379,10 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 	struct mqtt_connect ci;
 	enum mqtt_rc rc = mqtt_decode_connect(body, len, &ci);
 	c->version = ci.version == MQTT_V5 ? MQTT_V5 : MQTT_V311;
+	if (rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION && !connect_known_name(body, len)) {
+		conn_close(c, "unknown protocol name in CONNECT", false);
+		return -1;
+	}
 	if (rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION) {
 		c->version = MQTT_V311;
 		connect_refuse(c, MQTT_V3_CONNACK_BAD_PROTOCOL, rc,
@@ -390,12 +405,10 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 			       "empty client id without clean session");
 		return -1;
 	}
-	uint32_t max_ka = c->shard->cfg->max_keepalive_s;
-	if (ci.keepalive_s > max_ka && ci.version != MQTT_V5) {
-		connect_refuse(c, MQTT_V3_CONNACK_ID_REJECTED, 0,
-			       "keepalive above max_keepalive");
-		return -1;
-	}
+	/* Mosquitto 2.0.11 applies max_keepalive to MQTT 5 clients only (as
+	 * server keep alive); 3.1/3.1.1 clients keep the value they asked. */
+	uint32_t max_ka = c->version == MQTT_V5 ? c->shard->cfg->max_keepalive_s
+						 : 65535u;
 	if (!connect_allowed(c, &ci)) {
 		connect_refuse(c, MQTT_V3_CONNACK_NOT_AUTHORIZED,
 			       MQTT_RC_NOT_AUTHORIZED, "not authorised");

@@ -44,12 +44,13 @@ int handle_publish(struct conn *c, const struct mqtt_fixed_header *h,
 	}
 	struct msg *m = msg_new(p.topic.ptr, (uint16_t)p.topic.len,
 				p.payload.ptr, p.payload.len, p.qos, p.retain);
-	if (!m || (p.qos == 2 && session_qos2_add(ss, p.packet_id) < 0)) {
+	if (!m || (p.qos == 2 && session_qos2_add(ss, p.packet_id, m) < 0)) {
 		msg_unref(m);
 		conn_close(c, "out of memory", false);
 		return -1;
 	}
-	route_publish(s, m);
+	if (p.qos < 2)
+		route_publish(s, m); /* QoS 2 is routed at PUBREL */
 	if (p.qos)
 		publish_ack(c, ack, p.packet_id, 0);
 	return 0;

@@ -69,11 +69,11 @@ static int load_config(const struct options *o, struct kite_config *cfg)
 	char err[KITE_CONFIG_ERR_MAX];
 	config_defaults(cfg);
 	if (o->config_path && config_load(cfg, o->config_path, err, sizeof(err)) < 0) {
-		fprintf(stderr, "Error: %s\n", err);
+		fprintf(stderr, "%s\n", err);
 		return -1;
 	}
 	if (config_finalize(cfg, err, sizeof(err)) < 0) {
-		fprintf(stderr, "Error: %s\n", err);
+		fprintf(stderr, "%s\n", err);
 		return -1;
 	}
 	/* Like mosquitto -p: without configured listeners the broker stays in
@@ -135,11 +135,14 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	struct kite_config *cfg = calloc(1, sizeof(*cfg));
-	if (!cfg || load_config(&o, cfg) < 0)
+	if (!cfg || load_config(&o, cfg) < 0) {
+		free(cfg);
 		return 1;
+	}
 	if (o.test_only) {
 		printf("%s: configuration OK\n",
 		       o.config_path ? o.config_path : "(built-in defaults)");
+		free(cfg);
 		return 0;
 	}
 	log_configure(cfg);

@@ -10,9 +10,13 @@ void route_publish(struct shard *s, struct msg *m)
 {
 	struct broker *b = s->b;
 	const char *topic = msg_topic(m);
-	if (m->retain)
-		retain_set(b->retained, topic, m->topic_len,
-			   m->payload_len ? msg_ref(m) : NULL);
+	if (m->retain && m->payload_len) {
+		/* Refused (deeper than TRIE_LEVELS_MAX): the reference stays ours. */
+		if (retain_set(b->retained, topic, m->topic_len, msg_ref(m)) < 0)
+			msg_unref(m);
+	} else if (m->retain) {
+		retain_set(b->retained, topic, m->topic_len, NULL);
+	}
 	uint64_t mask = gtrie_match(b->gtrie, topic, m->topic_len);
 	uint64_t others = mask & ~(1ull << s->idx);
 	while (others) {

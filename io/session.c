@@ -44,6 +44,8 @@ void session_destroy(struct session *ss)
 		msg_unref(ss->inflight[i].msg);
 	for (uint32_t i = 0; i < ss->q_count; i++)
 		msg_unref(ss->queue[(ss->q_head + i) % ss->q_cap].msg);
+	for (uint32_t i = 0; i < ss->qos2_in_count; i++)
+		msg_unref(ss->qos2_in[i].msg);
 	free(ss->inflight);
 	free(ss->queue);
 	free(ss->qos2_in);
@@ -309,33 +311,36 @@ bool session_on_pubcomp(struct session *ss, uint16_t pid)
 bool session_qos2_seen(struct session *ss, uint16_t pid)
 {
 	for (uint32_t i = 0; i < ss->qos2_in_count; i++)
-		if (ss->qos2_in[i] == pid)
+		if (ss->qos2_in[i].pid == pid)
 			return true;
 	return false;
 }
 
-int session_qos2_add(struct session *ss, uint16_t pid)
+int session_qos2_add(struct session *ss, uint16_t pid, struct msg *m)
 {
+	assert(!session_qos2_seen(ss, pid));
 	if (ss->qos2_in_count == ss->qos2_in_cap) {
 		uint32_t ncap = ss->qos2_in_cap ? ss->qos2_in_cap * 2 : 4;
 		if (ncap > 65536)
 			return -1;
-		uint16_t *n = realloc(ss->qos2_in, sizeof(*n) * ncap);
+		struct qos2_in *n = realloc(ss->qos2_in, sizeof(*n) * ncap);
 		if (!n)
 			return -1;
 		ss->qos2_in = n;
 		ss->qos2_in_cap = ncap;
 	}
-	ss->qos2_in[ss->qos2_in_count++] = pid;
+	ss->qos2_in[ss->qos2_in_count++] = (struct qos2_in){m, pid};
 	return 0;
 }
 
-void session_qos2_remove(struct session *ss, uint16_t pid)
+struct msg *session_qos2_release(struct session *ss, uint16_t pid)
 {
 	for (uint32_t i = 0; i < ss->qos2_in_count; i++) {
-		if (ss->qos2_in[i] == pid) {
+		if (ss->qos2_in[i].pid == pid) {
+			struct msg *m = ss->qos2_in[i].msg;
 			ss->qos2_in[i] = ss->qos2_in[--ss->qos2_in_count];
-			return;
+			return m;
 		}
 	}
+	return NULL;
 }

@@ -10,6 +10,7 @@
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 #include <urcu-qsbr.h>
@@ -469,6 +470,16 @@ static void *shard_main(void *arg)
 	CPU_ZERO(&set);
 	CPU_SET(s->idx % (unsigned)sysconf(_SC_NPROCESSORS_ONLN), &set);
 	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	/* liburing 2.3 declares io_uring_enable_rings but does not export
+	 * it: make the register call ourselves. */
+	if (syscall(__NR_io_uring_register, s->ring.ring_fd,
+		    IORING_REGISTER_ENABLE_RINGS, NULL, 0) < 0) {
+		log_msg(KITE_LOG_ERR, "shard %u: cannot enable io_uring: %s",
+			s->idx, strerror(errno));
+		abort();
+	}
+	/* No shard posts to another before every ring is enabled. */
+	pthread_barrier_wait(&s->b->started);
 	rcu_register_thread();
 	s->now_ms = now_monotonic_ms();
 	s->last_sys_ms = s->now_ms;
@@ -561,6 +572,9 @@ static int shard_setup_ring(struct shard *s)
 	 * must not stall the rest of the batch. */
 	p.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
 		  IORING_SETUP_SUBMIT_ALL;
+	/* Set up here so errors stop startup, but enabled by the shard
+	 * thread: with SINGLE_ISSUER the enabling task is the issuer. */
+	p.flags |= IORING_SETUP_R_DISABLED;
 	p.cq_entries = SHARD_RING_ENTRIES * 4;
 	p.flags |= IORING_SETUP_CQSIZE;
 	int ret = io_uring_queue_init_params(SHARD_RING_ENTRIES, &s->ring, &p);
@@ -633,9 +647,14 @@ void shard_fini(struct shard *s)
 	for (unsigned li = 0; li < KITE_LISTENERS_MAX; li++)
 		if (s->listen_fds[li] >= 0)
 			close(s->listen_fds[li]);
-	for (uint32_t i = 0; i < s->conns_cap; i++)
-		if (s->conns[i])
-			conn_free(s->conns[i]);
+	for (uint32_t i = 0; i < s->conns_cap; i++) {
+		struct conn *c = s->conns[i];
+		if (!c)
+			continue;
+		if (c->session)
+			c->session->conn = NULL;
+		conn_free(c);
+	}
 	while (s->sessions)
 		session_destroy(s->sessions);
 	for (unsigned d = 0; d < KITE_SHARDS_MAX; d++) {
