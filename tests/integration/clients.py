@@ -54,13 +54,8 @@ class Paho:
     def get(self, timeout=5.0):
         return self.messages.get(timeout=timeout)
 
-    def stop(self, clean=True):
-        if clean:
-            self.c.disconnect()
-        else:
-            sock = self.c.socket()
-            if sock:
-                sock.close()
+    def stop(self):
+        self.c.disconnect()
         self.c.loop_stop()
 
 
@@ -176,3 +171,63 @@ class Recorder(threading.Thread):
     def stop(self):
         self.stopping = True
         self.join(2)
+
+
+def fan_test(port, n_pubs, n_subs, per_pub, qos, round_size, prefix="ord"):
+    """n_pubs publishers each send per_pub messages to "<prefix>/<i>"; each
+    of n_subs subscribers to "<prefix>/#" must get every message of every
+    publisher, in that publisher's order. Publishers go in rounds of
+    round_size messages each, and the next round starts once every
+    subscriber has the previous one: a modest rate that never overflows a
+    subscriber's queue (max_queued_messages) yet keeps all publishers busy
+    at once. Returns the recorders."""
+    subs = []
+    for i in range(n_subs):
+        c = mqttraw.RawClient(port)
+        assert c.connect("%s-sub-%d" % (prefix, i)).rc == 0
+        assert c.subscribe([(prefix + "/#", qos)]) == [qos]
+        r = Recorder(c)
+        r.start()
+        subs.append(r)
+    pubs = []
+    for i in range(n_pubs):
+        c = mqttraw.RawClient(port)
+        assert c.connect("%s-pub-%d" % (prefix, i)).rc == 0
+        pubs.append(c)
+    try:
+        for start in range(0, per_pub, round_size):
+            end = min(per_pub, start + round_size)
+            for i, p in enumerate(pubs):
+                p.send(b"".join(
+                    mqttraw.publish("%s/%d" % (prefix, i), b"%d:%d" % (i, seq),
+                                    qos=qos, pid=seq % 65535 + 1)
+                    for seq in range(start, end)))
+            if qos:
+                for p in pubs:
+                    for _ in range(end - start):
+                        p.expect(mqttraw.PUBACK)
+            for r in subs:
+                r.wait_count(end * n_pubs, timeout=15)
+        for r in subs:
+            r.stop()
+            if r.error:
+                raise r.error
+        for n, r in enumerate(subs):
+            per = {}
+            for m in r.messages():
+                assert m.qos == qos
+                i, seq = m.payload.split(b":")
+                assert m.topic == "%s/%d" % (prefix, int(i))
+                per.setdefault(int(i), []).append(int(seq))
+            for i in range(n_pubs):
+                got = per.get(i, [])
+                assert got == list(range(per_pub)), (
+                    "subscriber %d, publisher %d: %d messages, first wrong at %s"
+                    % (n, i, len(got), next((k for k, v in enumerate(got) if v != k), len(got))))
+        return subs
+    finally:
+        for r in subs:
+            r.stopping = True
+            r.c.close()
+        for p in pubs:
+            p.close()

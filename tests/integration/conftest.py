@@ -36,6 +36,9 @@ DEFAULT_CONF = "allow_anonymous true\nlog_dest stderr\nlog_type all\n"
 
 
 def pytest_configure(config):
+    # Skips are a first-class outcome: list each with its reason.
+    if "s" not in config.option.reportchars and "a" not in config.option.reportchars:
+        config.option.reportchars += "s"
     config.addinivalue_line(
         "markers", "kite_only(reason): needs kite (skipped under Mosquitto)")
     config.addinivalue_line(
@@ -125,11 +128,6 @@ def flavour():
 
 
 @pytest.fixture
-def is_kite():
-    return FLAVOUR == "kite"
-
-
-@pytest.fixture
 def adapt_config():
     """Turns a kite config into what the broker under test accepts: for
     Mosquitto, `shards` lines go, and when running as root `user root` keeps
@@ -140,7 +138,8 @@ def adapt_config():
             return text
         text = harness.strip_kite_only(text)
         if os.geteuid() == 0:
-            text = "user root\n" + text
+            # Appended, so that line numbers of the test's text stay true.
+            text = text + ("" if text.endswith("\n") or not text else "\n") + "user root\n"
         return text
     return adapt
 

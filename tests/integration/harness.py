@@ -47,7 +47,7 @@ def port_is_free(port):
         return True
 
 
-def _listening(port):
+def listening(port):
     """True if some socket listens on 127.0.0.1:port or *:port (IPv4).
     Read from /proc so that waiting opens no connection the broker would
     count or log."""
@@ -108,11 +108,15 @@ class Broker:
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=str(self.dir))
         if wait_port and port is not None:
-            self.wait_listening()
+            try:
+                self.wait_listening()
+            except BaseException:
+                self.stop()
+                raise
 
     def wait_listening(self):
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _listening(self.port):
+        while not listening(self.port):
             if self.proc.poll() is not None:
                 raise AssertionError("broker exited with %s before listening:\n%s"
                                      % (self.proc.returncode, self.output()))
@@ -137,7 +141,7 @@ class Broker:
     def alive(self):
         return self.proc.poll() is None
 
-    def kill(self, sig):
+    def send_signal(self, sig):
         self.proc.send_signal(sig)
 
     def stop(self, sig=signal.SIGTERM, timeout=STOP_TIMEOUT_S):
@@ -164,3 +168,14 @@ def run_cmd(cmd, timeout=10, **kw):
     """Runs a short-lived command; returns CompletedProcess (text)."""
     return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           stdin=subprocess.DEVNULL, timeout=timeout, text=True, **kw)
+
+
+def keepalive_close_window(flav, keepalive_s):
+    """(earliest, latest) seconds after the client's last packet at which
+    the broker may close it for keepalive. The spec says 1.5 x keepalive.
+    Mosquitto 2.0.11 is late: with keepalive 1..3 it closes after 5-6 s
+    (its keepalive check is coarse), so its bound is wider."""
+    earliest = 1.0 * keepalive_s
+    if flav == "mosquitto":
+        return earliest, 1.5 * keepalive_s + 8.0
+    return earliest, 1.5 * keepalive_s + 2.0

@@ -185,6 +185,7 @@ class RawClient:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
+        self.pending = []  # packets read while waiting for another one
         self.timeout = timeout
         self.eof = False
 
@@ -251,6 +252,8 @@ class RawClient:
 
     def recv(self, timeout=None):
         """Next packet. Raises Closed or Timeout."""
+        if self.pending:
+            return self.pending.pop(0)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
             pkt = self._try_parse()
@@ -263,6 +266,24 @@ class RawClient:
         assert pkt.type == ptype, "expected %s, got %r" % (NAMES[ptype], pkt)
         return pkt
 
+    def await_packet(self, ptype, pid=None, timeout=None):
+        """Reads until a packet of ptype (and pid) arrives; packets read on
+        the way are kept for the next recv()."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        stash = []
+        try:
+            while True:
+                pkt = None
+                while pkt is None:
+                    pkt = self._try_parse()
+                    if pkt is None:
+                        self._fill(deadline)
+                if pkt.type == ptype and (pid is None or pkt.pid == pid):
+                    return pkt
+                stash.append(pkt)
+        finally:
+            self.pending.extend(stash)
+
     def recv_none(self, timeout=0.3):
         """Asserts nothing arrives within timeout (EOF counts as nothing)."""
         try:
@@ -270,6 +291,13 @@ class RawClient:
         except (Timeout, Closed):
             return
         raise AssertionError("unexpected packet %r" % (pkt,))
+
+    def recv_exactly(self, n, quiet=0.3, timeout=None):
+        """Exactly n packets: each may take up to `timeout`, and then nothing
+        more may arrive for `quiet` seconds."""
+        got = [self.recv(timeout) for _ in range(n)]
+        self.recv_none(quiet)
+        return got
 
     def recv_all(self, timeout=0.3):
         """Every packet until `timeout` of silence."""
@@ -330,11 +358,11 @@ class RawClient:
         """Publishes and completes the QoS handshake."""
         self.send(publish(topic, payload, qos=qos, retain=retain, pid=pid))
         if qos == 1:
-            assert self.expect(PUBACK).pid == pid
+            self.await_packet(PUBACK, pid)
         elif qos == 2:
-            assert self.expect(PUBREC).pid == pid
+            self.await_packet(PUBREC, pid)
             self.send(pubrel(pid))
-            assert self.expect(PUBCOMP).pid == pid
+            self.await_packet(PUBCOMP, pid)
 
     def ack(self, pkt):
         """Acknowledges a received PUBLISH as a well-behaved client would."""
@@ -342,7 +370,7 @@ class RawClient:
             self.send(puback(pkt.pid))
         elif pkt.qos == 2:
             self.send(pubrec(pkt.pid))
-            self.expect(PUBREL)
+            self.await_packet(PUBREL, pkt.pid)
             self.send(pubcomp(pkt.pid))
 
     def expect_publish(self, timeout=None, ack=True):
@@ -355,4 +383,4 @@ class RawClient:
         """A PINGREQ/PINGRESP round trip: everything the broker did before
         answering is visible after this returns."""
         self.send(pingreq())
-        return self.expect(PINGRESP, timeout)
+        return self.await_packet(PINGRESP, timeout=timeout)

@@ -1,0 +1,156 @@
+"""CONNECT and CONNACK (MQTT 3.1.1 section 3.1, 3.2)."""
+
+import pytest
+
+import mqttraw
+from clients import Bystander, Paho
+from mqttraw import RawClient
+
+
+def test_session_present_flag_follows_clean_session(broker):
+    with RawClient(broker.port) as c:
+        assert not c.connect("sp", clean=False).session_present  # no session yet
+        c.send(mqttraw.disconnect())
+        assert c.wait_closed(2)
+    with RawClient(broker.port) as c:
+        assert c.connect("sp", clean=False).session_present
+        c.send(mqttraw.disconnect())
+        assert c.wait_closed(2)
+    with RawClient(broker.port) as c:
+        # Clean session: always 0, and the stored session is discarded...
+        assert not c.connect("sp", clean=True).session_present
+        c.send(mqttraw.disconnect())
+        assert c.wait_closed(2)
+    with RawClient(broker.port) as c:
+        # ...so the next persistent connect starts afresh.
+        assert not c.connect("sp", clean=False).session_present
+
+
+def test_persistent_session_keeps_subscriptions(broker):
+    with RawClient(broker.port) as c:
+        c.connect("keep", clean=False)
+        assert c.subscribe([("keep/t", 1)]) == [1]
+        c.send(mqttraw.disconnect())
+        assert c.wait_closed(2)
+    with RawClient(broker.port) as c:
+        assert c.connect("keep", clean=False).session_present
+        with RawClient(broker.port) as p:
+            p.connect("pub")
+            p.publish("keep/t", b"kept", qos=1)
+        m = c.expect_publish()
+        assert (m.topic, m.payload, m.qos) == ("keep/t", b"kept", 1)
+
+
+def test_clean_session_discards_subscriptions(broker):
+    with RawClient(broker.port) as c:
+        c.connect("drop", clean=False)
+        c.subscribe([("drop/t", 1)])
+        c.send(mqttraw.disconnect())
+        assert c.wait_closed(2)
+    with RawClient(broker.port) as c:
+        assert not c.connect("drop", clean=True).session_present
+        with RawClient(broker.port) as p:
+            p.connect("pub")
+            p.publish("drop/t", b"gone", qos=1)
+        c.recv_none(0.3)
+
+
+def test_paho_persistent_session_reports_session_present(broker):
+    a = Paho(broker.port, "paho-sp", clean=False)
+    assert a.rc == 0 and not a.session_present
+    a.subscribe("paho/t", 1)
+    a.stop()
+    b = Paho(broker.port, "paho-sp", clean=False)
+    try:
+        assert b.rc == 0 and b.session_present
+        c = Paho(broker.port, "paho-pub")
+        c.publish("paho/t", b"hi", qos=1)
+        c.stop()
+        m = b.get()
+        assert (m.topic, m.payload, m.qos) == ("paho/t", b"hi", 1)
+    finally:
+        b.stop()
+
+
+def test_empty_client_id_with_clean_session_is_accepted(broker):
+    # Mosquitto assigns "auto-<UUID>".
+    a, b = RawClient(broker.port), RawClient(broker.port)
+    assert a.connect("", clean=True).rc == 0
+    assert b.connect("", clean=True).rc == 0
+    # Two anonymous-id clients are distinct: neither takes the other over.
+    a.subscribe([("empty/t", 0)])
+    b.publish("empty/t", b"x")
+    assert a.expect(mqttraw.PUBLISH).payload == b"x"
+    b.ping()
+
+
+def test_empty_client_id_without_clean_session_is_rejected(broker):
+    with RawClient(broker.port) as c:
+        ack = c.connect("", clean=False)
+        assert ack.rc == 0x02  # identifier rejected
+        assert not ack.session_present
+        assert c.wait_closed(2)
+
+
+def test_username_and_password_accepted_with_allow_anonymous(broker):
+    with RawClient(broker.port) as c:
+        assert c.connect("up", username="user", password=b"secret").rc == 0
+        c.ping()
+    with RawClient(broker.port) as c:
+        assert c.connect("u", username="user").rc == 0
+        c.ping()
+
+
+def test_first_packet_not_connect_closes_connection(broker):
+    by = Bystander(broker.port)
+    for first in (mqttraw.subscribe(1, "a"), mqttraw.pingreq(),
+                  mqttraw.publish("a", b"x")):
+        with RawClient(broker.port) as c:
+            c.send(first)
+            # Closed without any answer.
+            with pytest.raises(mqttraw.Closed):
+                c.recv(3)
+    by.round_trip()
+
+
+def test_second_connect_closes_connection(broker):
+    by = Bystander(broker.port)
+    with RawClient(broker.port) as c:
+        assert c.connect("twice").rc == 0
+        c.send(mqttraw.connect("twice"))
+        with pytest.raises(mqttraw.Closed):
+            c.recv(3)
+    by.round_trip()
+
+
+@pytest.mark.parametrize("level", [0, 2, 3, 5 + 1, 255])
+def test_unsupported_protocol_level_gets_connack_1(broker, level):
+    # Level 3 is MQTT 3.1, valid only with the name "MQIsdp"; 5 is MQTT 5
+    # (out of scope here).
+    with RawClient(broker.port) as c:
+        ack = c.connect("lvl", proto_level=level)
+        assert ack.rc == 0x01  # unacceptable protocol version
+        assert c.wait_closed(2)
+
+
+def test_mqisdp_name_with_level_4_gets_connack_1(broker):
+    with RawClient(broker.port) as c:
+        ack = c.connect("lvl", proto_name="MQIsdp", proto_level=4)
+        assert ack.rc == 0x01
+        assert c.wait_closed(2)
+
+
+def test_unknown_protocol_name_closes_without_connack(broker):
+    with RawClient(broker.port) as c:
+        c.send(mqttraw.connect("x", proto_name="MQTX"))
+        with pytest.raises(mqttraw.Closed):
+            c.recv(3)
+
+
+def test_mqtt31_mqisdp_level_3_accepted(broker):
+    with RawClient(broker.port) as c:
+        ack = c.connect("v31", proto_name="MQIsdp", proto_level=3)
+        assert ack.rc == 0
+        c.subscribe([("v31/t", 1)])
+        c.publish("v31/t", b"old", qos=1, pid=2)
+        assert c.expect_publish().payload == b"old"

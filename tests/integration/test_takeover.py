@@ -1,0 +1,78 @@
+"""Session takeover: a second connection with the same client id (MQTT
+3.1.1 section 3.1.4, [MQTT-3.1.4-2])."""
+
+import pytest
+
+from mqttraw import RawClient
+
+
+def test_takeover_closes_old_connection_and_keeps_session(broker):
+    old = RawClient(broker.port)
+    old.connect("same", clean=False)
+    old.subscribe([("take/t", 1)])
+    new = RawClient(broker.port)
+    ack = new.connect("same", clean=False)
+    assert ack.rc == 0 and ack.session_present
+    assert old.wait_closed(2)
+    with RawClient(broker.port) as p:
+        p.connect("pub")
+        p.publish("take/t", b"to-new", qos=1)
+    m = new.expect_publish()
+    assert m.payload == b"to-new"
+    new.ping()
+
+
+def test_takeover_with_clean_session_starts_fresh(broker):
+    old = RawClient(broker.port)
+    old.connect("fresh", clean=False)
+    old.subscribe([("fresh/t", 1)])
+    new = RawClient(broker.port)
+    ack = new.connect("fresh", clean=True)
+    assert ack.rc == 0 and not ack.session_present
+    assert old.wait_closed(2)
+    with RawClient(broker.port) as p:
+        p.connect("pub")
+        p.publish("fresh/t", b"nobody", qos=1)
+    new.recv_none(0.3)
+
+
+@pytest.mark.parametrize("clean", [True, False])
+def test_reconnect_right_after_close_with_same_client_id(broker, clean):
+    # The old socket's close and the new CONNECT race inside the broker;
+    # whichever it sees first, the new connection must be served.
+    for i in range(10):
+        c = RawClient(broker.port)
+        assert c.connect("again", clean=clean).rc == 0, i
+        assert c.subscribe([("again/t", 1)]) == [1], i
+        c.ping()
+        c.close()
+
+
+@pytest.mark.kite_only("shards: old and new connection on different shards")
+def test_takeover_across_shards(broker_factory):
+    # SO_REUSEPORT spreads connections over the shards by a hash of the
+    # source port; with 8 pairs some old/new pairs land on different shards.
+    b = broker_factory("allow_anonymous true\nshards 4\n")
+    pairs = 8
+    olds = []
+    for i in range(pairs):
+        c = RawClient(b.port)
+        assert c.connect("tk-%d" % i, clean=False).rc == 0
+        assert c.subscribe([("tk/%d" % i, 1)]) == [1]
+        olds.append(c)
+    news = []
+    for i in range(pairs):
+        c = RawClient(b.port)
+        ack = c.connect("tk-%d" % i, clean=False)
+        assert ack.rc == 0 and ack.session_present, i
+        news.append(c)
+    for i, c in enumerate(olds):
+        assert c.wait_closed(3), "old connection %d not closed" % i
+    with RawClient(b.port) as p:
+        p.connect("pub")
+        for i in range(pairs):
+            p.publish("tk/%d" % i, b"%d" % i, qos=1, pid=i + 1)
+    for i, c in enumerate(news):
+        m = c.expect_publish()
+        assert (m.topic, m.payload) == ("tk/%d" % i, b"%d" % i)
+        c.recv_none(0.05)

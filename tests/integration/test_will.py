@@ -1,0 +1,80 @@
+"""Will messages (MQTT 3.1.1 section 3.1.2.5 - 3.1.2.7)."""
+
+import pytest
+
+import harness
+import mqttraw
+from mqttraw import RawClient
+
+
+def _watcher(broker, qos=2):
+    w = RawClient(broker.port)
+    w.connect("will-watcher")
+    w.subscribe([("will/#", qos)])
+    return w
+
+
+def test_will_sent_on_abnormal_close(broker):
+    w = _watcher(broker)
+    c = RawClient(broker.port)
+    c.connect("dies", will=("will/dies", b"bye", 0, False))
+    c.close()  # no DISCONNECT
+    m = w.expect_publish()
+    assert (m.topic, m.payload, m.retain) == ("will/dies", b"bye", False)
+
+
+@pytest.mark.timeout(20)
+def test_will_sent_on_keepalive_timeout(broker):
+    _, latest = harness.keepalive_close_window(broker.flavour, 1)
+    w = _watcher(broker)
+    c = RawClient(broker.port)
+    c.connect("silent", keepalive=1, will=("will/silent", b"timeout", 1, False))
+    m = w.expect_publish(timeout=latest)
+    assert (m.topic, m.payload) == ("will/silent", b"timeout")
+    assert c.wait_closed(2)
+
+
+def test_will_not_sent_on_disconnect(broker):
+    w = _watcher(broker)
+    c = RawClient(broker.port)
+    c.connect("polite", will=("will/polite", b"never", 1, False))
+    c.send(mqttraw.disconnect())
+    assert c.wait_closed(2)
+    w.recv_none(0.5)
+
+
+def test_will_retain_flag_honoured(broker):
+    w = _watcher(broker)
+    c = RawClient(broker.port)
+    c.connect("ret", will=("will/ret", b"kept", 1, True))
+    c.close()
+    live = w.expect_publish()  # the will is out: now it is retained
+    assert (live.payload, live.retain) == (b"kept", False)
+    late = RawClient(broker.port)
+    late.connect("late")
+    late.subscribe([("will/ret", 1)])
+    m = late.expect_publish()
+    assert (m.payload, m.retain, m.qos) == (b"kept", True, 1)
+
+
+@pytest.mark.parametrize("will_qos", [0, 1, 2])
+def test_will_qos_honoured(broker, will_qos):
+    w = _watcher(broker, qos=2)
+    c = RawClient(broker.port)
+    c.connect("wq", will=("will/q", b"q", will_qos, False))
+    c.close()
+    m = w.expect_publish()
+    assert m.qos == will_qos
+
+
+def test_will_sent_when_session_taken_over(broker):
+    # Mosquitto 2.0.11 publishes the old connection's will when the same
+    # client id connects again (the old connection ends without DISCONNECT).
+    w = _watcher(broker)
+    old = RawClient(broker.port)
+    old.connect("taken", will=("will/taken", b"old", 0, False))
+    new = RawClient(broker.port)
+    assert new.connect("taken").rc == 0
+    m = w.expect_publish()
+    assert (m.topic, m.payload) == ("will/taken", b"old")
+    assert old.wait_closed(2)
