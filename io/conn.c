@@ -369,7 +369,7 @@ void conn_shutdown(struct conn *c)
 {
 	if (c->flags & CONN_SHUTDOWN_SENT)
 		return;
-	c->flags |= CONN_SHUTDOWN_SENT;
+	c->flags |= CONN_SHUTDOWN_SENT | CONN_SHUTDOWN_BUSY;
 	struct io_uring_sqe *sqe = shard_sqe(c->shard);
 	io_uring_prep_shutdown(sqe, c->fd, SHUT_RDWR);
 	io_uring_sqe_set_data64(sqe, ud_pack(UD_SHUTDOWN, c->id, c->gen));
@@ -504,7 +504,8 @@ void conn_on_closed(struct conn *c)
 		return;
 	}
 	conn_shutdown(c);
-	if (c->flags & (CONN_RECV_ARMED | CONN_SEND_BUSY | CONN_DIRTY))
+	if (c->flags & (CONN_RECV_ARMED | CONN_SEND_BUSY | CONN_DIRTY |
+			CONN_SHUTDOWN_BUSY))
 		return;
 	struct shard *s = c->shard;
 	shard_conn_detach(s, c);

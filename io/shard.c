@@ -351,8 +351,11 @@ static void shard_handle_cqe(struct shard *s, struct io_uring_cqe *cqe)
 			conn_on_send_done(c, cqe->res);
 		break;
 	case UD_SHUTDOWN:
-		if ((c = shard_conn_get(s, ud)) && c->state == CONN_CLOSING)
-			conn_on_closed(c);
+		if ((c = shard_conn_get(s, ud))) {
+			c->flags &= (uint8_t)~CONN_SHUTDOWN_BUSY;
+			if (c->state == CONN_CLOSING)
+				conn_on_closed(c);
+		}
 		break;
 	case UD_CANCEL:
 	case UD_CLOSE:
@@ -478,11 +481,16 @@ static void *shard_main(void *arg)
 			s->idx, strerror(errno));
 		abort();
 	}
-	/* No shard posts to another before every ring is enabled. */
-	pthread_barrier_wait(&s->b->started);
 	rcu_register_thread();
 	s->now_ms = now_monotonic_ms();
+	/* $SYS is retained before anyone can subscribe, as in Mosquitto. */
 	s->last_sys_ms = s->now_ms;
+	if (s->idx == 0 && s->cfg->sys_interval_s)
+		sys_publish(s);
+	/* No shard posts to another before every ring is enabled. */
+	rcu_thread_offline();
+	pthread_barrier_wait(&s->b->started);
+	rcu_thread_online();
 	for (unsigned li = 0; li < s->cfg->listener_count; li++)
 		shard_arm_accept(s, li);
 	shard_arm_tick(s);

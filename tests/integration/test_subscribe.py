@@ -17,12 +17,12 @@ def test_suback_grants_requested_qos_per_filter(broker):
 
 
 # Overlapping subscriptions of ONE client, one QoS 2 publish to "o/a/b".
-# Mosquitto 2.0.11 sends a 3.1.1 client ONE copy per message (it skips
-# clients that already got the message), and its QoS is min(publish QoS, QoS
-# of the first matching subscription met in Mosquitto's tree walk. The walk
-# goes level by level, depth first, trying the literal level, then '+',
-# and '#' last. (The spec allows one copy at the maximum QoS, or one copy per
-# subscription; Mosquitto picks neither consistently.)
+# Both brokers send a 3.1.1 client ONE copy per message. MQTT 3.1.1 3.3.5
+# says that copy MUST carry the maximum QoS of all matching subscriptions,
+# and kite does so. Mosquitto 2.0.11 instead uses the QoS of the first
+# matching subscription met in its tree walk (level by level, depth first,
+# literal level, then '+', '#' last): the third column, asserted when the
+# broker under test is Mosquitto, so the suite still pins what it does.
 OVERLAPS = [
     # filters in subscribe order -> delivered QoS
     ([("o/a/b", 0), ("o/a/#", 2)], 0),
@@ -40,7 +40,9 @@ OVERLAPS = [
 
 @pytest.mark.parametrize("filters,want_qos", OVERLAPS,
                          ids=[",".join("%s@%d" % f for f in o[0]) for o in OVERLAPS])
-def test_overlapping_subscriptions_deliver_one_copy(broker, filters, want_qos):
+def test_overlapping_subscriptions_deliver_one_copy(broker, flavour, filters, want_qos):
+    if flavour != "mosquitto":
+        want_qos = max(q for _, q in filters)
     with RawClient(broker.port) as c:
         c.connect("overlap")
         for i, flt in enumerate(filters):  # separate SUBSCRIBEs
