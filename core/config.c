@@ -823,8 +823,178 @@ static int opt_include_dir(struct file_ctx *fc, const char *name, char *rest)
 
 /* ---- dispatch ---------------------------------------------------------- */
 
+/* ---- TLS (always listener options, as in Mosquitto) ------------------- */
+
+static struct kite_tls_cfg *cur_tls(struct file_ctx *fc)
+{
+	return &fc->cur->tls;
+}
+
+#define TLS_PATH_OPT(field)                                                   \
+	static int opt_##field(struct file_ctx *fc, const char *name,         \
+			       char *rest)                                    \
+	{                                                                     \
+		struct kite_tls_cfg *t = cur_tls(fc);                         \
+		if (get_rest(fc, name, rest, "a path", t->field,              \
+			     sizeof(t->field)) < 0)                           \
+			return -1;                                            \
+		return check_utf8(fc, name, t->field);                        \
+	}
+TLS_PATH_OPT(cafile)
+TLS_PATH_OPT(capath)
+TLS_PATH_OPT(certfile)
+TLS_PATH_OPT(keyfile)
+TLS_PATH_OPT(crlfile)
+TLS_PATH_OPT(dhparamfile)
+
+static int opt_ciphers(struct file_ctx *fc, const char *name, char *rest)
+{
+	struct kite_tls_cfg *t = cur_tls(fc);
+	return get_rest(fc, name, rest, "a cipher list", t->ciphers,
+			sizeof(t->ciphers));
+}
+
+static int opt_ciphers_tls13(struct file_ctx *fc, const char *name, char *rest)
+{
+	struct kite_tls_cfg *t = cur_tls(fc);
+	return get_rest(fc, name, rest, "a TLS 1.3 cipher suite list",
+			t->ciphers_tls13, sizeof(t->ciphers_tls13));
+}
+
+static int opt_tls_version(struct file_ctx *fc, const char *name, char *rest)
+{
+	struct kite_tls_cfg *t = cur_tls(fc);
+	char *word;
+	if (get_word(fc, name, rest, "tlsv1.2 or tlsv1.3", &word) < 0)
+		return -1;
+	if (!strcmp(word, "tlsv1.1") || !strcmp(word, "tlsv1"))
+		return fail(fc, "option '%s': '%s' is insecure; kite accepts "
+				"tlsv1.2 or tlsv1.3", name, word);
+	if (strcmp(word, "tlsv1.2") && strcmp(word, "tlsv1.3"))
+		return fail(fc, "option '%s': expects tlsv1.2 or tlsv1.3, got "
+				"'%s'", name, word);
+	snprintf(t->tls_version, sizeof(t->tls_version), "%s", word);
+	return 0;
+}
+
+static int opt_require_certificate(struct file_ctx *fc, const char *name,
+				   char *rest)
+{
+	return get_bool(fc, name, rest, &cur_tls(fc)->require_certificate);
+}
+
+static int opt_use_identity_as_username(struct file_ctx *fc, const char *name,
+					char *rest)
+{
+	return get_bool(fc, name, rest, &cur_tls(fc)->use_identity_as_username);
+}
+
+static int opt_use_subject_as_username(struct file_ctx *fc, const char *name,
+				       char *rest)
+{
+	return get_bool(fc, name, rest, &cur_tls(fc)->use_subject_as_username);
+}
+
+/* ---- ACL and password files (scoped like allow_anonymous) ------------- */
+
+static int security_path(struct file_ctx *fc, const char *name, char *rest,
+			 char *global, char *listener)
+{
+	fc->st->security_set = true;
+	char *dst = fc->st->cfg->per_listener_settings ? listener : global;
+	if (get_rest(fc, name, rest, "a path", dst, KITE_PATH_MAX) < 0)
+		return -1;
+	return check_utf8(fc, name, dst);
+}
+
+static int opt_acl_file(struct file_ctx *fc, const char *name, char *rest)
+{
+	return security_path(fc, name, rest, fc->st->cfg->acl_file,
+			     fc->cur->acl_file);
+}
+
+static int opt_password_file(struct file_ctx *fc, const char *name, char *rest)
+{
+	return security_path(fc, name, rest, fc->st->cfg->password_file,
+			     fc->cur->password_file);
+}
+
+static int opt_max_topic_alias(struct file_ctx *fc, const char *name,
+			       char *rest)
+{
+	long long n;
+	if (get_int(fc, name, rest, 0, 65535, "a number 0-65535", &n) < 0)
+		return -1;
+	fc->st->cfg->max_topic_alias = (uint32_t)n;
+	return 0;
+}
+
+/* ---- kite's flood filter ---------------------------------------------- */
+
+static int opt_flood_filter_interface(struct file_ctx *fc, const char *name,
+				      char *rest)
+{
+	struct kite_config *cfg = fc->st->cfg;
+	char *word;
+	if (get_word(fc, name, rest, "an interface name", &word) < 0)
+		return -1;
+	if (strlen(word) >= sizeof(cfg->flood_filter_ifaces[0]))
+		return fail(fc, "option '%s': interface name too long", name);
+	if (cfg->flood_filter_iface_count >= KITE_FLOOD_IFACES_MAX)
+		return fail(fc, "option '%s': at most %d interfaces", name,
+			    KITE_FLOOD_IFACES_MAX);
+	snprintf(cfg->flood_filter_ifaces[cfg->flood_filter_iface_count++],
+		 sizeof(cfg->flood_filter_ifaces[0]), "%s", word);
+	return 0;
+}
+
+#define FLOOD_NUM_OPT(field, lo, hi)                                          \
+	static int opt_##field(struct file_ctx *fc, const char *name,         \
+			       char *rest)                                    \
+	{                                                                     \
+		long long n;                                                  \
+		if (get_int(fc, name, rest, lo, hi, "a number " #lo "-" #hi,  \
+			    &n) < 0)                                          \
+			return -1;                                            \
+		fc->st->cfg->field = (uint32_t)n;                             \
+		return 0;                                                     \
+	}
+FLOOD_NUM_OPT(flood_filter_syn_rate, 1, 1000000)
+FLOOD_NUM_OPT(flood_filter_syn_burst, 1, 1000000)
+FLOOD_NUM_OPT(flood_filter_strikes, 1, 1000)
+FLOOD_NUM_OPT(flood_filter_block_seconds, 1, 86400)
+
+static int opt_flood_filter_required(struct file_ctx *fc, const char *name,
+				     char *rest)
+{
+	return get_bool(fc, name, rest, &fc->st->cfg->flood_filter_required);
+}
+
+/* ---- the table ---------------------------------------------------------- */
+
 static const struct option options[] = {
+	{"acl_file", opt_acl_file},
 	{"allow_anonymous", opt_allow_anonymous},
+	{"cafile", opt_cafile},
+	{"capath", opt_capath},
+	{"certfile", opt_certfile},
+	{"ciphers", opt_ciphers},
+	{"ciphers_tls1.3", opt_ciphers_tls13},
+	{"crlfile", opt_crlfile},
+	{"dhparamfile", opt_dhparamfile},
+	{"flood_filter_block_seconds", opt_flood_filter_block_seconds},
+	{"flood_filter_interface", opt_flood_filter_interface},
+	{"flood_filter_required", opt_flood_filter_required},
+	{"flood_filter_strikes", opt_flood_filter_strikes},
+	{"flood_filter_syn_burst", opt_flood_filter_syn_burst},
+	{"flood_filter_syn_rate", opt_flood_filter_syn_rate},
+	{"keyfile", opt_keyfile},
+	{"max_topic_alias", opt_max_topic_alias},
+	{"password_file", opt_password_file},
+	{"require_certificate", opt_require_certificate},
+	{"tls_version", opt_tls_version},
+	{"use_identity_as_username", opt_use_identity_as_username},
+	{"use_subject_as_username", opt_use_subject_as_username},
 	{"bind_address", opt_bind_address},
 	{"connection_messages", opt_connection_messages},
 	{"include_dir", opt_include_dir},
@@ -849,7 +1019,7 @@ static const struct option options[] = {
  * 12 binary: each of these is recognised, any other name is "Unknown
  * configuration variable"), plus the auth_opt_* / plugin_opt_* prefixes. */
 static const char *const mosquitto_only_options[] = {
-	"acl_file", "address", "addresses", "allow_duplicate_messages",
+	"address", "addresses", "allow_duplicate_messages",
 	"allow_zero_length_clientid", "auth_plugin",
 	"auth_plugin_deny_special_chars", "auto_id_prefix", "autosave_interval",
 	"autosave_on_changes", "bind_interface", "bridge_alpn",
@@ -857,25 +1027,20 @@ static const char *const mosquitto_only_options[] = {
 	"bridge_capath", "bridge_certfile", "bridge_identity",
 	"bridge_insecure", "bridge_keyfile", "bridge_max_packet_size",
 	"bridge_outgoing_retain", "bridge_protocol_version", "bridge_psk",
-	"bridge_require_ocsp", "bridge_tls_version", "cafile", "capath",
-	"certfile", "check_retain_source", "ciphers", "ciphers_tls1.3",
-	"cleansession", "clientid", "clientid_prefixes", "connection",
-	"crlfile", "dhparamfile", "http_dir", "idle_timeout",
-	"keepalive_interval", "keyfile", "local_cleansession",
+	"bridge_require_ocsp", "bridge_tls_version", "check_retain_source", "cleansession", "clientid", "clientid_prefixes", "connection",
+	"http_dir", "idle_timeout",
+	"keepalive_interval", "local_cleansession",
 	"local_clientid", "local_password", "local_username", "log_facility",
 	"log_timestamp", "log_timestamp_format", "max_inflight_bytes",
-	"max_qos", "max_queued_bytes", "max_topic_alias", "maximum_qos",
+	"max_qos", "max_queued_bytes", "maximum_qos",
 	"memory_limit", "mount_point", "notification_topic", "notifications",
-	"notifications_local_only", "password", "password_file",
-	"persistence", "persistence_file", "persistence_location",
+	"notifications_local_only", "password", "persistence", "persistence_file", "persistence_location",
 	"persistent_client_expiration", "plugin", "protocol", "psk_file",
 	"psk_hint", "queue_qos0_messages", "remote_clientid",
-	"remote_password", "remote_username", "require_certificate",
-	"restart_timeout", "retained_persistence", "retry_interval",
+	"remote_password", "remote_username", "restart_timeout", "retained_persistence", "retry_interval",
 	"round_robin", "set_tcp_nodelay", "socket_domain", "start_type",
 	"threshold", "tls_engine", "tls_engine_kpass_sha1", "tls_keyform",
-	"tls_version", "topic", "try_private", "upgrade_outgoing_qos",
-	"use_identity_as_username", "use_subject_as_username",
+	"topic", "try_private", "upgrade_outgoing_qos",
 	"use_username_as_clientid", "user", "username",
 	"websockets_headers_size", "websockets_log_level",
 };
@@ -1004,6 +1169,11 @@ void config_defaults(struct kite_config *cfg)
 	cfg->sys_interval_s = 10;
 	cfg->log_dest = KITE_LOGDEST_STDERR;
 	cfg->log_type = LOG_TYPES_DEFAULT;
+	cfg->max_topic_alias = 10;
+	cfg->flood_filter_syn_rate = 20;
+	cfg->flood_filter_syn_burst = 40;
+	cfg->flood_filter_strikes = 5;
+	cfg->flood_filter_block_seconds = 60;
 }
 
 int config_load(struct kite_config *cfg, const char *path, char *err,
@@ -1067,6 +1237,32 @@ static int check_duplicates(const struct kite_config *cfg, char *err,
 	return 0;
 }
 
+/* TLS options that cannot work together, reported at the listener. */
+static int check_tls(const struct kite_listener_cfg *l, char *err,
+		     size_t errlen)
+{
+	const struct kite_tls_cfg *t = &l->tls;
+	const char *why = NULL;
+	if (t->certfile[0] && !t->keyfile[0])
+		why = "certfile without keyfile";
+	else if (t->keyfile[0] && !t->certfile[0])
+		why = "keyfile without certfile";
+	else if (!t->certfile[0] && (t->require_certificate || t->cafile[0] ||
+				     t->capath[0] || t->crlfile[0]))
+		why = "TLS options without certfile and keyfile";
+	else if (t->require_certificate && !t->cafile[0] && !t->capath[0])
+		why = "require_certificate true needs cafile or capath";
+	else if ((t->use_identity_as_username || t->use_subject_as_username) &&
+		 !t->require_certificate)
+		why = "use_identity_as_username/use_subject_as_username need "
+		      "require_certificate true";
+	if (!why)
+		return 0;
+	snprintf(err, errlen, "%s:%d: listener on port %u: %s", l->file,
+		 l->line, (unsigned)l->port, why);
+	return -1;
+}
+
 int config_finalize(struct kite_config *cfg, char *err, size_t errlen)
 {
 	assert(cfg && err && errlen > 0);
@@ -1096,10 +1292,16 @@ int config_finalize(struct kite_config *cfg, char *err, size_t errlen)
 		cfg->allow_anonymous = 0;
 	for (unsigned i = 0; i < cfg->listener_count; i++) {
 		struct kite_listener_cfg *l = &cfg->listeners[i];
-		if (!cfg->per_listener_settings)
+		if (!cfg->per_listener_settings) {
 			l->allow_anonymous = cfg->allow_anonymous;
-		else if (l->allow_anonymous < 0)
+			memcpy(l->acl_file, cfg->acl_file, sizeof(l->acl_file));
+			memcpy(l->password_file, cfg->password_file,
+			       sizeof(l->password_file));
+		} else if (l->allow_anonymous < 0) {
 			l->allow_anonymous = 0;
+		}
+		if (check_tls(l, err, errlen) < 0)
+			return -1;
 	}
 	return check_duplicates(cfg, err, errlen);
 }

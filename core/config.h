@@ -39,6 +39,20 @@ enum kite_log_dest {
 	KITE_LOGDEST_TOPIC = 1 << 4, /* accepted: logs go to $SYS/broker/log/... */
 };
 
+/* A listener's TLS options, Mosquitto's names. Empty strings: not set. */
+struct kite_tls_cfg {
+	char cafile[KITE_PATH_MAX], capath[KITE_PATH_MAX];
+	char certfile[KITE_PATH_MAX], keyfile[KITE_PATH_MAX];
+	char crlfile[KITE_PATH_MAX], dhparamfile[KITE_PATH_MAX];
+	char ciphers[512], ciphers_tls13[512];
+	char tls_version[16]; /* minimum version: "tlsv1.2" or "tlsv1.3" */
+	bool require_certificate;
+	bool use_identity_as_username;
+	bool use_subject_as_username;
+};
+
+#define KITE_FLOOD_IFACES_MAX 8
+
 struct kite_listener_cfg {
 	char bind_address[KITE_HOST_MAX]; /* "" = all addresses */
 	uint16_t port;
@@ -47,6 +61,11 @@ struct kite_listener_cfg {
 	 * listener; otherwise copied from the global value by
 	 * config_finalize(). -1 = not set in the file. */
 	int allow_anonymous;
+	/* Same scoping as allow_anonymous; "" = none. */
+	char acl_file[KITE_PATH_MAX];
+	char password_file[KITE_PATH_MAX];
+	/* TLS: on when certfile is set (Mosquitto's rule). */
+	struct kite_tls_cfg tls;
 	/* Where it was declared, for messages. */
 	char file[KITE_PATH_MAX];
 	int line;
@@ -58,6 +77,18 @@ struct kite_config {
 
 	bool per_listener_settings;
 	int allow_anonymous; /* global; -1 = not set */
+	char acl_file[KITE_PATH_MAX];	   /* global unless per listener */
+	char password_file[KITE_PATH_MAX]; /* global unless per listener */
+	uint32_t max_topic_alias;	   /* MQTT 5; default 10 */
+
+	/* kite's own: the XDP flood filter (none loaded without an iface). */
+	char flood_filter_ifaces[KITE_FLOOD_IFACES_MAX][16];
+	unsigned flood_filter_iface_count;
+	uint32_t flood_filter_syn_rate;	    /* SYNs per source per second */
+	uint32_t flood_filter_syn_burst;
+	uint32_t flood_filter_strikes;
+	uint32_t flood_filter_block_seconds;
+	bool flood_filter_required;
 
 	uint32_t max_keepalive_s;	 /* default 65535 */
 	uint32_t max_packet_size;	 /* 0 = no limit beyond the protocol's */

@@ -64,6 +64,33 @@ static int parse_args(int argc, char **argv, struct options *o)
 	return 0;
 }
 
+/* Options the parser knows but the engine does not act on yet stop
+ * startup: serving plaintext on a port configured for TLS, or everyone on
+ * a port with an ACL, would be silent and unsafe. Each line goes when its
+ * feature lands in the engine. */
+static int check_engine_support(const struct kite_config *cfg)
+{
+	for (unsigned i = 0; i < cfg->listener_count; i++) {
+		const struct kite_listener_cfg *l = &cfg->listeners[i];
+		const char *what = l->tls.certfile[0]   ? "TLS"
+				   : l->acl_file[0]      ? "acl_file"
+				   : l->password_file[0] ? "password_file"
+							 : NULL;
+		if (what) {
+			fprintf(stderr, "%s:%d: listener on port %u: %s is not "
+					"supported yet\n",
+				l->file, l->line, (unsigned)l->port, what);
+			return -1;
+		}
+	}
+	if (cfg->flood_filter_iface_count) {
+		fprintf(stderr, "%s: flood_filter_interface is not supported yet\n",
+			cfg->path);
+		return -1;
+	}
+	return 0;
+}
+
 static int load_config(const struct options *o, struct kite_config *cfg)
 {
 	char err[KITE_CONFIG_ERR_MAX];
@@ -76,6 +103,8 @@ static int load_config(const struct options *o, struct kite_config *cfg)
 		fprintf(stderr, "%s\n", err);
 		return -1;
 	}
+	if (check_engine_support(cfg) < 0)
+		return -1;
 	/* Like mosquitto -p: without configured listeners the broker stays in
 	 * local-only mode, on that port. */
 	if (o->port && cfg->local_only)

@@ -418,37 +418,79 @@ TEST(config_seed_per_listener_config_parses)
 	CHECK_EQ(cfg_g.listeners[1].line, 6);
 }
 
-TEST(config_seed_with_tls_lines_fails_naming_the_tls_line)
+/* Seed 003 as written: a plain local listener next to an mTLS listener
+ * with its ACL, per_listener_settings true. */
+TEST(config_seed_003_mtls_listener_parses_with_its_tls_and_acl_options)
 {
-	static const char *const tls_lines[] = {
-		"cafile /etc/kite/ca.pem",
-		"capath /etc/ssl/certs",
-		"certfile /etc/kite/server.pem",
-		"keyfile /etc/kite/server.key",
-		"crlfile /etc/kite/crl.pem",
-		"require_certificate true",
-		"use_identity_as_username true",
-		"use_subject_as_username true",
-		"tls_version tlsv1.2",
-		"ciphers ECDHE-ECDSA-AES128-GCM-SHA256",
-		"ciphers_tls1.3 TLS_AES_128_GCM_SHA256",
-		"dhparamfile /etc/kite/dh.pem",
-		"acl_file /etc/kite/acl",
-		"password_file /etc/kite/passwd",
-	};
-	for (size_t i = 0; i < sizeof(tls_lines) / sizeof(tls_lines[0]); i++) {
-		char text[512], want[160], name[64];
-		/* After "listener 8883 0.0.0.0" (line 6): line 7. */
-		snprintf(text, sizeof(text),
-			 "per_listener_settings true\n\n"
-			 "listener 1883 127.0.0.1\nallow_anonymous true\n\n"
-			 "listener 8883 0.0.0.0\n%s\nallow_anonymous false\n",
-			 tls_lines[i]);
-		sscanf(tls_lines[i], "%63s", name);
-		snprintf(want, sizeof(want),
-			 "t.conf:7: option '%s' is not supported yet", name);
-		CHECK_STR(load_err(text), want);
+	CHECK_STR(load_err("per_listener_settings true\n\n"
+			   "listener 1883 127.0.0.1\nallow_anonymous true\n\n"
+			   "listener 8883 0.0.0.0\n"
+			   "cafile /etc/mosquitto/certs/ca.pem\n"
+			   "certfile /etc/mosquitto/certs/mqtt-server.pem\n"
+			   "keyfile /etc/mosquitto/certs/mqtt-server-key.pem\n"
+			   "allow_anonymous false\n"
+			   "require_certificate true\n"
+			   "use_identity_as_username true\n"
+			   "acl_file /etc/mosquitto/acl\n"),
+		  "");
+	const struct kite_listener_cfg *plain = &cfg_g.listeners[0];
+	const struct kite_listener_cfg *tls = &cfg_g.listeners[1];
+	CHECK_STR(plain->tls.certfile, "");
+	CHECK_EQ(plain->allow_anonymous, 1);
+	CHECK_STR(plain->acl_file, "");
+	CHECK_STR(tls->tls.cafile, "/etc/mosquitto/certs/ca.pem");
+	CHECK_STR(tls->tls.certfile, "/etc/mosquitto/certs/mqtt-server.pem");
+	CHECK_STR(tls->tls.keyfile, "/etc/mosquitto/certs/mqtt-server-key.pem");
+	CHECK(tls->tls.require_certificate);
+	CHECK(tls->tls.use_identity_as_username);
+	CHECK_EQ(tls->allow_anonymous, 0);
+	CHECK_STR(tls->acl_file, "/etc/mosquitto/acl");
+}
+
+TEST(config_global_acl_and_password_files_apply_to_every_listener)
+{
+	CHECK_STR(load_err("listener 1883\nlistener 1884\n"
+			   "acl_file /a\npassword_file /p\n"),
+		  "");
+	for (unsigned i = 0; i < 2; i++) {
+		CHECK_STR(cfg_g.listeners[i].acl_file, "/a");
+		CHECK_STR(cfg_g.listeners[i].password_file, "/p");
 	}
+}
+
+TEST(config_tls_options_that_cannot_work_together_name_the_listener)
+{
+	CHECK_STR(load_err("listener 8883\ncertfile /s.pem\n"),
+		  "t.conf:1: listener on port 8883: certfile without keyfile");
+	CHECK_STR(load_err("listener 8883\ncafile /ca.pem\n"),
+		  "t.conf:1: listener on port 8883: TLS options without "
+		  "certfile and keyfile");
+	CHECK_STR(load_err("listener 8883\ncertfile /s\nkeyfile /k\n"
+			   "require_certificate true\n"),
+		  "t.conf:1: listener on port 8883: require_certificate true "
+		  "needs cafile or capath");
+	CHECK_STR(load_err("listener 8883\ncertfile /s\nkeyfile /k\n"
+			   "tls_version tlsv1.1\n"),
+		  "t.conf:4: option 'tls_version': 'tlsv1.1' is insecure; "
+		  "kite accepts tlsv1.2 or tlsv1.3");
+}
+
+TEST(config_flood_filter_options_are_parsed)
+{
+	CHECK_STR(load_err("listener 1883\nflood_filter_interface eth0\n"
+			   "flood_filter_interface eth1\n"
+			   "flood_filter_syn_rate 5\nflood_filter_syn_burst 7\n"
+			   "flood_filter_strikes 3\n"
+			   "flood_filter_block_seconds 2\n"
+			   "flood_filter_required true\n"),
+		  "");
+	CHECK_EQ(cfg_g.flood_filter_iface_count, 2);
+	CHECK_STR(cfg_g.flood_filter_ifaces[1], "eth1");
+	CHECK_EQ(cfg_g.flood_filter_syn_rate, 5);
+	CHECK_EQ(cfg_g.flood_filter_syn_burst, 7);
+	CHECK_EQ(cfg_g.flood_filter_strikes, 3);
+	CHECK_EQ(cfg_g.flood_filter_block_seconds, 2);
+	CHECK(cfg_g.flood_filter_required);
 }
 
 /* ---- every global option ----------------------------------------------- */
@@ -656,7 +698,7 @@ TEST(config_mosquitto_only_option_is_not_supported_yet)
 		"plugin_opt_db x", "websockets_log_level 0", "psk_hint x",
 		"set_tcp_nodelay true", "queue_qos0_messages true",
 		"allow_zero_length_clientid false", "auto_id_prefix x",
-		"max_topic_alias 10", "socket_domain ipv4",
+		"persistence true", "socket_domain ipv4",
 	};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 		char text[128], want[160], name[64];
@@ -971,11 +1013,11 @@ TEST(config_include_dir_error_names_included_file_and_line)
 	if (!dir)
 		return;
 	write_file(dir, "a.conf", "listener 1883\n");
-	write_file(dir, "b.conf", "# TLS\n\nlistener 8883\ncafile /ca.pem\n");
+	write_file(dir, "b.conf", "# TLS\n\nlistener 8883\npersistence true\n");
 	char text[256], want[256];
 	snprintf(text, sizeof(text), "include_dir %s\nlistener 1884\n", dir);
 	snprintf(want, sizeof(want),
-		 "%s/b.conf:4: option 'cafile' is not supported yet", dir);
+		 "%s/b.conf:4: option 'persistence' is not supported yet", dir);
 	CHECK_STR(load_err(text), want);
 	tmpdir_remove(dir);
 }
