@@ -919,6 +919,15 @@ static int opt_password_file(struct file_ctx *fc, const char *name, char *rest)
 			     fc->cur->password_file);
 }
 
+static int opt_max_qos(struct file_ctx *fc, const char *name, char *rest)
+{
+	long long n;
+	if (get_int(fc, name, rest, 0, 2, "a number 0-2", &n) < 0)
+		return -1;
+	fc->st->cfg->max_qos = (uint8_t)n;
+	return 0;
+}
+
 static int opt_max_topic_alias(struct file_ctx *fc, const char *name,
 			       char *rest)
 {
@@ -989,6 +998,7 @@ static const struct option options[] = {
 	{"flood_filter_syn_burst", opt_flood_filter_syn_burst},
 	{"flood_filter_syn_rate", opt_flood_filter_syn_rate},
 	{"keyfile", opt_keyfile},
+	{"max_qos", opt_max_qos},
 	{"max_topic_alias", opt_max_topic_alias},
 	{"password_file", opt_password_file},
 	{"require_certificate", opt_require_certificate},
@@ -1032,7 +1042,7 @@ static const char *const mosquitto_only_options[] = {
 	"keepalive_interval", "local_cleansession",
 	"local_clientid", "local_password", "local_username", "log_facility",
 	"log_timestamp", "log_timestamp_format", "max_inflight_bytes",
-	"max_qos", "max_queued_bytes", "maximum_qos",
+	"max_queued_bytes", "maximum_qos",
 	"memory_limit", "mount_point", "notification_topic", "notifications",
 	"notifications_local_only", "password", "persistence", "persistence_file", "persistence_location",
 	"persistent_client_expiration", "plugin", "protocol", "psk_file",
@@ -1170,6 +1180,7 @@ void config_defaults(struct kite_config *cfg)
 	cfg->log_dest = KITE_LOGDEST_STDERR;
 	cfg->log_type = LOG_TYPES_DEFAULT;
 	cfg->max_topic_alias = 10;
+	cfg->max_qos = 2;
 	cfg->flood_filter_syn_rate = 20;
 	cfg->flood_filter_syn_burst = 40;
 	cfg->flood_filter_strikes = 5;

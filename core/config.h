@@ -80,6 +80,7 @@ struct kite_config {
 	char acl_file[KITE_PATH_MAX];	   /* global unless per listener */
 	char password_file[KITE_PATH_MAX]; /* global unless per listener */
 	uint32_t max_topic_alias;	   /* MQTT 5; default 10 */
+	uint8_t max_qos;		   /* highest QoS granted; default 2 */
 
 	/* kite's own: the XDP flood filter (none loaded without an iface). */
 	char flood_filter_ifaces[KITE_FLOOD_IFACES_MAX][16];

@@ -16,6 +16,10 @@
 #include "core/log.h"
 #include "io/engine.h"
 
+/* iovecs one wire entry needs at most: header, topic, packet id and
+ * per-delivery properties, the message's properties, payload. */
+#define OUT_ENTRY_IOV_MAX 5
+
 struct send_ctx {
 	struct msghdr mh;
 	struct out_entry *retired; /* outq array the iovecs point into */
@@ -286,41 +290,78 @@ void conn_queue_ctrl(struct conn *c, const uint8_t *bytes, size_t len)
 	conn_mark_dirty(c);
 }
 
-bool conn_queue_publish(struct conn *c, struct msg *m, uint8_t qos,
-			bool retain, bool dup, uint16_t pid)
+/* MQTT 5 properties of one delivery, after the packet id: the property
+ * length (covering these and the message's own), the message expiry left,
+ * the subscription identifiers. Returns bytes written to mid. */
+static uint8_t pub_v5_mid(uint8_t *mid, const struct msg *m,
+			  const struct deliv *d, uint32_t expiry_left)
 {
-	assert(qos <= 2 && (qos == 0) == (pid == 0));
+	uint8_t own[40];
+	size_t n = 0;
+	if (expiry_left != UINT32_MAX) {
+		own[n++] = MQTT_PROP_MESSAGE_EXPIRY_INTERVAL;
+		own[n++] = (uint8_t)(expiry_left >> 24);
+		own[n++] = (uint8_t)(expiry_left >> 16);
+		own[n++] = (uint8_t)(expiry_left >> 8);
+		own[n++] = (uint8_t)expiry_left;
+	}
+	for (unsigned i = 0; i < d->nsub; i++) {
+		own[n++] = MQTT_PROP_SUBSCRIPTION_IDENTIFIER;
+		n += mqtt_varint_encode(own + n, d->sub[i]);
+	}
+	size_t k = mqtt_varint_encode(mid, (uint32_t)n + m->props_len);
+	memcpy(mid + k, own, n);
+	return (uint8_t)(k + n);
+}
+
+bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
+			bool dup, uint16_t pid)
+{
+	assert(d->qos <= 2 && (d->qos == 0) == (pid == 0));
+	assert(d->nsub <= DELIV_SUBIDS_MAX);
 	if (c->state != CONN_ACTIVE)
 		return false;
-	if (qos == 0 && c->out_bytes > CONN_OUTQ_BYTES_MAX)
+	if (d->qos == 0 && c->out_bytes > CONN_OUTQ_BYTES_MAX)
 		return false;
-	struct out_entry *e = conn_out_push(c);
-	if (!e) {
+	uint32_t left = msg_expiry_left(m, c->shard->now_ms);
+	if (left == 0 && !dup)
+		return false; /* expired before onward delivery started */
+	bool v5 = c->version == MQTT_V5;
+	struct out_entry e = {.msg = m};
+	if (d->qos == 0 && !d->retain && !v5) {
+		e.kind = OUT_PUB_Q0V3;
+		e.len = (uint32_t)msg_q0_packet(m).iov_len;
+	} else {
+		e.kind = v5 ? OUT_PUB5 : OUT_PUB;
+		uint8_t *mid = e.inl + 5;
+		if (d->qos) {
+			mid[e.mid++] = (uint8_t)(pid >> 8);
+			mid[e.mid++] = (uint8_t)pid;
+		}
+		if (v5)
+			e.mid += pub_v5_mid(mid + e.mid, m, d,
+					    left == 0 ? UINT32_MAX : left);
+		uint32_t body = 2u + m->topic_len + e.mid +
+				(v5 ? m->props_len : 0) + m->payload_len;
+		uint8_t hdr[5];
+		hdr[0] = (uint8_t)(MQTT_PUBLISH << 4 | (dup ? 8 : 0) |
+				   d->qos << 1 | (d->retain ? 1 : 0));
+		e.hlen = (uint8_t)(1 + mqtt_varint_encode(hdr + 1, body));
+		memmove(e.inl + e.hlen, mid, e.mid);
+		memcpy(e.inl, hdr, e.hlen);
+		e.len = e.hlen + body;
+	}
+	/* The client's maximum packet size (MQTT 5): not sent, not queued. */
+	if (c->v5 && c->v5->max_packet && e.len > c->v5->max_packet)
+		return false;
+	struct out_entry *slot = conn_out_push(c);
+	if (!slot) {
 		conn_close(c, "out of memory", false);
 		return false;
 	}
-	e->msg = msg_ref(m);
-	if (qos == 0 && !retain && c->version != MQTT_V5) {
-		e->kind = OUT_PUB_Q0V3;
-		e->len = (uint32_t)msg_q0_packet(m).iov_len;
-	} else {
-		bool v5 = c->version == MQTT_V5;
-		uint32_t body = 2u + m->topic_len + (qos ? 2u : 0u) +
-				(v5 ? 1u : 0u) + m->payload_len;
-		e->kind = OUT_PUB;
-		e->inl[0] = (uint8_t)(MQTT_PUBLISH << 4 | (dup ? 8 : 0) |
-				      qos << 1 | (retain ? 1 : 0));
-		e->hlen = (uint8_t)(1 + mqtt_varint_encode(e->inl + 1, body));
-		uint8_t *mid = e->inl + e->hlen;
-		if (qos) {
-			mid[e->mid++] = (uint8_t)(pid >> 8);
-			mid[e->mid++] = (uint8_t)pid;
-		}
-		if (v5)
-			mid[e->mid++] = 0; /* no properties */
-		e->len = e->hlen + body;
-	}
-	c->out_bytes += e->len;
+	*slot = e;
+	slot->msg = msg_ref(m);
+	c->out_bytes += e.len;
 	atomic_fetch_add_explicit(&c->shard->stats.msgs_sent, 1,
 				  memory_order_relaxed);
 	conn_mark_dirty(c);
@@ -337,7 +378,7 @@ static void out_entry_release(struct out_entry *e)
 static unsigned out_entry_iov(struct out_entry *e, size_t skip,
 			      struct iovec *iov)
 {
-	struct iovec parts[4];
+	struct iovec parts[OUT_ENTRY_IOV_MAX];
 	unsigned n = 0;
 	if (e->kind == OUT_CTRL) {
 		parts[n++] = (struct iovec){e->data ? e->data : e->inl, e->len};
@@ -348,6 +389,8 @@ static unsigned out_entry_iov(struct out_entry *e, size_t skip,
 		parts[n++] = msg_topic_wire(e->msg);
 		if (e->mid)
 			parts[n++] = (struct iovec){e->inl + e->hlen, e->mid};
+		if (e->kind == OUT_PUB5 && e->msg->props_len)
+			parts[n++] = msg_props_wire(e->msg);
 		parts[n++] = msg_payload_wire(e->msg);
 	}
 	unsigned out = 0;
@@ -388,8 +431,9 @@ void conn_flush(struct conn *c)
 			conn_shutdown(c);
 		return;
 	}
-	unsigned max_iov = c->out_count * 4 < SEND_IOV_MAX ? c->out_count * 4
-							   : SEND_IOV_MAX;
+	unsigned max_iov = c->out_count * OUT_ENTRY_IOV_MAX < SEND_IOV_MAX
+				   ? c->out_count * OUT_ENTRY_IOV_MAX
+				   : SEND_IOV_MAX;
 	struct send_ctx *ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) * max_iov);
 	if (!ctx) {
 		conn_close(c, "out of memory", false);
@@ -397,7 +441,8 @@ void conn_flush(struct conn *c)
 	}
 	unsigned niov = 0;
 	size_t skip = c->head_off;
-	for (uint32_t i = 0; i < c->out_count && niov + 4 <= max_iov; i++) {
+	for (uint32_t i = 0; i < c->out_count && niov + OUT_ENTRY_IOV_MAX <= max_iov;
+	     i++) {
 		struct out_entry *e = &c->outq[(c->out_head + i) & (c->out_cap - 1)];
 		niov += out_entry_iov(e, skip, ctx->iov + niov);
 		skip = 0;
@@ -489,6 +534,12 @@ void conn_free(struct conn *c)
 	free(c->in_buf);
 	free(c->username);
 	free(c->pending);
+	if (c->v5) {
+		for (unsigned i = 0; i < c->v5->alias_cap; i++)
+			free(c->v5->aliases ? c->v5->aliases[i].topic : NULL);
+		free(c->v5->aliases);
+		free(c->v5);
+	}
 	free(c);
 }
 
@@ -544,13 +595,25 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 	}
 	atomic_fetch_sub(&s->b->listener_conns[c->listener], 1);
 	if (c->will) {
-		if (send_will && was_active) {
-			struct msg *m = msg_ref(c->will->msg);
-			route_publish(s, m);
+		struct session *ss = c->session;
+		if (send_will && was_active && c->will->delay_s && ss &&
+		    ss->persistent && !ss->delayed_will) {
+			/* MQTT 5 will delay: sent later unless the client is
+			 * back in time, and at the latest when the session
+			 * ends (session_destroy fires it). */
+			uint32_t d = c->will->delay_s < ss->expiry_s
+					     ? c->will->delay_s
+					     : ss->expiry_s;
+			ss->delayed_will = c->will;
+			ss->will_at_ms = s->now_ms + (uint64_t)d * 1000u;
+			c->will = NULL;
+		} else {
+			if (send_will && was_active)
+				route_publish(s, msg_ref(c->will->msg));
+			msg_unref(c->will->msg);
+			free(c->will);
+			c->will = NULL;
 		}
-		msg_unref(c->will->msg);
-		free(c->will);
-		c->will = NULL;
 	}
 	if (c->session) {
 		struct session *ss = c->session;

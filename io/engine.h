@@ -80,7 +80,13 @@ enum out_kind {
 	OUT_CTRL,      /* bytes in inl[] or data */
 	OUT_PUB_Q0V3,  /* the message's prebuilt 3.1.1 QoS 0 packet */
 	OUT_PUB,       /* inl[0..hlen) + topic + inl[hlen..hlen+mid) + payload */
+	OUT_PUB5,      /* same, with the message's MQTT 5 properties before
+			  the payload */
 };
+
+/* Subscription identifiers carried by one delivery (overlapping
+ * subscriptions of one session merge into one delivery). */
+#define DELIV_SUBIDS_MAX 4
 
 struct out_entry {
 	struct msg *msg;
@@ -89,7 +95,25 @@ struct out_entry {
 	uint8_t kind;
 	uint8_t hlen;
 	uint8_t mid;
-	uint8_t inl[21];
+	/* Header, then packet id, property length and the per-delivery
+	 * properties (expiry, subscription ids). */
+	uint8_t inl[45];
+};
+
+/* How one message goes to one session. */
+struct deliv {
+	uint8_t qos;
+	bool retain;
+	uint8_t nsub;
+	uint32_t sub[DELIV_SUBIDS_MAX];
+};
+
+/* Subscription options as kept in trie_sub.options. */
+enum sub_opt {
+	SUB_QOS_MASK = 0x03,
+	SUB_NO_LOCAL = 0x04,
+	SUB_RETAIN_AS_PUBLISHED = 0x08,
+	SUB_RH_SHIFT = 4, /* retain handling, 2 bits */
 };
 
 struct send_ctx; /* one in-flight gathered send (conn.c) */
@@ -105,14 +129,13 @@ enum inflight_state {
 struct inflight {
 	struct msg *msg; /* NULL once PUBREC arrived (only PUBREL left) */
 	uint16_t pid;
-	uint8_t qos;
 	uint8_t state;
+	struct deliv d;
 };
 
 struct queued {
 	struct msg *msg;
-	uint8_t qos;
-	bool retain;
+	struct deliv d;
 };
 
 /* An incoming QoS 2 message held until its PUBREL (spec 4.3.3 method A,
@@ -132,13 +155,22 @@ struct sub_entry {
 struct conn;
 struct shard;
 
+struct will;
+
 struct session {
 	struct shard *shard;
 	struct conn *conn; /* NULL while offline */
 	struct session *prev, *next; /* the shard's sessions */
+	uint64_t id;	  /* unique in this broker's life: no local */
 	char *client_id;
 	uint16_t client_id_len;
-	bool persistent;  /* clean session was 0 */
+	bool persistent;  /* expiry_s != 0: outlives its connection */
+	/* Session expiry interval (MQTT 5); 3.1.1: 0 for a clean session,
+	 * UINT32_MAX (never) otherwise. */
+	uint32_t expiry_s;
+	uint64_t expire_at_ms; /* offline deadline; 0 = none */
+	struct will *delayed_will; /* MQTT 5 will delay pending */
+	uint64_t will_at_ms;
 	bool zombie;	  /* taken over by another shard; freed on its kick */
 	uint16_t next_pid;
 	struct sub_entry *subs;
@@ -159,15 +191,21 @@ struct session {
  * to durable session state goes through these, in this order. Today the
  * store is memory only (session.c). */
 struct session *session_create(struct shard *s, const uint8_t *id,
-			       uint16_t len, bool persistent);
+			       uint16_t len, uint32_t expiry_s);
 void session_destroy(struct session *ss);
+/* options: enum sub_opt bits; returns 1 if the filter was new for this
+ * session, 0 if it replaced an existing subscription, -1 on failure. */
 int session_add_sub(struct session *ss, const char *filter, uint16_t len,
-		    uint8_t qos);
+		    uint32_t options, uint32_t sub_id);
 int session_remove_sub(struct session *ss, const char *filter, uint16_t len);
-/* Delivers msg to the session at qos (already min(pub, granted)): onto the
- * wire, into the inflight window, or into the offline/overflow queue. */
-void session_deliver(struct session *ss, struct msg *m, uint8_t qos,
-		     bool retain);
+/* Delivers msg to the session as d says (qos already min(pub, granted)):
+ * onto the wire, into the inflight window, or into the offline/overflow
+ * queue. */
+void session_deliver(struct session *ss, struct msg *m, const struct deliv *d);
+/* Publishes a pending delayed will now (session end or its time). */
+void session_fire_will(struct session *ss);
+/* Offline sessions whose expiry passed end; delayed wills fire. */
+void session_check_timers(struct shard *s);
 /* An ack from the client; returns false if no such packet id was
  * outstanding in that state. */
 bool session_on_puback(struct session *ss, uint16_t pid);
@@ -208,6 +246,18 @@ struct will {
 	struct msg *msg;
 	uint8_t qos;
 	bool retain;
+	uint32_t delay_s; /* MQTT 5 will delay interval */
+};
+
+/* MQTT 5 state of a connection, allocated only for 5.0 clients. */
+struct conn_v5 {
+	uint32_t max_packet;   /* the client's maximum packet size */
+	uint16_t receive_max;  /* the client's receive maximum */
+	uint16_t alias_cap;    /* inbound topic aliases (max_topic_alias) */
+	struct alias {
+		char *topic;
+		uint16_t len;
+	} *aliases;            /* inbound, index = alias - 1 */
 };
 
 struct conn {
@@ -237,6 +287,7 @@ struct conn {
 	char *username;
 	/* The CONNECT being completed when the conn moves between shards. */
 	struct pending_connect *pending;
+	struct conn_v5 *v5;
 };
 
 /* ---- cross-shard messages ------------------------------------------------ */
@@ -277,7 +328,7 @@ struct shard_stats {
 
 struct delivery {
 	struct session *ss;
-	uint8_t qos;
+	struct deliv d;
 };
 
 struct broker;
@@ -314,6 +365,7 @@ struct shard {
 
 	uint64_t now_ms;
 	uint64_t last_sys_ms;
+	uint64_t last_session_check_ms;
 	bool stopping;
 	struct shard_stats stats;
 };
@@ -348,6 +400,7 @@ struct broker {
 	pthread_mutex_t ctl_lock;
 	_Atomic bool stop;
 	pthread_barrier_t started; /* shards and main, once rings are enabled */
+	_Atomic uint64_t next_session_id;
 };
 
 /* shard.c */
@@ -370,8 +423,10 @@ void shard_conn_detach(struct shard *s, struct conn *c);
 void conn_on_data(struct conn *c, const uint8_t *data, size_t len);
 void conn_queue_ctrl(struct conn *c, const uint8_t *bytes, size_t len);
 /* A PUBLISH to this client; qos/retain/dup as they go on the wire. */
-bool conn_queue_publish(struct conn *c, struct msg *m, uint8_t qos,
-			bool retain, bool dup, uint16_t pid);
+/* False (and nothing queued) when the message cannot go to this client:
+ * expired, larger than its maximum packet size, or the queue is full. */
+bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
+			bool dup, uint16_t pid);
 void conn_mark_dirty(struct conn *c);
 void conn_flush(struct conn *c);
 void conn_on_send_done(struct conn *c, int res);
@@ -419,13 +474,14 @@ void session_on_disconnect(struct shard *s, struct session *ss);
 
 /* route.c */
 /* Routes a new message from this shard: retained store, global trie,
- * other shards, local fan-out. Takes over the caller's reference. */
-void route_publish(struct shard *s, struct msg *m);
+ * other shards, local fan-out. Takes over the caller's reference. Returns
+ * false when no subscription anywhere matched (MQTT 5 reason 0x10). */
+bool route_publish(struct shard *s, struct msg *m);
 /* Local fan-out of a message that reached this shard. */
 void route_local(struct shard *s, struct msg *m);
 /* Retained messages matching filter, to one session (on subscribe). */
 void route_retained(struct shard *s, struct session *ss, const char *filter,
-		    uint16_t len, uint8_t granted_qos);
+		    uint16_t len, uint8_t granted_qos, uint32_t sub_id);
 
 /* sys.c */
 void sys_publish(struct shard *s);

@@ -20,6 +20,8 @@
 struct pending_connect {
 	bool clean;
 	bool assigned_id;
+	bool keepalive_capped; /* MQTT 5: CONNACK says server keep alive */
+	uint32_t expiry_s;
 	unsigned target;
 	uint16_t id_len;
 	char id[];
@@ -86,8 +88,12 @@ static struct client_entry *reg_insert(struct broker *b, const char *id,
 
 void session_on_disconnect(struct shard *s, struct session *ss)
 {
-	if (ss->persistent)
-		return; /* kept, offline, until a clean session replaces it */
+	if (ss->persistent) {
+		/* Kept offline: for ever (3.1.1) or for its expiry (MQTT 5). */
+		if (ss->expiry_s != UINT32_MAX)
+			ss->expire_at_ms = s->now_ms + (uint64_t)ss->expiry_s * 1000u;
+		return;
+	}
 	struct broker *b = s->b;
 	pthread_mutex_lock(&b->reg_lock);
 	struct client_entry **pp = reg_slot(b, ss->client_id, ss->client_id_len);
@@ -133,20 +139,55 @@ void session_kick(struct shard *s, struct session *ss)
 
 /* ---- completing a CONNECT ----------------------------------------------- */
 
+/* What an MQTT 5 client learns about this broker's limits. */
+static void connect_limits(const struct conn *c, struct mqtt_props *props)
+{
+	const struct kite_config *cfg = c->shard->cfg;
+	if (cfg->max_topic_alias) {
+		props->present |= MQTT_PROP_BIT(MQTT_PROP_TOPIC_ALIAS_MAXIMUM);
+		props->topic_alias_maximum = (uint16_t)cfg->max_topic_alias;
+	}
+	if (cfg->max_inflight_messages && cfg->max_inflight_messages < 65535) {
+		props->present |= MQTT_PROP_BIT(MQTT_PROP_RECEIVE_MAXIMUM);
+		props->receive_maximum = (uint16_t)cfg->max_inflight_messages;
+	}
+	if (cfg->max_qos < 2) {
+		props->present |= MQTT_PROP_BIT(MQTT_PROP_MAXIMUM_QOS);
+		props->maximum_qos = cfg->max_qos;
+	}
+	if (!cfg->retain_available) {
+		props->present |= MQTT_PROP_BIT(MQTT_PROP_RETAIN_AVAILABLE);
+		props->retain_available = 0;
+	}
+	if (cfg->max_packet_size) {
+		props->present |= MQTT_PROP_BIT(MQTT_PROP_MAXIMUM_PACKET_SIZE);
+		props->maximum_packet_size = cfg->max_packet_size;
+	}
+	/* Not implemented yet, so said plainly instead of failing later. */
+	props->present |= MQTT_PROP_BIT(MQTT_PROP_SHARED_SUBSCRIPTION_AVAILABLE);
+	props->shared_subscription_available = 0;
+	if (c->pending && c->pending->keepalive_capped) {
+		props->present |= MQTT_PROP_BIT(MQTT_PROP_SERVER_KEEP_ALIVE);
+		props->server_keep_alive = c->keepalive_s;
+	}
+}
+
 static void connect_send_connack(struct conn *c, bool present, uint8_t rc)
 {
-	uint8_t buf[64];
+	uint8_t buf[96];
 	struct mqtt_props props = {0};
 	if (c->version == MQTT_V5 && c->pending && c->pending->assigned_id) {
 		props.present |= MQTT_PROP_BIT(MQTT_PROP_ASSIGNED_CLIENT_IDENTIFIER);
 		props.assigned_client_identifier = (struct mqtt_bytes){
 			(const uint8_t *)c->pending->id, c->pending->id_len};
 	}
+	if (c->version == MQTT_V5 && rc == 0)
+		connect_limits(c, &props);
 	uint8_t *dyn = NULL;
 	uint8_t *out = buf;
 	size_t cap = sizeof(buf);
 	if (c->pending && c->pending->id_len > 32) {
-		cap = (size_t)c->pending->id_len + 64;
+		cap = (size_t)c->pending->id_len + 96;
 		dyn = out = malloc(cap);
 		if (!dyn) {
 			conn_close(c, "out of memory", false);
@@ -166,6 +207,12 @@ static void connect_accept(struct shard *s, struct conn *c,
 	c->session = ss;
 	ss->conn = c;
 	ss->zombie = false;
+	ss->expire_at_ms = 0;
+	if (ss->delayed_will) { /* back in time: the will is cancelled */
+		msg_unref(ss->delayed_will->msg);
+		free(ss->delayed_will);
+		ss->delayed_will = NULL;
+	}
 	c->state = CONN_ACTIVE;
 	c->flags |= CONN_COUNTED;
 	atomic_fetch_add_explicit(&s->stats.clients_connected, 1,
@@ -226,12 +273,15 @@ static void connect_complete(struct shard *s, struct conn *c)
 			return;
 		}
 		ss = e->session;
+		e->persistent = p->expiry_s != 0;
 		pthread_mutex_unlock(&b->reg_lock);
 		session_detach_conn(ss, "session taken over");
+		ss->expiry_s = p->expiry_s;
+		ss->persistent = p->expiry_s != 0;
 		connect_accept(s, c, ss, true);
 		return;
 	}
-	ss = session_create(s, (const uint8_t *)p->id, p->id_len, !p->clean);
+	ss = session_create(s, (const uint8_t *)p->id, p->id_len, p->expiry_s);
 	if (!e)
 		e = reg_insert(b, p->id, p->id_len);
 	else {
@@ -247,7 +297,7 @@ static void connect_complete(struct shard *s, struct conn *c)
 	}
 	e->session = ss;
 	e->shard = s->idx;
-	e->persistent = !p->clean;
+	e->persistent = p->expiry_s != 0;
 	pthread_mutex_unlock(&b->reg_lock);
 	if (old && old_shard == s->idx)
 		session_kick(s, old);
@@ -305,6 +355,14 @@ static struct pending_connect *connect_pending(const struct mqtt_connect *ci)
 		return NULL;
 	p->clean = ci->clean_start;
 	p->assigned_id = assign;
+	p->keepalive_capped = false;
+	if (ci->version != MQTT_V5)
+		p->expiry_s = ci->clean_start ? 0 : UINT32_MAX;
+	else if (ci->props.present &
+		 MQTT_PROP_BIT(MQTT_PROP_SESSION_EXPIRY_INTERVAL))
+		p->expiry_s = ci->props.session_expiry_interval;
+	else
+		p->expiry_s = 0;
 	p->id_len = len;
 	p->target = 0;
 	if (assign) {
@@ -333,16 +391,42 @@ static int connect_take_will(struct conn *c, const struct mqtt_connect *ci)
 	struct will *w = malloc(sizeof(*w));
 	if (!w)
 		return -1;
+	const struct mqtt_props *wp = &ci->will.props;
 	w->qos = ci->will.qos;
 	w->retain = ci->will.retain;
+	w->delay_s = (wp->present & MQTT_PROP_BIT(MQTT_PROP_WILL_DELAY_INTERVAL))
+			     ? wp->will_delay_interval
+			     : 0;
+	uint32_t plen = 0;
+	uint8_t *props = ci->version == MQTT_V5 ? msg_passthrough_props(wp, &plen)
+						: NULL;
 	w->msg = msg_new(ci->will.topic.ptr, (uint16_t)ci->will.topic.len,
 			 ci->will.payload.ptr, ci->will.payload.len, w->qos,
-			 w->retain);
+			 w->retain, props, plen);
+	free(props);
 	if (!w->msg) {
 		free(w);
 		return -1;
 	}
+	if (wp->present & MQTT_PROP_BIT(MQTT_PROP_MESSAGE_EXPIRY_INTERVAL))
+		w->msg->expiry_s = wp->message_expiry_interval;
 	c->will = w;
+	return 0;
+}
+
+static int connect_v5_state(struct conn *c, const struct mqtt_connect *ci)
+{
+	struct conn_v5 *v5 = calloc(1, sizeof(*v5));
+	if (!v5)
+		return -1;
+	const struct mqtt_props *p = &ci->props;
+	v5->receive_max = (p->present & MQTT_PROP_BIT(MQTT_PROP_RECEIVE_MAXIMUM))
+				  ? p->receive_maximum
+				  : 65535;
+	if (p->present & MQTT_PROP_BIT(MQTT_PROP_MAXIMUM_PACKET_SIZE))
+		v5->max_packet = p->maximum_packet_size;
+	v5->alias_cap = (uint16_t)c->shard->cfg->max_topic_alias;
+	c->v5 = v5;
 	return 0;
 }
 
@@ -405,10 +489,22 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 			       "empty client id without clean session");
 		return -1;
 	}
+	if (ci.props.present & MQTT_PROP_BIT(MQTT_PROP_AUTHENTICATION_METHOD)) {
+		/* No enhanced authentication method is supported (Mosquitto
+		 * without a plugin answers the same). */
+		connect_refuse(c, MQTT_V3_CONNACK_NOT_AUTHORIZED,
+			       MQTT_RC_BAD_AUTH_METHOD,
+			       "unsupported authentication method");
+		return -1;
+	}
 	/* Mosquitto 2.0.11 applies max_keepalive to MQTT 5 clients only (as
 	 * server keep alive); 3.1/3.1.1 clients keep the value they asked. */
 	uint32_t max_ka = c->version == MQTT_V5 ? c->shard->cfg->max_keepalive_s
 						 : 65535u;
+	if (c->version == MQTT_V5 && connect_v5_state(c, &ci) < 0) {
+		conn_close(c, "out of memory", false);
+		return -1;
+	}
 	if (!connect_allowed(c, &ci)) {
 		connect_refuse(c, MQTT_V3_CONNACK_NOT_AUTHORIZED,
 			       MQTT_RC_NOT_AUTHORIZED, "not authorised");
@@ -425,6 +521,12 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 		conn_close(c, "out of memory", false);
 		return -1;
 	}
+	/* Mosquitto counts "no keepalive" as above a configured maximum. */
+	c->pending->keepalive_capped =
+		c->version == MQTT_V5 &&
+		(ci.keepalive_s > max_ka || (ci.keepalive_s == 0 && max_ka < 65535));
+	if (c->pending->keepalive_capped)
+		c->keepalive_s = (uint16_t)max_ka;
 	connect_complete(c->shard, c);
 	return 0;
 }

@@ -1,4 +1,7 @@
-/* PUBLISH from a client (spec 3.3). */
+/* PUBLISH from a client (spec 3.3; MQTT 5 3.3.2.3 for the properties). */
+#include <stdlib.h>
+#include <string.h>
+
 #include "core/log.h"
 #include "io/engine.h"
 
@@ -12,19 +15,86 @@ static void publish_ack(struct conn *c, uint8_t type, uint16_t pid,
 		conn_queue_ctrl(c, buf, n);
 }
 
+/* Client-to-server topic alias: resolves an empty topic, or records the
+ * topic under its alias. Returns a reason code. */
+static enum mqtt_rc publish_alias(struct conn *c, struct mqtt_publish *p)
+{
+	if (!(p->props.present & MQTT_PROP_BIT(MQTT_PROP_TOPIC_ALIAS)))
+		return MQTT_RC_SUCCESS;
+	struct conn_v5 *v5 = c->v5;
+	uint16_t a = p->props.topic_alias;
+	if (a == 0 || a > v5->alias_cap)
+		return MQTT_RC_TOPIC_ALIAS_INVALID;
+	if (!v5->aliases &&
+	    !(v5->aliases = calloc(v5->alias_cap, sizeof(*v5->aliases))))
+		return MQTT_RC_UNSPECIFIED;
+	struct alias *al = &v5->aliases[a - 1];
+	if (p->topic.len == 0) {
+		if (!al->topic)
+			return MQTT_RC_PROTOCOL_ERROR;
+		p->topic = (struct mqtt_bytes){(const uint8_t *)al->topic, al->len};
+		return MQTT_RC_SUCCESS;
+	}
+	char *t = malloc(p->topic.len);
+	if (!t)
+		return MQTT_RC_UNSPECIFIED;
+	memcpy(t, p->topic.ptr, p->topic.len);
+	free(al->topic);
+	al->topic = t;
+	al->len = (uint16_t)p->topic.len;
+	return MQTT_RC_SUCCESS;
+}
+
+static struct msg *publish_msg(struct conn *c, const struct mqtt_publish *p)
+{
+	uint32_t plen = 0;
+	uint8_t *props = c->version == MQTT_V5
+				 ? msg_passthrough_props(&p->props, &plen)
+				 : NULL;
+	struct msg *m = msg_new(p->topic.ptr, (uint16_t)p->topic.len,
+				p->payload.ptr, p->payload.len, p->qos,
+				p->retain, props, plen);
+	free(props);
+	if (!m)
+		return NULL;
+	m->origin = c->session->id;
+	m->created_ms = c->shard->now_ms;
+	if (p->props.present & MQTT_PROP_BIT(MQTT_PROP_MESSAGE_EXPIRY_INTERVAL))
+		m->expiry_s = p->props.message_expiry_interval;
+	return m;
+}
+
+static enum mqtt_rc publish_check(struct conn *c, struct mqtt_publish *p)
+{
+	const struct kite_config *cfg = c->shard->cfg;
+	if (c->version == MQTT_V5) {
+		enum mqtt_rc rc = publish_alias(c, p);
+		if (rc != MQTT_RC_SUCCESS)
+			return rc;
+		uint32_t rmax = cfg->max_inflight_messages
+					? cfg->max_inflight_messages
+					: 65535;
+		if (p->qos == 2 && c->session->qos2_in_count >= rmax &&
+		    !session_qos2_seen(c->session, p->packet_id))
+			return MQTT_RC_RECEIVE_MAXIMUM_EXCEEDED;
+	}
+	if (p->retain && !cfg->retain_available)
+		return MQTT_RC_RETAIN_NOT_SUPPORTED;
+	if (p->qos > cfg->max_qos)
+		return MQTT_RC_QOS_NOT_SUPPORTED;
+	return MQTT_RC_SUCCESS;
+}
+
 int handle_publish(struct conn *c, const struct mqtt_fixed_header *h,
 		   const uint8_t *body, size_t len)
 {
 	struct shard *s = c->shard;
 	struct mqtt_publish p;
 	enum mqtt_rc rc = mqtt_decode_publish(h->flags, body, len, c->version, &p);
+	if (rc == MQTT_RC_SUCCESS)
+		rc = publish_check(c, &p);
 	if (rc != MQTT_RC_SUCCESS) {
 		conn_protocol_error(c, rc, "invalid PUBLISH");
-		return -1;
-	}
-	if (p.retain && !s->cfg->retain_available) {
-		conn_protocol_error(c, MQTT_RC_RETAIN_NOT_SUPPORTED,
-				    "retained PUBLISH while retain_available is false");
 		return -1;
 	}
 	uint8_t ack = p.qos == 1 ? MQTT_PUBACK : MQTT_PUBREC;
@@ -42,16 +112,17 @@ int handle_publish(struct conn *c, const struct mqtt_fixed_header *h,
 		publish_ack(c, MQTT_PUBREC, p.packet_id, 0); /* a resend */
 		return 0;
 	}
-	struct msg *m = msg_new(p.topic.ptr, (uint16_t)p.topic.len,
-				p.payload.ptr, p.payload.len, p.qos, p.retain);
+	struct msg *m = publish_msg(c, &p);
 	if (!m || (p.qos == 2 && session_qos2_add(ss, p.packet_id, m) < 0)) {
 		msg_unref(m);
 		conn_close(c, "out of memory", false);
 		return -1;
 	}
-	if (p.qos < 2)
-		route_publish(s, m); /* QoS 2 is routed at PUBREL */
+	bool matched = p.qos < 2 ? route_publish(s, m) /* QoS 2: at PUBREL */
+				 : gtrie_match(s->b->gtrie, msg_topic(m),
+					       m->topic_len) != 0;
 	if (p.qos)
-		publish_ack(c, ack, p.packet_id, 0);
+		publish_ack(c, ack, p.packet_id,
+			    matched ? 0 : MQTT_RC_NO_MATCHING_SUBSCRIBERS);
 	return 0;
 }

@@ -1,8 +1,52 @@
 /* SUBSCRIBE (spec 3.8): SUBACK first, then the retained messages. */
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/log.h"
 #include "io/engine.h"
+
+/* Shared subscriptions are not implemented yet: refused (and CONNACK says
+ * so to MQTT 5 clients) rather than silently treated as a literal filter. */
+static bool sub_is_shared(const struct mqtt_bytes *f)
+{
+	return f->len >= 7 && !memcmp(f->ptr, "$share/", 7);
+}
+
+static uint32_t sub_options(const struct mqtt_sub_entry *e)
+{
+	return (uint32_t)e->qos | (e->no_local ? SUB_NO_LOCAL : 0) |
+	       (e->retain_as_published ? SUB_RETAIN_AS_PUBLISHED : 0) |
+	       (uint32_t)e->retain_handling << SUB_RH_SHIFT;
+}
+
+static uint8_t sub_one(struct conn *c, const struct mqtt_sub_entry *e,
+		       uint32_t sub_id, int *added)
+{
+	struct session *ss = c->session;
+	struct mqtt_sub_entry g = *e;
+	/* max_qos: granted at most that (the SUBACK says so). */
+	if (g.qos > c->shard->cfg->max_qos)
+		g.qos = c->shard->cfg->max_qos;
+	e = &g;
+	*added = -1;
+	if (sub_is_shared(&e->filter))
+		return c->version == MQTT_V5 ? MQTT_RC_SHARED_SUBS_NOT_SUPPORTED
+					     : MQTT_RC_UNSPECIFIED;
+	*added = session_add_sub(ss, (const char *)e->filter.ptr,
+				 (uint16_t)e->filter.len, sub_options(e), sub_id);
+	if (log_enabled(KITE_LOG_SUBSCRIBE))
+		log_msg(KITE_LOG_SUBSCRIBE, "%s %u %.*s", ss->client_id, e->qos,
+			(int)e->filter.len, e->filter.ptr);
+	return *added < 0 ? MQTT_RC_UNSPECIFIED : e->qos;
+}
+
+/* Retain handling (MQTT 5): 0 always, 1 only for a new subscription,
+ * 2 never. 3.1.1 subscriptions are always 0. */
+static bool sub_wants_retained(const struct mqtt_sub_entry *e, int added)
+{
+	return added >= 0 && (e->retain_handling == 0 ||
+			      (e->retain_handling == 1 && added == 1));
+}
 
 int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 		     const uint8_t *body, size_t len)
@@ -13,11 +57,16 @@ int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 		conn_protocol_error(c, rc, "invalid SUBSCRIBE");
 		return -1;
 	}
-	struct session *ss = c->session;
+	uint32_t sub_id = (sub.props.present &
+			   MQTT_PROP_BIT(MQTT_PROP_SUBSCRIPTION_IDENTIFIER))
+				  ? sub.props.subscription_identifier
+				  : 0;
 	uint8_t *reasons = malloc(sub.count);
+	int *added = malloc(sizeof(int) * sub.count);
 	uint8_t *out = malloc((size_t)sub.count + 16);
-	if (!reasons || !out) {
+	if (!reasons || !added || !out) {
 		free(reasons);
+		free(added);
 		free(out);
 		conn_close(c, "out of memory", false);
 		return -1;
@@ -25,25 +74,23 @@ int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	uint32_t cur = 0, i = 0;
 	struct mqtt_sub_entry e;
 	while (mqtt_subscribe_next(&sub, &cur, &e)) {
-		uint8_t granted = e.qos;
-		if (session_add_sub(ss, (const char *)e.filter.ptr,
-				    (uint16_t)e.filter.len, granted) < 0)
-			granted = MQTT_RC_UNSPECIFIED;
-		reasons[i++] = granted;
-		if (log_enabled(KITE_LOG_SUBSCRIBE))
-			log_msg(KITE_LOG_SUBSCRIBE, "%s %u %.*s", ss->client_id,
-				e.qos, (int)e.filter.len, e.filter.ptr);
+		reasons[i] = sub_one(c, &e, sub_id, &added[i]);
+		i++;
 	}
 	size_t n = mqtt_encode_suback(out, (size_t)sub.count + 16, MQTT_SUBACK,
 				      c->version, sub.packet_id, reasons, i, NULL);
 	if (n)
 		conn_queue_ctrl(c, out, n);
 	cur = i = 0;
-	while (mqtt_subscribe_next(&sub, &cur, &e))
-		if (reasons[i++] <= 2)
-			route_retained(c->shard, ss, (const char *)e.filter.ptr,
-				       (uint16_t)e.filter.len, reasons[i - 1]);
+	while (mqtt_subscribe_next(&sub, &cur, &e)) {
+		if (reasons[i] <= 2 && sub_wants_retained(&e, added[i]))
+			route_retained(c->shard, c->session,
+				       (const char *)e.filter.ptr,
+				       (uint16_t)e.filter.len, reasons[i], sub_id);
+		i++;
+	}
 	free(reasons);
+	free(added);
 	free(out);
 	return 0;
 }

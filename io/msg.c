@@ -11,13 +11,13 @@ static _Atomic uint64_t msg_live;
 
 struct msg *msg_new(const uint8_t *topic, uint16_t topic_len,
 		    const uint8_t *payload, uint32_t payload_len, uint8_t qos,
-		    bool retain)
+		    bool retain, const uint8_t *props, uint32_t props_len)
 {
-	assert(qos <= 2);
+	assert(qos <= 2 && (props || !props_len));
 	size_t body = 2u + topic_len + (size_t)payload_len;
 	/* A body over the protocol limit cannot have been decoded. */
 	assert(body <= MQTT_VARINT_MAX);
-	struct msg *m = malloc(sizeof(*m) + MSG_HEADER_ROOM + body);
+	struct msg *m = malloc(sizeof(*m) + MSG_HEADER_ROOM + body + props_len);
 	if (!m)
 		return NULL;
 	atomic_init(&m->refs, 1);
@@ -26,12 +26,17 @@ struct msg *msg_new(const uint8_t *topic, uint16_t topic_len,
 	m->topic_len = topic_len;
 	m->payload_len = payload_len;
 	m->created_ms = 0;
+	m->expiry_s = 0;
+	m->origin = 0;
+	m->props_len = props_len;
 	uint8_t *p = m->buf + MSG_HEADER_ROOM;
 	p[0] = (uint8_t)(topic_len >> 8);
 	p[1] = (uint8_t)topic_len;
 	memcpy(p + 2, topic, topic_len);
 	if (payload_len)
 		memcpy(p + 2 + topic_len, payload, payload_len);
+	if (props_len)
+		memcpy(p + 2 + topic_len + payload_len, props, props_len);
 
 	uint8_t hdr[MSG_HEADER_ROOM];
 	hdr[0] = MQTT_PUBLISH << 4;
@@ -55,9 +60,50 @@ void msg_unref(struct msg *m)
 	}
 }
 
+uint32_t msg_expiry_left(const struct msg *m, uint64_t now_ms)
+{
+	if (!m->expiry_s)
+		return UINT32_MAX;
+	uint64_t gone = (now_ms - m->created_ms) / 1000u;
+	return gone >= m->expiry_s ? 0 : (uint32_t)(m->expiry_s - gone);
+}
+
 void msg_release_cb(void *m)
 {
 	msg_unref(m);
+}
+
+/* The properties passed through to MQTT 5 subscribers, encoded once:
+ * payload format, content type, response topic, correlation data and the
+ * user properties in their order. Returns a malloc'd block (no length
+ * prefix) or NULL with *len 0 when there are none. */
+uint8_t *msg_passthrough_props(const struct mqtt_props *in, uint32_t *len)
+{
+	struct mqtt_props pt = {0};
+	pt.present = in->present &
+		     (MQTT_PROP_BIT(MQTT_PROP_PAYLOAD_FORMAT_INDICATOR) |
+		      MQTT_PROP_BIT(MQTT_PROP_CONTENT_TYPE) |
+		      MQTT_PROP_BIT(MQTT_PROP_RESPONSE_TOPIC) |
+		      MQTT_PROP_BIT(MQTT_PROP_CORRELATION_DATA));
+	pt.payload_format_indicator = in->payload_format_indicator;
+	pt.content_type = in->content_type;
+	pt.response_topic = in->response_topic;
+	pt.correlation_data = in->correlation_data;
+	*len = 0;
+	size_t total = mqtt_props_size(&pt, in);
+	if (total <= 1)
+		return NULL;
+	uint8_t *buf = malloc(total);
+	if (!buf || mqtt_props_encode(buf, total, &pt, in) != total) {
+		free(buf);
+		return NULL;
+	}
+	size_t k = 1;
+	while (buf[k - 1] & 0x80)
+		k++;
+	memmove(buf, buf + k, total - k);
+	*len = (uint32_t)(total - k);
+	return buf;
 }
 
 uint64_t msg_live_count(void)

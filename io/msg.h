@@ -26,15 +26,26 @@ struct msg {
 	uint8_t q0_off;	 /* start of the prebuilt QoS 0 packet in buf */
 	uint16_t topic_len;
 	uint32_t payload_len;
-	uint64_t created_ms; /* monotonic; for message expiry later */
+	/* MQTT 5 properties passed through to 5.0 subscribers untouched
+	 * (payload format, content type, response topic, correlation data,
+	 * user properties in order), encoded, without the length prefix.
+	 * They follow the payload in buf. */
+	uint32_t props_len;
+	uint32_t expiry_s;   /* message expiry interval; 0 = none */
+	uint64_t created_ms; /* monotonic, for the expiry */
+	uint64_t origin;     /* publishing session's id (no local); 0 = broker */
 	uint8_t buf[];
 };
 
-/* Copies topic and payload into a new message with one reference. NULL
- * when out of memory. */
+/* Copies topic, payload and the pass-through property bytes (may be NULL)
+ * into a new message with one reference. NULL when out of memory. */
 struct msg *msg_new(const uint8_t *topic, uint16_t topic_len,
 		    const uint8_t *payload, uint32_t payload_len, uint8_t qos,
-		    bool retain);
+		    bool retain, const uint8_t *props, uint32_t props_len);
+
+/* Seconds left before the message expires (0: expired), or UINT32_MAX
+ * when it has no expiry. */
+uint32_t msg_expiry_left(const struct msg *m, uint64_t now_ms);
 
 static inline struct msg *msg_ref(struct msg *m)
 {
@@ -75,6 +86,14 @@ static inline struct iovec msg_topic_wire(const struct msg *m)
 	};
 }
 
+static inline struct iovec msg_props_wire(const struct msg *m)
+{
+	return (struct iovec){
+		.iov_base = (void *)(msg_payload(m) + m->payload_len),
+		.iov_len = m->props_len,
+	};
+}
+
 static inline struct iovec msg_payload_wire(const struct msg *m)
 {
 	return (struct iovec){
@@ -82,6 +101,13 @@ static inline struct iovec msg_payload_wire(const struct msg *m)
 		.iov_len = m->payload_len,
 	};
 }
+
+struct mqtt_props;
+/* The properties a broker passes through to MQTT 5 subscribers (payload
+ * format, content type, response topic, correlation data, user properties
+ * in order), encoded once without the length prefix: malloc'd, or NULL
+ * with *len 0 when there are none. */
+uint8_t *msg_passthrough_props(const struct mqtt_props *in, uint32_t *len);
 
 /* Live messages, for $SYS and leak checks. */
 uint64_t msg_live_count(void);

@@ -6,7 +6,7 @@
 
 #include "io/engine.h"
 
-void route_publish(struct shard *s, struct msg *m)
+bool route_publish(struct shard *s, struct msg *m)
 {
 	struct broker *b = s->b;
 	const char *topic = msg_topic(m);
@@ -27,26 +27,39 @@ void route_publish(struct shard *s, struct msg *m)
 	if (mask & (1ull << s->idx))
 		route_local(s, m);
 	msg_unref(m);
+	return mask != 0;
 }
 
 struct collect {
 	struct shard *s;
+	const struct msg *m;
 	struct delivery *d;
 	uint32_t len, cap;
 	bool failed;
 };
 
+static void deliv_merge(struct deliv *d, const struct trie_sub *sub,
+			const struct msg *m)
+{
+	uint8_t qos = (uint8_t)(sub->options & SUB_QOS_MASK);
+	if (qos > d->qos)
+		d->qos = qos;
+	if ((sub->options & SUB_RETAIN_AS_PUBLISHED) && m->retain)
+		d->retain = true;
+	if (sub->sub_id && d->nsub < DELIV_SUBIDS_MAX)
+		d->sub[d->nsub++] = sub->sub_id;
+}
+
 /* One delivery per session: overlapping subscriptions merge into the
- * highest granted QoS (spec 3.3.5; Mosquitto 2 does the same). */
+ * highest granted QoS (spec 3.3.5) and carry every subscription id. */
 static void route_collect_cb(void *ctx, const struct trie_sub *sub)
 {
 	struct collect *col = ctx;
 	struct session *ss = sub->owner;
-	uint8_t qos = (uint8_t)(sub->options & 3);
+	if ((sub->options & SUB_NO_LOCAL) && ss->id == col->m->origin)
+		return;
 	if (ss->match_gen == col->s->match_gen) {
-		struct delivery *d = &col->d[ss->match_slot];
-		if (qos > d->qos)
-			d->qos = qos;
+		deliv_merge(&col->d[ss->match_slot].d, sub, col->m);
 		return;
 	}
 	if (col->len == col->cap) {
@@ -61,22 +74,28 @@ static void route_collect_cb(void *ctx, const struct trie_sub *sub)
 	}
 	ss->match_gen = col->s->match_gen;
 	ss->match_slot = col->len;
-	col->d[col->len++] = (struct delivery){ss, qos};
+	struct delivery *d = &col->d[col->len++];
+	d->ss = ss;
+	d->d = (struct deliv){0};
+	deliv_merge(&d->d, sub, col->m);
 }
 
 void route_local(struct shard *s, struct msg *m)
 {
 	/* Borrow the shard's scratch array; a will published while this
 	 * loop closes a connection re-enters with a fresh one. */
-	struct collect col = {.s = s, .d = s->scratch, .cap = s->scratch_cap};
+	struct collect col = {.s = s, .m = m, .d = s->scratch,
+			      .cap = s->scratch_cap};
 	s->scratch = NULL;
 	s->scratch_cap = 0;
 	if (++s->match_gen == 0)
 		s->match_gen = 1;
 	trie_match(s->trie, msg_topic(m), m->topic_len, route_collect_cb, &col);
 	for (uint32_t i = 0; i < col.len; i++) {
-		uint8_t qos = col.d[i].qos < m->qos ? col.d[i].qos : m->qos;
-		session_deliver(col.d[i].ss, m, qos, false);
+		struct deliv *d = &col.d[i].d;
+		if (d->qos > m->qos)
+			d->qos = m->qos;
+		session_deliver(col.d[i].ss, m, d);
 	}
 	if (s->scratch_cap < col.cap) {
 		free(s->scratch);
@@ -107,14 +126,19 @@ static void route_retained_cb(void *ctx, void *msg)
 }
 
 void route_retained(struct shard *s, struct session *ss, const char *filter,
-		    uint16_t len, uint8_t granted_qos)
+		    uint16_t len, uint8_t granted_qos, uint32_t sub_id)
 {
 	struct retained_batch rb = {0};
 	retain_match(s->b->retained, filter, len, route_retained_cb, &rb);
 	for (uint32_t i = 0; i < rb.len; i++) {
-		uint8_t qos = rb.m[i]->qos < granted_qos ? rb.m[i]->qos : granted_qos;
+		struct deliv d = {
+			.qos = rb.m[i]->qos < granted_qos ? rb.m[i]->qos : granted_qos,
+			.retain = true, /* sent because of a new subscription */
+			.nsub = sub_id ? 1 : 0,
+			.sub = {sub_id},
+		};
 		if (ss->conn)
-			session_deliver(ss, rb.m[i], qos, true);
+			session_deliver(ss, rb.m[i], &d);
 		msg_unref(rb.m[i]);
 	}
 	free(rb.m);

@@ -11,7 +11,7 @@
 #include "io/engine.h"
 
 struct session *session_create(struct shard *s, const uint8_t *id,
-			       uint16_t len, bool persistent)
+			       uint16_t len, uint32_t expiry_s)
 {
 	struct session *ss = calloc(1, sizeof(*ss));
 	if (!ss)
@@ -24,7 +24,9 @@ struct session *session_create(struct shard *s, const uint8_t *id,
 	memcpy(ss->client_id, id, len);
 	ss->client_id[len] = 0;
 	ss->client_id_len = len;
-	ss->persistent = persistent;
+	ss->expiry_s = expiry_s;
+	ss->persistent = expiry_s != 0;
+	ss->id = atomic_fetch_add(&s->b->next_session_id, 1) + 1;
 	ss->shard = s;
 	ss->next = s->sessions;
 	if (s->sessions)
@@ -38,6 +40,9 @@ void session_destroy(struct session *ss)
 {
 	struct shard *s = ss->shard;
 	assert(!ss->conn);
+	/* A will still waiting for its delay goes out when the session ends
+	 * (MQTT 5 3.1.3.2.2: whichever comes first). */
+	session_fire_will(ss);
 	while (ss->subs)
 		session_remove_sub(ss, ss->subs->filter, ss->subs->len);
 	for (uint32_t i = 0; i < ss->inflight_count; i++)
@@ -63,10 +68,10 @@ void session_destroy(struct session *ss)
 /* ---- subscriptions -------------------------------------------------------- */
 
 int session_add_sub(struct session *ss, const char *filter, uint16_t len,
-		    uint8_t qos)
+		    uint32_t options, uint32_t sub_id)
 {
 	struct shard *s = ss->shard;
-	struct trie_sub sub = {.owner = ss, .options = qos};
+	struct trie_sub sub = {.owner = ss, .options = options, .sub_id = sub_id};
 	enum trie_result r = trie_subscribe(s->trie, filter, len, &sub);
 	if (r < 0)
 		return -1;
@@ -74,18 +79,18 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 		trie_unsubscribe(s->trie, filter, len, ss);
 		return -1;
 	}
-	for (struct sub_entry *e = ss->subs; e; e = e->next) {
-		if (e->len == len && !memcmp(e->filter, filter, len)) {
-			e->qos = qos;
-			return 0;
-		}
+	if (r == TRIE_REPLACED) {
+		for (struct sub_entry *e = ss->subs; e; e = e->next)
+			if (e->len == len && !memcmp(e->filter, filter, len))
+				e->qos = (uint8_t)(options & SUB_QOS_MASK);
+		return 0;
 	}
 	struct sub_entry *e = malloc(sizeof(*e) + len + 1u);
 	if (!e) {
 		session_remove_sub(ss, filter, len);
 		return -1;
 	}
-	e->qos = qos;
+	e->qos = (uint8_t)(options & SUB_QOS_MASK);
 	e->len = len;
 	memcpy(e->filter, filter, len);
 	e->filter[len] = 0;
@@ -94,7 +99,7 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 	ss->sub_count++;
 	atomic_fetch_add_explicit(&s->stats.subscriptions, 1,
 				  memory_order_relaxed);
-	return 0;
+	return 1;
 }
 
 int session_remove_sub(struct session *ss, const char *filter, uint16_t len)
@@ -124,9 +129,12 @@ static bool session_online(const struct session *ss)
 	return ss->conn && ss->conn->state == CONN_ACTIVE;
 }
 
+/* max_inflight_messages, and for MQTT 5 the client's receive maximum. */
 static bool session_window_open(const struct session *ss)
 {
 	uint32_t max = ss->shard->cfg->max_inflight_messages;
+	if (ss->conn && ss->conn->v5 && (!max || ss->conn->v5->receive_max < max))
+		max = ss->conn->v5->receive_max;
 	return !max || ss->inflight_count < max;
 }
 
@@ -150,7 +158,7 @@ static uint16_t session_next_pid(struct session *ss)
 }
 
 static int session_inflight_add(struct session *ss, struct msg *m,
-				uint8_t qos, uint16_t pid)
+				const struct deliv *d, uint16_t pid)
 {
 	if (ss->inflight_count == ss->inflight_cap) {
 		uint32_t ncap = ss->inflight_cap ? ss->inflight_cap * 2 : 4;
@@ -163,8 +171,8 @@ static int session_inflight_add(struct session *ss, struct msg *m,
 	ss->inflight[ss->inflight_count++] = (struct inflight){
 		.msg = msg_ref(m),
 		.pid = pid,
-		.qos = qos,
-		.state = qos == 1 ? INFLIGHT_WAIT_PUBACK : INFLIGHT_WAIT_PUBREC,
+		.state = d->qos == 1 ? INFLIGHT_WAIT_PUBACK : INFLIGHT_WAIT_PUBREC,
+		.d = *d,
 	};
 	return 0;
 }
@@ -178,19 +186,23 @@ static void session_inflight_remove(struct session *ss, struct inflight *f)
 	ss->inflight_count--;
 }
 
-static void session_send_new(struct session *ss, struct msg *m, uint8_t qos,
-			     bool retain)
+/* A message that cannot go to this client (expired, over its maximum
+ * packet size) is dropped here, before it takes a packet id. */
+static void session_send_new(struct session *ss, struct msg *m,
+			     const struct deliv *d)
 {
 	uint16_t pid = session_next_pid(ss);
-	if (session_inflight_add(ss, m, qos, pid) < 0) {
-		conn_close(ss->conn, "out of memory", false);
+	if (!conn_queue_publish(ss->conn, m, d, false, pid)) {
+		atomic_fetch_add_explicit(&ss->shard->stats.msgs_dropped, 1,
+					  memory_order_relaxed);
 		return;
 	}
-	conn_queue_publish(ss->conn, m, qos, retain, false, pid);
+	if (session_inflight_add(ss, m, d, pid) < 0)
+		conn_close(ss->conn, "out of memory", false);
 }
 
-static int session_queue_push(struct session *ss, struct msg *m, uint8_t qos,
-			      bool retain)
+static int session_queue_push(struct session *ss, struct msg *m,
+			      const struct deliv *d)
 {
 	uint32_t max = ss->shard->cfg->max_queued_messages;
 	if (max && ss->q_count >= max)
@@ -208,32 +220,31 @@ static int session_queue_push(struct session *ss, struct msg *m, uint8_t qos,
 		ss->q_cap = ncap;
 	}
 	ss->queue[(ss->q_head + ss->q_count) % ss->q_cap] =
-		(struct queued){.msg = msg_ref(m), .qos = qos, .retain = retain};
+		(struct queued){.msg = msg_ref(m), .d = *d};
 	ss->q_count++;
 	return 0;
 }
 
-void session_deliver(struct session *ss, struct msg *m, uint8_t qos,
-		     bool retain)
+void session_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 {
-	assert(qos <= 2);
+	assert(d->qos <= 2);
 	struct shard *s = ss->shard;
-	if (qos == 0) {
+	if (d->qos == 0) {
 		/* Like Mosquitto (queue_qos0_messages false): QoS 0 is not
 		 * kept for offline clients. */
 		if (!session_online(ss) ||
-		    !conn_queue_publish(ss->conn, m, 0, retain, false, 0))
+		    !conn_queue_publish(ss->conn, m, d, false, 0))
 			atomic_fetch_add_explicit(&s->stats.msgs_dropped, 1,
 						  memory_order_relaxed);
 		return;
 	}
 	if (session_online(ss) && !ss->q_count && session_window_open(ss)) {
-		session_send_new(ss, m, qos, retain);
+		session_send_new(ss, m, d);
 		return;
 	}
 	if (!ss->persistent && !session_online(ss))
 		return;
-	if (session_queue_push(ss, m, qos, retain) < 0)
+	if (session_queue_push(ss, m, d) < 0)
 		atomic_fetch_add_explicit(&s->stats.msgs_dropped, 1,
 					  memory_order_relaxed);
 }
@@ -244,7 +255,7 @@ void session_pump(struct session *ss)
 		struct queued q = ss->queue[ss->q_head];
 		ss->q_head = (ss->q_head + 1) % ss->q_cap;
 		ss->q_count--;
-		session_send_new(ss, q.msg, q.qos, q.retain);
+		session_send_new(ss, q.msg, &q.d);
 		msg_unref(q.msg);
 	}
 }
@@ -266,8 +277,7 @@ void session_resume(struct session *ss)
 		if (f->state == INFLIGHT_WAIT_PUBCOMP)
 			session_send_pubrel(ss, f->pid);
 		else
-			conn_queue_publish(ss->conn, f->msg, f->qos, false, true,
-					   f->pid);
+			conn_queue_publish(ss->conn, f->msg, &f->d, true, f->pid);
 	}
 	session_pump(ss);
 }
@@ -304,6 +314,37 @@ bool session_on_pubcomp(struct session *ss, uint16_t pid)
 	session_inflight_remove(ss, f);
 	session_pump(ss);
 	return true;
+}
+
+/* ---- timers ---------------------------------------------------------------- */
+
+void session_fire_will(struct session *ss)
+{
+	struct will *w = ss->delayed_will;
+	if (!w)
+		return;
+	ss->delayed_will = NULL;
+	if (ss->shard->stopping)
+		msg_unref(w->msg); /* shutdown: the other shards are gone */
+	else
+		route_publish(ss->shard, w->msg); /* the reference goes */
+	free(w);
+}
+
+void session_check_timers(struct shard *s)
+{
+	struct session *next;
+	for (struct session *ss = s->sessions; ss; ss = next) {
+		next = ss->next;
+		if (ss->delayed_will && s->now_ms >= ss->will_at_ms)
+			session_fire_will(ss);
+		if (!ss->conn && ss->expire_at_ms && s->now_ms >= ss->expire_at_ms) {
+			ss->expire_at_ms = 0;
+			ss->expiry_s = 0;
+			ss->persistent = false;
+			session_on_disconnect(s, ss); /* ends it */
+		}
+	}
 }
 
 /* ---- incoming QoS 2 --------------------------------------------------------- */

@@ -13,7 +13,7 @@ static void sys_put(struct shard *s, const char *topic, const char *fmt,
 	char payload[64];
 	int n = snprintf(payload, sizeof(payload), fmt, v);
 	struct msg *m = msg_new((const uint8_t *)topic, (uint16_t)strlen(topic),
-				(const uint8_t *)payload, (uint32_t)n, 0, true);
+				(const uint8_t *)payload, (uint32_t)n, 0, true, NULL, 0);
 	if (m)
 		route_publish(s, m);
 }
@@ -38,7 +38,7 @@ void sys_publish(struct shard *s)
 	snprintf(version, sizeof(version), "kite version %s", broker_version());
 	struct msg *m = msg_new((const uint8_t *)"$SYS/broker/version", 19,
 				(const uint8_t *)version, (uint32_t)strlen(version),
-				0, true);
+				0, true, NULL, 0);
 	if (m)
 		route_publish(s, m);
 	uint64_t connected = SUM(clients_connected), total = SUM(sessions);

@@ -691,7 +691,7 @@ TEST(config_mosquitto_only_option_is_not_supported_yet)
 		"persistence true", "persistence_location /var/lib/kite/",
 		"autosave_interval 60", "connection bridge1",
 		"address 10.0.0.1:1883", "topic # both 0", "protocol websockets",
-		"mount_point foo/", "bind_interface eth0", "max_qos 1",
+		"mount_point foo/", "bind_interface eth0", "max_queued_bytes 1",
 		"memory_limit 0", "user mosquitto", "log_timestamp false",
 		"log_timestamp_format %Y", "retry_interval 20",
 		"auth_plugin /x.so", "plugin /x.so", "auth_opt_db x",
