@@ -11,7 +11,7 @@ WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
             -Wmissing-prototypes -Wno-unused-parameter
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=c17 -D_GNU_SOURCE -I. $(WARN) -pthread -fno-strict-aliasing
-LDLIBS   := -luring -lurcu-qsbr -lurcu-cds -lpthread
+LDLIBS   := -luring -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lpthread
 
 ifeq ($(SAN),1)
 # jemalloc stays out of sanitizer builds: ASan must own malloc.
@@ -22,7 +22,9 @@ else
 LDLIBS   += -ljemalloc
 endif
 
-CORE_SRC := $(sort $(wildcard core/*.c))
+# Modules without io_uring (unit-tested on their own): core/, tls/, acl/,
+# tools/. The engine (io/) links them into kite.
+CORE_SRC := $(sort $(wildcard core/*.c tls/*.c acl/*.c tools/*.c))
 IO_SRC   := $(sort $(wildcard io/*.c))
 UNIT_SRC := $(sort $(wildcard tests/unit/*.c))
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
@@ -74,7 +76,7 @@ fuzz:
 	@set -e; for f in $(FUZZ_SRC); do \
 		n=$$(basename $$f .c); \
 		clang -std=c17 -D_GNU_SOURCE -I. -g -O1 -fsanitize=fuzzer,address,undefined \
-			-o build/fuzz/$$n $$f $(CORE_SRC) -lurcu-qsbr -lurcu-cds -lpthread; \
+			-o build/fuzz/$$n $$f $(CORE_SRC) -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lpthread; \
 		mkdir -p build/fuzz/$$n.corpus; \
 		echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
 		build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \
