@@ -43,11 +43,7 @@ const char *conn_peer_str(const struct conn *c, char *buf, size_t len)
 {
 	char host[INET6_ADDRSTRLEN] = "?";
 	unsigned port = 0;
-	if (c->peer.ss_family == AF_INET) {
-		const struct sockaddr_in *a = (const void *)&c->peer;
-		inet_ntop(AF_INET, &a->sin_addr, host, sizeof(host));
-		port = ntohs(a->sin_port);
-	} else if (c->peer.ss_family == AF_INET6) {
+	if (c->peer.sin6_family == AF_INET6) {
 		const struct sockaddr_in6 *a = (const void *)&c->peer;
 		if (IN6_IS_ADDR_V4MAPPED(&a->sin6_addr))
 			inet_ntop(AF_INET, &a->sin6_addr.s6_addr[12], host,

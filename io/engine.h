@@ -283,7 +283,9 @@ struct conn {
 	uint64_t out_bytes;
 	struct send_ctx *send;
 	struct conn *dirty_next;
-	struct sockaddr_storage peer;
+	/* The peer; an IPv4 peer is kept as a v4-mapped address (28 bytes,
+	 * not the 128 of sockaddr_storage: this is per connection). */
+	struct sockaddr_in6 peer;
 	char *username;
 	/* The CONNECT being completed when the conn moves between shards. */
 	struct pending_connect *pending;

@@ -252,6 +252,25 @@ static void shard_arm_accept(struct shard *s, unsigned li)
 	io_uring_sqe_set_data64(sqe, ud_pack(UD_ACCEPT, li, 0));
 }
 
+static void shard_peer(int fd, struct sockaddr_in6 *peer)
+{
+	struct sockaddr_storage ss;
+	socklen_t alen = sizeof(ss);
+	memset(peer, 0, sizeof(*peer));
+	if (getpeername(fd, (struct sockaddr *)&ss, &alen) < 0)
+		return;
+	if (ss.ss_family == AF_INET6) {
+		memcpy(peer, &ss, sizeof(*peer));
+	} else if (ss.ss_family == AF_INET) {
+		const struct sockaddr_in *a4 = (const void *)&ss;
+		peer->sin6_family = AF_INET6;
+		peer->sin6_port = a4->sin_port;
+		peer->sin6_addr.s6_addr[10] = 0xff;
+		peer->sin6_addr.s6_addr[11] = 0xff;
+		memcpy(&peer->sin6_addr.s6_addr[12], &a4->sin_addr, 4);
+	}
+}
+
 static void shard_on_accept(struct shard *s, unsigned li,
 			    struct io_uring_cqe *cqe)
 {
@@ -284,9 +303,7 @@ static void shard_on_accept(struct shard *s, unsigned li,
 	c->listener = (uint8_t)li;
 	c->state = CONN_AWAIT_CONNECT;
 	c->created_ms = c->last_rx_ms = s->now_ms;
-	socklen_t alen = sizeof(c->peer);
-	if (getpeername(fd, (struct sockaddr *)&c->peer, &alen) < 0)
-		c->peer.ss_family = AF_UNSPEC;
+	shard_peer(fd, &c->peer);
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	shard_arm_recv(s, c);
@@ -401,9 +418,17 @@ static void shard_check_timeouts(struct shard *s)
 			continue;
 		}
 		if (c->keepalive_s &&
-		    s->now_ms - c->last_rx_ms > (uint64_t)c->keepalive_s * 1500u)
+		    s->now_ms - c->last_rx_ms > (uint64_t)c->keepalive_s * 1500u) {
 			conn_protocol_error(c, MQTT_RC_KEEP_ALIVE_TIMEOUT,
 					    "exceeded timeout");
+			continue;
+		}
+		/* An idle connection keeps no wire queue. */
+		if (!c->out_count && c->outq && !(c->flags & CONN_SEND_BUSY)) {
+			free(c->outq);
+			c->outq = NULL;
+			c->out_cap = c->out_head = 0;
+		}
 	}
 }
 
