@@ -29,6 +29,10 @@ IO_SRC   := $(sort $(wildcard io/*.c))
 UNIT_SRC := $(sort $(wildcard tests/unit/*.c))
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 
+# The XDP flood filter (bpf/): its loader, or a stub where it cannot build.
+include bpf/bpf.mk
+LDLIBS   += $(BPF_LDLIBS)
+
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
 IO_OBJ   := $(IO_SRC:%.c=$(BUILD)/%.o)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/%.o)
@@ -44,8 +48,11 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/kite: $(IO_OBJ) $(CORE_OBJ)
+$(BUILD)/kite: $(IO_OBJ) $(CORE_OBJ) $(BPF_OBJ)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# The engine includes the filter's interface only.
+$(IO_OBJ): | $(BPF_OBJ)
 
 $(BUILD)/unit-tests: $(UNIT_OBJ) $(CORE_OBJ)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)

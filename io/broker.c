@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <urcu-qsbr.h>
 
+#include "bpf/flood_filter.h"
 #include "core/log.h"
 #include "io/engine.h"
 
@@ -50,6 +51,46 @@ static void broker_log_listeners(const struct broker *b)
 	}
 }
 
+/* The XDP filter on the configured interfaces, for every listener port.
+ * Without it kite serves anyway, unless the config requires it. */
+static int broker_load_flood_filter(struct broker *b)
+{
+	const struct kite_config *cfg = b->cfg;
+	if (!cfg->flood_filter_iface_count)
+		return 0;
+	const char *ifaces[KITE_FLOOD_IFACES_MAX];
+	uint16_t ports[FLOOD_FILTER_PORTS_MAX];
+	unsigned np = 0;
+	for (unsigned i = 0; i < cfg->flood_filter_iface_count; i++)
+		ifaces[i] = cfg->flood_filter_ifaces[i];
+	for (unsigned i = 0; i < cfg->listener_count && np < FLOOD_FILTER_PORTS_MAX; i++) {
+		unsigned j = 0;
+		while (j < np && ports[j] != cfg->listeners[i].port)
+			j++;
+		if (j == np)
+			ports[np++] = cfg->listeners[i].port;
+	}
+	struct flood_filter_opts o = {
+		.ifaces = ifaces, .n_ifaces = cfg->flood_filter_iface_count,
+		.ports = ports, .n_ports = np,
+		.syn_rate = cfg->flood_filter_syn_rate,
+		.syn_burst = cfg->flood_filter_syn_burst,
+		.strikes = cfg->flood_filter_strikes,
+		.block_seconds = cfg->flood_filter_block_seconds,
+	};
+	char err[256];
+	b->flood = flood_filter_load(&o, err, sizeof(err));
+	if (b->flood) {
+		log_msg(KITE_LOG_NOTICE, "Flood filter attached (XDP) on %u interface(s), %u port(s).",
+			o.n_ifaces, np);
+		return 0;
+	}
+	log_msg(cfg->flood_filter_required ? KITE_LOG_ERR : KITE_LOG_WARNING,
+		"Flood filter not loaded: %s%s", err,
+		cfg->flood_filter_required ? "" : "; serving without it.");
+	return cfg->flood_filter_required ? -1 : 0;
+}
+
 int broker_start(struct broker *b)
 {
 	b->nshards = config_shard_count(b->cfg);
@@ -63,6 +104,8 @@ int broker_start(struct broker *b)
 	for (unsigned i = 0; i < b->nshards; i++)
 		if (shard_init(&b->shards[i], b, i) < 0)
 			return -1;
+	if (broker_load_flood_filter(b) < 0)
+		return -1;
 	pthread_barrier_init(&b->started, NULL, b->nshards + 1);
 	for (unsigned i = 0; i < b->nshards; i++)
 		if (shard_start(&b->shards[i]) < 0) {
@@ -98,6 +141,7 @@ void broker_stop(struct broker *b)
 		}
 	}
 	free(b->reg);
+	flood_filter_unload(b->flood);
 	free(b->shards);
 	free(b->xrings);
 	io_uring_queue_exit(&b->ctl_ring);

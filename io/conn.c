@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bpf/flood_filter.h"
 #include "core/log.h"
 #include "io/engine.h"
 
@@ -61,6 +62,42 @@ const char *conn_client_id(const struct conn *c)
 	return c->session ? c->session->client_id : "<unknown>";
 }
 
+/* The filter keys IPv4 sources as IPv4: unwrap the v4-mapped form. */
+static socklen_t conn_peer_native(const struct conn *c,
+				  struct sockaddr_storage *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (!IN6_IS_ADDR_V4MAPPED(&c->peer.sin6_addr)) {
+		memcpy(out, &c->peer, sizeof(c->peer));
+		return sizeof(c->peer);
+	}
+	struct sockaddr_in *a = (struct sockaddr_in *)out;
+	a->sin_family = AF_INET;
+	a->sin_port = c->peer.sin6_port;
+	memcpy(&a->sin_addr, &c->peer.sin6_addr.s6_addr[12], 4);
+	return sizeof(*a);
+}
+
+void conn_strike(struct conn *c)
+{
+	struct flood_filter *ff = c->shard->b->flood;
+	if (!ff)
+		return;
+	struct sockaddr_storage ss;
+	conn_peer_native(c, &ss);
+	flood_filter_strike(ff, (struct sockaddr *)&ss);
+}
+
+void conn_allow(struct conn *c)
+{
+	struct flood_filter *ff = c->shard->b->flood;
+	if (!ff)
+		return;
+	struct sockaddr_storage ss;
+	conn_peer_native(c, &ss);
+	flood_filter_allow(ff, (struct sockaddr *)&ss);
+}
+
 /* ---- input ------------------------------------------------------------- */
 
 static uint32_t conn_max_packet(const struct conn *c)
@@ -78,6 +115,7 @@ static bool conn_dispatch(struct conn *c, const struct mqtt_fixed_header *h,
 	atomic_fetch_add_explicit(&c->shard->stats.msgs_received, 1,
 				  memory_order_relaxed);
 	if (c->state == CONN_AWAIT_CONNECT && h->type != MQTT_CONNECT) {
+		conn_strike(c);
 		conn_close(c, "first packet was not CONNECT", false);
 		return false;
 	}
@@ -128,6 +166,8 @@ static long conn_frame(struct conn *c, const uint8_t *data, size_t len,
 	if (st == MQTT_FRAME_NEED_MORE)
 		return 0;
 	if (st == MQTT_FRAME_MALFORMED) {
+		if (c->state == CONN_AWAIT_CONNECT)
+			conn_strike(c); /* garbage before CONNECT */
 		conn_protocol_error(c, MQTT_RC_MALFORMED_PACKET,
 				    "malformed fixed header");
 		return -1;

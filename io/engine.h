@@ -402,6 +402,7 @@ struct broker {
 	pthread_mutex_t ctl_lock;
 	_Atomic bool stop;
 	pthread_barrier_t started; /* shards and main, once rings are enabled */
+	struct flood_filter *flood; /* XDP filter, NULL when not loaded */
 	_Atomic uint64_t next_session_id;
 };
 
@@ -441,6 +442,10 @@ void conn_shutdown(struct conn *c);
 void conn_free(struct conn *c);
 const char *conn_peer_str(const struct conn *c, char *buf, size_t len);
 const char *conn_client_id(const struct conn *c);
+/* The flood filter's view of the client: a strike for a source that
+ * failed before or at CONNECT; an allow entry after a good CONNECT. */
+void conn_strike(struct conn *c);
+void conn_allow(struct conn *c);
 /* Closes the connection for a protocol violation: logged with the peer and
  * reason; MQTT 5 clients first get DISCONNECT with the reason code. */
 void conn_protocol_error(struct conn *c, uint8_t rc, const char *why);

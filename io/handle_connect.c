@@ -218,6 +218,7 @@ static void connect_accept(struct shard *s, struct conn *c,
 	atomic_fetch_add_explicit(&s->stats.clients_connected, 1,
 				  memory_order_relaxed);
 	connect_send_connack(c, present, 0);
+	conn_allow(c);
 	if (s->cfg->connection_messages) {
 		char peer[64];
 		static const int proto[] = {[3] = 1, [4] = 2, [5] = 5};
@@ -341,6 +342,7 @@ static void connect_refuse(struct conn *c, uint8_t v3_rc, uint8_t v5_rc,
 	c->flags |= CONN_CLOSE_AFTER_FLUSH;
 	if (n)
 		conn_queue_ctrl(c, buf, n);
+	conn_strike(c);
 	conn_close(c, why, false);
 }
 
@@ -464,6 +466,7 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 	enum mqtt_rc rc = mqtt_decode_connect(body, len, &ci);
 	c->version = ci.version == MQTT_V5 ? MQTT_V5 : MQTT_V311;
 	if (rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION && !connect_known_name(body, len)) {
+		conn_strike(c);
 		conn_close(c, "unknown protocol name in CONNECT", false);
 		return -1;
 	}
@@ -479,6 +482,7 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 		return -1;
 	}
 	if (rc != MQTT_RC_SUCCESS) {
+		conn_strike(c);
 		conn_close(c, "malformed CONNECT", false);
 		return -1;
 	}

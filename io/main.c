@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "bpf/flood_filter.h"
 #include "core/log.h"
 #include "io/engine.h"
 
@@ -83,11 +84,6 @@ static int check_engine_support(const struct kite_config *cfg)
 			return -1;
 		}
 	}
-	if (cfg->flood_filter_iface_count) {
-		fprintf(stderr, "%s: flood_filter_interface is not supported yet\n",
-			cfg->path);
-		return -1;
-	}
 	return 0;
 }
 
@@ -158,6 +154,9 @@ static void serve(struct broker *b, const struct options *o)
 
 int main(int argc, char **argv)
 {
+	/* Tools that share the binary: kite filter ... */
+	if (argc > 1 && !strcmp(argv[1], "filter"))
+		return flood_filter_cli_main(argc - 1, argv + 1);
 	struct options o = {0};
 	if (parse_args(argc, argv, &o) < 0) {
 		usage(stderr);

@@ -413,8 +413,10 @@ static void shard_check_timeouts(struct shard *s)
 			continue;
 		}
 		if (c->state == CONN_AWAIT_CONNECT) {
-			if (s->now_ms - c->created_ms > CONN_CONNECT_TIMEOUT_MS)
+			if (s->now_ms - c->created_ms > CONN_CONNECT_TIMEOUT_MS) {
+				conn_strike(c);
 				conn_close(c, "no CONNECT in time", false);
+			}
 			continue;
 		}
 		if (c->keepalive_s &&

@@ -5,6 +5,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "bpf/flood_filter.h"
+#include "core/log.h"
 #include "io/engine.h"
 
 static void sys_put(struct shard *s, const char *topic, const char *fmt,
@@ -27,6 +29,30 @@ static uint64_t sys_sum(struct broker *b, size_t field_offset)
 		sum += atomic_load_explicit(f, memory_order_relaxed);
 	}
 	return sum;
+}
+
+/* The XDP filter's counters: topics and a log line each interval. */
+static void sys_flood_filter(struct shard *s)
+{
+	struct flood_filter_stats st;
+	flood_filter_stats(s->b->flood, &st);
+	sys_put(s, "$SYS/broker/flood_filter/passed", "%llu", st.passed);
+	sys_put(s, "$SYS/broker/flood_filter/dropped/rate", "%llu",
+		st.dropped_rate);
+	sys_put(s, "$SYS/broker/flood_filter/dropped/blocked", "%llu",
+		st.dropped_block);
+	sys_put(s, "$SYS/broker/flood_filter/blocks_added", "%llu",
+		st.blocks_added);
+	sys_put(s, "$SYS/broker/flood_filter/sources_allowed", "%llu",
+		st.sources_allowed);
+	log_msg(KITE_LOG_NOTICE,
+		"flood filter: passed %llu, dropped by rate %llu, dropped blocked "
+		"%llu, blocks added %llu, sources allowed %llu",
+		(unsigned long long)st.passed,
+		(unsigned long long)st.dropped_rate,
+		(unsigned long long)st.dropped_block,
+		(unsigned long long)st.blocks_added,
+		(unsigned long long)st.sources_allowed);
 }
 
 #define SUM(field) sys_sum(b, offsetof(struct shard_stats, field))
@@ -58,4 +84,6 @@ void sys_publish(struct shard *s)
 		retain_count(b->retained));
 	sys_put(s, "$SYS/broker/publish/messages/dropped", "%llu",
 		SUM(msgs_dropped));
+	if (b->flood)
+		sys_flood_filter(s);
 }

@@ -4,7 +4,8 @@
 set -eu
 PKGS="gcc clang make pkg-config libssl-dev liburing-dev libjemalloc-dev
 liburcu-dev libbpf-dev libclang-rt-14-dev mosquitto mosquitto-clients
-python3 python3-pytest python3-paho-mqtt openssl"
+python3 python3-pytest python3-paho-mqtt openssl bpftool libelf-dev
+zlib1g-dev iproute2"
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||

@@ -1,0 +1,55 @@
+/* filter.h: what the XDP program (filter.bpf.c) and user space (flood_filter.c,
+ * tests, bench) both see. No includes: the BPF side gets __u8/__u32/__u64 from
+ * vmlinux.h, user space from <linux/types.h>. */
+#ifndef KITE_BPF_FILTER_H
+#define KITE_BPF_FILTER_H
+
+/* Limits, sized here so the verifier and the loader agree. */
+#define FF_PORTS_MAX   16          /* listener ports matched by the program */
+#define FF_BLOCK_MAX   65536       /* blocked sources (HASH: never evicted) */
+#define FF_ALLOW_MAX   65536       /* allowed sources (LRU: oldest go first) */
+#define FF_BUCKET_MAX  262144      /* SYN token buckets (LRU: a spoofed flood
+                                      evicts buckets, never blocks) */
+#define FF_STRIKES_MAX 65536       /* strike records (LRU, user space only) */
+
+/* One SYN costs FF_TOKEN units; a bucket refills syn_rate units per ns, so
+ * syn_rate SYNs per second. Burst B holds B * FF_TOKEN units. */
+#define FF_TOKEN 1000000000ULL
+
+enum ff_counter {
+	FF_CNT_PASSED,        /* TCP to a listener port, let through */
+	FF_CNT_DROPPED_RATE,  /* SYN over its source's token bucket */
+	FF_CNT_DROPPED_BLOCK, /* any TCP to a listener port from a blocked source */
+	FF_CNT_MAX,
+};
+
+/* Source address, network byte order: IPv6, or IPv4-mapped ::ffff:a.b.c.d
+ * (the same key a dual-stack listener sees for an IPv4 peer). */
+struct ff_key {
+	__u32 addr[4];
+};
+
+/* Value of ff_block and ff_allow: CLOCK_MONOTONIC ns. The program reads it
+ * with bpf_ktime_get_coarse_ns() (same clock, tick resolution, half the cost
+ * per packet of bpf_ktime_get_ns()): an entry lives up to one tick longer. */
+struct ff_expiry {
+	__u64 expires_ns;
+};
+
+/* Value of ff_buckets; written without a lock by whichever CPU sees the SYN:
+ * racing CPUs may lose an update, so the limit is approximate under RSS. */
+struct ff_bucket {
+	__u64 tokens;
+	__u64 last_ns;
+};
+
+/* Value of ff_strikes (user space only; a map so `kite filter clear` from
+ * another process can reset it and the LRU bounds it). */
+struct ff_strikes {
+	__u32 count;            /* strikes in the current window */
+	__u32 level;            /* blocks so far: the next lasts block_seconds << level */
+	__u64 window_start_ns;
+	__u64 blocked_until_ns;
+};
+
+#endif
