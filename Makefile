@@ -93,7 +93,8 @@ fuzz:
 	done
 
 # The whole suite: gcc and clang builds without warnings, unit and
-# integration tests, the same under ASan+UBSan, and every fuzz target.
+# integration tests, the same under ASan+UBSan, every fuzz target, and the
+# kernel TLS probe in a VM (exit 77 there means it could not run: skipped).
 test: deps
 	$(MAKE) --no-print-directory all
 	$(MAKE) --no-print-directory check-clang
@@ -101,9 +102,15 @@ test: deps
 	$(MAKE) --no-print-directory integration
 	$(MAKE) --no-print-directory asan
 	$(MAKE) --no-print-directory fuzz
+	$(MAKE) --no-print-directory $(VM_DIR)/ktls_probe
+	@rc=0; BUILD=$(BUILD) VM_TIMEOUT=$(VM_TIMEOUT) tests/vm/test_ktls_vm.sh || rc=$$?; \
+	 if [ $$rc -eq 77 ]; then echo "ktls-vm: skipped (see above)"; else exit $$rc; fi
 
 clean:
 	rm -rf build
+
+# Kernel TLS is proven in a VM with Debian's stock kernel (tests/vm/).
+include tests/vm/vm.mk
 
 # Benchmarks (bench/): `make bench`, `make bench-quick`.
 -include bench/bench.mk
