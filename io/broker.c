@@ -161,11 +161,13 @@ static bool listeners_equal(const struct kite_config *a,
 
 /* Swaps the config snapshot: every shard switches on its next turn and
  * says so; the old snapshot is freed after that and a grace period. */
-void broker_reload(struct broker *b, const struct kite_config *next)
+void broker_reload(struct broker *b, const struct kite_config *next,
+		   struct security *sec)
 {
 	struct kite_config *cfg = malloc(sizeof(*cfg));
 	if (!cfg) {
 		log_msg(KITE_LOG_ERR, "Reload failed: out of memory");
+		security_free(sec);
 		return;
 	}
 	*cfg = *next;
@@ -180,14 +182,20 @@ void broker_reload(struct broker *b, const struct kite_config *next)
 		log_msg(KITE_LOG_WARNING, "A new shard count needs a restart.");
 	cfg->shards = b->nshards;
 	struct kite_config *old = b->cfg;
+	struct security *old_sec = b->sec;
+	struct snapshot snap = {cfg, sec};
 	atomic_store(&b->reload_acks, 0);
 	b->cfg = cfg;
+	b->sec = sec;
 	for (unsigned i = 0; i < b->nshards; i++)
-		broker_post_from_main(b, i, (struct xitem){XK_RELOAD, cfg});
+		broker_post_from_main(b, i, (struct xitem){XK_RELOAD, &snap});
 	while (atomic_load(&b->reload_acks) < b->nshards)
 		usleep(1000);
+	/* Every shard has switched; a grace period later nothing reads the
+	 * old snapshot (identities hold their own references). */
 	synchronize_rcu_qsbr();
 	free(old);
+	security_free(old_sec);
 	log_configure(cfg);
 	log_msg(KITE_LOG_NOTICE, "Reloaded configuration from %s.",
 		cfg->path[0] ? cfg->path : "(built-in defaults)");

@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "acl/acl.h"
 #include "core/codec.h"
 #include "core/config.h"
 #include "core/gtrie.h"
@@ -181,6 +182,12 @@ struct session {
 	uint32_t q_head, q_count, q_cap;
 	struct qos2_in *qos2_in; /* QoS 2 received, awaiting PUBREL */
 	uint32_t qos2_in_count, qos2_in_cap;
+	/* Access control: the identity that connected last and its
+	 * compiled rules under the security snapshot acl_gen. */
+	char *username;
+	uint8_t listener;
+	uint32_t acl_gen;
+	struct acl_identity *acl;
 	/* Fan-out merge of overlapping subscriptions: one delivery per
 	 * session per message, at the highest granted QoS. */
 	uint32_t match_gen;
@@ -335,11 +342,41 @@ struct delivery {
 
 struct broker;
 
+/* Password and ACL files per listener (security.c); one snapshot per
+ * config generation, shared read-only by all shards. */
+struct security {
+	uint32_t gen;
+	unsigned count;
+	struct acl_cache *acl[KITE_LISTENERS_MAX];
+	struct passwd_db *pw[KITE_LISTENERS_MAX];
+	bool acl_shared[KITE_LISTENERS_MAX]; /* owned by an earlier listener */
+	bool pw_shared[KITE_LISTENERS_MAX];
+};
+
+struct security *security_load(const struct kite_config *cfg, char *err,
+			       size_t errlen);
+void security_free(struct security *sec);
+const struct acl_identity *session_acl(struct session *ss);
+bool session_may(struct session *ss, const char *topic, size_t len,
+		 enum acl_access access);
+void session_set_identity(struct session *ss, unsigned listener,
+			  const char *username);
+enum passwd_result security_check_password(const struct conn *c,
+					   const char *username,
+					   const uint8_t *pw, size_t len);
+
+/* What XK_RELOAD hands a shard. */
+struct snapshot {
+	struct kite_config *cfg;
+	struct security *sec;
+};
+
 struct shard {
 	unsigned idx;
 	struct broker *b;
 	/* This shard's view of the config: swapped by XK_RELOAD. */
 	const struct kite_config *cfg;
+	const struct security *sec;
 	pthread_t thread;
 	struct io_uring ring;
 	struct io_uring_buf_ring *br;
@@ -385,6 +422,7 @@ struct client_entry {
 struct broker {
 	/* The current config snapshot; shards switch on XK_RELOAD. */
 	struct kite_config *cfg;
+	struct security *sec;
 	_Atomic unsigned reload_acks;
 	unsigned nshards;
 	struct shard *shards;
@@ -499,7 +537,8 @@ int broker_start(struct broker *b);
 /* Asks every shard to stop and joins them. */
 void broker_stop(struct broker *b);
 /* Applies a re-read config (the parts that can change at runtime). */
-void broker_reload(struct broker *b, const struct kite_config *cfg);
+void broker_reload(struct broker *b, const struct kite_config *cfg,
+		   struct security *sec);
 const char *broker_version(void);
 
 #endif

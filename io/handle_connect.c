@@ -208,6 +208,9 @@ static void connect_accept(struct shard *s, struct conn *c,
 	ss->conn = c;
 	ss->zombie = false;
 	ss->expire_at_ms = 0;
+	/* Queued messages are checked against this connection's identity
+	 * as they go out (the username may have changed). */
+	session_set_identity(ss, c->listener, c->username);
 	if (ss->delayed_will) { /* back in time: the will is cancelled */
 		msg_unref(ss->delayed_will->msg);
 		free(ss->delayed_will);
@@ -432,6 +435,33 @@ static int connect_v5_state(struct conn *c, const struct mqtt_connect *ci)
 	return 0;
 }
 
+/* The password file (when the listener has one) decides a username. */
+static bool connect_password_ok(struct conn *c, const struct mqtt_connect *ci)
+{
+	if (!ci->has_username)
+		return true;
+	return security_check_password(c, c->username,
+				       ci->has_password ? ci->password.ptr : NULL,
+				       ci->has_password ? ci->password.len : 0) ==
+	       PASSWD_OK;
+}
+
+/* Mosquitto refuses a CONNECT whose will this identity could not
+ * publish. */
+static bool connect_will_ok(struct conn *c, const struct mqtt_connect *ci)
+{
+	const struct security *sec = c->shard->sec;
+	if (!ci->has_will || c->listener >= sec->count || !sec->acl[c->listener])
+		return true;
+	struct acl_identity *id = acl_cache_get(sec->acl[c->listener],
+						c->username, c->pending->id);
+	bool ok = id && acl_check(id, (const char *)ci->will.topic.ptr,
+				  ci->will.topic.len, ACL_WRITE);
+	if (id)
+		acl_identity_unref(id);
+	return ok;
+}
+
 /* Anonymous means no username (Mosquitto 2: without a password file a
  * username is enough). */
 static bool connect_allowed(const struct conn *c, const struct mqtt_connect *ci)
@@ -520,9 +550,20 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 		conn_close(c, "out of memory", false);
 		return -1;
 	}
+	if (!connect_password_ok(c, &ci)) {
+		connect_refuse(c, MQTT_V3_CONNACK_NOT_AUTHORIZED,
+			       MQTT_RC_BAD_USERNAME_OR_PASSWORD,
+			       "bad username or password");
+		return -1;
+	}
 	c->pending = connect_pending(&ci);
 	if (!c->pending || connect_take_will(c, &ci) < 0) {
 		conn_close(c, "out of memory", false);
+		return -1;
+	}
+	if (!connect_will_ok(c, &ci)) {
+		connect_refuse(c, MQTT_V3_CONNACK_NOT_AUTHORIZED,
+			       MQTT_RC_NOT_AUTHORIZED, "will topic not allowed");
 		return -1;
 	}
 	/* Mosquitto counts "no keepalive" as above a configured maximum. */

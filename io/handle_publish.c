@@ -108,6 +108,16 @@ int handle_publish(struct conn *c, const struct mqtt_fixed_header *h,
 		return 0;
 	}
 	struct session *ss = c->session;
+	if (!session_may(ss, (const char *)p.topic.ptr, p.topic.len, ACL_WRITE)) {
+		/* Mosquitto: QoS 0 dropped silently; QoS 1/2 acknowledged
+		 * (3.1.1) or refused with 0x87 (5.0); nothing is routed. */
+		if (log_enabled(KITE_LOG_DEBUG))
+			log_msg(KITE_LOG_DEBUG, "Denied PUBLISH from %s to '%.*s'",
+				ss->client_id, (int)p.topic.len, p.topic.ptr);
+		if (p.qos)
+			publish_ack(c, ack, p.packet_id, MQTT_RC_NOT_AUTHORIZED);
+		return 0;
+	}
 	if (p.qos == 2 && session_qos2_seen(ss, p.packet_id)) {
 		publish_ack(c, MQTT_PUBREC, p.packet_id, 0); /* a resend */
 		return 0;

@@ -32,6 +32,16 @@ static uint8_t sub_one(struct conn *c, const struct mqtt_sub_entry *e,
 	if (sub_is_shared(&e->filter))
 		return c->version == MQTT_V5 ? MQTT_RC_SHARED_SUBS_NOT_SUPPORTED
 					     : MQTT_RC_UNSPECIFIED;
+	/* kite refuses a filter no read grant of this identity can ever
+	 * match, so a misconfigured device learns it at once (Mosquitto
+	 * grants it and then delivers nothing). */
+	const struct acl_identity *id = session_acl(ss);
+	if ((id && !acl_filter_may_match(id, (const char *)e->filter.ptr,
+					 e->filter.len)) ||
+	    (!id && ss->listener < c->shard->sec->count &&
+	     c->shard->sec->acl[ss->listener]))
+		return c->version == MQTT_V5 ? MQTT_RC_NOT_AUTHORIZED
+					     : MQTT_RC_UNSPECIFIED;
 	*added = session_add_sub(ss, (const char *)e->filter.ptr,
 				 (uint16_t)e->filter.len, sub_options(e), sub_id);
 	if (log_enabled(KITE_LOG_SUBSCRIBE))

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "acl/acl.h"
 #include "bpf/flood_filter.h"
 #include "core/log.h"
 #include "io/engine.h"
@@ -73,10 +74,7 @@ static int check_engine_support(const struct kite_config *cfg)
 {
 	for (unsigned i = 0; i < cfg->listener_count; i++) {
 		const struct kite_listener_cfg *l = &cfg->listeners[i];
-		const char *what = l->tls.certfile[0]   ? "TLS"
-				   : l->acl_file[0]      ? "acl_file"
-				   : l->password_file[0] ? "password_file"
-							 : NULL;
+		const char *what = l->tls.certfile[0] ? "TLS" : NULL;
 		if (what) {
 			fprintf(stderr, "%s:%d: listener on port %u: %s is not "
 					"supported yet\n",
@@ -143,8 +141,14 @@ static void serve(struct broker *b, const struct options *o)
 			return;
 		}
 		struct kite_config *next = malloc(sizeof(*next));
-		if (next && load_config(o, next) == 0)
-			broker_reload(b, next);
+		char err[KITE_CONFIG_ERR_MAX] = "configuration error";
+		struct security *sec = NULL;
+		if (next && load_config(o, next) == 0 &&
+		    (sec = security_load(next, err, sizeof(err))))
+			broker_reload(b, next, sec);
+		else if (next && !sec)
+			log_msg(KITE_LOG_ERR, "Reload failed: %s; keeping the "
+				"running configuration.", err);
 		else
 			log_msg(KITE_LOG_ERR,
 				"Reload failed; keeping the running configuration.");
@@ -157,6 +161,8 @@ int main(int argc, char **argv)
 	/* Tools that share the binary: kite filter ... */
 	if (argc > 1 && !strcmp(argv[1], "filter"))
 		return flood_filter_cli_main(argc - 1, argv + 1);
+	if (argc > 1 && !strcmp(argv[1], "passwd"))
+		return passwd_main(argc - 1, argv + 1);
 	struct options o = {0};
 	if (parse_args(argc, argv, &o) < 0) {
 		usage(stderr);
@@ -167,9 +173,17 @@ int main(int argc, char **argv)
 		free(cfg);
 		return 1;
 	}
+	char err[KITE_CONFIG_ERR_MAX];
+	struct security *sec = security_load(cfg, err, sizeof(err));
+	if (!sec) {
+		fprintf(stderr, "%s\n", err);
+		free(cfg);
+		return 1;
+	}
 	if (o.test_only) {
 		printf("%s: configuration OK\n",
 		       o.config_path ? o.config_path : "(built-in defaults)");
+		security_free(sec);
 		free(cfg);
 		return 0;
 	}
@@ -185,7 +199,7 @@ int main(int argc, char **argv)
 	log_msg(KITE_LOG_NOTICE, "kite version %s starting", broker_version());
 	if (o.config_path)
 		log_msg(KITE_LOG_NOTICE, "Config loaded from %s.", o.config_path);
-	struct broker b = {.cfg = cfg};
+	struct broker b = {.cfg = cfg, .sec = sec};
 	if (broker_start(&b) < 0) {
 		log_msg(KITE_LOG_ERR, "Error: broker failed to start");
 		return 1;
@@ -196,6 +210,7 @@ int main(int argc, char **argv)
 	if (b.cfg->pid_file[0])
 		unlink(b.cfg->pid_file);
 	free(b.cfg);
+	security_free(b.sec);
 	log_close();
 	return 0;
 }

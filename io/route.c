@@ -58,6 +58,12 @@ static void route_collect_cb(void *ctx, const struct trie_sub *sub)
 	struct session *ss = sub->owner;
 	if ((sub->options & SUB_NO_LOCAL) && ss->id == col->m->origin)
 		return;
+	/* Read access, per message per subscriber: a subscription to '#'
+	 * must not leak what this identity may not read. Checked once per
+	 * session (overlapping subscriptions merge below). */
+	if (ss->match_gen != col->s->match_gen &&
+	    !session_may(ss, msg_topic(col->m), col->m->topic_len, ACL_READ))
+		return;
 	if (ss->match_gen == col->s->match_gen) {
 		deliv_merge(&col->d[ss->match_slot].d, sub, col->m);
 		return;
@@ -137,7 +143,8 @@ void route_retained(struct shard *s, struct session *ss, const char *filter,
 			.nsub = sub_id ? 1 : 0,
 			.sub = {sub_id},
 		};
-		if (ss->conn)
+		if (ss->conn && session_may(ss, msg_topic(rb.m[i]),
+					    rb.m[i]->topic_len, ACL_READ))
 			session_deliver(ss, rb.m[i], &d);
 		msg_unref(rb.m[i]);
 	}

@@ -61,6 +61,9 @@ void session_destroy(struct session *ss)
 	if (ss->next)
 		ss->next->prev = ss->prev;
 	atomic_fetch_sub_explicit(&s->stats.sessions, 1, memory_order_relaxed);
+	if (ss->acl)
+		acl_identity_unref(ss->acl);
+	free(ss->username);
 	free(ss->client_id);
 	free(ss);
 }

@@ -153,10 +153,13 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 	case XK_STOP:
 		shard_stop_all(s);
 		break;
-	case XK_RELOAD:
-		s->cfg = it.ptr;
+	case XK_RELOAD: {
+		const struct snapshot *snap = it.ptr;
+		s->cfg = snap->cfg;
+		s->sec = snap->sec;
 		atomic_fetch_add(&s->b->reload_acks, 1);
 		break;
+	}
 	default:
 		assert(!"unknown cross-shard item");
 	}
@@ -663,6 +666,7 @@ int shard_init(struct shard *s, struct broker *b, unsigned idx)
 	if (!s->trie)
 		return -1;
 	s->cfg = b->cfg;
+	s->sec = b->sec;
 	for (unsigned li = 0; li < b->cfg->listener_count; li++) {
 		const struct kite_listener_cfg *l = &b->cfg->listeners[li];
 		s->listen_fds[li] = shard_listen(l);

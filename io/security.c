@@ -1,0 +1,147 @@
+/* Who may connect and what they may touch: the password and ACL files of
+ * each listener, loaded once per path into a snapshot that a SIGHUP
+ * replaces whole. Sessions re-fetch their compiled identity from the new
+ * snapshot the first time they are checked after a swap, so connected
+ * clients are held to the new rules from then on. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "acl/acl.h"
+#include "core/log.h"
+#include "io/engine.h"
+
+static _Atomic uint32_t security_gen;
+
+static void *security_find(struct security *sec, unsigned upto,
+			   const struct kite_config *cfg, bool acl,
+			   const char *path)
+{
+	for (unsigned i = 0; i < upto; i++) {
+		const char *p = acl ? cfg->listeners[i].acl_file
+				    : cfg->listeners[i].password_file;
+		if (!strcmp(p, path))
+			return acl ? (void *)sec->acl[i] : (void *)sec->pw[i];
+	}
+	return NULL;
+}
+
+static int security_load_listener(struct security *sec, unsigned i,
+				  const struct kite_config *cfg, char *err,
+				  size_t errlen)
+{
+	const struct kite_listener_cfg *l = &cfg->listeners[i];
+	if (l->acl_file[0]) {
+		struct acl_cache *c = security_find(sec, i, cfg, true, l->acl_file);
+		if (!c) {
+			struct acl_rules *r = acl_load(l->acl_file, err, errlen);
+			if (!r)
+				return -1;
+			c = acl_cache_new(r);
+			acl_rules_unref(r);
+			if (!c) {
+				snprintf(err, errlen, "%s: out of memory", l->acl_file);
+				return -1;
+			}
+		} else {
+			sec->acl_shared[i] = true;
+		}
+		sec->acl[i] = c;
+	}
+	if (l->password_file[0]) {
+		struct passwd_db *p = security_find(sec, i, cfg, false,
+						    l->password_file);
+		if (p)
+			sec->pw_shared[i] = true;
+		else if (!(p = passwd_load(l->password_file, err, errlen)))
+			return -1;
+		sec->pw[i] = p;
+	}
+	return 0;
+}
+
+struct security *security_load(const struct kite_config *cfg, char *err,
+			       size_t errlen)
+{
+	struct security *sec = calloc(1, sizeof(*sec));
+	if (!sec) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	sec->count = cfg->listener_count;
+	sec->gen = atomic_fetch_add(&security_gen, 1) + 1;
+	for (unsigned i = 0; i < cfg->listener_count; i++) {
+		if (security_load_listener(sec, i, cfg, err, errlen) < 0) {
+			security_free(sec);
+			return NULL;
+		}
+	}
+	return sec;
+}
+
+void security_free(struct security *sec)
+{
+	if (!sec)
+		return;
+	for (unsigned i = 0; i < sec->count; i++) {
+		if (sec->acl[i] && !sec->acl_shared[i])
+			acl_cache_unref(sec->acl[i]);
+		if (sec->pw[i] && !sec->pw_shared[i])
+			passwd_free(sec->pw[i]);
+	}
+	free(sec);
+}
+
+/* The session's compiled rules under the shard's current snapshot; NULL
+ * when its listener has no ACL (everything allowed). */
+const struct acl_identity *session_acl(struct session *ss)
+{
+	const struct security *sec = ss->shard->sec;
+	if (ss->acl_gen == sec->gen)
+		return ss->acl;
+	if (ss->acl)
+		acl_identity_unref(ss->acl);
+	ss->acl = NULL;
+	ss->acl_gen = sec->gen;
+	if (ss->listener < sec->count && sec->acl[ss->listener])
+		ss->acl = acl_cache_get(sec->acl[ss->listener], ss->username,
+					ss->client_id);
+	return ss->acl;
+}
+
+bool session_may(struct session *ss, const char *topic, size_t len,
+		 enum acl_access access)
+{
+	const struct acl_identity *id = session_acl(ss);
+	if (!id) {
+		const struct security *sec = ss->shard->sec;
+		/* An ACL file that failed to compile for this identity
+		 * (out of memory) denies rather than opens everything. */
+		return !(ss->listener < sec->count && sec->acl[ss->listener]);
+	}
+	return acl_check(id, topic, len, access);
+}
+
+void session_set_identity(struct session *ss, unsigned listener,
+			  const char *username)
+{
+	free(ss->username);
+	ss->username = username ? strdup(username) : NULL;
+	ss->listener = (uint8_t)listener;
+	if (ss->acl)
+		acl_identity_unref(ss->acl);
+	ss->acl = NULL;
+	ss->acl_gen = 0; /* fetched on first use */
+}
+
+enum passwd_result security_check_password(const struct conn *c,
+					   const char *username,
+					   const uint8_t *pw, size_t len)
+{
+	const struct security *sec = c->shard->sec;
+	struct passwd_db *db = c->listener < sec->count ? sec->pw[c->listener]
+							: NULL;
+	if (!db)
+		return PASSWD_OK; /* no password file: the username is enough */
+	return passwd_check(db, username, pw, len);
+}
