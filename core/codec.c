@@ -523,8 +523,10 @@ static enum mqtt_rc prop_decode_one(struct rd *r, enum mqtt_props_where where,
 	const struct prop_info *info = prop_lookup(id);
 	if (!info || !prop_read_value(r, info->type, &v, true))
 		return MQTT_RC_MALFORMED_PACKET;
+	/* MQTT 5 2.2.2.2: an identifier not valid for the packet type makes
+	 * a Malformed Packet (Mosquitto answers 0x81 too). */
 	if (!(info->where & (1u << where)))
-		return MQTT_RC_PROTOCOL_ERROR;
+		return MQTT_RC_MALFORMED_PACKET;
 	if ((out->present & MQTT_PROP_BIT(id)) && !prop_may_repeat(id, where))
 		return MQTT_RC_PROTOCOL_ERROR;
 	if (!prop_value_in_range(id, info->type, v.num))

@@ -105,11 +105,11 @@ enum mqtt_props_where {
 
 /* Decodes a property block starting at its variable-byte length.
  * *consumed is the block's total size including the length. Errors:
- * MALFORMED for truncation, bad UTF-8 or an unknown identifier;
- * PROTOCOL_ERROR (as the spec says) for a property that appears twice where
- * the spec forbids it, a value outside its range (receive maximum 0,
- * maximum packet size 0, payload format > 1, ...), or a property not
- * allowed at `where`. */
+ * MALFORMED for truncation, bad UTF-8, an unknown identifier, or one not
+ * allowed at `where` (spec 2.2.2.2); PROTOCOL_ERROR (as the spec says) for
+ * a property that appears twice where the spec forbids it, or a value
+ * outside its range (receive maximum 0, maximum packet size 0, payload
+ * format > 1, ...). */
 enum mqtt_rc mqtt_props_decode(const uint8_t *buf, size_t len,
 			       enum mqtt_props_where where,
 			       struct mqtt_props *out, size_t *consumed);

@@ -440,7 +440,7 @@ TEST(codec_props_unknown_identifier_is_malformed)
 	}
 }
 
-TEST(codec_props_identifier_not_allowed_at_where_is_protocol_error)
+TEST(codec_props_identifier_not_allowed_at_where_is_malformed)
 {
 	static const struct {
 		uint8_t id;
@@ -487,10 +487,10 @@ TEST(codec_props_identifier_not_allowed_at_where_is_protocol_error)
 			break;
 		}
 		enum mqtt_rc rc = props_rc(&p, cases[i].where);
-		if (rc != MQTT_RC_PROTOCOL_ERROR)
+		if (rc != MQTT_RC_MALFORMED_PACKET)
 			fprintf(stderr, "  case %zu: id 0x%02x\n", i,
 				cases[i].id);
-		CHECK_EQ(rc, MQTT_RC_PROTOCOL_ERROR);
+		CHECK_EQ(rc, MQTT_RC_MALFORMED_PACKET);
 	}
 }
 
@@ -1062,7 +1062,7 @@ TEST(codec_connect_truncated_at_any_byte_is_malformed)
 			 MQTT_RC_MALFORMED_PACKET);
 }
 
-TEST(codec_connect_v5_property_not_allowed_is_protocol_error)
+TEST(codec_connect_v5_property_not_allowed_is_malformed)
 {
 	struct buf p = {.n = 0}, cp = {.n = 0};
 	put_str(&p, "MQTT");
@@ -1072,10 +1072,10 @@ TEST(codec_connect_v5_property_not_allowed_is_protocol_error)
 	put_u8(&cp, MQTT_PROP_WILL_DELAY_INTERVAL), put_u32(&cp, 1);
 	put_props(&p, &cp);
 	put_str(&p, "x");
-	CHECK_EQ(connect_rc(&p), MQTT_RC_PROTOCOL_ERROR);
+	CHECK_EQ(connect_rc(&p), MQTT_RC_MALFORMED_PACKET);
 }
 
-TEST(codec_connect_v5_will_property_not_allowed_is_protocol_error)
+TEST(codec_connect_v5_will_property_not_allowed_is_malformed)
 {
 	struct buf p = {.n = 0}, wp = {.n = 0};
 	connect_head(&p, MQTT_V5, 0x04);
@@ -1084,7 +1084,7 @@ TEST(codec_connect_v5_will_property_not_allowed_is_protocol_error)
 	put_props(&p, &wp);
 	put_str(&p, "w");
 	put_str(&p, "");
-	CHECK_EQ(connect_rc(&p), MQTT_RC_PROTOCOL_ERROR);
+	CHECK_EQ(connect_rc(&p), MQTT_RC_MALFORMED_PACKET);
 }
 
 TEST(codec_connect_encode_round_trips_all_versions)
@@ -1293,13 +1293,13 @@ TEST(codec_publish_subscription_identifier_from_client_is_protocol_error)
 	CHECK_EQ(publish_rc(0, &p, MQTT_V5), MQTT_RC_PROTOCOL_ERROR);
 }
 
-TEST(codec_publish_property_not_allowed_is_protocol_error)
+TEST(codec_publish_property_not_allowed_is_malformed)
 {
 	struct buf p = {.n = 0}, pp = {.n = 0};
 	put_str(&p, "t");
 	put_u8(&pp, MQTT_PROP_RECEIVE_MAXIMUM), put_u16(&pp, 1);
 	put_props(&p, &pp);
-	CHECK_EQ(publish_rc(0, &p, MQTT_V5), MQTT_RC_PROTOCOL_ERROR);
+	CHECK_EQ(publish_rc(0, &p, MQTT_V5), MQTT_RC_MALFORMED_PACKET);
 }
 
 static enum mqtt_rc publish_with_format(const void *payload, size_t n)
@@ -1478,7 +1478,7 @@ TEST(codec_ack_v5_trailing_bytes_after_props_are_malformed)
 		 MQTT_RC_MALFORMED_PACKET);
 }
 
-TEST(codec_ack_v5_property_not_allowed_is_protocol_error)
+TEST(codec_ack_v5_property_not_allowed_is_malformed)
 {
 	struct buf p = {.n = 0}, pp = {.n = 0};
 	put_u16(&p, 1);
@@ -1488,7 +1488,7 @@ TEST(codec_ack_v5_property_not_allowed_is_protocol_error)
 	struct mqtt_ack ack;
 
 	CHECK_EQ(mqtt_decode_ack(p.b, p.n, MQTT_V5, &ack),
-		 MQTT_RC_PROTOCOL_ERROR);
+		 MQTT_RC_MALFORMED_PACKET);
 }
 
 TEST(codec_ack_encode_forms_per_version)
@@ -1788,7 +1788,7 @@ TEST(codec_unsubscribe_invalid_filter_is_malformed)
 	}
 }
 
-TEST(codec_unsubscribe_v5_subscription_identifier_is_protocol_error)
+TEST(codec_unsubscribe_v5_subscription_identifier_is_malformed)
 {
 	struct buf p = {.n = 0}, pp = {.n = 0};
 	struct mqtt_subscribe u;
@@ -1797,7 +1797,7 @@ TEST(codec_unsubscribe_v5_subscription_identifier_is_protocol_error)
 	put_props(&p, &pp);
 	put_str(&p, "a");
 	CHECK_EQ(mqtt_decode_unsubscribe(p.b, p.n, MQTT_V5, &u),
-		 MQTT_RC_PROTOCOL_ERROR);
+		 MQTT_RC_MALFORMED_PACKET);
 }
 
 /* ---- DISCONNECT / AUTH ---------------------------------------------------- */
@@ -1842,7 +1842,7 @@ TEST(codec_disconnect_v5_trailing_bytes_are_malformed)
 		 MQTT_RC_MALFORMED_PACKET);
 }
 
-TEST(codec_disconnect_v5_property_not_allowed_is_protocol_error)
+TEST(codec_disconnect_v5_property_not_allowed_is_malformed)
 {
 	struct buf p = {.n = 0}, pp = {.n = 0};
 	put_u8(&p, 0);
@@ -1851,7 +1851,7 @@ TEST(codec_disconnect_v5_property_not_allowed_is_protocol_error)
 	struct mqtt_disconnect d;
 
 	CHECK_EQ(mqtt_decode_disconnect(p.b, p.n, MQTT_V5, &d),
-		 MQTT_RC_PROTOCOL_ERROR);
+		 MQTT_RC_MALFORMED_PACKET);
 }
 
 TEST(codec_disconnect_encode_forms)
@@ -1910,14 +1910,14 @@ TEST(codec_auth_reason_outside_auth_codes_is_protocol_error)
 	CHECK_EQ(mqtt_decode_auth(b, 2, &a), MQTT_RC_PROTOCOL_ERROR);
 }
 
-TEST(codec_auth_property_not_allowed_is_protocol_error)
+TEST(codec_auth_property_not_allowed_is_malformed)
 {
 	struct buf p = {.n = 0}, pp = {.n = 0};
 	put_u8(&p, MQTT_RC_REAUTHENTICATE);
 	put_u8(&pp, MQTT_PROP_SESSION_EXPIRY_INTERVAL), put_u32(&pp, 1);
 	put_props(&p, &pp);
 	struct mqtt_disconnect a;
-	CHECK_EQ(mqtt_decode_auth(p.b, p.n, &a), MQTT_RC_PROTOCOL_ERROR);
+	CHECK_EQ(mqtt_decode_auth(p.b, p.n, &a), MQTT_RC_MALFORMED_PACKET);
 }
 
 /* ---- other encoders ------------------------------------------------------ */
