@@ -16,6 +16,7 @@
 #include "config.h"
 
 #include <assert.h>
+#include <sched.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1322,7 +1323,12 @@ unsigned config_shard_count(const struct kite_config *cfg)
 	assert(cfg && cfg->shards <= KITE_SHARDS_MAX);
 	if (cfg->shards)
 		return cfg->shards;
-	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	/* The CPUs this process may run on (taskset, cgroup cpusets), which
+	 * is what a shard per core means. */
+	cpu_set_t set;
+	long cpus = sched_getaffinity(0, sizeof(set), &set) == 0
+			    ? CPU_COUNT(&set)
+			    : sysconf(_SC_NPROCESSORS_ONLN);
 	if (cpus < 1)
 		return 1;
 	return cpus > KITE_SHARDS_MAX ? KITE_SHARDS_MAX : (unsigned)cpus;

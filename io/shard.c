@@ -503,10 +503,21 @@ static void shard_turn(struct shard *s, bool *tick)
 static void *shard_main(void *arg)
 {
 	struct shard *s = arg;
-	cpu_set_t set;
+	/* Shard i runs on the i-th CPU kite was allowed (taskset, cgroups),
+	 * never outside that set. */
+	cpu_set_t allowed, set;
 	CPU_ZERO(&set);
-	CPU_SET(s->idx % (unsigned)sysconf(_SC_NPROCESSORS_ONLN), &set);
-	pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0 &&
+	    CPU_COUNT(&allowed) > 0) {
+		unsigned want = s->idx % (unsigned)CPU_COUNT(&allowed), seen = 0;
+		for (unsigned cpu = 0; cpu < CPU_SETSIZE; cpu++) {
+			if (CPU_ISSET(cpu, &allowed) && seen++ == want) {
+				CPU_SET(cpu, &set);
+				break;
+			}
+		}
+		pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	}
 	/* liburing 2.3 declares io_uring_enable_rings but does not export
 	 * it: make the register call ourselves. */
 	if (syscall(__NR_io_uring_register, s->ring.ring_fd,
