@@ -43,11 +43,21 @@ static void broker_log_listeners(const struct broker *b)
 	if (cfg->local_only)
 		log_msg(KITE_LOG_NOTICE,
 			"Starting in local only mode. Connections will only be possible from clients running on this machine.");
+	bool ktls = false, any_tls = false;
+	for (unsigned i = 0; i < cfg->listener_count; i++)
+		any_tls |= cfg->listeners[i].tls.certfile[0] != 0;
+	if (any_tls)
+		ktls = tls_kernel_supports_ktls();
 	for (unsigned i = 0; i < cfg->listener_count; i++) {
 		const struct kite_listener_cfg *l = &cfg->listeners[i];
-		log_msg(KITE_LOG_NOTICE, "Opening listen socket on %s:%u (plain TCP, %u shards).",
+		const char *mode = !l->tls.certfile[0] ? "plain TCP"
+				   : ktls ? "TLS in userspace (OpenSSL); kernel TLS "
+					    "offload is not used yet"
+					  : "TLS in userspace (OpenSSL): this kernel "
+					    "has no TLS ULP";
+		log_msg(KITE_LOG_NOTICE, "Opening listen socket on %s:%u (%s, %u shards).",
 			l->bind_address[0] ? l->bind_address : "*", l->port,
-			b->nshards);
+			mode, b->nshards);
 	}
 }
 

@@ -24,8 +24,15 @@
 struct send_ctx {
 	struct msghdr mh;
 	struct out_entry *retired; /* outq array the iovecs point into */
+	/* TLS: a copy of the ciphertext (OpenSSL's buffer may move while
+	 * the kernel reads this one); tls_off of tls_len already sent. */
+	uint8_t *tls_bytes;
+	size_t tls_len, tls_off;
 	struct iovec iov[];
 };
+
+/* Largest plaintext handed to OpenSSL at once: one full TLS record. */
+#define TLS_RECORD_PLAIN 16384
 
 static const packet_handler handlers[16] = {
 	[MQTT_CONNECT] = handle_connect,
@@ -224,7 +231,7 @@ static long conn_finish_partial(struct conn *c, const uint8_t *data,
 	return go_on ? (long)used : -1;
 }
 
-void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
+void conn_on_plain(struct conn *c, const uint8_t *data, size_t len)
 {
 	if (c->state == CONN_CLOSING)
 		return;
@@ -262,6 +269,64 @@ stopped:
 	/* Bytes behind a CONNECT that moves the connection go with it. */
 	if (c->state == CONN_HANDOFF && len && conn_stash(c, data, len, 0) < 0)
 		conn_close(c, "out of memory", false);
+}
+
+/* A TLS record arriving on a plain listener: a client configured for TLS,
+ * told plainly in the log instead of "malformed packet". */
+static bool conn_looks_like_tls(const struct conn *c, const uint8_t *data,
+				size_t len)
+{
+	return c->state == CONN_AWAIT_CONNECT && !c->in_len && len >= 2 &&
+	       data[0] == 0x16 && data[1] == 0x03;
+}
+
+static void conn_tls_failed(struct conn *c)
+{
+	char peer[64];
+	const char *why = tls_conn_error(c->tls);
+	log_msg(KITE_LOG_NOTICE, "TLS %s with %s failed: %s",
+		tls_conn_handshake_done(c->tls) ? "session" : "handshake",
+		conn_peer_str(c, peer, sizeof(peer)), why ? why : "unknown");
+	if (c->state == CONN_AWAIT_CONNECT)
+		conn_strike(c);
+	/* The pending bytes are OpenSSL's alert: worth a try. */
+	c->flags |= CONN_CLOSE_AFTER_FLUSH;
+	conn_close(c, why ? why : "TLS error", true);
+}
+
+void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
+{
+	if (c->state == CONN_CLOSING)
+		return;
+	if (!c->tls) {
+		if (conn_looks_like_tls(c, data, len)) {
+			conn_strike(c);
+			conn_close(c, "TLS handshake on a plain listener", false);
+			return;
+		}
+		conn_on_plain(c, data, len);
+		return;
+	}
+	struct tls_buf *plain = &c->shard->tls_plain;
+	plain->len = 0;
+	int rc = tls_conn_feed(c->tls, data, len, plain);
+	const uint8_t *p;
+	if (tls_conn_pending_out(c->tls, &p))
+		conn_mark_dirty(c);
+	if (rc == TLS_HANDSHAKE_DONE && log_enabled(KITE_LOG_DEBUG)) {
+		char peer[64];
+		log_msg(KITE_LOG_DEBUG, "TLS %s %s with %s (userspace)",
+			tls_conn_version(c->tls), tls_conn_cipher(c->tls),
+			conn_peer_str(c, peer, sizeof(peer)));
+	}
+	if (plain->len)
+		conn_on_plain(c, plain->data, plain->len);
+	if (c->state == CONN_CLOSING)
+		return;
+	if (rc == TLS_ERROR)
+		conn_tls_failed(c);
+	else if (rc == TLS_CLOSED)
+		conn_close(c, "closed by client (TLS close_notify)", true);
 }
 
 /* ---- output ------------------------------------------------------------ */
@@ -454,47 +519,6 @@ void conn_shutdown(struct conn *c)
 	io_uring_sqe_set_data64(sqe, ud_pack(UD_SHUTDOWN, c->id, c->gen));
 }
 
-void conn_flush(struct conn *c)
-{
-	if (c->flags & CONN_SEND_BUSY)
-		return;
-	if (!c->out_count) {
-		if (c->state != CONN_CLOSING)
-			return;
-		if (c->flags & CONN_SHUTDOWN_SENT)
-			conn_on_closed(c);
-		else
-			conn_shutdown(c);
-		return;
-	}
-	unsigned max_iov = c->out_count * OUT_ENTRY_IOV_MAX < SEND_IOV_MAX
-				   ? c->out_count * OUT_ENTRY_IOV_MAX
-				   : SEND_IOV_MAX;
-	struct send_ctx *ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) * max_iov);
-	if (!ctx) {
-		conn_close(c, "out of memory", false);
-		return;
-	}
-	unsigned niov = 0;
-	size_t skip = c->head_off;
-	for (uint32_t i = 0; i < c->out_count && niov + OUT_ENTRY_IOV_MAX <= max_iov;
-	     i++) {
-		struct out_entry *e = &c->outq[(c->out_head + i) & (c->out_cap - 1)];
-		niov += out_entry_iov(e, skip, ctx->iov + niov);
-		skip = 0;
-	}
-	assert(niov > 0 && niov <= max_iov);
-	memset(&ctx->mh, 0, sizeof(ctx->mh));
-	ctx->mh.msg_iov = ctx->iov;
-	ctx->mh.msg_iovlen = niov;
-	ctx->retired = NULL;
-	c->send = ctx;
-	c->flags |= CONN_SEND_BUSY;
-	struct io_uring_sqe *sqe = shard_sqe(c->shard);
-	io_uring_prep_sendmsg(sqe, c->fd, &ctx->mh, MSG_NOSIGNAL);
-	io_uring_sqe_set_data64(sqe, ud_pack(UD_SEND, c->id, c->gen));
-}
-
 static void conn_out_consume(struct conn *c, size_t bytes)
 {
 	c->out_bytes -= bytes;
@@ -525,15 +549,148 @@ static void conn_out_drop_all(struct conn *c)
 	c->out_bytes = 0;
 }
 
+static bool conn_has_output(struct conn *c)
+{
+	const uint8_t *p;
+	return c->out_count || (c->tls && tls_conn_pending_out(c->tls, &p));
+}
+
+/* Copies up to cap queued bytes from the head of the wire queue. */
+static size_t conn_out_copy(struct conn *c, uint8_t *dst, size_t cap)
+{
+	struct iovec iov[OUT_ENTRY_IOV_MAX];
+	size_t n = 0, skip = c->head_off;
+	for (uint32_t i = 0; i < c->out_count && n < cap; i++) {
+		struct out_entry *e = &c->outq[(c->out_head + i) & (c->out_cap - 1)];
+		unsigned k = out_entry_iov(e, skip, iov);
+		skip = 0;
+		for (unsigned j = 0; j < k && n < cap; j++) {
+			size_t take = iov[j].iov_len < cap - n ? iov[j].iov_len : cap - n;
+			memcpy(dst + n, iov[j].iov_base, take);
+			n += take;
+		}
+	}
+	return n;
+}
+
+static void conn_submit_send(struct conn *c, struct send_ctx *ctx)
+{
+	c->send = ctx;
+	c->flags |= CONN_SEND_BUSY;
+	struct io_uring_sqe *sqe = shard_sqe(c->shard);
+	io_uring_prep_sendmsg(sqe, c->fd, &ctx->mh, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, ud_pack(UD_SEND, c->id, c->gen));
+}
+
+/* TLS: the turn's queued MQTT bytes become as few records as possible,
+ * then the ciphertext goes out in one send. */
+static void conn_flush_tls(struct conn *c)
+{
+	uint8_t *buf = c->shard->tls_scratch;
+	while (c->out_count) {
+		size_t n = conn_out_copy(c, buf, TLS_RECORD_PLAIN);
+		if (tls_conn_write(c->tls, buf, n) != TLS_OK) {
+			conn_out_drop_all(c);
+			conn_tls_failed(c);
+			break;
+		}
+		conn_out_consume(c, n);
+	}
+	const uint8_t *p;
+	size_t len = tls_conn_pending_out(c->tls, &p);
+	if (!len) {
+		if (c->state == CONN_CLOSING)
+			conn_on_closed(c);
+		return;
+	}
+	struct send_ctx *ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) + len);
+	if (!ctx) {
+		conn_close(c, "out of memory", false);
+		return;
+	}
+	memset(ctx, 0, sizeof(*ctx));
+	ctx->tls_bytes = (uint8_t *)(ctx->iov + 1);
+	memcpy(ctx->tls_bytes, p, len);
+	tls_conn_consume_out(c->tls, len);
+	ctx->tls_len = len;
+	ctx->iov[0] = (struct iovec){ctx->tls_bytes, len};
+	ctx->mh.msg_iov = ctx->iov;
+	ctx->mh.msg_iovlen = 1;
+	conn_submit_send(c, ctx);
+}
+
+void conn_flush(struct conn *c)
+{
+	if (c->flags & CONN_SEND_BUSY)
+		return;
+	if (c->tls) {
+		conn_flush_tls(c);
+		return;
+	}
+	if (!c->out_count) {
+		if (c->state != CONN_CLOSING)
+			return;
+		if (c->flags & CONN_SHUTDOWN_SENT)
+			conn_on_closed(c);
+		else
+			conn_shutdown(c);
+		return;
+	}
+	unsigned max_iov = c->out_count * OUT_ENTRY_IOV_MAX < SEND_IOV_MAX
+				   ? c->out_count * OUT_ENTRY_IOV_MAX
+				   : SEND_IOV_MAX;
+	struct send_ctx *ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) * max_iov);
+	if (!ctx) {
+		conn_close(c, "out of memory", false);
+		return;
+	}
+	unsigned niov = 0;
+	size_t skip = c->head_off;
+	for (uint32_t i = 0; i < c->out_count && niov + OUT_ENTRY_IOV_MAX <= max_iov;
+	     i++) {
+		struct out_entry *e = &c->outq[(c->out_head + i) & (c->out_cap - 1)];
+		niov += out_entry_iov(e, skip, ctx->iov + niov);
+		skip = 0;
+	}
+	assert(niov > 0 && niov <= max_iov);
+	memset(&ctx->mh, 0, sizeof(ctx->mh));
+	ctx->mh.msg_iov = ctx->iov;
+	ctx->mh.msg_iovlen = niov;
+	ctx->retired = NULL;
+	ctx->tls_bytes = NULL;
+	ctx->tls_len = ctx->tls_off = 0;
+	conn_submit_send(c, ctx);
+}
+
+/* A partial TLS send goes on from where the kernel stopped. */
+static bool conn_tls_resend(struct conn *c, struct send_ctx *ctx, int res)
+{
+	if (!ctx->tls_bytes || res <= 0)
+		return false;
+	atomic_fetch_add_explicit(&c->shard->stats.bytes_sent, (uint64_t)res,
+				  memory_order_relaxed);
+	ctx->tls_off += (size_t)res;
+	if (ctx->tls_off >= ctx->tls_len || c->state == CONN_CLOSING)
+		return false;
+	ctx->iov[0] = (struct iovec){ctx->tls_bytes + ctx->tls_off,
+				     ctx->tls_len - ctx->tls_off};
+	c->flags &= (uint8_t)~CONN_SEND_BUSY;
+	conn_submit_send(c, ctx);
+	return true;
+}
+
 void conn_on_send_done(struct conn *c, int res)
 {
 	struct send_ctx *ctx = c->send;
 	assert(ctx && (c->flags & CONN_SEND_BUSY));
+	if (conn_tls_resend(c, ctx, res))
+		return;
+	bool tls = ctx->tls_bytes != NULL;
 	c->send = NULL;
 	c->flags &= (uint8_t)~CONN_SEND_BUSY;
 	free(ctx->retired);
 	free(ctx);
-	if (res > 0) {
+	if (res > 0 && !tls) {
 		atomic_fetch_add_explicit(&c->shard->stats.bytes_sent,
 					  (uint64_t)res, memory_order_relaxed);
 		conn_out_consume(c, (size_t)res);
@@ -549,7 +706,7 @@ void conn_on_send_done(struct conn *c, int res)
 		conn_on_closed(c);
 		return;
 	}
-	if (c->out_count)
+	if (conn_has_output(c))
 		conn_mark_dirty(c);
 }
 
@@ -570,6 +727,7 @@ void conn_free(struct conn *c)
 	free(c->in_buf);
 	free(c->username);
 	free(c->pending);
+	tls_conn_free(c->tls);
 	if (c->v5) {
 		for (unsigned i = 0; i < c->v5->alias_cap; i++)
 			free(c->v5->aliases ? c->v5->aliases[i].topic : NULL);
@@ -585,7 +743,7 @@ void conn_free(struct conn *c)
 void conn_on_closed(struct conn *c)
 {
 	assert(c->state == CONN_CLOSING);
-	if (c->out_count && !(c->flags & CONN_SHUTDOWN_SENT)) {
+	if (conn_has_output(c) && !(c->flags & CONN_SHUTDOWN_SENT)) {
 		if (!(c->flags & CONN_SEND_BUSY))
 			conn_mark_dirty(c);
 		return;

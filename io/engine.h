@@ -22,6 +22,7 @@
 
 #include "acl/acl.h"
 #include "core/codec.h"
+#include "tls/tls.h"
 #include "core/config.h"
 #include "core/gtrie.h"
 #include "core/retain.h"
@@ -297,6 +298,8 @@ struct conn {
 	/* The CONNECT being completed when the conn moves between shards. */
 	struct pending_connect *pending;
 	struct conn_v5 *v5;
+	/* Userspace TLS (OpenSSL over memory buffers); NULL on plain TCP. */
+	struct tls_conn *tls;
 };
 
 /* ---- cross-shard messages ------------------------------------------------ */
@@ -349,6 +352,7 @@ struct security {
 	unsigned count;
 	struct acl_cache *acl[KITE_LISTENERS_MAX];
 	struct passwd_db *pw[KITE_LISTENERS_MAX];
+	struct tls_server *tls[KITE_LISTENERS_MAX]; /* NULL: plain TCP */
 	bool acl_shared[KITE_LISTENERS_MAX]; /* owned by an earlier listener */
 	bool pw_shared[KITE_LISTENERS_MAX];
 };
@@ -400,6 +404,8 @@ struct shard {
 
 	struct delivery *scratch;
 	uint32_t scratch_len, scratch_cap;
+	struct tls_buf tls_plain;  /* decrypted input of one receive */
+	uint8_t *tls_scratch;	   /* plaintext gathered for one record */
 	uint32_t match_gen;
 
 	uint64_t now_ms;
@@ -460,8 +466,10 @@ int shard_conn_attach(struct shard *s, struct conn *c);
 void shard_conn_detach(struct shard *s, struct conn *c);
 
 /* conn.c */
-/* Feeds received bytes; decodes and dispatches every complete packet. */
+/* Feeds received bytes (ciphertext on a TLS connection). */
 void conn_on_data(struct conn *c, const uint8_t *data, size_t len);
+/* Feeds MQTT bytes; decodes and dispatches every complete packet. */
+void conn_on_plain(struct conn *c, const uint8_t *data, size_t len);
 void conn_queue_ctrl(struct conn *c, const uint8_t *bytes, size_t len);
 /* A PUBLISH to this client; qos/retain/dup as they go on the wire. */
 /* False (and nothing queued) when the message cannot go to this client:

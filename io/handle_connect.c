@@ -329,7 +329,7 @@ void connect_adopt(struct shard *s, struct conn *c)
 	uint32_t len = c->in_len;
 	c->in_buf = NULL;
 	c->in_len = c->in_cap = 0;
-	conn_on_data(c, data, len);
+	conn_on_plain(c, data, len); /* decrypted on the accepting shard */
 	free(data);
 }
 
@@ -435,10 +435,16 @@ static int connect_v5_state(struct conn *c, const struct mqtt_connect *ci)
 	return 0;
 }
 
+static bool connect_identity_mode(const struct conn *c)
+{
+	const struct kite_tls_cfg *t = &c->shard->cfg->listeners[c->listener].tls;
+	return c->tls && (t->use_identity_as_username || t->use_subject_as_username);
+}
+
 /* The password file (when the listener has one) decides a username. */
 static bool connect_password_ok(struct conn *c, const struct mqtt_connect *ci)
 {
-	if (!ci->has_username)
+	if (!ci->has_username || connect_identity_mode(c))
 		return true;
 	return security_check_password(c, c->username,
 				       ci->has_password ? ci->password.ptr : NULL,
@@ -463,12 +469,27 @@ static bool connect_will_ok(struct conn *c, const struct mqtt_connect *ci)
 }
 
 /* Anonymous means no username (Mosquitto 2: without a password file a
- * username is enough). */
+ * username is enough; a certificate identity is one). */
 static bool connect_allowed(const struct conn *c, const struct mqtt_connect *ci)
 {
 	const struct kite_listener_cfg *l =
 		&c->shard->cfg->listeners[c->listener];
-	return ci->has_username || l->allow_anonymous == 1;
+	return ci->has_username || c->username || l->allow_anonymous == 1;
+}
+
+
+/* use_identity_as_username / use_subject_as_username: the certificate
+ * names the client, whatever CONNECT says (Mosquitto's rule), and the
+ * password file is not consulted. Returns -1 when there is no usable
+ * identity. */
+static int connect_take_identity(struct conn *c)
+{
+	const char *id = tls_conn_identity(c->tls);
+	if (!id)
+		return -1;
+	free(c->username);
+	c->username = strdup(id);
+	return c->username ? 0 : -1;
 }
 
 /* "MQTT" or "MQIsdp": a known protocol at an unsupported level gets CONNACK
@@ -539,14 +560,21 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 		conn_close(c, "out of memory", false);
 		return -1;
 	}
+	if (connect_identity_mode(c) && connect_take_identity(c) < 0) {
+		connect_refuse(c, MQTT_V3_CONNACK_BAD_CREDENTIALS,
+			       MQTT_RC_BAD_USERNAME_OR_PASSWORD,
+			       "no usable certificate identity");
+		return -1;
+	}
 	if (!connect_allowed(c, &ci)) {
 		connect_refuse(c, MQTT_V3_CONNACK_NOT_AUTHORIZED,
 			       MQTT_RC_NOT_AUTHORIZED, "not authorised");
 		return -1;
 	}
 	c->keepalive_s = ci.keepalive_s > max_ka ? (uint16_t)max_ka : ci.keepalive_s;
-	if (ci.has_username && !(c->username = strndup((const char *)ci.username.ptr,
-						       ci.username.len))) {
+	if (ci.has_username && !connect_identity_mode(c) &&
+	    !(c->username = strndup((const char *)ci.username.ptr,
+				    ci.username.len))) {
 		conn_close(c, "out of memory", false);
 		return -1;
 	}

@@ -9,6 +9,7 @@
 
 #include "acl/acl.h"
 #include "bpf/flood_filter.h"
+#include "tools/cert.h"
 #include "core/log.h"
 #include "io/engine.h"
 
@@ -74,13 +75,7 @@ static int check_engine_support(const struct kite_config *cfg)
 {
 	for (unsigned i = 0; i < cfg->listener_count; i++) {
 		const struct kite_listener_cfg *l = &cfg->listeners[i];
-		const char *what = l->tls.certfile[0] ? "TLS" : NULL;
-		if (what) {
-			fprintf(stderr, "%s:%d: listener on port %u: %s is not "
-					"supported yet\n",
-				l->file, l->line, (unsigned)l->port, what);
-			return -1;
-		}
+		(void)l;
 	}
 	return 0;
 }
@@ -163,6 +158,8 @@ int main(int argc, char **argv)
 		return flood_filter_cli_main(argc - 1, argv + 1);
 	if (argc > 1 && !strcmp(argv[1], "passwd"))
 		return passwd_main(argc - 1, argv + 1);
+	if (argc > 1 && !strcmp(argv[1], "cert"))
+		return cert_main(argc - 1, argv + 1);
 	struct options o = {0};
 	if (parse_args(argc, argv, &o) < 0) {
 		usage(stderr);

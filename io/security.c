@@ -26,11 +26,51 @@ static void *security_find(struct security *sec, unsigned upto,
 	return NULL;
 }
 
+static const char *opt_or_null(const char *s)
+{
+	return s[0] ? s : NULL;
+}
+
+/* The listener's TLS context from Mosquitto's options; errors name the
+ * listener and the file. */
+static int security_load_tls(struct security *sec, unsigned i,
+			     const struct kite_listener_cfg *l, char *err,
+			     size_t errlen)
+{
+	const struct kite_tls_cfg *t = &l->tls;
+	if (!t->certfile[0])
+		return 0;
+	struct tls_listener_opts o = {
+		.cafile = opt_or_null(t->cafile),
+		.capath = opt_or_null(t->capath),
+		.certfile = t->certfile,
+		.keyfile = t->keyfile,
+		.crlfile = opt_or_null(t->crlfile),
+		.dhparamfile = opt_or_null(t->dhparamfile),
+		.ciphers = opt_or_null(t->ciphers),
+		.ciphers_tls13 = opt_or_null(t->ciphers_tls13),
+		.tls_version = opt_or_null(t->tls_version),
+		.require_certificate = t->require_certificate,
+		.use_identity_as_username = t->use_identity_as_username,
+		.use_subject_as_username = t->use_subject_as_username,
+	};
+	char why[KITE_CONFIG_ERR_MAX];
+	sec->tls[i] = tls_server_new(&o, why, sizeof(why));
+	if (!sec->tls[i]) {
+		snprintf(err, errlen, "%s:%d: listener on port %u: %s", l->file,
+			 l->line, (unsigned)l->port, why);
+		return -1;
+	}
+	return 0;
+}
+
 static int security_load_listener(struct security *sec, unsigned i,
 				  const struct kite_config *cfg, char *err,
 				  size_t errlen)
 {
 	const struct kite_listener_cfg *l = &cfg->listeners[i];
+	if (security_load_tls(sec, i, l, err, errlen) < 0)
+		return -1;
 	if (l->acl_file[0]) {
 		struct acl_cache *c = security_find(sec, i, cfg, true, l->acl_file);
 		if (!c) {
@@ -88,6 +128,7 @@ void security_free(struct security *sec)
 			acl_cache_unref(sec->acl[i]);
 		if (sec->pw[i] && !sec->pw_shared[i])
 			passwd_free(sec->pw[i]);
+		tls_server_unref(sec->tls[i]);
 	}
 	free(sec);
 }

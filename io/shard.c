@@ -296,7 +296,14 @@ static void shard_on_accept(struct shard *s, unsigned li,
 		return;
 	}
 	struct conn *c = calloc(1, sizeof(*c));
+	struct tls_server *srv = li < s->sec->count ? s->sec->tls[li] : NULL;
+	if (c && srv && !(c->tls = tls_conn_new(srv))) {
+		free(c);
+		c = NULL;
+	}
 	if (!c || shard_conn_attach(s, c) < 0) {
+		if (c)
+			tls_conn_free(c->tls);
 		free(c);
 		atomic_fetch_sub(&s->b->listener_conns[li], 1);
 		close(fd);
@@ -418,7 +425,10 @@ static void shard_check_timeouts(struct shard *s)
 		if (c->state == CONN_AWAIT_CONNECT) {
 			if (s->now_ms - c->created_ms > CONN_CONNECT_TIMEOUT_MS) {
 				conn_strike(c);
-				conn_close(c, "no CONNECT in time", false);
+				conn_close(c, c->tls && !tls_conn_handshake_done(c->tls)
+						      ? "TLS handshake timed out"
+						      : "no CONNECT in time",
+					   false);
 			}
 			continue;
 		}
@@ -674,7 +684,8 @@ int shard_init(struct shard *s, struct broker *b, unsigned idx)
 		return -1;
 	}
 	s->trie = trie_new();
-	if (!s->trie)
+	s->tls_scratch = malloc(16384);
+	if (!s->trie || !s->tls_scratch)
 		return -1;
 	s->cfg = b->cfg;
 	s->sec = b->sec;
@@ -727,4 +738,6 @@ void shard_fini(struct shard *s)
 	free(s->conns);
 	free(s->free_ids);
 	free(s->scratch);
+	free(s->tls_scratch);
+	tls_buf_free(&s->tls_plain);
 }

@@ -7,8 +7,8 @@ build/kite-cert-dev, which this module builds from tools/cert.c with a
 three-line driver (main(c, v) -> cert_main(c - 1, v + 1)); if that cannot be
 built either, every test is skipped with the reason.
 
-The TLS broker is $KITE_TLS_BROKER (default /usr/sbin/mosquitto, since
-kite's TLS is not written yet); it runs with the block `kite cert config`
+The TLS broker is $KITE_TLS_BROKER (default: the broker under test,
+$KITE_BIN, which may be kite or Mosquitto); it runs with the block `kite cert config`
 prints, the port replaced by a free one bound to 127.0.0.1. Every broker
 started here is stopped at teardown, and every test is bounded by the
 SIGALRM timeouts of conftest.py.
@@ -29,7 +29,8 @@ import harness
 
 REPO = harness.REPO
 DEV_BIN = REPO / "build" / "kite-cert-dev"
-TLS_BROKER = os.environ.get("KITE_TLS_BROKER", "/usr/sbin/mosquitto")
+TLS_BROKER = os.environ.get("KITE_TLS_BROKER") or os.environ.get(
+    "KITE_BIN") or str(REPO / "build" / "kite")
 DRIVER = '#include "tools/cert.h"\nint main(int c, char **v) { return cert_main(c - 1, v + 1); }\n'
 
 
