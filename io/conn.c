@@ -343,7 +343,7 @@ void conn_mark_dirty(struct conn *c)
 static struct out_entry *conn_out_push(struct conn *c)
 {
 	if (c->out_count == c->out_cap) {
-		uint32_t ncap = c->out_cap ? c->out_cap * 2 : 8;
+		uint32_t ncap = c->out_cap ? c->out_cap * 2 : 2;
 		struct out_entry *n = malloc(sizeof(*n) * ncap);
 		if (!n)
 			return NULL;

@@ -33,8 +33,8 @@
 
 /* Provided receive buffers per shard: what a multishot recv fills. An idle
  * connection holds none of them. */
-#define SHARD_RECV_BUFS 512
-#define SHARD_RECV_BUF_SIZE 16384
+#define SHARD_RECV_BUFS 256
+#define SHARD_RECV_BUF_SIZE 4096
 #define SHARD_RING_ENTRIES 4096
 /* Cross-shard ring slots per (source, destination) pair. */
 #define XRING_SLOTS 4096
