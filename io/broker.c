@@ -37,7 +37,7 @@ static int broker_alloc(struct broker *b)
 	return io_uring_queue_init(8, &b->ctl_ring, 0) < 0 ? -1 : 0;
 }
 
-static void broker_log_listeners(const struct broker *b)
+static void broker_log_listeners(struct broker *b)
 {
 	const struct kite_config *cfg = b->cfg;
 	if (cfg->local_only)
@@ -48,13 +48,14 @@ static void broker_log_listeners(const struct broker *b)
 		any_tls |= cfg->listeners[i].tls.certfile[0] != 0;
 	if (any_tls)
 		ktls = tls_kernel_supports_ktls();
+	b->ktls = ktls;
 	for (unsigned i = 0; i < cfg->listener_count; i++) {
 		const struct kite_listener_cfg *l = &cfg->listeners[i];
 		const char *mode = !l->tls.certfile[0] ? "plain TCP"
-				   : ktls ? "TLS in userspace (OpenSSL); kernel TLS "
-					    "offload is not used yet"
+				   : ktls ? "TLS: handshake in userspace (OpenSSL), "
+					    "records in the kernel (kTLS)"
 					  : "TLS in userspace (OpenSSL): this kernel "
-					    "has no TLS ULP";
+					    "has no TLS ULP, so no kTLS";
 		log_msg(KITE_LOG_NOTICE, "Opening listen socket on %s:%u (%s, %u shards).",
 			l->bind_address[0] ? l->bind_address : "*", l->port,
 			mode, b->nshards);

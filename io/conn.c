@@ -327,6 +327,8 @@ void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
 		conn_tls_failed(c);
 	else if (rc == TLS_CLOSED)
 		conn_close(c, "closed by client (TLS close_notify)", true);
+	else
+		conn_ktls_begin(c); /* no-op unless due */
 }
 
 /* ---- output ------------------------------------------------------------ */
@@ -708,6 +710,8 @@ void conn_on_send_done(struct conn *c, int res)
 	}
 	if (conn_has_output(c))
 		conn_mark_dirty(c);
+	else if (c->ktls == KTLS_STOPPING)
+		conn_ktls_try(c);
 }
 
 /* ---- closing ------------------------------------------------------------ */

@@ -257,6 +257,13 @@ struct will {
 	uint32_t delay_s; /* MQTT 5 will delay interval */
 };
 
+enum conn_ktls {
+	KTLS_UNDECIDED, /* userspace TLS (or plain) so far */
+	KTLS_STOPPING,	/* recv cancelled, waiting to install the keys */
+	KTLS_ON,	/* the kernel encrypts and decrypts */
+	KTLS_OFF,	/* userspace for good */
+};
+
 /* MQTT 5 state of a connection, allocated only for 5.0 clients. */
 struct conn_v5 {
 	uint32_t max_packet;   /* the client's maximum packet size */
@@ -298,8 +305,11 @@ struct conn {
 	/* The CONNECT being completed when the conn moves between shards. */
 	struct pending_connect *pending;
 	struct conn_v5 *v5;
-	/* Userspace TLS (OpenSSL over memory buffers); NULL on plain TCP. */
+	/* Userspace TLS (OpenSSL over memory buffers); NULL on plain TCP
+	 * and once kernel TLS took over (ktls == KTLS_ON). */
 	struct tls_conn *tls;
+	uint8_t ktls;
+	uint8_t ktls_tries;
 };
 
 /* ---- cross-shard messages ------------------------------------------------ */
@@ -336,6 +346,7 @@ struct shard_stats {
 	_Atomic uint64_t msgs_received, msgs_sent, bytes_received, bytes_sent;
 	_Atomic uint64_t clients_connected, sessions, subscriptions;
 	_Atomic uint64_t msgs_dropped;
+	_Atomic uint64_t ktls_connections;
 };
 
 struct delivery {
@@ -447,6 +458,7 @@ struct broker {
 	_Atomic bool stop;
 	pthread_barrier_t started; /* shards and main, once rings are enabled */
 	struct flood_filter *flood; /* XDP filter, NULL when not loaded */
+	bool ktls; /* the kernel takes TLS keys (probed at startup) */
 	_Atomic uint64_t next_session_id;
 };
 
@@ -485,6 +497,11 @@ void conn_close_after_flush(struct conn *c, const char *reason);
 void conn_on_closed(struct conn *c);
 /* Shuts the socket down both ways; requests on it then complete. */
 void conn_shutdown(struct conn *c);
+
+/* ktls.c */
+void conn_ktls_begin(struct conn *c);
+void conn_ktls_try(struct conn *c);
+void conn_ktls_control_record(struct conn *c);
 void conn_free(struct conn *c);
 const char *conn_peer_str(const struct conn *c, char *buf, size_t len);
 const char *conn_client_id(const struct conn *c);

@@ -452,8 +452,9 @@ static bool connect_password_ok(struct conn *c, const struct mqtt_connect *ci)
 	       PASSWD_OK;
 }
 
-/* Mosquitto refuses a CONNECT whose will this identity could not
- * publish. */
+/* Whether this identity may publish its will. Like Mosquitto 2.0, a will
+ * it may not write does not refuse the CONNECT: it is dropped (and, unlike
+ * Mosquitto, the log says so). */
 static bool connect_will_ok(struct conn *c, const struct mqtt_connect *ci)
 {
 	const struct security *sec = c->shard->sec;
@@ -590,9 +591,12 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 		return -1;
 	}
 	if (!connect_will_ok(c, &ci)) {
-		connect_refuse(c, MQTT_V3_CONNACK_NOT_AUTHORIZED,
-			       MQTT_RC_NOT_AUTHORIZED, "will topic not allowed");
-		return -1;
+		log_msg(KITE_LOG_NOTICE, "Client %s: will on '%.*s' not allowed "
+			"by the ACL; it will not be published.", c->pending->id,
+			(int)ci.will.topic.len, ci.will.topic.ptr);
+		msg_unref(c->will->msg);
+		free(c->will);
+		c->will = NULL;
 	}
 	/* Mosquitto counts "no keepalive" as above a configured maximum. */
 	c->pending->keepalive_capped =

@@ -351,9 +351,15 @@ static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
 		c->flags &= (uint8_t)~CONN_RECV_ARMED;
 	if (cqe->res == 0 && c->state != CONN_CLOSING)
 		conn_close(c, "closed by client", true);
+	else if (cqe->res == -EIO && c->ktls == KTLS_ON &&
+		 c->state != CONN_CLOSING)
+		conn_ktls_control_record(c);
 	else if (cqe->res < 0 && cqe->res != -ENOBUFS &&
+		 !(cqe->res == -ECANCELED && c->ktls == KTLS_STOPPING) &&
 		 c->state != CONN_CLOSING && c->state != CONN_HANDOFF)
 		conn_close(c, strerror(-cqe->res), true);
+	else if (!more && c->ktls == KTLS_STOPPING && c->state == CONN_ACTIVE)
+		conn_ktls_try(c); /* recv stopped: install the keys */
 	else if (!more && c->state == CONN_HANDOFF)
 		connect_handoff_ready(s, c); /* recv stopped: move it */
 	else if (!more && c->state != CONN_CLOSING)

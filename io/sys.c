@@ -84,6 +84,8 @@ void sys_publish(struct shard *s)
 		retain_count(b->retained));
 	sys_put(s, "$SYS/broker/publish/messages/dropped", "%llu",
 		SUM(msgs_dropped));
+	sys_put(s, "$SYS/broker/tls/kernel_offloaded", "%llu",
+		SUM(ktls_connections));
 	if (b->flood)
 		sys_flood_filter(s);
 }
