@@ -93,8 +93,9 @@ fuzz:
 	done
 
 # The whole suite: gcc and clang builds without warnings, unit and
-# integration tests, the same under ASan+UBSan, every fuzz target, and the
-# kernel TLS probe in a VM (exit 77 there means it could not run: skipped).
+# integration tests, the same under ASan+UBSan, every fuzz target, the
+# benchmark harness on tiny numbers (delivery counts only, never speed),
+# and the kernel TLS tests in a VM (exit 77 there: could not run, skipped).
 test: deps
 	$(MAKE) --no-print-directory all
 	$(MAKE) --no-print-directory check-clang
@@ -102,9 +103,15 @@ test: deps
 	$(MAKE) --no-print-directory integration
 	$(MAKE) --no-print-directory asan
 	$(MAKE) --no-print-directory fuzz
+	$(MAKE) --no-print-directory bench-smoke BENCH_ARGS=--require-kite
 	$(MAKE) --no-print-directory $(VM_DIR)/ktls_probe
 	@rc=0; BUILD=$(BUILD) VM_TIMEOUT=$(VM_TIMEOUT) tests/vm/test_ktls_vm.sh || rc=$$?; \
 	 if [ $$rc -eq 77 ]; then echo "ktls-vm: skipped (see above)"; else exit $$rc; fi
+	@# kite itself in the VM: TX and RX must be offloaded for every
+	@# version and cipher, data intact.
+	@rc=0; BROKER=$(abspath $(BUILD)/kite) EXPECT=txrx BUILD=$(BUILD) \
+	 tests/vm/test_broker_ktls_vm.sh || rc=$$?; \
+	 if [ $$rc -eq 77 ]; then echo "kite-ktls-vm: skipped (see above)"; else exit $$rc; fi
 
 clean:
 	rm -rf build

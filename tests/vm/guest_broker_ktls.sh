@@ -7,6 +7,8 @@
 # counter that moves belongs to the broker.
 #   EXPECT=tx (default): a pair passes if data arrived and the broker's TX
 #   went to the kernel (TlsTxSw +1 and TlsCurrTxSw +1 while connected).
+#   EXPECT=txrx: both directions (kite installs RX keys itself, also for
+#   TLS 1.3 where OpenSSL 3.0 would only do TX).
 #   EXPECT=none: data only (to check the plumbing with a broker without kTLS).
 # Exit 0 all pairs pass, 1 otherwise.
 D=/etc/kite-vm/broker
@@ -65,6 +67,8 @@ while read -r ver cipher; do
     [ $data = ok ] || verdict=FAIL
     [ $derr = 0 ] || verdict=FAIL
     if [ "$EXPECT" = tx ] && { [ $dtx -lt 1 ] || [ $ctx -lt 1 ]; }; then verdict="FAIL (TX not offloaded)"; fi
+    if [ "$EXPECT" = txrx ] && { [ $dtx -lt 1 ] || [ $ctx -lt 1 ]; }; then verdict="FAIL (TX not offloaded)"; fi
+    if [ "$EXPECT" = txrx ] && { [ $drx -lt 1 ] || [ $crx -lt 1 ]; }; then verdict="FAIL (RX not offloaded)"; fi
     printf '%-7s %-30s | %-5s %-5s %-5s %-5s | %-5s %-5s | %s\n' $ver $cipher $dtx $drx $ctx $crx $data $derr "$verdict"
     case $verdict in OK) ;; *)
         fails=$((fails + 1))

@@ -8,7 +8,7 @@
 #   BROKER=/usr/sbin/mosquitto EXPECT=none EXTRA_CONF='user root' \
 #       tests/vm/test_broker_ktls_vm.sh             # plumbing check, no kTLS
 #
-#   Env: BROKER (binary taking -c FILE), EXPECT (tx|none), EXTRA_CONF (lines
+#   Env: BROKER (binary taking -c FILE), EXPECT (txrx|tx|none), EXTRA_CONF (lines
 #   appended to every generated config, e.g. kite's kTLS switch),
 #   VM_TIMEOUT (default 180 s). Exit 0 pass, 1 fail, 77 VM unavailable.
 set -uo pipefail
