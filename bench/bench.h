@@ -84,6 +84,10 @@ double kb_self_cpu_s(void);
 /* Raises RLIMIT_NOFILE so at least `need` descriptors can be open.
  * Returns the resulting soft limit. */
 uint64_t kb_raise_nofile(uint64_t need);
+/* One CPU's busy and total ticks from /proc/stat. -1 if unknown. */
+int kb_proc_cpu_ticks(int cpu, uint64_t *busy, uint64_t *total);
+/* The CPU pid is pinned to, or -1 when it may run on several. */
+int kb_proc_pinned_cpu(pid_t pid);
 uint64_t kb_now_ns(void);
 
 /* ---- options ----------------------------------------------------------- */
@@ -108,6 +112,9 @@ struct kb_opts {
 	double rate; /* total publishes per second; 0 = saturation */
 	uint32_t window; /* per publisher, messages not yet delivered/acked */
 	uint64_t max_outstanding; /* deliveries in flight over all publishers */
+	uint32_t burst; /* saturation: messages per publisher per loop turn */
+	uint32_t poll_us; /* saturation: minimum time between polls */
+	bool busy_poll;	  /* never sleep while publishing or draining */
 	double warmup_s, duration_s, drain_s, setup_s, hold_s, timeout_s;
 	double stall_s; /* no delivery for this long at saturation: forgive */
 	pid_t broker_pid;
@@ -258,7 +265,12 @@ struct kb {
 	uint64_t win_start_ns, win_end_ns;
 	double broker_cpu0, broker_cpu1, self_cpu0, self_cpu1;
 	long rss_before_kb, rss_start_kb, rss_end_kb, hwm_end_kb;
+	/* Who else used our two CPUs during the window (/proc/stat). */
+	int gen_cpu, broker_cpu;
+	uint64_t gen_busy0, gen_total0, gen_busy1, gen_total1;
+	uint64_t brk_busy0, brk_total0, brk_busy1, brk_total1;
 	uint64_t sent_win, recv_win;
+	uint64_t spin_ns; /* busy-poll: turns that found nothing to do */
 	struct kb_hist lat;
 
 	struct kb_counters c;

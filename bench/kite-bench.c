@@ -67,6 +67,10 @@ static void usage(FILE *f)
 "  --window W           per publisher: messages not yet delivered to every\n"
 "                       subscriber (and, QoS>0, not yet acked)  (32)\n"
 "  --max-outstanding D  deliveries in flight over all publishers (65536)\n"
+"  --burst K            saturation: messages per publisher per send   (1)\n"
+"  --poll-us U          saturation: at least U us between polls     (0)\n"
+"  --busy-poll          never sleep while publishing or draining; idle\n"
+"                       spinning is timed and left out of the work figure\n"
 "  --warmup S --duration S --drain S --setup S --hold S   (1 5 10 60 2)\n"
 "  --stall S            saturation: no delivery for S seconds forgives the\n"
 "                       in-flight count (QoS 0 drops)      (1)\n"
@@ -103,7 +107,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		O_MQTT, O_PAYLOAD, O_RATE, O_WINDOW, O_MAXOUT, O_WARMUP,
 		O_DURATION, O_DRAIN, O_SETUP, O_HOLD, O_STALL, O_TIMEOUT,
 		O_BPID, O_CONC, O_KA, O_GENB, O_NAME, O_QUIET, O_HOST, O_TLS,
-		O_HELP,
+		O_BURST, O_POLLUS, O_BUSY, O_HELP,
 	};
 	static const struct option lo[] = {
 		{"port", 1, 0, O_PORT},	      {"topology", 1, 0, O_TOPO},
@@ -120,6 +124,8 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		{"keepalive", 1, 0, O_KA},    {"gen-bound", 1, 0, O_GENB},
 		{"name", 1, 0, O_NAME},	      {"quiet", 0, 0, O_QUIET},
 		{"host", 1, 0, O_HOST},	      {"tls", 1, 0, O_TLS},
+		{"burst", 1, 0, O_BURST},     {"poll-us", 1, 0, O_POLLUS},
+		{"busy-poll", 0, 0, O_BUSY},
 		{"help", 0, 0, O_HELP},	      {0, 0, 0, 0},
 	};
 	memset(o, 0, sizeof(*o));
@@ -132,6 +138,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 	o->payload = 64;
 	o->window = 32;
 	o->max_outstanding = 65536;
+	o->burst = 1;
 	o->warmup_s = 1;
 	o->duration_s = 5;
 	o->drain_s = 10;
@@ -188,6 +195,11 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		case O_MAXOUT:
 			o->max_outstanding = strtoull(optarg, 0, 10);
 			break;
+		case O_BUSY: o->busy_poll = true; break;
+		case O_POLLUS:
+			o->poll_us = (uint32_t)strtoul(optarg, 0, 10);
+			break;
+		case O_BURST: o->burst = (uint32_t)strtoul(optarg, 0, 10); break;
 		case O_WARMUP: o->warmup_s = strtod(optarg, 0); break;
 		case O_DURATION: o->duration_s = strtod(optarg, 0); break;
 		case O_DRAIN: o->drain_s = strtod(optarg, 0); break;
@@ -234,7 +246,8 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 	if (o->qos > 2 || o->payload < KB_PAYLOAD_MIN ||
 	    o->payload > KB_PAYLOAD_MAX || o->window == 0 ||
 	    o->window > KB_WINDOW_MAX || o->rate < 0 ||
-	    o->connect_concurrency == 0 || o->max_outstanding == 0)
+	    o->connect_concurrency == 0 || o->max_outstanding == 0 ||
+	    o->burst == 0 || o->burst > KB_PUB_BATCH_MAX)
 		return -1;
 	if (o->topo == KB_TOPO_IDLE) {
 		o->pubs = o->subs = 0;
@@ -349,6 +362,8 @@ static void window_begin(struct kb *kb, uint64_t now)
 	}
 	kb->sent_win = kb->recv_win = 0;
 	kb_hist_reset(&kb->lat);
+	kb_proc_cpu_ticks(kb->gen_cpu, &kb->gen_busy0, &kb->gen_total0);
+	kb_proc_cpu_ticks(kb->broker_cpu, &kb->brk_busy0, &kb->brk_total0);
 }
 
 static void window_end(struct kb *kb, uint64_t now)
@@ -360,6 +375,8 @@ static void window_end(struct kb *kb, uint64_t now)
 		kb->rss_end_kb = kb_proc_rss_kb(kb->o.broker_pid);
 		kb->hwm_end_kb = kb_proc_hwm_kb(kb->o.broker_pid);
 	}
+	kb_proc_cpu_ticks(kb->gen_cpu, &kb->gen_busy1, &kb->gen_total1);
+	kb_proc_cpu_ticks(kb->broker_cpu, &kb->brk_busy1, &kb->brk_total1);
 }
 
 static uint64_t s_to_ns(double s)
@@ -416,9 +433,10 @@ static void check_stall(struct kb *kb, uint64_t now)
 	kb->last_progress_ns = now;
 }
 
-/* Publishes what pacing and the windows allow; returns true when more
- * could be sent right away (saturation, batch cap reached). */
-static bool publish(struct kb *kb, uint64_t now)
+/* Publishes what pacing and the windows allow; returns how many were
+ * sent, and in *more whether more could go right away (saturation, batch
+ * cap reached). */
+static uint32_t publish(struct kb *kb, uint64_t now, bool *more)
 {
 	uint32_t budget = KB_PUB_BATCH_MAX;
 	if (kb->o.rate > 0) {
@@ -432,20 +450,25 @@ static bool publish(struct kb *kb, uint64_t now)
 	}
 	uint32_t sent = 0;
 	uint32_t misses = 0;
+	/* At saturation each publisher may put up to `burst` messages in one
+	 * send; at a fixed rate it is one message per token, round-robin. */
+	uint32_t burst = kb->o.rate > 0 ? 1 : kb->o.burst;
 	while (sent < budget && misses < kb->npubs && !kb->fatal) {
 		uint32_t i = kb->pub_cursor;
 		kb->pub_cursor = (i + 1) % kb->npubs;
-		if (!kb_pub_can_send(kb, &kb->pubs[i])) {
-			misses++;
-			continue;
+		uint32_t k = 0;
+		while (k < burst && sent < budget &&
+		       kb_pub_can_send(kb, &kb->pubs[i])) {
+			kb_pub_send(kb, i, now);
+			k++;
+			sent++;
 		}
-		misses = 0;
-		kb_pub_send(kb, i, now);
-		sent++;
+		misses = k ? 0 : misses + 1;
 	}
 	if (kb->o.rate > 0)
 		kb->tokens -= sent;
-	return kb->o.rate == 0 && sent == budget;
+	*more = kb->o.rate == 0 && sent == budget;
+	return sent;
 }
 
 static void ping_scan(struct kb *kb, uint64_t now)
@@ -466,6 +489,17 @@ static uint64_t advance(struct kb *kb, uint64_t now)
 {
 	const struct kb_opts *o = &kb->o;
 	uint64_t in_phase = now - kb->phase_start_ns;
+	if ((kb->phase == KB_PH_WARMUP || kb->phase == KB_PH_MEASURE) &&
+	    kb->c.conn_closed) {
+		/* The broker dropped clients: the result is already a failure,
+		 * stop now instead of waiting the window out. */
+		kb_error(kb, "stopping: %llu connections lost",
+			 (unsigned long long)kb->c.conn_closed);
+		if (kb->phase == KB_PH_MEASURE)
+			window_end(kb, now);
+		set_phase(kb, KB_PH_DONE, now);
+		return 0;
+	}
 	switch (kb->phase) {
 	case KB_PH_SETUP_SUBS:
 	case KB_PH_SETUP_PUBS:
@@ -541,6 +575,78 @@ static uint64_t advance(struct kb *kb, uint64_t now)
 	return 0;
 }
 
+static bool publishing(const struct kb *kb)
+{
+	return kb->phase == KB_PH_WARMUP || kb->phase == KB_PH_MEASURE;
+}
+
+/* How long the next poll may sleep, once a turn's work is done. */
+static uint64_t next_sleep(struct kb *kb, uint64_t phase_sleep, bool more)
+{
+	bool running = publishing(kb) || kb->phase == KB_PH_DRAIN;
+	if (kb->o.busy_poll && running)
+		return 0;
+	if (!publishing(kb))
+		return phase_sleep;
+	if (more)
+		return 0;
+	if (kb->o.rate > 0) {
+		/* Until the bucket holds the next token. */
+		double need = 1.0 - kb->tokens;
+		uint64_t t = need <= 0 ? 0 : (uint64_t)(need * 1e9 / kb->o.rate);
+		return t < 1000000 ? t : 1000000;
+	}
+	return 1000000;
+}
+
+/* --poll-us at saturation: let bytes pile up per socket, so one recv
+ * carries several packets (fewer syscalls and ACKs). */
+static void poll_gap(struct kb *kb, uint64_t last_ns)
+{
+	if (!kb->o.poll_us || kb->o.rate > 0 || !publishing(kb))
+		return;
+	uint64_t gap = kb_now_ns() - last_ns;
+	uint64_t want = (uint64_t)kb->o.poll_us * 1000u;
+	if (gap < want) {
+		struct timespec d = {0, (long)(want - gap)};
+		nanosleep(&d, NULL);
+	}
+}
+
+/* One loop turn: poll, handle events, move phases, publish, flush. With
+ * --busy-poll the poll never sleeps during the run, and turns that found
+ * nothing to do are timed so the report can tell spinning from work. */
+static uint64_t turn(struct kb *kb, struct epoll_event *ev, uint64_t sleep_ns)
+{
+	struct timespec ts = {.tv_sec = (time_t)(sleep_ns / 1000000000ull),
+			      .tv_nsec = (long)(sleep_ns % 1000000000ull)};
+	uint64_t t0 = kb_now_ns();
+	int n = epoll_pwait2(kb->epfd, ev, KB_EVENTS_MAX, &ts, NULL);
+	if (n < 0 && errno != EINTR) {
+		kb_error(kb, "epoll_pwait2: %s", strerror(errno));
+		kb->fatal = true;
+		return 0;
+	}
+	uint64_t now = kb_now_ns();
+	for (int i = 0; i < n; i++)
+		kb_handle_event(kb, ev[i].data.u32, ev[i].events, now);
+	uint64_t phase_sleep = advance(kb, now);
+	bool more = false;
+	uint32_t sent = 0;
+	if (publishing(kb)) {
+		sent = publish(kb, now, &more);
+		if (kb->o.rate == 0)
+			check_stall(kb, now);
+	}
+	ping_scan(kb, now);
+	bool idle = n <= 0 && sent == 0 && kb->nflush == 0;
+	kb_flush_all(kb);
+	if (idle && kb->o.busy_poll && kb->phase == KB_PH_MEASURE)
+		kb->spin_ns += kb_now_ns() - t0;
+	poll_gap(kb, now);
+	return next_sleep(kb, phase_sleep, more);
+}
+
 static void run(struct kb *kb)
 {
 	struct epoll_event ev[KB_EVENTS_MAX];
@@ -551,39 +657,8 @@ static void run(struct kb *kb)
 	else
 		setup_open(kb, 0, kb->nsubs, now);
 	uint64_t sleep_ns = 0;
-	while (kb->phase != KB_PH_DONE && !kb->fatal && !timed_out) {
-		struct timespec ts = {.tv_sec = (time_t)(sleep_ns / 1000000000ull),
-				      .tv_nsec = (long)(sleep_ns % 1000000000ull)};
-		int n = epoll_pwait2(kb->epfd, ev, KB_EVENTS_MAX, &ts, NULL);
-		if (n < 0 && errno != EINTR) {
-			kb_error(kb, "epoll_pwait2: %s", strerror(errno));
-			kb->fatal = true;
-			break;
-		}
-		now = kb_now_ns();
-		for (int i = 0; i < n; i++)
-			kb_handle_event(kb, ev[i].data.u32, ev[i].events, now);
-		sleep_ns = advance(kb, now);
-		bool more = false;
-		if (kb->phase == KB_PH_WARMUP || kb->phase == KB_PH_MEASURE) {
-			more = publish(kb, now);
-			if (kb->o.rate == 0)
-				check_stall(kb, now);
-			if (more) {
-				sleep_ns = 0;
-			} else if (kb->o.rate > 0) {
-				/* Until the bucket holds the next token. */
-				double need = 1.0 - kb->tokens;
-				uint64_t t = need <= 0 ? 0
-					     : (uint64_t)(need * 1e9 / kb->o.rate);
-				sleep_ns = t < 1000000 ? t : 1000000;
-			} else {
-				sleep_ns = 1000000;
-			}
-		}
-		ping_scan(kb, now);
-		kb_flush_all(kb);
-	}
+	while (kb->phase != KB_PH_DONE && !kb->fatal && !timed_out)
+		sleep_ns = turn(kb, ev, sleep_ns);
 	if (timed_out)
 		kb_error(kb, "timed out after %.0f s (phase %d)", kb->o.timeout_s,
 			 (int)kb->phase);
@@ -610,7 +685,13 @@ struct kb_result {
 	uint64_t lost, unacked;
 	double window_s, broker_cpu_s, self_cpu_s, gen_cpu_pct;
 	double pub_rate, deliv_rate, cpu_per_m, rss_per_conn_kb;
-	bool ok, generator_bound, rate_met;
+	double broker_cpu_pct;
+	double spin_s, gen_work_pct; /* busy-poll: spinning, and the rest */
+	/* /proc/stat over the window: how busy each CPU was, and how much of
+	 * that was neither us nor the broker (other processes, interrupts). */
+	double gen_busy_pct, gen_foreign_pct, brk_busy_pct, brk_foreign_pct;
+	bool ok, generator_bound, rate_met, contended;
+	const char *bottleneck;
 };
 
 static void verify(struct kb *kb, struct kb_result *r)
@@ -649,6 +730,40 @@ static void compute(struct kb *kb, struct kb_result *r)
 		r->pub_rate = (double)kb->sent_win / r->window_s;
 		r->deliv_rate = (double)kb->recv_win / r->window_s;
 	}
+	r->broker_cpu_pct = r->window_s > 0 && r->broker_cpu_s >= 0
+				    ? 100.0 * r->broker_cpu_s / r->window_s
+				    : -1;
+	r->gen_busy_pct = r->gen_foreign_pct = -1;
+	r->brk_busy_pct = r->brk_foreign_pct = -1;
+	if (kb->gen_cpu >= 0 && kb->gen_total1 > kb->gen_total0) {
+		r->gen_busy_pct = 100.0 * (double)(kb->gen_busy1 - kb->gen_busy0) /
+				  (double)(kb->gen_total1 - kb->gen_total0);
+		r->gen_foreign_pct = fmax(0, r->gen_busy_pct - r->gen_cpu_pct);
+	}
+	if (kb->broker_cpu >= 0 && kb->broker_cpu != kb->gen_cpu &&
+	    kb->brk_total1 > kb->brk_total0 && r->broker_cpu_pct >= 0) {
+		r->brk_busy_pct = 100.0 * (double)(kb->brk_busy1 - kb->brk_busy0) /
+				  (double)(kb->brk_total1 - kb->brk_total0);
+		r->brk_foreign_pct = fmax(0, r->brk_busy_pct - r->broker_cpu_pct);
+	}
+	r->contended = r->gen_foreign_pct > 10 || r->brk_foreign_pct > 10;
+	r->spin_s = (double)kb->spin_ns / 1e9;
+	r->gen_work_pct = r->window_s > 0
+				  ? 100.0 * fmax(0, r->self_cpu_s - r->spin_s) /
+					    r->window_s
+				  : 0;
+	r->generator_bound = r->gen_work_pct > o->gen_bound_pct;
+	/* Which side limited the run: a saturation run should say "broker". */
+	if (r->broker_cpu_pct >= 90)
+		r->bottleneck = "broker";
+	else if (r->generator_bound)
+		r->bottleneck = "generator";
+	else if (r->contended)
+		r->bottleneck = "other processes (contended)";
+	else if (o->rate > 0 || o->topo == KB_TOPO_IDLE)
+		r->bottleneck = "none (fixed load)";
+	else
+		r->bottleneck = "neither (latency-bound)";
 	r->cpu_per_m = kb->recv_win && r->broker_cpu_s >= 0
 			       ? r->broker_cpu_s / ((double)kb->recv_win / 1e6)
 			       : -1;
@@ -656,7 +771,6 @@ static void compute(struct kb *kb, struct kb_result *r)
 	    kb->rss_before_kb > 0)
 		r->rss_per_conn_kb = (double)(kb->rss_end_kb - kb->rss_before_kb) /
 				     (double)kb->nconns;
-	r->generator_bound = r->gen_cpu_pct > o->gen_bound_pct;
 	r->rate_met = o->rate == 0 || r->pub_rate >= 0.97 * o->rate;
 	bool must_deliver = o->qos > 0 || o->rate > 0;
 	r->ok = !kb->fatal && !timed_out && kb->c.conn_failures == 0 &&
@@ -703,11 +817,11 @@ static void report(struct kb *kb, const struct kb_result *r)
 	fprintf(f, ",\"topology\":\"%s\",\"transport\":\"tcp\",\"mqtt\":\"%s\","
 		   "\"qos\":%u,\"pubs\":%u,\"subs\":%u,\"conns\":%u,"
 		   "\"payload\":%u,\"rate_target\":%.1f,\"saturation\":%s,"
-		   "\"window\":%u,\"max_outstanding\":%llu,",
+		   "\"window\":%u,\"burst\":%u,\"poll_us\":%u,\"max_outstanding\":%llu,",
 		topo_name(o->topo), o->version == MQTT_V5 ? "5" : "3.1.1",
 		o->qos, kb->npubs, kb->nsubs, kb->nconns, o->payload, o->rate,
 		o->rate == 0 && o->topo != KB_TOPO_IDLE ? "true" : "false",
-		o->window, (unsigned long long)o->max_outstanding);
+		o->window, o->burst, o->poll_us, (unsigned long long)o->max_outstanding);
 	fprintf(f, "\"setup_s\":%.3f,\"window_s\":%.3f,",
 		kb->setup_end_ns ? (double)(kb->setup_end_ns - kb->setup_start_ns) / 1e9
 				 : -1,
@@ -746,16 +860,23 @@ static void report(struct kb *kb, const struct kb_result *r)
 		   "\"broker_rss_kb_before\":%ld,\"broker_rss_kb_start\":%ld,"
 		   "\"broker_rss_kb_end\":%ld,\"broker_hwm_kb\":%ld,"
 		   "\"rss_per_conn_kb\":%.3f,",
-		(int)o->broker_pid, r->broker_cpu_s,
-		r->window_s > 0 && r->broker_cpu_s >= 0
-			? 100.0 * r->broker_cpu_s / r->window_s
-			: -1,
+		(int)o->broker_pid, r->broker_cpu_s, r->broker_cpu_pct,
 		r->cpu_per_m, kb->rss_before_kb, kb->rss_start_kb,
 		kb->rss_end_kb, kb->hwm_end_kb, r->rss_per_conn_kb);
+	fprintf(f, "\"gen_cpu\":%d,\"broker_cpu\":%d,\"gen_cpu_busy_pct\":%.1f,"
+		   "\"gen_cpu_foreign_pct\":%.1f,\"broker_cpu_busy_pct\":%.1f,"
+		   "\"broker_cpu_foreign_pct\":%.1f,\"contended\":%s,",
+		kb->gen_cpu, kb->broker_cpu, r->gen_busy_pct, r->gen_foreign_pct,
+		r->brk_busy_pct, r->brk_foreign_pct,
+		r->contended ? "true" : "false");
+	fprintf(f, "\"busy_poll\":%s,\"gen_spin_s\":%.3f,\"gen_work_pct\":%.1f,",
+		o->busy_poll ? "true" : "false", r->spin_s, r->gen_work_pct);
 	fprintf(f, "\"gen_cpu_s\":%.3f,\"gen_cpu_pct\":%.1f,"
-		   "\"generator_bound\":%s,\"ok\":%s,\"errors\":[",
+		   "\"generator_bound\":%s,\"bottleneck\":\"%s\",\"ok\":%s,"
+		   "\"errors\":[",
 		r->self_cpu_s, r->gen_cpu_pct,
-		r->generator_bound ? "true" : "false", r->ok ? "true" : "false");
+		r->generator_bound ? "true" : "false", r->bottleneck,
+		r->ok ? "true" : "false");
 	for (unsigned i = 0; i < kb->nerrors; i++) {
 		if (i)
 			fputc(',', f);
@@ -778,9 +899,16 @@ static void report(struct kb *kb, const struct kb_result *r)
 		fprintf(f, " | %u conns, broker RSS %ld -> %ld KiB = %.2f KiB/conn",
 			kb->nconns, kb->rss_before_kb, kb->rss_end_kb,
 			r->rss_per_conn_kb);
-	fprintf(f, " | gen CPU %.0f%%%s%s\n", r->gen_cpu_pct,
-		r->generator_bound ? " GENERATOR-BOUND" : "",
+	fprintf(f, " | gen CPU %.0f%%", r->gen_cpu_pct);
+	if (o->busy_poll)
+		fprintf(f, " (busy-poll, working %.0f%%)", r->gen_work_pct);
+	fprintf(f, "%s%s", r->generator_bound ? " GENERATOR-BOUND" : "",
 		r->rate_met ? "" : " RATE-NOT-MET");
+	if (r->contended)
+		fprintf(f, " CONTENDED (other load: %.0f%% on CPU %d, %.0f%% on CPU %d)",
+			r->gen_foreign_pct, kb->gen_cpu, r->brk_foreign_pct,
+			kb->broker_cpu);
+	fputc('\n', f);
 	fflush(f);
 }
 
@@ -811,8 +939,12 @@ int main(int argc, char **argv)
 		fprintf(stderr, "kite-bench: out of memory\n");
 		return 2;
 	}
-	if (kb.o.broker_pid > 0)
+	kb.gen_cpu = kb_proc_pinned_cpu(0);
+	kb.broker_cpu = -1;
+	if (kb.o.broker_pid > 0) {
 		kb.rss_before_kb = kb_proc_rss_kb(kb.o.broker_pid);
+		kb.broker_cpu = kb_proc_pinned_cpu(kb.o.broker_pid);
+	}
 	run(&kb);
 	struct kb_result r;
 	compute(&kb, &r);

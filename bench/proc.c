@@ -2,6 +2,7 @@
  * memory from /proc, its own CPU time, and the descriptor limit. */
 #include <errno.h>
 #include <fcntl.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -115,4 +116,45 @@ uint64_t kb_raise_nofile(uint64_t need)
 	setrlimit(RLIMIT_NOFILE, &rl);
 	getrlimit(RLIMIT_NOFILE, &rl);
 	return rl.rlim_cur;
+}
+
+/* One CPU's line of /proc/stat, in USER_HZ ticks: busy = user + nice +
+ * system + irq + softirq + steal; total adds idle and iowait. */
+int kb_proc_cpu_ticks(int cpu, uint64_t *busy, uint64_t *total)
+{
+	char buf[16384];
+	if (cpu < 0 || read_small_file("/proc/stat", buf, sizeof(buf)) < 0)
+		return -1;
+	char key[16];
+	int klen = snprintf(key, sizeof(key), "cpu%d ", cpu);
+	for (char *line = buf; line && *line;) {
+		if (strncmp(line, key, (size_t)klen) == 0) {
+			unsigned long long v[8] = {0};
+			if (sscanf(line + klen, "%llu %llu %llu %llu %llu %llu %llu %llu",
+				   &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6],
+				   &v[7]) < 7)
+				return -1;
+			*busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+			*total = *busy + v[3] + v[4];
+			return 0;
+		}
+		line = strchr(line, '\n');
+		if (line)
+			line++;
+	}
+	return -1;
+}
+
+/* The CPU pid is pinned to, or -1 when it may run on several. */
+int kb_proc_pinned_cpu(pid_t pid)
+{
+	cpu_set_t set;
+	CPU_ZERO(&set);
+	if (sched_getaffinity(pid, sizeof(set), &set) != 0 ||
+	    CPU_COUNT(&set) != 1)
+		return -1;
+	for (int i = 0; i < CPU_SETSIZE; i++)
+		if (CPU_ISSET(i, &set))
+			return i;
+	return -1;
 }

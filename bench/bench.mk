@@ -1,0 +1,56 @@
+# Benchmarks: kite vs Mosquitto (bench/README.md). Included by the
+# top-level Makefile.
+#   make bench          full scenario set, both brokers (< 15 min)
+#   make bench-quick    every scenario with small numbers (< 2 min)
+#   make bench-smoke    tiny numbers, asserts delivery only (< 30 s)
+# BENCH_BROKERS=mosquitto (or kite) limits the brokers; BENCH_ARGS passes
+# more options to bench/run.py (e.g. BENCH_ARGS='--only fanout-q0').
+
+BENCH_BUILD   := $(BUILD)/bench
+BENCH_GEN     := $(BENCH_BUILD)/kite-bench
+BENCH_CFLAGS  := -std=c17 -D_GNU_SOURCE -I. -O2 -Wall -Wextra -Werror
+# Listed, not globbed: bench/ also holds other engineers' micro-benchmarks
+# (acl_bench.c, flood_filter_bench.c) with their own main() and builds.
+BENCH_SRC     := bench/kite-bench.c bench/client.c bench/net.c bench/proc.c \
+		 bench/hist.c
+# The generator parses and builds packets with the broker's own codec.
+BENCH_CORE    := core/codec.c
+BENCH_BROKERS ?= kite,mosquitto
+BENCH_ARGS    ?=
+BENCH_RUN      = $(PYTHON) bench/run.py --gen $(BENCH_GEN) \
+		 --kite $(BUILD)/kite --brokers $(BENCH_BROKERS) $(BENCH_ARGS)
+
+.PHONY: bench bench-quick bench-smoke bench-deps bench-gen bench-kite
+
+bench-gen: $(BENCH_GEN)
+
+# core/ follows the top-level Makefile's warning policy, which allows
+# unused parameters (-Wno-unused-parameter); bench/ gets the strict set.
+$(BENCH_BUILD)/core/%.o: core/%.c core/codec.h core/mqtt.h
+	@mkdir -p $(dir $@)
+	gcc $(BENCH_CFLAGS) -Wno-unused-parameter -c $< -o $@
+
+$(BENCH_GEN): $(BENCH_SRC) bench/bench.h $(BENCH_CORE:%.c=$(BENCH_BUILD)/%.o)
+	@mkdir -p $(BENCH_BUILD)
+	gcc $(BENCH_CFLAGS) -o $@ $(BENCH_SRC) $(BENCH_CORE:%.c=$(BENCH_BUILD)/%.o) -lm
+
+bench-deps:
+	@sh bench/deps.sh
+
+# kite is built only when it is one of the brokers. If it does not build,
+# the harness measures Mosquitto alone and says so loudly.
+bench-kite:
+ifneq ($(findstring kite,$(BENCH_BROKERS)),)
+	@$(MAKE) --no-print-directory $(BUILD)/kite || \
+		echo "bench: *** $(BUILD)/kite did not build: kite will NOT be measured ***" >&2
+endif
+
+bench: bench-deps $(BENCH_GEN) bench-kite
+	$(BENCH_RUN) --profile full
+
+bench-quick: bench-deps $(BENCH_GEN) bench-kite
+	$(BENCH_RUN) --profile quick
+
+# Inside `make test`: correctness only (counts, no loss), never speed.
+bench-smoke: $(BENCH_GEN) bench-kite
+	$(BENCH_RUN) --profile smoke --no-plots

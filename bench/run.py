@@ -1,0 +1,896 @@
+#!/usr/bin/python3
+"""kite vs Mosquitto benchmark harness.
+
+Starts each broker with an equivalent generated config on free 127.0.0.1
+ports, pinned to one CPU, runs build/bench/kite-bench pinned to the other
+CPU for every scenario, and writes results.json, RESULTS-table.md and PNG
+plots. Every kite figure is also given as a ratio to Mosquitto's figure
+from the same run.
+
+    /usr/bin/python3 bench/run.py --profile quick
+    /usr/bin/python3 bench/run.py --profile full --brokers kite,mosquitto
+    /usr/bin/python3 bench/run.py --profile smoke     # correctness only
+
+Only the Python standard library is required; plots use matplotlib
+(Debian python3-matplotlib, installed by bench/deps.sh) and are skipped with
+a warning when it is missing.
+"""
+
+import argparse
+import ctypes
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GEN_DEFAULT = os.path.join(ROOT, "build", "bench", "kite-bench")
+KITE_DEFAULT = os.path.join(ROOT, "build", "kite")
+MOSQ_DEFAULT = "/usr/sbin/mosquitto"
+
+BROKER_CPU = 1
+GEN_CPU = 0
+# Equal for both brokers, and large enough that no limit is hit at the
+# windows the generator keeps in flight (see the scenarios' --window).
+MAX_INFLIGHT = 1000
+MAX_QUEUED = 1000000
+
+# DESIGN.md "Targets": broker CPU-seconds per million deliveries.
+TARGETS = {
+    "fanout-q0": {"mosquitto_ref": 7.6, "kite_target": 0.15},
+    "fanout-q1": {"mosquitto_ref": 11.8, "kite_target": 0.35},
+    "fanin-q0-20k": {"mosquitto_ref": 11.5, "kite_target": 5.0},
+    "fanin-q1-20k": {"mosquitto_ref": 11.5, "kite_target": 5.0},
+    "fanin-q0-sat": {"mosquitto_ref": 5.1, "kite_target": 0.3},
+    "fanin-q1-sat": {"mosquitto_ref": 5.1, "kite_target": 0.3},
+}
+IDLE_TARGET_KB = 0.7
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def loud(msg):
+    bar = "*" * 78
+    print(f"\n{bar}\n*** {msg}\n{bar}\n", file=sys.stderr, flush=True)
+
+
+# ---- scenarios ---------------------------------------------------------------
+
+# Per profile: (warmup s, duration s) and the sizes that vary.
+PROFILES = {
+    "smoke": dict(warmup=0.2, duration=0.6, budget_s=30),
+    "quick": dict(warmup=0.5, duration=2.0, budget_s=120),
+    "full": dict(warmup=3.0, duration=12.0, budget_s=900),
+}
+
+
+def idle_size(want, fd_limit):
+    """want, or the most connections one process may hold under
+    RLIMIT_NOFILE (rounded down to 1,000), whichever is smaller."""
+    room = fd_limit - 600
+    if want <= room:
+        return want, None
+    n = max(1000, room // 1000 * 1000)
+    return n, (f"{want} connections wanted, RLIMIT_NOFILE is {fd_limit} "
+               f"(hard limit; raising it needs CAP_SYS_RESOURCE): {n} used")
+
+
+def scenario_list(profile, fd_limit=1 << 20):
+    """Every scenario: name, what it measures, generator arguments.
+
+    kind: "sat" (as fast as the windows allow), "rate" (fixed total publish
+    rate), "idle" (connections only), "latency" (fixed rate = half of
+    Mosquitto's saturation rate in `rate_from`, measured in the same run).
+    """
+    S = []
+
+    def add(name, kind, title, args, **kw):
+        S.append(dict(name=name, kind=kind, title=title, args=args, **kw))
+
+    if profile == "smoke":
+        add("fanout-q0", "rate", "1 pub -> 20 subs, QoS 0, 64 B, 200 msg/s",
+            "--topology fanout --pubs 1 --subs 20 --qos 0 --rate 200")
+        add("fanout-q1", "sat", "1 pub -> 20 subs, QoS 1, saturation",
+            "--topology fanout --pubs 1 --subs 20 --qos 1 --window 16")
+        add("fanout-q2-v5", "sat", "MQTT 5: 2 pubs -> 10 subs, QoS 2",
+            "--topology fanout --pubs 2 --subs 10 --qos 2 --mqtt 5 --window 8")
+        add("fanin-q0-rate", "rate", "50 devices -> 1 sub, QoS 0, 500 msg/s",
+            "--topology fanin --pubs 50 --subs 1 --qos 0 --rate 500")
+        add("fanin-q1-v5-sat", "sat", "MQTT 5: 50 devices -> 1 sub, QoS 1",
+            "--topology fanin --pubs 50 --subs 1 --qos 1 --mqtt 5 --window 4")
+        add("p2p-q1", "sat", "20 pairs, QoS 1, saturation",
+            "--topology p2p --pairs 20 --qos 1 --window 8")
+        add("p2p-q2-rate", "rate", "20 pairs, QoS 2, 400 msg/s",
+            "--topology p2p --pairs 20 --qos 2 --rate 400")
+        add("idle-200", "idle", "200 idle connections over 2 ports",
+            "--topology idle --conns 200", ports=2)
+        return S
+
+    full = profile == "full"
+    fan = 1000 if full else 200
+    wide = 10000 if full else 2000
+    dev = 5000 if full else 1000
+    dev_rate = 20000 if full else 10000
+    pairs = 1000 if full else 200
+    idle1, note1 = idle_size(10000 if full else 2000, fd_limit)
+    idle2, note2 = idle_size(50000 if full else 5000, fd_limit)
+
+    add("fanout-q0", "sat", f"1 pub -> {fan} subs, one topic, QoS 0, 64 B",
+        f"--topology fanout --pubs 1 --subs {fan} --qos 0 --window 16")
+    add("fanout-q1", "sat", f"1 pub -> {fan} subs, one topic, QoS 1, 64 B",
+        f"--topology fanout --pubs 1 --subs {fan} --qos 1 --window 16")
+    add(f"fanout{wide // 1000}k-q0", "sat",
+        f"1 pub -> {wide} subs, one topic, QoS 0, 64 B",
+        f"--topology fanout --pubs 1 --subs {wide} --qos 0 --window 4")
+    for q in (0, 1):
+        add(f"fanin-q{q}-20k" if full else f"fanin-q{q}-rate", "rate",
+            f"{dev} devices on devices/ID/telemetry -> 1 sub on "
+            f"devices/+/telemetry, QoS {q}, {dev_rate} msg/s total",
+            f"--topology fanin --pubs {dev} --subs 1 --qos {q} "
+            f"--rate {dev_rate} --window 8")
+    for q in (0, 1):
+        add(f"fanin-q{q}-sat", "sat",
+            f"{dev} devices -> 1 sub on devices/+/telemetry, QoS {q}, "
+            "saturation",
+            f"--topology fanin --pubs {dev} --subs 1 --qos {q} --window 4 "
+            "--burst 4 --max-outstanding 4096")
+    add("p2p-q1", "sat", f"{pairs} pairs, publisher i -> p2p/i -> "
+        "subscriber i, QoS 1", f"--topology p2p --pairs {pairs} --qos 1 "
+        "--window 16 --burst 4 --max-outstanding 8192")
+    add(f"idle-{idle1 // 1000}k", "idle", f"{idle1} idle connections",
+        f"--topology idle --conns {idle1}", ports=1, size_note=note1)
+    if idle2 != idle1:
+        add(f"idle-{idle2 // 1000}k", "idle",
+            f"{idle2} idle connections over 2 listener ports",
+            f"--topology idle --conns {idle2}", ports=2, size_note=note2)
+    add("lat-fanout-q0", "latency", f"1 pub -> {fan} subs, QoS 0, at half "
+        "of Mosquitto's fanout-q0 saturation",
+        f"--topology fanout --pubs 1 --subs {fan} --qos 0 --window 1000",
+        rate_from="fanout-q0", fallback_rate=50)
+    add("lat-fanin-q1", "latency", f"{dev} devices -> 1 sub, QoS 1, at half "
+        "of Mosquitto's fanin-q1-sat saturation",
+        f"--topology fanin --pubs {dev} --subs 1 --qos 1 --window 64",
+        rate_from="fanin-q1-sat", fallback_rate=20000)
+    add("lat-p2p-q1", "latency", f"{pairs} pairs, QoS 1, at half of "
+        "Mosquitto's p2p-q1 saturation",
+        f"--topology p2p --pairs {pairs} --qos 1 --window 64",
+        rate_from="p2p-q1", fallback_rate=20000)
+    return S
+
+
+# ---- processes -----------------------------------------------------------------
+
+_libc = ctypes.CDLL(None, use_errno=True)
+PR_SET_PDEATHSIG = 1
+_children = []
+
+
+def _pin_and_tie(cpu):
+    def pre():
+        os.sched_setaffinity(0, {cpu})
+        # Dies with the harness, whatever happens to it.
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    return pre
+
+
+def kill_all_children():
+    for p in list(_children):
+        stop_process(p)
+
+
+def stop_process(p, grace=3.0):
+    if p.poll() is None:
+        try:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=5)
+        except ProcessLookupError:
+            pass
+    if p in _children:
+        _children.remove(p)
+
+
+def free_ports(n):
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def raise_nofile(need):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return soft
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, max(need, hard)))
+    except (ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def broker_config(kind, ports, mosquitto_nodelay=False):
+    lines = ["# Generated by bench/run.py: the same settings for every broker.",
+             "per_listener_settings false",
+             "allow_anonymous true"]
+    for p in ports:
+        lines.append(f"listener {p} 127.0.0.1")
+    lines += [f"max_inflight_messages {MAX_INFLIGHT}",
+              f"max_queued_messages {MAX_QUEUED}",
+              "connection_messages false",
+              "sys_interval 0",
+              "log_dest stderr",
+              "log_type error",
+              "log_type warning"]
+    if kind == "mosquitto" and mosquitto_nodelay:
+        # Off by default (Mosquitto's default, and kite rejects the line).
+        lines.append("set_tcp_nodelay true")
+    if kind == "kite":
+        # Pinned to one CPU: one shard. kite must keep its threads inside
+        # the affinity mask it was started with.
+        lines.append("shards 1")
+    return "\n".join(lines) + "\n"
+
+
+def cpus_allowed(pid):
+    """{tid: Cpus_allowed_list} for every thread of pid."""
+    out = {}
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("Cpus_allowed_list:"):
+                        out[tid] = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return out
+
+
+def cpu_ticks(cpus):
+    """{cpu: (busy, total)} from /proc/stat, in USER_HZ ticks."""
+    out = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            parts = line.split()
+            if not parts or not parts[0].startswith("cpu") or parts[0] == "cpu":
+                continue
+            cpu = int(parts[0][3:])
+            if cpu in cpus:
+                v = [int(x) for x in parts[1:9]]
+                busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+                out[cpu] = (busy, busy + v[3] + v[4])
+    return out
+
+
+def cpu_load(cpus, interval=0.25):
+    """Percent busy of each CPU over `interval` seconds."""
+    a = cpu_ticks(cpus)
+    time.sleep(interval)
+    b = cpu_ticks(cpus)
+    return {c: 100.0 * (b[c][0] - a[c][0]) / max(1, b[c][1] - a[c][1])
+            for c in cpus if c in a and c in b}
+
+
+def wait_quiet(limit_s, threshold=10.0):
+    """Waits (at most limit_s) until both benchmark CPUs are nearly idle;
+    returns the last load seen."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        load = cpu_load({GEN_CPU, BROKER_CPU})
+        if all(v < threshold for v in load.values()) or \
+                time.monotonic() >= deadline:
+            return load
+        time.sleep(0.5)
+
+
+class Broker:
+    def __init__(self, kind, binary, workdir, nports, nodelay=False):
+        self.kind, self.binary = kind, binary
+        self.ports = free_ports(nports)
+        self.conf = os.path.join(workdir, f"{kind}.conf")
+        self.logpath = os.path.join(workdir, f"{kind}.log")
+        with open(self.conf, "w") as f:
+            f.write(broker_config(kind, self.ports, nodelay))
+        self.proc = None
+        self.notes = []
+
+    def start(self, timeout=5.0):
+        self.logf = open(self.logpath, "w")
+        self.proc = subprocess.Popen(
+            [self.binary, "-c", self.conf], stdin=subprocess.DEVNULL,
+            stdout=self.logf, stderr=subprocess.STDOUT,
+            preexec_fn=_pin_and_tie(BROKER_CPU))
+        _children.append(self.proc)
+        deadline = time.monotonic() + timeout
+        pending = set(self.ports)
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return f"exited with status {self.proc.returncode}"
+            for p in list(pending):
+                try:
+                    with socket.create_connection(("127.0.0.1", p), 0.2):
+                        pending.discard(p)
+                except OSError:
+                    pass
+            if not pending:
+                break
+            time.sleep(0.02)
+        if pending:
+            return f"not listening on {sorted(pending)} after {timeout} s"
+        # Every thread must sit on the broker CPU. A broker that pins its
+        # own threads elsewhere is noted and moved back (taskset -a).
+        bad = {t: c for t, c in cpus_allowed(self.proc.pid).items()
+               if c != str(BROKER_CPU)}
+        if bad:
+            self.notes.append(f"threads outside CPU {BROKER_CPU} at start: "
+                              f"{bad}; re-pinned")
+            for tid in bad:
+                try:
+                    os.sched_setaffinity(int(tid), {BROKER_CPU})
+                except OSError:
+                    pass
+        return None
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self):
+        if self.proc is not None:
+            stop_process(self.proc)
+        if getattr(self, "logf", None):
+            self.logf.close()
+
+    def log_tail(self, n=15):
+        try:
+            with open(self.logpath, errors="replace") as f:
+                return "".join(f.readlines()[-n:])
+        except OSError:
+            return ""
+
+
+# ---- one run ---------------------------------------------------------------------
+
+def run_one(args, sc, kind, binary, rate, workdir):
+    """Runs one scenario against one fresh broker; returns a result dict."""
+    prof = PROFILES[args.profile]
+    rec = dict(scenario=sc["name"], broker=kind, title=sc["title"],
+               kind=sc["kind"], ok=False, notes=[])
+    if args.profile != "smoke":
+        t_wait = time.monotonic()
+        load = wait_quiet(args.wait_quiet)
+        rec["waited_s"] = round(time.monotonic() - t_wait, 2)
+        rec["load_before"] = {str(c): round(v, 1) for c, v in load.items()}
+        if any(v >= 10 for v in load.values()):
+            rec["notes"].append("CPUs busy before the run: " + ", ".join(
+                f"CPU {c} {v:.0f}%" for c, v in sorted(load.items())))
+    b = Broker(kind, binary, workdir, sc.get("ports", 1),
+               args.mosquitto_nodelay)
+    err = b.start()
+    if err:
+        rec["start_error"] = err
+        rec["notes"].append(f"{kind} did not start: {err}")
+        rec["log_tail"] = b.log_tail()
+        b.stop()
+        return rec
+    try:
+        gen_timeout = 240 if args.profile == "full" else 60
+        cmd = [args.gen, "--port", ",".join(map(str, b.ports)),
+               "--name", sc["name"], "--broker-pid", str(b.proc.pid),
+               "--warmup", str(prof["warmup"]),
+               "--duration", str(prof["duration"]),
+               "--hold", str(max(1.0, prof["duration"] / 2)),
+               "--drain", "15", "--setup", "90",
+               "--gen-bound", str(args.gen_bound),
+               "--timeout", str(gen_timeout)] + sc["args"].split()
+        if rate is not None:
+            cmd += ["--rate", f"{rate:.1f}"]
+        if sc["kind"] != "idle" and not args.no_busy_poll:
+            cmd.append("--busy-poll")
+        rec["cmd"] = " ".join(cmd)
+        try:
+            p = subprocess.run(cmd, stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True,
+                               timeout=gen_timeout + 20,
+                               preexec_fn=_pin_and_tie(GEN_CPU))
+            out, errout, rc = p.stdout, p.stderr, p.returncode
+        except subprocess.TimeoutExpired as e:
+            out = e.stdout or ""
+            errout = e.stderr or ""
+            if isinstance(out, bytes):
+                out = out.decode(errors="replace")
+            if isinstance(errout, bytes):
+                errout = errout.decode(errors="replace")
+            rc = -1
+            rec["notes"].append("generator killed at the harness timeout")
+        rec["gen_rc"] = rc
+        res = None
+        for line in out.splitlines():
+            if line.startswith("{"):
+                try:
+                    res = json.loads(line)
+                except ValueError:
+                    pass
+            elif line.strip():
+                rec["human"] = line.strip()
+        if res is None:
+            rec["notes"].append("no JSON from the generator")
+            rec["gen_stderr"] = errout[-2000:]
+        else:
+            rec["result"] = res
+            rec["ok"] = bool(res.get("ok")) and rc == 0
+        if not b.alive():
+            rec["ok"] = False
+            rec["notes"].append(f"{kind} died during the run "
+                                f"(status {b.proc.returncode})")
+            rec["log_tail"] = b.log_tail()
+        rec["notes"] += b.notes
+        if errout.strip() and not rec["ok"]:
+            rec["gen_stderr"] = errout[-2000:]
+    finally:
+        b.stop()
+    return rec
+
+
+def print_run(rec):
+    tag = "ok" if rec["ok"] else "FAILED"
+    human = rec.get("human", "")
+    log(f"  [{rec['broker']:>9}] {tag:6} {human}")
+    for n in rec["notes"]:
+        log(f"  [{rec['broker']:>9}]        note: {n}")
+    if not rec["ok"]:
+        r = rec.get("result") or {}
+        if r.get("errors"):
+            log(f"  [{rec['broker']:>9}]        errors: {r['errors']}")
+        if rec.get("gen_stderr"):
+            log("        generator stderr: " +
+                rec["gen_stderr"].strip().replace("\n", "\n        "))
+        if rec.get("log_tail"):
+            log("        broker log: " +
+                rec["log_tail"].strip().replace("\n", "\n        "))
+
+
+# ---- reporting -----------------------------------------------------------------
+
+def metric(rec, key):
+    if not rec or "result" not in rec:
+        return None
+    v = rec["result"].get(key)
+    if isinstance(v, (int, float)) and v >= 0:
+        return v
+    return None
+
+
+def lat(rec, key):
+    if not rec or "result" not in rec:
+        return None
+    v = rec["result"].get("latency_us", {}).get(key)
+    return v if rec["result"].get("latency_us", {}).get("n") else None
+
+
+def fmt(v, digits=3):
+    if v is None:
+        return "–"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    return f"{v:.{digits}g}"
+
+
+def ratio(k, m):
+    if k is None or m is None or m == 0:
+        return "–"
+    return f"{k / m:.3g}×"
+
+
+def flags(rec):
+    if rec is None:
+        return "not run"
+    f = []
+    if not rec["ok"]:
+        f.append("FAILED")
+    r = rec.get("result") or {}
+    if r.get("generator_bound"):
+        f.append("generator-bound")
+    if r.get("rate_target") and not r.get("rate_met", True):
+        f.append("rate not met")
+    if r.get("lost"):
+        f.append(f"lost {r['lost']}")
+    if r.get("stalls"):
+        f.append(f"stalls {r['stalls']}")
+    if r.get("contended"):
+        f.append(f"contended (other load {r.get('gen_cpu_foreign_pct', 0):.0f}%"
+                 f" / {r.get('broker_cpu_foreign_pct', 0):.0f}% on CPU "
+                 f"{GEN_CPU} / {BROKER_CPU})")
+    return ", ".join(f) or "ok"
+
+
+def write_table(path, doc, scs):
+    runs = {(r["scenario"], r["broker"]): r for r in doc["runs"]}
+    kite_on = doc["kite_measured"]
+    L = []
+    L.append(f"# kite vs Mosquitto — {doc['meta']['profile']} run, "
+             f"{doc['meta']['date']}")
+    L.append("")
+    L.append(f"Machine: {doc['meta']['cpus']} CPUs, kernel "
+             f"{doc['meta']['kernel']}. Broker pinned to CPU {BROKER_CPU}, "
+             f"kite-bench to CPU {GEN_CPU}. Mosquitto: "
+             f"{doc['meta']['mosquitto_version']}.")
+    if not kite_on:
+        L.append("")
+        L.append("**kite was NOT measured in this run** "
+                 f"({doc['meta'].get('kite_reason', '')}): Mosquitto only.")
+    L.append("")
+    L.append("Ratios are kite / Mosquitto from this run (below 1× is better "
+             "for CPU, latency and memory; above 1× for throughput).")
+    L.append("")
+    L.append("## Broker CPU-seconds per million deliveries (lower is better)")
+    L.append("")
+    L.append("| scenario | what | Mosquitto | kite | kite/Mosq | kite target "
+             "| Mosquitto (DESIGN.md) | notes |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for sc in scs:
+        if sc["kind"] == "idle":
+            continue
+        m = runs.get((sc["name"], "mosquitto"))
+        k = runs.get((sc["name"], "kite"))
+        t = TARGETS.get(sc["name"], {})
+        mv, kv = metric(m, "broker_cpu_s_per_m"), metric(k, "broker_cpu_s_per_m")
+        note = f"mosq: {flags(m)}; kite: {flags(k) if kite_on else 'not measured'}"
+        L.append(f"| {sc['name']} | {sc['title']} | {fmt(mv)} | {fmt(kv)} | "
+                 f"{ratio(kv, mv)} | {fmt(t.get('kite_target'))} | "
+                 f"{fmt(t.get('mosquitto_ref'))} | {note} |")
+    L.append("")
+    L.append("## Throughput and generator load")
+    L.append("")
+    L.append("| scenario | Mosq deliveries/s | kite deliveries/s | kite/Mosq "
+             "| Mosq pub/s | kite pub/s | Mosq broker CPU % | kite broker CPU % "
+             "| gen working CPU % (Mosq / kite) | bottleneck (Mosq / kite) |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    for sc in scs:
+        if sc["kind"] == "idle":
+            continue
+        m = runs.get((sc["name"], "mosquitto"))
+        k = runs.get((sc["name"], "kite"))
+        md, kd = metric(m, "deliveries_per_s"), metric(k, "deliveries_per_s")
+        L.append(f"| {sc['name']} | {fmt(md)} | {fmt(kd)} | {ratio(kd, md)} | "
+                 f"{fmt(metric(m, 'pub_rate'))} | {fmt(metric(k, 'pub_rate'))} | "
+                 f"{fmt(metric(m, 'broker_cpu_pct'))} | "
+                 f"{fmt(metric(k, 'broker_cpu_pct'))} | "
+                 f"{fmt(metric(m, 'gen_work_pct'))} / "
+                 f"{fmt(metric(k, 'gen_work_pct'))} | "
+                 f"{(m or {}).get('result', {}).get('bottleneck', '–')} / "
+                 f"{(k or {}).get('result', {}).get('bottleneck', '–')} |")
+    L.append("")
+    L.append("## End-to-end latency, µs (publisher send → subscriber receive)")
+    L.append("")
+    L.append("| scenario | rate msg/s | Mosq p50 | kite p50 | ratio | Mosq p99 "
+             "| kite p99 | ratio | Mosq p99.9 | kite p99.9 | ratio | Mosq max "
+             "| kite max |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for sc in scs:
+        if sc["kind"] == "idle":
+            continue
+        m = runs.get((sc["name"], "mosquitto"))
+        k = runs.get((sc["name"], "kite"))
+        rt = metric(m, "rate_target") or metric(k, "rate_target")
+        row = [sc["name"], fmt(rt) if rt else "saturation"]
+        for q in ("p50", "p99", "p999"):
+            mv, kv = lat(m, q), lat(k, q)
+            row += [fmt(mv), fmt(kv), ratio(kv, mv)]
+        row += [fmt(lat(m, "max")), fmt(lat(k, "max"))]
+        L.append("| " + " | ".join(row) + " |")
+    L.append("")
+    L.append("Saturation latencies mostly measure the generator's in-flight "
+             "window (queueing by design); the `lat-*` rows are the latency "
+             "figures.")
+    L.append("")
+    L.append("## Memory")
+    L.append("")
+    L.append("| scenario | Mosq KiB/conn | kite KiB/conn | kite/Mosq | kite "
+             "target | Mosq RSS KiB | kite RSS KiB | notes |")
+    L.append("|---|---|---|---|---|---|---|---|")
+    for sc in scs:
+        if sc["kind"] != "idle":
+            continue
+        m = runs.get((sc["name"], "mosquitto"))
+        k = runs.get((sc["name"], "kite"))
+        mv, kv = metric(m, "rss_per_conn_kb"), metric(k, "rss_per_conn_kb")
+        L.append(f"| {sc['name']} | {fmt(mv)} | {fmt(kv)} | {ratio(kv, mv)} | "
+                 f"≤ {IDLE_TARGET_KB} | {fmt(metric(m, 'broker_rss_kb_end'))} | "
+                 f"{fmt(metric(k, 'broker_rss_kb_end'))} | mosq: {flags(m)}; "
+                 f"kite: {flags(k) if kite_on else 'not measured'} |")
+    L.append("")
+    L.append("Peak RSS (VmHWM, KiB) per scenario: " + ", ".join(
+        f"{sc['name']} {fmt(metric(runs.get((sc['name'], 'mosquitto')), 'broker_hwm_kb'))}"
+        f" / {fmt(metric(runs.get((sc['name'], 'kite')), 'broker_hwm_kb'))}"
+        for sc in scs) + " (Mosquitto / kite).")
+    L.append("")
+    cont = [f"{r['scenario']} ({r['broker']})" for r in doc["runs"]
+            if (r.get("result") or {}).get("contended")]
+    L.append("Contended runs (more than 10% of CPU 0 or CPU 1 used by other "
+             "processes during the window; CPU-s per million deliveries is "
+             "the figure least affected): " + (", ".join(cont) if cont else
+                                              "none") + ".")
+    L.append("")
+    bound = [f"{r['scenario']} ({r['broker']})" for r in doc["runs"]
+             if (r.get("result") or {}).get("generator_bound")]
+    L.append("Generator-bound runs (kite-bench working more than "
+             f"{doc['meta']['gen_bound_pct']}% of CPU {GEN_CPU} during the "
+             "window; with busy-poll, time spent spinning with nothing to "
+             "do is not work): "
+             + (", ".join(bound) if bound else "none") + ".")
+    with open(path, "w") as f:
+        f.write("\n".join(L) + "\n")
+
+
+def write_plots(outdir, doc, scs):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        loud("matplotlib missing (apt-get install python3-matplotlib, or "
+             "sh bench/deps.sh): no PNG plots written")
+        return []
+    runs = {(r["scenario"], r["broker"]): r for r in doc["runs"]}
+    brokers = [b for b in ("mosquitto", "kite")
+               if any(r["broker"] == b and "result" in r for r in doc["runs"])]
+    colors = {"mosquitto": "#3b6ea5", "kite": "#e07b00"}
+    written = []
+
+    def bars(fname, title, ylabel, names, getter, logy=False, ratios=True):
+        names = [n for n in names
+                 if any(getter(runs.get((n, b))) is not None for b in brokers)]
+        if not names:
+            return
+        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names) + 2), 4.5))
+        w = 0.8 / max(1, len(brokers))
+        for i, b in enumerate(brokers):
+            vals = [getter(runs.get((n, b))) for n in names]
+            xs = [j + (i - (len(brokers) - 1) / 2) * w for j in range(len(names))]
+            ax.bar(xs, [v if v is not None else 0 for v in vals], w,
+                   label=b, color=colors[b])
+            if ratios and b == "kite":
+                for x, n, v in zip(xs, names, vals):
+                    mv = getter(runs.get((n, "mosquitto")))
+                    if v is not None and mv:
+                        ax.annotate(f"{v / mv:.2g}×", (x, v), ha="center",
+                                    va="bottom", fontsize=8)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=30, ha="right")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        if logy:
+            ax.set_yscale("log")
+        ax.legend()
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        p = os.path.join(outdir, fname)
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        written.append(p)
+
+    flow = [s["name"] for s in scs if s["kind"] != "idle"]
+    bars("cpu_per_million.png",
+         "Broker CPU-seconds per million deliveries (lower is better)",
+         "CPU-s / 1M deliveries", flow,
+         lambda r: metric(r, "broker_cpu_s_per_m"), logy=True)
+    bars("deliveries_per_s.png", "Deliveries per second",
+         "deliveries/s", flow, lambda r: metric(r, "deliveries_per_s"),
+         logy=True)
+    bars("idle_rss_per_conn.png", "Broker RSS per idle connection",
+         "KiB / connection", [s["name"] for s in scs if s["kind"] == "idle"],
+         lambda r: metric(r, "rss_per_conn_kb"))
+    latn = [s["name"] for s in scs if s["kind"] in ("latency", "rate")]
+    for q, label in (("p50", "p50"), ("p99", "p99"), ("p999", "p99.9")):
+        bars(f"latency_{q}.png", f"End-to-end latency {label} at fixed rates",
+             "µs", latn, lambda r, q=q: lat(r, q), logy=True)
+    return written
+
+
+# ---- main ----------------------------------------------------------------------
+
+def mosquitto_version(binary):
+    try:
+        out = subprocess.run([binary, "-h"], capture_output=True, text=True,
+                             timeout=5).stdout
+        return out.splitlines()[0].strip()
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "unknown"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", choices=sorted(PROFILES), default="full")
+    ap.add_argument("--brokers", default="kite,mosquitto",
+                    help="comma list of kite, mosquitto (default both)")
+    ap.add_argument("--kite", default=KITE_DEFAULT)
+    ap.add_argument("--mosquitto", default=MOSQ_DEFAULT)
+    ap.add_argument("--gen", default=GEN_DEFAULT)
+    ap.add_argument("--out", default=None,
+                    help="results directory (full: bench/results, quick: "
+                         "bench/results/quick, smoke: build/bench/smoke)")
+    ap.add_argument("--only", default="",
+                    help="comma list of scenario names to run")
+    ap.add_argument("--require-kite", action="store_true",
+                    help="fail when kite is asked for but cannot run")
+    ap.add_argument("--no-plots", action="store_true")
+    ap.add_argument("--gen-bound", type=float, default=90.0)
+    ap.add_argument("--list", action="store_true", help="list scenarios")
+    ap.add_argument("--mosquitto-nodelay", action="store_true",
+                    help="add `set_tcp_nodelay true` to Mosquitto's config "
+                         "(default: Mosquitto's default, Nagle on)")
+    ap.add_argument("--no-busy-poll", action="store_true",
+                    help="let kite-bench sleep in epoll between events "
+                         "(default: it spins while publishing, see README)")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="S",
+                    help="before each run, wait up to S seconds for CPUs "
+                         f"{GEN_CPU} and {BROKER_CPU} to be under 10%% busy "
+                         "(shared machines)")
+    args = ap.parse_args()
+
+    # Children inherit the limit: the broker and kite-bench each need one
+    # descriptor per connection.
+    lim = raise_nofile(1 << 20)
+    scs = scenario_list(args.profile, lim)
+    if args.list:
+        for s in scs:
+            log(f"{s['name']:16} {s['kind']:8} {s['title']}")
+        return 0
+    if args.only:
+        want = set(args.only.split(","))
+        unknown = want - {s["name"] for s in scs}
+        if unknown:
+            log(f"unknown scenarios: {sorted(unknown)}")
+            return 2
+        scs = [s for s in scs if s["name"] in want]
+    outdir = args.out or {
+        "full": os.path.join(ROOT, "bench", "results"),
+        "quick": os.path.join(ROOT, "bench", "results", "quick"),
+        "smoke": os.path.join(ROOT, "build", "bench", "smoke"),
+    }[args.profile]
+    os.makedirs(outdir, exist_ok=True)
+
+    brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
+    for b in brokers:
+        if b not in ("kite", "mosquitto"):
+            log(f"unknown broker {b!r}")
+            return 2
+    if not os.access(args.gen, os.X_OK):
+        log(f"{args.gen} missing: run `make {args.gen}` first")
+        return 2
+
+    binaries = {"mosquitto": args.mosquitto, "kite": args.kite}
+    kite_reason = ""
+    if "kite" not in brokers:
+        kite_reason = f"not requested (--brokers {args.brokers})"
+    elif not os.access(args.kite, os.X_OK):
+        kite_reason = f"{args.kite} does not exist"
+    if "mosquitto" in brokers and not os.access(args.mosquitto, os.X_OK):
+        log(f"{args.mosquitto} missing (apt-get install mosquitto)")
+        return 2
+    if kite_reason and "kite" in brokers:
+        loud(f"KITE NOT MEASURED: {kite_reason}. Running Mosquitto only.")
+        brokers = [b for b in brokers if b != "kite"]
+    # Mosquitto first: latency scenarios run at half of its saturation.
+    brokers.sort(key=lambda b: 0 if b == "mosquitto" else 1)
+    if not brokers:
+        log("nothing to run")
+        return 1 if kite_reason else 2
+    if os.cpu_count() < 2:
+        log("need 2 CPUs (broker on CPU 1, generator on CPU 0)")
+        return 2
+
+    for s in scs:
+        if s.get("size_note"):
+            log(f"note: {s['name']}: {s['size_note']}")
+
+    def on_signal(sig, frame):
+        kill_all_children()
+        sys.exit(128 + sig)
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    prof = PROFILES[args.profile]
+    meta = dict(profile=args.profile,
+                date=datetime.datetime.now().isoformat(timespec="seconds"),
+                kernel=platform.release(), cpus=os.cpu_count(),
+                mosquitto_version=mosquitto_version(args.mosquitto),
+                kite=args.kite, generator=args.gen, broker_cpu=BROKER_CPU,
+                generator_cpu=GEN_CPU, gen_bound_pct=args.gen_bound,
+                warmup_s=prof["warmup"], duration_s=prof["duration"],
+                busy_poll=not args.no_busy_poll,
+                mosquitto_nodelay=args.mosquitto_nodelay,
+                configs={b: broker_config(b, [1883], args.mosquitto_nodelay)
+                         for b in binaries})
+    doc = dict(meta=meta, runs=[], kite_measured=False)
+    workdir = tempfile.mkdtemp(prefix="kite-bench-")
+    t0 = time.monotonic()
+    failed = False
+    kite_started_once = False
+    try:
+        for sc in scs:
+            # The budget counts benchmarking, not --wait-quiet waiting.
+            waited = sum(r.get("waited_s", 0) for r in doc["runs"])
+            if time.monotonic() - t0 - waited > prof["budget_s"]:
+                loud(f"time budget of {prof['budget_s']} s spent: "
+                     f"skipping {sc['name']} and the rest")
+                failed = True
+                break
+            log(f"== {sc['name']}: {sc['title']}")
+            for kind in list(brokers):
+                rate = None
+                if sc["kind"] == "latency":
+                    src = next((r for r in doc["runs"]
+                                if r["scenario"] == sc["rate_from"]
+                                and r["broker"] == "mosquitto"
+                                and metric(r, "pub_rate")), None)
+                    rate = (0.5 * src["result"]["pub_rate"] if src
+                            else sc["fallback_rate"])
+                    if not src:
+                        log(f"  no Mosquitto saturation for {sc['rate_from']}:"
+                            f" using {rate} msg/s")
+                rec = run_one(args, sc, kind, binaries[kind], rate, workdir)
+                if kind == "kite" and rec.get("start_error"):
+                    kite_reason = f"build/kite failed to start: {rec['start_error']}"
+                    loud(f"KITE NOT MEASURED: {kite_reason}. Continuing "
+                         "with Mosquitto only.\n" + rec.get("log_tail", ""))
+                    brokers.remove("kite")
+                    continue
+                if kind == "kite":
+                    kite_started_once = True
+                doc["runs"].append(rec)
+                print_run(rec)
+                if not rec["ok"]:
+                    failed = True
+    finally:
+        kill_all_children()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    doc["kite_measured"] = kite_started_once
+    meta["kite_reason"] = kite_reason
+    meta["elapsed_s"] = round(time.monotonic() - t0, 1)
+    with open(os.path.join(outdir, "results.json"), "w") as f:
+        json.dump(doc, f, indent=1)
+    write_table(os.path.join(outdir, "RESULTS-table.md"), doc, scs)
+    plots = [] if args.no_plots else write_plots(outdir, doc, scs)
+    log(f"\nwrote {outdir}/results.json, RESULTS-table.md"
+        + (f" and {len(plots)} plots" if plots else "")
+        + f" in {meta['elapsed_s']} s")
+    contended = [f"{r['scenario']}/{r['broker']}" for r in doc["runs"]
+                 if (r.get("result") or {}).get("contended")]
+    if contended:
+        loud("other processes used the benchmark CPUs during: "
+             + ", ".join(contended) + ". Their throughput and latency "
+             "are not trustworthy; rerun on a quiet machine (--wait-quiet).")
+    if kite_reason and "kite" in args.brokers:
+        loud(f"KITE WAS NOT MEASURED: {kite_reason}")
+        if args.require_kite:
+            return 1
+    if failed:
+        log("some runs FAILED (see above)")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
