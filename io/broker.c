@@ -138,6 +138,7 @@ void broker_stop(struct broker *b)
 	rcu_register_thread();
 	for (unsigned i = 0; i < b->nshards; i++)
 		shard_fini(&b->shards[i]);
+	shard_discard_pending(b);
 	rcu_barrier_qsbr();
 	retain_free(b->retained);
 	gtrie_free(b->gtrie);

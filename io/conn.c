@@ -714,6 +714,63 @@ void conn_on_send_done(struct conn *c, int res)
 		conn_ktls_try(c);
 }
 
+/* ---- acks held for other shards ------------------------------------------ */
+
+struct held_ack {
+	struct held_ack *next;
+	uint32_t pending; /* confirmations still to come */
+	uint32_t len;
+	uint8_t bytes[];
+};
+
+struct held_ack *conn_hold_ack(struct conn *c, size_t cap)
+{
+	struct held_ack *h = malloc(sizeof(*h) + cap);
+	if (!h)
+		return NULL;
+	h->next = NULL;
+	h->pending = 1; /* the handler's own, released once the ack is set */
+	h->len = 0;
+	struct held_ack **pp = &c->held_acks;
+	while (*pp)
+		pp = &(*pp)->next;
+	*pp = h;
+	return h;
+}
+
+void held_ack_expect(struct held_ack *h)
+{
+	h->pending++;
+}
+
+void held_ack_set(struct held_ack *h, const uint8_t *bytes, size_t len)
+{
+	memcpy(h->bytes, bytes, len);
+	h->len = (uint32_t)len;
+}
+
+/* One confirmation for h; acks leave strictly in packet order. */
+void conn_release_ack(struct conn *c, struct held_ack *h)
+{
+	assert(h->pending > 0);
+	h->pending--;
+	while (c->held_acks && !c->held_acks->pending) {
+		struct held_ack *head = c->held_acks;
+		c->held_acks = head->next;
+		conn_queue_ctrl(c, head->bytes, head->len);
+		free(head);
+	}
+}
+
+static void conn_free_held_acks(struct conn *c)
+{
+	while (c->held_acks) {
+		struct held_ack *h = c->held_acks;
+		c->held_acks = h->next;
+		free(h);
+	}
+}
+
 /* ---- closing ------------------------------------------------------------ */
 
 void conn_free(struct conn *c)
@@ -731,6 +788,7 @@ void conn_free(struct conn *c)
 	free(c->in_buf);
 	free(c->username);
 	free(c->pending);
+	conn_free_held_acks(c);
 	tls_conn_free(c->tls);
 	if (c->v5) {
 		for (unsigned i = 0; i < c->v5->alias_cap; i++)

@@ -116,6 +116,7 @@ enum sub_opt {
 	SUB_NO_LOCAL = 0x04,
 	SUB_RETAIN_AS_PUBLISHED = 0x08,
 	SUB_RH_SHIFT = 4, /* retain handling, 2 bits */
+	SUB_SHARED = 0x40, /* owner is a shared-subscription group (share.c) */
 };
 
 struct send_ctx; /* one in-flight gathered send (conn.c) */
@@ -156,6 +157,7 @@ struct sub_entry {
 
 struct conn;
 struct shard;
+struct held_ack;
 
 struct will;
 
@@ -163,7 +165,8 @@ struct session {
 	struct shard *shard;
 	struct conn *conn; /* NULL while offline */
 	struct session *prev, *next; /* the shard's sessions */
-	uint64_t id;	  /* unique in this broker's life: no local */
+	struct session *id_next;     /* the shard's by-id table */
+	uint64_t id;	  /* unique in this broker's life: no local, shares */
 	char *client_id;
 	uint16_t client_id_len;
 	bool persistent;  /* expiry_s != 0: outlives its connection */
@@ -204,8 +207,9 @@ void session_destroy(struct session *ss);
 /* options: enum sub_opt bits; returns 1 if the filter was new for this
  * session, 0 if it replaced an existing subscription, -1 on failure. */
 int session_add_sub(struct session *ss, const char *filter, uint16_t len,
-		    uint32_t options, uint32_t sub_id);
-int session_remove_sub(struct session *ss, const char *filter, uint16_t len);
+		    uint32_t options, uint32_t sub_id, struct held_ack *held);
+int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
+		       struct held_ack *held);
 /* Delivers msg to the session as d says (qos already min(pub, granted)):
  * onto the wire, into the inflight window, or into the offline/overflow
  * queue. */
@@ -305,6 +309,9 @@ struct conn {
 	/* The CONNECT being completed when the conn moves between shards. */
 	struct pending_connect *pending;
 	struct conn_v5 *v5;
+	/* SUBACK/UNSUBACKs held until the home shards of the shared
+	 * subscriptions they name confirmed (share.c), in packet order. */
+	struct held_ack *held_acks;
 	/* Userspace TLS (OpenSSL over memory buffers); NULL on plain TCP
 	 * and once kernel TLS took over (ktls == KTLS_ON). */
 	struct tls_conn *tls;
@@ -318,6 +325,11 @@ enum xkind {
 	XK_DELIVER = 1, /* ptr: struct msg *, one reference travels */
 	XK_KICK,	/* ptr: struct session * of the destination, taken over */
 	XK_ADOPT,	/* ptr: struct conn * to adopt (persistent takeover) */
+	XK_SHARE_JOIN,	  /* share.c: ptr is a struct share_op */
+	XK_SHARE_LEAVE,
+	XK_SHARE_DELIVER,
+	XK_SHARE_RETRY,
+	XK_SHARE_ACK,	  /* back to the member's shard: JOIN/LEAVE done */
 	XK_STOP,	/* from main: close everything and exit the loop */
 	XK_RELOAD,	/* from main: ptr is the new config snapshot */
 };
@@ -407,6 +419,9 @@ struct shard {
 
 	struct trie *trie;
 	struct session *sessions;
+	struct session **by_id; /* session id -> session, chained */
+	uint32_t by_id_cap, by_id_count;
+	struct share_group *share_groups; /* groups homed here */
 	struct conn *dirty;
 	uint32_t recv_bufs_used; /* returned to the ring at the turn's end */
 
@@ -472,6 +487,9 @@ void broker_post_from_main(struct broker *b, unsigned dst, struct xitem it);
 int shard_init(struct shard *s, struct broker *b, unsigned idx);
 int shard_start(struct shard *s);
 void shard_fini(struct shard *s);
+/* After every shard finished: items still in rings or overflow queues
+ * (posted to a shard that had already exited) give back what they hold. */
+void shard_discard_pending(struct broker *b);
 struct io_uring_sqe *shard_sqe(struct shard *s);
 void shard_arm_recv(struct shard *s, struct conn *c);
 int shard_conn_attach(struct shard *s, struct conn *c);
@@ -552,6 +570,32 @@ void route_local(struct shard *s, struct msg *m);
 /* Retained messages matching filter, to one session (on subscribe). */
 void route_retained(struct shard *s, struct session *ss, const char *filter,
 		    uint16_t len, uint8_t granted_qos, uint32_t sub_id);
+
+/* share.c: $share/GROUP/FILTER */
+bool share_parse(const char *filter, uint16_t len, const char **key,
+		 uint16_t *key_len);
+unsigned share_home(const struct broker *b, const char *key, uint16_t len);
+/* Join/leave a group; returns true when the group's home is another shard
+ * and the change is in flight: pass `held` to have it counted down. */
+struct held_ack;
+bool share_subscribe(struct session *ss, const char *key, uint16_t len,
+		     uint8_t qos, uint32_t sub_id, struct held_ack *held);
+bool share_unsubscribe(struct session *ss, const char *key, uint16_t len,
+		       struct held_ack *held);
+/* A SUBACK/UNSUBACK that leaves only when every home shard it waits for
+ * confirmed (conn.c). conn_hold_ack queues one (waiting for its caller);
+ * held_ack_expect adds a confirmation to wait for; held_ack_set gives the
+ * packet; conn_release_ack counts one confirmation down. */
+struct held_ack *conn_hold_ack(struct conn *c, size_t cap);
+void held_ack_expect(struct held_ack *h);
+void held_ack_set(struct held_ack *h, const uint8_t *bytes, size_t len);
+void conn_release_ack(struct conn *c, struct held_ack *h);
+struct conn *shard_conn_lookup(struct shard *s, uint32_t id, uint32_t gen);
+void share_route(struct shard *s, void *group, struct msg *m);
+void share_on_item(struct shard *s, uint8_t kind, void *op);
+void share_free_all(struct shard *s);
+void share_op_discard(void *op);
+struct session *shard_session_by_id(struct shard *s, uint64_t id);
 
 /* sys.c */
 void sys_publish(struct shard *s);

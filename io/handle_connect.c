@@ -163,9 +163,6 @@ static void connect_limits(const struct conn *c, struct mqtt_props *props)
 		props->present |= MQTT_PROP_BIT(MQTT_PROP_MAXIMUM_PACKET_SIZE);
 		props->maximum_packet_size = cfg->max_packet_size;
 	}
-	/* Not implemented yet, so said plainly instead of failing later. */
-	props->present |= MQTT_PROP_BIT(MQTT_PROP_SHARED_SUBSCRIPTION_AVAILABLE);
-	props->shared_subscription_available = 0;
 	if (c->pending && c->pending->keepalive_capped) {
 		props->present |= MQTT_PROP_BIT(MQTT_PROP_SERVER_KEEP_ALIVE);
 		props->server_keep_alive = c->keepalive_s;

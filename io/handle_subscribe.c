@@ -5,11 +5,11 @@
 #include "core/log.h"
 #include "io/engine.h"
 
-/* Shared subscriptions are not implemented yet: refused (and CONNACK says
- * so to MQTT 5 clients) rather than silently treated as a literal filter. */
 static bool sub_is_shared(const struct mqtt_bytes *f)
 {
-	return f->len >= 7 && !memcmp(f->ptr, "$share/", 7);
+	const char *key;
+	uint16_t klen;
+	return share_parse((const char *)f->ptr, (uint16_t)f->len, &key, &klen);
 }
 
 static uint32_t sub_options(const struct mqtt_sub_entry *e)
@@ -20,7 +20,7 @@ static uint32_t sub_options(const struct mqtt_sub_entry *e)
 }
 
 static uint8_t sub_one(struct conn *c, const struct mqtt_sub_entry *e,
-		       uint32_t sub_id, int *added)
+		       uint32_t sub_id, int *added, struct held_ack *held)
 {
 	struct session *ss = c->session;
 	struct mqtt_sub_entry g = *e;
@@ -29,9 +29,6 @@ static uint8_t sub_one(struct conn *c, const struct mqtt_sub_entry *e,
 		g.qos = c->shard->cfg->max_qos;
 	e = &g;
 	*added = -1;
-	if (sub_is_shared(&e->filter))
-		return c->version == MQTT_V5 ? MQTT_RC_SHARED_SUBS_NOT_SUPPORTED
-					     : MQTT_RC_UNSPECIFIED;
 	/* kite refuses a filter no read grant of this identity can ever
 	 * match, so a misconfigured device learns it at once (Mosquitto
 	 * grants it and then delivers nothing). */
@@ -43,7 +40,8 @@ static uint8_t sub_one(struct conn *c, const struct mqtt_sub_entry *e,
 		return c->version == MQTT_V5 ? MQTT_RC_NOT_AUTHORIZED
 					     : MQTT_RC_UNSPECIFIED;
 	*added = session_add_sub(ss, (const char *)e->filter.ptr,
-				 (uint16_t)e->filter.len, sub_options(e), sub_id);
+				 (uint16_t)e->filter.len, sub_options(e), sub_id,
+				 held);
 	if (log_enabled(KITE_LOG_SUBSCRIBE))
 		log_msg(KITE_LOG_SUBSCRIBE, "%s %u %.*s", ss->client_id, e->qos,
 			(int)e->filter.len, e->filter.ptr);
@@ -54,8 +52,10 @@ static uint8_t sub_one(struct conn *c, const struct mqtt_sub_entry *e,
  * 2 never. 3.1.1 subscriptions are always 0. */
 static bool sub_wants_retained(const struct mqtt_sub_entry *e, int added)
 {
-	return added >= 0 && (e->retain_handling == 0 ||
-			      (e->retain_handling == 1 && added == 1));
+	/* Shared subscriptions never get retained messages (MQTT 5 4.8.2). */
+	return added >= 0 && !sub_is_shared(&e->filter) &&
+	       (e->retain_handling == 0 ||
+		(e->retain_handling == 1 && added == 1));
 }
 
 int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
@@ -83,14 +83,27 @@ int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	}
 	uint32_t cur = 0, i = 0;
 	struct mqtt_sub_entry e;
+	/* A shared subscription whose group lives on another shard is in
+	 * place only when that shard says so: the SUBACK waits for it (and
+	 * every later ack waits behind it, to keep them in order). */
+	bool any_shared = c->held_acks != NULL;
+	while (mqtt_subscribe_next(&sub, &cur, &e))
+		any_shared |= sub_is_shared(&e.filter);
+	struct held_ack *held = any_shared ? conn_hold_ack(c, (size_t)sub.count + 16)
+					   : NULL;
+	cur = 0;
 	while (mqtt_subscribe_next(&sub, &cur, &e)) {
-		reasons[i] = sub_one(c, &e, sub_id, &added[i]);
+		reasons[i] = sub_one(c, &e, sub_id, &added[i], held);
 		i++;
 	}
 	size_t n = mqtt_encode_suback(out, (size_t)sub.count + 16, MQTT_SUBACK,
 				      c->version, sub.packet_id, reasons, i, NULL);
-	if (n)
+	if (held) {
+		held_ack_set(held, out, n);
+		conn_release_ack(c, held);
+	} else if (n) {
 		conn_queue_ctrl(c, out, n);
+	}
 	cur = i = 0;
 	while (mqtt_subscribe_next(&sub, &cur, &e)) {
 		if (reasons[i] <= 2 && sub_wants_retained(&e, added[i]))

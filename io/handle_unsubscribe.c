@@ -1,5 +1,6 @@
 /* UNSUBSCRIBE (spec 3.10). */
 #include <stdlib.h>
+#include <string.h>
 
 #include "core/log.h"
 #include "io/engine.h"
@@ -23,9 +24,17 @@ int handle_unsubscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	}
 	uint32_t cur = 0, i = 0;
 	struct mqtt_bytes f;
+	/* As for SUBACK: an UNSUBACK naming a shared subscription homed on
+	 * another shard leaves once that shard removed the member. */
+	bool any_shared = c->held_acks != NULL;
+	while (mqtt_unsubscribe_next(&un, &cur, &f))
+		any_shared |= f.len >= 7 && !memcmp(f.ptr, "$share/", 7);
+	struct held_ack *held = any_shared ? conn_hold_ack(c, (size_t)un.count + 16)
+					   : NULL;
+	cur = 0;
 	while (mqtt_unsubscribe_next(&un, &cur, &f)) {
 		int had = session_remove_sub(c->session, (const char *)f.ptr,
-					     (uint16_t)f.len);
+					     (uint16_t)f.len, held);
 		reasons[i++] = had ? MQTT_RC_SUCCESS
 				   : MQTT_RC_NO_SUBSCRIPTION_EXISTED;
 		if (log_enabled(KITE_LOG_UNSUBSCRIBE))
@@ -34,8 +43,12 @@ int handle_unsubscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	}
 	size_t n = mqtt_encode_suback(out, (size_t)un.count + 16, MQTT_UNSUBACK,
 				      c->version, un.packet_id, reasons, i, NULL);
-	if (n)
+	if (held) {
+		held_ack_set(held, out, n);
+		conn_release_ack(c, held);
+	} else if (n) {
 		conn_queue_ctrl(c, out, n);
+	}
 	free(reasons);
 	free(out);
 	return 0;

@@ -30,12 +30,17 @@ bool route_publish(struct shard *s, struct msg *m)
 	return mask != 0;
 }
 
+/* Shared-subscription groups a message matched on their home shard. */
+#define COLLECT_GROUPS_MAX 64
+
 struct collect {
 	struct shard *s;
 	const struct msg *m;
 	struct delivery *d;
 	uint32_t len, cap;
 	bool failed;
+	void *groups[COLLECT_GROUPS_MAX];
+	uint32_t ngroups;
 };
 
 static void deliv_merge(struct deliv *d, const struct trie_sub *sub,
@@ -55,6 +60,11 @@ static void deliv_merge(struct deliv *d, const struct trie_sub *sub,
 static void route_collect_cb(void *ctx, const struct trie_sub *sub)
 {
 	struct collect *col = ctx;
+	if (sub->options & SUB_SHARED) {
+		if (col->ngroups < COLLECT_GROUPS_MAX)
+			col->groups[col->ngroups++] = sub->owner;
+		return;
+	}
 	struct session *ss = sub->owner;
 	if ((sub->options & SUB_NO_LOCAL) && ss->id == col->m->origin)
 		return;
@@ -103,6 +113,8 @@ void route_local(struct shard *s, struct msg *m)
 			d->qos = m->qos;
 		session_deliver(col.d[i].ss, m, d);
 	}
+	for (uint32_t i = 0; i < col.ngroups; i++)
+		share_route(s, col.groups[i], m);
 	if (s->scratch_cap < col.cap) {
 		free(s->scratch);
 		s->scratch = col.d;

@@ -10,6 +10,63 @@
 #include "core/log.h"
 #include "io/engine.h"
 
+/* ---- sessions by id (shared-subscription forwards find them) ------------ */
+
+static uint32_t sid_slot(const struct shard *s, uint64_t id)
+{
+	return (uint32_t)((id * 0x9E3779B97F4A7C15ull) >> 32) & (s->by_id_cap - 1);
+}
+
+static int sid_insert(struct shard *s, struct session *ss)
+{
+	if (s->by_id_count >= s->by_id_cap) {
+		uint32_t ncap = s->by_id_cap ? s->by_id_cap * 2 : 256;
+		struct session **n = calloc(ncap, sizeof(*n));
+		if (!n)
+			return -1;
+		struct session **old = s->by_id;
+		uint32_t ocap = s->by_id_cap;
+		s->by_id = n;
+		s->by_id_cap = ncap;
+		for (uint32_t i = 0; i < ocap; i++) {
+			struct session *e = old[i], *next;
+			for (; e; e = next) {
+				next = e->id_next;
+				e->id_next = n[sid_slot(s, e->id)];
+				n[sid_slot(s, e->id)] = e;
+			}
+		}
+		free(old);
+	}
+	uint32_t k = sid_slot(s, ss->id);
+	ss->id_next = s->by_id[k];
+	s->by_id[k] = ss;
+	s->by_id_count++;
+	return 0;
+}
+
+static void sid_remove(struct shard *s, struct session *ss)
+{
+	for (struct session **pp = &s->by_id[sid_slot(s, ss->id)]; *pp;
+	     pp = &(*pp)->id_next) {
+		if (*pp == ss) {
+			*pp = ss->id_next;
+			s->by_id_count--;
+			return;
+		}
+	}
+}
+
+struct session *shard_session_by_id(struct shard *s, uint64_t id)
+{
+	if (!s->by_id_cap)
+		return NULL;
+	struct session *e = s->by_id[sid_slot(s, id)];
+	while (e && e->id != id)
+		e = e->id_next;
+	return e;
+}
+
 struct session *session_create(struct shard *s, const uint8_t *id,
 			       uint16_t len, uint32_t expiry_s)
 {
@@ -28,6 +85,11 @@ struct session *session_create(struct shard *s, const uint8_t *id,
 	ss->persistent = expiry_s != 0;
 	ss->id = atomic_fetch_add(&s->b->next_session_id, 1) + 1;
 	ss->shard = s;
+	if (sid_insert(s, ss) < 0) {
+		free(ss->client_id);
+		free(ss);
+		return NULL;
+	}
 	ss->next = s->sessions;
 	if (s->sessions)
 		s->sessions->prev = ss;
@@ -44,7 +106,7 @@ void session_destroy(struct session *ss)
 	 * (MQTT 5 3.1.3.2.2: whichever comes first). */
 	session_fire_will(ss);
 	while (ss->subs)
-		session_remove_sub(ss, ss->subs->filter, ss->subs->len);
+		session_remove_sub(ss, ss->subs->filter, ss->subs->len, NULL);
 	for (uint32_t i = 0; i < ss->inflight_count; i++)
 		msg_unref(ss->inflight[i].msg);
 	for (uint32_t i = 0; i < ss->q_count; i++)
@@ -54,6 +116,7 @@ void session_destroy(struct session *ss)
 	free(ss->inflight);
 	free(ss->queue);
 	free(ss->qos2_in);
+	sid_remove(s, ss);
 	if (ss->prev)
 		ss->prev->next = ss->next;
 	else
@@ -71,16 +134,30 @@ void session_destroy(struct session *ss)
 /* ---- subscriptions -------------------------------------------------------- */
 
 int session_add_sub(struct session *ss, const char *filter, uint16_t len,
-		    uint32_t options, uint32_t sub_id)
+		    uint32_t options, uint32_t sub_id, struct held_ack *held)
 {
 	struct shard *s = ss->shard;
-	struct trie_sub sub = {.owner = ss, .options = options, .sub_id = sub_id};
-	enum trie_result r = trie_subscribe(s->trie, filter, len, &sub);
-	if (r < 0)
-		return -1;
-	if (r == TRIE_ADDED_FIRST && gtrie_add(s->b->gtrie, filter, len, s->idx) < 0) {
-		trie_unsubscribe(s->trie, filter, len, ss);
-		return -1;
+	const char *key;
+	uint16_t klen;
+	enum trie_result r = TRIE_ADDED;
+	if (share_parse(filter, len, &key, &klen)) {
+		/* Its group's home shard holds the trie entry. */
+		share_subscribe(ss, key, klen, (uint8_t)(options & SUB_QOS_MASK),
+				sub_id, held);
+		for (struct sub_entry *e = ss->subs; e; e = e->next)
+			if (e->len == len && !memcmp(e->filter, filter, len))
+				r = TRIE_REPLACED;
+	} else {
+		struct trie_sub sub = {.owner = ss, .options = options,
+				       .sub_id = sub_id};
+		r = trie_subscribe(s->trie, filter, len, &sub);
+		if (r < 0)
+			return -1;
+		if (r == TRIE_ADDED_FIRST &&
+		    gtrie_add(s->b->gtrie, filter, len, s->idx) < 0) {
+			trie_unsubscribe(s->trie, filter, len, ss);
+			return -1;
+		}
 	}
 	if (r == TRIE_REPLACED) {
 		for (struct sub_entry *e = ss->subs; e; e = e->next)
@@ -90,7 +167,7 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 	}
 	struct sub_entry *e = malloc(sizeof(*e) + len + 1u);
 	if (!e) {
-		session_remove_sub(ss, filter, len);
+		session_remove_sub(ss, filter, len, NULL);
 		return -1;
 	}
 	e->qos = (uint8_t)(options & SUB_QOS_MASK);
@@ -105,12 +182,18 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 	return 1;
 }
 
-int session_remove_sub(struct session *ss, const char *filter, uint16_t len)
+int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
+		       struct held_ack *held)
 {
 	struct shard *s = ss->shard;
-	enum trie_result r = trie_unsubscribe(s->trie, filter, len, ss);
-	if (r == TRIE_REMOVED_LAST)
+	const char *key;
+	uint16_t klen;
+	if (share_parse(filter, len, &key, &klen)) {
+		share_unsubscribe(ss, key, klen, held);
+	} else if (trie_unsubscribe(s->trie, filter, len, ss) ==
+		   TRIE_REMOVED_LAST) {
 		gtrie_remove(s->b->gtrie, filter, len, s->idx);
+	}
 	for (struct sub_entry **pp = &ss->subs; *pp; pp = &(*pp)->next) {
 		struct sub_entry *e = *pp;
 		if (e->len == len && !memcmp(e->filter, filter, len)) {

@@ -150,6 +150,13 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 	case XK_ADOPT:
 		connect_adopt(s, it.ptr);
 		break;
+	case XK_SHARE_JOIN:
+	case XK_SHARE_LEAVE:
+	case XK_SHARE_DELIVER:
+	case XK_SHARE_RETRY:
+	case XK_SHARE_ACK:
+		share_on_item(s, it.kind, it.ptr);
+		break;
 	case XK_STOP:
 		shard_stop_all(s);
 		break;
@@ -224,6 +231,14 @@ void shard_conn_detach(struct shard *s, struct conn *c)
 	s->conns[c->id] = NULL;
 	s->free_ids[s->free_count++] = c->id;
 	s->conns_used--;
+}
+
+struct conn *shard_conn_lookup(struct shard *s, uint32_t id, uint32_t gen)
+{
+	if (id >= s->conns_cap)
+		return NULL;
+	struct conn *c = s->conns[id];
+	return c && c->gen == gen ? c : NULL;
 }
 
 static struct conn *shard_conn_get(struct shard *s, uint64_t ud)
@@ -708,6 +723,56 @@ int shard_init(struct shard *s, struct broker *b, unsigned idx)
 	return 0;
 }
 
+static void xitem_discard(struct xitem it)
+{
+	switch (it.kind) {
+	case XK_DELIVER:
+		msg_unref(it.ptr);
+		break;
+	case XK_SHARE_JOIN:
+	case XK_SHARE_LEAVE:
+	case XK_SHARE_DELIVER:
+	case XK_SHARE_RETRY:
+	case XK_SHARE_ACK:
+		share_op_discard(it.ptr);
+		break;
+	case XK_ADOPT: {
+		struct conn *c = it.ptr;
+		close(c->fd);
+		conn_free(c);
+		break;
+	}
+	default: /* kicks: their sessions went with their shard; the rest
+		    own nothing */
+		break;
+	}
+}
+
+void shard_discard_pending(struct broker *b)
+{
+	for (unsigned src = 0; src < b->nshards; src++) {
+		struct shard *s = &b->shards[src];
+		for (unsigned d = 0; d < KITE_SHARDS_MAX; d++) {
+			struct xoverflow *o = &s->overflow[d];
+			for (uint32_t i = 0; i < o->count; i++)
+				xitem_discard(o->items[(o->head + i) % o->cap]);
+			free(o->items);
+			o->items = NULL;
+			o->count = 0;
+		}
+	}
+	for (unsigned src = 0; src <= b->nshards; src++) {
+		for (unsigned dst = 0; dst < b->nshards; dst++) {
+			struct xring *r = xring_of(b, src, dst);
+			uint32_t head = atomic_load(&r->head);
+			uint32_t tail = atomic_load(&r->tail);
+			for (; head != tail; head++)
+				xitem_discard(r->items[head & (XRING_SLOTS - 1)]);
+			atomic_store(&r->head, head);
+		}
+	}
+}
+
 int shard_start(struct shard *s)
 {
 	return pthread_create(&s->thread, NULL, shard_main, s) ? -1 : 0;
@@ -728,13 +793,8 @@ void shard_fini(struct shard *s)
 	}
 	while (s->sessions)
 		session_destroy(s->sessions);
-	for (unsigned d = 0; d < KITE_SHARDS_MAX; d++) {
-		struct xoverflow *o = &s->overflow[d];
-		for (uint32_t i = 0; i < o->count; i++)
-			if (o->items[(o->head + i) % o->cap].kind == XK_DELIVER)
-				msg_unref(o->items[(o->head + i) % o->cap].ptr);
-		free(o->items);
-	}
+	share_free_all(s);
+	free(s->by_id);
 	if (s->trie)
 		trie_free(s->trie);
 	if (s->ring.ring_fd > 0)

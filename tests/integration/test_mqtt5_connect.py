@@ -13,7 +13,7 @@ from conftest import DEFAULT_CONF
 from mqtt5raw import Client5
 
 
-def test_mqtt5_connack_properties_default(broker, flavour):
+def test_mqtt5_connack_properties_default(broker):
     # Mosquitto 2.0.11 with a default config sends exactly two CONNACK
     # properties, in this order: Topic Alias Maximum 10 (its max_topic_alias
     # default) then Receive Maximum 20 (max_inflight_messages default).
@@ -24,9 +24,6 @@ def test_mqtt5_connack_properties_default(broker, flavour):
         assert ack.rc == m5.SUCCESS and not ack.session_present
         # Exactly these, no others (the order on the wire carries no meaning).
         want = [(m5.RECEIVE_MAXIMUM, 20), (m5.TOPIC_ALIAS_MAXIMUM, 10)]
-        if flavour != "mosquitto":
-            # kite has no shared subscriptions yet and says so up front.
-            want.append((0x2A, 0))
         assert sorted(ack.props) == sorted(want)
 
 

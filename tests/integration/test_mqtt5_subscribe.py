@@ -214,16 +214,8 @@ def _drain(c, into):
             into.append(m.payload)
 
 
-def _shared_subscriptions_missing_in_kite(flavour):
-    # Not implemented in kite yet (kite refuses $share/ filters with SUBACK
-    # 0x9E and CONNACK says Shared Subscription Available = 0): reported as
-    # an expected failure, never as a pass.
-    if flavour != "mosquitto":
-        pytest.xfail("shared subscriptions are not implemented in kite yet")
 
-
-def test_mqtt5_shared_subscription_each_message_once_spread(broker, flavour):
-    _shared_subscriptions_missing_in_kite(flavour)
+def test_mqtt5_shared_subscription_each_message_once_spread(broker):
     a = _client(broker.port, "sha")
     b = _client(broker.port, "shb")
     assert a.subscribe([("$share/g/sh/t", 1)]).codes == [1]
@@ -247,8 +239,7 @@ def test_mqtt5_shared_subscription_each_message_once_spread(broker, flavour):
         assert len(ga) == len(gb) == 10
 
 
-def test_mqtt5_shared_subscription_qos1_member_leaving_loses_nothing(broker, flavour):
-    _shared_subscriptions_missing_in_kite(flavour)
+def test_mqtt5_shared_subscription_qos1_member_leaving_loses_nothing(broker):
     a = _client(broker.port, "shl-a")
     b = _client(broker.port, "shl-b")
     a.subscribe([("$share/grp/shl/t", 1)])
@@ -270,8 +261,7 @@ def test_mqtt5_shared_subscription_qos1_member_leaving_loses_nothing(broker, fla
     assert ga[-10:] == [b"%d" % i for i in range(10, 20)]
 
 
-def test_mqtt5_shared_subscription_unacked_messages_of_leaving_member(broker, flavour):
-    _shared_subscriptions_missing_in_kite(flavour)
+def test_mqtt5_shared_subscription_unacked_messages_of_leaving_member(broker):
     # b receives QoS 1 messages and drops off without acking them. Spec
     # 4.8.2: the server MAY re-send them to another member; it must not
     # re-send them to a member that no longer exists. Mosquitto 2.0.11 does
@@ -299,8 +289,7 @@ def test_mqtt5_shared_subscription_unacked_messages_of_leaving_member(broker, fl
     assert set(ga) | set(b_got) == set(b"%d" % i for i in range(15))
 
 
-def test_mqtt5_shared_subscription_and_311_member(broker, flavour):
-    _shared_subscriptions_missing_in_kite(flavour)
+def test_mqtt5_shared_subscription_and_311_member(broker):
     import mqttraw
     a = _client(broker.port, "sh5")
     o = mqttraw.RawClient(broker.port)
@@ -320,8 +309,7 @@ def test_mqtt5_shared_subscription_and_311_member(broker, flavour):
     assert ga and go
 
 
-def test_mqtt5_unsubscribe_shared_subscription(broker, flavour):
-    _shared_subscriptions_missing_in_kite(flavour)
+def test_mqtt5_unsubscribe_shared_subscription(broker):
     a = _client(broker.port, "shun")
     a.subscribe([("$share/g/shun/t", 1)])
     assert a.unsubscribe(["$share/g/shun/t"]).codes == [m5.SUCCESS]

@@ -1,0 +1,96 @@
+"""Shared subscriptions across kite's shards (kite only: `shards 4`).
+
+Members connect on many connections, so SO_REUSEPORT spreads them over the
+shards, and the group's home shard is wherever its name hashes: messages
+cross shards to reach members. Each message must reach exactly one member;
+a member that unsubscribes or disconnects mid-stream costs the others
+nothing at QoS 1; messages published after a SUBACK/UNSUBACK respect it.
+"""
+
+import pytest
+
+import mqtt5raw as m5
+from mqtt5raw import Client5
+
+pytestmark = pytest.mark.kite_only("kite's shards")
+
+MEMBERS = 6
+
+
+def _client(port, cid):
+    c = Client5(port)
+    c.connect(cid)
+    return c
+
+
+def _drain(c, into, quiet=0.3):
+    # Acks open the inflight window (20), so read until nothing more comes.
+    while True:
+        batch = [m for m in c.recv_all(quiet) if m.type == m5.PUBLISH]
+        if not batch:
+            return
+        for m in batch:
+            if m.qos:
+                c.ack(m)
+            into.append(int(m.payload))
+
+
+@pytest.fixture
+def sharded(broker_factory):
+    return broker_factory("allow_anonymous true\nshards 4\n")
+
+
+def test_shared_group_over_four_shards_delivers_each_message_once(sharded):
+    port = sharded.port
+    members = [_client(port, "m%d" % i) for i in range(MEMBERS)]
+    for m in members:
+        assert m.subscribe([("$share/fleet/tele/+", 1)]).codes == [1]
+    p = _client(port, "pub")
+    for i in range(300):
+        assert p.publish("tele/x", b"%d" % i, qos=1, pid=i % 60000 + 1).rc == 0
+    got = [[] for _ in members]
+    for m, g in zip(members, got):
+        _drain(m, g)
+    everything = sorted(x for g in got for x in g)
+    assert everything == list(range(300)), "lost or duplicated"
+    assert sum(1 for g in got if g) >= 2, [len(g) for g in got]
+
+
+def test_shared_members_leaving_mid_stream_lose_nothing_for_the_rest(sharded):
+    port = sharded.port
+    members = [_client(port, "l%d" % i) for i in range(MEMBERS)]
+    for m in members:
+        m.subscribe([("$share/g2/w/t", 1)])
+    p = _client(port, "pub2")
+    got = [[] for _ in members]
+    for i in range(100):
+        p.publish("w/t", b"%d" % i, qos=1, pid=i + 1)
+    for m, g in zip(members, got):
+        _drain(m, g)
+    # Half the group leaves: one by UNSUBSCRIBE, two by DISCONNECT.
+    assert members[0].unsubscribe(["$share/g2/w/t"]).codes == [m5.SUCCESS]
+    for m in members[1:3]:
+        m.send(m5.disconnect())
+        m.close()
+    stay = members[3:]
+    for i in range(100, 200):
+        p.publish("w/t", b"%d" % i, qos=1, pid=i + 1)
+    later = []
+    for m in stay:
+        _drain(m, later)
+    members[0].recv_none(0.3)  # unsubscribed: nothing more comes to it
+    assert sorted(later) == list(range(100, 200)), "lost or duplicated"
+    assert sorted(x for g in got for x in g) == list(range(100))
+
+
+def test_message_right_after_shared_suback_reaches_the_group(sharded):
+    port = sharded.port
+    p = _client(port, "pub3")
+    for i in range(12):  # new groups, homes hashed over the shards
+        m = _client(port, "fresh%d" % i)
+        assert m.subscribe([("$share/g%d/fresh/t%d" % (i, i), 1)]).codes == [1]
+        assert p.publish("fresh/t%d" % i, b"%d" % i, qos=1, pid=i + 1).rc == 0
+        got = []
+        _drain(m, got, 0.3)
+        assert got == [i]
+        m.close()
