@@ -1,0 +1,1111 @@
+/* TLS for listeners over OpenSSL 3: see tls.h for the contract.
+ *
+ * I/O goes through one custom BIO per connection (as HAProxy does): its
+ * read side serves the bytes of the current tls_conn_feed call straight
+ * from the caller's buffer (OpenSSL copies them into its record buffer, no
+ * intermediate memory BIO), its write side appends to the connection's
+ * output buffer, which the engine sends and consumes.
+ *
+ * kTLS: OpenSSL 3.0 does not hand out traffic keys. TLS 1.3 traffic
+ * secrets are captured by the keylog callback and expanded with
+ * HKDF-Expand-Label (RFC 8446 7.1, 7.3); TLS 1.2 keys come from the key
+ * block (RFC 5246 6.3) computed with TLS1-PRF from the master secret.
+ * Record sequence numbers are counted with the message callback (one
+ * SSL3_RT_HEADER event per record) from the end of the handshake.
+ * Session tickets are off (SSL_OP_NO_TICKET, num_tickets 0): a TLS 1.3
+ * NewSessionTicket after the handshake would be an extra TX record. */
+#include "tls/tls.h"
+
+#include <arpa/inet.h>
+#include <assert.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+/* The kernel's key structs are what setsockopt expects byte for byte. */
+_Static_assert(sizeof(struct tls12_crypto_info_aes_gcm_128) == 4 + 8 + 16 + 4 + 8,
+	       "kernel aes_gcm_128 layout");
+_Static_assert(sizeof(struct tls12_crypto_info_aes_gcm_256) == 4 + 8 + 32 + 4 + 8,
+	       "kernel aes_gcm_256 layout");
+_Static_assert(sizeof(struct tls12_crypto_info_chacha20_poly1305) == 4 + 12 + 32 + 8,
+	       "kernel chacha20_poly1305 layout");
+
+/* Largest traffic secret (SHA-384) and key block (2 x 32 key + 2 x 12 IV). */
+#define TLS_SECRET_MAX 48
+#define TLS_KEY_BLOCK_MAX (2 * 32 + 2 * 12)
+/* Plaintext buffer growth step. */
+#define TLS_PLAIN_GROW_MIN 4096
+/* An output buffer this large is freed once drained rather than kept. */
+#define TLS_OUT_KEEP_MAX 4096
+#define TLS_RECORD_HEADER_LEN 5
+
+struct tls_server {
+	SSL_CTX *ctx;
+	atomic_int refs;
+	bool use_identity;
+	bool use_subject;
+};
+
+struct tls_conn {
+	SSL *ssl;
+	struct tls_server *srv;
+	/* The current feed's unread input (BIO read side). */
+	const uint8_t *in;
+	size_t in_len;
+	/* Pending ciphertext: out[out_head, out_len). */
+	uint8_t *out;
+	size_t out_head, out_len, out_cap;
+	char *identity;
+	char *error;
+	/* Records after the handshake: the kTLS sequence offsets. */
+	uint64_t rx_records, tx_records;
+	uint8_t secret_tx[TLS_SECRET_MAX], secret_rx[TLS_SECRET_MAX];
+	uint8_t secret_tx_len, secret_rx_len;
+	bool seen_input;
+	bool hs_done;
+	bool closed;
+	bool failed;
+	bool exported;
+	bool post_hs_message; /* KeyUpdate etc.: keys moved past _0 */
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+void tls_buf_free(struct tls_buf *b)
+{
+	free(b->data);
+	b->data = NULL;
+	b->len = b->cap = 0;
+}
+
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static void errf(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!err || !errlen)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+/* OpenSSL's reason for the last queued error, for messages. */
+static const char *ossl_reason(void)
+{
+	unsigned long e = ERR_peek_last_error();
+	const char *r = e ? ERR_reason_error_string(e) : NULL;
+
+	return r ? r : "unknown OpenSSL error";
+}
+
+/* RFC 2253 subject, as Mosquitto's use_subject_as_username. malloc'd. */
+static char *name_rfc2253(const X509_NAME *name)
+{
+	BIO *bio = BIO_new(BIO_s_mem());
+	char *s = NULL, *p;
+	long n;
+
+	if (!bio)
+		return NULL;
+	if (X509_NAME_print_ex(bio, name, 0, XN_FLAG_RFC2253) >= 0) {
+		n = BIO_get_mem_data(bio, &p);
+		s = n >= 0 ? strndup(p, (size_t)n) : NULL;
+	}
+	BIO_free(bio);
+	return s;
+}
+
+/* The first CN as Mosquitto takes it (raw ASN.1 string bytes); NULL if
+ * absent or if it holds a NUL byte. malloc'd. */
+static char *name_cn(const X509_NAME *name)
+{
+	int i = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+	const ASN1_STRING *a;
+	char *s;
+
+	if (i < 0)
+		return NULL;
+	a = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i));
+	if (!a || ASN1_STRING_length(a) < 0)
+		return NULL;
+	s = strndup((const char *)ASN1_STRING_get0_data(a),
+		    (size_t)ASN1_STRING_length(a));
+	if (s && strlen(s) != (size_t)ASN1_STRING_length(a)) {
+		free(s);
+		return NULL;
+	}
+	return s;
+}
+
+static void conn_fail(struct tls_conn *c, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void conn_fail(struct tls_conn *c, const char *fmt, ...)
+{
+	va_list ap;
+	char buf[512];
+
+	c->failed = true;
+	if (c->error)
+		return; /* the first reason is the real one */
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	c->error = strdup(buf);
+}
+
+/* ---- the BIO between OpenSSL and the connection ---------------------- */
+
+static BIO_METHOD *bio_method;
+static pthread_once_t bio_method_once = PTHREAD_ONCE_INIT;
+
+static int bio_read_cb(BIO *b, char *buf, int size)
+{
+	struct tls_conn *c = BIO_get_data(b);
+	size_t n;
+
+	BIO_clear_retry_flags(b);
+	if (!c->in_len) {
+		BIO_set_retry_read(b);
+		return -1;
+	}
+	n = (size_t)size < c->in_len ? (size_t)size : c->in_len;
+	memcpy(buf, c->in, n);
+	c->in += n;
+	c->in_len -= n;
+	return (int)n;
+}
+
+static int out_reserve(struct tls_conn *c, size_t n)
+{
+	size_t cap;
+	uint8_t *p;
+
+	if (c->out_head && c->out_head == c->out_len)
+		c->out_head = c->out_len = 0;
+	if (c->out_cap - c->out_len >= n)
+		return 0;
+	if (c->out_head) { /* compact before growing */
+		memmove(c->out, c->out + c->out_head, c->out_len - c->out_head);
+		c->out_len -= c->out_head;
+		c->out_head = 0;
+		if (c->out_cap - c->out_len >= n)
+			return 0;
+	}
+	cap = c->out_cap ? c->out_cap : 1024;
+	while (cap - c->out_len < n)
+		cap *= 2;
+	p = realloc(c->out, cap);
+	if (!p)
+		return -1;
+	c->out = p;
+	c->out_cap = cap;
+	return 0;
+}
+
+static int bio_write_cb(BIO *b, const char *buf, int size)
+{
+	struct tls_conn *c = BIO_get_data(b);
+
+	BIO_clear_retry_flags(b);
+	if (size <= 0)
+		return 0;
+	if (out_reserve(c, (size_t)size))
+		return -1;
+	memcpy(c->out + c->out_len, buf, (size_t)size);
+	c->out_len += (size_t)size;
+	return size;
+}
+
+static long bio_ctrl_cb(BIO *b, int cmd, long num, void *ptr)
+{
+	/* OpenSSL flushes after each flight; everything else (pending
+	 * counts, kTLS queries, DGRAM controls) is "not supported". */
+	return cmd == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+static int bio_create_cb(BIO *b)
+{
+	BIO_set_init(b, 1);
+	return 1;
+}
+
+static void bio_method_init(void)
+{
+	BIO_METHOD *m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK,
+				     "kite tls conn");
+
+	if (!m)
+		return;
+	BIO_meth_set_read(m, bio_read_cb);
+	BIO_meth_set_write(m, bio_write_cb);
+	BIO_meth_set_ctrl(m, bio_ctrl_cb);
+	BIO_meth_set_create(m, bio_create_cb);
+	bio_method = m;
+}
+
+/* ---- callbacks ---------------------------------------------------------- */
+
+static struct tls_conn *conn_of_ssl(const SSL *ssl)
+{
+	return SSL_get_app_data(ssl);
+}
+
+/* Keeps the first refusal's reason: OpenSSL's verify error and the
+ * subject of the certificate it concerns. */
+static int verify_cb(int ok, X509_STORE_CTX *x)
+{
+	SSL *ssl;
+	struct tls_conn *c;
+	X509 *cert;
+	char *subject;
+	int depth;
+
+	if (ok)
+		return ok;
+	ssl = X509_STORE_CTX_get_ex_data(x, SSL_get_ex_data_X509_STORE_CTX_idx());
+	c = ssl ? conn_of_ssl(ssl) : NULL;
+	if (!c || c->error)
+		return ok;
+	cert = X509_STORE_CTX_get_current_cert(x);
+	subject = cert ? name_rfc2253(X509_get_subject_name(cert)) : NULL;
+	depth = X509_STORE_CTX_get_error_depth(x);
+	if (depth > 0)
+		conn_fail(c, "client certificate refused: %s (subject %s, chain depth %d)",
+			  X509_verify_cert_error_string(X509_STORE_CTX_get_error(x)),
+			  subject ? subject : "?", depth);
+	else
+		conn_fail(c, "client certificate refused: %s (subject %s)",
+			  X509_verify_cert_error_string(X509_STORE_CTX_get_error(x)),
+			  subject ? subject : "?");
+	c->failed = false; /* OpenSSL decides; feed() reports */
+	free(subject);
+	return ok;
+}
+
+static int hexval(char ch)
+{
+	if (ch >= '0' && ch <= '9')
+		return ch - '0';
+	if (ch >= 'a' && ch <= 'f')
+		return ch - 'a' + 10;
+	if (ch >= 'A' && ch <= 'F')
+		return ch - 'A' + 10;
+	return -1;
+}
+
+/* Decodes the secret (last field) of a keylog line; returns its length. */
+static size_t keylog_secret(const char *line, uint8_t *out, size_t max)
+{
+	const char *hex = strrchr(line, ' ');
+	size_t n = 0;
+
+	if (!hex)
+		return 0;
+	hex++;
+	while (hex[0] && hex[1] && n < max) {
+		int hi = hexval(hex[0]), lo = hexval(hex[1]);
+
+		if (hi < 0 || lo < 0)
+			return 0;
+		out[n++] = (uint8_t)(hi << 4 | lo);
+		hex += 2;
+	}
+	return hex[0] ? 0 : n;
+}
+
+/* Captures the TLS 1.3 application traffic secrets for kTLS. We are the
+ * server: SERVER_* is our TX, CLIENT_* our RX. OpenSSL wipes the line. */
+static void keylog_cb(const SSL *ssl, const char *line)
+{
+	static const char tx[] = "SERVER_TRAFFIC_SECRET_0 ";
+	static const char rx[] = "CLIENT_TRAFFIC_SECRET_0 ";
+	struct tls_conn *c = conn_of_ssl(ssl);
+
+	if (!c)
+		return;
+	if (!strncmp(line, tx, sizeof(tx) - 1))
+		c->secret_tx_len = (uint8_t)keylog_secret(line, c->secret_tx,
+							  sizeof(c->secret_tx));
+	else if (!strncmp(line, rx, sizeof(rx) - 1))
+		c->secret_rx_len = (uint8_t)keylog_secret(line, c->secret_rx,
+							  sizeof(c->secret_rx));
+}
+
+/* Counts records after the handshake (the kTLS sequence numbers) and
+ * notes post-handshake messages (TLS 1.3 KeyUpdate moves the keys past
+ * the _0 secrets we hold). */
+static void msg_cb(int write_p, int version, int content_type, const void *buf,
+		   size_t len, SSL *ssl, void *arg)
+{
+	struct tls_conn *c = arg;
+
+	if (!c->hs_done)
+		return;
+	if (content_type == SSL3_RT_HEADER && len >= TLS_RECORD_HEADER_LEN) {
+		/* TLS 1.3 compatibility CCS records are not protected and
+		 * take no sequence number. */
+		if (((const uint8_t *)buf)[0] == SSL3_RT_CHANGE_CIPHER_SPEC)
+			return;
+		if (write_p)
+			c->tx_records++;
+		else
+			c->rx_records++;
+	} else if (content_type == SSL3_RT_HANDSHAKE) {
+		c->post_hs_message = true;
+	}
+}
+
+/* Encrypted private keys are not supported (Mosquitto has no listener
+ * key password either); never let OpenSSL prompt on a terminal. */
+static int no_password_cb(char *buf, int size, int rwflag, void *u)
+{
+	return 0;
+}
+
+/* ---- server ------------------------------------------------------------ */
+
+static int server_versions(SSL_CTX *ctx, const char *v, char *err, size_t errlen)
+{
+	int min = TLS1_2_VERSION;
+
+	if (!v || !strcmp(v, "tlsv1.2")) {
+		min = TLS1_2_VERSION;
+	} else if (!strcmp(v, "tlsv1.3")) {
+		min = TLS1_3_VERSION;
+	} else if (!strcmp(v, "tlsv1.1") || !strcmp(v, "tlsv1") ||
+		   !strcmp(v, "tlsv1.0")) {
+		errf(err, errlen, "tls_version %s: refused as insecure (use tlsv1.2 or tlsv1.3)", v);
+		return -1;
+	} else {
+		errf(err, errlen, "tls_version %s: unknown (use tlsv1.2 or tlsv1.3)", v);
+		return -1;
+	}
+	if (!SSL_CTX_set_min_proto_version(ctx, min)) {
+		errf(err, errlen, "tls_version %s: %s", v, ossl_reason());
+		return -1;
+	}
+	return 0;
+}
+
+static int server_identity(SSL_CTX *ctx, const struct tls_listener_opts *o,
+			   char *err, size_t errlen)
+{
+	if (!o->certfile || !o->keyfile) {
+		errf(err, errlen, "%s: not set (a TLS listener needs certfile and keyfile)",
+		     o->certfile ? "keyfile" : "certfile");
+		return -1;
+	}
+	/* The whole chain (Let's Encrypt fullchain.pem): leaf first. */
+	if (SSL_CTX_use_certificate_chain_file(ctx, o->certfile) != 1) {
+		errf(err, errlen, "certfile %s: %s", o->certfile, ossl_reason());
+		return -1;
+	}
+	/* A key of the certificate's type that is not its key fails here
+	 * already (key values mismatch); another type fails the check. */
+	if (SSL_CTX_use_PrivateKey_file(ctx, o->keyfile, SSL_FILETYPE_PEM) != 1 &&
+	    ERR_GET_REASON(ERR_peek_last_error()) != X509_R_KEY_VALUES_MISMATCH) {
+		errf(err, errlen, "keyfile %s: %s", o->keyfile, ossl_reason());
+		return -1;
+	}
+	if (SSL_CTX_check_private_key(ctx) != 1) {
+		errf(err, errlen, "keyfile %s: does not match certfile %s",
+		     o->keyfile, o->certfile);
+		return -1;
+	}
+	return 0;
+}
+
+static int server_verify(SSL_CTX *ctx, const struct tls_listener_opts *o,
+			 char *err, size_t errlen)
+{
+	X509_STORE *store = SSL_CTX_get_cert_store(ctx);
+	X509_LOOKUP *lookup;
+	unsigned long flags;
+
+	if (o->cafile && SSL_CTX_load_verify_file(ctx, o->cafile) != 1) {
+		errf(err, errlen, "cafile %s: %s", o->cafile, ossl_reason());
+		return -1;
+	}
+	/* The directory is searched lazily at verification time. */
+	errno = 0;
+	if (o->capath && (access(o->capath, R_OK | X_OK) != 0 ||
+			  SSL_CTX_load_verify_dir(ctx, o->capath) != 1)) {
+		errf(err, errlen, "capath %s: %s", o->capath,
+		     errno ? strerror(errno) : ossl_reason());
+		return -1;
+	}
+	if (o->require_certificate && !o->cafile && !o->capath) {
+		errf(err, errlen, "require_certificate: needs cafile or capath");
+		return -1;
+	}
+	if (o->crlfile) {
+		lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+		if (!lookup || X509_load_crl_file(lookup, o->crlfile, X509_FILETYPE_PEM) < 1) {
+			errf(err, errlen, "crlfile %s: %s", o->crlfile, ossl_reason());
+			return -1;
+		}
+		flags = X509_V_FLAG_CRL_CHECK;
+		if (o->crl_check_all)
+			flags |= X509_V_FLAG_CRL_CHECK_ALL;
+		X509_STORE_set_flags(store, flags);
+	}
+	/* As Mosquitto: without require_certificate no certificate is asked. */
+	SSL_CTX_set_verify(ctx, o->require_certificate ?
+				SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT :
+				SSL_VERIFY_NONE, verify_cb);
+	return 0;
+}
+
+static int server_ciphers(SSL_CTX *ctx, const struct tls_listener_opts *o,
+			  char *err, size_t errlen)
+{
+	BIO *bio;
+	EVP_PKEY *dh = NULL;
+
+	if (o->ciphers && SSL_CTX_set_cipher_list(ctx, o->ciphers) != 1) {
+		errf(err, errlen, "ciphers %s: %s", o->ciphers, ossl_reason());
+		return -1;
+	}
+	if (o->ciphers_tls13 && SSL_CTX_set_ciphersuites(ctx, o->ciphers_tls13) != 1) {
+		errf(err, errlen, "ciphers_tls1.3 %s: %s", o->ciphers_tls13, ossl_reason());
+		return -1;
+	}
+	if (!o->dhparamfile)
+		return 0;
+	bio = BIO_new_file(o->dhparamfile, "r");
+	if (bio) {
+		dh = PEM_read_bio_Parameters(bio, NULL);
+		BIO_free(bio);
+	}
+	if (!dh || !EVP_PKEY_is_a(dh, "DH")) {
+		errf(err, errlen, "dhparamfile %s: %s", o->dhparamfile,
+		     dh ? "not DH parameters" : ossl_reason());
+		EVP_PKEY_free(dh);
+		return -1;
+	}
+	if (SSL_CTX_set0_tmp_dh_pkey(ctx, dh) != 1) {
+		errf(err, errlen, "dhparamfile %s: %s", o->dhparamfile, ossl_reason());
+		EVP_PKEY_free(dh);
+		return -1;
+	}
+	return 0;
+}
+
+struct tls_server *tls_server_new(const struct tls_listener_opts *o,
+				  char *err, size_t errlen)
+{
+	static const unsigned char sid_ctx[] = "kite";
+	struct tls_server *s;
+	SSL_CTX *ctx;
+
+	assert(o);
+	ERR_clear_error();
+	pthread_once(&bio_method_once, bio_method_init);
+	if (!bio_method) {
+		errf(err, errlen, "TLS: cannot create the BIO method");
+		return NULL;
+	}
+	ctx = SSL_CTX_new(TLS_server_method());
+	if (!ctx) {
+		errf(err, errlen, "TLS: SSL_CTX_new: %s", ossl_reason());
+		return NULL;
+	}
+	SSL_CTX_set_default_passwd_cb(ctx, no_password_cb);
+	/* No renegotiation; no tickets (deterministic kTLS sequence numbers,
+	 * see the top of this file); the server picks the cipher. */
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_TICKET |
+				 SSL_OP_CIPHER_SERVER_PREFERENCE |
+				 SSL_OP_NO_COMPRESSION);
+	SSL_CTX_set_num_tickets(ctx, 0);
+	/* Idle connections give their 16 KiB read/write buffers back. */
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	/* No server-side session cache: TLS 1.3 cannot resume without
+	 * tickets anyway, and a TLS 1.2 cache would keep each session and
+	 * its client certificate for hours after the connection moved to
+	 * kTLS (or closed). The id context still has to be set whenever
+	 * client certificates are verified. */
+	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
+	SSL_CTX_set_keylog_callback(ctx, keylog_cb);
+	if (server_versions(ctx, o->tls_version, err, errlen) ||
+	    server_identity(ctx, o, err, errlen) ||
+	    server_verify(ctx, o, err, errlen) ||
+	    server_ciphers(ctx, o, err, errlen))
+		goto free_ctx;
+	s = calloc(1, sizeof(*s));
+	if (!s) {
+		errf(err, errlen, "TLS: out of memory");
+		goto free_ctx;
+	}
+	s->ctx = ctx;
+	atomic_init(&s->refs, 1);
+	s->use_identity = o->use_identity_as_username;
+	s->use_subject = o->use_subject_as_username;
+	ERR_clear_error();
+	return s;
+
+free_ctx:
+	SSL_CTX_free(ctx);
+	ERR_clear_error();
+	return NULL;
+}
+
+void tls_server_ref(struct tls_server *s)
+{
+	int old = atomic_fetch_add_explicit(&s->refs, 1, memory_order_relaxed);
+
+	assert(old > 0);
+	(void)old;
+}
+
+void tls_server_unref(struct tls_server *s)
+{
+	if (!s)
+		return;
+	int old = atomic_fetch_sub_explicit(&s->refs, 1, memory_order_acq_rel);
+
+	assert(old > 0);
+	if (old == 1) {
+		SSL_CTX_free(s->ctx);
+		free(s);
+	}
+}
+
+/* ---- connection ----------------------------------------------------- */
+
+struct tls_conn *tls_conn_new(struct tls_server *srv)
+{
+	struct tls_conn *c = calloc(1, sizeof(*c));
+	BIO *bio;
+
+	assert(srv);
+	if (!c)
+		return NULL;
+	c->ssl = SSL_new(srv->ctx);
+	bio = BIO_new(bio_method);
+	if (!c->ssl || !bio) {
+		BIO_free(bio);
+		SSL_free(c->ssl);
+		free(c);
+		ERR_clear_error();
+		return NULL;
+	}
+	BIO_set_data(bio, c);
+	SSL_set_bio(c->ssl, bio, bio); /* one reference, owned by ssl */
+	SSL_set_app_data(c->ssl, c);
+	SSL_set_msg_callback(c->ssl, msg_cb);
+	SSL_set_msg_callback_arg(c->ssl, c);
+	SSL_set_accept_state(c->ssl);
+	tls_server_ref(srv);
+	c->srv = srv;
+	return c;
+}
+
+void tls_conn_free(struct tls_conn *c)
+{
+	if (!c)
+		return;
+	SSL_free(c->ssl);
+	OPENSSL_cleanse(c->secret_tx, sizeof(c->secret_tx));
+	OPENSSL_cleanse(c->secret_rx, sizeof(c->secret_rx));
+	tls_server_unref(c->srv);
+	free(c->out);
+	free(c->identity);
+	free(c->error);
+	free(c);
+}
+
+static void conn_handshake_done(struct tls_conn *c)
+{
+	X509 *peer = SSL_get0_peer_certificate(c->ssl);
+	const X509_NAME *name = peer ? X509_get_subject_name(peer) : NULL;
+
+	c->hs_done = true;
+	if (!name)
+		return;
+	if (!c->srv->use_identity && c->srv->use_subject)
+		c->identity = name_rfc2253(name);
+	else
+		c->identity = name_cn(name);
+}
+
+/* Explains a failed SSL call; the verify callback may already have. */
+static void conn_fail_ssl(struct tls_conn *c, int ssl_err)
+{
+	unsigned long e = ERR_peek_error();
+
+	if (c->error) {
+		c->failed = true;
+		return;
+	}
+	if (ERR_GET_REASON(e) == SSL_R_PEER_DID_NOT_RETURN_A_CERTIFICATE)
+		conn_fail(c, "client sent no certificate (require_certificate is true)");
+	else if (!c->hs_done)
+		conn_fail(c, "TLS handshake failed: %s", e ? ossl_reason() : "protocol error");
+	else
+		conn_fail(c, "TLS error: %s", e ? ossl_reason() : "protocol error");
+	(void)ssl_err;
+}
+
+/* Reads every decryptable record into plain. */
+static int conn_read_all(struct tls_conn *c, struct tls_buf *plain, int rc)
+{
+	for (;;) {
+		size_t n = 0;
+		int r, e;
+
+		if (plain->cap - plain->len < TLS_PLAIN_GROW_MIN / 2) {
+			size_t cap = plain->cap * 2;
+			uint8_t *p;
+
+			if (cap < plain->len + TLS_PLAIN_GROW_MIN)
+				cap = plain->len + TLS_PLAIN_GROW_MIN;
+			p = realloc(plain->data, cap);
+			if (!p) {
+				conn_fail(c, "TLS: out of memory");
+				return TLS_ERROR;
+			}
+			plain->data = p;
+			plain->cap = cap;
+		}
+		r = SSL_read_ex(c->ssl, plain->data + plain->len,
+				plain->cap - plain->len, &n);
+		if (r == 1) {
+			plain->len += n;
+			if (rc == TLS_WANT_MORE)
+				rc = TLS_OK;
+			continue;
+		}
+		e = SSL_get_error(c->ssl, r);
+		if (e == SSL_ERROR_WANT_READ)
+			return rc;
+		if (e == SSL_ERROR_ZERO_RETURN) {
+			c->closed = true;
+			return TLS_CLOSED;
+		}
+		conn_fail_ssl(c, e);
+		return TLS_ERROR;
+	}
+}
+
+static int conn_feed(struct tls_conn *c, struct tls_buf *plain)
+{
+	int rc = TLS_WANT_MORE, r, e;
+
+	if (!c->hs_done) {
+		r = SSL_do_handshake(c->ssl);
+		if (r != 1) {
+			e = SSL_get_error(c->ssl, r);
+			if (e == SSL_ERROR_WANT_READ)
+				return TLS_WANT_MORE;
+			conn_fail_ssl(c, e);
+			return TLS_ERROR;
+		}
+		conn_handshake_done(c);
+		rc = TLS_HANDSHAKE_DONE;
+	}
+	return conn_read_all(c, plain, rc);
+}
+
+int tls_conn_feed(struct tls_conn *c, const uint8_t *in, size_t len,
+		  struct tls_buf *plain)
+{
+	int rc;
+
+	assert(c && plain && (in || !len) && !c->exported);
+	if (c->failed)
+		return TLS_ERROR;
+	if (c->closed)
+		return TLS_CLOSED;
+	/* Every TLS connection opens with a handshake record (0x16); say
+	 * so plainly rather than "wrong version number". */
+	if (!c->seen_input && len) {
+		c->seen_input = true;
+		if (in[0] != SSL3_RT_HANDSHAKE) {
+			conn_fail(c, "not a TLS handshake (first byte 0x%02x%s)", in[0],
+				  in[0] == 0x10 ? ", plain MQTT CONNECT?" : "");
+			return TLS_ERROR;
+		}
+	}
+	ERR_clear_error();
+	c->in = in;
+	c->in_len = len;
+	rc = conn_feed(c, plain);
+	/* OpenSSL stops reading only when the BIO runs dry, at close_notify
+	 * or on an error. */
+	assert(c->in_len == 0 || rc == TLS_CLOSED || rc == TLS_ERROR);
+	c->in = NULL;
+	c->in_len = 0;
+	ERR_clear_error();
+	return rc;
+}
+
+int tls_conn_write(struct tls_conn *c, const uint8_t *plain, size_t len)
+{
+	size_t n = 0;
+	int r;
+
+	assert(c && (plain || !len) && !c->exported);
+	if (c->failed || !c->hs_done || c->closed)
+		return TLS_ERROR;
+	if (!len)
+		return TLS_OK;
+	ERR_clear_error();
+	r = SSL_write_ex(c->ssl, plain, len, &n);
+	if (r != 1 || n != len) {
+		conn_fail_ssl(c, SSL_get_error(c->ssl, r));
+		ERR_clear_error();
+		return TLS_ERROR;
+	}
+	return TLS_OK;
+}
+
+int tls_conn_close_notify(struct tls_conn *c)
+{
+	int r;
+
+	assert(c && !c->exported);
+	if (c->failed || !c->hs_done)
+		return TLS_ERROR;
+	ERR_clear_error();
+	r = SSL_shutdown(c->ssl);
+	ERR_clear_error();
+	return r >= 0 ? TLS_OK : TLS_ERROR;
+}
+
+size_t tls_conn_pending_out(struct tls_conn *c, const uint8_t **p)
+{
+	assert(c && p);
+	*p = c->out ? c->out + c->out_head : NULL; /* NULL + 0 is UB */
+	return c->out_len - c->out_head;
+}
+
+void tls_conn_consume_out(struct tls_conn *c, size_t n)
+{
+	assert(c && n <= c->out_len - c->out_head);
+	c->out_head += n;
+	if (c->out_head < c->out_len)
+		return;
+	c->out_head = c->out_len = 0;
+	if (c->out_cap > TLS_OUT_KEEP_MAX) { /* idle connections stay small */
+		free(c->out);
+		c->out = NULL;
+		c->out_cap = 0;
+	}
+}
+
+bool tls_conn_handshake_done(const struct tls_conn *c)
+{
+	return c->hs_done;
+}
+
+const char *tls_conn_error(const struct tls_conn *c)
+{
+	return c->failed ? c->error : NULL;
+}
+
+const char *tls_conn_identity(const struct tls_conn *c)
+{
+	return c->identity;
+}
+
+const char *tls_conn_version(const struct tls_conn *c)
+{
+	return c->hs_done ? SSL_get_version(c->ssl) : NULL;
+}
+
+const char *tls_conn_cipher(const struct tls_conn *c)
+{
+	return c->hs_done ? SSL_get_cipher_name(c->ssl) : NULL;
+}
+
+/* ---- kTLS key export ---------------------------------------------- */
+
+struct ktls_material {
+	uint8_t tx_key[32], rx_key[32];
+	uint8_t tx_iv[12], rx_iv[12];
+	size_t key_len, iv_len; /* iv_len: 4 (TLS 1.2 GCM) or 12 */
+};
+
+/* HKDF-Expand-Label(secret, label, "", len), RFC 8446 7.1. */
+static int hkdf_expand_label(const EVP_MD *md, const uint8_t *secret,
+			     size_t secret_len, const char *label,
+			     uint8_t *out, size_t len)
+{
+	uint8_t info[2 + 1 + 255 + 1];
+	size_t label_len = strlen(label), n = 0;
+	int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY, ok;
+	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+	OSSL_PARAM params[5];
+
+	assert(label_len + 6 <= 255);
+	info[n++] = (uint8_t)(len >> 8);
+	info[n++] = (uint8_t)len;
+	info[n++] = (uint8_t)(6 + label_len);
+	memcpy(info + n, "tls13 ", 6);
+	n += 6;
+	memcpy(info + n, label, label_len);
+	n += label_len;
+	info[n++] = 0; /* empty context */
+	params[0] = OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode);
+	params[1] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST,
+						     (char *)EVP_MD_get0_name(md), 0);
+	params[2] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY,
+						      (void *)secret, secret_len);
+	params[3] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, n);
+	params[4] = OSSL_PARAM_construct_end();
+	ok = kctx && EVP_KDF_derive(kctx, out, len, params) == 1;
+	EVP_KDF_CTX_free(kctx);
+	EVP_KDF_free(kdf);
+	return ok ? 0 : -1;
+}
+
+static int ktls_tls13(struct tls_conn *c, const EVP_MD *md, struct ktls_material *m)
+{
+	if (!c->secret_tx_len || c->secret_tx_len != c->secret_rx_len ||
+	    c->secret_tx_len != EVP_MD_get_size(md))
+		return -1;
+	m->iv_len = 12;
+	if (hkdf_expand_label(md, c->secret_tx, c->secret_tx_len, "key", m->tx_key, m->key_len) ||
+	    hkdf_expand_label(md, c->secret_tx, c->secret_tx_len, "iv", m->tx_iv, m->iv_len) ||
+	    hkdf_expand_label(md, c->secret_rx, c->secret_rx_len, "key", m->rx_key, m->key_len) ||
+	    hkdf_expand_label(md, c->secret_rx, c->secret_rx_len, "iv", m->rx_iv, m->iv_len))
+		return -1;
+	return 0;
+}
+
+/* key_block = PRF(master, "key expansion", server_random + client_random);
+ * AEAD ciphers have no MAC keys: client key, server key, client IV,
+ * server IV (RFC 5288: 4-byte salt for GCM; RFC 7905: 12 for ChaCha). */
+static int ktls_tls12(struct tls_conn *c, const EVP_MD *md, struct ktls_material *m,
+		      bool chacha)
+{
+	uint8_t master[SSL_MAX_MASTER_KEY_LENGTH], seed[2 * SSL3_RANDOM_SIZE];
+	uint8_t block[TLS_KEY_BLOCK_MAX];
+	size_t master_len, block_len;
+	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "TLS1-PRF", NULL);
+	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+	OSSL_PARAM params[5];
+	int rc = -1;
+
+	m->iv_len = chacha ? 12 : 4;
+	block_len = 2 * m->key_len + 2 * m->iv_len;
+	master_len = SSL_SESSION_get_master_key(SSL_get_session(c->ssl), master,
+						sizeof(master));
+	if (!kctx || !master_len ||
+	    SSL_get_server_random(c->ssl, seed, SSL3_RANDOM_SIZE) != SSL3_RANDOM_SIZE ||
+	    SSL_get_client_random(c->ssl, seed + SSL3_RANDOM_SIZE, SSL3_RANDOM_SIZE) !=
+		    SSL3_RANDOM_SIZE)
+		goto out;
+	params[0] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST,
+						     (char *)EVP_MD_get0_name(md), 0);
+	params[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SECRET,
+						      master, master_len);
+	params[2] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SEED,
+						      "key expansion", 13);
+	params[3] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SEED,
+						      seed, sizeof(seed));
+	params[4] = OSSL_PARAM_construct_end();
+	if (EVP_KDF_derive(kctx, block, block_len, params) != 1)
+		goto out;
+	/* We are the server: TX uses the server's half. */
+	memcpy(m->rx_key, block, m->key_len);
+	memcpy(m->tx_key, block + m->key_len, m->key_len);
+	memcpy(m->rx_iv, block + 2 * m->key_len, m->iv_len);
+	memcpy(m->tx_iv, block + 2 * m->key_len + m->iv_len, m->iv_len);
+	rc = 0;
+out:
+	OPENSSL_cleanse(master, sizeof(master));
+	OPENSSL_cleanse(block, sizeof(block));
+	EVP_KDF_CTX_free(kctx);
+	EVP_KDF_free(kdf);
+	return rc;
+}
+
+static void put_be64(uint8_t *p, uint64_t v)
+{
+	for (int i = 7; i >= 0; i--, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+/* Fills one direction's kernel struct; returns its size. */
+static size_t ktls_fill(union tls_ktls_crypto_info *ci, uint16_t version,
+			uint16_t cipher, const uint8_t *key, const uint8_t *iv,
+			uint64_t seq)
+{
+	ci->info.version = version;
+	ci->info.cipher_type = cipher;
+	switch (cipher) {
+	case TLS_CIPHER_AES_GCM_128: {
+		struct tls12_crypto_info_aes_gcm_128 *g = &ci->aes_gcm_128;
+
+		memcpy(g->key, key, sizeof(g->key));
+		memcpy(g->salt, iv, sizeof(g->salt));
+		put_be64(g->rec_seq, seq);
+		/* TLS 1.3: the rest of the static IV (the kernel XORs in
+		 * the sequence number); TLS 1.2: the first explicit nonce,
+		 * which the kernel increments per record; the sequence
+		 * number is a unique choice. */
+		if (version == TLS_1_3_VERSION)
+			memcpy(g->iv, iv + sizeof(g->salt), sizeof(g->iv));
+		else
+			put_be64(g->iv, seq);
+		return sizeof(*g);
+	}
+	case TLS_CIPHER_AES_GCM_256: {
+		struct tls12_crypto_info_aes_gcm_256 *g = &ci->aes_gcm_256;
+
+		memcpy(g->key, key, sizeof(g->key));
+		memcpy(g->salt, iv, sizeof(g->salt));
+		put_be64(g->rec_seq, seq);
+		if (version == TLS_1_3_VERSION)
+			memcpy(g->iv, iv + sizeof(g->salt), sizeof(g->iv));
+		else
+			put_be64(g->iv, seq);
+		return sizeof(*g);
+	}
+	default: {
+		struct tls12_crypto_info_chacha20_poly1305 *g = &ci->chacha20_poly1305;
+
+		assert(cipher == TLS_CIPHER_CHACHA20_POLY1305);
+		memcpy(g->key, key, sizeof(g->key));
+		memcpy(g->iv, iv, sizeof(g->iv));
+		put_be64(g->rec_seq, seq);
+		return sizeof(*g);
+	}
+	}
+}
+
+void tls_ktls_keys_wipe(struct tls_ktls_keys *k)
+{
+	if (k)
+		OPENSSL_cleanse(k, sizeof(*k));
+}
+
+/* Maps the negotiated cipher to the kernel's; 0 if the kernel has none. */
+static uint16_t ktls_cipher(const SSL_CIPHER *ciph, size_t *key_len)
+{
+	switch (SSL_CIPHER_get_cipher_nid(ciph)) {
+	case NID_aes_128_gcm:
+		*key_len = 16;
+		return TLS_CIPHER_AES_GCM_128;
+	case NID_aes_256_gcm:
+		*key_len = 32;
+		return TLS_CIPHER_AES_GCM_256;
+	case NID_chacha20_poly1305:
+		*key_len = 32;
+		return TLS_CIPHER_CHACHA20_POLY1305;
+	default:
+		return 0;
+	}
+}
+
+int tls_conn_export_ktls(struct tls_conn *c, struct tls_ktls_keys *out)
+{
+	const SSL_CIPHER *ciph;
+	const EVP_MD *md;
+	struct ktls_material m = {0};
+	uint16_t cipher, version;
+	uint64_t tx_seq, rx_seq;
+	int rc = TLS_KTLS_UNSUPPORTED, r;
+
+	assert(c && out && !c->exported);
+	memset(out, 0, sizeof(*out));
+	if (!c->hs_done || c->failed || c->closed || c->post_hs_message)
+		return TLS_KTLS_UNSUPPORTED;
+	/* Bytes already taken off the socket but not yet a whole record
+	 * cannot be handed to the kernel; unsent output would be lost. */
+	if (SSL_has_pending(c->ssl) || c->out_len != c->out_head)
+		return TLS_KTLS_AGAIN;
+	ciph = SSL_get_current_cipher(c->ssl);
+	md = ciph ? SSL_CIPHER_get_handshake_digest(ciph) : NULL;
+	cipher = ciph ? ktls_cipher(ciph, &m.key_len) : 0;
+	if (!md || !cipher)
+		return TLS_KTLS_UNSUPPORTED;
+	ERR_clear_error();
+	switch (SSL_version(c->ssl)) {
+	case TLS1_3_VERSION:
+		version = TLS_1_3_VERSION;
+		tx_seq = c->tx_records;
+		rx_seq = c->rx_records;
+		r = ktls_tls13(c, md, &m);
+		break;
+	case TLS1_2_VERSION:
+		/* Finished was record 0 under the new keys either way. */
+		version = TLS_1_2_VERSION;
+		tx_seq = 1 + c->tx_records;
+		rx_seq = 1 + c->rx_records;
+		r = ktls_tls12(c, md, &m, cipher == TLS_CIPHER_CHACHA20_POLY1305);
+		break;
+	default:
+		r = -1;
+		break;
+	}
+	if (r)
+		goto wipe;
+	out->version = version;
+	out->cipher_type = cipher;
+	out->tx_len = ktls_fill(&out->tx, version, cipher, m.tx_key, m.tx_iv, tx_seq);
+	out->rx_len = ktls_fill(&out->rx, version, cipher, m.rx_key, m.rx_iv, rx_seq);
+	c->exported = true;
+	rc = TLS_KTLS_OK;
+wipe:
+	OPENSSL_cleanse(&m, sizeof(m));
+	OPENSSL_cleanse(c->secret_tx, sizeof(c->secret_tx));
+	OPENSSL_cleanse(c->secret_rx, sizeof(c->secret_rx));
+	c->secret_tx_len = c->secret_rx_len = 0;
+	if (rc != TLS_KTLS_OK)
+		tls_ktls_keys_wipe(out);
+	ERR_clear_error();
+	return rc;
+}
+
+bool tls_kernel_supports_ktls(void)
+{
+	struct sockaddr_in a = {.sin_family = AF_INET,
+				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t alen = sizeof(a);
+	int l, cl = -1, sv = -1;
+	bool ok = false;
+
+	l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (l < 0)
+		return false;
+	if (bind(l, (struct sockaddr *)&a, sizeof(a)) || listen(l, 1) ||
+	    getsockname(l, (struct sockaddr *)&a, &alen))
+		goto close_listener;
+	cl = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (cl < 0 || connect(cl, (struct sockaddr *)&a, sizeof(a)))
+		goto close_client;
+	sv = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+	if (sv < 0)
+		goto close_client;
+	ok = setsockopt(sv, IPPROTO_TCP, TCP_ULP, "tls", sizeof("tls")) == 0;
+	close(sv);
+close_client:
+	if (cl >= 0)
+		close(cl);
+close_listener:
+	close(l);
+	return ok;
+}
