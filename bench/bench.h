@@ -97,6 +97,8 @@ enum kb_topology {
 	KB_TOPO_FANIN,	/* P devices on devices/ID/telemetry -> S on devices/+/telemetry */
 	KB_TOPO_P2P,	/* pair i: publisher i -> p2p/i -> subscriber i */
 	KB_TOPO_IDLE,	/* N connected clients that do nothing */
+	KB_TOPO_STORM,	/* N slots: connect, (TLS), CONNECT, SUBSCRIBE,
+			   DISCONNECT, wait for the close, again */
 };
 
 struct kb_opts {
@@ -121,7 +123,10 @@ struct kb_opts {
 	uint32_t connect_concurrency;
 	uint16_t keepalive_s;
 	double gen_bound_pct;
-	const char *tls; /* reserved: "off" only for now */
+	bool tls;
+	const char *cafile, *cert, *key, *cert_dir, *cert_prefix;
+	uint32_t cert_count; /* --cert-dir: use dir/clients/PREFIX1..N */
+	const char *tls_version; /* NULL: 1.2 or 1.3, whatever is agreed */
 	bool quiet;
 };
 
@@ -136,6 +141,7 @@ enum kb_state {
 	KB_ST_CONNECT_SENT,  /* waiting for CONNACK */
 	KB_ST_SUBSCRIBE_SENT, /* waiting for SUBACK */
 	KB_ST_READY,
+	KB_ST_DISCONNECTING, /* storm: DISCONNECT sent, waiting for the close */
 	KB_ST_CLOSED,
 };
 
@@ -156,6 +162,14 @@ struct kb_transport {
 };
 
 extern const struct kb_transport kb_transport_plain;
+extern const struct kb_transport kb_transport_tls;
+
+/* tls.c */
+int kb_tls_init(const struct kb_opts *o, char *err, size_t errlen);
+const char *kb_tls_last_error(void);
+uint64_t kb_tls_handshakes(void);
+const char *kb_tls_version(void);
+uint32_t kb_tls_identities(void);
 
 struct kb_conn {
 	int fd;
@@ -273,6 +287,10 @@ struct kb {
 	uint64_t spin_ns; /* busy-poll: turns that found nothing to do */
 	struct kb_hist lat;
 
+	/* Storm: connect-subscribe-disconnect cycles completed. */
+	uint64_t cycles, cycles_win;
+	const struct kb_transport *tp;
+
 	struct kb_counters c;
 	unsigned nerrors;
 	char errors[KB_ERRORS_MAX][160];
@@ -306,6 +324,10 @@ bool kb_pub_can_send(const struct kb *kb, const struct kb_pub *p);
 void kb_pub_send(struct kb *kb, uint32_t pidx, uint64_t now);
 void kb_client_ping(struct kb *kb, uint32_t idx, uint64_t now);
 void kb_client_disconnect(struct kb *kb, uint32_t idx);
+
+/* kite-bench.c: a storm slot finished its cycle (the broker closed after
+ * our DISCONNECT): count it and start the next connection. */
+void kb_storm_cycle_done(struct kb *kb, uint32_t idx, uint64_t now);
 
 /* kite-bench.c */
 void kb_error(struct kb *kb, const char *fmt, ...)

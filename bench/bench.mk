@@ -1,7 +1,7 @@
 # Benchmarks: kite vs Mosquitto (bench/README.md). Included by the
 # top-level Makefile.
 #   make bench          full scenario set, both brokers (< 15 min)
-#   make bench-quick    every scenario with small numbers (< 2 min)
+#   make bench-quick    every scenario with small numbers (< 4 min)
 #   make bench-smoke    tiny numbers, asserts delivery only (< 30 s)
 # BENCH_BROKERS=mosquitto (or kite) limits the brokers; BENCH_ARGS passes
 # more options to bench/run.py (e.g. BENCH_ARGS='--only fanout-q0').
@@ -12,7 +12,7 @@ BENCH_CFLAGS  := -std=c17 -D_GNU_SOURCE -I. -O2 -Wall -Wextra -Werror
 # Listed, not globbed: bench/ also holds other engineers' micro-benchmarks
 # (acl_bench.c, flood_filter_bench.c) with their own main() and builds.
 BENCH_SRC     := bench/kite-bench.c bench/client.c bench/net.c bench/proc.c \
-		 bench/hist.c
+		 bench/hist.c bench/tls.c
 # The generator parses and builds packets with the broker's own codec.
 BENCH_CORE    := core/codec.c
 BENCH_BROKERS ?= kite,mosquitto
@@ -32,7 +32,7 @@ $(BENCH_BUILD)/core/%.o: core/%.c core/codec.h core/mqtt.h
 
 $(BENCH_GEN): $(BENCH_SRC) bench/bench.h $(BENCH_CORE:%.c=$(BENCH_BUILD)/%.o)
 	@mkdir -p $(BENCH_BUILD)
-	gcc $(BENCH_CFLAGS) -o $@ $(BENCH_SRC) $(BENCH_CORE:%.c=$(BENCH_BUILD)/%.o) -lm
+	gcc $(BENCH_CFLAGS) -o $@ $(BENCH_SRC) $(BENCH_CORE:%.c=$(BENCH_BUILD)/%.o) -lssl -lcrypto -lm
 
 bench-deps:
 	@sh bench/deps.sh

@@ -191,6 +191,12 @@ static int on_suback(struct kb *kb, struct kb_conn *c, const uint8_t *body,
 		kb->c.protocol_errors++;
 	}
 	setup_done(kb, c);
+	if (kb->o.topo == KB_TOPO_STORM) {
+		/* Done with this one: DISCONNECT, then wait for the broker
+		 * to close the connection. */
+		kb_client_disconnect(kb, (uint32_t)(c - kb->conns));
+		c->state = KB_ST_DISCONNECTING;
+	}
 	return 0;
 }
 

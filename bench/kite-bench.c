@@ -55,11 +55,13 @@ static void usage(FILE *f)
 "usage: kite-bench [options]\n"
 "  --port P[,P...]      broker port(s) on 127.0.0.1 (required); connections\n"
 "                       are spread over them (more ports, more source ports)\n"
-"  --topology T         fanout | fanin | p2p | idle        (fanout)\n"
+"  --topology T         fanout | fanin | p2p | idle | storm   (fanout)\n"
 "  --pubs N             publishers (fanout, fanin)          (1)\n"
 "  --subs N             subscribers (fanout, fanin)         (1)\n"
 "  --pairs N            p2p: N publishers and N subscribers\n"
-"  --conns N            idle: connections to hold\n"
+"  --conns N            idle: connections to hold; storm: connections in\n"
+"                       flight, each cycling connect, (TLS handshake),\n"
+"                       CONNECT, SUBSCRIBE, DISCONNECT, broker closes\n"
 "  --qos Q              0, 1 or 2                           (0)\n"
 "  --mqtt V             3.1.1 or 5                          (3.1.1)\n"
 "  --payload B          payload bytes, >= %d                (64)\n"
@@ -80,6 +82,14 @@ static void usage(FILE *f)
 "  --keepalive S        MQTT keepalive; PINGREQ at S/2      (60)\n"
 "  --gen-bound PCT      flag the result generator-bound above (90)\n"
 "  --name NAME          scenario name in the output\n"
+"  --tls[=on|off]       TLS over every connection (OpenSSL, non-blocking)\n"
+"  --cafile F           verify the server certificate (and 127.0.0.1) with F\n"
+"  --cert F --key F     one client certificate for every connection (mTLS)\n"
+"  --cert-dir DIR       per-client certificates DIR/clients/PREFIXn.pem/.key,\n"
+"                       n = 1.., one per new connection, round-robin\n"
+"  --cert-prefix P      (dev-)   --cert-count N  (all found)\n"
+"  --tls-version V      1.2 or 1.3 (default: either, 1.3 negotiated)\n"
+"                       Session resumption is always off.\n"
 "  --quiet              no diagnostics on stderr\n",
 		KB_PAYLOAD_MIN);
 }
@@ -107,7 +117,8 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		O_MQTT, O_PAYLOAD, O_RATE, O_WINDOW, O_MAXOUT, O_WARMUP,
 		O_DURATION, O_DRAIN, O_SETUP, O_HOLD, O_STALL, O_TIMEOUT,
 		O_BPID, O_CONC, O_KA, O_GENB, O_NAME, O_QUIET, O_HOST, O_TLS,
-		O_BURST, O_POLLUS, O_BUSY, O_HELP,
+		O_BURST, O_POLLUS, O_BUSY, O_HELP, O_CAFILE, O_CERT, O_KEY,
+		O_CERTDIR, O_CERTPFX, O_CERTCNT, O_TLSVER,
 	};
 	static const struct option lo[] = {
 		{"port", 1, 0, O_PORT},	      {"topology", 1, 0, O_TOPO},
@@ -123,7 +134,12 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		{"connect-concurrency", 1, 0, O_CONC},
 		{"keepalive", 1, 0, O_KA},    {"gen-bound", 1, 0, O_GENB},
 		{"name", 1, 0, O_NAME},	      {"quiet", 0, 0, O_QUIET},
-		{"host", 1, 0, O_HOST},	      {"tls", 1, 0, O_TLS},
+		{"host", 1, 0, O_HOST},	      {"tls", 2, 0, O_TLS},
+		{"cafile", 1, 0, O_CAFILE},   {"cert", 1, 0, O_CERT},
+		{"key", 1, 0, O_KEY},	      {"cert-dir", 1, 0, O_CERTDIR},
+		{"cert-prefix", 1, 0, O_CERTPFX},
+		{"cert-count", 1, 0, O_CERTCNT},
+		{"tls-version", 1, 0, O_TLSVER},
 		{"burst", 1, 0, O_BURST},     {"poll-us", 1, 0, O_POLLUS},
 		{"busy-poll", 0, 0, O_BUSY},
 		{"help", 0, 0, O_HELP},	      {0, 0, 0, 0},
@@ -149,7 +165,6 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 	o->connect_concurrency = 64;
 	o->keepalive_s = 60;
 	o->gen_bound_pct = 90;
-	o->tls = "off";
 	int ch;
 	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (ch) {
@@ -166,6 +181,8 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 				o->topo = KB_TOPO_P2P;
 			else if (!strcmp(optarg, "idle"))
 				o->topo = KB_TOPO_IDLE;
+			else if (!strcmp(optarg, "storm"))
+				o->topo = KB_TOPO_STORM;
 			else
 				return -1;
 			break;
@@ -223,7 +240,23 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		case O_HOST:
 			snprintf(o->host, sizeof(o->host), "%s", optarg);
 			break;
-		case O_TLS: o->tls = optarg; break;
+		case O_TLS:
+			if (!optarg || !strcmp(optarg, "on"))
+				o->tls = true;
+			else if (!strcmp(optarg, "off"))
+				o->tls = false;
+			else
+				return -1;
+			break;
+		case O_CAFILE: o->cafile = optarg; break;
+		case O_CERT: o->cert = optarg; break;
+		case O_KEY: o->key = optarg; break;
+		case O_CERTDIR: o->cert_dir = optarg; break;
+		case O_CERTPFX: o->cert_prefix = optarg; break;
+		case O_CERTCNT:
+			o->cert_count = (uint32_t)strtoul(optarg, 0, 10);
+			break;
+		case O_TLSVER: o->tls_version = optarg; break;
 		case O_HELP:
 		case 'h':
 			usage(stdout);
@@ -239,8 +272,13 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		fprintf(stderr, "kite-bench: only 127.0.0.1 is supported\n");
 		return -1;
 	}
-	if (strcmp(o->tls, "off") != 0) {
-		fprintf(stderr, "kite-bench: TLS is not implemented yet\n");
+	if (!o->tls && (o->cafile || o->cert || o->key || o->cert_dir ||
+			o->tls_version)) {
+		fprintf(stderr, "kite-bench: TLS options need --tls\n");
+		return -1;
+	}
+	if (o->cert && o->cert_dir) {
+		fprintf(stderr, "kite-bench: --cert or --cert-dir, not both\n");
 		return -1;
 	}
 	if (o->qos > 2 || o->payload < KB_PAYLOAD_MIN ||
@@ -252,6 +290,13 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 	if (o->topo == KB_TOPO_IDLE) {
 		o->pubs = o->subs = 0;
 		if (o->idle == 0)
+			return -1;
+	} else if (o->topo == KB_TOPO_STORM) {
+		/* The slots are subscribers that expect no publisher. */
+		o->pubs = 0;
+		o->subs = o->idle;
+		o->idle = 0;
+		if (o->subs == 0)
 			return -1;
 	} else {
 		o->idle = 0;
@@ -302,14 +347,17 @@ static int build(struct kb *kb)
 		char buf[KB_TOPIC_MAX];
 		if (o->topo == KB_TOPO_FANIN) {
 			f = "devices/+/telemetry";
-		} else if (o->topo == KB_TOPO_P2P) {
-			snprintf(buf, sizeof(buf), "p2p/%u", i);
+		} else if (o->topo == KB_TOPO_P2P || o->topo == KB_TOPO_STORM) {
+			snprintf(buf, sizeof(buf), "%s/%u",
+				 o->topo == KB_TOPO_P2P ? "p2p" : "storm", i);
 			f = buf;
 		}
 		s->filter_len = (uint16_t)snprintf(s->filter, sizeof(s->filter),
 						   "%s", f);
 		s->pub_lo = o->topo == KB_TOPO_P2P ? i : 0;
 		s->pub_n = o->topo == KB_TOPO_P2P ? 1 : kb->npubs;
+		if (o->topo == KB_TOPO_STORM)
+			s->pub_lo = s->pub_n = 0;
 		s->track_off = kb->ntracks;
 		kb->ntracks += s->pub_n;
 	}
@@ -361,6 +409,7 @@ static void window_begin(struct kb *kb, uint64_t now)
 		kb->rss_start_kb = kb_proc_rss_kb(kb->o.broker_pid);
 	}
 	kb->sent_win = kb->recv_win = 0;
+	kb->cycles_win = 0;
 	kb_hist_reset(&kb->lat);
 	kb_proc_cpu_ticks(kb->gen_cpu, &kb->gen_busy0, &kb->gen_total0);
 	kb_proc_cpu_ticks(kb->broker_cpu, &kb->brk_busy0, &kb->brk_total0);
@@ -490,11 +539,12 @@ static uint64_t advance(struct kb *kb, uint64_t now)
 	const struct kb_opts *o = &kb->o;
 	uint64_t in_phase = now - kb->phase_start_ns;
 	if ((kb->phase == KB_PH_WARMUP || kb->phase == KB_PH_MEASURE) &&
-	    kb->c.conn_closed) {
+	    (kb->c.conn_closed || kb->c.conn_failures || kb->fatal)) {
 		/* The broker dropped clients: the result is already a failure,
 		 * stop now instead of waiting the window out. */
-		kb_error(kb, "stopping: %llu connections lost",
-			 (unsigned long long)kb->c.conn_closed);
+		kb_error(kb, "stopping: %llu connections lost, %llu failed",
+			 (unsigned long long)kb->c.conn_closed,
+			 (unsigned long long)kb->c.conn_failures);
 		if (kb->phase == KB_PH_MEASURE)
 			window_end(kb, now);
 		set_phase(kb, KB_PH_DONE, now);
@@ -542,6 +592,10 @@ static uint64_t advance(struct kb *kb, uint64_t now)
 	case KB_PH_MEASURE:
 		if (in_phase >= s_to_ns(o->duration_s)) {
 			window_end(kb, now);
+			if (o->topo == KB_TOPO_STORM) {
+				set_phase(kb, KB_PH_DONE, now);
+				return 0;
+			}
 			set_phase(kb, KB_PH_DRAIN, now);
 			kb->last_progress_ns = now;
 		}
@@ -647,12 +701,45 @@ static uint64_t turn(struct kb *kb, struct epoll_event *ev, uint64_t sleep_ns)
 	return next_sleep(kb, phase_sleep, more);
 }
 
+static void storm_open(struct kb *kb, uint32_t idx)
+{
+	struct kb_conn *c = &kb->conns[idx];
+	c->connect_tries = 0;
+	c->state = KB_ST_QUEUED;
+	if (kb_conn_open(kb, idx) != 0) {
+		kb_error(kb, "storm: connect %u to 127.0.0.1:%u: %s", idx, c->port,
+			 strerror(errno));
+		kb->c.conn_failures++;
+		kb->fatal = true;
+		return;
+	}
+	kb->setup_inflight++;
+}
+
+void kb_storm_cycle_done(struct kb *kb, uint32_t idx, uint64_t now)
+{
+	kb_conn_close(kb, idx, true);
+	kb->cycles++;
+	if (kb->phase == KB_PH_MEASURE)
+		kb->cycles_win++;
+	kb->last_progress_ns = now;
+	if (kb->phase == KB_PH_WARMUP || kb->phase == KB_PH_MEASURE)
+		storm_open(kb, idx);
+}
+
 static void run(struct kb *kb)
 {
 	struct epoll_event ev[KB_EVENTS_MAX];
 	uint64_t now = kb_now_ns();
 	set_phase(kb, KB_PH_SETUP_SUBS, now);
-	if (kb->o.topo == KB_TOPO_IDLE)
+	if (kb->o.topo == KB_TOPO_STORM) {
+		/* No setup: every slot starts its first cycle now. */
+		kb->setup_start_ns = kb->setup_end_ns = now;
+		kb->last_progress_ns = now;
+		set_phase(kb, KB_PH_WARMUP, now);
+		for (uint32_t i = 0; i < kb->nconns && !kb->fatal; i++)
+			storm_open(kb, i);
+	} else if (kb->o.topo == KB_TOPO_IDLE)
 		setup_open(kb, 0, kb->nconns, now);
 	else
 		setup_open(kb, 0, kb->nsubs, now);
@@ -686,6 +773,7 @@ struct kb_result {
 	double window_s, broker_cpu_s, self_cpu_s, gen_cpu_pct;
 	double pub_rate, deliv_rate, cpu_per_m, rss_per_conn_kb;
 	double broker_cpu_pct;
+	double hs_rate, cpu_ms_per_hs; /* storm */
 	double spin_s, gen_work_pct; /* busy-poll: spinning, and the rest */
 	/* /proc/stat over the window: how busy each CPU was, and how much of
 	 * that was neither us nor the broker (other processes, interrupts). */
@@ -771,6 +859,13 @@ static void compute(struct kb *kb, struct kb_result *r)
 	    kb->rss_before_kb > 0)
 		r->rss_per_conn_kb = (double)(kb->rss_end_kb - kb->rss_before_kb) /
 				     (double)kb->nconns;
+	if (o->topo == KB_TOPO_STORM && r->window_s > 0) {
+		r->hs_rate = (double)kb->cycles_win / r->window_s;
+		r->cpu_ms_per_hs = kb->cycles_win && r->broker_cpu_s >= 0
+					   ? 1000.0 * r->broker_cpu_s /
+						     (double)kb->cycles_win
+					   : -1;
+	}
 	r->rate_met = o->rate == 0 || r->pub_rate >= 0.97 * o->rate;
 	bool must_deliver = o->qos > 0 || o->rate > 0;
 	r->ok = !kb->fatal && !timed_out && kb->c.conn_failures == 0 &&
@@ -778,8 +873,9 @@ static void compute(struct kb *kb, struct kb_result *r)
 		kb->c.bad_acks == 0 && kb->c.unexpected == 0 &&
 		kb->c.dups == 0 && kb->c.reordered == 0 &&
 		!(must_deliver && r->lost) && r->unacked == 0 &&
-		(o->topo == KB_TOPO_IDLE ? kb->setup_ready == kb->nconns
-					 : kb->recv_win > 0);
+		(o->topo == KB_TOPO_IDLE    ? kb->setup_ready == kb->nconns
+		 : o->topo == KB_TOPO_STORM ? kb->cycles_win > 0
+					    : kb->recv_win > 0);
 }
 
 static void json_str(FILE *f, const char *s)
@@ -798,7 +894,8 @@ static void json_str(FILE *f, const char *s)
 
 static const char *topo_name(enum kb_topology t)
 {
-	static const char *const names[] = {"fanout", "fanin", "p2p", "idle"};
+	static const char *const names[] = {"fanout", "fanin", "p2p", "idle",
+					    "storm"};
 	return names[t];
 }
 
@@ -814,11 +911,22 @@ static void report(struct kb *kb, const struct kb_result *r)
 	FILE *f = stdout;
 	fprintf(f, "{\"tool\":\"kite-bench\",\"scenario\":");
 	json_str(f, o->name);
-	fprintf(f, ",\"topology\":\"%s\",\"transport\":\"tcp\",\"mqtt\":\"%s\","
+	fprintf(f, ",\"topology\":\"%s\",\"transport\":\"%s\",\"tls\":",
+		topo_name(o->topo), o->tls ? "tls" : "tcp");
+	json_str(f, o->tls ? kb_tls_version() : "");
+	fprintf(f, ",\"tls_client_certs\":%u,\"tls_handshakes\":%llu,"
+		   "\"storm_cycles\":%llu,\"storm_cycles_in_window\":%llu,"
+		   "\"handshakes_per_s\":%.1f,\"broker_cpu_ms_per_handshake\":%.4f,",
+		o->tls ? (o->cert ? 1 : kb_tls_identities()) : 0,
+		(unsigned long long)(o->tls ? kb_tls_handshakes() : 0),
+		(unsigned long long)kb->cycles,
+		(unsigned long long)kb->cycles_win, r->hs_rate,
+		o->topo == KB_TOPO_STORM ? r->cpu_ms_per_hs : -1);
+	fprintf(f, "\"mqtt\":\"%s\","
 		   "\"qos\":%u,\"pubs\":%u,\"subs\":%u,\"conns\":%u,"
 		   "\"payload\":%u,\"rate_target\":%.1f,\"saturation\":%s,"
 		   "\"window\":%u,\"burst\":%u,\"poll_us\":%u,\"max_outstanding\":%llu,",
-		topo_name(o->topo), o->version == MQTT_V5 ? "5" : "3.1.1",
+		o->version == MQTT_V5 ? "5" : "3.1.1",
 		o->qos, kb->npubs, kb->nsubs, kb->nconns, o->payload, o->rate,
 		o->rate == 0 && o->topo != KB_TOPO_IDLE ? "true" : "false",
 		o->window, o->burst, o->poll_us, (unsigned long long)o->max_outstanding);
@@ -895,6 +1003,12 @@ static void report(struct kb *kb, const struct kb_result *r)
 		r->deliv_rate, r->pub_rate, us(kb_hist_quantile(h, 0.5)),
 		us(kb_hist_quantile(h, 0.99)), us(kb_hist_quantile(h, 0.999)),
 		us(h->max), r->broker_cpu_s, r->cpu_per_m);
+	if (o->topo == KB_TOPO_STORM)
+		fprintf(f, " | %u slots%s: %llu cycles in window = %.0f "
+			   "handshakes/s, broker %.3f CPU-ms per handshake",
+			kb->nconns, o->tls ? " (TLS)" : "",
+			(unsigned long long)kb->cycles_win, r->hs_rate,
+			r->cpu_ms_per_hs);
 	if (o->topo == KB_TOPO_IDLE)
 		fprintf(f, " | %u conns, broker RSS %ld -> %ld KiB = %.2f KiB/conn",
 			kb->nconns, kb->rss_before_kb, kb->rss_end_kb,
@@ -934,6 +1048,14 @@ int main(int argc, char **argv)
 		fprintf(stderr, "kite-bench: need %llu descriptors, limit is %llu\n",
 			(unsigned long long)need, (unsigned long long)lim);
 		return 2;
+	}
+	if (kb.o.tls) {
+		char err[200];
+		if (kb_tls_init(&kb.o, err, sizeof(err)) != 0) {
+			fprintf(stderr, "kite-bench: TLS: %s\n", err);
+			return 2;
+		}
+		kb.tp = &kb_transport_tls;
 	}
 	if (build(&kb) != 0 || kb_net_init(&kb) != 0) {
 		fprintf(stderr, "kite-bench: out of memory\n");

@@ -96,7 +96,8 @@ int kb_conn_open(struct kb *kb, uint32_t idx)
 				  .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	c->fd = fd;
 	c->state = KB_ST_TCP;
-	c->tp = &kb_transport_plain;
+	c->tp = kb->tp ? kb->tp : &kb_transport_plain;
+	c->tp_state = NULL;
 	c->connect_tries++;
 	int rc = connect(fd, (struct sockaddr *)&dst, sizeof(dst));
 	if (rc != 0 && errno != EINPROGRESS) {
@@ -219,6 +220,12 @@ static int conn_flush(struct kb *kb, uint32_t idx)
 
 static void conn_lost(struct kb *kb, uint32_t idx)
 {
+	if (kb->conns[idx].state == KB_ST_DISCONNECTING) {
+		/* Storm: the broker closed after our DISCONNECT, as it
+		 * should. */
+		kb_storm_cycle_done(kb, idx, kb_now_ns());
+		return;
+	}
 	kb_client_closed(kb, idx);
 	kb_conn_close(kb, idx, false);
 }
@@ -292,6 +299,10 @@ static void conn_established(struct kb *kb, uint32_t idx, uint64_t now)
 	int rc = c->tp->start(c);
 	if (rc < 0) {
 		kb->c.conn_failures++;
+		if (kb->c.conn_failures <= 3)
+			kb_error(kb, "connection %u: %s", idx,
+				 c->tp == &kb_transport_tls ? kb_tls_last_error()
+							    : "transport failed");
 		conn_lost(kb, idx);
 		return;
 	}

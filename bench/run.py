@@ -51,8 +51,14 @@ TARGETS = {
     "fanin-q1-20k": {"mosquitto_ref": 11.5, "kite_target": 5.0},
     "fanin-q0-sat": {"mosquitto_ref": 5.1, "kite_target": 0.3},
     "fanin-q1-sat": {"mosquitto_ref": 5.1, "kite_target": 0.3},
+    "tls-fanout-q0": {"mosquitto_ref": 4.9, "kite_target": 0.2},
 }
 IDLE_TARGET_KB = 0.7
+# DESIGN.md: idle TLS connection Mosquitto 12 KB, kite <= 8 KB in userspace
+# (<= 2 KB with kTLS); TLS handshake CPU both ~0.25 ms, kite <= 0.15 ms.
+IDLE_TLS_TARGET_KB = 8.0
+HANDSHAKE_TARGET_MS = 0.15
+HANDSHAKE_MOSQ_REF_MS = 0.25
 
 
 def log(msg):
@@ -69,7 +75,7 @@ def loud(msg):
 # Per profile: (warmup s, duration s) and the sizes that vary.
 PROFILES = {
     "smoke": dict(warmup=0.2, duration=0.6, budget_s=30),
-    "quick": dict(warmup=0.5, duration=2.0, budget_s=120),
+    "quick": dict(warmup=0.5, duration=2.0, budget_s=200),
     "full": dict(warmup=3.0, duration=12.0, budget_s=900),
 }
 
@@ -114,6 +120,14 @@ def scenario_list(profile, fd_limit=1 << 20):
             "--topology p2p --pairs 20 --qos 2 --rate 400")
         add("idle-200", "idle", "200 idle connections over 2 ports",
             "--topology idle --conns 200", ports=2)
+        add("tls-fanout-q1", "sat", "mTLS: 1 pub -> 10 subs, QoS 1",
+            "--topology fanout --pubs 1 --subs 10 --qos 1 --window 16",
+            tls=True)
+        add("tls-storm", "storm", "mTLS: 8 connections at a time, each "
+            "handshake + CONNECT + SUBSCRIBE + DISCONNECT",
+            "--topology storm --conns 8", tls=True)
+        add("tls-idle-100", "idle", "100 idle mTLS connections",
+            "--topology idle --conns 100", tls=True)
         return S
 
     full = profile == "full"
@@ -165,7 +179,67 @@ def scenario_list(profile, fd_limit=1 << 20):
         "Mosquitto's p2p-q1 saturation",
         f"--topology p2p --pairs {pairs} --qos 1 --window 64",
         rate_from="p2p-q1", fallback_rate=20000)
+
+    # TLS: mutual TLS, ECDSA P-256 certificates from `kite cert`, one client
+    # certificate per connection (see tls_pki), no session resumption.
+    add("tls-fanout-q0", "sat", "mTLS: 1 pub -> 200 subs, one topic, QoS 0, "
+        "64 B", "--topology fanout --pubs 1 --subs 200 --qos 0 --window 16",
+        tls=True)
+    add("tls-fanin-q1-sat", "sat", f"mTLS: {dev} devices -> 1 sub on "
+        "devices/+/telemetry, QoS 1, saturation",
+        f"--topology fanin --pubs {dev} --subs 1 --qos 1 --window 4 "
+        "--burst 4 --max-outstanding 4096", tls=True)
+    storm = 128 if full else 64
+    add("tls-storm", "storm", f"mTLS connection storm: {storm} at a time, "
+        "each new connection does a full handshake + CONNECT + SUBSCRIBE + "
+        "DISCONNECT, until the broker closes it", "--topology storm "
+        f"--conns {storm}", tls=True)
+    add("tcp-storm", "storm", f"the same storm over plain TCP ({storm} at "
+        "a time): what TLS adds", f"--topology storm --conns {storm}",
+        ports=2)
+    tidle1, tnote1 = idle_size(10000 if full else 2000, fd_limit)
+    tidle2, tnote2 = idle_size(50000 if full else 5000, fd_limit)
+    add(f"tls-idle-{tidle1 // 1000}k", "idle", f"{tidle1} idle mTLS "
+        "connections", f"--topology idle --conns {tidle1}", ports=1,
+        size_note=tnote1, tls=True)
+    if tidle2 != tidle1:
+        add(f"tls-idle-{tidle2 // 1000}k", "idle", f"{tidle2} idle mTLS "
+            "connections over 2 listener ports",
+            f"--topology idle --conns {tidle2}", ports=2, size_note=tnote2,
+            tls=True)
     return S
+
+
+def tls_certs_needed(scs):
+    """One client certificate per connection of the biggest TLS scenario
+    (storms cycle through them)."""
+    n = 100
+    for s in scs:
+        if s.get("tls"):
+            a = s["args"].split()
+            for k in ("--conns", "--subs", "--pubs"):
+                if k in a and s["kind"] != "storm":
+                    n = max(n, int(a[a.index(k) + 1]))
+    return n + 2
+
+
+def tls_pki(kite, pkidir, nclients):
+    """CA, server certificate for 127.0.0.1 and nclients client certificates
+    (ECDSA P-256, `kite cert`; CN dev-1..dev-N, which
+    use_identity_as_username makes the username). Returns None or why
+    it failed."""
+    steps = [["ca"], ["server", "127.0.0.1", "localhost"],
+             ["clients", "--count", str(nclients), "--prefix", "dev-"]]
+    for st in steps:
+        try:
+            p = subprocess.run([kite, "cert"] + st + ["--dir", pkidir],
+                               stdin=subprocess.DEVNULL, capture_output=True,
+                               text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"kite cert {st[0]}: {e}"
+        if p.returncode != 0:
+            return f"kite cert {st[0]}: {(p.stderr or p.stdout).strip()[-300:]}"
+    return None
 
 
 # ---- processes -----------------------------------------------------------------
@@ -225,12 +299,20 @@ def raise_nofile(need):
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def broker_config(kind, ports, mosquitto_nodelay=False):
+def broker_config(kind, ports, mosquitto_nodelay=False, pki=None):
     lines = ["# Generated by bench/run.py: the same settings for every broker.",
              "per_listener_settings false",
              "allow_anonymous true"]
     for p in ports:
         lines.append(f"listener {p} 127.0.0.1")
+        if pki:
+            # Listener options, Mosquitto's names: mutual TLS, the client
+            # certificate's CN becomes the username.
+            lines += [f"cafile {pki}/ca.pem",
+                      f"certfile {pki}/server.pem",
+                      f"keyfile {pki}/server.key",
+                      "require_certificate true",
+                      "use_identity_as_username true"]
     lines += [f"max_inflight_messages {MAX_INFLIGHT}",
               f"max_queued_messages {MAX_QUEUED}",
               "connection_messages false",
@@ -241,6 +323,11 @@ def broker_config(kind, ports, mosquitto_nodelay=False):
     if kind == "mosquitto" and mosquitto_nodelay:
         # Off by default (Mosquitto's default, and kite rejects the line).
         lines.append("set_tcp_nodelay true")
+    if kind == "mosquitto" and pki and os.geteuid() == 0:
+        # Run as root, Mosquitto switches to the `mosquitto` user, which
+        # cannot read the generated keys (mode 0600 in a root-only
+        # directory). kite never changes user.
+        lines.append("user root")
     if kind == "kite":
         # Pinned to one CPU: one shard. kite must keep its threads inside
         # the affinity mask it was started with.
@@ -300,13 +387,14 @@ def wait_quiet(limit_s, threshold=10.0):
 
 
 class Broker:
-    def __init__(self, kind, binary, workdir, nports, nodelay=False):
+    def __init__(self, kind, binary, workdir, nports, nodelay=False,
+                 pki=None):
         self.kind, self.binary = kind, binary
         self.ports = free_ports(nports)
         self.conf = os.path.join(workdir, f"{kind}.conf")
         self.logpath = os.path.join(workdir, f"{kind}.log")
         with open(self.conf, "w") as f:
-            f.write(broker_config(kind, self.ports, nodelay))
+            f.write(broker_config(kind, self.ports, nodelay, pki))
         self.proc = None
         self.notes = []
 
@@ -356,6 +444,13 @@ class Broker:
         if getattr(self, "logf", None):
             self.logf.close()
 
+    def log_text(self):
+        try:
+            with open(self.logpath, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
     def log_tail(self, n=15):
         try:
             with open(self.logpath, errors="replace") as f:
@@ -379,8 +474,9 @@ def run_one(args, sc, kind, binary, rate, workdir):
         if any(v >= 10 for v in load.values()):
             rec["notes"].append("CPUs busy before the run: " + ", ".join(
                 f"CPU {c} {v:.0f}%" for c, v in sorted(load.items())))
+    pki = args.pki if sc.get("tls") else None
     b = Broker(kind, binary, workdir, sc.get("ports", 1),
-               args.mosquitto_nodelay)
+               args.mosquitto_nodelay, pki)
     err = b.start()
     if err:
         rec["start_error"] = err
@@ -400,6 +496,10 @@ def run_one(args, sc, kind, binary, rate, workdir):
                "--timeout", str(gen_timeout)] + sc["args"].split()
         if rate is not None:
             cmd += ["--rate", f"{rate:.1f}"]
+        if pki:
+            cmd += ["--tls", "--cafile", f"{pki}/ca.pem", "--cert-dir", pki,
+                    "--cert-prefix", "dev-", "--cert-count",
+                    str(args.pki_count)]
         if sc["kind"] != "idle" and not args.no_busy_poll:
             cmd.append("--busy-poll")
         rec["cmd"] = " ".join(cmd)
@@ -444,6 +544,15 @@ def run_one(args, sc, kind, binary, rate, workdir):
             rec["gen_stderr"] = errout[-2000:]
     finally:
         b.stop()
+        # What the broker logged (errors and warnings only), minus the
+        # start-up lines; kept in results.json and counted in the table.
+        lines = [ln for ln in b.log_text().splitlines() if ln.strip()
+                 and "should not be run as root" not in ln]
+        if lines:
+            rec["broker_log"] = lines[:20] + (
+                [f"... {len(lines) - 20} more lines"] if len(lines) > 20
+                else [])
+            rec["broker_log_lines"] = len(lines)
     return rec
 
 
@@ -453,6 +562,10 @@ def print_run(rec):
     log(f"  [{rec['broker']:>9}] {tag:6} {human}")
     for n in rec["notes"]:
         log(f"  [{rec['broker']:>9}]        note: {n}")
+    if rec.get("broker_log"):
+        log(f"  [{rec['broker']:>9}]        broker log "
+            f"({rec['broker_log_lines']} lines): "
+            + " | ".join(rec["broker_log"][:3]))
     if not rec["ok"]:
         r = rec.get("result") or {}
         if r.get("errors"):
@@ -548,7 +661,7 @@ def write_table(path, doc, scs):
              "| Mosquitto (DESIGN.md) | notes |")
     L.append("|---|---|---|---|---|---|---|---|")
     for sc in scs:
-        if sc["kind"] == "idle":
+        if sc["kind"] in ("idle", "storm"):
             continue
         m = runs.get((sc["name"], "mosquitto"))
         k = runs.get((sc["name"], "kite"))
@@ -566,7 +679,7 @@ def write_table(path, doc, scs):
              "| gen working CPU % (Mosq / kite) | bottleneck (Mosq / kite) |")
     L.append("|---|---|---|---|---|---|---|---|---|---|")
     for sc in scs:
-        if sc["kind"] == "idle":
+        if sc["kind"] in ("idle", "storm"):
             continue
         m = runs.get((sc["name"], "mosquitto"))
         k = runs.get((sc["name"], "kite"))
@@ -587,7 +700,7 @@ def write_table(path, doc, scs):
              "| kite max |")
     L.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for sc in scs:
-        if sc["kind"] == "idle":
+        if sc["kind"] in ("idle", "storm"):
             continue
         m = runs.get((sc["name"], "mosquitto"))
         k = runs.get((sc["name"], "kite"))
@@ -614,10 +727,66 @@ def write_table(path, doc, scs):
         m = runs.get((sc["name"], "mosquitto"))
         k = runs.get((sc["name"], "kite"))
         mv, kv = metric(m, "rss_per_conn_kb"), metric(k, "rss_per_conn_kb")
+        tgt = IDLE_TLS_TARGET_KB if sc.get("tls") else IDLE_TARGET_KB
         L.append(f"| {sc['name']} | {fmt(mv)} | {fmt(kv)} | {ratio(kv, mv)} | "
-                 f"≤ {IDLE_TARGET_KB} | {fmt(metric(m, 'broker_rss_kb_end'))} | "
+                 f"≤ {tgt} | {fmt(metric(m, 'broker_rss_kb_end'))} | "
                  f"{fmt(metric(k, 'broker_rss_kb_end'))} | mosq: {flags(m)}; "
                  f"kite: {flags(k) if kite_on else 'not measured'} |")
+    L.append("")
+    storms = [sc for sc in scs if sc["kind"] == "storm"]
+    if storms:
+        L.append("## Connection storm (new connections per second until "
+                 "saturation)")
+        L.append("")
+        L.append("Each connection: TCP connect, TLS handshake (mTLS, no "
+                 "resumption) where marked, CONNECT, SUBSCRIBE, DISCONNECT, "
+                 "then the broker closes it; a fixed number are in flight. "
+                 "CPU-ms per handshake = broker CPU time in the window / "
+                 "cycles completed (everything above included). DESIGN.md: "
+                 f"TLS handshake ≈ {HANDSHAKE_MOSQ_REF_MS} ms for Mosquitto, "
+                 f"kite ≤ {HANDSHAKE_TARGET_MS} ms.")
+        L.append("")
+        L.append("| scenario | Mosq handshakes/s | kite handshakes/s | "
+                 "kite/Mosq | Mosq CPU-ms/handshake | kite CPU-ms/handshake "
+                 "| kite/Mosq | kite target | broker CPU % (Mosq / kite) | "
+                 "gen working CPU % (Mosq / kite) | bottleneck (Mosq / kite) "
+                 "| notes |")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for sc in storms:
+            m = runs.get((sc["name"], "mosquitto"))
+            k = runs.get((sc["name"], "kite"))
+            mh, kh = (metric(m, "handshakes_per_s"),
+                      metric(k, "handshakes_per_s"))
+            mc, kc = (metric(m, "broker_cpu_ms_per_handshake"),
+                      metric(k, "broker_cpu_ms_per_handshake"))
+            L.append(f"| {sc['name']} | {fmt(mh)} | {fmt(kh)} | "
+                     f"{ratio(kh, mh)} | {fmt(mc)} | {fmt(kc)} | "
+                     f"{ratio(kc, mc)} | "
+                     f"{'≤ ' + str(HANDSHAKE_TARGET_MS) if sc.get('tls') else '–'}"
+                     f" | {fmt(metric(m, 'broker_cpu_pct'))} / "
+                     f"{fmt(metric(k, 'broker_cpu_pct'))} | "
+                     f"{fmt(metric(m, 'gen_work_pct'))} / "
+                     f"{fmt(metric(k, 'gen_work_pct'))} | "
+                     f"{(m or {}).get('result', {}).get('bottleneck', '–')} / "
+                     f"{(k or {}).get('result', {}).get('bottleneck', '–')} | "
+                     f"mosq: {flags(m)}; kite: "
+                     f"{flags(k) if kite_on else 'not measured'} |")
+        L.append("")
+    tls_runs = [r for r in doc["runs"] if (r.get("result") or {}).get("tls")]
+    if tls_runs:
+        vers = sorted({r["result"]["tls"] for r in tls_runs})
+        L.append("TLS scenarios (`tls-*`): mutual TLS, ECDSA P-256 CA, server "
+                 "and one client certificate per connection from `kite cert`, "
+                 "`require_certificate true`, `use_identity_as_username "
+                 "true`, no session resumption; negotiated: "
+                 + ", ".join(vers) + ".")
+        L.append("")
+    logged = [f"{r['scenario']} ({r['broker']}): {r['broker_log_lines']} "
+              f"lines, first: `{r['broker_log'][0]}`"
+              for r in doc["runs"] if r.get("broker_log")]
+    L.append("Broker log lines at level warning or error (full text in "
+             "results.json, `broker_log`): "
+             + ("; ".join(logged) if logged else "none") + ".")
     L.append("")
     L.append("Peak RSS (VmHWM, KiB) per scenario: " + ", ".join(
         f"{sc['name']} {fmt(metric(runs.get((sc['name'], 'mosquitto')), 'broker_hwm_kb'))}"
@@ -689,7 +858,14 @@ def write_plots(outdir, doc, scs):
         plt.close(fig)
         written.append(p)
 
-    flow = [s["name"] for s in scs if s["kind"] != "idle"]
+    flow = [s["name"] for s in scs if s["kind"] not in ("idle", "storm")]
+    storms = [s["name"] for s in scs if s["kind"] == "storm"]
+    bars("storm_cpu_ms_per_handshake.png",
+         "Broker CPU-ms per new connection (handshake + CONNECT + "
+         "SUBSCRIBE)", "CPU-ms", storms,
+         lambda r: metric(r, "broker_cpu_ms_per_handshake"))
+    bars("storm_handshakes_per_s.png", "New connections per second",
+         "connections/s", storms, lambda r: metric(r, "handshakes_per_s"))
     bars("cpu_per_million.png",
          "Broker CPU-seconds per million deliveries (lower is better)",
          "CPU-s / 1M deliveries", flow,
@@ -824,8 +1000,36 @@ def main():
                          for b in binaries})
     doc = dict(meta=meta, runs=[], kite_measured=False)
     workdir = tempfile.mkdtemp(prefix="kite-bench-")
+    args.pki, args.pki_count = None, 0
+    if any(s.get("tls") for s in scs):
+        pkidir = os.path.join(workdir, "pki")
+        os.makedirs(pkidir)
+        args.pki_count = tls_certs_needed(scs)
+        t_pki = time.monotonic()
+        why = (f"{args.kite} does not exist (it issues the certificates)"
+               if not os.access(args.kite, os.X_OK)
+               else tls_pki(args.kite, pkidir, args.pki_count))
+        if why:
+            loud(f"TLS scenarios SKIPPED: {why}")
+            meta["tls_skipped"] = why
+            scs = [s for s in scs if not s.get("tls")]
+            failed_pki = True
+        else:
+            args.pki = pkidir
+            failed_pki = False
+            meta["tls_pki"] = (f"kite cert: ECDSA P-256 CA, server CN "
+                               f"127.0.0.1, {args.pki_count} client "
+                               f"certificates in "
+                               f"{time.monotonic() - t_pki:.1f} s")
+            meta["configs_tls"] = {b: broker_config(b, [8883],
+                                                    args.mosquitto_nodelay,
+                                                    "PKI")
+                                   for b in binaries}
+            log(f"PKI: {meta['tls_pki']}")
+    else:
+        failed_pki = False
     t0 = time.monotonic()
-    failed = False
+    failed = failed_pki
     kite_started_once = False
     try:
         for sc in scs:

@@ -1,0 +1,335 @@
+/* The TLS transport of kite-bench: OpenSSL over the same non-blocking,
+ * level-triggered epoll sockets as plain TCP. Each connection gets its own
+ * SSL object (SSL_set_fd on its fd) in client mode; the handshake is driven
+ * by SSL_do_handshake on every event until it completes, waiting for
+ * whatever SSL_ERROR_WANT_READ / WANT_WRITE asks for (c->tp_wants).
+ *
+ * Client certificates: one (--cert/--key) for every connection, or a
+ * directory of per-client certificates (--cert-dir DIR: DIR/clients/
+ * PREFIXn.pem and .key for n = 1..N, as `kite cert clients --count N
+ * --prefix PREFIX` writes them), handed out round-robin to each new
+ * connection and parsed once, on first use.
+ *
+ * Session resumption is off (no session cache, no tickets asked for): every
+ * connection pays for a full handshake, which is what a broker sees from a
+ * fleet of devices reconnecting after a broker restart. */
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/stat.h>
+
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include "bench/bench.h"
+
+/* One client identity, parsed lazily. */
+struct kb_ident {
+	X509 *cert;
+	EVP_PKEY *key;
+};
+
+static struct {
+	SSL_CTX *ctx;
+	struct kb_ident *ids;
+	uint32_t nids, next;
+	char dir[512], prefix[64];
+	char last_err[160];
+	char version[64]; /* of the first handshake */
+	uint64_t handshakes, failures;
+} T;
+
+static void tls_err(const char *what)
+{
+	unsigned long e = ERR_peek_last_error();
+	char buf[120];
+	ERR_error_string_n(e, buf, sizeof(buf));
+	snprintf(T.last_err, sizeof(T.last_err), "%.60s: %.95s", what,
+		 e ? buf : strerror(errno));
+	ERR_clear_error();
+}
+
+const char *kb_tls_last_error(void)
+{
+	return T.last_err;
+}
+
+const char *kb_tls_version(void)
+{
+	return T.version;
+}
+
+uint64_t kb_tls_handshakes(void)
+{
+	return T.handshakes;
+}
+
+static int ident_load(uint32_t i)
+{
+	struct kb_ident *id = &T.ids[i];
+	if (id->cert)
+		return 0;
+	char path[700];
+	snprintf(path, sizeof(path), "%s/clients/%s%u.pem", T.dir, T.prefix,
+		 i + 1);
+	FILE *f = fopen(path, "r");
+	if (!f) {
+		snprintf(T.last_err, sizeof(T.last_err), "%.100s: %.50s", path,
+			 strerror(errno));
+		return -1;
+	}
+	id->cert = PEM_read_X509(f, NULL, NULL, NULL);
+	fclose(f);
+	snprintf(path, sizeof(path), "%s/clients/%s%u.key", T.dir, T.prefix,
+		 i + 1);
+	f = fopen(path, "r");
+	if (f) {
+		id->key = PEM_read_PrivateKey(f, NULL, NULL, NULL);
+		fclose(f);
+	}
+	if (!id->cert || !id->key) {
+		tls_err(path);
+		X509_free(id->cert);
+		EVP_PKEY_free(id->key);
+		id->cert = NULL;
+		id->key = NULL;
+		return -1;
+	}
+	return 0;
+}
+
+int kb_tls_init(const struct kb_opts *o, char *err, size_t errlen)
+{
+	T.ctx = SSL_CTX_new(TLS_client_method());
+	if (!T.ctx)
+		goto fail;
+	int v12 = TLS1_2_VERSION, v13 = TLS1_3_VERSION;
+	int lo = v12, hi = v13;
+	if (o->tls_version) {
+		if (!strcmp(o->tls_version, "1.2") ||
+		    !strcmp(o->tls_version, "tlsv1.2"))
+			lo = hi = v12;
+		else if (!strcmp(o->tls_version, "1.3") ||
+			 !strcmp(o->tls_version, "tlsv1.3"))
+			lo = hi = v13;
+		else {
+			snprintf(err, errlen, "--tls-version: 1.2 or 1.3");
+			return -1;
+		}
+	}
+	SSL_CTX_set_min_proto_version(T.ctx, lo);
+	SSL_CTX_set_max_proto_version(T.ctx, hi);
+	/* No resumption: no client session cache, no TLS 1.2 tickets. */
+	SSL_CTX_set_session_cache_mode(T.ctx, SSL_SESS_CACHE_OFF);
+	SSL_CTX_set_options(T.ctx, SSL_OP_NO_TICKET | SSL_OP_NO_COMPRESSION);
+	/* The send buffer moves (realloc, memmove) between retries, and a
+	 * write may complete record by record. */
+	SSL_CTX_set_mode(T.ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+					SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
+					SSL_MODE_RELEASE_BUFFERS);
+	if (o->cafile) {
+		if (SSL_CTX_load_verify_locations(T.ctx, o->cafile, NULL) != 1) {
+			tls_err(o->cafile);
+			goto fail_msg;
+		}
+		SSL_CTX_set_verify(T.ctx, SSL_VERIFY_PEER, NULL);
+		/* The server certificate must name 127.0.0.1. */
+		X509_VERIFY_PARAM_set1_ip_asc(SSL_CTX_get0_param(T.ctx),
+					      "127.0.0.1");
+	}
+	if (o->cert) {
+		if (SSL_CTX_use_certificate_chain_file(T.ctx, o->cert) != 1) {
+			tls_err(o->cert);
+			goto fail_msg;
+		}
+		if (SSL_CTX_use_PrivateKey_file(T.ctx, o->key ? o->key : o->cert,
+						SSL_FILETYPE_PEM) != 1 ||
+		    SSL_CTX_check_private_key(T.ctx) != 1) {
+			tls_err(o->key ? o->key : o->cert);
+			goto fail_msg;
+		}
+	} else if (o->cert_dir) {
+		snprintf(T.dir, sizeof(T.dir), "%s", o->cert_dir);
+		snprintf(T.prefix, sizeof(T.prefix), "%s",
+			 o->cert_prefix ? o->cert_prefix : "dev-");
+		uint32_t n = o->cert_count;
+		if (n == 0) {
+			/* As many as there are, counted from 1. */
+			char path[700];
+			struct stat st;
+			for (;;) {
+				snprintf(path, sizeof(path), "%s/clients/%s%u.pem",
+					 T.dir, T.prefix, n + 1);
+				if (stat(path, &st) != 0)
+					break;
+				n++;
+			}
+		}
+		if (n == 0) {
+			snprintf(err, errlen, "--cert-dir %s: no clients/%s1.pem",
+				 T.dir, T.prefix);
+			return -1;
+		}
+		T.ids = calloc(n, sizeof(*T.ids));
+		if (!T.ids)
+			goto fail;
+		T.nids = n;
+		if (ident_load(0) != 0)
+			goto fail_msg;
+	}
+	return 0;
+fail:
+	tls_err("SSL_CTX");
+fail_msg:
+	snprintf(err, errlen, "%s", T.last_err);
+	return -1;
+}
+
+uint32_t kb_tls_identities(void)
+{
+	return T.nids;
+}
+
+/* ---- transport ---------------------------------------------------------- */
+
+static int tls_start(struct kb_conn *c)
+{
+	SSL *ssl = c->tp_state;
+	if (!ssl) {
+		ssl = SSL_new(T.ctx);
+		if (!ssl) {
+			tls_err("SSL_new");
+			return -1;
+		}
+		if (T.nids) {
+			uint32_t i = T.next++ % T.nids;
+			if (ident_load(i) != 0 ||
+			    SSL_use_certificate(ssl, T.ids[i].cert) != 1 ||
+			    SSL_use_PrivateKey(ssl, T.ids[i].key) != 1) {
+				if (!T.last_err[0])
+					tls_err("client certificate");
+				SSL_free(ssl);
+				return -1;
+			}
+		}
+		SSL_set_fd(ssl, c->fd);
+		SSL_set_connect_state(ssl);
+		c->tp_state = ssl;
+	}
+	ERR_clear_error();
+	int rc = SSL_do_handshake(ssl);
+	if (rc == 1) {
+		if (!T.handshakes++)
+			snprintf(T.version, sizeof(T.version), "%s %s",
+				 SSL_get_version(ssl),
+				 SSL_CIPHER_get_name(SSL_get_current_cipher(ssl)));
+		return 1;
+	}
+	switch (SSL_get_error(ssl, rc)) {
+	case SSL_ERROR_WANT_READ:
+		c->tp_wants = EPOLLIN;
+		return 0;
+	case SSL_ERROR_WANT_WRITE:
+		c->tp_wants = EPOLLIN | EPOLLOUT;
+		return 0;
+	default: {
+		long vr = SSL_get_verify_result(ssl);
+		if (vr != X509_V_OK) {
+			snprintf(T.last_err, sizeof(T.last_err),
+				 "TLS handshake: server certificate: %s",
+				 X509_verify_cert_error_string(vr));
+			ERR_clear_error();
+		} else {
+			tls_err("TLS handshake");
+		}
+		T.failures++;
+		return -1;
+	}
+	}
+}
+
+/* Reads records while the buffer can take a whole one (16 KiB of
+ * plaintext), so no decrypted bytes stay behind in OpenSSL where a
+ * level-triggered epoll would not see them. */
+static ssize_t tls_recv(struct kb_conn *c, uint8_t *buf, size_t len)
+{
+	SSL *ssl = c->tp_state;
+	size_t got = 0;
+	ERR_clear_error();
+	while (got == 0 || len - got >= 16384 + 256) {
+		errno = 0;
+		int n = SSL_read(ssl, buf + got, (int)(len - got > INT32_MAX
+							 ? INT32_MAX
+							 : len - got));
+		if (n > 0) {
+			got += (size_t)n;
+			continue;
+		}
+		int e = SSL_get_error(ssl, n);
+		if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+			if (got)
+				return (ssize_t)got;
+			errno = EAGAIN;
+			return -1;
+		}
+		if (got)
+			return (ssize_t)got; /* the EOF or error shows next time */
+		if (e == SSL_ERROR_ZERO_RETURN ||
+		    (e == SSL_ERROR_SYSCALL && errno == 0))
+			return 0;
+		if (e == SSL_ERROR_SSL)
+			tls_err("SSL_read");
+		errno = errno ? errno : EIO;
+		if (errno == EAGAIN)
+			errno = EIO;
+		return -1;
+	}
+	return (ssize_t)got;
+}
+
+static ssize_t tls_send(struct kb_conn *c, const uint8_t *buf, size_t len)
+{
+	SSL *ssl = c->tp_state;
+	ERR_clear_error();
+	int n = SSL_write(ssl, buf, (int)(len > INT32_MAX ? INT32_MAX : len));
+	if (n > 0)
+		return n;
+	int e = SSL_get_error(ssl, n);
+	if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+		errno = EAGAIN;
+		return -1;
+	}
+	if (e == SSL_ERROR_SSL)
+		tls_err("SSL_write");
+	if (!errno || errno == EAGAIN)
+		errno = EIO;
+	return -1;
+}
+
+static void tls_close(struct kb_conn *c)
+{
+	SSL *ssl = c->tp_state;
+	if (!ssl)
+		return;
+	/* A storm connection is closed after the broker closed it. */
+	if (SSL_is_init_finished(ssl) && c->state != KB_ST_DISCONNECTING &&
+	    !(SSL_get_shutdown(ssl) & (SSL_SENT_SHUTDOWN |
+				       SSL_RECEIVED_SHUTDOWN)))
+		(void)SSL_shutdown(ssl); /* close_notify, best effort */
+	ERR_clear_error();
+	SSL_free(ssl);
+	c->tp_state = NULL;
+}
+
+const struct kb_transport kb_transport_tls = {
+	.name = "tls",
+	.start = tls_start,
+	.recv = tls_recv,
+	.send = tls_send,
+	.close = tls_close,
+};
