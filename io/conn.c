@@ -393,14 +393,50 @@ void conn_queue_ctrl(struct conn *c, const uint8_t *bytes, size_t len)
 	conn_mark_dirty(c);
 }
 
+/* The alias this client knows for m's topic (*known), or a new one it is
+ * told now; 0 when the client takes none or they are all in use. */
+static uint16_t conn_out_alias(struct conn *c, const struct msg *m, bool *known)
+{
+	struct conn_v5 *v5 = c->v5;
+	*known = false;
+	if (!v5 || !v5->out_alias_max)
+		return 0;
+	for (uint16_t i = 0; i < v5->out_alias_used; i++) {
+		struct out_alias *a = &v5->out_aliases[i];
+		if (a->hash == m->topic_hash && a->len == m->topic_len &&
+		    !memcmp(a->topic, msg_topic(m), a->len)) {
+			*known = true;
+			return (uint16_t)(i + 1);
+		}
+	}
+	if (v5->out_alias_used == v5->out_alias_max)
+		return 0;
+	if (!v5->out_aliases &&
+	    !(v5->out_aliases = calloc(v5->out_alias_max, sizeof(*v5->out_aliases))))
+		return 0;
+	struct out_alias *a = &v5->out_aliases[v5->out_alias_used];
+	if (!(a->topic = malloc(m->topic_len ? m->topic_len : 1)))
+		return 0;
+	memcpy(a->topic, msg_topic(m), m->topic_len);
+	a->len = m->topic_len;
+	a->hash = m->topic_hash;
+	return ++v5->out_alias_used;
+}
+
 /* MQTT 5 properties of one delivery, after the packet id: the property
  * length (covering these and the message's own), the message expiry left,
- * the subscription identifiers. Returns bytes written to mid. */
+ * the subscription identifiers, the topic alias. Returns bytes written. */
 static uint8_t pub_v5_mid(uint8_t *mid, const struct msg *m,
-			  const struct deliv *d, uint32_t expiry_left)
+			  const struct deliv *d, uint32_t expiry_left,
+			  uint16_t alias)
 {
 	uint8_t own[40];
 	size_t n = 0;
+	if (alias) {
+		own[n++] = MQTT_PROP_TOPIC_ALIAS;
+		own[n++] = (uint8_t)(alias >> 8);
+		own[n++] = (uint8_t)alias;
+	}
 	if (expiry_left != UINT32_MAX) {
 		own[n++] = MQTT_PROP_MESSAGE_EXPIRY_INTERVAL;
 		own[n++] = (uint8_t)(expiry_left >> 24);
@@ -435,7 +471,9 @@ bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 		e.kind = OUT_PUB_Q0V3;
 		e.len = (uint32_t)msg_q0_packet(m).iov_len;
 	} else {
-		e.kind = v5 ? OUT_PUB5 : OUT_PUB;
+		bool known = false;
+		uint16_t alias = v5 ? conn_out_alias(c, m, &known) : 0;
+		e.kind = !v5 ? OUT_PUB : known ? OUT_PUB5_ALIASED : OUT_PUB5;
 		uint8_t *mid = e.inl + 5;
 		if (d->qos) {
 			mid[e.mid++] = (uint8_t)(pid >> 8);
@@ -443,8 +481,8 @@ bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 		}
 		if (v5)
 			e.mid += pub_v5_mid(mid + e.mid, m, d,
-					    left == 0 ? UINT32_MAX : left);
-		uint32_t body = 2u + m->topic_len + e.mid +
+					    left == 0 ? UINT32_MAX : left, alias);
+		uint32_t body = 2u + (known ? 0u : m->topic_len) + e.mid +
 				(v5 ? m->props_len : 0) + m->payload_len;
 		uint8_t hdr[5];
 		hdr[0] = (uint8_t)(MQTT_PUBLISH << 4 | (dup ? 8 : 0) |
@@ -488,11 +526,14 @@ static unsigned out_entry_iov(struct out_entry *e, size_t skip,
 	} else if (e->kind == OUT_PUB_Q0V3) {
 		parts[n++] = msg_q0_packet(e->msg);
 	} else {
+		static const uint8_t no_topic[2];
 		parts[n++] = (struct iovec){e->inl, e->hlen};
-		parts[n++] = msg_topic_wire(e->msg);
+		parts[n++] = e->kind == OUT_PUB5_ALIASED
+				     ? (struct iovec){(void *)no_topic, 2}
+				     : msg_topic_wire(e->msg);
 		if (e->mid)
 			parts[n++] = (struct iovec){e->inl + e->hlen, e->mid};
-		if (e->kind == OUT_PUB5 && e->msg->props_len)
+		if (e->kind != OUT_PUB && e->msg->props_len)
 			parts[n++] = msg_props_wire(e->msg);
 		parts[n++] = msg_payload_wire(e->msg);
 	}
@@ -794,6 +835,9 @@ void conn_free(struct conn *c)
 		for (unsigned i = 0; i < c->v5->alias_cap; i++)
 			free(c->v5->aliases ? c->v5->aliases[i].topic : NULL);
 		free(c->v5->aliases);
+		for (unsigned i = 0; i < c->v5->out_alias_used; i++)
+			free(c->v5->out_aliases[i].topic);
+		free(c->v5->out_aliases);
 		free(c->v5);
 	}
 	free(c);

@@ -84,7 +84,13 @@ enum out_kind {
 	OUT_PUB,       /* inl[0..hlen) + topic + inl[hlen..hlen+mid) + payload */
 	OUT_PUB5,      /* same, with the message's MQTT 5 properties before
 			  the payload */
+	OUT_PUB5_ALIASED, /* OUT_PUB5 with an empty topic: a topic alias the
+			     client already knows replaces it */
 };
+
+/* Server-to-client topic aliases kept per MQTT 5 connection: the first
+ * topics sent to it, never evicted (a bound, not a cache). */
+#define CONN_OUT_ALIASES_MAX 32
 
 /* Subscription identifiers carried by one delivery (overlapping
  * subscriptions of one session merge into one delivery). */
@@ -277,6 +283,13 @@ struct conn_v5 {
 		char *topic;
 		uint16_t len;
 	} *aliases;            /* inbound, index = alias - 1 */
+	uint16_t out_alias_max;   /* the client's topic alias maximum, capped */
+	uint16_t out_alias_used;
+	struct out_alias {
+		uint32_t hash;
+		uint16_t len;
+		char *topic;
+	} *out_aliases;        /* outbound, index = alias - 1 */
 };
 
 struct conn {

@@ -428,6 +428,10 @@ static int connect_v5_state(struct conn *c, const struct mqtt_connect *ci)
 	if (p->present & MQTT_PROP_BIT(MQTT_PROP_MAXIMUM_PACKET_SIZE))
 		v5->max_packet = p->maximum_packet_size;
 	v5->alias_cap = (uint16_t)c->shard->cfg->max_topic_alias;
+	if (p->present & MQTT_PROP_BIT(MQTT_PROP_TOPIC_ALIAS_MAXIMUM))
+		v5->out_alias_max = p->topic_alias_maximum < CONN_OUT_ALIASES_MAX
+					    ? p->topic_alias_maximum
+					    : CONN_OUT_ALIASES_MAX;
 	c->v5 = v5;
 	return 0;
 }

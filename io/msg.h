@@ -34,6 +34,7 @@ struct msg {
 	uint32_t expiry_s;   /* message expiry interval; 0 = none */
 	uint64_t created_ms; /* monotonic, for the expiry */
 	uint64_t origin;     /* publishing session's id (no local); 0 = broker */
+	uint32_t topic_hash; /* FNV-1a of the topic: server-to-client aliases */
 	uint8_t buf[];
 };
 

@@ -245,8 +245,12 @@ def test_mqtt5_topic_alias_server_to_client(broker):
             else:
                 assert alias in aliases, "alias %d used before it was set" % alias
                 topic = aliases[alias]
-        seen.append((topic, m.payload))
-    assert seen == [(t, b"%d" % i) for i, t in enumerate(topics)]
+        seen.append((topic, m.payload, m.topic == "" and alias is not None))
+    assert [(t, pl) for t, pl, _ in seen] == [(t, b"%d" % i) for i, t in enumerate(topics)]
+    if broker.flavour != "mosquitto":
+        # kite aliases the first topics the client allows (2 here): the
+        # repeats of s2c/a and s2c/b go without their topic.
+        assert [short for _, _, short in seen] == [False, False, False, True, True, True]
 
 
 def test_mqtt5_receive_maximum_limits_first_burst(broker):
