@@ -75,7 +75,7 @@ def loud(msg):
 # Per profile: (warmup s, duration s) and the sizes that vary.
 PROFILES = {
     "smoke": dict(warmup=0.2, duration=0.6, budget_s=30),
-    "quick": dict(warmup=0.5, duration=2.0, budget_s=200),
+    "quick": dict(warmup=0.3, duration=1.0, budget_s=120),
     "full": dict(warmup=3.0, duration=12.0, budget_s=900),
 }
 

@@ -2,8 +2,8 @@
  *
  * A tree of topic levels; a node holds the retained message of the topic
  * ending there, or NULL. Children are found through an open-addressing
- * table per node, laid out and published exactly as in gtrie.c (read that
- * header comment for the reader/writer rules): slots go NULL -> child ->
+ * table per node, the same RCU table as gtrie.c's (core/level.h; gtrie.c's
+ * header comment has the reader/writer rules): slots go NULL -> child ->
  * tombstone -> child, tables are rebuilt aside and swapped whole, and
  * unlinked tables, nodes and replaced messages go through call_rcu.
  *
@@ -14,6 +14,7 @@
  * levels. */
 #include "core/retain.h"
 
+#include "core/level.h"
 #include "core/trie.h" /* TRIE_LEVELS_MAX */
 
 #include <assert.h>
@@ -23,33 +24,14 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-/* Inline rcu_dereference/rcu_assign_pointer (liburcu's knob for its
- * under-10-line functions in non-LGPL code); otherwise every pointer load on
- * the read path is a call into the library. */
-#define URCU_INLINE_SMALL_FUNCTIONS
-#include <urcu/urcu-qsbr.h>
 
 #define TOPIC_LEN_MAX 65535u
-#define KIDS_CAP_MIN 4u
-
-struct rnode;
-
-struct rtab {
-	uint32_t mask;	/* capacity - 1 */
-	uint32_t used;	/* non-NULL slots: children plus tombstones */
-	struct rcu_head rcu;
-	struct rnode *slot[];
-};
 
 struct rnode {
 	/* read by readers */
-	struct rtab *kids;
+	struct level_node lv; /* first: the table holds &lv */
 	void *msg;
-	uint64_t h;
-	uint32_t len;
 	/* writer only */
-	uint32_t nkids;
 	struct rnode *parent;
 	struct rcu_head rcu;
 	char name[];
@@ -71,212 +53,13 @@ struct retain_store {
 	pthread_mutex_t lock;
 };
 
-static struct rnode tombstone;
-#define TOMB (&tombstone)
+_Static_assert(offsetof(struct rnode, lv) == 0, "a table slot is its node");
 
-/* A filter cut into levels, each hashed once. */
-struct levels {
-	uint32_t n;
-	bool truncated;
-	uint32_t off[TRIE_LEVELS_MAX];
-	uint32_t len[TRIE_LEVELS_MAX];
-	uint64_t h[TRIE_LEVELS_MAX];
-};
-
-/* Hashing and splitting: the same code as core/trie.c. */
-#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "level hashing reads words little-endian"
-#endif
-
-#define SLASHES 0x2f2f2f2f2f2f2f2full
-#define BYTES_01 0x0101010101010101ull
-#define BYTES_80 0x8080808080808080ull
-
-static inline uint64_t mix64(uint64_t a, uint64_t b)
+static struct rnode *tab_find(const struct level_tab *t, uint64_t h,
+			      const char *s, uint32_t len)
 {
-	__uint128_t r = (__uint128_t)a * b;
-	return (uint64_t)r ^ (uint64_t)(r >> 64);
-}
-
-/* The last step of a level's hash: `tail` holds its last len % 8 bytes. */
-static inline uint64_t hash_end(uint64_t h, uint64_t tail, size_t len)
-{
-	return mix64(h ^ tail ^ ((uint64_t)len * 0x9e3779b97f4a7c15ull),
-		     0xe7037ed1a0b428dbull);
-}
-
-/* Keyed hash of one level, 8 bytes per multiply. The per-structure random
- * seed keeps clients from choosing names that collide in one table.
- * levels_split computes the same value while it scans for '/'. */
-static uint64_t level_hash(uint64_t seed, const char *s, size_t len)
-{
-	uint64_t h = seed, w = 0;
-	size_t n = len;
-
-	for (; n >= 8; s += 8, n -= 8) {
-		memcpy(&w, s, 8);
-		h = mix64(h ^ w, 0xa0761d6478bd642full);
-	}
-	w = 0;
-	for (size_t i = 0; i < n; i++)
-		w |= (uint64_t)(unsigned char)s[i] << (8 * i);
-	return hash_end(h, w, len);
-}
-
-/* Byte-exact equality without a libc call: levels are short. */
-static inline bool level_eq(const char *a, const char *b, size_t n)
-{
-	uint64_t x, y;
-
-	for (; n >= 8; a += 8, b += 8, n -= 8) {
-		memcpy(&x, a, 8);
-		memcpy(&y, b, 8);
-		if (x != y)
-			return false;
-	}
-	for (size_t i = 0; i < n; i++)
-		if (a[i] != b[i])
-			return false;
-	return true;
-}
-
-/* Cuts s into levels and hashes each in the same pass, a word at a time:
- * a word without '/' feeds the hash, the word holding the next '/' ends
- * the level. Stops after TRIE_LEVELS_MAX levels, setting `truncated`. */
-static void levels_split(struct levels *lv, uint64_t seed, const char *s,
-			 size_t len)
-{
-	size_t start = 0, pos = 0;
-	uint64_t h = seed;
-
-	lv->n = 0;
-	lv->truncated = false;
-	for (;;) {
-		uint64_t w = 0;
-		size_t k = 0; /* bytes of this word before the '/' */
-
-		if (pos + 8 <= len) {
-			memcpy(&w, s + pos, 8);
-			uint64_t x = w ^ SLASHES;
-			uint64_t z = (x - BYTES_01) & ~x & BYTES_80;
-			if (!z) {
-				h = mix64(h ^ w, 0xa0761d6478bd642full);
-				pos += 8;
-				continue;
-			}
-			k = (size_t)__builtin_ctzll(z) >> 3; /* first '/' */
-			w &= k ? ~0ull >> (64 - 8 * k) : 0;
-		} else {
-			for (; pos + k < len && s[pos + k] != '/'; k++)
-				w |= (uint64_t)(unsigned char)s[pos + k] << (8 * k);
-		}
-		if (lv->n == TRIE_LEVELS_MAX) {
-			lv->truncated = true;
-			return;
-		}
-		lv->off[lv->n] = (uint32_t)start;
-		lv->len[lv->n] = (uint32_t)(pos + k - start);
-		lv->h[lv->n] = hash_end(h, w, pos + k - start);
-		lv->n++;
-		if (pos + k == len)
-			return;
-		pos = start = pos + k + 1;
-		h = seed;
-	}
-}
-
-static bool is_wild(const char *s, size_t len, char w)
-{
-	return len == 1 && s[0] == w;
-}
-
-/* ---- children table: RCU readers, one writer ---- */
-
-static struct rnode *tab_find(const struct rtab *t, uint64_t h, const char *s,
-			      uint32_t len)
-{
-	if (!t)
-		return NULL;
-	for (uint32_t i = (uint32_t)h & t->mask;; i = (i + 1) & t->mask) {
-		struct rnode *c = rcu_dereference(t->slot[i]);
-
-		if (!c)
-			return NULL;
-		if (c != TOMB && c->h == h && c->len == len &&
-		    level_eq(c->name, s, len))
-			return c;
-	}
-}
-
-static void tab_place(struct rtab *t, struct rnode *c)
-{
-	uint32_t i = (uint32_t)c->h & t->mask;
-
-	while (t->slot[i] && t->slot[i] != TOMB)
-		i = (i + 1) & t->mask;
-	if (!t->slot[i])
-		t->used++;
-	rcu_assign_pointer(t->slot[i], c);
-}
-
-static void tab_free_cb(struct rcu_head *head)
-{
-	free(caa_container_of(head, struct rtab, rcu));
-}
-
-static uint32_t kids_cap_for(uint32_t live)
-{
-	uint32_t cap = KIDS_CAP_MIN;
-
-	while (cap < live * 2)
-		cap *= 2;
-	return cap;
-}
-
-static int kids_rebuild(struct rnode *n, uint32_t cap)
-{
-	struct rtab *old = n->kids, *t = NULL;
-
-	if (cap) {
-		t = calloc(1, sizeof(*t) + cap * sizeof(t->slot[0]));
-		if (!t)
-			return -1;
-		t->mask = cap - 1;
-		for (uint32_t i = 0; old && i <= old->mask; i++)
-			if (old->slot[i] && old->slot[i] != TOMB)
-				tab_place(t, old->slot[i]);
-	}
-	rcu_assign_pointer(n->kids, t);
-	if (old)
-		urcu_qsbr_call_rcu(&old->rcu, tab_free_cb);
-	return 0;
-}
-
-static int kids_add(struct rnode *n, struct rnode *c)
-{
-	struct rtab *t = n->kids;
-
-	if ((!t || (t->used + 1) * 4 > (t->mask + 1) * 3) &&
-	    kids_rebuild(n, kids_cap_for(n->nkids + 1)) != 0)
-		return -1;
-	tab_place(n->kids, c);
-	n->nkids++;
-	return 0;
-}
-
-static void kids_del(struct rnode *n, const struct rnode *c)
-{
-	struct rtab *t = n->kids;
-	uint32_t i = (uint32_t)c->h & t->mask;
-
-	while (t->slot[i] != c)
-		i = (i + 1) & t->mask;
-	rcu_assign_pointer(t->slot[i], TOMB);
-	n->nkids--;
-	if (n->nkids == 0)
-		(void)kids_rebuild(n, 0);
-	else if (t->mask + 1 > KIDS_CAP_MIN && n->nkids * 8 < t->mask + 1)
-		(void)kids_rebuild(n, kids_cap_for(n->nkids));
+	return (struct rnode *)level_tab_find(t, h, s, len,
+					      offsetof(struct rnode, name));
 }
 
 /* ---- nodes and messages (writer side, under r->lock) ---- */
@@ -285,7 +68,7 @@ static void node_free_cb(struct rcu_head *head)
 {
 	struct rnode *n = caa_container_of(head, struct rnode, rcu);
 
-	assert(!n->kids && !n->msg);
+	assert(!n->lv.kids && !n->msg);
 	free(n);
 }
 
@@ -300,10 +83,10 @@ static void drop_cb(struct rcu_head *head)
 /* Unlinks n and every ancestor left with no message and no child. */
 static void prune(struct retain_store *r, struct rnode *n)
 {
-	while (n != r->root && !n->msg && n->nkids == 0) {
+	while (n != r->root && !n->msg && n->lv.nkids == 0) {
 		struct rnode *p = n->parent;
 
-		kids_del(p, n);
+		level_kids_del(&p->lv, &n->lv);
 		urcu_qsbr_call_rcu(&n->rcu, node_free_cb);
 		atomic_fetch_sub_explicit(&r->nnodes, 1, memory_order_relaxed);
 		n = p;
@@ -314,7 +97,7 @@ static struct rnode *child_get(struct retain_store *r, struct rnode *n,
 			       const char *s, uint32_t len, bool create)
 {
 	uint64_t h = level_hash(r->seed, s, len);
-	struct rnode *c = tab_find(n->kids, h, s, len);
+	struct rnode *c = tab_find(n->lv.kids, h, s, len);
 
 	if (c || !create)
 		return c;
@@ -322,10 +105,10 @@ static struct rnode *child_get(struct retain_store *r, struct rnode *n,
 	if (!c)
 		return NULL;
 	c->parent = n;
-	c->h = h;
-	c->len = len;
+	c->lv.h = h;
+	c->lv.len = len;
 	memcpy(c->name, s, len);
-	if (kids_add(n, c) != 0) {
+	if (level_kids_add(&n->lv, &c->lv) != 0) {
 		free(c); /* never published */
 		return NULL;
 	}
@@ -372,9 +155,7 @@ struct retain_store *retain_new(void (*release)(void *msg))
 		return NULL;
 	}
 	r->release = release;
-	if (getrandom(&r->seed, sizeof(r->seed), GRND_NONBLOCK) !=
-	    sizeof(r->seed))
-		r->seed = (uint64_t)(uintptr_t)r * 0x9e3779b97f4a7c15ull;
+	r->seed = level_seed(r);
 	pthread_mutex_init(&r->lock, NULL);
 	return r;
 }
@@ -388,22 +169,8 @@ void retain_free(struct retain_store *r)
 		return;
 	struct rnode *n = r->root;
 	while (n) {
-		struct rnode *c = NULL;
+		struct rnode *c = (struct rnode *)level_kids_take(&n->lv);
 
-		while (!c && n->nkids > 0) {
-			/* mask counts down as the cursor; slots above it are
-			 * cleared, and nkids reaches 0 at slot 0 at the latest */
-			struct rtab *t = n->kids;
-
-			c = t->slot[t->mask];
-			t->slot[t->mask] = NULL;
-			if (c == TOMB)
-				c = NULL;
-			else if (c)
-				n->nkids--;
-			if (t->mask > 0)
-				t->mask--;
-		}
 		if (c) {
 			n = c;
 			continue;
@@ -411,21 +178,12 @@ void retain_free(struct retain_store *r)
 		struct rnode *p = n->parent;
 		if (n->msg)
 			r->release(n->msg);
-		free(n->kids);
+		free(n->lv.kids);
 		free(n);
 		n = p;
 	}
 	pthread_mutex_destroy(&r->lock);
 	free(r);
-}
-
-static size_t topic_depth(const char *s, size_t len)
-{
-	size_t depth = 1;
-
-	for (size_t i = 0; i < len; i++)
-		depth += s[i] == '/';
-	return depth;
 }
 
 /* Swaps n's message under r->lock; the old one is released after a grace
@@ -457,7 +215,7 @@ int retain_set(struct retain_store *r, const char *topic, size_t len,
 	assert(r && topic);
 	assert(len >= 1 && len <= TOPIC_LEN_MAX);
 	assert(urcu_qsbr_read_ongoing()); /* call_rcu needs an online thread */
-	if (topic_depth(topic, len) > TRIE_LEVELS_MAX)
+	if (level_count(topic, len) > TRIE_LEVELS_MAX)
 		return -1;
 	/* Allocated before touching the tree so a failure changes nothing. */
 	struct rdrop *d = malloc(sizeof(*d));
@@ -475,7 +233,7 @@ int retain_set(struct retain_store *r, const char *topic, size_t len,
 
 /* One level of the walk: a cursor over one node's table. */
 struct rframe {
-	const struct rtab *t;
+	const struct level_tab *t;
 	uint32_t slot;
 	uint32_t i;	  /* filter levels consumed by the children */
 	bool subtree;	  /* '#': every descendant matches */
@@ -502,7 +260,7 @@ static void report(struct rwalk *w, const struct rnode *n)
 static void push(struct rwalk *w, const struct rnode *n, uint32_t i,
 		 bool subtree)
 {
-	const struct rtab *t = rcu_dereference(n->kids);
+	const struct level_tab *t = rcu_dereference(n->lv.kids);
 
 	if (!t)
 		return;
@@ -524,27 +282,28 @@ static void visit(struct rwalk *w, const struct rnode *n, uint32_t i)
 			return;
 		}
 		const char *s = w->filter + lv->off[i];
-		if (is_wild(s, lv->len[i], '#')) {
+		if (level_is(s, lv->len[i], '#')) {
 			report(w, n); /* the parent level; root has no msg */
 			push(w, n, i, true);
 			return;
 		}
-		if (is_wild(s, lv->len[i], '+')) {
+		if (level_is(s, lv->len[i], '+')) {
 			push(w, n, i, false);
 			return;
 		}
-		n = tab_find(rcu_dereference(n->kids), lv->h[i], s, lv->len[i]);
+		n = tab_find(rcu_dereference(n->lv.kids), lv->h[i], s, lv->len[i]);
 	}
 }
 
 static const struct rnode *frame_next(struct rframe *f)
 {
 	while (f->slot <= f->t->mask) {
-		const struct rnode *c = rcu_dereference(f->t->slot[f->slot]);
+		const struct level_node *k = rcu_dereference(f->t->slot[f->slot]);
+		const struct rnode *c = (const struct rnode *)k;
 
 		f->slot++;
-		if (c && c != TOMB &&
-		    !(f->skip_dollar && c->len > 0 && c->name[0] == '$'))
+		if (k && k != LEVEL_TOMB &&
+		    !(f->skip_dollar && k->len > 0 && c->name[0] == '$'))
 			return c;
 	}
 	return NULL;
@@ -560,7 +319,7 @@ void retain_match(struct retain_store *r, const char *filter, size_t len,
 	struct rwalk w = {.lv = &lv, .filter = filter, .cb = cb, .ctx = ctx};
 
 	/* Deeper filters are refused at SUBSCRIBE (TRIE_TOO_DEEP). */
-	levels_split(&lv, r->seed, filter, len);
+	level_split(&lv, r->seed, filter, len);
 	if (lv.truncated)
 		return;
 	visit(&w, r->root, 0);

@@ -3,9 +3,12 @@
  * One node per filter level. A node finds its literal children through an
  * open-addressing table keyed by the level's hash (linear probing, power of
  * two capacity, at most 3/4 full), so a level under "devices/" with 5,000
- * device ids costs one probe, not a list walk. The '+' and '#' children sit
- * in their own pointers: a wildcard costs a load, never a lookup. A node's
- * subscriptions are one growable array.
+ * device ids costs one probe, not a list walk. Levels are split and hashed
+ * by core/level.h, as in gtrie.c and retain.c; the table is this file's
+ * own: single-threaded, with backward-shift deletion where theirs keep RCU
+ * tombstones. The '+' and '#' children sit in their own pointers: a
+ * wildcard costs a load, never a lookup. A node's subscriptions are one
+ * growable array.
  *
  * Matching walks the topic's levels with an explicit stack of (node, level)
  * pairs and visits only nodes whose level matches, so its cost depends on
@@ -14,14 +17,14 @@
  * Everything here runs on the owning shard's thread: no atomics, no locks. */
 #include "core/trie.h"
 
+#include "core/level.h"
+
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 
 /* MQTT strings carry a 16-bit length. */
 #define TOPIC_LEN_MAX 65535u
-#define KIDS_CAP_MIN 4u
 
 struct tnode {
 	struct tnode *parent;
@@ -43,143 +46,8 @@ struct trie {
 	uint64_t seed;
 };
 
-/* A topic cut into levels, each hashed once up front: the walk may look the
- * same level up under several nodes (literal and '+' paths). */
-struct levels {
-	uint32_t n;
-	bool truncated; /* the topic has more than TRIE_LEVELS_MAX levels */
-	uint32_t off[TRIE_LEVELS_MAX];
-	uint32_t len[TRIE_LEVELS_MAX];
-	uint64_t h[TRIE_LEVELS_MAX];
-};
-
 _Static_assert(TRIE_LEVELS_MAX >= 1 && TRIE_LEVELS_MAX <= TOPIC_LEN_MAX,
 	       "level bound must fit the topic length bound");
-
-#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
-#error "level hashing reads words little-endian"
-#endif
-
-#define SLASHES 0x2f2f2f2f2f2f2f2full
-#define BYTES_01 0x0101010101010101ull
-#define BYTES_80 0x8080808080808080ull
-
-static inline uint64_t mix64(uint64_t a, uint64_t b)
-{
-	__uint128_t r = (__uint128_t)a * b;
-	return (uint64_t)r ^ (uint64_t)(r >> 64);
-}
-
-/* The last step of a level's hash: `tail` holds its last len % 8 bytes. */
-static inline uint64_t hash_end(uint64_t h, uint64_t tail, size_t len)
-{
-	return mix64(h ^ tail ^ ((uint64_t)len * 0x9e3779b97f4a7c15ull),
-		     0xe7037ed1a0b428dbull);
-}
-
-/* Keyed hash of one level, 8 bytes per multiply. The per-structure random
- * seed keeps clients from choosing names that collide in one table.
- * levels_split computes the same value while it scans for '/'. */
-static uint64_t level_hash(uint64_t seed, const char *s, size_t len)
-{
-	uint64_t h = seed, w = 0;
-	size_t n = len;
-
-	for (; n >= 8; s += 8, n -= 8) {
-		memcpy(&w, s, 8);
-		h = mix64(h ^ w, 0xa0761d6478bd642full);
-	}
-	w = 0;
-	for (size_t i = 0; i < n; i++)
-		w |= (uint64_t)(unsigned char)s[i] << (8 * i);
-	return hash_end(h, w, len);
-}
-
-/* Byte-exact equality without a libc call: levels are short. */
-static inline bool level_eq(const char *a, const char *b, size_t n)
-{
-	uint64_t x, y;
-
-	for (; n >= 8; a += 8, b += 8, n -= 8) {
-		memcpy(&x, a, 8);
-		memcpy(&y, b, 8);
-		if (x != y)
-			return false;
-	}
-	for (size_t i = 0; i < n; i++)
-		if (a[i] != b[i])
-			return false;
-	return true;
-}
-
-/* Cuts s into levels and hashes each in the same pass, a word at a time:
- * a word without '/' feeds the hash, the word holding the next '/' ends
- * the level. Stops after TRIE_LEVELS_MAX levels, setting `truncated`. */
-static void levels_split(struct levels *lv, uint64_t seed, const char *s,
-			 size_t len)
-{
-	size_t start = 0, pos = 0;
-	uint64_t h = seed;
-
-	lv->n = 0;
-	lv->truncated = false;
-	for (;;) {
-		uint64_t w = 0;
-		size_t k = 0; /* bytes of this word before the '/' */
-
-		if (pos + 8 <= len) {
-			memcpy(&w, s + pos, 8);
-			uint64_t x = w ^ SLASHES;
-			uint64_t z = (x - BYTES_01) & ~x & BYTES_80;
-			if (!z) {
-				h = mix64(h ^ w, 0xa0761d6478bd642full);
-				pos += 8;
-				continue;
-			}
-			k = (size_t)__builtin_ctzll(z) >> 3; /* first '/' */
-			w &= k ? ~0ull >> (64 - 8 * k) : 0;
-		} else {
-			for (; pos + k < len && s[pos + k] != '/'; k++)
-				w |= (uint64_t)(unsigned char)s[pos + k] << (8 * k);
-		}
-		if (lv->n == TRIE_LEVELS_MAX) {
-			lv->truncated = true;
-			return;
-		}
-		lv->off[lv->n] = (uint32_t)start;
-		lv->len[lv->n] = (uint32_t)(pos + k - start);
-		lv->h[lv->n] = hash_end(h, w, pos + k - start);
-		lv->n++;
-		if (pos + k == len)
-			return;
-		pos = start = pos + k + 1;
-		h = seed;
-	}
-}
-
-static uint64_t seed_new(const void *salt)
-{
-	uint64_t seed;
-
-	/* Once per trie at startup; a weak fallback only costs DoS resistance. */
-	if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != sizeof(seed))
-		seed = (uint64_t)(uintptr_t)salt * 0x9e3779b97f4a7c15ull;
-	return seed;
-}
-
-static size_t filter_depth(const char *f, size_t len)
-{
-	size_t depth = 1;
-
-	for (size_t i = 0; i < len; i++)
-		depth += f[i] == '/';
-	return depth;
-}
-
-static bool is_wild(const char *s, size_t len, char w)
-{
-	return len == 1 && s[0] == w;
-}
 
 /* ---- literal children table ---- */
 
@@ -213,7 +81,7 @@ static int kids_resize(struct tnode *n, uint32_t cap)
 {
 	struct tnode **slots = NULL;
 
-	assert(cap == 0 || (cap >= KIDS_CAP_MIN && (cap & (cap - 1)) == 0));
+	assert(cap == 0 || (cap >= LEVEL_CAP_MIN && (cap & (cap - 1)) == 0));
 	assert(cap == 0 ? n->klive == 0 : n->klive * 4 <= cap * 3);
 	if (cap) {
 		slots = calloc(cap, sizeof(*slots));
@@ -229,20 +97,10 @@ static int kids_resize(struct tnode *n, uint32_t cap)
 	return 0;
 }
 
-/* Smallest table that holds `live` children at most half full. */
-static uint32_t kids_cap_for(uint32_t live)
-{
-	uint32_t cap = KIDS_CAP_MIN;
-
-	while (cap < live * 2)
-		cap *= 2;
-	return cap;
-}
-
 static int kids_add(struct tnode *n, struct tnode *c)
 {
 	if ((n->klive + 1) * 4 > n->kcap * 3 &&
-	    kids_resize(n, kids_cap_for(n->klive + 1)) != 0)
+	    kids_resize(n, level_cap_for(n->klive + 1)) != 0)
 		return -1;
 	kids_place(n->kids, n->kcap, c);
 	n->klive++;
@@ -272,8 +130,8 @@ static void kids_del(struct tnode *n, const struct tnode *c)
 	n->klive--;
 	if (n->klive == 0)
 		kids_resize(n, 0);
-	else if (n->kcap > KIDS_CAP_MIN && n->klive * 8 < n->kcap)
-		(void)kids_resize(n, kids_cap_for(n->klive)); /* may stay big */
+	else if (n->kcap > LEVEL_CAP_MIN && n->klive * 8 < n->kcap)
+		(void)kids_resize(n, level_cap_for(n->klive)); /* may stay big */
 }
 
 /* ---- nodes ---- */
@@ -321,14 +179,14 @@ static void prune(struct trie *t, struct tnode *n)
 static struct tnode *child_get(struct trie *t, struct tnode *n, const char *s,
 			       uint32_t len, bool create)
 {
-	struct tnode **wild = is_wild(s, len, '+')   ? &n->plus
-			      : is_wild(s, len, '#') ? &n->hash
-						     : NULL;
+	struct tnode **wild = level_is(s, len, '+')   ? &n->plus
+			      : level_is(s, len, '#') ? &n->hash
+						      : NULL;
 	uint64_t h = wild ? 0 : level_hash(t->seed, s, len);
 	struct tnode *c = wild ? *wild : kids_find(n, h, s, len);
 
 	/* Valid filters never continue past '#'. */
-	assert(!n->parent || !is_wild(n->name, n->len, '#'));
+	assert(!n->parent || !level_is(n->name, n->len, '#'));
 	if (c || !create)
 		return c;
 	c = node_new(t, n, s, len, h);
@@ -377,7 +235,7 @@ struct trie *trie_new(void)
 
 	if (!t)
 		return NULL;
-	t->seed = seed_new(t);
+	t->seed = level_seed(t);
 	t->root = node_new(t, NULL, "", 0, 0);
 	if (!t->root) {
 		free(t);
@@ -437,7 +295,7 @@ enum trie_result trie_subscribe(struct trie *t, const char *filter,
 {
 	assert(t && filter && sub && sub->owner);
 	assert(len >= 1 && len <= TOPIC_LEN_MAX);
-	if (filter_depth(filter, len) > TRIE_LEVELS_MAX)
+	if (level_count(filter, len) > TRIE_LEVELS_MAX)
 		return TRIE_TOO_DEEP;
 	struct tnode *n = path_get(t, filter, len, true);
 	if (!n)
@@ -479,7 +337,7 @@ enum trie_result trie_unsubscribe(struct trie *t, const char *filter,
 {
 	assert(t && filter && owner);
 	assert(len >= 1 && len <= TOPIC_LEN_MAX);
-	if (filter_depth(filter, len) > TRIE_LEVELS_MAX)
+	if (level_count(filter, len) > TRIE_LEVELS_MAX)
 		return TRIE_NOT_FOUND; /* could never have been added */
 	struct tnode *n = path_get(t, filter, len, false);
 	if (!n)
@@ -520,7 +378,7 @@ void trie_match(const struct trie *t, const char *topic, size_t len,
 	uint32_t sp = 0;
 	bool dollar = len > 0 && topic[0] == '$';
 
-	levels_split(&lv, t->seed, topic, len);
+	level_split(&lv, t->seed, topic, len);
 	st[sp++] = (struct frame){t->root, 0};
 	while (sp) {
 		struct frame f = st[--sp];
@@ -583,12 +441,12 @@ bool topic_matches(const char *filter, size_t flen, const char *topic,
 	for (;;) {
 		size_t fe = level_end(filter, flen, fi);
 
-		if (is_wild(filter + fi, fe - fi, '#'))
+		if (level_is(filter + fi, fe - fi, '#'))
 			return true; /* the parent level and all below */
 		if (tdone)
 			return false;
 		size_t te = level_end(topic, tlen, ti);
-		if (!is_wild(filter + fi, fe - fi, '+') &&
+		if (!level_is(filter + fi, fe - fi, '+') &&
 		    (fe - fi != te - ti ||
 		     memcmp(filter + fi, topic + ti, fe - fi) != 0))
 			return false;

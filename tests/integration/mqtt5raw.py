@@ -379,35 +379,7 @@ class Packet5:
 class Client5(mqttraw.RawClient):
     """A raw MQTT 5 connection; recv() returns Packet5."""
 
-    def _try_parse(self):
-        if len(self.buf) < 2:
-            return None
-        mult, length, i = 1, 0, 1
-        while True:
-            if i >= len(self.buf):
-                return None
-            b = self.buf[i]
-            length += (b & 0x7F) * mult
-            mult *= 128
-            i += 1
-            if not b & 0x80:
-                break
-            if i > 4:
-                raise ValueError("broker sent a bad remaining length")
-        if len(self.buf) < i + length:
-            return None
-        pkt = Packet5(self.buf[0], bytes(self.buf[i:i + length]))
-        del self.buf[:i + length]
-        return pkt
-
-    def await_packet(self, ptype, pid=None, timeout=None):
-        """As RawClient.await_packet, but also finds the packet among those
-        already kept aside by an earlier await_packet (RawClient's version
-        only looks at newly read packets)."""
-        for i, pkt in enumerate(self.pending):
-            if pkt.type == ptype and (pid is None or pkt.pid == pid):
-                return self.pending.pop(i)
-        return super().await_packet(ptype, pid, timeout)
+    packet_class = Packet5
 
     def expect_disconnect(self, timeout=None):
         """The next packet is a DISCONNECT, and the broker then closes."""
@@ -463,21 +435,3 @@ class Client5(mqttraw.RawClient):
             self.await_packet(PUBCOMP, pid)
             return rec
         return None
-
-    def ack(self, pkt):
-        if pkt.qos == 1:
-            self.send(puback(pkt.pid))
-        elif pkt.qos == 2:
-            self.send(pubrec(pkt.pid))
-            self.await_packet(PUBREL, pkt.pid)
-            self.send(pubcomp(pkt.pid))
-
-    def expect_publish(self, timeout=None, ack=True):
-        pkt = self.expect(PUBLISH, timeout)
-        if ack:
-            self.ack(pkt)
-        return pkt
-
-    def ping(self, timeout=None):
-        self.send(pingreq())
-        return self.await_packet(PINGRESP, timeout=timeout)

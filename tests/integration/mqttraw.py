@@ -181,6 +181,10 @@ class Timeout(Exception):
 
 
 class RawClient:
+    # What recv() returns: a subclass for another protocol version sets its
+    # own decoder (mqtt5raw.Client5).
+    packet_class = Packet
+
     def __init__(self, port, timeout=5.0, host="127.0.0.1"):
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -246,7 +250,7 @@ class RawClient:
                 raise ValueError("broker sent a bad remaining length")
         if len(self.buf) < i + length:
             return None
-        pkt = Packet(self.buf[0], bytes(self.buf[i:i + length]))
+        pkt = self.packet_class(self.buf[0], bytes(self.buf[i:i + length]))
         del self.buf[:i + length]
         return pkt
 
@@ -267,8 +271,12 @@ class RawClient:
         return pkt
 
     def await_packet(self, ptype, pid=None, timeout=None):
-        """Reads until a packet of ptype (and pid) arrives; packets read on
-        the way are kept for the next recv()."""
+        """The first packet of ptype (and pid), looked for among those kept
+        aside by an earlier call before reading more; packets read on the
+        way are kept for the next recv()."""
+        for i, pkt in enumerate(self.pending):
+            if pkt.type == ptype and (pid is None or pkt.pid == pid):
+                return self.pending.pop(i)
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         stash = []
         try:

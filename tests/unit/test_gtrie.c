@@ -3,6 +3,7 @@
 #include "core/gtrie.h"
 #include "core/trie.h"
 #include "runner.h"
+#include "topic_model.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -102,20 +103,6 @@ TEST(gtrie_spec_dollar_topics_skip_leading_wildcards)
 	rcu_leave();
 }
 
-static char *deep_filter(size_t n, const char *last)
-{
-	char *s = malloc(2 * n + 2);
-	size_t pos = 0;
-
-	for (size_t i = 0; i < n; i++) {
-		if (i)
-			s[pos++] = '/';
-		s[pos++] = (i == n - 1 && last) ? last[0] : 'l';
-	}
-	s[pos] = 0;
-	return s;
-}
-
 TEST(gtrie_filter_deeper_than_levels_max_is_refused)
 {
 	rcu_enter();
@@ -139,54 +126,6 @@ TEST(gtrie_filter_deeper_than_levels_max_is_refused)
 	free(topic_deep);
 	gtrie_free(g);
 	rcu_leave();
-}
-
-/* Valid filters and topics of up to three levels over a small alphabet
- * (same generator as test_trie.c). */
-struct gen {
-	char filters[256][16];
-	int nf;
-	char topics[128][16];
-	int nt;
-};
-
-static void gen_all(struct gen *g)
-{
-	static const char *fl[] = {"a", "b", "", "+", "#", "$x"};
-	static const char *tl[] = {"a", "b", "", "$x"};
-
-	g->nf = g->nt = 0;
-	for (int depth = 1; depth <= 3; depth++) {
-		int nfc = 1, ntc = 1;
-		for (int d = 0; d < depth; d++) {
-			nfc *= 6;
-			ntc *= 4;
-		}
-		for (int c = 0; c < nfc; c++) {
-			char buf[16] = "";
-			int x = c, ok = 1;
-			for (int d = 0; d < depth; d++, x /= 6) {
-				if (x % 6 == 4 && d != depth - 1)
-					ok = 0;
-				if (d)
-					strcat(buf, "/");
-				strcat(buf, fl[x % 6]);
-			}
-			if (ok && buf[0])
-				strcpy(g->filters[g->nf++], buf);
-		}
-		for (int c = 0; c < ntc; c++) {
-			char buf[16] = "";
-			int x = c;
-			for (int d = 0; d < depth; d++, x /= 4) {
-				if (d)
-					strcat(buf, "/");
-				strcat(buf, tl[x % 4]);
-			}
-			if (buf[0])
-				strcpy(g->topics[g->nt++], buf);
-		}
-	}
 }
 
 static uint64_t model_mask(const struct gen *gn, uint64_t held[256],
@@ -231,14 +170,6 @@ TEST(gtrie_agrees_with_topic_matches_on_every_small_pair)
 	rcu_leave();
 }
 
-static uint64_t rng_next(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
 TEST(gtrie_random_churn_agrees_with_model_and_prunes_to_empty)
 {
 	static struct gen gn;
@@ -273,21 +204,6 @@ TEST(gtrie_random_churn_agrees_with_model_and_prunes_to_empty)
 	CHECK_EQ(gtrie_node_count(g), 0);
 	gtrie_free(g);
 	rcu_leave();
-}
-
-static void aligned_topic(char *buf, int c, int a, int b)
-{
-	int pos = 0;
-
-	for (int i = 0; i < c; i++)
-		buf[pos++] = 'p';
-	buf[pos++] = '/';
-	for (int i = 0; i < a; i++)
-		buf[pos++] = 'x';
-	buf[pos++] = '/';
-	for (int i = 0; i < b; i++)
-		buf[pos++] = 'y';
-	buf[pos] = 0;
 }
 
 /* Topic levels are hashed while scanning for '/', a word at a time: they
@@ -373,16 +289,6 @@ TEST(gtrie_new_and_free_many_times_leaks_nothing)
 }
 
 /* ---- readers racing a writer ---- */
-
-/* Churn runs for a fixed time, not a fixed count, so sanitizer builds
- * still race for long enough. */
-static long elapsed_ms(const struct timespec *t0)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (t.tv_sec - t0->tv_sec) * 1000 + (t.tv_nsec - t0->tv_nsec) / 1000000;
-}
 
 enum { READERS = 3, CHURN_IDS = 1500, STABLE_BITS = 0xff };
 

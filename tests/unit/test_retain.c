@@ -4,6 +4,7 @@
 #include "core/retain.h"
 #include "core/trie.h"
 #include "runner.h"
+#include "topic_model.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -244,54 +245,6 @@ TEST(retain_empty_levels_are_real_levels)
 	rcu_leave();
 }
 
-/* Same generator as test_trie.c: filters and topics of up to three levels
- * over a small alphabet. */
-struct gen {
-	char filters[256][16];
-	int nf;
-	char topics[128][16];
-	int nt;
-};
-
-static void gen_all(struct gen *g)
-{
-	static const char *fl[] = {"a", "b", "", "+", "#", "$x"};
-	static const char *tl[] = {"a", "b", "", "$x"};
-
-	g->nf = g->nt = 0;
-	for (int depth = 1; depth <= 3; depth++) {
-		int nfc = 1, ntc = 1;
-		for (int d = 0; d < depth; d++) {
-			nfc *= 6;
-			ntc *= 4;
-		}
-		for (int c = 0; c < nfc; c++) {
-			char buf[16] = "";
-			int x = c, ok = 1;
-			for (int d = 0; d < depth; d++, x /= 6) {
-				if (x % 6 == 4 && d != depth - 1)
-					ok = 0;
-				if (d)
-					strcat(buf, "/");
-				strcat(buf, fl[x % 6]);
-			}
-			if (ok && buf[0])
-				strcpy(g->filters[g->nf++], buf);
-		}
-		for (int c = 0; c < ntc; c++) {
-			char buf[16] = "";
-			int x = c;
-			for (int d = 0; d < depth; d++, x /= 4) {
-				if (d)
-					strcat(buf, "/");
-				strcat(buf, tl[x % 4]);
-			}
-			if (buf[0])
-				strcpy(g->topics[g->nt++], buf);
-		}
-	}
-}
-
 static void check_against_model(int *test_failed_, struct retain_store *r,
 				const struct gen *gn, const bool *held)
 {
@@ -333,14 +286,6 @@ TEST(retain_match_agrees_with_topic_matches_on_every_small_pair)
 	rcu_leave();
 }
 
-static uint64_t rng_next(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
-}
-
 TEST(retain_random_churn_agrees_with_model_and_prunes_to_empty)
 {
 	static struct gen gn;
@@ -368,21 +313,6 @@ TEST(retain_random_churn_agrees_with_model_and_prunes_to_empty)
 	CHECK_EQ(retain_node_count(r), 0);
 	retain_free(r);
 	rcu_leave();
-}
-
-static void aligned_topic(char *buf, int c, int a, int b)
-{
-	int pos = 0;
-
-	for (int i = 0; i < c; i++)
-		buf[pos++] = 'p';
-	buf[pos++] = '/';
-	for (int i = 0; i < a; i++)
-		buf[pos++] = 'x';
-	buf[pos++] = '/';
-	for (int i = 0; i < b; i++)
-		buf[pos++] = 'y';
-	buf[pos] = 0;
 }
 
 /* Filter levels are hashed while scanning for '/', a word at a time: they
@@ -500,16 +430,6 @@ TEST(retain_free_releases_every_message)
 }
 
 /* ---- readers racing a writer ---- */
-
-/* Churn runs for a fixed time, not a fixed count, so sanitizer builds
- * still race for long enough. */
-static long elapsed_ms(const struct timespec *t0)
-{
-	struct timespec t;
-
-	clock_gettime(CLOCK_MONOTONIC, &t);
-	return (t.tv_sec - t0->tv_sec) * 1000 + (t.tv_nsec - t0->tv_nsec) / 1000000;
-}
 
 enum { READERS = 3, STABLE = 10, CHURN = 1000 };
 

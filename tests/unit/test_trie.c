@@ -2,6 +2,7 @@
  * pruning back to an empty trie. */
 #include "core/trie.h"
 #include "runner.h"
+#include "topic_model.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -276,21 +277,6 @@ TEST(trie_unsubscribe_unknown_filter_or_owner_is_not_found)
 	trie_free(t);
 }
 
-/* "l/l/.../l" with n levels; the last one replaced by `last` if given. */
-static char *deep_filter(size_t n, const char *last)
-{
-	char *s = malloc(2 * n + 2);
-	size_t pos = 0;
-
-	for (size_t i = 0; i < n; i++) {
-		if (i)
-			s[pos++] = '/';
-		s[pos++] = (i == n - 1 && last) ? last[0] : 'l';
-	}
-	s[pos] = 0;
-	return s;
-}
-
 TEST(trie_filter_deeper_than_levels_max_is_refused)
 {
 	struct trie *t = trie_new();
@@ -345,23 +331,6 @@ TEST(trie_topic_deeper_than_levels_max_matches_only_what_fits)
 	free(topic_deep);
 	free(topic_deeper);
 	trie_free(t);
-}
-
-/* "p..p/x..x/y..y" with c, a and b letters: levels of every length from 0
- * to past two words, at every alignment within a word. */
-static void aligned_topic(char *buf, int c, int a, int b)
-{
-	int pos = 0;
-
-	for (int i = 0; i < c; i++)
-		buf[pos++] = 'p';
-	buf[pos++] = '/';
-	for (int i = 0; i < a; i++)
-		buf[pos++] = 'x';
-	buf[pos++] = '/';
-	for (int i = 0; i < b; i++)
-		buf[pos++] = 'y';
-	buf[pos] = 0;
 }
 
 /* Levels are hashed a word at a time while scanning for '/': the topic
@@ -446,55 +415,6 @@ TEST(trie_many_owners_on_one_filter_grow_and_shrink)
 	trie_free(t);
 }
 
-/* Every valid filter of up to three levels over a small alphabet, and
- * every topic of up to three levels: covers wildcards at each position,
- * empty levels and '$'. */
-struct gen {
-	char filters[256][16];
-	int nf;
-	char topics[128][16];
-	int nt;
-};
-
-static void gen_all(struct gen *g)
-{
-	static const char *fl[] = {"a", "b", "", "+", "#", "$x"};
-	static const char *tl[] = {"a", "b", "", "$x"};
-
-	g->nf = g->nt = 0;
-	for (int depth = 1; depth <= 3; depth++) {
-		int nfc = 1, ntc = 1;
-		for (int d = 0; d < depth; d++) {
-			nfc *= 6;
-			ntc *= 4;
-		}
-		for (int c = 0; c < nfc; c++) {
-			char buf[16] = "";
-			int x = c, ok = 1;
-			for (int d = 0; d < depth; d++, x /= 6) {
-				if (x % 6 == 4 && d != depth - 1)
-					ok = 0; /* '#' only last */
-				if (d)
-					strcat(buf, "/");
-				strcat(buf, fl[x % 6]);
-			}
-			if (ok && buf[0]) /* "" is not a filter */
-				strcpy(g->filters[g->nf++], buf);
-		}
-		for (int c = 0; c < ntc; c++) {
-			char buf[16] = "";
-			int x = c;
-			for (int d = 0; d < depth; d++, x /= 4) {
-				if (d)
-					strcat(buf, "/");
-				strcat(buf, tl[x % 4]);
-			}
-			if (buf[0])
-				strcpy(g->topics[g->nt++], buf);
-		}
-	}
-}
-
 TEST(trie_match_agrees_with_topic_matches_on_every_small_pair)
 {
 	static struct gen g;
@@ -528,14 +448,6 @@ TEST(trie_match_agrees_with_topic_matches_on_every_small_pair)
 		CHECK_EQ(unsub(t, g.filters[i], 0), TRIE_REMOVED_LAST);
 	CHECK_EQ(trie_node_count(t), 0);
 	trie_free(t);
-}
-
-static uint64_t rng_next(uint64_t *s)
-{
-	*s ^= *s << 13;
-	*s ^= *s >> 7;
-	*s ^= *s << 17;
-	return *s;
 }
 
 /* Random subscribe/unsubscribe against a table of who holds what; after
