@@ -906,6 +906,7 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 					     : ss->expiry_s;
 			ss->delayed_will = c->will;
 			ss->will_at_ms = s->now_ms + (uint64_t)d * 1000u;
+			session_timer_at(s, ss->will_at_ms);
 			c->will = NULL;
 		} else {
 			if (send_will && was_active)

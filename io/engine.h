@@ -224,6 +224,8 @@ void session_deliver(struct session *ss, struct msg *m, const struct deliv *d);
 void session_fire_will(struct session *ss);
 /* Offline sessions whose expiry passed end; delayed wills fire. */
 void session_check_timers(struct shard *s);
+/* Makes sure the tick looks at sessions again by `at_ms`. */
+void session_timer_at(struct shard *s, uint64_t at_ms);
 /* An ack from the client; returns false if no such packet id was
  * outstanding in that state. */
 bool session_on_puback(struct session *ss, uint16_t pid);
@@ -449,7 +451,9 @@ struct shard {
 
 	uint64_t now_ms;
 	uint64_t last_sys_ms;
-	uint64_t last_session_check_ms;
+	/* Earliest session expiry or delayed will on this shard (0: none),
+	 * so the tick scans sessions only when one is due. */
+	uint64_t next_session_deadline_ms;
 	bool stopping;
 	struct shard_stats stats;
 };

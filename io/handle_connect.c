@@ -90,8 +90,10 @@ void session_on_disconnect(struct shard *s, struct session *ss)
 {
 	if (ss->persistent) {
 		/* Kept offline: for ever (3.1.1) or for its expiry (MQTT 5). */
-		if (ss->expiry_s != UINT32_MAX)
+		if (ss->expiry_s != UINT32_MAX) {
 			ss->expire_at_ms = s->now_ms + (uint64_t)ss->expiry_s * 1000u;
+			session_timer_at(s, ss->expire_at_ms);
+		}
 		return;
 	}
 	struct broker *b = s->b;

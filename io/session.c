@@ -417,18 +417,31 @@ void session_fire_will(struct session *ss)
 	free(w);
 }
 
+void session_timer_at(struct shard *s, uint64_t at_ms)
+{
+	if (!s->next_session_deadline_ms || at_ms < s->next_session_deadline_ms)
+		s->next_session_deadline_ms = at_ms;
+}
+
 void session_check_timers(struct shard *s)
 {
+	if (!s->next_session_deadline_ms || s->now_ms < s->next_session_deadline_ms)
+		return;
+	s->next_session_deadline_ms = 0;
 	struct session *next;
 	for (struct session *ss = s->sessions; ss; ss = next) {
 		next = ss->next;
 		if (ss->delayed_will && s->now_ms >= ss->will_at_ms)
 			session_fire_will(ss);
+		else if (ss->delayed_will)
+			session_timer_at(s, ss->will_at_ms);
 		if (!ss->conn && ss->expire_at_ms && s->now_ms >= ss->expire_at_ms) {
 			ss->expire_at_ms = 0;
 			ss->expiry_s = 0;
 			ss->persistent = false;
 			session_on_disconnect(s, ss); /* ends it */
+		} else if (!ss->conn && ss->expire_at_ms) {
+			session_timer_at(s, ss->expire_at_ms);
 		}
 	}
 }

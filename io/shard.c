@@ -471,10 +471,7 @@ static void shard_check_timeouts(struct shard *s)
 static void shard_on_tick(struct shard *s)
 {
 	shard_check_timeouts(s);
-	if (s->now_ms - s->last_session_check_ms >= 1000) {
-		s->last_session_check_ms = s->now_ms;
-		session_check_timers(s);
-	}
+	session_check_timers(s); /* returns at once unless one is due */
 	if (s->idx == 0 && s->cfg->sys_interval_s &&
 	    s->now_ms - s->last_sys_ms >= s->cfg->sys_interval_s * 1000ull) {
 		s->last_sys_ms = s->now_ms;

@@ -7,6 +7,8 @@ a member that unsubscribes or disconnects mid-stream costs the others
 nothing at QoS 1; messages published after a SUBACK/UNSUBACK respect it.
 """
 
+import time
+
 import pytest
 
 import mqtt5raw as m5
@@ -94,3 +96,36 @@ def test_message_right_after_shared_suback_reaches_the_group(sharded):
         _drain(m, got, 0.3)
         assert got == [i]
         m.close()
+
+
+def test_mqtt5_session_expiry_holds_across_shards(sharded):
+    # A 5.0 session with an expiry, resumed from many new connections (which
+    # SO_REUSEPORT spreads over the 4 shards, so most land on a shard other
+    # than the session's): every reconnect finds the session and its queued
+    # QoS 1 message; once the expiry has passed, the session is gone.
+    port = sharded.port
+    first = _client(port, "pub-exp")
+    s = Client5(port)
+    assert s.connect("roamer", clean=True,
+                     props=[(m5.SESSION_EXPIRY_INTERVAL, 3)]).rc == 0
+    assert s.subscribe([("roam/t", 1)]).codes == [1]
+    s.send(m5.disconnect())
+    s.close()
+    for i in range(8):
+        assert first.publish("roam/t", b"%d" % i, qos=1, pid=i + 1).rc == 0
+        c = Client5(port)
+        ack = c.connect("roamer", clean=False,
+                        props=[(m5.SESSION_EXPIRY_INTERVAL, 3)])
+        assert ack.rc == 0 and ack.session_present, i
+        got = []
+        _drain(c, got, 0.2)
+        assert got == [i], (i, got)
+        c.send(m5.disconnect())
+        c.close()
+
+    time.sleep(3.6)  # the session expires 3 s after the last disconnect
+    c = Client5(port)
+    ack = c.connect("roamer", clean=False,
+                    props=[(m5.SESSION_EXPIRY_INTERVAL, 3)])
+    assert ack.rc == 0 and not ack.session_present
+    c.close()
