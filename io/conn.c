@@ -803,6 +803,17 @@ void conn_release_ack(struct conn *c, struct held_ack *h)
 	}
 }
 
+void conn_send_ack(struct conn *c, struct held_ack *held, const uint8_t *bytes,
+		   size_t len)
+{
+	if (held) {
+		held_ack_set(held, bytes, len);
+		conn_release_ack(c, held);
+	} else if (len) {
+		conn_queue_ctrl(c, bytes, len);
+	}
+}
+
 static void conn_free_held_acks(struct conn *c)
 {
 	while (c->held_acks) {

@@ -607,6 +607,10 @@ struct held_ack *conn_hold_ack(struct conn *c, size_t cap);
 void held_ack_expect(struct held_ack *h);
 void held_ack_set(struct held_ack *h, const uint8_t *bytes, size_t len);
 void conn_release_ack(struct conn *c, struct held_ack *h);
+/* The ack of a SUBSCRIBE/UNSUBSCRIBE: through `held` if it waits, else
+ * straight onto the wire. */
+void conn_send_ack(struct conn *c, struct held_ack *held, const uint8_t *bytes,
+		   size_t len);
 struct conn *shard_conn_lookup(struct shard *s, uint32_t id, uint32_t gen);
 void share_route(struct shard *s, void *group, struct msg *m);
 void share_on_item(struct shard *s, uint8_t kind, void *op);

@@ -98,12 +98,7 @@ int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	}
 	size_t n = mqtt_encode_suback(out, (size_t)sub.count + 16, MQTT_SUBACK,
 				      c->version, sub.packet_id, reasons, i, NULL);
-	if (held) {
-		held_ack_set(held, out, n);
-		conn_release_ack(c, held);
-	} else if (n) {
-		conn_queue_ctrl(c, out, n);
-	}
+	conn_send_ack(c, held, out, n);
 	cur = i = 0;
 	while (mqtt_subscribe_next(&sub, &cur, &e)) {
 		if (reasons[i] <= 2 && sub_wants_retained(&e, added[i]))

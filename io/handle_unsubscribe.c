@@ -43,12 +43,7 @@ int handle_unsubscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	}
 	size_t n = mqtt_encode_suback(out, (size_t)un.count + 16, MQTT_UNSUBACK,
 				      c->version, un.packet_id, reasons, i, NULL);
-	if (held) {
-		held_ack_set(held, out, n);
-		conn_release_ack(c, held);
-	} else if (n) {
-		conn_queue_ctrl(c, out, n);
-	}
+	conn_send_ack(c, held, out, n);
 	free(reasons);
 	free(out);
 	return 0;
