@@ -112,6 +112,11 @@ test: deps
 	@rc=0; BROKER=$(abspath $(BUILD)/kite) EXPECT=txrx BUILD=$(BUILD) \
 	 tests/vm/test_broker_ktls_vm.sh || rc=$$?; \
 	 if [ $$rc -eq 77 ]; then echo "kite-ktls-vm: skipped (see above)"; else exit $$rc; fi
+	@# Records that are not application data once the kernel has the keys:
+	@# close_notify, fatal alerts, KeyUpdate, renegotiation.
+	@rc=0; KITE=$(abspath $(BUILD)/kite) VM_TIMEOUT=$(VM_TIMEOUT) \
+	 tests/vm/test_ktls_records_vm.sh || rc=$$?; \
+	 if [ $$rc -eq 77 ]; then echo "ktls-records-vm: skipped (see above)"; else exit $$rc; fi
 
 clean:
 	rm -rf build

@@ -1,0 +1,102 @@
+#!/bin/sh
+# Runs INSIDE the VM (busybox sh), put there by test_ktls_records_vm.sh.
+# Starts /bin/kite -v with an mTLS listener (PKI from `kite cert`) and, for
+# TLS 1.3 and TLS 1.2, sends TLS control records after kite has moved the
+# connection to kernel TLS (ktls_records_client), checking kite's log:
+#   notify     close_notify      -> "closed by client (TLS close_notify)"
+#   keyupdate  KeyUpdate (1.3)   -> "TLS handshake message after the switch
+#                                    to kernel TLS"
+#   reneg      ClientHello (1.2) -> the same handshake-message reason
+#   alert      fatal alert 40    -> "TLS alert 40 from client"
+# Each case also needs kite's RX to be in the kernel before the record
+# (TlsCurrRxSw +1 seen by the client), kite still running, and a second
+# client's publish/subscribe round trip afterwards.
+# Prints "PASS|FAIL <case>" per case; exit 0 iff all pass.
+D=/etc/kite-vm/records
+PKI=$D/pki
+PORT=8883
+CA=$PKI/ca.pem
+CERT=$PKI/clients/dev1.pem
+KEY=$PKI/clients/dev1.key
+LOG=/tmp/kite.log
+
+listening() {
+    hex=$(printf '%04X' $PORT)
+    grep -q "0100007F:$hex 00000000:0000 0A" /proc/net/tcp
+}
+stat_of() { awk -v k="$1" '$1==k{print $2}' /proc/net/tls_stat; }
+
+cat > /tmp/kite.conf <<EOF
+listener $PORT 127.0.0.1
+cafile $CA
+certfile $PKI/server.pem
+keyfile $PKI/server.key
+require_certificate true
+use_identity_as_username true
+EOF
+
+kite -c /tmp/kite.conf -v > $LOG 2>&1 &
+KPID=$!
+i=0
+while ! listening && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+listening || { echo "FAIL setup: kite not listening"; cat $LOG; exit 1; }
+grep -i "tls" $LOG | head -3 | sed 's/^/  kite: /'
+
+fails=0
+n=0
+# case_run NAME MODE VERSION EXPECTED_LOG_TEXT
+case_run() {
+    name=$1 mode=$2 ver=$3 want=$4
+    n=$((n + 1))
+    id=rec$n
+    de0=$(stat_of TlsDecryptError)
+    lines0=$(wc -l < $LOG)
+    timeout 20 ktls_records_client $mode $ver $PORT $CA $CERT $KEY $id 500 \
+        > /tmp/c.out 2>&1
+    crc=$?
+    sleep 0.3
+    sed 's/^/  /' /tmp/c.out
+    tail -n +$((lines0 + 1)) $LOG > /tmp/new.log
+    grep -a "$id" /tmp/new.log | sed 's/^/  kite: /'
+    crx=$(sed -n 's/.*TlsCurrRxSw +*\([-0-9]*\).*/\1/p' /tmp/c.out)
+    why=
+    [ $crc = 0 ] || why="$why client exit $crc;"
+    [ "${crx:-0}" -ge 1 ] 2>/dev/null || why="$why kite RX not in the kernel before the record (TlsCurrRxSw ${crx:-?});"
+    grep -a "$id" /tmp/new.log | grep -aq "disconnected: $want" ||
+        why="$why no '$want' in kite's log for $id;"
+    kill -0 $KPID 2>/dev/null || why="$why kite is not running;"
+    de=$(( $(stat_of TlsDecryptError) - de0 ))
+    [ $de = 0 ] || why="$why TlsDecryptError +$de;"
+    timeout 20 ktls_records_client pubsub $ver $PORT $CA $CERT $KEY after$n \
+        > /tmp/p.out 2>&1 || why="$why second client's pub/sub failed: $(tr '\n' ' ' < /tmp/p.out);"
+    if [ -z "$why" ]; then
+        echo "PASS $name (TlsCurrRxSw +$crx, TlsDecryptError +$de; second client pub/sub ok)"
+    else
+        echo "FAIL $name:$why"
+        fails=$((fails + 1))
+        sed 's/^/  kite log: /' /tmp/new.log | tail -20
+    fi
+}
+
+echo "kernel $(uname -r)"
+case_run "tls1.3 close_notify" notify tls1.3 "closed by client (TLS close_notify)"
+case_run "tls1.3 KeyUpdate" keyupdate tls1.3 "TLS handshake message after the switch to kernel TLS"
+case_run "tls1.3 fatal alert" alert tls1.3 "TLS alert 40 from client"
+case_run "tls1.2 close_notify" notify tls1.2 "closed by client (TLS close_notify)"
+case_run "tls1.2 renegotiation ClientHello" reneg tls1.2 "TLS handshake message after the switch to kernel TLS"
+case_run "tls1.2 fatal alert" alert tls1.2 "TLS alert 40 from client"
+
+echo "tls_stat at the end:"
+sed 's/^/  /' /proc/net/tls_stat
+if kill -0 $KPID 2>/dev/null; then
+    kill $KPID; wait $KPID
+    echo "kite exit status after SIGTERM: $?"
+else
+    wait $KPID
+    echo "FAIL kite died (status $?)"
+    fails=$((fails + 1))
+fi
+echo "kite log (last 40 lines):"
+tail -40 $LOG | sed 's/^/  kite: /'
+echo "records: $((n - fails)) of $n cases passed"
+[ $fails = 0 ]

@@ -1,0 +1,55 @@
+#!/bin/bash
+# kite's handling of TLS control records once a connection is on kernel TLS
+# (io/ktls.c conn_ktls_control_record), in the VM: close_notify (TLS 1.3
+# and 1.2), a TLS 1.3 KeyUpdate, a TLS 1.2 renegotiation ClientHello and a
+# fatal alert (sent raw through the client's own kTLS TX), each after
+# CONNECT/CONNACK and a 0.5 s wait, over an mTLS listener with a PKI from
+# `kite cert`. See guest_ktls_records.sh and ktls_records_client.c.
+#
+#   tests/vm/test_ktls_records_vm.sh
+#
+#   Env: KITE (default build/kite), VM_TIMEOUT (default 150 s).
+#   Exit 0 all cases pass, 1 fail, 77 VM unavailable.
+set -uo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+export VM_BUILD_DIR=${VM_BUILD_DIR:-$ROOT/build/vm}
+KITE=${KITE:-$ROOT/build/kite}
+W=$VM_BUILD_DIR/records
+CLIENT=$VM_BUILD_DIR/ktls_records_client
+LOG=$VM_BUILD_DIR/records-console.log
+fail() { echo "test_ktls_records_vm: FAIL: $*"; exit 1; }
+
+[ -x "$KITE" ] || fail "no kite binary $KITE (run make)"
+mkdir -p "$VM_BUILD_DIR"
+${CC:-cc} -std=c17 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
+    -o "$CLIENT" "$HERE/ktls_records_client.c" -lssl -lcrypto || fail "cannot build the client"
+
+rm -rf "$W"
+mkdir -p "$W"
+{
+    "$KITE" cert ca --dir "$W/pki" &&
+    "$KITE" cert server 127.0.0.1 localhost --dir "$W/pki" &&
+    "$KITE" cert client dev1 --dir "$W/pki"
+} >/dev/null 2>&1 || fail "kite cert"
+chmod -R a+rX "$W/pki"
+
+"$HERE/build-initramfs.sh" -o "$VM_BUILD_DIR/records-initramfs.cpio.gz" \
+    -f "$KITE:/bin/kite" -f "$CLIENT:/bin/ktls_records_client" \
+    -f "$W:/etc/kite-vm/records" \
+    -f "$HERE/guest_ktls_records.sh:/bin/guest_ktls_records.sh" >/dev/null
+rc=$?
+[ $rc = 77 ] && { echo "test_ktls_records_vm: SKIP: cannot build the VM"; exit 77; }
+[ $rc = 0 ] || fail "build-initramfs.sh exit $rc"
+
+"$HERE/run-vm.sh" -q -t "${VM_TIMEOUT:-150}" -i "$VM_BUILD_DIR/records-initramfs.cpio.gz" \
+    -l "$LOG" 'sh /bin/guest_ktls_records.sh'
+rc=$?
+[ $rc = 77 ] && { echo "test_ktls_records_vm: SKIP: cannot run the VM"; exit 77; }
+# The guest's report (PASS/FAIL lines, client and kite output), without
+# the boot noise.
+tr -d '\r' < "$LOG" | sed -n '/^kernel /,/^records: /p'
+grep -aq '^records: ' "$LOG" || echo "test_ktls_records_vm: FAIL: no report from the guest (console: $LOG)"
+if [ $rc = 0 ]; then echo "test_ktls_records_vm: PASS"; else echo "test_ktls_records_vm: FAIL"; fi
+exit $rc
