@@ -281,6 +281,10 @@ struct kb {
 	long rss_before_kb, rss_start_kb, rss_end_kb, hwm_end_kb;
 	/* Who else used our two CPUs during the window (/proc/stat). */
 	int gen_cpu, broker_cpu;
+	/* The broker may run on several CPUs (not pinned to one): broker_cpu
+	 * is then another CPU it may use, and other processes' load is
+	 * counted over gen_cpu and broker_cpu together. */
+	bool broker_spread;
 	uint64_t gen_busy0, gen_total0, gen_busy1, gen_total1;
 	uint64_t brk_busy0, brk_total0, brk_busy1, brk_total1;
 	uint64_t sent_win, recv_win;

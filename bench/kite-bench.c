@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -778,6 +779,7 @@ struct kb_result {
 	/* /proc/stat over the window: how busy each CPU was, and how much of
 	 * that was neither us nor the broker (other processes, interrupts). */
 	double gen_busy_pct, gen_foreign_pct, brk_busy_pct, brk_foreign_pct;
+	double both_foreign_pct; /* broker_spread: over both CPUs, else -1 */
 	bool ok, generator_bound, rate_met, contended;
 	const char *bottleneck;
 };
@@ -834,15 +836,32 @@ static void compute(struct kb *kb, struct kb_result *r)
 				  (double)(kb->brk_total1 - kb->brk_total0);
 		r->brk_foreign_pct = fmax(0, r->brk_busy_pct - r->broker_cpu_pct);
 	}
-	r->contended = r->gen_foreign_pct > 10 || r->brk_foreign_pct > 10;
+	r->both_foreign_pct = -1;
+	if (kb->broker_spread && r->gen_busy_pct >= 0 && r->brk_busy_pct >= 0) {
+		/* The broker's time is spread over both CPUs: only the sum
+		 * says how much of them other processes took. */
+		r->both_foreign_pct = fmax(0, r->gen_busy_pct + r->brk_busy_pct -
+						      r->gen_cpu_pct -
+						      r->broker_cpu_pct);
+		r->gen_foreign_pct = r->brk_foreign_pct = -1;
+	}
+	r->contended = r->gen_foreign_pct > 10 || r->brk_foreign_pct > 10 ||
+		       r->both_foreign_pct > 10;
 	r->spin_s = (double)kb->spin_ns / 1e9;
 	r->gen_work_pct = r->window_s > 0
 				  ? 100.0 * fmax(0, r->self_cpu_s - r->spin_s) /
 					    r->window_s
 				  : 0;
 	r->generator_bound = r->gen_work_pct > o->gen_bound_pct;
-	/* Which side limited the run: a saturation run should say "broker". */
-	if (r->broker_cpu_pct >= 90)
+	/* Which side limited the run: a saturation run should say "broker".
+	 * A broker spread over both CPUs shares the generator's: when both
+	 * are busy, neither side alone is the limit. */
+	if (kb->broker_spread && r->generator_bound)
+		r->bottleneck = "generator";
+	else if (kb->broker_spread && r->gen_busy_pct >= 90 &&
+		 r->brk_busy_pct >= 90)
+		r->bottleneck = "both CPUs busy";
+	else if (!kb->broker_spread && r->broker_cpu_pct >= 90)
 		r->bottleneck = "broker";
 	else if (r->generator_bound)
 		r->bottleneck = "generator";
@@ -977,6 +996,9 @@ static void report(struct kb *kb, const struct kb_result *r)
 		kb->gen_cpu, kb->broker_cpu, r->gen_busy_pct, r->gen_foreign_pct,
 		r->brk_busy_pct, r->brk_foreign_pct,
 		r->contended ? "true" : "false");
+	if (kb->broker_spread)
+		fprintf(f, "\"broker_spread\":true,\"both_cpus_foreign_pct\":%.1f,",
+			r->both_foreign_pct);
 	fprintf(f, "\"busy_poll\":%s,\"gen_spin_s\":%.3f,\"gen_work_pct\":%.1f,",
 		o->busy_poll ? "true" : "false", r->spin_s, r->gen_work_pct);
 	fprintf(f, "\"gen_cpu_s\":%.3f,\"gen_cpu_pct\":%.1f,"
@@ -1018,7 +1040,10 @@ static void report(struct kb *kb, const struct kb_result *r)
 		fprintf(f, " (busy-poll, working %.0f%%)", r->gen_work_pct);
 	fprintf(f, "%s%s", r->generator_bound ? " GENERATOR-BOUND" : "",
 		r->rate_met ? "" : " RATE-NOT-MET");
-	if (r->contended)
+	if (r->contended && kb->broker_spread)
+		fprintf(f, " CONTENDED (other load: %.0f%% over CPUs %d+%d)",
+			r->both_foreign_pct, kb->gen_cpu, kb->broker_cpu);
+	else if (r->contended)
 		fprintf(f, " CONTENDED (other load: %.0f%% on CPU %d, %.0f%% on CPU %d)",
 			r->gen_foreign_pct, kb->gen_cpu, r->brk_foreign_pct,
 			kb->broker_cpu);
@@ -1066,6 +1091,17 @@ int main(int argc, char **argv)
 	if (kb.o.broker_pid > 0) {
 		kb.rss_before_kb = kb_proc_rss_kb(kb.o.broker_pid);
 		kb.broker_cpu = kb_proc_pinned_cpu(kb.o.broker_pid);
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		if (kb.broker_cpu < 0 && kb.gen_cpu >= 0 &&
+		    sched_getaffinity(kb.o.broker_pid, sizeof(set), &set) == 0) {
+			/* Not pinned to one CPU (kite-all): watch the first
+			 * other CPU it may use with ours (2-CPU machine). */
+			for (int i = 0; i < CPU_SETSIZE && kb.broker_cpu < 0; i++)
+				if (i != kb.gen_cpu && CPU_ISSET(i, &set))
+					kb.broker_cpu = i;
+			kb.broker_spread = kb.broker_cpu >= 0;
+		}
 	}
 	run(&kb);
 	struct kb_result r;

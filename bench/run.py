@@ -38,6 +38,15 @@ MOSQ_DEFAULT = "/usr/sbin/mosquitto"
 
 BROKER_CPU = 1
 GEN_CPU = 0
+# kite-all: kite with one shard per online CPU and no CPU pinning (kite
+# pins shard i to the i-th CPU it may use), i.e. how an operator runs it.
+# The generator keeps CPU 0, so on a 2-CPU machine shard 0 shares it.
+ALL_CPUS = os.sysconf("SC_NPROCESSORS_ONLN")
+BROKER_KINDS = ("mosquitto", "kite", "kite-all")
+# Default --brokers per profile (make bench and bench-quick pass none).
+DEFAULT_BROKERS = {"full": "kite,mosquitto,kite-all",
+                   "quick": "kite,mosquitto",
+                   "smoke": "kite,mosquitto"}
 # Equal for both brokers, and large enough that no limit is hit at the
 # windows the generator keeps in flight (see the scenarios' --window).
 MAX_INFLIGHT = 1000
@@ -75,8 +84,8 @@ def loud(msg):
 # Per profile: (warmup s, duration s) and the sizes that vary.
 PROFILES = {
     "smoke": dict(warmup=0.2, duration=0.6, budget_s=30),
-    "quick": dict(warmup=0.3, duration=1.0, budget_s=120),
-    "full": dict(warmup=3.0, duration=12.0, budget_s=900),
+    "quick": dict(warmup=0.3, duration=1.0, budget_s=110),
+    "full": dict(warmup=2.0, duration=6.0, budget_s=750),
 }
 
 
@@ -185,9 +194,12 @@ def scenario_list(profile, fd_limit=1 << 20):
     add("tls-fanout-q0", "sat", "mTLS: 1 pub -> 200 subs, one topic, QoS 0, "
         "64 B", "--topology fanout --pubs 1 --subs 200 --qos 0 --window 16",
         tls=True)
-    add("tls-fanin-q1-sat", "sat", f"mTLS: {dev} devices -> 1 sub on "
+    # Every mTLS connection costs the single-threaded generator a full
+    # handshake during setup (~2-3 ms here): the TLS sizes are smaller.
+    tdev = dev if full else 500
+    add("tls-fanin-q1-sat", "sat", f"mTLS: {tdev} devices -> 1 sub on "
         "devices/+/telemetry, QoS 1, saturation",
-        f"--topology fanin --pubs {dev} --subs 1 --qos 1 --window 4 "
+        f"--topology fanin --pubs {tdev} --subs 1 --qos 1 --window 4 "
         "--burst 4 --max-outstanding 4096", tls=True)
     storm = 128 if full else 64
     add("tls-storm", "storm", f"mTLS connection storm: {storm} at a time, "
@@ -197,8 +209,8 @@ def scenario_list(profile, fd_limit=1 << 20):
     add("tcp-storm", "storm", f"the same storm over plain TCP ({storm} at "
         "a time): what TLS adds", f"--topology storm --conns {storm}",
         ports=2)
-    tidle1, tnote1 = idle_size(10000 if full else 2000, fd_limit)
-    tidle2, tnote2 = idle_size(50000 if full else 5000, fd_limit)
+    tidle1, tnote1 = idle_size(5000 if full else 1000, fd_limit)
+    tidle2, tnote2 = idle_size(10000 if full else 2000, fd_limit)
     add(f"tls-idle-{tidle1 // 1000}k", "idle", f"{tidle1} idle mTLS "
         "connections", f"--topology idle --conns {tidle1}", ports=1,
         size_note=tnote1, tls=True)
@@ -242,6 +254,39 @@ def tls_pki(kite, pkidir, nclients):
     return None
 
 
+PKI_CACHE = os.path.join(ROOT, "build", "bench", "pki")
+PKI_MAX_AGE_S = 180 * 86400  # `kite cert` issues for about 2 years
+
+
+def cached_pki(kite, nclients):
+    """The PKI in build/bench/pki, issued again only when it has fewer
+    than nclients client certificates or is older than PKI_MAX_AGE_S
+    (issuing 19,000 takes ~20 s; a larger set serves smaller runs).
+    Returns (directory or None, why it failed, seconds spent issuing)."""
+    stamp = os.path.join(PKI_CACHE, "stamp.json")
+    try:
+        with open(stamp) as f:
+            st = json.load(f)
+        if st["clients"] >= nclients and \
+                time.time() - st["issued"] < PKI_MAX_AGE_S:
+            return PKI_CACHE, None, 0.0
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    t = time.monotonic()
+    tmp = f"{PKI_CACHE}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp, mode=0o700)
+    why = tls_pki(kite, tmp, nclients)
+    if why:
+        shutil.rmtree(tmp, ignore_errors=True)
+        return None, why, time.monotonic() - t
+    with open(os.path.join(tmp, "stamp.json"), "w") as f:
+        json.dump({"clients": nclients, "issued": time.time()}, f)
+    shutil.rmtree(PKI_CACHE, ignore_errors=True)
+    os.rename(tmp, PKI_CACHE)
+    return PKI_CACHE, None, time.monotonic() - t
+
+
 # ---- processes -----------------------------------------------------------------
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -249,9 +294,9 @@ PR_SET_PDEATHSIG = 1
 _children = []
 
 
-def _pin_and_tie(cpu):
+def _pin_and_tie(cpus):
     def pre():
-        os.sched_setaffinity(0, {cpu})
+        os.sched_setaffinity(0, cpus)
         # Dies with the harness, whatever happens to it.
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     return pre
@@ -332,6 +377,9 @@ def broker_config(kind, ports, mosquitto_nodelay=False, pki=None):
         # Pinned to one CPU: one shard. kite must keep its threads inside
         # the affinity mask it was started with.
         lines.append("shards 1")
+    if kind == "kite-all":
+        # Not pinned: one shard per online CPU.
+        lines.append(f"shards {ALL_CPUS}")
     return "\n".join(lines) + "\n"
 
 
@@ -374,12 +422,12 @@ def cpu_load(cpus, interval=0.25):
             for c in cpus if c in a and c in b}
 
 
-def wait_quiet(limit_s, threshold=10.0):
+def wait_quiet(limit_s, threshold=10.0, interval=0.25):
     """Waits (at most limit_s) until both benchmark CPUs are nearly idle;
-    returns the last load seen."""
+    returns the last load seen (over `interval` s)."""
     deadline = time.monotonic() + limit_s
     while True:
-        load = cpu_load({GEN_CPU, BROKER_CPU})
+        load = cpu_load({GEN_CPU, BROKER_CPU}, interval)
         if all(v < threshold for v in load.values()) or \
                 time.monotonic() >= deadline:
             return load
@@ -400,10 +448,12 @@ class Broker:
 
     def start(self, timeout=5.0):
         self.logf = open(self.logpath, "w")
+        spread = self.kind == "kite-all"
+        cpus = set(range(ALL_CPUS)) if spread else {BROKER_CPU}
         self.proc = subprocess.Popen(
             [self.binary, "-c", self.conf], stdin=subprocess.DEVNULL,
             stdout=self.logf, stderr=subprocess.STDOUT,
-            preexec_fn=_pin_and_tie(BROKER_CPU))
+            preexec_fn=_pin_and_tie(cpus))
         _children.append(self.proc)
         deadline = time.monotonic() + timeout
         pending = set(self.ports)
@@ -421,6 +471,8 @@ class Broker:
             time.sleep(0.02)
         if pending:
             return f"not listening on {sorted(pending)} after {timeout} s"
+        if spread:
+            return None
         # Every thread must sit on the broker CPU. A broker that pins its
         # own threads elsewhere is noted and moved back (taskset -a).
         bad = {t: c for t, c in cpus_allowed(self.proc.pid).items()
@@ -466,9 +518,12 @@ def run_one(args, sc, kind, binary, rate, workdir):
     prof = PROFILES[args.profile]
     rec = dict(scenario=sc["name"], broker=kind, title=sc["title"],
                kind=sc["kind"], ok=False, notes=[])
+    t_run = time.monotonic()
+    timing = rec["timing_s"] = {}
     if args.profile != "smoke":
         t_wait = time.monotonic()
-        load = wait_quiet(args.wait_quiet)
+        load = wait_quiet(args.wait_quiet,
+                          interval=0.25 if args.wait_quiet else 0.1)
         rec["waited_s"] = round(time.monotonic() - t_wait, 2)
         rec["load_before"] = {str(c): round(v, 1) for c, v in load.items()}
         if any(v >= 10 for v in load.values()):
@@ -477,7 +532,9 @@ def run_one(args, sc, kind, binary, rate, workdir):
     pki = args.pki if sc.get("tls") else None
     b = Broker(kind, binary, workdir, sc.get("ports", 1),
                args.mosquitto_nodelay, pki)
+    t_start = time.monotonic()
     err = b.start()
+    timing["start"] = round(time.monotonic() - t_start, 3)
     if err:
         rec["start_error"] = err
         rec["notes"].append(f"{kind} did not start: {err}")
@@ -490,7 +547,7 @@ def run_one(args, sc, kind, binary, rate, workdir):
                "--name", sc["name"], "--broker-pid", str(b.proc.pid),
                "--warmup", str(prof["warmup"]),
                "--duration", str(prof["duration"]),
-               "--hold", str(max(1.0, prof["duration"] / 2)),
+               "--hold", str(max(0.5, prof["duration"] / 2)),
                "--drain", "15", "--setup", "90",
                "--gen-bound", str(args.gen_bound),
                "--timeout", str(gen_timeout)] + sc["args"].split()
@@ -503,11 +560,12 @@ def run_one(args, sc, kind, binary, rate, workdir):
         if sc["kind"] != "idle" and not args.no_busy_poll:
             cmd.append("--busy-poll")
         rec["cmd"] = " ".join(cmd)
+        t_gen = time.monotonic()
         try:
             p = subprocess.run(cmd, stdin=subprocess.DEVNULL,
                                capture_output=True, text=True,
                                timeout=gen_timeout + 20,
-                               preexec_fn=_pin_and_tie(GEN_CPU))
+                               preexec_fn=_pin_and_tie({GEN_CPU}))
             out, errout, rc = p.stdout, p.stderr, p.returncode
         except subprocess.TimeoutExpired as e:
             out = e.stdout or ""
@@ -519,6 +577,7 @@ def run_one(args, sc, kind, binary, rate, workdir):
             rc = -1
             rec["notes"].append("generator killed at the harness timeout")
         rec["gen_rc"] = rc
+        timing["generator"] = round(time.monotonic() - t_gen, 3)
         res = None
         for line in out.splitlines():
             if line.startswith("{"):
@@ -543,7 +602,10 @@ def run_one(args, sc, kind, binary, rate, workdir):
         if errout.strip() and not rec["ok"]:
             rec["gen_stderr"] = errout[-2000:]
     finally:
+        t_stop = time.monotonic()
         b.stop()
+        timing["stop"] = round(time.monotonic() - t_stop, 3)
+        timing["total"] = round(time.monotonic() - t_run, 3)
         # What the broker logged (errors and warnings only), minus the
         # start-up lines; kept in results.json and counted in the table.
         lines = [ln for ln in b.log_text().splitlines() if ln.strip()
@@ -629,7 +691,11 @@ def flags(rec):
         f.append(f"lost {r['lost']}")
     if r.get("stalls"):
         f.append(f"stalls {r['stalls']}")
-    if r.get("contended"):
+    if r.get("contended") and r.get("broker_spread"):
+        f.append(f"contended (other load "
+                 f"{r.get('both_cpus_foreign_pct', 0):.0f}% over CPUs "
+                 f"{GEN_CPU}+{BROKER_CPU})")
+    elif r.get("contended"):
         f.append(f"contended (other load {r.get('gen_cpu_foreign_pct', 0):.0f}%"
                  f" / {r.get('broker_cpu_foreign_pct', 0):.0f}% on CPU "
                  f"{GEN_CPU} / {BROKER_CPU})")
@@ -639,6 +705,8 @@ def flags(rec):
 def write_table(path, doc, scs):
     runs = {(r["scenario"], r["broker"]): r for r in doc["runs"]}
     kite_on = doc["kite_measured"]
+    # kite-all's columns appear only when it ran.
+    all_on = any(r["broker"] == "kite-all" for r in doc["runs"])
     L = []
     L.append(f"# kite vs Mosquitto — {doc['meta']['profile']} run, "
              f"{doc['meta']['date']}")
@@ -655,11 +723,24 @@ def write_table(path, doc, scs):
     L.append("Ratios are kite / Mosquitto from this run (below 1× is better "
              "for CPU, latency and memory; above 1× for throughput).")
     L.append("")
+    if all_on:
+        L.append(f"**kite-all** is kite with `shards {ALL_CPUS}` (one per "
+                 "online CPU) and no CPU pinning: the all-cores "
+                 "configuration an operator would run, not a clean scaling "
+                 f"figure. kite-bench stays pinned to CPU {GEN_CPU}, so on "
+                 f"this {ALL_CPUS}-CPU machine kite's shard 0 shares that "
+                 "CPU with the generator. Its broker CPU % can exceed 100 "
+                 "(both CPUs); contention is counted over both CPUs "
+                 "together, and its bottleneck reads \"both CPUs busy\" "
+                 "when broker and generator filled the machine.")
+        L.append("")
     L.append("## Broker CPU-seconds per million deliveries (lower is better)")
     L.append("")
-    L.append("| scenario | what | Mosquitto | kite | kite/Mosq | kite target "
-             "| Mosquitto (DESIGN.md) | notes |")
-    L.append("|---|---|---|---|---|---|---|---|")
+    L.append("| scenario | what | Mosquitto | kite | kite/Mosq | "
+             + ("kite-all | kite-all/Mosq | " if all_on else "")
+             + "kite target | Mosquitto (DESIGN.md) | notes |")
+    L.append("|---|---|---|---|---|---|---|---|" + ("---|---|" if all_on
+                                                    else ""))
     for sc in scs:
         if sc["kind"] in ("idle", "storm"):
             continue
@@ -668,30 +749,48 @@ def write_table(path, doc, scs):
         t = TARGETS.get(sc["name"], {})
         mv, kv = metric(m, "broker_cpu_s_per_m"), metric(k, "broker_cpu_s_per_m")
         note = f"mosq: {flags(m)}; kite: {flags(k) if kite_on else 'not measured'}"
+        cols = ""
+        if all_on:
+            a = runs.get((sc["name"], "kite-all"))
+            av = metric(a, "broker_cpu_s_per_m")
+            cols = f"{fmt(av)} | {ratio(av, mv)} | "
+            note += f"; kite-all: {flags(a)}"
         L.append(f"| {sc['name']} | {sc['title']} | {fmt(mv)} | {fmt(kv)} | "
-                 f"{ratio(kv, mv)} | {fmt(t.get('kite_target'))} | "
+                 f"{ratio(kv, mv)} | {cols}{fmt(t.get('kite_target'))} | "
                  f"{fmt(t.get('mosquitto_ref'))} | {note} |")
     L.append("")
     L.append("## Throughput and generator load")
     L.append("")
     L.append("| scenario | Mosq deliveries/s | kite deliveries/s | kite/Mosq "
-             "| Mosq pub/s | kite pub/s | Mosq broker CPU % | kite broker CPU % "
-             "| gen working CPU % (Mosq / kite) | bottleneck (Mosq / kite) |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|")
+             + ("| kite-all deliveries/s | kite-all/Mosq " if all_on else "")
+             + "| Mosq pub/s | kite pub/s | Mosq broker CPU % | kite broker CPU % "
+             + ("| kite-all broker CPU % | gen working CPU % (Mosq / kite / "
+                "kite-all) | bottleneck (Mosq / kite / kite-all) |" if all_on
+                else "| gen working CPU % (Mosq / kite) | bottleneck "
+                "(Mosq / kite) |"))
+    L.append("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|---|"
+                                                            if all_on else ""))
     for sc in scs:
         if sc["kind"] in ("idle", "storm"):
             continue
         m = runs.get((sc["name"], "mosquitto"))
         k = runs.get((sc["name"], "kite"))
+        a = runs.get((sc["name"], "kite-all"))
         md, kd = metric(m, "deliveries_per_s"), metric(k, "deliveries_per_s")
+        ad = metric(a, "deliveries_per_s")
         L.append(f"| {sc['name']} | {fmt(md)} | {fmt(kd)} | {ratio(kd, md)} | "
-                 f"{fmt(metric(m, 'pub_rate'))} | {fmt(metric(k, 'pub_rate'))} | "
+                 + (f"{fmt(ad)} | {ratio(ad, md)} | " if all_on else "")
+                 + f"{fmt(metric(m, 'pub_rate'))} | {fmt(metric(k, 'pub_rate'))} | "
                  f"{fmt(metric(m, 'broker_cpu_pct'))} | "
                  f"{fmt(metric(k, 'broker_cpu_pct'))} | "
-                 f"{fmt(metric(m, 'gen_work_pct'))} / "
-                 f"{fmt(metric(k, 'gen_work_pct'))} | "
-                 f"{(m or {}).get('result', {}).get('bottleneck', '–')} / "
-                 f"{(k or {}).get('result', {}).get('bottleneck', '–')} |")
+                 + (f"{fmt(metric(a, 'broker_cpu_pct'))} | " if all_on else "")
+                 + f"{fmt(metric(m, 'gen_work_pct'))} / "
+                 f"{fmt(metric(k, 'gen_work_pct'))}"
+                 + (f" / {fmt(metric(a, 'gen_work_pct'))}" if all_on else "")
+                 + f" | {(m or {}).get('result', {}).get('bottleneck', '–')} / "
+                 f"{(k or {}).get('result', {}).get('bottleneck', '–')}"
+                 + (f" / {(a or {}).get('result', {}).get('bottleneck', '–')}"
+                    if all_on else "") + " |")
     L.append("")
     L.append("## End-to-end latency, µs (publisher send → subscriber receive)")
     L.append("")
@@ -716,22 +815,52 @@ def write_table(path, doc, scs):
              "window (queueing by design); the `lat-*` rows are the latency "
              "figures.")
     L.append("")
+    if all_on:
+        L.append("kite-all latency, µs (ratios to Mosquitto's figures "
+                 "above):")
+        L.append("")
+        L.append("| scenario | rate msg/s | kite-all p50 | ratio | kite-all "
+                 "p99 | ratio | kite-all p99.9 | ratio | kite-all max |")
+        L.append("|---|---|---|---|---|---|---|---|---|")
+        for sc in scs:
+            if sc["kind"] in ("idle", "storm"):
+                continue
+            m = runs.get((sc["name"], "mosquitto"))
+            a = runs.get((sc["name"], "kite-all"))
+            rt = metric(m, "rate_target") or metric(a, "rate_target")
+            row = [sc["name"], fmt(rt) if rt else "saturation"]
+            for q in ("p50", "p99", "p999"):
+                mv, av = lat(m, q), lat(a, q)
+                row += [fmt(av), ratio(av, mv)]
+            row.append(fmt(lat(a, "max")))
+            L.append("| " + " | ".join(row) + " |")
+        L.append("")
     L.append("## Memory")
     L.append("")
-    L.append("| scenario | Mosq KiB/conn | kite KiB/conn | kite/Mosq | kite "
-             "target | Mosq RSS KiB | kite RSS KiB | notes |")
-    L.append("|---|---|---|---|---|---|---|---|")
+    L.append("| scenario | Mosq KiB/conn | kite KiB/conn | kite/Mosq | "
+             + ("kite-all KiB/conn | kite-all/Mosq | " if all_on else "")
+             + "kite target | Mosq RSS KiB | kite RSS KiB | "
+             + ("kite-all RSS KiB | " if all_on else "") + "notes |")
+    L.append("|---|---|---|---|---|---|---|---|" + ("---|---|---|" if all_on
+                                                    else ""))
     for sc in scs:
         if sc["kind"] != "idle":
             continue
         m = runs.get((sc["name"], "mosquitto"))
         k = runs.get((sc["name"], "kite"))
         mv, kv = metric(m, "rss_per_conn_kb"), metric(k, "rss_per_conn_kb")
+        a = runs.get((sc["name"], "kite-all"))
+        av = metric(a, "rss_per_conn_kb")
         tgt = IDLE_TLS_TARGET_KB if sc.get("tls") else IDLE_TARGET_KB
         L.append(f"| {sc['name']} | {fmt(mv)} | {fmt(kv)} | {ratio(kv, mv)} | "
-                 f"≤ {tgt} | {fmt(metric(m, 'broker_rss_kb_end'))} | "
-                 f"{fmt(metric(k, 'broker_rss_kb_end'))} | mosq: {flags(m)}; "
-                 f"kite: {flags(k) if kite_on else 'not measured'} |")
+                 + (f"{fmt(av)} | {ratio(av, mv)} | " if all_on else "")
+                 + f"≤ {tgt} | {fmt(metric(m, 'broker_rss_kb_end'))} | "
+                 f"{fmt(metric(k, 'broker_rss_kb_end'))} | "
+                 + (f"{fmt(metric(a, 'broker_rss_kb_end'))} | " if all_on
+                    else "")
+                 + f"mosq: {flags(m)}; "
+                 f"kite: {flags(k) if kite_on else 'not measured'}"
+                 + (f"; kite-all: {flags(a)}" if all_on else "") + " |")
     L.append("")
     storms = [sc for sc in scs if sc["kind"] == "storm"]
     if storms:
@@ -748,10 +877,17 @@ def write_table(path, doc, scs):
         L.append("")
         L.append("| scenario | Mosq handshakes/s | kite handshakes/s | "
                  "kite/Mosq | Mosq CPU-ms/handshake | kite CPU-ms/handshake "
-                 "| kite/Mosq | kite target | broker CPU % (Mosq / kite) | "
-                 "gen working CPU % (Mosq / kite) | bottleneck (Mosq / kite) "
+                 "| kite/Mosq | "
+                 + ("kite-all handshakes/s | kite-all/Mosq | kite-all "
+                    "CPU-ms/handshake | kite-all/Mosq | " if all_on else "")
+                 + "kite target | broker CPU % (Mosq / kite"
+                 + (" / kite-all" if all_on else "") + ") | "
+                 "gen working CPU % (Mosq / kite"
+                 + (" / kite-all" if all_on else "") + ") | bottleneck "
+                 "(Mosq / kite" + (" / kite-all" if all_on else "") + ") "
                  "| notes |")
-        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        L.append("|---|---|---|---|---|---|---|---|---|---|---|---|"
+                 + ("---|---|---|---|" if all_on else ""))
         for sc in storms:
             m = runs.get((sc["name"], "mosquitto"))
             k = runs.get((sc["name"], "kite"))
@@ -759,18 +895,30 @@ def write_table(path, doc, scs):
                       metric(k, "handshakes_per_s"))
             mc, kc = (metric(m, "broker_cpu_ms_per_handshake"),
                       metric(k, "broker_cpu_ms_per_handshake"))
+            a = runs.get((sc["name"], "kite-all"))
+            ah, ac = (metric(a, "handshakes_per_s"),
+                      metric(a, "broker_cpu_ms_per_handshake"))
             L.append(f"| {sc['name']} | {fmt(mh)} | {fmt(kh)} | "
                      f"{ratio(kh, mh)} | {fmt(mc)} | {fmt(kc)} | "
                      f"{ratio(kc, mc)} | "
-                     f"{'≤ ' + str(HANDSHAKE_TARGET_MS) if sc.get('tls') else '–'}"
+                     + (f"{fmt(ah)} | {ratio(ah, mh)} | {fmt(ac)} | "
+                        f"{ratio(ac, mc)} | " if all_on else "")
+                     + f"{'≤ ' + str(HANDSHAKE_TARGET_MS) if sc.get('tls') else '–'}"
                      f" | {fmt(metric(m, 'broker_cpu_pct'))} / "
-                     f"{fmt(metric(k, 'broker_cpu_pct'))} | "
-                     f"{fmt(metric(m, 'gen_work_pct'))} / "
-                     f"{fmt(metric(k, 'gen_work_pct'))} | "
-                     f"{(m or {}).get('result', {}).get('bottleneck', '–')} / "
-                     f"{(k or {}).get('result', {}).get('bottleneck', '–')} | "
-                     f"mosq: {flags(m)}; kite: "
-                     f"{flags(k) if kite_on else 'not measured'} |")
+                     f"{fmt(metric(k, 'broker_cpu_pct'))}"
+                     + (f" / {fmt(metric(a, 'broker_cpu_pct'))}" if all_on
+                        else "")
+                     + f" | {fmt(metric(m, 'gen_work_pct'))} / "
+                     f"{fmt(metric(k, 'gen_work_pct'))}"
+                     + (f" / {fmt(metric(a, 'gen_work_pct'))}" if all_on
+                        else "")
+                     + f" | {(m or {}).get('result', {}).get('bottleneck', '–')} / "
+                     f"{(k or {}).get('result', {}).get('bottleneck', '–')}"
+                     + (f" / {(a or {}).get('result', {}).get('bottleneck', '–')}"
+                        if all_on else "")
+                     + f" | mosq: {flags(m)}; kite: "
+                     f"{flags(k) if kite_on else 'not measured'}"
+                     + (f"; kite-all: {flags(a)}" if all_on else "") + " |")
         L.append("")
     tls_runs = [r for r in doc["runs"] if (r.get("result") or {}).get("tls")]
     if tls_runs:
@@ -791,13 +939,16 @@ def write_table(path, doc, scs):
     L.append("Peak RSS (VmHWM, KiB) per scenario: " + ", ".join(
         f"{sc['name']} {fmt(metric(runs.get((sc['name'], 'mosquitto')), 'broker_hwm_kb'))}"
         f" / {fmt(metric(runs.get((sc['name'], 'kite')), 'broker_hwm_kb'))}"
-        for sc in scs) + " (Mosquitto / kite).")
+        + (f" / {fmt(metric(runs.get((sc['name'], 'kite-all')), 'broker_hwm_kb'))}"
+           if all_on else "")
+        for sc in scs) + " (Mosquitto / kite" + (" / kite-all" if all_on
+                                                  else "") + ").")
     L.append("")
     cont = [f"{r['scenario']} ({r['broker']})" for r in doc["runs"]
             if (r.get("result") or {}).get("contended")]
     L.append("Contended runs (more than 10% of CPU 0 or CPU 1 used by other "
-             "processes during the window; CPU-s per million deliveries is "
-             "the figure least affected): " + (", ".join(cont) if cont else
+             "processes during the window, for kite-all of both together; "
+             "CPU-s per million deliveries is the figure least affected): " + (", ".join(cont) if cont else
                                               "none") + ".")
     L.append("")
     bound = [f"{r['scenario']} ({r['broker']})" for r in doc["runs"]
@@ -821,9 +972,11 @@ def write_plots(outdir, doc, scs):
              "sh bench/deps.sh): no PNG plots written")
         return []
     runs = {(r["scenario"], r["broker"]): r for r in doc["runs"]}
-    brokers = [b for b in ("mosquitto", "kite")
+    brokers = [b for b in BROKER_KINDS
                if any(r["broker"] == b and "result" in r for r in doc["runs"])]
-    colors = {"mosquitto": "#3b6ea5", "kite": "#e07b00"}
+    colors = {"mosquitto": "#3b6ea5", "kite": "#e07b00",
+              "kite-all": "#4a9a3c"}
+    labels = {"kite-all": f"kite-all ({ALL_CPUS} shards, unpinned)"}
     written = []
 
     def bars(fname, title, ylabel, names, getter, logy=False, ratios=True):
@@ -837,8 +990,8 @@ def write_plots(outdir, doc, scs):
             vals = [getter(runs.get((n, b))) for n in names]
             xs = [j + (i - (len(brokers) - 1) / 2) * w for j in range(len(names))]
             ax.bar(xs, [v if v is not None else 0 for v in vals], w,
-                   label=b, color=colors[b])
-            if ratios and b == "kite":
+                   label=labels.get(b, b), color=colors[b])
+            if ratios and b != "mosquitto":
                 for x, n, v in zip(xs, names, vals):
                     mv = getter(runs.get((n, "mosquitto")))
                     if v is not None and mv:
@@ -897,8 +1050,12 @@ def mosquitto_version(binary):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", choices=sorted(PROFILES), default="full")
-    ap.add_argument("--brokers", default="kite,mosquitto",
-                    help="comma list of kite, mosquitto (default both)")
+    ap.add_argument("--brokers", default=None,
+                    help="comma list of kite (1 shard, pinned to CPU "
+                         f"{BROKER_CPU}), mosquitto, kite-all (a shard per "
+                         "CPU, unpinned); default: "
+                         + "; ".join(f"{p}: {b}" for p, b in
+                                     DEFAULT_BROKERS.items()))
     ap.add_argument("--kite", default=KITE_DEFAULT)
     ap.add_argument("--mosquitto", default=MOSQ_DEFAULT)
     ap.add_argument("--gen", default=GEN_DEFAULT)
@@ -923,6 +1080,8 @@ def main():
                          f"{GEN_CPU} and {BROKER_CPU} to be under 10%% busy "
                          "(shared machines)")
     args = ap.parse_args()
+    if args.brokers is None:
+        args.brokers = DEFAULT_BROKERS[args.profile]
 
     # Children inherit the limit: the broker and kite-bench each need one
     # descriptor per connection.
@@ -948,27 +1107,29 @@ def main():
 
     brokers = [b.strip() for b in args.brokers.split(",") if b.strip()]
     for b in brokers:
-        if b not in ("kite", "mosquitto"):
+        if b not in BROKER_KINDS:
             log(f"unknown broker {b!r}")
             return 2
     if not os.access(args.gen, os.X_OK):
         log(f"{args.gen} missing: run `make {args.gen}` first")
         return 2
 
-    binaries = {"mosquitto": args.mosquitto, "kite": args.kite}
+    binaries = {"mosquitto": args.mosquitto, "kite": args.kite,
+                "kite-all": args.kite}
+    kites = [b for b in brokers if b != "mosquitto"]
     kite_reason = ""
-    if "kite" not in brokers:
+    if not kites:
         kite_reason = f"not requested (--brokers {args.brokers})"
     elif not os.access(args.kite, os.X_OK):
         kite_reason = f"{args.kite} does not exist"
     if "mosquitto" in brokers and not os.access(args.mosquitto, os.X_OK):
         log(f"{args.mosquitto} missing (apt-get install mosquitto)")
         return 2
-    if kite_reason and "kite" in brokers:
+    if kite_reason and kites:
         loud(f"KITE NOT MEASURED: {kite_reason}. Running Mosquitto only.")
-        brokers = [b for b in brokers if b != "kite"]
+        brokers = [b for b in brokers if b == "mosquitto"]
     # Mosquitto first: latency scenarios run at half of its saturation.
-    brokers.sort(key=lambda b: 0 if b == "mosquitto" else 1)
+    brokers.sort(key=BROKER_KINDS.index)
     if not brokers:
         log("nothing to run")
         return 1 if kite_reason else 2
@@ -993,6 +1154,7 @@ def main():
                 mosquitto_version=mosquitto_version(args.mosquitto),
                 kite=args.kite, generator=args.gen, broker_cpu=BROKER_CPU,
                 generator_cpu=GEN_CPU, gen_bound_pct=args.gen_bound,
+                brokers=brokers, kite_all_shards=ALL_CPUS,
                 warmup_s=prof["warmup"], duration_s=prof["duration"],
                 busy_poll=not args.no_busy_poll,
                 mosquitto_nodelay=args.mosquitto_nodelay,
@@ -1002,13 +1164,12 @@ def main():
     workdir = tempfile.mkdtemp(prefix="kite-bench-")
     args.pki, args.pki_count = None, 0
     if any(s.get("tls") for s in scs):
-        pkidir = os.path.join(workdir, "pki")
-        os.makedirs(pkidir)
         args.pki_count = tls_certs_needed(scs)
-        t_pki = time.monotonic()
-        why = (f"{args.kite} does not exist (it issues the certificates)"
-               if not os.access(args.kite, os.X_OK)
-               else tls_pki(args.kite, pkidir, args.pki_count))
+        pkidir, why, t_pki = None, None, 0.0
+        if not os.access(args.kite, os.X_OK):
+            why = f"{args.kite} does not exist (it issues the certificates)"
+        else:
+            pkidir, why, t_pki = cached_pki(args.kite, args.pki_count)
         if why:
             loud(f"TLS scenarios SKIPPED: {why}")
             meta["tls_skipped"] = why
@@ -1019,8 +1180,9 @@ def main():
             failed_pki = False
             meta["tls_pki"] = (f"kite cert: ECDSA P-256 CA, server CN "
                                f"127.0.0.1, {args.pki_count} client "
-                               f"certificates in "
-                               f"{time.monotonic() - t_pki:.1f} s")
+                               "certificates " + (
+                                   f"issued in {t_pki:.1f} s" if t_pki else
+                                   "reused") + f" ({pkidir})")
             meta["configs_tls"] = {b: broker_config(b, [8883],
                                                     args.mosquitto_nodelay,
                                                     "PKI")
@@ -1054,13 +1216,14 @@ def main():
                         log(f"  no Mosquitto saturation for {sc['rate_from']}:"
                             f" using {rate} msg/s")
                 rec = run_one(args, sc, kind, binaries[kind], rate, workdir)
-                if kind == "kite" and rec.get("start_error"):
-                    kite_reason = f"build/kite failed to start: {rec['start_error']}"
+                if kind != "mosquitto" and rec.get("start_error"):
+                    kite_reason = (f"build/kite ({kind}) failed to start: "
+                                   f"{rec['start_error']}")
                     loud(f"KITE NOT MEASURED: {kite_reason}. Continuing "
-                         "with Mosquitto only.\n" + rec.get("log_tail", ""))
-                    brokers.remove("kite")
+                         f"without {kind}.\n" + rec.get("log_tail", ""))
+                    brokers.remove(kind)
                     continue
-                if kind == "kite":
+                if kind != "mosquitto":
                     kite_started_once = True
                 doc["runs"].append(rec)
                 print_run(rec)
