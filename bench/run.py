@@ -194,13 +194,25 @@ def scenario_list(profile, fd_limit=1 << 20):
     add("tls-fanout-q0", "sat", "mTLS: 1 pub -> 200 subs, one topic, QoS 0, "
         "64 B", "--topology fanout --pubs 1 --subs 200 --qos 0 --window 16",
         tls=True)
+    add("tls-fanout-q1", "sat", "mTLS: 1 pub -> 200 subs, one topic, QoS 1, "
+        "64 B", "--topology fanout --pubs 1 --subs 200 --qos 1 --window 16",
+        tls=True)
     # Every mTLS connection costs the single-threaded generator a full
     # handshake during setup (~2-3 ms here): the TLS sizes are smaller.
     tdev = dev if full else 500
-    add("tls-fanin-q1-sat", "sat", f"mTLS: {tdev} devices -> 1 sub on "
-        "devices/+/telemetry, QoS 1, saturation",
-        f"--topology fanin --pubs {tdev} --subs 1 --qos 1 --window 4 "
-        "--burst 4 --max-outstanding 4096", tls=True)
+    for q in (0, 1):
+        add(f"tls-fanin-q{q}-sat", "sat", f"mTLS: {tdev} devices -> 1 sub on "
+            f"devices/+/telemetry, QoS {q}, saturation",
+            f"--topology fanin --pubs {tdev} --subs 1 --qos {q} --window 4 "
+            "--burst 4 --max-outstanding 4096", tls=True)
+    tpairs = pairs if full else 100
+    add("tls-p2p-q1", "sat", f"mTLS: {tpairs} pairs, publisher i -> p2p/i "
+        "-> subscriber i, QoS 1", f"--topology p2p --pairs {tpairs} --qos 1 "
+        "--window 16 --burst 4 --max-outstanding 8192", tls=True)
+    add("tls-lat-fanout-q0", "latency", "mTLS: 1 pub -> 200 subs, QoS 0, at "
+        "half of Mosquitto's tls-fanout-q0 saturation",
+        "--topology fanout --pubs 1 --subs 200 --qos 0 --window 1000",
+        rate_from="tls-fanout-q0", fallback_rate=50, tls=True)
     storm = 128 if full else 64
     add("tls-storm", "storm", f"mTLS connection storm: {storm} at a time, "
         "each new connection does a full handshake + CONNECT + SUBSCRIBE + "
