@@ -933,17 +933,20 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 		ss->conn = NULL;
 		session_on_disconnect(s, ss);
 	}
-	if (!(c->flags & CONN_CLOSE_AFTER_FLUSH))
+	if (!(c->flags & CONN_CLOSE_AFTER_FLUSH)) {
+		/* Nothing more to say: a stalled send must not hold us. */
 		conn_out_drop_all(c);
-	if (c->flags & CONN_SEND_BUSY) {
-		/* A stalled send must not hold us, unless it carries our
-		 * last words (the tick forces those out after a bound). */
-		if (!(c->flags & CONN_CLOSE_AFTER_FLUSH))
-			conn_shutdown(c);
-	} else if (c->out_count)
-		conn_mark_dirty(c);
-	else
 		conn_shutdown(c);
+	} else if (c->flags & CONN_SEND_BUSY) {
+		/* Our last words are on their way; the completion goes on
+		 * (and the tick forces the end after a bound). */
+	} else if (conn_has_output(c)) {
+		/* Last words: a CONNACK, a DISCONNECT, or OpenSSL's alert
+		 * telling the client why its handshake failed. */
+		conn_mark_dirty(c);
+	} else {
+		conn_shutdown(c);
+	}
 }
 
 void conn_close_after_flush(struct conn *c, const char *reason)
