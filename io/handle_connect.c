@@ -29,18 +29,10 @@ struct pending_connect {
 
 /* ---- registry ------------------------------------------------------------ */
 
-static uint32_t reg_hash(const char *id, uint16_t len)
-{
-	uint32_t h = 2166136261u;
-	for (uint16_t i = 0; i < len; i++)
-		h = (h ^ (uint8_t)id[i]) * 16777619u;
-	return h;
-}
-
 static struct client_entry **reg_slot(struct broker *b, const char *id,
 				      uint16_t len)
 {
-	struct client_entry **pp = &b->reg[reg_hash(id, len) & (b->reg_cap - 1)];
+	struct client_entry **pp = &b->reg[hash_fnv1a(id, len) & (b->reg_cap - 1)];
 	while (*pp && ((*pp)->len != len || memcmp((*pp)->id, id, len)))
 		pp = &(*pp)->next;
 	return pp;
@@ -58,7 +50,7 @@ static int reg_grow(struct broker *b)
 		struct client_entry *e = b->reg[i], *next;
 		for (; e; e = next) {
 			next = e->next;
-			struct client_entry **pp = &n[reg_hash(e->id, e->len) & (ncap - 1)];
+			struct client_entry **pp = &n[hash_fnv1a(e->id, e->len) & (ncap - 1)];
 			e->next = *pp;
 			*pp = e;
 		}

@@ -29,14 +29,8 @@ static uint8_t sub_one(struct conn *c, const struct mqtt_sub_entry *e,
 		g.qos = c->shard->cfg->max_qos;
 	e = &g;
 	*added = -1;
-	/* kite refuses a filter no read grant of this identity can ever
-	 * match, so a misconfigured device learns it at once (Mosquitto
-	 * grants it and then delivers nothing). */
-	const struct acl_identity *id = session_acl(ss);
-	if ((id && !acl_filter_may_match(id, (const char *)e->filter.ptr,
-					 e->filter.len)) ||
-	    (!id && ss->listener < c->shard->sec->count &&
-	     c->shard->sec->acl[ss->listener]))
+	if (!session_may_subscribe(ss, (const char *)e->filter.ptr,
+				   e->filter.len))
 		return c->version == MQTT_V5 ? MQTT_RC_NOT_AUTHORIZED
 					     : MQTT_RC_UNSPECIFIED;
 	*added = session_add_sub(ss, (const char *)e->filter.ptr,

@@ -1,6 +1,5 @@
 /* UNSUBSCRIBE (spec 3.10). */
 #include <stdlib.h>
-#include <string.h>
 
 #include "core/log.h"
 #include "io/engine.h"
@@ -27,8 +26,11 @@ int handle_unsubscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	/* As for SUBACK: an UNSUBACK naming a shared subscription homed on
 	 * another shard leaves once that shard removed the member. */
 	bool any_shared = c->held_acks != NULL;
+	const char *key;
+	uint16_t klen;
 	while (mqtt_unsubscribe_next(&un, &cur, &f))
-		any_shared |= f.len >= 7 && !memcmp(f.ptr, "$share/", 7);
+		any_shared |= share_parse((const char *)f.ptr, (uint16_t)f.len,
+					  &key, &klen);
 	struct held_ack *held = any_shared ? conn_hold_ack(c, (size_t)un.count + 16)
 					   : NULL;
 	cur = 0;

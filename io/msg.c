@@ -29,10 +29,7 @@ struct msg *msg_new(const uint8_t *topic, uint16_t topic_len,
 	m->expiry_s = 0;
 	m->origin = 0;
 	m->props_len = props_len;
-	uint32_t h = 2166136261u;
-	for (uint16_t i = 0; i < topic_len; i++)
-		h = (h ^ topic[i]) * 16777619u;
-	m->topic_hash = h;
+	m->topic_hash = hash_fnv1a(topic, topic_len);
 	uint8_t *p = m->buf + MSG_HEADER_ROOM;
 	p[0] = (uint8_t)(topic_len >> 8);
 	p[1] = (uint8_t)topic_len;

@@ -38,6 +38,17 @@ struct msg {
 	uint8_t buf[];
 };
 
+/* FNV-1a over bytes: the topic hash, the client-id registry, the home
+ * shard of a shared-subscription group. */
+static inline uint32_t hash_fnv1a(const void *p, size_t len)
+{
+	const uint8_t *b = p;
+	uint32_t h = 2166136261u;
+	for (size_t i = 0; i < len; i++)
+		h = (h ^ b[i]) * 16777619u;
+	return h;
+}
+
 /* Copies topic, payload and the pass-through property bytes (may be NULL)
  * into a new message with one reference. NULL when out of memory. */
 struct msg *msg_new(const uint8_t *topic, uint16_t topic_len,

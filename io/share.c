@@ -56,10 +56,7 @@ static const char *share_filter(const struct share_group *g, uint16_t *len)
 
 unsigned share_home(const struct broker *b, const char *key, uint16_t len)
 {
-	uint32_t h = 2166136261u;
-	for (uint16_t i = 0; i < len; i++)
-		h = (h ^ (uint8_t)key[i]) * 16777619u;
-	return h % b->nshards;
+	return hash_fnv1a(key, len) % b->nshards;
 }
 
 /* "$share/GROUP/FILTER" -> key "GROUP/FILTER"; 0 if not shared. */
