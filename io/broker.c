@@ -43,12 +43,22 @@ static void broker_log_listeners(struct broker *b)
 	if (cfg->local_only)
 		log_msg(KITE_LOG_NOTICE,
 			"Starting in local only mode. Connections will only be possible from clients running on this machine.");
-	bool ktls = false, any_tls = false;
+	bool any_tls = false;
+	enum tls_kernel_ktls support = TLS_KERNEL_NO_ULP;
 	for (unsigned i = 0; i < cfg->listener_count; i++)
 		any_tls |= cfg->listeners[i].tls.certfile[0] != 0;
 	if (any_tls)
-		ktls = tls_kernel_supports_ktls();
+		support = tls_kernel_ktls_support();
+	bool ktls = support != TLS_KERNEL_NO_ULP;
 	b->ktls = ktls;
+	b->ktls_rekey = support == TLS_KERNEL_REKEY;
+	if (ktls)
+		log_msg(KITE_LOG_NOTICE, "%s",
+			b->ktls_rekey
+				? "Kernel TLS: TLS 1.3 key updates are followed in the kernel."
+				: "Kernel TLS: this kernel cannot replace TLS keys (Linux 6.14 "
+				  "or later can): a client's TLS 1.3 KeyUpdate will close "
+				  "its connection.");
 	for (unsigned i = 0; i < cfg->listener_count; i++) {
 		const struct kite_listener_cfg *l = &cfg->listeners[i];
 		const char *mode = !l->tls.certfile[0] ? "plain TCP"

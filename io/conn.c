@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/tls.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "bpf/flood_filter.h"
@@ -28,6 +30,10 @@ struct send_ctx {
 	 * the kernel reads this one); tls_off of tls_len already sent. */
 	uint8_t *tls_bytes;
 	size_t tls_len, tls_off;
+	/* Kernel TLS: a record other than application data (alert 21,
+	 * handshake 22) and its TLS_SET_RECORD_TYPE message; 0 otherwise. */
+	uint8_t record_type;
+	_Alignas(struct cmsghdr) char cmsg[CMSG_SPACE(sizeof(uint8_t))];
 	struct iovec iov[];
 };
 
@@ -325,8 +331,10 @@ void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
 		return;
 	if (rc == TLS_ERROR)
 		conn_tls_failed(c);
-	else if (rc == TLS_CLOSED)
+	else if (rc == TLS_CLOSED) {
+		c->flags |= CONN_CLOSE_AFTER_FLUSH; /* and answer it in kind */
 		conn_close(c, "closed by client (TLS close_notify)", true);
+	}
 	else
 		conn_ktls_begin(c); /* no-op unless due */
 }
@@ -595,7 +603,8 @@ static void conn_out_drop_all(struct conn *c)
 static bool conn_has_output(struct conn *c)
 {
 	const uint8_t *p;
-	return c->out_count || (c->tls && tls_conn_pending_out(c->tls, &p));
+	return c->out_count || (c->tls_flags & CONN_TLS_OWED) ||
+	       (c->tls && tls_conn_pending_out(c->tls, &p));
 }
 
 /* Copies up to cap queued bytes from the head of the wire queue. */
@@ -639,6 +648,10 @@ static void conn_flush_tls(struct conn *c)
 		}
 		conn_out_consume(c, n);
 	}
+	if (c->tls_flags & CONN_TLS_OWE_CLOSE_NOTIFY) {
+		c->tls_flags &= (uint8_t)~CONN_TLS_OWE_CLOSE_NOTIFY;
+		tls_conn_close_notify(c->tls); /* refused after a failure */
+	}
 	const uint8_t *p;
 	size_t len = tls_conn_pending_out(c->tls, &p);
 	if (!len) {
@@ -662,6 +675,35 @@ static void conn_flush_tls(struct conn *c)
 	conn_submit_send(c, ctx);
 }
 
+/* Kernel TLS: one record of another type than application data, under
+ * the current TX key, in order with the data sends around it. */
+void conn_send_record(struct conn *c, uint8_t record_type,
+		      const uint8_t *bytes, size_t len)
+{
+	assert(c->ktls == KTLS_ON && !(c->flags & CONN_SEND_BUSY));
+	assert(record_type != 23 && len > 0 && len <= 16);
+	struct send_ctx *ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) + len);
+	if (!ctx) {
+		conn_close(c, "out of memory", false);
+		return;
+	}
+	memset(ctx, 0, sizeof(*ctx));
+	uint8_t *copy = (uint8_t *)(ctx->iov + 1);
+	memcpy(copy, bytes, len);
+	ctx->iov[0] = (struct iovec){copy, len};
+	ctx->record_type = record_type;
+	ctx->mh.msg_iov = ctx->iov;
+	ctx->mh.msg_iovlen = 1;
+	ctx->mh.msg_control = ctx->cmsg;
+	ctx->mh.msg_controllen = sizeof(ctx->cmsg);
+	struct cmsghdr *cm = CMSG_FIRSTHDR(&ctx->mh);
+	cm->cmsg_level = SOL_TLS;
+	cm->cmsg_type = TLS_SET_RECORD_TYPE;
+	cm->cmsg_len = CMSG_LEN(sizeof(uint8_t));
+	*CMSG_DATA(cm) = record_type;
+	conn_submit_send(c, ctx);
+}
+
 void conn_flush(struct conn *c)
 {
 	if (c->flags & CONN_SEND_BUSY)
@@ -670,6 +712,8 @@ void conn_flush(struct conn *c)
 		conn_flush_tls(c);
 		return;
 	}
+	if ((c->tls_flags & CONN_TLS_OWED) && conn_ktls_send_control(c))
+		return;
 	if (!c->out_count) {
 		if (c->state != CONN_CLOSING)
 			return;
@@ -729,10 +773,19 @@ void conn_on_send_done(struct conn *c, int res)
 	if (conn_tls_resend(c, ctx, res))
 		return;
 	bool tls = ctx->tls_bytes != NULL;
+	uint8_t record_type = ctx->record_type;
 	c->send = NULL;
 	c->flags &= (uint8_t)~CONN_SEND_BUSY;
 	free(ctx->retired);
 	free(ctx);
+	if (record_type) {
+		conn_ktls_control_sent(c, record_type, res);
+		if (c->state == CONN_CLOSING)
+			conn_on_closed(c);
+		else if (conn_has_output(c))
+			conn_mark_dirty(c);
+		return;
+	}
 	if (res > 0 && !tls) {
 		atomic_fetch_add_explicit(&c->shard->stats.bytes_sent,
 					  (uint64_t)res, memory_order_relaxed);
@@ -842,6 +895,7 @@ void conn_free(struct conn *c)
 	free(c->pending);
 	conn_free_held_acks(c);
 	tls_conn_free(c->tls);
+	tls_ktls_rekey_free(c->ktls_rekey);
 	if (c->v5) {
 		for (unsigned i = 0; i < c->v5->alias_cap; i++)
 			free(c->v5->aliases ? c->v5->aliases[i].topic : NULL);
@@ -890,6 +944,16 @@ static void conn_log_close(struct conn *c, const char *reason)
 			conn_client_id(c), peer, reason);
 }
 
+/* An orderly close of an established TLS connection ends with our
+ * close_notify after the last words (RFC 8446 6.1; Mosquitto calls
+ * SSL_shutdown), so the client can tell it from a truncation. */
+static void conn_owe_close_notify(struct conn *c)
+{
+	if (c->ktls == KTLS_ON ||
+	    (c->tls && tls_conn_handshake_done(c->tls)))
+		c->tls_flags |= CONN_TLS_OWE_CLOSE_NOTIFY;
+}
+
 void conn_close(struct conn *c, const char *reason, bool send_will)
 {
 	if (c->state == CONN_CLOSING)
@@ -933,8 +997,11 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 		ss->conn = NULL;
 		session_on_disconnect(s, ss);
 	}
+	if (c->flags & CONN_CLOSE_AFTER_FLUSH)
+		conn_owe_close_notify(c);
 	if (!(c->flags & CONN_CLOSE_AFTER_FLUSH)) {
 		/* Nothing more to say: a stalled send must not hold us. */
+		c->tls_flags &= (uint8_t)~CONN_TLS_OWED;
 		conn_out_drop_all(c);
 		conn_shutdown(c);
 	} else if (c->flags & CONN_SEND_BUSY) {

@@ -29,6 +29,10 @@
 #include "core/trie.h"
 #include "io/msg.h"
 
+#ifndef SOL_TLS
+#define SOL_TLS 282 /* linux/socket.h; older libc headers lack it */
+#endif
+
 /* ---- limits -------------------------------------------------------------- */
 
 /* Provided receive buffers per shard: what a multishot recv fills. An idle
@@ -276,6 +280,18 @@ enum conn_ktls {
 	KTLS_OFF,	/* userspace for good */
 };
 
+/* TLS records other than application data that kite owes the client.
+ * conn_flush sends them in this order; close_notify goes after the last
+ * MQTT bytes (userspace TLS too, the others only arise on kernel TLS). */
+enum conn_tls_flag {
+	CONN_TLS13 = 1 << 0, /* kernel TLS: the version, once OpenSSL is gone */
+	CONN_TLS_OWE_NO_RENEGOTIATION = 1 << 1, /* warning alert 100 */
+	CONN_TLS_OWE_KEY_UPDATE = 1 << 2,	/* ours, after the client's */
+	CONN_TLS_OWE_CLOSE_NOTIFY = 1 << 3,
+	CONN_TLS_OWED = CONN_TLS_OWE_NO_RENEGOTIATION |
+			CONN_TLS_OWE_KEY_UPDATE | CONN_TLS_OWE_CLOSE_NOTIFY,
+};
+
 /* MQTT 5 state of a connection, allocated only for 5.0 clients. */
 struct conn_v5 {
 	uint32_t max_packet;   /* the client's maximum packet size */
@@ -305,6 +321,9 @@ struct conn {
 	uint8_t version;
 	uint8_t listener;
 	uint16_t keepalive_s;
+	uint8_t ktls;	    /* enum conn_ktls */
+	uint8_t ktls_tries;
+	uint8_t tls_flags;  /* enum conn_tls_flag */
 	uint64_t last_rx_ms;
 	uint64_t created_ms;
 	/* Only a packet split across receives is buffered here. */
@@ -330,8 +349,9 @@ struct conn {
 	/* Userspace TLS (OpenSSL over memory buffers); NULL on plain TCP
 	 * and once kernel TLS took over (ktls == KTLS_ON). */
 	struct tls_conn *tls;
-	uint8_t ktls;
-	uint8_t ktls_tries;
+	/* Kernel TLS 1.3 where the kernel can re-key: the traffic secrets
+	 * that follow the client's KeyUpdates; NULL otherwise. */
+	struct tls_ktls_rekey *ktls_rekey;
 };
 
 /* ---- cross-shard messages ------------------------------------------------ */
@@ -492,6 +512,7 @@ struct broker {
 	pthread_barrier_t started; /* shards and main, once rings are enabled */
 	struct flood_filter *flood; /* XDP filter, NULL when not loaded */
 	bool ktls; /* the kernel takes TLS keys (probed at startup) */
+	bool ktls_rekey; /* ... and replaces TLS 1.3 keys (KeyUpdate) */
 	_Atomic uint64_t next_session_id;
 };
 
@@ -538,6 +559,12 @@ void conn_shutdown(struct conn *c);
 void conn_ktls_begin(struct conn *c);
 void conn_ktls_try(struct conn *c);
 void conn_ktls_control_record(struct conn *c);
+/* conn_flush: submits the next owed control record; false if none is
+ * due now. conn_on_send_done reports its completion. */
+bool conn_ktls_send_control(struct conn *c);
+void conn_send_record(struct conn *c, uint8_t record_type,
+		      const uint8_t *bytes, size_t len);
+void conn_ktls_control_sent(struct conn *c, uint8_t record_type, int res);
 void conn_free(struct conn *c);
 const char *conn_peer_str(const struct conn *c, char *buf, size_t len);
 const char *conn_client_id(const struct conn *c);

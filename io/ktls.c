@@ -5,7 +5,16 @@
  * A small state machine per connection (h2o's switch_to_ktls):
  * UNDECIDED -> STOPPING (recv cancelled, last output flushed) -> ON, or
  * OFF for good when the kernel or the cipher cannot take it. Keys are
- * wiped on every path. */
+ * wiped on every path.
+ *
+ * Once ON, records that are not application data come up through
+ * conn_ktls_control_record: close_notify is answered in kind, a TLS 1.3
+ * KeyUpdate moves the RX key on (and ours too when asked), a TLS 1.2
+ * renegotiation gets a no_renegotiation warning as OpenSSL would give
+ * it. Key updates need Linux 6.14 or later; on older kernels a KeyUpdate
+ * ends the connection with that reason (the TLS secrets are then not
+ * kept at all). */
+#include <assert.h>
 #include <errno.h>
 #include <linux/tls.h>
 #include <netinet/tcp.h>
@@ -15,10 +24,6 @@
 
 #include "core/log.h"
 #include "io/engine.h"
-
-#ifndef SOL_TLS
-#define SOL_TLS 282
-#endif
 
 _Static_assert(sizeof(struct tls12_crypto_info_aes_gcm_128) == 40,
 	       "kernel ABI: aes_gcm_128 crypto info");
@@ -93,7 +98,8 @@ void conn_ktls_try(struct conn *c)
 	    tls_conn_pending_out(c->tls, &p))
 		return; /* the send completion calls back */
 	struct tls_ktls_keys k;
-	int rc = tls_conn_export_ktls(c->tls, &k);
+	int rc = tls_conn_export_ktls(c->tls, &k,
+				      c->shard->b->ktls_rekey ? TLS_KTLS_KEEP_SECRETS : 0);
 	if (rc == TLS_KTLS_AGAIN) {
 		/* A record is half read: stay in userspace, try later. */
 		tls_ktls_keys_wipe(&k);
@@ -111,17 +117,22 @@ void conn_ktls_try(struct conn *c)
 	int err = errno;
 	tls_ktls_keys_wipe(&k);
 	if (ret == -1) {
+		tls_ktls_rekey_free(k.rekey);
 		ktls_log(c, "not used", why);
 		ktls_stay_userspace(c, KTLS_OFF);
 		return;
 	}
 	if (ret == -2) {
+		tls_ktls_rekey_free(k.rekey);
 		char detail[96];
 		snprintf(detail, sizeof(detail), "%s: %s", why, strerror(err));
 		conn_close(c, detail, true);
 		return;
 	}
 	ktls_log(c, "on", NULL);
+	c->ktls_rekey = k.rekey;
+	if (k.version == TLS_1_3_VERSION)
+		c->tls_flags |= CONN_TLS13;
 	atomic_fetch_add_explicit(&c->shard->stats.ktls_connections, 1,
 				  memory_order_relaxed);
 	/* An idle connection now costs no more than a plain one. */
@@ -131,13 +142,91 @@ void conn_ktls_try(struct conn *c)
 	shard_arm_recv(c->shard, c);
 }
 
+static void ktls_rearm(struct conn *c)
+{
+	if (c->state == CONN_ACTIVE && !(c->flags & CONN_RECV_ARMED))
+		shard_arm_recv(c->shard, c);
+}
+
+static void ktls_owe(struct conn *c, uint8_t what)
+{
+	c->tls_flags |= what;
+	conn_mark_dirty(c);
+}
+
+/* The client's TLS 1.3 KeyUpdate: everything it sends from now on is
+ * under its next key, and the kernel holds further records until it has
+ * that key (Linux 6.14+). */
+static void ktls_client_key_update(struct conn *c, bool update_requested)
+{
+	if (!c->ktls_rekey) {
+		conn_close(c, "TLS KeyUpdate from client: this kernel cannot "
+			      "replace kernel TLS keys (Linux 6.14 or later can)",
+			   true);
+		return;
+	}
+	union tls_ktls_crypto_info ci;
+	size_t len;
+	int rc = tls_ktls_rekey_next(c->ktls_rekey, TLS_KTLS_RX, &ci, &len);
+	if (rc == 0)
+		rc = setsockopt(c->fd, SOL_TLS, TLS_RX, &ci, (socklen_t)len);
+	int err = errno;
+	explicit_bzero(&ci, sizeof(ci));
+	if (rc) {
+		char why[96];
+		snprintf(why, sizeof(why), "TLS KeyUpdate from client: cannot "
+					   "install its new key: %s", strerror(err));
+		conn_close(c, why, true);
+		return;
+	}
+	ktls_log(c, "key update", update_requested ? "client's, ours requested"
+						   : "client's");
+	/* RFC 8446 4.6.3: ours goes before our next application data. */
+	if (update_requested)
+		ktls_owe(c, CONN_TLS_OWE_KEY_UPDATE);
+	ktls_rearm(c);
+}
+
+static void ktls_handshake_message(struct conn *c, const uint8_t *m, size_t n)
+{
+	unsigned type = n ? m[0] : 256;
+	size_t body = n >= 4 ? (size_t)m[1] << 16 | (size_t)m[2] << 8 | m[3] : 0;
+	bool tls13 = c->tls_flags & CONN_TLS13;
+
+	/* A KeyUpdate is the record's only message (the key changes right
+	 * after it: RFC 8446 5.1). */
+	if (tls13 && type == 24 && n == 5 && body == 1 && m[4] <= 1) {
+		ktls_client_key_update(c, m[4] == 1);
+		return;
+	}
+	if (!tls13 && type == 1 && n >= 4 && body == n - 4) {
+		/* ClientHello: a renegotiation, which kernel TLS cannot do
+		 * (and OpenSSL is told to refuse: SSL_OP_NO_RENEGOTIATION).
+		 * The warning lets the client carry on or give up. */
+		if (log_enabled(KITE_LOG_INFO)) {
+			char peer[64];
+			log_msg(KITE_LOG_INFO, "Client %s %s: TLS renegotiation "
+				"refused (no_renegotiation alert)",
+				conn_client_id(c), conn_peer_str(c, peer, sizeof(peer)));
+		}
+		ktls_owe(c, CONN_TLS_OWE_NO_RENEGOTIATION);
+		ktls_rearm(c);
+		return;
+	}
+	char why[96];
+	snprintf(why, sizeof(why), "unexpected TLS handshake message %u "
+				   "after the handshake", type);
+	conn_close(c, why, true);
+}
+
 /* With TLS_RX on, a record that is not application data makes recv fail
- * with EIO; read it with its type (TLS_GET_RECORD_TYPE) and act on it. */
+ * with EIO; read it (a whole record, up to 16 KiB) with its type
+ * (TLS_GET_RECORD_TYPE) and act on it. */
 void conn_ktls_control_record(struct conn *c)
 {
-	uint8_t data[256];
+	uint8_t *data = c->shard->tls_scratch;
 	char cbuf[CMSG_SPACE(sizeof(unsigned char))];
-	struct iovec iov = {data, sizeof(data)};
+	struct iovec iov = {data, 16384};
 	struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1,
 			    .msg_control = cbuf, .msg_controllen = sizeof(cbuf)};
 	ssize_t n = recvmsg(c->fd, &mh, MSG_DONTWAIT);
@@ -146,17 +235,99 @@ void conn_ktls_control_record(struct conn *c)
 				cm->cmsg_type == TLS_GET_RECORD_TYPE
 			? *(unsigned char *)CMSG_DATA(cm)
 			: 0;
-	if (type == 21 && n >= 2 && data[1] == 0) { /* alert close_notify */
+	char why[96];
+	if (n < 0 && errno == EAGAIN) {
+		ktls_rearm(c); /* nothing there after all */
+		return;
+	}
+	if (n < 0) {
+		snprintf(why, sizeof(why), "kernel TLS receive error: %s",
+			 strerror(errno));
+		conn_close(c, why, true);
+		return;
+	}
+	if (type == 22) {
+		ktls_handshake_message(c, data, (size_t)n);
+		return;
+	}
+	if (type == 21 && n == 2 && data[1] == 0) { /* close_notify */
+		c->flags |= CONN_CLOSE_AFTER_FLUSH; /* answered in kind */
 		conn_close(c, "closed by client (TLS close_notify)", true);
 		return;
 	}
-	char why[96];
-	if (type == 21 && n >= 2)
+	/* A warning other than close_notify (TLS 1.2; in TLS 1.3 only
+	 * user_canceled, 90, is one) changes nothing. */
+	if (type == 21 && n == 2 && data[0] == 1 &&
+	    (!(c->tls_flags & CONN_TLS13) || data[1] == 90)) {
+		ktls_log(c, "warning alert from client ignored", NULL);
+		ktls_rearm(c);
+		return;
+	}
+	if (type == 21 && n == 2)
 		snprintf(why, sizeof(why), "TLS alert %u from client", data[1]);
-	else if (type == 22)
-		snprintf(why, sizeof(why), "TLS handshake message after the "
-					   "switch to kernel TLS (KeyUpdate?)");
+	else if (type == 21)
+		snprintf(why, sizeof(why), "malformed TLS alert from client");
 	else
-		snprintf(why, sizeof(why), "kernel TLS receive error");
+		snprintf(why, sizeof(why), "TLS record of type %u from client "
+					   "after the handshake", type);
 	conn_close(c, why, true);
+}
+
+bool conn_ktls_send_control(struct conn *c)
+{
+	static const uint8_t no_renegotiation[2] = {1, 100};
+	static const uint8_t key_update[5] = {24, 0, 0, 1, 0}; /* not requested */
+	static const uint8_t close_notify[2] = {1, 0};
+
+	assert(c->ktls == KTLS_ON && !(c->flags & CONN_SEND_BUSY));
+	if (c->tls_flags & CONN_TLS_OWE_NO_RENEGOTIATION) {
+		c->tls_flags &= (uint8_t)~CONN_TLS_OWE_NO_RENEGOTIATION;
+		conn_send_record(c, 21, no_renegotiation, sizeof(no_renegotiation));
+		return true;
+	}
+	if (c->tls_flags & CONN_TLS_OWE_KEY_UPDATE) {
+		c->tls_flags &= (uint8_t)~CONN_TLS_OWE_KEY_UPDATE;
+		conn_send_record(c, 22, key_update, sizeof(key_update));
+		return true;
+	}
+	if ((c->tls_flags & CONN_TLS_OWE_CLOSE_NOTIFY) && !c->out_count) {
+		c->tls_flags &= (uint8_t)~CONN_TLS_OWE_CLOSE_NOTIFY;
+		conn_send_record(c, 21, close_notify, sizeof(close_notify));
+		return true;
+	}
+	return false;
+}
+
+/* Our KeyUpdate went out under the old key: only now may the kernel
+ * switch TX to the next one. */
+void conn_ktls_control_sent(struct conn *c, uint8_t record_type, int res)
+{
+	if (c->state == CONN_CLOSING)
+		return;
+	char why[96];
+	if (res <= 0) {
+		snprintf(why, sizeof(why), "kernel TLS: sending a TLS %s failed: %s",
+			 record_type == 22 ? "KeyUpdate" : "alert",
+			 res < 0 ? strerror(-res) : "nothing sent");
+		conn_close(c, why, true);
+		return;
+	}
+	if (record_type != 22)
+		return;
+	union tls_ktls_crypto_info ci;
+	size_t len;
+	int rc = c->ktls_rekey
+			 ? tls_ktls_rekey_next(c->ktls_rekey, TLS_KTLS_TX, &ci, &len)
+			 : -1;
+	if (rc == 0)
+		rc = setsockopt(c->fd, SOL_TLS, TLS_TX, &ci, (socklen_t)len);
+	int err = errno;
+	explicit_bzero(&ci, sizeof(ci));
+	if (rc) {
+		/* The client already expects the new key: nothing more can
+		 * be said to it. */
+		snprintf(why, sizeof(why), "kernel TLS: cannot install our "
+					   "next TLS key: %s", strerror(err));
+		conn_close(c, why, true);
+	}
 }

@@ -30,6 +30,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#ifndef SOL_TLS
+#define SOL_TLS 282
+#endif
+
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -998,8 +1002,74 @@ static size_t ktls_fill(union tls_ktls_crypto_info *ci, uint16_t version,
 
 void tls_ktls_keys_wipe(struct tls_ktls_keys *k)
 {
-	if (k)
-		OPENSSL_cleanse(k, sizeof(*k));
+	if (!k)
+		return;
+	struct tls_ktls_rekey *keep = k->rekey;
+
+	OPENSSL_cleanse(k, sizeof(*k));
+	k->rekey = keep;
+}
+
+/* ---- key updates after the handoff --------------------------------- */
+
+/* Sized to the suite's hash: 32 bytes per direction for the SHA-256
+ * suites, 48 for AES-256-GCM-SHA384, so it stays a small allocation. */
+struct tls_ktls_rekey {
+	uint16_t cipher;     /* kernel TLS_CIPHER_* */
+	uint8_t key_len;
+	uint8_t secret_len;
+	uint8_t secret[];    /* RX secret, then TX secret */
+};
+
+static struct tls_ktls_rekey *rekey_new(uint16_t cipher, size_t key_len,
+					const uint8_t *rx, const uint8_t *tx,
+					size_t secret_len)
+{
+	struct tls_ktls_rekey *r = malloc(sizeof(*r) + 2 * secret_len);
+
+	if (!r)
+		return NULL;
+	r->cipher = cipher;
+	r->key_len = (uint8_t)key_len;
+	r->secret_len = (uint8_t)secret_len;
+	memcpy(r->secret, rx, secret_len);
+	memcpy(r->secret + secret_len, tx, secret_len);
+	return r;
+}
+
+int tls_ktls_rekey_next(struct tls_ktls_rekey *r, enum tls_ktls_dir dir,
+			union tls_ktls_crypto_info *ci, size_t *len)
+{
+	assert(r && ci && len);
+	assert(r->secret_len == 32 || r->secret_len == 48);
+	const EVP_MD *md = r->secret_len == 48 ? EVP_sha384() : EVP_sha256();
+	uint8_t *secret = r->secret + (dir == TLS_KTLS_TX ? r->secret_len : 0);
+	uint8_t next[TLS_SECRET_MAX], key[32], iv[12];
+	int rc = -1;
+
+	ERR_clear_error();
+	if (hkdf_expand_label(md, secret, r->secret_len, "traffic upd", next,
+			      r->secret_len) ||
+	    hkdf_expand_label(md, next, r->secret_len, "key", key, r->key_len) ||
+	    hkdf_expand_label(md, next, r->secret_len, "iv", iv, sizeof(iv)))
+		goto wipe;
+	*len = ktls_fill(ci, TLS_1_3_VERSION, r->cipher, key, iv, 0);
+	memcpy(secret, next, r->secret_len);
+	rc = 0;
+wipe:
+	OPENSSL_cleanse(next, sizeof(next));
+	OPENSSL_cleanse(key, sizeof(key));
+	OPENSSL_cleanse(iv, sizeof(iv));
+	ERR_clear_error();
+	return rc;
+}
+
+void tls_ktls_rekey_free(struct tls_ktls_rekey *r)
+{
+	if (!r)
+		return;
+	OPENSSL_cleanse(r->secret, 2u * r->secret_len);
+	free(r);
 }
 
 /* Maps the negotiated cipher to the kernel's; 0 if the kernel has none. */
@@ -1020,7 +1090,8 @@ static uint16_t ktls_cipher(const SSL_CIPHER *ciph, size_t *key_len)
 	}
 }
 
-int tls_conn_export_ktls(struct tls_conn *c, struct tls_ktls_keys *out)
+int tls_conn_export_ktls(struct tls_conn *c, struct tls_ktls_keys *out,
+			 unsigned flags)
 {
 	const SSL_CIPHER *ciph;
 	const EVP_MD *md;
@@ -1067,6 +1138,12 @@ int tls_conn_export_ktls(struct tls_conn *c, struct tls_ktls_keys *out)
 	out->cipher_type = cipher;
 	out->tx_len = ktls_fill(&out->tx, version, cipher, m.tx_key, m.tx_iv, tx_seq);
 	out->rx_len = ktls_fill(&out->rx, version, cipher, m.rx_key, m.rx_iv, rx_seq);
+	if ((flags & TLS_KTLS_KEEP_SECRETS) && version == TLS_1_3_VERSION) {
+		out->rekey = rekey_new(cipher, m.key_len, c->secret_rx,
+				       c->secret_tx, c->secret_rx_len);
+		if (!out->rekey)
+			goto wipe;
+	}
 	c->exported = true;
 	rc = TLS_KTLS_OK;
 wipe:
@@ -1080,17 +1157,17 @@ wipe:
 	return rc;
 }
 
-bool tls_kernel_supports_ktls(void)
+enum tls_kernel_ktls tls_kernel_ktls_support(void)
 {
 	struct sockaddr_in a = {.sin_family = AF_INET,
 				.sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
 	socklen_t alen = sizeof(a);
 	int l, cl = -1, sv = -1;
-	bool ok = false;
+	enum tls_kernel_ktls got = TLS_KERNEL_NO_ULP;
 
 	l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (l < 0)
-		return false;
+		return got;
 	if (bind(l, (struct sockaddr *)&a, sizeof(a)) || listen(l, 1) ||
 	    getsockname(l, (struct sockaddr *)&a, &alen))
 		goto close_listener;
@@ -1100,12 +1177,23 @@ bool tls_kernel_supports_ktls(void)
 	sv = accept4(l, NULL, NULL, SOCK_CLOEXEC);
 	if (sv < 0)
 		goto close_client;
-	ok = setsockopt(sv, IPPROTO_TCP, TCP_ULP, "tls", sizeof("tls")) == 0;
+	if (setsockopt(sv, IPPROTO_TCP, TCP_ULP, "tls", sizeof("tls")) == 0) {
+		/* A second TLS 1.3 TX key is a key update: kernels before
+		 * 6.14 refuse it with EBUSY. Nothing is sent on sv. */
+		struct tls12_crypto_info_aes_gcm_128 k = {
+			.info = {.version = TLS_1_3_VERSION,
+				 .cipher_type = TLS_CIPHER_AES_GCM_128}};
+
+		got = TLS_KERNEL_NO_REKEY;
+		if (setsockopt(sv, SOL_TLS, TLS_TX, &k, sizeof(k)) == 0 &&
+		    setsockopt(sv, SOL_TLS, TLS_TX, &k, sizeof(k)) == 0)
+			got = TLS_KERNEL_REKEY;
+	}
 	close(sv);
 close_client:
 	if (cl >= 0)
 		close(cl);
 close_listener:
 	close(l);
-	return ok;
+	return got;
 }

@@ -1,7 +1,7 @@
 /* TLS for listeners: OpenSSL 3 server side, bytes in / bytes out.
  *
  * Nothing here touches a socket (io_uring owns every syscall of the
- * engine; the one exception is the startup probe tls_kernel_supports_ktls).
+ * engine; the one exception is the startup probe tls_kernel_ktls_support).
  * Ciphertext from the socket goes in with tls_conn_feed, plaintext comes
  * out in a caller-owned struct tls_buf; ciphertext to send accumulates in
  * the connection and is taken with tls_conn_pending_out/consume_out.
@@ -21,7 +21,7 @@
  *               TLS_CLOSED: the peer sent close_notify; close.
  *   send MQTT:  tls_conn_write(c, bytes, n), then send pending_out.
  *   kTLS:       after TLS_HANDSHAKE_DONE and once pending_out is drained
- *               and no recv is in flight: tls_conn_export_ktls(c, &k);
+ *               and no recv is in flight: tls_conn_export_ktls(c, &k, 0);
  *               on TLS_KTLS_OK: setsockopt(TCP_ULP "tls"), setsockopt(SOL_TLS,
  *               TLS_TX, &k.tx, k.tx_len), (SOL_TLS, TLS_RX, &k.rx, k.rx_len),
  *               tls_ktls_keys_wipe(&k), copy tls_conn_identity() if needed,
@@ -144,6 +144,10 @@ union tls_ktls_crypto_info {
 	struct tls12_crypto_info_chacha20_poly1305 chacha20_poly1305;
 };
 
+/* TLS 1.3 traffic secrets kept past the handoff, for key updates
+ * (RFC 8446 4.6.3). Opaque; owned by whoever holds the connection. */
+struct tls_ktls_rekey;
+
 /* Ready for setsockopt(fd, SOL_TLS, TLS_TX, &tx, tx_len) and TLS_RX.
  * Holds key material: tls_ktls_keys_wipe() it on every path. */
 struct tls_ktls_keys {
@@ -151,6 +155,9 @@ struct tls_ktls_keys {
 	uint16_t cipher_type; /* TLS_CIPHER_AES_GCM_128, _256, CHACHA20_.. */
 	union tls_ktls_crypto_info tx, rx;
 	size_t tx_len, rx_len;
+	/* TLS 1.3 with TLS_KTLS_KEEP_SECRETS: the caller's to keep (and to
+	 * tls_ktls_rekey_free); NULL otherwise. Not touched by _wipe. */
+	struct tls_ktls_rekey *rekey;
 };
 
 enum tls_ktls_rc {
@@ -167,11 +174,34 @@ enum tls_ktls_rc {
  * for the kernel. Afterwards c only accepts tls_conn_free (and the
  * identity/version/cipher getters). Returns enum tls_ktls_rc; out is
  * wiped unless TLS_KTLS_OK. */
-int tls_conn_export_ktls(struct tls_conn *c, struct tls_ktls_keys *out);
+int tls_conn_export_ktls(struct tls_conn *c, struct tls_ktls_keys *out,
+			 unsigned flags);
 void tls_ktls_keys_wipe(struct tls_ktls_keys *k);
 
-/* Whether this kernel has the TLS ULP (TCP_ULP "tls" on a throwaway
- * connected loopback TCP pair). Call once at startup; makes syscalls. */
-bool tls_kernel_supports_ktls(void);
+enum tls_ktls_flags {
+	/* TLS 1.3: also hand out the traffic secrets (out->rekey), so the
+	 * keys can follow the peer's KeyUpdate once OpenSSL is gone. */
+	TLS_KTLS_KEEP_SECRETS = 1 << 0,
+};
+
+enum tls_ktls_dir { TLS_KTLS_RX, TLS_KTLS_TX };
+
+/* One key update in one direction: the traffic secret moves on
+ * (HKDF-Expand-Label "traffic upd") and *ci / *len receive the kernel
+ * struct of the new key, record sequence 0. 0 or -1 (r unchanged). */
+int tls_ktls_rekey_next(struct tls_ktls_rekey *r, enum tls_ktls_dir dir,
+			union tls_ktls_crypto_info *ci, size_t *len);
+/* Wipes the secrets and frees r; NULL is fine. */
+void tls_ktls_rekey_free(struct tls_ktls_rekey *r);
+
+enum tls_kernel_ktls {
+	TLS_KERNEL_NO_ULP,    /* CONFIG_TLS off: userspace TLS only */
+	TLS_KERNEL_NO_REKEY,  /* kTLS, but keys are set once (Linux < 6.14) */
+	TLS_KERNEL_REKEY,     /* TLS 1.3 keys can be replaced (KeyUpdate) */
+};
+
+/* What this kernel's TLS ULP can do, tried on a throwaway connected
+ * loopback TCP pair. Call once at startup; makes syscalls. */
+enum tls_kernel_ktls tls_kernel_ktls_support(void);
 
 #endif

@@ -246,7 +246,7 @@ static void fuzz_after_handshake(int version, const uint8_t *d, size_t n)
 		d += k, n -= k;
 	}
 	if (rc == TLS_OK || rc == TLS_WANT_MORE) {
-		int e = tls_conn_export_ktls(c, &keys);
+		int e = tls_conn_export_ktls(c, &keys, 0);
 
 		FUZZ_ASSERT(e >= TLS_KTLS_UNSUPPORTED && e <= TLS_KTLS_AGAIN);
 		tls_ktls_keys_wipe(&keys);

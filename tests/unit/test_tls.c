@@ -840,7 +840,7 @@ TEST(tls_truncated_records_want_more)
 	CHECK_EQ(p.plain.len, 0);
 	struct tls_ktls_keys k;
 
-	CHECK_EQ(tls_conn_export_ktls(p.sv, &k), TLS_KTLS_AGAIN);
+	CHECK_EQ(tls_conn_export_ktls(p.sv, &k, 0), TLS_KTLS_AGAIN);
 	CHECK_EQ(tls_conn_feed(p.sv, rec + 10, (size_t)n - 10, &p.plain), TLS_OK);
 	CHECK_EQ(p.plain.len, 7);
 	pair_free(&p);
@@ -1054,8 +1054,10 @@ static void aad12(const struct rec_keys *r, size_t len, uint8_t aad[13])
 	aad[12] = (uint8_t)len;
 }
 
-/* Opens one application-data record; returns plaintext length or -1. */
-static int rec_open(struct rec_keys *r, const uint8_t *rec, size_t len, uint8_t *out)
+/* Opens one record whose TLS 1.3 inner type is `type`; returns the
+ * plaintext length or -1. */
+static int rec_open_type(struct rec_keys *r, const uint8_t *rec, size_t len,
+			 uint8_t *out, uint8_t type)
 {
 	uint8_t nonce[12], aad[13], tag[16];
 	size_t body = len - 5, ex = gcm12(r) ? 8 : 0, ct;
@@ -1070,7 +1072,7 @@ static int rec_open(struct rec_keys *r, const uint8_t *rec, size_t len, uint8_t 
 			return -1;
 		while (ct > 0 && out[ct - 1] == 0) /* padding */
 			ct--;
-		if (!ct || out[--ct] != 23)
+		if (!ct || out[--ct] != type)
 			return -1;
 	} else {
 		aad12(r, ct, aad);
@@ -1081,8 +1083,16 @@ static int rec_open(struct rec_keys *r, const uint8_t *rec, size_t len, uint8_t 
 	return (int)ct;
 }
 
-/* Seals pt as one application-data record into out; returns its length. */
-static size_t rec_seal(struct rec_keys *r, const uint8_t *pt, size_t len, uint8_t *out)
+/* Opens one application-data record; returns plaintext length or -1. */
+static int rec_open(struct rec_keys *r, const uint8_t *rec, size_t len, uint8_t *out)
+{
+	return rec_open_type(r, rec, len, out, 23);
+}
+
+/* Seals pt as one record of (TLS 1.3 inner) type `type` into out;
+ * returns its length. */
+static size_t rec_seal_type(struct rec_keys *r, const uint8_t *pt, size_t len,
+			    uint8_t *out, uint8_t type)
 {
 	uint8_t nonce[12], aad[13], inner[512], explicit_nonce[8];
 	size_t ex = gcm12(r) ? 8 : 0, ct = len, body;
@@ -1091,7 +1101,7 @@ static size_t rec_seal(struct rec_keys *r, const uint8_t *pt, size_t len, uint8_
 	nonce_for(r, explicit_nonce, nonce);
 	memcpy(inner, pt, len);
 	if (r->version == TLS_1_3_VERSION)
-		inner[ct++] = 23;
+		inner[ct++] = type;
 	body = ex + ct + 16;
 	out[0] = 23;
 	out[1] = 3;
@@ -1109,12 +1119,66 @@ static size_t rec_seal(struct rec_keys *r, const uint8_t *pt, size_t len, uint8_
 	return 5 + body;
 }
 
+static size_t rec_seal(struct rec_keys *r, const uint8_t *pt, size_t len, uint8_t *out)
+{
+	return rec_seal_type(r, pt, len, out, 23);
+}
+
 struct ktls_case {
 	int version;
 	const char *cipher; /* list (1.2) or suite (1.3) */
 	const char *server;
 	uint16_t cipher_type;
 };
+
+/* TLS 1.3 after the handoff, as kite does it with kernel TLS: the
+ * client's KeyUpdate (asking for ours) arrives under the old key, its
+ * next record under the key tls_ktls_rekey_next derived; our KeyUpdate
+ * goes out under the old key and OpenSSL must accept what follows under
+ * our next key. Twice, so the secret is seen to move on. */
+static void ktls_prove_key_update(int *test_failed_, struct pair *p,
+				  const struct tls_ktls_keys *k,
+				  struct rec_keys *rx, struct rec_keys *tx)
+{
+	static const uint8_t ours[5] = {24, 0, 0, 1, 0};
+	uint8_t recs[2048], pt[1024], rec[1024];
+	char buf[64], msg[32];
+	union tls_ktls_crypto_info ci;
+	size_t w, len;
+
+	for (int round = 0; round < 2; round++) {
+		snprintf(msg, sizeof(msg), "after update %d", round);
+		CHECK_EQ(SSL_key_update(p->cl, SSL_KEY_UPDATE_REQUESTED), 1);
+		CHECK_EQ(SSL_write_ex(p->cl, msg, strlen(msg), &w), 1);
+		int n = BIO_read(p->c_out, recs, sizeof(recs));
+		size_t first = n > 5 ? 5 + (size_t)(recs[3] << 8 | recs[4]) : 0;
+		CHECK(n > 5 && first < (size_t)n);
+		if (n <= 5 || first >= (size_t)n)
+			return;
+		/* The KeyUpdate: handshake type 24, length 1, update_requested. */
+		CHECK_EQ(rec_open_type(rx, recs, first, pt, 22), 5);
+		CHECK(!memcmp(pt, "\x18\x00\x00\x01\x01", 5));
+		CHECK_EQ(tls_ktls_rekey_next(k->rekey, TLS_KTLS_RX, &ci, &len), 0);
+		CHECK_EQ(len, k->rx_len);
+		rec_keys_from(k, &ci, rx);
+		CHECK_EQ(rx->seq, 0);
+		CHECK_EQ(rec_open(rx, recs + first, (size_t)n - first, pt), (int)strlen(msg));
+		CHECK(!memcmp(pt, msg, strlen(msg)));
+
+		/* Ours, then data under our next key. */
+		n = (int)rec_seal_type(tx, ours, sizeof(ours), rec, 22);
+		BIO_write(p->c_in, rec, n);
+		CHECK_EQ(tls_ktls_rekey_next(k->rekey, TLS_KTLS_TX, &ci, &len), 0);
+		rec_keys_from(k, &ci, tx);
+		snprintf(msg, sizeof(msg), "server after update %d", round);
+		n = (int)rec_seal(tx, (const uint8_t *)msg, strlen(msg), rec);
+		BIO_write(p->c_in, rec, n);
+		CHECK_EQ(SSL_read(p->cl, buf, sizeof(buf) - 1), (int)strlen(msg));
+		buf[strlen(msg)] = 0;
+		CHECK_STR(buf, msg);
+	}
+	OPENSSL_cleanse(&ci, sizeof(ci));
+}
 
 /* Handshake, optional traffic, export; then the proof both ways. */
 static void ktls_prove(int *test_failed_, const struct ktls_case *kc, bool traffic_first)
@@ -1150,8 +1214,10 @@ static void ktls_prove(int *test_failed_, const struct ktls_case *kc, bool traff
 		CHECK_EQ(tls_conn_write(p.sv, (const uint8_t *)"pre-out", 7), TLS_OK);
 		CHECK_EQ(client_recv(&p, buf, sizeof(buf)), 7);
 	}
-	CHECK_EQ(tls_conn_export_ktls(p.sv, &k), TLS_KTLS_OK);
+	CHECK_EQ(tls_conn_export_ktls(p.sv, &k, TLS_KTLS_KEEP_SECRETS), TLS_KTLS_OK);
 	CHECK_EQ(k.version, kc->version == TLS1_2_VERSION ? TLS_1_2_VERSION : TLS_1_3_VERSION);
+	/* Only TLS 1.3 has key updates. */
+	CHECK_EQ(k.rekey != NULL, kc->version == TLS1_3_VERSION);
 	CHECK_EQ(k.cipher_type, kc->cipher_type);
 	CHECK_EQ(k.tx.info.cipher_type, kc->cipher_type);
 	CHECK_EQ(k.rx.info.version, k.version);
@@ -1163,7 +1229,11 @@ static void ktls_prove(int *test_failed_, const struct ktls_case *kc, bool traff
 	CHECK_EQ(k.rx_len, k.tx_len);
 	rec_keys_from(&k, &k.rx, &rx);
 	rec_keys_from(&k, &k.tx, &tx);
+	struct tls_ktls_keys meta = {.version = k.version, .cipher_type = k.cipher_type,
+				     .tx_len = k.tx_len, .rx_len = k.rx_len,
+				     .rekey = k.rekey};
 	tls_ktls_keys_wipe(&k);
+	CHECK(kc->version == TLS1_2_VERSION || k.rekey); /* survives the wipe */
 	CHECK_EQ(rx.seq, base + (traffic_first ? 2 : 0));
 	CHECK_EQ(tx.seq, base + (traffic_first ? 1 : 0));
 
@@ -1192,6 +1262,9 @@ static void ktls_prove(int *test_failed_, const struct ktls_case *kc, bool traff
 		buf[strlen(msg)] = 0;
 		CHECK_STR(buf, msg);
 	}
+	if (k.rekey)
+		ktls_prove_key_update(test_failed_, &p, &meta, &rx, &tx);
+	tls_ktls_rekey_free(k.rekey);
 	OPENSSL_cleanse(&rx, sizeof(rx));
 	OPENSSL_cleanse(&tx, sizeof(tx));
 	pair_free(&p);
@@ -1238,13 +1311,13 @@ TEST(tls_ktls_export_refuses_cbc_and_unfinished)
 	struct pair p;
 
 	pair_init(&p, s, &(struct client_opts){0});
-	CHECK_EQ(tls_conn_export_ktls(p.sv, &k), TLS_KTLS_UNSUPPORTED); /* no handshake */
+	CHECK_EQ(tls_conn_export_ktls(p.sv, &k, 0), TLS_KTLS_UNSUPPORTED); /* no handshake */
 	pair_free(&p);
 
 	pair_init(&p, s, &(struct client_opts){.max_version = TLS1_2_VERSION,
 					       .ciphers = "ECDHE-ECDSA-AES128-SHA256"});
 	CHECK(pump(&p, 0));
-	CHECK_EQ(tls_conn_export_ktls(p.sv, &k), TLS_KTLS_UNSUPPORTED);
+	CHECK_EQ(tls_conn_export_ktls(p.sv, &k, 0), TLS_KTLS_UNSUPPORTED);
 	uint8_t zero[sizeof(k)];
 
 	memset(zero, 0, sizeof(zero));
@@ -1257,9 +1330,9 @@ TEST(tls_ktls_export_refuses_cbc_and_unfinished)
 	pair_init(&p, s, &(struct client_opts){0});
 	CHECK(pump(&p, 0));
 	CHECK_EQ(tls_conn_write(p.sv, (const uint8_t *)"x", 1), TLS_OK);
-	CHECK_EQ(tls_conn_export_ktls(p.sv, &k), TLS_KTLS_AGAIN);
+	CHECK_EQ(tls_conn_export_ktls(p.sv, &k, 0), TLS_KTLS_AGAIN);
 	to_client(&p);
-	CHECK_EQ(tls_conn_export_ktls(p.sv, &k), TLS_KTLS_OK);
+	CHECK_EQ(tls_conn_export_ktls(p.sv, &k, 0), TLS_KTLS_OK);
 	tls_ktls_keys_wipe(&k);
 	pair_free(&p);
 	tls_server_unref(s);
@@ -1267,7 +1340,7 @@ TEST(tls_ktls_export_refuses_cbc_and_unfinished)
 
 TEST(tls_kernel_ktls_probe)
 {
-	bool has = tls_kernel_supports_ktls();
+	bool has = tls_kernel_ktls_support() != TLS_KERNEL_NO_ULP;
 
 	/* Either answer is valid; say which. */
 	if (!has)

@@ -3,15 +3,18 @@
 # CONFIG_TLS=m) under qemu, with busybox, the kTLS kernel modules and the
 # given test binaries plus their shared libraries.
 #
-#   tests/vm/build-initramfs.sh [-o OUT.cpio.gz] [-f SRC[:DEST]]... [-m MODULE]... [BIN...]
+#   tests/vm/build-initramfs.sh [-o OUT.cpio.gz] [-k TREE] [-f SRC[:DEST]]... [-m MODULE]... [BIN...]
 #
 #   BIN          executable copied to /bin/<basename> with its ldd libraries
 #   -f SRC:DEST  extra file or directory (copied recursively) into the image;
 #                DEST defaults to SRC's absolute path
 #   -m MODULE    extra kernel module (with its dependencies) to load at boot
 #   -o OUT       output archive (default build/vm/initramfs.cpio.gz)
+#   -k TREE      kernel tree from fetch-kernel.sh instead of the host's
+#                Debian kernel (also env VM_KERNEL_ROOT)
 #
-# Produces OUT and build/vm/vmlinuz (the guest kernel), and prints both.
+# Produces OUT and the guest kernel beside it (OUT minus .cpio.gz, plus
+# .vmlinuz); with the host's kernel also build/vm/vmlinuz. Prints OUT.
 # Exit 77 (skip) only if the kernel package or busybox cannot be installed.
 # run-vm.sh boots the result; the test command is given at run time.
 set -euo pipefail
@@ -23,36 +26,46 @@ OUT=$VMDIR/initramfs.cpio.gz
 FILES=()
 EXTRA_MODS=()
 BINS=()
+KROOT=${VM_KERNEL_ROOT:-}
 
 # Crypto the kernel's TLS ULP asks for (gcm(aes), ccm(aes),
 # rfc7539(chacha20,poly1305)), in generic and x86 (AES-NI, CLMUL, SSSE3/AVX)
-# flavours; all are modules in Debian's kernel. `tls` itself has no deps.
+# flavours; all are modules in Debian's 6.1 kernel. `tls` itself has no
+# deps. From 6.15 or so on, ghash/poly1305 and the x86 chacha code are
+# library code (built in, or pulled in as libchacha/libpoly1305) and the
+# chacha20 cipher is `chacha`. Only REQUIRED (and -m) must exist, as a
+# module or built in; the rest is skipped where the kernel has no such module.
 MODULES=(tls gcm ccm ctr seqiv ghash_generic ghash_clmulni_intel aesni_intel
          chacha20poly1305 chacha_generic chacha_x86_64 poly1305_generic
-         poly1305_x86_64)
+         poly1305_x86_64 chacha)
+REQUIRED=(tls gcm chacha20poly1305)
 
 die()  { echo "build-initramfs: $*" >&2; exit 1; }
 skip() { echo "build-initramfs: SKIP: $*" >&2; exit 77; }
 
-while getopts "o:f:m:h" opt; do
+while getopts "o:f:m:k:h" opt; do
     case $opt in
         o) OUT=$OPTARG ;;
+        k) KROOT=$OPTARG ;;
         f) FILES+=("$OPTARG") ;;
         m) EXTRA_MODS+=("$OPTARG") ;;
-        h) sed -n '2,16p' "$0"; exit 0 ;;
+        h) sed -n '2,19p' "$0"; exit 0 ;;
         *) exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
 BINS=("$@")
 MODULES+=("${EXTRA_MODS[@]+"${EXTRA_MODS[@]}"}")
+REQUIRED+=("${EXTRA_MODS[@]+"${EXTRA_MODS[@]}"}")
 
 # ---- packages -------------------------------------------------------------
 # linux-image-amd64 pulls initramfs-tools for the host; harmless here (this
 # machine does not boot from /boot). The lock timeout lets a concurrent
 # apt-get from another session finish instead of failing.
 need_pkgs=()
-for p in linux-image-amd64 qemu-system-x86 busybox-static cpio kmod gzip; do
+pkgs=(qemu-system-x86 busybox-static cpio kmod gzip)
+if [ -n "$KROOT" ]; then pkgs+=(xz-utils); else pkgs=(linux-image-amd64 "${pkgs[@]}"); fi
+for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || need_pkgs+=("$p")
 done
 if ((${#need_pkgs[@]})); then
@@ -69,22 +82,47 @@ if ((${#need_pkgs[@]})); then
 fi
 
 # ---- kernel ---------------------------------------------------------------
-# The version linux-image-amd64 points at, else the newest with tls.ko.
-KV=${VM_KERNEL_VERSION:-}
-if [ -z "$KV" ]; then
-    KV=$(dpkg-query -W -f='${Depends}' linux-image-amd64 2>/dev/null |
-         grep -o 'linux-image-[^ ,]*-amd64' | head -1 | sed 's/^linux-image-//') || true
-fi
-if [ -z "$KV" ] || [ ! -e "/boot/vmlinuz-$KV" ]; then
-    KV=$(for d in /lib/modules/*-amd64; do [ -d "$d" ] && basename "$d"; done | sort -V | tail -1)
-fi
-[ -n "$KV" ] && [ -r "/boot/vmlinuz-$KV" ] || skip "no Debian amd64 kernel in /boot"
-MODDIR=/lib/modules/$KV
-ls "$MODDIR"/kernel/net/tls/tls.ko* >/dev/null 2>&1 || skip "$MODDIR has no tls.ko"
-
 mkdir -p "$VMDIR"
-cp -u "/boot/vmlinuz-$KV" "$VMDIR/vmlinuz"
-echo "$KV" > "$VMDIR/kernel-version"
+# cp -u would keep an older kernel whose copy is newer than a new source.
+put() { cmp -s "$1" "$2" || cp "$1" "$2"; }
+MP=()           # modprobe's options to resolve modules against the kernel
+if [ -n "$KROOT" ]; then
+    # A tree from fetch-kernel.sh: <TREE>/lib/modules/<KV> (lib may be a
+    # symlink to usr/lib, which is where trixie's packages put it), depmod'ed.
+    [ -d "$KROOT" ] || die "no kernel tree $KROOT"
+    KROOT=$(cd "$KROOT" && pwd)
+    KV=$(for d in "$KROOT"/lib/modules/*/ "$KROOT"/usr/lib/modules/*/; do
+             if [ -d "$d" ]; then basename "$d"; fi; done | sort -u)
+    if [ -z "$KV" ] || [ "$(echo "$KV" | wc -l)" != 1 ]; then
+        die "$KROOT needs exactly one lib/modules/<version>, found: ${KV:-none}"
+    fi
+    MODDIR=$KROOT/lib/modules/$KV
+    [ -e "$MODDIR/modules.dep" ] ||
+        die "$MODDIR has no modules.dep (not from fetch-kernel.sh? run depmod -b $KROOT $KV)"
+    VMLINUZ=$MODDIR/vmlinuz
+    [ -r "$VMLINUZ" ] || VMLINUZ=$KROOT/boot/vmlinuz-$KV
+    [ -r "$VMLINUZ" ] || die "no $MODDIR/vmlinuz or $KROOT/boot/vmlinuz-$KV"
+    MP=(-d "$KROOT")
+else
+    # The version linux-image-amd64 points at, else the newest with tls.ko.
+    KV=${VM_KERNEL_VERSION:-}
+    if [ -z "$KV" ]; then
+        KV=$(dpkg-query -W -f='${Depends}' linux-image-amd64 2>/dev/null |
+             grep -o 'linux-image-[^ ,]*-amd64' | head -1 | sed 's/^linux-image-//') || true
+    fi
+    if [ -z "$KV" ] || [ ! -e "/boot/vmlinuz-$KV" ]; then
+        KV=$(for d in /lib/modules/*-amd64; do [ -d "$d" ] && basename "$d"; done | sort -V | tail -1)
+    fi
+    if [ -z "$KV" ] || [ ! -r "/boot/vmlinuz-$KV" ]; then skip "no Debian amd64 kernel in /boot"; fi
+    MODDIR=/lib/modules/$KV
+    ls "$MODDIR"/kernel/net/tls/tls.ko* >/dev/null 2>&1 || skip "$MODDIR has no tls.ko"
+    VMLINUZ=/boot/vmlinuz-$KV
+    # Existing callers boot build/vm/vmlinuz: the host kernel's copy.
+    put "$VMLINUZ" "$VMDIR/vmlinuz"
+    echo "$KV" > "$VMDIR/kernel-version"
+fi
+mkdir -p "$(dirname "$OUT")"
+put "$VMLINUZ" "${OUT%.cpio.gz}.vmlinuz"
 
 # ---- staging tree ---------------------------------------------------------
 STAGE=${OUT%.cpio.gz}.stage     # one per output, so builds can run side by side
@@ -98,28 +136,38 @@ for a in $("$STAGE/bin/busybox" --list-full); do
     [ -e "$STAGE/$a" ] || ln -s /bin/busybox "$STAGE/$a"
 done
 
-# Modules: copy each with its dependencies (paths as in modules.dep), then
-# depmod the staging tree so busybox modprobe (also the kernel's
-# request_module helper) works inside the guest.
+# Modules: copy each with its dependencies (paths as in modules.dep),
+# uncompressed, to the guest's /lib/modules/<KV>, then depmod the staging
+# tree so busybox modprobe (also the kernel's request_module helper) works
+# inside the guest. Only modules (not built-ins) go in the boot-time list.
 : > "$STAGE/etc/kite-vm-modules"
+absent=() builtin=()
 for m in "${MODULES[@]}"; do
-    deps=$(modprobe -S "$KV" --show-depends "$m" 2>/dev/null) || die "unknown module $m for $KV"
+    if ! deps=$(modprobe "${MP[@]+"${MP[@]}"}" -S "$KV" --show-depends "$m" 2>/dev/null); then
+        [[ " ${REQUIRED[*]} " == *" $m "* ]] && die "unknown module $m for $KV"
+        absent+=("$m")
+        continue
+    fi
+    n=0
     while read -r verb path _; do
         [ "$verb" = insmod ] || continue
-        rel=${path#/}
-        dst=$STAGE/$rel
-        if [ ! -e "$dst" ]; then
-            mkdir -p "$(dirname "$dst")"
-            case $path in
-                *.ko.xz)  xz -dc "$path"   > "${dst%.xz}"; rel=${rel%.xz} ;;
-                *.ko.zst) zstd -qdc "$path" > "${dst%.zst}"; rel=${rel%.zst} ;;
-                *.ko.gz)  gzip -dc "$path" > "${dst%.gz}"; rel=${rel%.gz} ;;
-                *)        cp "$path" "$dst" ;;
-            esac
-        fi
+        n=$((n + 1))
+        dst=$STAGE/lib/modules/$KV/${path#*/lib/modules/"$KV"/}
+        case $dst in *.ko.xz|*.ko.zst|*.ko.gz) dst=${dst%.*} ;; esac
+        [ -e "$dst" ] && continue
+        mkdir -p "$(dirname "$dst")"
+        case $path in
+            *.ko.xz)  xz -dc "$path"    > "$dst" ;;
+            *.ko.zst) zstd -qdc "$path" > "$dst" ;;
+            *.ko.gz)  gzip -dc "$path"  > "$dst" ;;
+            *)        cp "$path" "$dst" ;;
+        esac
     done <<< "$deps"
-    echo "$m" >> "$STAGE/etc/kite-vm-modules"
+    if ((n)); then echo "$m" >> "$STAGE/etc/kite-vm-modules"; else builtin+=("$m"); fi
 done
+if ((${#absent[@]} + ${#builtin[@]})); then
+    echo "build-initramfs: $KV: built in: ${builtin[*]:-none}; no such module (skipped): ${absent[*]:-none}" >&2
+fi
 for f in modules.order modules.builtin modules.builtin.modinfo; do
     [ -e "$MODDIR/$f" ] && cp "$MODDIR/$f" "$STAGE/lib/modules/$KV/"
 done
@@ -171,5 +219,5 @@ mkdir -p "$(dirname "$OUT")"
     cpio --null -o -H newc --quiet --reproducible |
     gzip -1 -n) > "$OUT.tmp"
 mv "$OUT.tmp" "$OUT"
-echo "build-initramfs: kernel $VMDIR/vmlinuz ($KV), initramfs $OUT ($(du -h "$OUT" | cut -f1))" >&2
+echo "build-initramfs: kernel ${OUT%.cpio.gz}.vmlinuz ($KV), initramfs $OUT ($(du -h "$OUT" | cut -f1))" >&2
 echo "$OUT"

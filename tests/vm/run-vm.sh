@@ -7,6 +7,9 @@
 #
 #   tests/vm/run-vm.sh [-i INITRAMFS] [-k VMLINUZ] [-t SECONDS] [-l LOG] [-q] [-v] CMD...
 #
+#   -k  guest kernel (default: the one build-initramfs.sh wrote beside
+#       INITRAMFS, i.e. INITRAMFS minus .cpio.gz plus .vmlinuz, if there is
+#       one, else build/vm/vmlinuz)
 #   -t  hard bound on the whole VM run (default 120 s; the guest command
 #       gets the same minus 15 s)
 #   -l  console log file (default build/vm/console.log)
@@ -22,7 +25,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 VMDIR=${VM_BUILD_DIR:-$ROOT/build/vm}
 INITRD=$VMDIR/initramfs.cpio.gz
-KERNEL=$VMDIR/vmlinuz
+KERNEL=
 TMO=120
 LOG=$VMDIR/console.log
 QUIET=0
@@ -37,12 +40,16 @@ while getopts "i:k:t:l:qvh" opt; do
         l) LOG=$OPTARG ;;
         q) QUIET=1 ;;
         v) VERBOSE=1 ;;
-        h) sed -n '2,19p' "$0"; exit 0 ;;
+        h) sed -n '2,22p' "$0"; exit 0 ;;
         *) exit 2 ;;
     esac
 done
 shift $((OPTIND - 1))
 (($#)) || { echo "usage: run-vm.sh [opts] CMD..." >&2; exit 2; }
+if [ -z "$KERNEL" ]; then
+    KERNEL=${INITRD%.cpio.gz}.vmlinuz
+    [ -r "$KERNEL" ] || KERNEL=$VMDIR/vmlinuz
+fi
 
 command -v "$QEMU" >/dev/null || { echo "run-vm: SKIP: $QEMU not found (apt-get install qemu-system-x86)" >&2; exit 77; }
 [ -r "$KERNEL" ] || { echo "run-vm: SKIP: no kernel $KERNEL (run build-initramfs.sh)" >&2; exit 77; }
