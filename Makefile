@@ -113,10 +113,12 @@ test: deps
 	 tests/vm/test_broker_ktls_vm.sh || rc=$$?; \
 	 if [ $$rc -eq 77 ]; then echo "kite-ktls-vm: skipped (see above)"; else exit $$rc; fi
 	@# Records that are not application data once the kernel has the keys:
-	@# close_notify, fatal alerts, KeyUpdate, renegotiation.
-	@rc=0; KITE=$(abspath $(BUILD)/kite) VM_TIMEOUT=$(VM_TIMEOUT) \
-	 tests/vm/test_ktls_records_vm.sh || rc=$$?; \
-	 if [ $$rc -eq 77 ]; then echo "ktls-records-vm: skipped (see above)"; else exit $$rc; fi
+	@# close_notify, fatal alerts, KeyUpdate, renegotiation; on Debian 12's
+	@# kernel, then on the newest Debian kernel that can re-key (>= 6.14).
+	@for k in stock rekey; do rc=0; KITE=$(abspath $(BUILD)/kite) VM_TIMEOUT=$(VM_TIMEOUT) \
+	 tests/vm/test_ktls_records_vm.sh $$k || rc=$$?; \
+	 if [ $$rc -eq 77 ]; then echo "ktls-records-vm ($$k): skipped (see above)"; \
+	 elif [ $$rc -ne 0 ]; then exit $$rc; fi; done
 
 clean:
 	rm -rf build

@@ -746,6 +746,7 @@ void conn_flush(struct conn *c)
 	ctx->retired = NULL;
 	ctx->tls_bytes = NULL;
 	ctx->tls_len = ctx->tls_off = 0;
+	ctx->record_type = 0;
 	conn_submit_send(c, ctx);
 }
 

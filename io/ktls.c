@@ -71,9 +71,13 @@ static void ktls_log(struct conn *c, const char *what, const char *detail)
 	if (!log_enabled(KITE_LOG_DEBUG))
 		return;
 	char peer[64];
+	/* After the handoff OpenSSL's object (and its names) are gone. */
 	log_msg(KITE_LOG_DEBUG, "kernel TLS %s for %s (%s %s)%s%s", what,
-		conn_peer_str(c, peer, sizeof(peer)), tls_conn_version(c->tls),
-		tls_conn_cipher(c->tls), detail ? ": " : "", detail ? detail : "");
+		conn_peer_str(c, peer, sizeof(peer)),
+		c->tls ? tls_conn_version(c->tls)
+		       : c->tls_flags & CONN_TLS13 ? "TLSv1.3" : "TLSv1.2",
+		c->tls ? tls_conn_cipher(c->tls) : "in the kernel",
+		detail ? ": " : "", detail ? detail : "");
 }
 
 static void ktls_stay_userspace(struct conn *c, enum conn_ktls next)
@@ -115,6 +119,7 @@ void conn_ktls_try(struct conn *c)
 	const char *why = NULL;
 	int ret = ktls_install(c, &k, &why);
 	int err = errno;
+	bool tls13 = k.version == TLS_1_3_VERSION;
 	tls_ktls_keys_wipe(&k);
 	if (ret == -1) {
 		tls_ktls_rekey_free(k.rekey);
@@ -131,7 +136,7 @@ void conn_ktls_try(struct conn *c)
 	}
 	ktls_log(c, "on", NULL);
 	c->ktls_rekey = k.rekey;
-	if (k.version == TLS_1_3_VERSION)
+	if (tls13)
 		c->tls_flags |= CONN_TLS13;
 	atomic_fetch_add_explicit(&c->shard->stats.ktls_connections, 1,
 				  memory_order_relaxed);

@@ -94,11 +94,11 @@ if [ -n "$KROOT" ]; then
     KV=$(for d in "$KROOT"/lib/modules/*/ "$KROOT"/usr/lib/modules/*/; do
              if [ -d "$d" ]; then basename "$d"; fi; done | sort -u)
     if [ -z "$KV" ] || [ "$(echo "$KV" | wc -l)" != 1 ]; then
-        die "$KROOT needs exactly one lib/modules/<version>, found: ${KV:-none}"
+        die "$KROOT needs exactly one lib/modules/<version>, found: $(echo "${KV:-none}" | tr '\n' ' ')"
     fi
     MODDIR=$KROOT/lib/modules/$KV
     [ -e "$MODDIR/modules.dep" ] ||
-        die "$MODDIR has no modules.dep (not from fetch-kernel.sh? run depmod -b $KROOT $KV)"
+        die "$MODDIR has no modules.dep (use fetch-kernel.sh, or: ln -s usr/lib $KROOT/lib; depmod -b $KROOT $KV)"
     VMLINUZ=$MODDIR/vmlinuz
     [ -r "$VMLINUZ" ] || VMLINUZ=$KROOT/boot/vmlinuz-$KV
     [ -r "$VMLINUZ" ] || die "no $MODDIR/vmlinuz or $KROOT/boot/vmlinuz-$KV"

@@ -4,10 +4,19 @@
  * kernel TLS), prints the /proc/net/tls_stat deltas since before connect,
  * then sends one non-application-data record:
  *
- *   ktls_records_client MODE tls1.2|tls1.3 PORT CA CERT KEY ID [WAIT_MS]
+ *   ktls_records_client MODE tls1.2|tls1.3 PORT CA CERT KEY ID [WAIT_MS [SUITE]]
+ *
+ *   SUITE: the only TLS 1.3 cipher suite offered (default: OpenSSL's).
  *
  *   notify     SSL_shutdown (warning alert close_notify), then close
  *   keyupdate  SSL_key_update(NOT_REQUESTED) + SSL_write(PINGREQ) (TLS 1.3)
+ *   keyupdate-rounds
+ *              three rounds of SSL_key_update, alternately REQUESTED and
+ *              NOT_REQUESTED, each followed by a SUBSCRIBE/PUBLISH round
+ *              trip on the same connection; then DISCONNECT. Prints
+ *              "client: peer key updates N" (kite's KeyUpdates that
+ *              OpenSSL processed) and exits 0 only if every round trip
+ *              came back.
  *   reneg      SSL_renegotiate + SSL_do_handshake: a ClientHello (TLS 1.2)
  *   alert      a raw fatal alert (level 2, handshake_failure 40): the
  *              client turns on kTLS TX (SSL_OP_ENABLE_KTLS) and writes the
@@ -103,6 +112,48 @@ static void write_all(SSL *ssl, const void *p, int n, const char *what)
 		die(what);
 }
 
+/* KeyUpdate messages from the peer, seen by the message callback. */
+static int peer_key_updates;
+
+static void msg_cb(int write_p, int version, int content_type, const void *buf,
+		   size_t len, SSL *ssl, void *arg)
+{
+	if (!write_p && content_type == SSL3_RT_HANDSHAKE && len >= 1 &&
+	    ((const unsigned char *)buf)[0] == SSL3_MT_KEY_UPDATE)
+		peer_key_updates++;
+}
+
+/* SUBSCRIBE (first time only) + PUBLISH PAYLOAD to itself, and the
+ * PUBLISH must come back: both directions carry MQTT. */
+static void pubsub_round(SSL *ssl, const char *payload, int subscribe)
+{
+	static const char topic[] = "kite/records";
+	unsigned char s[128], type, body[512];
+	int t = (int)sizeof(topic) - 1, m = 0, len, pl = (int)strlen(payload);
+	if (subscribe) {
+		s[m++] = 0x82;
+		s[m++] = (unsigned char)(2 + 2 + t + 1);
+		s[m++] = 0, s[m++] = 1;
+		s[m++] = 0, s[m++] = (unsigned char)t;
+		memcpy(s + m, topic, (size_t)t), m += t;
+		s[m++] = 0;
+		write_all(ssl, s, m, "SUBSCRIBE");
+		if (read_packet(ssl, &type, body, sizeof(body), &len) || type != 0x90)
+			die("SUBACK");
+	}
+	m = 0;
+	s[m++] = 0x30;
+	s[m++] = (unsigned char)(2 + t + pl);
+	s[m++] = 0, s[m++] = (unsigned char)t;
+	memcpy(s + m, topic, (size_t)t), m += t;
+	memcpy(s + m, payload, (size_t)pl), m += pl;
+	write_all(ssl, s, m, "PUBLISH");
+	if (read_packet(ssl, &type, body, sizeof(body), &len) ||
+	    (type & 0xf0) != 0x30 || len != 2 + t + pl ||
+	    memcmp(body + 2 + t, payload, (size_t)pl))
+		die("PUBLISH round trip");
+}
+
 /* What did the broker do after our record? Reads until close/error. */
 static void report_peer(SSL *ssl)
 {
@@ -136,8 +187,8 @@ static void report_peer(SSL *ssl)
 int main(int argc, char **argv)
 {
 	if (argc < 8) {
-		fprintf(stderr, "usage: ktls_records_client notify|keyupdate|reneg|alert|pubsub "
-				"tls1.2|tls1.3 PORT CA CERT KEY ID [WAIT_MS]\n");
+		fprintf(stderr, "usage: ktls_records_client notify|keyupdate|keyupdate-rounds|reneg|alert|pubsub "
+				"tls1.2|tls1.3 PORT CA CERT KEY ID [WAIT_MS [SUITE]]\n");
 		return 2;
 	}
 	mode = argv[1];
@@ -156,6 +207,8 @@ int main(int argc, char **argv)
 	int ver = v13 ? TLS1_3_VERSION : TLS1_2_VERSION;
 	SSL_CTX_set_min_proto_version(ctx, ver);
 	SSL_CTX_set_max_proto_version(ctx, ver);
+	if (v13 && argc > 9 && SSL_CTX_set_ciphersuites(ctx, argv[9]) != 1)
+		die("SSL_CTX_set_ciphersuites");
 	if (!v13)
 		SSL_CTX_set_cipher_list(ctx, "ECDHE-ECDSA-AES128-GCM-SHA256:"
 					     "ECDHE-RSA-AES128-GCM-SHA256");
@@ -164,6 +217,7 @@ int main(int argc, char **argv)
 	    SSL_CTX_use_PrivateKey_file(ctx, argv[6], SSL_FILETYPE_PEM) != 1)
 		die("loading the CA/cert/key");
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	SSL_CTX_set_msg_callback(ctx, msg_cb);
 	if (alert)
 		SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS);
 
@@ -204,29 +258,7 @@ int main(int argc, char **argv)
 	printf("client: CONNACK ok\n");
 
 	if (!strcmp(mode, "pubsub")) {
-		static const char topic[] = "kite/records";
-		unsigned char s[64];
-		int t = (int)sizeof(topic) - 1, m = 0;
-		s[m++] = 0x82;
-		s[m++] = (unsigned char)(2 + 2 + t + 1);
-		s[m++] = 0, s[m++] = 1;
-		s[m++] = 0, s[m++] = (unsigned char)t;
-		memcpy(s + m, topic, (size_t)t), m += t;
-		s[m++] = 0;
-		write_all(ssl, s, m, "SUBSCRIBE");
-		if (read_packet(ssl, &type, body, sizeof(body), &len) || type != 0x90)
-			die("SUBACK");
-		m = 0;
-		s[m++] = 0x30;
-		s[m++] = (unsigned char)(2 + t + 5);
-		s[m++] = 0, s[m++] = (unsigned char)t;
-		memcpy(s + m, topic, (size_t)t), m += t;
-		memcpy(s + m, "hello", 5), m += 5;
-		write_all(ssl, s, m, "PUBLISH");
-		if (read_packet(ssl, &type, body, sizeof(body), &len) ||
-		    (type & 0xf0) != 0x30 || len != 2 + t + 5 ||
-		    memcmp(body + 2 + t, "hello", 5))
-			die("PUBLISH round trip");
+		pubsub_round(ssl, "hello", 1);
 		printf("client: pubsub round trip ok\n");
 		SSL_shutdown(ssl);
 		close(fd);
@@ -258,14 +290,38 @@ int main(int argc, char **argv)
 		int r = SSL_write(ssl, ping, 2);
 		printf("client: sent KeyUpdate + PINGREQ (SSL_write %d)\n", r);
 		report_peer(ssl);
+	} else if (!strcmp(mode, "keyupdate-rounds")) {
+		if (!v13)
+			die("keyupdate-rounds needs tls1.3");
+		pubsub_round(ssl, "before", 1);
+		for (int round = 0; round < 3; round++) {
+			int req = round % 2 == 0;
+			char payload[32];
+			if (SSL_key_update(ssl, req ? SSL_KEY_UPDATE_REQUESTED
+						    : SSL_KEY_UPDATE_NOT_REQUESTED) != 1)
+				die("SSL_key_update");
+			snprintf(payload, sizeof(payload), "round %d", round);
+			pubsub_round(ssl, payload, 0);
+			printf("client: KeyUpdate %s, round trip %d ok\n",
+			       req ? "(update_requested)" : "(not requested)", round);
+		}
+		printf("client: peer key updates %d\n", peer_key_updates);
+		static const unsigned char disconnect[2] = {0xe0, 0};
+		write_all(ssl, disconnect, 2, "DISCONNECT");
+		report_peer(ssl);
 	} else if (!strcmp(mode, "reneg")) {
 		if (v13)
 			die("reneg needs tls1.2");
 		if (SSL_renegotiate(ssl) != 1)
 			die("SSL_renegotiate");
 		/* sends the ClientHello, then waits for a ServerHello */
+		ERR_clear_error();
 		int r = SSL_do_handshake(ssl);
-		printf("client: sent a renegotiation ClientHello (SSL_do_handshake %d)\n", r);
+		char err[256] = "none";
+		if (ERR_peek_error())
+			ERR_error_string_n(ERR_get_error(), err, sizeof(err));
+		printf("client: sent a renegotiation ClientHello (SSL_do_handshake %d, "
+		       "error: %s)\n", r, err);
 		report_peer(ssl);
 	} else if (alert) {
 		if (!my_tx) {

@@ -1,25 +1,46 @@
 #!/bin/bash
 # kite's handling of TLS control records once a connection is on kernel TLS
-# (io/ktls.c conn_ktls_control_record), in the VM: close_notify (TLS 1.3
-# and 1.2), a TLS 1.3 KeyUpdate, a TLS 1.2 renegotiation ClientHello and a
+# (io/ktls.c), in the VM: close_notify (TLS 1.3 and 1.2, answered in
+# kind), TLS 1.3 KeyUpdates, a TLS 1.2 renegotiation ClientHello and a
 # fatal alert (sent raw through the client's own kTLS TX), each after
 # CONNECT/CONNACK and a 0.5 s wait, over an mTLS listener with a PKI from
 # `kite cert`. See guest_ktls_records.sh and ktls_records_client.c.
 #
-#   tests/vm/test_ktls_records_vm.sh
+#   tests/vm/test_ktls_records_vm.sh [stock|rekey]
+#
+#   stock  Debian 12's own kernel (6.1): kTLS keys are set once, so a
+#          KeyUpdate must end its connection with a clear reason (default)
+#   rekey  the newest kernel from trixie-backports (fetch-kernel.sh, needs
+#          Linux >= 6.14): KeyUpdates in both directions must be followed
+#          on the same connection, for each TLS 1.3 cipher
 #
 #   Env: KITE (default build/kite), VM_TIMEOUT (default 150 s).
-#   Exit 0 all cases pass, 1 fail, 77 VM unavailable.
+#   Exit 0 all cases pass, 1 fail, 77 VM (or the rekey kernel) unavailable.
 set -uo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 export VM_BUILD_DIR=${VM_BUILD_DIR:-$ROOT/build/vm}
 KITE=${KITE:-$ROOT/build/kite}
+KERNEL=${1:-stock}
 W=$VM_BUILD_DIR/records
 CLIENT=$VM_BUILD_DIR/ktls_records_client
-LOG=$VM_BUILD_DIR/records-console.log
-fail() { echo "test_ktls_records_vm: FAIL: $*"; exit 1; }
+LOG=$VM_BUILD_DIR/records-$KERNEL-console.log
+IMAGE=$VM_BUILD_DIR/records-$KERNEL-initramfs.cpio.gz
+fail() { echo "test_ktls_records_vm ($KERNEL): FAIL: $*"; exit 1; }
+skip() { echo "test_ktls_records_vm ($KERNEL): SKIP: $*"; exit 77; }
+
+KOPT=()
+case $KERNEL in
+    stock) ;;
+    rekey)
+        rc=0
+        tree=$("$HERE/fetch-kernel.sh" -n 6.14) || rc=$?
+        [ $rc = 77 ] && skip "no kernel with kTLS re-keying could be fetched (see above)"
+        [ $rc = 0 ] || fail "fetch-kernel.sh exit $rc"
+        KOPT=(-k "$tree") ;;
+    *) echo "usage: $0 [stock|rekey]" >&2; exit 2 ;;
+esac
 
 [ -x "$KITE" ] || fail "no kite binary $KITE (run make)"
 mkdir -p "$VM_BUILD_DIR"
@@ -35,21 +56,21 @@ mkdir -p "$W"
 } >/dev/null 2>&1 || fail "kite cert"
 chmod -R a+rX "$W/pki"
 
-"$HERE/build-initramfs.sh" -o "$VM_BUILD_DIR/records-initramfs.cpio.gz" \
+"$HERE/build-initramfs.sh" "${KOPT[@]+"${KOPT[@]}"}" -o "$IMAGE" \
     -f "$KITE:/bin/kite" -f "$CLIENT:/bin/ktls_records_client" \
     -f "$W:/etc/kite-vm/records" \
     -f "$HERE/guest_ktls_records.sh:/bin/guest_ktls_records.sh" >/dev/null
 rc=$?
-[ $rc = 77 ] && { echo "test_ktls_records_vm: SKIP: cannot build the VM"; exit 77; }
+[ $rc = 77 ] && skip "cannot build the VM"
 [ $rc = 0 ] || fail "build-initramfs.sh exit $rc"
 
-"$HERE/run-vm.sh" -q -t "${VM_TIMEOUT:-150}" -i "$VM_BUILD_DIR/records-initramfs.cpio.gz" \
+"$HERE/run-vm.sh" -q -t "${VM_TIMEOUT:-150}" -i "$IMAGE" \
     -l "$LOG" 'sh /bin/guest_ktls_records.sh'
 rc=$?
-[ $rc = 77 ] && { echo "test_ktls_records_vm: SKIP: cannot run the VM"; exit 77; }
+[ $rc = 77 ] && skip "cannot run the VM"
 # The guest's report (PASS/FAIL lines, client and kite output), without
 # the boot noise.
 tr -d '\r' < "$LOG" | sed -n '/^kernel /,/^records: /p'
-grep -aq '^records: ' "$LOG" || echo "test_ktls_records_vm: FAIL: no report from the guest (console: $LOG)"
-if [ $rc = 0 ]; then echo "test_ktls_records_vm: PASS"; else echo "test_ktls_records_vm: FAIL"; fi
+grep -aq '^records: ' "$LOG" || echo "test_ktls_records_vm ($KERNEL): FAIL: no report from the guest (console: $LOG)"
+if [ $rc = 0 ]; then echo "test_ktls_records_vm ($KERNEL): PASS"; else echo "test_ktls_records_vm ($KERNEL): FAIL"; fi
 exit $rc
