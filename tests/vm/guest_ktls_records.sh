@@ -141,7 +141,15 @@ echo "tls_stat at the end:"
 sed 's/^/  /' /proc/net/tls_stat
 if kill -0 $KPID 2>/dev/null; then
     kill $KPID; wait $KPID
-    echo "kite exit status after SIGTERM: $?"
+    st=$?
+    echo "kite exit status after SIGTERM: $st"
+    # 0 is a clean stop; a sanitizer build reports leaks/errors otherwise.
+    [ $st = 0 ] || { echo "FAIL kite did not stop cleanly"; fails=$((fails + 1)); }
+    if grep -aq "Sanitizer" $LOG; then
+        echo "FAIL sanitizer report in kite's log:"
+        grep -a -A30 "Sanitizer" $LOG | head -60 | sed 's/^/  kite: /'
+        fails=$((fails + 1))
+    fi
 else
     wait $KPID
     echo "FAIL kite died (status $?)"
