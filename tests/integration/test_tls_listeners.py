@@ -464,6 +464,50 @@ def test_raw_garbage_instead_of_client_hello_closed(broker_factory):
     tlsutil.tls_connect(port).close()
 
 
+# --- closing ---------------------------------------------------------------------
+
+def test_client_close_notify_is_answered_in_kind(broker_factory):
+    # RFC 8446 6.1 / RFC 5246 7.2.1: the broker answers the client's
+    # close_notify with its own, so the client knows nothing was cut off.
+    b, (port,) = tlsutil.start(broker_factory, SERVER_ONLY)
+    for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+        ctx = tlsutil.client_context(tls_max=version, tls_min=version)
+        # Python sets this by default: a bare EOF must be an error here.
+        ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
+        c = tlsutil.TLSRawClient(port, ctx=ctx)
+        assert c.connect("bye-%s" % version.name).rc == 0
+        c.sock.settimeout(5)
+        # unwrap() sends ours and returns only once the broker's arrived
+        # (a bare TCP close raises instead).
+        raw = c.sock.unwrap()
+        assert raw.recv(1) == b""
+        raw.close()
+    tlsutil.tls_connect(port).close()
+
+
+def test_refused_connect_ends_with_close_notify(broker_factory):
+    # An orderly close started by the broker (here: CONNACK 0x01, protocol
+    # version refused) ends with close_notify after the CONNACK, not with a
+    # bare TCP close that a client cannot tell from a truncation.
+    b, (port,) = tlsutil.start(broker_factory, SERVER_ONLY)
+    ctx = tlsutil.client_context()
+    ctx.options &= ~ssl.OP_IGNORE_UNEXPECTED_EOF
+    raw = socket.create_connection((tlsutil.HOST, port), timeout=5)
+    s = ctx.wrap_socket(raw, server_hostname="localhost",
+                        suppress_ragged_eofs=False)
+    try:
+        s.sendall(b"\x10\x0d\x00\x04MQTT\x09\x02\x00\x3c\x00\x01x")
+        data = b""
+        while True:
+            chunk = s.recv(64)  # SSLEOFError if the close is ragged
+            if not chunk:
+                break
+            data += chunk
+        assert data == b"\x20\x02\x00\x01"
+    finally:
+        s.close()
+
+
 # --- reload ---------------------------------------------------------------------
 
 def _live_cert_broker(broker_factory, tmp_path, P):
