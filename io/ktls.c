@@ -307,16 +307,16 @@ bool conn_ktls_send_control(struct conn *c)
  * switch TX to the next one. */
 void conn_ktls_control_sent(struct conn *c, uint8_t record_type, int res)
 {
-	if (c->state == CONN_CLOSING)
-		return;
 	char why[96];
 	if (res <= 0) {
 		snprintf(why, sizeof(why), "kernel TLS: sending a TLS %s failed: %s",
 			 record_type == 22 ? "KeyUpdate" : "alert",
 			 res < 0 ? strerror(-res) : "nothing sent");
-		conn_close(c, why, true);
+		c->tls_flags &= (uint8_t)~CONN_TLS_OWED;
+		conn_close(c, why, true); /* no-op if already closing */
 		return;
 	}
+	/* Also while closing: a close_notify may still follow. */
 	if (record_type != 22)
 		return;
 	union tls_ktls_crypto_info ci;
@@ -333,6 +333,7 @@ void conn_ktls_control_sent(struct conn *c, uint8_t record_type, int res)
 		 * be said to it. */
 		snprintf(why, sizeof(why), "kernel TLS: cannot install our "
 					   "next TLS key: %s", strerror(err));
+		c->tls_flags &= (uint8_t)~CONN_TLS_OWED;
 		conn_close(c, why, true);
 	}
 }
