@@ -811,12 +811,48 @@ void conn_on_send_done(struct conn *c, int res)
 
 /* ---- acks held for other shards ------------------------------------------ */
 
+/* A retained-message lookup owed to a new subscription; it runs once
+ * the SUBACK it belongs to is on the wire (spec: SUBACK first). */
+struct held_retained {
+	struct held_retained *next;
+	uint32_t sub_id;
+	uint8_t granted_qos;
+	uint16_t len;
+	char filter[];
+};
+
 struct held_ack {
 	struct held_ack *next;
+	struct held_retained *retained, **retained_tail;
 	uint32_t pending; /* confirmations still to come */
 	uint32_t len;
 	uint8_t bytes[];
 };
+
+bool held_ack_retained(struct held_ack *h, const char *filter, uint16_t len,
+		       uint8_t granted_qos, uint32_t sub_id)
+{
+	struct held_retained *r = malloc(sizeof(*r) + len);
+	if (!r)
+		return false;
+	r->next = NULL;
+	r->sub_id = sub_id;
+	r->granted_qos = granted_qos;
+	r->len = len;
+	memcpy(r->filter, filter, len);
+	*h->retained_tail = r;
+	h->retained_tail = &r->next;
+	return true;
+}
+
+static void held_retained_free(struct held_ack *h)
+{
+	while (h->retained) {
+		struct held_retained *r = h->retained;
+		h->retained = r->next;
+		free(r);
+	}
+}
 
 struct held_ack *conn_hold_ack(struct conn *c, size_t cap)
 {
@@ -824,6 +860,8 @@ struct held_ack *conn_hold_ack(struct conn *c, size_t cap)
 	if (!h)
 		return NULL;
 	h->next = NULL;
+	h->retained = NULL;
+	h->retained_tail = &h->retained;
 	h->pending = 1; /* the handler's own, released once the ack is set */
 	h->len = 0;
 	struct held_ack **pp = &c->held_acks;
@@ -853,6 +891,11 @@ void conn_release_ack(struct conn *c, struct held_ack *h)
 		struct held_ack *head = c->held_acks;
 		c->held_acks = head->next;
 		conn_queue_ctrl(c, head->bytes, head->len);
+		for (struct held_retained *r = head->retained; r && c->session;
+		     r = r->next)
+			route_retained(c->shard, c->session, r->filter, r->len,
+				       r->granted_qos, r->sub_id);
+		held_retained_free(head);
 		free(head);
 	}
 }
@@ -873,6 +916,7 @@ static void conn_free_held_acks(struct conn *c)
 	while (c->held_acks) {
 		struct held_ack *h = c->held_acks;
 		c->held_acks = h->next;
+		held_retained_free(h);
 		free(h);
 	}
 }

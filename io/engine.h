@@ -634,6 +634,10 @@ bool share_unsubscribe(struct session *ss, const char *key, uint16_t len,
 struct held_ack *conn_hold_ack(struct conn *c, size_t cap);
 void held_ack_expect(struct held_ack *h);
 void held_ack_set(struct held_ack *h, const uint8_t *bytes, size_t len);
+/* Retained messages for filter, to be looked up right after h's SUBACK
+ * leaves; false when out of memory. */
+bool held_ack_retained(struct held_ack *h, const char *filter, uint16_t len,
+		       uint8_t granted_qos, uint32_t sub_id);
 void conn_release_ack(struct conn *c, struct held_ack *h);
 /* The ack of a SUBSCRIBE/UNSUBSCRIBE: through `held` if it waits, else
  * straight onto the wire. */

@@ -92,9 +92,21 @@ int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	}
 	size_t n = mqtt_encode_suback(out, (size_t)sub.count + 16, MQTT_SUBACK,
 				      c->version, sub.packet_id, reasons, i, NULL);
+	/* A held SUBACK takes the retained lookups with it: they run when
+	 * it leaves, so no retained message overtakes it. */
+	cur = i = 0;
+	while (held && mqtt_subscribe_next(&sub, &cur, &e)) {
+		if (reasons[i] <= 2 && sub_wants_retained(&e, added[i]) &&
+		    !held_ack_retained(held, (const char *)e.filter.ptr,
+				       (uint16_t)e.filter.len, reasons[i], sub_id))
+			log_msg(KITE_LOG_WARNING, "out of memory: retained "
+				"messages for %.*s not sent", (int)e.filter.len,
+				(const char *)e.filter.ptr);
+		i++;
+	}
 	conn_send_ack(c, held, out, n);
 	cur = i = 0;
-	while (mqtt_subscribe_next(&sub, &cur, &e)) {
+	while (!held && mqtt_subscribe_next(&sub, &cur, &e)) {
 		if (reasons[i] <= 2 && sub_wants_retained(&e, added[i]))
 			route_retained(c->shard, c->session,
 				       (const char *)e.filter.ptr,

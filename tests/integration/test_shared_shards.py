@@ -129,3 +129,21 @@ def test_mqtt5_session_expiry_holds_across_shards(sharded):
                     props=[(m5.SESSION_EXPIRY_INTERVAL, 3)])
     assert ack.rc == 0 and not ack.session_present
     c.close()
+
+
+def test_retained_messages_wait_for_a_suback_held_for_a_shared_group(sharded):
+    # One SUBSCRIBE naming a shared group (its home may be another shard, so
+    # the SUBACK waits for it) and an ordinary filter with a retained
+    # message: the SUBACK still comes first, then the retained PUBLISH.
+    port = sharded.port
+    p = _client(port, "ret-pub")
+    p.publish("ret/t", b"kept", qos=1, retain=True, pid=1)
+    for i in range(12):  # groups hashed over the shards: most are remote
+        c = _client(port, "ret-sub%d" % i)
+        c.send(m5.subscribe(7, [("$share/rg%d/x/%d" % (i, i), 1), ("ret/t", 1)]))
+        first = c.recv(5)
+        assert first.type == m5.SUBACK, "group %d: %r before the SUBACK" % (i, first)
+        assert first.codes == [1, 1]
+        pub = c.recv(5)
+        assert pub.type == m5.PUBLISH and pub.payload == b"kept" and pub.retain
+        c.close()
