@@ -2,11 +2,13 @@
 # Memory per idle mutual-TLS connection, kite with kernel TLS, kite with
 # userspace TLS (OpenSSL) and Debian's Mosquitto, measured in the kTLS VM
 # (tests/vm: Debian's stock 6.1 kernel under qemu TCG). A benchmark, not a
-# test: it prints numbers, it does not judge them.
+# test: it prints numbers, it does not judge them. VM_KERNEL=rekey boots a
+# newer Debian kernel instead (one that can re-key kTLS, see below).
 #
 #   bench/ktls_idle_mem.sh
 #   STEPS="500 1000 1500 2000" MODES="kite-ktls kite-user mosquitto" \
 #       VM_MEM=2G VM_TIMEOUT=900 bench/ktls_idle_mem.sh
+#   VM_KERNEL=rekey MODES="kite-ktls" bench/ktls_idle_mem.sh
 #
 # For each mode one VM boots and runs the broker with an mTLS listener on
 # 127.0.0.1:8883 (certificates from `build/kite cert`, made on the host).
@@ -33,8 +35,21 @@
 # only to see where kTLS puts its state.
 #
 # Env: STEPS (cumulative connection counts, default "500 1000 1500 2000"),
-# MODES, VM_MEM (default 2G), VM_SMP (2), VM_TIMEOUT per VM (default 900 s).
-# Raw guest output: build/vm/idle/<mode>.console.log.
+# MODES, VM_MEM (default 2G), VM_SMP (2), VM_TIMEOUT per VM (default 900 s),
+# VM_KERNEL:
+#   stock  (default) the host's Debian 12 kernel (6.1), as build-initramfs.sh
+#          picks it; files in build/vm/idle/ and build/vm/idle-initramfs.*
+#   rekey  the newest trixie-backports kernel >= 6.14 from
+#          `tests/vm/fetch-kernel.sh -n 6.14` (downloaded and verified, or
+#          cached in build/vm/kernels/), image built with -k; files in
+#          build/vm/idle-rekey/ and build/vm/idle-rekey-initramfs.*, so the
+#          stock ones stay. There kite logs "TLS 1.3 key updates are followed
+#          in the kernel" and keeps each kTLS connection's TLS 1.3 traffic
+#          secrets (a 4 + 2 * hash-size byte malloc); on 6.1 it logs
+#          "cannot replace TLS keys" and keeps none. If fetch-kernel.sh
+#          fails, exits with its code (77: no kernel to be had).
+# The guest prints its kernel (IDLE-KERNEL) and the broker's kTLS log lines.
+# Raw guest output: build/vm/idle/<mode>.console.log (idle-rekey/ with rekey).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -44,12 +59,27 @@ export VM_MEM=${VM_MEM:-2G}
 STEPS=${STEPS:-500 1000 1500 2000}
 MODES=${MODES:-kite-ktls kite-user mosquitto}
 VM_TIMEOUT=${VM_TIMEOUT:-900}
-W=$VM_BUILD_DIR/idle
+VM_KERNEL=${VM_KERNEL:-stock}
+case $VM_KERNEL in
+    stock) W=$VM_BUILD_DIR/idle ;;
+    rekey) W=$VM_BUILD_DIR/idle-rekey ;;
+    *) echo "ktls_idle_mem: VM_KERNEL must be stock or rekey, not '$VM_KERNEL'" >&2; exit 2 ;;
+esac
+IMG=$W-initramfs.cpio.gz     # build-initramfs.sh puts the kernel beside it (.vmlinuz)
 KITE=$ROOT/build/kite
 MOSQ=${MOSQUITTO:-/usr/sbin/mosquitto}
 
 cd "$ROOT"
 make -s
+KTREE=
+if [ "$VM_KERNEL" = rekey ]; then
+    krc=0
+    KTREE=$("$ROOT/tests/vm/fetch-kernel.sh" -n 6.14) || krc=$?
+    if [ "$krc" != 0 ]; then
+        echo "ktls_idle_mem: fetch-kernel.sh -n 6.14 failed (exit $krc)" >&2
+        exit "$krc"
+    fi
+fi
 rm -rf "$W"
 mkdir -p "$W"
 cc -O2 -Wall -Wextra -o "$W/ktls_idle_client" "$HERE/ktls_idle_client.c" -lssl -lcrypto
@@ -135,7 +165,7 @@ for n in $STEPS; do
     sample $n
     prev=$n
 done
-grep -i -m3 'kernel TLS\|kTLS\|listen socket' /tmp/broker.log | sed 's/^/idle: broker: /'
+grep -i -m5 'kernel TLS\|kTLS\|key update\|TLS keys\|listen socket' /tmp/broker.log | sed 's/^/idle: broker: /'
 echo "idle: broker log lines: $(wc -l < /tmp/broker.log)"
 kill $CPIDS 2>/dev/null
 kill $BPID 2>/dev/null
@@ -143,7 +173,7 @@ wait 2>/dev/null
 exit 0
 GUEST
 
-"$ROOT/tests/vm/build-initramfs.sh" -o "$VM_BUILD_DIR/idle-initramfs.cpio.gz" \
+"$ROOT/tests/vm/build-initramfs.sh" -o "$IMG" ${KTREE:+-k "$KTREE"} \
     -f "$W/pki:/etc/idle/pki" -f "$W/guest.sh:/bin/idle_guest.sh" \
     "$KITE" "$MOSQ" "$W/ktls_idle_client" > /dev/null
 
@@ -151,7 +181,7 @@ date_utc=$(date -u '+%Y-%m-%d %H:%M UTC')
 fails=0
 for m in $MODES; do
     echo "== $m (VM_MEM=$VM_MEM, steps: $STEPS)" >&2
-    "$ROOT/tests/vm/run-vm.sh" -q -t "$VM_TIMEOUT" -i "$VM_BUILD_DIR/idle-initramfs.cpio.gz" \
+    "$ROOT/tests/vm/run-vm.sh" -q -t "$VM_TIMEOUT" -i "$IMG" \
         -l "$W/$m.console.log" "sh /bin/idle_guest.sh $m '$STEPS'" || fails=$((fails + 1))
     tr -d '\r' < "$W/$m.console.log" | grep -a '^IDLEMEM\|^idle:' >&2 || true
 done
@@ -183,6 +213,6 @@ for m in $MODES; do
         }'
 done
 echo
-echo "command: STEPS=\"$STEPS\" MODES=\"$MODES\" VM_MEM=$VM_MEM VM_TIMEOUT=$VM_TIMEOUT bench/ktls_idle_mem.sh"
+echo "command: ${KTREE:+VM_KERNEL=rekey }STEPS=\"$STEPS\" MODES=\"$MODES\" VM_MEM=$VM_MEM VM_TIMEOUT=$VM_TIMEOUT bench/ktls_idle_mem.sh"
 echo "raw: $W/<mode>.console.log"
 exit $((fails > 0))
