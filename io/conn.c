@@ -793,7 +793,7 @@ void conn_on_send_done(struct conn *c, int res)
 		conn_out_consume(c, (size_t)res);
 	}
 	if (c->state == CONN_CLOSING) {
-		if (res <= 0)
+		if (res <= 0 || !(c->flags & CONN_CLOSE_AFTER_FLUSH))
 			conn_out_drop_all(c);
 		conn_on_closed(c);
 		return;
@@ -1045,9 +1045,12 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 	if (c->flags & CONN_CLOSE_AFTER_FLUSH)
 		conn_owe_close_notify(c);
 	if (!(c->flags & CONN_CLOSE_AFTER_FLUSH)) {
-		/* Nothing more to say: a stalled send must not hold us. */
+		/* Nothing more to say: a stalled send must not hold us (the
+		 * shutdown ends it). The entries under a send in flight stay
+		 * until its completion, which still counts what went out. */
 		c->tls_flags &= (uint8_t)~CONN_TLS_OWED;
-		conn_out_drop_all(c);
+		if (!(c->flags & CONN_SEND_BUSY))
+			conn_out_drop_all(c);
 		conn_shutdown(c);
 	} else if (c->flags & CONN_SEND_BUSY) {
 		/* Our last words are on their way; the completion goes on

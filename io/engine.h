@@ -324,6 +324,10 @@ struct conn {
 	uint8_t ktls;	    /* enum conn_ktls */
 	uint8_t ktls_tries;
 	uint8_t tls_flags;  /* enum conn_tls_flag */
+	/* Kernel TLS key updates from the client in the current second
+	 * (ktls.c caps them: each costs kite far more than the client). */
+	uint8_t key_updates;
+	uint16_t key_update_second;
 	uint64_t last_rx_ms;
 	uint64_t created_ms;
 	/* Only a packet split across receives is buffered here. */

@@ -162,8 +162,22 @@ static void ktls_owe(struct conn *c, uint8_t what)
 /* The client's TLS 1.3 KeyUpdate: everything it sends from now on is
  * under its next key, and the kernel holds further records until it has
  * that key (Linux 6.14+). */
+/* Ordinary clients update after gigabytes (or never); GnuTLS allows 8
+ * per second too. */
+#define KTLS_KEY_UPDATES_PER_SECOND 8
+
 static void ktls_client_key_update(struct conn *c, bool update_requested)
 {
+	uint16_t second = (uint16_t)(c->shard->now_ms / 1000);
+	if (second != c->key_update_second) {
+		c->key_update_second = second;
+		c->key_updates = 0;
+	}
+	if (++c->key_updates > KTLS_KEY_UPDATES_PER_SECOND) {
+		conn_close(c, "too many TLS KeyUpdates from client (more than "
+			      "8 in a second)", true);
+		return;
+	}
 	if (!c->ktls_rekey) {
 		conn_close(c, "TLS KeyUpdate from client: this kernel cannot "
 			      "replace kernel TLS keys (Linux 6.14 or later can)",

@@ -850,6 +850,17 @@ struct ktls_material {
 	size_t key_len, iv_len; /* iv_len: 4 (TLS 1.2 GCM) or 12 */
 };
 
+/* Fetched once: an OpenSSL 3 fetch is a locked name lookup, and every
+ * TLS 1.3 handoff and key update expands several labels. EVP_KDF objects
+ * may be shared by threads; each call gets its own context. */
+static EVP_KDF *hkdf;
+static pthread_once_t hkdf_once = PTHREAD_ONCE_INIT;
+
+static void hkdf_fetch(void)
+{
+	hkdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+}
+
 /* HKDF-Expand-Label(secret, label, "", len), RFC 8446 7.1. */
 static int hkdf_expand_label(const EVP_MD *md, const uint8_t *secret,
 			     size_t secret_len, const char *label,
@@ -858,9 +869,11 @@ static int hkdf_expand_label(const EVP_MD *md, const uint8_t *secret,
 	uint8_t info[2 + 1 + 255 + 1];
 	size_t label_len = strlen(label), n = 0;
 	int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY, ok;
-	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-	EVP_KDF_CTX *kctx = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
+	EVP_KDF_CTX *kctx;
 	OSSL_PARAM params[5];
+
+	pthread_once(&hkdf_once, hkdf_fetch);
+	kctx = hkdf ? EVP_KDF_CTX_new(hkdf) : NULL;
 
 	assert(label_len + 6 <= 255);
 	info[n++] = (uint8_t)(len >> 8);
@@ -880,7 +893,6 @@ static int hkdf_expand_label(const EVP_MD *md, const uint8_t *secret,
 	params[4] = OSSL_PARAM_construct_end();
 	ok = kctx && EVP_KDF_derive(kctx, out, len, params) == 1;
 	EVP_KDF_CTX_free(kctx);
-	EVP_KDF_free(kdf);
 	return ok ? 0 : -1;
 }
 

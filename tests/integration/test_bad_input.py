@@ -4,6 +4,7 @@ Connection"). Each case checks that a client connected before it still
 gets a publish/receive round trip afterwards."""
 
 import re
+import socket
 import time
 
 import pytest
@@ -108,3 +109,27 @@ def test_bad_input_log_names_peer_address_and_reason(broker, name):
     text = harness.wait_for(line, 3, what="a log line naming %s" % peer)
     # Something is said after the address: the reason.
     assert len(text.split(peer, 1)[1].strip(" .:,()")) >= 5, text
+
+
+
+def test_bad_packet_while_deliveries_are_stuck_in_flight(broker):
+    # The client stops reading while big messages pour in (kite's send to it
+    # waits on a full socket), then sends garbage: kite closes it with a
+    # send still in flight, and the queue under that send must stay valid
+    # until the send completes.
+    by = Bystander(broker.port)
+    sub = RawClient(broker.port)
+    sub.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    assert sub.connect("stuck-reader").rc == 0
+    assert sub.subscribe([("stuck/#", 0)]) == [0]
+    with RawClient(broker.port) as pub:
+        assert pub.connect("stuck-pub").rc == 0
+        for i in range(64):
+            pub.send(mqttraw.publish("stuck/t", bytes([i % 251]) * 65536))
+        pub.ping()
+    time.sleep(0.3)
+    sub.send(bytes([0x00, 0x00]))  # packet type 0: protocol error
+    sub.close()
+    time.sleep(0.3)
+    by.round_trip()
+    assert broker.alive()

@@ -16,6 +16,8 @@
 #              ours), a pub/sub round trip after each on the same
 #              connection, TlsRxRekeyOk +3 and TlsTxRekeyOk +2, no rekey or
 #              decrypt errors, and a clean DISCONNECT
+#              and twelve KeyUpdates in a burst -> closed with "too many
+#              TLS KeyUpdates" (8 a second are allowed)
 #   KeyUpdate (1.3) on older kernels -> closed with "this kernel cannot
 #              replace kernel TLS keys"
 # Each case also needs kite's RX to be in the kernel before the record
@@ -127,6 +129,8 @@ if [ $rekey = 1 ]; then
     done
     case_run "tls1.3 KeyUpdate then PINGREQ" keyupdate tls1.3 "closed by client$" \
         "peer: MQTT packet 0xd0"
+    case_run "tls1.3 KeyUpdate flood" keyupdate-flood tls1.3 \
+        "too many TLS KeyUpdates from client"
 else
     case_run "tls1.3 KeyUpdate" keyupdate tls1.3 \
         "TLS KeyUpdate from client: this kernel cannot replace kernel TLS keys"

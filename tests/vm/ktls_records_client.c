@@ -17,6 +17,9 @@
  *              "client: peer key updates N" (kite's KeyUpdates that
  *              OpenSSL processed) and exits 0 only if every round trip
  *              came back.
+ *   keyupdate-flood
+ *              twelve KeyUpdates (not requested), each followed by a
+ *              PINGREQ, as fast as possible (kite allows 8 a second)
  *   reneg      SSL_renegotiate + SSL_do_handshake: a ClientHello (TLS 1.2)
  *   alert      a raw fatal alert (level 2, handshake_failure 40): the
  *              client turns on kTLS TX (SSL_OP_ENABLE_KTLS) and writes the
@@ -187,7 +190,7 @@ static void report_peer(SSL *ssl)
 int main(int argc, char **argv)
 {
 	if (argc < 8) {
-		fprintf(stderr, "usage: ktls_records_client notify|keyupdate|keyupdate-rounds|reneg|alert|pubsub "
+		fprintf(stderr, "usage: ktls_records_client notify|keyupdate|keyupdate-rounds|keyupdate-flood|reneg|alert|pubsub "
 				"tls1.2|tls1.3 PORT CA CERT KEY ID [WAIT_MS [SUITE]]\n");
 		return 2;
 	}
@@ -308,6 +311,19 @@ int main(int argc, char **argv)
 		printf("client: peer key updates %d\n", peer_key_updates);
 		static const unsigned char disconnect[2] = {0xe0, 0};
 		write_all(ssl, disconnect, 2, "DISCONNECT");
+		report_peer(ssl);
+	} else if (!strcmp(mode, "keyupdate-flood")) {
+		if (!v13)
+			die("keyupdate-flood needs tls1.3");
+		static const unsigned char ping[2] = {0xc0, 0};
+		int sent = 0;
+		for (int i = 0; i < 12; i++) {
+			if (SSL_key_update(ssl, SSL_KEY_UPDATE_NOT_REQUESTED) != 1 ||
+			    SSL_write(ssl, ping, 2) != 2)
+				break; /* kite may have closed already */
+			sent++;
+		}
+		printf("client: sent %d KeyUpdate + PINGREQ pairs\n", sent);
 		report_peer(ssl);
 	} else if (!strcmp(mode, "reneg")) {
 		if (v13)
