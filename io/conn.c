@@ -634,6 +634,26 @@ static void conn_submit_send(struct conn *c, struct send_ctx *ctx)
 	io_uring_sqe_set_data64(sqe, ud_pack(UD_SEND, c->id, c->gen));
 }
 
+/* A send context holding its own copy of bytes (one iovec): for bytes
+ * whose owner may move or free them while the kernel reads. NULL (and
+ * the connection closed) when out of memory. */
+static struct send_ctx *send_ctx_copy(struct conn *c, const uint8_t *bytes,
+				      size_t len)
+{
+	struct send_ctx *ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) + len);
+	if (!ctx) {
+		conn_close(c, "out of memory", false);
+		return NULL;
+	}
+	memset(ctx, 0, sizeof(*ctx));
+	uint8_t *copy = (uint8_t *)(ctx->iov + 1);
+	memcpy(copy, bytes, len);
+	ctx->iov[0] = (struct iovec){copy, len};
+	ctx->mh.msg_iov = ctx->iov;
+	ctx->mh.msg_iovlen = 1;
+	return ctx;
+}
+
 /* TLS: the turn's queued MQTT bytes become as few records as possible,
  * then the ciphertext goes out in one send. */
 static void conn_flush_tls(struct conn *c)
@@ -659,19 +679,12 @@ static void conn_flush_tls(struct conn *c)
 			conn_on_closed(c);
 		return;
 	}
-	struct send_ctx *ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) + len);
-	if (!ctx) {
-		conn_close(c, "out of memory", false);
+	struct send_ctx *ctx = send_ctx_copy(c, p, len);
+	if (!ctx)
 		return;
-	}
-	memset(ctx, 0, sizeof(*ctx));
-	ctx->tls_bytes = (uint8_t *)(ctx->iov + 1);
-	memcpy(ctx->tls_bytes, p, len);
 	tls_conn_consume_out(c->tls, len);
+	ctx->tls_bytes = ctx->iov[0].iov_base;
 	ctx->tls_len = len;
-	ctx->iov[0] = (struct iovec){ctx->tls_bytes, len};
-	ctx->mh.msg_iov = ctx->iov;
-	ctx->mh.msg_iovlen = 1;
 	conn_submit_send(c, ctx);
 }
 
@@ -682,18 +695,10 @@ void conn_send_record(struct conn *c, uint8_t record_type,
 {
 	assert(c->ktls == KTLS_ON && !(c->flags & CONN_SEND_BUSY));
 	assert(record_type != 23 && len > 0 && len <= 16);
-	struct send_ctx *ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) + len);
-	if (!ctx) {
-		conn_close(c, "out of memory", false);
+	struct send_ctx *ctx = send_ctx_copy(c, bytes, len);
+	if (!ctx)
 		return;
-	}
-	memset(ctx, 0, sizeof(*ctx));
-	uint8_t *copy = (uint8_t *)(ctx->iov + 1);
-	memcpy(copy, bytes, len);
-	ctx->iov[0] = (struct iovec){copy, len};
 	ctx->record_type = record_type;
-	ctx->mh.msg_iov = ctx->iov;
-	ctx->mh.msg_iovlen = 1;
 	ctx->mh.msg_control = ctx->cmsg;
 	ctx->mh.msg_controllen = sizeof(ctx->cmsg);
 	struct cmsghdr *cm = CMSG_FIRSTHDR(&ctx->mh);
@@ -1042,8 +1047,6 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 		ss->conn = NULL;
 		session_on_disconnect(s, ss);
 	}
-	if (c->flags & CONN_CLOSE_AFTER_FLUSH)
-		conn_owe_close_notify(c);
 	if (!(c->flags & CONN_CLOSE_AFTER_FLUSH)) {
 		/* Nothing more to say: a stalled send must not hold us (the
 		 * shutdown ends it). The entries under a send in flight stay
@@ -1052,7 +1055,10 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 		if (!(c->flags & CONN_SEND_BUSY))
 			conn_out_drop_all(c);
 		conn_shutdown(c);
-	} else if (c->flags & CONN_SEND_BUSY) {
+		return;
+	}
+	conn_owe_close_notify(c);
+	if (c->flags & CONN_SEND_BUSY) {
 		/* Our last words are on their way; the completion goes on
 		 * (and the tick forces the end after a bound). */
 	} else if (conn_has_output(c)) {

@@ -92,27 +92,26 @@ int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	}
 	size_t n = mqtt_encode_suback(out, (size_t)sub.count + 16, MQTT_SUBACK,
 				      c->version, sub.packet_id, reasons, i, NULL);
-	/* A held SUBACK takes the retained lookups with it: they run when
-	 * it leaves, so no retained message overtakes it. */
+	/* Retained messages go after the SUBACK: a held SUBACK takes the
+	 * lookups with it (they run when it leaves), so none overtakes it. */
+	if (held)
+		held_ack_set(held, out, n);
+	else if (n)
+		conn_queue_ctrl(c, out, n);
 	cur = i = 0;
-	while (held && mqtt_subscribe_next(&sub, &cur, &e)) {
-		if (reasons[i] <= 2 && sub_wants_retained(&e, added[i]) &&
-		    !held_ack_retained(held, (const char *)e.filter.ptr,
-				       (uint16_t)e.filter.len, reasons[i], sub_id))
+	for (; mqtt_subscribe_next(&sub, &cur, &e); i++) {
+		if (reasons[i] > 2 || !sub_wants_retained(&e, added[i]))
+			continue;
+		const char *f = (const char *)e.filter.ptr;
+		uint16_t flen = (uint16_t)e.filter.len;
+		if (!held)
+			route_retained(c->shard, c->session, f, flen, reasons[i], sub_id);
+		else if (!held_ack_retained(held, f, flen, reasons[i], sub_id))
 			log_msg(KITE_LOG_WARNING, "out of memory: retained "
-				"messages for %.*s not sent", (int)e.filter.len,
-				(const char *)e.filter.ptr);
-		i++;
+				"messages for %.*s not sent", (int)flen, f);
 	}
-	conn_send_ack(c, held, out, n);
-	cur = i = 0;
-	while (!held && mqtt_subscribe_next(&sub, &cur, &e)) {
-		if (reasons[i] <= 2 && sub_wants_retained(&e, added[i]))
-			route_retained(c->shard, c->session,
-				       (const char *)e.filter.ptr,
-				       (uint16_t)e.filter.len, reasons[i], sub_id);
-		i++;
-	}
+	if (held)
+		conn_release_ack(c, held); /* the handler's own confirmation */
 	free(reasons);
 	free(added);
 	free(out);

@@ -159,13 +159,28 @@ static void ktls_owe(struct conn *c, uint8_t what)
 	conn_mark_dirty(c);
 }
 
-/* The client's TLS 1.3 KeyUpdate: everything it sends from now on is
- * under its next key, and the kernel holds further records until it has
- * that key (Linux 6.14+). */
 /* Ordinary clients update after gigabytes (or never); GnuTLS allows 8
  * per second too. */
 #define KTLS_KEY_UPDATES_PER_SECOND 8
 
+/* Moves one direction to its next TLS 1.3 key, in the kernel too.
+ * 0, or an errno for the log (the key material is wiped either way). */
+static int ktls_next_key(struct conn *c, enum tls_ktls_dir dir)
+{
+	union tls_ktls_crypto_info ci;
+	size_t len;
+	int err = EOPNOTSUPP;
+	if (c->ktls_rekey &&
+	    tls_ktls_rekey_next(c->ktls_rekey, dir, &ci, &len) == 0)
+		err = setsockopt(c->fd, SOL_TLS, dir == TLS_KTLS_TX ? TLS_TX : TLS_RX,
+				 &ci, (socklen_t)len) == 0 ? 0 : errno;
+	explicit_bzero(&ci, sizeof(ci));
+	return err;
+}
+
+/* The client's TLS 1.3 KeyUpdate: everything it sends from now on is
+ * under its next key, and the kernel holds further records until it has
+ * that key (Linux 6.14+). */
 static void ktls_client_key_update(struct conn *c, bool update_requested)
 {
 	uint16_t second = (uint16_t)(c->shard->now_ms / 1000);
@@ -174,8 +189,10 @@ static void ktls_client_key_update(struct conn *c, bool update_requested)
 		c->key_updates = 0;
 	}
 	if (++c->key_updates > KTLS_KEY_UPDATES_PER_SECOND) {
-		conn_close(c, "too many TLS KeyUpdates from client (more than "
-			      "8 in a second)", true);
+		char why[96];
+		snprintf(why, sizeof(why), "too many TLS KeyUpdates from client "
+			 "(more than %d in a second)", KTLS_KEY_UPDATES_PER_SECOND);
+		conn_close(c, why, true);
 		return;
 	}
 	if (!c->ktls_rekey) {
@@ -184,14 +201,8 @@ static void ktls_client_key_update(struct conn *c, bool update_requested)
 			   true);
 		return;
 	}
-	union tls_ktls_crypto_info ci;
-	size_t len;
-	int rc = tls_ktls_rekey_next(c->ktls_rekey, TLS_KTLS_RX, &ci, &len);
-	if (rc == 0)
-		rc = setsockopt(c->fd, SOL_TLS, TLS_RX, &ci, (socklen_t)len);
-	int err = errno;
-	explicit_bzero(&ci, sizeof(ci));
-	if (rc) {
+	int err = ktls_next_key(c, TLS_KTLS_RX);
+	if (err) {
 		char why[96];
 		snprintf(why, sizeof(why), "TLS KeyUpdate from client: cannot "
 					   "install its new key: %s", strerror(err));
@@ -333,16 +344,8 @@ void conn_ktls_control_sent(struct conn *c, uint8_t record_type, int res)
 	/* Also while closing: a close_notify may still follow. */
 	if (record_type != 22)
 		return;
-	union tls_ktls_crypto_info ci;
-	size_t len;
-	int rc = c->ktls_rekey
-			 ? tls_ktls_rekey_next(c->ktls_rekey, TLS_KTLS_TX, &ci, &len)
-			 : -1;
-	if (rc == 0)
-		rc = setsockopt(c->fd, SOL_TLS, TLS_TX, &ci, (socklen_t)len);
-	int err = errno;
-	explicit_bzero(&ci, sizeof(ci));
-	if (rc) {
+	int err = ktls_next_key(c, TLS_KTLS_TX);
+	if (err) {
 		/* The client already expects the new key: nothing more can
 		 * be said to it. */
 		snprintf(why, sizeof(why), "kernel TLS: cannot install our "
