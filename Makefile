@@ -11,6 +11,10 @@ WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
             -Wmissing-prototypes -Wno-unused-parameter
 CFLAGS   ?= -O2 -g
 CFLAGS   += -std=c17 -D_GNU_SOURCE -I. $(WARN) -pthread -fno-strict-aliasing
+# `make` builds the broker: bpf/bpf.mk, included below, defines targets
+# of its own before `all`.
+.DEFAULT_GOAL := all
+
 LDLIBS   := -luring -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lpthread
 
 ifeq ($(SAN),1)
