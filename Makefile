@@ -72,8 +72,14 @@ run: deps
 unit: $(BUILD)/unit-tests
 	$(BUILD)/unit-tests
 
-integration: $(BUILD)/kite
-	KITE_BIN=$(abspath $(BUILD)/kite) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+# The kernel TLS fault seam (tests/fault/): preloaded into kite by the
+# hand-off tests. Never sanitized itself: ASan's runtime is kite's.
+$(BUILD)/ktls-fault.so: tests/fault/ktls_fault.c
+	@mkdir -p $(dir $@)
+	$(CC) -std=c17 -shared -fPIC -O2 $(WARN) -o $@ $< -ldl -pthread
+
+integration: $(BUILD)/kite $(BUILD)/ktls-fault.so
+	KITE_BIN=$(abspath $(BUILD)/kite) KTLS_FAULT_SO=$(abspath $(BUILD)/ktls-fault.so) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
 check-clang:
 	$(MAKE) --no-print-directory CC=clang BUILD=build/clang all

@@ -659,7 +659,10 @@ static struct send_ctx *send_ctx_copy(struct conn *c, const uint8_t *bytes,
 static void conn_flush_tls(struct conn *c)
 {
 	uint8_t *buf = c->shard->tls_scratch;
-	while (c->out_count) {
+	/* Moving to kernel TLS: OpenSSL's own output (the handshake's
+	 * tail) goes, MQTT bytes wait for the kernel (conn_ktls_try). */
+	bool for_kernel = c->ktls == KTLS_STOPPING && c->state == CONN_ACTIVE;
+	while (c->out_count && !for_kernel) {
 		size_t n = conn_out_copy(c, buf, TLS_RECORD_PLAIN);
 		if (tls_conn_write(c->tls, buf, n) != TLS_OK) {
 			conn_out_drop_all(c);
@@ -677,6 +680,8 @@ static void conn_flush_tls(struct conn *c)
 	if (!len) {
 		if (c->state == CONN_CLOSING)
 			conn_on_closed(c);
+		else if (for_kernel)
+			conn_ktls_try(c);
 		return;
 	}
 	struct send_ctx *ctx = send_ctx_copy(c, p, len);
@@ -808,10 +813,10 @@ void conn_on_send_done(struct conn *c, int res)
 		conn_on_closed(c);
 		return;
 	}
+	if (c->ktls == KTLS_STOPPING)
+		conn_ktls_try(c);
 	if (conn_has_output(c))
 		conn_mark_dirty(c);
-	else if (c->ktls == KTLS_STOPPING)
-		conn_ktls_try(c);
 }
 
 /* ---- acks held for other shards ------------------------------------------ */

@@ -313,15 +313,16 @@ void connect_adopt(struct shard *s, struct conn *c)
 	c->state = CONN_AWAIT_CONNECT;
 	shard_arm_recv(s, c);
 	connect_complete(s, c);
-	if (c->state != CONN_ACTIVE || !c->in_len)
-		return;
-	/* Packets the client sent behind its CONNECT. */
-	uint8_t *data = c->in_buf;
-	uint32_t len = c->in_len;
-	c->in_buf = NULL;
-	c->in_len = c->in_cap = 0;
-	conn_on_plain(c, data, len); /* decrypted on the accepting shard */
-	free(data);
+	if (c->state == CONN_ACTIVE && c->in_len) {
+		/* Packets the client sent behind its CONNECT. */
+		uint8_t *data = c->in_buf;
+		uint32_t len = c->in_len;
+		c->in_buf = NULL;
+		c->in_len = c->in_cap = 0;
+		conn_on_plain(c, data, len); /* decrypted on the accepting shard */
+		free(data);
+	}
+	conn_ktls_begin(c); /* before the CONNACK leaves, as on any shard */
 }
 
 /* ---- the packet ------------------------------------------------------------- */

@@ -80,15 +80,22 @@ static void ktls_log(struct conn *c, const char *what, const char *detail)
 		detail ? ": " : "", detail ? detail : "");
 }
 
+/* Userspace TLS goes on: MQTT bytes held for the kernel (the CONNACK)
+ * are encrypted by OpenSSL after all, and the socket is read again. */
 static void ktls_stay_userspace(struct conn *c, enum conn_ktls next)
 {
 	c->ktls = (uint8_t)next;
+	if (c->out_count)
+		conn_mark_dirty(c);
 	if (c->state == CONN_ACTIVE && !(c->flags & CONN_RECV_ARMED))
 		shard_arm_recv(c->shard, c);
 }
 
 /* Recv stopped: when OpenSSL has nothing left to send, hand the keys to
- * the kernel. Called again from the send completion while it waits. */
+ * the kernel. Called again from the send completion while it waits.
+ * MQTT bytes queued meanwhile (the CONNACK) wait in the wire queue and go
+ * out through the kernel: a client that publishes and closes as soon as
+ * it has its CONNACK then finds its socket already moved. */
 void conn_ktls_try(struct conn *c)
 {
 	const uint8_t *p;
@@ -98,8 +105,7 @@ void conn_ktls_try(struct conn *c)
 		c->ktls = KTLS_OFF;
 		return;
 	}
-	if ((c->flags & CONN_SEND_BUSY) || c->out_count ||
-	    tls_conn_pending_out(c->tls, &p))
+	if ((c->flags & CONN_SEND_BUSY) || tls_conn_pending_out(c->tls, &p))
 		return; /* the send completion calls back */
 	struct tls_ktls_keys k;
 	int rc = tls_conn_export_ktls(c->tls, &k,
@@ -122,15 +128,25 @@ void conn_ktls_try(struct conn *c)
 	bool tls13 = k.version == TLS_1_3_VERSION;
 	tls_ktls_keys_wipe(&k);
 	if (ret == -1) {
+		/* Typically a client that closed right after its CONNECT:
+		 * TCP_ULP wants an ESTABLISHED socket. OpenSSL still has
+		 * every key and record number: read the rest in userspace. */
+		char detail[96];
+		snprintf(detail, sizeof(detail), "%s: %s", why, strerror(err));
 		tls_ktls_rekey_free(k.rekey);
-		ktls_log(c, "not used", why);
+		tls_conn_ktls_declined(c->tls);
+		ktls_log(c, "not used", detail);
 		ktls_stay_userspace(c, KTLS_OFF);
 		return;
 	}
 	if (ret == -2) {
+		/* The kernel decrypts but will not encrypt: nothing can be
+		 * said to the client any more (OpenSSL's keys are spent). */
 		tls_ktls_rekey_free(k.rekey);
 		char detail[96];
-		snprintf(detail, sizeof(detail), "%s: %s", why, strerror(err));
+		snprintf(detail, sizeof(detail), "kernel TLS: %s: %s", why,
+			 strerror(err));
+		c->ktls = KTLS_OFF;
 		conn_close(c, detail, true);
 		return;
 	}
@@ -144,6 +160,8 @@ void conn_ktls_try(struct conn *c)
 	tls_conn_free(c->tls);
 	c->tls = NULL;
 	c->ktls = KTLS_ON;
+	if (c->out_count)
+		conn_mark_dirty(c);
 	shard_arm_recv(c->shard, c);
 }
 

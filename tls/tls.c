@@ -87,6 +87,7 @@ struct tls_conn {
 	bool closed;
 	bool failed;
 	bool exported;
+	bool ktls_declined; /* exported once, refused: secrets are wiped */
 	bool post_hs_message; /* KeyUpdate etc.: keys moved past _0 */
 };
 
@@ -1114,7 +1115,8 @@ int tls_conn_export_ktls(struct tls_conn *c, struct tls_ktls_keys *out,
 
 	assert(c && out && !c->exported);
 	memset(out, 0, sizeof(*out));
-	if (!c->hs_done || c->failed || c->closed || c->post_hs_message)
+	if (!c->hs_done || c->failed || c->closed || c->post_hs_message ||
+	    c->ktls_declined)
 		return TLS_KTLS_UNSUPPORTED;
 	/* Bytes already taken off the socket but not yet a whole record
 	 * cannot be handed to the kernel; unsent output would be lost. */
@@ -1167,6 +1169,13 @@ wipe:
 		tls_ktls_keys_wipe(out);
 	ERR_clear_error();
 	return rc;
+}
+
+void tls_conn_ktls_declined(struct tls_conn *c)
+{
+	assert(c && c->exported);
+	c->exported = false;
+	c->ktls_declined = true;
 }
 
 enum tls_kernel_ktls tls_kernel_ktls_support(void)

@@ -176,6 +176,12 @@ enum tls_ktls_rc {
  * wiped unless TLS_KTLS_OK. */
 int tls_conn_export_ktls(struct tls_conn *c, struct tls_ktls_keys *out,
 			 unsigned flags);
+/* The kernel refused the exported keys before taking any of them (the
+ * TCP_ULP or the first key setsockopt failed: e.g. the peer already sent
+ * its FIN, so the socket is no longer ESTABLISHED). Nothing left
+ * OpenSSL: c goes on in userspace as if never exported; it cannot be
+ * exported again. */
+void tls_conn_ktls_declined(struct tls_conn *c);
 void tls_ktls_keys_wipe(struct tls_ktls_keys *k);
 
 enum tls_ktls_flags {

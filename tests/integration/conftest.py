@@ -147,13 +147,13 @@ def adapt_config():
 @pytest.fixture
 def broker_factory(request, tmp_path, adapt_config):
     """start(conf=DEFAULT_CONF, listener=True, args=None, port=None,
-    wait=True) -> harness.Broker. Brokers still running at teardown are
+    wait=True, env=None) -> harness.Broker (env: added to the broker's). Brokers still running at teardown are
     stopped with SIGTERM and must exit 0."""
     started = []
     request.node._brokers = started
 
     def start(conf=DEFAULT_CONF, listener=True, args=None, port=None,
-              wait=True, raw=False):
+              wait=True, raw=False, env=None):
         n = len(started)
         workdir = tmp_path / ("broker%d" % n)
         workdir.mkdir()
@@ -166,7 +166,7 @@ def broker_factory(request, tmp_path, adapt_config):
         if not raw:
             text = adapt_config(text)
         b = harness.Broker(BIN, FLAVOUR, workdir, text, port=port, args=args,
-                           wait_port=wait)
+                           wait_port=wait, env=env)
         started.append(b)
         return b
 

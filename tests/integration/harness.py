@@ -87,7 +87,7 @@ class Broker:
     """One broker process. `log` is its stdout+stderr, captured to a file."""
 
     def __init__(self, binary, flav, workdir, conf_text=None, port=None,
-                 args=None, wait_port=True):
+                 args=None, wait_port=True, env=None):
         self.binary = binary
         self.flavour = flav
         self.dir = Path(workdir)
@@ -105,8 +105,13 @@ class Broker:
         cmd += list(args or [])
         self.cmd = cmd
         self._out = open(self.out_path, "wb")
+        full_env = None
+        if env:
+            full_env = dict(os.environ)
+            full_env.update(env)
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=str(self.dir))
+                                     stdin=subprocess.DEVNULL, cwd=str(self.dir),
+                                     env=full_env)
         if wait_port and port is not None:
             try:
                 self.wait_listening()
