@@ -486,6 +486,18 @@ static int opt_max_queued_messages(struct file_ctx *fc, const char *name,
 	return 0;
 }
 
+/* Mosquitto: 0 (the default) or negative means no limit. */
+static int opt_max_queued_bytes(struct file_ctx *fc, const char *name,
+				char *rest)
+{
+	long long n;
+	if (get_int(fc, name, rest, INT64_MIN, INT64_MAX,
+		    "a number of bytes (0 for no limit)", &n) < 0)
+		return -1;
+	fc->st->cfg->max_queued_bytes = n < 0 ? 0 : (uint64_t)n;
+	return 0;
+}
+
 static int opt_sys_interval(struct file_ctx *fc, const char *name, char *rest)
 {
 	long long n;
@@ -1017,6 +1029,7 @@ static const struct option options[] = {
 	{"max_keepalive", opt_max_keepalive},
 	{"max_packet_size", opt_max_packet_size},
 	{"max_queued_messages", opt_max_queued_messages},
+	{"max_queued_bytes", opt_max_queued_bytes},
 	{"message_size_limit", opt_message_size_limit},
 	{"per_listener_settings", opt_per_listener_settings},
 	{"pid_file", opt_pid_file},
@@ -1043,7 +1056,7 @@ static const char *const mosquitto_only_options[] = {
 	"keepalive_interval", "local_cleansession",
 	"local_clientid", "local_password", "local_username", "log_facility",
 	"log_timestamp", "log_timestamp_format", "max_inflight_bytes",
-	"max_queued_bytes", "maximum_qos",
+	"maximum_qos",
 	"memory_limit", "mount_point", "notification_topic", "notifications",
 	"notifications_local_only", "password", "persistence", "persistence_file", "persistence_location",
 	"persistent_client_expiration", "plugin", "protocol", "psk_file",

@@ -96,6 +96,7 @@ struct kite_config {
 	uint32_t message_size_limit;	 /* 0 = no limit */
 	uint32_t max_inflight_messages; /* default 20; 0 = no limit */
 	uint32_t max_queued_messages;	 /* default 1000; 0 = no limit */
+	uint64_t max_queued_bytes;	 /* default 0 = no limit */
 	bool retain_available;		 /* default true */
 	bool connection_messages;	 /* default true */
 	uint32_t sys_interval_s;	 /* default 10; 0 = never */

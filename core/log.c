@@ -180,3 +180,32 @@ void log_close(void)
 		log_syslog_open = false;
 	}
 }
+
+bool log_limit_take(struct log_limit *l, uint64_t now_ms, uint32_t burst,
+		    uint32_t *suppressed)
+{
+	*suppressed = 0;
+	if (now_ms - l->window_start_ms >= LOG_LIMIT_WINDOW_MS) {
+		*suppressed = l->suppressed;
+		l->window_start_ms = now_ms;
+		l->lines = 0;
+		l->suppressed = 0;
+	}
+	if (l->lines < burst) {
+		l->lines++;
+		return true;
+	}
+	l->suppressed++;
+	return false;
+}
+
+uint32_t log_limit_flush(struct log_limit *l, uint64_t now_ms)
+{
+	if (!l->suppressed || now_ms - l->window_start_ms < LOG_LIMIT_WINDOW_MS)
+		return 0;
+	uint32_t n = l->suppressed;
+	l->window_start_ms = now_ms;
+	l->lines = 0;
+	l->suppressed = 0;
+	return n;
+}

@@ -4,6 +4,8 @@
 #ifndef KITE_LOG_H
 #define KITE_LOG_H
 
+#include <stdint.h>
+
 #include "config.h"
 
 /* Takes log_dest, log_type and log_file from cfg; may be called again on
@@ -18,5 +20,24 @@ void log_msg(enum kite_log_type type, const char *fmt, ...)
 bool log_enabled(enum kite_log_type type);
 
 void log_close(void);
+
+/* Lines about one thing that a peer can make happen at any rate (refused
+ * connections, failed accepts): at most `burst` lines per window, then one
+ * line saying how many were left out. Owned by one thread. */
+struct log_limit {
+	uint64_t window_start_ms;
+	uint32_t lines;	     /* written in this window */
+	uint32_t suppressed; /* left out in this window */
+};
+
+#define LOG_LIMIT_WINDOW_MS 10000u
+
+/* True if this line may be written now. When a window ends with lines
+ * left out, *suppressed receives their count (else 0): say so first. */
+bool log_limit_take(struct log_limit *l, uint64_t now_ms, uint32_t burst,
+		    uint32_t *suppressed);
+/* For a timer: the lines left out of a window that has ended since
+ * (0 if none, or it has not ended); they are then forgotten. */
+uint32_t log_limit_flush(struct log_limit *l, uint64_t now_ms);
 
 #endif

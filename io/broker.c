@@ -1,8 +1,12 @@
 /* Broker lifetime: shared state, shard threads, stop and reload. */
+#include <arpa/inet.h>
 #include <assert.h>
+#include <errno.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <urcu-qsbr.h>
 
@@ -112,6 +116,105 @@ static int broker_load_flood_filter(struct broker *b)
 	return cfg->flood_filter_required ? -1 : 0;
 }
 
+/* ---- listening sockets ---------------------------------------------------
+ *
+ * Each shard has its own socket per listener (SO_REUSEPORT: the kernel
+ * spreads new clients over the shards). SO_REUSEPORT would also let a
+ * second kite, or anything else of the same user, join the group and
+ * take half the clients, so the port is first claimed without it. */
+
+static socklen_t listener_addr(const struct kite_listener_cfg *l,
+			       struct sockaddr_storage *ss)
+{
+	memset(ss, 0, sizeof(*ss));
+	const char *host = l->bind_address[0] ? l->bind_address : NULL;
+	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
+	struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
+	if (host && inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+		a4->sin_family = AF_INET;
+		a4->sin_port = htons(l->port);
+		return sizeof(*a4);
+	}
+	if (host && inet_pton(AF_INET6, host, &a6->sin6_addr) != 1)
+		return 0;
+	a6->sin6_family = AF_INET6;
+	a6->sin6_port = htons(l->port);
+	if (!host)
+		a6->sin6_addr = in6addr_any;
+	return sizeof(*a6);
+}
+
+/* A bound socket on l's address, listening if `listen_too`; -1 and errno. */
+static int listener_socket(const struct kite_listener_cfg *l, bool reuseport,
+			   bool listen_too)
+{
+	struct sockaddr_storage ss;
+	socklen_t alen = listener_addr(l, &ss);
+	if (!alen) {
+		errno = EINVAL;
+		return -1;
+	}
+	/* Non-blocking: io_uring polls it, and a shard's own accept4 (when
+	 * it turns clients away at the file limit) must never wait. */
+	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -1;
+	int one = 1, zero = 0;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (reuseport)
+		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	if (ss.ss_family == AF_INET6 && !l->bind_address[0])
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+	if (bind(fd, (struct sockaddr *)&ss, alen) < 0 ||
+	    (listen_too && listen(fd, 4096) < 0)) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+/* Listening sockets outlive a killed broker by a few milliseconds (its
+ * io_uring is torn down after it exits): a restart waits that long. */
+#define LISTEN_CLAIM_WAIT_MS 2000
+
+/* Nobody else listens on l's address: a bind without SO_REUSEPORT
+ * succeeds. 0, or -1 with errno (EADDRINUSE: someone does). */
+static int listener_claim(const struct kite_listener_cfg *l)
+{
+	for (unsigned waited = 0;; waited += 20) {
+		int fd = listener_socket(l, false, false);
+		if (fd >= 0) {
+			close(fd);
+			return 0;
+		}
+		if (errno != EADDRINUSE || waited >= LISTEN_CLAIM_WAIT_MS)
+			return -1;
+		usleep(20 * 1000);
+	}
+}
+
+static int broker_listen(struct broker *b)
+{
+	for (unsigned li = 0; li < b->cfg->listener_count; li++) {
+		const struct kite_listener_cfg *l = &b->cfg->listeners[li];
+		int rc = listener_claim(l);
+		for (unsigned i = 0; i < b->nshards && rc == 0; i++) {
+			int fd = listener_socket(l, true, true);
+			b->shards[i].listen_fds[li] = fd;
+			rc = fd < 0 ? -1 : 0;
+		}
+		if (rc < 0) {
+			log_msg(KITE_LOG_ERR, "Error: unable to listen on %s:%u: %s",
+				l->bind_address[0] ? l->bind_address : "*",
+				l->port, strerror(errno));
+			return -1;
+		}
+	}
+	return 0;
+}
+
 int broker_start(struct broker *b)
 {
 	b->nshards = config_shard_count(b->cfg);
@@ -125,6 +228,8 @@ int broker_start(struct broker *b)
 	for (unsigned i = 0; i < b->nshards; i++)
 		if (shard_init(&b->shards[i], b, i) < 0)
 			return -1;
+	if (broker_listen(b) < 0)
+		return -1;
 	if (broker_load_flood_filter(b) < 0)
 		return -1;
 	pthread_barrier_init(&b->started, NULL, b->nshards + 1);

@@ -143,26 +143,85 @@ static bool conn_dispatch(struct conn *c, const struct mqtt_fixed_header *h,
 	return c->state == CONN_ACTIVE || c->state == CONN_AWAIT_CONNECT;
 }
 
-/* Memory for a partial packet grows with the bytes that actually arrived:
- * a header announcing 256 MB must not cost 256 MB up front. */
-#define CONN_STASH_PREALLOC_MAX (1u << 20)
+/* ---- partial packets ------------------------------------------------------
+ *
+ * Memory for a partial packet grows with the bytes that actually arrived
+ * (at most doubling), never with the length its header announces: a
+ * header announcing 256 MB costs what the peer really sent. Every buffer
+ * is charged to one of the shard's two budgets. */
 
+static uint64_t *conn_input_budget(struct conn *c, uint8_t charge,
+				   uint64_t *max)
+{
+	struct shard *s = c->shard;
+	*max = charge == INPUT_PRELOGIN ? SHARD_PRELOGIN_INPUT_MAX
+					: SHARD_INPUT_MAX;
+	return charge == INPUT_PRELOGIN ? &s->input_prelogin : &s->input_active;
+}
+
+static void conn_input_uncharge(struct conn *c)
+{
+	uint64_t max;
+	if (c->in_charge != INPUT_UNCHARGED) {
+		uint64_t *used = conn_input_budget(c, c->in_charge, &max);
+		assert(*used >= c->in_cap);
+		*used -= c->in_cap;
+	}
+	c->in_charge = INPUT_UNCHARGED;
+}
+
+uint8_t *conn_take_input(struct conn *c, uint32_t *len)
+{
+	uint8_t *data = c->in_buf;
+	*len = c->in_len;
+	conn_input_uncharge(c);
+	c->in_buf = NULL;
+	c->in_len = c->in_cap = 0;
+	return data;
+}
+
+/* Appends len bytes of a packet of `want` bytes in all (0: unknown).
+ * 0, or -1 after closing c (a budget is spent, or out of memory). */
 static int conn_stash(struct conn *c, const uint8_t *data, size_t len,
 		      size_t want)
 {
-	size_t need = c->in_len + len;
-	size_t target = want > need ? want : need;
-	if (target > CONN_STASH_PREALLOC_MAX) {
-		size_t grown = (size_t)c->in_cap * 2 > need ? (size_t)c->in_cap * 2 : need;
-		if (target > grown)
-			target = grown;
-	}
-	if (target > c->in_cap) {
+	size_t need = (size_t)c->in_len + len;
+	if (need > c->in_cap) {
+		size_t target = (size_t)c->in_cap * 2;
+		if (target > want)
+			target = want;
+		if (target < need)
+			target = need;
+		/* Bytes that move with a hand-off are charged where they
+		 * land (conn_on_plain on the adopting shard). */
+		uint8_t charge = c->state == CONN_HANDOFF ? INPUT_UNCHARGED
+				 : c->state == CONN_AWAIT_CONNECT ? INPUT_PRELOGIN
+								  : INPUT_ACTIVE;
+		uint64_t max, *used = NULL;
+		if (charge != INPUT_UNCHARGED) {
+			used = conn_input_budget(c, charge, &max);
+			uint64_t have = c->in_charge == charge ? c->in_cap : 0;
+			if (*used - have + target > max) {
+				conn_protocol_error(c, MQTT_RC_QUOTA_EXCEEDED,
+						    charge == INPUT_PRELOGIN
+							    ? "input budget for clients not yet "
+							      "logged in spent"
+							    : "shard input budget spent");
+				return -1;
+			}
+		}
 		uint8_t *n = realloc(c->in_buf, target);
-		if (!n)
+		if (!n) {
+			conn_close(c, "out of memory", false);
 			return -1;
+		}
+		conn_input_uncharge(c);
 		c->in_buf = n;
 		c->in_cap = (uint32_t)target;
+		if (used) {
+			*used += target;
+			c->in_charge = charge;
+		}
 	}
 	memcpy(c->in_buf + c->in_len, data, len);
 	c->in_len += (uint32_t)len;
@@ -187,6 +246,13 @@ static long conn_frame(struct conn *c, const uint8_t *data, size_t len,
 	}
 	*have_header = true;
 	size_t total = (size_t)h->header_len + h->remaining_len;
+	if (c->state == CONN_AWAIT_CONNECT && total > CONN_CONNECT_BYTES_MAX) {
+		conn_strike(c);
+		conn_close(c, h->type == MQTT_CONNECT
+				      ? "CONNECT larger than 64 KiB"
+				      : "first packet was not CONNECT", false);
+		return -1;
+	}
 	/* Mosquitto's measure: remaining length plus the first byte. */
 	if ((size_t)h->remaining_len + 1 > conn_max_packet(c)) {
 		conn_protocol_error(c, MQTT_RC_PACKET_TOO_LARGE,
@@ -211,7 +277,7 @@ static long conn_finish_partial(struct conn *c, const uint8_t *data,
 			return -1;
 		if (have)
 			break;
-		if (conn_stash(c, data + used, 1, 0) < 0)
+		if (conn_stash(c, data + used, 1, 5) < 0)
 			return -1;
 		used++;
 	}
@@ -229,9 +295,8 @@ static long conn_finish_partial(struct conn *c, const uint8_t *data,
 	used += take;
 	if (c->in_len < total)
 		return (long)used;
-	uint8_t *pkt = c->in_buf;
-	c->in_buf = NULL;
-	c->in_len = c->in_cap = 0;
+	uint32_t pkt_len;
+	uint8_t *pkt = conn_take_input(c, &pkt_len);
 	bool go_on = conn_dispatch(c, &h, pkt + h.header_len);
 	free(pkt);
 	return go_on ? (long)used : -1;
@@ -242,8 +307,7 @@ void conn_on_plain(struct conn *c, const uint8_t *data, size_t len)
 	if (c->state == CONN_CLOSING)
 		return;
 	if (c->state == CONN_HANDOFF) {
-		if (conn_stash(c, data, len, 0) < 0)
-			conn_close(c, "out of memory", false);
+		conn_stash(c, data, len, 0);
 		return;
 	}
 	if (c->in_len) {
@@ -260,9 +324,8 @@ void conn_on_plain(struct conn *c, const uint8_t *data, size_t len)
 		if (total < 0)
 			return;
 		if (total == 0) {
-			size_t want = have ? (size_t)h.header_len + h.remaining_len : 0;
-			if (conn_stash(c, data, len, want) < 0)
-				conn_close(c, "out of memory", false);
+			size_t want = have ? (size_t)h.header_len + h.remaining_len : 5;
+			conn_stash(c, data, len, want);
 			return;
 		}
 		data += total;
@@ -273,8 +336,8 @@ void conn_on_plain(struct conn *c, const uint8_t *data, size_t len)
 	return;
 stopped:
 	/* Bytes behind a CONNECT that moves the connection go with it. */
-	if (c->state == CONN_HANDOFF && len && conn_stash(c, data, len, 0) < 0)
-		conn_close(c, "out of memory", false);
+	if (c->state == CONN_HANDOFF && len)
+		conn_stash(c, data, len, 0);
 }
 
 /* A TLS record arriving on a plain listener: a client configured for TLS,
@@ -461,6 +524,26 @@ static uint8_t pub_v5_mid(uint8_t *mid, const struct msg *m,
 	return (uint8_t)(k + n);
 }
 
+/* Whether QoS 0 to c waits behind too much already (engine.h). */
+static bool conn_qos0_backlogged(struct conn *c)
+{
+	const struct kite_config *cfg = c->shard->cfg;
+	uint32_t max_n = cfg->max_queued_messages;
+	if (max_n)
+		max_n += cfg->max_inflight_messages ? cfg->max_inflight_messages
+						    : 65535;
+	bool full = (max_n && c->out_count >= max_n) ||
+		    (cfg->max_queued_bytes && c->out_bytes >= cfg->max_queued_bytes) ||
+		    c->out_bytes >= CONN_OUTQ_BYTES_MAX;
+	if (full && !(c->flags & CONN_DROPPING)) {
+		c->flags |= CONN_DROPPING;
+		log_msg(KITE_LOG_NOTICE,
+			"Outgoing messages are being dropped for client %s.",
+			conn_client_id(c));
+	}
+	return full;
+}
+
 bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 			bool dup, uint16_t pid)
 {
@@ -468,7 +551,7 @@ bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 	assert(d->nsub <= DELIV_SUBIDS_MAX);
 	if (c->state != CONN_ACTIVE)
 		return false;
-	if (d->qos == 0 && c->out_bytes > CONN_OUTQ_BYTES_MAX)
+	if (d->qos == 0 && conn_qos0_backlogged(c))
 		return false;
 	uint32_t left = msg_expiry_left(m, c->shard->now_ms);
 	if (left == 0 && !dup)
@@ -802,6 +885,8 @@ void conn_on_send_done(struct conn *c, int res)
 					  (uint64_t)res, memory_order_relaxed);
 		conn_out_consume(c, (size_t)res);
 	}
+	if (!c->out_count)
+		c->flags &= (uint8_t)~CONN_DROPPING; /* caught up */
 	if (c->state == CONN_CLOSING) {
 		if (res <= 0 || !(c->flags & CONN_CLOSE_AFTER_FLUSH))
 			conn_out_drop_all(c);
@@ -945,7 +1030,8 @@ void conn_free(struct conn *c)
 		msg_unref(c->will->msg);
 		free(c->will);
 	}
-	free(c->in_buf);
+	uint32_t in_len;
+	free(conn_take_input(c, &in_len));
 	free(c->username);
 	free(c->pending);
 	conn_free_held_acks(c);
@@ -1024,33 +1110,44 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 					  memory_order_relaxed);
 	}
 	atomic_fetch_sub(&s->b->listener_conns[c->listener], 1);
+	if (c->in_paused) {
+		c->in_paused = false;
+		s->input_paused--;
+	}
 	if (c->will) {
+		struct will *w = c->will;
 		struct session *ss = c->session;
-		if (send_will && was_active && c->will->delay_s && ss &&
+		c->will = NULL;
+		if (send_will && was_active && w->delay_s && ss &&
 		    ss->persistent && !ss->delayed_will) {
 			/* MQTT 5 will delay: sent later unless the client is
 			 * back in time, and at the latest when the session
 			 * ends (session_destroy fires it). */
-			uint32_t d = c->will->delay_s < ss->expiry_s
-					     ? c->will->delay_s
-					     : ss->expiry_s;
-			ss->delayed_will = c->will;
+			uint32_t d = w->delay_s < ss->expiry_s ? w->delay_s
+							       : ss->expiry_s;
+			ss->delayed_will = w;
 			ss->will_at_ms = s->now_ms + (uint64_t)d * 1000u;
 			session_timer_at(s, ss->will_at_ms);
-			c->will = NULL;
+		} else if (send_will && was_active) {
+			w->next = NULL;
+			if (!s->wills_due)
+				s->wills_due_tail = &s->wills_due;
+			*s->wills_due_tail = w;
+			s->wills_due_tail = &w->next;
 		} else {
-			if (send_will && was_active)
-				route_publish(s, msg_ref(c->will->msg));
-			msg_unref(c->will->msg);
-			free(c->will);
-			c->will = NULL;
+			msg_unref(w->msg);
+			free(w);
 		}
 	}
 	if (c->session) {
 		struct session *ss = c->session;
 		c->session = NULL;
 		ss->conn = NULL;
-		session_on_disconnect(s, ss);
+		if (!ss->ending) {
+			ss->ending = true;
+			ss->ending_next = s->ending;
+			s->ending = ss;
+		}
 	}
 	if (!(c->flags & CONN_CLOSE_AFTER_FLUSH)) {
 		/* Nothing more to say: a stalled send must not hold us (the
@@ -1073,6 +1170,43 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 	} else {
 		conn_shutdown(c);
 	}
+}
+
+void conn_settle(struct shard *s)
+{
+	while (s->wills_due || s->ending) {
+		while (s->wills_due) {
+			struct will *w = s->wills_due;
+			s->wills_due = w->next;
+			if (!s->stopping)
+				route_publish(s, msg_ref(w->msg));
+			msg_unref(w->msg);
+			free(w);
+		}
+		while (s->ending) {
+			struct session *ss = s->ending;
+			s->ending = ss->ending_next;
+			ss->ending = false;
+			ss->ending_next = NULL;
+			if (!ss->conn) /* not resumed meanwhile */
+				session_on_disconnect(s, ss);
+		}
+	}
+}
+
+void conn_forget_ending(struct session *ss)
+{
+	if (!ss->ending)
+		return;
+	for (struct session **pp = &ss->shard->ending; *pp;
+	     pp = &(*pp)->ending_next) {
+		if (*pp == ss) {
+			*pp = ss->ending_next;
+			break;
+		}
+	}
+	ss->ending = false;
+	ss->ending_next = NULL;
 }
 
 void conn_close_after_flush(struct conn *c, const char *reason)

@@ -25,6 +25,7 @@
 #include "tls/tls.h"
 #include "core/config.h"
 #include "core/gtrie.h"
+#include "core/log.h"
 #include "core/retain.h"
 #include "core/trie.h"
 #include "io/msg.h"
@@ -42,13 +43,33 @@
 #define SHARD_RING_ENTRIES 4096
 /* Cross-shard ring slots per (source, destination) pair. */
 #define XRING_SLOTS 4096
+/* Items waiting behind a full ring, per destination: beyond the first
+ * bound the shard stops reading from clients that publish until the
+ * queue is down to the second; at the third, QoS 0 deliveries to that
+ * shard are dropped (counted) rather than queued. */
+#define XOVERFLOW_PAUSE_ITEMS (64u << 10)
+#define XOVERFLOW_RESUME_ITEMS (16u << 10)
+#define XOVERFLOW_MAX_ITEMS (1u << 20)
 /* iovecs in one gathered send; UIO_MAXIOV is 1024. */
 #define SEND_IOV_MAX 512
-/* Bytes queued for one connection beyond which QoS 0 deliveries to it are
- * dropped (a stalled subscriber must not eat the broker's memory). */
+/* A stalled subscriber must not eat the broker's memory: QoS 0 to a
+ * connection is dropped while its wire queue holds max_queued_messages
+ * packets beyond the inflight window, or max_queued_bytes (Mosquitto's
+ * options and defaults); and, whatever those say, this many bytes. */
 #define CONN_OUTQ_BYTES_MAX (64u << 20)
 /* A connection that has not completed CONNECT by then is closed. */
 #define CONN_CONNECT_TIMEOUT_MS 10000
+/* The largest CONNECT kite reads: a peer that has not logged in can make
+ * kite hold no more input than this. Client id, will topic and payload,
+ * username and password are each up to 64 KiB in the protocol, but real
+ * CONNECTs are a few hundred bytes; a larger one is refused unread. */
+#define CONN_CONNECT_BYTES_MAX (64u << 10)
+/* All partial packets of a shard's connections that have not completed
+ * CONNECT, together: a flood of large CONNECTs costs at most this. */
+#define SHARD_PRELOGIN_INPUT_MAX (16u << 20)
+/* All partial packets of a shard's logged-in connections, together. One
+ * packet may still be as large as max_packet_size allows, up to this. */
+#define SHARD_INPUT_MAX (512u << 20)
 #define SHARD_TICK_MS 250
 /* Largest client id kite stores (the spec allows 65535). */
 #define CLIENT_ID_MAX 65535
@@ -194,6 +215,7 @@ struct session {
 	uint32_t inflight_count, inflight_cap;
 	struct queued *queue;	/* ring */
 	uint32_t q_head, q_count, q_cap;
+	uint64_t q_bytes;	/* payload bytes queued (max_queued_bytes) */
 	struct qos2_in *qos2_in; /* QoS 2 received, awaiting PUBREL */
 	uint32_t qos2_in_count, qos2_in_cap;
 	/* Access control: the identity that connected last and its
@@ -206,6 +228,10 @@ struct session {
 	 * session per message, at the highest granted QoS. */
 	uint32_t match_gen;
 	uint32_t match_slot;
+	/* Lost its connection during this event; ended (or kept offline)
+	 * by conn_settle once nothing walks the shard's sessions. */
+	bool ending;
+	struct session *ending_next;
 };
 
 /* The interface a persistence backend would implement later: every change
@@ -264,9 +290,13 @@ enum conn_flag {
 	/* The SHUTDOWN request is not back yet: the fd must stay open, or
 	 * its number could be reused and the late shutdown hit a stranger. */
 	CONN_SHUTDOWN_BUSY = 1 << 6,
+	/* QoS 0 to it is being dropped (said once in the log, until its
+	 * wire queue drained). */
+	CONN_DROPPING = 1 << 7,
 };
 
 struct will {
+	struct will *next; /* shard->wills_due */
 	struct msg *msg;
 	uint8_t qos;
 	bool retain;
@@ -310,6 +340,12 @@ struct conn_v5 {
 	} *out_aliases;        /* outbound, index = alias - 1 */
 };
 
+enum conn_input_charge {
+	INPUT_UNCHARGED, /* none, or bytes moving with a hand-off */
+	INPUT_PRELOGIN,	 /* shard->input_prelogin */
+	INPUT_ACTIVE,	 /* shard->input_active */
+};
+
 struct conn {
 	struct shard *shard;
 	struct session *session;
@@ -328,6 +364,11 @@ struct conn {
 	 * (ktls.c caps them: each costs kite far more than the client). */
 	uint8_t key_updates;
 	uint16_t key_update_second;
+	/* Which budget in_cap is charged to (enum conn_input_charge). */
+	uint8_t in_charge;
+	/* Not read while the shard's queues to other shards drain: a
+	 * publisher slows down instead of growing them (shard_post). */
+	bool in_paused;
 	uint64_t last_rx_ms;
 	uint64_t created_ms;
 	/* Only a packet split across receives is buffered here. */
@@ -398,6 +439,9 @@ struct shard_stats {
 	_Atomic uint64_t clients_connected, sessions, subscriptions;
 	_Atomic uint64_t msgs_dropped;
 	_Atomic uint64_t ktls_connections;
+	/* Clients refused at accept: max_connections, or no descriptor
+	 * (or memory) left for them. */
+	_Atomic uint64_t refused_max_connections, refused_no_resources;
 };
 
 struct delivery {
@@ -463,16 +507,36 @@ struct shard {
 	uint32_t by_id_cap, by_id_count;
 	struct share_group *share_groups; /* groups homed here */
 	struct conn *dirty;
+	/* What closing connections leave for conn_settle: a close can happen
+	 * deep inside a fan-out (a subscriber out of memory), where routing
+	 * a will or freeing a session would pull the ground from under the
+	 * loop. */
+	struct session *ending;
+	struct will *wills_due, **wills_due_tail;
 	uint32_t recv_bufs_used; /* returned to the ring at the turn's end */
+	/* Bytes of partial-packet buffers, by budget (conn_input_charge). */
+	uint64_t input_prelogin, input_active;
 
 	uint64_t wake_mask; /* destinations pushed to this turn */
 	struct xoverflow overflow[KITE_SHARDS_MAX];
+	/* Connections whose input is paused (conn.in_paused), and whether
+	 * a queue to another shard is past XOVERFLOW_PAUSE_ITEMS. */
+	uint32_t input_paused;
+	bool backlogged;
 
 	struct delivery *scratch;
 	uint32_t scratch_len, scratch_cap;
+	bool in_fanout; /* route_local never re-enters (conn_settle) */
 	struct tls_buf tls_plain;  /* decrypted input of one receive */
 	uint8_t *tls_scratch;	   /* plaintext gathered for one record */
 	uint32_t match_gen;
+
+	/* Accepting at the file limit (EMFILE...): a spare descriptor to
+	 * refuse waiting clients with, the listeners whose accept waits for
+	 * the next tick, and the log lines such refusals may cost. */
+	int spare_fd;
+	uint64_t accept_paused;
+	struct log_limit accept_log, max_conn_log;
 
 	uint64_t now_ms;
 	uint64_t last_sys_ms;
@@ -534,7 +598,12 @@ void shard_fini(struct shard *s);
  * (posted to a shard that had already exited) give back what they hold. */
 void shard_discard_pending(struct broker *b);
 struct io_uring_sqe *shard_sqe(struct shard *s);
+/* Arms c's multishot receive, unless its input is paused. */
 void shard_arm_recv(struct shard *s, struct conn *c);
+/* True while some queue to another shard is long: publishers wait. */
+bool shard_backlogged(const struct shard *s);
+/* Stops reading from c until the shard's backlog has drained. */
+void shard_pause_input(struct shard *s, struct conn *c);
 int shard_conn_attach(struct shard *s, struct conn *c);
 void shard_conn_detach(struct shard *s, struct conn *c);
 
@@ -543,6 +612,9 @@ void shard_conn_detach(struct shard *s, struct conn *c);
 void conn_on_data(struct conn *c, const uint8_t *data, size_t len);
 /* Feeds MQTT bytes; decodes and dispatches every complete packet. */
 void conn_on_plain(struct conn *c, const uint8_t *data, size_t len);
+/* Hands over the connection's buffered input (and its charge): the
+ * caller frees it. NULL when there is none. */
+uint8_t *conn_take_input(struct conn *c, uint32_t *len);
 void conn_queue_ctrl(struct conn *c, const uint8_t *bytes, size_t len);
 /* A PUBLISH to this client; qos/retain/dup as they go on the wire. */
 /* False (and nothing queued) when the message cannot go to this client:
@@ -555,6 +627,12 @@ void conn_on_send_done(struct conn *c, int res);
 /* Closes: reason for the log; send_will decides the will message. */
 void conn_close(struct conn *c, const char *reason, bool send_will);
 void conn_close_after_flush(struct conn *c, const char *reason);
+/* After every event (completion, cross-shard item, tick), with no fan-out
+ * or session walk in progress: publishes the wills of the connections
+ * closed during it and ends their sessions. */
+void conn_settle(struct shard *s);
+/* A session about to be freed leaves the ending list. */
+void conn_forget_ending(struct session *ss);
 void conn_on_closed(struct conn *c);
 /* Shuts the socket down both ways; requests on it then complete. */
 void conn_shutdown(struct conn *c);

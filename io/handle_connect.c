@@ -315,10 +315,8 @@ void connect_adopt(struct shard *s, struct conn *c)
 	connect_complete(s, c);
 	if (c->state == CONN_ACTIVE && c->in_len) {
 		/* Packets the client sent behind its CONNECT. */
-		uint8_t *data = c->in_buf;
-		uint32_t len = c->in_len;
-		c->in_buf = NULL;
-		c->in_len = c->in_cap = 0;
+		uint32_t len;
+		uint8_t *data = conn_take_input(c, &len);
 		conn_on_plain(c, data, len); /* decrypted on the accepting shard */
 		free(data);
 	}

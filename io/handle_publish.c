@@ -134,5 +134,13 @@ int handle_publish(struct conn *c, const struct mqtt_fixed_header *h,
 	if (p.qos)
 		publish_ack(c, ack, p.packet_id,
 			    matched ? 0 : MQTT_RC_NO_MATCHING_SUBSCRIBERS);
+	/* Other shards are behind: this publisher waits (TCP pushes back
+	 * to it) until they caught up. */
+	if (shard_backlogged(s)) {
+		if (!s->input_paused)
+			log_msg(KITE_LOG_INFO, "shard %u: another shard is behind; "
+				"publishers wait until it caught up", s->idx);
+		shard_pause_input(s, c);
+	}
 	return 0;
 }

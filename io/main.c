@@ -2,6 +2,7 @@
  *   kite [-c FILE] [-p PORT] [-t] [-v] [--version] */
 #include <errno.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -151,6 +152,22 @@ static void serve(struct broker *b, const struct options *o)
 	}
 }
 
+/* Every client is a descriptor: take all the kernel allows this process
+ * (the soft limit is often 1024 while the hard one is far higher). What
+ * happens at the limit is shard.c's business. */
+static void raise_fd_limit(void)
+{
+	struct rlimit r;
+	if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
+		r.rlim_cur = r.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &r);
+	}
+	if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur != RLIM_INFINITY)
+		log_msg(KITE_LOG_INFO, "Open file limit: %llu (about as many "
+			"clients; beyond it new clients are refused).",
+			(unsigned long long)r.rlim_cur);
+}
+
 int main(int argc, char **argv)
 {
 	/* Tools that share the binary: kite filter ... */
@@ -196,6 +213,7 @@ int main(int argc, char **argv)
 	log_msg(KITE_LOG_NOTICE, "kite version %s starting", broker_version());
 	if (o.config_path)
 		log_msg(KITE_LOG_NOTICE, "Config loaded from %s.", o.config_path);
+	raise_fd_limit();
 	struct broker b = {.cfg = cfg, .sec = sec};
 	if (broker_start(&b) < 0) {
 		log_msg(KITE_LOG_ERR, "Error: broker failed to start");

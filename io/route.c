@@ -3,6 +3,9 @@
  * fans out to its own sessions from its local trie. */
 #include <assert.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include "core/log.h"
 
 #include "io/engine.h"
 
@@ -30,29 +33,82 @@ bool route_publish(struct shard *s, struct msg *m)
 	return mask != 0;
 }
 
-/* Shared-subscription groups a message matched on their home shard. */
-#define COLLECT_GROUPS_MAX 64
-
 struct collect {
 	struct shard *s;
 	const struct msg *m;
 	struct delivery *d;
 	uint32_t len, cap;
-	bool failed;
-	void *groups[COLLECT_GROUPS_MAX];
-	uint32_t ngroups;
+	uint32_t lost; /* deliveries left out: no memory to list them */
+	/* Shared-subscription groups the message matched on their home
+	 * shard: a few inline, more on the heap. */
+	void **groups;
+	uint32_t ngroups, groups_cap;
+	void *groups_inline[16];
 };
 
-static void deliv_merge(struct deliv *d, const struct trie_sub *sub,
-			const struct msg *m)
+static struct delivery *collect_push(struct collect *col)
+{
+	if (col->len == col->cap) {
+		uint32_t ncap = col->cap ? col->cap * 2 : 64;
+		struct delivery *n = realloc(col->d, sizeof(*n) * ncap);
+		if (!n)
+			return NULL;
+		col->d = n;
+		col->cap = ncap;
+	}
+	return &col->d[col->len++];
+}
+
+static void collect_group(struct collect *col, void *group)
+{
+	if (col->ngroups == col->groups_cap) {
+		uint32_t ncap = col->groups_cap * 2;
+		void **n = col->groups == col->groups_inline
+				   ? malloc(sizeof(*n) * ncap)
+				   : realloc(col->groups, sizeof(*n) * ncap);
+		if (!n) {
+			col->lost++;
+			return;
+		}
+		if (col->groups == col->groups_inline)
+			memcpy(n, col->groups_inline, sizeof(col->groups_inline));
+		col->groups = n;
+		col->groups_cap = ncap;
+	}
+	col->groups[col->ngroups++] = group;
+}
+
+/* A delivery of m to ss for this subscription: a new one, or merged
+ * into the session's. A delivery carries DELIV_SUBIDS_MAX subscription
+ * ids; a session matching more subscriptions with ids gets another copy
+ * for the rest (MQTT 5 3.3.4 allows copies, each with its ids). */
+static void collect_session(struct collect *col, struct session *ss,
+			    const struct trie_sub *sub)
 {
 	uint8_t qos = (uint8_t)(sub->options & SUB_QOS_MASK);
-	if (qos > d->qos)
-		d->qos = qos;
-	if ((sub->options & SUB_RETAIN_AS_PUBLISHED) && m->retain)
-		d->retain = true;
-	if (sub->sub_id && d->nsub < DELIV_SUBIDS_MAX)
-		d->sub[d->nsub++] = sub->sub_id;
+	bool rap = (sub->options & SUB_RETAIN_AS_PUBLISHED) && col->m->retain;
+	if (ss->match_gen == col->s->match_gen) {
+		struct deliv *d = &col->d[ss->match_slot].d;
+		if (!sub->sub_id || d->nsub < DELIV_SUBIDS_MAX) {
+			if (qos > d->qos)
+				d->qos = qos;
+			d->retain |= rap;
+			if (sub->sub_id)
+				d->sub[d->nsub++] = sub->sub_id;
+			return;
+		}
+	}
+	struct delivery *slot = collect_push(col);
+	if (!slot) {
+		col->lost++;
+		return;
+	}
+	ss->match_gen = col->s->match_gen;
+	ss->match_slot = (uint32_t)(slot - col->d);
+	slot->ss = ss;
+	slot->d = (struct deliv){.qos = qos, .retain = rap};
+	if (sub->sub_id)
+		slot->d.sub[slot->d.nsub++] = sub->sub_id;
 }
 
 /* One delivery per session: overlapping subscriptions merge into the
@@ -61,8 +117,7 @@ static void route_collect_cb(void *ctx, const struct trie_sub *sub)
 {
 	struct collect *col = ctx;
 	if (sub->options & SUB_SHARED) {
-		if (col->ngroups < COLLECT_GROUPS_MAX)
-			col->groups[col->ngroups++] = sub->owner;
+		collect_group(col, sub->owner);
 		return;
 	}
 	struct session *ss = sub->owner;
@@ -70,38 +125,22 @@ static void route_collect_cb(void *ctx, const struct trie_sub *sub)
 		return;
 	/* Read access, per message per subscriber: a subscription to '#'
 	 * must not leak what this identity may not read. Checked once per
-	 * session (overlapping subscriptions merge below). */
+	 * session (overlapping subscriptions merge). */
 	if (ss->match_gen != col->s->match_gen &&
 	    !session_may(ss, msg_topic(col->m), col->m->topic_len, ACL_READ))
 		return;
-	if (ss->match_gen == col->s->match_gen) {
-		deliv_merge(&col->d[ss->match_slot].d, sub, col->m);
-		return;
-	}
-	if (col->len == col->cap) {
-		uint32_t ncap = col->cap ? col->cap * 2 : 64;
-		struct delivery *n = realloc(col->d, sizeof(*n) * ncap);
-		if (!n) {
-			col->failed = true;
-			return;
-		}
-		col->d = n;
-		col->cap = ncap;
-	}
-	ss->match_gen = col->s->match_gen;
-	ss->match_slot = col->len;
-	struct delivery *d = &col->d[col->len++];
-	d->ss = ss;
-	d->d = (struct deliv){0};
-	deliv_merge(&d->d, sub, col->m);
+	collect_session(col, ss, sub);
 }
 
 void route_local(struct shard *s, struct msg *m)
 {
-	/* Borrow the shard's scratch array; a will published while this
-	 * loop closes a connection re-enters with a fresh one. */
+	/* Borrow the shard's scratch array; nothing re-enters routing while
+	 * it is out (wills wait for conn_settle). */
+	assert(!s->in_fanout);
+	s->in_fanout = true;
 	struct collect col = {.s = s, .m = m, .d = s->scratch,
-			      .cap = s->scratch_cap};
+			      .cap = s->scratch_cap, .groups_cap = 16};
+	col.groups = col.groups_inline;
 	s->scratch = NULL;
 	s->scratch_cap = 0;
 	if (++s->match_gen == 0)
@@ -115,6 +154,15 @@ void route_local(struct shard *s, struct msg *m)
 	}
 	for (uint32_t i = 0; i < col.ngroups; i++)
 		share_route(s, col.groups[i], m);
+	if (col.lost) {
+		atomic_fetch_add_explicit(&s->stats.msgs_dropped, col.lost,
+					  memory_order_relaxed);
+		log_msg(KITE_LOG_ERR, "Out of memory routing a message on '%.*s': "
+			"%u deliveries dropped", (int)m->topic_len, msg_topic(m),
+			col.lost);
+	}
+	if (col.groups != col.groups_inline)
+		free(col.groups);
 	if (s->scratch_cap < col.cap) {
 		free(s->scratch);
 		s->scratch = col.d;
@@ -122,11 +170,13 @@ void route_local(struct shard *s, struct msg *m)
 	} else {
 		free(col.d);
 	}
+	s->in_fanout = false;
 }
 
 struct retained_batch {
 	struct msg **m;
 	uint32_t len, cap;
+	uint32_t lost;
 };
 
 static void route_retained_cb(void *ctx, void *msg)
@@ -135,8 +185,10 @@ static void route_retained_cb(void *ctx, void *msg)
 	if (rb->len == rb->cap) {
 		uint32_t ncap = rb->cap ? rb->cap * 2 : 16;
 		struct msg **n = realloc(rb->m, sizeof(*n) * ncap);
-		if (!n)
+		if (!n) {
+			rb->lost++;
 			return;
+		}
 		rb->m = n;
 		rb->cap = ncap;
 	}
@@ -161,4 +213,10 @@ void route_retained(struct shard *s, struct session *ss, const char *filter,
 		msg_unref(rb.m[i]);
 	}
 	free(rb.m);
+	if (rb.lost) {
+		atomic_fetch_add_explicit(&s->stats.msgs_dropped, rb.lost,
+					  memory_order_relaxed);
+		log_msg(KITE_LOG_ERR, "Out of memory sending retained messages "
+			"to %s: %u dropped", ss->client_id, rb.lost);
+	}
 }

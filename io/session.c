@@ -102,6 +102,7 @@ void session_destroy(struct session *ss)
 {
 	struct shard *s = ss->shard;
 	assert(!ss->conn);
+	conn_forget_ending(ss);
 	/* A will still waiting for its delay goes out when the session ends
 	 * (MQTT 5 3.1.3.2.2: whichever comes first). */
 	session_fire_will(ss);
@@ -290,8 +291,11 @@ static void session_send_new(struct session *ss, struct msg *m,
 static int session_queue_push(struct session *ss, struct msg *m,
 			      const struct deliv *d)
 {
-	uint32_t max = ss->shard->cfg->max_queued_messages;
-	if (max && ss->q_count >= max)
+	const struct kite_config *cfg = ss->shard->cfg;
+	if (cfg->max_queued_messages && ss->q_count >= cfg->max_queued_messages)
+		return -1;
+	if (cfg->max_queued_bytes &&
+	    ss->q_bytes + m->payload_len > cfg->max_queued_bytes)
 		return -1;
 	if (ss->q_count == ss->q_cap) {
 		uint32_t ncap = ss->q_cap ? ss->q_cap * 2 : 8;
@@ -308,6 +312,7 @@ static int session_queue_push(struct session *ss, struct msg *m,
 	ss->queue[(ss->q_head + ss->q_count) % ss->q_cap] =
 		(struct queued){.msg = msg_ref(m), .d = *d};
 	ss->q_count++;
+	ss->q_bytes += m->payload_len;
 	return 0;
 }
 
@@ -341,6 +346,7 @@ void session_pump(struct session *ss)
 		struct queued q = ss->queue[ss->q_head];
 		ss->q_head = (ss->q_head + 1) % ss->q_cap;
 		ss->q_count--;
+		ss->q_bytes -= q.msg->payload_len;
 		session_send_new(ss, q.msg, &q.d);
 		msg_unref(q.msg);
 	}

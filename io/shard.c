@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/tcp.h>
 #include <sched.h>
 #include <stdlib.h>
@@ -58,13 +59,13 @@ static bool xring_push(struct xring *r, struct xitem it)
 	return true;
 }
 
-static void overflow_push(struct xoverflow *o, struct xitem it)
+static bool overflow_push(struct xoverflow *o, struct xitem it)
 {
 	if (o->count == o->cap) {
 		uint32_t ncap = o->cap ? o->cap * 2 : 256;
 		struct xitem *n = malloc(sizeof(*n) * ncap);
 		if (!n)
-			abort(); /* cannot lose an acknowledged message */
+			return false;
 		for (uint32_t i = 0; i < o->count; i++)
 			n[i] = o->items[(o->head + i) % o->cap];
 		free(o->items);
@@ -74,21 +75,85 @@ static void overflow_push(struct xoverflow *o, struct xitem it)
 	}
 	o->items[(o->head + o->count) % o->cap] = it;
 	o->count++;
+	return true;
+}
+
+static void xitem_discard(struct xitem it);
+
+/* A delivery the other shard will not get: QoS 0 past the bound, or any
+ * item when memory is out (then the log says so: the publishers were
+ * paused long before, so this means the machine is out of memory). */
+static void shard_post_failed(struct shard *s, unsigned dst, struct xitem it)
+{
+	bool qos0 = it.kind == XK_DELIVER && ((struct msg *)it.ptr)->qos == 0;
+	if (!qos0)
+		log_msg(KITE_LOG_ERR, "shard %u: out of memory queueing for shard "
+			"%u: a %s was lost", s->idx, dst,
+			it.kind == XK_DELIVER ? "message" : "control item");
+	if (it.kind == XK_DELIVER)
+		atomic_fetch_add_explicit(&s->stats.msgs_dropped, 1,
+					  memory_order_relaxed);
+	xitem_discard(it);
 }
 
 void shard_post(struct shard *s, unsigned dst, struct xitem it)
 {
 	assert(dst != s->idx && dst < s->b->nshards);
 	struct xoverflow *o = &s->overflow[dst];
-	/* Keep order: once something overflowed, everything queues behind. */
-	if (o->count || !xring_push(xring_of(s->b, s->idx, dst), it))
-		overflow_push(o, it);
 	s->wake_mask |= 1ull << dst;
+	/* Keep order: once something overflowed, everything queues behind. */
+	if (!o->count && xring_push(xring_of(s->b, s->idx, dst), it))
+		return;
+	if (o->count >= XOVERFLOW_MAX_ITEMS && it.kind == XK_DELIVER &&
+	    ((struct msg *)it.ptr)->qos == 0) {
+		shard_post_failed(s, dst, it);
+		return;
+	}
+	if (!overflow_push(o, it))
+		shard_post_failed(s, dst, it);
+	else if (o->count >= XOVERFLOW_PAUSE_ITEMS)
+		s->backlogged = true;
+}
+
+bool shard_backlogged(const struct shard *s)
+{
+	return s->backlogged;
+}
+
+void shard_pause_input(struct shard *s, struct conn *c)
+{
+	if (c->in_paused || c->state != CONN_ACTIVE)
+		return;
+	c->in_paused = true;
+	s->input_paused++;
+	if (c->flags & CONN_RECV_ARMED) {
+		struct io_uring_sqe *sqe = shard_sqe(s);
+		io_uring_prep_cancel64(sqe, ud_pack(UD_RECV, c->id, c->gen), 0);
+		io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, c->id, c->gen));
+	}
+}
+
+/* The queues are short again: every paused client is read again. */
+static void shard_resume_input(struct shard *s)
+{
+	for (unsigned d = 0; d < s->b->nshards; d++)
+		if (s->overflow[d].count > XOVERFLOW_RESUME_ITEMS)
+			return;
+	for (uint32_t i = 0; i < s->conns_cap && s->input_paused; i++) {
+		struct conn *c = s->conns[i];
+		if (!c || !c->in_paused)
+			continue;
+		c->in_paused = false;
+		s->input_paused--;
+		if (c->state == CONN_ACTIVE && !(c->flags & CONN_RECV_ARMED) &&
+		    c->ktls != KTLS_STOPPING)
+			shard_arm_recv(s, c);
+	}
 }
 
 static bool shard_flush_overflow(struct shard *s)
 {
-	bool pending = false;
+	bool pending = false, backlogged = false;
 	for (unsigned d = 0; d < s->b->nshards; d++) {
 		struct xoverflow *o = &s->overflow[d];
 		struct xring *r = xring_of(s->b, s->idx, d);
@@ -98,7 +163,9 @@ static bool shard_flush_overflow(struct shard *s)
 			s->wake_mask |= 1ull << d;
 		}
 		pending |= o->count != 0;
+		backlogged |= o->count >= XOVERFLOW_PAUSE_ITEMS;
 	}
+	s->backlogged = backlogged;
 	return pending;
 }
 
@@ -188,6 +255,7 @@ static void shard_drain_rings(struct shard *s)
 			atomic_store_explicit(&r->head, head,
 					      memory_order_release);
 			shard_handle_xitem(s, it);
+			conn_settle(s);
 		}
 	}
 }
@@ -252,6 +320,8 @@ static struct conn *shard_conn_get(struct shard *s, uint64_t ud)
 
 void shard_arm_recv(struct shard *s, struct conn *c)
 {
+	if (c->in_paused)
+		return;
 	struct io_uring_sqe *sqe = shard_sqe(s);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
@@ -289,24 +359,143 @@ static void shard_peer(int fd, struct sockaddr_in6 *peer)
 	}
 }
 
+/* Out of descriptors (or kernel memory) for new clients: accepting
+ * again at once would fail again at once, a busy loop. */
+static bool accept_error_is_exhaustion(int err)
+{
+	return err == EMFILE || err == ENFILE || err == ENOMEM ||
+	       err == ENOBUFS;
+}
+
+/* The clients waiting in this listener's backlog cannot be served now:
+ * each is accepted on the spare descriptor and closed at once, so it
+ * hears "refused" instead of hanging until it times out. */
+static uint32_t shard_refuse_backlog(struct shard *s, unsigned li)
+{
+	uint32_t refused = 0;
+	if (s->spare_fd < 0)
+		return 0;
+	close(s->spare_fd);
+	for (;;) {
+		int fd = accept4(s->listen_fds[li], NULL, NULL,
+				 SOCK_NONBLOCK | SOCK_CLOEXEC);
+		if (fd < 0)
+			break;
+		close(fd);
+		refused++;
+	}
+	/* Another thread may take the freed number first: then the next
+	 * tick tries again. */
+	s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	return refused;
+}
+
+static void shard_log_refusals(struct shard *s, unsigned li, int err,
+			       uint32_t refused)
+{
+	uint32_t left_out;
+	const struct kite_listener_cfg *l = &s->cfg->listeners[li];
+	if (!log_limit_take(&s->accept_log, s->now_ms, 1, &left_out))
+		return;
+	if (left_out)
+		log_msg(KITE_LOG_WARNING, "%u more clients refused at accept "
+			"in the last %u s.", left_out, LOG_LIMIT_WINDOW_MS / 1000);
+	log_msg(KITE_LOG_WARNING,
+		"Refusing new clients on port %u: %s (%u refused now); trying "
+		"again every %u ms.", l->port, strerror(err), refused,
+		SHARD_TICK_MS);
+}
+
+static void shard_on_accept_error(struct shard *s, unsigned li,
+				  struct io_uring_cqe *cqe)
+{
+	int err = -cqe->res;
+	if (err == ECANCELED || s->stopping)
+		return;
+	if (!accept_error_is_exhaustion(err)) {
+		/* One client's problem (ECONNABORTED, EPERM from a firewall):
+		 * the next one may be fine. */
+		uint32_t left_out;
+		if (log_limit_take(&s->accept_log, s->now_ms, 10, &left_out))
+			log_msg(KITE_LOG_WARNING, "accept failed: %s", strerror(err));
+		if (!(cqe->flags & IORING_CQE_F_MORE) && s->listen_fds[li] >= 0)
+			shard_arm_accept(s, li);
+		return;
+	}
+	if (cqe->flags & IORING_CQE_F_MORE) {
+		struct io_uring_sqe *sqe = shard_sqe(s);
+		io_uring_prep_cancel64(sqe, ud_pack(UD_ACCEPT, li, 0), 0);
+		io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, 0, 0));
+	}
+	uint32_t refused = shard_refuse_backlog(s, li);
+	atomic_fetch_add_explicit(&s->stats.refused_no_resources, refused,
+				  memory_order_relaxed);
+	shard_log_refusals(s, li, err, refused);
+	s->accept_paused |= 1ull << li; /* the tick accepts again */
+}
+
+/* Each tick while descriptors are short: turn the backlog away, then let
+ * the multishot accept try again (it ends at once if still short). */
+static void shard_resume_accepts(struct shard *s)
+{
+	uint64_t paused = s->accept_paused;
+	s->accept_paused = 0;
+	while (paused) {
+		unsigned li = (unsigned)__builtin_ctzll(paused);
+		paused &= paused - 1;
+		if (!s->stopping && s->listen_fds[li] >= 0)
+			shard_arm_accept(s, li);
+	}
+	uint32_t left_out = log_limit_flush(&s->accept_log, s->now_ms);
+	if (left_out)
+		log_msg(KITE_LOG_WARNING, "%u more clients refused at accept "
+			"in the last %u s.", left_out, LOG_LIMIT_WINDOW_MS / 1000);
+	left_out = log_limit_flush(&s->max_conn_log, s->now_ms);
+	if (left_out)
+		log_msg(KITE_LOG_NOTICE, "%u more client connections denied: "
+			"max_connections exceeded (last %u s).", left_out,
+			LOG_LIMIT_WINDOW_MS / 1000);
+}
+
+/* Mosquitto's line, rate-limited: a crowd at the limit is one line. */
+static void shard_deny_max_connections(struct shard *s, int fd)
+{
+	uint32_t left_out;
+	atomic_fetch_add_explicit(&s->stats.refused_max_connections, 1,
+				  memory_order_relaxed);
+	if (!s->cfg->connection_messages ||
+	    !log_limit_take(&s->max_conn_log, s->now_ms, 10, &left_out))
+		return;
+	struct conn tmp = {.shard = s};
+	char peer[64];
+	shard_peer(fd, &tmp.peer);
+	if (left_out)
+		log_msg(KITE_LOG_NOTICE, "%u more client connections denied: "
+			"max_connections exceeded (last %u s).", left_out,
+			LOG_LIMIT_WINDOW_MS / 1000);
+	log_msg(KITE_LOG_NOTICE,
+		"Client connection from %s denied: max_connections exceeded.",
+		conn_peer_str(&tmp, peer, sizeof(peer)));
+}
+
 static void shard_on_accept(struct shard *s, unsigned li,
 			    struct io_uring_cqe *cqe)
 {
+	if (cqe->res < 0) {
+		shard_on_accept_error(s, li, cqe);
+		return;
+	}
 	if (!(cqe->flags & IORING_CQE_F_MORE) && !s->stopping &&
 	    s->listen_fds[li] >= 0)
 		shard_arm_accept(s, li);
-	if (cqe->res < 0) {
-		if (cqe->res != -ECANCELED && !s->stopping)
-			log_msg(KITE_LOG_WARNING, "accept failed: %s",
-				strerror(-cqe->res));
-		return;
-	}
 	int fd = cqe->res;
 	const struct kite_listener_cfg *l = &s->cfg->listeners[li];
 	uint32_t n = atomic_fetch_add(&s->b->listener_conns[li], 1) + 1;
 	if (s->stopping || (l->max_connections >= 0 &&
 			    n > (uint32_t)l->max_connections)) {
 		atomic_fetch_sub(&s->b->listener_conns[li], 1);
+		if (!s->stopping)
+			shard_deny_max_connections(s, fd);
 		close(fd);
 		return;
 	}
@@ -321,6 +510,9 @@ static void shard_on_accept(struct shard *s, unsigned li,
 			tls_conn_free(c->tls);
 		free(c);
 		atomic_fetch_sub(&s->b->listener_conns[li], 1);
+		atomic_fetch_add_explicit(&s->stats.refused_no_resources, 1,
+					  memory_order_relaxed);
+		shard_log_refusals(s, li, ENOMEM, 1);
 		close(fd);
 		return;
 	}
@@ -370,7 +562,8 @@ static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
 		 c->state != CONN_CLOSING)
 		conn_ktls_control_record(c);
 	else if (cqe->res < 0 && cqe->res != -ENOBUFS &&
-		 !(cqe->res == -ECANCELED && c->ktls == KTLS_STOPPING) &&
+		 !(cqe->res == -ECANCELED &&
+		   (c->ktls == KTLS_STOPPING || c->in_paused)) &&
 		 c->state != CONN_CLOSING && c->state != CONN_HANDOFF)
 		conn_close(c, strerror(-cqe->res), true);
 	else if (!more && c->ktls == KTLS_STOPPING && c->state == CONN_ACTIVE)
@@ -453,6 +646,8 @@ static void shard_check_timeouts(struct shard *s)
 			}
 			continue;
 		}
+		if (c->in_paused)
+			c->last_rx_ms = s->now_ms; /* kite is not reading it */
 		if (c->keepalive_s &&
 		    s->now_ms - c->last_rx_ms > (uint64_t)c->keepalive_s * 1500u) {
 			conn_protocol_error(c, MQTT_RC_KEEP_ALIVE_TIMEOUT,
@@ -470,6 +665,7 @@ static void shard_check_timeouts(struct shard *s)
 
 static void shard_on_tick(struct shard *s)
 {
+	shard_resume_accepts(s);
 	shard_check_timeouts(s);
 	session_check_timers(s); /* returns at once unless one is due */
 	if (s->idx == 0 && s->cfg->sys_interval_s &&
@@ -522,6 +718,7 @@ static void shard_turn(struct shard *s, bool *tick)
 		if (ud_op(cqes[i]->user_data) == UD_TICK)
 			*tick = true;
 		shard_handle_cqe(s, cqes[i]);
+		conn_settle(s);
 	}
 	io_uring_cq_advance(&s->ring, n);
 	if (s->recv_bufs_used)
@@ -571,6 +768,8 @@ static void *shard_main(void *arg)
 	for (;;) {
 		shard_flush_dirty(s);
 		bool backlog = shard_flush_overflow(s);
+		if (s->input_paused)
+			shard_resume_input(s);
 		shard_send_wakeups(s);
 		if (s->stopping) {
 			if (!stop_deadline)
@@ -593,6 +792,7 @@ static void *shard_main(void *arg)
 		shard_drain_rings(s);
 		if (tick) {
 			shard_on_tick(s);
+			conn_settle(s);
 			shard_arm_tick(s);
 		}
 		rcu_quiescent_state();
@@ -602,47 +802,6 @@ static void *shard_main(void *arg)
 }
 
 /* ---- setup -------------------------------------------------------------- */
-
-static int shard_listen(const struct kite_listener_cfg *l)
-{
-	struct sockaddr_storage ss = {0};
-	socklen_t alen;
-	const char *host = l->bind_address[0] ? l->bind_address : NULL;
-	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
-	struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
-	if (host && inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
-		a4->sin_family = AF_INET;
-		a4->sin_port = htons(l->port);
-		alen = sizeof(*a4);
-	} else if (host && inet_pton(AF_INET6, host, &a6->sin6_addr) == 1) {
-		a6->sin6_family = AF_INET6;
-		a6->sin6_port = htons(l->port);
-		alen = sizeof(*a6);
-	} else if (!host) {
-		a6->sin6_family = AF_INET6;
-		a6->sin6_addr = in6addr_any;
-		a6->sin6_port = htons(l->port);
-		alen = sizeof(*a6);
-	} else {
-		errno = EINVAL;
-		return -1;
-	}
-	int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -1;
-	int one = 1, zero = 0;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-	if (ss.ss_family == AF_INET6 && !host)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
-	if (bind(fd, (struct sockaddr *)&ss, alen) < 0 || listen(fd, 4096) < 0) {
-		int e = errno;
-		close(fd);
-		errno = e;
-		return -1;
-	}
-	return fd;
-}
 
 static int shard_setup_ring(struct shard *s)
 {
@@ -693,6 +852,7 @@ int shard_init(struct shard *s, struct broker *b, unsigned idx)
 	memset(s, 0, sizeof(*s));
 	s->idx = idx;
 	s->b = b;
+	s->spare_fd = -1;
 	for (unsigned i = 0; i < KITE_LISTENERS_MAX; i++)
 		s->listen_fds[i] = -1;
 	int ret = shard_setup_ring(s);
@@ -703,20 +863,11 @@ int shard_init(struct shard *s, struct broker *b, unsigned idx)
 	}
 	s->trie = trie_new();
 	s->tls_scratch = malloc(16384);
-	if (!s->trie || !s->tls_scratch)
+	s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (!s->trie || !s->tls_scratch || s->spare_fd < 0)
 		return -1;
 	s->cfg = b->cfg;
 	s->sec = b->sec;
-	for (unsigned li = 0; li < b->cfg->listener_count; li++) {
-		const struct kite_listener_cfg *l = &b->cfg->listeners[li];
-		s->listen_fds[li] = shard_listen(l);
-		if (s->listen_fds[li] < 0) {
-			log_msg(KITE_LOG_ERR, "Error: unable to listen on %s:%u: %s",
-				l->bind_address[0] ? l->bind_address : "*",
-				l->port, strerror(errno));
-			return -1;
-		}
-	}
 	return 0;
 }
 
@@ -780,6 +931,8 @@ void shard_fini(struct shard *s)
 	for (unsigned li = 0; li < KITE_LISTENERS_MAX; li++)
 		if (s->listen_fds[li] >= 0)
 			close(s->listen_fds[li]);
+	if (s->spare_fd >= 0)
+		close(s->spare_fd);
 	for (uint32_t i = 0; i < s->conns_cap; i++) {
 		struct conn *c = s->conns[i];
 		if (!c)
@@ -790,6 +943,12 @@ void shard_fini(struct shard *s)
 	}
 	while (s->sessions)
 		session_destroy(s->sessions);
+	while (s->wills_due) { /* closed in the last turn: not published */
+		struct will *w = s->wills_due;
+		s->wills_due = w->next;
+		msg_unref(w->msg);
+		free(w);
+	}
 	share_free_all(s);
 	free(s->by_id);
 	if (s->trie)

@@ -504,6 +504,7 @@ TEST(config_every_supported_option_is_parsed)
 			   "message_size_limit 65536\n"
 			   "max_inflight_messages 40\n"
 			   "max_queued_messages 5000\n"
+			   "max_queued_bytes 1048576\n"
 			   "retain_available false\n"
 			   "allow_anonymous true\n"
 			   "connection_messages false\n"
@@ -523,6 +524,7 @@ TEST(config_every_supported_option_is_parsed)
 	CHECK_EQ(cfg_g.message_size_limit, 65536);
 	CHECK_EQ(cfg_g.max_inflight_messages, 40);
 	CHECK_EQ(cfg_g.max_queued_messages, 5000);
+	CHECK_EQ(cfg_g.max_queued_bytes, 1048576);
 	CHECK(!cfg_g.retain_available);
 	CHECK_EQ(cfg_g.allow_anonymous, 1);
 	CHECK(!cfg_g.connection_messages);
@@ -556,6 +558,8 @@ static long long range_value(const char *line)
 		return cfg_g.max_inflight_messages;
 	if (!strncmp(line, "max_queued_messages", 19))
 		return cfg_g.max_queued_messages;
+	if (!strncmp(line, "max_queued_bytes", 16))
+		return (long long)cfg_g.max_queued_bytes;
 	if (!strncmp(line, "sys_interval", 12))
 		return cfg_g.sys_interval_s;
 	if (!strncmp(line, "shards", 6))
@@ -590,6 +594,10 @@ TEST(config_numeric_limits_follow_mosquitto_ranges)
 		{"max_queued_messages -1", true, 0},
 		{"max_queued_messages 0", true, 0},
 		{"max_queued_messages 2147483647", true, 2147483647},
+		{"max_queued_bytes -1", true, 0},
+		{"max_queued_bytes 0", true, 0},
+		{"max_queued_bytes 4294967296", true, 4294967296LL},
+		{"max_queued_bytes 1k", false, 0},
 		{"sys_interval -1", false, 0},
 		{"sys_interval 65535", true, 65535},
 		{"sys_interval 65536", false, 0},
@@ -691,7 +699,7 @@ TEST(config_mosquitto_only_option_is_not_supported_yet)
 		"persistence true", "persistence_location /var/lib/kite/",
 		"autosave_interval 60", "connection bridge1",
 		"address 10.0.0.1:1883", "topic # both 0", "protocol websockets",
-		"mount_point foo/", "bind_interface eth0", "max_queued_bytes 1",
+		"mount_point foo/", "bind_interface eth0",
 		"memory_limit 0", "user mosquitto", "log_timestamp false",
 		"log_timestamp_format %Y", "retry_interval 20",
 		"auth_plugin /x.so", "plugin /x.so", "auth_opt_db x",
