@@ -26,13 +26,15 @@
 #define ETH_P_IPV6 0x86DD
 #define IP_OFFSET  0x1fff
 
+/* Compare-and-exchange attempts on a bucket before its SYN is refused. */
+#define FF_CAS_TRIES 4
+
 /* Read-only config, set by the loader before load (the verifier sees the
  * constants and drops dead code). Ports are in network byte order. */
 const volatile __u16 listen_ports[FF_PORTS_MAX] = {};
 const volatile __u32 n_listen_ports = 0;
-const volatile __u64 syn_rate = 0;    /* SYNs per second; 0 = no SYN limit */
-const volatile __u64 syn_cap = 0;     /* burst * FF_TOKEN */
-const volatile __u64 syn_full_ns = 0; /* ns to refill an empty bucket */
+const volatile __u64 syn_interval_ns = 0; /* FF_SYN_INTERVAL_NS(rate); 0 = no SYN limit */
+const volatile __u64 syn_burst_ns = 0;    /* burst * syn_interval_ns */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -90,31 +92,50 @@ static __always_inline bool ff_port_listened(__u16 dport)
 	return false;
 }
 
-/* Takes one token from key's bucket; false if it has none. */
+/* Takes one SYN from key's bucket; false if it has none.
+ *
+ * The bucket is GCRA, the one-word form of a token bucket: full_ns is when
+ * it is full again, and a SYN at now fits if max(full_ns, now) + interval
+ * <= now + burst * interval, which moves full_ns there. Each admitted SYN
+ * moves full_ns by interval whichever CPU takes it, so over any span the
+ * source gets at most burst + span / interval, across CPUs too. The
+ * alternatives cost more or are wrong:
+ *   - bpf_spin_lock: the kernel refuses a map with one in an LRU hash
+ *     value (map_check_btf: ENOTSUPP on 6.1, EOPNOTSUPP on 6.18); a plain
+ *     hash fills up under a spoofed flood and then tracks no new source;
+ *   - per-CPU buckets: a burst of 2 does not split over 8 CPUs, and a
+ *     source whose SYNs all hash to one RX queue would get rate / ncpu.
+ * A refused SYN writes nothing, so a flood from one source keeps the
+ * bucket's cache line shared by the CPUs instead of bouncing it. */
 static __always_inline bool ff_syn_admit(const struct ff_key *key, __u64 now)
 {
 	struct ff_bucket *b = bpf_map_lookup_elem(&ff_buckets, key);
-	__u64 elapsed, tokens;
+	__u64 seen, next, was;
 
 	if (!b) {
-		struct ff_bucket fresh = { .tokens = syn_cap - FF_TOKEN, .last_ns = now };
+		struct ff_bucket fresh = { .full_ns = now + syn_interval_ns };
 
-		bpf_map_update_elem(&ff_buckets, key, &fresh, BPF_ANY);
-		return true;
+		/* NOEXIST: of CPUs creating the bucket at once, one does; the
+		 * others take from it below instead of each getting a full one. */
+		if (!bpf_map_update_elem(&ff_buckets, key, &fresh, BPF_NOEXIST))
+			return true;
+		b = bpf_map_lookup_elem(&ff_buckets, key);
+		if (!b)
+			return true; /* evicted already: untracked, like any LRU miss */
 	}
-	/* Another CPU may have stored a later timestamp: clamp, never wrap. */
-	elapsed = now > b->last_ns ? now - b->last_ns : 0;
-	/* Below syn_full_ns, elapsed * syn_rate < syn_cap: no overflow. */
-	tokens = elapsed >= syn_full_ns ? syn_cap : b->tokens + elapsed * syn_rate;
-	if (tokens > syn_cap)
-		tokens = syn_cap;
-	b->last_ns = now;
-	if (tokens < FF_TOKEN) {
-		b->tokens = tokens;
-		return false;
+	seen = *(volatile __u64 *)&b->full_ns;
+	for (__u32 i = 0; i < FF_CAS_TRIES; i++) {
+		next = (seen > now ? seen : now) + syn_interval_ns;
+		if (next > now + syn_burst_ns)
+			return false;
+		was = __sync_val_compare_and_swap(&b->full_ns, seen, next);
+		if (was == seen)
+			return true;
+		seen = was; /* another CPU took a SYN of this source: retry on its value */
 	}
-	b->tokens = tokens - FF_TOKEN;
-	return true;
+	/* Other CPUs won FF_CAS_TRIES times in a row, each with a SYN of this
+	 * source: it is bursting, and refusing errs on the side of the limit. */
+	return false;
 }
 
 static __always_inline bool ff_unexpired(void *map, const struct ff_key *key,
@@ -172,7 +193,7 @@ int kite_flood_filter(struct xdp_md *ctx)
 
 	if (ff_unexpired(&ff_block, &key, &now))
 		return ff_count(FF_CNT_DROPPED_BLOCK, XDP_DROP);
-	if (syn_rate && th->syn && !th->ack && !ff_unexpired(&ff_allow, &key, &now)) {
+	if (syn_interval_ns && th->syn && !th->ack && !ff_unexpired(&ff_allow, &key, &now)) {
 		if (!now)
 			now = bpf_ktime_get_coarse_ns();
 		if (!ff_syn_admit(&key, now))

@@ -12,9 +12,12 @@
                                       evicts buckets, never blocks) */
 #define FF_STRIKES_MAX 65536       /* strike records (LRU, user space only) */
 
-/* One SYN costs FF_TOKEN units; a bucket refills syn_rate units per ns, so
- * syn_rate SYNs per second. Burst B holds B * FF_TOKEN units. */
-#define FF_TOKEN 1000000000ULL
+/* The SYN limit of R per second, burst B, as the program runs it: one SYN
+ * per FF_SYN_INTERVAL_NS(R) on average, B at once. Rounded up, so a source
+ * never gets more than R per second (less by a fraction under R / 1e9:
+ * 0.1% at kite's maximum rate of 1e6). */
+#define FF_NS_PER_S 1000000000ULL
+#define FF_SYN_INTERVAL_NS(rate) ((FF_NS_PER_S + (rate) - 1) / (rate))
 
 enum ff_counter {
 	FF_CNT_PASSED,        /* TCP to a listener port, let through */
@@ -36,11 +39,12 @@ struct ff_expiry {
 	__u64 expires_ns;
 };
 
-/* Value of ff_buckets; written without a lock by whichever CPU sees the SYN:
- * racing CPUs may lose an update, so the limit is approximate under RSS. */
+/* Value of ff_buckets (program only): the source's token bucket as one
+ * word, so every CPU updates it with one compare-and-exchange (GCRA, see
+ * ff_syn_admit). The bucket is full again at full_ns (CLOCK_MONOTONIC ns);
+ * it holds burst - (full_ns - now) / interval SYNs. */
 struct ff_bucket {
-	__u64 tokens;
-	__u64 last_ns;
+	__u64 full_ns;
 };
 
 /* Value of ff_strikes (user space only; a map so `kite filter clear` from

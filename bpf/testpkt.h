@@ -154,9 +154,8 @@ static inline struct filter_bpf *testpkt_load(uint32_t rate, uint32_t burst)
 	skel->rodata->listen_ports[0] = htons(1883);
 	skel->rodata->listen_ports[1] = htons(8883);
 	skel->rodata->n_listen_ports = 2;
-	skel->rodata->syn_rate = rate;
-	skel->rodata->syn_cap = (uint64_t)burst * FF_TOKEN;
-	skel->rodata->syn_full_ns = rate ? ((uint64_t)burst * FF_TOKEN + rate - 1) / rate : 0;
+	skel->rodata->syn_interval_ns = rate ? FF_SYN_INTERVAL_NS(rate) : 0;
+	skel->rodata->syn_burst_ns = (uint64_t)burst * skel->rodata->syn_interval_ns;
 	if (filter_bpf__load(skel)) {
 		filter_bpf__destroy(skel);
 		return NULL;
