@@ -55,7 +55,7 @@ static uint64_t coarse_now_ns(void)
 
 static void *racer_run(void *arg)
 {
-	static const struct testpkt syn = { "10.0.0.77", 1883, TCPF_SYN_, TP_PLAIN };
+	static const struct testpkt syn = { "10.0.0.77", 1883, TCPF_SYN_, TP_PLAIN, NULL };
 	struct racer *r = arg;
 	cpu_set_t set;
 

@@ -11,6 +11,8 @@
 #define FF_BUCKET_MAX  262144      /* SYN token buckets (LRU: a spoofed flood
                                       evicts buckets, never blocks) */
 #define FF_STRIKES_MAX 65536       /* strike records (LRU, user space only) */
+#define FF_EXT_MAX     8           /* IPv6 extension headers walked to find TCP;
+                                      beyond, TCP is hidden (see filter.bpf.c) */
 
 /* The SYN limit of R per second, burst B, as the program runs it: one SYN
  * per FF_SYN_INTERVAL_NS(R) on average, B at once. Rounded up, so a source
@@ -19,9 +21,13 @@
 #define FF_NS_PER_S 1000000000ULL
 #define FF_SYN_INTERVAL_NS(rate) ((FF_NS_PER_S + (rate) - 1) / (rate))
 
+/* TCP whose header is not in the packet (a later fragment, ESP) or cannot be
+ * read (cut short, behind more than FF_EXT_MAX extension headers) shows no
+ * port: a drop of it is counted as if to a listener port, a pass is not
+ * counted. */
 enum ff_counter {
 	FF_CNT_PASSED,        /* TCP to a listener port, let through */
-	FF_CNT_DROPPED_RATE,  /* SYN over its source's token bucket */
+	FF_CNT_DROPPED_RATE,  /* SYN (or unreadable TCP) over its source's bucket */
 	FF_CNT_DROPPED_BLOCK, /* any TCP to a listener port from a blocked source */
 	FF_CNT_MAX,
 };
