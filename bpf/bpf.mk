@@ -8,8 +8,8 @@
 #   BPF_SKEL_H    generated skeleton (build dir, never committed)
 #   BPF_OBJ       the object kite links: loader or stub
 #   BPF_LDLIBS    libraries BPF_OBJ needs (-lbpf -lelf -lz, or nothing)
-# Targets: bpf-all (filter + driver + fixture test + bench), bpf-test (runs
-# the fixture table, root), bpf-bench (root).
+# Targets: bpf-all (filter + driver + tests + bench), bpf-test (runs the
+# fixture table and the cross-CPU bucket test, root), bpf-bench (root).
 
 BUILD       ?= build
 BPFTOOL     ?= bpftool
@@ -42,14 +42,16 @@ BPF_USER_LIBS   := -lbpf -lelf -lz -pthread
 .PHONY: bpf-all bpf-test bpf-bench
 
 bpf-all: $(BPF_OBJ) $(BPF_DIR)/flood-filter-driver $(BPF_DIR)/filter-test \
-	$(BPF_DIR)/flood-filter-bench
+	$(BPF_DIR)/bucket-race-test $(BPF_DIR)/flood-filter-bench
 
 $(BPF_DIR)/vmlinux.h: $(BPF_VMLINUX)
 	@mkdir -p $(@D)
 	$(BPFTOOL) btf dump file $< format c > $@.tmp && mv $@.tmp $@
 
+# -mcpu=v3: the SYN bucket's compare-and-exchange (BPF atomics, Linux 5.12+;
+# clang 14 defaults to v1).
 $(BPF_DIR)/filter.bpf.o: bpf/filter.bpf.c bpf/filter.h $(BPF_DIR)/vmlinux.h
-	$(BPF_CLANG) -O2 -g -Wall -Werror -target bpf -D__TARGET_ARCH_$(BPF_ARCH) \
+	$(BPF_CLANG) -O2 -g -Wall -Werror -target bpf -mcpu=v3 -D__TARGET_ARCH_$(BPF_ARCH) \
 		-I$(BPF_DIR) -I. -c $< -o $@
 
 $(BPF_SKEL_H): $(BPF_DIR)/filter.bpf.o
@@ -70,11 +72,15 @@ $(BPF_DIR)/flood-filter-driver: bpf/test_driver.c $(BPF_DIR)/flood_filter.o
 $(BPF_DIR)/filter-test: bpf/filter_test.c bpf/testpkt.h bpf/filter.h $(BPF_SKEL_H)
 	$(CC) $(BPF_USER_CFLAGS) -o $@ $< $(BPF_USER_LIBS)
 
+$(BPF_DIR)/bucket-race-test: bpf/bucket_race_test.c bpf/testpkt.h bpf/filter.h $(BPF_SKEL_H)
+	$(CC) $(BPF_USER_CFLAGS) -o $@ $< $(BPF_USER_LIBS)
+
 $(BPF_DIR)/flood-filter-bench: bench/flood_filter_bench.c bpf/testpkt.h bpf/filter.h $(BPF_SKEL_H)
 	$(CC) $(BPF_USER_CFLAGS) -o $@ $< $(BPF_USER_LIBS)
 
-bpf-test: $(BPF_DIR)/filter-test
+bpf-test: $(BPF_DIR)/filter-test $(BPF_DIR)/bucket-race-test
 	$(BPF_DIR)/filter-test
+	$(BPF_DIR)/bucket-race-test
 
 bpf-bench: $(BPF_DIR)/flood-filter-bench
 	$(BPF_DIR)/flood-filter-bench

@@ -11,14 +11,23 @@
 #define FF_BUCKET_MAX  262144      /* SYN token buckets (LRU: a spoofed flood
                                       evicts buckets, never blocks) */
 #define FF_STRIKES_MAX 65536       /* strike records (LRU, user space only) */
+#define FF_EXT_MAX     8           /* IPv6 extension headers walked to find TCP;
+                                      beyond, TCP is hidden (see filter.bpf.c) */
 
-/* One SYN costs FF_TOKEN units; a bucket refills syn_rate units per ns, so
- * syn_rate SYNs per second. Burst B holds B * FF_TOKEN units. */
-#define FF_TOKEN 1000000000ULL
+/* The SYN limit of R per second, burst B, as the program runs it: one SYN
+ * per FF_SYN_INTERVAL_NS(R) on average, B at once. Rounded up, so a source
+ * never gets more than R per second (less by a fraction under R / 1e9:
+ * 0.1% at kite's maximum rate of 1e6). */
+#define FF_NS_PER_S 1000000000ULL
+#define FF_SYN_INTERVAL_NS(rate) ((FF_NS_PER_S + (rate) - 1) / (rate))
 
+/* TCP whose header is not in the packet (a later fragment, ESP) or cannot be
+ * read (cut short, behind more than FF_EXT_MAX extension headers) shows no
+ * port: a drop of it is counted as if to a listener port, a pass is not
+ * counted. */
 enum ff_counter {
 	FF_CNT_PASSED,        /* TCP to a listener port, let through */
-	FF_CNT_DROPPED_RATE,  /* SYN over its source's token bucket */
+	FF_CNT_DROPPED_RATE,  /* SYN (or unreadable TCP) over its source's bucket */
 	FF_CNT_DROPPED_BLOCK, /* any TCP to a listener port from a blocked source */
 	FF_CNT_MAX,
 };
@@ -36,11 +45,12 @@ struct ff_expiry {
 	__u64 expires_ns;
 };
 
-/* Value of ff_buckets; written without a lock by whichever CPU sees the SYN:
- * racing CPUs may lose an update, so the limit is approximate under RSS. */
+/* Value of ff_buckets (program only): the source's token bucket as one
+ * word, so every CPU updates it with one compare-and-exchange (GCRA, see
+ * ff_syn_admit). The bucket is full again at full_ns (CLOCK_MONOTONIC ns);
+ * it holds burst - (full_ns - now) / interval SYNs. */
 struct ff_bucket {
-	__u64 tokens;
-	__u64 last_ns;
+	__u64 full_ns;
 };
 
 /* Value of ff_strikes (user space only; a map so `kite filter clear` from

@@ -42,10 +42,13 @@
 #define FF_PRUNE_BATCH 1024                   /* expired blocks deleted per prune */
 #define FF_ITER_MAX (2 * FF_BLOCK_MAX)        /* bound on a map walk that races deletes */
 #define FF_DIR_MAX 256                        /* <pin_root>/<pid> */
+#define FF_SYN_BURST_MAX 1000000
 
 _Static_assert(FLOOD_FILTER_PORTS_MAX == FF_PORTS_MAX, "API and program port limits differ");
 _Static_assert(sizeof(struct ff_key) == 16, "key is one IPv6 address");
 _Static_assert(FF_BLOCK_SECONDS_MAX * NS_PER_S < UINT64_MAX / 2, "block expiry overflows");
+_Static_assert(sizeof(struct ff_bucket) == sizeof(uint64_t), "a bucket is one word: one CAS");
+_Static_assert(FF_SYN_BURST_MAX * FF_NS_PER_S < UINT64_MAX / 4, "burst * interval overflows");
 
 /* Pinned maps: <pin_root>/<pid>/<name>, what `kite filter` opens. */
 enum ff_pin { FF_PIN_BLOCK, FF_PIN_ALLOW, FF_PIN_STRIKES, FF_PIN_COUNTERS, FF_PIN_MAX };
@@ -228,8 +231,8 @@ static bool ff_opts_valid(const struct flood_filter_opts *o, char *err, size_t e
 		ff_err(err, errlen, "bad options: 1..%d ports", FLOOD_FILTER_PORTS_MAX);
 		return false;
 	}
-	if (o->syn_rate && (o->syn_burst < 1 || o->syn_burst > 1000000)) {
-		ff_err(err, errlen, "bad options: syn_burst must be 1..1000000");
+	if (o->syn_rate && (o->syn_burst < 1 || o->syn_burst > FF_SYN_BURST_MAX)) {
+		ff_err(err, errlen, "bad options: syn_burst must be 1..%d", FF_SYN_BURST_MAX);
 		return false;
 	}
 	if (o->strikes < 1 || o->block_seconds < 1 || o->block_seconds > FF_BLOCK_SECONDS_MAX) {
@@ -245,10 +248,8 @@ static void ff_set_rodata(struct filter_bpf *skel, const struct flood_filter_opt
 	for (unsigned i = 0; i < o->n_ports; i++)
 		skel->rodata->listen_ports[i] = htons(o->ports[i]);
 	skel->rodata->n_listen_ports = o->n_ports;
-	skel->rodata->syn_rate = o->syn_rate;
-	skel->rodata->syn_cap = (uint64_t)o->syn_burst * FF_TOKEN;
-	skel->rodata->syn_full_ns = o->syn_rate
-		? ((uint64_t)o->syn_burst * FF_TOKEN + o->syn_rate - 1) / o->syn_rate : 0;
+	skel->rodata->syn_interval_ns = o->syn_rate ? FF_SYN_INTERVAL_NS(o->syn_rate) : 0;
+	skel->rodata->syn_burst_ns = (uint64_t)o->syn_burst * skel->rodata->syn_interval_ns;
 }
 
 static int ff_attach(struct flood_filter *ff, struct ff_iface *fi, const char *name,

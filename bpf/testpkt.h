@@ -14,17 +14,17 @@
 #include <string.h>
 #include <time.h>
 
-#define TESTPKT_MAX 256
+#define TESTPKT_MAX 512
 #define TCPF_FIN_ 0x01
 #define TCPF_SYN_ 0x02
 #define TCPF_ACK_ 0x10
 
 enum testpkt_shape {
 	TP_PLAIN,
-	TP_TRUNCATED,   /* TCP header cut short */
+	TP_TRUNCATED,   /* TCP header cut short (IPv4: a tiny first fragment) */
 	TP_FRAGMENT,    /* IPv4 non-first fragment */
 	TP_IP_OPTIONS,  /* IPv4 IHL 6 */
-	TP_EXT_HEADER,  /* IPv6 hop-by-hop before TCP */
+	TP_EXT_CUT,     /* IPv6: ends 4 bytes into the last extension header */
 	TP_UDP,
 	TP_ARP,
 };
@@ -34,14 +34,47 @@ struct testpkt {
 	uint16_t dport;
 	uint8_t flags;          /* TCP flags */
 	enum testpkt_shape shape;
+	/* IPv6 extension headers in order, one letter each: h hop-by-hop (16
+	 * bytes), r routing (24), d destination options (8), a AH (24: its
+	 * length counts 4-byte units; A: 20, malformed in IPv6), f first
+	 * fragment (offset 0, more follow), l later fragment (offset 1480:
+	 * what follows is payload), e ESP (what follows is ciphertext).
+	 * NULL or "": none. */
+	const char *ext;
 };
+
+/* Writes extension header c at h, links it from *nh and points *nh at its
+ * own next header field; returns its length. */
+static inline unsigned testpkt_ext(char c, unsigned char *h, uint8_t **nh)
+{
+	unsigned len = 8;
+
+	switch (c) {
+	case 'h': **nh = 0; len = 16; break;
+	case 'd': **nh = 60; break;
+	case 'r': **nh = 43; h[1] = 2; *nh = h; return 24; /* type 0, segments left 0 */
+	case 'a': **nh = 51; h[1] = 4; *nh = h; return 24;
+	case 'A': **nh = 51; h[1] = 3; *nh = h; return 20; /* not a multiple of 8 */
+	case 'f': **nh = 44; h[3] = 1; *nh = h; return 8;
+	case 'l': **nh = 44; h[2] = 1480 >> 8; h[3] = 1480 & 0xff; *nh = h; return 8;
+	/* e, ESP: the real next header is encrypted in the trailer; the
+	 * caller's write of it lands in the sequence number. */
+	default: **nh = 50; *nh = h + 7; return 8;
+	}
+	h[1] = (uint8_t)(len / 8 - 1);
+	h[2] = 1;                  /* PadN option over the rest */
+	h[3] = (uint8_t)(len - 4);
+	*nh = h;
+	return len;
+}
 
 /* Builds the frame into buf (TESTPKT_MAX bytes); returns its length. */
 static inline unsigned testpkt_build(const struct testpkt *p, unsigned char *buf)
 {
 	struct ethhdr *eth = (struct ethhdr *)buf;
 	struct tcphdr *th;
-	unsigned char *l4;
+	unsigned char *l4, *last_ext = NULL;
+	uint8_t *nh;
 	unsigned len;
 
 	memset(buf, 0, TESTPKT_MAX);
@@ -59,13 +92,13 @@ static inline unsigned testpkt_build(const struct testpkt *p, unsigned char *buf
 		ip6->hop_limit = 64;
 		inet_pton(AF_INET6, p->src, &ip6->saddr);
 		inet_pton(AF_INET6, "2001:db8::1", &ip6->daddr);
-		ip6->nexthdr = p->shape == TP_UDP ? IPPROTO_UDP : IPPROTO_TCP;
 		l4 = (unsigned char *)(ip6 + 1);
-		if (p->shape == TP_EXT_HEADER) {
-			ip6->nexthdr = 0; /* hop-by-hop, 8 bytes, then TCP */
-			l4[0] = IPPROTO_TCP;
-			l4 += 8;
+		nh = &ip6->nexthdr;
+		for (const char *e = p->ext; e && *e; e++) {
+			last_ext = l4;
+			l4 += testpkt_ext(*e, l4, &nh);
 		}
+		*nh = p->shape == TP_UDP ? IPPROTO_UDP : IPPROTO_TCP;
 		len = (unsigned)(l4 - buf) + sizeof(*th);
 		ip6->payload_len = htons((uint16_t)(len - sizeof(*eth) - sizeof(*ip6)));
 	} else {
@@ -93,6 +126,8 @@ static inline unsigned testpkt_build(const struct testpkt *p, unsigned char *buf
 	l4[13] = p->flags;
 	if (p->shape == TP_TRUNCATED)
 		len -= 8;
+	if (p->shape == TP_EXT_CUT && last_ext)
+		len = (unsigned)(last_ext - buf) + 4;
 	return len;
 }
 
@@ -154,9 +189,8 @@ static inline struct filter_bpf *testpkt_load(uint32_t rate, uint32_t burst)
 	skel->rodata->listen_ports[0] = htons(1883);
 	skel->rodata->listen_ports[1] = htons(8883);
 	skel->rodata->n_listen_ports = 2;
-	skel->rodata->syn_rate = rate;
-	skel->rodata->syn_cap = (uint64_t)burst * FF_TOKEN;
-	skel->rodata->syn_full_ns = rate ? ((uint64_t)burst * FF_TOKEN + rate - 1) / rate : 0;
+	skel->rodata->syn_interval_ns = rate ? FF_SYN_INTERVAL_NS(rate) : 0;
+	skel->rodata->syn_burst_ns = (uint64_t)burst * skel->rodata->syn_interval_ns;
 	if (filter_bpf__load(skel)) {
 		filter_bpf__destroy(skel);
 		return NULL;

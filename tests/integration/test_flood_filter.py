@@ -313,3 +313,19 @@ def test_xdp_verdict_fixture_table():
     if r.returncode == 77:
         pytest.skip(r.stdout.strip() or r.stderr.strip())
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_xdp_syn_bucket_holds_across_cpus():
+    """bpf/bucket_race_test.c: one source's SYNs on every CPU at once get no
+    more than burst + rate x elapsed through."""
+    if os.geteuid() != 0:
+        pytest.skip("BPF needs root")
+    r = subprocess.run(["make", "-s", "-f", "bpf/bpf.mk", "build/bpf/bucket-race-test"],
+                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        pytest.skip("cannot build bpf/bucket_race_test.c: " + (r.stderr or r.stdout)[-400:])
+    r = subprocess.run([str(REPO / "build" / "bpf" / "bucket-race-test")],
+                       capture_output=True, text=True, timeout=30)
+    if r.returncode == 77:
+        pytest.skip(r.stdout.strip() or r.stderr.strip())
+    assert r.returncode == 0, r.stdout + r.stderr

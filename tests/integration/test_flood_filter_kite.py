@@ -51,15 +51,20 @@ def kite_in_ns(topology, tmp_path):
     log = open(tmp_path / "kite.log", "w+")
     proc = subprocess.Popen(["ip", "netns", "exec", topology["srv"], binary,
                              "-c", str(conf)], stdout=log, stderr=log)
+    # The listeners accept before the filter is loaded and attached (shard
+    # init opens them first): wait for both.
     deadline = time.monotonic() + 5
     while True:
         try:
             _connect_from(topology["cli"], FLOODER_IP, 0.5).close()
-            break
+            if "Flood filter attached" in (tmp_path / "kite.log").read_text():
+                break
         except OSError:
-            assert proc.poll() is None, (tmp_path / "kite.log").read_text()
-            assert time.monotonic() < deadline, "kite did not listen"
-            time.sleep(0.1)
+            pass
+        assert proc.poll() is None, (tmp_path / "kite.log").read_text()
+        assert time.monotonic() < deadline, \
+            "kite did not listen with the filter:\n" + (tmp_path / "kite.log").read_text()
+        time.sleep(0.1)
     yield topology, proc, tmp_path / "kite.log"
     proc.terminate()
     try:
