@@ -472,6 +472,9 @@ bool session_may(struct session *ss, const char *topic, size_t len,
 bool session_may_subscribe(struct session *ss, const char *filter, size_t len);
 void session_set_identity(struct session *ss, unsigned listener,
 			  const char *username);
+/* Whether c's listener has a password file (only it can vouch for a
+ * username). */
+bool security_has_passwords(const struct conn *c);
 enum passwd_result security_check_password(const struct conn *c,
 					   const char *username,
 					   const uint8_t *pw, size_t len);

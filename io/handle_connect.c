@@ -463,13 +463,17 @@ static bool connect_will_ok(struct conn *c, const struct mqtt_connect *ci)
 	return ok;
 }
 
-/* Anonymous means no username (Mosquitto 2: without a password file a
- * username is enough; a certificate identity is one). */
+/* With allow_anonymous false a client must be vouched for: by its
+ * certificate (use_identity_as_username, use_subject_as_username) or by
+ * the password file. A username alone is no credential: without a
+ * password file Mosquitto 2.0 refuses it too. */
 static bool connect_allowed(const struct conn *c, const struct mqtt_connect *ci)
 {
 	const struct kite_listener_cfg *l =
 		&c->shard->cfg->listeners[c->listener];
-	return ci->has_username || c->username || l->allow_anonymous == 1;
+	if (l->allow_anonymous == 1 || connect_identity_mode(c))
+		return true;
+	return ci->has_username && security_has_passwords(c);
 }
 
 

@@ -199,3 +199,9 @@ enum passwd_result security_check_password(const struct conn *c,
 		return PASSWD_OK; /* no password file: the username is enough */
 	return passwd_check(db, username, pw, len);
 }
+
+bool security_has_passwords(const struct conn *c)
+{
+	const struct security *sec = c->shard->sec;
+	return c->listener < sec->count && sec->pw[c->listener];
+}
