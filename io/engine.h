@@ -469,6 +469,8 @@ void security_free(struct security *sec);
 const struct acl_identity *session_acl(struct session *ss);
 bool session_may(struct session *ss, const char *topic, size_t len,
 		 enum acl_access access);
+/* $SYS/... and $share/...: never published by a client. */
+bool security_publish_reserved(const char *topic, size_t len);
 bool session_may_subscribe(struct session *ss, const char *filter, size_t len);
 void session_set_identity(struct session *ss, unsigned listener,
 			  const char *username);

@@ -452,6 +452,9 @@ static bool connect_password_ok(struct conn *c, const struct mqtt_connect *ci)
 static bool connect_will_ok(struct conn *c, const struct mqtt_connect *ci)
 {
 	const struct security *sec = c->shard->sec;
+	if (ci->has_will && security_publish_reserved((const char *)ci->will.topic.ptr,
+						      ci->will.topic.len))
+		return false;
 	if (!ci->has_will || c->listener >= sec->count || !sec->acl[c->listener])
 		return true;
 	struct acl_identity *id = acl_cache_get(sec->acl[c->listener],

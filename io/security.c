@@ -150,9 +150,31 @@ const struct acl_identity *session_acl(struct session *ss)
 	return ss->acl;
 }
 
+/* Topics no client may publish to, whatever its ACL says (Mosquitto's
+ * acl__check_dollar): $SYS is the broker's (but for a bridge's state
+ * topic), and $share names subscriptions, never messages. */
+bool security_publish_reserved(const char *topic, size_t len)
+{
+	if (len >= 6 && !memcmp(topic, "$share", 6))
+		return true;
+	if (len < 4 || memcmp(topic, "$SYS", 4))
+		return false;
+	/* $SYS/broker/connection/+/state */
+	static const char pre[] = "$SYS/broker/connection/", post[] = "/state";
+	size_t np = sizeof(pre) - 1, nq = sizeof(post) - 1;
+	if (len <= np + nq || memcmp(topic, pre, np) ||
+	    memcmp(topic + len - nq, post, nq))
+		return true;
+	const char *name = topic + np;
+	size_t nlen = len - np - nq;
+	return memchr(name, '/', nlen) != NULL;
+}
+
 bool session_may(struct session *ss, const char *topic, size_t len,
 		 enum acl_access access)
 {
+	if (access == ACL_WRITE && security_publish_reserved(topic, len))
+		return false;
 	const struct acl_identity *id = session_acl(ss);
 	if (!id) {
 		const struct security *sec = ss->shard->sec;
