@@ -225,7 +225,7 @@ static void connect_accept(struct shard *s, struct conn *c,
 	}
 	free(c->pending);
 	c->pending = NULL;
-	if (present)
+	if (present && ss->conn == c) /* not closed: CONNACK out of memory */
 		session_resume(ss);
 }
 
