@@ -2,6 +2,7 @@
  * check topics. Semantics and the deliberate differences are in acl.h. */
 #include "acl/acl.h"
 #include "acl/acl_util.h"
+#include "core/htab.h"
 
 #include <assert.h>
 #include <ctype.h>
@@ -36,14 +37,13 @@ struct rule_list {
 struct acl_block {
 	char *username; /* NULL for the anonymous block */
 	struct rule_list rules;
-	struct acl_block *hnext;
+	struct htab_link link;
 };
 
 struct acl_rules {
 	atomic_uint refs;
 	struct acl_block anon;
-	struct acl_block **buckets; /* username -> block, chained */
-	size_t nbuckets, nusers;
+	struct htab users; /* username -> block */
 	struct rule_list patterns;
 };
 
@@ -63,8 +63,7 @@ struct id_rule {
 struct acl_identity {
 	atomic_uint refs;
 	struct acl_cache *cache;
-	struct acl_identity *hnext;
-	uint64_t hash;
+	struct htab_link link;
 	const char *key; /* points into pool */
 	size_t keylen;
 	/* rules[0..n_deny1) deny, then grants, for phase 1 (the user's own
@@ -78,8 +77,7 @@ struct acl_cache {
 	atomic_uint refs; /* the owner's + one per live identity */
 	struct acl_rules *rules;
 	pthread_mutex_t lock;
-	struct acl_identity **buckets;
-	size_t nbuckets, count;
+	struct htab ids; /* key -> identity */
 };
 
 /* ---------------------------------------------------------------- matching */
@@ -263,17 +261,6 @@ size_t acl_identity_rule_count(const struct acl_identity *id)
 
 /* ----------------------------------------------------------------- parsing */
 
-static uint64_t hash_bytes(const void *p, size_t len)
-{
-	const unsigned char *s = p;
-	uint64_t h = 1469598103934665603ull; /* FNV-1a */
-	for (size_t i = 0; i < len; i++) {
-		h ^= s[i];
-		h *= 1099511628211ull;
-	}
-	return h ^ (h >> 29);
-}
-
 static uint8_t subst_of(const char *f, size_t len)
 {
 	uint8_t s = 0;
@@ -320,37 +307,27 @@ static void rule_list_free(struct rule_list *l)
 	free(l->v);
 }
 
+static bool block_eq_cb(const struct htab_link *l, const void *name,
+			size_t len)
+{
+	const struct acl_block *b = htab_entry(l, const struct acl_block, link);
+	return strlen(b->username) == len && !memcmp(b->username, name, len);
+}
+
 static struct acl_block *block_find(const struct acl_rules *a,
 				    const char *name, size_t len)
 {
-	if (!a->nbuckets)
-		return NULL;
-	struct acl_block *b = a->buckets[hash_bytes(name, len) % a->nbuckets];
-	for (; b; b = b->hnext)
-		if (strlen(b->username) == len && !memcmp(b->username, name, len))
-			return b;
-	return NULL;
+	struct htab_link *l = htab_find(&a->users, hash_bytes(name, len), name,
+					len, block_eq_cb);
+	return htab_entry(l, struct acl_block, link);
 }
 
-static int blocks_grow(struct acl_rules *a)
+static void block_free_cb(struct htab_link *l)
 {
-	size_t n = a->nbuckets ? a->nbuckets * 2 : 64;
-	struct acl_block **v = calloc(n, sizeof(*v));
-	if (!v)
-		return -1;
-	for (size_t i = 0; i < a->nbuckets; i++) {
-		struct acl_block *b = a->buckets[i], *next;
-		for (; b; b = next) {
-			next = b->hnext;
-			size_t h = hash_bytes(b->username, strlen(b->username)) % n;
-			b->hnext = v[h];
-			v[h] = b;
-		}
-	}
-	free(a->buckets);
-	a->buckets = v;
-	a->nbuckets = n;
-	return 0;
+	struct acl_block *b = htab_entry(l, struct acl_block, link);
+	rule_list_free(&b->rules);
+	free(b->username);
+	free(b);
 }
 
 static struct acl_block *block_get(struct acl_rules *a, const char *name,
@@ -359,19 +336,14 @@ static struct acl_block *block_get(struct acl_rules *a, const char *name,
 	struct acl_block *b = block_find(a, name, len);
 	if (b)
 		return b;
-	if (a->nusers >= a->nbuckets && blocks_grow(a))
-		return NULL;
 	b = calloc(1, sizeof(*b));
-	if (!b || !(b->username = malloc(len + 1))) {
+	if (!b || !(b->username = strndup(name, len)) ||
+	    htab_insert(&a->users, &b->link, hash_bytes(name, len)) < 0) {
+		if (b)
+			free(b->username);
 		free(b);
 		return NULL;
 	}
-	memcpy(b->username, name, len);
-	b->username[len] = '\0';
-	size_t h = hash_bytes(name, len) % a->nbuckets;
-	b->hnext = a->buckets[h];
-	a->buckets[h] = b;
-	a->nusers++;
 	return b;
 }
 
@@ -381,16 +353,7 @@ static void rules_free(struct acl_rules *a)
 		return;
 	rule_list_free(&a->anon.rules);
 	rule_list_free(&a->patterns);
-	for (size_t i = 0; i < a->nbuckets; i++) {
-		struct acl_block *b = a->buckets[i], *next;
-		for (; b; b = next) {
-			next = b->hnext;
-			rule_list_free(&b->rules);
-			free(b->username);
-			free(b);
-		}
-	}
-	free(a->buckets);
+	htab_fini(&a->users, block_free_cb);
 	free(a);
 }
 
@@ -755,7 +718,7 @@ static size_t id_key(const struct id_source *src, const struct acl_rules *a,
 static struct acl_identity *id_build(const struct id_source *src,
 				     const char *username,
 				     const char *client_id, const char *key,
-				     size_t keylen, uint64_t hash)
+				     size_t keylen)
 {
 	struct id_build b = {.username = username, .client_id = client_id};
 	id_visit(src, username, client_id, id_size_cb, &b);
@@ -773,7 +736,6 @@ static struct acl_identity *id_build(const struct id_source *src,
 	memcpy(k, key, keylen);
 	id->key = k;
 	id->keylen = keylen;
-	id->hash = hash;
 	id->n_deny1 = (uint32_t)b.count[0];
 	id->n_grant1 = (uint32_t)b.count[1];
 	id->n_deny2 = (uint32_t)b.count[2];
@@ -793,10 +755,7 @@ struct acl_cache *acl_cache_new(struct acl_rules *rules)
 	struct acl_cache *c = calloc(1, sizeof(*c));
 	if (!c)
 		return NULL;
-	c->nbuckets = 64;
-	c->buckets = calloc(c->nbuckets, sizeof(*c->buckets));
-	if (!c->buckets || pthread_mutex_init(&c->lock, NULL)) {
-		free(c->buckets);
+	if (pthread_mutex_init(&c->lock, NULL)) {
 		free(c);
 		return NULL;
 	}
@@ -810,46 +769,29 @@ void acl_cache_unref(struct acl_cache *c)
 {
 	if (!c || atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
 		return;
-	assert(c->count == 0); /* every identity holds a reference */
+	htab_fini(&c->ids, NULL); /* every identity holds a reference */
 	pthread_mutex_destroy(&c->lock);
 	acl_rules_unref(c->rules);
-	free(c->buckets);
 	free(c);
 }
 
-static void cache_grow(struct acl_cache *c)
+static bool id_eq_cb(const struct htab_link *l, const void *key, size_t len)
 {
-	size_t n = c->nbuckets * 2;
-	struct acl_identity **v = calloc(n, sizeof(*v));
-	if (!v)
-		return; /* longer chains, still correct */
-	for (size_t i = 0; i < c->nbuckets; i++) {
-		struct acl_identity *id = c->buckets[i], *next;
-		for (; id; id = next) {
-			next = id->hnext;
-			id->hnext = v[id->hash % n];
-			v[id->hash % n] = id;
-		}
-	}
-	free(c->buckets);
-	c->buckets = v;
-	c->nbuckets = n;
+	const struct acl_identity *id =
+		htab_entry(l, const struct acl_identity, link);
+	return id->keylen == len && !memcmp(id->key, key, len);
 }
 
 /* Under c->lock: the cached identity for key, with a new reference. */
 static struct acl_identity *cache_find(struct acl_cache *c, const char *key,
 				       size_t keylen, uint64_t hash)
 {
-	struct acl_identity *id = c->buckets[hash % c->nbuckets];
-	for (; id; id = id->hnext) {
-		if (id->hash == hash && id->keylen == keylen &&
-		    !memcmp(id->key, key, keylen)) {
-			atomic_fetch_add_explicit(&id->refs, 1,
-						  memory_order_relaxed);
-			return id;
-		}
-	}
-	return NULL;
+	struct acl_identity *id = htab_entry(
+		htab_find(&c->ids, hash, key, keylen, id_eq_cb),
+		struct acl_identity, link);
+	if (id)
+		atomic_fetch_add_explicit(&id->refs, 1, memory_order_relaxed);
+	return id;
 }
 
 struct acl_identity *acl_cache_get(struct acl_cache *c, const char *username,
@@ -878,21 +820,17 @@ struct acl_identity *acl_cache_get(struct acl_cache *c, const char *username,
 	/* Compiled outside the lock (a big user block takes a while); the
 	 * rules are immutable, so a racing builder makes the same thing. */
 	struct acl_identity *fresh =
-		id_build(&src, username, client_id, key, keylen, hash);
+		id_build(&src, username, client_id, key, keylen);
 	free(key);
 	if (!fresh)
 		return NULL;
 	pthread_mutex_lock(&c->lock);
 	id = cache_find(c, fresh->key, fresh->keylen, hash);
-	if (!id) {
+	if (!id && htab_insert(&c->ids, &fresh->link, hash) == 0) {
 		id = fresh;
 		fresh = NULL;
 		id->cache = c;
-		id->hnext = c->buckets[hash % c->nbuckets];
-		c->buckets[hash % c->nbuckets] = id;
 		atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
-		if (++c->count > c->nbuckets)
-			cache_grow(c);
 	}
 	pthread_mutex_unlock(&c->lock);
 	free(fresh);
@@ -926,11 +864,7 @@ void acl_identity_unref(struct acl_identity *id)
 		pthread_mutex_unlock(&c->lock);
 		return;
 	}
-	struct acl_identity **pp = &c->buckets[id->hash % c->nbuckets];
-	while (*pp != id)
-		pp = &(*pp)->hnext;
-	*pp = id->hnext;
-	c->count--;
+	htab_remove(&c->ids, &id->link);
 	pthread_mutex_unlock(&c->lock);
 	free(id);
 	acl_cache_unref(c);

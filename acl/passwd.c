@@ -5,6 +5,7 @@
  * SALT is 12 bytes, HASH 64 bytes, both standard base64 without newlines. */
 #include "acl/acl.h"
 #include "acl/acl_util.h"
+#include "core/htab.h"
 
 #include <assert.h>
 #include <ctype.h>
@@ -27,7 +28,7 @@ enum pw_type { PW_SHA512 = 6, PW_SHA512_PBKDF2 = 7 };
 
 struct pw_entry {
 	char *username;
-	struct pw_entry *hnext;
+	struct htab_link link;
 	uint8_t type;
 	uint32_t iterations;
 	uint8_t salt[PASSWD_SALT_LEN];
@@ -35,8 +36,7 @@ struct pw_entry {
 };
 
 struct passwd_db {
-	struct pw_entry **buckets;
-	size_t nbuckets, count;
+	struct htab users; /* username -> entry */
 };
 
 /* ------------------------------------------------------------------ base64 */
@@ -129,67 +129,43 @@ static int pw_hash_string(uint8_t type, uint32_t iterations,
 
 /* ------------------------------------------------------------------ the db */
 
-static uint64_t pw_hash_name(const char *s, size_t len)
+static bool pw_eq_cb(const struct htab_link *l, const void *name, size_t len)
 {
-	uint64_t h = 1469598103934665603ull;
-	for (size_t i = 0; i < len; i++) {
-		h ^= (unsigned char)s[i];
-		h *= 1099511628211ull;
-	}
-	return h ^ (h >> 29);
+	const struct pw_entry *e = htab_entry(l, const struct pw_entry, link);
+	return strlen(e->username) == len && !memcmp(e->username, name, len);
 }
 
 static struct pw_entry *db_find(const struct passwd_db *db, const char *name,
 				size_t len)
 {
-	struct pw_entry *e = db->buckets[pw_hash_name(name, len) % db->nbuckets];
-	for (; e; e = e->hnext)
-		if (strlen(e->username) == len && !memcmp(e->username, name, len))
-			return e;
-	return NULL;
+	struct htab_link *l = htab_find(&db->users, hash_bytes(name, len), name,
+					len, pw_eq_cb);
+	return htab_entry(l, struct pw_entry, link);
 }
 
-static int db_grow(struct passwd_db *db)
+static void pw_entry_free(struct pw_entry *e)
 {
-	size_t n = db->nbuckets * 2;
-	struct pw_entry **v = calloc(n, sizeof(*v));
-	if (!v)
-		return -1;
-	for (size_t i = 0; i < db->nbuckets; i++) {
-		struct pw_entry *e = db->buckets[i], *next;
-		for (; e; e = next) {
-			next = e->hnext;
-			size_t h = pw_hash_name(e->username, strlen(e->username)) % n;
-			e->hnext = v[h];
-			v[h] = e;
-		}
-	}
-	free(db->buckets);
-	db->buckets = v;
-	db->nbuckets = n;
-	return 0;
+	free(e->username);
+	OPENSSL_cleanse(e, sizeof(*e));
+	free(e);
+}
+
+static void pw_entry_free_cb(struct htab_link *l)
+{
+	pw_entry_free(htab_entry(l, struct pw_entry, link));
 }
 
 void passwd_free(struct passwd_db *db)
 {
 	if (!db)
 		return;
-	for (size_t i = 0; i < db->nbuckets; i++) {
-		struct pw_entry *e = db->buckets[i], *next;
-		for (; e; e = next) {
-			next = e->hnext;
-			free(e->username);
-			OPENSSL_cleanse(e, sizeof(*e));
-			free(e);
-		}
-	}
-	free(db->buckets);
+	htab_fini(&db->users, pw_entry_free_cb);
 	free(db);
 }
 
 size_t passwd_count(const struct passwd_db *db)
 {
-	return db->count;
+	return db->users.count;
 }
 
 struct pw_parse {
@@ -292,20 +268,15 @@ static int parse_pw_line(struct pw_parse *ps, struct passwd_db *db,
 	if (parse_hash(ps, hs, he, ent))
 		goto fail_ent;
 	ent->username = strndup(us, (size_t)(ue - us));
-	if (!ent->username || (db->count >= db->nbuckets && db_grow(db))) {
+	if (!ent->username ||
+	    htab_insert(&db->users, &ent->link,
+			hash_bytes(us, (size_t)(ue - us))) < 0) {
 		pw_fail(ps, "out of memory");
-		goto fail_name;
+		goto fail_ent;
 	}
-	size_t h = pw_hash_name(us, (size_t)(ue - us)) % db->nbuckets;
-	ent->hnext = db->buckets[h];
-	db->buckets[h] = ent;
-	db->count++;
 	return 0;
-fail_name:
-	free(ent->username);
 fail_ent:
-	OPENSSL_cleanse(ent, sizeof(*ent));
-	free(ent);
+	pw_entry_free(ent);
 	return -1;
 }
 
@@ -314,12 +285,7 @@ static struct passwd_db *pw_parse_text(const char *name, const char *text,
 {
 	struct pw_parse ps = {.name = name, .err = err, .errlen = errlen};
 	struct passwd_db *db = calloc(1, sizeof(*db));
-	if (db) {
-		db->nbuckets = 64;
-		db->buckets = calloc(db->nbuckets, sizeof(*db->buckets));
-	}
-	if (!db || !db->buckets) {
-		free(db);
+	if (!db) {
 		snprintf(err, errlen, "%s: out of memory", name);
 		return NULL;
 	}

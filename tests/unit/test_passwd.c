@@ -285,3 +285,40 @@ TEST(passwd_load_errors_report_file_and_line)
 	CHECK(!passwd_load("/nonexistent/pw", err, sizeof(err)));
 	CHECK(strstr(err, "/nonexistent/pw: "));
 }
+
+/* Thousands of users (the table grows many times): each one found, an
+ * unknown one not, a repeat of any one refused with its line. */
+TEST(passwd_many_users_each_found_and_repeats_refused)
+{
+	enum { N = 3000 };
+	const char *bob = strstr(fixture, "bob:") + 4; /* password "pw2" */
+	size_t hl = (size_t)(strchr(bob, '\n') - bob);
+	size_t cap = N * (hl + 16) + 64, n = 0;
+	char *text = malloc(cap), err[256];
+
+	for (int i = 0; text && i < N; i++)
+		n += (size_t)snprintf(text + n, cap - n, "user%d:%.*s\n", i,
+				      (int)hl, bob);
+	struct passwd_db *db = passwd_load_string("pw", text, err, sizeof(err));
+	CHECK(db);
+	if (!db) {
+		free(text);
+		return;
+	}
+	CHECK_EQ(passwd_count(db), N);
+	int bad = 0;
+	for (int i = 0; i < N; i += 7) {
+		char user[16];
+
+		snprintf(user, sizeof(user), "user%d", i);
+		bad += check(db, user, "pw2") != PASSWD_OK;
+	}
+	CHECK_EQ(bad, 0);
+	CHECK_EQ(check(db, "user3000", "pw2"), PASSWD_NO_SUCH_USER);
+	CHECK_EQ(check(db, "user", "pw2"), PASSWD_NO_SUCH_USER);
+	passwd_free(db);
+	snprintf(text + n, cap - n, "user1234:%.*s\n", (int)hl, bob);
+	CHECK(!passwd_load_string("pw", text, err, sizeof(err)));
+	CHECK(strstr(err, "pw:3001: duplicate user \"user1234\""));
+	free(text);
+}
