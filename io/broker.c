@@ -21,16 +21,19 @@ const char *broker_version(void)
 	return KITE_VERSION;
 }
 
+static void reg_entry_free_cb(struct htab_link *l)
+{
+	free(htab_entry(l, struct client_entry, link));
+}
+
 static int broker_alloc(struct broker *b)
 {
 	size_t rings = (size_t)(b->nshards + 1) * b->nshards;
 	b->xrings = aligned_alloc(64, sizeof(struct xring) * rings);
 	b->shards = calloc(b->nshards, sizeof(struct shard));
-	b->reg_cap = 1024;
-	b->reg = calloc(b->reg_cap, sizeof(*b->reg));
 	b->gtrie = gtrie_new();
 	b->retained = retain_new(msg_release_cb);
-	if (!b->xrings || !b->shards || !b->reg || !b->gtrie || !b->retained)
+	if (!b->xrings || !b->shards || !b->gtrie || !b->retained)
 		return -1;
 	for (size_t i = 0; i < rings; i++) {
 		atomic_init(&b->xrings[i].head, 0);
@@ -260,14 +263,7 @@ void broker_stop(struct broker *b)
 	rcu_barrier_qsbr();
 	rcu_unregister_thread();
 	pthread_barrier_destroy(&b->started);
-	for (uint32_t i = 0; i < b->reg_cap; i++) {
-		struct client_entry *e = b->reg[i], *next;
-		for (; e; e = next) {
-			next = e->next;
-			free(e);
-		}
-	}
-	free(b->reg);
+	htab_fini(&b->reg, reg_entry_free_cb);
 	flood_filter_unload(b->flood);
 	free(b->shards);
 	free(b->xrings);

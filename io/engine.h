@@ -25,6 +25,7 @@
 #include "tls/tls.h"
 #include "core/config.h"
 #include "core/gtrie.h"
+#include "core/htab.h"
 #include "core/log.h"
 #include "core/retain.h"
 #include "core/trie.h"
@@ -196,7 +197,7 @@ struct session {
 	struct shard *shard;
 	struct conn *conn; /* NULL while offline */
 	struct session *prev, *next; /* the shard's sessions */
-	struct session *id_next;     /* the shard's by-id table */
+	struct htab_link id_link;    /* the shard's by-id table */
 	uint64_t id;	  /* unique in this broker's life: no local, shares */
 	char *client_id;
 	uint16_t client_id_len;
@@ -508,8 +509,7 @@ struct shard {
 
 	struct trie *trie;
 	struct session *sessions;
-	struct session **by_id; /* session id -> session, chained */
-	uint32_t by_id_cap, by_id_count;
+	struct htab by_id; /* session id -> session */
 	struct share_group *share_groups; /* groups homed here */
 	struct conn *dirty;
 	/* What closing connections leave for conn_settle: a close can happen
@@ -554,7 +554,7 @@ struct shard {
 
 /* Client-id registry entry: which shard a client's session lives on. */
 struct client_entry {
-	struct client_entry *next;
+	struct htab_link link;
 	struct session *session; /* touched only by `shard` */
 	unsigned shard;
 	bool persistent;
@@ -576,8 +576,7 @@ struct broker {
 	uint64_t start_s;
 	/* Client-id registry: written at CONNECT and disconnect only. */
 	pthread_mutex_t reg_lock;
-	struct client_entry **reg;
-	uint32_t reg_cap, reg_count;
+	struct htab reg; /* client id -> struct client_entry */
 	/* Control ring for the main thread's MSG_RING wakeups. */
 	struct io_uring ctl_ring;
 	pthread_mutex_t ctl_lock;

@@ -29,52 +29,35 @@ struct pending_connect {
 
 /* ---- registry ------------------------------------------------------------ */
 
-static struct client_entry **reg_slot(struct broker *b, const char *id,
-				      uint16_t len)
+static bool reg_eq_cb(const struct htab_link *l, const void *id, size_t len)
 {
-	struct client_entry **pp = &b->reg[hash_fnv1a(id, len) & (b->reg_cap - 1)];
-	while (*pp && ((*pp)->len != len || memcmp((*pp)->id, id, len)))
-		pp = &(*pp)->next;
-	return pp;
+	const struct client_entry *e =
+		htab_entry(l, const struct client_entry, link);
+	return e->len == len && !memcmp(e->id, id, len);
 }
 
-static int reg_grow(struct broker *b)
+/* Under reg_lock; h is hash_bytes(id, len), taken before the lock so a
+ * long client id does not hold it. */
+static struct client_entry *reg_find(struct broker *b, uint64_t h,
+				     const char *id, uint16_t len)
 {
-	if (b->reg_count < b->reg_cap)
-		return 0;
-	uint32_t ncap = b->reg_cap * 2;
-	struct client_entry **n = calloc(ncap, sizeof(*n));
-	if (!n)
-		return -1;
-	for (uint32_t i = 0; i < b->reg_cap; i++) {
-		struct client_entry *e = b->reg[i], *next;
-		for (; e; e = next) {
-			next = e->next;
-			struct client_entry **pp = &n[hash_fnv1a(e->id, e->len) & (ncap - 1)];
-			e->next = *pp;
-			*pp = e;
-		}
-	}
-	free(b->reg);
-	b->reg = n;
-	b->reg_cap = ncap;
-	return 0;
+	return htab_entry(htab_find(&b->reg, h, id, len, reg_eq_cb),
+			  struct client_entry, link);
 }
 
-static struct client_entry *reg_insert(struct broker *b, const char *id,
-				       uint16_t len)
+static struct client_entry *reg_insert(struct broker *b, uint64_t h,
+				       const char *id, uint16_t len)
 {
-	if (reg_grow(b) < 0)
-		return NULL;
+	assert(!reg_find(b, h, id, len));
 	struct client_entry *e = calloc(1, sizeof(*e) + len);
 	if (!e)
 		return NULL;
 	memcpy(e->id, id, len);
 	e->len = len;
-	struct client_entry **pp = reg_slot(b, id, len);
-	assert(!*pp);
-	*pp = e;
-	b->reg_count++;
+	if (htab_insert(&b->reg, &e->link, h) < 0) {
+		free(e);
+		return NULL;
+	}
 	return e;
 }
 
@@ -89,14 +72,13 @@ void session_on_disconnect(struct shard *s, struct session *ss)
 		return;
 	}
 	struct broker *b = s->b;
+	uint64_t h = hash_bytes(ss->client_id, ss->client_id_len);
 	pthread_mutex_lock(&b->reg_lock);
-	struct client_entry **pp = reg_slot(b, ss->client_id, ss->client_id_len);
-	struct client_entry *e = *pp;
+	struct client_entry *e =
+		reg_find(b, h, ss->client_id, ss->client_id_len);
 	bool ours = e && e->session == ss;
-	if (ours) {
-		*pp = e->next;
-		b->reg_count--;
-	}
+	if (ours)
+		htab_remove(&b->reg, &e->link);
 	pthread_mutex_unlock(&b->reg_lock);
 	if (ours) {
 		free(e);
@@ -258,8 +240,9 @@ static void connect_complete(struct shard *s, struct conn *c)
 	struct pending_connect *p = c->pending;
 	struct session *old = NULL, *ss = NULL;
 	unsigned old_shard = 0;
+	uint64_t h = hash_bytes(p->id, p->id_len);
 	pthread_mutex_lock(&b->reg_lock);
-	struct client_entry *e = *reg_slot(b, p->id, p->id_len);
+	struct client_entry *e = reg_find(b, h, p->id, p->id_len);
 	if (e && !p->clean && e->persistent) {
 		if (e->shard != s->idx) {
 			unsigned target = e->shard;
@@ -278,7 +261,7 @@ static void connect_complete(struct shard *s, struct conn *c)
 	}
 	ss = session_create(s, (const uint8_t *)p->id, p->id_len, p->expiry_s);
 	if (!e)
-		e = reg_insert(b, p->id, p->id_len);
+		e = reg_insert(b, h, p->id, p->id_len);
 	else {
 		old = e->session;
 		old_shard = e->shard;

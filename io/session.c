@@ -12,59 +12,28 @@
 
 /* ---- sessions by id (shared-subscription forwards find them) ------------ */
 
-static uint32_t sid_slot(const struct shard *s, uint64_t id)
+static bool sid_eq_cb(const struct htab_link *l, const void *id, size_t len)
 {
-	return (uint32_t)((id * 0x9E3779B97F4A7C15ull) >> 32) & (s->by_id_cap - 1);
+	const struct session *ss = htab_entry(l, const struct session, id_link);
+	return len == sizeof(ss->id) && !memcmp(&ss->id, id, len);
 }
 
 static int sid_insert(struct shard *s, struct session *ss)
 {
-	if (s->by_id_count >= s->by_id_cap) {
-		uint32_t ncap = s->by_id_cap ? s->by_id_cap * 2 : 256;
-		struct session **n = calloc(ncap, sizeof(*n));
-		if (!n)
-			return -1;
-		struct session **old = s->by_id;
-		uint32_t ocap = s->by_id_cap;
-		s->by_id = n;
-		s->by_id_cap = ncap;
-		for (uint32_t i = 0; i < ocap; i++) {
-			struct session *e = old[i], *next;
-			for (; e; e = next) {
-				next = e->id_next;
-				e->id_next = n[sid_slot(s, e->id)];
-				n[sid_slot(s, e->id)] = e;
-			}
-		}
-		free(old);
-	}
-	uint32_t k = sid_slot(s, ss->id);
-	ss->id_next = s->by_id[k];
-	s->by_id[k] = ss;
-	s->by_id_count++;
-	return 0;
+	return htab_insert(&s->by_id, &ss->id_link,
+			   hash_bytes(&ss->id, sizeof(ss->id)));
 }
 
 static void sid_remove(struct shard *s, struct session *ss)
 {
-	for (struct session **pp = &s->by_id[sid_slot(s, ss->id)]; *pp;
-	     pp = &(*pp)->id_next) {
-		if (*pp == ss) {
-			*pp = ss->id_next;
-			s->by_id_count--;
-			return;
-		}
-	}
+	htab_remove(&s->by_id, &ss->id_link);
 }
 
 struct session *shard_session_by_id(struct shard *s, uint64_t id)
 {
-	if (!s->by_id_cap)
-		return NULL;
-	struct session *e = s->by_id[sid_slot(s, id)];
-	while (e && e->id != id)
-		e = e->id_next;
-	return e;
+	return htab_entry(htab_find(&s->by_id, hash_bytes(&id, sizeof(id)), &id,
+				    sizeof(id), sid_eq_cb),
+			  struct session, id_link);
 }
 
 struct session *session_create(struct shard *s, const uint8_t *id,

@@ -950,7 +950,7 @@ void shard_fini(struct shard *s)
 		free(w);
 	}
 	share_free_all(s);
-	free(s->by_id);
+	htab_fini(&s->by_id, NULL);
 	if (s->trie)
 		trie_free(s->trie);
 	if (s->ring.ring_fd > 0)

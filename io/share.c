@@ -56,7 +56,7 @@ static const char *share_filter(const struct share_group *g, uint16_t *len)
 
 unsigned share_home(const struct broker *b, const char *key, uint16_t len)
 {
-	return hash_fnv1a(key, len) % b->nshards;
+	return (unsigned)(hash_bytes(key, len) % b->nshards);
 }
 
 /* "$share/GROUP/FILTER" -> key "GROUP/FILTER"; 0 if not shared. */
