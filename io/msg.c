@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "core/codec.h"
+#include "core/hash.h"
 #include "core/mqtt.h"
 
 static _Atomic uint64_t msg_live;
@@ -29,7 +30,7 @@ struct msg *msg_new(const uint8_t *topic, uint16_t topic_len,
 	m->expiry_s = 0;
 	m->origin = 0;
 	m->props_len = props_len;
-	m->topic_hash = hash_fnv1a(topic, topic_len);
+	m->topic_hash = (uint32_t)hash_bytes(topic, topic_len);
 	uint8_t *p = m->buf + MSG_HEADER_ROOM;
 	p[0] = (uint8_t)(topic_len >> 8);
 	p[1] = (uint8_t)topic_len;

@@ -34,20 +34,14 @@ struct msg {
 	uint32_t expiry_s;   /* message expiry interval; 0 = none */
 	uint64_t created_ms; /* monotonic, for the expiry */
 	uint64_t origin;     /* publishing session's id (no local); 0 = broker */
-	uint32_t topic_hash; /* FNV-1a of the topic: server-to-client aliases */
+	/* Keyed hash of the topic (hash_bytes), checked before a topic is
+	 * compared with a client's server-to-client aliases. Keyed so that no
+	 * publisher can craft 32 long topics that all pass the check and
+	 * cost a full compare each per delivery; it is also faster than the
+	 * byte-at-a-time FNV-1a it replaced on topics past ~10 bytes. */
+	uint32_t topic_hash;
 	uint8_t buf[];
 };
-
-/* FNV-1a over bytes: the topic hash, the client-id registry, the home
- * shard of a shared-subscription group. */
-static inline uint32_t hash_fnv1a(const void *p, size_t len)
-{
-	const uint8_t *b = p;
-	uint32_t h = 2166136261u;
-	for (size_t i = 0; i < len; i++)
-		h = (h ^ b[i]) * 16777619u;
-	return h;
-}
 
 /* Copies topic, payload and the pass-through property bytes (may be NULL)
  * into a new message with one reference. NULL when out of memory. */
