@@ -1,9 +1,10 @@
 /* Topic levels (see level.h). */
 #include "core/level.h"
 
+#include "core/hash.h"
+
 #include <assert.h>
 #include <stdlib.h>
-#include <sys/random.h>
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "level hashing reads words little-endian"
@@ -17,12 +18,7 @@ struct level_node level_tomb;
 
 uint64_t level_seed(const void *salt)
 {
-	uint64_t seed;
-
-	/* A weak fallback only costs DoS resistance. */
-	if (getrandom(&seed, sizeof(seed), GRND_NONBLOCK) != sizeof(seed))
-		seed = (uint64_t)(uintptr_t)salt * 0x9e3779b97f4a7c15ull;
-	return seed;
+	return hash_bytes(&salt, sizeof(salt));
 }
 
 static inline uint64_t mix64(uint64_t a, uint64_t b)
