@@ -1,0 +1,448 @@
+/* The persistence log's format (see journal.h). All integers are
+ * little-endian; byte strings are a u32 length then the bytes. */
+#include "core/journal.h"
+
+#include <assert.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/crc32c.h"
+
+_Static_assert(sizeof(JOURNAL_MAGIC) == 8, "magic is 7 bytes and a NUL");
+
+/* ---- writing ------------------------------------------------------------ */
+
+void journal_buf_free(struct journal_buf *b)
+{
+	free(b->data);
+	b->data = NULL;
+	b->len = b->cap = 0;
+}
+
+static void le32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void le64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+void journal_header(uint8_t out[JOURNAL_HEADER_LEN], uint32_t shard,
+		    uint64_t generation)
+{
+	memcpy(out, JOURNAL_MAGIC, 8);
+	le32(out + 8, JOURNAL_VERSION);
+	le32(out + 12, shard);
+	le64(out + 16, generation);
+}
+
+/* Field writer over a buffer whose room was checked by journal_put. */
+struct wr {
+	uint8_t *p;
+};
+
+static void w8(struct wr *w, uint8_t v) { *w->p++ = v; }
+static void w16(struct wr *w, uint16_t v)
+{
+	w->p[0] = (uint8_t)v;
+	w->p[1] = (uint8_t)(v >> 8);
+	w->p += 2;
+}
+static void w32(struct wr *w, uint32_t v)
+{
+	le32(w->p, v);
+	w->p += 4;
+}
+static void w64(struct wr *w, uint64_t v)
+{
+	le64(w->p, v);
+	w->p += 8;
+}
+static void wbytes(struct wr *w, struct journal_bytes b)
+{
+	w32(w, b.len);
+	if (b.len)
+		memcpy(w->p, b.ptr, b.len);
+	w->p += b.len;
+}
+
+/* The body's size, from the same fields encode_body writes. */
+static size_t body_len(const struct journal_record *r)
+{
+	switch (r->type) {
+	case JOURNAL_SESSION:
+		return 8 + 4 + 1 + 1 + 1 + 4 + r->session.client_id.len + 4 +
+		       r->session.username.len;
+	case JOURNAL_SESSION_END:
+		return 8;
+	case JOURNAL_SUB:
+		return 8 + 1 + 4 + 4 + r->sub.filter.len;
+	case JOURNAL_UNSUB:
+		return 8 + 4 + r->unsub.filter.len;
+	case JOURNAL_MSG:
+		return 8 + 1 + 1 + 4 + 8 + 4 + r->msg.topic.len + 4 +
+		       r->msg.payload.len + 4 + r->msg.props.len;
+	case JOURNAL_QUEUE:
+		return 8 + 8 + 1 + 1 + 1 + 4u * r->queue.nsub;
+	case JOURNAL_OUT:
+		return 8 + 8 + 2 + 1;
+	case JOURNAL_DONE:
+		return 8 + 8;
+	case JOURNAL_QOS2_IN:
+		return 8 + 8 + 2;
+	case JOURNAL_QOS2_REL:
+		return 8 + 2;
+	case JOURNAL_RETAIN:
+		return 8 + 8 + 4 + r->retain.topic.len;
+	case JOURNAL_WILL:
+		return 8 + 8 + 8;
+	default:
+		return 0;
+	}
+}
+
+static void encode_body(struct wr *w, const struct journal_record *r)
+{
+	switch (r->type) {
+	case JOURNAL_SESSION:
+		w64(w, r->session.key);
+		w32(w, r->session.expiry_s);
+		w8(w, r->session.protocol);
+		w8(w, r->session.listener);
+		w8(w, r->session.has_username);
+		wbytes(w, r->session.client_id);
+		wbytes(w, r->session.username);
+		break;
+	case JOURNAL_SESSION_END:
+		w64(w, r->session_end.key);
+		break;
+	case JOURNAL_SUB:
+		w64(w, r->sub.key);
+		w8(w, r->sub.options);
+		w32(w, r->sub.sub_id);
+		wbytes(w, r->sub.filter);
+		break;
+	case JOURNAL_UNSUB:
+		w64(w, r->unsub.key);
+		wbytes(w, r->unsub.filter);
+		break;
+	case JOURNAL_MSG:
+		w64(w, r->msg.id);
+		w8(w, r->msg.qos);
+		w8(w, r->msg.retain);
+		w32(w, r->msg.expiry_s);
+		w64(w, r->msg.created_wall_ms);
+		wbytes(w, r->msg.topic);
+		wbytes(w, r->msg.payload);
+		wbytes(w, r->msg.props);
+		break;
+	case JOURNAL_QUEUE:
+		w64(w, r->queue.key);
+		w64(w, r->queue.msg_id);
+		w8(w, r->queue.qos);
+		w8(w, r->queue.retain);
+		w8(w, r->queue.nsub);
+		for (unsigned i = 0; i < r->queue.nsub; i++)
+			w32(w, r->queue.sub[i]);
+		break;
+	case JOURNAL_OUT:
+		w64(w, r->out.key);
+		w64(w, r->out.msg_id);
+		w16(w, r->out.pid);
+		w8(w, r->out.state);
+		break;
+	case JOURNAL_DONE:
+		w64(w, r->done.key);
+		w64(w, r->done.msg_id);
+		break;
+	case JOURNAL_QOS2_IN:
+		w64(w, r->qos2_in.key);
+		w64(w, r->qos2_in.msg_id);
+		w16(w, r->qos2_in.pid);
+		break;
+	case JOURNAL_QOS2_REL:
+		w64(w, r->qos2_rel.key);
+		w16(w, r->qos2_rel.pid);
+		break;
+	case JOURNAL_RETAIN:
+		w64(w, r->retain.msg_id);
+		w64(w, r->retain.seq);
+		wbytes(w, r->retain.topic);
+		break;
+	case JOURNAL_WILL:
+		w64(w, r->will.key);
+		w64(w, r->will.msg_id);
+		w64(w, r->will.at_wall_ms);
+		break;
+	}
+}
+
+int journal_put(struct journal_buf *b, const struct journal_record *r)
+{
+	assert(r->type >= JOURNAL_SESSION && r->type <= JOURNAL_TYPE_MAX);
+	assert(r->type != JOURNAL_QUEUE || r->queue.nsub <= JOURNAL_SUBIDS_MAX);
+	size_t body = body_len(r);
+	size_t need = JOURNAL_FRAME_LEN + 1 + body;
+	assert(need - JOURNAL_FRAME_LEN <= JOURNAL_RECORD_MAX);
+	if (b->cap - b->len < need) {
+		size_t cap = b->cap ? b->cap : 4096;
+		while (cap - b->len < need)
+			cap *= 2;
+		uint8_t *n = realloc(b->data, cap);
+		if (!n)
+			return -1;
+		b->data = n;
+		b->cap = cap;
+	}
+	uint8_t *rec = b->data + b->len;
+	struct wr w = {rec + JOURNAL_FRAME_LEN};
+	w8(&w, r->type);
+	encode_body(&w, r);
+	assert((size_t)(w.p - rec) == need);
+	uint32_t n = (uint32_t)(need - JOURNAL_FRAME_LEN);
+	le32(rec, n);
+	le32(rec + 4, crc32c(0, rec + JOURNAL_FRAME_LEN, n));
+	b->len += need;
+	return 0;
+}
+
+/* ---- reading ------------------------------------------------------------ */
+
+static uint32_t rd32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+	       (uint32_t)p[3] << 24;
+}
+
+static uint64_t rd64(const uint8_t *p)
+{
+	return (uint64_t)rd32(p) | (uint64_t)rd32(p + 4) << 32;
+}
+
+int journal_header_check(const uint8_t *buf, size_t len, uint32_t *shard,
+			 uint64_t *generation, const char **why)
+{
+	if (len < JOURNAL_HEADER_LEN) {
+		*why = "shorter than the file header";
+		return -1;
+	}
+	if (memcmp(buf, JOURNAL_MAGIC, 8)) {
+		*why = "not a kite persistence log (bad magic)";
+		return -1;
+	}
+	if (rd32(buf + 8) != JOURNAL_VERSION) {
+		*why = "written by another version of kite (unknown format version)";
+		return -1;
+	}
+	*shard = rd32(buf + 12);
+	*generation = rd64(buf + 16);
+	return 0;
+}
+
+void journal_reader_init(struct journal_reader *rd, const uint8_t *buf,
+			 size_t len)
+{
+	memset(rd, 0, sizeof(*rd));
+	rd->buf = buf;
+	rd->len = len;
+}
+
+/* Bounds-checked field reader over one record body. */
+struct rdc {
+	const uint8_t *p, *end;
+	bool ok;
+};
+
+static bool need(struct rdc *c, size_t n)
+{
+	if (c->ok && (size_t)(c->end - c->p) >= n)
+		return true;
+	c->ok = false;
+	return false;
+}
+
+static uint8_t r8(struct rdc *c)
+{
+	return need(c, 1) ? *c->p++ : 0;
+}
+
+static uint16_t r16(struct rdc *c)
+{
+	if (!need(c, 2))
+		return 0;
+	uint16_t v = (uint16_t)(c->p[0] | c->p[1] << 8);
+	c->p += 2;
+	return v;
+}
+
+static uint32_t r32(struct rdc *c)
+{
+	if (!need(c, 4))
+		return 0;
+	uint32_t v = rd32(c->p);
+	c->p += 4;
+	return v;
+}
+
+static uint64_t r64(struct rdc *c)
+{
+	if (!need(c, 8))
+		return 0;
+	uint64_t v = rd64(c->p);
+	c->p += 8;
+	return v;
+}
+
+static struct journal_bytes rbytes(struct rdc *c)
+{
+	struct journal_bytes b = {0};
+	uint32_t n = r32(c);
+	if (!need(c, n))
+		return b;
+	b.ptr = c->p;
+	b.len = n;
+	c->p += n;
+	return b;
+}
+
+static bool rbool(struct rdc *c)
+{
+	uint8_t v = r8(c);
+	if (v > 1)
+		c->ok = false;
+	return v == 1;
+}
+
+static void decode_body(struct rdc *c, struct journal_record *r)
+{
+	switch (r->type) {
+	case JOURNAL_SESSION:
+		r->session.key = r64(c);
+		r->session.expiry_s = r32(c);
+		r->session.protocol = r8(c);
+		r->session.listener = r8(c);
+		r->session.has_username = rbool(c);
+		r->session.client_id = rbytes(c);
+		r->session.username = rbytes(c);
+		break;
+	case JOURNAL_SESSION_END:
+		r->session_end.key = r64(c);
+		break;
+	case JOURNAL_SUB:
+		r->sub.key = r64(c);
+		r->sub.options = r8(c);
+		r->sub.sub_id = r32(c);
+		r->sub.filter = rbytes(c);
+		break;
+	case JOURNAL_UNSUB:
+		r->unsub.key = r64(c);
+		r->unsub.filter = rbytes(c);
+		break;
+	case JOURNAL_MSG:
+		r->msg.id = r64(c);
+		r->msg.qos = r8(c);
+		r->msg.retain = rbool(c);
+		r->msg.expiry_s = r32(c);
+		r->msg.created_wall_ms = r64(c);
+		r->msg.topic = rbytes(c);
+		r->msg.payload = rbytes(c);
+		r->msg.props = rbytes(c);
+		if (r->msg.qos > 2 || r->msg.topic.len > UINT16_MAX)
+			c->ok = false;
+		break;
+	case JOURNAL_QUEUE:
+		r->queue.key = r64(c);
+		r->queue.msg_id = r64(c);
+		r->queue.qos = r8(c);
+		r->queue.retain = rbool(c);
+		r->queue.nsub = r8(c);
+		if (r->queue.qos > 2 || r->queue.nsub > JOURNAL_SUBIDS_MAX) {
+			c->ok = false;
+			break;
+		}
+		for (unsigned i = 0; i < r->queue.nsub; i++)
+			r->queue.sub[i] = r32(c);
+		break;
+	case JOURNAL_OUT:
+		r->out.key = r64(c);
+		r->out.msg_id = r64(c);
+		r->out.pid = r16(c);
+		r->out.state = r8(c);
+		if (r->out.state < JOURNAL_WAIT_PUBACK ||
+		    r->out.state > JOURNAL_WAIT_PUBCOMP || !r->out.pid)
+			c->ok = false;
+		break;
+	case JOURNAL_DONE:
+		r->done.key = r64(c);
+		r->done.msg_id = r64(c);
+		break;
+	case JOURNAL_QOS2_IN:
+		r->qos2_in.key = r64(c);
+		r->qos2_in.msg_id = r64(c);
+		r->qos2_in.pid = r16(c);
+		if (!r->qos2_in.pid)
+			c->ok = false;
+		break;
+	case JOURNAL_QOS2_REL:
+		r->qos2_rel.key = r64(c);
+		r->qos2_rel.pid = r16(c);
+		break;
+	case JOURNAL_RETAIN:
+		r->retain.msg_id = r64(c);
+		r->retain.seq = r64(c);
+		r->retain.topic = rbytes(c);
+		if (r->retain.topic.len > UINT16_MAX)
+			c->ok = false;
+		break;
+	case JOURNAL_WILL:
+		r->will.key = r64(c);
+		r->will.msg_id = r64(c);
+		r->will.at_wall_ms = r64(c);
+		break;
+	default:
+		c->ok = false;
+	}
+}
+
+bool journal_decode(const uint8_t *p, size_t len, struct journal_record *r)
+{
+	memset(r, 0, sizeof(*r));
+	struct rdc c = {p, p + len, true};
+	r->type = r8(&c);
+	if (!c.ok)
+		return false;
+	decode_body(&c, r);
+	/* Every byte accounted for: trailing bytes mean a damaged record. */
+	return c.ok && c.p == c.end;
+}
+
+int journal_next(struct journal_reader *rd, struct journal_record *r)
+{
+	while (rd->pos < rd->len) {
+		size_t left = rd->len - rd->pos;
+		const uint8_t *rec = rd->buf + rd->pos;
+		uint32_t n = left >= JOURNAL_FRAME_LEN ? rd32(rec) : 0;
+		if (left < JOURNAL_FRAME_LEN || n == 0 || n > JOURNAL_RECORD_MAX ||
+		    n > left - JOURNAL_FRAME_LEN) {
+			/* A write the crash cut short (or damage we cannot
+			 * frame past): nothing after it is trusted. */
+			rd->torn = true;
+			rd->torn_at = rd->pos;
+			rd->torn_bytes = left;
+			rd->pos = rd->len;
+			return 0;
+		}
+		rd->pos += JOURNAL_FRAME_LEN + n;
+		const uint8_t *body = rec + JOURNAL_FRAME_LEN;
+		if (crc32c(0, body, n) == rd32(rec + 4) &&
+		    journal_decode(body, n, r))
+			return 1;
+		rd->skipped++;
+		rd->skipped_bytes += JOURNAL_FRAME_LEN + n;
+	}
+	return 0;
+}
