@@ -124,7 +124,8 @@ class Bystander:
 
 class Recorder(threading.Thread):
     """Reads PUBLISHes from a raw client in a thread, acks them, and records
-    (topic, payload, qos, dup, retain). Stops at close or EOF."""
+    (topic, payload, qos, dup, retain). Stops at close or EOF; a close by
+    the broker before stop() is an error (wait_count raises it)."""
 
     def __init__(self, client):
         super().__init__(daemon=True)
@@ -149,8 +150,11 @@ class Recorder(threading.Thread):
                     raise AssertionError("Recorder does not do QoS 2")
                 with self.lock:
                     self.got.append(p)
-        except mqttraw.Closed:
-            pass
+        except mqttraw.Closed as e:
+            if not self.stopping:
+                self.error = AssertionError(
+                    "broker closed the subscriber's connection (%s) after %d "
+                    "messages" % (e, self.count()))
         except Exception as e:  # reported by the test through .error
             self.error = e
 

@@ -64,6 +64,35 @@ def listening(port):
     return False
 
 
+TCP_STATES = {
+    "01": "ESTABLISHED", "02": "SYN_SENT", "03": "SYN_RECV", "04": "FIN_WAIT1",
+    "05": "FIN_WAIT2", "06": "TIME_WAIT", "07": "CLOSE", "08": "CLOSE_WAIT",
+    "09": "LAST_ACK", "0A": "LISTEN", "0B": "CLOSING",
+}
+
+
+def tcp_socket(local_port, remote_port):
+    """The IPv4 TCP socket local_port <-> remote_port on this host, as
+    /proc/net/tcp shows it: {"state", "tx_queue", "rx_queue"} (bytes not
+    yet acknowledged by the peer / not yet read by the owner), or None.
+    For the broker's end of a client's connection: (broker port, the
+    client's local port)."""
+    try:
+        with open("/proc/net/tcp") as f:
+            next(f)
+            for line in f:
+                fields = line.split()
+                lport = int(fields[1].split(":")[1], 16)
+                rport = int(fields[2].split(":")[1], 16)
+                if (lport, rport) == (local_port, remote_port):
+                    tx, rx = fields[4].split(":")
+                    return {"state": TCP_STATES.get(fields[3], fields[3]),
+                            "tx_queue": int(tx, 16), "rx_queue": int(rx, 16)}
+    except OSError:
+        pass
+    return None
+
+
 def wait_for(cond, timeout=5.0, interval=0.02, what="condition"):
     """Polls cond() until it returns a truthy value, which is returned.
     Raises AssertionError naming `what` on timeout."""
@@ -137,11 +166,38 @@ class Broker:
         except OSError:
             return ""
 
-    def wait_output(self, pattern, timeout=5.0, text=None):
-        """Waits until the output matches regex `pattern`; returns the match."""
+    def wait_output(self, pattern, timeout=5.0, text=None, since=0):
+        """Waits until the output (from offset `since`, see mark()) matches
+        regex `pattern`; returns the match."""
         def check():
-            return re.search(pattern, text() if text else self.output(), re.M)
+            return re.search(pattern, (text() if text else self.output())[since:], re.M)
         return wait_for(check, timeout, what="broker output /%s/" % pattern)
+
+    def mark(self):
+        """The current end of the output: `since` for a later wait."""
+        return len(self.output())
+
+    # The line each broker logs once a SIGHUP reload is in force: kite's
+    # "Reloaded configuration from FILE." comes after every shard switched;
+    # Mosquitto 2.0.11 logs "Reloading config." and then reloads in the
+    # same turn of its single-threaded loop, before reading any socket.
+    RELOADED = r"Reloaded configuration from |Reloading config\."
+
+    def reload(self, timeout=5.0):
+        """Sends SIGHUP and waits until the new configuration is in force."""
+        since = self.mark()
+        self.send_signal(signal.SIGHUP)
+        return self.wait_output(self.RELOADED, timeout, since=since)
+
+    def wait_client_gone(self, client_id, since=0, timeout=5.0):
+        """Waits for the log line saying the broker has closed client_id's
+        connection, or seen it closed (connection_messages, on by
+        default): kite's "Client ID PEER disconnected: REASON", Mosquitto's
+        "Client ID disconnected." / "Client ID closed its connection." /
+        "Client ID has exceeded timeout, disconnecting."."""
+        return self.wait_output(
+            r"Client %s (\S+ )?(disconnected|closed its connection|has exceeded timeout)"
+            % re.escape(client_id), timeout, since=since)
 
     def alive(self):
         return self.proc.poll() is None

@@ -7,16 +7,16 @@ repeat). Builders never validate: malformed input is the point; `raw_props`
 lets a test put arbitrary bytes where the property block goes.
 
 Client5 is mqttraw.RawClient (same bounded reads, same helpers: recv,
-expect, await_packet, recv_none, wait_closed, is_open) decoding v5 packets."""
+expect, await_packet, expect_silence, expect_closed, is_open) decoding v5
+packets."""
 
 import struct
-import time
 
 import mqttraw
 from mqttraw import (CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL,  # noqa: F401
                      PUBCOMP, SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK,
                      PINGREQ, PINGRESP, DISCONNECT, NAMES, Closed, Timeout,
-                     varint, mqtt_str, packet, pingreq)
+                     SilenceBroken, StillOpen, varint, mqtt_str, packet, pingreq)
 
 AUTH = 15
 
@@ -381,28 +381,21 @@ class Client5(mqttraw.RawClient):
 
     packet_class = Packet5
 
-    def expect_disconnect(self, timeout=None):
-        """The next packet is a DISCONNECT, and the broker then closes."""
-        pkt = self.expect(DISCONNECT, timeout)
-        assert self.wait_closed(2), "broker sent DISCONNECT but kept the connection"
-        return pkt
+    def expect_disconnect(self, timeout=None, reason=None):
+        """The broker sends a DISCONNECT (reason code `reason`, or one of
+        them, when given) and then closes, with nothing else before or
+        after it. Returns the DISCONNECT."""
+        return self.expect_closed(timeout, after=DISCONNECT, reason=reason)
 
     def close_reason(self, timeout=None):
         """Waits for the broker to close the connection. Returns the reason
         code of a DISCONNECT sent before the close, or None when it closed
-        without one. Other packets on the way are skipped. AssertionError if
-        the connection is still open at the timeout."""
-        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        rc = None
-        while True:
-            try:
-                pkt = self.recv(max(0.01, deadline - time.monotonic()))
-            except Closed:
-                return rc
-            except Timeout:
-                raise AssertionError("connection still open")
-            if pkt.type == DISCONNECT:
-                rc = pkt.rc
+        without one. Other packets on the way are skipped. AssertionError
+        (StillOpen) if the connection is still open at the timeout. Tests
+        say what they expect with expect_closed(after=DISCONNECT, ...)."""
+        d = self.expect_closed(timeout, after=DISCONNECT, optional=True,
+                               skip=set(NAMES) - {DISCONNECT})
+        return d.rc if d is not None else None
 
     # --- conveniences -------------------------------------------------------
 

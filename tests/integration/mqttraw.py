@@ -173,11 +173,28 @@ class Packet:
 
 
 class Closed(Exception):
-    """The broker closed the connection."""
+    """The broker closed the connection (str(e): "EOF" or "reset: ...")."""
 
 
 class Timeout(Exception):
     """Nothing (complete) arrived in time."""
+
+
+class SilenceBroken(AssertionError):
+    """expect_silence(): something arrived, or the broker closed the
+    connection, where nothing was expected. .packet is the packet (None for
+    a close), .closed is True for a close (EOF or reset), .after the
+    seconds into the quiet period."""
+
+    def __init__(self, msg, packet=None, closed=False, after=0.0):
+        super().__init__(msg)
+        self.packet = packet
+        self.closed = closed
+        self.after = after
+
+
+class StillOpen(AssertionError):
+    """expect_closed(): the connection was still open at the timeout."""
 
 
 class RawClient:
@@ -191,7 +208,7 @@ class RawClient:
         self.buf = bytearray()
         self.pending = []  # packets read while waiting for another one
         self.timeout = timeout
-        self.eof = False
+        self.eof = False  # once closed: how ("EOF", "reset: ...")
 
     def close(self):
         try:
@@ -216,7 +233,7 @@ class RawClient:
         """Reads more bytes into buf. Raises Closed on EOF/reset, Timeout
         at the deadline."""
         if self.eof:
-            raise Closed()
+            raise Closed(self.eof)
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise Timeout()
@@ -225,12 +242,12 @@ class RawClient:
             raise Timeout()
         try:
             data = self.sock.recv(65536)
-        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError):
-            self.eof = True
-            raise Closed()
+        except (ConnectionResetError, BrokenPipeError, ConnectionAbortedError) as e:
+            self.eof = "reset: %s" % e
+            raise Closed(self.eof)
         if not data:
-            self.eof = True
-            raise Closed()
+            self.eof = "EOF"
+            raise Closed(self.eof)
         self.buf += data
 
     def _try_parse(self):
@@ -292,37 +309,136 @@ class RawClient:
         finally:
             self.pending.extend(stash)
 
-    def recv_none(self, timeout=0.3):
-        """Asserts nothing arrives within timeout (EOF counts as nothing)."""
+    # --- negative checks ----------------------------------------------------
+    #
+    # "Nothing happens" has two different meanings, and each test must say
+    # which it means: the broker stays silent and keeps the connection
+    # (expect_silence), or the broker closes it (expect_closed). A close
+    # is never silence, and silence is never a close.
+
+    def expect_silence(self, timeout=0.3, ping=False):
+        """Asserts that for `timeout` seconds nothing arrives (no packet,
+        not even part of one) AND the connection is still open at the end:
+        an EOF or reset from the broker fails it, as does a packet left
+        unread by an earlier call (pending). With ping=True a PINGREQ /
+        PINGRESP round trip then proves the broker still serves the
+        connection (only after CONNECT). Raises SilenceBroken, an
+        AssertionError."""
+        start = time.monotonic()
         try:
             pkt = self.recv(timeout)
-        except (Timeout, Closed):
-            return
-        raise AssertionError("unexpected packet %r" % (pkt,))
+        except Timeout:
+            pkt = None
+        except Closed as e:
+            after = time.monotonic() - start
+            raise SilenceBroken(
+                "broker closed the connection (%s) %.2fs into %.2fs of expected "
+                "silence" % (e, after, timeout), closed=True, after=after) from None
+        if pkt is not None:
+            after = time.monotonic() - start
+            raise SilenceBroken("unexpected packet %r %.2fs into %.2fs of expected "
+                                "silence" % (pkt, after, timeout), packet=pkt, after=after)
+        if self.buf:
+            raise SilenceBroken("%d bytes of an incomplete packet arrived during "
+                                "%.2fs of expected silence: %s"
+                                % (len(self.buf), timeout, bytes(self.buf[:32]).hex()),
+                                after=timeout)
+        if ping:
+            self.send(pingreq())
+            try:
+                pkt = self.recv()
+            except (Closed, Timeout) as e:
+                raise SilenceBroken("no PINGRESP after the silence: %s %s"
+                                    % (type(e).__name__, e), closed=isinstance(e, Closed),
+                                    after=timeout) from None
+            if pkt.type != PINGRESP:
+                raise SilenceBroken("expected PINGRESP after the silence, got %r" % (pkt,),
+                                    packet=pkt, after=timeout)
+
+    def recv_none(self, timeout=0.3):
+        """Old name of expect_silence(timeout): nothing arrives AND the
+        connection stays open (a close by the broker fails it)."""
+        self.expect_silence(timeout)
+
+    def expect_closed(self, timeout=None, after=None, reason=None, optional=False,
+                      skip=()):
+        """Asserts that the broker closes the connection (EOF or reset)
+        within `timeout` (default: the client's timeout).
+
+        after=None: no packet at all may arrive before the close.
+        after=PTYPE: the close comes right after one packet of that type
+          (e.g. DISCONNECT, CONNACK), which is returned; with reason=RC (or
+          a collection of RCs) its reason code (.rc) must be that. With
+          optional=True a bare close, without that packet, passes too (then
+          None is returned), but a packet of that type that does arrive is
+          still checked against `reason`.
+        skip: packet types ignored before the close (e.g. PUBLISH in flight).
+        Anything else arriving fails. Raises StillOpen (an AssertionError)
+        if the connection is open at the timeout."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        last = None
+        while True:
+            try:
+                pkt = self.recv(max(0.0, deadline - time.monotonic()))
+            except Closed:
+                break
+            except Timeout:
+                raise StillOpen("connection still open after %.2fs (%s)%s"
+                                % (self.timeout if timeout is None else timeout,
+                                   "expected a close" if after is None else
+                                   "expected %s then a close" % NAMES.get(after, after),
+                                   "; got %r before" % (last,) if last else "")) from None
+            if pkt.type in skip and pkt.type != after:
+                continue
+            if after is not None and pkt.type == after and last is None:
+                last = pkt
+                continue
+            raise AssertionError("unexpected packet %r where the broker should %s"
+                                 % (pkt, "close the connection" if last is None
+                                    else "close after %r" % (last,)))
+        if last is None:
+            if after is not None and not optional:
+                raise AssertionError("broker closed the connection (%s) without %s first"
+                                     % (self.eof, NAMES.get(after, after)))
+            return None
+        if reason is not None:
+            allowed = (reason,) if isinstance(reason, int) else tuple(reason)
+            assert last.rc in allowed, "%s reason 0x%02x, expected %s" % (
+                last.name, last.rc, " or ".join("0x%02x" % r for r in allowed))
+        return last
 
     def recv_exactly(self, n, quiet=0.3, timeout=None):
         """Exactly n packets: each may take up to `timeout`, and then nothing
-        more may arrive for `quiet` seconds."""
+        more may arrive for `quiet` seconds, the connection still open."""
         got = [self.recv(timeout) for _ in range(n)]
-        self.recv_none(quiet)
+        self.expect_silence(quiet)
         return got
 
-    def recv_all(self, timeout=0.3):
-        """Every packet until `timeout` of silence."""
+    def recv_all(self, timeout=0.3, allow_close=False):
+        """Every packet until `timeout` of silence. The connection must
+        still be open then: a close by the broker raises AssertionError
+        (naming what arrived before) unless allow_close, which returns what
+        arrived before the close."""
         out = []
         while True:
             try:
                 out.append(self.recv(timeout))
-            except (Timeout, Closed):
+            except Timeout:
                 return out
+            except Closed as e:
+                if allow_close:
+                    return out
+                raise AssertionError("broker closed the connection (%s) after %d "
+                                     "packets %r" % (e, len(out), out[:5])) from None
 
     def wait_closed(self, timeout=None):
-        """True if the broker closes the connection within timeout (packets
-        before the close are ignored), False on timeout."""
+        """True if the broker closes the connection within timeout, False on
+        timeout. Whatever bytes arrive before the close are discarded
+        unparsed: for connections that never spoke MQTT (plain bytes to a
+        TLS port). MQTT connections use expect_closed, which checks them."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         try:
             while True:
-                self._try_parse()
                 self.buf.clear()
                 self._fill(deadline)
         except Closed:

@@ -263,7 +263,7 @@ class TLSRawClient(mqttraw.RawClient):
     def _fill(self, deadline):
         import select
         if self.eof:
-            raise mqttraw.Closed()
+            raise mqttraw.Closed(self.eof)
         while True:
             if not self.sock.pending():
                 remaining = deadline - time.monotonic()
@@ -277,12 +277,12 @@ class TLSRawClient(mqttraw.RawClient):
             except (ssl.SSLWantReadError, socket.timeout):
                 continue
             except (ssl.SSLError, OSError) as e:
-                self.eof = True
+                self.eof = "%s: %s" % (type(e).__name__, e)
                 self.close_reason = e
-                raise mqttraw.Closed()
+                raise mqttraw.Closed(self.eof)
             if not data:
-                self.eof = True
-                raise mqttraw.Closed()
+                self.eof = "EOF"
+                raise mqttraw.Closed(self.eof)
             self.buf += data
             return
 
