@@ -11,16 +11,16 @@ def test_session_present_flag_follows_clean_session(broker):
     with RawClient(broker.port) as c:
         assert not c.connect("sp", clean=False).session_present  # no session yet
         c.send(mqttraw.disconnect())
-        assert c.wait_closed(2)
+        c.expect_closed(2)
     with RawClient(broker.port) as c:
         assert c.connect("sp", clean=False).session_present
         c.send(mqttraw.disconnect())
-        assert c.wait_closed(2)
+        c.expect_closed(2)
     with RawClient(broker.port) as c:
         # Clean session: always 0, and the stored session is discarded...
         assert not c.connect("sp", clean=True).session_present
         c.send(mqttraw.disconnect())
-        assert c.wait_closed(2)
+        c.expect_closed(2)
     with RawClient(broker.port) as c:
         # ...so the next persistent connect starts afresh.
         assert not c.connect("sp", clean=False).session_present
@@ -31,7 +31,7 @@ def test_persistent_session_keeps_subscriptions(broker):
         c.connect("keep", clean=False)
         assert c.subscribe([("keep/t", 1)]) == [1]
         c.send(mqttraw.disconnect())
-        assert c.wait_closed(2)
+        c.expect_closed(2)
     with RawClient(broker.port) as c:
         assert c.connect("keep", clean=False).session_present
         with RawClient(broker.port) as p:
@@ -46,13 +46,13 @@ def test_clean_session_discards_subscriptions(broker):
         c.connect("drop", clean=False)
         c.subscribe([("drop/t", 1)])
         c.send(mqttraw.disconnect())
-        assert c.wait_closed(2)
+        c.expect_closed(2)
     with RawClient(broker.port) as c:
         assert not c.connect("drop", clean=True).session_present
         with RawClient(broker.port) as p:
             p.connect("pub")
             p.publish("drop/t", b"gone", qos=1)
-        c.recv_none(0.3)
+        c.expect_silence(0.3)
 
 
 def test_paho_persistent_session_reports_session_present(broker):
@@ -89,7 +89,7 @@ def test_empty_client_id_without_clean_session_is_rejected(broker):
         ack = c.connect("", clean=False)
         assert ack.rc == 0x02  # identifier rejected
         assert not ack.session_present
-        assert c.wait_closed(2)
+        c.expect_closed(2)
 
 
 def test_username_and_password_accepted_with_allow_anonymous(broker):
@@ -107,9 +107,7 @@ def test_first_packet_not_connect_closes_connection(broker):
                   mqttraw.publish("a", b"x")):
         with RawClient(broker.port) as c:
             c.send(first)
-            # Closed without any answer.
-            with pytest.raises(mqttraw.Closed):
-                c.recv(3)
+            c.expect_closed(3)  # without any answer
     by.round_trip()
 
 
@@ -118,8 +116,7 @@ def test_second_connect_closes_connection(broker):
     with RawClient(broker.port) as c:
         assert c.connect("twice").rc == 0
         c.send(mqttraw.connect("twice"))
-        with pytest.raises(mqttraw.Closed):
-            c.recv(3)
+        c.expect_closed(3)
     by.round_trip()
 
 
@@ -130,21 +127,20 @@ def test_unsupported_protocol_level_gets_connack_1(broker, level):
     with RawClient(broker.port) as c:
         ack = c.connect("lvl", proto_level=level)
         assert ack.rc == 0x01  # unacceptable protocol version
-        assert c.wait_closed(2)
+        c.expect_closed(2)
 
 
 def test_mqisdp_name_with_level_4_gets_connack_1(broker):
     with RawClient(broker.port) as c:
         ack = c.connect("lvl", proto_name="MQIsdp", proto_level=4)
         assert ack.rc == 0x01
-        assert c.wait_closed(2)
+        c.expect_closed(2)
 
 
 def test_unknown_protocol_name_closes_without_connack(broker):
     with RawClient(broker.port) as c:
         c.send(mqttraw.connect("x", proto_name="MQTX"))
-        with pytest.raises(mqttraw.Closed):
-            c.recv(3)
+        c.expect_closed(3)  # without a CONNACK
 
 
 def test_mqtt31_mqisdp_level_3_accepted(broker):
