@@ -1,8 +1,6 @@
 """PUBLISH and its QoS flows in both directions (MQTT 3.1.1 sections 3.3 -
 3.7, 4.3, 4.4), queuing for offline sessions and redelivery."""
 
-import time
-
 import pytest
 
 import clients
@@ -28,7 +26,7 @@ def test_broker_acknowledges_client_publish_per_qos(broker, qos):
     with _pub(broker.port) as p:
         p.send(mqttraw.publish("ack/t", b"x", qos=qos, pid=0x1234))
         if qos == 0:
-            p.recv_none(0.3)
+            p.expect_silence(0.3)
         elif qos == 1:
             a = p.expect(mqttraw.PUBACK)
             assert a.pid == 0x1234 and a.flags == 0 and len(a.body) == 2
@@ -64,7 +62,7 @@ def test_broker_to_client_qos2_flow(broker):
     rel = s.expect(mqttraw.PUBREL)
     assert rel.pid == m.pid and rel.flags == 0x02
     s.send(mqttraw.pubcomp(m.pid))
-    s.recv_none(0.3)
+    s.expect_silence(0.3)
 
 
 def test_qos2_publish_delivered_to_subscribers_only_after_pubrel(broker):
@@ -73,7 +71,7 @@ def test_qos2_publish_delivered_to_subscribers_only_after_pubrel(broker):
     with _pub(broker.port) as p:
         p.send(mqttraw.publish("rel/t", b"x", qos=2, pid=9))
         p.expect(mqttraw.PUBREC)
-        s.recv_none(0.3)
+        s.expect_silence(0.3)
         p.send(mqttraw.pubrel(9))
         p.expect(mqttraw.PUBCOMP)
     assert s.expect_publish().payload == b"x"
@@ -90,7 +88,7 @@ def test_qos2_duplicate_publish_before_pubrel_delivered_once(broker):
         assert p.expect(mqttraw.PUBCOMP).pid == 42
     m = s.expect_publish()
     assert m.payload == b"one"
-    s.recv_none(0.5)
+    s.expect_silence(0.5)
 
 
 def test_default_inflight_window_is_20(broker):
@@ -112,7 +110,7 @@ def test_offline_session_queues_qos1_and_qos2_but_not_qos0(broker):
     # for an offline client.
     s = _sub(broker.port, "away", [("away/t", 2)], clean=False)
     s.send(mqttraw.disconnect())
-    assert s.wait_closed(2)
+    s.expect_closed(2)
     with _pub(broker.port) as p:
         p.publish("away/t", b"q0", qos=0)
         p.publish("away/t", b"q1", qos=1, pid=1)
@@ -122,7 +120,7 @@ def test_offline_session_queues_qos1_and_qos2_but_not_qos0(broker):
         a = s.expect_publish()
         b = s.expect_publish()
         assert [(a.payload, a.qos), (b.payload, b.qos)] == [(b"q1", 1), (b"q2", 2)]
-        s.recv_none(0.3)
+        s.expect_silence(0.3)
 
 
 @pytest.mark.parametrize("how", ["socket_closed", "taken_over"])
@@ -133,14 +131,15 @@ def test_unacked_qos1_redelivered_with_dup_after_reconnect(broker, how):
     first = s.expect(mqttraw.PUBLISH)
     assert not first.dup
     if how == "socket_closed":
+        since = broker.mark()
         s.close()  # no PUBACK, no DISCONNECT
-        time.sleep(0.1)
+        broker.wait_client_gone("redo", since)
     s2 = RawClient(broker.port)
     assert s2.connect("redo", clean=False).session_present
     m = s2.expect(mqttraw.PUBLISH)
     assert (m.payload, m.qos, m.dup, m.pid) == (b"again", 1, True, first.pid)
     s2.send(mqttraw.puback(m.pid))
-    s2.recv_none(0.3)
+    s2.expect_silence(0.3)
 
 
 def test_unacked_qos2_redelivered_then_pubrel_resent(broker):
@@ -148,22 +147,24 @@ def test_unacked_qos2_redelivered_then_pubrel_resent(broker):
     with _pub(broker.port) as p:
         p.publish("redo2/t", b"two", qos=2)
     first = s.expect(mqttraw.PUBLISH)
+    since = broker.mark()
     s.close()  # before PUBREC: the PUBLISH is sent again, DUP set
-    time.sleep(0.1)
+    broker.wait_client_gone("redo2", since)
     s = RawClient(broker.port)
     assert s.connect("redo2", clean=False).session_present
     m = s.expect(mqttraw.PUBLISH)
     assert (m.payload, m.qos, m.dup, m.pid) == (b"two", 2, True, first.pid)
     s.send(mqttraw.pubrec(m.pid))
     assert s.expect(mqttraw.PUBREL).pid == m.pid
+    since = broker.mark()
     s.close()  # after PUBREC: the PUBREL is sent again, not the PUBLISH
-    time.sleep(0.1)
+    broker.wait_client_gone("redo2", since)
     s = RawClient(broker.port)
     assert s.connect("redo2", clean=False).session_present
     rel = s.expect(mqttraw.PUBREL)
     assert rel.pid == m.pid and rel.flags == 0x02
     s.send(mqttraw.pubcomp(m.pid))
-    s.recv_none(0.3)
+    s.expect_silence(0.3)
 
 
 def test_client_receives_own_publish_when_subscribed(broker):

@@ -24,7 +24,7 @@ def test_retained_delivered_on_subscribe_with_retain_flag(broker):
     s = _fresh_sub(broker.port, "s", [("ret/a", 1)])
     m = s.expect_publish()
     assert (m.topic, m.payload, m.retain, m.qos) == ("ret/a", b"stored", True, 1)
-    s.recv_none(0.3)
+    s.expect_silence(0.3)
 
 
 def test_retained_replaced_by_newer(broker):
@@ -33,7 +33,7 @@ def test_retained_replaced_by_newer(broker):
         p.publish("ret/b", b"new", qos=1, retain=True, pid=2)
     s = _fresh_sub(broker.port, "s", [("ret/b", 1)])
     assert s.expect_publish().payload == b"new"
-    s.recv_none(0.3)
+    s.expect_silence(0.3)
 
 
 def test_empty_retained_payload_clears_retained(broker):
@@ -47,7 +47,7 @@ def test_empty_retained_payload_clears_retained(broker):
     m = live.expect_publish()
     assert (m.payload, m.retain) == (b"", False)
     late = _fresh_sub(broker.port, "late", [("ret/c", 1)])
-    late.recv_none(0.4)
+    late.expect_silence(0.4)
 
 
 def test_live_messages_have_retain_flag_cleared(broker):

@@ -90,7 +90,7 @@ def test_unsubscribe_stops_delivery(broker):
             p.publish("u/b", b"b", qos=1, pid=2)
         m = c.expect_publish()
         assert m.topic == "u/b"
-        c.recv_none(0.3)
+        c.expect_silence(0.3)
 
 
 def test_unsubscribe_of_unknown_filter_still_gets_unsuback(broker):

@@ -13,7 +13,7 @@ def test_takeover_closes_old_connection_and_keeps_session(broker):
     new = RawClient(broker.port)
     ack = new.connect("same", clean=False)
     assert ack.rc == 0 and ack.session_present
-    assert old.wait_closed(2)
+    old.expect_closed(2)
     with RawClient(broker.port) as p:
         p.connect("pub")
         p.publish("take/t", b"to-new", qos=1)
@@ -29,11 +29,11 @@ def test_takeover_with_clean_session_starts_fresh(broker):
     new = RawClient(broker.port)
     ack = new.connect("fresh", clean=True)
     assert ack.rc == 0 and not ack.session_present
-    assert old.wait_closed(2)
+    old.expect_closed(2)
     with RawClient(broker.port) as p:
         p.connect("pub")
         p.publish("fresh/t", b"nobody", qos=1)
-    new.recv_none(0.3)
+    new.expect_silence(0.3)
 
 
 @pytest.mark.parametrize("clean", [True, False])
@@ -67,7 +67,7 @@ def test_takeover_across_shards(broker_factory):
         assert ack.rc == 0 and ack.session_present, i
         news.append(c)
     for i, c in enumerate(olds):
-        assert c.wait_closed(3), "old connection %d not closed" % i
+        c.expect_closed(3)
     with RawClient(b.port) as p:
         p.connect("pub")
         for i in range(pairs):
@@ -75,4 +75,4 @@ def test_takeover_across_shards(broker_factory):
     for i, c in enumerate(news):
         m = c.expect_publish()
         assert (m.topic, m.payload) == ("tk/%d" % i, b"%d" % i)
-        c.recv_none(0.05)
+        c.expect_silence(0.05)

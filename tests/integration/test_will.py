@@ -31,7 +31,7 @@ def test_will_sent_on_keepalive_timeout(broker):
     c.connect("silent", keepalive=1, will=("will/silent", b"timeout", 1, False))
     m = w.expect_publish(timeout=latest)
     assert (m.topic, m.payload) == ("will/silent", b"timeout")
-    assert c.wait_closed(2)
+    c.expect_closed(2)
 
 
 def test_will_not_sent_on_disconnect(broker):
@@ -39,8 +39,8 @@ def test_will_not_sent_on_disconnect(broker):
     c = RawClient(broker.port)
     c.connect("polite", will=("will/polite", b"never", 1, False))
     c.send(mqttraw.disconnect())
-    assert c.wait_closed(2)
-    w.recv_none(0.5)
+    c.expect_closed(2)
+    w.expect_silence(0.5)
 
 
 def test_will_retain_flag_honoured(broker):
@@ -77,4 +77,4 @@ def test_will_sent_when_session_taken_over(broker):
     assert new.connect("taken").rc == 0
     m = w.expect_publish()
     assert (m.topic, m.payload) == ("will/taken", b"old")
-    assert old.wait_closed(2)
+    old.expect_closed(2)
