@@ -8,6 +8,10 @@ import pytest
 import mqtt5raw as m5
 from mqtt5raw import Client5
 
+# Will delays here are 1-2 s; a quiet period shorter than the delay shows
+# the will is not sent at once, one longer shows it is not sent at all.
+NOT_AT_ONCE_S = 0.5
+
 
 def _watcher(port, cid="will-watch"):
     w = Client5(port)
@@ -32,7 +36,7 @@ def test_mqtt5_will_delay_sent_after_delay(broker):
     c = _will_client(broker.port, "wd1", 1)
     c.close()
     start = time.monotonic()
-    w.recv_none(0.5)    # not at once
+    w.expect_silence(NOT_AT_ONCE_S)
     m = w.expect_publish(timeout=5)
     took = time.monotonic() - start
     assert (m.topic, m.payload) == ("will/wd1", b"gone-wd1")
@@ -43,12 +47,14 @@ def test_mqtt5_will_delay_sent_after_delay(broker):
 def test_mqtt5_will_delay_cancelled_on_reconnect(broker):
     w = _watcher(broker.port)
     c = _will_client(broker.port, "wd2", 2)
+    since = broker.mark()
     c.close()
-    time.sleep(0.5)
+    # The broker has seen the close (the delay runs) before the reconnect.
+    broker.wait_client_gone("wd2", since)
     c = Client5(broker.port)
     ack = c.connect("wd2", clean=False, props=[(m5.SESSION_EXPIRY_INTERVAL, 10)])
     assert ack.rc == 0 and ack.session_present
-    w.recv_none(3.0)
+    w.expect_silence(3.0)  # past the 2 s delay: never sent
 
 
 def test_mqtt5_will_without_delay_sent_at_once(broker):
@@ -73,8 +79,9 @@ def test_mqtt5_will_not_sent_on_normal_disconnect(broker):
     w = _watcher(broker.port)
     c = _will_client(broker.port, "wdn", 0)
     c.send(m5.disconnect(0x00))
+    c.expect_closed(2)
     c.close()
-    w.recv_none(0.7)
+    w.expect_silence(0.7)
 
 
 def test_mqtt5_will_sent_on_disconnect_with_will_message(broker):
