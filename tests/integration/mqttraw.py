@@ -431,11 +431,28 @@ class RawClient:
                 raise AssertionError("broker closed the connection (%s) after %d "
                                      "packets %r" % (e, len(out), out[:5])) from None
 
+    def bytes_until_closed(self, timeout=None):
+        """The raw bytes the broker sends before it closes the connection
+        (EOF or reset) within `timeout`; StillOpen if it does not. For
+        connections that never spoke MQTT, e.g. plain bytes to a TLS port,
+        where the test asserts what those bytes are (a TLS alert, nothing)."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        try:
+            while True:
+                self._fill(deadline)
+        except Closed:
+            data = bytes(self.buf)
+            self.buf.clear()
+            return data
+        except Timeout:
+            raise StillOpen("connection still open after %.2fs (expected a close); "
+                            "received %r" % (self.timeout if timeout is None else timeout,
+                                             bytes(self.buf[:64]))) from None
+
     def wait_closed(self, timeout=None):
         """True if the broker closes the connection within timeout, False on
-        timeout. Whatever bytes arrive before the close are discarded
-        unparsed: for connections that never spoke MQTT (plain bytes to a
-        TLS port). MQTT connections use expect_closed, which checks them."""
+        timeout. Whatever arrives before the close is discarded unchecked:
+        tests use expect_closed (MQTT) or bytes_until_closed (not MQTT)."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         try:
             while True:

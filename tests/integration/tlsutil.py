@@ -294,6 +294,15 @@ class TLSRawClient(mqttraw.RawClient):
             return False
 
 
+def not_mqtt_answer(data):
+    """What a TLS listener may send to a client that does not speak TLS
+    before closing: nothing, or TLS records (an alert, 0x15, say), never
+    an MQTT packet (a CONNACK would start with 0x20). Returns data."""
+    assert not data or data[0] in (0x15, 0x16), \
+        "TLS port answered plain bytes with %r" % data[:32]
+    return data
+
+
 def tls_connect(port, cn=None, client_id=None, ca=None, cert=None, key=None,
                 **kw):
     """A TLS raw client with client cert CN=cn (if given), CONNECTed;
