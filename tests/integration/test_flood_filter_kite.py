@@ -12,11 +12,14 @@ import time
 import pytest
 
 import mqttraw
+import harness
 from test_flood_filter import (CLIENT_IP, FLOODER_IP, SERVER_IP,  # noqa: F401
-                               driver_bin, netns, topology)
+                               driver_bin, kite_blocked, netns, topology)
 
 pytestmark = pytest.mark.kite_only("XDP flood filter in kite")
 PORT = 1883
+BLOCK_S = 2  # flood_filter_block_seconds below
+EXPIRY_SLACK_S = 0.3
 
 
 def _connect_from(ns, src, timeout):
@@ -65,7 +68,7 @@ def kite_in_ns(topology, tmp_path):
         assert time.monotonic() < deadline, \
             "kite did not listen with the filter:\n" + (tmp_path / "kite.log").read_text()
         time.sleep(0.1)
-    yield topology, proc, tmp_path / "kite.log"
+    yield topology, proc, tmp_path / "kite.log", binary
     proc.terminate()
     try:
         assert proc.wait(10) == 0
@@ -76,7 +79,7 @@ def kite_in_ns(topology, tmp_path):
 
 
 def test_garbage_before_connect_blocks_the_source_at_xdp_until_expiry(kite_in_ns):
-    topo, proc, logpath = kite_in_ns
+    topo, proc, logpath, binary = kite_in_ns
     ns = topo["cli"]
     assert "Flood filter attached" in logpath.read_text()
     assert _mqtt_ok(ns, CLIENT_IP, "before")  # allowed, then misbehaves
@@ -86,22 +89,30 @@ def test_garbage_before_connect_blocks_the_source_at_xdp_until_expiry(kite_in_ns
         s.settimeout(2)
         assert s.recv(16) == b""  # closed by kite
         s.close()
-    time.sleep(0.2)
+    # The third strike blocked the source in the filter's map.
+    harness.wait_for(lambda: CLIENT_IP in kite_blocked(binary, proc.pid), 3,
+                     what="%s in `kite filter list`" % CLIENT_IP)
+    blocked_at = time.monotonic()
     with pytest.raises(OSError):  # SYN dropped by XDP: no answer at all
         _connect_from(ns, CLIENT_IP, 0.8)
     assert _mqtt_ok(ns, FLOODER_IP, "other-source")  # others unaffected
-    time.sleep(2.3)
+    # The point: flood_filter_block_seconds (2) pass.
+    time.sleep(max(0.0, blocked_at + BLOCK_S + EXPIRY_SLACK_S - time.monotonic()))
+    assert CLIENT_IP not in kite_blocked(binary, proc.pid)
     assert _mqtt_ok(ns, CLIENT_IP, "after-expiry")
     text = logpath.read_text()
     assert "first packet was not CONNECT" in text or "malformed" in text
+
     # The counters are logged every sys_interval (and on $SYS): the block
-    # and the dropped SYNs must show in the latest line.
-    time.sleep(1.2)
-    lines = [l for l in logpath.read_text().splitlines() if "flood filter: passed" in l]
-    assert lines, text[-2000:]
-    counts = dict((k.strip(), int(v)) for k, v in
-                  (part.rsplit(" ", 1) for part in
-                   lines[-1].split("flood filter: ", 1)[1].split(", ")))
-    assert counts["blocks added"] >= 1, lines[-1]
-    assert counts["dropped blocked"] >= 1, lines[-1]
+    # and the dropped SYNs show in a line logged from now on.
+    def counts():
+        lines = [l for l in logpath.read_text().splitlines() if "flood filter: passed" in l]
+        if not lines:
+            return None
+        c = dict((k.strip(), int(v)) for k, v in
+                 (part.rsplit(" ", 1) for part in
+                  lines[-1].split("flood filter: ", 1)[1].split(", ")))
+        return c if c["blocks added"] >= 1 and c["dropped blocked"] >= 1 else None
+    harness.wait_for(counts, 3, interval=0.1,
+                     what="a counters line with the block and its dropped SYN")
     assert proc.poll() is None

@@ -33,10 +33,11 @@ import time
 
 import pytest
 
+import harness
 import mqttraw
 import tlsutil
 from test_flood_filter import (CLIENT_IP, FLOODER_IP, SERVER_IP,  # noqa: F401
-                               driver_bin, netns, syn_flood, topology)
+                               driver_bin, kite_blocked, netns, syn_flood, topology)
 
 pytestmark = pytest.mark.kite_only("XDP flood filter in kite, mTLS listener")
 
@@ -322,14 +323,18 @@ def test_failed_tls_handshakes_block_the_source_until_expiry(kite_tls, pki, topo
                 s.bind((CLIENT_IP, 0))
                 s.settimeout(0.9)
                 s.connect((SERVER_IP, PORT))
+    # The third strike blocked the source in the filter's map.
+    harness.wait_for(lambda: CLIENT_IP in kite_blocked(_kite_bin(), k.proc.pid), 3,
+                     what="%s in `kite filter list`" % CLIENT_IP)
     blocked_at = time.monotonic()
-    time.sleep(0.2)
     with pytest.raises(socket.timeout):  # SYN dropped: no answer, not a RST
         NsTLSClient(ns, CLIENT_IP, pki["ca"], *pki["dev1"], connect_timeout=1.0)
     # Other sources are unaffected.
     _mtls_connect(ns, FLOODER_IP, pki, "dev2", "other-source").close()
 
+    # The point: block_seconds (2) pass.
     time.sleep(max(0.0, blocked_at + 2.3 - time.monotonic()))
+    assert CLIENT_IP not in kite_blocked(_kite_bin(), k.proc.pid)
     c = _mtls_connect(ns, CLIENT_IP, pki, "dev1", "after-expiry")
     assert c.subscribe([("kite/back", 0)]) == [0]
     c.publish("kite/back", b"x")
