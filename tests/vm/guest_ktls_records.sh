@@ -68,7 +68,14 @@ case_run() {
     timeout 40 ktls_records_client $mode $ver $PORT $CA $CERT $KEY $id 500 $suite \
         > /tmp/c.out 2>&1
     crc=$?
-    sleep 0.3
+    # kite logs "Client ID PEER disconnected: REASON" once it has handled
+    # the close (the record's counters are in /proc by then): wait for
+    # that line, up to 5 s, instead of a fixed time.
+    i=0
+    while [ $i -lt 50 ] && ! tail -n +$((lines0 + 1)) $LOG | grep -a "$id " |
+            grep -aq "disconnected: "; do
+        sleep 0.1; i=$((i + 1))
+    done
     sed 's/^/  /' /tmp/c.out
     tail -n +$((lines0 + 1)) $LOG > /tmp/new.log
     grep -a "$id " /tmp/new.log | sed 's/^/  kite: /'
