@@ -2,7 +2,16 @@
 reader that parses what the broker sends back.
 
 Builders return bytes and never validate: malformed input is the point.
-RawClient wraps one TCP connection to 127.0.0.1 with bounded reads."""
+RawClient wraps one TCP connection to 127.0.0.1 with bounded reads.
+
+Negative checks say which "nothing" they mean:
+- expect_silence(t): nothing arrives for t seconds AND the connection is
+  still open (a close by the broker fails it); recv_none is its old name.
+- expect_closed(t, after=None, reason=None, optional=False, skip=()): the
+  broker closes within t, with nothing before it, or right after one
+  packet of type `after` (a DISCONNECT with reason code `reason`, say).
+- bytes_until_closed(t): the raw bytes before the close, for connections
+  that never spoke MQTT."""
 
 import select
 import socket
@@ -396,6 +405,9 @@ class RawClient:
             raise AssertionError("unexpected packet %r where the broker should %s"
                                  % (pkt, "close the connection" if last is None
                                     else "close after %r" % (last,)))
+        if self.buf:
+            raise AssertionError("broker closed the connection in the middle of a "
+                                 "packet: %s" % bytes(self.buf[:32]).hex())
         if last is None:
             if after is not None and not optional:
                 raise AssertionError("broker closed the connection (%s) without %s first"
