@@ -14,10 +14,11 @@
  * The mode is read at every hand-off from the file $KITE_KTLS_FAULT_FILE
  * ("ulp", "rx" or "tx", optionally followed by "delay=MS" to hold the
  * shard inside TCP_ULP while the client's next bytes, close_notify or FIN
- * arrive). No file, or an unknown word: "ulp". Keys "taken" here never
- * reach a kernel, so a hand-off that fully succeeds cannot be faked: every
- * mode ends in userspace TLS or a closed connection, which is what the
- * tests assert. Not linked into kite. */
+ * arrive; each hold first appends a line to $KITE_KTLS_FAULT_FILE.held, so
+ * a test can wait until kite is inside it). No file, or an unknown word:
+ * "ulp". Keys "taken" here never reach a kernel, so a hand-off that fully
+ * succeeds cannot be faked: every mode ends in userspace TLS or a closed
+ * connection, which is what the tests assert. Not linked into kite. */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -66,6 +67,20 @@ static enum mode read_mode(unsigned *delay_ms)
 	return MODE_ULP;
 }
 
+/* One line in $KITE_KTLS_FAULT_FILE.held per hold inside TCP_ULP. */
+static void say_held(void)
+{
+	const char *path = getenv("KITE_KTLS_FAULT_FILE");
+	char held[4096];
+	if (!path || snprintf(held, sizeof(held), "%s.held", path) >= (int)sizeof(held))
+		return;
+	FILE *f = fopen(held, "ae");
+	if (f) {
+		fputs("held\n", f);
+		fclose(f);
+	}
+}
+
 static int fail(int e)
 {
 	errno = e;
@@ -105,6 +120,7 @@ int setsockopt(int fd, int level, int name, const void *val, socklen_t len)
 		if (delay_ms) {
 			struct timespec ts = {delay_ms / 1000,
 					      (long)(delay_ms % 1000) * 1000000};
+			say_held();
 			nanosleep(&ts, NULL);
 		}
 		return m == MODE_ULP ? fail(ENOTCONN) : 0;

@@ -16,7 +16,6 @@ import signal
 import socket
 import ssl
 import subprocess
-import threading
 import time
 
 import pytest
@@ -84,10 +83,7 @@ def test_server_only_tls_paho_round_trip(broker_factory):
     c = tlsutil.paho_tls(port, client_id="paho-tls")
     try:
         assert c.rc == 0
-        subscribed = threading.Event()
-        c.on_subscribe = lambda cl, u, mid, granted: subscribed.set()
-        c.subscribe("paho/tls", 1)
-        assert subscribed.wait(5), "no SUBACK"
+        tlsutil.paho_subscribe(c, "paho/tls", 1)
         c.publish("paho/tls", b"over tls", 1).wait_for_publish(5)
         m = c.msgs.get(timeout=5)
         assert (m.topic, m.payload) == ("paho/tls", b"over tls")

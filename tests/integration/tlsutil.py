@@ -391,6 +391,16 @@ def s_client_handshake_ok(r):
         bool(re.search(r"^(New|Reused), TLSv1\.[23]", r.out, re.M))
 
 
+def paho_subscribe(c, topic, qos=0, timeout=5.0):
+    """Subscribes the paho client `c` (from paho_tls) and waits for its
+    SUBACK: the subscription is in force when this returns."""
+    import threading
+    done = threading.Event()
+    c.on_subscribe = lambda cl, u, mid, granted: done.set()
+    c.subscribe(topic, qos)
+    assert done.wait(timeout), "no SUBACK for %s" % topic
+
+
 def paho_tls(port, cn=None, client_id="", ca=None, timeout=5.0):
     """A connected paho client over TLS; returns clients.Paho-like object."""
     import queue
