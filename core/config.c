@@ -532,6 +532,97 @@ static int opt_connection_messages(struct file_ctx *fc, const char *name,
 	return get_bool(fc, name, rest, &fc->st->cfg->connection_messages);
 }
 
+static int opt_persistence(struct file_ctx *fc, const char *name, char *rest)
+{
+	return get_bool(fc, name, rest, &fc->st->cfg->persistence);
+}
+
+static int opt_persistence_location(struct file_ctx *fc, const char *name,
+				    char *rest)
+{
+	struct kite_config *cfg = fc->st->cfg;
+	return get_rest(fc, name, rest, "a directory", cfg->persistence_location,
+			sizeof(cfg->persistence_location)) < 0 ||
+			       check_utf8(fc, name, cfg->persistence_location) < 0
+		       ? -1
+		       : 0;
+}
+
+static int opt_persistence_file(struct file_ctx *fc, const char *name,
+				char *rest)
+{
+	struct kite_config *cfg = fc->st->cfg;
+	if (get_rest(fc, name, rest, "a file name", cfg->persistence_file,
+		     sizeof(cfg->persistence_file)) < 0 ||
+	    check_utf8(fc, name, cfg->persistence_file) < 0)
+		return -1;
+	return 0;
+}
+
+static int opt_autosave_interval(struct file_ctx *fc, const char *name,
+				 char *rest)
+{
+	long long n;
+	if (get_int(fc, name, rest, 0, INT32_MAX, "a number of seconds (or "
+		    "changes) >= 0", &n) < 0)
+		return -1;
+	fc->st->cfg->autosave_interval_s = (uint32_t)n;
+	return 0;
+}
+
+static int opt_autosave_on_changes(struct file_ctx *fc, const char *name,
+				   char *rest)
+{
+	return get_bool(fc, name, rest, &fc->st->cfg->autosave_on_changes);
+}
+
+/* Mosquitto's form: a number and one of h d w m y (30-day months). */
+static int opt_persistent_client_expiration(struct file_ctx *fc,
+					    const char *name, char *rest)
+{
+	static const char expects[] = "a duration such as 12h, 14d, 2w, 6m or 1y";
+	char *word, *end;
+	if (get_word(fc, name, rest, expects, &word) < 0)
+		return -1;
+	errno = 0;
+	unsigned long long n = strtoull(word, &end, 10);
+	uint64_t unit = 0;
+	if (end != word && end[0] && !end[1]) {
+		switch (end[0]) {
+		case 'h': unit = 3600; break;
+		case 'd': unit = 86400; break;
+		case 'w': unit = 7 * 86400; break;
+		case 'm': unit = 30 * 86400; break;
+		case 'y': unit = 365 * 86400; break;
+		}
+	}
+	if (!unit || errno || n == 0 || n > UINT32_MAX / unit)
+		return fail(fc, "option '%s': expects %s, got '%s'", name,
+			    expects, word);
+	fc->st->cfg->persistent_client_expiration_s = (uint32_t)(n * unit);
+	return 0;
+}
+
+static int opt_persistence_sync(struct file_ctx *fc, const char *name,
+				char *rest)
+{
+	static const char expects[] = "always, never or a number of milliseconds";
+	char *word;
+	if (get_word(fc, name, rest, expects, &word) < 0)
+		return -1;
+	long long n;
+	if (!strcmp(word, "always"))
+		fc->st->cfg->persistence_sync_ms = KITE_PERSISTENCE_SYNC_ALWAYS;
+	else if (!strcmp(word, "never"))
+		fc->st->cfg->persistence_sync_ms = KITE_PERSISTENCE_SYNC_NEVER;
+	else if (parse_ll(word, &n) && n >= 1 && n <= 3600000)
+		fc->st->cfg->persistence_sync_ms = (uint32_t)n;
+	else
+		return fail(fc, "option '%s': expects %s (1-3600000), got '%s'",
+			    name, expects, word);
+	return 0;
+}
+
 static int opt_pid_file(struct file_ctx *fc, const char *name, char *rest)
 {
 	struct kite_config *cfg = fc->st->cfg;
@@ -1033,6 +1124,13 @@ static const struct option options[] = {
 	{"message_size_limit", opt_message_size_limit},
 	{"per_listener_settings", opt_per_listener_settings},
 	{"pid_file", opt_pid_file},
+	{"autosave_interval", opt_autosave_interval},
+	{"autosave_on_changes", opt_autosave_on_changes},
+	{"persistence", opt_persistence},
+	{"persistence_file", opt_persistence_file},
+	{"persistence_location", opt_persistence_location},
+	{"persistence_sync", opt_persistence_sync},
+	{"persistent_client_expiration", opt_persistent_client_expiration},
 	{"port", opt_port},
 	{"retain_available", opt_retain_available},
 	{"shards", opt_shards}, /* kite's own */
@@ -1045,8 +1143,8 @@ static const struct option options[] = {
 static const char *const mosquitto_only_options[] = {
 	"address", "addresses", "allow_duplicate_messages",
 	"allow_zero_length_clientid", "auth_plugin",
-	"auth_plugin_deny_special_chars", "auto_id_prefix", "autosave_interval",
-	"autosave_on_changes", "bind_interface", "bridge_alpn",
+	"auth_plugin_deny_special_chars", "auto_id_prefix",
+	"bind_interface", "bridge_alpn",
 	"bridge_attempt_unsubscribe", "bridge_bind_address", "bridge_cafile",
 	"bridge_capath", "bridge_certfile", "bridge_identity",
 	"bridge_insecure", "bridge_keyfile", "bridge_max_packet_size",
@@ -1058,8 +1156,8 @@ static const char *const mosquitto_only_options[] = {
 	"log_timestamp", "log_timestamp_format", "max_inflight_bytes",
 	"maximum_qos",
 	"memory_limit", "mount_point", "notification_topic", "notifications",
-	"notifications_local_only", "password", "persistence", "persistence_file", "persistence_location",
-	"persistent_client_expiration", "plugin", "protocol", "psk_file",
+	"notifications_local_only", "password",
+	"plugin", "protocol", "psk_file",
 	"psk_hint", "queue_qos0_messages", "remote_clientid",
 	"remote_password", "remote_username", "restart_timeout", "retained_persistence", "retry_interval",
 	"round_robin", "set_tcp_nodelay", "socket_domain", "start_type",
@@ -1199,6 +1297,10 @@ void config_defaults(struct kite_config *cfg)
 	cfg->flood_filter_syn_burst = 40;
 	cfg->flood_filter_strikes = 5;
 	cfg->flood_filter_block_seconds = 60;
+	snprintf(cfg->persistence_file, sizeof(cfg->persistence_file),
+		 "mosquitto.db");
+	cfg->autosave_interval_s = 1800;
+	cfg->persistence_sync_ms = 1000;
 }
 
 int config_load(struct kite_config *cfg, const char *path, char *err,

@@ -106,6 +106,19 @@ struct kite_config {
 	char pid_file[KITE_PATH_MAX];
 	unsigned shards; /* 0 = one per online CPU */
 
+	/* Durable state (docs/PERSISTENCE.md), Mosquitto's options. */
+	bool persistence;			/* default false */
+	char persistence_location[KITE_PATH_MAX]; /* "" = working directory */
+	char persistence_file[KITE_PATH_MAX];	/* default mosquitto.db */
+	uint32_t autosave_interval_s;		/* default 1800; compaction */
+	bool autosave_on_changes;		/* the interval counts changes */
+	/* 3.1.1 persistent sessions (no expiry of their own) end after this
+	 * long offline; 0 = never (the default). */
+	uint32_t persistent_client_expiration_s;
+	/* kite's own: acknowledgements wait for fdatasync (ALWAYS), or the
+	 * write and a sync at most this many ms later, or never a sync. */
+	uint32_t persistence_sync_ms;
+
 	/* True when no listener, port or bind_address was configured: kite
 	 * then listens on 127.0.0.1:1883 only with anonymous access, as
 	 * Mosquitto 2 does ("local only mode"). Set by config_finalize(). */
@@ -113,6 +126,9 @@ struct kite_config {
 	/* The file given with -c, "" for none. Kept for reloads. */
 	char path[KITE_PATH_MAX];
 };
+
+#define KITE_PERSISTENCE_SYNC_ALWAYS 0u
+#define KITE_PERSISTENCE_SYNC_NEVER UINT32_MAX
 
 /* Fills Mosquitto 2.0's defaults (no listeners yet). */
 void config_defaults(struct kite_config *cfg);

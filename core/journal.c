@@ -75,7 +75,7 @@ static size_t body_len(const struct journal_record *r)
 {
 	switch (r->type) {
 	case JOURNAL_SESSION:
-		return 8 + 4 + 1 + 1 + 1 + 4 + r->session.client_id.len + 4 +
+		return 8 + 4 + 8 + 1 + 1 + 1 + 4 + r->session.client_id.len + 4 +
 		       r->session.username.len;
 	case JOURNAL_SESSION_END:
 		return 8;
@@ -100,6 +100,8 @@ static size_t body_len(const struct journal_record *r)
 		return 8 + 8 + 4 + r->retain.topic.len;
 	case JOURNAL_WILL:
 		return 8 + 8 + 8;
+	case JOURNAL_SNAPSHOT_END:
+		return 0;
 	default:
 		return 0;
 	}
@@ -111,6 +113,7 @@ static void encode_body(struct wr *w, const struct journal_record *r)
 	case JOURNAL_SESSION:
 		w64(w, r->session.key);
 		w32(w, r->session.expiry_s);
+		w64(w, r->session.offline_wall_ms);
 		w8(w, r->session.protocol);
 		w8(w, r->session.listener);
 		w8(w, r->session.has_username);
@@ -323,6 +326,7 @@ static void decode_body(struct rdc *c, struct journal_record *r)
 	case JOURNAL_SESSION:
 		r->session.key = r64(c);
 		r->session.expiry_s = r32(c);
+		r->session.offline_wall_ms = r64(c);
 		r->session.protocol = r8(c);
 		r->session.listener = r8(c);
 		r->session.has_username = rbool(c);
@@ -402,6 +406,8 @@ static void decode_body(struct rdc *c, struct journal_record *r)
 		r->will.key = r64(c);
 		r->will.msg_id = r64(c);
 		r->will.at_wall_ms = r64(c);
+		break;
+	case JOURNAL_SNAPSHOT_END:
 		break;
 	default:
 		c->ok = false;

@@ -33,7 +33,8 @@ enum journal_type {
 	JOURNAL_QOS2_REL, /* ... released */
 	JOURNAL_RETAIN,	  /* a topic's retained message (shard 0) */
 	JOURNAL_WILL,	  /* a session's pending delayed will */
-	JOURNAL_TYPE_MAX = JOURNAL_WILL,
+	JOURNAL_SNAPSHOT_END, /* everything before it restates the state */
+	JOURNAL_TYPE_MAX = JOURNAL_SNAPSHOT_END,
 };
 
 /* Bytes inside a record being read (pointer into the caller's buffer). */
@@ -54,6 +55,7 @@ struct journal_record {
 		struct {
 			uint64_t key;
 			uint32_t expiry_s;    /* UINT32_MAX: never */
+			uint64_t offline_wall_ms; /* since when; 0: connected */
 			uint8_t protocol;     /* 3, 4 or 5 */
 			uint8_t listener;
 			bool has_username;

@@ -231,7 +231,11 @@ int broker_start(struct broker *b)
 	for (unsigned i = 0; i < b->nshards; i++)
 		if (shard_init(&b->shards[i], b, i) < 0)
 			return -1;
+	/* The port first: a second kite on the same config stops there,
+	 * before it touches the first one's persistence files. */
 	if (broker_listen(b) < 0)
+		return -1;
+	if (persist_start(b) < 0)
 		return -1;
 	if (broker_load_flood_filter(b) < 0)
 		return -1;

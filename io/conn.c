@@ -995,6 +995,17 @@ void conn_release_ack(struct conn *c, struct held_ack *h)
 	}
 }
 
+void conn_queue_ack(struct conn *c, const uint8_t *bytes, size_t len)
+{
+	struct held_ack *h;
+	if (!c->held_acks || !(h = conn_hold_ack(c, len))) {
+		conn_queue_ctrl(c, bytes, len);
+		return;
+	}
+	held_ack_set(h, bytes, len);
+	conn_release_ack(c, h);
+}
+
 void conn_send_ack(struct conn *c, struct held_ack *held, const uint8_t *bytes,
 		   size_t len)
 {
@@ -1002,7 +1013,7 @@ void conn_send_ack(struct conn *c, struct held_ack *held, const uint8_t *bytes,
 		held_ack_set(held, bytes, len);
 		conn_release_ack(c, held);
 	} else if (len) {
-		conn_queue_ctrl(c, bytes, len);
+		conn_queue_ack(c, bytes, len);
 	}
 }
 
@@ -1128,6 +1139,7 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 			ss->delayed_will = w;
 			ss->will_at_ms = s->now_ms + (uint64_t)d * 1000u;
 			session_timer_at(s, ss->will_at_ms);
+			persist_will(ss);
 		} else if (send_will && was_active) {
 			w->next = NULL;
 			if (!s->wills_due)

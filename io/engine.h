@@ -30,6 +30,7 @@
 #include "core/retain.h"
 #include "core/trie.h"
 #include "io/msg.h"
+#include "io/persist.h"
 
 #ifndef SOL_TLS
 #define SOL_TLS 282 /* linux/socket.h; older libc headers lack it */
@@ -92,6 +93,7 @@ enum ud_op {
 	UD_CANCEL,
 	UD_TICK,
 	UD_WAKE, /* MSG_RING from another shard or the main thread */
+	UD_PERSIST, /* id: enum persist_io (persist.c) */
 };
 
 static inline uint64_t ud_pack(enum ud_op op, uint32_t id, uint32_t gen)
@@ -163,6 +165,7 @@ enum inflight_state {
 
 struct inflight {
 	struct msg *msg; /* NULL once PUBREC arrived (only PUBREL left) */
+	uint64_t msg_id; /* as logged (persistent sessions), else 0 */
 	uint16_t pid;
 	uint8_t state;
 	struct deliv d;
@@ -183,7 +186,9 @@ struct qos2_in {
 struct sub_entry {
 	struct sub_entry *next;
 	uint8_t qos;
+	uint8_t options; /* enum sub_opt bits as subscribed */
 	uint16_t len;
+	uint32_t sub_id;
 	char filter[];
 };
 
@@ -233,6 +238,8 @@ struct session {
 	 * by conn_settle once nothing walks the shard's sessions. */
 	bool ending;
 	struct session *ending_next;
+	bool logged; /* its SESSION record is in the shard's log */
+	uint8_t protocol; /* of its last connection (logged with it) */
 };
 
 /* The interface a persistence backend would implement later: every change
@@ -241,6 +248,13 @@ struct session {
 struct session *session_create(struct shard *s, const uint8_t *id,
 			       uint16_t len, uint32_t expiry_s);
 void session_destroy(struct session *ss);
+/* Recovery: a session that existed before the restart, under its key. */
+struct session *session_revive(struct shard *s, uint64_t key, const char *id,
+			       uint16_t len, uint32_t expiry_s);
+/* Recovery: a message that was queued (pid 0) or in flight (state: enum
+ * inflight_state; m may be NULL waiting for PUBCOMP). 0, or -1. */
+int session_restore_msg(struct session *ss, struct msg *m, uint64_t msg_id,
+			const struct deliv *d, uint16_t pid, uint8_t state);
 /* options: enum sub_opt bits; returns 1 if the filter was new for this
  * session, 0 if it replaced an existing subscription, -1 on failure. */
 int session_add_sub(struct session *ss, const char *filter, uint16_t len,
@@ -411,6 +425,9 @@ enum xkind {
 	XK_SHARE_DELIVER,
 	XK_SHARE_RETRY,
 	XK_SHARE_ACK,	  /* back to the member's shard: JOIN/LEAVE done */
+	XK_DELIVER_T,	/* ptr: struct persist_ticket * (its msg travels) */
+	XK_RETAIN_T,	/* to shard 0: log a retained change (ticket) */
+	XK_TICKET,	/* to the ticket's origin: every holder let go */
 	XK_STOP,	/* from main: close everything and exit the loop */
 	XK_RELOAD,	/* from main: ptr is the new config snapshot */
 };
@@ -550,7 +567,14 @@ struct shard {
 	uint64_t next_session_deadline_ms;
 	bool stopping;
 	struct shard_stats stats;
+	/* Durable state (persist.c); NULL without `persistence`. */
+	struct shard_log *log;
 };
+
+static inline bool persist_on(const struct shard *s)
+{
+	return s->log != NULL;
+}
 
 /* Client-id registry entry: which shard a client's session lives on. */
 struct client_entry {
@@ -620,6 +644,8 @@ void conn_on_plain(struct conn *c, const uint8_t *data, size_t len);
  * caller frees it. NULL when there is none. */
 uint8_t *conn_take_input(struct conn *c, uint32_t *len);
 void conn_queue_ctrl(struct conn *c, const uint8_t *bytes, size_t len);
+/* An acknowledgement: after any that still wait (held), else at once. */
+void conn_queue_ack(struct conn *c, const uint8_t *bytes, size_t len);
 /* A PUBLISH to this client; qos/retain/dup as they go on the wire. */
 /* False (and nothing queued) when the message cannot go to this client:
  * expired, larger than its maximum packet size, or the queue is full. */
@@ -681,6 +707,9 @@ int handle_pingreq(struct conn *c, const struct mqtt_fixed_header *h,
 		   const uint8_t *body, size_t len);
 int handle_disconnect(struct conn *c, const struct mqtt_fixed_header *h,
 		      const uint8_t *body, size_t len);
+/* handle_publish.c: routes m (its reference goes) and sends `ack` (PUBACK
+ * or PUBCOMP; 0: none) for pid once what it acknowledges is durable. */
+void publish_route(struct conn *c, struct msg *m, uint8_t ack, uint16_t pid);
 
 /* handle_connect.c: finishing a CONNECT, possibly on another shard. */
 /* On the session's shard: takes over a connection from another shard. */
@@ -690,14 +719,20 @@ void connect_handoff_ready(struct shard *s, struct conn *c);
 void session_kick(struct shard *s, struct session *ss);
 /* Session end on disconnect (clean sessions are dropped). */
 void session_on_disconnect(struct shard *s, struct session *ss);
+/* Recovery: the registry learns a revived session. 0, or -1. */
+int session_register(struct broker *b, struct session *ss);
 
 /* route.c */
 /* Routes a new message from this shard: retained store, global trie,
  * other shards, local fan-out. Takes over the caller's reference. Returns
  * false when no subscription anywhere matched (MQTT 5 reason 0x10). */
 bool route_publish(struct shard *s, struct msg *m);
-/* Local fan-out of a message that reached this shard. */
-void route_local(struct shard *s, struct msg *m);
+/* Local fan-out of a message that reached this shard; t (may be NULL)
+ * travels with share forwards. */
+void route_local(struct shard *s, struct msg *m, struct persist_ticket *t);
+/* route_publish for a message whose acknowledgement waits for durability
+ * (t from persist_ticket_begin, or NULL). */
+bool route_publish_t(struct shard *s, struct msg *m, struct persist_ticket *t);
 /* Retained messages matching filter, to one session (on subscribe). */
 void route_retained(struct shard *s, struct session *ss, const char *filter,
 		    uint16_t len, uint8_t granted_qos, uint32_t sub_id);
@@ -730,7 +765,8 @@ void conn_release_ack(struct conn *c, struct held_ack *h);
 void conn_send_ack(struct conn *c, struct held_ack *held, const uint8_t *bytes,
 		   size_t len);
 struct conn *shard_conn_lookup(struct shard *s, uint32_t id, uint32_t gen);
-void share_route(struct shard *s, void *group, struct msg *m);
+void share_route(struct shard *s, void *group, struct msg *m,
+		 struct persist_ticket *t);
 void share_on_item(struct shard *s, uint8_t kind, void *op);
 void share_free_all(struct shard *s);
 void share_op_discard(void *op);

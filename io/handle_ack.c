@@ -7,7 +7,7 @@ static void ack_send(struct conn *c, uint8_t type, uint16_t pid, uint8_t rc)
 	size_t n = mqtt_encode_ack(buf, sizeof(buf), type, c->version, pid, rc,
 				   NULL);
 	if (n)
-		conn_queue_ctrl(c, buf, n);
+		conn_queue_ack(c, buf, n);
 }
 
 int handle_ack(struct conn *c, const struct mqtt_fixed_header *h,
@@ -31,10 +31,11 @@ int handle_ack(struct conn *c, const struct mqtt_fixed_header *h,
 		break;
 	case MQTT_PUBREL: {
 		struct msg *m = session_qos2_release(ss, a.packet_id);
-		ack_send(c, MQTT_PUBCOMP, a.packet_id,
-			 m ? 0 : MQTT_RC_PACKET_ID_NOT_FOUND);
 		if (m)
-			route_publish(c->shard, m);
+			publish_route(c, m, MQTT_PUBCOMP, a.packet_id);
+		else
+			ack_send(c, MQTT_PUBCOMP, a.packet_id,
+				 MQTT_RC_PACKET_ID_NOT_FOUND);
 		break;
 	}
 	case MQTT_PUBCOMP:

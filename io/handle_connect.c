@@ -64,11 +64,16 @@ static struct client_entry *reg_insert(struct broker *b, uint64_t h,
 void session_on_disconnect(struct shard *s, struct session *ss)
 {
 	if (ss->persistent) {
-		/* Kept offline: for ever (3.1.1) or for its expiry (MQTT 5). */
-		if (ss->expiry_s != UINT32_MAX) {
-			ss->expire_at_ms = s->now_ms + (uint64_t)ss->expiry_s * 1000u;
+		/* Kept offline: for its expiry (MQTT 5), or for ever (3.1.1)
+		 * unless persistent_client_expiration says otherwise. */
+		uint64_t span_s = ss->expiry_s != UINT32_MAX
+					  ? ss->expiry_s
+					  : s->cfg->persistent_client_expiration_s;
+		if (span_s) {
+			ss->expire_at_ms = s->now_ms + span_s * 1000u;
 			session_timer_at(s, ss->expire_at_ms);
 		}
+		persist_session(ss); /* offline since now */
 		return;
 	}
 	struct broker *b = s->b;
@@ -104,6 +109,22 @@ static void session_detach_conn(struct session *ss, const char *why)
 			"Client %s already connected, closing old connection.",
 			ss->client_id);
 	conn_protocol_error(old, MQTT_RC_SESSION_TAKEN_OVER, why);
+}
+
+int session_register(struct broker *b, struct session *ss)
+{
+	uint64_t h = hash_bytes(ss->client_id, ss->client_id_len);
+	pthread_mutex_lock(&b->reg_lock);
+	struct client_entry *e = reg_find(b, h, ss->client_id, ss->client_id_len);
+	if (!e)
+		e = reg_insert(b, h, ss->client_id, ss->client_id_len);
+	if (e) {
+		e->session = ss;
+		e->shard = ss->shard->idx;
+		e->persistent = ss->persistent;
+	}
+	pthread_mutex_unlock(&b->reg_lock);
+	return e ? 0 : -1;
 }
 
 void session_kick(struct shard *s, struct session *ss)
@@ -188,6 +209,7 @@ static void connect_accept(struct shard *s, struct conn *c,
 		msg_unref(ss->delayed_will->msg);
 		free(ss->delayed_will);
 		ss->delayed_will = NULL;
+		persist_will(ss);
 	}
 	c->state = CONN_ACTIVE;
 	c->flags |= CONN_COUNTED;
@@ -207,6 +229,7 @@ static void connect_accept(struct shard *s, struct conn *c,
 	}
 	free(c->pending);
 	c->pending = NULL;
+	persist_session(ss); /* before its subscriptions and messages */
 	if (present && ss->conn == c) /* not closed: CONNACK out of memory */
 		session_resume(ss);
 }

@@ -12,7 +12,7 @@ static void publish_ack(struct conn *c, uint8_t type, uint16_t pid,
 	size_t n = mqtt_encode_ack(buf, sizeof(buf), type, c->version, pid,
 				   reason, NULL);
 	if (n)
-		conn_queue_ctrl(c, buf, n);
+		conn_queue_ack(c, buf, n);
 }
 
 /* Client-to-server topic alias: resolves an empty topic, or records the
@@ -43,6 +43,35 @@ static enum mqtt_rc publish_alias(struct conn *c, struct mqtt_publish *p)
 	al->topic = t;
 	al->len = (uint16_t)p->topic.len;
 	return MQTT_RC_SUCCESS;
+}
+
+/* An acknowledgement that waits for what this shard logged so far. */
+static void publish_ack_durable(struct conn *c, uint8_t type, uint16_t pid,
+				uint8_t reason)
+{
+	uint8_t buf[8];
+	size_t n = mqtt_encode_ack(buf, sizeof(buf), type, c->version, pid,
+				   reason, NULL);
+	if (n)
+		persist_ack(c, buf, n);
+}
+
+/* Routes m (taking its reference); `ack` (PUBACK, PUBCOMP, or 0 for
+ * none) leaves once every shard that logged it for a persistent session
+ * (or the retained store) has it on disk. */
+void publish_route(struct conn *c, struct msg *m, uint8_t ack, uint16_t pid)
+{
+	struct shard *s = c->shard;
+	struct persist_ticket *t =
+		(ack || m->retain) ? persist_ticket_begin(s, m) : NULL;
+	bool matched = route_publish_t(s, m, t);
+	uint8_t buf[8];
+	size_t n = ack ? mqtt_encode_ack(buf, sizeof(buf), ack, c->version, pid,
+					 matched || ack == MQTT_PUBCOMP
+						 ? 0 : MQTT_RC_NO_MATCHING_SUBSCRIBERS,
+					 NULL)
+		       : 0;
+	persist_ticket_ack(s, t, c, buf, n);
 }
 
 static struct msg *publish_msg(struct conn *c, const struct mqtt_publish *p)
@@ -119,7 +148,7 @@ int handle_publish(struct conn *c, const struct mqtt_fixed_header *h,
 		return 0;
 	}
 	if (p.qos == 2 && session_qos2_seen(ss, p.packet_id)) {
-		publish_ack(c, MQTT_PUBREC, p.packet_id, 0); /* a resend */
+		publish_ack_durable(c, MQTT_PUBREC, p.packet_id, 0); /* a resend */
 		return 0;
 	}
 	struct msg *m = publish_msg(c, &p);
@@ -128,12 +157,15 @@ int handle_publish(struct conn *c, const struct mqtt_fixed_header *h,
 		conn_close(c, "out of memory", false);
 		return -1;
 	}
-	bool matched = p.qos < 2 ? route_publish(s, m) /* QoS 2: at PUBREL */
-				 : gtrie_match(s->b->gtrie, msg_topic(m),
-					       m->topic_len) != 0;
-	if (p.qos)
-		publish_ack(c, ack, p.packet_id,
-			    matched ? 0 : MQTT_RC_NO_MATCHING_SUBSCRIBERS);
+	if (p.qos == 2) {
+		/* Routed at PUBREL; PUBREC once the message is durable. */
+		bool matched = gtrie_match(s->b->gtrie, msg_topic(m),
+					   m->topic_len) != 0;
+		publish_ack_durable(c, ack, p.packet_id,
+				    matched ? 0 : MQTT_RC_NO_MATCHING_SUBSCRIBERS);
+	} else {
+		publish_route(c, m, p.qos ? ack : 0, p.packet_id);
+	}
 	/* Other shards are behind: this publisher waits (TCP pushes back
 	 * to it) until they caught up. */
 	if (shard_backlogged(s)) {

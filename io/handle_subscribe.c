@@ -80,7 +80,7 @@ int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	/* A shared subscription whose group lives on another shard is in
 	 * place only when that shard says so: the SUBACK waits for it (and
 	 * every later ack waits behind it, to keep them in order). */
-	bool any_shared = c->held_acks != NULL;
+	bool any_shared = c->held_acks != NULL || persist_pending(c);
 	while (mqtt_subscribe_next(&sub, &cur, &e))
 		any_shared |= sub_is_shared(&e.filter);
 	struct held_ack *held = any_shared ? conn_hold_ack(c, (size_t)sub.count + 16)
@@ -110,8 +110,10 @@ int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 			log_msg(KITE_LOG_WARNING, "out of memory: retained "
 				"messages for %.*s not sent", (int)flen, f);
 	}
-	if (held)
+	if (held) {
+		persist_hold(c, held); /* the subscriptions are durable first */
 		conn_release_ack(c, held); /* the handler's own confirmation */
+	}
 	free(reasons);
 	free(added);
 	free(out);

@@ -25,7 +25,7 @@ int handle_unsubscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	struct mqtt_bytes f;
 	/* As for SUBACK: an UNSUBACK naming a shared subscription homed on
 	 * another shard leaves once that shard removed the member. */
-	bool any_shared = c->held_acks != NULL;
+	bool any_shared = c->held_acks != NULL || persist_pending(c);
 	const char *key;
 	uint16_t klen;
 	while (mqtt_unsubscribe_next(&un, &cur, &f))
@@ -45,6 +45,8 @@ int handle_unsubscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	}
 	size_t n = mqtt_encode_suback(out, (size_t)un.count + 16, MQTT_UNSUBACK,
 				      c->version, un.packet_id, reasons, i, NULL);
+	if (held)
+		persist_hold(c, held); /* the removals are durable first */
 	conn_send_ack(c, held, out, n);
 	free(reasons);
 	free(out);

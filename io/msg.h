@@ -40,6 +40,9 @@ struct msg {
 	 * cost a full compare each per delivery; it is also faster than the
 	 * byte-at-a-time FNV-1a it replaced on topics past ~10 bytes. */
 	uint32_t topic_hash;
+	/* Its id in the persistence logs, set by the first shard that logs
+	 * it (persist_msg_id); 0 until then. */
+	_Atomic uint64_t log_id;
 	uint8_t buf[];
 };
 

@@ -9,7 +9,7 @@
 
 #include "io/engine.h"
 
-bool route_publish(struct shard *s, struct msg *m)
+bool route_publish_t(struct shard *s, struct msg *m, struct persist_ticket *t)
 {
 	struct broker *b = s->b;
 	const char *topic = msg_topic(m);
@@ -17,20 +17,37 @@ bool route_publish(struct shard *s, struct msg *m)
 		/* Refused (deeper than TRIE_LEVELS_MAX): the reference stays ours. */
 		if (retain_set(b->retained, topic, m->topic_len, msg_ref(m)) < 0)
 			msg_unref(m);
+		else
+			persist_retained(s, m, t);
 	} else if (m->retain) {
 		retain_set(b->retained, topic, m->topic_len, NULL);
+		persist_retained(s, m, t);
 	}
 	uint64_t mask = gtrie_match(b->gtrie, topic, m->topic_len);
 	uint64_t others = mask & ~(1ull << s->idx);
 	while (others) {
 		unsigned d = (unsigned)__builtin_ctzll(others);
 		others &= others - 1;
-		shard_post(s, d, (struct xitem){XK_DELIVER, msg_ref(m)});
+		if (t) {
+			/* The other shard logs what it queues for persistent
+			 * sessions and lets go of the ticket once it is
+			 * durable (the message rides on the ticket). */
+			persist_ticket_hold(t);
+			msg_ref(t->msg);
+			shard_post(s, d, (struct xitem){XK_DELIVER_T, t});
+		} else {
+			shard_post(s, d, (struct xitem){XK_DELIVER, msg_ref(m)});
+		}
 	}
 	if (mask & (1ull << s->idx))
-		route_local(s, m);
+		route_local(s, m, t);
 	msg_unref(m);
 	return mask != 0;
+}
+
+bool route_publish(struct shard *s, struct msg *m)
+{
+	return route_publish_t(s, m, NULL);
 }
 
 struct collect {
@@ -132,7 +149,7 @@ static void route_collect_cb(void *ctx, const struct trie_sub *sub)
 	collect_session(col, ss, sub);
 }
 
-void route_local(struct shard *s, struct msg *m)
+void route_local(struct shard *s, struct msg *m, struct persist_ticket *t)
 {
 	/* Borrow the shard's scratch array; nothing re-enters routing while
 	 * it is out (wills wait for conn_settle). */
@@ -153,7 +170,7 @@ void route_local(struct shard *s, struct msg *m)
 		session_deliver(col.d[i].ss, m, d);
 	}
 	for (uint32_t i = 0; i < col.ngroups; i++)
-		share_route(s, col.groups[i], m);
+		share_route(s, col.groups[i], m, t);
 	if (col.lost) {
 		atomic_fetch_add_explicit(&s->stats.msgs_dropped, col.lost,
 					  memory_order_relaxed);

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/journal.h"
 #include "core/log.h"
 #include "io/engine.h"
 
@@ -36,8 +37,9 @@ struct session *shard_session_by_id(struct shard *s, uint64_t id)
 			  struct session, id_link);
 }
 
-struct session *session_create(struct shard *s, const uint8_t *id,
-			       uint16_t len, uint32_t expiry_s)
+static struct session *session_new(struct shard *s, uint64_t key,
+				   const uint8_t *id, uint16_t len,
+				   uint32_t expiry_s)
 {
 	struct session *ss = calloc(1, sizeof(*ss));
 	if (!ss)
@@ -52,7 +54,7 @@ struct session *session_create(struct shard *s, const uint8_t *id,
 	ss->client_id_len = len;
 	ss->expiry_s = expiry_s;
 	ss->persistent = expiry_s != 0;
-	ss->id = atomic_fetch_add(&s->b->next_session_id, 1) + 1;
+	ss->id = key;
 	ss->shard = s;
 	if (sid_insert(s, ss) < 0) {
 		free(ss->client_id);
@@ -67,11 +69,26 @@ struct session *session_create(struct shard *s, const uint8_t *id,
 	return ss;
 }
 
+struct session *session_create(struct shard *s, const uint8_t *id,
+			       uint16_t len, uint32_t expiry_s)
+{
+	uint64_t key = atomic_fetch_add(&s->b->next_session_id, 1) + 1;
+	return session_new(s, key, id, len, expiry_s);
+}
+
+struct session *session_revive(struct shard *s, uint64_t key, const char *id,
+			       uint16_t len, uint32_t expiry_s)
+{
+	assert(key && atomic_load(&s->b->next_session_id) >= key);
+	return session_new(s, key, (const uint8_t *)id, len, expiry_s);
+}
+
 void session_destroy(struct session *ss)
 {
 	struct shard *s = ss->shard;
 	assert(!ss->conn);
 	conn_forget_ending(ss);
+	persist_session_end(ss); /* its other records are void with it */
 	/* A will still waiting for its delay goes out when the session ends
 	 * (MQTT 5 3.1.3.2.2: whichever comes first). */
 	session_fire_will(ss);
@@ -129,10 +146,14 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 			return -1;
 		}
 	}
+	persist_sub(ss, filter, len, options, sub_id);
 	if (r == TRIE_REPLACED) {
 		for (struct sub_entry *e = ss->subs; e; e = e->next)
-			if (e->len == len && !memcmp(e->filter, filter, len))
+			if (e->len == len && !memcmp(e->filter, filter, len)) {
 				e->qos = (uint8_t)(options & SUB_QOS_MASK);
+				e->options = (uint8_t)options;
+				e->sub_id = sub_id;
+			}
 		return 0;
 	}
 	struct sub_entry *e = malloc(sizeof(*e) + len + 1u);
@@ -141,6 +162,8 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 		return -1;
 	}
 	e->qos = (uint8_t)(options & SUB_QOS_MASK);
+	e->options = (uint8_t)options;
+	e->sub_id = sub_id;
 	e->len = len;
 	memcpy(e->filter, filter, len);
 	e->filter[len] = 0;
@@ -167,6 +190,7 @@ int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
 	for (struct sub_entry **pp = &ss->subs; *pp; pp = &(*pp)->next) {
 		struct sub_entry *e = *pp;
 		if (e->len == len && !memcmp(e->filter, filter, len)) {
+			persist_unsub(ss, filter, len);
 			*pp = e->next;
 			free(e);
 			ss->sub_count--;
@@ -213,6 +237,9 @@ static uint16_t session_next_pid(struct session *ss)
 	}
 }
 
+static int session_queue_push(struct session *ss, struct msg *m,
+			      const struct deliv *d);
+
 static int session_inflight_add(struct session *ss, struct msg *m,
 				const struct deliv *d, uint16_t pid)
 {
@@ -224,10 +251,39 @@ static int session_inflight_add(struct session *ss, struct msg *m,
 		ss->inflight = n;
 		ss->inflight_cap = ncap;
 	}
-	ss->inflight[ss->inflight_count++] = (struct inflight){
+	struct inflight *f = &ss->inflight[ss->inflight_count++];
+	*f = (struct inflight){
 		.msg = msg_ref(m),
 		.pid = pid,
 		.state = d->qos == 1 ? INFLIGHT_WAIT_PUBACK : INFLIGHT_WAIT_PUBREC,
+		.d = *d,
+	};
+	if (ss->logged) {
+		f->msg_id = persist_msg_id(ss->shard, m);
+		persist_out(ss, f->msg_id, pid, d->qos == 1 ? JOURNAL_WAIT_PUBACK
+							    : JOURNAL_WAIT_PUBREC);
+	}
+	return 0;
+}
+
+int session_restore_msg(struct session *ss, struct msg *m, uint64_t msg_id,
+			const struct deliv *d, uint16_t pid, uint8_t state)
+{
+	if (!pid)
+		return session_queue_push(ss, m, d);
+	if (ss->inflight_count == ss->inflight_cap) {
+		uint32_t ncap = ss->inflight_cap ? ss->inflight_cap * 2 : 4;
+		struct inflight *n = realloc(ss->inflight, sizeof(*n) * ncap);
+		if (!n)
+			return -1;
+		ss->inflight = n;
+		ss->inflight_cap = ncap;
+	}
+	ss->inflight[ss->inflight_count++] = (struct inflight){
+		.msg = m ? msg_ref(m) : NULL,
+		.msg_id = msg_id,
+		.pid = pid,
+		.state = state,
 		.d = *d,
 	};
 	return 0;
@@ -235,6 +291,8 @@ static int session_inflight_add(struct session *ss, struct msg *m,
 
 static void session_inflight_remove(struct session *ss, struct inflight *f)
 {
+	if (ss->logged)
+		persist_done(ss, f->msg_id);
 	msg_unref(f->msg);
 	size_t i = (size_t)(f - ss->inflight);
 	/* Keep order: a resumed session resends in the original order. */
@@ -251,6 +309,8 @@ static void session_send_new(struct session *ss, struct msg *m,
 	if (!conn_queue_publish(ss->conn, m, d, false, pid)) {
 		atomic_fetch_add_explicit(&ss->shard->stats.msgs_dropped, 1,
 					  memory_order_relaxed);
+		if (ss->logged)
+			persist_done(ss, persist_msg_id(ss->shard, m));
 		return;
 	}
 	if (session_inflight_add(ss, m, d, pid) < 0)
@@ -299,6 +359,7 @@ void session_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 		return;
 	}
 	if (session_online(ss) && !ss->q_count && session_window_open(ss)) {
+		persist_queue(ss, m, d);
 		session_send_new(ss, m, d);
 		return;
 	}
@@ -307,6 +368,8 @@ void session_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 	if (session_queue_push(ss, m, d) < 0)
 		atomic_fetch_add_explicit(&s->stats.msgs_dropped, 1,
 					  memory_order_relaxed);
+	else
+		persist_queue(ss, m, d);
 }
 
 void session_pump(struct session *ss)
@@ -327,7 +390,9 @@ static void session_send_pubrel(struct session *ss, uint16_t pid)
 	size_t n = mqtt_encode_ack(buf, sizeof(buf), MQTT_PUBREL,
 				   ss->conn->version, pid, 0, NULL);
 	assert(n);
-	conn_queue_ctrl(ss->conn, buf, n);
+	/* After PUBREL the client may forget the message: our WAIT_PUBCOMP
+	 * must be durable first, or a restart would send it again. */
+	persist_ack(ss->conn, buf, n);
 }
 
 void session_resume(struct session *ss)
@@ -362,6 +427,8 @@ bool session_on_pubrec(struct session *ss, uint16_t pid)
 		f->state = INFLIGHT_WAIT_PUBCOMP;
 		msg_unref(f->msg);
 		f->msg = NULL;
+		if (ss->logged)
+			persist_out(ss, f->msg_id, pid, JOURNAL_WAIT_PUBCOMP);
 	}
 	session_send_pubrel(ss, pid);
 	return true;
@@ -385,6 +452,7 @@ void session_fire_will(struct session *ss)
 	if (!w)
 		return;
 	ss->delayed_will = NULL;
+	persist_will(ss);
 	if (ss->shard->stopping)
 		msg_unref(w->msg); /* shutdown: the other shards are gone */
 	else
@@ -445,6 +513,7 @@ int session_qos2_add(struct session *ss, uint16_t pid, struct msg *m)
 		ss->qos2_in_cap = ncap;
 	}
 	ss->qos2_in[ss->qos2_in_count++] = (struct qos2_in){m, pid};
+	persist_qos2_in(ss, pid, m);
 	return 0;
 }
 
@@ -453,6 +522,7 @@ struct msg *session_qos2_release(struct session *ss, uint16_t pid)
 	for (uint32_t i = 0; i < ss->qos2_in_count; i++) {
 		if (ss->qos2_in[i].pid == pid) {
 			struct msg *m = ss->qos2_in[i].msg;
+			persist_qos2_rel(ss, pid);
 			ss->qos2_in[i] = ss->qos2_in[--ss->qos2_in_count];
 			return m;
 		}

@@ -208,8 +208,22 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 {
 	switch (it.kind) {
 	case XK_DELIVER:
-		route_local(s, it.ptr);
+		route_local(s, it.ptr, NULL);
 		msg_unref(it.ptr);
+		break;
+	case XK_DELIVER_T: {
+		struct persist_ticket *t = it.ptr;
+		struct msg *m = t->msg;
+		route_local(s, m, t);
+		msg_unref(m);
+		persist_ticket_settle(s, t); /* once what it logged is durable */
+		break;
+	}
+	case XK_RETAIN_T:
+		persist_on_retained(s, it.ptr);
+		break;
+	case XK_TICKET:
+		persist_ticket_done(s, it.ptr);
 		break;
 	case XK_KICK:
 		session_kick(s, it.ptr);
@@ -603,6 +617,9 @@ static void shard_handle_cqe(struct shard *s, struct io_uring_cqe *cqe)
 		break;
 	case UD_TICK:
 		break; /* handled after the batch */
+	case UD_PERSIST:
+		persist_on_cqe(s, ud_id(ud), cqe->res);
+		break;
 	case UD_WAKE:
 		if (ud_id(ud) == 1 && cqe->res < 0)
 			log_msg(KITE_LOG_ERR, "shard %u: wakeup failed: %s",
@@ -667,6 +684,7 @@ static void shard_on_tick(struct shard *s)
 {
 	shard_resume_accepts(s);
 	shard_check_timeouts(s);
+	persist_tick(s);
 	session_check_timers(s); /* returns at once unless one is due */
 	if (s->idx == 0 && s->cfg->sys_interval_s &&
 	    s->now_ms - s->last_sys_ms >= s->cfg->sys_interval_s * 1000ull) {
@@ -767,6 +785,7 @@ static void *shard_main(void *arg)
 	uint64_t stop_deadline = 0;
 	for (;;) {
 		shard_flush_dirty(s);
+		persist_turn_end(s);
 		bool backlog = shard_flush_overflow(s);
 		if (s->input_paused)
 			shard_resume_input(s);
@@ -797,6 +816,7 @@ static void *shard_main(void *arg)
 		}
 		rcu_quiescent_state();
 	}
+	persist_shard_stop(s);
 	rcu_unregister_thread();
 	return NULL;
 }
@@ -876,6 +896,18 @@ static void xitem_discard(struct xitem it)
 	switch (it.kind) {
 	case XK_DELIVER:
 		msg_unref(it.ptr);
+		break;
+	case XK_DELIVER_T:
+		/* One of its holds; the message reference that rode along. */
+		msg_unref(((struct persist_ticket *)it.ptr)->msg);
+		if (atomic_fetch_sub(&((struct persist_ticket *)it.ptr)->pending, 1) == 1)
+			persist_ticket_discard(it.ptr);
+		break;
+	case XK_RETAIN_T:
+	case XK_TICKET:
+		if (it.kind == XK_TICKET ||
+		    atomic_fetch_sub(&((struct persist_ticket *)it.ptr)->pending, 1) == 1)
+			persist_ticket_discard(it.ptr);
 		break;
 	case XK_SHARE_JOIN:
 	case XK_SHARE_LEAVE:

@@ -43,6 +43,8 @@ struct share_op {
 	/* JOIN/LEAVE from a SUBSCRIBE/UNSUBSCRIBE whose ack waits: the
 	 * home answers XK_SHARE_ACK to this connection. */
 	struct held_ack *held;
+	/* A forwarded message whose publisher's ack waits (one hold). */
+	struct persist_ticket *ticket;
 	uint32_t conn_id, conn_gen;
 	uint16_t key_len;
 	char key[];
@@ -245,7 +247,7 @@ static bool share_confirm(struct shard *s, struct share_op *op)
 
 /* On the home shard: the next member gets the message. */
 static void share_dispatch(struct shard *s, struct share_group *g,
-			   struct msg *m)
+			   struct msg *m, struct persist_ticket *t)
 {
 	if (!g->n)
 		return;
@@ -254,6 +256,10 @@ static void share_dispatch(struct shard *s, struct share_group *g,
 	if (!op)
 		return;
 	op->msg = msg_ref(m);
+	if (t) {
+		persist_ticket_hold(t);
+		op->ticket = t;
+	}
 	op->session_id = mb->session_id;
 	op->shard = s->idx;
 	op->qos = mb->qos < m->qos ? mb->qos : m->qos;
@@ -264,9 +270,10 @@ static void share_dispatch(struct shard *s, struct share_group *g,
 		shard_post(s, mb->shard, (struct xitem){XK_SHARE_DELIVER, op});
 }
 
-void share_route(struct shard *s, void *group, struct msg *m)
+void share_route(struct shard *s, void *group, struct msg *m,
+		 struct persist_ticket *t)
 {
-	share_dispatch(s, group, m);
+	share_dispatch(s, group, m, t);
 }
 
 /* Whether the session still holds $share/KEY: after its UNSUBACK nothing
@@ -304,6 +311,8 @@ static void share_deliver(struct shard *s, struct share_op *op)
 			shard_post(s, home, (struct xitem){XK_SHARE_RETRY, back});
 		return;
 	}
+	if (op->ticket)
+		persist_ticket_settle(s, op->ticket);
 	msg_unref(op->msg);
 	free(op);
 }
@@ -335,7 +344,9 @@ void share_on_item(struct shard *s, uint8_t kind, void *ptr)
 	case XK_SHARE_RETRY:
 		g = share_find(s, op->key, op->key_len, NULL);
 		if (g)
-			share_dispatch(s, g, op->msg);
+			share_dispatch(s, g, op->msg, op->ticket);
+		if (op->ticket)
+			persist_ticket_settle(s, op->ticket);
 		msg_unref(op->msg);
 		break;
 	}
@@ -346,6 +357,9 @@ void share_on_item(struct shard *s, uint8_t kind, void *ptr)
 void share_op_discard(void *ptr)
 {
 	struct share_op *op = ptr;
+	if (op->ticket &&
+	    atomic_fetch_sub(&op->ticket->pending, 1) == 1)
+		persist_ticket_discard(op->ticket);
 	msg_unref(op->msg);
 	free(op);
 }

@@ -222,7 +222,19 @@ class Broker:
         self.stopped = True
         self.returncode = self.proc.returncode
         self._out.close()
+        self.wait_port_released()
         return self.returncode
+
+    def wait_port_released(self, timeout=2.0):
+        """A killed io_uring process's listening sockets outlive it for a
+        few milliseconds (the kernel tears its rings down afterwards): a
+        client connecting then is reset. A restart test waits them out,
+        as a supervisor restarting a crashed broker effectively does."""
+        if self.port is None:
+            return
+        deadline = time.monotonic() + timeout
+        while listening(self.port) and time.monotonic() < deadline:
+            time.sleep(0.005)
 
 
 def run_cmd(cmd, timeout=10, **kw):

@@ -696,8 +696,7 @@ TEST(config_unknown_option_reports_file_and_line)
 TEST(config_mosquitto_only_option_is_not_supported_yet)
 {
 	static const char *const names[] = {
-		"persistence true", "persistence_location /var/lib/kite/",
-		"autosave_interval 60", "connection bridge1",
+		"connection bridge1",
 		"address 10.0.0.1:1883", "topic # both 0", "protocol websockets",
 		"mount_point foo/", "bind_interface eth0",
 		"memory_limit 0", "user mosquitto", "log_timestamp false",
@@ -706,7 +705,7 @@ TEST(config_mosquitto_only_option_is_not_supported_yet)
 		"plugin_opt_db x", "websockets_log_level 0", "psk_hint x",
 		"set_tcp_nodelay true", "queue_qos0_messages true",
 		"allow_zero_length_clientid false", "auto_id_prefix x",
-		"persistence true", "socket_domain ipv4",
+		"socket_domain ipv4",
 	};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 		char text[128], want[160], name[64];
@@ -1021,11 +1020,11 @@ TEST(config_include_dir_error_names_included_file_and_line)
 	if (!dir)
 		return;
 	write_file(dir, "a.conf", "listener 1883\n");
-	write_file(dir, "b.conf", "# TLS\n\nlistener 8883\npersistence true\n");
+	write_file(dir, "b.conf", "# TLS\n\nlistener 8883\nfrobnicate true\n");
 	char text[256], want[256];
 	snprintf(text, sizeof(text), "include_dir %s\nlistener 1884\n", dir);
 	snprintf(want, sizeof(want),
-		 "%s/b.conf:4: option 'persistence' is not supported yet", dir);
+		 "%s/b.conf:4: unknown option 'frobnicate'", dir);
 	CHECK_STR(load_err(text), want);
 	tmpdir_remove(dir);
 }
@@ -1100,7 +1099,8 @@ TEST(config_include_dir_conf_entry_that_is_a_directory_is_an_error)
 }
 
 /* Debian 12's /etc/mosquitto/mosquitto.conf, as packaged. */
-TEST(config_debian_default_config_reports_persistence)
+/* Debian's stock /etc/mosquitto/mosquitto.conf (its include_dir aside). */
+TEST(config_debian_default_config_takes_persistence)
 {
 	const char *debian = "# Place your local configuration in "
 			     "/etc/mosquitto/conf.d/\n"
@@ -1115,11 +1115,52 @@ TEST(config_debian_default_config_reports_persistence)
 			     "persistence true\n"
 			     "persistence_location /var/lib/mosquitto/\n"
 			     "\n"
-			     "log_dest file /var/log/mosquitto/mosquitto.log\n"
-			     "\n"
-			     "include_dir /etc/mosquitto/conf.d\n";
-	CHECK_STR(load_err(debian),
-		  "t.conf:8: option 'persistence' is not supported yet");
+			     "log_dest file /var/log/mosquitto/mosquitto.log\n";
+	CHECK_STR(load_err(debian), "");
+	CHECK(cfg_g.persistence);
+	CHECK_STR(cfg_g.persistence_location, "/var/lib/mosquitto/");
+	CHECK_STR(cfg_g.persistence_file, "mosquitto.db");
+	CHECK_EQ(cfg_g.autosave_interval_s, 1800);
+	CHECK_EQ(cfg_g.persistence_sync_ms, 1000);
+}
+
+TEST(config_persistence_options_parse_as_mosquitto_does)
+{
+	CHECK_STR(load_err("persistence false\npersistence_file kite.db\n"
+			   "autosave_interval 60\nautosave_on_changes true\n"
+			   "persistent_client_expiration 14d\n"
+			   "persistence_sync always\n"), "");
+	CHECK(!cfg_g.persistence);
+	CHECK_STR(cfg_g.persistence_file, "kite.db");
+	CHECK_EQ(cfg_g.autosave_interval_s, 60);
+	CHECK(cfg_g.autosave_on_changes);
+	CHECK_EQ(cfg_g.persistent_client_expiration_s, 14 * 86400);
+	CHECK_EQ(cfg_g.persistence_sync_ms, KITE_PERSISTENCE_SYNC_ALWAYS);
+	static const struct {
+		const char *line;
+		uint32_t secs;
+	} exp[] = {{"2h", 7200}, {"1w", 604800}, {"2m", 5184000},
+		   {"1y", 31536000}};
+	for (size_t i = 0; i < sizeof(exp) / sizeof(exp[0]); i++) {
+		char text[64];
+		snprintf(text, sizeof(text), "persistent_client_expiration %s\n",
+			 exp[i].line);
+		CHECK_STR(load_err(text), "");
+		CHECK_EQ(cfg_g.persistent_client_expiration_s, exp[i].secs);
+	}
+	CHECK_STR(load_err("persistence_sync never\n"), "");
+	CHECK_EQ(cfg_g.persistence_sync_ms, KITE_PERSISTENCE_SYNC_NEVER);
+	CHECK_STR(load_err("persistence_sync 250\n"), "");
+	CHECK_EQ(cfg_g.persistence_sync_ms, 250);
+	CHECK_STR(load_err("persistent_client_expiration 3x\n"),
+		  "t.conf:1: option 'persistent_client_expiration': expects a "
+		  "duration such as 12h, 14d, 2w, 6m or 1y, got '3x'");
+	CHECK_STR(load_err("persistence_sync 0\n"),
+		  "t.conf:1: option 'persistence_sync': expects always, never or "
+		  "a number of milliseconds (1-3600000), got '0'");
+	CHECK_STR(load_err("autosave_interval -1\n"),
+		  "t.conf:1: option 'autosave_interval': expects a number of "
+		  "seconds (or changes) >= 0, got '-1'");
 }
 
 TEST(config_mosquitto_example_config_parses_as_local_only)

@@ -49,6 +49,7 @@ static int sample(struct journal_record *out)
 	r[0].type = JOURNAL_SESSION;
 	r[0].session.key = 0x0102030405060708ull;
 	r[0].session.expiry_s = UINT32_MAX;
+	r[0].session.offline_wall_ms = 1700000000999ull;
 	r[0].session.protocol = 5;
 	r[0].session.listener = 3;
 	r[0].session.has_username = true;
@@ -122,6 +123,7 @@ static bool record_eq(const struct journal_record *a,
 	case JOURNAL_SESSION:
 		return a->session.key == b->session.key &&
 		       a->session.expiry_s == b->session.expiry_s &&
+		       a->session.offline_wall_ms == b->session.offline_wall_ms &&
 		       a->session.protocol == b->session.protocol &&
 		       a->session.listener == b->session.listener &&
 		       a->session.has_username == b->session.has_username &&

@@ -1,0 +1,112 @@
+/* Durable state (docs/PERSISTENCE.md): each shard logs the changes to what
+ * it owns into its own file, through its own io_uring, one write per loop
+ * turn; acknowledgements wait for the records they acknowledge.
+ *
+ * Every function is a no-op (or answers at once) when `persistence` is
+ * off: the broker without it pays one branch per hook. */
+#ifndef KITE_PERSIST_H
+#define KITE_PERSIST_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct broker;
+struct conn;
+struct deliv;
+struct held_ack;
+struct msg;
+struct session;
+struct shard;
+
+/* An acknowledgement that waits for records on one or more shards. It
+ * travels with the message (XK_DELIVER_T, share forwards); every shard that
+ * takes a hold on it gives it back once its records are durable, and the
+ * last one hands it to `origin`, which releases the connection's ack. */
+struct persist_ticket {
+	_Atomic uint32_t pending;
+	uint8_t origin;		   /* the shard that completes it */
+	uint32_t conn_id, conn_gen; /* whose ack waits (gen 0: nobody's) */
+	struct held_ack *held;
+	struct msg *msg;	   /* what it travels with, one reference */
+};
+
+/* ---- startup and shutdown ------------------------------------------------ */
+
+/* Before the shards start: reads persistence_location (kite's logs, or
+ * Mosquitto's database on first start), rebuilds sessions, queues and
+ * retained messages into the shards, writes a fresh generation of logs
+ * and removes the old ones. 0, or -1 when starting would drop data the
+ * user asked to keep (the log says exactly why). */
+int persist_start(struct broker *b);
+/* After the shard stopped: last records written and synced, file closed. */
+void persist_shard_stop(struct shard *s);
+
+/* ---- what changes (called where it changes) ----------------------------- */
+
+void persist_session(struct session *ss);
+void persist_session_end(struct session *ss);
+void persist_sub(struct session *ss, const char *filter, uint16_t len,
+		 uint32_t options, uint32_t sub_id);
+void persist_unsub(struct session *ss, const char *filter, uint16_t len);
+/* m reached the session at QoS 1/2 (queued, or sent at once). */
+void persist_queue(struct session *ss, struct msg *m, const struct deliv *d);
+/* state: enum journal_out_state. */
+void persist_out(struct session *ss, uint64_t msg_id, uint16_t pid,
+		 uint8_t state);
+void persist_done(struct session *ss, uint64_t msg_id);
+void persist_qos2_in(struct session *ss, uint16_t pid, struct msg *m);
+void persist_qos2_rel(struct session *ss, uint16_t pid);
+/* The session's delayed will changed (set, fired or cancelled). */
+void persist_will(struct session *ss);
+
+/* The id under which m is logged (assigned on first use). */
+uint64_t persist_msg_id(struct shard *s, struct msg *m);
+
+/* ---- acknowledgements ---------------------------------------------------- */
+
+/* Queues an acknowledgement on c that leaves once everything this shard
+ * logged so far is durable (at once when nothing is pending). */
+void persist_ack(struct conn *c, const uint8_t *bytes, size_t len);
+/* Whether c's acks may have to wait for the disk (its session is logged):
+ * then SUBACK/UNSUBACK go through a held entry, and persist_hold makes
+ * that entry wait for everything logged so far. */
+bool persist_pending(const struct conn *c);
+void persist_hold(struct conn *c, struct held_ack *h);
+
+/* A publish about to be routed: NULL when nothing will need to wait
+ * (persistence off). Otherwise routing passes it along; finish with
+ * persist_ticket_ack (or _drop) once routing is done. */
+struct persist_ticket *persist_ticket_begin(struct shard *s, struct msg *m);
+/* Routing is done: `bytes` (the PUBACK/PUBCOMP) leave on c when every
+ * shard that logged the message confirmed. len 0: nothing to send. */
+void persist_ticket_ack(struct shard *s, struct persist_ticket *t,
+			struct conn *c, const uint8_t *bytes, size_t len);
+/* Another shard (or a share forward) takes part: it gives it back with
+ * persist_ticket_settle. */
+void persist_ticket_hold(struct persist_ticket *t);
+/* This shard's part is done once what it logged so far is durable. */
+void persist_ticket_settle(struct shard *s, struct persist_ticket *t);
+/* XK_TICKET: on the origin shard, the last holder let go. */
+void persist_ticket_done(struct shard *s, struct persist_ticket *t);
+/* Shutdown: a ticket no shard will run any more. */
+void persist_ticket_discard(struct persist_ticket *t);
+
+/* Retained messages are logged by shard 0: t travels there (XK_RETAIN_T)
+ * unless this is shard 0. */
+void persist_retained(struct shard *s, struct msg *m,
+		      struct persist_ticket *t);
+/* XK_RETAIN_T on shard 0. */
+void persist_on_retained(struct shard *s, struct persist_ticket *t);
+
+/* ---- the loop ------------------------------------------------------------- */
+
+/* At the end of every turn: this turn's records go out in one write. */
+void persist_turn_end(struct shard *s);
+/* UD_PERSIST completions. */
+void persist_on_cqe(struct shard *s, uint32_t what, int res);
+/* Every tick: the periodic sync (persistence_sync N). */
+void persist_tick(struct shard *s);
+
+#endif
