@@ -97,7 +97,7 @@ static int status_fail(struct mosqdb_status *st, int rc, size_t at,
 static int status_fail(struct mosqdb_status *st, int rc, size_t at,
 		       const char *fmt, ...)
 {
-	char what[192];
+	char what[240];
 	va_list ap;
 
 	va_start(ap, fmt);
@@ -120,10 +120,10 @@ static int chunk_fail(const struct chunk *c, int rc, size_t at,
 	va_start(ap, fmt);
 	vsnprintf(what, sizeof(what), fmt, ap);
 	va_end(ap);
-	if (strcmp(mosqdb_chunk_name(c->type), "unknown") == 0)
-		snprintf(name, sizeof(name), "type %" PRIu32, c->type);
-	else
+	if (c->type >= MOSQDB_CHUNK_CFG && c->type <= MOSQDB_CHUNK_CLIENT)
 		snprintf(name, sizeof(name), "%s", mosqdb_chunk_name(c->type));
+	else
+		snprintf(name, sizeof(name), "type %" PRIu32, c->type);
 	return status_fail(c->r->st, rc, at, "%s chunk at %zu (%" PRIu32
 			   " bytes): %s", name, c->start, c->length, what);
 }

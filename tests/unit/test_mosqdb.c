@@ -566,6 +566,12 @@ TEST(mosqdb_truncation_names_the_cut_chunk)
 	CHECK(err_has(&st, "the file ends 12 bytes into it"));
 	CHECK_EQ(r.msg, 1);
 
+	/* The sixth chunk is of type 99: named by its number. */
+	snprintf(want, sizeof(want), "type 99 chunk at %zu (3 bytes): the file "
+		 "ends 1 bytes into it", m.ends[4]);
+	CHECK_EQ(read_n(m.b, m.ends[4] + 9, &r, &st), MOSQDB_TRUNCATED);
+	CHECK(err_has(&st, want));
+
 	CHECK_EQ(read_n(m.b, m.ends[1] + 3, &r, &st), MOSQDB_TRUNCATED);
 	CHECK(err_has(&st, "3 bytes into the chunk header"));
 	CHECK_EQ(read_n(m.b, 0, &r, &st), MOSQDB_TRUNCATED);
