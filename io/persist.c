@@ -20,6 +20,7 @@
 #include <urcu-qsbr.h>
 
 #include "core/journal.h"
+#include "core/mosqdb.h"
 #include "core/log.h"
 #include "io/engine.h"
 
@@ -1281,6 +1282,206 @@ static int list_logs(struct log_file **out, size_t *n, uint64_t *max_gen)
 	return 0;
 }
 
+static bool rsess_id_eq_cb(const struct htab_link *l, const void *key,
+			   size_t len);
+
+/* ---- importing Mosquitto's database --------------------------------------- */
+
+/* Turns Mosquitto 2.0's mosquitto.db into the same recovery state kite's
+ * own records give (core/mosqdb.c reads it). Sessions get fresh keys;
+ * usernames are not taken (2.0.11 writes stale ones; the next CONNECT
+ * sets the identity anyway). */
+struct mimport {
+	struct recovery *rc;
+	struct htab by_id; /* client id -> rsess */
+	uint64_t now_wall;
+	uint32_t msgs, retained, clients, subs, queued, skipped;
+};
+
+static struct rsess *mimport_session(struct mimport *mi, struct mqtt_bytes id)
+{
+	uint64_t h = hash_bytes(id.ptr, id.len);
+	return htab_entry(htab_find(&mi->by_id, h, id.ptr, id.len, rsess_id_eq_cb),
+			  struct rsess, by_id);
+}
+
+static int mimport_msg_cb(void *ctx, const struct mosqdb_msg *m)
+{
+	struct mimport *mi = ctx;
+	struct journal_record r = {.type = JOURNAL_MSG};
+	r.msg.id = m->store_id;
+	r.msg.qos = m->qos;
+	r.msg.retain = m->retain;
+	r.msg.topic = jb(m->topic.ptr, m->topic.len);
+	r.msg.payload = jb(m->payload.ptr, m->payload.len);
+	r.msg.props = jb(m->props.raw.ptr, m->props.raw.len);
+	r.msg.created_wall_ms = mi->now_wall;
+	if (m->expiry_time > 0) {
+		int64_t left = m->expiry_time - (int64_t)(mi->now_wall / 1000);
+		r.msg.expiry_s = left > 0 ? (uint32_t)left : 1;
+	}
+	mi->msgs++;
+	return apply_msg(mi->rc, &r);
+}
+
+static int mimport_retain_cb(void *ctx, const struct mosqdb_retain *m)
+{
+	struct mimport *mi = ctx;
+	struct rmsg *e = rmsg_find(mi->rc, m->store_id);
+	if (!e) {
+		mi->skipped++;
+		return 0;
+	}
+	struct journal_record r = {.type = JOURNAL_RETAIN};
+	r.retain.msg_id = m->store_id;
+	r.retain.topic = jb(msg_topic(e->m), e->m->topic_len);
+	mi->retained++;
+	return apply_retain(mi->rc, &r);
+}
+
+static int mimport_client_cb(void *ctx, const struct mosqdb_client *m)
+{
+	struct mimport *mi = ctx;
+	if (mimport_session(mi, m->client_id))
+		return 0;
+	struct journal_record r = {.type = JOURNAL_SESSION};
+	r.session.key = ++mi->rc->max_key;
+	r.session.expiry_s = m->session_expiry_interval;
+	r.session.protocol = m->session_expiry_interval == UINT32_MAX ? 4 : 5;
+	r.session.client_id = jb(m->client_id.ptr, m->client_id.len);
+	/* Offline since Mosquitto saved it (its expiry time says when it
+	 * would have ended). */
+	r.session.offline_wall_ms = mi->now_wall;
+	if (m->session_expiry_time > 0 && m->session_expiry_interval != UINT32_MAX) {
+		int64_t since = m->session_expiry_time -
+				(int64_t)m->session_expiry_interval;
+		r.session.offline_wall_ms = since > 0 ? (uint64_t)since * 1000u : 1;
+	}
+	if (apply_session(mi->rc, &r) < 0)
+		return -1;
+	struct rsess *rs = rsess_find(mi->rc, r.session.key);
+	uint64_t h = hash_bytes(rs->client_id, rs->id_len);
+	if (htab_insert(&mi->by_id, &rs->by_id, h) < 0)
+		return -1;
+	mi->clients++;
+	return 0;
+}
+
+static int mimport_sub_cb(void *ctx, const struct mosqdb_sub *m)
+{
+	struct mimport *mi = ctx;
+	struct rsess *rs = mimport_session(mi, m->client_id);
+	if (!rs) {
+		mi->skipped++;
+		return 0;
+	}
+	struct journal_record r = {.type = JOURNAL_SUB};
+	r.sub.options = (uint8_t)((m->qos & SUB_QOS_MASK) |
+				  (m->no_local ? SUB_NO_LOCAL : 0) |
+				  (m->retain_as_published ? SUB_RETAIN_AS_PUBLISHED : 0));
+	r.sub.sub_id = m->identifier;
+	r.sub.filter = jb(m->filter.ptr, m->filter.len);
+	mi->subs++;
+	return apply_sub(rs, &r, true);
+}
+
+static int mimport_client_msg_cb(void *ctx, const struct mosqdb_client_msg *m)
+{
+	struct mimport *mi = ctx;
+	struct rsess *rs = mimport_session(mi, m->client_id);
+	if (!rs || !rmsg_find(mi->rc, m->store_id)) {
+		mi->skipped++;
+		return 0;
+	}
+	struct journal_record r;
+	if (m->direction == MOSQDB_DIR_IN) {
+		if (m->state != MOSQDB_STATE_WAIT_FOR_PUBREL &&
+		    m->state != MOSQDB_STATE_SEND_PUBREC)
+			return 0;
+		r = (struct journal_record){.type = JOURNAL_QOS2_IN};
+		r.qos2_in.msg_id = m->store_id;
+		r.qos2_in.pid = m->mid;
+		mi->queued++;
+		return r.qos2_in.pid ? apply_qos2(rs, &r, true) : 0;
+	}
+	if (m->qos == 0)
+		return 0;
+	r = (struct journal_record){.type = JOURNAL_QUEUE};
+	r.queue.msg_id = m->store_id;
+	r.queue.qos = m->qos;
+	r.queue.retain = m->retain;
+	if (m->props.subscription_identifier) {
+		r.queue.nsub = 1;
+		r.queue.sub[0] = m->props.subscription_identifier;
+	}
+	if (apply_queue(rs, &r) < 0)
+		return -1;
+	mi->queued++;
+	uint8_t state = m->state == MOSQDB_STATE_WAIT_FOR_PUBACK ? JOURNAL_WAIT_PUBACK
+			: m->state == MOSQDB_STATE_WAIT_FOR_PUBREC ? JOURNAL_WAIT_PUBREC
+			: (m->state == MOSQDB_STATE_RESEND_PUBREL ||
+			   m->state == MOSQDB_STATE_WAIT_FOR_PUBCOMP) ? JOURNAL_WAIT_PUBCOMP
+			: 0;
+	if (!state || !m->mid)
+		return 0; /* queued: it gets a packet id when it is sent */
+	r = (struct journal_record){.type = JOURNAL_OUT};
+	r.out.msg_id = m->store_id;
+	r.out.pid = m->mid;
+	r.out.state = state;
+	return apply_out(rs, &r);
+}
+
+/* Mosquitto's database, when kite has no logs of its own yet. 0 (also
+ * when there is none, or it is damaged: the log says what was taken), or
+ * -1 out of memory. */
+static int import_mosquitto(struct recovery *rc, const struct kite_config *cfg)
+{
+	char path[KITE_PATH_MAX * 2 + 2];
+	const char *loc = cfg->persistence_location[0] ? cfg->persistence_location : ".";
+	snprintf(path, sizeof(path), "%s%s%s", loc,
+		 loc[strlen(loc) - 1] == '/' ? "" : "/", cfg->persistence_file);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	struct stat st;
+	uint8_t *buf = NULL;
+	size_t len = 0;
+	if (fstat(fd, &st) == 0 && (buf = malloc(st.st_size ? (size_t)st.st_size : 1))) {
+		while (len < (size_t)st.st_size) {
+			ssize_t n = pread(fd, buf + len, (size_t)st.st_size - len, (off_t)len);
+			if (n <= 0)
+				break;
+			len += (size_t)n;
+		}
+	}
+	close(fd);
+	if (!buf)
+		return -1;
+	struct mimport mi = {.rc = rc, .now_wall = wall_ms()};
+	struct mosqdb_visitor v = {
+		.msg_cb = mimport_msg_cb,
+		.retain_cb = mimport_retain_cb,
+		.client_cb = mimport_client_cb,
+		.sub_cb = mimport_sub_cb,
+		.client_msg_cb = mimport_client_msg_cb,
+	};
+	struct mosqdb_status ms;
+	int r = mosqdb_read(buf, len, &v, &mi, &ms);
+	free(buf);
+	htab_fini(&mi.by_id, unlink_cb);
+	if (r == MOSQDB_STOPPED)
+		return -1; /* a callback ran out of memory */
+	if (r != MOSQDB_OK)
+		log_msg(KITE_LOG_WARNING, "Persistence: %s: %s: %s; what came "
+			"before it is imported", path, mosqdb_rc_name(r), ms.err);
+	log_msg(KITE_LOG_NOTICE, "Persistence: imported Mosquitto's %s (format "
+		"%u): %u messages, %u retained, %u sessions, %u subscriptions, "
+		"%u queued or in flight, %u references skipped; the file is "
+		"left as it was.", path, ms.version, mi.msgs, mi.retained,
+		mi.clients, mi.subs, mi.queued, mi.skipped);
+	return 0;
+}
+
 /* ---- from recovery to the running broker ---------------------------------- */
 
 static uint64_t mono_from_wall(uint64_t now_mono, uint64_t now_wall,
@@ -1505,6 +1706,9 @@ int persist_start(struct broker *b)
 		snprintf(path, sizeof(path), "%s/%s", persist_dir, files[i].name);
 		rcode = recover_file(&rc, path);
 	}
+	/* First start on a Mosquitto data directory: its database. */
+	if (!nfiles && rcode == 0)
+		rcode = import_mosquitto(&rc, cfg);
 	if (rcode < 0) {
 		log_msg(KITE_LOG_ERR, "Error: persistence: out of memory while "
 			"recovering: not starting (nothing was changed on disk)");

@@ -273,3 +273,65 @@ def test_two_brokers_cannot_share_a_persistence_directory(broker_factory, tmp_pa
     assert "is in use by another kite" in out
     c, _ = _client(r.port, "first-still-serves", clean=True)
     c.ping()
+
+
+@pytest.mark.kite_only("kite imports Mosquitto's database")
+@pytest.mark.timeout(60)
+def test_mosquitto_database_is_imported_on_first_start(request, broker_factory, tmp_path):
+    """Debian's Mosquitto 2.0.11 writes mosquitto.db (retained messages,
+    3.1.1 and MQTT 5 sessions with subscriptions, queued QoS 1/2 messages,
+    a QoS 2 message waiting for its PUBREL); kite started on that
+    persistence_location serves all of it, message by message, and leaves
+    the file untouched."""
+    import test_mosqdb_import as mdb
+    if not os.access(mdb.MOSQUITTO, os.X_OK):
+        pytest.skip("no Mosquitto at %s" % mdb.MOSQUITTO)
+    db, _, _, _ = mdb.make_db(request, tmp_path)
+    before = (db.stat().st_size, db.stat().st_mtime_ns, db.read_bytes())
+    port = harness.free_port()
+    conf = ("allow_anonymous true\npersistence true\npersistence_location %s/\n%s"
+            % (db.parent, LOG))
+    b = broker_factory(conf, port=port)
+    b.wait_output(r"imported Mosquitto's .*mosquitto\.db \(format 6\)", timeout=5)
+    # Retained messages, with their MQTT 5 properties for a 5.0 reader.
+    r = m5.Client5(port)
+    assert r.connect("reader").rc == 0
+    r.subscribe([("r/#", m5.sub_options(2)), ("q/in", m5.sub_options(2))])
+    got = {}
+    for _ in range(4):
+        m = r.expect(mqttraw.PUBLISH)
+        if m.qos:
+            r.ack(m) if m.qos == 1 else None
+        got[m.topic] = m
+    assert {t: m.payload for t, m in got.items()} == {
+        "r/q0": b"zero", "r/q1": b"one", "r/q2": bytes(range(256)), "r/user": b"by-bob"}
+    props = dict((k, v) for k, v in got["r/q1"].props if k != m5.USER_PROPERTY)
+    assert props[m5.CONTENT_TYPE] == "text/plain"
+    assert props[m5.RESPONSE_TOPIC] == "resp/1"
+    assert 3500 < props[m5.MESSAGE_EXPIRY_INTERVAL] <= 3600
+    # The 3.1.1 session and its queue.
+    s, ack = _client(port, "s311")
+    assert ack.session_present
+    q = [s.expect_publish() for _ in range(2)]
+    assert sorted((m.topic, m.payload) for m in q) == [("q/311/a", b"to-311"),
+                                                       ("q/both", b"both")]
+    # The MQTT 5 session: its messages carry their subscription ids.
+    c = m5.Client5(port)
+    ack = c.connect("s5", clean=False, props=[(m5.SESSION_EXPIRY_INTERVAL, 3600)])
+    assert ack.session_present
+    q5 = {}
+    for _ in range(2):
+        m = c.expect(mqttraw.PUBLISH)
+        q5[m.topic] = (m.payload, m.props.all(m5.SUBSCRIPTION_IDENTIFIER))
+        c.send(m5.pubrec(m.pid))
+        c.await_packet(mqttraw.PUBREL, m.pid)
+        c.send(m5.pubcomp(m.pid))
+    assert q5 == {"q/5/x": (b"to-5", [42]), "q/both": (b"both", [7])}
+    # The QoS 2 message that waited for its PUBREL is released now.
+    p, ack = _client(port, "inq2")
+    assert ack.session_present
+    p.send(mqttraw.pubrel(77))
+    assert p.expect(mqttraw.PUBCOMP).pid == 77
+    m = r.expect(mqttraw.PUBLISH)
+    assert (m.topic, m.payload) == ("q/in", b"half-way")
+    assert (db.stat().st_size, db.stat().st_mtime_ns, db.read_bytes()) == before
