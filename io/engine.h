@@ -240,6 +240,7 @@ struct session {
 	struct session *ending_next;
 	bool logged; /* its SESSION record is in the shard's log */
 	uint8_t protocol; /* of its last connection (logged with it) */
+	uint64_t offline_wall_ms; /* logged: offline since (0: online) */
 };
 
 /* The interface a persistence backend would implement later: every change

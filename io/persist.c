@@ -38,8 +38,12 @@ struct shard_log {
 	uint64_t generation;
 	struct journal_buf cur;	 /* this turn's records */
 	struct journal_buf wbuf; /* being written */
+	/* Positions count record bytes since startup, across generations;
+	 * the current file holds those from file_base on (after its
+	 * header). */
+	uint64_t file_base;
 	uint64_t appended;	 /* end of cur: the next record's position */
-	uint64_t w_off;		 /* where wbuf goes in the file */
+	uint64_t w_lsn;		 /* where wbuf starts */
 	uint64_t written;	 /* end of the last completed write */
 	uint64_t synced;	 /* end covered by a completed fdatasync */
 	uint64_t durable;	 /* what acknowledgements may rely on */
@@ -49,6 +53,16 @@ struct shard_log {
 	/* Tickets waiting for a position, in append order. */
 	struct log_waiter *wq;
 	uint32_t wq_head, wq_count, wq_cap;
+	/* Compaction: a new generation starts at an idle turn end; its
+	 * snapshot is written a slice per turn behind the live records; the
+	 * old file goes once the snapshot's end is synced. */
+	bool compact_due, snapshotting, old_pending;
+	struct session *snap_next; /* next session to restate */
+	uint64_t snap_end;	   /* position just after SNAPSHOT_END */
+	uint64_t snap_bytes;	   /* the last snapshot's size */
+	uint64_t changes;	   /* records since the last compaction */
+	uint64_t last_compact_ms;
+	char old_path[KITE_PATH_MAX + 64];
 	uint64_t last_logged_msg; /* a MSG record goes once per run of uses */
 	uint64_t next_msg;	  /* this shard's message counter */
 	uint64_t failed_writes;
@@ -60,6 +74,13 @@ static uint64_t wall_ms(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* Where position v is in the current file. */
+static uint64_t file_off(const struct shard_log *l, uint64_t v)
+{
+	assert(v >= l->file_base);
+	return JOURNAL_HEADER_LEN + (v - l->file_base);
 }
 
 static bool sync_always(const struct shard *s)
@@ -249,6 +270,7 @@ static void log_put(struct shard *s, const struct journal_record *r)
 		return;
 	}
 	l->appended += l->cur.len - before;
+	l->changes++;
 }
 
 static struct journal_bytes jb(const void *p, size_t len)
@@ -311,7 +333,7 @@ static void log_session(struct shard *s, const struct session *ss)
 	struct journal_record r = {.type = JOURNAL_SESSION};
 	r.session.key = ss->id;
 	r.session.expiry_s = ss->expiry_s;
-	r.session.offline_wall_ms = ss->conn ? 0 : wall_ms();
+	r.session.offline_wall_ms = ss->conn ? 0 : ss->offline_wall_ms;
 	r.session.protocol = ss->conn ? ss->conn->version : ss->protocol;
 	r.session.listener = ss->listener;
 	r.session.has_username = ss->username != NULL;
@@ -331,13 +353,19 @@ void persist_session(struct session *ss)
 	}
 	if (ss->conn)
 		ss->protocol = ss->conn->version;
+	/* Expiry counts from the disconnect, across restarts too. */
+	ss->offline_wall_ms = ss->conn ? 0 : wall_ms();
 	log_session(ss->shard, ss);
 	ss->logged = true;
 }
 
 void persist_session_end(struct session *ss)
 {
-	if (!persist_on(ss->shard) || !ss->logged)
+	if (!persist_on(ss->shard))
+		return;
+	if (ss->shard->log->snap_next == ss) /* compaction's place */
+		ss->shard->log->snap_next = ss->next;
+	if (!ss->logged)
 		return;
 	struct journal_record r = {.type = JOURNAL_SESSION_END};
 	r.session_end.key = ss->id;
@@ -514,14 +542,21 @@ static void log_submit_write(struct shard *s)
 	struct shard_log *l = s->log;
 	struct io_uring_sqe *sqe = shard_sqe(s);
 	io_uring_prep_write(sqe, l->fd, l->wbuf.data, (unsigned)l->wbuf.len,
-			    l->w_off);
+			    file_off(l, l->w_lsn));
 	io_uring_sqe_set_data64(sqe, ud_pack(UD_PERSIST, PERSIST_WRITE, 0));
 	l->write_busy = true;
 }
 
+static void compact_start(struct shard *s);
+static void snapshot_slice(struct shard *s);
+
 void persist_turn_end(struct shard *s)
 {
 	struct shard_log *l = s->log;
+	if (l && l->compact_due && !l->write_busy && !l->sync_busy)
+		compact_start(s);
+	if (l && l->snapshotting)
+		snapshot_slice(s);
 	/* With `always` a write and its fdatasync are one step. */
 	if (!l || l->write_busy || (sync_always(s) && l->sync_busy) ||
 	    !l->cur.len)
@@ -532,7 +567,7 @@ void persist_turn_end(struct shard *s)
 	l->wbuf = l->cur;
 	l->cur = t;
 	l->cur.len = 0;
-	l->w_off = l->appended - l->wbuf.len;
+	l->w_lsn = l->appended - l->wbuf.len;
 	log_submit_write(s);
 }
 
@@ -557,14 +592,14 @@ static void log_on_write(struct shard *s, int res)
 		 * rest goes again at its own offset. */
 		memmove(l->wbuf.data, l->wbuf.data + res, l->wbuf.len - (size_t)res);
 		l->wbuf.len -= (size_t)res;
-		l->w_off += (uint64_t)res;
+		l->w_lsn += (uint64_t)res;
 		log_submit_write(s);
 		return;
 	}
 	if (res < 0)
 		log_write_failed(s, -res);
 	l->write_busy = false;
-	l->written = l->w_off + l->wbuf.len;
+	l->written = l->w_lsn + l->wbuf.len;
 	l->wbuf.len = 0;
 	if (sync_always(s) && res >= 0) {
 		log_submit_sync(s, l->written);
@@ -601,15 +636,49 @@ void persist_on_cqe(struct shard *s, uint32_t what, int res)
 		log_on_sync(s, res);
 }
 
+/* Beyond twice the last snapshot and this, the log is compacted. */
+#define COMPACT_SLACK_BYTES (64u << 20)
+
+static bool compact_wanted(const struct shard *s)
+{
+	const struct shard_log *l = s->log;
+	const struct kite_config *cfg = s->cfg;
+	if (l->snapshotting || l->old_pending || l->compact_due)
+		return false;
+	if (l->appended - l->file_base > 2 * l->snap_bytes + COMPACT_SLACK_BYTES)
+		return true;
+	/* Mosquitto's autosave: seconds (or changes) between saves. */
+	if (!cfg->autosave_interval_s || !l->changes)
+		return false;
+	return cfg->autosave_on_changes
+		       ? l->changes >= cfg->autosave_interval_s
+		       : s->now_ms - l->last_compact_ms >=
+				 (uint64_t)cfg->autosave_interval_s * 1000u;
+}
+
 void persist_tick(struct shard *s)
 {
 	struct shard_log *l = s->log;
-	uint32_t ms = s->cfg->persistence_sync_ms;
-	if (!l || ms == KITE_PERSISTENCE_SYNC_ALWAYS ||
-	    ms == KITE_PERSISTENCE_SYNC_NEVER || l->sync_busy ||
-	    l->synced >= l->written || s->now_ms - l->last_sync_ms < ms)
+	if (!l)
 		return;
-	log_submit_sync(s, l->written);
+	if (compact_wanted(s))
+		l->compact_due = true;
+	if (l->old_pending && l->synced >= l->snap_end) {
+		/* The new generation stands on its own: the old one goes. */
+		if (unlink(l->old_path) < 0 && errno != ENOENT)
+			log_msg(KITE_LOG_WARNING, "Persistence: cannot remove %s: %s",
+				l->old_path, strerror(errno));
+		l->old_pending = false;
+	}
+	uint32_t ms = s->cfg->persistence_sync_ms;
+	if (l->sync_busy || l->synced >= l->written ||
+	    ms == KITE_PERSISTENCE_SYNC_ALWAYS)
+		return;
+	bool due = ms != KITE_PERSISTENCE_SYNC_NEVER &&
+		   s->now_ms - l->last_sync_ms >= ms;
+	/* Under `never`, the one sync a finished snapshot needs. */
+	if (due || (l->old_pending && l->written >= l->snap_end))
+		log_submit_sync(s, l->written);
 }
 
 /* ---- snapshots ---------------------------------------------------------------- */
@@ -655,11 +724,19 @@ static void snapshot_retained_cb(void *ctx, void *msg)
 	log_retain(ctx, msg);
 }
 
+static void snapshot_end(struct shard *s);
+
 static void snapshot_shard(struct shard *s)
 {
 	for (struct session *ss = s->sessions; ss; ss = ss->next)
 		if (ss->persistent)
 			snapshot_session(s, ss);
+	snapshot_end(s);
+}
+
+static void snapshot_end(struct shard *s)
+{
+	struct shard_log *l = s->log;
 	if (s->idx == 0) {
 		rcu_read_lock();
 		retain_match(s->b->retained, "#", 1, snapshot_retained_cb, s);
@@ -667,6 +744,28 @@ static void snapshot_shard(struct shard *s)
 	}
 	struct journal_record end = {.type = JOURNAL_SNAPSHOT_END};
 	log_put(s, &end);
+	l->snap_end = l->appended;
+	l->snap_bytes = l->snap_end - l->file_base;
+	l->snapshotting = false;
+}
+
+/* Restates up to this many bytes of sessions per loop turn. */
+#define SNAPSHOT_SLICE_BYTES (256u << 10)
+
+static void snapshot_slice(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	size_t start = l->cur.len;
+	while (l->snap_next && l->cur.len - start < SNAPSHOT_SLICE_BYTES) {
+		struct session *ss = l->snap_next;
+		l->snap_next = ss->next;
+		if (ss->persistent && ss->logged)
+			snapshot_session(s, ss);
+	}
+	if (!l->snap_next) {
+		snapshot_end(s);
+		l->old_pending = true;
+	}
 }
 
 /* ---- files ------------------------------------------------------------------- */
@@ -726,6 +825,7 @@ static int shard_log_open(struct shard *s, uint64_t gen, uint64_t next_msg)
 	journal_header(hdr, s->idx, gen);
 	s->log = l;
 	snapshot_shard(s);
+	l->snap_bytes = l->cur.len;
 	int rc = write_all(l->fd, hdr, sizeof(hdr), 0);
 	if (rc == 0)
 		rc = write_all(l->fd, l->cur.data, l->cur.len, sizeof(hdr));
@@ -737,12 +837,53 @@ static int shard_log_open(struct shard *s, uint64_t gen, uint64_t next_msg)
 		return -1;
 	}
 	/* Positions count from the file's start. */
-	l->appended = sizeof(hdr) + l->cur.len;
+	l->appended = l->cur.len;
 	l->written = l->synced = l->durable = l->appended;
 	l->cur.len = 0;
 	l->last_logged_msg = 0;
-	l->last_sync_ms = s->now_ms;
+	l->last_sync_ms = l->last_compact_ms = s->now_ms;
+	l->changes = 0;
 	return 0;
+}
+
+/* At an idle turn end (nothing in flight: the old file has every record
+ * before `written`): the next generation's file takes every record from
+ * here on, and the snapshot slices follow them into it. */
+static void compact_start(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	char path[sizeof(l->path)];
+	l->compact_due = false;
+	l->last_compact_ms = s->now_ms;
+	l->changes = 0;
+	shard_log_path(path, sizeof(path), s->idx, l->generation + 1);
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	uint8_t hdr[JOURNAL_HEADER_LEN];
+	journal_header(hdr, s->idx, l->generation + 1);
+	if (fd < 0 || write_all(fd, hdr, sizeof(hdr), 0) < 0) {
+		uint32_t left_out;
+		if (log_limit_take(&l->err_log, s->now_ms, 1, &left_out))
+			log_msg(KITE_LOG_ERR, "Persistence: cannot start %s: %s; "
+				"the log goes on growing until it can",
+				path, strerror(errno));
+		if (fd >= 0) {
+			close(fd);
+			unlink(path);
+		}
+		return;
+	}
+	close(l->fd);
+	memcpy(l->old_path, l->path, sizeof(l->old_path));
+	memcpy(l->path, path, sizeof(l->path));
+	l->fd = fd;
+	l->generation++;
+	l->file_base = l->written;
+	l->last_logged_msg = 0; /* MSG records start over in this file */
+	l->snap_next = s->sessions;
+	l->snapshotting = true;
+	if (log_enabled(KITE_LOG_INFO))
+		log_msg(KITE_LOG_INFO, "Persistence: compacting shard %u into %s",
+			s->idx, path);
 }
 
 void persist_shard_stop(struct shard *s)
@@ -750,10 +891,16 @@ void persist_shard_stop(struct shard *s)
 	struct shard_log *l = s->log;
 	if (!l)
 		return;
-	/* A write still in flight lands at its own offset; what this
-	 * turn added goes after it. */
+	/* A write still in flight may be cancelled with the ring: its
+	 * bytes (still in wbuf) go again, synchronously, at their offset;
+	 * then what this turn added. */
+	if (l->write_busy && l->wbuf.len &&
+	    write_all(l->fd, l->wbuf.data, l->wbuf.len, file_off(l, l->w_lsn)) < 0)
+		log_msg(KITE_LOG_ERR, "Persistence: writing %s at shutdown: %s",
+			l->path, strerror(errno));
 	if (l->cur.len &&
-	    write_all(l->fd, l->cur.data, l->cur.len, l->appended - l->cur.len) < 0)
+	    write_all(l->fd, l->cur.data, l->cur.len,
+		      file_off(l, l->appended - l->cur.len)) < 0)
 		log_msg(KITE_LOG_ERR, "Persistence: writing %s at shutdown: %s",
 			l->path, strerror(errno));
 	if (fdatasync(l->fd) < 0)
