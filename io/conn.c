@@ -801,6 +801,8 @@ void conn_flush(struct conn *c)
 {
 	if (c->flags & CONN_SEND_BUSY)
 		return;
+	if (c->gate_lsn && persist_gated(c))
+		return; /* persist_gate's ticket flushes it */
 	if (c->tls) {
 		conn_flush_tls(c);
 		return;

@@ -241,6 +241,7 @@ struct session {
 	bool logged; /* its SESSION record is in the shard's log */
 	uint8_t protocol; /* of its last connection (logged with it) */
 	uint64_t offline_wall_ms; /* logged: offline since (0: online) */
+	bool q2_waiting; /* in shard->q2_waiters */
 };
 
 /* The interface a persistence backend would implement later: every change
@@ -395,6 +396,9 @@ struct conn {
 	uint32_t out_head, out_count, out_cap;
 	uint32_t head_off; /* bytes of outq[out_head] already sent */
 	uint64_t out_bytes;
+	/* Nothing is sent before the shard's log is durable up to here (a
+	 * QoS 2 PUBLISH to a persistent session: persist_gate). */
+	uint64_t gate_lsn;
 	struct send_ctx *send;
 	struct conn *dirty_next;
 	/* The peer; an IPv4 peer is kept as a v4-mapped address (28 bytes,
@@ -429,6 +433,7 @@ enum xkind {
 	XK_DELIVER_T,	/* ptr: struct persist_ticket * (its msg travels) */
 	XK_RETAIN_T,	/* to shard 0: log a retained change (ticket) */
 	XK_TICKET,	/* to the ticket's origin: every holder let go */
+	XK_Q2_RELEASE,	/* ptr: struct msg *: its QoS 2 deliveries may go */
 	XK_STOP,	/* from main: close everything and exit the loop */
 	XK_RELOAD,	/* from main: ptr is the new config snapshot */
 };
@@ -570,6 +575,9 @@ struct shard {
 	struct shard_stats stats;
 	/* Durable state (persist.c); NULL without `persistence`. */
 	struct shard_log *log;
+	/* Sessions whose queue waits for a held QoS 2 message (by id). */
+	uint64_t *q2_waiters;
+	uint32_t q2_waiters_count, q2_waiters_cap;
 };
 
 static inline bool persist_on(const struct shard *s)

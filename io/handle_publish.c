@@ -64,6 +64,19 @@ void publish_route(struct conn *c, struct msg *m, uint8_t ack, uint16_t pid)
 	struct shard *s = c->shard;
 	struct persist_ticket *t =
 		(ack || m->retain) ? persist_ticket_begin(s, m) : NULL;
+	if (ack == MQTT_PUBCOMP && c->session && c->session->logged) {
+		if (t) {
+			/* Exactly once across a restart: the release is
+			 * logged only once every destination has the
+			 * message, and QoS 2 deliveries wait for it. */
+			t->q2_release = true;
+			t->q2_key = c->session->id;
+			t->q2_pid = pid;
+			atomic_store(&m->q2_held, true);
+		} else {
+			persist_qos2_rel(c->session, pid);
+		}
+	}
 	bool matched = route_publish_t(s, m, t);
 	uint8_t buf[8];
 	size_t n = ack ? mqtt_encode_ack(buf, sizeof(buf), ack, c->version, pid,

@@ -31,6 +31,7 @@ struct msg *msg_new(const uint8_t *topic, uint16_t topic_len,
 	m->origin = 0;
 	m->props_len = props_len;
 	atomic_init(&m->log_id, 0);
+	atomic_init(&m->q2_held, false);
 	m->topic_hash = (uint32_t)hash_bytes(topic, topic_len);
 	uint8_t *p = m->buf + MSG_HEADER_ROOM;
 	p[0] = (uint8_t)(topic_len >> 8);

@@ -43,6 +43,10 @@ struct msg {
 	/* Its id in the persistence logs, set by the first shard that logs
 	 * it (persist_msg_id); 0 until then. */
 	_Atomic uint64_t log_id;
+	/* An incoming QoS 2 message routed at PUBREL whose release is not
+	 * durable yet (persistence): QoS 2 deliveries of it wait, so that a
+	 * restart cannot deliver it twice (docs/PERSISTENCE.md). */
+	_Atomic bool q2_held;
 	uint8_t buf[];
 };
 

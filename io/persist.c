@@ -95,17 +95,111 @@ void persist_ticket_hold(struct persist_ticket *t)
 	atomic_fetch_add_explicit(&t->pending, 1, memory_order_relaxed);
 }
 
+static void log_wait(struct shard *s, struct persist_ticket *t);
+
+/* Every destination of a released QoS 2 message has it on disk: the
+ * release is logged, and once that is durable too (the ticket's second
+ * round) PUBCOMP leaves and the deliveries go. */
+static void ticket_q2_logged(struct shard *s, struct persist_ticket *t)
+{
+	struct session *ss = shard_session_by_id(s, t->q2_key);
+	if (ss)
+		persist_qos2_rel(ss, t->q2_pid);
+	t->q2_release = false;
+	atomic_store(&t->pending, 1);
+	log_wait(s, t);
+}
+
+static void ticket_q2_unhold(struct shard *s, struct msg *m)
+{
+	atomic_store(&m->q2_held, false);
+	for (unsigned d = 0; d < s->b->nshards; d++) {
+		if (d == s->idx)
+			persist_on_q2_release(s, msg_ref(m));
+		else
+			shard_post(s, d, (struct xitem){XK_Q2_RELEASE, msg_ref(m)});
+	}
+}
+
 void persist_ticket_done(struct shard *s, struct persist_ticket *t)
 {
 	assert(t->origin == s->idx);
-	if (t->held) {
-		struct conn *c = shard_conn_lookup(s, t->conn_id, t->conn_gen);
-		if (c)
-			conn_release_ack(c, t->held);
+	if (t->q2_release) {
+		ticket_q2_logged(s, t);
+		return;
 	}
-	if (t->msg)
+	struct conn *c = t->conn_gen ? shard_conn_lookup(s, t->conn_id, t->conn_gen)
+				     : NULL;
+	if (c && t->held)
+		conn_release_ack(c, t->held);
+	if (c && t->flush)
+		conn_mark_dirty(c);
+	if (t->msg) {
+		if (atomic_load(&t->msg->q2_held))
+			ticket_q2_unhold(s, t->msg);
 		msg_unref(t->msg);
+	}
 	free(t);
+}
+
+void persist_on_q2_release(struct shard *s, struct msg *m)
+{
+	uint32_t n = s->q2_waiters_count;
+	uint64_t *ids = s->q2_waiters;
+	/* Sessions still blocked (by another held message) come back. */
+	s->q2_waiters = NULL;
+	s->q2_waiters_count = s->q2_waiters_cap = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		struct session *ss = shard_session_by_id(s, ids[i]);
+		if (ss) {
+			ss->q2_waiting = false;
+			session_pump(ss);
+		}
+	}
+	free(ids);
+	msg_unref(m);
+}
+
+void persist_wait_release(struct session *ss)
+{
+	struct shard *s = ss->shard;
+	if (ss->q2_waiting)
+		return;
+	if (s->q2_waiters_count == s->q2_waiters_cap) {
+		uint32_t ncap = s->q2_waiters_cap ? s->q2_waiters_cap * 2 : 16;
+		uint64_t *n = realloc(s->q2_waiters, sizeof(*n) * ncap);
+		if (!n)
+			return; /* the next release of any message retries it */
+		s->q2_waiters = n;
+		s->q2_waiters_cap = ncap;
+	}
+	s->q2_waiters[s->q2_waiters_count++] = ss->id;
+	ss->q2_waiting = true;
+}
+
+void persist_gate(struct conn *c)
+{
+	struct shard *s = c->shard;
+	if (!persist_on(s) || s->log->durable >= s->log->appended)
+		return;
+	c->gate_lsn = s->log->appended;
+	struct persist_ticket *t = calloc(1, sizeof(*t));
+	if (!t) {
+		c->gate_lsn = 0; /* out of memory: send rather than stall */
+		return;
+	}
+	atomic_init(&t->pending, 1);
+	t->origin = (uint8_t)s->idx;
+	t->flush = true;
+	t->conn_id = c->id;
+	t->conn_gen = c->gen;
+	log_wait(s, t);
+}
+
+bool persist_gated(const struct conn *c)
+{
+	const struct shard *s = c->shard;
+	return persist_on(s) && c->gate_lsn > s->log->durable;
 }
 
 void persist_ticket_discard(struct persist_ticket *t)
@@ -1665,7 +1759,48 @@ struct build {
 	struct recovery *rc;
 	uint64_t now_mono, now_wall;
 	uint32_t sessions, messages, dropped_expired, dropped_dup;
+	uint32_t unreleased;
+	/* Incoming QoS 2 messages whose release was not durable: copies
+	 * routed before the stop are dropped (the publisher sends PUBREL
+	 * again, and it is routed once). */
+	struct htab held;
 };
+
+struct held_id {
+	struct htab_link link;
+	uint64_t id;
+};
+
+_Static_assert(offsetof(struct held_id, id) == sizeof(struct htab_link), "key after link");
+
+static bool build_is_unreleased(struct build *bd, uint64_t id)
+{
+	return htab_find(&bd->held, u64_hash(id), &id, 8, u64_eq_cb) != NULL;
+}
+
+static void build_collect_unreleased(struct build *bd)
+{
+	struct recovery *rc = bd->rc;
+	for (size_t i = 0; rc->sessions.bucket && i <= rc->sessions.mask; i++)
+		for (struct htab_link *l = rc->sessions.bucket[i]; l; l = l->next) {
+			struct rsess *rs = htab_entry(l, struct rsess, link);
+			for (struct rqos2 *q = rs->qos2; q; q = q->next) {
+				if (build_is_unreleased(bd, q->msg_id))
+					continue;
+				struct held_id *h = malloc(sizeof(*h));
+				if (!h)
+					continue;
+				h->id = q->msg_id;
+				if (htab_insert(&bd->held, &h->link, u64_hash(h->id)) < 0)
+					free(h);
+			}
+		}
+}
+
+static void held_id_free(struct htab_link *l)
+{
+	free(htab_entry(l, struct held_id, link));
+}
 
 static struct msg *build_msg(struct build *bd, uint64_t id)
 {
@@ -1723,6 +1858,11 @@ static void build_session(struct build *bd, struct rsess *rs)
 				"subscription %.*s not restored", rs->client_id,
 				(int)r->len, r->filter);
 	for (struct rout *o = rs->out; o; o = o->next) {
+		if (o->state != JOURNAL_WAIT_PUBCOMP &&
+		    build_is_unreleased(bd, o->msg_id)) {
+			bd->unreleased++;
+			continue;
+		}
 		struct msg *m = o->state == JOURNAL_WAIT_PUBCOMP
 					? NULL : build_msg(bd, o->msg_id);
 		if (!m && o->state != JOURNAL_WAIT_PUBCOMP)
@@ -1759,6 +1899,7 @@ static void build_all(struct build *bd)
 {
 	struct recovery *rc = bd->rc;
 	struct htab by_id = {0};
+	build_collect_unreleased(bd);
 	for (size_t i = 0; rc->sessions.bucket && i <= rc->sessions.mask; i++)
 		for (struct htab_link *l = rc->sessions.bucket[i]; l; l = l->next) {
 			struct rsess *rs = htab_entry(l, struct rsess, link);
@@ -1786,6 +1927,7 @@ static void build_all(struct build *bd)
 				build_session(bd, rs);
 		}
 	htab_fini(&by_id, unlink_cb);
+	htab_fini(&bd->held, held_id_free);
 	for (size_t i = 0; rc->retained.bucket && i <= rc->retained.mask; i++)
 		for (struct htab_link *l = rc->retained.bucket[i]; l; l = l->next) {
 			struct rretain *r = htab_entry(l, struct rretain, link);

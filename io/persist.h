@@ -30,6 +30,11 @@ struct persist_ticket {
 	uint32_t conn_id, conn_gen; /* whose ack waits (gen 0: nobody's) */
 	struct held_ack *held;
 	struct msg *msg;	   /* what it travels with, one reference */
+	/* Completion on the origin: a QoS 2 release to log first (the
+	 * publisher's session and packet id), a connection to flush. */
+	uint64_t q2_key;
+	uint16_t q2_pid;
+	bool q2_release, flush;
 };
 
 /* ---- startup and shutdown ------------------------------------------------ */
@@ -99,6 +104,21 @@ void persist_retained(struct shard *s, struct msg *m,
 		      struct persist_ticket *t);
 /* XK_RETAIN_T on shard 0. */
 void persist_on_retained(struct shard *s, struct persist_ticket *t);
+
+/* An incoming QoS 2 message released by PUBREL (m: its reference goes):
+ * routed with its QoS 2 deliveries held, the release logged once every
+ * destination has it on disk, then PUBCOMP and the deliveries go. */
+void persist_qos2_route(struct conn *c, struct msg *m, uint16_t pid);
+/* XK_Q2_RELEASE: m's QoS 2 deliveries may go (its reference goes). */
+void persist_on_q2_release(struct shard *s, struct msg *m);
+/* A session whose queue waits for a held QoS 2 message to be released. */
+void persist_wait_release(struct session *ss);
+
+/* Sends of c wait until what the shard logged so far is durable: a QoS 2
+ * PUBLISH may not leave before its packet id is on disk. */
+void persist_gate(struct conn *c);
+/* Whether c's sends still wait for the log (conn_flush). */
+bool persist_gated(const struct conn *c);
 
 /* ---- the loop ------------------------------------------------------------- */
 

@@ -315,6 +315,15 @@ static void session_send_new(struct session *ss, struct msg *m,
 	}
 	if (session_inflight_add(ss, m, d, pid) < 0)
 		conn_close(ss->conn, "out of memory", false);
+	else if (d->qos == 2 && ss->logged)
+		persist_gate(ss->conn); /* its packet id is durable first */
+}
+
+/* A QoS 2 delivery of a message whose release is not durable yet. */
+static bool session_held(const struct msg *m, const struct deliv *d)
+{
+	return d->qos == 2 && atomic_load_explicit(&m->q2_held,
+						   memory_order_acquire);
 }
 
 static int session_queue_push(struct session *ss, struct msg *m,
@@ -358,7 +367,8 @@ void session_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 						  memory_order_relaxed);
 		return;
 	}
-	if (session_online(ss) && !ss->q_count && session_window_open(ss)) {
+	if (session_online(ss) && !ss->q_count && session_window_open(ss) &&
+	    !session_held(m, d)) {
 		persist_queue(ss, m, d);
 		session_send_new(ss, m, d);
 		return;
@@ -370,12 +380,18 @@ void session_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 					  memory_order_relaxed);
 	else
 		persist_queue(ss, m, d);
+	if (session_held(m, d) && ss->q_count == 1)
+		persist_wait_release(ss);
 }
 
 void session_pump(struct session *ss)
 {
 	while (ss->q_count && session_online(ss) && session_window_open(ss)) {
 		struct queued q = ss->queue[ss->q_head];
+		if (session_held(q.msg, &q.d)) {
+			persist_wait_release(ss); /* in order: nothing overtakes */
+			break;
+		}
 		ss->q_head = (ss->q_head + 1) % ss->q_cap;
 		ss->q_count--;
 		ss->q_bytes -= q.msg->payload_len;
@@ -522,7 +538,6 @@ struct msg *session_qos2_release(struct session *ss, uint16_t pid)
 	for (uint32_t i = 0; i < ss->qos2_in_count; i++) {
 		if (ss->qos2_in[i].pid == pid) {
 			struct msg *m = ss->qos2_in[i].msg;
-			persist_qos2_rel(ss, pid);
 			ss->qos2_in[i] = ss->qos2_in[--ss->qos2_in_count];
 			return m;
 		}

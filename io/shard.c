@@ -225,6 +225,9 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 	case XK_TICKET:
 		persist_ticket_done(s, it.ptr);
 		break;
+	case XK_Q2_RELEASE:
+		persist_on_q2_release(s, it.ptr);
+		break;
 	case XK_KICK:
 		session_kick(s, it.ptr);
 		break;
@@ -895,6 +898,7 @@ static void xitem_discard(struct xitem it)
 {
 	switch (it.kind) {
 	case XK_DELIVER:
+	case XK_Q2_RELEASE:
 		msg_unref(it.ptr);
 		break;
 	case XK_DELIVER_T:
@@ -993,5 +997,6 @@ void shard_fini(struct shard *s)
 	free(s->free_ids);
 	free(s->scratch);
 	free(s->tls_scratch);
+	free(s->q2_waiters);
 	tls_buf_free(&s->tls_plain);
 }
