@@ -11,6 +11,7 @@
 #include "acl/acl.h"
 #include "bpf/flood_filter.h"
 #include "tools/cert.h"
+#include "tools/kitedb.h"
 #include "core/log.h"
 #include "io/engine.h"
 
@@ -177,6 +178,8 @@ int main(int argc, char **argv)
 		return passwd_main(argc - 1, argv + 1);
 	if (argc > 1 && !strcmp(argv[1], "cert"))
 		return cert_main(argc - 1, argv + 1);
+	if (argc > 1 && !strcmp(argv[1], "db"))
+		return kitedb_main(argc - 1, argv + 1);
 	struct options o = {0};
 	if (parse_args(argc, argv, &o) < 0) {
 		usage(stderr);
