@@ -466,6 +466,9 @@ struct shard_stats {
 	/* Clients refused at accept: max_connections, or no descriptor
 	 * (or memory) left for them. */
 	_Atomic uint64_t refused_max_connections, refused_no_resources;
+	/* Durable state (persist.c). */
+	_Atomic uint64_t persist_bytes_written, persist_write_errors;
+	_Atomic uint64_t persist_compactions, persist_acks_withheld;
 };
 
 struct delivery {

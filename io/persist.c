@@ -130,8 +130,16 @@ void persist_ticket_done(struct shard *s, struct persist_ticket *t)
 	}
 	struct conn *c = t->conn_gen ? shard_conn_lookup(s, t->conn_id, t->conn_gen)
 				     : NULL;
-	if (c && t->held)
+	if (c && t->held && atomic_load(&t->failed) && sync_always(s)) {
+		/* It promised durability and cannot give it: no
+		 * acknowledgement; the client sends again after reconnecting. */
+		atomic_fetch_add_explicit(&s->stats.persist_acks_withheld, 1,
+					  memory_order_relaxed);
+		conn_close(c, "persistence: the change could not be written, "
+			      "acknowledgement withheld", true);
+	} else if (c && t->held) {
 		conn_release_ack(c, t->held);
+	}
 	if (c && t->flush)
 		conn_mark_dirty(c);
 	if (t->msg) {
@@ -248,15 +256,23 @@ static void log_wait(struct shard *s, struct persist_ticket *t)
 	l->wq_count++;
 }
 
-static void log_settle_waiters(struct shard *s)
+/* failed: the write (or sync) that covered them did not happen. */
+static void log_settle_waiters_as(struct shard *s, bool failed)
 {
 	struct shard_log *l = s->log;
 	while (l->wq_count && l->wq[l->wq_head].lsn <= l->durable) {
 		struct persist_ticket *t = l->wq[l->wq_head].t;
 		l->wq_head = (l->wq_head + 1) % l->wq_cap;
 		l->wq_count--;
+		if (failed)
+			atomic_store(&t->failed, true);
 		ticket_put(s, t);
 	}
+}
+
+static void log_settle_waiters(struct shard *s)
+{
+	log_settle_waiters_as(s, false);
 }
 
 void persist_ticket_settle(struct shard *s, struct persist_ticket *t)
@@ -670,12 +686,16 @@ static void log_write_failed(struct shard *s, int err)
 	struct shard_log *l = s->log;
 	uint32_t left_out;
 	l->failed_writes++;
+	atomic_fetch_add_explicit(&s->stats.persist_write_errors, 1,
+				  memory_order_relaxed);
 	if (log_limit_take(&l->err_log, s->now_ms, 1, &left_out))
 		log_msg(KITE_LOG_ERR, "Persistence: writing %s failed: %s; "
 			"%zu bytes of changes are not durable (%llu failed "
-			"writes so far); acknowledgements go on",
-			l->path, strerror(err), l->wbuf.len,
-			(unsigned long long)l->failed_writes);
+			"writes so far); %s", l->path, strerror(err),
+			l->wbuf.len, (unsigned long long)l->failed_writes,
+			sync_always(s) ? "their acknowledgements are withheld "
+					 "(persistence_sync always)"
+				       : "acknowledgements go on");
 }
 
 static void log_on_write(struct shard *s, int res)
@@ -692,6 +712,9 @@ static void log_on_write(struct shard *s, int res)
 	}
 	if (res < 0)
 		log_write_failed(s, -res);
+	else
+		atomic_fetch_add_explicit(&s->stats.persist_bytes_written,
+					  l->wbuf.len, memory_order_relaxed);
 	l->write_busy = false;
 	l->written = l->w_lsn + l->wbuf.len;
 	l->wbuf.len = 0;
@@ -700,9 +723,10 @@ static void log_on_write(struct shard *s, int res)
 		return;
 	}
 	/* A failed write is not retried: its records are gone from
-	 * memory already. What waits on it is released (said above). */
+	 * memory already. What waits on it is released, marked failed
+	 * (persist_ticket_done decides what that costs the client). */
 	l->durable = l->written;
-	log_settle_waiters(s);
+	log_settle_waiters_as(s, res < 0);
 }
 
 static void log_on_sync(struct shard *s, int res)
@@ -716,7 +740,7 @@ static void log_on_sync(struct shard *s, int res)
 		l->synced = l->sync_target;
 	if (sync_always(s)) {
 		l->durable = l->sync_target;
-		log_settle_waiters(s);
+		log_settle_waiters_as(s, res < 0);
 	}
 }
 
@@ -975,6 +999,8 @@ static void compact_start(struct shard *s)
 	l->last_logged_msg = 0; /* MSG records start over in this file */
 	l->snap_next = s->sessions;
 	l->snapshotting = true;
+	atomic_fetch_add_explicit(&s->stats.persist_compactions, 1,
+				  memory_order_relaxed);
 	if (log_enabled(KITE_LOG_INFO))
 		log_msg(KITE_LOG_INFO, "Persistence: compacting shard %u into %s",
 			s->idx, path);

@@ -35,6 +35,9 @@ struct persist_ticket {
 	uint64_t q2_key;
 	uint16_t q2_pid;
 	bool q2_release, flush;
+	/* A write it waited for failed: under `persistence_sync always`
+	 * the acknowledgement is withheld (the connection is closed). */
+	_Atomic bool failed;
 };
 
 /* ---- startup and shutdown ------------------------------------------------ */

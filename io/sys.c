@@ -86,6 +86,20 @@ void sys_publish(struct shard *s)
 		SUM(msgs_dropped));
 	sys_put(s, "$SYS/broker/tls/kernel_offloaded", "%llu",
 		SUM(ktls_connections));
+	sys_put(s, "$SYS/broker/clients/refused/max_connections", "%llu",
+		SUM(refused_max_connections));
+	sys_put(s, "$SYS/broker/clients/refused/no_resources", "%llu",
+		SUM(refused_no_resources));
+	if (persist_on(s)) {
+		sys_put(s, "$SYS/broker/persistence/bytes_written", "%llu",
+			SUM(persist_bytes_written));
+		sys_put(s, "$SYS/broker/persistence/write_errors", "%llu",
+			SUM(persist_write_errors));
+		sys_put(s, "$SYS/broker/persistence/compactions", "%llu",
+			SUM(persist_compactions));
+		sys_put(s, "$SYS/broker/persistence/acknowledgements_withheld",
+			"%llu", SUM(persist_acks_withheld));
+	}
 	if (b->flood)
 		sys_flood_filter(s);
 }

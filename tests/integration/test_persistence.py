@@ -408,3 +408,77 @@ def test_kite_db_reports_and_checks_a_directory(broker_factory, tmp_path):
     out = harness.run_cmd([kite, "db", "check", str(r.data)])
     assert out.returncode == 1, out.stdout
     assert "fail their checksum" in out.stdout and "DAMAGED" in out.stdout
+
+
+def _small_fs(tmp_path, size_kib):
+    """A tiny tmpfs of our own (root only): a disk that fills up."""
+    d = tmp_path / "small"
+    d.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=%dk" % size_kib,
+                        "tmpfs", str(d)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs (root needed): %s" % r.stderr.strip())
+    return d
+
+
+@pytest.mark.kite_only("kite's behaviour when its log cannot be written")
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("sync", ["1000", "always"])
+def test_full_disk_keeps_serving_and_withholds_promised_acks(broker_factory, tmp_path, sync):
+    """The persistence directory fills up: the failure is logged (not once
+    per write), counted in $SYS, and the broker keeps serving. Under
+    `persistence_sync always` a QoS 1 publish whose record could not be
+    written gets no PUBACK (its connection is closed, the client sends it
+    again later); otherwise the PUBACK goes and the log says the change is
+    not durable."""
+    small = _small_fs(tmp_path, 256)
+    try:
+        port = harness.free_port()
+        conf = ("allow_anonymous true\npersistence true\npersistence_location %s/\n"
+                "persistence_sync %s\nsys_interval 1\n%s" % (small, sync, LOG))
+        b = broker_factory(conf, port=port)
+        s, _ = _client(port, "offline-sub")
+        assert s.subscribe([("big/#", 1)]) == [1]
+        s.send(mqttraw.disconnect())
+        s.close()
+        # Fill the disk around kite's files.
+        fd = os.open(small / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096) > 0:
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        p, _ = _client(port, "writer", clean=True)
+        withheld = False
+        for i in range(40):
+            p.send(mqttraw.publish("big/x", b"y" * 8000, qos=1, pid=1 + i))
+            try:
+                ack = p.await_packet(mqttraw.PUBACK, 1 + i, timeout=3)
+                assert ack.pid == 1 + i
+            except mqttraw.Closed:
+                withheld = True
+                break
+        b.wait_output(r"Persistence: writing .* failed: No space left on device", timeout=5)
+        assert b.output().count("Persistence: writing") <= 3, "logged once per 10 s"
+        if sync == "always":
+            assert withheld, "an acknowledgement promised durable went out"
+            b.wait_output(r"acknowledgement withheld", timeout=5)
+        else:
+            assert not withheld
+        # Still serving: a clean client publishes and receives.
+        c, _ = _client(port, "still-here", clean=True)
+        assert c.subscribe([("alive", 0), ("$SYS/broker/persistence/write_errors", 0)]) == [0, 0]
+        c.publish("alive", b"yes", qos=0)
+        got = {}
+        deadline = time.monotonic() + 5
+        # $SYS is published every second: wait for a count that has it.
+        while time.monotonic() < deadline and not (
+                got.get("alive") and int(got.get("$SYS/broker/persistence/write_errors", 0)) >= 1):
+            m = c.expect_publish(timeout=5)
+            got[m.topic] = m.payload
+        assert got.get("alive") == b"yes"
+        assert int(got["$SYS/broker/persistence/write_errors"]) >= 1
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
