@@ -725,14 +725,31 @@ enum mqtt_rc mqtt_decode_connect(const uint8_t *body, size_t len,
 		return rc;
 	if (!rd_bin(&r, &out->client_id))
 		return MQTT_RC_MALFORMED_PACKET;
+	/* Not a valid MQTT string: malformed, closed without a CONNACK
+	 * (Mosquitto's answer too), not "identifier rejected". */
 	if (!mqtt_utf8_valid(out->client_id.ptr, out->client_id.len))
-		return MQTT_RC_CLIENT_ID_NOT_VALID;
+		return MQTT_RC_MALFORMED_PACKET;
 	if (out->has_will && (rc = connect_will(&r, out)) != MQTT_RC_SUCCESS)
 		return rc;
 	rc = connect_credentials(&r, out);
 	if (rc != MQTT_RC_SUCCESS)
 		return rc;
 	return rd_left(&r) == 0 ? MQTT_RC_SUCCESS : MQTT_RC_MALFORMED_PACKET;
+}
+
+/* Mosquitto's TOPIC_HIERARCHY_LIMIT: a topic or filter with more than 200
+ * separators is refused (its test suite checks it), which also keeps the
+ * level trees' walks short. */
+#define TOPIC_SEPARATORS_MAX 200u
+
+static bool topic_depth_ok(const uint8_t *s, size_t len)
+{
+	size_t n = 0;
+	for (const uint8_t *p = s, *end = s + len;
+	     (p = memchr(p, '/', (size_t)(end - p))); p++)
+		if (++n > TOPIC_SEPARATORS_MAX)
+			return false;
+	return true;
 }
 
 /* Topic rules that need the properties (spec 3.3.2.1, 3.3.2.3.4). */
@@ -749,6 +766,8 @@ static enum mqtt_rc publish_topic_check(const struct mqtt_publish *out,
 	if (memchr(out->topic.ptr, '+', out->topic.len) ||
 	    memchr(out->topic.ptr, '#', out->topic.len))
 		return MQTT_RC_TOPIC_NAME_INVALID;
+	if (!topic_depth_ok(out->topic.ptr, out->topic.len))
+		return MQTT_RC_PROTOCOL_ERROR;
 	return MQTT_RC_SUCCESS;
 }
 
@@ -857,6 +876,7 @@ static enum mqtt_rc subscribe_entry_check(struct rd *r, uint8_t version)
 
 	if (!rd_bin(r, &filter) ||
 	    !mqtt_topic_filter_valid(filter.ptr, filter.len) ||
+	    !topic_depth_ok(filter.ptr, filter.len) ||
 	    !rd_u8(r, &opts))
 		return MQTT_RC_MALFORMED_PACKET;
 	if ((opts & SUB_OPT_QOS) == 3)
@@ -1195,15 +1215,25 @@ static void wr_prop_value(struct wr *w, const struct mqtt_props *props,
 	}
 }
 
-/* Writes the block with its length; body is props_body_size(). */
+/* Writes the block with its length; body is props_body_size(). The ids
+ * in `first` (0-terminated, may be NULL) go first in that order, the rest
+ * in id order. */
 static void wr_props(struct wr *w, const struct mqtt_props *props,
-		     const struct mqtt_props *user_props_from, size_t body)
+		     const struct mqtt_props *user_props_from, size_t body,
+		     const uint8_t *first)
 {
 	uint64_t present = props_present(props);
 	size_t start;
 
 	wr_varint(w, (uint32_t)body);
 	start = w->pos;
+	for (; first && *first; first++) {
+		if (!(present & MQTT_PROP_BIT(*first)))
+			continue;
+		wr_u8(w, *first);
+		wr_prop_value(w, props, &prop_table[*first]);
+		present &= ~MQTT_PROP_BIT(*first);
+	}
 	for (uint8_t id = 1; id < ARRAY_LEN(prop_table); id++) {
 		if (!(present & MQTT_PROP_BIT(id)))
 			continue;
@@ -1245,7 +1275,7 @@ size_t mqtt_props_encode(uint8_t *buf, size_t cap,
 		return 0;
 
 	struct wr w = {buf, cap, 0};
-	wr_props(&w, props, user_props_from, body);
+	wr_props(&w, props, user_props_from, body, NULL);
 	assert(w.pos == total);
 	return total;
 }
@@ -1276,10 +1306,16 @@ static struct props_plan props_plan(const struct mqtt_props *props,
 	return p;
 }
 
-static void wr_plan(struct wr *w, const struct props_plan *p)
+static void wr_plan_ordered(struct wr *w, const struct props_plan *p,
+			    const uint8_t *first)
 {
 	if (p->size)
-		wr_props(w, p->props, p->props, p->body);
+		wr_props(w, p->props, p->props, p->body, first);
+}
+
+static void wr_plan(struct wr *w, const struct props_plan *p)
+{
+	wr_plan_ordered(w, p, NULL);
 }
 
 /* Starts a packet whose variable part is `body` bytes: returns the total
@@ -1310,9 +1346,17 @@ size_t mqtt_encode_connack(uint8_t *buf, size_t cap, uint8_t version,
 
 	if (!total)
 		return 0;
+	/* Mosquitto 2.0's order (clients and its test suite compare bytes):
+	 * what the CONNECT decided, then the broker's limits. */
+	static const uint8_t connack_order[] = {
+		MQTT_PROP_TOPIC_ALIAS_MAXIMUM, MQTT_PROP_ASSIGNED_CLIENT_IDENTIFIER,
+		MQTT_PROP_SERVER_KEEP_ALIVE, MQTT_PROP_RETAIN_AVAILABLE,
+		MQTT_PROP_MAXIMUM_PACKET_SIZE, MQTT_PROP_RECEIVE_MAXIMUM,
+		MQTT_PROP_MAXIMUM_QOS, 0,
+	};
 	wr_u8(&w, session_present ? 1 : 0);
 	wr_u8(&w, reason);
-	wr_plan(&w, &pp);
+	wr_plan_ordered(&w, &pp, connack_order);
 	assert(w.pos == total);
 	return total;
 }

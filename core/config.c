@@ -1103,6 +1103,7 @@ static const struct option options[] = {
 	{"flood_filter_syn_rate", opt_flood_filter_syn_rate},
 	{"keyfile", opt_keyfile},
 	{"max_qos", opt_max_qos},
+	{"maximum_qos", opt_max_qos}, /* Mosquitto's other name for it */
 	{"max_topic_alias", opt_max_topic_alias},
 	{"password_file", opt_password_file},
 	{"require_certificate", opt_require_certificate},
@@ -1154,7 +1155,7 @@ static const char *const mosquitto_only_options[] = {
 	"keepalive_interval", "local_cleansession",
 	"local_clientid", "local_password", "local_username", "log_facility",
 	"log_timestamp", "log_timestamp_format", "max_inflight_bytes",
-	"maximum_qos",
+
 	"memory_limit", "mount_point", "notification_topic", "notifications",
 	"notifications_local_only", "password",
 	"plugin", "protocol", "psk_file",

@@ -134,8 +134,10 @@ static bool conn_dispatch(struct conn *c, const struct mqtt_fixed_header *h,
 	}
 	packet_handler fn = handlers[h->type];
 	if (!fn) {
-		conn_protocol_error(c, MQTT_RC_PROTOCOL_ERROR,
-				    "packet type not allowed from a client");
+		/* CONNACK, SUBACK... from a client: a Protocol Error, closed
+		 * without a DISCONNECT as Mosquitto does. */
+		conn_strike(c);
+		conn_close(c, "packet type not allowed from a client (protocol error)", false);
 		return false;
 	}
 	if (fn(c, h, body, h->remaining_len) < 0)
@@ -1192,6 +1194,8 @@ void conn_settle(struct shard *s)
 		while (s->wills_due) {
 			struct will *w = s->wills_due;
 			s->wills_due = w->next;
+			/* Its Message Expiry Interval runs from now. */
+			w->msg->created_ms = s->now_ms;
 			if (!s->stopping)
 				route_publish(s, msg_ref(w->msg));
 			msg_unref(w->msg);

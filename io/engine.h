@@ -273,11 +273,18 @@ void session_fire_will(struct session *ss);
 void session_check_timers(struct shard *s);
 /* Makes sure the tick looks at sessions again by `at_ms`. */
 void session_timer_at(struct shard *s, uint64_t at_ms);
-/* An ack from the client; returns false if no such packet id was
- * outstanding in that state. */
-bool session_on_puback(struct session *ss, uint16_t pid);
-bool session_on_pubrec(struct session *ss, uint16_t pid);
-bool session_on_pubcomp(struct session *ss, uint16_t pid);
+/* What an acknowledgement from the client matched. */
+enum ack_result {
+	ACK_DONE,    /* the packet id's flow moved on */
+	ACK_UNKNOWN, /* no such packet id outstanding */
+	ACK_WRONG,   /* outstanding, but for another QoS or step: a protocol
+			error (Mosquitto closes the connection) */
+};
+enum ack_result session_on_puback(struct session *ss, uint16_t pid);
+/* A reason code >= 0x80 (MQTT 5) ends the QoS 2 flow there: no PUBREL. */
+enum ack_result session_on_pubrec(struct session *ss, uint16_t pid,
+				  uint8_t reason);
+enum ack_result session_on_pubcomp(struct session *ss, uint16_t pid);
 /* Reconnect: resend the inflight window with DUP, then queued messages. */
 void session_resume(struct session *ss);
 /* Moves queued messages into the inflight window while it has room. */

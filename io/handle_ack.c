@@ -20,12 +20,14 @@ int handle_ack(struct conn *c, const struct mqtt_fixed_header *h,
 		return -1;
 	}
 	struct session *ss = c->session;
+	enum ack_result r = ACK_DONE;
 	switch (h->type) {
 	case MQTT_PUBACK:
-		session_on_puback(ss, a.packet_id);
+		r = session_on_puback(ss, a.packet_id);
 		break;
 	case MQTT_PUBREC:
-		if (!session_on_pubrec(ss, a.packet_id))
+		r = session_on_pubrec(ss, a.packet_id, a.reason);
+		if (r == ACK_UNKNOWN)
 			ack_send(c, MQTT_PUBREL, a.packet_id,
 				 MQTT_RC_PACKET_ID_NOT_FOUND);
 		break;
@@ -39,8 +41,15 @@ int handle_ack(struct conn *c, const struct mqtt_fixed_header *h,
 		break;
 	}
 	case MQTT_PUBCOMP:
-		session_on_pubcomp(ss, a.packet_id);
+		r = session_on_pubcomp(ss, a.packet_id);
 		break;
+	}
+	if (r == ACK_WRONG) {
+		/* A PUBREC for QoS 1, a PUBACK for QoS 2...: the client's
+		 * state and ours disagree (Mosquitto closes too). */
+		conn_protocol_error(c, MQTT_RC_PROTOCOL_ERROR,
+				    "acknowledgement of the wrong type");
+		return -1;
 	}
 	return 0;
 }

@@ -188,9 +188,19 @@ static void connect_send_connack(struct conn *c, bool present, uint8_t rc)
 			return;
 		}
 	}
+	/* MQTT 3.1 has no session-present flag: the byte is reserved. */
+	present = present && c->version != MQTT_V31;
 	size_t n = mqtt_encode_connack(out, cap, c->version, present, rc,
 				       c->version == MQTT_V5 ? &props : NULL);
 	assert(n);
+	if (c->version == MQTT_V5 && c->v5 && c->v5->max_packet &&
+	    n > c->v5->max_packet) {
+		/* Spec 3.1.2.11.4: never send a packet over the client's limit;
+		 * with no CONNACK that fits, the connection ends. */
+		free(dyn);
+		conn_close(c, "CONNACK larger than the client's Maximum Packet Size", false);
+		return;
+	}
 	conn_queue_ctrl(c, out, n);
 	free(dyn);
 }
@@ -518,7 +528,10 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 		   const uint8_t *body, size_t len)
 {
 	if (c->state != CONN_AWAIT_CONNECT) {
-		conn_protocol_error(c, MQTT_RC_PROTOCOL_ERROR, "second CONNECT");
+		/* A Protocol Error; the spec lets the server close without a
+		 * DISCONNECT, and Mosquitto (whose suite checks it) does. */
+		conn_strike(c);
+		conn_close(c, "second CONNECT (protocol error)", false);
 		return -1;
 	}
 	struct mqtt_connect ci;
@@ -587,8 +600,9 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 		return -1;
 	}
 	if (!connect_password_ok(c, &ci)) {
+		/* Mosquitto 2.0 answers 0x87 (not authorized), not 0x86. */
 		connect_refuse(c, MQTT_V3_CONNACK_NOT_AUTHORIZED,
-			       MQTT_RC_BAD_USERNAME_OR_PASSWORD,
+			       MQTT_RC_NOT_AUTHORIZED,
 			       "bad username or password");
 		return -1;
 	}

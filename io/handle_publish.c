@@ -171,11 +171,9 @@ int handle_publish(struct conn *c, const struct mqtt_fixed_header *h,
 		return -1;
 	}
 	if (p.qos == 2) {
-		/* Routed at PUBREL; PUBREC once the message is durable. */
-		bool matched = gtrie_match(s->b->gtrie, msg_topic(m),
-					   m->topic_len) != 0;
-		publish_ack_durable(c, ack, p.packet_id,
-				    matched ? 0 : MQTT_RC_NO_MATCHING_SUBSCRIBERS);
+		/* Routed at PUBREL; PUBREC once the message is durable.
+		 * Mosquitto 2.0 sends 0x10 in PUBACK only: a plain PUBREC. */
+		publish_ack_durable(c, ack, p.packet_id, 0);
 	} else {
 		publish_route(c, m, p.qos ? ack : 0, p.packet_id);
 	}

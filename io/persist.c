@@ -2065,6 +2065,9 @@ int persist_start(struct broker *b)
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
 		    (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+	char every[48];
+	snprintf(every, sizeof(every), "every %u ms",
+		 (unsigned)cfg->persistence_sync_ms);
 	log_msg(KITE_LOG_NOTICE, "Persistence: %s: %u records from %u files, "
 		"%u sessions (%u expired, %u superseded), %u queued messages, "
 		"%zu retained, in %.0f ms; syncing %s.", persist_dir, rc.records,
@@ -2074,6 +2077,6 @@ int persist_start(struct broker *b)
 			? "before every acknowledgement"
 		: cfg->persistence_sync_ms == KITE_PERSISTENCE_SYNC_NEVER
 			? "never (the kernel writes back)"
-			: "every persistence_sync milliseconds");
+			: every);
 	return 0;
 }

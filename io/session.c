@@ -305,8 +305,12 @@ static void session_inflight_remove(struct session *ss, struct inflight *f)
 static void session_send_new(struct session *ss, struct msg *m,
 			     const struct deliv *d)
 {
+	uint16_t before = ss->next_pid;
 	uint16_t pid = session_next_pid(ss);
 	if (!conn_queue_publish(ss->conn, m, d, false, pid)) {
+		/* Not sent (expired, too large): its packet id is not used
+		 * up, as Mosquitto numbers them. */
+		ss->next_pid = before;
 		atomic_fetch_add_explicit(&ss->shard->stats.msgs_dropped, 1,
 					  memory_order_relaxed);
 		if (ss->logged)
@@ -424,21 +428,32 @@ void session_resume(struct session *ss)
 	session_pump(ss);
 }
 
-bool session_on_puback(struct session *ss, uint16_t pid)
+enum ack_result session_on_puback(struct session *ss, uint16_t pid)
 {
 	struct inflight *f = session_inflight_find(ss, pid);
-	if (!f || f->state != INFLIGHT_WAIT_PUBACK)
-		return false;
+	if (!f)
+		return ACK_UNKNOWN;
+	if (f->state != INFLIGHT_WAIT_PUBACK)
+		return ACK_WRONG;
 	session_inflight_remove(ss, f);
 	session_pump(ss);
-	return true;
+	return ACK_DONE;
 }
 
-bool session_on_pubrec(struct session *ss, uint16_t pid)
+enum ack_result session_on_pubrec(struct session *ss, uint16_t pid,
+				  uint8_t reason)
 {
 	struct inflight *f = session_inflight_find(ss, pid);
-	if (!f || f->state == INFLIGHT_WAIT_PUBACK)
-		return false;
+	if (!f)
+		return ACK_UNKNOWN;
+	if (f->state == INFLIGHT_WAIT_PUBACK)
+		return ACK_WRONG;
+	if (reason >= 0x80) {
+		/* MQTT 5 4.3.3: the receiver refused it; the flow ends. */
+		session_inflight_remove(ss, f);
+		session_pump(ss);
+		return ACK_DONE;
+	}
 	if (f->state == INFLIGHT_WAIT_PUBREC) {
 		f->state = INFLIGHT_WAIT_PUBCOMP;
 		msg_unref(f->msg);
@@ -447,17 +462,19 @@ bool session_on_pubrec(struct session *ss, uint16_t pid)
 			persist_out(ss, f->msg_id, pid, JOURNAL_WAIT_PUBCOMP);
 	}
 	session_send_pubrel(ss, pid);
-	return true;
+	return ACK_DONE;
 }
 
-bool session_on_pubcomp(struct session *ss, uint16_t pid)
+enum ack_result session_on_pubcomp(struct session *ss, uint16_t pid)
 {
 	struct inflight *f = session_inflight_find(ss, pid);
-	if (!f || f->state != INFLIGHT_WAIT_PUBCOMP)
-		return false;
+	if (!f)
+		return ACK_UNKNOWN;
+	if (f->state != INFLIGHT_WAIT_PUBCOMP)
+		return ACK_WRONG;
 	session_inflight_remove(ss, f);
 	session_pump(ss);
-	return true;
+	return ACK_DONE;
 }
 
 /* ---- timers ---------------------------------------------------------------- */
@@ -469,10 +486,13 @@ void session_fire_will(struct session *ss)
 		return;
 	ss->delayed_will = NULL;
 	persist_will(ss);
-	if (ss->shard->stopping)
+	if (ss->shard->stopping) {
 		msg_unref(w->msg); /* shutdown: the other shards are gone */
-	else
+	} else {
+		/* A will's Message Expiry Interval runs from its publication. */
+		w->msg->created_ms = ss->shard->now_ms;
 		route_publish(ss->shard, w->msg); /* the reference goes */
+	}
 	free(w);
 }
 
