@@ -287,7 +287,10 @@ def main():
     os.makedirs(out, exist_ok=True)
 
     # One run at a time on these ports (another worktree, another broker).
-    lockf = open("/tmp/kite-mosquitto-suite-%d.lock" % a.port, "w")
+    lockpath = "/tmp/kite-mosquitto-suite-%d.lock" % a.port
+    lockf = os.fdopen(os.open(lockpath, os.O_RDWR | os.O_CREAT, 0o666), "w")
+    if os.fstat(lockf.fileno()).st_uid == os.geteuid():
+        os.fchmod(lockf.fileno(), 0o666)  # whoever runs next may lock it too
     try:
         fcntl.flock(lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
