@@ -153,3 +153,6 @@ include tests/vm/vm.mk
 
 # Benchmarks (bench/): `make bench`, `make bench-quick`.
 -include bench/bench.mk
+
+# Mosquitto 2.0.11's own broker tests: `make mosquitto-suite`.
+-include tests/mosquitto-suite/suite.mk
