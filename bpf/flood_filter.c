@@ -411,8 +411,11 @@ struct flood_filter *flood_filter_load(const struct flood_filter_opts *o, char *
 	for (unsigned i = 0; i < ff->n_ifaces; i++)
 		if (ff_attach(ff, &ff->ifaces[i], o->ifaces[i], err, errlen))
 			goto err_unload;
-	if (ff_pin(ff, o->pin_root ? o->pin_root : FLOOD_FILTER_PIN_ROOT, err, errlen))
-		goto err_unload;
+	if (ff_pin(ff, o->pin_root ? o->pin_root : FLOOD_FILTER_PIN_ROOT, err, errlen) &&
+	    ff->pin_dir[0]) {
+		ff_unpin_dir(ff->pin_dir); /* the maps pinned before the failure */
+		ff->pin_dir[0] = 0;
+	}
 	return ff;
 
 err_unload:
