@@ -7,9 +7,13 @@ set -eu
 : "${BUILD:=build}" "${VERSION:?VERSION unset (run make deb)}"
 cd "$(dirname "$0")/.."
 top=$(pwd)
-out="$top/$BUILD/deb"
+case "$BUILD" in
+/*) build="$BUILD" ;;
+*) build="$top/$BUILD" ;;
+esac
+out="$build/deb"
 src="$out/kite-$VERSION"
-rm -rf "$out"
+rm -rf "$out" "$build"/kite_*.deb
 mkdir -p "$src"
 # The tree without build output, VCS data, caches and local test PKIs.
 tar -C "$top" --exclude=./build --exclude=./.git --exclude=./pki \
@@ -35,5 +39,5 @@ dpkg-buildpackage -b -us -uc --no-sign >"$out/build.log" 2>&1 || {
 }
 arch=$(dpkg-architecture -qDEB_HOST_ARCH)
 deb="kite_${VERSION}_${arch}.deb"
-mv "$out/$deb" "$top/$BUILD/$deb"
-echo "make deb: $BUILD/$deb"
+mv "$out/$deb" "$build/$deb"
+echo "make deb: $build/$deb"
