@@ -1,11 +1,26 @@
 # kite: `make run` starts the broker with built-in defaults; `make test`
 # runs everything. Both install missing Debian packages first.
+# `make install` (PREFIX, DESTDIR) puts the binary and man pages in place;
+# `make deb` builds the Debian 12 package (docs/PACKAGING.md).
 
 CC       ?= gcc
 BUILD    ?= build
 SAN      ?=
 PYTHON   := /usr/bin/python3
 FUZZ_SECONDS ?= 20
+
+# One line per step ("  CC      io/main.c"); V=1 shows the commands.
+V ?= 0
+ifeq ($(V),1)
+Q :=
+msg = @true
+else
+Q := @
+msg = @printf '  %-7s %s\n' '$(1)' '$(2)'
+endif
+
+# The version has one home: KITE_VERSION in io/broker.c (broker_version()).
+VERSION := $(shell sed -n 's/^\#define KITE_VERSION "\(.*\)"$$/\1/p' io/broker.c)
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
             -Wmissing-prototypes -Wno-unused-parameter
@@ -15,7 +30,7 @@ CFLAGS   += -std=c17 -D_GNU_SOURCE -I. $(WARN) -pthread -fno-strict-aliasing
 # of its own before `all`.
 .DEFAULT_GOAL := all
 
-LDLIBS   := -luring -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lpthread
+LDLIBS   := -luring -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lpthread -lsystemd
 
 ifeq ($(SAN),1)
 # jemalloc stays out of sanitizer builds: ASan must own malloc.
@@ -41,7 +56,8 @@ CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
 IO_OBJ   := $(IO_SRC:%.c=$(BUILD)/%.o)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps run test unit integration check-clang asan fuzz clean
+.PHONY: all deps run test unit integration check-clang asan fuzz clean \
+	install uninstall deb deb-test
 
 all: $(BUILD)/kite $(BUILD)/unit-tests $(BUILD)/mosqdb-dump
 
@@ -50,21 +66,25 @@ deps:
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+	$(call msg,CC,$<)
+	$(Q)$(CC) $(CPPFLAGS) $(CFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/kite: $(IO_OBJ) $(CORE_OBJ) $(BPF_OBJ)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # The engine includes the filter's interface only.
 $(IO_OBJ): | $(BPF_OBJ)
 
 $(BUILD)/unit-tests: $(UNIT_OBJ) $(CORE_OBJ)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # A mosquitto.db as text (tools/mosqdb_dump.h), for the import tests until
 # `kite db dump` exists.
 $(BUILD)/mosqdb-dump: $(BUILD)/tests/tools/mosqdb_dump_main.o $(CORE_OBJ)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 -include $(CORE_OBJ:.o=.d) $(IO_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) \
 	$(BUILD)/tests/tools/mosqdb_dump_main.d
@@ -118,6 +138,7 @@ test: deps
 	$(MAKE) --no-print-directory check-clang
 	$(MAKE) --no-print-directory unit
 	$(MAKE) --no-print-directory integration
+	$(MAKE) --no-print-directory deb-test
 	$(MAKE) --no-print-directory asan
 	$(MAKE) --no-print-directory fuzz
 	$(MAKE) --no-print-directory bench-smoke BENCH_ARGS=--require-kite
@@ -147,6 +168,42 @@ test: deps
 
 clean:
 	rm -rf build
+
+# ---- installing and packaging (docs/PACKAGING.md) ------------------------
+# `make install`: the binary and the man pages under PREFIX, nothing else
+# (no config, no unit, no user: the Debian package owns those).
+PREFIX  ?= /usr/local
+SBINDIR ?= $(PREFIX)/sbin
+MANDIR  ?= $(PREFIX)/share/man
+MAN_PAGES := man/kite.8 man/kite.conf.5 man/kite-cert.1 man/kite-passwd.1
+
+install: $(BUILD)/kite
+	$(call msg,INSTALL,$(DESTDIR)$(SBINDIR)/kite)
+	$(Q)install -d $(DESTDIR)$(SBINDIR)
+	$(Q)install -m 0755 $(BUILD)/kite $(DESTDIR)$(SBINDIR)/kite
+	$(Q)set -e; for m in $(MAN_PAGES); do \
+		s=$${m##*.}; install -d $(DESTDIR)$(MANDIR)/man$$s; \
+		install -m 0644 $$m $(DESTDIR)$(MANDIR)/man$$s/; \
+	done
+
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/kite
+	@set -e; for m in $(MAN_PAGES); do \
+		s=$${m##*.}; rm -f $(DESTDIR)$(MANDIR)/man$$s/$${m##*/}; \
+	done
+
+# build/kite_<version>_<arch>.deb, built by dpkg-buildpackage (debhelper)
+# from a copy of the tree in build/deb/. Installs its build tools first.
+deb:
+	@sh tools/deps.sh deb
+	@BUILD=$(BUILD) VERSION=$(VERSION) sh packaging/build-deb.sh
+
+# The package's tests (tests/package): contents, unit, maintainer
+# scripts, lintian, and install / start / reload / stop / purge under a
+# real systemd in a throwaway container.
+deb-test:
+	@sh tools/deps.sh deb
+	BUILD=$(abspath $(BUILD)) VERSION=$(VERSION) $(PYTHON) -m pytest -q -p no:cacheprovider tests/package $(PYTEST_ARGS)
 
 # Kernel TLS is proven in a VM with Debian's stock kernel (tests/vm/).
 include tests/vm/vm.mk

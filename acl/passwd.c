@@ -714,6 +714,10 @@ int passwd_main(int argc, char **argv)
 		pw_usage();
 		return 1;
 	}
+	if (argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
+		pw_usage();
+		return 0;
+	}
 	if (pw_parse_args(argc, argv, &opt))
 		return 1;
 	if (opt.user && !pw_username_valid(opt.user))

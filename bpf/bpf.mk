@@ -8,6 +8,7 @@
 #   BPF_SKEL_H    generated skeleton (build dir, never committed)
 #   BPF_OBJ       the object kite links: loader or stub
 #   BPF_LDLIBS    libraries BPF_OBJ needs (-lbpf -lelf -lz, or nothing)
+# Quiet like the top-level Makefile when included (Q, msg); verbose alone.
 # Targets: bpf-all (filter + driver + tests + bench), bpf-test (runs the
 # fixture table and the cross-CPU bucket test, root), bpf-bench (root).
 
@@ -46,24 +47,29 @@ bpf-all: $(BPF_OBJ) $(BPF_DIR)/flood-filter-driver $(BPF_DIR)/filter-test \
 
 $(BPF_DIR)/vmlinux.h: $(BPF_VMLINUX)
 	@mkdir -p $(@D)
-	$(BPFTOOL) btf dump file $< format c > $@.tmp && mv $@.tmp $@
+	$(call msg,GEN,$@)
+	$(Q)$(BPFTOOL) btf dump file $< format c > $@.tmp && mv $@.tmp $@
 
 # -mcpu=v3: the SYN bucket's compare-and-exchange (BPF atomics, Linux 5.12+;
 # clang 14 defaults to v1).
 $(BPF_DIR)/filter.bpf.o: bpf/filter.bpf.c bpf/filter.h $(BPF_DIR)/vmlinux.h
-	$(BPF_CLANG) -O2 -g -Wall -Werror -target bpf -mcpu=v3 -D__TARGET_ARCH_$(BPF_ARCH) \
+	$(call msg,BPF,$<)
+	$(Q)$(BPF_CLANG) -O2 -g -Wall -Werror -target bpf -mcpu=v3 -D__TARGET_ARCH_$(BPF_ARCH) \
 		-I$(BPF_DIR) -I. -c $< -o $@
 
 $(BPF_SKEL_H): $(BPF_DIR)/filter.bpf.o
-	$(BPFTOOL) gen skeleton $< name filter_bpf > $@.tmp && mv $@.tmp $@
+	$(call msg,GEN,$@)
+	$(Q)$(BPFTOOL) gen skeleton $< name filter_bpf > $@.tmp && mv $@.tmp $@
 
 $(BPF_DIR)/flood_filter.o: bpf/flood_filter.c bpf/flood_filter.h bpf/filter.h $(BPF_SKEL_H)
 	@mkdir -p $(@D)
-	$(CC) $(BPF_USER_CFLAGS) -c $< -o $@
+	$(call msg,CC,$<)
+	$(Q)$(CC) $(CPPFLAGS) $(BPF_USER_CFLAGS) -c $< -o $@
 
 $(BPF_DIR)/flood_filter_stub.o: bpf/flood_filter_stub.c bpf/flood_filter.h
 	@mkdir -p $(@D)
-	$(CC) $(BPF_USER_CFLAGS) -c $< -o $@
+	$(call msg,CC,$<)
+	$(Q)$(CC) $(CPPFLAGS) $(BPF_USER_CFLAGS) -c $< -o $@
 
 # Test and bench programs: always the real filter.
 $(BPF_DIR)/flood-filter-driver: bpf/test_driver.c $(BPF_DIR)/flood_filter.o

@@ -411,8 +411,11 @@ struct flood_filter *flood_filter_load(const struct flood_filter_opts *o, char *
 	for (unsigned i = 0; i < ff->n_ifaces; i++)
 		if (ff_attach(ff, &ff->ifaces[i], o->ifaces[i], err, errlen))
 			goto err_unload;
-	if (ff_pin(ff, o->pin_root ? o->pin_root : FLOOD_FILTER_PIN_ROOT, err, errlen))
-		goto err_unload;
+	if (ff_pin(ff, o->pin_root ? o->pin_root : FLOOD_FILTER_PIN_ROOT, err, errlen) &&
+	    ff->pin_dir[0]) {
+		ff_unpin_dir(ff->pin_dir); /* the maps pinned before the failure */
+		ff->pin_dir[0] = 0;
+	}
 	return ff;
 
 err_unload:
@@ -600,6 +603,19 @@ static int ff_cli_usage(void)
 	return 2;
 }
 
+static int ff_cli_help(void)
+{
+	printf("Usage: kite filter list|stats|clear ADDRESS [--pid PID] [--pin-root DIR]\n"
+	       "The running broker's XDP flood filter, through the maps it pins at\n"
+	       "DIR/PID (DIR: %s):\n"
+	       "  list           blocked sources and their remaining seconds\n"
+	       "  stats          packets passed, dropped by the SYN rate, dropped blocked\n"
+	       "  clear ADDRESS  unblock an IPv4/IPv6 source and forget its strikes\n"
+	       "  --pid PID      the broker to look at, when several run\n"
+	       "  --pin-root DIR where that broker pins its maps\n", FLOOD_FILTER_PIN_ROOT);
+	return 0;
+}
+
 static int ff_cli_run(const char *cmd, const char *addr, const char *dir)
 {
 	int block_fd, strikes_fd, counters_fd, rc;
@@ -656,6 +672,8 @@ int flood_filter_cli_main(int argc, char **argv)
 	long pid = 0;
 
 	for (int i = 1; i < argc; i++) {
+		if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
+			return ff_cli_help();
 		if (!strcmp(argv[i], "--pid") && i + 1 < argc)
 			pid = strtol(argv[++i], NULL, 10);
 		else if (!strcmp(argv[i], "--pin-root") && i + 1 < argc)

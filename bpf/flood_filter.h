@@ -42,7 +42,10 @@ struct flood_filter;           /* NULL if not loaded */
 /* Loads and attaches (native XDP, generic if the driver lacks it) and pins the
  * maps under <pin_root>/<pid>/. NULL on failure, with err saying why: no
  * privileges, no BTF, interface missing, attach failed, bad options, not
- * available (stub build). Detached automatically if the process dies. */
+ * available (stub build). Detached automatically if the process dies.
+ * Pinning is only for `kite filter`: when it fails (a broker running as a
+ * user that may not write under /sys/fs/bpf) the filter still loads, and
+ * err says why the maps are not pinned; err is untouched otherwise. */
 struct flood_filter *flood_filter_load(const struct flood_filter_opts *opts,
 				       char *err, size_t errlen);
 /* Detaches, unpins, frees. NULL is a no-op. */

@@ -4,6 +4,7 @@
 #include "bpf/flood_filter.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 
 struct flood_filter *flood_filter_load(const struct flood_filter_opts *opts, char *err,
@@ -44,6 +45,12 @@ int flood_filter_clear(struct flood_filter *ff, const struct sockaddr *addr)
 
 int flood_filter_cli_main(int argc, char **argv)
 {
+	if (argc == 2 && (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help"))) {
+		printf("Usage: kite filter list|stats|clear ADDRESS [--pid PID] "
+		       "[--pin-root DIR]\n"
+		       "Not available: kite was built without the XDP filter.\n");
+		return 0;
+	}
 	fprintf(stderr, "kite filter: not available: kite was built without the XDP filter\n");
 	return 1;
 }

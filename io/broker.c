@@ -106,11 +106,14 @@ static int broker_load_flood_filter(struct broker *b)
 		.strikes = cfg->flood_filter_strikes,
 		.block_seconds = cfg->flood_filter_block_seconds,
 	};
-	char err[256];
+	char err[256] = "";
 	b->flood = flood_filter_load(&o, err, sizeof(err));
 	if (b->flood) {
 		log_msg(KITE_LOG_NOTICE, "Flood filter attached (XDP) on %u interface(s), %u port(s).",
 			o.n_ifaces, np);
+		if (err[0])
+			log_msg(KITE_LOG_WARNING, "Flood filter: maps not pinned, "
+				"`kite filter` cannot reach it: %s", err);
 		return 0;
 	}
 	log_msg(cfg->flood_filter_required ? KITE_LOG_ERR : KITE_LOG_WARNING,

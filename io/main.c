@@ -6,7 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
+
+#include <systemd/sd-daemon.h>
 
 #include "acl/acl.h"
 #include "bpf/flood_filter.h"
@@ -27,12 +30,20 @@ static void usage(FILE *f)
 	fprintf(f,
 		"kite version %s: MQTT 3.1.1/5.0 broker\n\n"
 		"Usage: kite [-c config_file] [-p port] [-t] [-v]\n"
+		"       kite COMMAND --help\n"
 		" -c : read Mosquitto-style configuration from a file;\n"
 		"      without one, listen on 127.0.0.1:1883 with anonymous access.\n"
 		" -p : local-only mode on this port instead of 1883.\n"
 		" -t : check the configuration and exit.\n"
 		" -v : log everything to stderr.\n"
-		" --version : print the version and exit.\n",
+		" --version : print the version and exit.\n\n"
+		"Commands (tools in the same binary):\n"
+		" cert   : a private CA, server and client certificates, CRLs.\n"
+		" passwd : password files, as mosquitto_passwd writes them.\n"
+		" filter : the running XDP flood filter: list, stats, clear.\n"
+		" db     : inspect a persistence directory or a mosquitto.db.\n\n"
+		"Signals: SIGHUP reloads the configuration; SIGINT/SIGTERM stop.\n"
+		"See kite(8) and kite.conf(5).\n",
 		broker_version());
 }
 
@@ -107,6 +118,24 @@ static int load_config(const struct options *o, struct kite_config *cfg)
 	return 0;
 }
 
+/* systemd's readiness protocol (sd_notify(3)): a no-op unless systemd
+ * started kite with Type=notify (NOTIFY_SOCKET set). */
+static void notify(const char *state)
+{
+	sd_notify(0, state);
+}
+
+/* RELOADING=1 carries the time it began, as systemd 253's
+ * Type=notify-reload requires; older systemd ignores the field. */
+static void notify_reloading(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu",
+		   (unsigned long long)ts.tv_sec * 1000000ull +
+			   (unsigned long long)ts.tv_nsec / 1000u);
+}
+
 static void write_pid_file(const char *path)
 {
 	if (!path[0])
@@ -133,10 +162,12 @@ static void serve(struct broker *b, const struct options *o)
 		if (sigwait(&set, &sig) != 0)
 			continue;
 		if (sig != SIGHUP) {
+			notify("STOPPING=1");
 			log_msg(KITE_LOG_NOTICE, "kite version %s terminating",
 				broker_version());
 			return;
 		}
+		notify_reloading();
 		struct kite_config *next = malloc(sizeof(*next));
 		char err[KITE_CONFIG_ERR_MAX] = "configuration error";
 		struct security *sec = NULL;
@@ -150,6 +181,7 @@ static void serve(struct broker *b, const struct options *o)
 			log_msg(KITE_LOG_ERR,
 				"Reload failed; keeping the running configuration.");
 		free(next);
+		notify("READY=1");
 	}
 }
 
@@ -223,6 +255,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	write_pid_file(cfg->pid_file);
+	/* Listening on every listener, shards running: clients may come. */
+	notify("READY=1");
 	serve(&b, &o);
 	broker_stop(&b);
 	if (b.cfg->pid_file[0])

@@ -1,11 +1,20 @@
 #!/bin/sh
 # Installs the Debian 12 packages kite needs to build, run and test, if any
 # is missing. Safe to run again: does nothing when all are present.
+#   sh tools/deps.sh       build, run and test (make run, make test)
+#   sh tools/deps.sh deb   also what `make deb` / `make deb-test` need
 set -eu
 PKGS="gcc clang make pkg-config libssl-dev liburing-dev libjemalloc-dev
 liburcu-dev libbpf-dev libclang-rt-14-dev mosquitto mosquitto-clients
 python3 python3-pytest python3-paho-mqtt openssl bpftool libelf-dev
-zlib1g-dev iproute2"
+zlib1g-dev iproute2 libsystemd-dev"
+# The package: debhelper builds it, lintian checks it, systemd-analyze
+# (package systemd) verifies the unit, logrotate checks its config, man
+# (man-db) checks the pages, adduser runs in its postinst.
+DEB_PKGS="debhelper dpkg-dev lintian systemd logrotate man-db adduser"
+if [ "${1:-}" = deb ]; then
+	PKGS="$PKGS $DEB_PKGS"
+fi
 missing=""
 for p in $PKGS; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
