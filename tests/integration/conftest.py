@@ -147,13 +147,14 @@ def adapt_config():
 @pytest.fixture
 def broker_factory(request, tmp_path, adapt_config):
     """start(conf=DEFAULT_CONF, listener=True, args=None, port=None,
-    wait=True, env=None) -> harness.Broker (env: added to the broker's). Brokers still running at teardown are
-    stopped with SIGTERM and must exit 0."""
+    wait=True, raw=False, env=None, nofile=None) -> harness.Broker (env:
+    added to the broker's; nofile: its RLIMIT_NOFILE, `ulimit -n`). Brokers
+    still running at teardown are stopped with SIGTERM and must exit 0."""
     started = []
     request.node._brokers = started
 
     def start(conf=DEFAULT_CONF, listener=True, args=None, port=None,
-              wait=True, raw=False, env=None):
+              wait=True, raw=False, env=None, nofile=None):
         n = len(started)
         workdir = tmp_path / ("broker%d" % n)
         workdir.mkdir()
@@ -166,7 +167,7 @@ def broker_factory(request, tmp_path, adapt_config):
         if not raw:
             text = adapt_config(text)
         b = harness.Broker(BIN, FLAVOUR, workdir, text, port=port, args=args,
-                           wait_port=wait, env=env)
+                           wait_port=wait, env=env, nofile=nofile)
         started.append(b)
         return b
 

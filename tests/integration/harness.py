@@ -6,6 +6,7 @@ basename is "mosquitto", else "kite"."""
 
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -113,10 +114,12 @@ def strip_kite_only(text):
 
 
 class Broker:
-    """One broker process. `log` is its stdout+stderr, captured to a file."""
+    """One broker process. `log` is its stdout+stderr, captured to a file.
+    `nofile` (optional) is the broker's RLIMIT_NOFILE, soft and hard, as
+    `ulimit -n` would set it. `pid` is the broker's process id."""
 
     def __init__(self, binary, flav, workdir, conf_text=None, port=None,
-                 args=None, wait_port=True, env=None):
+                 args=None, wait_port=True, env=None, nofile=None):
         self.binary = binary
         self.flavour = flav
         self.dir = Path(workdir)
@@ -138,9 +141,14 @@ class Broker:
         if env:
             full_env = dict(os.environ)
             full_env.update(env)
+        preexec = None
+        if nofile is not None:
+            def preexec():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=str(self.dir),
-                                     env=full_env)
+                                     env=full_env, preexec_fn=preexec)
+        self.pid = self.proc.pid
         if wait_port and port is not None:
             try:
                 self.wait_listening()
