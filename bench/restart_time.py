@@ -235,7 +235,20 @@ class Broker:
             self.p.kill()
             self.p.wait()
         self.logf.close()
-        return time.monotonic() - t, self.p.returncode
+        took = time.monotonic() - t
+        # After kill -9 an io_uring broker's listening socket can outlive
+        # the process for a moment (the ring is torn down after exit):
+        # the next start is timed once nothing answers on the port.
+        self.port_free_s = None
+        end = time.monotonic() + 10
+        while time.monotonic() < end:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+            except OSError:
+                self.port_free_s = round(time.monotonic() - t, 4)
+                break
+            time.sleep(0.001)
+        return took, self.p.returncode
 
     def new_log(self):
         with open(self.logpath, errors="replace") as f:
@@ -417,12 +430,15 @@ def fill(port, a):
     t1 = time.monotonic()
     pub = Publisher(port, "rt-filler")
     step = 100000
-    for lo in range(0, a.retained, step):
-        hi = min(a.retained, lo + step)
-        pub.send_all((f"r/{i}", payload_for(f"r{i}", a.payload), True)
-                     for i in range(lo, hi))
-        log(f"  retained: {hi} of {a.retained} "
-            f"({time.monotonic() - t1:.0f} s)")
+    for rnd in range(a.rounds):
+        # Every round after the first replaces each retained message:
+        # history grows, the live state does not.
+        for lo in range(0, a.retained, step):
+            hi = min(a.retained, lo + step)
+            pub.send_all((f"r/{i}", payload_for(f"r{i}.{rnd}", a.payload),
+                          True) for i in range(lo, hi))
+            log(f"  retained: {hi} of {a.retained}, round {rnd + 1} of "
+                f"{a.rounds} ({time.monotonic() - t1:.0f} s)")
     t["retained_s"] = time.monotonic() - t1
     t2 = time.monotonic()
     total = a.sessions * a.per_session
@@ -442,8 +458,9 @@ def fill(port, a):
 
 # ---- checking ------------------------------------------------------------------
 
-def check_retained(port, expected, idle_s=5.0):
-    """Subscribes to r/# at QoS 1 and counts the retained messages."""
+def check_retained(port, expected, last_round, idle_s=5.0):
+    """Subscribes to r/# at QoS 1 and counts the retained messages; each
+    must be the last round's ("r<i>.<round>" at the payload's start)."""
     s = socket.create_connection(("127.0.0.1", port))
     s.sendall(connect("rt-check-retained", True, 0) + subscribe(1, "r/#"))
     s.settimeout(idle_s)
@@ -474,8 +491,8 @@ def check_retained(port, expected, idle_s=5.0):
                     pl = bytes(body[4 + tl:])
                 else:
                     pl = bytes(body[2 + tl:])
-                if not flags & 1 or pl[:len(topic) - 1] != \
-                        b"r" + topic[2:]:
+                want = b"r" + topic[2:] + b".%d" % last_round
+                if not flags & 1 or pl[:len(want)] != want:
                     bad += 1
                 seen.add(topic)
             if acks:
@@ -582,6 +599,10 @@ def main():
     ap.add_argument("--per-session", type=int, default=10,
                     help="queued QoS 1 messages per session")
     ap.add_argument("--payload", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="publish the retained set this many times (each "
+                         "round replaces every retained message: history "
+                         "without more live state)")
     ap.add_argument("--stops", default="term,term,term,kill,kill",
                     help="how each instance is stopped before the next "
                          "start, in order: term (SIGTERM) or kill (-9); "
@@ -591,7 +612,11 @@ def main():
     ap.add_argument("--dir", default=None,
                     help="parent of the persistence directory (default: "
                          "a temporary directory under /tmp)")
-    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the directory (config, log, state)")
+    ap.add_argument("--fill-only", action="store_true",
+                    help="fill, stop the broker the first --stops way and "
+                         "keep the directory, to profile a start by hand")
     ap.add_argument("--out", default=None, help="JSON results file")
     a = ap.parse_args()
     stops = [x.strip() for x in a.stops.split(",") if x.strip()]
@@ -613,9 +638,12 @@ def main():
                loadavg_start=os.getloadavg(), retained=a.retained,
                sessions=a.sessions, per_session=a.per_session,
                queued=a.sessions * a.per_session, payload=a.payload,
+               rounds=a.rounds,
                config=open(conf).read(), starts=[])
-    log(f"{a.broker}: {a.retained} retained, {a.sessions} sessions x "
-        f"{a.per_session} queued, payload {a.payload} B; state in {pdir}")
+    log(f"{a.broker}: {a.retained} retained"
+        + (f" (each published {a.rounds} times)" if a.rounds > 1 else "")
+        + f", {a.sessions} sessions x {a.per_session} queued, payload "
+        f"{a.payload} B; state in {pdir}")
     try:
         b.start()
         wait_serving(b, False, timeout=30)
@@ -628,13 +656,22 @@ def main():
             f"{st.get('VmRSS')} KiB")
         time.sleep(1.5)  # kite: the last write and its sync settle
         prev = "fill"
+        if a.fill_only:
+            stop_s, rc = b.stop(stops[0])
+            a.keep = True
+            res["fill_only"] = dict(stop=stops[0], stop_s=round(stop_s, 3),
+                                    dir_bytes=du(pdir)[0], conf=conf)
+            log(f"  stopped ({stops[0]}, {stop_s:.2f} s); start it with "
+                f"{binary} -c {conf}")
+            return 0
         for how in stops:
             stop_s, rc = b.stop(how)
             size, kib = du(pdir)
             label = f"{how} after {prev}"
             rec = one_start(b, a, label)
             rec.update(stop=how, stop_s=round(stop_s, 3), exit_status=rc,
-                       dir_bytes=size, dir_kib=kib)
+                       port_free_s=b.port_free_s, dir_bytes=size,
+                       dir_kib=kib)
             res["starts"].append(rec)
             kr = rec.get("kite_recovery")
             log(f"  start after {how} ({prev}): listen {rec['listen_s']} s, "
@@ -644,11 +681,12 @@ def main():
                    f"queued, {kr['retained']} retained)" if kr else "")
                 + f"; RSS {rec['rss_kb']} KiB (2 s later {rec['rss_kb_2s']},"
                 f" peak {rec['hwm_kb']}); dir {size / 2**20:.1f} MiB "
-                f"({kib} KiB on disk); stop took {rec['stop_s']} s "
+                f"({kib} KiB on disk); stop took {rec['stop_s']} s, port "
+                f"free after {rec['port_free_s']} s "
                 f"(exit {rc})")
             prev = "restart"
         log("  checking the state ...")
-        res["check_retained"] = check_retained(port, a.retained) \
+        res["check_retained"] = check_retained(port, a.retained, a.rounds - 1) \
             if a.retained else None
         log(f"  retained: {res['check_retained']}")
         res["check_sessions"] = check_sessions(
