@@ -127,6 +127,11 @@ struct kb_opts {
 	const char *cafile, *cert, *key, *cert_dir, *cert_prefix;
 	uint32_t cert_count; /* --cert-dir: use dir/clients/PREFIX1..N */
 	const char *tls_version; /* NULL: 1.2 or 1.3, whatever is agreed */
+	/* Persistent sessions: clean session 0 (3.1.1) / clean start 0 with
+	 * a session expiry (5.0) for every client, so a broker with
+	 * persistence keeps (and logs) their subscriptions and queues. */
+	bool persistent;
+	uint32_t session_expiry_s; /* MQTT 5 with --persistent */
 	bool quiet;
 };
 
@@ -237,6 +242,7 @@ enum kb_phase {
 struct kb_counters {
 	uint64_t sent, recv, unique, dups, dups_flagged, reordered;
 	uint64_t unexpected, bad_acks, protocol_errors;
+	uint64_t session_present; /* CONNACK said so for a fresh client id */
 	uint64_t conn_failures, conn_closed, stalls;
 	uint64_t acks; /* PUBACK or PUBCOMP completing a publish */
 };

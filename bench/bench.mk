@@ -25,7 +25,8 @@ BENCH_RUN      = $(PYTHON) bench/run.py --gen $(BENCH_GEN) \
 		 --kite $(BUILD)/kite \
 		 $(if $(BENCH_BROKERS),--brokers $(BENCH_BROKERS)) $(BENCH_ARGS)
 
-.PHONY: bench bench-quick bench-smoke bench-deps bench-gen bench-kite
+.PHONY: bench bench-quick bench-smoke bench-persist bench-deps bench-gen \
+	bench-kite
 
 bench-gen: $(BENCH_GEN)
 
@@ -59,3 +60,9 @@ bench-quick: bench-deps $(BENCH_GEN) bench-kite
 # Inside `make test`: correctness only (counts, no loss), never speed.
 bench-smoke: $(BENCH_GEN) bench-kite
 	$(BENCH_RUN) --profile smoke --no-plots
+
+# Durable state (bench/README.md, "Durable state"): persist-* rows only,
+# kite persistence off / on / never / always and Mosquitto off / on, three
+# rounds each, medians (about 6 minutes). Restart time: bench/restart_time.py.
+bench-persist: bench-deps $(BENCH_GEN) bench-kite
+	$(BENCH_RUN) --profile persist

@@ -65,9 +65,14 @@ void kb_client_established(struct kb *kb, uint32_t idx, uint64_t now)
 	struct mqtt_connect cn;
 	memset(&cn, 0, sizeof(cn));
 	cn.version = kb->o.version;
-	cn.clean_start = true;
+	cn.clean_start = !kb->o.persistent;
 	cn.keepalive_s = kb->o.keepalive_s;
 	cn.client_id = bytes_of(id, strlen(id));
+	if (kb->o.persistent && kb->o.version == MQTT_V5) {
+		cn.props.present |=
+			MQTT_PROP_BIT(MQTT_PROP_SESSION_EXPIRY_INTERVAL);
+		cn.props.session_expiry_interval = kb->o.session_expiry_s;
+	}
 	uint8_t *b = kb_wbuf_reserve(kb, c, 256);
 	size_t n = b ? mqtt_encode_connect(b, 256, &cn) : 0;
 	if (n == 0) {
@@ -138,6 +143,13 @@ static int on_connack(struct kb *kb, struct kb_conn *c, const uint8_t *body,
 		kb_error(kb, "CONNACK refused: reason 0x%02x", body[1]);
 		kb->c.conn_failures++;
 		return -1;
+	}
+	if (body[0] & 1) {
+		/* Client ids are new in every run (kbPID-...): a broker that
+		 * has a session for one hands back someone else's state. */
+		kb_error(kb, "CONNACK: session present for the new client id "
+			     "of connection %u", (unsigned)(c - kb->conns));
+		kb->c.session_present++;
 	}
 	if (kb->o.version == MQTT_V5 && c->role == KB_ROLE_PUB && len > 2) {
 		struct mqtt_props props;

@@ -81,6 +81,12 @@ static void usage(FILE *f)
 "  --broker-pid PID     read its CPU time and RSS from /proc\n"
 "  --connect-concurrency N  connects in flight during setup  (64)\n"
 "  --keepalive S        MQTT keepalive; PINGREQ at S/2      (60)\n"
+"  --persistent         persistent sessions: clean session 0 (3.1.1), clean\n"
+"                       start 0 + session expiry (5) for every client, under\n"
+"                       the run's client ids (kbPID-sN, kbPID-pN); a CONNACK\n"
+"                       with session present fails the run (fanout, fanin,\n"
+"                       p2p, idle)\n"
+"  --session-expiry S   MQTT 5 session expiry with --persistent (3600)\n"
 "  --gen-bound PCT      flag the result generator-bound above (90)\n"
 "  --name NAME          scenario name in the output\n"
 "  --tls[=on|off]       TLS over every connection (OpenSSL, non-blocking)\n"
@@ -119,7 +125,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		O_DURATION, O_DRAIN, O_SETUP, O_HOLD, O_STALL, O_TIMEOUT,
 		O_BPID, O_CONC, O_KA, O_GENB, O_NAME, O_QUIET, O_HOST, O_TLS,
 		O_BURST, O_POLLUS, O_BUSY, O_HELP, O_CAFILE, O_CERT, O_KEY,
-		O_CERTDIR, O_CERTPFX, O_CERTCNT, O_TLSVER,
+		O_CERTDIR, O_CERTPFX, O_CERTCNT, O_TLSVER, O_PERSIST, O_EXPIRY,
 	};
 	static const struct option lo[] = {
 		{"port", 1, 0, O_PORT},	      {"topology", 1, 0, O_TOPO},
@@ -143,6 +149,8 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		{"tls-version", 1, 0, O_TLSVER},
 		{"burst", 1, 0, O_BURST},     {"poll-us", 1, 0, O_POLLUS},
 		{"busy-poll", 0, 0, O_BUSY},
+		{"persistent", 0, 0, O_PERSIST},
+		{"session-expiry", 1, 0, O_EXPIRY},
 		{"help", 0, 0, O_HELP},	      {0, 0, 0, 0},
 	};
 	memset(o, 0, sizeof(*o));
@@ -166,6 +174,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 	o->connect_concurrency = 64;
 	o->keepalive_s = 60;
 	o->gen_bound_pct = 90;
+	o->session_expiry_s = 3600;
 	int ch;
 	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (ch) {
@@ -258,6 +267,10 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 			o->cert_count = (uint32_t)strtoul(optarg, 0, 10);
 			break;
 		case O_TLSVER: o->tls_version = optarg; break;
+		case O_PERSIST: o->persistent = true; break;
+		case O_EXPIRY:
+			o->session_expiry_s = (uint32_t)strtoul(optarg, 0, 10);
+			break;
 		case O_HELP:
 		case 'h':
 			usage(stdout);
@@ -276,6 +289,14 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 	if (!o->tls && (o->cafile || o->cert || o->key || o->cert_dir ||
 			o->tls_version)) {
 		fprintf(stderr, "kite-bench: TLS options need --tls\n");
+		return -1;
+	}
+	if (o->persistent && (o->topo == KB_TOPO_STORM ||
+			      o->session_expiry_s == 0)) {
+		/* A storm slot reconnects under its id: its session would be
+		 * present from the second cycle on. */
+		fprintf(stderr, "kite-bench: --persistent needs a session "
+				"expiry > 0 and is not for storms\n");
 		return -1;
 	}
 	if (o->cert && o->cert_dir) {
@@ -890,6 +911,7 @@ static void compute(struct kb *kb, struct kb_result *r)
 	r->ok = !kb->fatal && !timed_out && kb->c.conn_failures == 0 &&
 		kb->c.conn_closed == 0 && kb->c.protocol_errors == 0 &&
 		kb->c.bad_acks == 0 && kb->c.unexpected == 0 &&
+		kb->c.session_present == 0 &&
 		kb->c.dups == 0 && kb->c.reordered == 0 &&
 		!(must_deliver && r->lost) && r->unacked == 0 &&
 		(o->topo == KB_TOPO_IDLE    ? kb->setup_ready == kb->nconns
@@ -957,7 +979,9 @@ static void report(struct kb *kb, const struct kb_result *r)
 		   "\"unique\":%llu,\"lost\":%llu,\"dups\":%llu,"
 		   "\"dups_flagged\":%llu,\"reordered\":%llu,\"unexpected\":%llu,"
 		   "\"unacked\":%llu,\"bad_acks\":%llu,\"protocol_errors\":%llu,"
-		   "\"conn_failures\":%llu,\"conn_closed\":%llu,\"stalls\":%llu,",
+		   "\"conn_failures\":%llu,\"conn_closed\":%llu,\"stalls\":%llu,"
+		   "\"persistent\":%s,\"session_expiry_s\":%u,"
+		   "\"session_present\":%llu,",
 		(unsigned long long)k->sent, (unsigned long long)kb->expected,
 		(unsigned long long)k->recv, (unsigned long long)k->unique,
 		(unsigned long long)r->lost, (unsigned long long)k->dups,
@@ -968,7 +992,10 @@ static void report(struct kb *kb, const struct kb_result *r)
 		(unsigned long long)k->protocol_errors,
 		(unsigned long long)k->conn_failures,
 		(unsigned long long)k->conn_closed,
-		(unsigned long long)k->stalls);
+		(unsigned long long)k->stalls,
+		o->persistent ? "true" : "false",
+		o->persistent && o->version == MQTT_V5 ? o->session_expiry_s : 0,
+		(unsigned long long)k->session_present);
 	fprintf(f, "\"sent_in_window\":%llu,\"deliveries_in_window\":%llu,"
 		   "\"pub_rate\":%.1f,\"deliveries_per_s\":%.1f,\"rate_met\":%s,",
 		(unsigned long long)kb->sent_win,
@@ -1035,6 +1062,11 @@ static void report(struct kb *kb, const struct kb_result *r)
 		fprintf(f, " | %u conns, broker RSS %ld -> %ld KiB = %.2f KiB/conn",
 			kb->nconns, kb->rss_before_kb, kb->rss_end_kb,
 			r->rss_per_conn_kb);
+	if (o->persistent)
+		fprintf(f, " | persistent sessions");
+	if (k->session_present)
+		fprintf(f, " | %llu CONNACKs with session present",
+			(unsigned long long)k->session_present);
 	fprintf(f, " | gen CPU %.0f%%", r->gen_cpu_pct);
 	if (o->busy_poll)
 		fprintf(f, " (busy-poll, working %.0f%%)", r->gen_work_pct);
