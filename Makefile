@@ -138,6 +138,7 @@ test: deps
 	$(MAKE) --no-print-directory check-clang
 	$(MAKE) --no-print-directory unit
 	$(MAKE) --no-print-directory integration
+	$(MAKE) --no-print-directory mosquitto-suite
 	$(MAKE) --no-print-directory deb-test
 	$(MAKE) --no-print-directory asan
 	$(MAKE) --no-print-directory fuzz
