@@ -318,6 +318,27 @@ enum mqtt_frame_status mqtt_frame_parse(const uint8_t *buf, size_t len,
 	return MQTT_FRAME_OK;
 }
 
+enum mqtt_frame_status mqtt_frame_parse_v31(const uint8_t *buf, size_t len,
+					    struct mqtt_fixed_header *out)
+{
+	assert(out && (buf || len == 0));
+	if (len < 1)
+		return MQTT_FRAME_NEED_MORE;
+	uint8_t type = buf[0] >> 4;
+	if (type == 0 || type == MQTT_PUBLISH)
+		return mqtt_frame_parse(buf, len, out);
+	/* Judge the rest with the flags the type requires, then keep the
+	 * ones the peer sent. */
+	uint8_t head[5];
+	size_t n = len < sizeof(head) ? len : sizeof(head);
+	memcpy(head, buf, n);
+	head[0] = (uint8_t)(type << 4 | frame_flags[type]);
+	enum mqtt_frame_status st = mqtt_frame_parse(head, n, out);
+	if (st == MQTT_FRAME_OK)
+		out->flags = buf[0] & 0x0f;
+	return st;
+}
+
 /* ---- properties ---------------------------------------------------------- */
 
 enum prop_type {
@@ -789,9 +810,11 @@ enum mqtt_rc mqtt_decode_publish(uint8_t flags, const uint8_t *body,
 	if (!rd_bin(&r, &out->topic) ||
 	    !mqtt_utf8_valid(out->topic.ptr, out->topic.len))
 		return MQTT_RC_MALFORMED_PACKET;
-	if (out->qos > 0 && (!rd_u16(&r, &out->packet_id) ||
-			     out->packet_id == 0))
+	if (out->qos > 0 && !rd_u16(&r, &out->packet_id))
 		return MQTT_RC_MALFORMED_PACKET;
+	/* Packet id 0 (spec 2.2.1): Mosquitto answers protocol error. */
+	if (out->qos > 0 && out->packet_id == 0)
+		return MQTT_RC_PROTOCOL_ERROR;
 	enum mqtt_rc rc = rd_props(&r, version, MQTT_PROPS_PUBLISH, &out->props);
 	if (rc != MQTT_RC_SUCCESS)
 		return rc;

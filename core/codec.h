@@ -47,6 +47,12 @@ enum mqtt_frame_status {
 enum mqtt_frame_status mqtt_frame_parse(const uint8_t *buf, size_t len,
 					struct mqtt_fixed_header *out);
 
+/* The same for MQTT 3.1 (protocol level 3), which fixes no flags but
+ * PUBLISH's: its clients set DUP and QoS on PUBREL, SUBSCRIBE and
+ * UNSUBSCRIBE (a resent PUBREL carries DUP), and Mosquitto accepts them. */
+enum mqtt_frame_status mqtt_frame_parse_v31(const uint8_t *buf, size_t len,
+					    struct mqtt_fixed_header *out);
+
 /* ---- MQTT 5 properties ------------------------------------------------- */
 
 /* Bit (1u << id) set in mqtt_props.present for each property seen; ids are

@@ -236,12 +236,20 @@ static long conn_frame(struct conn *c, const uint8_t *data, size_t len,
 		       struct mqtt_fixed_header *h, bool *have_header)
 {
 	*have_header = false;
-	enum mqtt_frame_status st = mqtt_frame_parse(data, len, h);
+	enum mqtt_frame_status st = c->version == MQTT_V31
+					    ? mqtt_frame_parse_v31(data, len, h)
+					    : mqtt_frame_parse(data, len, h);
 	if (st == MQTT_FRAME_NEED_MORE)
 		return 0;
 	if (st == MQTT_FRAME_MALFORMED) {
 		if (c->state == CONN_AWAIT_CONNECT)
 			conn_strike(c); /* garbage before CONNECT */
+		if (!handlers[data[0] >> 4]) {
+			/* A type no client sends, with bad flags too: closed
+			 * without a DISCONNECT, as any packet of that type. */
+			conn_close(c, "packet type not allowed from a client (protocol error)", false);
+			return -1;
+		}
 		conn_protocol_error(c, MQTT_RC_MALFORMED_PACKET,
 				    "malformed fixed header");
 		return -1;

@@ -46,9 +46,9 @@ int handle_ack(struct conn *c, const struct mqtt_fixed_header *h,
 	}
 	if (r == ACK_WRONG) {
 		/* A PUBREC for QoS 1, a PUBACK for QoS 2...: the client's
-		 * state and ours disagree (Mosquitto closes too). */
-		conn_protocol_error(c, MQTT_RC_PROTOCOL_ERROR,
-				    "acknowledgement of the wrong type");
+		 * state and ours disagree. Mosquitto closes without a
+		 * DISCONNECT, and its suite checks that. */
+		conn_close(c, "acknowledgement of the wrong type (protocol error)", false);
 		return -1;
 	}
 	return 0;

@@ -559,7 +559,10 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 		return -1;
 	}
 	c->version = ci.version;
-	if (ci.client_id.len == 0 && (!ci.clean_start || ci.version == MQTT_V31)) {
+	/* MQTT 5 lets an empty id resume nothing with clean start 0: the
+	 * server assigns one, as Mosquitto does; 3.1.1 forbids it. */
+	if (ci.client_id.len == 0 &&
+	    ((!ci.clean_start && ci.version == MQTT_V311) || ci.version == MQTT_V31)) {
 		connect_refuse(c, MQTT_V3_CONNACK_ID_REJECTED,
 			       MQTT_RC_CLIENT_ID_NOT_VALID,
 			       "empty client id without clean session");

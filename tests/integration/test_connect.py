@@ -150,3 +150,41 @@ def test_mqtt31_mqisdp_level_3_accepted(broker):
         c.subscribe([("v31/t", 1)])
         c.publish("v31/t", b"old", qos=1, pid=2)
         assert c.expect_publish().payload == b"old"
+
+
+def test_mqtt31_resent_pubrel_with_dup_completes(broker):
+    # MQTT 3.1 clients set DUP (and QoS 1) on a PUBREL they send again;
+    # 3.1 fixes no such flags, and Mosquitto completes the flow.
+    with RawClient(broker.port) as c:
+        assert c.connect("v31d", proto_name="MQIsdp", proto_level=3).rc == 0
+        c.send(mqttraw.publish("v31/q2", b"x", qos=2, pid=7))
+        assert c.expect(mqttraw.PUBREC).pid == 7
+        c.send(mqttraw.pubrel(7, flags=0x0A))
+        assert c.expect(mqttraw.PUBCOMP).pid == 7
+        c.ping()
+
+
+def test_mqtt311_pubrel_with_dup_is_malformed(broker):
+    # 3.1.1 fixes PUBREL's flags at 0x2: anything else closes.
+    with RawClient(broker.port) as c:
+        assert c.connect("v311d").rc == 0
+        c.send(mqttraw.publish("v311/q2", b"x", qos=2, pid=7))
+        assert c.expect(mqttraw.PUBREC).pid == 7
+        c.send(mqttraw.pubrel(7, flags=0x0A))
+        c.expect_closed(3)
+
+
+@pytest.mark.parametrize("qos,wrong", [(1, "pubrec"), (1, "pubcomp"),
+                                       (2, "puback"), (2, "pubcomp")])
+def test_acknowledgement_of_the_wrong_type_closes(broker, qos, wrong):
+    # The client's state and the broker's disagree: a protocol error, and
+    # the connection closes (Mosquitto: no DISCONNECT, even in MQTT 5).
+    with RawClient(broker.port) as sub, RawClient(broker.port) as pub:
+        assert sub.connect("wrong-ack").rc == 0
+        sub.subscribe([("wa/t", qos)])
+        assert pub.connect("wa-pub").rc == 0
+        pub.publish("wa/t", b"m", qos=qos, pid=3)
+        m = sub.expect(mqttraw.PUBLISH)  # not acknowledged
+        assert m.qos == qos
+        sub.send(getattr(mqttraw, wrong)(m.pid))
+        sub.expect_closed(3)

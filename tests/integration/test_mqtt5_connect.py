@@ -69,6 +69,23 @@ def test_mqtt5_assigned_client_identifier(broker):
         assert c2.connect("").props.get(m5.ASSIGNED_CLIENT_IDENTIFIER) != cid
 
 
+def test_mqtt5_empty_client_id_with_clean_start_0_gets_a_new_session(broker):
+    # MQTT 5 does not forbid it (3.1.1 does): the server assigns an id, and
+    # there is nothing to resume, as Mosquitto answers.
+    with Client5(broker.port) as c:
+        ack = c.connect("", clean=False,
+                        props=[(m5.SESSION_EXPIRY_INTERVAL, 60)])
+        assert ack.rc == 0 and not ack.session_present
+        cid = ack.props.get(m5.ASSIGNED_CLIENT_IDENTIFIER)
+        assert cid and cid.startswith("auto-"), ack
+        assert c.subscribe([("e/t", 1)]).codes == [1]
+    # The session lives under its assigned id.
+    with Client5(broker.port) as c:
+        ack = c.connect(cid, clean=False,
+                        props=[(m5.SESSION_EXPIRY_INTERVAL, 60)])
+        assert ack.rc == 0 and ack.session_present
+
+
 def test_mqtt5_no_assigned_client_identifier_when_client_names_itself(broker):
     with Client5(broker.port) as c:
         ack = c.connect("named")

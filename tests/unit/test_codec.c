@@ -114,6 +114,29 @@ TEST(codec_frame_parses_type_flags_and_length)
 	CHECK_EQ(fh.remaining_len, 321);
 }
 
+TEST(codec_frame_v31_keeps_the_flags_it_accepts)
+{
+	struct mqtt_fixed_header fh;
+	const uint8_t pubrel_dup[] = {0x6a, 0x02, 0x00, 0x01};
+	const uint8_t reserved[] = {0x0a, 0x00};
+	const uint8_t publish_q3[] = {0x36, 0x00};
+	const uint8_t partial[] = {0x6a, 0x80};
+
+	CHECK_EQ(mqtt_frame_parse(pubrel_dup, sizeof(pubrel_dup), &fh),
+		 MQTT_FRAME_MALFORMED);
+	CHECK_EQ(mqtt_frame_parse_v31(pubrel_dup, sizeof(pubrel_dup), &fh),
+		 MQTT_FRAME_OK);
+	CHECK_EQ(fh.type, MQTT_PUBREL);
+	CHECK_EQ(fh.flags, 0xa);
+	CHECK_EQ(fh.remaining_len, 2);
+	CHECK_EQ(mqtt_frame_parse_v31(reserved, sizeof(reserved), &fh),
+		 MQTT_FRAME_MALFORMED);
+	CHECK_EQ(mqtt_frame_parse_v31(publish_q3, sizeof(publish_q3), &fh),
+		 MQTT_FRAME_MALFORMED);
+	CHECK_EQ(mqtt_frame_parse_v31(partial, sizeof(partial), &fh),
+		 MQTT_FRAME_NEED_MORE);
+}
+
 TEST(codec_frame_accepts_four_length_bytes_up_to_max)
 {
 	struct mqtt_fixed_header fh;
@@ -1210,13 +1233,13 @@ TEST(codec_publish_empty_payload_is_allowed)
 	CHECK_EQ(pub.payload.len, 0);
 }
 
-TEST(codec_publish_packet_id_zero_is_malformed)
+TEST(codec_publish_packet_id_zero_is_protocol_error)
 {
 	struct buf p = {.n = 0};
 	put_str(&p, "t");
 	put_u16(&p, 0);
-	CHECK_EQ(publish_rc(0x2, &p, MQTT_V311), MQTT_RC_MALFORMED_PACKET);
-	CHECK_EQ(publish_rc(0x4, &p, MQTT_V311), MQTT_RC_MALFORMED_PACKET);
+	CHECK_EQ(publish_rc(0x2, &p, MQTT_V311), MQTT_RC_PROTOCOL_ERROR);
+	CHECK_EQ(publish_rc(0x4, &p, MQTT_V311), MQTT_RC_PROTOCOL_ERROR);
 }
 
 TEST(codec_publish_dup_with_qos0_is_malformed)
