@@ -784,9 +784,11 @@ static enum mqtt_rc publish_topic_check(const struct mqtt_publish *out,
 			return MQTT_RC_PROTOCOL_ERROR;
 		return MQTT_RC_SUCCESS;
 	}
+	/* Wildcards in a topic name: Mosquitto answers protocol error
+	 * (not 0x90), and its suite checks it. */
 	if (memchr(out->topic.ptr, '+', out->topic.len) ||
 	    memchr(out->topic.ptr, '#', out->topic.len))
-		return MQTT_RC_TOPIC_NAME_INVALID;
+		return MQTT_RC_PROTOCOL_ERROR;
 	if (!topic_depth_ok(out->topic.ptr, out->topic.len))
 		return MQTT_RC_PROTOCOL_ERROR;
 	return MQTT_RC_SUCCESS;

@@ -36,8 +36,10 @@ int handle_ack(struct conn *c, const struct mqtt_fixed_header *h,
 		if (m)
 			publish_route(c, m, MQTT_PUBCOMP, a.packet_id);
 		else
-			ack_send(c, MQTT_PUBCOMP, a.packet_id,
-				 MQTT_RC_PACKET_ID_NOT_FOUND);
+			/* Most often a PUBREL sent again after a reconnect,
+			 * whose PUBCOMP was lost: the message was released,
+			 * so answer success, as Mosquitto does. */
+			ack_send(c, MQTT_PUBCOMP, a.packet_id, MQTT_RC_SUCCESS);
 		break;
 	}
 	case MQTT_PUBCOMP:

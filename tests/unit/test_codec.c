@@ -1257,16 +1257,16 @@ TEST(codec_publish_qos3_is_malformed)
 	CHECK_EQ(publish_rc(0x6, &p, MQTT_V311), MQTT_RC_MALFORMED_PACKET);
 }
 
-TEST(codec_publish_wildcard_topic_is_topic_name_invalid)
+TEST(codec_publish_wildcard_topic_is_protocol_error)
 {
 	const char *topics[] = {"a/+", "#", "a+b"};
 	for (size_t i = 0; i < ARRAY_LEN(topics); i++) {
 		struct buf p = {.n = 0};
 		put_str(&p, topics[i]);
 		CHECK_EQ(publish_rc(0, &p, MQTT_V311),
-			 MQTT_RC_TOPIC_NAME_INVALID);
+			 MQTT_RC_PROTOCOL_ERROR);
 		put_empty_props(&p);
-		CHECK_EQ(publish_rc(0, &p, MQTT_V5), MQTT_RC_TOPIC_NAME_INVALID);
+		CHECK_EQ(publish_rc(0, &p, MQTT_V5), MQTT_RC_PROTOCOL_ERROR);
 	}
 }
 
