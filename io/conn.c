@@ -602,6 +602,7 @@ bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 	*slot = e;
 	slot->msg = msg_ref(m);
 	c->out_bytes += e.len;
+	stat_add(&c->shard->stats.publish_sent, 1);
 	atomic_fetch_add_explicit(&c->shard->stats.msgs_sent, 1,
 				  memory_order_relaxed);
 	conn_mark_dirty(c);

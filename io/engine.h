@@ -515,6 +515,9 @@ struct shard_stats {
 	 * drops by reason (their sum is msgs_dropped). */
 	_Atomic uint64_t deliveries;
 	_Atomic uint64_t dropped[DROP_REASONS];
+	/* PUBLISH packets alone (msgs_* count every packet, as Mosquitto's
+	 * $SYS messages/ figures do). */
+	_Atomic uint64_t publish_received, publish_sent;
 	/* Gauges: messages in session queues, and in flight (sent, not yet
 	 * acknowledged), on this shard's sessions. */
 	_Atomic uint64_t queued, inflight;
