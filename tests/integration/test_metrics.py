@@ -155,6 +155,10 @@ def test_metrics_endpoint_serves_prometheus_text_with_every_family(broker_factor
     assert val(series, "kite_flood_filter_loaded") == 0
     assert val(series, "kite_persistence_enabled") == 0
     assert val(series, "process_resident_memory_bytes") > 1 << 20
+    doc = (harness.REPO / "docs" / "METRICS.md").read_text()
+    for family in types:
+        base = family.replace("kite_shard_", "kite_", 1)
+        assert "`%s`" % base in doc, family + " is not in docs/METRICS.md"
     assert types["kite_messages_received_total"] == "counter"
     assert types["kite_clients_connected"] == "gauge"
     # HEAD: the same headers, no body.
