@@ -473,3 +473,15 @@ def test_protocol_websockets_is_refused_for_now(broker_factory, tmp_path):
     r = harness.run_cmd([BIN, "-c", str(conf)])
     assert r.returncode != 0
     assert "ws.conf:2: option 'protocol': 'websockets' is not supported yet" in r.stderr + r.stdout
+
+
+def test_grafana_dashboard_uses_only_metrics_kite_serves(broker_factory):
+    b, mport = start(broker_factory)
+    _, types = parse_exposition(http(mport, b"GET /metrics HTTP/1.1\r\n\r\n")[2].decode())
+    dash = json.loads((harness.REPO / "docs" / "grafana-kite.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 20
+    used = set()
+    for e in exprs:
+        used |= set(re.findall(r"\b((?:kite|process)_[a-z_]+)\b", e))
+    assert used and used <= set(types), used - set(types)
