@@ -485,3 +485,37 @@ def test_grafana_dashboard_uses_only_metrics_kite_serves(broker_factory):
     for e in exprs:
         used |= set(re.findall(r"\b((?:kite|process)_[a-z_]+)\b", e))
     assert used and used <= set(types), used - set(types)
+
+
+def test_tls_handshakes_and_connections_by_mode(broker_factory):
+    import ssl
+    import tlsutil
+    mport = harness.free_port()
+    conf = (tlsutil.tls_listener(extra="require_certificate false\n")
+            + "allow_anonymous true\nlistener %d 127.0.0.1\nprotocol metrics\n" % mport)
+    b, ports = tlsutil.start(broker_factory, conf)
+    harness.wait_for(lambda: harness.listening(mport), what="metrics port")
+    clients = [tlsutil.tls_connect(ports[0], ca=tlsutil.pki()["ca.pem"]) for _ in range(3)]
+    # A client that does not trust the server: the handshake fails.
+    bad = tlsutil.client_context(ca=tlsutil.pki()["ca.pem"])
+    bad.check_hostname = False
+    bad.verify_mode = ssl.CERT_NONE
+    bad.maximum_version = ssl.TLSVersion.TLSv1_2
+    bad.set_ciphers("aNULL")  # nothing the server offers
+    try:
+        tlsutil.tls_attempt(ports[0], ctx=bad)
+    except ssl.SSLError:
+        pass
+    s = harness.wait_for(
+        lambda: (lambda s: s if val(s, "kite_tls_handshakes_total", result="ok") == 3
+                 and val(s, "kite_tls_handshakes_total", result="error") >= 1
+                 else None)(scrape(mport)), what="handshake counts")
+    kernel = val(s, "kite_tls_connections", mode="kernel")
+    user = val(s, "kite_tls_connections", mode="userspace")
+    assert kernel + user == 3
+    assert kernel == val(s, "kite_tls_kernel_offloaded_total")
+    for c in clients:
+        c.close()
+    harness.wait_for(lambda: (lambda s: val(s, "kite_tls_connections", mode="kernel")
+                              + val(s, "kite_tls_connections", mode="userspace") == 0)
+                     (scrape(mport)), what="TLS gauges back to 0")
