@@ -747,6 +747,70 @@ static int opt_log_type(struct file_ctx *fc, const char *name, char *rest)
 		    word);
 }
 
+/* protocol mqtt|metrics on the current listener; websockets later. */
+static int opt_protocol(struct file_ctx *fc, const char *name, char *rest)
+{
+	char *word;
+	if (get_word(fc, name, rest, "mqtt, metrics or websockets", &word) < 0)
+		return -1;
+	if (!strcmp(word, "mqtt"))
+		fc->cur->protocol = LISTENER_PROTO_MQTT;
+	else if (!strcmp(word, "metrics"))
+		fc->cur->protocol = LISTENER_PROTO_METRICS;
+	else if (!strcmp(word, "websockets"))
+		return fail(fc, "option '%s': 'websockets' is not supported yet",
+			    name);
+	else
+		return fail(fc, "option '%s': expects mqtt, metrics or "
+			    "websockets, got '%s'", name, word);
+	return 0;
+}
+
+static int opt_log_facility(struct file_ctx *fc, const char *name, char *rest)
+{
+	long long v;
+	if (get_int(fc, name, rest, 0, 7, "a number 0-7 (local0-local7)",
+		    &v) < 0)
+		return -1;
+	fc->st->cfg->log_facility = (int)v;
+	return 0;
+}
+
+static int opt_log_timestamp(struct file_ctx *fc, const char *name, char *rest)
+{
+	return get_bool(fc, name, rest, &fc->st->cfg->log_timestamp);
+}
+
+static int opt_log_timestamp_format(struct file_ctx *fc, const char *name,
+				    char *rest)
+{
+	struct kite_config *cfg = fc->st->cfg;
+	return get_rest(fc, name, rest, "a strftime format",
+			cfg->log_timestamp_format,
+			sizeof(cfg->log_timestamp_format));
+}
+
+static int opt_log_format(struct file_ctx *fc, const char *name, char *rest)
+{
+	static const char *const words[] = {
+		[KITE_LOG_FORMAT_MOSQUITTO] = "mosquitto",
+		[KITE_LOG_FORMAT_JSON] = "json",
+		[KITE_LOG_FORMAT_JOURNAL] = "journal",
+	};
+	char *word;
+	if (get_word(fc, name, rest, "mosquitto, json or journal", &word) < 0)
+		return -1;
+	for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++) {
+		if (!strcmp(word, words[i])) {
+			fc->st->cfg->log_format = (enum kite_log_format)i;
+			fc->st->cfg->log_format_set = true;
+			return 0;
+		}
+	}
+	return fail(fc, "option '%s': expects mosquitto, json or journal, "
+		    "got '%s'", name, word);
+}
+
 /* ---- files ------------------------------------------------------------- */
 
 static int parse_file(struct load_state *st, const char *path, int level);
@@ -1106,6 +1170,7 @@ static const struct option options[] = {
 	{"maximum_qos", opt_max_qos}, /* Mosquitto's other name for it */
 	{"max_topic_alias", opt_max_topic_alias},
 	{"password_file", opt_password_file},
+	{"protocol", opt_protocol},
 	{"require_certificate", opt_require_certificate},
 	{"tls_version", opt_tls_version},
 	{"use_identity_as_username", opt_use_identity_as_username},
@@ -1115,6 +1180,10 @@ static const struct option options[] = {
 	{"include_dir", opt_include_dir},
 	{"listener", opt_listener},
 	{"log_dest", opt_log_dest},
+	{"log_facility", opt_log_facility},
+	{"log_format", opt_log_format}, /* kite's own */
+	{"log_timestamp", opt_log_timestamp},
+	{"log_timestamp_format", opt_log_timestamp_format},
 	{"log_type", opt_log_type},
 	{"max_connections", opt_max_connections},
 	{"max_inflight_messages", opt_max_inflight_messages},
@@ -1153,12 +1222,12 @@ static const char *const mosquitto_only_options[] = {
 	"bridge_require_ocsp", "bridge_tls_version", "check_retain_source", "cleansession", "clientid", "clientid_prefixes", "connection",
 	"http_dir", "idle_timeout",
 	"keepalive_interval", "local_cleansession",
-	"local_clientid", "local_password", "local_username", "log_facility",
-	"log_timestamp", "log_timestamp_format", "max_inflight_bytes",
+	"local_clientid", "local_password", "local_username",
+	"max_inflight_bytes",
 
 	"memory_limit", "mount_point", "notification_topic", "notifications",
 	"notifications_local_only", "password",
-	"plugin", "protocol", "psk_file",
+	"plugin", "psk_file",
 	"psk_hint", "queue_qos0_messages", "remote_clientid",
 	"remote_password", "remote_username", "restart_timeout", "retained_persistence", "retry_interval",
 	"round_robin", "set_tcp_nodelay", "socket_domain", "start_type",
@@ -1292,6 +1361,8 @@ void config_defaults(struct kite_config *cfg)
 	cfg->sys_interval_s = 10;
 	cfg->log_dest = KITE_LOGDEST_STDERR;
 	cfg->log_type = LOG_TYPES_DEFAULT;
+	cfg->log_facility = -1;
+	cfg->log_timestamp = true;
 	cfg->max_topic_alias = 10;
 	cfg->max_qos = 2;
 	cfg->flood_filter_syn_rate = 20;
@@ -1384,6 +1455,8 @@ static int check_tls(const struct kite_listener_cfg *l, char *err,
 		 !t->require_certificate)
 		why = "use_identity_as_username/use_subject_as_username need "
 		      "require_certificate true";
+	if (!why && t->certfile[0] && l->protocol == LISTENER_PROTO_METRICS)
+		why = "TLS on a metrics listener is not supported yet";
 	if (!why)
 		return 0;
 	snprintf(err, errlen, "%s:%d: listener on port %u: %s", l->file,

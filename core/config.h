@@ -53,9 +53,27 @@ struct kite_tls_cfg {
 
 #define KITE_FLOOD_IFACES_MAX 8
 
+/* What a listener speaks (Mosquitto's `protocol`, kite's `metrics`). */
+enum listener_protocol {
+	LISTENER_PROTO_MQTT,
+	LISTENER_PROTO_METRICS, /* Prometheus text at GET /metrics */
+};
+
+/* log_format (kite's own): Mosquitto's lines; one JSON object per line;
+ * or journald's "<N>message" (chosen by itself for stderr when stderr is
+ * the journal, JOURNAL_STREAM). */
+enum kite_log_format {
+	KITE_LOG_FORMAT_MOSQUITTO,
+	KITE_LOG_FORMAT_JSON,
+	KITE_LOG_FORMAT_JOURNAL,
+};
+
+#define KITE_LOG_TS_FORMAT_MAX 128
+
 struct kite_listener_cfg {
 	char bind_address[KITE_HOST_MAX]; /* "" = all addresses */
 	uint16_t port;
+	enum listener_protocol protocol;
 	int max_connections; /* -1 = unlimited */
 	/* With per_listener_settings true, set from the lines after this
 	 * listener; otherwise copied from the global value by
@@ -103,6 +121,12 @@ struct kite_config {
 	unsigned log_dest;		 /* enum kite_log_dest bits */
 	unsigned log_type;		 /* enum kite_log_type bits */
 	char log_file[KITE_PATH_MAX];
+	int log_facility;	 /* 0-7: LOG_LOCAL0-7; -1 = LOG_DAEMON */
+	bool log_timestamp;	 /* default true */
+	/* strftime(3) format, local time; "" = unix seconds (Mosquitto) */
+	char log_timestamp_format[KITE_LOG_TS_FORMAT_MAX];
+	enum kite_log_format log_format;
+	bool log_format_set; /* log_format given: no journald detection */
 	char pid_file[KITE_PATH_MAX];
 	unsigned shards; /* 0 = one per online CPU */
 

@@ -1,5 +1,6 @@
-/* Broker log: Mosquitto-style lines ("1700000000: message") to the
- * configured destinations, filtered by type. Safe from any thread: each
+/* Broker log: Mosquitto-style lines ("1700000000: message") by default,
+ * or JSON / journald lines (log_format), to the configured destinations,
+ * filtered by type. Safe from any thread: each
  * line goes out in one write(). Not for the per-message data path. */
 #ifndef KITE_LOG_H
 #define KITE_LOG_H
@@ -8,7 +9,8 @@
 
 #include "config.h"
 
-/* Takes log_dest, log_type and log_file from cfg; may be called again on
+/* Takes log_dest, log_type, log_file, log_facility, log_timestamp,
+ * log_timestamp_format and log_format from cfg; may be called again on
  * reload. Before the first call, errors and notices go to stderr. Returns
  * -1 if the log file cannot be opened (and keeps the old setting). */
 int log_configure(const struct kite_config *cfg);
@@ -20,6 +22,9 @@ void log_msg(enum kite_log_type type, const char *fmt, ...)
 bool log_enabled(enum kite_log_type type);
 
 void log_close(void);
+
+/* True when stderr is the systemd journal (JOURNAL_STREAM names it). */
+bool log_stderr_is_journal(void);
 
 /* Lines about one thing that a peer can make happen at any rate (refused
  * connections, failed accepts): at most `burst` lines per window, then one

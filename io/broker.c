@@ -68,7 +68,9 @@ static void broker_log_listeners(struct broker *b)
 				  "its connection.");
 	for (unsigned i = 0; i < cfg->listener_count; i++) {
 		const struct kite_listener_cfg *l = &cfg->listeners[i];
-		const char *mode = !l->tls.certfile[0] ? "plain TCP"
+		const char *mode = l->protocol == LISTENER_PROTO_METRICS
+					   ? "metrics: Prometheus text at /metrics"
+				   : !l->tls.certfile[0] ? "plain TCP"
 				   : ktls ? "TLS: handshake in userspace (OpenSSL), "
 					    "records in the kernel (kTLS)"
 					  : "TLS in userspace (OpenSSL): this kernel "
@@ -92,6 +94,8 @@ static int broker_load_flood_filter(struct broker *b)
 	for (unsigned i = 0; i < cfg->flood_filter_iface_count; i++)
 		ifaces[i] = cfg->flood_filter_ifaces[i];
 	for (unsigned i = 0; i < cfg->listener_count && np < FLOOD_FILTER_PORTS_MAX; i++) {
+		if (cfg->listeners[i].protocol != LISTENER_PROTO_MQTT)
+			continue; /* a scraper is not a client to strike */
 		unsigned j = 0;
 		while (j < np && ports[j] != cfg->listeners[i].port)
 			j++;

@@ -363,6 +363,8 @@ static void conn_tls_failed(struct conn *c)
 {
 	char peer[64];
 	const char *why = tls_conn_error(c->tls);
+	if (!tls_conn_handshake_done(c->tls))
+		stat_add(&c->shard->stats.tls_handshakes[TLS_HS_ERROR], 1);
 	log_msg(KITE_LOG_NOTICE, "TLS %s with %s failed: %s",
 		tls_conn_handshake_done(c->tls) ? "session" : "handshake",
 		conn_peer_str(c, peer, sizeof(peer)), why ? why : "unknown");
@@ -392,6 +394,10 @@ void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
 	const uint8_t *p;
 	if (tls_conn_pending_out(c->tls, &p))
 		conn_mark_dirty(c);
+	if (rc == TLS_HANDSHAKE_DONE) {
+		stat_add(&c->shard->stats.tls_handshakes[TLS_HS_OK], 1);
+		stat_add(&c->shard->stats.tls_open_user, 1);
+	}
 	if (rc == TLS_HANDSHAKE_DONE && log_enabled(KITE_LOG_DEBUG)) {
 		char peer[64];
 		log_msg(KITE_LOG_DEBUG, "TLS %s %s with %s (userspace)",
@@ -604,6 +610,7 @@ bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 	*slot = e;
 	slot->msg = msg_ref(m);
 	c->out_bytes += e.len;
+	stat_add(&c->shard->stats.publish_sent, 1);
 	atomic_fetch_add_explicit(&c->shard->stats.msgs_sent, 1,
 				  memory_order_relaxed);
 	conn_mark_dirty(c);
@@ -1133,6 +1140,10 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 					  memory_order_relaxed);
 	}
 	atomic_fetch_sub(&s->b->listener_conns[c->listener], 1);
+	if (c->ktls == KTLS_ON)
+		stat_sub(&s->stats.tls_open_kernel, 1);
+	else if (c->tls && tls_conn_handshake_done(c->tls))
+		stat_sub(&s->stats.tls_open_user, 1);
 	if (c->in_paused) {
 		c->in_paused = false;
 		s->input_paused--;

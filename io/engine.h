@@ -73,6 +73,11 @@
  * packet may still be as large as max_packet_size allows, up to this. */
 #define SHARD_INPUT_MAX (512u << 20)
 #define SHARD_TICK_MS 250
+/* Concurrent scrapes per listener; each holds at most a request and one
+ * answer. */
+#define METRICS_SCRAPES_MAX 8
+/* Slots per shard: the scrapes allowed, and as many again to say 503. */
+#define METRICS_SCRAPE_SLOTS (2 * METRICS_SCRAPES_MAX)
 /* Largest client id kite stores (the spec allows 65535). */
 #define CLIENT_ID_MAX 65535
 
@@ -94,6 +99,7 @@ enum ud_op {
 	UD_TICK,
 	UD_WAKE, /* MSG_RING from another shard or the main thread */
 	UD_PERSIST, /* id: enum persist_io (persist.c) */
+	UD_METRICS, /* id: scrape slot and operation (metrics.c) */
 };
 
 static inline uint64_t ud_pack(enum ud_op op, uint32_t id, uint32_t gen)
@@ -465,6 +471,35 @@ struct xoverflow {
 
 /* ---- shards --------------------------------------------------------------- */
 
+/* Why a delivery was dropped (kite_messages_dropped_total{reason}). */
+enum drop_reason {
+	DROP_OFFLINE,	    /* QoS 0 to a session without a connection */
+	DROP_QUEUE_FULL,    /* a slow consumer: wire queue or session queue
+			       at its bound */
+	DROP_UNDELIVERABLE, /* expired, or over the client's packet size */
+	DROP_NO_MEMORY,
+	DROP_REASONS,
+};
+
+enum tls_handshake_result {
+	TLS_HS_OK,
+	TLS_HS_ERROR,
+	TLS_HS_TIMEOUT,
+	TLS_HS_RESULTS,
+};
+
+/* Answers of the metrics listener (metrics.c), by status code. */
+enum metrics_status {
+	METRICS_200, METRICS_400, METRICS_404, METRICS_405, METRICS_408,
+	METRICS_431, METRICS_500, METRICS_503,
+	METRICS_STATUSES,
+};
+
+/* Per-shard figures. Each is written by its shard's thread only, so an
+ * update is a relaxed load and store (stat_add), no locked instruction;
+ * $SYS and the metrics listener read them from any shard with relaxed
+ * loads. Gauges that a connection moving between shards changes on both
+ * (tls_open_*) are only meaningful summed over the shards. */
 struct shard_stats {
 	_Atomic uint64_t msgs_received, msgs_sent, bytes_received, bytes_sent;
 	_Atomic uint64_t clients_connected, sessions, subscriptions;
@@ -476,7 +511,31 @@ struct shard_stats {
 	/* Durable state (persist.c). */
 	_Atomic uint64_t persist_bytes_written, persist_write_errors;
 	_Atomic uint64_t persist_compactions, persist_acks_withheld;
+	/* Deliveries to sessions (one per matching session per message);
+	 * drops by reason (their sum is msgs_dropped). */
+	_Atomic uint64_t deliveries;
+	_Atomic uint64_t dropped[DROP_REASONS];
+	/* PUBLISH packets alone (msgs_* count every packet, as Mosquitto's
+	 * $SYS messages/ figures do). */
+	_Atomic uint64_t publish_received, publish_sent;
+	/* Gauges: messages in session queues, and in flight (sent, not yet
+	 * acknowledged), on this shard's sessions. */
+	_Atomic uint64_t queued, inflight;
+	_Atomic uint64_t tls_handshakes[TLS_HS_RESULTS];
+	_Atomic uint64_t tls_open_kernel, tls_open_user;
+	_Atomic uint64_t metrics_answers[METRICS_STATUSES];
 };
+
+/* For a counter of the calling shard (single writer). */
+static inline void stat_add(_Atomic uint64_t *c, uint64_t n)
+{
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+			      memory_order_relaxed);
+}
+static inline void stat_sub(_Atomic uint64_t *c, uint64_t n)
+{
+	stat_add(c, (uint64_t)0 - n);
+}
 
 struct delivery {
 	struct session *ss;
@@ -583,6 +642,9 @@ struct shard {
 	uint64_t next_session_deadline_ms;
 	bool stopping;
 	struct shard_stats stats;
+	/* Scrapes of metrics listeners served by this shard (metrics.c). */
+	struct scrape *scrapes[METRICS_SCRAPE_SLOTS];
+	uint32_t scrape_gen;
 	/* Durable state (persist.c); NULL without `persistence`. */
 	struct shard_log *log;
 	/* Sessions whose queue waits for a held QoS 2 message (by id). */
@@ -793,6 +855,17 @@ struct session *shard_session_by_id(struct shard *s, uint64_t id);
 
 /* sys.c */
 void sys_publish(struct shard *s);
+/* A drop of n deliveries on s, counted by reason and in the total. */
+void stats_drop(struct shard *s, enum drop_reason why, uint64_t n);
+
+/* metrics.c: the Prometheus listener (protocol metrics). */
+struct scrape;
+void metrics_on_accept(struct shard *s, unsigned li, int fd);
+void metrics_on_cqe(struct shard *s, uint32_t id, uint32_t gen, int res);
+/* Each tick: deadlines of slow scrapers. */
+void metrics_tick(struct shard *s);
+/* After the shard's ring is gone: what scrapes were left is freed. */
+void metrics_fini(struct shard *s);
 
 /* ---- entry points for main.c -------------------------------------------- */
 

@@ -139,6 +139,7 @@ int handle_publish(struct conn *c, const struct mqtt_fixed_header *h,
 		conn_protocol_error(c, rc, "invalid PUBLISH");
 		return -1;
 	}
+	stat_add(&s->stats.publish_received, 1);
 	uint8_t ack = p.qos == 1 ? MQTT_PUBACK : MQTT_PUBREC;
 	uint32_t limit = s->cfg->message_size_limit;
 	if (limit && p.payload.len > limit) {

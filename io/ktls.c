@@ -156,6 +156,8 @@ void conn_ktls_try(struct conn *c)
 		c->tls_flags |= CONN_TLS13;
 	atomic_fetch_add_explicit(&c->shard->stats.ktls_connections, 1,
 				  memory_order_relaxed);
+	stat_sub(&c->shard->stats.tls_open_user, 1);
+	stat_add(&c->shard->stats.tls_open_kernel, 1);
 	/* An idle connection now costs no more than a plain one. */
 	tls_conn_free(c->tls);
 	c->tls = NULL;

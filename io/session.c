@@ -100,6 +100,8 @@ void session_destroy(struct session *ss)
 		msg_unref(ss->queue[(ss->q_head + i) % ss->q_cap].msg);
 	for (uint32_t i = 0; i < ss->qos2_in_count; i++)
 		msg_unref(ss->qos2_in[i].msg);
+	stat_sub(&s->stats.inflight, ss->inflight_count);
+	stat_sub(&s->stats.queued, ss->q_count);
 	free(ss->inflight);
 	free(ss->queue);
 	free(ss->qos2_in);
@@ -251,6 +253,7 @@ static int session_inflight_add(struct session *ss, struct msg *m,
 		ss->inflight = n;
 		ss->inflight_cap = ncap;
 	}
+	stat_add(&ss->shard->stats.inflight, 1);
 	struct inflight *f = &ss->inflight[ss->inflight_count++];
 	*f = (struct inflight){
 		.msg = msg_ref(m),
@@ -279,6 +282,7 @@ int session_restore_msg(struct session *ss, struct msg *m, uint64_t msg_id,
 		ss->inflight = n;
 		ss->inflight_cap = ncap;
 	}
+	stat_add(&ss->shard->stats.inflight, 1);
 	ss->inflight[ss->inflight_count++] = (struct inflight){
 		.msg = m ? msg_ref(m) : NULL,
 		.msg_id = msg_id,
@@ -298,6 +302,7 @@ static void session_inflight_remove(struct session *ss, struct inflight *f)
 	/* Keep order: a resumed session resends in the original order. */
 	memmove(f, f + 1, sizeof(*f) * (ss->inflight_count - i - 1));
 	ss->inflight_count--;
+	stat_sub(&ss->shard->stats.inflight, 1);
 }
 
 /* A message that cannot go to this client (expired, over its maximum
@@ -313,8 +318,7 @@ static void session_send_new(struct session *ss, struct msg *m,
 	if (!conn_queue_publish(ss->conn, m, d, false, pid)) {
 		if (!was_queued)
 			ss->next_pid = before;
-		atomic_fetch_add_explicit(&ss->shard->stats.msgs_dropped, 1,
-					  memory_order_relaxed);
+		stats_drop(ss->shard, DROP_UNDELIVERABLE, 1);
 		if (ss->logged)
 			persist_done(ss, persist_msg_id(ss->shard, m));
 		return;
@@ -357,6 +361,7 @@ static int session_queue_push(struct session *ss, struct msg *m,
 		(struct queued){.msg = msg_ref(m), .d = *d};
 	ss->q_count++;
 	ss->q_bytes += m->payload_len;
+	stat_add(&ss->shard->stats.queued, 1);
 	return 0;
 }
 
@@ -364,13 +369,16 @@ void session_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 {
 	assert(d->qos <= 2);
 	struct shard *s = ss->shard;
+	stat_add(&s->stats.deliveries, 1);
 	if (d->qos == 0) {
 		/* Like Mosquitto (queue_qos0_messages false): QoS 0 is not
 		 * kept for offline clients. */
-		if (!session_online(ss) ||
-		    !conn_queue_publish(ss->conn, m, d, false, 0))
-			atomic_fetch_add_explicit(&s->stats.msgs_dropped, 1,
-						  memory_order_relaxed);
+		if (!session_online(ss))
+			stats_drop(s, DROP_OFFLINE, 1);
+		else if (!conn_queue_publish(ss->conn, m, d, false, 0))
+			stats_drop(s, ss->conn->flags & CONN_DROPPING
+					      ? DROP_QUEUE_FULL
+					      : DROP_UNDELIVERABLE, 1);
 		return;
 	}
 	if (session_online(ss) && !ss->q_count && session_window_open(ss) &&
@@ -382,8 +390,7 @@ void session_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 	if (!ss->persistent && !session_online(ss))
 		return;
 	if (session_queue_push(ss, m, d) < 0)
-		atomic_fetch_add_explicit(&s->stats.msgs_dropped, 1,
-					  memory_order_relaxed);
+		stats_drop(s, DROP_QUEUE_FULL, 1);
 	else
 		persist_queue(ss, m, d);
 	if (session_held(m, d) && ss->q_count == 1)
@@ -400,6 +407,7 @@ void session_pump(struct session *ss)
 		}
 		ss->q_head = (ss->q_head + 1) % ss->q_cap;
 		ss->q_count--;
+		stat_sub(&ss->shard->stats.queued, 1);
 		ss->q_bytes -= q.msg->payload_len;
 		session_send_new(ss, q.msg, &q.d, true);
 		msg_unref(q.msg);

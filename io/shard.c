@@ -91,8 +91,7 @@ static void shard_post_failed(struct shard *s, unsigned dst, struct xitem it)
 			"%u: a %s was lost", s->idx, dst,
 			it.kind == XK_DELIVER ? "message" : "control item");
 	if (it.kind == XK_DELIVER)
-		atomic_fetch_add_explicit(&s->stats.msgs_dropped, 1,
-					  memory_order_relaxed);
+		stats_drop(s, DROP_NO_MEMORY, 1);
 	xitem_discard(it);
 }
 
@@ -507,6 +506,10 @@ static void shard_on_accept(struct shard *s, unsigned li,
 		shard_arm_accept(s, li);
 	int fd = cqe->res;
 	const struct kite_listener_cfg *l = &s->cfg->listeners[li];
+	if (l->protocol == LISTENER_PROTO_METRICS) {
+		metrics_on_accept(s, li, fd);
+		return;
+	}
 	uint32_t n = atomic_fetch_add(&s->b->listener_conns[li], 1) + 1;
 	if (s->stopping || (l->max_connections >= 0 &&
 			    n > (uint32_t)l->max_connections)) {
@@ -623,6 +626,9 @@ static void shard_handle_cqe(struct shard *s, struct io_uring_cqe *cqe)
 	case UD_PERSIST:
 		persist_on_cqe(s, ud_id(ud), cqe->res);
 		break;
+	case UD_METRICS:
+		metrics_on_cqe(s, ud_id(ud), ud_gen(ud), cqe->res);
+		break;
 	case UD_WAKE:
 		if (ud_id(ud) == 1 && cqe->res < 0)
 			log_msg(KITE_LOG_ERR, "shard %u: wakeup failed: %s",
@@ -659,6 +665,8 @@ static void shard_check_timeouts(struct shard *s)
 		if (c->state == CONN_AWAIT_CONNECT) {
 			if (s->now_ms - c->created_ms > CONN_CONNECT_TIMEOUT_MS) {
 				conn_strike(c);
+				if (c->tls && !tls_conn_handshake_done(c->tls))
+					stat_add(&s->stats.tls_handshakes[TLS_HS_TIMEOUT], 1);
 				conn_close(c, c->tls && !tls_conn_handshake_done(c->tls)
 						      ? "TLS handshake timed out"
 						      : "no CONNECT in time",
@@ -687,6 +695,7 @@ static void shard_on_tick(struct shard *s)
 {
 	shard_resume_accepts(s);
 	shard_check_timeouts(s);
+	metrics_tick(s);
 	persist_tick(s);
 	session_check_timers(s); /* returns at once unless one is due */
 	if (s->idx == 0 && s->cfg->sys_interval_s &&
@@ -991,6 +1000,7 @@ void shard_fini(struct shard *s)
 		trie_free(s->trie);
 	if (s->ring.ring_fd > 0)
 		io_uring_queue_exit(&s->ring);
+	metrics_fini(s);
 	free(s->br);
 	free(s->recv_bufs);
 	free(s->conns);

@@ -1,5 +1,6 @@
 /* $SYS/broker/... topics, as Mosquitto publishes them (retained), every
  * sys_interval seconds, from shard 0. */
+#include <assert.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <string.h>
@@ -53,6 +54,13 @@ static void sys_flood_filter(struct shard *s)
 		(unsigned long long)st.dropped_block,
 		(unsigned long long)st.blocks_added,
 		(unsigned long long)st.sources_allowed);
+}
+
+void stats_drop(struct shard *s, enum drop_reason why, uint64_t n)
+{
+	assert(why < DROP_REASONS);
+	stat_add(&s->stats.dropped[why], n);
+	stat_add(&s->stats.msgs_dropped, n);
 }
 
 #define SUM(field) sys_sum(b, offsetof(struct shard_stats, field))

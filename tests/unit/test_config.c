@@ -697,10 +697,9 @@ TEST(config_mosquitto_only_option_is_not_supported_yet)
 {
 	static const char *const names[] = {
 		"connection bridge1",
-		"address 10.0.0.1:1883", "topic # both 0", "protocol websockets",
+		"address 10.0.0.1:1883", "topic # both 0",
 		"mount_point foo/", "bind_interface eth0",
-		"memory_limit 0", "user mosquitto", "log_timestamp false",
-		"log_timestamp_format %Y", "retry_interval 20",
+		"memory_limit 0", "user mosquitto", "retry_interval 20",
 		"auth_plugin /x.so", "plugin /x.so", "auth_opt_db x",
 		"plugin_opt_db x", "websockets_log_level 0", "psk_hint x",
 		"set_tcp_nodelay true", "queue_qos0_messages true",
@@ -715,6 +714,53 @@ TEST(config_mosquitto_only_option_is_not_supported_yet)
 			 "t.conf:2: option '%s' is not supported yet", name);
 		CHECK_STR(load_err(text), want);
 	}
+}
+
+TEST(config_listener_protocol_metrics_or_mqtt)
+{
+	struct kite_config cfg;
+	config_defaults(&cfg);
+	char err[KITE_CONFIG_ERR_MAX];
+	CHECK_EQ(config_load_string(&cfg, "t.conf",
+				    "listener 1883\nlistener 9100 127.0.0.1\n"
+				    "protocol metrics\nlistener 1884\n"
+				    "protocol mqtt\n",
+				    err, sizeof(err)), 0);
+	CHECK_EQ(cfg.listener_count, 3u);
+	CHECK_EQ(cfg.listeners[0].protocol, LISTENER_PROTO_MQTT);
+	CHECK_EQ(cfg.listeners[1].protocol, LISTENER_PROTO_METRICS);
+	CHECK_EQ(cfg.listeners[2].protocol, LISTENER_PROTO_MQTT);
+	CHECK_STR(load_err("listener 1883\nprotocol websockets\n"),
+		  "t.conf:2: option 'protocol': 'websockets' is not supported yet");
+	CHECK_STR(load_err("listener 1883\nprotocol http\n"),
+		  "t.conf:2: option 'protocol': expects mqtt, metrics or "
+		  "websockets, got 'http'");
+}
+
+TEST(config_log_options)
+{
+	struct kite_config cfg;
+	config_defaults(&cfg);
+	CHECK(cfg.log_timestamp);
+	CHECK_EQ(cfg.log_facility, -1);
+	CHECK_EQ(cfg.log_format, KITE_LOG_FORMAT_MOSQUITTO);
+	char err[KITE_CONFIG_ERR_MAX];
+	CHECK_EQ(config_load_string(&cfg, "t.conf",
+				    "log_timestamp false\n"
+				    "log_timestamp_format %Y-%m-%d %H:%M:%S\n"
+				    "log_facility 5\nlog_format json\n",
+				    err, sizeof(err)), 0);
+	CHECK(!cfg.log_timestamp);
+	CHECK_STR(cfg.log_timestamp_format, "%Y-%m-%d %H:%M:%S");
+	CHECK_EQ(cfg.log_facility, 5);
+	CHECK_EQ(cfg.log_format, KITE_LOG_FORMAT_JSON);
+	CHECK(cfg.log_format_set);
+	CHECK_STR(load_err("log_facility 8\n"),
+		  "t.conf:1: option 'log_facility': expects a number 0-7 "
+		  "(local0-local7), got '8'");
+	CHECK_STR(load_err("log_format xml\n"),
+		  "t.conf:1: option 'log_format': expects mosquitto, json or "
+		  "journal, got 'xml'");
 }
 
 TEST(config_missing_argument_is_reported)
@@ -1386,6 +1432,102 @@ TEST(log_long_message_is_cut_to_one_line)
 		CHECK_EQ(nl - text + 1, 1024);
 		CHECK(strstr(nl + 1, ": next\n") != NULL);
 	}
+	tmpdir_remove(dir);
+}
+
+static const char *log_one_line(struct kite_config *cfg, const char *path,
+				enum kite_log_type type, const char *msg)
+{
+	cfg->log_dest = KITE_LOGDEST_FILE;
+	cfg->log_type = KITE_LOG_ALL;
+	snprintf(cfg->log_file, sizeof(cfg->log_file), "%s", path);
+	unlink(path);
+	if (log_configure(cfg) < 0)
+		return "";
+	log_msg(type, "%s", msg);
+	log_close();
+	return slurp(path);
+}
+
+TEST(log_timestamp_false_and_timestamp_format)
+{
+	char dirbuf[64], path[128];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	snprintf(path, sizeof(path), "%s/kite.log", dir);
+	struct kite_config cfg;
+	config_defaults(&cfg);
+	cfg.log_timestamp = false;
+	CHECK_STR(log_one_line(&cfg, path, KITE_LOG_NOTICE, "plain"), "plain\n");
+	cfg.log_timestamp = true;
+	snprintf(cfg.log_timestamp_format, sizeof(cfg.log_timestamp_format),
+		 "[%%Y]");
+	char want[64];
+	time_t now = time(NULL);
+	struct tm tm;
+	localtime_r(&now, &tm);
+	snprintf(want, sizeof(want), "[%d]: stamped\n", tm.tm_year + 1900);
+	CHECK_STR(log_one_line(&cfg, path, KITE_LOG_NOTICE, "stamped"), want);
+	tmpdir_remove(dir);
+}
+
+TEST(log_format_json_escapes_and_stays_one_line)
+{
+	char dirbuf[64], path[128];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	snprintf(path, sizeof(path), "%s/kite.log", dir);
+	struct kite_config cfg;
+	config_defaults(&cfg);
+	cfg.log_format = KITE_LOG_FORMAT_JSON;
+	const char *text = log_one_line(&cfg, path, KITE_LOG_WARNING,
+					"a \"q\" \\ \n\x01 \xff \xc3\xa9");
+	CHECK(!strncmp(text, "{\"time\":\"", 9));
+	CHECK(strstr(text, "\"type\":\"warning\",\"priority\":4,") != NULL);
+	CHECK(strstr(text, "\"message\":\"a \\\"q\\\" \\\\ \\u000a\\u0001 "
+			   "\\ufffd \xc3\xa9\"}\n") != NULL);
+	static char big[5000];
+	memset(big, '"', sizeof(big) - 1);
+	text = log_one_line(&cfg, path, KITE_LOG_ERR, big);
+	const char *nl = strchr(text, '\n');
+	CHECK(nl != NULL && nl[1] == '\0');
+	CHECK(nl != NULL && nl - text + 1 <= 1024);
+	CHECK(nl != NULL && !strncmp(nl - 2, "\"}", 2));
+	tmpdir_remove(dir);
+}
+
+TEST(log_stderr_under_journald_has_priority_and_no_timestamp)
+{
+	char dirbuf[64], path[128], js[64];
+	const char *dir = tmpdir_make(dirbuf);
+	CHECK(dir != NULL);
+	if (!dir)
+		return;
+	snprintf(path, sizeof(path), "%s/stderr", dir);
+	int saved = redirect_fd(STDERR_FILENO, path);
+	struct stat st;
+	fstat(STDERR_FILENO, &st);
+	snprintf(js, sizeof(js), "%llu:%llu", (unsigned long long)st.st_dev,
+		 (unsigned long long)st.st_ino);
+	setenv("JOURNAL_STREAM", js, 1);
+	struct kite_config cfg;
+	config_defaults(&cfg);
+	log_configure(&cfg);
+	log_msg(KITE_LOG_WARNING, "careful");
+	log_msg(KITE_LOG_ERR, "broken");
+	cfg.log_format_set = true; /* log_format mosquitto: as asked */
+	log_configure(&cfg);
+	log_msg(KITE_LOG_NOTICE, "mosq");
+	log_close();
+	unsetenv("JOURNAL_STREAM");
+	restore_fd(STDERR_FILENO, saved);
+	const char *text = slurp(path);
+	CHECK(!strncmp(text, "<4>careful\n<3>broken\n", 21));
+	CHECK(log_line_is(text + 21, 0, "mosq"));
 	tmpdir_remove(dir);
 }
 
