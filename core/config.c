@@ -393,6 +393,62 @@ static int opt_max_connections(struct file_ctx *fc, const char *name,
 	return 0;
 }
 
+/* protocol mqtt|websockets: what the current listener speaks. */
+static int opt_protocol(struct file_ctx *fc, const char *name, char *rest)
+{
+	static const struct {
+		const char *word;
+		enum listener_protocol proto;
+	} protos[] = {
+		{"mqtt", LISTENER_PROTO_MQTT},
+		{"websockets", LISTENER_PROTO_WEBSOCKETS},
+	};
+	char *word;
+	if (get_word(fc, name, rest, "mqtt or websockets", &word) < 0)
+		return -1;
+	for (size_t i = 0; i < sizeof(protos) / sizeof(protos[0]); i++) {
+		if (!strcmp(word, protos[i].word)) {
+			fc->cur->protocol = protos[i].proto;
+			return 0;
+		}
+	}
+	return fail(fc, "option '%s': expects mqtt or websockets, got '%s'",
+		    name, word);
+}
+
+/* http_dir DIR: files a WebSockets listener serves to plain GETs. */
+static int opt_http_dir(struct file_ctx *fc, const char *name, char *rest)
+{
+	if (get_rest(fc, name, rest, "a directory", fc->cur->http_dir,
+		     sizeof(fc->cur->http_dir)) < 0)
+		return -1;
+	return check_utf8(fc, name, fc->cur->http_dir);
+}
+
+static int opt_websockets_headers_size(struct file_ctx *fc, const char *name,
+				       char *rest)
+{
+	long long n;
+	if (get_int(fc, name, rest, 0, KITE_WS_HEADERS_SIZE_MAX,
+		    "a number of bytes (0 for the default)", &n) < 0)
+		return -1;
+	fc->st->cfg->websockets_headers_size = (uint32_t)n;
+	return 0;
+}
+
+/* A libwebsockets log mask in Mosquitto; kite has no libwebsockets and
+ * logs WebSocket events under its own log_type bits. */
+static int opt_websockets_log_level(struct file_ctx *fc, const char *name,
+				    char *rest)
+{
+	long long n;
+	if (get_int(fc, name, rest, INT32_MIN, INT32_MAX, "an integer",
+		    &n) < 0)
+		return -1;
+	fc->st->cfg->websockets_log_level = (int)n;
+	return 0;
+}
+
 /* ---- security ---------------------------------------------------------- */
 
 /* allow_anonymous BOOL: global, or with per_listener_settings true for the
@@ -1101,6 +1157,10 @@ static const struct option options[] = {
 	{"flood_filter_strikes", opt_flood_filter_strikes},
 	{"flood_filter_syn_burst", opt_flood_filter_syn_burst},
 	{"flood_filter_syn_rate", opt_flood_filter_syn_rate},
+	{"http_dir", opt_http_dir},
+	{"protocol", opt_protocol},
+	{"websockets_headers_size", opt_websockets_headers_size},
+	{"websockets_log_level", opt_websockets_log_level},
 	{"keyfile", opt_keyfile},
 	{"max_qos", opt_max_qos},
 	{"maximum_qos", opt_max_qos}, /* Mosquitto's other name for it */
@@ -1151,21 +1211,20 @@ static const char *const mosquitto_only_options[] = {
 	"bridge_insecure", "bridge_keyfile", "bridge_max_packet_size",
 	"bridge_outgoing_retain", "bridge_protocol_version", "bridge_psk",
 	"bridge_require_ocsp", "bridge_tls_version", "check_retain_source", "cleansession", "clientid", "clientid_prefixes", "connection",
-	"http_dir", "idle_timeout",
+	"idle_timeout",
 	"keepalive_interval", "local_cleansession",
 	"local_clientid", "local_password", "local_username", "log_facility",
 	"log_timestamp", "log_timestamp_format", "max_inflight_bytes",
 
 	"memory_limit", "mount_point", "notification_topic", "notifications",
 	"notifications_local_only", "password",
-	"plugin", "protocol", "psk_file",
+	"plugin", "psk_file",
 	"psk_hint", "queue_qos0_messages", "remote_clientid",
 	"remote_password", "remote_username", "restart_timeout", "retained_persistence", "retry_interval",
 	"round_robin", "set_tcp_nodelay", "socket_domain", "start_type",
 	"threshold", "tls_engine", "tls_engine_kpass_sha1", "tls_keyform",
 	"topic", "try_private", "upgrade_outgoing_qos",
 	"use_username_as_clientid", "user", "username",
-	"websockets_headers_size", "websockets_log_level",
 };
 
 static bool mosquitto_knows(const char *name)
@@ -1384,6 +1443,9 @@ static int check_tls(const struct kite_listener_cfg *l, char *err,
 		 !t->require_certificate)
 		why = "use_identity_as_username/use_subject_as_username need "
 		      "require_certificate true";
+	else if (l->http_dir[0] && l->protocol != LISTENER_PROTO_WEBSOCKETS)
+		why = "http_dir needs protocol websockets (only a WebSockets "
+		      "listener serves files)";
 	if (!why)
 		return 0;
 	snprintf(err, errlen, "%s:%d: listener on port %u: %s", l->file,

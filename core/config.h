@@ -53,6 +53,18 @@ struct kite_tls_cfg {
 
 #define KITE_FLOOD_IFACES_MAX 8
 
+/* What a listener speaks (`protocol`). */
+enum listener_protocol {
+	LISTENER_PROTO_MQTT,	   /* MQTT over TCP or TLS (the default) */
+	LISTENER_PROTO_WEBSOCKETS, /* MQTT over RFC 6455, plain or TLS */
+};
+
+/* websockets_headers_size 0 (or unset): the bound on a WebSocket upgrade
+ * request's head. Mosquitto's 1024 is libwebsockets' room for the header
+ * values it keeps; kite bounds the whole head, request line included. */
+#define KITE_WS_HEADERS_SIZE_DEFAULT 4096
+#define KITE_WS_HEADERS_SIZE_MAX (1u << 20)
+
 struct kite_listener_cfg {
 	char bind_address[KITE_HOST_MAX]; /* "" = all addresses */
 	uint16_t port;
@@ -66,6 +78,9 @@ struct kite_listener_cfg {
 	char password_file[KITE_PATH_MAX];
 	/* TLS: on when certfile is set (Mosquitto's rule). */
 	struct kite_tls_cfg tls;
+	enum listener_protocol protocol;
+	/* WebSockets listeners: static files served from here; "" = none. */
+	char http_dir[KITE_PATH_MAX];
 	/* Where it was declared, for messages. */
 	char file[KITE_PATH_MAX];
 	int line;
@@ -90,6 +105,9 @@ struct kite_config {
 	uint32_t flood_filter_strikes;
 	uint32_t flood_filter_block_seconds;
 	bool flood_filter_required;
+
+	uint32_t websockets_headers_size; /* 0 = KITE_WS_HEADERS_SIZE_DEFAULT */
+	int websockets_log_level;	  /* accepted; kite logs its own way */
 
 	uint32_t max_keepalive_s;	 /* default 65535 */
 	uint32_t max_packet_size;	 /* 0 = no limit beyond the protocol's */

@@ -73,7 +73,8 @@ static void broker_log_listeners(struct broker *b)
 					    "records in the kernel (kTLS)"
 					  : "TLS in userspace (OpenSSL): this kernel "
 					    "has no TLS ULP, so no kTLS";
-		log_msg(KITE_LOG_NOTICE, "Opening listen socket on %s:%u (%s, %u shards).",
+		log_msg(KITE_LOG_NOTICE, "Opening %slisten socket on %s:%u (%s, %u shards).",
+			l->protocol == LISTENER_PROTO_WEBSOCKETS ? "websockets " : "",
 			l->bind_address[0] ? l->bind_address : "*", l->port,
 			mode, b->nshards);
 	}
