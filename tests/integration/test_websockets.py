@@ -51,9 +51,36 @@ def ws_conf(extra_ws="", extra_global="", tls=False, http_dir=None):
     return conf
 
 
+def listening_any(port):
+    """IPv4 or IPv6: Mosquitto's WebSockets listener (libwebsockets)
+    listens on [::] whatever its bind address."""
+    if harness.listening(port):
+        return True
+    want = ":%04X" % port
+    try:
+        with open("/proc/net/tcp6") as f:
+            return any(line.split()[1].endswith(want) and
+                       line.split()[3] == "0A" for line in list(f)[1:])
+    except OSError:
+        return False
+
+
 def start(broker_factory, **kw):
     n = 3 if kw.get("tls") else 2
-    return tlsutil.start(broker_factory, ws_conf(**kw), nports=n)
+    conf = ws_conf(**kw)
+    ports = [harness.free_port()]
+    while len(ports) < n:
+        p = harness.free_port()
+        if p not in ports:
+            ports.append(p)
+    for i, p in enumerate(ports[1:], 2):
+        conf = conf.replace("{port%d}" % i, str(p))
+    b = broker_factory(conf, listener=False, port=ports[0])
+    for p in ports[1:]:
+        harness.wait_for(lambda: listening_any(p) or not b.alive(), 5,
+                         what="port %d" % p)
+        assert b.alive(), b.output()
+    return b, ports
 
 
 # --- a raw WebSocket client ------------------------------------------------------
@@ -107,7 +134,7 @@ def http_exchange(port, request, timeout=5.0):
         data = read_all(s, timeout)
     head, _, body = data.partition(b"\r\n\r\n")
     head = head.decode("latin-1")
-    status = int(head.split(" ", 2)[1]) if head.startswith("HTTP/1.1 ") else None
+    status = int(head.split(" ", 2)[1]) if head.startswith("HTTP/1.") else None
     return status, head, body
 
 
@@ -254,8 +281,10 @@ def test_paho_websockets_both_ways(broker_factory, scheme):
     try:
         tlsutil.paho_subscribe(c, "in/#", qos=1)
         plain, plain_got = paho_plain_sub(ports[0], "out/#")
-        # Larger than one frame and one TLS record both ways.
-        big = bytes(range(256)) * 1000
+        # Larger than one of kite's frames and one TLS record (16 KiB)
+        # both ways. (Mosquitto 2.0.11 never delivers 100 KB to paho 1.6.1
+        # over WebSockets, so this stays below 64 KiB.)
+        big = bytes(range(256)) * 80
         c.publish("out/big", big, qos=1).wait_for_publish()
         harness.wait_for(lambda: plain_got, 5, what="paho ws -> plain")
         assert plain_got[0] == ("out/big", big, 1)
@@ -330,7 +359,8 @@ def test_http_dir_serves_files_read_only_and_never_outside(broker_factory,
     port = ports[1]
     st, head, body = http_exchange(port, get(b"/"))
     assert st == 200 and body == b"<p>index</p>\n", head
-    assert "text/html" in head
+    if harness.flavour(harness.broker_bin()) == "kite":
+        assert "Content-Type: text/html" in head  # Mosquitto sends none
     st, head, body = http_exchange(port, get(b"/sub/a.js?v=1"))
     assert st == 200 and body == b"var a = 1;\n", head
     st, _, body = http_exchange(port, get(b"/inside.txt"))
@@ -420,7 +450,9 @@ def test_oversized_upgrade_request_costs_bounded_memory(broker_factory):
         s.sendall(b"a" * 4096)
     for s in socks:
         data = read_all(s, 5)
-        assert data.startswith(b"HTTP/1.1 4"), data[:40]
+        # kite answers 431; Mosquitto closes without a word.
+        if harness.flavour(harness.broker_bin()) == "kite":
+            assert data.startswith(b"HTTP/1.1 431"), data[:40]
         s.close()
 
 
