@@ -95,7 +95,7 @@ TEST(ws_frame_violations_close_with_their_code)
 	static const uint8_t frag_ping[] = {0x09, 0x80, 0, 0, 0, 0};
 	static const uint8_t text[] = {0x81, 0x81, 0, 0, 0, 0, 'a'};
 	static const uint8_t bad_utf8[] = {0x88, 0x84, 0, 0, 0, 0, 0x03, 0xe8, 0xff, 0xfe};
-	static const uint8_t huge[] = {0x82, 0xff, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+	static const uint8_t huge[] = {0x82, 0xff, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x30};
 	CHECK_EQ(feed_and_close_code(unmasked, sizeof(unmasked), 1000), 1002);
 	CHECK_EQ(feed_and_close_code(frag_ping, sizeof(frag_ping), 1000), 1002);
 	CHECK_EQ(feed_and_close_code(text, sizeof(text), 1000), 1003);
