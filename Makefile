@@ -30,7 +30,7 @@ CFLAGS   += -std=c17 -D_GNU_SOURCE -I. $(WARN) -pthread -fno-strict-aliasing
 # of its own before `all`.
 .DEFAULT_GOAL := all
 
-LDLIBS   := -luring -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lpthread -lsystemd
+LDLIBS   := -luring -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lwslay -lpthread -lsystemd
 
 ifeq ($(SAN),1)
 # jemalloc stays out of sanitizer builds: ASan must own malloc.
@@ -42,8 +42,8 @@ LDLIBS   += -ljemalloc
 endif
 
 # Modules without io_uring (unit-tested on their own): core/, tls/, acl/,
-# tools/. The engine (io/) links them into kite.
-CORE_SRC := $(sort $(wildcard core/*.c tls/*.c acl/*.c tools/*.c))
+# tools/, ws/. The engine (io/) links them into kite.
+CORE_SRC := $(sort $(wildcard core/*.c tls/*.c acl/*.c tools/*.c ws/*.c))
 IO_SRC   := $(sort $(wildcard io/*.c))
 UNIT_SRC := $(sort $(wildcard tests/unit/*.c))
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
@@ -120,7 +120,7 @@ fuzz:
 	@set -e; for f in $(FUZZ_SRC); do \
 		n=$$(basename $$f .c); \
 		clang -std=c17 -D_GNU_SOURCE -I. -g -O1 -fsanitize=fuzzer,address,undefined \
-			-o build/fuzz/$$n $$f $(CORE_SRC) -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lpthread; \
+			-o build/fuzz/$$n $$f $(CORE_SRC) -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lwslay -lpthread; \
 		mkdir -p build/fuzz/$$n.corpus; \
 		echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
 		build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \

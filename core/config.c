@@ -393,6 +393,63 @@ static int opt_max_connections(struct file_ctx *fc, const char *name,
 	return 0;
 }
 
+/* protocol mqtt|websockets: what the current listener speaks. */
+static int opt_protocol(struct file_ctx *fc, const char *name, char *rest)
+{
+	static const struct {
+		const char *word;
+		enum listener_protocol proto;
+	} protos[] = {
+		{"mqtt", LISTENER_PROTO_MQTT},
+		{"websockets", LISTENER_PROTO_WEBSOCKETS},
+		{"metrics", LISTENER_PROTO_METRICS}, /* kite's own */
+	};
+	char *word;
+	if (get_word(fc, name, rest, "mqtt, websockets or metrics", &word) < 0)
+		return -1;
+	for (size_t i = 0; i < sizeof(protos) / sizeof(protos[0]); i++) {
+		if (!strcmp(word, protos[i].word)) {
+			fc->cur->protocol = protos[i].proto;
+			return 0;
+		}
+	}
+	return fail(fc, "option '%s': expects mqtt, websockets or metrics, "
+		    "got '%s'", name, word);
+}
+
+/* http_dir DIR: files a WebSockets listener serves to plain GETs. */
+static int opt_http_dir(struct file_ctx *fc, const char *name, char *rest)
+{
+	if (get_rest(fc, name, rest, "a directory", fc->cur->http_dir,
+		     sizeof(fc->cur->http_dir)) < 0)
+		return -1;
+	return check_utf8(fc, name, fc->cur->http_dir);
+}
+
+static int opt_websockets_headers_size(struct file_ctx *fc, const char *name,
+				       char *rest)
+{
+	long long n;
+	if (get_int(fc, name, rest, 0, KITE_WS_HEADERS_SIZE_MAX,
+		    "a number of bytes (0 for the default)", &n) < 0)
+		return -1;
+	fc->st->cfg->websockets_headers_size = (uint32_t)n;
+	return 0;
+}
+
+/* A libwebsockets log mask in Mosquitto; kite has no libwebsockets and
+ * logs WebSocket events under its own log_type bits. */
+static int opt_websockets_log_level(struct file_ctx *fc, const char *name,
+				    char *rest)
+{
+	long long n;
+	if (get_int(fc, name, rest, INT32_MIN, INT32_MAX, "an integer",
+		    &n) < 0)
+		return -1;
+	fc->st->cfg->websockets_log_level = (int)n;
+	return 0;
+}
+
 /* ---- security ---------------------------------------------------------- */
 
 /* allow_anonymous BOOL: global, or with per_listener_settings true for the
@@ -745,25 +802,6 @@ static int opt_log_type(struct file_ctx *fc, const char *name, char *rest)
 	}
 	return fail(fc, "option '%s': expects %s, got '%s'", name, expects,
 		    word);
-}
-
-/* protocol mqtt|metrics on the current listener; websockets later. */
-static int opt_protocol(struct file_ctx *fc, const char *name, char *rest)
-{
-	char *word;
-	if (get_word(fc, name, rest, "mqtt, metrics or websockets", &word) < 0)
-		return -1;
-	if (!strcmp(word, "mqtt"))
-		fc->cur->protocol = LISTENER_PROTO_MQTT;
-	else if (!strcmp(word, "metrics"))
-		fc->cur->protocol = LISTENER_PROTO_METRICS;
-	else if (!strcmp(word, "websockets"))
-		return fail(fc, "option '%s': 'websockets' is not supported yet",
-			    name);
-	else
-		return fail(fc, "option '%s': expects mqtt, metrics or "
-			    "websockets, got '%s'", name, word);
-	return 0;
 }
 
 static int opt_log_facility(struct file_ctx *fc, const char *name, char *rest)
@@ -1165,12 +1203,15 @@ static const struct option options[] = {
 	{"flood_filter_strikes", opt_flood_filter_strikes},
 	{"flood_filter_syn_burst", opt_flood_filter_syn_burst},
 	{"flood_filter_syn_rate", opt_flood_filter_syn_rate},
+	{"http_dir", opt_http_dir},
+	{"protocol", opt_protocol},
+	{"websockets_headers_size", opt_websockets_headers_size},
+	{"websockets_log_level", opt_websockets_log_level},
 	{"keyfile", opt_keyfile},
 	{"max_qos", opt_max_qos},
 	{"maximum_qos", opt_max_qos}, /* Mosquitto's other name for it */
 	{"max_topic_alias", opt_max_topic_alias},
 	{"password_file", opt_password_file},
-	{"protocol", opt_protocol},
 	{"require_certificate", opt_require_certificate},
 	{"tls_version", opt_tls_version},
 	{"use_identity_as_username", opt_use_identity_as_username},
@@ -1220,7 +1261,7 @@ static const char *const mosquitto_only_options[] = {
 	"bridge_insecure", "bridge_keyfile", "bridge_max_packet_size",
 	"bridge_outgoing_retain", "bridge_protocol_version", "bridge_psk",
 	"bridge_require_ocsp", "bridge_tls_version", "check_retain_source", "cleansession", "clientid", "clientid_prefixes", "connection",
-	"http_dir", "idle_timeout",
+	"idle_timeout",
 	"keepalive_interval", "local_cleansession",
 	"local_clientid", "local_password", "local_username",
 	"max_inflight_bytes",
@@ -1234,7 +1275,6 @@ static const char *const mosquitto_only_options[] = {
 	"threshold", "tls_engine", "tls_engine_kpass_sha1", "tls_keyform",
 	"topic", "try_private", "upgrade_outgoing_qos",
 	"use_username_as_clientid", "user", "username",
-	"websockets_headers_size", "websockets_log_level",
 };
 
 static bool mosquitto_knows(const char *name)
@@ -1457,6 +1497,9 @@ static int check_tls(const struct kite_listener_cfg *l, char *err,
 		      "require_certificate true";
 	if (!why && t->certfile[0] && l->protocol == LISTENER_PROTO_METRICS)
 		why = "TLS on a metrics listener is not supported yet";
+	if (!why && l->http_dir[0] && l->protocol != LISTENER_PROTO_WEBSOCKETS)
+		why = "http_dir needs protocol websockets (only a WebSockets "
+		      "listener serves files)";
 	if (!why)
 		return 0;
 	snprintf(err, errlen, "%s:%d: listener on port %u: %s", l->file,

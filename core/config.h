@@ -53,10 +53,11 @@ struct kite_tls_cfg {
 
 #define KITE_FLOOD_IFACES_MAX 8
 
-/* What a listener speaks (Mosquitto's `protocol`, kite's `metrics`). */
+/* What a listener speaks (`protocol`; `metrics` is kite's own). */
 enum listener_protocol {
-	LISTENER_PROTO_MQTT,
-	LISTENER_PROTO_METRICS, /* Prometheus text at GET /metrics */
+	LISTENER_PROTO_MQTT,	   /* MQTT over TCP or TLS (the default) */
+	LISTENER_PROTO_WEBSOCKETS, /* MQTT over RFC 6455, plain or TLS */
+	LISTENER_PROTO_METRICS,	   /* Prometheus text at GET /metrics */
 };
 
 /* log_format (kite's own): Mosquitto's lines; one JSON object per line;
@@ -69,6 +70,12 @@ enum kite_log_format {
 };
 
 #define KITE_LOG_TS_FORMAT_MAX 128
+
+/* websockets_headers_size 0 (or unset): the bound on a WebSocket upgrade
+ * request's head. Mosquitto's 1024 is libwebsockets' room for the header
+ * values it keeps; kite bounds the whole head, request line included. */
+#define KITE_WS_HEADERS_SIZE_DEFAULT 4096
+#define KITE_WS_HEADERS_SIZE_MAX (1u << 20)
 
 struct kite_listener_cfg {
 	char bind_address[KITE_HOST_MAX]; /* "" = all addresses */
@@ -84,6 +91,8 @@ struct kite_listener_cfg {
 	char password_file[KITE_PATH_MAX];
 	/* TLS: on when certfile is set (Mosquitto's rule). */
 	struct kite_tls_cfg tls;
+	/* WebSockets listeners: static files served from here; "" = none. */
+	char http_dir[KITE_PATH_MAX];
 	/* Where it was declared, for messages. */
 	char file[KITE_PATH_MAX];
 	int line;
@@ -108,6 +117,9 @@ struct kite_config {
 	uint32_t flood_filter_strikes;
 	uint32_t flood_filter_block_seconds;
 	bool flood_filter_required;
+
+	uint32_t websockets_headers_size; /* 0 = KITE_WS_HEADERS_SIZE_DEFAULT */
+	int websockets_log_level;	  /* accepted; kite logs its own way */
 
 	uint32_t max_keepalive_s;	 /* default 65535 */
 	uint32_t max_packet_size;	 /* 0 = no limit beyond the protocol's */

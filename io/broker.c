@@ -75,7 +75,8 @@ static void broker_log_listeners(struct broker *b)
 					    "records in the kernel (kTLS)"
 					  : "TLS in userspace (OpenSSL): this kernel "
 					    "has no TLS ULP, so no kTLS";
-		log_msg(KITE_LOG_NOTICE, "Opening listen socket on %s:%u (%s, %u shards).",
+		log_msg(KITE_LOG_NOTICE, "Opening %slisten socket on %s:%u (%s, %u shards).",
+			l->protocol == LISTENER_PROTO_WEBSOCKETS ? "websockets " : "",
 			l->bind_address[0] ? l->bind_address : "*", l->port,
 			mode, b->nshards);
 	}
@@ -94,7 +95,7 @@ static int broker_load_flood_filter(struct broker *b)
 	for (unsigned i = 0; i < cfg->flood_filter_iface_count; i++)
 		ifaces[i] = cfg->flood_filter_ifaces[i];
 	for (unsigned i = 0; i < cfg->listener_count && np < FLOOD_FILTER_PORTS_MAX; i++) {
-		if (cfg->listeners[i].protocol != LISTENER_PROTO_MQTT)
+		if (cfg->listeners[i].protocol == LISTENER_PROTO_METRICS)
 			continue; /* a scraper is not a client to strike */
 		unsigned j = 0;
 		while (j < np && ports[j] != cfg->listeners[i].port)

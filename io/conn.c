@@ -27,7 +27,8 @@ struct send_ctx {
 	struct msghdr mh;
 	struct out_entry *retired; /* outq array the iovecs point into */
 	/* TLS: a copy of the ciphertext (OpenSSL's buffer may move while
-	 * the kernel reads this one); tls_off of tls_len already sent. */
+	 * the kernel reads this one); WebSockets: a copy of the frames;
+	 * tls_off of tls_len already sent. */
 	uint8_t *tls_bytes;
 	size_t tls_len, tls_off;
 	/* Kernel TLS: a record other than application data (alert 21,
@@ -375,17 +376,28 @@ static void conn_tls_failed(struct conn *c)
 	conn_close(c, why ? why : "TLS error", true);
 }
 
+/* Bytes of the stream the transport carries: MQTT, or WebSocket frames
+ * that carry MQTT. */
+static void conn_on_stream(struct conn *c, const uint8_t *data, size_t len)
+{
+	if (c->ws)
+		wsconn_on_data(c, data, len);
+	else
+		conn_on_plain(c, data, len);
+}
+
 void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
 {
 	if (c->state == CONN_CLOSING)
 		return;
 	if (!c->tls) {
-		if (conn_looks_like_tls(c, data, len)) {
+		if (conn_looks_like_tls(c, data, len) &&
+		    (!c->ws || !ws_is_open(c->ws))) {
 			conn_strike(c);
 			conn_close(c, "TLS handshake on a plain listener", false);
 			return;
 		}
-		conn_on_plain(c, data, len);
+		conn_on_stream(c, data, len);
 		return;
 	}
 	struct tls_buf *plain = &c->shard->tls_plain;
@@ -405,7 +417,7 @@ void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
 			conn_peer_str(c, peer, sizeof(peer)));
 	}
 	if (plain->len)
-		conn_on_plain(c, plain->data, plain->len);
+		conn_on_stream(c, plain->data, plain->len);
 	if (c->state == CONN_CLOSING)
 		return;
 	if (rc == TLS_ERROR)
@@ -704,7 +716,8 @@ static bool conn_has_output(struct conn *c)
 {
 	const uint8_t *p;
 	return c->out_count || (c->tls_flags & CONN_TLS_OWED) ||
-	       (c->tls && tls_conn_pending_out(c->tls, &p));
+	       (c->tls && tls_conn_pending_out(c->tls, &p)) ||
+	       (c->ws && ws_out_pending(c->ws, &p));
 }
 
 /* Copies up to cap queued bytes from the head of the wire queue. */
@@ -754,15 +767,60 @@ static struct send_ctx *send_ctx_copy(struct conn *c, const uint8_t *bytes,
 	return ctx;
 }
 
-/* TLS: the turn's queued MQTT bytes become as few records as possible,
- * then the ciphertext goes out in one send. */
+/* WebSockets: the turn's queued MQTT bytes become binary frames in the
+ * layer's output (up to 16 KiB each, a packet may span two); our close
+ * frame follows the last words of a connection closing after a flush. */
+static void conn_ws_frame(struct conn *c)
+{
+	uint8_t *buf = c->shard->tls_scratch;
+	while (c->out_count) {
+		size_t n = conn_out_copy(c, buf, TLS_RECORD_PLAIN);
+		if (ws_send_binary(c->ws, buf, n) < 0) {
+			/* Closed at the WebSocket level: nothing more goes. */
+			conn_out_drop_all(c);
+			if (c->state != CONN_CLOSING) {
+				c->flags |= CONN_CLOSE_AFTER_FLUSH;
+				conn_close(c, "WebSocket closed", true);
+			}
+			break;
+		}
+		conn_out_consume(c, n);
+	}
+	if (c->state == CONN_CLOSING && (c->flags & CONN_CLOSE_AFTER_FLUSH))
+		ws_send_close(c->ws, WS_CLOSE_NORMAL);
+}
+
+/* TLS: the turn's queued bytes (MQTT, or WebSocket frames) become as few
+ * records as possible, then the ciphertext goes out in one send. */
+static bool conn_tls_write_ws(struct conn *c)
+{
+	conn_ws_frame(c);
+	const uint8_t *p;
+	size_t n;
+	while ((n = ws_out_pending(c->ws, &p))) {
+		if (n > TLS_RECORD_PLAIN)
+			n = TLS_RECORD_PLAIN;
+		if (tls_conn_write(c->tls, p, n) != TLS_OK) {
+			ws_out_drop(c->ws);
+			conn_out_drop_all(c);
+			conn_tls_failed(c);
+			return false;
+		}
+		ws_out_consume(c->ws, n);
+	}
+	return true;
+}
+
 static void conn_flush_tls(struct conn *c)
 {
 	uint8_t *buf = c->shard->tls_scratch;
 	/* Moving to kernel TLS: OpenSSL's own output (the handshake's
 	 * tail) goes, MQTT bytes wait for the kernel (conn_ktls_try). */
 	bool for_kernel = c->ktls == KTLS_STOPPING && c->state == CONN_ACTIVE;
-	while (c->out_count && !for_kernel) {
+	/* Before the handshake, WebSocket bytes wait (there are none). */
+	if (c->ws && !for_kernel && tls_conn_handshake_done(c->tls))
+		conn_tls_write_ws(c);
+	while (c->out_count && !for_kernel && !c->ws) {
 		size_t n = conn_out_copy(c, buf, TLS_RECORD_PLAIN);
 		if (tls_conn_write(c->tls, buf, n) != TLS_OK) {
 			conn_out_drop_all(c);
@@ -814,6 +872,31 @@ void conn_send_record(struct conn *c, uint8_t record_type,
 	conn_submit_send(c, ctx);
 }
 
+/* WebSockets over plain TCP or kernel TLS: the frames (or the HTTP
+ * answer) as one copied buffer, sent like TLS ciphertext. */
+static void conn_flush_ws(struct conn *c)
+{
+	conn_ws_frame(c);
+	const uint8_t *p;
+	size_t len = ws_out_pending(c->ws, &p);
+	if (!len) {
+		if (c->state != CONN_CLOSING)
+			return;
+		if (c->flags & CONN_SHUTDOWN_SENT)
+			conn_on_closed(c);
+		else
+			conn_shutdown(c);
+		return;
+	}
+	struct send_ctx *ctx = send_ctx_copy(c, p, len);
+	if (!ctx)
+		return;
+	ws_out_consume(c->ws, len);
+	ctx->tls_bytes = ctx->iov[0].iov_base;
+	ctx->tls_len = len;
+	conn_submit_send(c, ctx);
+}
+
 void conn_flush(struct conn *c)
 {
 	if (c->flags & CONN_SEND_BUSY)
@@ -826,6 +909,10 @@ void conn_flush(struct conn *c)
 	}
 	if ((c->tls_flags & CONN_TLS_OWED) && conn_ktls_send_control(c))
 		return;
+	if (c->ws) {
+		conn_flush_ws(c);
+		return;
+	}
 	if (!c->out_count) {
 		if (c->state != CONN_CLOSING)
 			return;
@@ -1067,6 +1154,7 @@ void conn_free(struct conn *c)
 	conn_free_held_acks(c);
 	tls_conn_free(c->tls);
 	tls_ktls_rekey_free(c->ktls_rekey);
+	ws_conn_free(c->ws);
 	if (c->v5) {
 		for (unsigned i = 0; i < c->v5->alias_cap; i++)
 			free(c->v5->aliases ? c->v5->aliases[i].topic : NULL);
@@ -1191,6 +1279,8 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 		c->tls_flags &= (uint8_t)~CONN_TLS_OWED;
 		if (!(c->flags & CONN_SEND_BUSY))
 			conn_out_drop_all(c);
+		if (c->ws)
+			ws_out_drop(c->ws);
 		conn_shutdown(c);
 		return;
 	}

@@ -31,6 +31,7 @@
 #include "core/trie.h"
 #include "io/msg.h"
 #include "io/persist.h"
+#include "ws/ws.h"
 
 #ifndef SOL_TLS
 #define SOL_TLS 282 /* linux/socket.h; older libc headers lack it */
@@ -430,6 +431,9 @@ struct conn {
 	/* Kernel TLS 1.3 where the kernel can re-key: the traffic secrets
 	 * that follow the client's KeyUpdates; NULL otherwise. */
 	struct tls_ktls_rekey *ktls_rekey;
+	/* WebSockets listeners: the layer between the transport (plain,
+	 * TLS or kernel TLS) and MQTT framing; NULL otherwise. */
+	struct ws_conn *ws;
 };
 
 /* ---- cross-shard messages ------------------------------------------------ */
@@ -747,6 +751,13 @@ void conn_forget_ending(struct session *ss);
 void conn_on_closed(struct conn *c);
 /* Shuts the socket down both ways; requests on it then complete. */
 void conn_shutdown(struct conn *c);
+
+/* wsconn.c: MQTT over WebSockets (ws/ws.h does the protocol). */
+/* Gives a connection accepted on a WebSockets listener its layer. */
+int wsconn_attach(struct conn *c, const struct kite_config *cfg,
+		  const struct kite_listener_cfg *l);
+/* Received bytes of a WebSocket connection, after any TLS. */
+void wsconn_on_data(struct conn *c, const uint8_t *data, size_t len);
 
 /* ktls.c */
 void conn_ktls_begin(struct conn *c);

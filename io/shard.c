@@ -525,9 +525,17 @@ static void shard_on_accept(struct shard *s, unsigned li,
 		free(c);
 		c = NULL;
 	}
+	if (c && l->protocol == LISTENER_PROTO_WEBSOCKETS &&
+	    wsconn_attach(c, s->cfg, l) < 0) {
+		tls_conn_free(c->tls);
+		free(c);
+		c = NULL;
+	}
 	if (!c || shard_conn_attach(s, c) < 0) {
-		if (c)
+		if (c) {
 			tls_conn_free(c->tls);
+			ws_conn_free(c->ws);
+		}
 		free(c);
 		atomic_fetch_sub(&s->b->listener_conns[li], 1);
 		atomic_fetch_add_explicit(&s->stats.refused_no_resources, 1,

@@ -467,12 +467,14 @@ def test_every_sys_figure_has_a_metric_with_its_value(broker_factory):
         assert float(figures[topic]) == metric_value(series, name, labels), topic
 
 
-def test_protocol_websockets_is_refused_for_now(broker_factory, tmp_path):
-    conf = tmp_path / "ws.conf"
-    conf.write_text("listener %d\nprotocol websockets\n" % harness.free_port())
+def test_tls_on_a_metrics_listener_is_refused(broker_factory, tmp_path):
+    conf = tmp_path / "mt.conf"
+    conf.write_text("listener %d 127.0.0.1\nprotocol metrics\n"
+                    "certfile /nonexistent.pem\nkeyfile /nonexistent.key\n"
+                    % harness.free_port())
     r = harness.run_cmd([BIN, "-c", str(conf)])
     assert r.returncode != 0
-    assert "ws.conf:2: option 'protocol': 'websockets' is not supported yet" in r.stderr + r.stdout
+    assert "TLS on a metrics listener is not supported yet" in r.stderr + r.stdout
 
 
 def test_grafana_dashboard_uses_only_metrics_kite_serves(broker_factory):

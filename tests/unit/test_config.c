@@ -701,7 +701,7 @@ TEST(config_mosquitto_only_option_is_not_supported_yet)
 		"mount_point foo/", "bind_interface eth0",
 		"memory_limit 0", "user mosquitto", "retry_interval 20",
 		"auth_plugin /x.so", "plugin /x.so", "auth_opt_db x",
-		"plugin_opt_db x", "websockets_log_level 0", "psk_hint x",
+		"plugin_opt_db x", "psk_hint x",
 		"set_tcp_nodelay true", "queue_qos0_messages true",
 		"allow_zero_length_clientid false", "auto_id_prefix x",
 		"socket_domain ipv4",
@@ -730,11 +730,9 @@ TEST(config_listener_protocol_metrics_or_mqtt)
 	CHECK_EQ(cfg.listeners[0].protocol, LISTENER_PROTO_MQTT);
 	CHECK_EQ(cfg.listeners[1].protocol, LISTENER_PROTO_METRICS);
 	CHECK_EQ(cfg.listeners[2].protocol, LISTENER_PROTO_MQTT);
-	CHECK_STR(load_err("listener 1883\nprotocol websockets\n"),
-		  "t.conf:2: option 'protocol': 'websockets' is not supported yet");
 	CHECK_STR(load_err("listener 1883\nprotocol http\n"),
-		  "t.conf:2: option 'protocol': expects mqtt, metrics or "
-		  "websockets, got 'http'");
+		  "t.conf:2: option 'protocol': expects mqtt, websockets or "
+		  "metrics, got 'http'");
 }
 
 TEST(config_log_options)
@@ -1600,4 +1598,24 @@ TEST(log_lines_from_many_threads_never_interleave)
 	CHECK_EQ(lines, LOG_THREADS * LOG_LINES);
 	CHECK_EQ(bad, 0);
 	tmpdir_remove(dir);
+}
+
+TEST(config_websockets_listener_options)
+{
+	config_defaults(&cfg_g);
+	char err[KITE_CONFIG_ERR_MAX];
+	CHECK_EQ(config_load_string(&cfg_g, "t.conf",
+				    "listener 1883\nlistener 8080\n"
+				    "protocol websockets\nhttp_dir /srv/www\n"
+				    "websockets_headers_size 2048\n"
+				    "websockets_log_level 255\n",
+				    err, sizeof(err)), 0);
+	CHECK_EQ(cfg_g.listeners[0].protocol, LISTENER_PROTO_MQTT);
+	CHECK_EQ(cfg_g.listeners[1].protocol, LISTENER_PROTO_WEBSOCKETS);
+	CHECK_STR(cfg_g.listeners[1].http_dir, "/srv/www");
+	CHECK_EQ(cfg_g.websockets_headers_size, 2048);
+	CHECK_EQ(cfg_g.websockets_log_level, 255);
+	CHECK_STR(load_err("listener 1883\nprotocol http\n"),
+		  "t.conf:2: option 'protocol': expects mqtt, websockets or "
+		  "metrics, got 'http'");
 }
