@@ -38,13 +38,15 @@ static int security_load_tls(struct security *sec, unsigned i,
 			     size_t errlen)
 {
 	const struct kite_tls_cfg *t = &l->tls;
-	if (!t->certfile[0])
+	if (!config_listener_tls(l))
 		return 0;
 	struct tls_listener_opts o = {
 		.cafile = opt_or_null(t->cafile),
 		.capath = opt_or_null(t->capath),
-		.certfile = t->certfile,
-		.keyfile = t->keyfile,
+		.certfile = opt_or_null(t->certfile),
+		.keyfile = opt_or_null(t->keyfile),
+		.psk_hint = opt_or_null(l->psk_hint),
+		.psk_file = opt_or_null(l->sec.psk_file),
 		.crlfile = opt_or_null(t->crlfile),
 		.dhparamfile = opt_or_null(t->dhparamfile),
 		.ciphers = opt_or_null(t->ciphers),

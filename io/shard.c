@@ -538,8 +538,10 @@ static void shard_on_accept(struct shard *s, unsigned li,
 	c->state = CONN_AWAIT_CONNECT;
 	c->created_ms = c->last_rx_ms = s->now_ms;
 	shard_peer(fd, &c->peer);
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* kite writes a turn's packets in one send, so Nagle only delays
+	 * them; set_tcp_nodelay false asks for it anyway. */
+	int nodelay = s->cfg->set_tcp_nodelay;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof(nodelay));
 	shard_arm_recv(s, c);
 }
 
