@@ -476,9 +476,14 @@ static int connect_take_will(struct conn *c, const struct mqtt_connect *ci)
 	uint32_t plen = 0;
 	uint8_t *props = ci->version == MQTT_V5 ? msg_passthrough_props(wp, &plen)
 						: NULL;
-	w->msg = msg_new(ci->will.topic.ptr, (uint16_t)ci->will.topic.len,
-			 ci->will.payload.ptr, ci->will.payload.len, w->qos,
-			 w->retain, props, plen);
+	struct mqtt_bytes topic = ci->will.topic;
+	char *mounted = NULL;
+	w->msg = conn_mount(c, &topic, &mounted) < 0
+			 ? NULL
+			 : msg_new(topic.ptr, (uint16_t)topic.len,
+				   ci->will.payload.ptr, ci->will.payload.len,
+				   w->qos, w->retain, props, plen);
+	free(mounted);
 	free(props);
 	if (!w->msg) {
 		free(w);
@@ -540,8 +545,9 @@ static bool connect_will_ok(struct conn *c, const struct mqtt_connect *ci)
 		return true;
 	struct acl_identity *id = acl_cache_get(sec->acl[c->listener],
 						c->username, c->pending->id);
-	bool ok = id && acl_check(id, (const char *)ci->will.topic.ptr,
-				  ci->will.topic.len, ACL_WRITE);
+	/* The will's topic as it will be published (mount_point). */
+	bool ok = id && acl_check(id, msg_topic(c->will->msg),
+				  c->will->msg->topic_len, ACL_WRITE);
 	if (id)
 		acl_identity_unref(id);
 	return ok;

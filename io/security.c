@@ -200,6 +200,20 @@ bool session_may_subscribe(struct session *ss, const char *filter, size_t len)
 	return acl_filter_may_match(id, filter, len);
 }
 
+bool security_source_may_write(struct shard *s, const struct msg *m)
+{
+	const struct msg_source *src = m->source;
+	const struct security *sec = s->sec;
+	if (!src || src->listener >= sec->count || !sec->acl[src->listener])
+		return true;
+	struct acl_identity *id = acl_cache_get(sec->acl[src->listener],
+						src->username, src->client_id);
+	bool ok = id && acl_check(id, msg_topic(m), m->topic_len, ACL_WRITE);
+	if (id)
+		acl_identity_unref(id);
+	return ok;
+}
+
 void session_set_identity(struct session *ss, unsigned listener,
 			  const char *username)
 {

@@ -209,9 +209,13 @@ static bool session_online(const struct session *ss)
 	return ss->conn && ss->conn->state == CONN_ACTIVE;
 }
 
-/* max_inflight_messages, and for MQTT 5 the client's receive maximum. */
+/* max_inflight_messages, and for MQTT 5 the client's receive maximum;
+ * max_inflight_bytes (a message larger than it still goes alone). */
 static bool session_window_open(const struct session *ss)
 {
+	uint32_t max_bytes = ss->shard->cfg->max_inflight_bytes;
+	if (max_bytes && ss->inflight_bytes >= max_bytes)
+		return false;
 	uint32_t max = ss->shard->cfg->max_inflight_messages;
 	if (ss->conn && ss->conn->v5 && (!max || ss->conn->v5->receive_max < max))
 		max = ss->conn->v5->receive_max;
@@ -257,7 +261,9 @@ static int session_inflight_add(struct session *ss, struct msg *m,
 		.pid = pid,
 		.state = d->qos == 1 ? INFLIGHT_WAIT_PUBACK : INFLIGHT_WAIT_PUBREC,
 		.d = *d,
+		.bytes = m->payload_len,
 	};
+	ss->inflight_bytes += m->payload_len;
 	if (ss->logged) {
 		f->msg_id = persist_msg_id(ss->shard, m);
 		persist_out(ss, f->msg_id, pid, d->qos == 1 ? JOURNAL_WAIT_PUBACK
@@ -285,7 +291,9 @@ int session_restore_msg(struct session *ss, struct msg *m, uint64_t msg_id,
 		.pid = pid,
 		.state = state,
 		.d = *d,
+		.bytes = m ? m->payload_len : 0,
 	};
+	ss->inflight_bytes += m ? m->payload_len : 0;
 	return 0;
 }
 
@@ -294,6 +302,7 @@ static void session_inflight_remove(struct session *ss, struct inflight *f)
 	if (ss->logged)
 		persist_done(ss, f->msg_id);
 	msg_unref(f->msg);
+	ss->inflight_bytes -= f->bytes;
 	size_t i = (size_t)(f - ss->inflight);
 	/* Keep order: a resumed session resends in the original order. */
 	memmove(f, f + 1, sizeof(*f) * (ss->inflight_count - i - 1));
@@ -363,8 +372,15 @@ void session_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 	assert(d->qos <= 2);
 	struct shard *s = ss->shard;
 	if (d->qos == 0) {
-		/* Like Mosquitto (queue_qos0_messages false): QoS 0 is not
-		 * kept for offline clients. */
+		/* Kept for an offline persistent session only with
+		 * queue_qos0_messages (Mosquitto's option), in memory. */
+		if (!session_online(ss) && ss->persistent &&
+		    s->cfg->queue_qos0_messages) {
+			if (session_queue_push(ss, m, d) < 0)
+				atomic_fetch_add_explicit(&s->stats.msgs_dropped,
+							  1, memory_order_relaxed);
+			return;
+		}
 		if (!session_online(ss) ||
 		    !conn_queue_publish(ss->conn, m, d, false, 0))
 			atomic_fetch_add_explicit(&s->stats.msgs_dropped, 1,
@@ -399,7 +415,10 @@ void session_pump(struct session *ss)
 		ss->q_head = (ss->q_head + 1) % ss->q_cap;
 		ss->q_count--;
 		ss->q_bytes -= q.msg->payload_len;
-		session_send_new(ss, q.msg, &q.d);
+		if (q.d.qos == 0) /* queue_qos0_messages */
+			conn_queue_publish(ss->conn, q.msg, &q.d, false, 0);
+		else
+			session_send_new(ss, q.msg, &q.d);
 		msg_unref(q.msg);
 	}
 }

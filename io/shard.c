@@ -3,6 +3,7 @@
  * Each turn: submit queued sends and cross-shard wakeups, wait, reap every
  * ready completion in one batch, run their handlers, drain the rings from
  * other shards, announce a QSBR quiescent state. */
+#include <malloc.h>
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
@@ -687,6 +688,12 @@ static void shard_check_timeouts(struct shard *s)
 
 static void shard_on_tick(struct shard *s)
 {
+	if (s->cfg->memory_limit) {
+		/* mallinfo2 walks the arenas under their locks: once a tick,
+		 * never per message. */
+		struct mallinfo2 mi = mallinfo2();
+		s->heap_bytes = (uint64_t)mi.uordblks + mi.hblkhd;
+	}
 	shard_resume_accepts(s);
 	shard_check_timeouts(s);
 	persist_tick(s);
