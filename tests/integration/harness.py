@@ -113,6 +113,15 @@ def strip_kite_only(text):
                    if not re.match(r"\s*shards\b", l))
 
 
+def keep_root(text):
+    """Started as root, kite and Mosquitto drop to user `mosquitto`, which
+    cannot read the tests' private work directories: tests keep root
+    unless their config names a `user` (test_options.py checks the drop)."""
+    if os.geteuid() != 0 or re.search(r"^\s*user\s", text, re.M):
+        return text
+    return text + ("" if text.endswith("\n") or not text else "\n") + "user root\n"
+
+
 class Broker:
     """One broker process. `log` is its stdout+stderr, captured to a file.
     `nofile` (optional) is the broker's RLIMIT_NOFILE, soft and hard, as
@@ -129,6 +138,7 @@ class Broker:
         self.stopped = False
         self.returncode = None
         if conf_text is not None:
+            conf_text = keep_root(conf_text)
             self.conf_path = self.dir / "broker.conf"
             self.conf_path.write_text(conf_text)
             cmd = [binary, "-c", str(self.conf_path)]
