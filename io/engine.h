@@ -536,8 +536,6 @@ struct shard {
 	/* This shard's view of the config: swapped by XK_RELOAD. */
 	const struct kite_config *cfg;
 	const struct security *sec;
-	/* The process's heap in use as of the last tick (memory_limit). */
-	uint64_t heap_bytes;
 	pthread_t thread;
 	struct io_uring ring;
 	struct io_uring_buf_ring *br;
@@ -621,6 +619,9 @@ struct broker {
 	struct kite_config *cfg;
 	struct security *sec;
 	_Atomic unsigned reload_acks;
+	/* The process's heap in use, measured by shard 0 each tick while
+	 * memory_limit is set. */
+	_Atomic uint64_t heap_bytes;
 	unsigned nshards;
 	struct shard *shards;
 	struct xring *xrings; /* [(nshards + 1) * nshards]: src row, dst col */

@@ -178,11 +178,14 @@ static int publish_accept(struct conn *c, struct mqtt_publish *pp)
 	struct mqtt_publish p = *pp;
 	uint8_t ack = p.qos == 1 ? MQTT_PUBACK : MQTT_PUBREC;
 	uint64_t mem = s->cfg->memory_limit;
-	if (mem && s->heap_bytes + p.payload.len > mem) {
+	uint64_t heap = mem ? atomic_load_explicit(&s->b->heap_bytes,
+						   memory_order_relaxed) : 0;
+	if (mem && heap + p.payload.len > mem) {
 		/* Mosquitto's memory_limit: the message is dropped and its
 		 * publisher disconnected. */
-		log_msg(KITE_LOG_WARNING, "memory_limit reached: dropped a "
-			"PUBLISH of %u bytes from %s and disconnected it",
+		log_msg(KITE_LOG_WARNING, "memory_limit reached (%llu bytes "
+			"in use): dropped a PUBLISH of %u bytes from %s and "
+			"disconnected it", (unsigned long long)heap,
 			(unsigned)p.payload.len, conn_client_id(c));
 		conn_close(c, "memory_limit reached", false);
 		return -1;

@@ -688,11 +688,13 @@ static void shard_check_timeouts(struct shard *s)
 
 static void shard_on_tick(struct shard *s)
 {
-	if (s->cfg->memory_limit) {
-		/* mallinfo2 walks the arenas under their locks: once a tick,
-		 * never per message. */
+	if (s->idx == 0 && s->cfg->memory_limit) {
+		/* mallinfo2 walks every arena under its lock: once a tick by
+		 * one shard, never per message. */
 		struct mallinfo2 mi = mallinfo2();
-		s->heap_bytes = (uint64_t)mi.uordblks + mi.hblkhd;
+		atomic_store_explicit(&s->b->heap_bytes,
+				      (uint64_t)mi.uordblks + mi.hblkhd,
+				      memory_order_relaxed);
 	}
 	shard_resume_accepts(s);
 	shard_check_timeouts(s);

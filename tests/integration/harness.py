@@ -113,7 +113,7 @@ def strip_kite_only(text):
                    if not re.match(r"\s*shards\b", l))
 
 
-def keep_root(text):
+def root_kept(text):
     """Started as root, kite and Mosquitto drop to user `mosquitto`, which
     cannot read the tests' private work directories: tests keep root
     unless their config names a `user` (test_options.py checks the drop)."""
@@ -128,7 +128,7 @@ class Broker:
     `ulimit -n` would set it. `pid` is the broker's process id."""
 
     def __init__(self, binary, flav, workdir, conf_text=None, port=None,
-                 args=None, wait_port=True, env=None, nofile=None):
+                 args=None, wait_port=True, env=None, nofile=None, keep_root=True):
         self.binary = binary
         self.flavour = flav
         self.dir = Path(workdir)
@@ -138,7 +138,8 @@ class Broker:
         self.stopped = False
         self.returncode = None
         if conf_text is not None:
-            conf_text = keep_root(conf_text)
+            if keep_root:
+                conf_text = root_kept(conf_text)
             self.conf_path = self.dir / "broker.conf"
             self.conf_path.write_text(conf_text)
             cmd = [binary, "-c", str(self.conf_path)]
