@@ -36,7 +36,7 @@ def test_auto_id_prefix_names_generated_client_ids(broker_factory):
     with RawClient(b.port) as c:
         assert c.connect("").rc == 0
         c.ping()
-    b.wait_output(r"as pfx-[0-9a-f]{8}-")
+    b.wait_output(r"as pfx-[0-9a-fA-F]{8}-")  # Mosquitto: upper case
 
 
 def test_clientid_prefixes_refuses_other_client_ids(broker_factory):
@@ -72,6 +72,9 @@ def test_upgrade_outgoing_qos_delivers_at_the_subscription_qos(broker_factory):
         assert sub.expect_publish(3).qos == 1
 
 
+@pytest.mark.kite_only("Mosquitto 2.0.11 ignores max_inflight_bytes unless "
+                       "max_queued_bytes is set too (db__ready_for_flight); kite "
+                       "does what its man page says")
 def test_max_inflight_bytes_holds_messages_until_acknowledged(broker_factory):
     b = broker_factory(ANON + "max_inflight_bytes 10\n")
     with RawClient(b.port) as sub, RawClient(b.port) as pub:
@@ -135,7 +138,7 @@ def test_check_retain_source_hides_retained_messages_of_a_revoked_writer(broker_
 
 # ---- mount_point ------------------------------------------------------------
 
-def test_mount_point_puts_a_listener_below_a_prefix(broker_factory):
+def test_mount_point_puts_a_listener_below_a_prefix(broker_factory, flavour):
     mport = harness.free_port()
     b = broker_factory(ANON + "listener %d 127.0.0.1\nmount_point mnt/\n" % mport)
     with RawClient(b.port) as outside, RawClient(mport) as inside:
@@ -146,12 +149,16 @@ def test_mount_point_puts_a_listener_below_a_prefix(broker_factory):
         inside.publish("t", b"from inside")
         got = outside.expect_publish(3)
         assert (got.topic, got.payload) == ("mnt/t", b"from inside")
-        got = inside.expect_publish(3)  # its own message, without the prefix
-        assert (got.topic, got.payload) == ("t", b"from inside")
+        # The man page: "This prefix is removed when any messages are sent
+        # to the client". Mosquitto 2.0.11 sends it anyway (README,
+        # differences); kite removes it.
+        seen = "" if flavour == "kite" else "mnt/"
+        got = inside.expect_publish(3)  # its own message
+        assert (got.topic, got.payload) == (seen + "t", b"from inside")
         outside.publish("other/t", b"not below mnt")
         outside.publish("mnt/x", b"below mnt")
         got = inside.expect_publish(3)
-        assert (got.topic, got.payload) == ("x", b"below mnt")
+        assert (got.topic, got.payload) == (seen + "x", b"below mnt")
 
 
 # ---- TLS-PSK ------------------------------------------------------------------
