@@ -21,6 +21,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,10 +81,52 @@ struct file_ctx {
 
 typedef int (*option_fn)(struct file_ctx *fc, const char *name, char *rest);
 
+/* How a table entry without a handler of its own is parsed. */
+enum opt_type {
+	OPT_CUSTOM = 0, /* fn parses it */
+	OPT_BOOL,	/* true/false/1/0 into a bool */
+	OPT_UINT,	/* lo..hi into a uint32_t or uint64_t (by size) */
+	OPT_STR,	/* the rest of the line, UTF-8, into char[size] */
+	OPT_WORD,	/* one word, UTF-8, into char[size] */
+};
+
+/* Where its value lives. */
+enum opt_scope {
+	OPT_GLOBAL = 0, /* struct kite_config */
+	OPT_LISTENER,	/* the current struct kite_listener_cfg */
+	OPT_SECURITY,	/* struct kite_listener_sec: global, or the current
+			   listener's with per_listener_settings true */
+};
+
 struct option {
 	const char *name;
 	option_fn fn;
 };
+
+/* An option parsed by its type alone (issue 15's table): a new simple
+ * option is one row in typed_options[], no handler. */
+struct typed_option {
+	const char *name;
+	uint8_t type, scope;
+	uint16_t size;
+	size_t off;
+	long long lo, hi;
+};
+
+/* Table rows for the typed entries: name, field, and for numbers the
+ * accepted range. */
+#define FIELD_SIZE(type, field) ((uint16_t)sizeof(((type *)0)->field))
+#define OPT_G(name, t, field, lo, hi)                                        \
+	{name, t, OPT_GLOBAL, FIELD_SIZE(struct kite_config, field),    \
+	 offsetof(struct kite_config, field), lo, hi}
+#define OPT_L(name, t, field, lo, hi)                                        \
+	{name, t, OPT_LISTENER,                                         \
+	 FIELD_SIZE(struct kite_listener_cfg, field),                         \
+	 offsetof(struct kite_listener_cfg, field), lo, hi}
+#define OPT_S(name, t, field, lo, hi)                                        \
+	{name, t, OPT_SECURITY,                                         \
+	 FIELD_SIZE(struct kite_listener_sec, field),                         \
+	 offsetof(struct kite_listener_sec, field), lo, hi}
 
 /* ---- messages ---------------------------------------------------------- */
 
@@ -100,6 +143,24 @@ __attribute__((format(printf, 2, 3))) static int fail(struct file_ctx *fc,
 		va_end(ap);
 	}
 	return -1;
+}
+
+/* Keeps "FILE:LINE: message" for the log (the parser has none of its
+ * own); beyond KITE_CONFIG_WARNINGS_MAX the rest are dropped. */
+__attribute__((format(printf, 2, 3))) static void warn(struct file_ctx *fc,
+						       const char *fmt, ...)
+{
+	struct kite_config *cfg = fc->st->cfg;
+	if (cfg->warning_count >= KITE_CONFIG_WARNINGS_MAX)
+		return;
+	char *w = cfg->warnings[cfg->warning_count++];
+	int n = snprintf(w, KITE_CONFIG_ERR_MAX, "%s:%d: ", fc->file, fc->line);
+	if (n >= 0 && n < KITE_CONFIG_ERR_MAX) {
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(w + n, KITE_CONFIG_ERR_MAX - (size_t)n, fmt, ap);
+		va_end(ap);
+	}
 }
 
 /* Writes "FILE: strerror(errnum)" (an unreadable file) and returns -1. */
@@ -287,6 +348,12 @@ static int check_utf8(struct file_ctx *fc, const char *name, const char *v)
 
 /* ---- listeners --------------------------------------------------------- */
 
+static void sec_defaults(struct kite_listener_sec *sec)
+{
+	sec->allow_zero_length_clientid = true;
+	snprintf(sec->auto_id_prefix, sizeof(sec->auto_id_prefix), "auto-");
+}
+
 static void listener_init(struct kite_listener_cfg *l, uint16_t port,
 			  const char *file, int line)
 {
@@ -294,6 +361,7 @@ static void listener_init(struct kite_listener_cfg *l, uint16_t port,
 	l->port = port;
 	l->max_connections = -1;
 	l->allow_anonymous = -1;
+	sec_defaults(&l->sec);
 	snprintf(l->file, sizeof(l->file), "%s", file);
 	l->line = line;
 }
@@ -1185,6 +1253,176 @@ static int opt_flood_filter_required(struct file_ctx *fc, const char *name,
 	return get_bool(fc, name, rest, &fc->st->cfg->flood_filter_required);
 }
 
+/* ---- typed options (the table's rows without a handler) --------------- */
+
+static void *option_field(struct file_ctx *fc, const struct typed_option *o)
+{
+	struct load_state *st = fc->st;
+	switch (o->scope) {
+	case OPT_LISTENER:
+		return (char *)fc->cur + o->off;
+	case OPT_SECURITY:
+		st->security_set = true;
+		return (char *)(st->cfg->per_listener_settings ? &fc->cur->sec
+							       : &st->cfg->sec) +
+		       o->off;
+	default:
+		return (char *)st->cfg + o->off;
+	}
+}
+
+static int opt_typed(struct file_ctx *fc, const struct typed_option *o,
+		     char *rest)
+{
+	void *dst = option_field(fc, o);
+	char expects[64], *word;
+	long long n;
+	switch (o->type) {
+	case OPT_BOOL:
+		return get_bool(fc, o->name, rest, dst);
+	case OPT_UINT:
+		snprintf(expects, sizeof(expects), "a number %lld-%lld", o->lo,
+			 o->hi);
+		if (get_int(fc, o->name, rest, o->lo, o->hi, expects, &n) < 0)
+			return -1;
+		if (o->size == sizeof(uint64_t))
+			*(uint64_t *)dst = (uint64_t)n;
+		else
+			*(uint32_t *)dst = (uint32_t)n;
+		return 0;
+	case OPT_STR:
+		if (get_rest(fc, o->name, rest, "a value", dst, o->size) < 0)
+			return -1;
+		return check_utf8(fc, o->name, dst);
+	case OPT_WORD:
+		if (get_word(fc, o->name, rest, "a value", &word) < 0 ||
+		    check_utf8(fc, o->name, word) < 0)
+			return -1;
+		if (strlen(word) >= o->size)
+			return fail(fc, "option '%s': value longer than %u bytes",
+				    o->name, o->size - 1u);
+		memcpy(dst, word, strlen(word) + 1);
+		return 0;
+	}
+	return fail(fc, "option '%s': bad table entry", o->name);
+}
+
+/* ---- Mosquitto's other general and listener options ------------------- */
+
+static int opt_socket_domain(struct file_ctx *fc, const char *name, char *rest)
+{
+	char *word;
+	if (get_word(fc, name, rest, "ipv4 or ipv6", &word) < 0)
+		return -1;
+	if (!strcmp(word, "ipv4"))
+		fc->cur->socket_domain = KITE_DOMAIN_IPV4;
+	else if (!strcmp(word, "ipv6"))
+		fc->cur->socket_domain = KITE_DOMAIN_IPV6;
+	else
+		return fail(fc, "option '%s': expects ipv4 or ipv6, got '%s'",
+			    name, word);
+	return 0;
+}
+
+/* mount_point PREFIX: a topic prefix, so no wildcard (Mosquitto checks it
+ * as a publish topic). */
+static int opt_mount_point(struct file_ctx *fc, const char *name, char *rest)
+{
+	char *word;
+	if (get_word(fc, name, rest, "a topic prefix", &word) < 0 ||
+	    check_utf8(fc, name, word) < 0)
+		return -1;
+	if (strpbrk(word, "+#"))
+		return fail(fc, "option '%s': '%s' contains a wildcard (+ or #)",
+			    name, word);
+	if (strlen(word) >= sizeof(fc->cur->mount_point))
+		return fail(fc, "option '%s': longer than %zu bytes", name,
+			    sizeof(fc->cur->mount_point) - 1);
+	snprintf(fc->cur->mount_point, sizeof(fc->cur->mount_point), "%s", word);
+	return 0;
+}
+
+static int opt_user(struct file_ctx *fc, const char *name, char *rest)
+{
+	struct kite_config *cfg = fc->st->cfg;
+	char *word;
+	if (get_word(fc, name, rest, "a user name", &word) < 0)
+		return -1;
+	if (strlen(word) >= sizeof(cfg->user))
+		return fail(fc, "option '%s': longer than %zu bytes", name,
+			    sizeof(cfg->user) - 1);
+	snprintf(cfg->user, sizeof(cfg->user), "%s", word);
+	cfg->user_set = true;
+	return 0;
+}
+
+static int opt_allow_duplicate_messages(struct file_ctx *fc, const char *name,
+					char *rest)
+{
+	struct kite_config *cfg = fc->st->cfg;
+	if (get_bool(fc, name, rest, &cfg->allow_duplicate_messages) < 0)
+		return -1;
+	if (cfg->allow_duplicate_messages)
+		warn(fc, "option '%s' is deprecated (Mosquitto 2.0); kite "
+			 "always sends a message once to a client whose "
+			 "subscriptions overlap (MQTT 3.3.5)", name);
+	return 0;
+}
+
+/* Kept by Mosquitto 2.0 for old configs, which it warns about too. */
+static int opt_retry_interval(struct file_ctx *fc, const char *name,
+			      char *rest)
+{
+	long long n;
+	if (get_int(fc, name, rest, 0, INT32_MAX, "a number of seconds", &n) <
+	    0)
+		return -1;
+	warn(fc, "option '%s' is no longer available (Mosquitto 2.0 ignores it "
+		 "too): QoS 1/2 messages are resent on reconnection only, as "
+		 "MQTT 5 requires", name);
+	return 0;
+}
+
+/* OpenSSL 3 deprecates engines, and kite's OpenSSL loads none: the key
+ * comes from keyfile (a PEM file, or a provider URI in a future kite). */
+static int opt_tls_engine(struct file_ctx *fc, const char *name, char *rest)
+{
+	char *word;
+	if (get_word(fc, name, rest, "a value", &word) < 0)
+		return -1;
+	warn(fc, "option '%s' is obsolete with OpenSSL 3 (engines are "
+		 "deprecated) and ignored: give the private key as a PEM "
+		 "keyfile", name);
+	return 0;
+}
+
+static int opt_tls_keyform(struct file_ctx *fc, const char *name, char *rest)
+{
+	char *word;
+	if (get_word(fc, name, rest, "pem or engine", &word) < 0)
+		return -1;
+	if (!strcmp(word, "pem"))
+		return 0;
+	if (!strcmp(word, "engine"))
+		return fail(fc, "option '%s': 'engine' keys need an OpenSSL "
+				"engine, obsolete with OpenSSL 3 and not loaded "
+				"by kite: use a PEM keyfile", name);
+	return fail(fc, "option '%s': expects pem or engine, got '%s'", name,
+		    word);
+}
+
+/* kite cannot load Mosquitto's plugin ABI: refusing to start is safer
+ * than running without the checks the plugin would have made. */
+static int opt_plugin(struct file_ctx *fc, const char *name, char *rest)
+{
+	char *word;
+	if (get_word(fc, name, rest, "a plugin path", &word) < 0)
+		return -1;
+	return fail(fc, "option '%s %s': kite cannot load Mosquitto plugins; "
+			"use password_file, acl_file and psk_file instead",
+		    name, word);
+}
+
 /* ---- the table ---------------------------------------------------------- */
 
 static const struct option options[] = {
@@ -1246,49 +1484,65 @@ static const struct option options[] = {
 	{"retain_available", opt_retain_available},
 	{"shards", opt_shards}, /* kite's own */
 	{"sys_interval", opt_sys_interval},
+	{"allow_duplicate_messages", opt_allow_duplicate_messages},
+	{"auth_plugin", opt_plugin},
+	{"mount_point", opt_mount_point},
+	{"plugin", opt_plugin},
+	{"retry_interval", opt_retry_interval},
+	{"socket_domain", opt_socket_domain},
+	{"tls_engine", opt_tls_engine},
+	{"tls_engine_kpass_sha1", opt_tls_engine},
+	{"tls_keyform", opt_tls_keyform},
+	{"user", opt_user},
+};
+
+/* name, type, field, range (numbers only). */
+static const struct typed_option typed_options[] = {
+	OPT_S("allow_zero_length_clientid", OPT_BOOL,
+	      allow_zero_length_clientid, 0, 0),
+	OPT_S("auto_id_prefix", OPT_STR, auto_id_prefix, 0, 0),
+	OPT_S("psk_file", OPT_STR, psk_file, 0, 0),
+	OPT_L("bind_interface", OPT_WORD, bind_interface, 0, 0),
+	OPT_L("psk_hint", OPT_STR, psk_hint, 0, 0),
+	OPT_L("use_username_as_clientid", OPT_BOOL, use_username_as_clientid,
+	      0, 0),
+	OPT_G("check_retain_source", OPT_BOOL, check_retain_source, 0, 0),
+	OPT_G("clientid_prefixes", OPT_WORD, clientid_prefixes, 0, 0),
+	OPT_G("max_inflight_bytes", OPT_UINT, max_inflight_bytes, 0,
+	      UINT32_MAX),
+	OPT_G("memory_limit", OPT_UINT, memory_limit, 0, INT64_MAX),
+	OPT_G("queue_qos0_messages", OPT_BOOL, queue_qos0_messages, 0, 0),
+	OPT_G("set_tcp_nodelay", OPT_BOOL, set_tcp_nodelay, 0, 0),
+	OPT_G("upgrade_outgoing_qos", OPT_BOOL, upgrade_outgoing_qos, 0, 0),
 };
 
 /* Every other option Mosquitto 2.0.11 accepts (checked against the Debian
  * 12 binary: each of these is recognised, any other name is "Unknown
- * configuration variable"), plus the auth_opt_* / plugin_opt_* prefixes. */
+ * configuration variable"). */
 static const char *const mosquitto_only_options[] = {
-	"address", "addresses", "allow_duplicate_messages",
-	"allow_zero_length_clientid", "auth_plugin",
-	"auth_plugin_deny_special_chars", "auto_id_prefix",
-	"bind_interface", "bridge_alpn",
-	"bridge_attempt_unsubscribe", "bridge_bind_address", "bridge_cafile",
-	"bridge_capath", "bridge_certfile", "bridge_identity",
-	"bridge_insecure", "bridge_keyfile", "bridge_max_packet_size",
-	"bridge_outgoing_retain", "bridge_protocol_version", "bridge_psk",
-	"bridge_require_ocsp", "bridge_tls_version", "check_retain_source", "cleansession", "clientid", "clientid_prefixes", "connection",
-	"idle_timeout",
-	"keepalive_interval", "local_cleansession",
-	"local_clientid", "local_password", "local_username",
-	"max_inflight_bytes",
-
-	"memory_limit", "mount_point", "notification_topic", "notifications",
-	"notifications_local_only", "password",
-	"plugin", "psk_file",
-	"psk_hint", "queue_qos0_messages", "remote_clientid",
-	"remote_password", "remote_username", "restart_timeout", "retained_persistence", "retry_interval",
-	"round_robin", "set_tcp_nodelay", "socket_domain", "start_type",
-	"threshold", "tls_engine", "tls_engine_kpass_sha1", "tls_keyform",
-	"topic", "try_private", "upgrade_outgoing_qos",
-	"use_username_as_clientid", "user", "username",
+	"retained_persistence",
 };
 
-static bool mosquitto_knows(const char *name)
+/* Mosquitto's bridge options (and bridge_* below). */
+static const char *const bridge_options[] = {
+	"address", "addresses", "cleansession", "clientid", "connection",
+	"idle_timeout", "keepalive_interval", "local_cleansession",
+	"local_clientid", "local_password", "local_username",
+	"notification_topic", "notifications", "notifications_local_only",
+	"password", "remote_clientid", "remote_password", "remote_username",
+	"restart_timeout", "round_robin", "start_type", "threshold", "topic",
+	"try_private", "username",
+};
+
+static bool in_list(const char *name, const char *const *list, size_t n)
 {
-	if (!strncmp(name, "auth_opt_", 9) || !strncmp(name, "plugin_opt_", 11))
-		return true;
-	for (size_t i = 0; i < sizeof(mosquitto_only_options) /
-				       sizeof(mosquitto_only_options[0]);
-	     i++) {
-		if (!strcmp(name, mosquitto_only_options[i]))
+	for (size_t i = 0; i < n; i++)
+		if (!strcmp(name, list[i]))
 			return true;
-	}
 	return false;
 }
+
+#define IN_LIST(name, list) in_list(name, list, sizeof(list) / sizeof(list[0]))
 
 static int dispatch(struct file_ctx *fc, const char *name, char *rest)
 {
@@ -1296,7 +1550,20 @@ static int dispatch(struct file_ctx *fc, const char *name, char *rest)
 		if (!strcmp(name, options[i].name))
 			return options[i].fn(fc, name, rest);
 	}
-	if (mosquitto_knows(name))
+	for (size_t i = 0; i < sizeof(typed_options) / sizeof(typed_options[0]);
+	     i++) {
+		if (!strcmp(name, typed_options[i].name))
+			return opt_typed(fc, &typed_options[i], rest);
+	}
+	if (!strncmp(name, "auth_opt_", 9) || !strncmp(name, "plugin_opt_", 11) ||
+	    !strcmp(name, "auth_plugin_deny_special_chars"))
+		return fail(fc, "option '%s' configures a Mosquitto plugin, which "
+				"kite cannot load; use password_file, acl_file "
+				"and psk_file instead", name);
+	if (!strncmp(name, "bridge_", 7) || IN_LIST(name, bridge_options))
+		return fail(fc, "option '%s' is a bridge option: bridges are not "
+				"supported yet", name);
+	if (IN_LIST(name, mosquitto_only_options))
 		return fail(fc, "option '%s' is not supported yet", name);
 	return fail(fc, "unknown option '%s'", name);
 }
@@ -1413,6 +1680,11 @@ void config_defaults(struct kite_config *cfg)
 		 "mosquitto.db");
 	cfg->autosave_interval_s = 1800;
 	cfg->persistence_sync_ms = 1000;
+	sec_defaults(&cfg->sec);
+	snprintf(cfg->user, sizeof(cfg->user), "mosquitto");
+	cfg->set_tcp_nodelay = true;
+	cfg->check_retain_source = true;
+	cfg->allow_duplicate_messages = true;
 }
 
 int config_load(struct kite_config *cfg, const char *path, char *err,
@@ -1491,8 +1763,13 @@ static int check_tls(const struct kite_listener_cfg *l, char *err,
 		why = "TLS options without certfile and keyfile";
 	else if (t->require_certificate && !t->cafile[0] && !t->capath[0])
 		why = "require_certificate true needs cafile or capath";
-	else if ((t->use_identity_as_username || t->use_subject_as_username) &&
-		 !t->require_certificate)
+	else if (l->psk_hint[0] && !l->sec.psk_file[0])
+		why = "psk_hint needs a psk_file";
+	else if (t->use_subject_as_username && !t->require_certificate)
+		why = "use_identity_as_username/use_subject_as_username need "
+		      "require_certificate true";
+	else if (t->use_identity_as_username && !t->require_certificate &&
+		 !l->psk_hint[0])
 		why = "use_identity_as_username/use_subject_as_username need "
 		      "require_certificate true";
 	if (!why && t->certfile[0] && l->protocol == LISTENER_PROTO_METRICS)
@@ -1541,6 +1818,7 @@ int config_finalize(struct kite_config *cfg, char *err, size_t errlen)
 			memcpy(l->acl_file, cfg->acl_file, sizeof(l->acl_file));
 			memcpy(l->password_file, cfg->password_file,
 			       sizeof(l->password_file));
+			l->sec = cfg->sec;
 		} else if (l->allow_anonymous < 0) {
 			l->allow_anonymous = 0;
 		}

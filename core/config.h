@@ -52,6 +52,25 @@ struct kite_tls_cfg {
 };
 
 #define KITE_FLOOD_IFACES_MAX 8
+#define KITE_CLIENTID_PREFIX_MAX 256
+#define KITE_CONFIG_WARNINGS_MAX 8
+
+/* socket_domain: which address families a listener without an address
+ * binds (Mosquitto's default: both). */
+enum kite_socket_domain {
+	KITE_DOMAIN_ANY = 0,
+	KITE_DOMAIN_IPV4,
+	KITE_DOMAIN_IPV6,
+};
+
+/* Options scoped like allow_anonymous: global, or per listener with
+ * per_listener_settings true (config_finalize copies the global values
+ * into every listener otherwise). */
+struct kite_listener_sec {
+	bool allow_zero_length_clientid;  /* default true */
+	char auto_id_prefix[64];	  /* default "auto-" */
+	char psk_file[KITE_PATH_MAX];	  /* "" = none */
+};
 
 /* What a listener speaks (`protocol`; `metrics` is kite's own). */
 enum listener_protocol {
@@ -89,10 +108,18 @@ struct kite_listener_cfg {
 	/* Same scoping as allow_anonymous; "" = none. */
 	char acl_file[KITE_PATH_MAX];
 	char password_file[KITE_PATH_MAX];
-	/* TLS: on when certfile is set (Mosquitto's rule). */
+	struct kite_listener_sec sec;
+	/* TLS: on when certfile or psk_hint is set (Mosquitto's rule). */
 	struct kite_tls_cfg tls;
 	/* WebSockets listeners: static files served from here; "" = none. */
 	char http_dir[KITE_PATH_MAX];
+	char psk_hint[KITE_HOST_MAX];	/* "" = no TLS-PSK */
+	/* Prefixed to every topic this listener's clients use, removed from
+	 * what they receive; "" = none. */
+	char mount_point[KITE_HOST_MAX];
+	char bind_interface[16];	/* "" = none (IFNAMSIZ) */
+	uint8_t socket_domain;		/* enum kite_socket_domain */
+	bool use_username_as_clientid;
 	/* Where it was declared, for messages. */
 	char file[KITE_PATH_MAX];
 	int line;
@@ -106,6 +133,7 @@ struct kite_config {
 	int allow_anonymous; /* global; -1 = not set */
 	char acl_file[KITE_PATH_MAX];	   /* global unless per listener */
 	char password_file[KITE_PATH_MAX]; /* global unless per listener */
+	struct kite_listener_sec sec;	   /* global unless per listener */
 	uint32_t max_topic_alias;	   /* MQTT 5; default 10 */
 	uint8_t max_qos;		   /* highest QoS granted; default 2 */
 
@@ -141,6 +169,23 @@ struct kite_config {
 	bool log_format_set; /* log_format given: no journald detection */
 	char pid_file[KITE_PATH_MAX];
 	unsigned shards; /* 0 = one per online CPU */
+
+	/* Mosquitto's general options, its defaults. */
+	char user[64];			/* default "mosquitto" (when root) */
+	bool user_set;			/* `user` given: a missing user fails */
+	bool set_tcp_nodelay;		/* kite's default true (see README) */
+	char clientid_prefixes[KITE_CLIENTID_PREFIX_MAX]; /* "" = any id */
+	bool check_retain_source;	/* default true */
+	bool upgrade_outgoing_qos;	/* default false */
+	uint32_t max_inflight_bytes;	/* default 0 = no limit */
+	bool queue_qos0_messages;	/* default false */
+	uint64_t memory_limit;		/* bytes; default 0 = no limit */
+	bool allow_duplicate_messages;	/* accepted; kite sends one copy */
+
+	/* What the parser wants logged once logging is up (deprecated or
+	 * obsolete options): messages without the "Warning: " prefix. */
+	char warnings[KITE_CONFIG_WARNINGS_MAX][KITE_CONFIG_ERR_MAX];
+	unsigned warning_count;
 
 	/* Durable state (docs/PERSISTENCE.md), Mosquitto's options. */
 	bool persistence;			/* default false */
@@ -187,6 +232,12 @@ int config_load_string(struct kite_config *cfg, const char *name,
  * Returns -1 with a message for combinations that make no sense (two
  * listeners on the same address and port). */
 int config_finalize(struct kite_config *cfg, char *err, size_t errlen);
+
+/* Whether a listener speaks TLS: a certificate or a PSK hint. */
+static inline bool config_listener_tls(const struct kite_listener_cfg *l)
+{
+	return l->tls.certfile[0] || l->psk_hint[0];
+}
 
 /* The shard count to run: cfg->shards, or the online CPU count. */
 unsigned config_shard_count(const struct kite_config *cfg);

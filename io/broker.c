@@ -1,4 +1,7 @@
 /* Broker lifetime: shared state, shard threads, stop and reload. */
+#include <grp.h>
+#include <ifaddrs.h>
+#include <pwd.h>
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
@@ -53,7 +56,7 @@ static void broker_log_listeners(struct broker *b)
 	bool any_tls = false;
 	enum tls_kernel_ktls support = TLS_KERNEL_NO_ULP;
 	for (unsigned i = 0; i < cfg->listener_count; i++)
-		any_tls |= cfg->listeners[i].tls.certfile[0] != 0;
+		any_tls |= config_listener_tls(&cfg->listeners[i]);
 	if (any_tls)
 		support = tls_kernel_ktls_support();
 	bool ktls = support != TLS_KERNEL_NO_ULP;
@@ -70,7 +73,7 @@ static void broker_log_listeners(struct broker *b)
 		const struct kite_listener_cfg *l = &cfg->listeners[i];
 		const char *mode = l->protocol == LISTENER_PROTO_METRICS
 					   ? "metrics: Prometheus text at /metrics"
-				   : !l->tls.certfile[0] ? "plain TCP"
+				   : !config_listener_tls(l) ? "plain TCP"
 				   : ktls ? "TLS: handshake in userspace (OpenSSL), "
 					    "records in the kernel (kTLS)"
 					  : "TLS in userspace (OpenSSL): this kernel "
@@ -134,14 +137,40 @@ static int broker_load_flood_filter(struct broker *b)
  * second kite, or anything else of the same user, join the group and
  * take half the clients, so the port is first claimed without it. */
 
+/* bind_interface: the interface's first address of the wanted family
+ * (IPv4 unless socket_domain ipv6), as Mosquitto binds it; 0 if none. */
+static socklen_t interface_addr(const struct kite_listener_cfg *l,
+				struct sockaddr_storage *ss)
+{
+	struct ifaddrs *ifs, *i;
+	int want = l->socket_domain == KITE_DOMAIN_IPV6 ? AF_INET6 : AF_INET;
+	socklen_t len = 0;
+	if (getifaddrs(&ifs) < 0)
+		return 0;
+	for (i = ifs; i && !len; i = i->ifa_next) {
+		if (!i->ifa_addr || strcmp(i->ifa_name, l->bind_interface) ||
+		    i->ifa_addr->sa_family != want)
+			continue;
+		len = want == AF_INET ? sizeof(struct sockaddr_in)
+				      : sizeof(struct sockaddr_in6);
+		memcpy(ss, i->ifa_addr, len);
+		((struct sockaddr_in *)ss)->sin_port = htons(l->port);
+	}
+	freeifaddrs(ifs);
+	return len;
+}
+
 static socklen_t listener_addr(const struct kite_listener_cfg *l,
 			       struct sockaddr_storage *ss)
 {
 	memset(ss, 0, sizeof(*ss));
+	if (l->bind_interface[0])
+		return interface_addr(l, ss); /* takes priority (man page) */
 	const char *host = l->bind_address[0] ? l->bind_address : NULL;
 	struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)ss;
 	struct sockaddr_in *a4 = (struct sockaddr_in *)ss;
-	if (host && inet_pton(AF_INET, host, &a4->sin_addr) == 1) {
+	if ((host && inet_pton(AF_INET, host, &a4->sin_addr) == 1) ||
+	    (!host && l->socket_domain == KITE_DOMAIN_IPV4)) {
 		a4->sin_family = AF_INET;
 		a4->sin_port = htons(l->port);
 		return sizeof(*a4);
@@ -174,8 +203,10 @@ static int listener_socket(const struct kite_listener_cfg *l, bool reuseport,
 	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 	if (reuseport)
 		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+	/* Both families on "::" unless socket_domain ipv6 says IPv6 only. */
+	int v6only = l->socket_domain == KITE_DOMAIN_IPV6 ? one : zero;
 	if (ss.ss_family == AF_INET6 && !l->bind_address[0])
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof(v6only));
 	if (bind(fd, (struct sockaddr *)&ss, alen) < 0 ||
 	    (listen_too && listen(fd, 4096) < 0)) {
 		int e = errno;
@@ -226,6 +257,35 @@ static int broker_listen(struct broker *b)
 	return 0;
 }
 
+/* `user`: started as root, become that user and its groups. Mosquitto's
+ * rules: "root" stays root; the default "mosquitto", when that user does
+ * not exist, becomes "nobody"; any other missing user is an error. */
+static int broker_drop_privileges(const struct kite_config *cfg)
+{
+	if (geteuid() != 0 || !strcmp(cfg->user, "root"))
+		return 0;
+	const char *name = cfg->user;
+	struct passwd *pw = getpwnam(name);
+	if (!pw && !strcmp(name, "mosquitto")) {
+		name = "nobody";
+		pw = getpwnam(name);
+	}
+	if (!pw) {
+		log_msg(KITE_LOG_ERR, "Error: Unable to drop privileges to '%s' "
+			"because this user does not exist.", cfg->user);
+		return -1;
+	}
+	/* Groups first: after setuid there is no right to change them. */
+	if (initgroups(pw->pw_name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
+	    setuid(pw->pw_uid) < 0) {
+		log_msg(KITE_LOG_ERR, "Error: Unable to drop privileges to '%s': %s",
+			name, strerror(errno));
+		return -1;
+	}
+	log_msg(KITE_LOG_INFO, "Running as user '%s'.", name);
+	return 0;
+}
+
 int broker_start(struct broker *b)
 {
 	b->nshards = config_shard_count(b->cfg);
@@ -243,9 +303,13 @@ int broker_start(struct broker *b)
 	 * before it touches the first one's persistence files. */
 	if (broker_listen(b) < 0)
 		return -1;
-	if (persist_start(b) < 0)
-		return -1;
 	if (broker_load_flood_filter(b) < 0)
+		return -1;
+	/* Sockets bound, keys loaded, XDP attached: what needed root is done.
+	 * The persistence files are the user's (Mosquitto's order too). */
+	if (broker_drop_privileges(b->cfg) < 0)
+		return -1;
+	if (persist_start(b) < 0)
 		return -1;
 	pthread_barrier_init(&b->started, NULL, b->nshards + 1);
 	for (unsigned i = 0; i < b->nshards; i++)

@@ -21,7 +21,7 @@
 
 /* iovecs one wire entry needs at most: header, topic, packet id and
  * per-delivery properties, the message's properties, payload. */
-#define OUT_ENTRY_IOV_MAX 5
+#define OUT_ENTRY_IOV_MAX 6
 
 struct send_ctx {
 	struct msghdr mh;
@@ -572,6 +572,27 @@ static bool conn_qos0_backlogged(struct conn *c)
 	return full;
 }
 
+int conn_mount(const struct conn *c, struct mqtt_bytes *b, char **owned)
+{
+	const char *mount = c->shard->cfg->listeners[c->listener].mount_point;
+	size_t mlen = strlen(mount);
+	*owned = NULL;
+	if (!mlen)
+		return 0;
+	if (mlen + b->len > UINT16_MAX)
+		return -1;
+	char *t = malloc(mlen + b->len + 1);
+	if (!t)
+		return -1;
+	memcpy(t, mount, mlen);
+	memcpy(t + mlen, b->ptr, b->len);
+	t[mlen + b->len] = '\0';
+	*owned = t;
+	b->ptr = (const uint8_t *)t;
+	b->len = (uint32_t)(mlen + b->len);
+	return 0;
+}
+
 bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 			bool dup, uint16_t pid)
 {
@@ -586,12 +607,19 @@ bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 		return false; /* expired before onward delivery started */
 	bool v5 = c->version == MQTT_V5;
 	struct out_entry e = {.msg = m};
-	if (d->qos == 0 && !d->retain && !v5) {
+	/* mount_point: the client sees topics without it (Mosquitto drops
+	 * what is not below it). */
+	const char *mount = c->shard->cfg->listeners[c->listener].mount_point;
+	size_t skip = strlen(mount);
+	if (skip && (m->topic_len <= skip || memcmp(msg_topic(m), mount, skip)))
+		return false;
+	e.tskip = (uint8_t)skip;
+	if (d->qos == 0 && !d->retain && !v5 && !skip) {
 		e.kind = OUT_PUB_Q0V3;
 		e.len = (uint32_t)msg_q0_packet(m).iov_len;
 	} else {
 		bool known = false;
-		uint16_t alias = v5 ? conn_out_alias(c, m, &known) : 0;
+		uint16_t alias = v5 && !skip ? conn_out_alias(c, m, &known) : 0;
 		e.kind = !v5 ? OUT_PUB : known ? OUT_PUB5_ALIASED : OUT_PUB5;
 		uint8_t *mid = e.inl + 5;
 		if (d->qos) {
@@ -601,7 +629,7 @@ bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 		if (v5)
 			e.mid += pub_v5_mid(mid + e.mid, m, d,
 					    left == 0 ? UINT32_MAX : left, alias);
-		uint32_t body = 2u + (known ? 0u : m->topic_len) + e.mid +
+		uint32_t body = 2u + (known ? 0u : (uint32_t)(m->topic_len - e.tskip)) + e.mid +
 				(v5 ? m->props_len : 0) + m->payload_len;
 		uint8_t hdr[5];
 		hdr[0] = (uint8_t)(MQTT_PUBLISH << 4 | (dup ? 8 : 0) |
@@ -609,6 +637,11 @@ bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 		e.hlen = (uint8_t)(1 + mqtt_varint_encode(hdr + 1, body));
 		memmove(e.inl + e.hlen, mid, e.mid);
 		memcpy(e.inl, hdr, e.hlen);
+		if (e.tskip) {
+			uint16_t tl = (uint16_t)(m->topic_len - e.tskip);
+			e.inl[e.hlen + e.mid] = (uint8_t)(tl >> 8);
+			e.inl[e.hlen + e.mid + 1] = (uint8_t)tl;
+		}
 		e.len = e.hlen + body;
 	}
 	/* The client's maximum packet size (MQTT 5): not sent, not queued. */
@@ -648,9 +681,16 @@ static unsigned out_entry_iov(struct out_entry *e, size_t skip,
 	} else {
 		static const uint8_t no_topic[2];
 		parts[n++] = (struct iovec){e->inl, e->hlen};
-		parts[n++] = e->kind == OUT_PUB5_ALIASED
-				     ? (struct iovec){(void *)no_topic, 2}
-				     : msg_topic_wire(e->msg);
+		if (e->tskip) {
+			parts[n++] = (struct iovec){e->inl + e->hlen + e->mid, 2};
+			parts[n++] = (struct iovec){
+				(void *)(msg_topic(e->msg) + e->tskip),
+				e->msg->topic_len - e->tskip};
+		} else {
+			parts[n++] = e->kind == OUT_PUB5_ALIASED
+					     ? (struct iovec){(void *)no_topic, 2}
+					     : msg_topic_wire(e->msg);
+		}
 		if (e->mid)
 			parts[n++] = (struct iovec){e->inl + e->hlen, e->mid};
 		if (e->kind != OUT_PUB && e->msg->props_len)

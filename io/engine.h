@@ -138,6 +138,9 @@ struct out_entry {
 	uint8_t kind;
 	uint8_t hlen;
 	uint8_t mid;
+	/* mount_point: topic bytes not sent; the shortened topic's length
+	 * prefix follows mid in inl. */
+	uint8_t tskip;
 	/* Header, then packet id, property length and the per-delivery
 	 * properties (expiry, subscription ids). */
 	uint8_t inl[45];
@@ -176,6 +179,7 @@ struct inflight {
 	uint16_t pid;
 	uint8_t state;
 	struct deliv d;
+	uint32_t bytes; /* payload, counted in inflight_bytes */
 };
 
 struct queued {
@@ -226,6 +230,7 @@ struct session {
 	uint32_t sub_count;
 	struct inflight *inflight;
 	uint32_t inflight_count, inflight_cap;
+	uint64_t inflight_bytes; /* payload bytes in flight (max_inflight_bytes) */
 	struct queued *queue;	/* ring */
 	uint32_t q_head, q_count, q_cap;
 	uint64_t q_bytes;	/* payload bytes queued (max_queued_bytes) */
@@ -564,6 +569,10 @@ struct security *security_load(const struct kite_config *cfg, char *err,
 			       size_t errlen);
 void security_free(struct security *sec);
 const struct acl_identity *session_acl(struct session *ss);
+/* check_retain_source: whether the publisher of a retained message may
+ * still write its topic under the current ACL (Mosquitto's check at
+ * retained delivery). True without a recorded source or ACL file. */
+bool security_source_may_write(struct shard *s, const struct msg *m);
 bool session_may(struct session *ss, const char *topic, size_t len,
 		 enum acl_access access);
 /* $SYS/... and $share/...: never published by a client. */
@@ -676,6 +685,9 @@ struct broker {
 	struct kite_config *cfg;
 	struct security *sec;
 	_Atomic unsigned reload_acks;
+	/* The process's heap in use, measured by shard 0 each tick while
+	 * memory_limit is set. */
+	_Atomic uint64_t heap_bytes;
 	unsigned nshards;
 	struct shard *shards;
 	struct xring *xrings; /* [(nshards + 1) * nshards]: src row, dst col */
@@ -734,6 +746,10 @@ void conn_queue_ack(struct conn *c, const uint8_t *bytes, size_t len);
 /* A PUBLISH to this client; qos/retain/dup as they go on the wire. */
 /* False (and nothing queued) when the message cannot go to this client:
  * expired, larger than its maximum packet size, or the queue is full. */
+/* mount_point of c's listener: points *b at "mount" + *b in a malloc'd
+ * buffer returned in *owned (free it after use); no mount point leaves
+ * both alone. -1 when out of memory or longer than a topic may be. */
+int conn_mount(const struct conn *c, struct mqtt_bytes *b, char **owned);
 bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 			bool dup, uint16_t pid);
 void conn_mark_dirty(struct conn *c);

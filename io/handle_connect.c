@@ -355,12 +355,19 @@ static void connect_refuse(struct conn *c, uint8_t v3_rc, uint8_t v5_rc,
 	conn_close(c, why, false);
 }
 
-static struct pending_connect *connect_pending(const struct mqtt_connect *ci)
+/* The session's client id: `id` (len bytes) as the client or the
+ * listener's use_username_as_clientid chose it, or when len is 0 one
+ * generated from the listener's auto_id_prefix. */
+static struct pending_connect *connect_pending(const struct mqtt_connect *ci,
+					       const char *id, size_t len,
+					       const char *prefix)
 {
-	uint16_t len = (uint16_t)ci->client_id.len;
 	bool assign = len == 0;
+	size_t plen = strlen(prefix);
 	if (assign)
-		len = 5 + 36; /* "auto-" and a UUID */
+		len = plen + 36; /* the prefix and a UUID */
+	if (len > CLIENT_ID_MAX)
+		return NULL;
 	struct pending_connect *p = malloc(sizeof(*p) + len + 1u);
 	if (!p)
 		return NULL;
@@ -374,25 +381,83 @@ static struct pending_connect *connect_pending(const struct mqtt_connect *ci)
 		p->expiry_s = ci->props.session_expiry_interval;
 	else
 		p->expiry_s = 0;
-	p->id_len = len;
 	p->target = 0;
 	if (assign) {
-		/* Mosquitto's form: auto- and a random UUID-like string. */
+		/* Mosquitto's form: the prefix and a random UUID-like string. */
 		uint8_t r[16] = {0};
 		if (getrandom(r, sizeof(r), 0) != sizeof(r))
 			for (unsigned i = 0; i < sizeof(r); i++)
 				r[i] = (uint8_t)rand();
-		char *o = p->id + snprintf(p->id, 6, "auto-");
+		memcpy(p->id, prefix, plen);
+		char *o = p->id + plen;
 		for (unsigned i = 0; i < sizeof(r); i++)
 			o += sprintf(o, "%s%02x",
 				     i == 4 || i == 6 || i == 8 || i == 10 ? "-" : "",
 				     r[i]);
-		p->id_len = (uint16_t)strlen(p->id);
 	} else {
-		memcpy(p->id, ci->client_id.ptr, len);
+		memcpy(p->id, id, len);
 		p->id[len] = 0;
 	}
+	p->id_len = (uint16_t)len;
 	return p;
+}
+
+/* Mosquitto's refusals of a client id: an empty one where the listener
+ * (allow_zero_length_clientid) or 3.1.1 without clean session does not
+ * allow it, and one outside clientid_prefixes. */
+static bool connect_id_refused(struct conn *c, const struct mqtt_connect *ci)
+{
+	const struct kite_config *cfg = c->shard->cfg;
+	const struct kite_listener_cfg *l = &cfg->listeners[c->listener];
+	if (ci->client_id.len == 0 &&
+	    (ci->version == MQTT_V31 ||
+	     (ci->version == MQTT_V311 && !ci->clean_start) ||
+	     !l->sec.allow_zero_length_clientid)) {
+		connect_refuse(c, MQTT_V3_CONNACK_ID_REJECTED, MQTT_RC_UNSPECIFIED,
+			       "empty client id not allowed");
+		return true;
+	}
+	size_t plen = strlen(cfg->clientid_prefixes);
+	if (plen && (ci->client_id.len < plen ||
+		     memcmp(ci->client_id.ptr, cfg->clientid_prefixes, plen))) {
+		connect_refuse(c, MQTT_V3_CONNACK_NOT_AUTHORIZED,
+			       MQTT_RC_NOT_AUTHORIZED,
+			       "client id outside clientid_prefixes");
+		return true;
+	}
+	return false;
+}
+
+/* The id this connection's session gets (see connect_pending), or -1
+ * after refusing it: use_username_as_clientid without a username. */
+static int connect_make_pending(struct conn *c, const struct mqtt_connect *ci)
+{
+	const struct kite_listener_cfg *l =
+		&c->shard->cfg->listeners[c->listener];
+	const char *id = (const char *)ci->client_id.ptr;
+	size_t len = ci->client_id.len;
+	if (l->use_username_as_clientid) {
+		if (!c->username) {
+			connect_refuse(c, MQTT_V3_CONNACK_NOT_AUTHORIZED,
+				       MQTT_RC_NOT_AUTHORIZED,
+				       "use_username_as_clientid without a username");
+			return -1;
+		}
+		id = c->username;
+		len = strlen(id);
+		if (len == 0) {
+			connect_refuse(c, MQTT_V3_CONNACK_ID_REJECTED,
+				       MQTT_RC_CLIENT_ID_NOT_VALID,
+				       "empty username as client id");
+			return -1;
+		}
+	}
+	c->pending = connect_pending(ci, id, len, l->sec.auto_id_prefix);
+	if (!c->pending) {
+		conn_close(c, "out of memory", false);
+		return -1;
+	}
+	return 0;
 }
 
 static int connect_take_will(struct conn *c, const struct mqtt_connect *ci)
@@ -411,9 +476,14 @@ static int connect_take_will(struct conn *c, const struct mqtt_connect *ci)
 	uint32_t plen = 0;
 	uint8_t *props = ci->version == MQTT_V5 ? msg_passthrough_props(wp, &plen)
 						: NULL;
-	w->msg = msg_new(ci->will.topic.ptr, (uint16_t)ci->will.topic.len,
-			 ci->will.payload.ptr, ci->will.payload.len, w->qos,
-			 w->retain, props, plen);
+	struct mqtt_bytes topic = ci->will.topic;
+	char *mounted = NULL;
+	w->msg = conn_mount(c, &topic, &mounted) < 0
+			 ? NULL
+			 : msg_new(topic.ptr, (uint16_t)topic.len,
+				   ci->will.payload.ptr, ci->will.payload.len,
+				   w->qos, w->retain, props, plen);
+	free(mounted);
 	free(props);
 	if (!w->msg) {
 		free(w);
@@ -475,8 +545,9 @@ static bool connect_will_ok(struct conn *c, const struct mqtt_connect *ci)
 		return true;
 	struct acl_identity *id = acl_cache_get(sec->acl[c->listener],
 						c->username, c->pending->id);
-	bool ok = id && acl_check(id, (const char *)ci->will.topic.ptr,
-				  ci->will.topic.len, ACL_WRITE);
+	/* The will's topic as it will be published (mount_point). */
+	bool ok = id && acl_check(id, msg_topic(c->will->msg),
+				  c->will->msg->topic_len, ACL_WRITE);
 	if (id)
 		acl_identity_unref(id);
 	return ok;
@@ -559,15 +630,8 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 		return -1;
 	}
 	c->version = ci.version;
-	/* MQTT 5 lets an empty id resume nothing with clean start 0: the
-	 * server assigns one, as Mosquitto does; 3.1.1 forbids it. */
-	if (ci.client_id.len == 0 &&
-	    ((!ci.clean_start && ci.version == MQTT_V311) || ci.version == MQTT_V31)) {
-		connect_refuse(c, MQTT_V3_CONNACK_ID_REJECTED,
-			       MQTT_RC_CLIENT_ID_NOT_VALID,
-			       "empty client id without clean session");
+	if (connect_id_refused(c, &ci))
 		return -1;
-	}
 	if (ci.props.present & MQTT_PROP_BIT(MQTT_PROP_AUTHENTICATION_METHOD)) {
 		/* No enhanced authentication method is supported (Mosquitto
 		 * without a plugin answers the same). */
@@ -609,8 +673,9 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 			       "bad username or password");
 		return -1;
 	}
-	c->pending = connect_pending(&ci);
-	if (!c->pending || connect_take_will(c, &ci) < 0) {
+	if (connect_make_pending(c, &ci) < 0)
+		return -1;
+	if (connect_take_will(c, &ci) < 0) {
 		conn_close(c, "out of memory", false);
 		return -1;
 	}

@@ -101,6 +101,24 @@ static struct msg *publish_msg(struct conn *c, const struct mqtt_publish *p)
 		return NULL;
 	m->origin = c->session->id;
 	m->created_ms = c->shard->now_ms;
+	if (p->retain && p->payload.len && c->shard->cfg->check_retain_source) {
+		/* Who may still write it is checked when it is sent. */
+		const struct session *ss = c->session;
+		struct msg_source *src = malloc(sizeof(*src) + ss->client_id_len + 1u);
+		if (!src) {
+			msg_unref(m);
+			return NULL;
+		}
+		src->listener = (uint8_t)c->listener;
+		src->username = c->username ? strdup(c->username) : NULL;
+		memcpy(src->client_id, ss->client_id, ss->client_id_len);
+		src->client_id[ss->client_id_len] = '\0';
+		m->source = src;
+		if (c->username && !src->username) {
+			msg_unref(m);
+			return NULL;
+		}
+	}
 	if (p->props.present & MQTT_PROP_BIT(MQTT_PROP_MESSAGE_EXPIRY_INTERVAL))
 		m->expiry_s = p->props.message_expiry_interval;
 	return m;
@@ -127,10 +145,11 @@ static enum mqtt_rc publish_check(struct conn *c, struct mqtt_publish *p)
 	return MQTT_RC_SUCCESS;
 }
 
+static int publish_accept(struct conn *c, struct mqtt_publish *pp);
+
 int handle_publish(struct conn *c, const struct mqtt_fixed_header *h,
 		   const uint8_t *body, size_t len)
 {
-	struct shard *s = c->shard;
 	struct mqtt_publish p;
 	enum mqtt_rc rc = mqtt_decode_publish(h->flags, body, len, c->version, &p);
 	if (rc == MQTT_RC_SUCCESS)
@@ -139,8 +158,39 @@ int handle_publish(struct conn *c, const struct mqtt_fixed_header *h,
 		conn_protocol_error(c, rc, "invalid PUBLISH");
 		return -1;
 	}
-	stat_add(&s->stats.publish_received, 1);
+	stat_add(&c->shard->stats.publish_received, 1);
+	/* mount_point: the client's topics live below it, ACL included. */
+	char *mounted;
+	if (conn_mount(c, &p.topic, &mounted) < 0) {
+		conn_close(c, "out of memory or topic too long under mount_point",
+			   false);
+		return -1;
+	}
+	int ret = publish_accept(c, &p);
+	free(mounted);
+	return ret;
+}
+
+/* A valid PUBLISH, its topic mounted: checked against the limits and the
+ * ACL, then routed (QoS 0/1) or held until PUBREL (QoS 2). */
+static int publish_accept(struct conn *c, struct mqtt_publish *pp)
+{
+	struct shard *s = c->shard;
+	struct mqtt_publish p = *pp;
 	uint8_t ack = p.qos == 1 ? MQTT_PUBACK : MQTT_PUBREC;
+	uint64_t mem = s->cfg->memory_limit;
+	uint64_t heap = mem ? atomic_load_explicit(&s->b->heap_bytes,
+						   memory_order_relaxed) : 0;
+	if (mem && heap + p.payload.len > mem) {
+		/* Mosquitto's memory_limit: the message is dropped and its
+		 * publisher disconnected. */
+		log_msg(KITE_LOG_WARNING, "memory_limit reached (%llu bytes "
+			"in use): dropped a PUBLISH of %u bytes from %s and "
+			"disconnected it", (unsigned long long)heap,
+			(unsigned)p.payload.len, conn_client_id(c));
+		conn_close(c, "memory_limit reached", false);
+		return -1;
+	}
 	uint32_t limit = s->cfg->message_size_limit;
 	if (limit && p.payload.len > limit) {
 		/* Mosquitto drops it and still acknowledges. */

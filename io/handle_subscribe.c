@@ -87,7 +87,14 @@ int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 					   : NULL;
 	cur = 0;
 	while (mqtt_subscribe_next(&sub, &cur, &e)) {
+		char *mounted;
+		if (conn_mount(c, &e.filter, &mounted) < 0) {
+			added[i] = -1;
+			reasons[i++] = MQTT_RC_UNSPECIFIED;
+			continue;
+		}
 		reasons[i] = sub_one(c, &e, sub_id, &added[i], held);
+		free(mounted);
 		i++;
 	}
 	size_t n = mqtt_encode_suback(out, (size_t)sub.count + 16, MQTT_SUBACK,
@@ -100,7 +107,9 @@ int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 		conn_queue_ctrl(c, out, n);
 	cur = i = 0;
 	for (; mqtt_subscribe_next(&sub, &cur, &e); i++) {
-		if (reasons[i] > 2 || !sub_wants_retained(&e, added[i]))
+		char *mounted;
+		if (reasons[i] > 2 || !sub_wants_retained(&e, added[i]) ||
+		    conn_mount(c, &e.filter, &mounted) < 0)
 			continue;
 		const char *f = (const char *)e.filter.ptr;
 		uint16_t flen = (uint16_t)e.filter.len;
@@ -109,6 +118,7 @@ int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 		else if (!held_ack_retained(held, f, flen, reasons[i], sub_id))
 			log_msg(KITE_LOG_WARNING, "out of memory: retained "
 				"messages for %.*s not sent", (int)flen, f);
+		free(mounted);
 	}
 	if (held) {
 		persist_hold(c, held); /* the subscriptions are durable first */

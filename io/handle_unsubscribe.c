@@ -35,8 +35,13 @@ int handle_unsubscribe(struct conn *c, const struct mqtt_fixed_header *h,
 					   : NULL;
 	cur = 0;
 	while (mqtt_unsubscribe_next(&un, &cur, &f)) {
-		int had = session_remove_sub(c->session, (const char *)f.ptr,
-					     (uint16_t)f.len, held);
+		char *mounted;
+		int had = conn_mount(c, &f, &mounted) < 0
+				  ? 0
+				  : session_remove_sub(c->session,
+						       (const char *)f.ptr,
+						       (uint16_t)f.len, held);
+		free(mounted);
 		reasons[i++] = had ? MQTT_RC_SUCCESS
 				   : MQTT_RC_NO_SUBSCRIPTION_EXISTED;
 		if (log_enabled(KITE_LOG_UNSUBSCRIBE))

@@ -150,6 +150,12 @@ static void write_pid_file(const char *path)
 	fclose(f);
 }
 
+static void log_config_warnings(const struct kite_config *cfg)
+{
+	for (unsigned i = 0; i < cfg->warning_count; i++)
+		log_msg(KITE_LOG_WARNING, "Warning: %s", cfg->warnings[i]);
+}
+
 static void serve(struct broker *b, const struct options *o)
 {
 	sigset_t set;
@@ -230,6 +236,8 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (o.test_only) {
+		for (unsigned i = 0; i < cfg->warning_count; i++)
+			fprintf(stderr, "Warning: %s\n", cfg->warnings[i]);
 		printf("%s: configuration OK\n",
 		       o.config_path ? o.config_path : "(built-in defaults)");
 		security_free(sec);
@@ -248,13 +256,17 @@ int main(int argc, char **argv)
 	log_msg(KITE_LOG_NOTICE, "kite version %s starting", broker_version());
 	if (o.config_path)
 		log_msg(KITE_LOG_NOTICE, "Config loaded from %s.", o.config_path);
+	log_config_warnings(cfg);
 	raise_fd_limit();
+	/* Before `user` drops root, as Mosquitto writes it. */
+	write_pid_file(cfg->pid_file);
 	struct broker b = {.cfg = cfg, .sec = sec};
 	if (broker_start(&b) < 0) {
 		log_msg(KITE_LOG_ERR, "Error: broker failed to start");
+		if (cfg->pid_file[0])
+			unlink(cfg->pid_file);
 		return 1;
 	}
-	write_pid_file(cfg->pid_file);
 	/* Listening on every listener, shards running: clients may come. */
 	notify("READY=1");
 	serve(&b, &o);

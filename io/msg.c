@@ -32,6 +32,7 @@ struct msg *msg_new(const uint8_t *topic, uint16_t topic_len,
 	m->props_len = props_len;
 	atomic_init(&m->log_id, 0);
 	atomic_init(&m->q2_held, false);
+	m->source = NULL;
 	m->topic_hash = (uint32_t)hash_bytes(topic, topic_len);
 	uint8_t *p = m->buf + MSG_HEADER_ROOM;
 	p[0] = (uint8_t)(topic_len >> 8);
@@ -60,6 +61,9 @@ void msg_unref(struct msg *m)
 	assert(old > 0);
 	if (old == 1) {
 		atomic_fetch_sub_explicit(&msg_live, 1, memory_order_relaxed);
+		if (m->source)
+			free(m->source->username);
+		free(m->source);
 		free(m);
 	}
 }

@@ -47,7 +47,16 @@ struct msg {
 	 * durable yet (persistence): QoS 2 deliveries of it wait, so that a
 	 * restart cannot deliver it twice (docs/PERSISTENCE.md). */
 	_Atomic bool q2_held;
+	/* Who published it, for check_retain_source: set on retained
+	 * messages from clients, else NULL. Freed with the message. */
+	struct msg_source *source;
 	uint8_t buf[];
+};
+
+struct msg_source {
+	uint8_t listener;
+	char *username; /* NULL: none */
+	char client_id[];
 };
 
 /* Copies topic, payload and the pass-through property bytes (may be NULL)

@@ -163,9 +163,10 @@ void route_local(struct shard *s, struct msg *m, struct persist_ticket *t)
 	if (++s->match_gen == 0)
 		s->match_gen = 1;
 	trie_match(s->trie, msg_topic(m), m->topic_len, route_collect_cb, &col);
+	bool upgrade = s->cfg->upgrade_outgoing_qos;
 	for (uint32_t i = 0; i < col.len; i++) {
 		struct deliv *d = &col.d[i].d;
-		if (d->qos > m->qos)
+		if (d->qos > m->qos && !upgrade)
 			d->qos = m->qos;
 		session_deliver(col.d[i].ss, m, d);
 	}
@@ -215,10 +216,17 @@ void route_retained(struct shard *s, struct session *ss, const char *filter,
 		    uint16_t len, uint8_t granted_qos, uint32_t sub_id)
 {
 	struct retained_batch rb = {0};
+	const struct kite_config *cfg = s->cfg;
 	retain_match(s->b->retained, filter, len, route_retained_cb, &rb);
 	for (uint32_t i = 0; i < rb.len; i++) {
+		struct msg *m = rb.m[i];
+		if (cfg->check_retain_source && !security_source_may_write(s, m)) {
+			msg_unref(m);
+			continue;
+		}
 		struct deliv d = {
-			.qos = rb.m[i]->qos < granted_qos ? rb.m[i]->qos : granted_qos,
+			.qos = m->qos < granted_qos && !cfg->upgrade_outgoing_qos
+				       ? m->qos : granted_qos,
 			.retain = true, /* sent because of a new subscription */
 			.nsub = sub_id ? 1 : 0,
 			.sub = {sub_id},

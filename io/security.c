@@ -38,13 +38,15 @@ static int security_load_tls(struct security *sec, unsigned i,
 			     size_t errlen)
 {
 	const struct kite_tls_cfg *t = &l->tls;
-	if (!t->certfile[0])
+	if (!config_listener_tls(l))
 		return 0;
 	struct tls_listener_opts o = {
 		.cafile = opt_or_null(t->cafile),
 		.capath = opt_or_null(t->capath),
-		.certfile = t->certfile,
-		.keyfile = t->keyfile,
+		.certfile = opt_or_null(t->certfile),
+		.keyfile = opt_or_null(t->keyfile),
+		.psk_hint = opt_or_null(l->psk_hint),
+		.psk_file = opt_or_null(l->sec.psk_file),
 		.crlfile = opt_or_null(t->crlfile),
 		.dhparamfile = opt_or_null(t->dhparamfile),
 		.ciphers = opt_or_null(t->ciphers),
@@ -196,6 +198,20 @@ bool session_may_subscribe(struct session *ss, const char *filter, size_t len)
 		return !(ss->listener < sec->count && sec->acl[ss->listener]);
 	}
 	return acl_filter_may_match(id, filter, len);
+}
+
+bool security_source_may_write(struct shard *s, const struct msg *m)
+{
+	const struct msg_source *src = m->source;
+	const struct security *sec = s->sec;
+	if (!src || src->listener >= sec->count || !sec->acl[src->listener])
+		return true;
+	struct acl_identity *id = acl_cache_get(sec->acl[src->listener],
+						src->username, src->client_id);
+	bool ok = id && acl_check(id, msg_topic(m), m->topic_len, ACL_WRITE);
+	if (id)
+		acl_identity_unref(id);
+	return ok;
 }
 
 void session_set_identity(struct session *ss, unsigned listener,

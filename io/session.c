@@ -211,9 +211,13 @@ static bool session_online(const struct session *ss)
 	return ss->conn && ss->conn->state == CONN_ACTIVE;
 }
 
-/* max_inflight_messages, and for MQTT 5 the client's receive maximum. */
+/* max_inflight_messages, and for MQTT 5 the client's receive maximum;
+ * max_inflight_bytes (a message larger than it still goes alone). */
 static bool session_window_open(const struct session *ss)
 {
+	uint32_t max_bytes = ss->shard->cfg->max_inflight_bytes;
+	if (max_bytes && ss->inflight_bytes >= max_bytes)
+		return false;
 	uint32_t max = ss->shard->cfg->max_inflight_messages;
 	if (ss->conn && ss->conn->v5 && (!max || ss->conn->v5->receive_max < max))
 		max = ss->conn->v5->receive_max;
@@ -260,7 +264,9 @@ static int session_inflight_add(struct session *ss, struct msg *m,
 		.pid = pid,
 		.state = d->qos == 1 ? INFLIGHT_WAIT_PUBACK : INFLIGHT_WAIT_PUBREC,
 		.d = *d,
+		.bytes = m->payload_len,
 	};
+	ss->inflight_bytes += m->payload_len;
 	if (ss->logged) {
 		f->msg_id = persist_msg_id(ss->shard, m);
 		persist_out(ss, f->msg_id, pid, d->qos == 1 ? JOURNAL_WAIT_PUBACK
@@ -289,7 +295,9 @@ int session_restore_msg(struct session *ss, struct msg *m, uint64_t msg_id,
 		.pid = pid,
 		.state = state,
 		.d = *d,
+		.bytes = m ? m->payload_len : 0,
 	};
+	ss->inflight_bytes += m ? m->payload_len : 0;
 	return 0;
 }
 
@@ -298,6 +306,7 @@ static void session_inflight_remove(struct session *ss, struct inflight *f)
 	if (ss->logged)
 		persist_done(ss, f->msg_id);
 	msg_unref(f->msg);
+	ss->inflight_bytes -= f->bytes;
 	size_t i = (size_t)(f - ss->inflight);
 	/* Keep order: a resumed session resends in the original order. */
 	memmove(f, f + 1, sizeof(*f) * (ss->inflight_count - i - 1));
@@ -371,8 +380,14 @@ void session_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 	struct shard *s = ss->shard;
 	stat_add(&s->stats.deliveries, 1);
 	if (d->qos == 0) {
-		/* Like Mosquitto (queue_qos0_messages false): QoS 0 is not
-		 * kept for offline clients. */
+		/* Kept for an offline persistent session only with
+		 * queue_qos0_messages (Mosquitto's option), in memory. */
+		if (!session_online(ss) && ss->persistent &&
+		    s->cfg->queue_qos0_messages) {
+			if (session_queue_push(ss, m, d) < 0)
+				stats_drop(s, DROP_QUEUE_FULL, 1);
+			return;
+		}
 		if (!session_online(ss))
 			stats_drop(s, DROP_OFFLINE, 1);
 		else if (!conn_queue_publish(ss->conn, m, d, false, 0))
@@ -409,7 +424,10 @@ void session_pump(struct session *ss)
 		ss->q_count--;
 		stat_sub(&ss->shard->stats.queued, 1);
 		ss->q_bytes -= q.msg->payload_len;
-		session_send_new(ss, q.msg, &q.d, true);
+		if (q.d.qos == 0) /* queue_qos0_messages */
+			conn_queue_publish(ss->conn, q.msg, &q.d, false, 0);
+		else
+			session_send_new(ss, q.msg, &q.d, true);
 		msg_unref(q.msg);
 	}
 }

@@ -3,6 +3,7 @@
  * Each turn: submit queued sends and cross-shard wakeups, wait, reap every
  * ready completion in one batch, run their handlers, drain the rings from
  * other shards, announce a QSBR quiescent state. */
+#include <malloc.h>
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
@@ -549,8 +550,10 @@ static void shard_on_accept(struct shard *s, unsigned li,
 	c->state = CONN_AWAIT_CONNECT;
 	c->created_ms = c->last_rx_ms = s->now_ms;
 	shard_peer(fd, &c->peer);
-	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	/* kite writes a turn's packets in one send, so Nagle only delays
+	 * them; set_tcp_nodelay false asks for it anyway. */
+	int nodelay = s->cfg->set_tcp_nodelay;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof(nodelay));
 	shard_arm_recv(s, c);
 }
 
@@ -701,6 +704,14 @@ static void shard_check_timeouts(struct shard *s)
 
 static void shard_on_tick(struct shard *s)
 {
+	if (s->idx == 0 && s->cfg->memory_limit) {
+		/* mallinfo2 walks every arena under its lock: once a tick by
+		 * one shard, never per message. */
+		struct mallinfo2 mi = mallinfo2();
+		atomic_store_explicit(&s->b->heap_bytes,
+				      (uint64_t)mi.uordblks + mi.hblkhd,
+				      memory_order_relaxed);
+	}
 	shard_resume_accepts(s);
 	shard_check_timeouts(s);
 	metrics_tick(s);

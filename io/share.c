@@ -262,7 +262,8 @@ static void share_dispatch(struct shard *s, struct share_group *g,
 	}
 	op->session_id = mb->session_id;
 	op->shard = s->idx;
-	op->qos = mb->qos < m->qos ? mb->qos : m->qos;
+	op->qos = mb->qos < m->qos || s->cfg->upgrade_outgoing_qos ? mb->qos
+								    : m->qos;
 	op->sub_id = mb->sub_id;
 	if (mb->shard == s->idx)
 		share_on_item(s, XK_SHARE_DELIVER, op);

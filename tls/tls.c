@@ -60,11 +60,23 @@ _Static_assert(sizeof(struct tls12_crypto_info_chacha20_poly1305) == 4 + 12 + 32
 #define TLS_OUT_KEEP_MAX 4096
 #define TLS_RECORD_HEADER_LEN 5
 
+/* Bounds on a psk_file: entries, identity length (the TLS maximum). */
+#define TLS_PSK_ENTRIES_MAX 65536
+#define TLS_PSK_IDENTITY_MAX 256
+
+struct tls_psk {
+	char *identity;
+	uint8_t key[PSK_MAX_PSK_LEN];
+	unsigned key_len;
+};
+
 struct tls_server {
 	SSL_CTX *ctx;
 	atomic_int refs;
 	bool use_identity;
 	bool use_subject;
+	struct tls_psk *psk; /* sorted by identity */
+	size_t psk_count;
 };
 
 struct tls_conn {
@@ -515,6 +527,157 @@ static int server_ciphers(SSL_CTX *ctx, const struct tls_listener_opts *o,
 	return 0;
 }
 
+/* ---- TLS-PSK ------------------------------------------------------------ */
+
+static int psk_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct tls_psk *)a)->identity,
+		      ((const struct tls_psk *)b)->identity);
+}
+
+static void psk_free(struct tls_psk *psk, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		free(psk[i].identity);
+		OPENSSL_cleanse(psk[i].key, sizeof(psk[i].key));
+	}
+	free(psk);
+}
+
+/* One "identity:hexkey" line into e; false if malformed. */
+static bool psk_parse_line(char *line, struct tls_psk *e)
+{
+	char *colon = strchr(line, ':');
+	if (!colon || colon == line || colon - line > TLS_PSK_IDENTITY_MAX)
+		return false;
+	*colon = '\0';
+	const char *hex = colon + 1;
+	size_t hl = strlen(hex);
+	if (hl == 0 || hl % 2 || hl / 2 > PSK_MAX_PSK_LEN)
+		return false;
+	for (size_t i = 0; i < hl / 2; i++) {
+		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return false;
+		e->key[i] = (uint8_t)(hi << 4 | lo);
+	}
+	e->key_len = (unsigned)(hl / 2);
+	e->identity = strdup(line);
+	return e->identity != NULL;
+}
+
+/* Reads psk_file into s->psk. Blank lines and '#' comments are skipped;
+ * anything else must be "identity:hexkey". */
+static int server_psk_load(struct tls_server *s, const char *path, char *err,
+			   size_t errlen)
+{
+	FILE *f = fopen(path, "re");
+	if (!f) {
+		errf(err, errlen, "psk_file %s: %s", path, strerror(errno));
+		return -1;
+	}
+	char line[TLS_PSK_IDENTITY_MAX + 2 * PSK_MAX_PSK_LEN + 8];
+	size_t cap = 0;
+	int lineno = 0, rc = 0;
+	while (rc == 0 && fgets(line, sizeof(line), f)) {
+		lineno++;
+		size_t n = strlen(line);
+		if (n == sizeof(line) - 1 && line[n - 1] != '\n' && !feof(f)) {
+			errf(err, errlen, "psk_file %s:%d: line too long", path, lineno);
+			rc = -1;
+			break;
+		}
+		while (n && (line[n - 1] == '\n' || line[n - 1] == '\r' ||
+			     line[n - 1] == ' ' || line[n - 1] == '\t'))
+			line[--n] = '\0';
+		if (n == 0 || line[0] == '#')
+			continue;
+		if (s->psk_count == TLS_PSK_ENTRIES_MAX) {
+			errf(err, errlen, "psk_file %s: more than %d entries", path,
+			     TLS_PSK_ENTRIES_MAX);
+			rc = -1;
+			break;
+		}
+		if (s->psk_count == cap) {
+			size_t ncap = cap ? 2 * cap : 16;
+			struct tls_psk *g = realloc(s->psk, ncap * sizeof(*g));
+			if (!g) {
+				errf(err, errlen, "psk_file %s: out of memory", path);
+				rc = -1;
+				break;
+			}
+			s->psk = g;
+			cap = ncap;
+		}
+		struct tls_psk *e = &s->psk[s->psk_count];
+		if (!psk_parse_line(line, e)) {
+			OPENSSL_cleanse(e->key, sizeof(e->key));
+			errf(err, errlen, "psk_file %s:%d: expected identity:hexkey "
+			     "(key of 1-%d bytes)", path, lineno, PSK_MAX_PSK_LEN);
+			rc = -1;
+			break;
+		}
+		s->psk_count++;
+	}
+	OPENSSL_cleanse(line, sizeof(line));
+	fclose(f);
+	if (rc == 0 && s->psk_count)
+		qsort(s->psk, s->psk_count, sizeof(*s->psk), psk_cmp);
+	return rc;
+}
+
+/* OpenSSL's server PSK callback, used for TLS 1.2 PSK suites and, with no
+ * find-session callback set, for TLS 1.3 external PSKs. 0 = unknown
+ * identity: the handshake fails. */
+static unsigned int psk_server_cb(SSL *ssl, const char *identity,
+				  unsigned char *psk, unsigned int max_len)
+{
+	struct tls_conn *c = conn_of_ssl(ssl);
+	if (!c || !identity)
+		return 0;
+	struct tls_psk key = {.identity = (char *)identity};
+	const struct tls_psk *e = bsearch(&key, c->srv->psk, c->srv->psk_count,
+					  sizeof(key), psk_cmp);
+	if (!e || e->key_len > max_len) {
+		if (!c->error)
+			conn_fail(c, "unknown PSK identity '%.64s'", identity);
+		return 0;
+	}
+	free(c->identity);
+	c->identity = strdup(identity);
+	if (!c->identity)
+		return 0;
+	memcpy(psk, e->key, e->key_len);
+	return e->key_len;
+}
+
+static int server_psk(struct tls_server *s, const struct tls_listener_opts *o,
+		      char *err, size_t errlen)
+{
+	if (!o->psk_hint)
+		return 0;
+	if (!o->psk_file) {
+		errf(err, errlen, "psk_hint needs a psk_file");
+		return -1;
+	}
+	if (server_psk_load(s, o->psk_file, err, errlen) < 0)
+		return -1;
+	if (SSL_CTX_use_psk_identity_hint(s->ctx, o->psk_hint) != 1) {
+		errf(err, errlen, "psk_hint %s: %s", o->psk_hint, ossl_reason());
+		return -1;
+	}
+	SSL_CTX_set_psk_server_callback(s->ctx, psk_server_cb);
+	/* Without `ciphers`, the default list has no PSK suites: add them
+	 * (only them when there is no certificate to offer). */
+	const char *list = o->ciphers ? o->ciphers
+			   : o->certfile ? "DEFAULT:PSK" : "PSK";
+	if (SSL_CTX_set_cipher_list(s->ctx, list) != 1) {
+		errf(err, errlen, "ciphers %s: %s", list, ossl_reason());
+		return -1;
+	}
+	return 0;
+}
+
 struct tls_server *tls_server_new(const struct tls_listener_opts *o,
 				  char *err, size_t errlen)
 {
@@ -552,7 +715,7 @@ struct tls_server *tls_server_new(const struct tls_listener_opts *o,
 	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
 	SSL_CTX_set_keylog_callback(ctx, keylog_cb);
 	if (server_versions(ctx, o->tls_version, err, errlen) ||
-	    server_identity(ctx, o, err, errlen) ||
+	    ((o->certfile || !o->psk_hint) && server_identity(ctx, o, err, errlen)) ||
 	    server_verify(ctx, o, err, errlen) ||
 	    server_ciphers(ctx, o, err, errlen))
 		goto free_ctx;
@@ -562,6 +725,11 @@ struct tls_server *tls_server_new(const struct tls_listener_opts *o,
 		goto free_ctx;
 	}
 	s->ctx = ctx;
+	if (server_psk(s, o, err, errlen) < 0) {
+		psk_free(s->psk, s->psk_count);
+		free(s);
+		goto free_ctx;
+	}
 	atomic_init(&s->refs, 1);
 	s->use_identity = o->use_identity_as_username;
 	s->use_subject = o->use_subject_as_username;
@@ -591,6 +759,7 @@ void tls_server_unref(struct tls_server *s)
 	assert(old > 0);
 	if (old == 1) {
 		SSL_CTX_free(s->ctx);
+		psk_free(s->psk, s->psk_count);
 		free(s);
 	}
 }

@@ -49,6 +49,13 @@ struct tls_listener_opts {
 	bool require_certificate;
 	bool use_identity_as_username;
 	bool use_subject_as_username;
+	/* TLS-PSK (Mosquitto's psk_hint / psk_file): on when psk_hint is
+	 * set; then certfile/keyfile are optional. psk_file lines are
+	 * "identity:hexkey". TLS 1.2 PSK suites and TLS 1.3 external PSKs
+	 * (SHA-256 suites, as OpenSSL's PSK callback allows). The client's
+	 * identity is tls_conn_identity(). */
+	const char *psk_hint;
+	const char *psk_file;
 	/* Not a Mosquitto option: check the CRL of every CA in the chain
 	 * (X509_V_FLAG_CRL_CHECK_ALL). false = Mosquitto's behaviour, which
 	 * checks the client certificate only. */
@@ -125,7 +132,8 @@ bool tls_conn_handshake_done(const struct tls_conn *c);
  * "not a TLS handshake (first byte 0x10, plain MQTT CONNECT?)". */
 const char *tls_conn_error(const struct tls_conn *c);
 
-/* After the handshake, as Mosquitto derives the username from the client
+/* After a PSK handshake: the client's PSK identity. Otherwise, after
+ * the handshake, as Mosquitto derives the username from the client
  * certificate: the CN when use_identity_as_username (NULL if the CN is
  * missing or holds a NUL byte: refuse the CONNECT); else the RFC 2253
  * subject when use_subject_as_username; else the CN, informational.

@@ -113,13 +113,22 @@ def strip_kite_only(text):
                    if not re.match(r"\s*shards\b", l))
 
 
+def root_kept(text):
+    """Started as root, kite and Mosquitto drop to user `mosquitto`, which
+    cannot read the tests' private work directories: tests keep root
+    unless their config names a `user` (test_options.py checks the drop)."""
+    if os.geteuid() != 0 or re.search(r"^\s*user\s", text, re.M):
+        return text
+    return text + ("" if text.endswith("\n") or not text else "\n") + "user root\n"
+
+
 class Broker:
     """One broker process. `log` is its stdout+stderr, captured to a file.
     `nofile` (optional) is the broker's RLIMIT_NOFILE, soft and hard, as
     `ulimit -n` would set it. `pid` is the broker's process id."""
 
     def __init__(self, binary, flav, workdir, conf_text=None, port=None,
-                 args=None, wait_port=True, env=None, nofile=None):
+                 args=None, wait_port=True, env=None, nofile=None, keep_root=True):
         self.binary = binary
         self.flavour = flav
         self.dir = Path(workdir)
@@ -129,6 +138,8 @@ class Broker:
         self.stopped = False
         self.returncode = None
         if conf_text is not None:
+            if keep_root:
+                conf_text = root_kept(conf_text)
             self.conf_path = self.dir / "broker.conf"
             self.conf_path.write_text(conf_text)
             cmd = [binary, "-c", str(self.conf_path)]

@@ -198,7 +198,7 @@ def run_broker_to_exit(binary, workdir, conf, timeout=5):
     (exit status, output). Kills it if it is still running at the bound."""
     workdir = Path(workdir)
     path = workdir / "bad.conf"
-    path.write_text(conf)
+    path.write_text(harness.root_kept(conf))
     p = subprocess.Popen([binary, "-c", str(path)], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                          cwd=str(workdir))

@@ -216,6 +216,14 @@ def kill_leftovers(proc, root):
     return killed
 
 
+def has_user(name):
+    try:
+        pwd.getpwnam(name)
+        return True
+    except KeyError:
+        return False
+
+
 def run_test(name, ports, broker_dir, root, logdir, timeout, user):
     cmd = [PYTHON, "./" + name] + [str(p) for p in ports]
     env = dict(os.environ)
@@ -266,7 +274,7 @@ def main():
     ap.add_argument("--floor", default=os.path.join(HERE, "expected-pass.txt"))
     ap.add_argument("--skip", default=os.path.join(HERE, "skip.txt"))
     ap.add_argument("--run-as", default="auto",
-                    help="user for the tests: auto (mosquitto for Mosquitto as root), "
+                    help="user for the tests: auto (mosquitto when run as root), "
                          "none, or a name")
     ap.add_argument("--no-skip", action="store_true", help="run the tests skip.txt lists too")
     ap.add_argument("--results", help="also write 'STATUS name' lines to this file")
@@ -280,7 +288,9 @@ def main():
     flavour = "mosquitto" if os.path.basename(broker) == "mosquitto" else "kite"
     user = a.run_as
     if user == "auto":
-        user = "mosquitto" if flavour == "mosquitto" and os.geteuid() == 0 else None
+        # kite, like Mosquitto, drops to user mosquitto when started as
+        # root: both run the tests as that user so it owns their files.
+        user = "mosquitto" if os.geteuid() == 0 and has_user("mosquitto") else None
     elif user == "none":
         user = None
     out = os.path.abspath(a.out)

@@ -696,15 +696,7 @@ TEST(config_unknown_option_reports_file_and_line)
 TEST(config_mosquitto_only_option_is_not_supported_yet)
 {
 	static const char *const names[] = {
-		"connection bridge1",
-		"address 10.0.0.1:1883", "topic # both 0",
-		"mount_point foo/", "bind_interface eth0",
-		"memory_limit 0", "user mosquitto", "retry_interval 20",
-		"auth_plugin /x.so", "plugin /x.so", "auth_opt_db x",
-		"plugin_opt_db x", "psk_hint x",
-		"set_tcp_nodelay true", "queue_qos0_messages true",
-		"allow_zero_length_clientid false", "auto_id_prefix x",
-		"socket_domain ipv4",
+		"retained_persistence true",
 	};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
 		char text[128], want[160], name[64];
@@ -759,6 +751,97 @@ TEST(config_log_options)
 	CHECK_STR(load_err("log_format xml\n"),
 		  "t.conf:1: option 'log_format': expects mosquitto, json or "
 		  "journal, got 'xml'");
+}
+
+TEST(config_bridge_options_say_bridges_are_not_supported_yet)
+{
+	static const char *const names[] = {
+		"connection bridge1", "address 10.0.0.1:1883", "topic # both 0",
+		"round_robin true", "idle_timeout 60", "bridge_insecure true",
+		"remote_username u", "start_type lazy", "try_private true",
+	};
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		char text[128], want[160], name[64];
+		snprintf(text, sizeof(text), "listener 1883\n%s\n", names[i]);
+		sscanf(names[i], "%63s", name);
+		snprintf(want, sizeof(want),
+			 "t.conf:2: option '%s' is a bridge option: bridges are "
+			 "not supported yet", name);
+		CHECK_STR(load_err(text), want);
+	}
+}
+
+TEST(config_plugin_lines_name_the_plugin_and_the_alternative)
+{
+	CHECK_STR(load_err("listener 1883\nauth_plugin /x.so\n"),
+		  "t.conf:2: option 'auth_plugin /x.so': kite cannot load "
+		  "Mosquitto plugins; use password_file, acl_file and psk_file "
+		  "instead");
+	CHECK_STR(load_err("plugin /y.so\n"),
+		  "t.conf:1: option 'plugin /y.so': kite cannot load Mosquitto "
+		  "plugins; use password_file, acl_file and psk_file instead");
+	CHECK_STR(load_err("auth_opt_db x\n"),
+		  "t.conf:1: option 'auth_opt_db' configures a Mosquitto plugin, "
+		  "which kite cannot load; use password_file, acl_file and "
+		  "psk_file instead");
+}
+
+TEST(config_general_options_take_mosquitto_defaults_and_values)
+{
+	CHECK_STR(load_err("listener 1883\n"), "");
+	CHECK(cfg_g.check_retain_source && !cfg_g.upgrade_outgoing_qos);
+	CHECK(cfg_g.set_tcp_nodelay && !cfg_g.queue_qos0_messages);
+	CHECK(!strcmp(cfg_g.user, "mosquitto") && !cfg_g.user_set);
+	CHECK(cfg_g.listeners[0].sec.allow_zero_length_clientid);
+	CHECK(!strcmp(cfg_g.listeners[0].sec.auto_id_prefix, "auto-"));
+	CHECK_STR(load_err("check_retain_source false\nupgrade_outgoing_qos 1\n"
+			   "max_inflight_bytes 100\nmemory_limit 5000000000\n"
+			   "queue_qos0_messages true\nset_tcp_nodelay false\n"
+			   "clientid_prefixes sec-\nuser nobody\n"
+			   "allow_zero_length_clientid false\nauto_id_prefix p-\n"
+			   "listener 1883\nmount_point m/\nsocket_domain ipv6\n"
+			   "bind_interface lo\nuse_username_as_clientid true\n"),
+		  "");
+	CHECK(!cfg_g.check_retain_source && cfg_g.upgrade_outgoing_qos);
+	CHECK(cfg_g.max_inflight_bytes == 100);
+	CHECK(cfg_g.memory_limit == 5000000000ull);
+	CHECK(cfg_g.queue_qos0_messages && !cfg_g.set_tcp_nodelay);
+	CHECK(!strcmp(cfg_g.clientid_prefixes, "sec-"));
+	CHECK(!strcmp(cfg_g.user, "nobody") && cfg_g.user_set);
+	const struct kite_listener_cfg *l = &cfg_g.listeners[0];
+	CHECK(!l->sec.allow_zero_length_clientid); /* copied from global */
+	CHECK(!strcmp(l->sec.auto_id_prefix, "p-"));
+	CHECK(!strcmp(l->mount_point, "m/") && !strcmp(l->bind_interface, "lo"));
+	CHECK(l->socket_domain == KITE_DOMAIN_IPV6 && l->use_username_as_clientid);
+}
+
+TEST(config_new_option_values_are_checked)
+{
+	CHECK_STR(load_err("socket_domain ipv5\n"),
+		  "t.conf:1: option 'socket_domain': expects ipv4 or ipv6, got "
+		  "'ipv5'");
+	CHECK_STR(load_err("mount_point a/#\n"),
+		  "t.conf:1: option 'mount_point': 'a/#' contains a wildcard "
+		  "(+ or #)");
+	CHECK_STR(load_err("max_inflight_bytes -1\n"),
+		  "t.conf:1: option 'max_inflight_bytes': expects a number "
+		  "0-4294967295, got '-1'");
+	CHECK_STR(load_err("tls_keyform der\n"),
+		  "t.conf:1: option 'tls_keyform': expects pem or engine, got "
+		  "'der'");
+	CHECK_STR(load_err("listener 8883\npsk_hint h\n"),
+		  "t.conf:1: listener on port 8883: psk_hint needs a psk_file");
+	CHECK_STR(load_err("psk_file /p\nlistener 8883\npsk_hint h\n"
+			   "use_identity_as_username true\n"), "");
+}
+
+TEST(config_obsolete_options_warn)
+{
+	CHECK_STR(load_err("tls_engine pkcs11\nretry_interval 10\n"), "");
+	CHECK(cfg_g.warning_count == 2);
+	CHECK(strstr(cfg_g.warnings[0], "t.conf:1: option 'tls_engine' is "
+					"obsolete with OpenSSL 3") != NULL);
+	CHECK(strstr(cfg_g.warnings[1], "no longer available") != NULL);
 }
 
 TEST(config_missing_argument_is_reported)
