@@ -702,14 +702,37 @@ static void shard_check_timeouts(struct shard *s)
 	}
 }
 
+/* Whichever allocator serves malloc: jemalloc (release builds) keeps
+ * glibc's arenas empty, so mallinfo2 would read ~0 there; ASan owns malloc
+ * in sanitizer builds. Weak, so each is used only when linked. */
+extern int mallctl(const char *name, void *oldp, size_t *oldlenp,
+		   void *newp, size_t newlen) __attribute__((weak));
+extern size_t __sanitizer_get_current_allocated_bytes(void)
+	__attribute__((weak));
+
+static uint64_t shard_heap_in_use(void)
+{
+	if (mallctl) {
+		uint64_t epoch = 1;
+		size_t sz = sizeof(epoch);
+		size_t allocated = 0, asz = sizeof(allocated);
+		/* jemalloc's statistics move only when the epoch does. */
+		if (mallctl("epoch", &epoch, &sz, &epoch, sz) == 0 &&
+		    mallctl("stats.allocated", &allocated, &asz, NULL, 0) == 0)
+			return allocated;
+	}
+	if (__sanitizer_get_current_allocated_bytes)
+		return __sanitizer_get_current_allocated_bytes();
+	struct mallinfo2 mi = mallinfo2();
+	return (uint64_t)mi.uordblks + mi.hblkhd;
+}
+
 static void shard_on_tick(struct shard *s)
 {
 	if (s->idx == 0 && s->cfg->memory_limit) {
-		/* mallinfo2 walks every arena under its lock: once a tick by
-		 * one shard, never per message. */
-		struct mallinfo2 mi = mallinfo2();
-		atomic_store_explicit(&s->b->heap_bytes,
-				      (uint64_t)mi.uordblks + mi.hblkhd,
+		/* Measuring walks the allocator's arenas under their locks:
+		 * once a tick by one shard, never per message. */
+		atomic_store_explicit(&s->b->heap_bytes, shard_heap_in_use(),
 				      memory_order_relaxed);
 	}
 	shard_resume_accepts(s);

@@ -395,6 +395,31 @@ def test_memory_limit_drops_a_publish_and_disconnects_its_publisher(broker_facto
         sub.expect_silence(0.5, ping=True)
 
 
+def test_memory_limit_counts_what_the_broker_holds(broker_factory):
+    # Retained messages fill the heap; once what kite holds passes the
+    # limit, the next PUBLISH is dropped and its publisher disconnected,
+    # however small the PUBLISH itself.
+    from mqttraw import Closed
+    b = broker_factory(ANON + "memory_limit 16777216\n")
+    sent = 0
+    with RawClient(b.port) as pub:
+        pub.connect("filler")
+        try:
+            for i in range(64):
+                pub.publish("fill/%d" % i, b"r" * (1 << 20), qos=1, retain=True,
+                            pid=i + 1)
+                sent += 1
+                time.sleep(0.3)  # a tick measures the heap
+        except (Closed, AssertionError):
+            pass
+    assert 8 <= sent < 40, sent
+    assert "memory_limit reached" in b.output()
+    with RawClient(b.port) as r:
+        r.connect("reader")
+        r.subscribe([("fill/0", 0)])
+        assert len(r.expect_publish(3).payload) == 1 << 20
+
+
 # ---- every option of the man page ---------------------------------------------
 
 def _every_option_config(d):
