@@ -73,6 +73,10 @@
  * packet may still be as large as max_packet_size allows, up to this. */
 #define SHARD_INPUT_MAX (512u << 20)
 #define SHARD_TICK_MS 250
+/* Slots of a shard's io_uring file table, where clients are accepted
+ * only to be closed at once when the process is out of descriptors: a
+ * burst beyond it waits for the closes already queued, then goes on. */
+#define SHARD_REFUSE_SLOTS 32
 /* Largest client id kite stores (the spec allows 65535). */
 #define CLIENT_ID_MAX 65535
 
@@ -94,6 +98,7 @@ enum ud_op {
 	UD_TICK,
 	UD_WAKE, /* MSG_RING from another shard or the main thread */
 	UD_PERSIST, /* id: enum persist_io (persist.c) */
+	UD_REFUSE, /* id: listener index, gen: shard.refuse_gen; res: a slot */
 };
 
 static inline uint64_t ud_pack(enum ud_op op, uint32_t id, uint32_t gen)
@@ -569,11 +574,21 @@ struct shard {
 	uint8_t *tls_scratch;	   /* plaintext gathered for one record */
 	uint32_t match_gen;
 
-	/* Accepting at the file limit (EMFILE...): a spare descriptor to
-	 * refuse waiting clients with, the listeners whose accept waits for
-	 * the next tick, and the log lines such refusals may cost. */
+	/* Accepting at the file limit (EMFILE...). Clients are turned away
+	 * by accepting them into the ring's own file table (refuse_slots)
+	 * and closing them; a kernel without it uses a spare descriptor,
+	 * which another thread can take while it is closed (then reopened
+	 * every tick). Listeners turning clients away until the next tick
+	 * (refusing), those of them that turned one away since last armed
+	 * (refuse_progress), those whose accept waits for the next tick
+	 * (accept_paused), and why they refuse (refuse_err). A refusing
+	 * accept's completions carry its generation: those of one already
+	 * cancelled can arrive after the next one is armed. */
+	bool refuse_slots;
 	int spare_fd;
-	uint64_t accept_paused;
+	uint64_t refusing, refuse_progress, accept_paused;
+	uint32_t refuse_gen[KITE_LISTENERS_MAX];
+	int refuse_err;
 	struct log_limit accept_log, max_conn_log;
 
 	uint64_t now_ms;

@@ -384,14 +384,77 @@ static bool accept_error_is_exhaustion(int err)
 	       err == ENOBUFS;
 }
 
-/* The clients waiting in this listener's backlog cannot be served now:
- * each is accepted on the spare descriptor and closed at once, so it
- * hears "refused" instead of hanging until it times out. */
-static uint32_t shard_refuse_backlog(struct shard *s, unsigned li)
+/* Refused clients cost one line per log window, whatever their number,
+ * then one saying how many more there were. */
+static void shard_count_refused(struct shard *s, unsigned li, int err,
+				uint32_t n)
+{
+	const struct kite_listener_cfg *l = &s->cfg->listeners[li];
+	atomic_fetch_add_explicit(&s->stats.refused_no_resources, n,
+				  memory_order_relaxed);
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t left_out;
+		if (!log_limit_take(&s->accept_log, s->now_ms, 1, &left_out))
+			continue;
+		if (left_out)
+			log_msg(KITE_LOG_WARNING, "%u more clients refused at "
+				"accept in the last %u s.", left_out,
+				LOG_LIMIT_WINDOW_MS / 1000);
+		log_msg(KITE_LOG_WARNING,
+			"Refusing new clients on port %u: %s; closing them at "
+			"once, trying again every %u ms.", l->port,
+			strerror(err), SHARD_TICK_MS);
+	}
+}
+
+/* Until the next tick, every client of this listener is accepted into a
+ * free slot of the ring's file table and closed at once: it hears
+ * "refused" instead of waiting in the backlog until it gives up. The
+ * slots belong to this ring alone, so unlike a spare descriptor no other
+ * thread can take them, and they need no descriptor. */
+static void shard_arm_refuse(struct shard *s, unsigned li)
+{
+	struct io_uring_sqe *sqe = shard_sqe(s);
+	io_uring_prep_multishot_accept_direct(sqe, s->listen_fds[li], NULL,
+					      NULL, 0);
+	io_uring_sqe_set_data64(sqe, ud_pack(UD_REFUSE, li, ++s->refuse_gen[li]));
+	s->refusing |= 1ull << li;
+	s->refuse_progress &= ~(1ull << li);
+}
+
+static void shard_on_refuse(struct shard *s, unsigned li,
+			    struct io_uring_cqe *cqe)
+{
+	uint64_t bit = 1ull << li;
+	if (cqe->res >= 0) {
+		struct io_uring_sqe *sqe = shard_sqe(s);
+		io_uring_prep_close_direct(sqe, (unsigned)cqe->res);
+		io_uring_sqe_set_data64(sqe, ud_pack(UD_CLOSE, 0, 0));
+		s->refuse_progress |= bit;
+		if (!s->stopping)
+			shard_count_refused(s, li, s->refuse_err, 1);
+	}
+	if ((cqe->flags & IORING_CQE_F_MORE) || !(s->refusing & bit) ||
+	    ud_gen(cqe->user_data) != s->refuse_gen[li])
+		return; /* still refusing, or the tick ended this one */
+	s->refusing &= ~bit;
+	if (s->stopping || s->listen_fds[li] < 0)
+		return;
+	/* Every slot awaits its close, queued above, ahead of this accept.
+	 * Only after progress: an ENFILE for want of files would repeat. */
+	if (cqe->res == -ENFILE && (s->refuse_progress & bit))
+		shard_arm_refuse(s, li);
+	else
+		s->accept_paused |= bit; /* the tick accepts again */
+}
+
+/* Without a file table (an old kernel): the clients waiting now are
+ * accepted on the spare descriptor and closed. */
+static void shard_refuse_backlog(struct shard *s, unsigned li, int err)
 {
 	uint32_t refused = 0;
 	if (s->spare_fd < 0)
-		return 0;
+		return;
 	close(s->spare_fd);
 	for (;;) {
 		int fd = accept4(s->listen_fds[li], NULL, NULL,
@@ -401,26 +464,10 @@ static uint32_t shard_refuse_backlog(struct shard *s, unsigned li)
 		close(fd);
 		refused++;
 	}
-	/* Another thread may take the freed number first: then the next
-	 * tick tries again. */
+	/* Another thread may take the freed number first: then every tick
+	 * tries again (shard_resume_accepts). */
 	s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	return refused;
-}
-
-static void shard_log_refusals(struct shard *s, unsigned li, int err,
-			       uint32_t refused)
-{
-	uint32_t left_out;
-	const struct kite_listener_cfg *l = &s->cfg->listeners[li];
-	if (!log_limit_take(&s->accept_log, s->now_ms, 1, &left_out))
-		return;
-	if (left_out)
-		log_msg(KITE_LOG_WARNING, "%u more clients refused at accept "
-			"in the last %u s.", left_out, LOG_LIMIT_WINDOW_MS / 1000);
-	log_msg(KITE_LOG_WARNING,
-		"Refusing new clients on port %u: %s (%u refused now); trying "
-		"again every %u ms.", l->port, strerror(err), refused,
-		SHARD_TICK_MS);
+	shard_count_refused(s, li, err, refused);
 }
 
 static void shard_on_accept_error(struct shard *s, unsigned li,
@@ -444,22 +491,38 @@ static void shard_on_accept_error(struct shard *s, unsigned li,
 		io_uring_prep_cancel64(sqe, ud_pack(UD_ACCEPT, li, 0), 0);
 		io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, 0, 0));
 	}
-	uint32_t refused = shard_refuse_backlog(s, li);
-	atomic_fetch_add_explicit(&s->stats.refused_no_resources, refused,
-				  memory_order_relaxed);
-	shard_log_refusals(s, li, err, refused);
-	s->accept_paused |= 1ull << li; /* the tick accepts again */
+	s->refuse_err = err;
+	if (s->refuse_slots && !(s->refusing & (1ull << li))) {
+		shard_arm_refuse(s, li);
+		return;
+	}
+	if (!s->refuse_slots)
+		shard_refuse_backlog(s, li, err);
+	s->accept_paused |= 1ull << li;
 }
 
-/* Each tick while descriptors are short: turn the backlog away, then let
- * the multishot accept try again (it ends at once if still short). */
+static void shard_cancel_refuse(struct shard *s, unsigned li)
+{
+	struct io_uring_sqe *sqe = shard_sqe(s);
+	io_uring_prep_cancel64(sqe, ud_pack(UD_REFUSE, li, s->refuse_gen[li]), 0);
+	io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, 0, 0));
+}
+
+/* Each tick while descriptors are short: stop refusing and let the
+ * multishot accept try again (it ends at once if still short, and the
+ * refusing starts again). */
 static void shard_resume_accepts(struct shard *s)
 {
-	uint64_t paused = s->accept_paused;
-	s->accept_paused = 0;
-	while (paused) {
-		unsigned li = (unsigned)__builtin_ctzll(paused);
-		paused &= paused - 1;
+	uint64_t refusing = s->refusing;
+	uint64_t resume = s->accept_paused | refusing;
+	s->accept_paused = s->refusing = 0;
+	if (!s->refuse_slots && s->spare_fd < 0)
+		s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	while (resume) {
+		unsigned li = (unsigned)__builtin_ctzll(resume);
+		resume &= resume - 1;
+		if (refusing & (1ull << li))
+			shard_cancel_refuse(s, li);
 		if (!s->stopping && s->listen_fds[li] >= 0)
 			shard_arm_accept(s, li);
 	}
@@ -527,9 +590,7 @@ static void shard_on_accept(struct shard *s, unsigned li,
 			tls_conn_free(c->tls);
 		free(c);
 		atomic_fetch_sub(&s->b->listener_conns[li], 1);
-		atomic_fetch_add_explicit(&s->stats.refused_no_resources, 1,
-					  memory_order_relaxed);
-		shard_log_refusals(s, li, ENOMEM, 1);
+		shard_count_refused(s, li, ENOMEM, 1);
 		close(fd);
 		return;
 	}
@@ -623,6 +684,9 @@ static void shard_handle_cqe(struct shard *s, struct io_uring_cqe *cqe)
 	case UD_PERSIST:
 		persist_on_cqe(s, ud_id(ud), cqe->res);
 		break;
+	case UD_REFUSE:
+		shard_on_refuse(s, ud_id(ud), cqe);
+		break;
 	case UD_WAKE:
 		if (ud_id(ud) == 1 && cqe->res < 0)
 			log_msg(KITE_LOG_ERR, "shard %u: wakeup failed: %s",
@@ -706,6 +770,8 @@ static void shard_stop_all(struct shard *s)
 			struct io_uring_sqe *sqe = shard_sqe(s);
 			io_uring_prep_cancel64(sqe, ud_pack(UD_ACCEPT, li, 0), 0);
 			io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, 0, 0));
+			if (s->refusing & (1ull << li))
+				shard_cancel_refuse(s, li);
 			io_uring_submit(&s->ring);
 			close(s->listen_fds[li]);
 			s->listen_fds[li] = -1;
@@ -886,8 +952,14 @@ int shard_init(struct shard *s, struct broker *b, unsigned idx)
 	}
 	s->trie = trie_new();
 	s->tls_scratch = malloc(16384);
-	s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	if (!s->trie || !s->tls_scratch || s->spare_fd < 0)
+	if (!s->trie || !s->tls_scratch)
+		return -1;
+	/* Sparse slots (Linux 5.19) to refuse clients into at the file
+	 * limit; their number is bounded by RLIMIT_NOFILE too. */
+	s->refuse_slots =
+		io_uring_register_files_sparse(&s->ring, SHARD_REFUSE_SLOTS) == 0;
+	if (!s->refuse_slots &&
+	    (s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0)
 		return -1;
 	s->cfg = b->cfg;
 	s->sec = b->sec;
