@@ -422,10 +422,31 @@ static void shard_arm_refuse(struct shard *s, unsigned li)
 	s->refuse_progress &= ~(1ull << li);
 }
 
+static void shard_cancel_refuse(struct shard *s, unsigned li)
+{
+	struct io_uring_sqe *sqe = shard_sqe(s);
+	io_uring_prep_cancel64(sqe, ud_pack(UD_REFUSE, li, s->refuse_gen[li]), 0);
+	io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, 0, 0));
+}
+
+/* Descriptors are freed by every shard: a refusing one checks for a
+ * free one at each client it turns away, so as to stop refusing as soon
+ * as a client could be served rather than at the next tick. */
+static bool shard_fd_available(void)
+{
+	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	close(fd);
+	return true;
+}
+
 static void shard_on_refuse(struct shard *s, unsigned li,
 			    struct io_uring_cqe *cqe)
 {
 	uint64_t bit = 1ull << li;
+	bool current = (s->refusing & bit) &&
+		       ud_gen(cqe->user_data) == s->refuse_gen[li];
 	if (cqe->res >= 0) {
 		struct io_uring_sqe *sqe = shard_sqe(s);
 		io_uring_prep_close_direct(sqe, (unsigned)cqe->res);
@@ -433,10 +454,16 @@ static void shard_on_refuse(struct shard *s, unsigned li,
 		s->refuse_progress |= bit;
 		if (!s->stopping)
 			shard_count_refused(s, li, s->refuse_err, 1);
+		if (current && (cqe->flags & IORING_CQE_F_MORE) &&
+		    !s->stopping && shard_fd_available()) {
+			shard_cancel_refuse(s, li);
+			s->refusing &= ~bit;
+			shard_arm_accept(s, li);
+			return;
+		}
 	}
-	if ((cqe->flags & IORING_CQE_F_MORE) || !(s->refusing & bit) ||
-	    ud_gen(cqe->user_data) != s->refuse_gen[li])
-		return; /* still refusing, or the tick ended this one */
+	if ((cqe->flags & IORING_CQE_F_MORE) || !current)
+		return; /* still refusing, or this one was ended */
 	s->refusing &= ~bit;
 	if (s->stopping || s->listen_fds[li] < 0)
 		return;
@@ -499,13 +526,6 @@ static void shard_on_accept_error(struct shard *s, unsigned li,
 	if (!s->refuse_slots)
 		shard_refuse_backlog(s, li, err);
 	s->accept_paused |= 1ull << li;
-}
-
-static void shard_cancel_refuse(struct shard *s, unsigned li)
-{
-	struct io_uring_sqe *sqe = shard_sqe(s);
-	io_uring_prep_cancel64(sqe, ud_pack(UD_REFUSE, li, s->refuse_gen[li]), 0);
-	io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, 0, 0));
 }
 
 /* Each tick while descriptors are short: stop refusing and let the
