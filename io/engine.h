@@ -631,6 +631,9 @@ struct broker {
 	struct gtrie *gtrie;
 	struct retain_store *retained;
 	_Atomic uint32_t listener_conns[KITE_LISTENERS_MAX];
+	/* Held for the broker's life: no other kite takes these addresses
+	 * (broker.c, listener_lock). -1: none. */
+	int listen_lock_fds[KITE_LISTENERS_MAX];
 	uint64_t start_s;
 	/* Client-id registry: written at CONNECT and disconnect only. */
 	pthread_mutex_t reg_lock;
