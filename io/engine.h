@@ -77,6 +77,9 @@
  * only to be closed at once when the process is out of descriptors: a
  * burst beyond it waits for the closes already queued, then goes on. */
 #define SHARD_REFUSE_SLOTS 32
+/* Clients accepted from one listener before the shard's other work
+ * gets a turn. */
+#define SHARD_ACCEPT_BATCH 256
 /* Largest client id kite stores (the spec allows 65535). */
 #define CLIENT_ID_MAX 65535
 
@@ -89,7 +92,7 @@ _Static_assert((SHARD_RECV_BUFS & (SHARD_RECV_BUFS - 1)) == 0,
 /* ---- io_uring user_data: the operation and its owner, no lookup ---------- */
 
 enum ud_op {
-	UD_ACCEPT = 1, /* id: listener index */
+	UD_ACCEPT = 1, /* id: 0 the poll of accept_ep, 1 a sweep to go on */
 	UD_RECV,
 	UD_SEND,
 	UD_SHUTDOWN,
@@ -587,6 +590,13 @@ struct shard {
 	bool refuse_slots;
 	int spare_fd;
 	uint64_t refusing, refuse_progress, accept_paused;
+	/* Listening sockets are watched through an epoll set (accept_ep),
+	 * whose readiness one multishot poll reports (shard.c,
+	 * shard_watch_listener): listeners in the set, whether the poll is
+	 * armed, and whether a sweep stopped at SHARD_ACCEPT_BATCH. */
+	int accept_ep;
+	uint64_t accept_watched;
+	bool accept_poll_armed, accept_more;
 	uint32_t refuse_gen[KITE_LISTENERS_MAX];
 	int refuse_err;
 	struct log_limit accept_log, max_conn_log;

@@ -8,9 +8,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -349,12 +351,46 @@ void shard_arm_recv(struct shard *s, struct conn *c)
 
 /* ---- completions --------------------------------------------------------- */
 
-static void shard_arm_accept(struct shard *s, unsigned li)
+/* Listening sockets are watched through an epoll set and accepted from
+ * with accept4, not by multishot accepts: a pending io_uring request
+ * holds its socket until the kernel tears the ring down, after a killed
+ * kite is gone, and in those 20-45 ms clients completed their handshake
+ * on the dead kite's socket and were reset. An epoll set holds no
+ * reference, so the sockets close with the process and such clients get
+ * "connection refused" and try again, as with Mosquitto. */
+static void shard_arm_accept_poll(struct shard *s)
 {
 	struct io_uring_sqe *sqe = shard_sqe(s);
-	io_uring_prep_multishot_accept(sqe, s->listen_fds[li], NULL, NULL,
-				       SOCK_CLOEXEC);
-	io_uring_sqe_set_data64(sqe, ud_pack(UD_ACCEPT, li, 0));
+	io_uring_prep_poll_multishot(sqe, s->accept_ep, POLLIN);
+	io_uring_sqe_set_data64(sqe, ud_pack(UD_ACCEPT, 0, 0));
+	s->accept_poll_armed = true;
+}
+
+/* Level-triggered: clients already waiting are reported at once. */
+static void shard_arm_accept(struct shard *s, unsigned li)
+{
+	uint64_t bit = 1ull << li;
+	if (s->accept_watched & bit)
+		return;
+	struct epoll_event ev = {.events = EPOLLIN, .data.u32 = li};
+	if (epoll_ctl(s->accept_ep, EPOLL_CTL_ADD, s->listen_fds[li], &ev) < 0) {
+		log_msg(KITE_LOG_ERR, "shard %u: cannot watch listener %u: %s",
+			s->idx, li, strerror(errno));
+		s->accept_paused |= bit; /* the tick tries again */
+		return;
+	}
+	s->accept_watched |= bit;
+	if (!s->accept_poll_armed)
+		shard_arm_accept_poll(s);
+}
+
+static void shard_unwatch_listener(struct shard *s, unsigned li)
+{
+	uint64_t bit = 1ull << li;
+	if (!(s->accept_watched & bit))
+		return;
+	epoll_ctl(s->accept_ep, EPOLL_CTL_DEL, s->listen_fds[li], NULL);
+	s->accept_watched &= ~bit;
 }
 
 static void shard_peer(int fd, struct sockaddr_in6 *peer)
@@ -497,35 +533,30 @@ static void shard_refuse_backlog(struct shard *s, unsigned li, int err)
 	shard_count_refused(s, li, err, refused);
 }
 
-static void shard_on_accept_error(struct shard *s, unsigned li,
-				  struct io_uring_cqe *cqe)
+/* False: stop accepting from this listener for now. */
+static bool shard_on_accept_error(struct shard *s, unsigned li, int err)
 {
-	int err = -cqe->res;
-	if (err == ECANCELED || s->stopping)
-		return;
+	if (s->stopping)
+		return false;
 	if (!accept_error_is_exhaustion(err)) {
 		/* One client's problem (ECONNABORTED, EPERM from a firewall):
 		 * the next one may be fine. */
 		uint32_t left_out;
 		if (log_limit_take(&s->accept_log, s->now_ms, 10, &left_out))
 			log_msg(KITE_LOG_WARNING, "accept failed: %s", strerror(err));
-		if (!(cqe->flags & IORING_CQE_F_MORE) && s->listen_fds[li] >= 0)
-			shard_arm_accept(s, li);
-		return;
+		return true;
 	}
-	if (cqe->flags & IORING_CQE_F_MORE) {
-		struct io_uring_sqe *sqe = shard_sqe(s);
-		io_uring_prep_cancel64(sqe, ud_pack(UD_ACCEPT, li, 0), 0);
-		io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, 0, 0));
-	}
+	/* Still ready, yet accept would fail again: a busy loop. */
+	shard_unwatch_listener(s, li);
 	s->refuse_err = err;
 	if (s->refuse_slots && !(s->refusing & (1ull << li))) {
 		shard_arm_refuse(s, li);
-		return;
+		return false;
 	}
 	if (!s->refuse_slots)
 		shard_refuse_backlog(s, li, err);
 	s->accept_paused |= 1ull << li;
+	return false;
 }
 
 /* Each tick while descriptors are short: stop refusing and let the
@@ -578,17 +609,8 @@ static void shard_deny_max_connections(struct shard *s, int fd)
 		conn_peer_str(&tmp, peer, sizeof(peer)));
 }
 
-static void shard_on_accept(struct shard *s, unsigned li,
-			    struct io_uring_cqe *cqe)
+static void shard_on_accept(struct shard *s, unsigned li, int fd)
 {
-	if (cqe->res < 0) {
-		shard_on_accept_error(s, li, cqe);
-		return;
-	}
-	if (!(cqe->flags & IORING_CQE_F_MORE) && !s->stopping &&
-	    s->listen_fds[li] >= 0)
-		shard_arm_accept(s, li);
-	int fd = cqe->res;
 	const struct kite_listener_cfg *l = &s->cfg->listeners[li];
 	uint32_t n = atomic_fetch_add(&s->b->listener_conns[li], 1) + 1;
 	if (s->stopping || (l->max_connections >= 0 &&
@@ -622,6 +644,51 @@ static void shard_on_accept(struct shard *s, unsigned li,
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	shard_arm_recv(s, c);
+}
+
+static void shard_accept_ready(struct shard *s, unsigned li)
+{
+	for (unsigned i = 0; i < SHARD_ACCEPT_BATCH; i++) {
+		if (!(s->accept_watched & (1ull << li)))
+			return;
+		int fd = accept4(s->listen_fds[li], NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0)
+			shard_on_accept(s, li, fd);
+		else if (errno == EAGAIN || errno == EWOULDBLOCK ||
+			 !shard_on_accept_error(s, li, errno))
+			return;
+	}
+	if (!s->accept_more) { /* more next turn, after the rest */
+		s->accept_more = true;
+		struct io_uring_sqe *sqe = shard_sqe(s);
+		io_uring_prep_nop(sqe);
+		io_uring_sqe_set_data64(sqe, ud_pack(UD_ACCEPT, 1, 0));
+	}
+}
+
+/* Also run every tick: a missed wakeup costs a client at most a tick. */
+static void shard_accept_sweep(struct shard *s)
+{
+	struct epoll_event ev[KITE_LISTENERS_MAX];
+	if (s->stopping || !s->accept_watched)
+		return;
+	int n = epoll_wait(s->accept_ep, ev, KITE_LISTENERS_MAX, 0);
+	for (int i = 0; i < n; i++)
+		if (ev[i].data.u32 < KITE_LISTENERS_MAX)
+			shard_accept_ready(s, ev[i].data.u32);
+}
+
+static void shard_on_accept_cqe(struct shard *s, uint32_t id,
+				struct io_uring_cqe *cqe)
+{
+	if (id == 1) {
+		s->accept_more = false;
+	} else if (!(cqe->flags & IORING_CQE_F_MORE)) {
+		s->accept_poll_armed = false;
+		if (!s->stopping && s->accept_watched)
+			shard_arm_accept_poll(s);
+	}
+	shard_accept_sweep(s);
 }
 
 static void shard_recycle_buf(struct shard *s, unsigned bid)
@@ -680,7 +747,7 @@ static void shard_handle_cqe(struct shard *s, struct io_uring_cqe *cqe)
 	struct conn *c;
 	switch (ud_op(ud)) {
 	case UD_ACCEPT:
-		shard_on_accept(s, ud_id(ud), cqe);
+		shard_on_accept_cqe(s, ud_id(ud), cqe);
 		break;
 	case UD_RECV:
 		shard_on_recv(s, cqe);
@@ -770,6 +837,7 @@ static void shard_check_timeouts(struct shard *s)
 static void shard_on_tick(struct shard *s)
 {
 	shard_resume_accepts(s);
+	shard_accept_sweep(s);
 	shard_check_timeouts(s);
 	persist_tick(s);
 	session_check_timers(s); /* returns at once unless one is due */
@@ -787,15 +855,18 @@ static void shard_stop_all(struct shard *s)
 	s->stopping = true;
 	for (unsigned li = 0; li < s->cfg->listener_count; li++) {
 		if (s->listen_fds[li] >= 0) {
-			struct io_uring_sqe *sqe = shard_sqe(s);
-			io_uring_prep_cancel64(sqe, ud_pack(UD_ACCEPT, li, 0), 0);
-			io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, 0, 0));
+			shard_unwatch_listener(s, li);
 			if (s->refusing & (1ull << li))
 				shard_cancel_refuse(s, li);
 			io_uring_submit(&s->ring);
 			close(s->listen_fds[li]);
 			s->listen_fds[li] = -1;
 		}
+	}
+	if (s->accept_poll_armed) {
+		struct io_uring_sqe *sqe = shard_sqe(s);
+		io_uring_prep_cancel64(sqe, ud_pack(UD_ACCEPT, 0, 0), 0);
+		io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, 0, 0));
 	}
 	for (uint32_t i = 0; i < s->conns_cap; i++)
 		if (s->conns[i] && s->conns[i]->state != CONN_CLOSING)
@@ -962,6 +1033,7 @@ int shard_init(struct shard *s, struct broker *b, unsigned idx)
 	s->idx = idx;
 	s->b = b;
 	s->spare_fd = -1;
+	s->accept_ep = -1;
 	for (unsigned i = 0; i < KITE_LISTENERS_MAX; i++)
 		s->listen_fds[i] = -1;
 	int ret = shard_setup_ring(s);
@@ -972,7 +1044,8 @@ int shard_init(struct shard *s, struct broker *b, unsigned idx)
 	}
 	s->trie = trie_new();
 	s->tls_scratch = malloc(16384);
-	if (!s->trie || !s->tls_scratch)
+	s->accept_ep = epoll_create1(EPOLL_CLOEXEC);
+	if (!s->trie || !s->tls_scratch || s->accept_ep < 0)
 		return -1;
 	/* Sparse slots (Linux 5.19) to refuse clients into at the file
 	 * limit; their number is bounded by RLIMIT_NOFILE too. */
@@ -1061,6 +1134,8 @@ void shard_fini(struct shard *s)
 			close(s->listen_fds[li]);
 	if (s->spare_fd >= 0)
 		close(s->spare_fd);
+	if (s->accept_ep >= 0)
+		close(s->accept_ep);
 	for (uint32_t i = 0; i < s->conns_cap; i++) {
 		struct conn *c = s->conns[i];
 		if (!c)
