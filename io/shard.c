@@ -559,9 +559,9 @@ static bool shard_on_accept_error(struct shard *s, unsigned li, int err)
 	return false;
 }
 
-/* Each tick while descriptors are short: stop refusing and let the
- * multishot accept try again (it ends at once if still short, and the
- * refusing starts again). */
+/* Each tick while descriptors are short: stop refusing and watch the
+ * listener again (if still short, its next client fails to be accepted
+ * and the refusing starts again). */
 static void shard_resume_accepts(struct shard *s)
 {
 	uint64_t refusing = s->refusing;
@@ -569,6 +569,8 @@ static void shard_resume_accepts(struct shard *s)
 	s->accept_paused = s->refusing = 0;
 	if (!s->refuse_slots && s->spare_fd < 0)
 		s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (!s->stopping && s->accept_watched && !s->accept_poll_armed)
+		shard_arm_accept_poll(s);
 	while (resume) {
 		unsigned li = (unsigned)__builtin_ctzll(resume);
 		resume &= resume - 1;
@@ -684,8 +686,10 @@ static void shard_on_accept_cqe(struct shard *s, uint32_t id,
 	if (id == 1) {
 		s->accept_more = false;
 	} else if (!(cqe->flags & IORING_CQE_F_MORE)) {
+		/* Ended after reporting (an overflowing completion queue):
+		 * again now; ended by an error: at the tick, not in a loop. */
 		s->accept_poll_armed = false;
-		if (!s->stopping && s->accept_watched)
+		if (!s->stopping && s->accept_watched && cqe->res >= 0)
 			shard_arm_accept_poll(s);
 	}
 	shard_accept_sweep(s);
