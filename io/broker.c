@@ -6,10 +6,13 @@
 #include <assert.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 #include <urcu-qsbr.h>
 
@@ -221,27 +224,65 @@ static int listener_socket(const struct kite_listener_cfg *l, bool reuseport,
  * io_uring is torn down after it exits): a restart waits that long. */
 #define LISTEN_CLAIM_WAIT_MS 2000
 
-/* Nobody else listens on l's address: a bind without SO_REUSEPORT
- * succeeds. 0, or -1 with errno (EADDRINUSE: someone does). */
+/* Two kites started together could both find the port free before
+ * either listens, then share it through SO_REUSEPORT. Each also binds an
+ * abstract unix socket named for the address, which only one process can
+ * hold and which the kernel frees with the process, even after kill -9
+ * (its listening sockets, held by io_uring, linger). -1 and errno
+ * (EADDRINUSE: another kite has it). */
+static int listener_lock(const struct kite_listener_cfg *l)
+{
+	struct sockaddr_un a = {.sun_family = AF_UNIX};
+	int n = snprintf(a.sun_path + 1, sizeof(a.sun_path) - 1,
+			 "kite-listen-%s:%u",
+			 l->bind_address[0] ? l->bind_address : "*", l->port);
+	assert(n > 0 && (size_t)n < sizeof(a.sun_path) - 1);
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (bind(fd, (struct sockaddr *)&a,
+		 (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n)) < 0) {
+		int e = errno;
+		close(fd);
+		errno = e;
+		return -1;
+	}
+	return fd;
+}
+
+/* l's address is this kite's, and nobody else listens on it: a bind
+ * without SO_REUSEPORT succeeds. The lock's fd, or -1 with errno
+ * (EADDRINUSE: someone does). */
 static int listener_claim(const struct kite_listener_cfg *l)
 {
+	int lock = -1;
 	for (unsigned waited = 0;; waited += 20) {
-		int fd = listener_socket(l, false, false);
+		if (lock < 0)
+			lock = listener_lock(l);
+		int fd = lock < 0 ? -1 : listener_socket(l, false, false);
 		if (fd >= 0) {
 			close(fd);
-			return 0;
+			return lock;
 		}
-		if (errno != EADDRINUSE || waited >= LISTEN_CLAIM_WAIT_MS)
+		if (errno != EADDRINUSE || waited >= LISTEN_CLAIM_WAIT_MS) {
+			int e = errno;
+			if (lock >= 0)
+				close(lock);
+			errno = e;
 			return -1;
+		}
 		usleep(20 * 1000);
 	}
 }
 
 static int broker_listen(struct broker *b)
 {
+	for (unsigned li = 0; li < KITE_LISTENERS_MAX; li++)
+		b->listen_lock_fds[li] = -1;
 	for (unsigned li = 0; li < b->cfg->listener_count; li++) {
 		const struct kite_listener_cfg *l = &b->cfg->listeners[li];
-		int rc = listener_claim(l);
+		b->listen_lock_fds[li] = listener_claim(l);
+		int rc = b->listen_lock_fds[li] < 0 ? -1 : 0;
 		for (unsigned i = 0; i < b->nshards && rc == 0; i++) {
 			int fd = listener_socket(l, true, true);
 			b->shards[i].listen_fds[li] = fd;
@@ -341,6 +382,9 @@ void broker_stop(struct broker *b)
 	pthread_barrier_destroy(&b->started);
 	htab_fini(&b->reg, reg_entry_free_cb);
 	flood_filter_unload(b->flood);
+	for (unsigned li = 0; li < b->cfg->listener_count; li++)
+		if (b->listen_lock_fds[li] >= 0)
+			close(b->listen_lock_fds[li]);
 	free(b->shards);
 	free(b->xrings);
 	io_uring_queue_exit(&b->ctl_ring);

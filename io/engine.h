@@ -79,6 +79,13 @@
 #define METRICS_SCRAPES_MAX 8
 /* Slots per shard: the scrapes allowed, and as many again to say 503. */
 #define METRICS_SCRAPE_SLOTS (2 * METRICS_SCRAPES_MAX)
+/* Slots of a shard's io_uring file table, where clients are accepted
+ * only to be closed at once when the process is out of descriptors: a
+ * burst beyond it waits for the closes already queued, then goes on. */
+#define SHARD_REFUSE_SLOTS 32
+/* Clients accepted from one listener before the shard's other work
+ * gets a turn. */
+#define SHARD_ACCEPT_BATCH 256
 /* Largest client id kite stores (the spec allows 65535). */
 #define CLIENT_ID_MAX 65535
 
@@ -91,7 +98,7 @@ _Static_assert((SHARD_RECV_BUFS & (SHARD_RECV_BUFS - 1)) == 0,
 /* ---- io_uring user_data: the operation and its owner, no lookup ---------- */
 
 enum ud_op {
-	UD_ACCEPT = 1, /* id: listener index */
+	UD_ACCEPT = 1, /* id: 0 the poll of accept_ep, 1 a sweep to go on */
 	UD_RECV,
 	UD_SEND,
 	UD_SHUTDOWN,
@@ -101,6 +108,7 @@ enum ud_op {
 	UD_WAKE, /* MSG_RING from another shard or the main thread */
 	UD_PERSIST, /* id: enum persist_io (persist.c) */
 	UD_METRICS, /* id: scrape slot and operation (metrics.c) */
+	UD_REFUSE, /* id: listener index, gen: shard.refuse_gen; res: a slot */
 };
 
 static inline uint64_t ud_pack(enum ud_op op, uint32_t id, uint32_t gen)
@@ -641,11 +649,28 @@ struct shard {
 	uint8_t *tls_scratch;	   /* plaintext gathered for one record */
 	uint32_t match_gen;
 
-	/* Accepting at the file limit (EMFILE...): a spare descriptor to
-	 * refuse waiting clients with, the listeners whose accept waits for
-	 * the next tick, and the log lines such refusals may cost. */
+	/* Accepting at the file limit (EMFILE...). Clients are turned away
+	 * by accepting them into the ring's own file table (refuse_slots)
+	 * and closing them; a kernel without it uses a spare descriptor,
+	 * which another thread can take while it is closed (then reopened
+	 * every tick). Listeners turning clients away until the next tick
+	 * (refusing), those of them that turned one away since last armed
+	 * (refuse_progress), those whose accept waits for the next tick
+	 * (accept_paused), and why they refuse (refuse_err). A refusing
+	 * accept's completions carry its generation: those of one already
+	 * cancelled can arrive after the next one is armed. */
+	bool refuse_slots;
 	int spare_fd;
-	uint64_t accept_paused;
+	uint64_t refusing, refuse_progress, accept_paused;
+	/* Listening sockets are watched through an epoll set (accept_ep),
+	 * whose readiness one multishot poll reports (shard.c,
+	 * shard_watch_listener): listeners in the set, whether the poll is
+	 * armed, and whether a sweep stopped at SHARD_ACCEPT_BATCH. */
+	int accept_ep;
+	uint64_t accept_watched;
+	bool accept_poll_armed, accept_more;
+	uint32_t refuse_gen[KITE_LISTENERS_MAX];
+	int refuse_err;
 	struct log_limit accept_log, max_conn_log;
 
 	uint64_t now_ms;
@@ -694,6 +719,9 @@ struct broker {
 	struct gtrie *gtrie;
 	struct retain_store *retained;
 	_Atomic uint32_t listener_conns[KITE_LISTENERS_MAX];
+	/* Held for the broker's life: no other kite takes these addresses
+	 * (broker.c, listener_lock). -1: none. */
+	int listen_lock_fds[KITE_LISTENERS_MAX];
 	uint64_t start_s;
 	/* Client-id registry: written at CONNECT and disconnect only. */
 	pthread_mutex_t reg_lock;

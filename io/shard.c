@@ -9,9 +9,11 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sched.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -349,12 +351,46 @@ void shard_arm_recv(struct shard *s, struct conn *c)
 
 /* ---- completions --------------------------------------------------------- */
 
-static void shard_arm_accept(struct shard *s, unsigned li)
+/* Listening sockets are watched through an epoll set and accepted from
+ * with accept4, not by multishot accepts: a pending io_uring request
+ * holds its socket until the kernel tears the ring down, after a killed
+ * kite is gone, and in those 20-45 ms clients completed their handshake
+ * on the dead kite's socket and were reset. An epoll set holds no
+ * reference, so the sockets close with the process and such clients get
+ * "connection refused" and try again, as with Mosquitto. */
+static void shard_arm_accept_poll(struct shard *s)
 {
 	struct io_uring_sqe *sqe = shard_sqe(s);
-	io_uring_prep_multishot_accept(sqe, s->listen_fds[li], NULL, NULL,
-				       SOCK_CLOEXEC);
-	io_uring_sqe_set_data64(sqe, ud_pack(UD_ACCEPT, li, 0));
+	io_uring_prep_poll_multishot(sqe, s->accept_ep, POLLIN);
+	io_uring_sqe_set_data64(sqe, ud_pack(UD_ACCEPT, 0, 0));
+	s->accept_poll_armed = true;
+}
+
+/* Level-triggered: clients already waiting are reported at once. */
+static void shard_arm_accept(struct shard *s, unsigned li)
+{
+	uint64_t bit = 1ull << li;
+	if (s->accept_watched & bit)
+		return;
+	struct epoll_event ev = {.events = EPOLLIN, .data.u32 = li};
+	if (epoll_ctl(s->accept_ep, EPOLL_CTL_ADD, s->listen_fds[li], &ev) < 0) {
+		log_msg(KITE_LOG_ERR, "shard %u: cannot watch listener %u: %s",
+			s->idx, li, strerror(errno));
+		s->accept_paused |= bit; /* the tick tries again */
+		return;
+	}
+	s->accept_watched |= bit;
+	if (!s->accept_poll_armed)
+		shard_arm_accept_poll(s);
+}
+
+static void shard_unwatch_listener(struct shard *s, unsigned li)
+{
+	uint64_t bit = 1ull << li;
+	if (!(s->accept_watched & bit))
+		return;
+	epoll_ctl(s->accept_ep, EPOLL_CTL_DEL, s->listen_fds[li], NULL);
+	s->accept_watched &= ~bit;
 }
 
 static void shard_peer(int fd, struct sockaddr_in6 *peer)
@@ -384,14 +420,104 @@ static bool accept_error_is_exhaustion(int err)
 	       err == ENOBUFS;
 }
 
-/* The clients waiting in this listener's backlog cannot be served now:
- * each is accepted on the spare descriptor and closed at once, so it
- * hears "refused" instead of hanging until it times out. */
-static uint32_t shard_refuse_backlog(struct shard *s, unsigned li)
+/* Refused clients cost one line per log window, whatever their number,
+ * then one saying how many more there were. */
+static void shard_count_refused(struct shard *s, unsigned li, int err,
+				uint32_t n)
+{
+	const struct kite_listener_cfg *l = &s->cfg->listeners[li];
+	atomic_fetch_add_explicit(&s->stats.refused_no_resources, n,
+				  memory_order_relaxed);
+	for (uint32_t i = 0; i < n; i++) {
+		uint32_t left_out;
+		if (!log_limit_take(&s->accept_log, s->now_ms, 1, &left_out))
+			continue;
+		if (left_out)
+			log_msg(KITE_LOG_WARNING, "%u more clients refused at "
+				"accept in the last %u s.", left_out,
+				LOG_LIMIT_WINDOW_MS / 1000);
+		log_msg(KITE_LOG_WARNING,
+			"Refusing new clients on port %u: %s; closing them at "
+			"once, trying again every %u ms.", l->port,
+			strerror(err), SHARD_TICK_MS);
+	}
+}
+
+/* Until the next tick, every client of this listener is accepted into a
+ * free slot of the ring's file table and closed at once: it hears
+ * "refused" instead of waiting in the backlog until it gives up. The
+ * slots belong to this ring alone, so unlike a spare descriptor no other
+ * thread can take them, and they need no descriptor. */
+static void shard_arm_refuse(struct shard *s, unsigned li)
+{
+	struct io_uring_sqe *sqe = shard_sqe(s);
+	io_uring_prep_multishot_accept_direct(sqe, s->listen_fds[li], NULL,
+					      NULL, 0);
+	io_uring_sqe_set_data64(sqe, ud_pack(UD_REFUSE, li, ++s->refuse_gen[li]));
+	s->refusing |= 1ull << li;
+	s->refuse_progress &= ~(1ull << li);
+}
+
+static void shard_cancel_refuse(struct shard *s, unsigned li)
+{
+	struct io_uring_sqe *sqe = shard_sqe(s);
+	io_uring_prep_cancel64(sqe, ud_pack(UD_REFUSE, li, s->refuse_gen[li]), 0);
+	io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, 0, 0));
+}
+
+/* Descriptors are freed by every shard: a refusing one checks for a
+ * free one at each client it turns away, so as to stop refusing as soon
+ * as a client could be served rather than at the next tick. */
+static bool shard_fd_available(void)
+{
+	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	close(fd);
+	return true;
+}
+
+static void shard_on_refuse(struct shard *s, unsigned li,
+			    struct io_uring_cqe *cqe)
+{
+	uint64_t bit = 1ull << li;
+	bool current = (s->refusing & bit) &&
+		       ud_gen(cqe->user_data) == s->refuse_gen[li];
+	if (cqe->res >= 0) {
+		struct io_uring_sqe *sqe = shard_sqe(s);
+		io_uring_prep_close_direct(sqe, (unsigned)cqe->res);
+		io_uring_sqe_set_data64(sqe, ud_pack(UD_CLOSE, 0, 0));
+		s->refuse_progress |= bit;
+		if (!s->stopping)
+			shard_count_refused(s, li, s->refuse_err, 1);
+		if (current && (cqe->flags & IORING_CQE_F_MORE) &&
+		    !s->stopping && shard_fd_available()) {
+			shard_cancel_refuse(s, li);
+			s->refusing &= ~bit;
+			shard_arm_accept(s, li);
+			return;
+		}
+	}
+	if ((cqe->flags & IORING_CQE_F_MORE) || !current)
+		return; /* still refusing, or this one was ended */
+	s->refusing &= ~bit;
+	if (s->stopping || s->listen_fds[li] < 0)
+		return;
+	/* Every slot awaits its close, queued above, ahead of this accept.
+	 * Only after progress: an ENFILE for want of files would repeat. */
+	if (cqe->res == -ENFILE && (s->refuse_progress & bit))
+		shard_arm_refuse(s, li);
+	else
+		s->accept_paused |= bit; /* the tick accepts again */
+}
+
+/* Without a file table (an old kernel): the clients waiting now are
+ * accepted on the spare descriptor and closed. */
+static void shard_refuse_backlog(struct shard *s, unsigned li, int err)
 {
 	uint32_t refused = 0;
 	if (s->spare_fd < 0)
-		return 0;
+		return;
 	close(s->spare_fd);
 	for (;;) {
 		int fd = accept4(s->listen_fds[li], NULL, NULL,
@@ -401,65 +527,55 @@ static uint32_t shard_refuse_backlog(struct shard *s, unsigned li)
 		close(fd);
 		refused++;
 	}
-	/* Another thread may take the freed number first: then the next
-	 * tick tries again. */
+	/* Another thread may take the freed number first: then every tick
+	 * tries again (shard_resume_accepts). */
 	s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	return refused;
+	shard_count_refused(s, li, err, refused);
 }
 
-static void shard_log_refusals(struct shard *s, unsigned li, int err,
-			       uint32_t refused)
+/* False: stop accepting from this listener for now. */
+static bool shard_on_accept_error(struct shard *s, unsigned li, int err)
 {
-	uint32_t left_out;
-	const struct kite_listener_cfg *l = &s->cfg->listeners[li];
-	if (!log_limit_take(&s->accept_log, s->now_ms, 1, &left_out))
-		return;
-	if (left_out)
-		log_msg(KITE_LOG_WARNING, "%u more clients refused at accept "
-			"in the last %u s.", left_out, LOG_LIMIT_WINDOW_MS / 1000);
-	log_msg(KITE_LOG_WARNING,
-		"Refusing new clients on port %u: %s (%u refused now); trying "
-		"again every %u ms.", l->port, strerror(err), refused,
-		SHARD_TICK_MS);
-}
-
-static void shard_on_accept_error(struct shard *s, unsigned li,
-				  struct io_uring_cqe *cqe)
-{
-	int err = -cqe->res;
-	if (err == ECANCELED || s->stopping)
-		return;
+	if (s->stopping)
+		return false;
 	if (!accept_error_is_exhaustion(err)) {
 		/* One client's problem (ECONNABORTED, EPERM from a firewall):
 		 * the next one may be fine. */
 		uint32_t left_out;
 		if (log_limit_take(&s->accept_log, s->now_ms, 10, &left_out))
 			log_msg(KITE_LOG_WARNING, "accept failed: %s", strerror(err));
-		if (!(cqe->flags & IORING_CQE_F_MORE) && s->listen_fds[li] >= 0)
-			shard_arm_accept(s, li);
-		return;
+		return true;
 	}
-	if (cqe->flags & IORING_CQE_F_MORE) {
-		struct io_uring_sqe *sqe = shard_sqe(s);
-		io_uring_prep_cancel64(sqe, ud_pack(UD_ACCEPT, li, 0), 0);
-		io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, 0, 0));
+	/* Still ready, yet accept would fail again: a busy loop. */
+	shard_unwatch_listener(s, li);
+	s->refuse_err = err;
+	if (s->refuse_slots && !(s->refusing & (1ull << li))) {
+		shard_arm_refuse(s, li);
+		return false;
 	}
-	uint32_t refused = shard_refuse_backlog(s, li);
-	atomic_fetch_add_explicit(&s->stats.refused_no_resources, refused,
-				  memory_order_relaxed);
-	shard_log_refusals(s, li, err, refused);
-	s->accept_paused |= 1ull << li; /* the tick accepts again */
+	if (!s->refuse_slots)
+		shard_refuse_backlog(s, li, err);
+	s->accept_paused |= 1ull << li;
+	return false;
 }
 
-/* Each tick while descriptors are short: turn the backlog away, then let
- * the multishot accept try again (it ends at once if still short). */
+/* Each tick while descriptors are short: stop refusing and watch the
+ * listener again (if still short, its next client fails to be accepted
+ * and the refusing starts again). */
 static void shard_resume_accepts(struct shard *s)
 {
-	uint64_t paused = s->accept_paused;
-	s->accept_paused = 0;
-	while (paused) {
-		unsigned li = (unsigned)__builtin_ctzll(paused);
-		paused &= paused - 1;
+	uint64_t refusing = s->refusing;
+	uint64_t resume = s->accept_paused | refusing;
+	s->accept_paused = s->refusing = 0;
+	if (!s->refuse_slots && s->spare_fd < 0)
+		s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+	if (!s->stopping && s->accept_watched && !s->accept_poll_armed)
+		shard_arm_accept_poll(s);
+	while (resume) {
+		unsigned li = (unsigned)__builtin_ctzll(resume);
+		resume &= resume - 1;
+		if (refusing & (1ull << li))
+			shard_cancel_refuse(s, li);
 		if (!s->stopping && s->listen_fds[li] >= 0)
 			shard_arm_accept(s, li);
 	}
@@ -495,17 +611,8 @@ static void shard_deny_max_connections(struct shard *s, int fd)
 		conn_peer_str(&tmp, peer, sizeof(peer)));
 }
 
-static void shard_on_accept(struct shard *s, unsigned li,
-			    struct io_uring_cqe *cqe)
+static void shard_on_accept(struct shard *s, unsigned li, int fd)
 {
-	if (cqe->res < 0) {
-		shard_on_accept_error(s, li, cqe);
-		return;
-	}
-	if (!(cqe->flags & IORING_CQE_F_MORE) && !s->stopping &&
-	    s->listen_fds[li] >= 0)
-		shard_arm_accept(s, li);
-	int fd = cqe->res;
 	const struct kite_listener_cfg *l = &s->cfg->listeners[li];
 	if (l->protocol == LISTENER_PROTO_METRICS) {
 		metrics_on_accept(s, li, fd);
@@ -539,9 +646,7 @@ static void shard_on_accept(struct shard *s, unsigned li,
 		}
 		free(c);
 		atomic_fetch_sub(&s->b->listener_conns[li], 1);
-		atomic_fetch_add_explicit(&s->stats.refused_no_resources, 1,
-					  memory_order_relaxed);
-		shard_log_refusals(s, li, ENOMEM, 1);
+		shard_count_refused(s, li, ENOMEM, 1);
 		close(fd);
 		return;
 	}
@@ -555,6 +660,53 @@ static void shard_on_accept(struct shard *s, unsigned li,
 	int nodelay = s->cfg->set_tcp_nodelay;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &nodelay, sizeof(nodelay));
 	shard_arm_recv(s, c);
+}
+
+static void shard_accept_ready(struct shard *s, unsigned li)
+{
+	for (unsigned i = 0; i < SHARD_ACCEPT_BATCH; i++) {
+		if (!(s->accept_watched & (1ull << li)))
+			return;
+		int fd = accept4(s->listen_fds[li], NULL, NULL, SOCK_CLOEXEC);
+		if (fd >= 0)
+			shard_on_accept(s, li, fd);
+		else if (errno == EAGAIN || errno == EWOULDBLOCK ||
+			 !shard_on_accept_error(s, li, errno))
+			return;
+	}
+	if (!s->accept_more) { /* more next turn, after the rest */
+		s->accept_more = true;
+		struct io_uring_sqe *sqe = shard_sqe(s);
+		io_uring_prep_nop(sqe);
+		io_uring_sqe_set_data64(sqe, ud_pack(UD_ACCEPT, 1, 0));
+	}
+}
+
+/* Also run every tick: a missed wakeup costs a client at most a tick. */
+static void shard_accept_sweep(struct shard *s)
+{
+	struct epoll_event ev[KITE_LISTENERS_MAX];
+	if (s->stopping || !s->accept_watched)
+		return;
+	int n = epoll_wait(s->accept_ep, ev, KITE_LISTENERS_MAX, 0);
+	for (int i = 0; i < n; i++)
+		if (ev[i].data.u32 < KITE_LISTENERS_MAX)
+			shard_accept_ready(s, ev[i].data.u32);
+}
+
+static void shard_on_accept_cqe(struct shard *s, uint32_t id,
+				struct io_uring_cqe *cqe)
+{
+	if (id == 1) {
+		s->accept_more = false;
+	} else if (!(cqe->flags & IORING_CQE_F_MORE)) {
+		/* Ended after reporting (an overflowing completion queue):
+		 * again now; ended by an error: at the tick, not in a loop. */
+		s->accept_poll_armed = false;
+		if (!s->stopping && s->accept_watched && cqe->res >= 0)
+			shard_arm_accept_poll(s);
+	}
+	shard_accept_sweep(s);
 }
 
 static void shard_recycle_buf(struct shard *s, unsigned bid)
@@ -613,7 +765,7 @@ static void shard_handle_cqe(struct shard *s, struct io_uring_cqe *cqe)
 	struct conn *c;
 	switch (ud_op(ud)) {
 	case UD_ACCEPT:
-		shard_on_accept(s, ud_id(ud), cqe);
+		shard_on_accept_cqe(s, ud_id(ud), cqe);
 		break;
 	case UD_RECV:
 		shard_on_recv(s, cqe);
@@ -639,6 +791,9 @@ static void shard_handle_cqe(struct shard *s, struct io_uring_cqe *cqe)
 		break;
 	case UD_METRICS:
 		metrics_on_cqe(s, ud_id(ud), ud_gen(ud), cqe->res);
+		break;
+	case UD_REFUSE:
+		shard_on_refuse(s, ud_id(ud), cqe);
 		break;
 	case UD_WAKE:
 		if (ud_id(ud) == 1 && cqe->res < 0)
@@ -736,6 +891,7 @@ static void shard_on_tick(struct shard *s)
 				      memory_order_relaxed);
 	}
 	shard_resume_accepts(s);
+	shard_accept_sweep(s);
 	shard_check_timeouts(s);
 	metrics_tick(s);
 	persist_tick(s);
@@ -754,13 +910,18 @@ static void shard_stop_all(struct shard *s)
 	s->stopping = true;
 	for (unsigned li = 0; li < s->cfg->listener_count; li++) {
 		if (s->listen_fds[li] >= 0) {
-			struct io_uring_sqe *sqe = shard_sqe(s);
-			io_uring_prep_cancel64(sqe, ud_pack(UD_ACCEPT, li, 0), 0);
-			io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, 0, 0));
+			shard_unwatch_listener(s, li);
+			if (s->refusing & (1ull << li))
+				shard_cancel_refuse(s, li);
 			io_uring_submit(&s->ring);
 			close(s->listen_fds[li]);
 			s->listen_fds[li] = -1;
 		}
+	}
+	if (s->accept_poll_armed) {
+		struct io_uring_sqe *sqe = shard_sqe(s);
+		io_uring_prep_cancel64(sqe, ud_pack(UD_ACCEPT, 0, 0), 0);
+		io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, 0, 0));
 	}
 	for (uint32_t i = 0; i < s->conns_cap; i++)
 		if (s->conns[i] && s->conns[i]->state != CONN_CLOSING)
@@ -927,6 +1088,7 @@ int shard_init(struct shard *s, struct broker *b, unsigned idx)
 	s->idx = idx;
 	s->b = b;
 	s->spare_fd = -1;
+	s->accept_ep = -1;
 	for (unsigned i = 0; i < KITE_LISTENERS_MAX; i++)
 		s->listen_fds[i] = -1;
 	int ret = shard_setup_ring(s);
@@ -937,8 +1099,15 @@ int shard_init(struct shard *s, struct broker *b, unsigned idx)
 	}
 	s->trie = trie_new();
 	s->tls_scratch = malloc(16384);
-	s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
-	if (!s->trie || !s->tls_scratch || s->spare_fd < 0)
+	s->accept_ep = epoll_create1(EPOLL_CLOEXEC);
+	if (!s->trie || !s->tls_scratch || s->accept_ep < 0)
+		return -1;
+	/* Sparse slots (Linux 5.19) to refuse clients into at the file
+	 * limit; their number is bounded by RLIMIT_NOFILE too. */
+	s->refuse_slots =
+		io_uring_register_files_sparse(&s->ring, SHARD_REFUSE_SLOTS) == 0;
+	if (!s->refuse_slots &&
+	    (s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0)
 		return -1;
 	s->cfg = b->cfg;
 	s->sec = b->sec;
@@ -1020,6 +1189,8 @@ void shard_fini(struct shard *s)
 			close(s->listen_fds[li]);
 	if (s->spare_fd >= 0)
 		close(s->spare_fd);
+	if (s->accept_ep >= 0)
+		close(s->accept_ep);
 	for (uint32_t i = 0; i < s->conns_cap; i++) {
 		struct conn *c = s->conns[i];
 		if (!c)

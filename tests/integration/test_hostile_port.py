@@ -13,13 +13,13 @@
   five times in a row.
 - A client reconnecting through such a restart (connection refused retried
   every 5 ms) must never be accepted and then reset. kite's listening
-  sockets outlive a killed kite by 20-45 ms (each shard's io_uring, whose
-  pending multishot accept holds the socket, is torn down by the kernel
-  after the process is gone): a connection made then completes its TCP
-  handshake on the dead broker's socket and is reset, 5 times out of 5,
-  before and after the fix (Mosquitto's socket closes with the process:
-  the client sees "connection refused" and tries again). An expected
-  failure on kite, said so (docs/HOSTILE.md)."""
+  sockets used to outlive a killed kite by 20-45 ms (each shard's io_uring,
+  whose pending multishot accept held the socket, is torn down by the
+  kernel after the process is gone): a connection made then completed its
+  TCP handshake on the dead broker's socket and was reset, 5 times out of
+  5. kite now watches its listening sockets through epoll, which holds no
+  reference, so they close with the process, as Mosquitto's do: the
+  client sees "connection refused" and tries again (docs/HOSTILE.md)."""
 
 import os
 import queue
@@ -194,10 +194,6 @@ def test_restart_right_after_kill_9_starts_and_answers_first_connect(broker_fact
     good_round_trip(port, "after-restarts")
 
 
-@pytest.mark.xfail(harness.flavour(harness.broker_bin() or "kite") == "kite",
-                   reason="kite's listening sockets outlive a killed kite by "
-                   "20-45 ms (io_uring teardown): a client connecting then is "
-                   "reset (5 of 5, before and after the fix)", strict=False)
 @pytest.mark.timeout(30)
 def test_client_reconnecting_through_kill_9_restart_is_never_reset(broker_factory):
     b = broker_factory()
