@@ -29,6 +29,7 @@
 #include "core/log.h"
 #include "core/retain.h"
 #include "core/trie.h"
+#include "io/bridge.h"
 #include "io/msg.h"
 #include "io/persist.h"
 
@@ -100,6 +101,7 @@ enum ud_op {
 	UD_WAKE, /* MSG_RING from another shard or the main thread */
 	UD_PERSIST, /* id: enum persist_io (persist.c) */
 	UD_METRICS, /* id: scrape slot and operation (metrics.c) */
+	UD_BRIDGE,  /* id: bridge index on the shard; gen: attempt */
 };
 
 static inline uint64_t ud_pack(enum ud_op op, uint32_t id, uint32_t gen)
@@ -248,6 +250,7 @@ struct session {
 	uint8_t protocol; /* of its last connection (logged with it) */
 	uint64_t offline_wall_ms; /* logged: offline since (0: online) */
 	bool q2_waiting; /* in shard->q2_waiters */
+	struct bridge *bridge; /* the local side of a bridge (bridge.c) */
 };
 
 /* The interface a persistence backend would implement later: every change
@@ -273,6 +276,9 @@ int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
  * onto the wire, into the inflight window, or into the offline/overflow
  * queue. */
 void session_deliver(struct session *ss, struct msg *m, const struct deliv *d);
+/* The same, without a bridge's topic mapping (bridge.c maps first). */
+void session_deliver_as_is(struct session *ss, struct msg *m,
+			   const struct deliv *d);
 /* Publishes a pending delayed will now (session end or its time). */
 void session_fire_will(struct session *ss);
 /* Offline sessions whose expiry passed end; delayed wills fire. */
@@ -430,6 +436,8 @@ struct conn {
 	/* Kernel TLS 1.3 where the kernel can re-key: the traffic secrets
 	 * that follow the client's KeyUpdates; NULL otherwise. */
 	struct tls_ktls_rekey *ktls_rekey;
+	/* A bridge's outgoing connection to a remote broker. */
+	struct bridge *bridge;
 };
 
 /* ---- cross-shard messages ------------------------------------------------ */
@@ -650,6 +658,9 @@ struct shard {
 	/* Sessions whose queue waits for a held QoS 2 message (by id). */
 	uint64_t *q2_waiters;
 	uint32_t q2_waiters_count, q2_waiters_cap;
+	/* Bridges owned by this shard (bridge.c). */
+	struct bridge **bridges;
+	unsigned bridge_count;
 };
 
 static inline bool persist_on(const struct shard *s)

@@ -63,6 +63,8 @@ static struct client_entry *reg_insert(struct broker *b, uint64_t h,
 
 void session_on_disconnect(struct shard *s, struct session *ss)
 {
+	if (ss->bridge)
+		return; /* lives as long as the broker, queueing */
 	if (ss->persistent) {
 		/* Kept offline: for its expiry (MQTT 5), or for ever (3.1.1)
 		 * unless persistent_client_expiration says otherwise. */

@@ -367,6 +367,15 @@ static int session_queue_push(struct session *ss, struct msg *m,
 
 void session_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 {
+	if (ss->bridge)
+		bridge_deliver(ss, m, d); /* maps the topic, then comes back */
+	else
+		session_deliver_as_is(ss, m, d);
+}
+
+void session_deliver_as_is(struct session *ss, struct msg *m,
+			   const struct deliv *d)
+{
 	assert(d->qos <= 2);
 	struct shard *s = ss->shard;
 	stat_add(&s->stats.deliveries, 1);
