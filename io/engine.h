@@ -438,6 +438,9 @@ struct conn {
 	struct tls_ktls_rekey *ktls_rekey;
 	/* A bridge's outgoing connection to a remote broker. */
 	struct bridge *bridge;
+	/* The client is a Mosquitto bridge (3.x level | 0x80): its
+	 * subscriptions are no-local and retain-as-published. */
+	bool peer_bridge;
 };
 
 /* ---- cross-shard messages ------------------------------------------------ */

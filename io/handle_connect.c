@@ -539,6 +539,7 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 	struct mqtt_connect ci;
 	enum mqtt_rc rc = mqtt_decode_connect(body, len, &ci);
 	c->version = ci.version == MQTT_V5 ? MQTT_V5 : MQTT_V311;
+	c->peer_bridge = rc == MQTT_RC_SUCCESS && ci.bridge;
 	if (rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION && !connect_known_name(body, len)) {
 		conn_strike(c);
 		conn_close(c, "unknown protocol name in CONNECT", false);

@@ -1309,9 +1309,17 @@ struct tls_conn *tls_client_conn_new(struct tls_client *cl, const char *host,
 	SSL_set_bio(c->ssl, bio, bio);
 	SSL_set_app_data(c->ssl, c);
 	SSL_set_connect_state(c->ssl);
-	SSL_set_tlsext_host_name(c->ssl, host);
-	if (verify_host)
-		SSL_set1_host(c->ssl, host);
+	unsigned char ip[16];
+	bool literal = inet_pton(AF_INET, host, ip) == 1 ||
+		       inet_pton(AF_INET6, host, ip) == 1;
+	if (!literal) /* SNI names hosts, never addresses (RFC 6066 3) */
+		SSL_set_tlsext_host_name(c->ssl, host);
+	/* OpenSSL 3 checks an address literal against the IP SANs. */
+	if (verify_host && SSL_set1_host(c->ssl, host) != 1) {
+		tls_conn_free(c);
+		ERR_clear_error();
+		return NULL;
+	}
 	/* The ClientHello, into the pending output. */
 	c->seen_input = false;
 	int r = SSL_do_handshake(c->ssl);
