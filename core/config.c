@@ -1264,7 +1264,16 @@ static int bopt_topic(struct file_ctx *fc, const char *name, char *rest)
 {
 	struct kite_bridge_cfg *b = cur_bridge(fc);
 	char *argv[6];
-	int argc = split_args(rest, argv, 5);
+	/* Not split_args: `topic # in` is a pattern, not a comment. */
+	int argc = 0;
+	for (char *p = skip_blanks(rest); *p && argc < 6;) {
+		argv[argc++] = p;
+		while (*p && !is_blank(*p))
+			p++;
+		if (*p)
+			*p++ = '\0';
+		p = skip_blanks(p);
+	}
 	if (argc == 0 || argc > 5)
 		return fail(fc, "option '%s': expects pattern [in|out|both "
 				"[qos [local-prefix remote-prefix]]]", name);

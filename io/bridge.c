@@ -38,7 +38,6 @@ struct bridge {
 	uint64_t next_try_ms;
 	uint32_t backoff_s;	/* the last jittered delay */
 	uint64_t last_ping_ms;
-	uint16_t next_pid;	/* SUBSCRIBE/UNSUBSCRIBE ids */
 	int notify;		/* state to publish locally: -1 none, 0, 1 */
 	struct sockaddr_storage sa;
 	socklen_t sa_len;
@@ -202,11 +201,13 @@ static void bridge_send_connect(struct bridge *b)
 		cn.will.qos = 1;
 		cn.will.retain = true;
 	}
-	if (k->protocol == MQTT_V5 && !k->cleansession) {
-		/* A session that outlives the connection (3.1.1's clean
-		 * session false). */
-		cn.props.present |= MQTT_PROP_BIT(MQTT_PROP_SESSION_EXPIRY_INTERVAL);
-		cn.props.session_expiry_interval = UINT32_MAX;
+	if (k->protocol == MQTT_V5) {
+		/* As Mosquitto 2.0.11 does: its receive maximum, and no
+		 * session expiry (the remote session ends with the
+		 * connection; what we owe the remote waits here). */
+		uint32_t rmax = b->s->cfg->max_inflight_messages;
+		cn.props.present |= MQTT_PROP_BIT(MQTT_PROP_RECEIVE_MAXIMUM);
+		cn.props.receive_maximum = (uint16_t)(rmax && rmax < 65535 ? rmax : 65535);
 	}
 	uint8_t buf[2048];
 	size_t n = mqtt_encode_connect(buf, sizeof(buf), &cn);
@@ -336,12 +337,11 @@ static void bridge_subscribe_remote(struct bridge *b)
 			.no_local = k->protocol == MQTT_V5,
 			.retain_as_published = k->protocol == MQTT_V5,
 		};
-		if (!++b->next_pid)
-			b->next_pid = 1;
+		uint16_t pid = session_next_pid(b->ss);
 		size_t n = 0;
 		if (t->dir & BRIDGE_IN) {
 			n = mqtt_encode_subscribe(buf, sizeof(buf), k->protocol,
-						  b->next_pid, &e, 1, NULL);
+						  pid, &e, 1, NULL);
 		} else if (k->attempt_unsubscribe) {
 			/* An out topic: drop what an earlier in topic of the
 			 * same name left on a persistent remote session. */
@@ -350,8 +350,8 @@ static void bridge_subscribe_remote(struct bridge *b)
 			size_t body = 2 + (k->protocol == MQTT_V5 ? 1 : 0) + 2 + tl;
 			*p++ = (uint8_t)(MQTT_UNSUBSCRIBE << 4 | 2);
 			p += mqtt_varint_encode(p, (uint32_t)body);
-			*p++ = (uint8_t)(b->next_pid >> 8);
-			*p++ = (uint8_t)b->next_pid;
+			*p++ = (uint8_t)(pid >> 8);
+			*p++ = (uint8_t)pid;
 			if (k->protocol == MQTT_V5)
 				*p++ = 0;
 			*p++ = (uint8_t)(tl >> 8);

@@ -297,6 +297,9 @@ enum ack_result session_on_puback(struct session *ss, uint16_t pid);
 enum ack_result session_on_pubrec(struct session *ss, uint16_t pid,
 				  uint8_t reason);
 enum ack_result session_on_pubcomp(struct session *ss, uint16_t pid);
+/* A packet id not in flight (bridges number SUBSCRIBEs from the same
+ * sequence, as Mosquitto does). */
+uint16_t session_next_pid(struct session *ss);
 /* Reconnect: resend the inflight window with DUP, then queued messages. */
 void session_resume(struct session *ss);
 /* Moves queued messages into the inflight window while it has room. */

@@ -228,7 +228,7 @@ static struct inflight *session_inflight_find(struct session *ss, uint16_t pid)
 	return NULL;
 }
 
-static uint16_t session_next_pid(struct session *ss)
+uint16_t session_next_pid(struct session *ss)
 {
 	/* At most 65535 ids can be in flight; the window is far smaller. */
 	for (;;) {
