@@ -661,6 +661,11 @@ static enum mqtt_rc connect_protocol(struct rd *r, struct mqtt_connect *out)
 
 	if (!rd_bin(r, &name) || !rd_u8(r, &level))
 		return MQTT_RC_MALFORMED_PACKET;
+	/* A Mosquitto bridge (try_private) sets the top bit of a 3.x
+	 * level: it asks not to get its own messages back. */
+	out->bridge = (level == (0x80 | MQTT_V311) || level == (0x80 | MQTT_V31));
+	if (out->bridge)
+		level &= 0x7f;
 	out->version = level;
 	bool mqtt = name.len == 4 && memcmp(name.ptr, "MQTT", 4) == 0;
 	bool mqisdp = name.len == 6 && memcmp(name.ptr, "MQIsdp", 6) == 0;

@@ -14,6 +14,8 @@
  * nobody does ("unknown option"). Nothing here touches a socket, resolves a
  * name or opens a file other than the config files themselves. */
 #include "config.h"
+#include "core/codec.h"
+#include <stddef.h>
 
 #include <assert.h>
 #include <sched.h>
@@ -77,6 +79,7 @@ struct file_ctx {
 	int line;
 	int level; /* 0 = the main file */
 	struct kite_listener_cfg *cur;
+	bool bridge; /* inside a `connection` block */
 };
 
 typedef int (*option_fn)(struct file_ctx *fc, const char *name, char *rest);
@@ -1425,6 +1428,449 @@ static int opt_plugin(struct file_ctx *fc, const char *name, char *rest)
 
 /* ---- the table ---------------------------------------------------------- */
 
+/* ---- bridges: `connection NAME` and the options of its block ------------
+ *
+ * Mosquitto 2.0.11's names. A bridge option outside a connection block
+ * is an error, as in Mosquitto; other options keep their global meaning
+ * inside one. */
+
+static struct kite_bridge_cfg *cur_bridge(struct file_ctx *fc)
+{
+	struct kite_config *cfg = fc->st->cfg;
+	return fc->bridge ? &cfg->bridges[cfg->bridge_count - 1] : NULL;
+}
+
+static int opt_connection(struct file_ctx *fc, const char *name, char *rest)
+{
+	struct kite_config *cfg = fc->st->cfg;
+	char *word;
+	if (get_word(fc, name, rest, "a bridge name", &word) < 0)
+		return -1;
+	if (cfg->bridge_count >= KITE_BRIDGES_MAX)
+		return fail(fc, "option '%s': too many bridges (at most %d)",
+			    name, KITE_BRIDGES_MAX);
+	for (unsigned i = 0; i < cfg->bridge_count; i++)
+		if (!strcmp(cfg->bridges[i].name, word))
+			return fail(fc, "option '%s': duplicate bridge name '%s'",
+				    name, word);
+	struct kite_bridge_cfg *b = &cfg->bridges[cfg->bridge_count];
+	memset(b, 0, sizeof(*b));
+	if (strlen(word) >= sizeof(b->name))
+		return fail(fc, "option '%s': name too long", name);
+	strcpy(b->name, word);
+	b->local_cleansession = -1;
+	b->notifications = true;
+	b->keepalive_s = 60;
+	b->restart_base_s = 5;
+	b->restart_cap_s = 30;
+	b->try_private = true;
+	b->protocol = 4;
+	b->outgoing_retain = true;
+	b->attempt_unsubscribe = true;
+	b->idle_timeout_s = 60;
+	b->threshold = 10;
+	snprintf(b->file, sizeof(b->file), "%s", fc->file);
+	b->line = fc->line;
+	cfg->bridge_count++;
+	fc->bridge = true;
+	return 0;
+}
+
+static int bridge_str(struct file_ctx *fc, const char *name, char *rest,
+		      char *dst, size_t cap)
+{
+	char *word;
+	if (get_word(fc, name, rest, "a value", &word) < 0)
+		return -1;
+	if (strlen(word) >= cap)
+		return fail(fc, "option '%s': value longer than %zu bytes",
+			    name, cap - 1);
+	if (check_utf8(fc, name, word) < 0)
+		return -1;
+	strcpy(dst, word);
+	return 0;
+}
+
+static int bopt_address(struct file_ctx *fc, const char *name, char *rest)
+{
+	struct kite_bridge_cfg *b = cur_bridge(fc);
+	char *argv[KITE_BRIDGE_ADDRS_MAX + 1];
+	int argc = split_args(rest, argv, KITE_BRIDGE_ADDRS_MAX);
+	if (argc == 0)
+		return fail(fc, "option '%s': missing value (expects host[:port])",
+			    name);
+	for (int i = 0; i < argc; i++) {
+		if (b->addr_count >= KITE_BRIDGE_ADDRS_MAX)
+			return fail(fc, "option '%s': too many addresses (at most %d)",
+				    name, KITE_BRIDGE_ADDRS_MAX);
+		struct kite_bridge_addr *a = &b->addrs[b->addr_count];
+		char *host = argv[i];
+		long long port = 1883;
+		char *colon = strrchr(host, ':');
+		/* An IPv6 address needs its port (man mosquitto.conf). */
+		if (colon && (strchr(host, ':') == colon || host[0] == '[')) {
+			*colon = '\0';
+			if (!parse_ll(colon + 1, &port) || port < 1 || port > 65535)
+				return fail(fc, "option '%s': bad port '%s'", name,
+					    colon + 1);
+		}
+		if (host[0] == '[') {
+			host++;
+			size_t n = strlen(host);
+			if (n && host[n - 1] == ']')
+				host[n - 1] = '\0';
+		}
+		if (!*host)
+			return fail(fc, "option '%s': empty host", name);
+		if (copy_host(fc, name, host, a->host) < 0)
+			return -1;
+		a->port = (uint16_t)port;
+		b->addr_count++;
+	}
+	return 0;
+}
+
+/* Mosquitto's `""` is the empty prefix. */
+static const char *bridge_prefix(const char *w)
+{
+	return strcmp(w, "\"\"") ? w : "";
+}
+
+static int bopt_topic(struct file_ctx *fc, const char *name, char *rest)
+{
+	struct kite_bridge_cfg *b = cur_bridge(fc);
+	char *argv[6];
+	/* Not split_args: `topic # in` is a pattern, not a comment. */
+	int argc = 0;
+	for (char *p = skip_blanks(rest); *p && argc < 6;) {
+		argv[argc++] = p;
+		while (*p && !is_blank(*p))
+			p++;
+		if (*p)
+			*p++ = '\0';
+		p = skip_blanks(p);
+	}
+	if (argc == 0 || argc > 5)
+		return fail(fc, "option '%s': expects pattern [in|out|both "
+				"[qos [local-prefix remote-prefix]]]", name);
+	if (argc == 4)
+		return fail(fc, "option '%s': a local prefix needs a remote "
+				"prefix (use \"\" for none)", name);
+	if (b->topic_count >= KITE_BRIDGE_TOPICS_MAX)
+		return fail(fc, "option '%s': too many topics (at most %d)",
+			    name, KITE_BRIDGE_TOPICS_MAX);
+	struct kite_bridge_topic *t = &b->topics[b->topic_count];
+	memset(t, 0, sizeof(*t));
+	const char *pattern = bridge_prefix(argv[0]);
+	t->dir = BRIDGE_OUT;
+	if (argc >= 2) {
+		if (!strcmp(argv[1], "out"))
+			t->dir = BRIDGE_OUT;
+		else if (!strcmp(argv[1], "in"))
+			t->dir = BRIDGE_IN;
+		else if (!strcmp(argv[1], "both"))
+			t->dir = BRIDGE_BOTH;
+		else
+			return fail(fc, "option '%s': direction must be in, out "
+					"or both, got '%s'", name, argv[1]);
+	}
+	if (argc >= 3) {
+		if (strlen(argv[2]) != 1 || argv[2][0] < '0' || argv[2][0] > '2')
+			return fail(fc, "option '%s': QoS must be 0, 1 or 2, got "
+					"'%s'", name, argv[2]);
+		t->qos = (uint8_t)(argv[2][0] - '0');
+	}
+	const char *lp = argc == 5 ? bridge_prefix(argv[3]) : "";
+	const char *rp = argc == 5 ? bridge_prefix(argv[4]) : "";
+	if (strlen(pattern) >= KITE_BRIDGE_TOPIC_MAX ||
+	    strlen(lp) >= KITE_BRIDGE_PREFIX_MAX ||
+	    strlen(rp) >= KITE_BRIDGE_PREFIX_MAX)
+		return fail(fc, "option '%s': pattern or prefix too long", name);
+	if (!*pattern && (!*lp || !*rp))
+		return fail(fc, "option '%s': an empty pattern needs both a "
+				"local and a remote prefix", name);
+	if (strchr(lp, '+') || strchr(lp, '#') || strchr(rp, '+') ||
+	    strchr(rp, '#'))
+		return fail(fc, "option '%s': prefixes cannot hold wildcards",
+			    name);
+	strcpy(t->local_prefix, lp);
+	strcpy(t->remote_prefix, rp);
+	snprintf(t->local_topic, sizeof(t->local_topic), "%s%s", lp, pattern);
+	snprintf(t->remote_topic, sizeof(t->remote_topic), "%s%s", rp, pattern);
+	if (!mqtt_topic_filter_valid((const uint8_t *)t->local_topic,
+				     strlen(t->local_topic)) ||
+	    !mqtt_topic_filter_valid((const uint8_t *)t->remote_topic,
+				     strlen(t->remote_topic)) ||
+	    !strncmp(t->local_topic, "$share/", 7))
+		return fail(fc, "option '%s': invalid topic pattern '%s'", name,
+			    argv[0]);
+	b->topic_count++;
+	return 0;
+}
+
+static int bopt_bool(struct file_ctx *fc, const char *name, char *rest)
+{
+	struct kite_bridge_cfg *b = cur_bridge(fc);
+	static const struct {
+		const char *name;
+		size_t off;
+	} bools[] = {
+		{"bridge_attempt_unsubscribe", offsetof(struct kite_bridge_cfg, attempt_unsubscribe)},
+		{"bridge_insecure", offsetof(struct kite_bridge_cfg, insecure)},
+		{"bridge_outgoing_retain", offsetof(struct kite_bridge_cfg, outgoing_retain)},
+		{"cleansession", offsetof(struct kite_bridge_cfg, cleansession)},
+		{"notifications", offsetof(struct kite_bridge_cfg, notifications)},
+		{"notifications_local_only", offsetof(struct kite_bridge_cfg, notifications_local_only)},
+		{"round_robin", offsetof(struct kite_bridge_cfg, round_robin)},
+		{"try_private", offsetof(struct kite_bridge_cfg, try_private)},
+	};
+	for (size_t i = 0; i < sizeof(bools) / sizeof(bools[0]); i++)
+		if (!strcmp(name, bools[i].name))
+			return get_bool(fc, name, rest,
+					(bool *)((char *)b + bools[i].off));
+	assert(!"bridge bool option missing from its table");
+	return -1;
+}
+
+static int bopt_local_cleansession(struct file_ctx *fc, const char *name,
+				   char *rest)
+{
+	bool v;
+	if (get_bool(fc, name, rest, &v) < 0)
+		return -1;
+	cur_bridge(fc)->local_cleansession = v;
+	return 0;
+}
+
+static int bopt_string(struct file_ctx *fc, const char *name, char *rest)
+{
+	struct kite_bridge_cfg *b = cur_bridge(fc);
+	static const struct {
+		const char *name;
+		size_t off, cap;
+	} strs[] = {
+#define BSTR(n, f) {n, offsetof(struct kite_bridge_cfg, f), sizeof(((struct kite_bridge_cfg *)0)->f)}
+		BSTR("bridge_alpn", alpn),
+		BSTR("bridge_bind_address", bind_address),
+		BSTR("clientid", remote_clientid),
+		BSTR("local_clientid", local_clientid),
+		BSTR("local_password", local_password),
+		BSTR("local_username", local_username),
+		BSTR("notification_topic", notification_topic),
+		BSTR("password", remote_password),
+		BSTR("remote_clientid", remote_clientid),
+		BSTR("remote_password", remote_password),
+		BSTR("remote_username", remote_username),
+		BSTR("username", remote_username),
+#undef BSTR
+	};
+	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
+		if (strcmp(name, strs[i].name))
+			continue;
+		if (bridge_str(fc, name, rest, (char *)b + strs[i].off,
+			       strs[i].cap) < 0)
+			return -1;
+		if (strstr(name, "password") && strncmp(name, "local", 5))
+			b->remote_password_set = true;
+		return 0;
+	}
+	assert(!"bridge string option missing from its table");
+	return -1;
+}
+
+static int bopt_path(struct file_ctx *fc, const char *name, char *rest)
+{
+	struct kite_bridge_cfg *b = cur_bridge(fc);
+	char *dst = !strcmp(name, "bridge_cafile")	 ? b->cafile
+		    : !strcmp(name, "bridge_capath")	 ? b->capath
+		    : !strcmp(name, "bridge_certfile") ? b->certfile
+						       : b->keyfile;
+	return get_rest(fc, name, rest, "a path", dst, KITE_PATH_MAX);
+}
+
+static int bopt_tls_version(struct file_ctx *fc, const char *name, char *rest)
+{
+	char *word;
+	if (get_word(fc, name, rest, "tlsv1.2 or tlsv1.3", &word) < 0)
+		return -1;
+	if (strcmp(word, "tlsv1.2") && strcmp(word, "tlsv1.3"))
+		return fail(fc, "option '%s': expects tlsv1.2 or tlsv1.3, got "
+				"'%s' (older versions are refused)", name, word);
+	strcpy(cur_bridge(fc)->tls_version, word);
+	return 0;
+}
+
+static int bopt_protocol(struct file_ctx *fc, const char *name, char *rest)
+{
+	char *word;
+	if (get_word(fc, name, rest, "mqttv31, mqttv311 or mqttv50", &word) < 0)
+		return -1;
+	uint8_t v = !strcmp(word, "mqttv31")    ? 3
+		    : !strcmp(word, "mqttv311") ? 4
+		    : !strcmp(word, "mqttv50")	? 5
+						: 0;
+	if (!v)
+		return fail(fc, "option '%s': expects mqttv31, mqttv311 or "
+				"mqttv50, got '%s'", name, word);
+	cur_bridge(fc)->protocol = v;
+	return 0;
+}
+
+static int bopt_uint(struct file_ctx *fc, const char *name, char *rest)
+{
+	struct kite_bridge_cfg *b = cur_bridge(fc);
+	long long v;
+	if (!strcmp(name, "keepalive_interval")) {
+		if (get_int(fc, name, rest, 5, 65535, "5-65535 seconds", &v) < 0)
+			return -1;
+		b->keepalive_s = (uint32_t)v;
+	} else if (!strcmp(name, "bridge_max_packet_size")) {
+		if (get_int(fc, name, rest, 0, MQTT_VARINT_MAX + 5ll,
+			    "a size in bytes", &v) < 0)
+			return -1;
+		b->max_packet_size = (uint32_t)v;
+	} else if (!strcmp(name, "idle_timeout")) {
+		if (get_int(fc, name, rest, 1, UINT32_MAX, "seconds", &v) < 0)
+			return -1;
+		b->idle_timeout_s = (uint32_t)v;
+	} else {
+		if (get_int(fc, name, rest, 1, UINT32_MAX, "a count", &v) < 0)
+			return -1;
+		b->threshold = (uint32_t)v;
+	}
+	return 0;
+}
+
+static int bopt_restart_timeout(struct file_ctx *fc, const char *name,
+				char *rest)
+{
+	struct kite_bridge_cfg *b = cur_bridge(fc);
+	char *argv[3];
+	int argc = split_args(rest, argv, 2);
+	long long base, cap = 0;
+	if (argc < 1 || argc > 2 || !parse_ll(argv[0], &base) || base < 1 ||
+	    base > 86400 ||
+	    (argc == 2 && (!parse_ll(argv[1], &cap) || cap < base || cap > 86400)))
+		return fail(fc, "option '%s': expects seconds, or a base and a "
+				"cap (base <= cap), 1-86400", name);
+	b->restart_base_s = (uint32_t)base;
+	b->restart_cap_s = (uint32_t)cap;
+	return 0;
+}
+
+static int bopt_start_type(struct file_ctx *fc, const char *name, char *rest)
+{
+	char *word;
+	if (get_word(fc, name, rest, "automatic, lazy or once", &word) < 0)
+		return -1;
+	uint8_t t = !strcmp(word, "automatic") ? 0
+		    : !strcmp(word, "lazy")    ? 1
+		    : !strcmp(word, "once")    ? 2
+					       : 3;
+	if (t == 3)
+		return fail(fc, "option '%s': expects automatic, lazy or once, "
+				"got '%s'", name, word);
+	cur_bridge(fc)->start_type = t;
+	return 0;
+}
+
+static const struct option bridge_options[] = {
+	{"address", bopt_address},
+	{"addresses", bopt_address},
+	{"bridge_alpn", bopt_string},
+	{"bridge_attempt_unsubscribe", bopt_bool},
+	{"bridge_bind_address", bopt_string},
+	{"bridge_cafile", bopt_path},
+	{"bridge_capath", bopt_path},
+	{"bridge_certfile", bopt_path},
+	{"bridge_insecure", bopt_bool},
+	{"bridge_keyfile", bopt_path},
+	{"bridge_max_packet_size", bopt_uint},
+	{"bridge_outgoing_retain", bopt_bool},
+	{"bridge_protocol_version", bopt_protocol},
+	{"bridge_tls_version", bopt_tls_version},
+	{"cleansession", bopt_bool},
+	{"clientid", bopt_string},
+	{"idle_timeout", bopt_uint},
+	{"keepalive_interval", bopt_uint},
+	{"local_cleansession", bopt_local_cleansession},
+	{"local_clientid", bopt_string},
+	{"local_password", bopt_string},
+	{"local_username", bopt_string},
+	{"notification_topic", bopt_string},
+	{"notifications", bopt_bool},
+	{"notifications_local_only", bopt_bool},
+	{"password", bopt_string},
+	{"remote_clientid", bopt_string},
+	{"remote_password", bopt_string},
+	{"remote_username", bopt_string},
+	{"restart_timeout", bopt_restart_timeout},
+	{"round_robin", bopt_bool},
+	{"start_type", bopt_start_type},
+	{"threshold", bopt_uint},
+	{"topic", bopt_topic},
+	{"try_private", bopt_bool},
+	{"username", bopt_string},
+};
+
+/* 1: not a bridge option; else the option's result. */
+static int bridge_dispatch(struct file_ctx *fc, const char *name, char *rest)
+{
+	if (!strcmp(name, "connection"))
+		return opt_connection(fc, name, rest);
+	for (size_t i = 0; i < sizeof(bridge_options) / sizeof(bridge_options[0]);
+	     i++) {
+		if (strcmp(name, bridge_options[i].name))
+			continue;
+		if (!fc->bridge)
+			return fail(fc, "option '%s' is only valid in a bridge "
+					"('connection') block", name);
+		return bridge_options[i].fn(fc, name, rest);
+	}
+	return 1;
+}
+
+/* What the whole block must say, checked when the file is done. */
+static int bridges_finalize(struct kite_config *cfg, char *err, size_t errlen)
+{
+	char host[128] = "kite";
+	gethostname(host, sizeof(host) - 1);
+	for (unsigned i = 0; i < cfg->bridge_count; i++) {
+		struct kite_bridge_cfg *b = &cfg->bridges[i];
+		const char *why = NULL;
+		if (!b->addr_count)
+			why = "has no address";
+		else if (!b->topic_count)
+			why = "has no topic";
+		else if (b->remote_password_set && !b->remote_username[0])
+			why = "has a remote_password without a remote_username";
+		else if ((b->certfile[0] != 0) != (b->keyfile[0] != 0))
+			why = "needs both bridge_certfile and bridge_keyfile";
+		else if ((b->certfile[0] || b->tls_version[0] || b->insecure) &&
+			 !b->cafile[0] && !b->capath[0])
+			why = "needs bridge_cafile or bridge_capath for TLS";
+		if (why) {
+			snprintf(err, errlen, "%s:%d: bridge '%s' %s", b->file,
+				 b->line, b->name, why);
+			return -1;
+		}
+		if (!b->remote_clientid[0])
+			snprintf(b->remote_clientid, sizeof(b->remote_clientid),
+				 "%.120s.%.120s", host, b->name);
+		if (!b->local_clientid[0])
+			snprintf(b->local_clientid, sizeof(b->local_clientid),
+				 "local.%.240s", b->remote_clientid);
+		if (!b->notification_topic[0])
+			snprintf(b->notification_topic,
+				 sizeof(b->notification_topic),
+				 "$SYS/broker/connection/%.200s/state",
+				 b->remote_clientid);
+		if (b->local_cleansession < 0)
+			b->local_cleansession = b->cleansession;
+	}
+	return 0;
+}
+
 static const struct option options[] = {
 	{"acl_file", opt_acl_file},
 	{"allow_anonymous", opt_allow_anonymous},
@@ -1523,17 +1969,6 @@ static const char *const mosquitto_only_options[] = {
 	"retained_persistence",
 };
 
-/* Mosquitto's bridge options (and bridge_* below). */
-static const char *const bridge_options[] = {
-	"address", "addresses", "cleansession", "clientid", "connection",
-	"idle_timeout", "keepalive_interval", "local_cleansession",
-	"local_clientid", "local_password", "local_username",
-	"notification_topic", "notifications", "notifications_local_only",
-	"password", "remote_clientid", "remote_password", "remote_username",
-	"restart_timeout", "round_robin", "start_type", "threshold", "topic",
-	"try_private", "username",
-};
-
 static bool in_list(const char *name, const char *const *list, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
@@ -1546,6 +1981,9 @@ static bool in_list(const char *name, const char *const *list, size_t n)
 
 static int dispatch(struct file_ctx *fc, const char *name, char *rest)
 {
+	int brc = bridge_dispatch(fc, name, rest);
+	if (brc <= 0)
+		return brc;
 	for (size_t i = 0; i < sizeof(options) / sizeof(options[0]); i++) {
 		if (!strcmp(name, options[i].name))
 			return options[i].fn(fc, name, rest);
@@ -1560,9 +1998,9 @@ static int dispatch(struct file_ctx *fc, const char *name, char *rest)
 		return fail(fc, "option '%s' configures a Mosquitto plugin, which "
 				"kite cannot load; use password_file, acl_file "
 				"and psk_file instead", name);
-	if (!strncmp(name, "bridge_", 7) || IN_LIST(name, bridge_options))
-		return fail(fc, "option '%s' is a bridge option: bridges are not "
-				"supported yet", name);
+	if (!strncmp(name, "bridge_", 7))
+		return fail(fc, "option '%s' is not supported yet (bridges work, "
+				"without PSK or OCSP)", name);
 	if (IN_LIST(name, mosquitto_only_options))
 		return fail(fc, "option '%s' is not supported yet", name);
 	return fail(fc, "unknown option '%s'", name);
@@ -1791,6 +2229,8 @@ int config_finalize(struct kite_config *cfg, char *err, size_t errlen)
 	err[0] = '\0';
 	if (cfg->local_only)
 		return 0; /* already finalized */
+	if (bridges_finalize(cfg, err, errlen) < 0)
+		return -1;
 
 	if (cfg->listener_count == 0) {
 		/* Mosquitto 2 local-only mode (listeners__start_local_only):

@@ -125,6 +125,76 @@ struct kite_listener_cfg {
 	int line;
 };
 
+/* Bridges (Mosquitto's `connection` blocks): outgoing MQTT connections
+ * to other brokers. Bounded like listeners: a fixed table in the config. */
+#define KITE_BRIDGES_MAX 8
+#define KITE_BRIDGE_TOPICS_MAX 32
+#define KITE_BRIDGE_ADDRS_MAX 8
+#define KITE_BRIDGE_TOPIC_MAX 256
+#define KITE_BRIDGE_PREFIX_MAX 128
+#define KITE_BRIDGE_STR_MAX 256
+
+enum kite_bridge_dir {
+	BRIDGE_OUT = 1,
+	BRIDGE_IN = 2,
+	BRIDGE_BOTH = 3,
+};
+
+struct kite_bridge_topic {
+	/* Both topics as used: prefix + pattern (Mosquitto's local_topic
+	 * and remote_topic), and the prefixes that are swapped. */
+	char local_topic[KITE_BRIDGE_TOPIC_MAX + KITE_BRIDGE_PREFIX_MAX];
+	char remote_topic[KITE_BRIDGE_TOPIC_MAX + KITE_BRIDGE_PREFIX_MAX];
+	char local_prefix[KITE_BRIDGE_PREFIX_MAX];
+	char remote_prefix[KITE_BRIDGE_PREFIX_MAX];
+	uint8_t dir; /* enum kite_bridge_dir */
+	uint8_t qos;
+};
+
+struct kite_bridge_addr {
+	char host[KITE_HOST_MAX];
+	uint16_t port;
+};
+
+struct kite_bridge_cfg {
+	char name[KITE_BRIDGE_STR_MAX];
+	struct kite_bridge_addr addrs[KITE_BRIDGE_ADDRS_MAX];
+	unsigned addr_count;
+	bool round_robin;
+	struct kite_bridge_topic topics[KITE_BRIDGE_TOPICS_MAX];
+	unsigned topic_count;
+	bool cleansession;	   /* default false */
+	int local_cleansession;	   /* -1: as cleansession */
+	char local_clientid[KITE_BRIDGE_STR_MAX];  /* "" = local.<remote> */
+	char remote_clientid[KITE_BRIDGE_STR_MAX]; /* "" = hostname.name */
+	char remote_username[KITE_BRIDGE_STR_MAX];
+	char remote_password[KITE_BRIDGE_STR_MAX];
+	bool remote_password_set;
+	char local_username[KITE_BRIDGE_STR_MAX];
+	char local_password[KITE_BRIDGE_STR_MAX];
+	bool notifications;	   /* default true */
+	bool notifications_local_only;
+	char notification_topic[KITE_BRIDGE_STR_MAX]; /* "" = default */
+	uint32_t keepalive_s;	   /* default 60 */
+	uint32_t restart_base_s;   /* default 5 (jitter base) */
+	uint32_t restart_cap_s;	   /* default 30; 0 = constant base */
+	uint8_t start_type;	   /* 0 automatic, 1 lazy, 2 once */
+	uint32_t idle_timeout_s, threshold;
+	bool try_private;	   /* default true */
+	uint8_t protocol;	   /* 4 (mqttv311, default), 3 (mqttv31), 5 */
+	bool outgoing_retain;	   /* default true */
+	bool attempt_unsubscribe;  /* default true */
+	uint32_t max_packet_size;  /* 0 = none */
+	char cafile[KITE_PATH_MAX], capath[KITE_PATH_MAX];
+	char certfile[KITE_PATH_MAX], keyfile[KITE_PATH_MAX];
+	char tls_version[16];
+	bool insecure;
+	char alpn[64];
+	char bind_address[KITE_HOST_MAX];
+	char file[KITE_PATH_MAX];
+	int line;
+};
+
 struct kite_config {
 	struct kite_listener_cfg listeners[KITE_LISTENERS_MAX];
 	unsigned listener_count;
@@ -204,6 +274,8 @@ struct kite_config {
 	 * then listens on 127.0.0.1:1883 only with anonymous access, as
 	 * Mosquitto 2 does ("local only mode"). Set by config_finalize(). */
 	bool local_only;
+	struct kite_bridge_cfg bridges[KITE_BRIDGES_MAX];
+	unsigned bridge_count;
 	/* The file given with -c, "" for none. Kept for reloads. */
 	char path[KITE_PATH_MAX];
 };

@@ -95,7 +95,7 @@ static socklen_t conn_peer_native(const struct conn *c,
 void conn_strike(struct conn *c)
 {
 	struct flood_filter *ff = c->shard->b->flood;
-	if (!ff)
+	if (!ff || c->bridge) /* never the remote a bridge chose */
 		return;
 	struct sockaddr_storage ss;
 	conn_peer_native(c, &ss);
@@ -105,7 +105,7 @@ void conn_strike(struct conn *c)
 void conn_allow(struct conn *c)
 {
 	struct flood_filter *ff = c->shard->b->flood;
-	if (!ff)
+	if (!ff || c->bridge)
 		return;
 	struct sockaddr_storage ss;
 	conn_peer_native(c, &ss);
@@ -128,6 +128,8 @@ static bool conn_dispatch(struct conn *c, const struct mqtt_fixed_header *h,
 	c->last_rx_ms = c->shard->now_ms;
 	atomic_fetch_add_explicit(&c->shard->stats.msgs_received, 1,
 				  memory_order_relaxed);
+	if (c->bridge)
+		return bridge_on_packet(c, h, body);
 	if (c->state == CONN_AWAIT_CONNECT && h->type != MQTT_CONNECT) {
 		conn_strike(c);
 		conn_close(c, "first packet was not CONNECT", false);
@@ -410,6 +412,8 @@ void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
 		stat_add(&c->shard->stats.tls_handshakes[TLS_HS_OK], 1);
 		stat_add(&c->shard->stats.tls_open_user, 1);
 	}
+	if (rc == TLS_HANDSHAKE_DONE && c->bridge)
+		bridge_on_tls_ready(c);
 	if (rc == TLS_HANDSHAKE_DONE && log_enabled(KITE_LOG_DEBUG)) {
 		char peer[64];
 		log_msg(KITE_LOG_DEBUG, "TLS %s %s with %s (userspace)",
@@ -1267,7 +1271,10 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 		atomic_fetch_sub_explicit(&s->stats.clients_connected, 1,
 					  memory_order_relaxed);
 	}
-	atomic_fetch_sub(&s->b->listener_conns[c->listener], 1);
+	if (c->bridge)
+		bridge_on_close(c);
+	else
+		atomic_fetch_sub(&s->b->listener_conns[c->listener], 1);
 	if (c->ktls == KTLS_ON)
 		stat_sub(&s->stats.tls_open_kernel, 1);
 	else if (c->tls && tls_conn_handshake_done(c->tls))

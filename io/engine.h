@@ -29,6 +29,7 @@
 #include "core/log.h"
 #include "core/retain.h"
 #include "core/trie.h"
+#include "io/bridge.h"
 #include "io/msg.h"
 #include "io/persist.h"
 #include "ws/ws.h"
@@ -109,6 +110,7 @@ enum ud_op {
 	UD_PERSIST, /* id: enum persist_io (persist.c) */
 	UD_METRICS, /* id: scrape slot and operation (metrics.c) */
 	UD_REFUSE, /* id: listener index, gen: shard.refuse_gen; res: a slot */
+	UD_BRIDGE,  /* id: bridge index on the shard; gen: attempt */
 };
 
 static inline uint64_t ud_pack(enum ud_op op, uint32_t id, uint32_t gen)
@@ -262,6 +264,7 @@ struct session {
 	uint8_t protocol; /* of its last connection (logged with it) */
 	uint64_t offline_wall_ms; /* logged: offline since (0: online) */
 	bool q2_waiting; /* in shard->q2_waiters */
+	struct bridge *bridge; /* the local side of a bridge (bridge.c) */
 };
 
 /* The interface a persistence backend would implement later: every change
@@ -287,6 +290,9 @@ int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
  * onto the wire, into the inflight window, or into the offline/overflow
  * queue. */
 void session_deliver(struct session *ss, struct msg *m, const struct deliv *d);
+/* The same, without a bridge's topic mapping (bridge.c maps first). */
+void session_deliver_as_is(struct session *ss, struct msg *m,
+			   const struct deliv *d);
 /* Publishes a pending delayed will now (session end or its time). */
 void session_fire_will(struct session *ss);
 /* Offline sessions whose expiry passed end; delayed wills fire. */
@@ -305,6 +311,9 @@ enum ack_result session_on_puback(struct session *ss, uint16_t pid);
 enum ack_result session_on_pubrec(struct session *ss, uint16_t pid,
 				  uint8_t reason);
 enum ack_result session_on_pubcomp(struct session *ss, uint16_t pid);
+/* A packet id not in flight (bridges number SUBSCRIBEs from the same
+ * sequence, as Mosquitto does). */
+uint16_t session_next_pid(struct session *ss);
 /* Reconnect: resend the inflight window with DUP, then queued messages. */
 void session_resume(struct session *ss);
 /* Moves queued messages into the inflight window while it has room. */
@@ -447,6 +456,11 @@ struct conn {
 	/* WebSockets listeners: the layer between the transport (plain,
 	 * TLS or kernel TLS) and MQTT framing; NULL otherwise. */
 	struct ws_conn *ws;
+	/* A bridge's outgoing connection to a remote broker. */
+	struct bridge *bridge;
+	/* The client is a Mosquitto bridge (3.x level | 0x80): its
+	 * subscriptions are no-local and retain-as-published. */
+	bool peer_bridge;
 };
 
 /* ---- cross-shard messages ------------------------------------------------ */
@@ -688,6 +702,9 @@ struct shard {
 	/* Sessions whose queue waits for a held QoS 2 message (by id). */
 	uint64_t *q2_waiters;
 	uint32_t q2_waiters_count, q2_waiters_cap;
+	/* Bridges owned by this shard (bridge.c). */
+	struct bridge **bridges;
+	unsigned bridge_count;
 };
 
 static inline bool persist_on(const struct shard *s)

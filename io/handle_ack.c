@@ -27,9 +27,12 @@ int handle_ack(struct conn *c, const struct mqtt_fixed_header *h,
 		break;
 	case MQTT_PUBREC:
 		r = session_on_pubrec(ss, a.packet_id, a.reason);
+		/* A bridge's remote resends PUBRECs of a session older than
+		 * this broker's run: released, as Mosquitto does. */
 		if (r == ACK_UNKNOWN)
 			ack_send(c, MQTT_PUBREL, a.packet_id,
-				 MQTT_RC_PACKET_ID_NOT_FOUND);
+				 c->bridge ? MQTT_RC_SUCCESS
+					   : MQTT_RC_PACKET_ID_NOT_FOUND);
 		break;
 	case MQTT_PUBREL: {
 		struct msg *m = session_qos2_release(ss, a.packet_id);

@@ -63,6 +63,8 @@ static struct client_entry *reg_insert(struct broker *b, uint64_t h,
 
 void session_on_disconnect(struct shard *s, struct session *ss)
 {
+	if (ss->bridge)
+		return; /* lives as long as the broker, queueing */
 	if (ss->persistent) {
 		/* Kept offline: for its expiry (MQTT 5), or for ever (3.1.1)
 		 * unless persistent_client_expiration says otherwise. */
@@ -608,6 +610,7 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 	struct mqtt_connect ci;
 	enum mqtt_rc rc = mqtt_decode_connect(body, len, &ci);
 	c->version = ci.version == MQTT_V5 ? MQTT_V5 : MQTT_V311;
+	c->peer_bridge = rc == MQTT_RC_SUCCESS && ci.bridge;
 	if (rc == MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION && !connect_known_name(body, len)) {
 		conn_strike(c);
 		conn_close(c, "unknown protocol name in CONNECT", false);

@@ -215,7 +215,10 @@ static int publish_accept(struct conn *c, struct mqtt_publish *pp)
 		publish_ack_durable(c, MQTT_PUBREC, p.packet_id, 0); /* a resend */
 		return 0;
 	}
+	/* A bridge's remote topic becomes the local one. */
+	char *mapped = c->bridge ? bridge_map_in(c, &p.topic) : NULL;
 	struct msg *m = publish_msg(c, &p);
+	free(mapped);
 	if (!m || (p.qos == 2 && session_qos2_add(ss, p.packet_id, m) < 0)) {
 		msg_unref(m);
 		conn_close(c, "out of memory", false);

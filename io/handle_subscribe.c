@@ -12,8 +12,11 @@ static bool sub_is_shared(const struct mqtt_bytes *f)
 	return share_parse((const char *)f->ptr, (uint16_t)f->len, &key, &klen);
 }
 
-static uint32_t sub_options(const struct mqtt_sub_entry *e)
+static uint32_t sub_options(const struct conn *c,
+			    const struct mqtt_sub_entry *e)
 {
+	if (c->peer_bridge) /* as Mosquitto treats a bridge */
+		return (uint32_t)e->qos | SUB_NO_LOCAL | SUB_RETAIN_AS_PUBLISHED;
 	return (uint32_t)e->qos | (e->no_local ? SUB_NO_LOCAL : 0) |
 	       (e->retain_as_published ? SUB_RETAIN_AS_PUBLISHED : 0) |
 	       (uint32_t)e->retain_handling << SUB_RH_SHIFT;
@@ -34,7 +37,7 @@ static uint8_t sub_one(struct conn *c, const struct mqtt_sub_entry *e,
 		return c->version == MQTT_V5 ? MQTT_RC_NOT_AUTHORIZED
 					     : MQTT_RC_UNSPECIFIED;
 	*added = session_add_sub(ss, (const char *)e->filter.ptr,
-				 (uint16_t)e->filter.len, sub_options(e), sub_id,
+				 (uint16_t)e->filter.len, sub_options(c, e), sub_id,
 				 held);
 	if (log_enabled(KITE_LOG_SUBSCRIBE))
 		log_msg(KITE_LOG_SUBSCRIBE, "%s %u %.*s", ss->client_id, e->qos,

@@ -33,7 +33,10 @@ _Static_assert(sizeof(struct tls12_crypto_info_aes_gcm_256) == 56,
 /* After a finished handshake on an active connection: start the move. */
 void conn_ktls_begin(struct conn *c)
 {
-	if (!c->shard->b->ktls || !c->tls || c->ktls != KTLS_UNDECIDED ||
+	/* A bridge's client side stays in userspace: the key hand-off
+	 * takes the server's view of the traffic secrets. */
+	if (!c->shard->b->ktls || !c->tls || c->bridge ||
+	    c->ktls != KTLS_UNDECIDED ||
 	    c->state != CONN_ACTIVE || !tls_conn_handshake_done(c->tls))
 		return;
 	c->ktls = KTLS_STOPPING;

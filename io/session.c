@@ -232,7 +232,7 @@ static struct inflight *session_inflight_find(struct session *ss, uint16_t pid)
 	return NULL;
 }
 
-static uint16_t session_next_pid(struct session *ss)
+uint16_t session_next_pid(struct session *ss)
 {
 	/* At most 65535 ids can be in flight; the window is far smaller. */
 	for (;;) {
@@ -375,6 +375,15 @@ static int session_queue_push(struct session *ss, struct msg *m,
 }
 
 void session_deliver(struct session *ss, struct msg *m, const struct deliv *d)
+{
+	if (ss->bridge)
+		bridge_deliver(ss, m, d); /* maps the topic, then comes back */
+	else
+		session_deliver_as_is(ss, m, d);
+}
+
+void session_deliver_as_is(struct session *ss, struct msg *m,
+			   const struct deliv *d)
 {
 	assert(d->qos <= 2);
 	struct shard *s = ss->shard;

@@ -795,6 +795,9 @@ static void shard_handle_cqe(struct shard *s, struct io_uring_cqe *cqe)
 	case UD_REFUSE:
 		shard_on_refuse(s, ud_id(ud), cqe);
 		break;
+	case UD_BRIDGE:
+		bridge_on_connect_cqe(s, ud_id(ud), ud_gen(ud), cqe->res);
+		break;
 	case UD_WAKE:
 		if (ud_id(ud) == 1 && cqe->res < 0)
 			log_msg(KITE_LOG_ERR, "shard %u: wakeup failed: %s",
@@ -835,6 +838,7 @@ static void shard_check_timeouts(struct shard *s)
 					stat_add(&s->stats.tls_handshakes[TLS_HS_TIMEOUT], 1);
 				conn_close(c, c->tls && !tls_conn_handshake_done(c->tls)
 						      ? "TLS handshake timed out"
+						      : c->bridge ? "no CONNACK in time"
 						      : "no CONNECT in time",
 					   false);
 			}
@@ -896,6 +900,7 @@ static void shard_on_tick(struct shard *s)
 	metrics_tick(s);
 	persist_tick(s);
 	session_check_timers(s); /* returns at once unless one is due */
+	bridge_tick(s);
 	if (s->idx == 0 && s->cfg->sys_interval_s &&
 	    s->now_ms - s->last_sys_ms >= s->cfg->sys_interval_s * 1000ull) {
 		s->last_sys_ms = s->now_ms;
@@ -997,6 +1002,7 @@ static void *shard_main(void *arg)
 	for (unsigned li = 0; li < s->cfg->listener_count; li++)
 		shard_arm_accept(s, li);
 	shard_arm_tick(s);
+	bridge_start(s);
 	uint64_t stop_deadline = 0;
 	for (;;) {
 		shard_flush_dirty(s);
@@ -1032,6 +1038,7 @@ static void *shard_main(void *arg)
 		rcu_quiescent_state();
 	}
 	persist_shard_stop(s);
+	bridge_free_all(s);
 	rcu_unregister_thread();
 	return NULL;
 }

@@ -814,7 +814,7 @@ static void conn_handshake_done(struct tls_conn *c)
 	const X509_NAME *name = peer ? X509_get_subject_name(peer) : NULL;
 
 	c->hs_done = true;
-	if (!name)
+	if (!name || !c->srv) /* a bridge's client side keeps no identity */
 		return;
 	if (!c->srv->use_identity && c->srv->use_subject)
 		c->identity = name_rfc2253(name);
@@ -1386,4 +1386,117 @@ close_client:
 close_listener:
 	close(l);
 	return got;
+}
+
+/* ---- client side (bridges) ------------------------------------------------ */
+
+struct tls_client {
+	SSL_CTX *ctx;
+};
+
+struct tls_client *tls_client_new(const char *cafile, const char *capath,
+				  const char *certfile, const char *keyfile,
+				  const char *version, const char *alpn,
+				  bool verify_host, char *err, size_t errlen)
+{
+	struct tls_client *cl = calloc(1, sizeof(*cl));
+	pthread_once(&bio_method_once, bio_method_init);
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	if (!cl || !ctx || !bio_method) {
+		errf(err, errlen, "out of memory");
+		goto fail;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	if (version && !strcmp(version, "tlsv1.3"))
+		SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+	else if (version && !strcmp(version, "tlsv1.2"))
+		SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_TICKET);
+	if (SSL_CTX_load_verify_locations(ctx, *cafile ? cafile : NULL,
+					  *capath ? capath : NULL) != 1) {
+		errf(err, errlen, "cannot load CA %s", *cafile ? cafile : capath);
+		goto fail;
+	}
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
+	if (*certfile &&
+	    (SSL_CTX_use_certificate_chain_file(ctx, certfile) != 1 ||
+	     SSL_CTX_use_PrivateKey_file(ctx, keyfile, SSL_FILETYPE_PEM) != 1 ||
+	     SSL_CTX_check_private_key(ctx) != 1)) {
+		errf(err, errlen, "cannot load certificate %s / key %s", certfile,
+		     keyfile);
+		goto fail;
+	}
+	if (alpn && *alpn) {
+		uint8_t wire[65];
+		size_t n = strlen(alpn);
+		if (n > 63) {
+			errf(err, errlen, "bridge_alpn too long");
+			goto fail;
+		}
+		wire[0] = (uint8_t)n;
+		memcpy(wire + 1, alpn, n);
+		SSL_CTX_set_alpn_protos(ctx, wire, (unsigned)n + 1);
+	}
+	cl->ctx = ctx;
+	(void)verify_host; /* per connection: tls_client_conn_new */
+	ERR_clear_error();
+	return cl;
+fail:
+	SSL_CTX_free(ctx);
+	free(cl);
+	ERR_clear_error();
+	return NULL;
+}
+
+void tls_client_free(struct tls_client *cl)
+{
+	if (!cl)
+		return;
+	SSL_CTX_free(cl->ctx); /* live SSL objects hold their own reference */
+	free(cl);
+}
+
+struct tls_conn *tls_client_conn_new(struct tls_client *cl, const char *host,
+				     bool verify_host)
+{
+	struct tls_conn *c = calloc(1, sizeof(*c));
+	BIO *bio;
+
+	assert(cl);
+	if (!c)
+		return NULL;
+	c->ssl = SSL_new(cl->ctx);
+	bio = BIO_new(bio_method);
+	if (!c->ssl || !bio) {
+		BIO_free(bio);
+		SSL_free(c->ssl);
+		free(c);
+		ERR_clear_error();
+		return NULL;
+	}
+	BIO_set_data(bio, c);
+	SSL_set_bio(c->ssl, bio, bio);
+	SSL_set_app_data(c->ssl, c);
+	SSL_set_connect_state(c->ssl);
+	unsigned char ip[16];
+	bool literal = inet_pton(AF_INET, host, ip) == 1 ||
+		       inet_pton(AF_INET6, host, ip) == 1;
+	if (!literal) /* SNI names hosts, never addresses (RFC 6066 3) */
+		SSL_set_tlsext_host_name(c->ssl, host);
+	/* OpenSSL 3 checks an address literal against the IP SANs. */
+	if (verify_host && SSL_set1_host(c->ssl, host) != 1) {
+		tls_conn_free(c);
+		ERR_clear_error();
+		return NULL;
+	}
+	/* The ClientHello, into the pending output. */
+	c->seen_input = false;
+	int r = SSL_do_handshake(c->ssl);
+	if (r != 1 && SSL_get_error(c->ssl, r) != SSL_ERROR_WANT_READ) {
+		tls_conn_free(c);
+		ERR_clear_error();
+		return NULL;
+	}
+	ERR_clear_error();
+	return c;
 }

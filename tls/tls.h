@@ -218,4 +218,19 @@ enum tls_kernel_ktls {
  * loopback TCP pair. Call once at startup; makes syscalls. */
 enum tls_kernel_ktls tls_kernel_ktls_support(void);
 
+/* The client side, for bridges: a context per bridge (CA, optional
+ * client certificate, minimum version, ALPN) and a connection that
+ * starts its handshake at once (the ClientHello is pending output).
+ * verify_host checks the remote's certificate names `host`
+ * (bridge_insecure turns that off). The connection then works as a
+ * server one: tls_conn_feed, tls_conn_write, tls_conn_free. */
+struct tls_client;
+struct tls_client *tls_client_new(const char *cafile, const char *capath,
+				  const char *certfile, const char *keyfile,
+				  const char *version, const char *alpn,
+				  bool verify_host, char *err, size_t errlen);
+void tls_client_free(struct tls_client *cl);
+struct tls_conn *tls_client_conn_new(struct tls_client *cl, const char *host,
+				     bool verify_host);
+
 #endif

@@ -893,9 +893,26 @@ TEST(codec_connect_unknown_protocol_name_is_unsupported_version)
 	CHECK_EQ(c.version, 4);
 }
 
+TEST(codec_connect_bridge_bit_on_3x_levels_is_a_bridge)
+{
+	const uint8_t levels[] = {0x84, 0x04};
+	for (size_t i = 0; i < ARRAY_LEN(levels); i++) {
+		struct buf p = {.n = 0};
+		put_str(&p, "MQTT");
+		put_u8(&p, levels[i]);
+		put_u8(&p, 2);
+		put_u16(&p, 0);
+		put_str(&p, "x");
+		struct mqtt_connect c;
+		CHECK_EQ(mqtt_decode_connect(p.b, p.n, &c), MQTT_RC_SUCCESS);
+		CHECK_EQ(c.version, MQTT_V311);
+		CHECK_EQ(c.bridge, levels[i] == 0x84);
+	}
+}
+
 TEST(codec_connect_unknown_level_is_unsupported_version_with_level_kept)
 {
-	const uint8_t levels[] = {0, 1, 2, 3, 6, 0x84, 0xff};
+	const uint8_t levels[] = {0, 1, 2, 3, 6, 0x85, 0xff};
 	for (size_t i = 0; i < ARRAY_LEN(levels); i++) {
 		struct buf p = {.n = 0};
 		put_str(&p, "MQTT");

@@ -708,6 +708,34 @@ TEST(config_mosquitto_only_option_is_not_supported_yet)
 	}
 }
 
+TEST(config_bridge_block)
+{
+	struct kite_config cfg;
+	char err[KITE_CONFIG_ERR_MAX];
+	config_defaults(&cfg);
+	CHECK_EQ(config_load_string(&cfg, "t.conf",
+		"listener 1883\nconnection b1\naddresses 10.0.0.1:1884 h2\n"
+		"topic # both 2 l/ r/\nrestart_timeout 3 9\n"
+		"bridge_protocol_version mqttv50\nremote_clientid rc\n",
+		err, sizeof(err)), 0);
+	CHECK_EQ(config_finalize(&cfg, err, sizeof(err)), 0);
+	CHECK_EQ(cfg.bridge_count, 1u);
+	const struct kite_bridge_cfg *b = &cfg.bridges[0];
+	CHECK_EQ(b->addr_count, 2u);
+	CHECK_EQ(b->addrs[0].port, 1884);
+	CHECK_EQ(b->addrs[1].port, 1883);
+	CHECK_STR(b->topics[0].local_topic, "l/#");
+	CHECK_STR(b->topics[0].remote_topic, "r/#");
+	CHECK_EQ(b->topics[0].qos, 2);
+	CHECK_EQ(b->restart_cap_s, 9u);
+	CHECK_EQ(b->protocol, 5);
+	CHECK_STR(b->local_clientid, "local.rc");
+	CHECK_STR(b->notification_topic, "$SYS/broker/connection/rc/state");
+	CHECK_STR(load_err("address 10.0.0.1\n"),
+		  "t.conf:1: option 'address' is only valid in a bridge "
+		  "('connection') block");
+}
+
 TEST(config_listener_protocol_metrics_or_mqtt)
 {
 	struct kite_config cfg;
@@ -753,20 +781,19 @@ TEST(config_log_options)
 		  "journal, got 'xml'");
 }
 
-TEST(config_bridge_options_say_bridges_are_not_supported_yet)
+TEST(config_bridge_psk_and_ocsp_are_not_supported_yet)
 {
 	static const char *const names[] = {
-		"connection bridge1", "address 10.0.0.1:1883", "topic # both 0",
-		"round_robin true", "idle_timeout 60", "bridge_insecure true",
-		"remote_username u", "start_type lazy", "try_private true",
+		"bridge_psk 0a0b", "bridge_identity id", "bridge_require_ocsp true",
 	};
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		char text[128], want[160], name[64];
-		snprintf(text, sizeof(text), "listener 1883\n%s\n", names[i]);
+		char text[160], want[200], name[64];
+		snprintf(text, sizeof(text),
+			 "connection b\naddress 127.0.0.1\n%s\n", names[i]);
 		sscanf(names[i], "%63s", name);
 		snprintf(want, sizeof(want),
-			 "t.conf:2: option '%s' is a bridge option: bridges are "
-			 "not supported yet", name);
+			 "t.conf:3: option '%s' is not supported yet (bridges "
+			 "work, without PSK or OCSP)", name);
 		CHECK_STR(load_err(text), want);
 	}
 }

@@ -1,0 +1,292 @@
+"""Bridges (`connection` blocks), with real brokers on loopback: kite
+bridging to Mosquitto, Mosquitto bridging to kite, kite to kite; in, out
+and both directions with prefixes; QoS 1 across a remote restart;
+notifications; a TLS bridge with certificates."""
+
+import os
+import shutil
+import tempfile
+import time
+
+import pytest
+
+import harness
+import tlsutil
+from clients import Paho
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+
+pytestmark = [
+    pytest.mark.kite_only("kite is the bridging or the bridged broker"),
+    pytest.mark.skipif(not os.path.exists(MOSQUITTO),
+                       reason="needs Mosquitto at /usr/sbin/mosquitto"),
+]
+
+
+class Brokers:
+    """Brokers started by one test, stopped at its end."""
+
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.all = []
+
+    def start(self, kind, conf, port=None, name=None):
+        port = port or harness.free_port()
+        d = self.tmp / (name or "%s-%d" % (kind, port))
+        d.mkdir(exist_ok=True)
+        binary = MOSQUITTO if kind == "mosquitto" else harness.broker_bin()
+        text = "listener %d 127.0.0.1\nallow_anonymous true\n" % port + conf
+        b = harness.Broker(binary, harness.flavour(binary), d, text, port=port)
+        self.all.append(b)
+        return b
+
+    def stop_all(self):
+        for b in self.all:
+            if not b.stopped:
+                b.stop()
+
+
+@pytest.fixture
+def brokers(tmp_path):
+    bs = Brokers(tmp_path)
+    yield bs
+    bs.stop_all()
+
+
+def bridge_conf(name, remote_port, topics, extra=""):
+    lines = ["connection %s" % name, "address 127.0.0.1:%d" % remote_port,
+             "restart_timeout 1"]
+    lines += ["topic " + t for t in topics]
+    return "\n".join(lines) + "\n" + extra
+
+
+def wait_bridge_up(local_port, name_re=r".*", timeout=10):
+    """Waits until the bridge says it is connected: its local state
+    notification, retained, reads 1."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        c = Paho(local_port)
+        c.subscribe("$SYS/broker/connection/#", 1)
+        try:
+            while True:
+                m = c.get(timeout=0.5)
+                if m.payload == b"1":
+                    return
+        except Exception:
+            pass
+        finally:
+            c.stop()
+    raise AssertionError("bridge not connected in %ss" % timeout)
+
+
+def collect(client, n, timeout=10):
+    return [client.get(timeout=timeout) for _ in range(n)]
+
+
+def check_directions(local_port, remote_port):
+    """out with prefixes, in with prefixes, both without: each message
+    arrives once, on the mapped topic, and nothing loops back."""
+    lsub = Paho(local_port)
+    lsub.subscribe("lo/#", 1)
+    lsub.subscribe("both/#", 1)
+    rsub = Paho(remote_port)
+    rsub.subscribe("r/#", 1)
+    rsub.subscribe("both/#", 1)
+    lpub, rpub = Paho(local_port), Paho(remote_port)
+    lpub.publish("l/out/a", b"to-remote", qos=1)
+    rpub.publish("re/in/b", b"to-local", qos=1)
+    lpub.publish("both/x", b"from-local", qos=1)
+    rpub.publish("both/y", b"from-remote", qos=1)
+    got_r = sorted((m.topic, m.payload) for m in collect(rsub, 3))
+    got_l = sorted((m.topic, m.payload) for m in collect(lsub, 3))
+    assert got_r == [("both/x", b"from-local"), ("both/y", b"from-remote"),
+                     ("r/out/a", b"to-remote")]
+    assert got_l == [("both/x", b"from-local"), ("both/y", b"from-remote"),
+                     ("lo/in/b", b"to-local")]
+    time.sleep(0.5)  # a loop would deliver more copies by now
+    assert lsub.messages.empty() and rsub.messages.empty()
+    for c in (lsub, rsub, lpub, rpub):
+        c.stop()
+
+
+TOPICS = ["out/# out 1 l/ r/", "in/# in 1 lo/ re/", "both/# both 1"]
+
+
+def test_kite_bridges_to_mosquitto(brokers):
+    remote = brokers.start("mosquitto", "")
+    local = brokers.start("kite", bridge_conf("m1", remote.port, TOPICS))
+    wait_bridge_up(local.port)
+    check_directions(local.port, remote.port)
+    # Mosquitto saw a bridge (try_private's protocol bit), not a client.
+    assert "New bridge connected" in remote.output()
+
+
+def test_kite_bridges_to_mosquitto_mqtt5(brokers):
+    remote = brokers.start("mosquitto", "")
+    local = brokers.start("kite", bridge_conf(
+        "m5", remote.port, TOPICS, "bridge_protocol_version mqttv50\n"))
+    wait_bridge_up(local.port)
+    check_directions(local.port, remote.port)
+
+
+def test_mosquitto_bridges_to_kite(brokers):
+    remote = brokers.start("kite", "")
+    local = brokers.start("mosquitto", bridge_conf("k1", remote.port, TOPICS))
+    wait_bridge_up(local.port)
+    check_directions(local.port, remote.port)
+
+
+@pytest.mark.parametrize("version", ["mqttv311", "mqttv50"])
+def test_kite_bridges_to_kite(brokers, version):
+    remote = brokers.start("kite", "")
+    local = brokers.start("kite", bridge_conf(
+        "kk", remote.port, TOPICS, "bridge_protocol_version %s\n" % version))
+    wait_bridge_up(local.port)
+    check_directions(local.port, remote.port)
+
+
+@pytest.mark.timeout(60)
+def test_qos1_across_a_remote_restart(brokers, tmp_path):
+    """Messages published while the remote is down are queued and reach
+    it in order when it returns; nothing acknowledged to the publisher
+    is lost, and the bridge says so in its notifications."""
+    rport = harness.free_port()
+    remote = brokers.start("mosquitto", "", port=rport, name="remote")
+    local = brokers.start("kite", bridge_conf("rs", rport, ["q/# out 1"]))
+    wait_bridge_up(local.port)
+    state = Paho(local.port)
+    state.subscribe("$SYS/broker/connection/+/state", 1)
+    assert state.get().payload == b"1"
+    rsub = Paho(rport, client_id="rsub", clean=False)
+    rsub.subscribe("q/#", 1)
+    pub = Paho(local.port)
+    for i in range(50):
+        pub.publish("q/t", b"%d" % i, qos=1)
+    first = [int(m.payload) for m in collect(rsub, 50)]
+    assert first == list(range(50))
+    rsub.stop()
+    remote.stop()
+    assert state.get(timeout=5).payload == b"0"
+    for i in range(50, 200):  # acknowledged by kite, queued for the remote
+        pub.publish("q/t", b"%d" % i, qos=1)
+    remote = brokers.start("mosquitto", "", port=rport, name="remote")
+    rsub = Paho(rport, client_id="rsub", clean=False)
+    rsub.subscribe("q/#", 1)
+    assert state.get(timeout=10).payload == b"1"
+    got = [int(m.payload) for m in collect(rsub, 150, timeout=15)]
+    assert got == list(range(50, 200))
+    for c in (rsub, pub, state):
+        c.stop()
+
+
+def test_notifications_on_the_remote(brokers):
+    """The remote sees the bridge's state "1" retained, and "0" from the
+    bridge's will when it vanishes."""
+    remote = brokers.start("mosquitto", "")
+    local = brokers.start("kite", bridge_conf(
+        "nt", remote.port, ["a/# out 0"],
+        "remote_clientid edge1\nnotification_topic bridges/edge1\n"))
+    c = Paho(remote.port)
+    c.subscribe("bridges/#", 1)
+    m = c.get(timeout=10)
+    assert (m.topic, m.payload) == ("bridges/edge1", b"1")
+    local.stop(sig=9)
+    m = c.get(timeout=10)
+    assert (m.topic, m.payload) == ("bridges/edge1", b"0")
+    c.stop()
+
+
+def test_failover_to_the_second_address(brokers):
+    dead = harness.free_port()
+    remote = brokers.start("mosquitto", "")
+    conf = ("connection fo\naddresses 127.0.0.1:%d 127.0.0.1:%d\n"
+            "restart_timeout 1\ntopic f/# out 0\n" % (dead, remote.port))
+    local = brokers.start("kite", conf)
+    wait_bridge_up(local.port)
+    rsub = Paho(remote.port)
+    rsub.subscribe("f/#")
+    Paho(local.port).publish("f/1", b"via-second")
+    assert rsub.get().payload == b"via-second"
+    rsub.stop()
+
+
+class ReadablePKI:
+    """The test PKI copied where Mosquitto can read it: started as root,
+    it drops to the mosquitto user before it loads certificates."""
+
+    def __init__(self):
+        src = tlsutil.pki()
+        self.dir = tempfile.mkdtemp(prefix="kite-bridge-pki-")
+        os.chmod(self.dir, 0o755)
+        for name in os.listdir(src.dir):
+            p = os.path.join(str(src.dir), name)
+            if os.path.isfile(p):
+                shutil.copy(p, self.dir)
+                os.chmod(os.path.join(self.dir, name), 0o644)
+
+    def __getitem__(self, name):
+        return os.path.join(self.dir, name)
+
+    def client(self, cn):
+        return self[cn + ".pem"], self[cn + ".key"]
+
+    def remove(self):
+        shutil.rmtree(self.dir, True)
+
+
+@pytest.fixture
+def pki():
+    p = ReadablePKI()
+    yield p
+    p.remove()
+
+
+def test_tls_bridge_with_certificates(brokers, pki):
+    tport = harness.free_port()
+    remote = brokers.start("mosquitto", (
+        "listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n"
+        "require_certificate true\n" % (tport, pki["ca.pem"], pki["server.pem"],
+                                        pki["server.key"])))
+    cert, key = pki.client("gw1")
+    local = brokers.start("kite", bridge_conf(
+        "tl", tport, ["t/# both 1"],
+        "bridge_cafile %s\nbridge_certfile %s\nbridge_keyfile %s\n"
+        % (pki["ca.pem"], cert, key)))
+    wait_bridge_up(local.port)
+    rsub = Paho(remote.port)
+    rsub.subscribe("t/#", 1)
+    Paho(local.port).publish("t/secure", b"over-tls", qos=1)
+    assert rsub.get().payload == b"over-tls"
+    rsub.stop()
+
+
+def test_tls_bridge_refuses_a_wrong_ca(brokers, pki):
+    tport = harness.free_port()
+    brokers.start("mosquitto", (
+        "listener %d 127.0.0.1\ncafile %s\ncertfile %s\nkeyfile %s\n"
+        % (tport, pki["ca.pem"], pki["server.pem"], pki["server.key"])))
+    local = brokers.start("kite", bridge_conf(
+        "bad", tport, ["t/# out 1"], "bridge_cafile %s\n" % pki["foreign-ca.pem"]))
+    local.wait_output(r"certificate verify failed", timeout=10)
+    time.sleep(1)
+    assert "Bridge bad connected" not in local.output()
+
+
+@pytest.mark.parametrize("conf,why", [
+    ("connection x\ntopic a out\n", "has no address"),
+    ("connection x\naddress 127.0.0.1\n", "has no topic"),
+    ("topic a out\n", "only valid in a bridge"),
+    ("connection x\naddress 127.0.0.1\ntopic a sideways\n", "direction"),
+    ("connection x\naddress 127.0.0.1\ntopic a out 3\n", "QoS"),
+    ("connection x\naddress 127.0.0.1\ntopic \"\" out 0 \"\" r/\n", "empty pattern"),
+    ("connection x\naddress 127.0.0.1\ntopic a\nrestart_timeout 10 5\n", "base"),
+    ("connection x\naddress 127.0.0.1\ntopic a\nbridge_protocol_version mqttv6\n",
+     "mqttv50"),
+])
+def test_bad_bridge_config_is_refused(tmp_path, conf, why):
+    p = tmp_path / "k.conf"
+    p.write_text("listener %d 127.0.0.1\n" % harness.free_port() + conf)
+    r = harness.run_cmd([harness.broker_bin(), "-c", str(p)], timeout=5)
+    assert r.returncode != 0
+    assert why in r.stdout + r.stderr
+    assert "k.conf:" in r.stdout + r.stderr
