@@ -355,12 +355,12 @@ def test_plugin_lines_stop_startup_naming_plugin_and_alternative(tmp_path, line)
 
 
 @pytest.mark.kite_only("kite's messages")
-@pytest.mark.parametrize("line", ["connection b1", "address 10.0.0.1", "round_robin true",
-                                  "idle_timeout 5", "bridge_protocol_version mqttv311"])
-def test_bridge_options_say_bridges_are_not_supported_yet(tmp_path, line):
+@pytest.mark.parametrize("line", ["address 10.0.0.1", "round_robin true",
+                                  "idle_timeout 5", "topic # both 0"])
+def test_bridge_options_outside_a_connection_block_are_refused(tmp_path, line):
     r = _run_config(tmp_path, "%s\n" % line)
     assert r.returncode != 0
-    assert "bridges are not supported yet" in r.stderr
+    assert "only valid in a bridge ('connection') block" in r.stderr and ":1:" in r.stderr
 
 
 @pytest.mark.kite_only("kite's messages")
