@@ -270,7 +270,9 @@ def tarball_candidates():
     d = REPO
     for _ in range(3):  # ../shared, ../../shared, ../../../shared
         d = os.path.dirname(d)
-        c.append(os.path.join(d, "shared", "anchors", name))
+        p = os.path.join(d, "shared", "anchors", name)
+        if p not in c:
+            c.append(p)
     return c
 
 
