@@ -269,6 +269,8 @@ int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
 void session_deliver(struct session *ss, struct msg *m, const struct deliv *d);
 /* Publishes a pending delayed will now (session end or its time). */
 void session_fire_will(struct session *ss);
+/* Drops a pending delayed will: the client is back in time. */
+void session_cancel_will(struct session *ss);
 /* Offline sessions whose expiry passed end; delayed wills fire. */
 void session_check_timers(struct shard *s);
 /* Makes sure the tick looks at sessions again by `at_ms`. */

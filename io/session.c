@@ -496,6 +496,16 @@ void session_fire_will(struct session *ss)
 	free(w);
 }
 
+void session_cancel_will(struct session *ss)
+{
+	if (!ss->delayed_will)
+		return;
+	msg_unref(ss->delayed_will->msg);
+	free(ss->delayed_will);
+	ss->delayed_will = NULL;
+	persist_will(ss);
+}
+
 void session_timer_at(struct shard *s, uint64_t at_ms)
 {
 	if (!s->next_session_deadline_ms || at_ms < s->next_session_deadline_ms)
