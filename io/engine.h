@@ -584,6 +584,9 @@ struct shard {
 	 * so the tick scans sessions only when one is due. */
 	uint64_t next_session_deadline_ms;
 	bool stopping;
+	/* XK_STOP seen: the shard stops after one more pass over what the
+	 * kernel already received (shard_main). */
+	bool stop_pending;
 	struct shard_stats stats;
 	/* Durable state (persist.c); NULL without `persistence`. */
 	struct shard_log *log;
