@@ -301,16 +301,19 @@ static void session_inflight_remove(struct session *ss, struct inflight *f)
 }
 
 /* A message that cannot go to this client (expired, over its maximum
- * packet size) is dropped here, before it takes a packet id. */
+ * packet size) is dropped here. One from the queue is checked against
+ * the ACL again (reloaded by SIGHUP since, or a new username: read
+ * access may be gone) and, dropped, still uses up its packet id: Mosquitto
+ * numbers a message when it queues it. One sent at once does not. */
 static void session_send_new(struct session *ss, struct msg *m,
-			     const struct deliv *d)
+			     const struct deliv *d, bool queued)
 {
 	uint16_t before = ss->next_pid;
 	uint16_t pid = session_next_pid(ss);
-	if (!conn_queue_publish(ss->conn, m, d, false, pid)) {
-		/* Not sent (expired, too large): its packet id is not used
-		 * up, as Mosquitto numbers them. */
-		ss->next_pid = before;
+	if ((queued && !session_may(ss, msg_topic(m), m->topic_len, ACL_READ)) ||
+	    !conn_queue_publish(ss->conn, m, d, false, pid)) {
+		if (!queued)
+			ss->next_pid = before;
 		atomic_fetch_add_explicit(&ss->shard->stats.msgs_dropped, 1,
 					  memory_order_relaxed);
 		if (ss->logged)
@@ -374,7 +377,7 @@ void session_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 	if (session_online(ss) && !ss->q_count && session_window_open(ss) &&
 	    !session_held(m, d)) {
 		persist_queue(ss, m, d);
-		session_send_new(ss, m, d);
+		session_send_new(ss, m, d, false);
 		return;
 	}
 	if (!ss->persistent && !session_online(ss))
@@ -399,7 +402,7 @@ void session_pump(struct session *ss)
 		ss->q_head = (ss->q_head + 1) % ss->q_cap;
 		ss->q_count--;
 		ss->q_bytes -= q.msg->payload_len;
-		session_send_new(ss, q.msg, &q.d);
+		session_send_new(ss, q.msg, &q.d, true);
 		msg_unref(q.msg);
 	}
 }
