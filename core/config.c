@@ -1380,10 +1380,9 @@ static int check_tls(const struct kite_listener_cfg *l, char *err,
 		why = "TLS options without certfile and keyfile";
 	else if (t->require_certificate && !t->cafile[0] && !t->capath[0])
 		why = "require_certificate true needs cafile or capath";
-	else if ((t->use_identity_as_username || t->use_subject_as_username) &&
-		 !t->require_certificate)
-		why = "use_identity_as_username/use_subject_as_username need "
-		      "require_certificate true";
+	/* use_identity_as_username without require_certificate is accepted,
+	 * as by Mosquitto: no certificate is asked for, so every client is
+	 * refused (CONNACK 4, bad username or password). */
 	if (!why)
 		return 0;
 	snprintf(err, errlen, "%s:%d: listener on port %u: %s", l->file,

@@ -395,6 +395,9 @@ struct conn {
 	/* Not read while the shard's queues to other shards drain: a
 	 * publisher slows down instead of growing them (shard_post). */
 	bool in_paused;
+	/* CONNECT's protocol level had 0x80, Mosquitto's bridge bit: its
+	 * subscriptions are no-local and retain-as-published. */
+	bool bridge;
 	uint64_t last_rx_ms;
 	uint64_t created_ms;
 	/* Only a packet split across receives is buffered here. */

@@ -576,6 +576,7 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 		return -1;
 	}
 	c->version = ci.version;
+	c->bridge = ci.bridge;
 	if (ci.client_id.len == 0 && (!ci.clean_start || ci.version == MQTT_V31)) {
 		connect_refuse(c, MQTT_V3_CONNACK_ID_REJECTED,
 			       MQTT_RC_CLIENT_ID_NOT_VALID,

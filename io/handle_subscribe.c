@@ -33,9 +33,12 @@ static uint8_t sub_one(struct conn *c, const struct mqtt_sub_entry *e,
 				   e->filter.len))
 		return c->version == MQTT_V5 ? MQTT_RC_NOT_AUTHORIZED
 					     : MQTT_RC_UNSPECIFIED;
+	/* A bridge does not get its own messages back, and sees the retain
+	 * flag as published (Mosquitto's bridge protocol). */
+	uint32_t opts = sub_options(e) |
+			(c->bridge ? SUB_NO_LOCAL | SUB_RETAIN_AS_PUBLISHED : 0);
 	*added = session_add_sub(ss, (const char *)e->filter.ptr,
-				 (uint16_t)e->filter.len, sub_options(e), sub_id,
-				 held);
+				 (uint16_t)e->filter.len, opts, sub_id, held);
 	if (log_enabled(KITE_LOG_SUBSCRIBE))
 		log_msg(KITE_LOG_SUBSCRIBE, "%s %u %.*s", ss->client_id, e->qos,
 			(int)e->filter.len, e->filter.ptr);

@@ -150,3 +150,22 @@ def test_mqtt31_mqisdp_level_3_accepted(broker):
         c.subscribe([("v31/t", 1)])
         c.publish("v31/t", b"old", qos=1, pid=2)
         assert c.expect_publish().payload == b"old"
+
+
+@pytest.mark.parametrize("name,level", [("MQTT", 0x84), ("MQIsdp", 0x83)])
+def test_bridge_protocol_level_accepted_with_no_local(broker, name, level):
+    # Mosquitto's bridges set 0x80 in the protocol level; Mosquitto accepts
+    # it from any client (its 06-bridge-no-local) and does not send the
+    # bridge its own messages back.
+    br = RawClient(broker.port)
+    ack = br.connect("bridge-x", proto_name=name, proto_level=level)
+    assert ack.rc == 0 and not ack.session_present
+    assert br.subscribe([("loop/#", 1)]) == [1]
+    br.publish("loop/own", b"mine", qos=1)
+    other = RawClient(broker.port)
+    assert other.connect("other").rc == 0
+    other.publish("loop/else", b"theirs", qos=1, retain=True)
+    m = br.expect_publish()
+    assert (m.topic, m.payload) == ("loop/else", b"theirs")
+    assert m.retain  # retain as published, for a bridge
+    br.expect_silence(0.5)
