@@ -227,6 +227,41 @@ bool acl_check(const struct acl_identity *id, const char *topic, size_t len,
 	return false;
 }
 
+/* True when every topic name that matches filter f also matches rule
+ * filter d (both valid): d covers f. */
+static bool filter_covers(const char *d, size_t dl, const char *f, size_t fl)
+{
+	if (dl == 0 || fl == 0)
+		return false;
+	/* f's '$' topics are matched only by a d that names them. */
+	if (f[0] == '$' && is_wild_level(d, dl, 0, level_end(d, dl, 0)))
+		return false;
+	size_t i = 0, j = 0;
+	for (;;) {
+		size_t de = level_end(d, dl, i), fe = level_end(f, fl, j);
+		bool dhash = de - i == 1 && d[i] == '#';
+		bool fhash = fe - j == 1 && f[j] == '#';
+		if (dhash)
+			return true;
+		if (fhash)
+			return false; /* f reaches deeper than d's level */
+		bool dplus = de - i == 1 && d[i] == '+';
+		bool fplus = fe - j == 1 && f[j] == '+';
+		if (!dplus && (fplus || de - i != fe - j ||
+			       memcmp(d + i, f + j, de - i)))
+			return false;
+		bool dend = de == dl, fend = fe == fl;
+		if (dend && fend)
+			return true;
+		if (dend)
+			return false;
+		if (fend) /* "a/#" also matches "a" */
+			return dl - de == 2 && d[de + 1] == '#';
+		i = de + 1;
+		j = fe + 1;
+	}
+}
+
 bool acl_filter_may_match(const struct acl_identity *id, const char *filter,
 			  size_t len)
 {
@@ -241,12 +276,24 @@ bool acl_filter_may_match(const struct acl_identity *id, const char *filter,
 	}
 	if (len == 0)
 		return false;
-	const struct id_rule *r = id->rules + id->n_deny1;
+	/* A deny of the client's own rules that covers the whole filter
+	 * leaves nothing to read, whatever broader grant there is; a pattern
+	 * deny does so unless one of its own grants reaches into the filter
+	 * (those win over patterns). */
+	const struct id_rule *r = id->rules;
+	for (uint32_t k = 0; k < id->n_deny1; k++, r++)
+		if (filter_covers(r->filter, r->len, filter, len))
+			return false;
+	bool own = false;
 	for (uint32_t k = 0; k < id->n_grant1; k++, r++)
 		if ((r->access & ACL_READ) &&
 		    filters_intersect(r->filter, r->len, filter, len))
-			return true;
-	r += id->n_deny2;
+			own = true;
+	if (own)
+		return true;
+	for (uint32_t k = 0; k < id->n_deny2; k++, r++)
+		if (filter_covers(r->filter, r->len, filter, len))
+			return false;
 	for (uint32_t k = 0; k < id->n_grant2; k++, r++)
 		if ((r->access & ACL_READ) &&
 		    filters_intersect(r->filter, r->len, filter, len))

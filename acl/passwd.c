@@ -348,7 +348,10 @@ enum passwd_result passwd_check(const struct passwd_db *db,
 	OPENSSL_cleanse(hash, sizeof(hash));
 	if (!e)
 		return PASSWD_NO_SUCH_USER;
-	return same && password ? PASSWD_OK : PASSWD_BAD_PASSWORD;
+	/* An empty password never logs in, whatever the file holds: Mosquitto
+	 * reads a zero-length password as none (its 09-pwfile-parse-invalid
+	 * checks that a hash of "" does not let "" in). */
+	return same && password && len ? PASSWD_OK : PASSWD_BAD_PASSWORD;
 }
 
 /* ------------------------------------------------------------ kite passwd */

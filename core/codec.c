@@ -661,11 +661,12 @@ static enum mqtt_rc connect_protocol(struct rd *r, struct mqtt_connect *out)
 
 	if (!rd_bin(r, &name) || !rd_u8(r, &level))
 		return MQTT_RC_MALFORMED_PACKET;
-	/* A Mosquitto bridge (try_private) sets the top bit of a 3.x
-	 * level: it asks not to get its own messages back. */
-	out->bridge = (level == (0x80 | MQTT_V311) || level == (0x80 | MQTT_V31));
-	if (out->bridge)
-		level &= 0x7f;
+	/* Mosquitto accepts its bridge bit on 3.1 and 3.1.1, and ignores it
+	 * on 5.0 (whose bridges say so with no-local instead). */
+	out->bridge = (level & 0x80) && (level & 0x7F) != MQTT_V5;
+	if ((level & 0x7F) == MQTT_V31 || (level & 0x7F) == MQTT_V311 ||
+	    (level & 0x7F) == MQTT_V5)
+		level &= 0x7F;
 	out->version = level;
 	bool mqtt = name.len == 4 && memcmp(name.ptr, "MQTT", 4) == 0;
 	bool mqisdp = name.len == 6 && memcmp(name.ptr, "MQIsdp", 6) == 0;

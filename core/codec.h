@@ -137,9 +137,10 @@ struct mqtt_will {
 
 struct mqtt_connect {
 	uint8_t version; /* enum mqtt_version */
-	bool clean_start; /* "clean session" in 3.1.1 */
-	/* Mosquitto's bridge bit: level 0x80 | 3 or 4 (try_private). */
+	/* 3.1/3.1.1 level with 0x80 set: Mosquitto's mark of a bridge (a
+	 * broker connecting as a client). version is without it. */
 	bool bridge;
+	bool clean_start; /* "clean session" in 3.1.1 */
 	uint16_t keepalive_s;
 	struct mqtt_bytes client_id; /* may be empty */
 	bool has_will, has_username, has_password;

@@ -2201,15 +2201,11 @@ static int check_tls(const struct kite_listener_cfg *l, char *err,
 		why = "TLS options without certfile and keyfile";
 	else if (t->require_certificate && !t->cafile[0] && !t->capath[0])
 		why = "require_certificate true needs cafile or capath";
+	/* use_identity_as_username without require_certificate is accepted,
+	 * as by Mosquitto: no certificate is asked for, so every client is
+	 * refused (CONNACK 4, bad username or password). */
 	else if (l->psk_hint[0] && !l->sec.psk_file[0])
 		why = "psk_hint needs a psk_file";
-	else if (t->use_subject_as_username && !t->require_certificate)
-		why = "use_identity_as_username/use_subject_as_username need "
-		      "require_certificate true";
-	else if (t->use_identity_as_username && !t->require_certificate &&
-		 !l->psk_hint[0])
-		why = "use_identity_as_username/use_subject_as_username need "
-		      "require_certificate true";
 	if (!why && t->certfile[0] && l->protocol == LISTENER_PROTO_METRICS)
 		why = "TLS on a metrics listener is not supported yet";
 	if (!why && l->http_dir[0] && l->protocol != LISTENER_PROTO_WEBSOCKETS)

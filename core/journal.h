@@ -60,6 +60,10 @@ struct journal_record {
 			uint8_t listener;
 			bool has_username;
 			struct journal_bytes client_id, username;
+			/* The last outgoing packet id used, so that a restart
+			 * goes on from it as Mosquitto does; last in the body
+			 * and optional (0: none; older logs end before it). */
+			uint16_t last_pid;
 		} session;
 		struct {
 			uint64_t key;

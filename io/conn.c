@@ -1288,12 +1288,15 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 		struct session *ss = c->session;
 		c->will = NULL;
 		if (send_will && was_active && w->delay_s && ss &&
-		    ss->persistent && !ss->delayed_will) {
+		    !ss->delayed_will) {
 			/* MQTT 5 will delay: sent later unless the client is
 			 * back in time, and at the latest when the session
-			 * ends (session_destroy fires it). */
-			uint32_t d = w->delay_s < ss->expiry_s ? w->delay_s
-							       : ss->expiry_s;
+			 * ends (session_destroy fires it). Session expiry 0
+			 * waits the delay too, as Mosquitto does
+			 * (session_on_disconnect keeps the session). */
+			uint32_t d = w->delay_s;
+			if (ss->persistent && ss->expiry_s < d)
+				d = ss->expiry_s;
 			ss->delayed_will = w;
 			ss->will_at_ms = s->now_ms + (uint64_t)d * 1000u;
 			session_timer_at(s, ss->will_at_ms);

@@ -295,6 +295,8 @@ void session_deliver_as_is(struct session *ss, struct msg *m,
 			   const struct deliv *d);
 /* Publishes a pending delayed will now (session end or its time). */
 void session_fire_will(struct session *ss);
+/* Drops a pending delayed will: the client is back in time. */
+void session_cancel_will(struct session *ss);
 /* Offline sessions whose expiry passed end; delayed wills fire. */
 void session_check_timers(struct shard *s);
 /* Makes sure the tick looks at sessions again by `at_ms`. */
@@ -693,6 +695,9 @@ struct shard {
 	 * so the tick scans sessions only when one is due. */
 	uint64_t next_session_deadline_ms;
 	bool stopping;
+	/* XK_STOP seen: the shard stops after one more pass over what the
+	 * kernel already received (shard_main). */
+	bool stop_pending;
 	struct shard_stats stats;
 	/* Scrapes of metrics listeners served by this shard (metrics.c). */
 	struct scrape *scrapes[METRICS_SCRAPE_SLOTS];

@@ -65,6 +65,18 @@ void session_on_disconnect(struct shard *s, struct session *ss)
 {
 	if (ss->bridge)
 		return; /* lives as long as the broker, queueing */
+	if (!ss->persistent && ss->delayed_will) {
+		/* Session expiry 0 with a will delay: Mosquitto keeps the
+		 * client for the delay (a reconnect cancels the will), though
+		 * MQTT 5 3.1.3.2.2 would end the session and send it now. Only
+		 * the will is kept: no subscription, no message. */
+		while (ss->subs)
+			session_remove_sub(ss, ss->subs->filter, ss->subs->len,
+					   NULL);
+		ss->expire_at_ms = ss->will_at_ms;
+		session_timer_at(s, ss->expire_at_ms);
+		return;
+	}
 	if (ss->persistent) {
 		/* Kept offline: for its expiry (MQTT 5), or for ever (3.1.1)
 		 * unless persistent_client_expiration says otherwise. */
@@ -97,15 +109,25 @@ void session_on_disconnect(struct shard *s, struct session *ss)
 
 /* ---- takeover ------------------------------------------------------------- */
 
-static void session_detach_conn(struct session *ss, const char *why)
+/* Takes a session's connection away for a new one. The old connection's
+ * will is published only when the session ends with it (either side
+ * clean: session_ends), as Mosquitto 2.0 does; resuming the session is "a
+ * new Network Connection before the Will Delay Interval has elapsed"
+ * (MQTT 5 3.1.2.5), and so is any reconnect for a delayed will. */
+static void session_detach_conn(struct session *ss, const char *why,
+				bool session_ends)
 {
+	session_cancel_will(ss);
 	struct conn *old = ss->conn;
 	if (!old)
 		return;
 	old->session = NULL;
 	ss->conn = NULL;
-	/* The old connection's will is published, as Mosquitto 2.0 does:
-	 * conn_protocol_error closes it as an abnormal end. */
+	if (old->will && (!session_ends || old->will->delay_s)) {
+		msg_unref(old->will->msg);
+		free(old->will);
+		old->will = NULL;
+	}
 	if (old->shard->cfg->connection_messages)
 		log_msg(KITE_LOG_NOTICE,
 			"Client %s already connected, closing old connection.",
@@ -132,7 +154,7 @@ int session_register(struct broker *b, struct session *ss)
 void session_kick(struct shard *s, struct session *ss)
 {
 	assert(ss->shard == s);
-	session_detach_conn(ss, "session taken over");
+	session_detach_conn(ss, "session taken over", true);
 	session_destroy(ss);
 }
 
@@ -217,12 +239,7 @@ static void connect_accept(struct shard *s, struct conn *c,
 	/* Queued messages are checked against this connection's identity
 	 * as they go out (the username may have changed). */
 	session_set_identity(ss, c->listener, c->username);
-	if (ss->delayed_will) { /* back in time: the will is cancelled */
-		msg_unref(ss->delayed_will->msg);
-		free(ss->delayed_will);
-		ss->delayed_will = NULL;
-		persist_will(ss);
-	}
+	session_cancel_will(ss); /* back in time */
 	c->state = CONN_ACTIVE;
 	c->flags |= CONN_COUNTED;
 	atomic_fetch_add_explicit(&s->stats.clients_connected, 1,
@@ -288,7 +305,7 @@ static void connect_complete(struct shard *s, struct conn *c)
 		ss = e->session;
 		e->persistent = p->expiry_s != 0;
 		pthread_mutex_unlock(&b->reg_lock);
-		session_detach_conn(ss, "session taken over");
+		session_detach_conn(ss, "session taken over", false);
 		ss->expiry_s = p->expiry_s;
 		ss->persistent = p->expiry_s != 0;
 		connect_accept(s, c, ss, true);
@@ -635,6 +652,15 @@ int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 	c->version = ci.version;
 	if (connect_id_refused(c, &ci))
 		return -1;
+	uint32_t size_limit = c->shard->cfg->message_size_limit;
+	if (ci.has_will && size_limit && ci.will.payload.len > size_limit) {
+		/* A will that could never be published is refused with the
+		 * CONNECT, as Mosquitto does (3.1.1: not authorised). */
+		connect_refuse(c, MQTT_V3_CONNACK_NOT_AUTHORIZED,
+			       MQTT_RC_PACKET_TOO_LARGE,
+			       "will payload over message_size_limit");
+		return -1;
+	}
 	if (ci.props.present & MQTT_PROP_BIT(MQTT_PROP_AUTHENTICATION_METHOD)) {
 		/* No enhanced authentication method is supported (Mosquitto
 		 * without a plugin answers the same). */

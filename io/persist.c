@@ -24,6 +24,12 @@
 #include "core/log.h"
 #include "io/engine.h"
 
+/* persistence_location/persistence_file (PERSIST_FILE_MAX), its ".kite"
+ * directory (PERSIST_DIR_MAX), a log file in it (PERSIST_LOG_PATH_MAX). */
+#define PERSIST_FILE_MAX (KITE_PATH_MAX * 2 + 2)
+#define PERSIST_DIR_MAX (PERSIST_FILE_MAX + 8)
+#define PERSIST_LOG_PATH_MAX (PERSIST_DIR_MAX + 64)
+
 /* user_data id of the log's two requests. */
 enum persist_io { PERSIST_WRITE = 1, PERSIST_SYNC };
 
@@ -34,7 +40,7 @@ struct log_waiter {
 
 struct shard_log {
 	int fd;
-	char path[KITE_PATH_MAX + 64];
+	char path[PERSIST_LOG_PATH_MAX];
 	uint64_t generation;
 	struct journal_buf cur;	 /* this turn's records */
 	struct journal_buf wbuf; /* being written */
@@ -62,7 +68,7 @@ struct shard_log {
 	uint64_t snap_bytes;	   /* the last snapshot's size */
 	uint64_t changes;	   /* records since the last compaction */
 	uint64_t last_compact_ms;
-	char old_path[KITE_PATH_MAX + 64];
+	char old_path[PERSIST_LOG_PATH_MAX];
 	uint64_t last_logged_msg; /* a MSG record goes once per run of uses */
 	uint64_t next_msg;	  /* this shard's message counter */
 	uint64_t failed_writes;
@@ -450,6 +456,7 @@ static void log_session(struct shard *s, const struct session *ss)
 	r.session.client_id = jb(ss->client_id, ss->client_id_len);
 	r.session.username = jb(ss->username ? ss->username : "",
 				ss->username ? strlen(ss->username) : 0);
+	r.session.last_pid = ss->next_pid;
 	log_put(s, &r);
 }
 
@@ -888,7 +895,7 @@ static void snapshot_slice(struct shard *s)
 
 /* ---- files ------------------------------------------------------------------- */
 
-static char persist_dir[KITE_PATH_MAX + 8];
+static char persist_dir[PERSIST_DIR_MAX];
 
 static void shard_log_path(char *out, size_t len, unsigned shard,
 			   uint64_t gen)
@@ -1083,6 +1090,7 @@ struct rsess {
 	struct rout *out, **out_tail;
 	struct rqos2 *qos2;
 	uint64_t will_msg, will_at_wall_ms;
+	uint16_t last_pid; /* of the last SESSION or OUT record */
 	struct htab_link by_id; /* build_all: newest session per client id */
 	bool superseded;
 };
@@ -1211,6 +1219,8 @@ static int apply_session(struct recovery *rc, const struct journal_record *r)
 	rs->offline_wall_ms = r->session.offline_wall_ms;
 	rs->protocol = r->session.protocol;
 	rs->listener = r->session.listener;
+	if (r->session.last_pid)
+		rs->last_pid = r->session.last_pid;
 	if (r->session.key > rc->max_key)
 		rc->max_key = r->session.key;
 	return rs->client_id ? 0 : -1;
@@ -1300,6 +1310,7 @@ static int apply_queue(struct rsess *rs, const struct journal_record *r)
 
 static int apply_out(struct rsess *rs, const struct journal_record *r)
 {
+	rs->last_pid = r->out.pid;
 	struct rout *o = rout_find(rs, r->out.msg_id, NULL);
 	if (!o && r->out.state == JOURNAL_WAIT_PUBCOMP) {
 		/* Only PUBCOMP is left: the message itself is not needed. */
@@ -1616,6 +1627,7 @@ static int mimport_client_cb(void *ctx, const struct mosqdb_client *m)
 	r.session.expiry_s = m->session_expiry_interval;
 	r.session.protocol = m->session_expiry_interval == UINT32_MAX ? 4 : 5;
 	r.session.client_id = jb(m->client_id.ptr, m->client_id.len);
+	r.session.last_pid = m->last_mid; /* packet ids go on from it */
 	/* Offline since Mosquitto saved it (its expiry time says when it
 	 * would have ended). */
 	r.session.offline_wall_ms = mi->now_wall;
@@ -1698,15 +1710,24 @@ static int mimport_client_msg_cb(void *ctx, const struct mosqdb_client_msg *m)
 	return apply_out(rs, &r);
 }
 
+/* persistence_location/persistence_file: Mosquitto's database. */
+static void persist_file_path(const struct kite_config *cfg,
+			      char out[PERSIST_FILE_MAX])
+{
+	const char *loc = cfg->persistence_location[0] ? cfg->persistence_location
+						       : ".";
+	snprintf(out, PERSIST_FILE_MAX, "%s%s%s", loc,
+		 loc[strlen(loc) - 1] == '/' ? "" : "/",
+		 cfg->persistence_file);
+}
+
 /* Mosquitto's database, when kite has no logs of its own yet. 0 (also
  * when there is none, or it is damaged: the log says what was taken), or
  * -1 out of memory. */
 static int import_mosquitto(struct recovery *rc, const struct kite_config *cfg)
 {
-	char path[KITE_PATH_MAX * 2 + 2];
-	const char *loc = cfg->persistence_location[0] ? cfg->persistence_location : ".";
-	snprintf(path, sizeof(path), "%s%s%s", loc,
-		 loc[strlen(loc) - 1] == '/' ? "" : "/", cfg->persistence_file);
+	char path[PERSIST_FILE_MAX];
+	persist_file_path(cfg, path);
 	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return 0;
@@ -1876,6 +1897,7 @@ static void build_session(struct build *bd, struct rsess *rs)
 		return;
 	}
 	ss->protocol = rs->protocol;
+	ss->next_pid = rs->last_pid;
 	session_set_identity(ss, rs->listener, rs->username);
 	for (struct rsub *r = rs->subs; r; r = r->next)
 		if (session_add_sub(ss, r->filter, r->len, r->options, r->sub_id,
@@ -1964,12 +1986,78 @@ static void build_all(struct build *bd)
 		}
 }
 
-static int persist_mkdir(const struct kite_config *cfg)
+/* An empty Mosquitto 2.0 database (format 6, a CFG chunk and nothing
+ * else): what kite leaves at persistence_file when there was none, so
+ * that deleting it resets kite as it resets Mosquitto, and Mosquitto
+ * still starts on it. Written whole, synced, then renamed in place. */
+static int persist_file_create(const char *path)
+{
+	static const uint8_t empty_db[] = {
+		0x00, 0xB5, 0x00, 'm', 'o', 's', 'q', 'u', 'i', 't', 't', 'o',
+		' ', 'd', 'b',		/* magic */
+		0, 0, 0, 0,		/* CRC, unused */
+		0, 0, 0, 6,		/* format version */
+		0, 0, 0, 1, 0, 0, 0, 16, /* CFG chunk, 16 bytes */
+		0, 0, 0, 0, 0, 0, 0, 0, /* last store id */
+		1, 8, 0, 0, 0, 0, 0, 0, /* clean shutdown, 8-byte ids, padding */
+	};
+	char tmp[PERSIST_DIR_MAX];
+	snprintf(tmp, sizeof(tmp), "%s.new", path);
+	int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0 || write_all(fd, empty_db, sizeof(empty_db), 0) < 0 ||
+	    fsync(fd) < 0 || rename(tmp, path) < 0) {
+		log_msg(KITE_LOG_ERR, "Error: persistence: cannot create %s: %s",
+			path, strerror(errno));
+		if (fd >= 0) {
+			close(fd);
+			unlink(tmp);
+		}
+		return -1;
+	}
+	close(fd);
+	char dir[PERSIST_FILE_MAX];
+	snprintf(dir, sizeof(dir), "%s", path);
+	char *slash = strrchr(dir, '/');
+	if (slash)
+		*slash = 0;
+	int dfd = open(slash ? (dir[0] ? dir : "/") : ".",
+		       O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (dfd >= 0) {
+		fsync(dfd);
+		close(dfd);
+	}
+	return 0;
+}
+
+/* kite's directory is persistence_file's name with ".kite": another
+ * persistence_file is another state, as for Mosquitto. Before, it was
+ * persistence_location/kite: such a directory is taken over (renamed)
+ * once; *moved says so. */
+static int persist_mkdir(const struct kite_config *cfg, bool *moved)
 {
 	const char *loc = cfg->persistence_location[0] ? cfg->persistence_location
 						       : ".";
-	snprintf(persist_dir, sizeof(persist_dir), "%s%skite", loc,
-		 loc[strlen(loc) - 1] == '/' ? "" : "/");
+	char file[PERSIST_FILE_MAX];
+	persist_file_path(cfg, file);
+	snprintf(persist_dir, sizeof(persist_dir), "%s.kite", file);
+	*moved = false;
+	struct stat st;
+	if (stat(persist_dir, &st) < 0 && errno == ENOENT) {
+		char old[KITE_PATH_MAX + 8];
+		snprintf(old, sizeof(old), "%s%skite", loc,
+			 loc[strlen(loc) - 1] == '/' ? "" : "/");
+		if (stat(old, &st) == 0 && S_ISDIR(st.st_mode)) {
+			if (rename(old, persist_dir) < 0) {
+				log_msg(KITE_LOG_ERR, "Error: persistence: cannot "
+					"rename %s to %s: %s", old, persist_dir,
+					strerror(errno));
+				return -1;
+			}
+			log_msg(KITE_LOG_NOTICE, "Persistence: %s (an earlier "
+				"kite's) is now %s.", old, persist_dir);
+			*moved = true;
+		}
+	}
 	if (mkdir(persist_dir, 0700) < 0 && errno != EEXIST) {
 		log_msg(KITE_LOG_ERR, "Error: persistence: cannot create %s: %s "
 			"(persistence_location %s)", persist_dir, strerror(errno), loc);
@@ -1997,6 +2085,41 @@ static int persist_mkdir(const struct kite_config *cfg)
 	return 0;
 }
 
+/* kite's logs stand for persistence_file: with the file gone (deleted to
+ * start afresh, as Mosquitto's users do), they go too, before a new empty
+ * file says the directory is current. In that order a crash between the
+ * steps still starts afresh. */
+static int persist_reset_if_file_gone(const struct kite_config *cfg,
+				      bool moved, struct log_file *files,
+				      size_t *nfiles, bool *created)
+{
+	char file[PERSIST_FILE_MAX];
+	persist_file_path(cfg, file);
+	*created = false;
+	if (access(file, F_OK) == 0)
+		return 0;
+	if (*nfiles && !moved) {
+		log_msg(KITE_LOG_NOTICE, "Persistence: %s is gone: starting "
+			"afresh, the logs in %s are removed.", file, persist_dir);
+		char path[sizeof(persist_dir) + 72];
+		for (size_t i = 0; i < *nfiles; i++) {
+			snprintf(path, sizeof(path), "%s/%s", persist_dir,
+				 files[i].name);
+			if (unlink(path) < 0 && errno != ENOENT) {
+				log_msg(KITE_LOG_ERR, "Error: persistence: cannot "
+					"remove %s: %s", path, strerror(errno));
+				return -1;
+			}
+		}
+		*nfiles = 0;
+		fsync_dir();
+	}
+	if (persist_file_create(file) < 0)
+		return -1;
+	*created = true;
+	return 0;
+}
+
 int persist_start(struct broker *b)
 {
 	const struct kite_config *cfg = b->cfg;
@@ -2004,7 +2127,8 @@ int persist_start(struct broker *b)
 		return 0;
 	struct timespec t0;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	if (persist_mkdir(cfg) < 0)
+	bool moved, created;
+	if (persist_mkdir(cfg, &moved) < 0)
 		return -1;
 	struct log_file *files;
 	size_t nfiles;
@@ -2012,6 +2136,10 @@ int persist_start(struct broker *b)
 	if (list_logs(&files, &nfiles, &max_gen) < 0) {
 		log_msg(KITE_LOG_ERR, "Error: persistence: cannot list %s: %s",
 			persist_dir, strerror(errno));
+		return -1;
+	}
+	if (persist_reset_if_file_gone(cfg, moved, files, &nfiles, &created) < 0) {
+		free(files);
 		return -1;
 	}
 	struct recovery rc = {0};
@@ -2022,7 +2150,7 @@ int persist_start(struct broker *b)
 		rcode = recover_file(&rc, path);
 	}
 	/* First start on a Mosquitto data directory: its database. */
-	if (!nfiles && rcode == 0)
+	if (!nfiles && !created && rcode == 0)
 		rcode = import_mosquitto(&rc, cfg);
 	if (rcode < 0) {
 		log_msg(KITE_LOG_ERR, "Error: persistence: out of memory while "

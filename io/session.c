@@ -315,17 +315,18 @@ static void session_inflight_remove(struct session *ss, struct inflight *f)
 }
 
 /* A message that cannot go to this client (expired, over its maximum
- * packet size) is dropped here. Packet ids follow Mosquitto's numbering,
- * which its suite checks and clients may log: a message that waited in
- * the session's queue had its id from the moment it was queued, so it
- * uses one up even when dropped; one sent at once does not. */
+ * packet size) is dropped here. One from the queue is checked against
+ * the ACL again (reloaded by SIGHUP since, or a new username: read
+ * access may be gone) and, dropped, still uses up its packet id: Mosquitto
+ * numbers a message when it queues it. One sent at once does not. */
 static void session_send_new(struct session *ss, struct msg *m,
-			     const struct deliv *d, bool was_queued)
+			     const struct deliv *d, bool queued)
 {
 	uint16_t before = ss->next_pid;
 	uint16_t pid = session_next_pid(ss);
-	if (!conn_queue_publish(ss->conn, m, d, false, pid)) {
-		if (!was_queued)
+	if ((queued && !session_may(ss, msg_topic(m), m->topic_len, ACL_READ)) ||
+	    !conn_queue_publish(ss->conn, m, d, false, pid)) {
+		if (!queued)
 			ss->next_pid = before;
 		stats_drop(ss->shard, DROP_UNDELIVERABLE, 1);
 		if (ss->logged)
@@ -531,6 +532,16 @@ void session_fire_will(struct session *ss)
 		route_publish(ss->shard, w->msg); /* the reference goes */
 	}
 	free(w);
+}
+
+void session_cancel_will(struct session *ss)
+{
+	if (!ss->delayed_will)
+		return;
+	msg_unref(ss->delayed_will->msg);
+	free(ss->delayed_will);
+	ss->delayed_will = NULL;
+	persist_will(ss);
 }
 
 void session_timer_at(struct shard *s, uint64_t at_ms)

@@ -244,7 +244,7 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 		share_on_item(s, it.kind, it.ptr);
 		break;
 	case XK_STOP:
-		shard_stop_all(s);
+		s->stop_pending = true;
 		break;
 	case XK_RELOAD: {
 		const struct snapshot *snap = it.ptr;
@@ -1030,6 +1030,16 @@ static void *shard_main(void *arg)
 		bool tick = false;
 		shard_turn(s, &tick);
 		shard_drain_rings(s);
+		if (s->stop_pending && !s->stopping) {
+			/* The ring item can be seen before the completions of
+			 * what clients sent before the signal (DEFER_TASKRUN
+			 * runs them on our next enter): take those first, so
+			 * that an acknowledgement sent just before SIGTERM
+			 * counts, as with Mosquitto. */
+			io_uring_get_events(&s->ring);
+			shard_turn(s, &tick);
+			shard_stop_all(s);
+		}
 		if (tick) {
 			shard_on_tick(s);
 			conn_settle(s);

@@ -265,9 +265,18 @@ static int list_logs(const char *dir, char ***names, size_t *n)
 
 static int db_show(const char *location, bool verbose)
 {
+	/* DIR is kite's own directory (persistence_file's name with
+	 * ".kite"), or persistence_location holding the default one (or an
+	 * earlier kite's DIR/kite). */
 	char dir[4096];
-	snprintf(dir, sizeof(dir), "%s%skite", location,
-		 location[strlen(location) - 1] == '/' ? "" : "/");
+	size_t ll = strlen(location);
+	const char *sep = location[ll - 1] == '/' ? "" : "/";
+	struct stat st;
+	if (ll > 5 && !strcmp(location + ll - 5, ".kite"))
+		snprintf(dir, sizeof(dir), "%s", location);
+	else if (snprintf(dir, sizeof(dir), "%s%smosquitto.db.kite", location, sep),
+		 stat(dir, &st) < 0)
+		snprintf(dir, sizeof(dir), "%s%skite", location, sep);
 	char **names;
 	size_t n;
 	if (list_logs(dir, &names, &n) < 0) {
@@ -318,8 +327,9 @@ static int db_show(const char *location, bool verbose)
 static void db_usage(FILE *out)
 {
 	fprintf(out,
-		"Usage: kite db [show|check] [-v] DIR   what DIR/kite holds (DIR is\n"
-		"                                        persistence_location)\n"
+		"Usage: kite db [show|check] [-v] DIR   what kite's directory DIR\n"
+		"                                        (persistence_file.kite) holds;\n"
+		"                                        or DIR/mosquitto.db.kite\n"
 		"       kite db dump FILE               a Mosquitto mosquitto.db as text\n"
 		"Reads only. `check` exits 1 when records are damaged or files\n"
 		"unreadable (kite would start with what it can read).\n");

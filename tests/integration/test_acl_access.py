@@ -383,3 +383,63 @@ def test_per_listener_acl_and_password_files(broker_factory, tmp_path):
     alice.publish("shared/z", b"sentinel", qos=1)
     m = alice.expect_publish()
     assert (m.topic, m.payload) == ("shared/z", b"sentinel")
+
+
+# --- issue 14: Mosquitto's suite (09-acl-change, 09-pwfile-parse-invalid) -------------
+
+def test_sighup_revoked_read_drops_queued_messages(acl_broker):
+    # Messages queued for an offline client are checked again, as they go
+    # out, against the ACL SIGHUP reloaded: read access gone, not delivered.
+    b, port, acl = acl_broker
+    bob = login(port, "bob", clean=False)
+    assert bob.subscribe([("public/a", 1), ("public/b", 1)]) == [1, 1]
+    bob.send(mqttraw.disconnect())
+    bob.close()
+    pub = login(port, "alice", client_id="pub")
+    # alice may publish there.
+    granted = ACL.replace("topic write inbox/#", "topic write inbox/#\ntopic write public/#")
+    acl.write_text(granted)
+    b.reload()
+    pub.publish("public/a", b"a1", qos=1)
+    pub.publish("public/b", b"b1", qos=1)
+    # bob keeps public/a, loses public/b.
+    acl.write_text(granted.replace("topic readwrite public/#", "topic readwrite public/a"))
+    b.reload()
+    bob = login(port, "bob", clean=False)
+    m = bob.expect_publish()
+    assert (m.topic, m.payload, m.pid) == ("public/a", b"a1", 1)
+    bob.send(mqttraw.puback(m.pid))
+    pub.publish("public/a", b"a2", qos=1)
+    m = bob.expect_publish()
+    # Mosquitto numbered the dropped message when it queued it: id 3.
+    assert (m.topic, m.payload, m.pid) == ("public/a", b"a2", 3)
+    bob.send(mqttraw.puback(m.pid))
+    bob.expect_silence(0.5)
+
+
+# The suite's hash of the empty password (salt o+53eGXtmlfHeYrg).
+EMPTY_HASH = ("$6$o+53eGXtmlfHeYrg$FY7X9DNQ4uU1j0NiPmGOOSU05ZSzhqNmNhXIof/0nLpVb1zD"
+              "hcRHdaC72E3YryH7dtTiG/r6jH6C8J+30cZBgA==")
+
+
+@pytest.mark.parametrize("password", ["", None, "test"])
+def test_hash_of_empty_password_lets_nobody_in(broker_factory, tmp_path, password):
+    pw = make_passwd(tmp_path / "passwd", [("alice", "apw")])
+    with open(pw, "a") as f:
+        f.write("empty:%s\n" % EMPTY_HASH)
+    b = broker_factory("allow_anonymous false\npassword_file %s\n%s" % (pw, LOG))
+    with RawClient(b.port) as c:
+        assert c.connect("e", username="empty", password=password).rc == 5
+    with RawClient(b.port) as c:
+        assert c.connect("a", username="alice", password="").rc == 5
+    login(b.port, "alice").close()
+
+
+@pytest.mark.kite_only("kite refuses a filter a deny rule wholly covers with SUBACK 0x80")
+def test_subscribe_filter_wholly_denied_refused_0x80(acl_broker):
+    # alice reads public/# but not public/secret: a subscription to just
+    # that topic can never deliver anything.
+    b, port, _ = acl_broker
+    alice = login(port, "alice")
+    assert alice.subscribe([("public/secret", 1), ("public/+", 1),
+                            ("public/secret/x", 1)]) == [0x80, 1, 1]

@@ -188,3 +188,22 @@ def test_acknowledgement_of_the_wrong_type_closes(broker, qos, wrong):
         assert m.qos == qos
         sub.send(getattr(mqttraw, wrong)(m.pid))
         sub.expect_closed(3)
+
+
+@pytest.mark.parametrize("name,level", [("MQTT", 0x84), ("MQIsdp", 0x83)])
+def test_bridge_protocol_level_accepted_with_no_local(broker, name, level):
+    # Mosquitto's bridges set 0x80 in the protocol level; Mosquitto accepts
+    # it from any client (its 06-bridge-no-local) and does not send the
+    # bridge its own messages back.
+    br = RawClient(broker.port)
+    ack = br.connect("bridge-x", proto_name=name, proto_level=level)
+    assert ack.rc == 0 and not ack.session_present
+    assert br.subscribe([("loop/#", 1)]) == [1]
+    br.publish("loop/own", b"mine", qos=1)
+    other = RawClient(broker.port)
+    assert other.connect("other").rc == 0
+    other.publish("loop/else", b"theirs", qos=1, retain=True)
+    m = br.expect_publish()
+    assert (m.topic, m.payload) == ("loop/else", b"theirs")
+    assert m.retain  # retain as published, for a bridge
+    br.expect_silence(0.5)

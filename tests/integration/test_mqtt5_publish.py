@@ -356,3 +356,38 @@ def test_mqtt5_qos2_flow_with_reason_codes(broker):
     assert rel.flags == 0x02 and rel.rc == m5.SUCCESS
     s.send(m5.pubcomp(m.pid))
     s.expect_silence(0.2)
+
+
+@pytest.mark.parametrize("qos", [1, 2])
+@pytest.mark.parametrize("offline", [False, True], ids=["online", "queued"])
+def test_mqtt5_after_oversize_drop_later_messages_still_delivered(broker, qos, offline):
+    # One message over the client's Maximum Packet Size is dropped for it;
+    # the next ones, of either QoS, still arrive (issue 14), whether sent at
+    # once or from the queue of an offline session, in order, numbered on.
+    props = [(m5.MAXIMUM_PACKET_SIZE, 60), (m5.SESSION_EXPIRY_INTERVAL, 60)]
+    s = Client5(broker.port)
+    assert s.connect("mpsq", clean=True, props=props).rc == 0
+    assert s.subscribe([("mpsq/t", qos)]).codes == [qos]
+    if offline:
+        s.send(m5.disconnect(0))
+        s.close()
+    p = Client5(broker.port)
+    assert p.connect("mpsq-pub").rc == 0
+    p.publish("mpsq/t", b"a" * 100, qos=qos, pid=1)
+    for i in range(3):
+        p.publish("mpsq/t", b"s%d" % i, qos=qos, pid=2 + i)
+    if offline:
+        s = Client5(broker.port)
+        assert s.connect("mpsq", clean=False, props=props).session_present
+    got, released = [], 0
+    while len(got) < 3 or (qos == 2 and released < 3):
+        pkt = s.recv(5)
+        if pkt.type == m5.PUBLISH:
+            got.append(pkt.payload)
+            s.send(m5.puback(pkt.pid) if qos == 1 else m5.pubrec(pkt.pid))
+        else:
+            assert pkt.type == m5.PUBREL, pkt
+            released += 1
+            s.send(m5.pubcomp(pkt.pid))
+    assert got == [b"s0", b"s1", b"s2"]
+    s.expect_silence(0.3)

@@ -214,7 +214,7 @@ def test_damaged_log_is_cut_and_the_rest_is_loaded(broker_factory, tmp_path):
     _publish(r.port, "keep/1", [b"kept"], qos=1, retain=True)
     _publish(r.port, "keep/2", [b"also kept"], qos=1, retain=True)
     r.b.stop(signal.SIGKILL)
-    logs = sorted((r.data / "kite").glob("shard-0.*.log"))
+    logs = sorted((r.data / "mosquitto.db.kite").glob("shard-0.*.log"))
     assert logs
     f = logs[-1]
     # A torn tail: half a record of garbage after the good ones.
@@ -230,8 +230,11 @@ def test_damaged_log_is_cut_and_the_rest_is_loaded(broker_factory, tmp_path):
 
 @pytest.mark.kite_only("kite's log format and damage handling")
 def test_garbage_files_never_keep_the_broker_down(broker_factory, tmp_path):
-    data = tmp_path / "data" / "kite"
+    data = tmp_path / "data" / "mosquitto.db.kite"
     data.mkdir(parents=True)
+    # The persistence file is there: the logs stand for it (without it,
+    # kite would start afresh and remove them).
+    (tmp_path / "data" / "mosquitto.db").write_bytes(b"")
     (data / "shard-0.7.log").write_bytes(os.urandom(5000))
     (data / "shard-1.7.log").write_bytes(b"KITELOG\x00" + os.urandom(300))
     port = harness.free_port()
@@ -259,7 +262,7 @@ def test_unwritable_location_refuses_to_start(tmp_path):
     import tlsutil
     rc, out = tlsutil.run_broker_to_exit(harness.broker_bin(), tmp_path, conf)
     assert rc == 1, out
-    assert "persistence: cannot create %s/kite" % loc in out
+    assert "persistence: cannot create %s/mosquitto.db.kite" % loc in out
 
 
 @pytest.mark.kite_only("one kite per persistence directory")
@@ -371,7 +374,7 @@ def test_compaction_keeps_everything_and_bounds_the_files(broker_factory, tmp_pa
     harness.wait_for(lambda: r.b.output().count("compacting shard") >= 3, 10,
                      what="several compactions")
     time.sleep(0.6)  # ticks: finished snapshots synced, old files removed
-    files = sorted(p.name for p in (r.data / "kite").glob("shard-*.log"))
+    files = sorted(p.name for p in (r.data / "mosquitto.db.kite").glob("shard-*.log"))
     shards = {f.split(".")[0] for f in files}
     assert len(files) <= 2 * len(shards), files
     r.restart(signal.SIGKILL)
@@ -406,7 +409,7 @@ def test_kite_db_reports_and_checks_a_directory(broker_factory, tmp_path):
     assert "sessions 1, subscriptions 1, queued or in flight 3, retained 1" in out.stdout
     assert "check: ok" in out.stdout
     # One flipped byte inside a record: found, and the check fails.
-    f = sorted((r.data / "kite").glob("shard-*.log"), key=lambda p: p.stat().st_size)[-1]
+    f = sorted((r.data / "mosquitto.db.kite").glob("shard-*.log"), key=lambda p: p.stat().st_size)[-1]
     b = bytearray(f.read_bytes())
     b[len(b) // 2] ^= 0xff
     f.write_bytes(bytes(b))
@@ -487,3 +490,105 @@ def test_full_disk_keeps_serving_and_withholds_promised_acks(broker_factory, tmp
         assert int(got["$SYS/broker/persistence/write_errors"]) >= 1
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+# ---- persistence_file names the state (docs/PERSISTENCE.md, "Files") -------
+
+def _state_seen(port):
+    """(session present for a persistent client, the retained payloads)."""
+    c, ack = _client(port, "keeper")
+    c.close()
+    w, _ = _client(port, "look-%d" % time.monotonic_ns(), clean=True)
+    assert w.subscribe([("keep/#", 0)]) == [0]
+    got = []
+    try:
+        while True:
+            got.append(w.expect_publish(timeout=0.5).payload)
+    except mqttraw.Timeout:
+        pass
+    w.close()
+    return ack.session_present, got
+
+
+def _leave_state(port):
+    c, _ = _client(port, "keeper")
+    assert c.subscribe([("keep/x", 1)]) == [1]
+    c.close()
+    _publish(port, "keep/r", [b"kept"], qos=1, retain=True)
+
+
+def test_deleting_persistence_file_starts_afresh(broker_factory, tmp_path):
+    # Mosquitto's users (and its own test suite) reset a broker by deleting
+    # persistence_file; kite's logs stand for that file and go with it.
+    r = Restartable(broker_factory, tmp_path)
+    _leave_state(r.port)
+    r.restart(signal.SIGTERM)
+    assert _state_seen(r.port) == (True, [b"kept"])
+    r.b.stop(signal.SIGTERM)
+    (r.data / "mosquitto.db").unlink()
+    r.b = r.factory(r.conf, port=r.port)
+    assert _state_seen(r.port) == (False, [])
+
+
+def test_each_persistence_file_has_its_own_state(broker_factory, tmp_path):
+    r = Restartable(broker_factory, tmp_path,
+                    extra="persistence_file one.db\n")
+    _leave_state(r.port)
+    r.b.stop(signal.SIGTERM)
+    other = r.conf.replace("one.db", "two.db")
+    b = r.factory(other, port=r.port)
+    assert _state_seen(r.port) == (False, [])
+    b.stop(signal.SIGTERM)
+    r.b = r.factory(r.conf, port=r.port)
+    assert _state_seen(r.port) == (True, [b"kept"])
+
+
+@pytest.mark.kite_only("kite's directory beside persistence_file")
+def test_kite_state_lives_beside_persistence_file(broker_factory, tmp_path):
+    r = Restartable(broker_factory, tmp_path,
+                    extra="persistence_file p-%d.db\n" % os.getpid())
+    _leave_state(r.port)
+    name = "p-%d.db" % os.getpid()
+    assert list((r.data / (name + ".kite")).glob("shard-*.log"))
+    assert (r.data / name).is_file()  # an empty Mosquitto database
+    assert not (r.data / "kite").exists()
+    dump = harness.run_cmd([harness.broker_bin(), "db", "dump",
+                            str(r.data / name)])
+    assert dump.returncode == 0, dump.stdout + dump.stderr
+
+
+@pytest.mark.kite_only("an earlier kite's persistence_location/kite")
+def test_earlier_kite_directory_is_taken_over(broker_factory, tmp_path):
+    r = Restartable(broker_factory, tmp_path)
+    _leave_state(r.port)
+    r.b.stop(signal.SIGTERM)
+    # What an earlier kite left: its logs in kite/, no persistence_file.
+    (r.data / "mosquitto.db.kite").rename(r.data / "kite")
+    (r.data / "mosquitto.db").unlink()
+    r.b = r.factory(r.conf, port=r.port)
+    r.b.wait_output(r"kite \(an earlier kite's\) is now .*mosquitto\.db\.kite")
+    assert _state_seen(r.port) == (True, [b"kept"])
+    assert not (r.data / "kite").exists()
+
+
+@pytest.mark.parametrize("sig", STOPS)
+def test_packet_ids_go_on_after_a_restart(broker_factory, tmp_path, sig):
+    # Mosquitto saves a session's last packet id; a restarted broker goes
+    # on from it (its suite: 11-persistent-subscription-no-local).
+    r = Restartable(broker_factory, tmp_path)
+    c, _ = _client(r.port, "pids")
+    assert c.subscribe([("pid/t", 1)]) == [1]
+    _publish(r.port, "pid/t", [b"one", b"two"], qos=1)
+    for want in (1, 2):
+        m = c.expect_publish()
+        assert m.pid == want
+        c.send(mqttraw.puback(m.pid))
+    c.send(mqttraw.pingreq())  # the acknowledgements are read
+    c.expect(mqttraw.PINGRESP)
+    r.restart(sig)
+    c.close()
+    c, ack = _client(r.port, "pids")
+    assert ack.session_present
+    _publish(r.port, "pid/t", [b"three"], qos=1)
+    m = c.expect_publish()
+    assert (m.payload, m.pid) == (b"three", 3)

@@ -150,6 +150,18 @@ def test_mtls_identity_is_username_round_trip(broker_factory, P):
     assert (m.topic, m.payload) == ("m/x", b"hi")
 
 
+def test_identity_as_username_without_require_certificate(broker_factory, P):
+    # Mosquitto starts on this (its 08-ssl-connect-no-identity): no client
+    # certificate is asked for, so no client has an identity and each is
+    # refused with CONNACK 4 (bad username or password), with or without a
+    # certificate of its own.
+    conf = tls_listener(extra="use_identity_as_username true\n") + LOG
+    b, (port,) = tlsutil.start(broker_factory, conf)
+    assert tlsutil.tls_attempt(port) == ("connack", 4)
+    cert, key = P.client("gw1")
+    assert tlsutil.tls_attempt(port, cert=cert, key=key) == ("connack", 4)
+
+
 def test_mtls_client_without_certificate_refused_at_tls(broker_factory, P):
     b, (port,) = tlsutil.start(broker_factory, mtls_conf(P))
     what, why = tlsutil.tls_attempt(port)

@@ -78,3 +78,36 @@ def test_will_sent_when_session_taken_over(broker):
     m = w.expect_publish()
     assert (m.topic, m.payload) == ("will/taken", b"old")
     old.expect_closed(2)
+
+
+@pytest.mark.parametrize("clean1,clean2,will", [
+    (True, True, True), (False, True, True), (True, False, True),
+    (False, False, False)])
+def test_will_on_takeover_only_if_a_side_is_clean(broker, clean1, clean2, will):
+    # Mosquitto 2.0.11 (its 07-will-takeover): the old connection's will
+    # is published unless both connections use a persistent session (the
+    # session goes on, so the client did not go).
+    w = _watcher(broker)
+    old = RawClient(broker.port)
+    assert old.connect("tk", clean=clean1, will=("will/tk", b"old", 0, False)).rc == 0
+    new = RawClient(broker.port)
+    ack = new.connect("tk", clean=clean2)
+    assert ack.rc == 0
+    old.expect_closed(2)
+    if will:
+        m = w.expect_publish()
+        assert (m.topic, m.payload) == ("will/tk", b"old")
+    w.expect_silence(0.7)
+
+
+def test_will_over_message_size_limit_refused(broker_factory):
+    # Mosquitto refuses the CONNECT (3.1.1: CONNACK 5, not authorised).
+    b = broker_factory("allow_anonymous true\nmessage_size_limit 1\n")
+    w = _watcher(b)
+    c = RawClient(b.port)
+    assert c.connect("big", will=("will/big", b"AB", 0, False)).rc == 5
+    c.expect_closed(2)
+    c = RawClient(b.port)
+    assert c.connect("big", will=("will/big", b"A", 0, False)).rc == 0
+    c.close()
+    assert w.expect_publish().payload == b"A"

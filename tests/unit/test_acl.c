@@ -345,6 +345,45 @@ TEST(acl_filter_may_match_cases)
 	acl_identity_unref(id);
 }
 
+TEST(acl_filter_wholly_denied_is_refused)
+{
+	const char *f = "user u\n"
+			"topic read a/#\n"
+			"topic deny a/secret\n"
+			"topic deny a/priv/#\n"
+			"topic deny a/+/hidden\n"
+			"pattern read p/#\n"
+			"pattern deny p/%u/x/#\n"
+			"pattern deny $SYS/#\n";
+	struct acl_identity *id = ident(f, "u", "c");
+	static const struct {
+		const char *filter;
+		bool may;
+	} cases[] = {
+		{"a/secret", false},	{"a/secret/x", true},
+		{"a/priv", false},	{"a/priv/#", false},
+		{"a/priv/x/y", false},	{"a/+", true},
+		{"a/#", true},		{"a/x/hidden", false},
+		{"a/+/hidden", false},	{"a/+/hidden/#", true},
+		{"a/x/hidden/#", true}, {"p/u/x", false},
+		{"p/u/x/#", false},	{"p/u/+", true},
+		{"p/v/x", true},	{"$SYS/x", false},
+		{"$share/g/a/secret", false}, {"$share/g/a/open", true},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		bool got = may(id, cases[i].filter);
+		if (got != cases[i].may)
+			fprintf(stderr, "  filter \"%s\": got %d\n",
+				cases[i].filter, got);
+		CHECK(got == cases[i].may);
+	}
+	acl_identity_unref(id);
+	/* A pattern deny gives way to the client's own grant (phase 1). */
+	id = ident("user u\ntopic read q/#\npattern deny q/#\n", "u", "c");
+	CHECK(may(id, "q/x"));
+	acl_identity_unref(id);
+}
+
 TEST(acl_subscribe_check_always_allowed_like_mosquitto_2_0)
 {
 	struct acl_identity *id = ident("topic read a\n", "u", "c");

@@ -912,7 +912,7 @@ TEST(codec_connect_bridge_bit_on_3x_levels_is_a_bridge)
 
 TEST(codec_connect_unknown_level_is_unsupported_version_with_level_kept)
 {
-	const uint8_t levels[] = {0, 1, 2, 3, 6, 0x85, 0xff};
+	const uint8_t levels[] = {0, 1, 2, 3, 6, 0x86, 0xff};
 	for (size_t i = 0; i < ARRAY_LEN(levels); i++) {
 		struct buf p = {.n = 0};
 		put_str(&p, "MQTT");
@@ -924,6 +924,34 @@ TEST(codec_connect_unknown_level_is_unsupported_version_with_level_kept)
 		CHECK_EQ(mqtt_decode_connect(p.b, p.n, &c),
 			 MQTT_RC_UNSUPPORTED_PROTOCOL_VERSION);
 		CHECK_EQ(c.version, levels[i]);
+	}
+}
+
+TEST(codec_connect_bridge_bit_is_accepted_as_mosquitto_does)
+{
+	static const struct {
+		const char *name;
+		uint8_t level, version;
+		bool bridge;
+	} cases[] = {
+		{"MQTT", 0x84, 4, true},
+		{"MQIsdp", 0x83, 3, true},
+		{"MQTT", 0x85, 5, false},
+		{"MQTT", 4, 4, false},
+	};
+	for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
+		struct buf p = {.n = 0};
+		put_str(&p, cases[i].name);
+		put_u8(&p, cases[i].level);
+		put_u8(&p, 0x02);
+		put_u16(&p, 0);
+		if (cases[i].version == 5)
+			put_u8(&p, 0); /* no properties */
+		put_str(&p, "x");
+		struct mqtt_connect c;
+		CHECK_EQ(mqtt_decode_connect(p.b, p.n, &c), MQTT_RC_SUCCESS);
+		CHECK_EQ(c.version, cases[i].version);
+		CHECK(c.bridge == cases[i].bridge);
 	}
 }
 
