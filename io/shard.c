@@ -1030,6 +1030,8 @@ static void *shard_main(void *arg)
 		bool tick = false;
 		shard_turn(s, &tick);
 		shard_drain_rings(s);
+		if (s->b->cluster)
+			cluster_drain(s);
 		if (tick) {
 			shard_on_tick(s);
 			conn_settle(s);

@@ -1,0 +1,575 @@
+/* The cluster on NATS (io/cluster.h, docs/CLUSTER.md). */
+#include "io/cluster.h"
+
+#include <nats/nats.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "core/clusterwire.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "io/engine.h"
+
+/* Items from NATS waiting for one shard. */
+#define CLUSTER_RING_SLOTS 4096
+/* Recently seen (origin, seq) pairs, direct-mapped: the copies of one
+ * message that two overlapping subscriptions bring arrive next to each
+ * other, so a small table catches them; a miss costs a duplicate, never
+ * a loss (pairs are compared in full). */
+#define CLUSTER_SEEN_SLOTS 16384
+/* How long a node waits between attempts to reach NATS. */
+#define CLUSTER_RECONNECT_WAIT_MS 250
+
+_Static_assert((CLUSTER_RING_SLOTS & (CLUSTER_RING_SLOTS - 1)) == 0, "pow2");
+_Static_assert((CLUSTER_SEEN_SLOTS & (CLUSTER_SEEN_SLOTS - 1)) == 0, "pow2");
+
+enum cin_kind {
+	CIN_MSG = 1, /* ptr: struct msg *, routed on this node */
+	CIN_KICK,    /* ptr: struct cluster_kick *, a session to close */
+};
+
+struct cin_item {
+	uint8_t kind;
+	void *ptr;
+};
+
+struct cin_ring {
+	_Atomic uint32_t head; /* the shard */
+	char pad0[60];
+	_Atomic uint32_t tail; /* the NATS delivery thread */
+	char pad1[60];
+	/* A MSG_RING is on its way: later pushes need not send another.
+	 * The shard clears it before it reads tail. */
+	_Atomic bool woken;
+	char pad2[63];
+	struct cin_item items[CLUSTER_RING_SLOTS];
+};
+
+struct cluster_kick {
+	uint16_t len;
+	char id[];
+};
+
+/* One distinct filter of this node: the shards that hold it, and its
+ * NATS subscriptions ("a/#" needs two). */
+struct interest {
+	struct htab_link link;
+	uint32_t refs;
+	natsSubscription *sub[2];
+	uint16_t len;
+	char filter[];
+};
+
+struct seen {
+	uint64_t origin, seq;
+};
+
+struct cluster {
+	struct broker *b;
+	natsOptions *opts;
+	natsConnection *nc;
+	natsSubscription *takeover_sub;
+	uint64_t node_id;
+	char node[64];
+	_Atomic uint64_t seq;
+	pthread_mutex_t interest_lock;
+	struct htab interest;
+	/* Producers: the client's delivery thread(s). The shards' side is
+	 * lock-free. */
+	pthread_mutex_t in_lock;
+	_Atomic bool closing;
+	struct io_uring wake;
+	struct cin_ring *rings; /* [nshards] */
+	struct seen *seen;
+	_Atomic uint64_t published, received, duplicates, failures;
+};
+
+static _Thread_local uint8_t *scratch;
+static _Thread_local size_t scratch_cap;
+
+/* ---- from NATS to the shards --------------------------------------------- */
+
+static bool seen_before(struct cluster *cl, uint64_t origin, uint64_t seq)
+{
+	uint64_t h = (origin ^ (seq * 0x9e3779b97f4a7c15ull)) >> 17;
+	struct seen *e = &cl->seen[h & (CLUSTER_SEEN_SLOTS - 1)];
+	if (e->origin == origin && e->seq == seq)
+		return true;
+	e->origin = origin;
+	e->seq = seq;
+	return false;
+}
+
+/* Under in_lock. Waits for room: NATS then holds the messages (up to the
+ * subscription's pending limits, past which it reports a slow consumer). */
+static void cin_push(struct cluster *cl, unsigned dst, struct cin_item it)
+{
+	struct cin_ring *r = &cl->rings[dst];
+	uint32_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	while (tail - atomic_load_explicit(&r->head, memory_order_acquire) ==
+	       CLUSTER_RING_SLOTS) {
+		if (atomic_load(&cl->closing))
+			return;
+		usleep(200);
+	}
+	r->items[tail & (CLUSTER_RING_SLOTS - 1)] = it;
+	atomic_store_explicit(&r->tail, tail + 1, memory_order_release);
+	if (atomic_exchange(&r->woken, true))
+		return;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&cl->wake);
+	if (!sqe)
+		return; /* the shard drains every turn anyway */
+	io_uring_prep_msg_ring(sqe, cl->b->shards[dst].ring.ring_fd, 0,
+			       ud_pack(UD_WAKE, 0, 0), 0);
+	io_uring_submit_and_wait(&cl->wake, 1);
+	struct io_uring_cqe *cqe;
+	if (io_uring_peek_cqe(&cl->wake, &cqe) == 0)
+		io_uring_cqe_seen(&cl->wake, cqe);
+}
+
+static void cluster_msg_cb(natsConnection *nc, natsSubscription *sub,
+			   natsMsg *nm, void *closure)
+{
+	struct cluster *cl = closure;
+	const char *subj = natsMsg_GetSubject(nm);
+	size_t slen = strlen(subj), plen = sizeof(CLUSTER_PREFIX_MSG);
+	char topic[CLUSTER_SUBJECT_MAX];
+	int tlen = -1;
+	struct cluster_envelope e;
+	if (slen > plen && !memcmp(subj, CLUSTER_PREFIX_MSG ".", plen))
+		tlen = cluster_topic(subj + plen, slen - plen, topic,
+				     sizeof(topic));
+	if (tlen < 0 ||
+	    cluster_envelope_parse((const uint8_t *)natsMsg_GetData(nm),
+				   (size_t)natsMsg_GetDataLength(nm), &e) < 0) {
+		atomic_fetch_add(&cl->failures, 1);
+		natsMsg_Destroy(nm);
+		return;
+	}
+	pthread_mutex_lock(&cl->in_lock);
+	if (atomic_load(&cl->closing)) {
+		/* nothing more goes to the shards */
+	} else if (seen_before(cl, e.origin, e.seq)) {
+		atomic_fetch_add_explicit(&cl->duplicates, 1, memory_order_relaxed);
+	} else {
+		struct msg *m = msg_new((const uint8_t *)topic, (uint16_t)tlen,
+					e.payload, e.payload_len, e.qos,
+					e.retain, e.props_len ? e.props : NULL,
+					e.props_len);
+		if (m) {
+			m->expiry_s = e.expiry_s;
+			m->created_ms = now_monotonic_ms();
+			/* Same topic, same shard: the ring keeps its order. */
+			unsigned d = (unsigned)(hash_bytes(topic, (size_t)tlen) %
+						cl->b->nshards);
+			cin_push(cl, d, (struct cin_item){CIN_MSG, m});
+			atomic_fetch_add_explicit(&cl->received, 1,
+						  memory_order_relaxed);
+		} else {
+			atomic_fetch_add(&cl->failures, 1);
+		}
+	}
+	pthread_mutex_unlock(&cl->in_lock);
+	natsMsg_Destroy(nm);
+}
+
+/* A client connected on another node: close ours. */
+static void cluster_takeover_cb(natsConnection *nc, natsSubscription *sub,
+				natsMsg *nm, void *closure)
+{
+	struct cluster *cl = closure;
+	const uint8_t *d = (const uint8_t *)natsMsg_GetData(nm);
+	int len = natsMsg_GetDataLength(nm);
+	struct cluster_envelope e = {0};
+	if (cluster_envelope_parse(d, (size_t)len, &e) < 0 ||
+	    e.origin == cl->node_id || !e.payload_len ||
+	    e.payload_len > CLIENT_ID_MAX) {
+		natsMsg_Destroy(nm);
+		return;
+	}
+	int home = session_home(cl->b, (const char *)e.payload,
+				(uint16_t)e.payload_len);
+	struct cluster_kick *k = home < 0 ? NULL : malloc(sizeof(*k) + e.payload_len);
+	if (k) {
+		k->len = (uint16_t)e.payload_len;
+		memcpy(k->id, e.payload, e.payload_len);
+		pthread_mutex_lock(&cl->in_lock);
+		if (atomic_load(&cl->closing))
+			free(k);
+		else
+			cin_push(cl, (unsigned)home, (struct cin_item){CIN_KICK, k});
+		pthread_mutex_unlock(&cl->in_lock);
+	}
+	natsMsg_Destroy(nm);
+}
+
+void cluster_drain(struct shard *s)
+{
+	struct cin_ring *r = &s->b->cluster->rings[s->idx];
+	atomic_store(&r->woken, false);
+	uint32_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+	for (;;) {
+		uint32_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+		if (head == tail)
+			break;
+		while (head != tail) {
+			struct cin_item it = r->items[head & (CLUSTER_RING_SLOTS - 1)];
+			head++;
+			atomic_store_explicit(&r->head, head, memory_order_release);
+			if (it.kind == CIN_MSG) {
+				route_remote(s, it.ptr);
+			} else {
+				struct cluster_kick *k = it.ptr;
+				session_kick_remote(s, k->id, k->len);
+				free(k);
+			}
+			conn_settle(s);
+		}
+	}
+}
+
+/* ---- from the shards to NATS --------------------------------------------- */
+
+static uint8_t *scratch_get(size_t n)
+{
+	if (n > scratch_cap) {
+		uint8_t *p = realloc(scratch, n);
+		if (!p)
+			return NULL;
+		scratch = p;
+		scratch_cap = n;
+	}
+	return scratch;
+}
+
+static void cluster_fail(struct cluster *cl, const char *what, const char *topic,
+			 size_t len, natsStatus st)
+{
+	/* Logged once per 1024 failures: a cluster that is down must not
+	 * flood the log at the publish rate. */
+	if ((atomic_fetch_add(&cl->failures, 1) & 1023) == 0)
+		log_msg(KITE_LOG_WARNING, "cluster: %s '%.*s' not sent to the "
+			"other nodes: %s", what, (int)(len > 200 ? 200 : len),
+			topic, st == NATS_OK ? "subject too long"
+					     : natsStatus_GetText(st));
+}
+
+void cluster_publish(struct shard *s, const struct msg *m)
+{
+	struct cluster *cl = s->b->cluster;
+	const char *topic = msg_topic(m);
+	/* Each node has its own $SYS. */
+	if (m->topic_len >= 4 && !memcmp(topic, "$SYS", 4))
+		return;
+	uint32_t left = msg_expiry_left(m, s->now_ms);
+	if (!left)
+		return;
+	char subj[CLUSTER_SUBJECT_MAX + 1];
+	if (cluster_subject(CLUSTER_PREFIX_MSG, topic, m->topic_len, subj,
+			    sizeof(subj)) < 0) {
+		cluster_fail(cl, "message on", topic, m->topic_len, NATS_OK);
+		return;
+	}
+	struct cluster_envelope e = {
+		.qos = m->qos,
+		.retain = m->retain,
+		.origin = cl->node_id,
+		.seq = atomic_fetch_add_explicit(&cl->seq, 1, memory_order_relaxed),
+		.expiry_s = left == UINT32_MAX ? 0 : left,
+		.props_len = m->props_len,
+	};
+	size_t n = CLUSTER_ENVELOPE_HEADER + m->props_len + m->payload_len;
+	uint8_t *buf = n <= INT32_MAX ? scratch_get(n) : NULL;
+	if (!buf) {
+		cluster_fail(cl, "message on", topic, m->topic_len, NATS_NO_MEMORY);
+		return;
+	}
+	cluster_envelope_header(&e, buf);
+	memcpy(buf + CLUSTER_ENVELOPE_HEADER, msg_payload(m) + m->payload_len,
+	       m->props_len);
+	memcpy(buf + CLUSTER_ENVELOPE_HEADER + m->props_len, msg_payload(m),
+	       m->payload_len);
+	natsStatus st = natsConnection_Publish(cl->nc, subj, buf, (int)n);
+	if (st != NATS_OK)
+		cluster_fail(cl, "message on", topic, m->topic_len, st);
+	else
+		atomic_fetch_add_explicit(&cl->published, 1, memory_order_relaxed);
+}
+
+void cluster_announce_session(struct shard *s, const char *id, uint16_t len)
+{
+	struct cluster *cl = s->b->cluster;
+	struct cluster_envelope e = {.origin = cl->node_id,
+				     .seq = atomic_fetch_add(&cl->seq, 1)};
+	uint8_t *buf = scratch_get(CLUSTER_ENVELOPE_HEADER + (size_t)len);
+	if (!buf)
+		return;
+	cluster_envelope_header(&e, buf);
+	memcpy(buf + CLUSTER_ENVELOPE_HEADER, id, len);
+	natsStatus st = natsConnection_Publish(cl->nc, CLUSTER_PREFIX_TAKEOVER, buf,
+					       CLUSTER_ENVELOPE_HEADER + len);
+	if (st != NATS_OK)
+		cluster_fail(cl, "takeover of", id, len, st);
+}
+
+/* ---- interest ------------------------------------------------------------- */
+
+static bool interest_eq_cb(const struct htab_link *l, const void *key,
+			   size_t len)
+{
+	const struct interest *in = htab_entry(l, const struct interest, link);
+	return in->len == len && !memcmp(in->filter, key, len);
+}
+
+static void interest_subscribe(struct cluster *cl, struct interest *in)
+{
+	char subj[2][CLUSTER_SUBJECT_MAX + 1];
+	int n = cluster_filter_subjects(CLUSTER_PREFIX_MSG, in->filter, in->len,
+					subj);
+	if (n < 0) {
+		log_msg(KITE_LOG_WARNING, "cluster: filter '%.*s' is too long "
+			"for NATS: it gets this node's messages only",
+			(int)(in->len > 200 ? 200 : in->len), in->filter);
+		return;
+	}
+	for (int i = 0; i < n; i++) {
+		natsStatus st = natsConnection_Subscribe(&in->sub[i], cl->nc,
+							 subj[i], cluster_msg_cb, cl);
+		if (st != NATS_OK) {
+			in->sub[i] = NULL;
+			log_msg(KITE_LOG_ERR, "cluster: cannot subscribe to %s: %s",
+				subj[i], natsStatus_GetText(st));
+			continue;
+		}
+		/* Bursts wait in the client rather than being cut at its
+		 * default 64 Ki messages. */
+		natsSubscription_SetPendingLimits(in->sub[i], 1 << 20, 256 << 20);
+	}
+}
+
+static void interest_free(struct interest *in)
+{
+	for (int i = 0; i < 2; i++)
+		if (in->sub[i]) {
+			natsSubscription_Unsubscribe(in->sub[i]);
+			natsSubscription_Destroy(in->sub[i]);
+		}
+	free(in);
+}
+
+void cluster_interest(struct broker *b, const char *filter, uint16_t len,
+		      bool add)
+{
+	struct cluster *cl = b->cluster;
+	uint64_t h = hash_bytes(filter, len);
+	pthread_mutex_lock(&cl->interest_lock);
+	struct interest *in = htab_entry(
+		htab_find(&cl->interest, h, filter, len, interest_eq_cb),
+		struct interest, link);
+	if (add && in) {
+		in->refs++;
+	} else if (add) {
+		in = calloc(1, sizeof(*in) + len);
+		if (in) {
+			in->refs = 1;
+			in->len = len;
+			memcpy(in->filter, filter, len);
+			if (htab_insert(&cl->interest, &in->link, h) < 0) {
+				free(in);
+				in = NULL;
+			} else {
+				interest_subscribe(cl, in);
+			}
+		}
+		if (!in)
+			log_msg(KITE_LOG_ERR, "cluster: out of memory: filter "
+				"'%.*s' gets this node's messages only",
+				(int)len, filter);
+	} else if (in && --in->refs == 0) {
+		htab_remove(&cl->interest, &in->link);
+		interest_free(in);
+	}
+	pthread_mutex_unlock(&cl->interest_lock);
+}
+
+/* ---- the link -------------------------------------------------------------- */
+
+static void cluster_disconnected_cb(natsConnection *nc, void *closure)
+{
+	struct cluster *cl = closure;
+	if (!atomic_load(&cl->closing))
+		log_msg(KITE_LOG_WARNING, "cluster: node %s lost NATS; "
+			"reconnecting", cl->node);
+}
+
+static void cluster_connected_cb(natsConnection *nc, void *closure)
+{
+	struct cluster *cl = closure;
+	char url[256] = "";
+	natsConnection_GetConnectedUrl(nc, url, sizeof(url));
+	log_msg(KITE_LOG_NOTICE, "cluster: node %s connected to NATS at %s",
+		cl->node, url);
+}
+
+static void cluster_error_cb(natsConnection *nc, natsSubscription *sub,
+			     natsStatus err, void *closure)
+{
+	struct cluster *cl = closure;
+	if ((atomic_fetch_add(&cl->failures, 1) & 1023) == 0)
+		log_msg(KITE_LOG_WARNING, "cluster: NATS: %s",
+			natsStatus_GetText(err));
+}
+
+static int cluster_options(struct cluster *cl, const struct kite_config *cfg)
+{
+	natsOptions *o = NULL;
+	natsStatus st = natsOptions_Create(&o);
+	if (st == NATS_OK)
+		st = natsOptions_SetURL(o, cfg->cluster_nats_url);
+	if (st == NATS_OK)
+		st = natsOptions_SetName(o, cl->node);
+	/* What this node publishes it has routed itself. */
+	if (st == NATS_OK)
+		st = natsOptions_SetNoEcho(o, true);
+	if (st == NATS_OK)
+		st = natsOptions_SetMaxReconnect(o, -1);
+	if (st == NATS_OK)
+		st = natsOptions_SetReconnectWait(o, CLUSTER_RECONNECT_WAIT_MS);
+	/* One delivery thread for every subscription: the single producer
+	 * of the shards' rings, in the order NATS delivered. */
+	if (st == NATS_OK)
+		st = natsOptions_UseGlobalMessageDelivery(o, true);
+	if (st == NATS_OK)
+		st = natsOptions_SetRetryOnFailedConnect(o, true,
+							 cluster_connected_cb, cl);
+	if (st == NATS_OK)
+		st = natsOptions_SetReconnectedCB(o, cluster_connected_cb, cl);
+	if (st == NATS_OK)
+		st = natsOptions_SetDisconnectedCB(o, cluster_disconnected_cb, cl);
+	if (st == NATS_OK)
+		st = natsOptions_SetErrorHandler(o, cluster_error_cb, cl);
+	if (st != NATS_OK) {
+		log_msg(KITE_LOG_ERR, "Error: cluster_nats_url '%s': %s",
+			cfg->cluster_nats_url, natsStatus_GetText(st));
+		natsOptions_Destroy(o);
+		return -1;
+	}
+	cl->opts = o;
+	return 0;
+}
+
+int cluster_start(struct broker *b)
+{
+	const struct kite_config *cfg = b->cfg;
+	if (!cfg->cluster_nats_url[0])
+		return 0;
+	struct cluster *cl = calloc(1, sizeof(*cl));
+	if (!cl)
+		return -1;
+	cl->b = b;
+	cl->rings = aligned_alloc(64, sizeof(*cl->rings) * b->nshards);
+	cl->seen = calloc(CLUSTER_SEEN_SLOTS, sizeof(*cl->seen));
+	if (!cl->rings || !cl->seen ||
+	    getrandom(&cl->node_id, sizeof(cl->node_id), 0) != sizeof(cl->node_id) ||
+	    io_uring_queue_init(4, &cl->wake, 0) < 0) {
+		log_msg(KITE_LOG_ERR, "Error: cluster: cannot start");
+		free(cl->rings);
+		free(cl->seen);
+		free(cl);
+		return -1;
+	}
+	for (unsigned i = 0; i < b->nshards; i++) {
+		atomic_init(&cl->rings[i].head, 0);
+		atomic_init(&cl->rings[i].tail, 0);
+		atomic_init(&cl->rings[i].woken, false);
+	}
+	pthread_mutex_init(&cl->interest_lock, NULL);
+	pthread_mutex_init(&cl->in_lock, NULL);
+	if (cfg->cluster_node_name[0]) {
+		snprintf(cl->node, sizeof(cl->node), "%s", cfg->cluster_node_name);
+	} else {
+		char host[40] = "kite";
+		gethostname(host, sizeof(host) - 1);
+		snprintf(cl->node, sizeof(cl->node), "%s-%d", host, (int)getpid());
+	}
+	b->cluster = cl;
+	natsStatus st = nats_Open(-1);
+	if (st == NATS_OK)
+		st = nats_SetMessageDeliveryPoolSize(1);
+	if (st != NATS_OK || cluster_options(cl, cfg) < 0) {
+		log_msg(KITE_LOG_ERR, "Error: cluster: %s", natsStatus_GetText(st));
+		return -1;
+	}
+	st = natsConnection_Connect(&cl->nc, cl->opts);
+	if (st != NATS_OK && st != NATS_NOT_YET_CONNECTED) {
+		log_msg(KITE_LOG_ERR, "Error: cluster: cannot use NATS at %s: %s",
+			cfg->cluster_nats_url, natsStatus_GetText(st));
+		return -1;
+	}
+	if (st == NATS_NOT_YET_CONNECTED)
+		log_msg(KITE_LOG_WARNING, "cluster: NATS at %s is not reachable "
+			"yet; node %s keeps trying", cfg->cluster_nats_url,
+			cl->node);
+	st = natsConnection_Subscribe(&cl->takeover_sub, cl->nc,
+				      CLUSTER_PREFIX_TAKEOVER,
+				      cluster_takeover_cb, cl);
+	if (st != NATS_OK) {
+		log_msg(KITE_LOG_ERR, "Error: cluster: %s", natsStatus_GetText(st));
+		return -1;
+	}
+	log_msg(KITE_LOG_NOTICE, "cluster: node %s, NATS %s", cl->node,
+		cfg->cluster_nats_url);
+	return 0;
+}
+
+void cluster_stop(struct broker *b)
+{
+	struct cluster *cl = b->cluster;
+	if (!cl)
+		return;
+	atomic_store(&cl->closing, true);
+	/* Published messages still buffered go out first. */
+	if (cl->nc) {
+		natsConnection_FlushTimeout(cl->nc, 1000);
+		natsConnection_Close(cl->nc);
+	}
+	/* A delivery in progress finishes before this returns. */
+	pthread_mutex_lock(&cl->in_lock);
+	pthread_mutex_unlock(&cl->in_lock);
+}
+
+static void interest_free_cb(struct htab_link *l)
+{
+	interest_free(htab_entry(l, struct interest, link));
+}
+
+void cluster_free(struct broker *b)
+{
+	struct cluster *cl = b->cluster;
+	if (!cl)
+		return;
+	for (unsigned i = 0; i < b->nshards; i++) {
+		struct cin_ring *r = &cl->rings[i];
+		for (uint32_t h = atomic_load(&r->head); h != atomic_load(&r->tail); h++) {
+			struct cin_item it = r->items[h & (CLUSTER_RING_SLOTS - 1)];
+			if (it.kind == CIN_MSG)
+				msg_unref(it.ptr);
+			else
+				free(it.ptr);
+		}
+	}
+	htab_fini(&cl->interest, interest_free_cb);
+	if (cl->takeover_sub)
+		natsSubscription_Destroy(cl->takeover_sub);
+	natsConnection_Destroy(cl->nc);
+	natsOptions_Destroy(cl->opts);
+	nats_Close();
+	io_uring_queue_exit(&cl->wake);
+	free(cl->rings);
+	free(cl->seen);
+	free(cl);
+	b->cluster = NULL;
+}
