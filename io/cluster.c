@@ -22,6 +22,8 @@
 #define CLUSTER_SEEN_SLOTS 16384
 /* How long a node waits between attempts to reach NATS. */
 #define CLUSTER_RECONNECT_WAIT_MS 250
+/* Servers listed in cluster_nats_url. */
+#define CLUSTER_SERVERS_MAX 16
 
 _Static_assert((CLUSTER_RING_SLOTS & (CLUSTER_RING_SLOTS - 1)) == 0, "pow2");
 _Static_assert((CLUSTER_SEEN_SLOTS & (CLUSTER_SEEN_SLOTS - 1)) == 0, "pow2");
@@ -29,6 +31,8 @@ _Static_assert((CLUSTER_SEEN_SLOTS & (CLUSTER_SEEN_SLOTS - 1)) == 0, "pow2");
 enum cin_kind {
 	CIN_MSG = 1, /* ptr: struct msg *, routed on this node */
 	CIN_KICK,    /* ptr: struct cluster_kick *, a session to close */
+	CIN_RETAIN,  /* ptr: struct msg *, the topic's retained message
+			(an empty payload clears it) */
 };
 
 struct cin_item {
@@ -72,6 +76,13 @@ struct cluster {
 	natsOptions *opts;
 	natsConnection *nc;
 	natsSubscription *takeover_sub;
+	/* Retained messages: a JetStream stream keeping the last message
+	 * per subject, followed by an ordered consumer from its start. Set
+	 * up by a thread of its own once NATS answers. */
+	jsCtx *js;
+	natsSubscription *retain_sub;
+	pthread_t setup_thread;
+	bool setup_started;
 	uint64_t node_id;
 	char node[64];
 	_Atomic uint64_t seq;
@@ -176,6 +187,46 @@ static void cluster_msg_cb(natsConnection *nc, natsSubscription *sub,
 	natsMsg_Destroy(nm);
 }
 
+/* A retained change (the stream replays every topic's last one first). */
+static void cluster_retain_cb(natsConnection *nc, natsSubscription *sub,
+			      natsMsg *nm, void *closure)
+{
+	struct cluster *cl = closure;
+	const char *subj = natsMsg_GetSubject(nm);
+	size_t slen = strlen(subj), plen = sizeof(CLUSTER_PREFIX_RETAIN);
+	char topic[CLUSTER_SUBJECT_MAX];
+	int tlen = -1;
+	struct cluster_envelope e;
+	if (slen > plen && !memcmp(subj, CLUSTER_PREFIX_RETAIN ".", plen))
+		tlen = cluster_topic(subj + plen, slen - plen, topic,
+				     sizeof(topic));
+	if (tlen < 0 ||
+	    cluster_envelope_parse((const uint8_t *)natsMsg_GetData(nm),
+				   (size_t)natsMsg_GetDataLength(nm), &e) < 0) {
+		atomic_fetch_add(&cl->failures, 1);
+		natsMsg_Destroy(nm);
+		return;
+	}
+	struct msg *m = msg_new((const uint8_t *)topic, (uint16_t)tlen,
+				e.payload, e.payload_len, e.qos, true,
+				e.props_len ? e.props : NULL, e.props_len);
+	if (m) {
+		/* Its expiry counts from now: the stream does not say how
+		 * long it was stored (documented). */
+		m->expiry_s = e.expiry_s;
+		m->created_ms = now_monotonic_ms();
+		pthread_mutex_lock(&cl->in_lock);
+		unsigned d = (unsigned)(hash_bytes(topic, (size_t)tlen) %
+					cl->b->nshards);
+		if (atomic_load(&cl->closing))
+			msg_unref(m);
+		else
+			cin_push(cl, d, (struct cin_item){CIN_RETAIN, m});
+		pthread_mutex_unlock(&cl->in_lock);
+	}
+	natsMsg_Destroy(nm);
+}
+
 /* A client connected on another node: close ours. */
 static void cluster_takeover_cb(natsConnection *nc, natsSubscription *sub,
 				natsMsg *nm, void *closure)
@@ -221,6 +272,15 @@ void cluster_drain(struct shard *s)
 			atomic_store_explicit(&r->head, head, memory_order_release);
 			if (it.kind == CIN_MSG) {
 				route_remote(s, it.ptr);
+			} else if (it.kind == CIN_RETAIN) {
+				struct msg *m = it.ptr;
+				if (!m->payload_len ||
+				    retain_set(s->b->retained, msg_topic(m),
+					       m->topic_len, m) < 0) {
+					retain_set(s->b->retained, msg_topic(m),
+						   m->topic_len, NULL);
+					msg_unref(m);
+				}
 			} else {
 				struct cluster_kick *k = it.ptr;
 				session_kick_remote(s, k->id, k->len);
@@ -297,6 +357,89 @@ void cluster_publish(struct shard *s, const struct msg *m)
 		cluster_fail(cl, "message on", topic, m->topic_len, st);
 	else
 		atomic_fetch_add_explicit(&cl->published, 1, memory_order_relaxed);
+	if (!m->retain)
+		return;
+	/* The stream keeps it (its last one per subject) for every node,
+	 * and for nodes that start later. */
+	if (cluster_subject(CLUSTER_PREFIX_RETAIN, topic, m->topic_len, subj,
+			    sizeof(subj)) < 0) {
+		cluster_fail(cl, "retained message on", topic, m->topic_len, NATS_OK);
+		return;
+	}
+	st = natsConnection_Publish(cl->nc, subj, buf, (int)n);
+	if (st != NATS_OK)
+		cluster_fail(cl, "retained message on", topic, m->topic_len, st);
+}
+
+/* ---- JetStream: retained messages ----------------------------------------- */
+
+static natsStatus cluster_add_stream(struct cluster *cl, int64_t replicas,
+				     jsErrCode *jerr)
+{
+	const char *subjects[] = {CLUSTER_PREFIX_RETAIN ".>"};
+	jsStreamConfig sc;
+	jsStreamConfig_Init(&sc);
+	sc.Name = "KITE_RETAINED";
+	sc.Subjects = subjects;
+	sc.SubjectsLen = 1;
+	sc.MaxMsgsPerSubject = 1;
+	sc.Storage = js_FileStorage;
+	sc.Replicas = replicas;
+	jsStreamInfo *si = NULL;
+	natsStatus st = js_AddStream(&si, cl->js, &sc, NULL, jerr);
+	if (st != NATS_OK && *jerr == JSStreamNameExistErr)
+		st = NATS_OK; /* another node made it */
+	jsStreamInfo_Destroy(si);
+	return st;
+}
+
+static int cluster_setup_retained(struct cluster *cl)
+{
+	jsErrCode jerr = 0;
+	natsStatus st = cl->js ? NATS_OK : natsConnection_JetStream(&cl->js, cl->nc, NULL);
+	if (st != NATS_OK)
+		return -1;
+	/* Three copies where the NATS cluster has three servers; one on a
+	 * single server. */
+	st = cluster_add_stream(cl, 3, &jerr);
+	if (st != NATS_OK)
+		st = cluster_add_stream(cl, 1, &jerr);
+	if (st != NATS_OK) {
+		log_msg(KITE_LOG_WARNING, "cluster: no JetStream stream for "
+			"retained messages (%s, %d): they stay on their node",
+			natsStatus_GetText(st), (int)jerr);
+		return st == NATS_TIMEOUT ? -1 : 1;
+	}
+	jsSubOptions so;
+	jsSubOptions_Init(&so);
+	so.Stream = "KITE_RETAINED";
+	so.Ordered = true;
+	so.Config.DeliverPolicy = js_DeliverLastPerSubject;
+	st = js_Subscribe(&cl->retain_sub, cl->js, CLUSTER_PREFIX_RETAIN ".>",
+			  cluster_retain_cb, cl, NULL, &so, &jerr);
+	if (st != NATS_OK) {
+		log_msg(KITE_LOG_WARNING, "cluster: cannot follow retained "
+			"messages: %s (%d)", natsStatus_GetText(st), (int)jerr);
+		return -1;
+	}
+	log_msg(KITE_LOG_NOTICE, "cluster: node %s follows retained messages "
+		"(JetStream stream KITE_RETAINED)", cl->node);
+	return 0;
+}
+
+/* JetStream requests wait for answers: done off the shards, once NATS is
+ * reachable, retried until it works or kite stops. */
+static void *cluster_setup_main(void *arg)
+{
+	struct cluster *cl = arg;
+	while (!atomic_load(&cl->closing)) {
+		if (natsConnection_Status(cl->nc) == NATS_CONN_STATUS_CONNECTED &&
+		    cluster_setup_retained(cl) >= 0)
+			break;
+		for (int i = 0; i < 10 && !atomic_load(&cl->closing); i++)
+			usleep(100 * 1000);
+	}
+	return NULL;
 }
 
 void cluster_announce_session(struct shard *s, const char *id, uint16_t len)
@@ -427,8 +570,16 @@ static int cluster_options(struct cluster *cl, const struct kite_config *cfg)
 {
 	natsOptions *o = NULL;
 	natsStatus st = natsOptions_Create(&o);
+	/* "url,url,...": every server the node may use. */
+	char urls[sizeof(cfg->cluster_nats_url)];
+	const char *servers[CLUSTER_SERVERS_MAX];
+	int n = 0;
+	snprintf(urls, sizeof(urls), "%s", cfg->cluster_nats_url);
+	for (char *save = NULL, *u = strtok_r(urls, ",", &save);
+	     u && n < CLUSTER_SERVERS_MAX; u = strtok_r(NULL, ",", &save))
+		servers[n++] = u;
 	if (st == NATS_OK)
-		st = natsOptions_SetURL(o, cfg->cluster_nats_url);
+		st = n ? natsOptions_SetServers(o, servers, n) : NATS_INVALID_ARG;
 	if (st == NATS_OK)
 		st = natsOptions_SetName(o, cl->node);
 	/* What this node publishes it has routed itself. */
@@ -522,6 +673,8 @@ int cluster_start(struct broker *b)
 	}
 	log_msg(KITE_LOG_NOTICE, "cluster: node %s, NATS %s", cl->node,
 		cfg->cluster_nats_url);
+	cl->setup_started =
+		pthread_create(&cl->setup_thread, NULL, cluster_setup_main, cl) == 0;
 	return 0;
 }
 
@@ -531,6 +684,8 @@ void cluster_stop(struct broker *b)
 	if (!cl)
 		return;
 	atomic_store(&cl->closing, true);
+	if (cl->setup_started)
+		pthread_join(cl->setup_thread, NULL);
 	/* Published messages still buffered go out first. */
 	if (cl->nc) {
 		natsConnection_FlushTimeout(cl->nc, 1000);
@@ -555,7 +710,7 @@ void cluster_free(struct broker *b)
 		struct cin_ring *r = &cl->rings[i];
 		for (uint32_t h = atomic_load(&r->head); h != atomic_load(&r->tail); h++) {
 			struct cin_item it = r->items[h & (CLUSTER_RING_SLOTS - 1)];
-			if (it.kind == CIN_MSG)
+			if (it.kind == CIN_MSG || it.kind == CIN_RETAIN)
 				msg_unref(it.ptr);
 			else
 				free(it.ptr);
@@ -564,6 +719,9 @@ void cluster_free(struct broker *b)
 	htab_fini(&cl->interest, interest_free_cb);
 	if (cl->takeover_sub)
 		natsSubscription_Destroy(cl->takeover_sub);
+	if (cl->retain_sub)
+		natsSubscription_Destroy(cl->retain_sub);
+	jsCtx_Destroy(cl->js);
 	natsConnection_Destroy(cl->nc);
 	natsOptions_Destroy(cl->opts);
 	nats_Close();

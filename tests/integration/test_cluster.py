@@ -294,3 +294,36 @@ def test_a_node_starts_and_serves_its_clients_while_nats_is_down(cluster, tmp_pa
     b = cluster.start_node("b", url="nats://127.0.0.1:%d" % port)
     pub = cluster.client(b)
     await_interest(pub, c, "local/t")
+
+
+@pytest.mark.timeout(60)
+def test_retained_messages_are_cluster_wide_and_loaded_by_a_new_node(cluster):
+    cluster.start_nats(3, jetstream=True)
+    a = cluster.start_node("a")
+    b = cluster.start_node("b")
+    a.wait_output(r"follows retained messages", timeout=20)
+    b.wait_output(r"follows retained messages", timeout=20)
+    pub = cluster.client(a)
+    pub.publish("ret/one", b"kept", qos=1, retain=True)
+    pub.publish("ret/two", b"gone", qos=1, retain=True)
+    pub.publish("ret/two", b"", qos=1, retain=True)  # cleared
+
+    def retained_on(node, flt, want):
+        c = cluster.client(node)
+        c.subscribe(flt, qos=1)
+        got = []
+        try:
+            while len(got) < want + 1:
+                got.append(c.get(timeout=0.7))
+        except Exception:
+            pass
+        c.stop()
+        return sorted((m.topic, m.payload, m.retain) for m in got)
+
+    harness.wait_for(lambda: retained_on(b, "ret/#", 1) == [("ret/one", b"kept", True)],
+                     10, what="retained message on node b")
+    # A node that starts now loads them from the stream.
+    c = cluster.start_node("c")
+    c.wait_output(r"follows retained messages", timeout=20)
+    harness.wait_for(lambda: retained_on(c, "ret/#", 1) == [("ret/one", b"kept", True)],
+                     10, what="retained message on the new node c")
