@@ -33,6 +33,28 @@ enum cin_kind {
 	CIN_KICK,    /* ptr: struct cluster_kick *, a session to close */
 	CIN_RETAIN,  /* ptr: struct msg *, the topic's retained message
 			(an empty payload clears it) */
+	CIN_SHARE,   /* ptr: struct share_in *, for a shared subscription */
+};
+
+/* A message NATS gave this node's member of a queue group. */
+struct share_in {
+	struct msg *m;
+	uint16_t len;
+	char key[]; /* "GROUP/FILTER" */
+};
+
+/* A shared-subscription group with a home on this node: one NATS queue
+ * subscription per subject of its filter, queue named after the group, so
+ * NATS gives each message to one node of those that have the group. Freed
+ * once NATS says its handlers are done (natsSubscription_SetOnCompleteCB). */
+struct share_sub {
+	struct htab_link link;
+	struct cluster *cl;
+	uint32_t refs;
+	natsSubscription *sub[2];
+	_Atomic int live;
+	uint16_t len;
+	char key[];
 };
 
 struct cin_item {
@@ -53,6 +75,7 @@ struct cin_ring {
 };
 
 struct cluster_kick {
+	uint64_t at_wall_us;
 	uint16_t len;
 	char id[];
 };
@@ -76,6 +99,11 @@ struct cluster {
 	natsOptions *opts;
 	natsConnection *nc;
 	natsSubscription *takeover_sub;
+	/* Queue subscriptions for shared subscriptions: a connection of
+	 * their own, which does get this node's publishes (the first one
+	 * does not: no echo). */
+	natsConnection *nc_share;
+	struct htab shares;
 	/* Retained messages: a JetStream stream keeping the last message
 	 * per subject, followed by an ordered consumer from its start. Set
 	 * up by a thread of its own once NATS answers. */
@@ -139,6 +167,64 @@ static void cin_push(struct cluster *cl, unsigned dst, struct cin_item it)
 	struct io_uring_cqe *cqe;
 	if (io_uring_peek_cqe(&cl->wake, &cqe) == 0)
 		io_uring_cqe_seen(&cl->wake, cqe);
+}
+
+/* The message in nm under prefix ("kite.m"), or NULL (counted). */
+static struct msg *cluster_msg_of(struct cluster *cl, natsMsg *nm,
+				  const char *prefix, struct cluster_envelope *e)
+{
+	const char *subj = natsMsg_GetSubject(nm);
+	size_t slen = strlen(subj), plen = strlen(prefix) + 1;
+	char topic[CLUSTER_SUBJECT_MAX];
+	int tlen = -1;
+	if (slen > plen && !memcmp(subj, prefix, plen - 1) && subj[plen - 1] == '.')
+		tlen = cluster_topic(subj + plen, slen - plen, topic,
+				     sizeof(topic));
+	if (tlen < 0 ||
+	    cluster_envelope_parse((const uint8_t *)natsMsg_GetData(nm),
+				   (size_t)natsMsg_GetDataLength(nm), e) < 0) {
+		atomic_fetch_add(&cl->failures, 1);
+		return NULL;
+	}
+	struct msg *m = msg_new((const uint8_t *)topic, (uint16_t)tlen,
+				e->payload, e->payload_len, e->qos, e->retain,
+				e->props_len ? e->props : NULL, e->props_len);
+	if (!m) {
+		atomic_fetch_add(&cl->failures, 1);
+		return NULL;
+	}
+	m->expiry_s = e->expiry_s;
+	m->created_ms = now_monotonic_ms();
+	return m;
+}
+
+static void cluster_share_cb(natsConnection *nc, natsSubscription *sub,
+			     natsMsg *nm, void *closure)
+{
+	struct share_sub *ss = closure;
+	struct cluster *cl = ss->cl;
+	struct cluster_envelope e;
+	struct msg *m = cluster_msg_of(cl, nm, CLUSTER_PREFIX_MSG, &e);
+	natsMsg_Destroy(nm);
+	if (!m)
+		return;
+	struct share_in *in = malloc(sizeof(*in) + ss->len);
+	if (!in) {
+		msg_unref(m);
+		return;
+	}
+	in->m = m;
+	in->len = ss->len;
+	memcpy(in->key, ss->key, ss->len);
+	pthread_mutex_lock(&cl->in_lock);
+	if (atomic_load(&cl->closing)) {
+		msg_unref(m);
+		free(in);
+	} else {
+		cin_push(cl, share_home(cl->b, in->key, in->len),
+			 (struct cin_item){CIN_SHARE, in});
+	}
+	pthread_mutex_unlock(&cl->in_lock);
 }
 
 static void cluster_msg_cb(natsConnection *nc, natsSubscription *sub,
@@ -246,6 +332,7 @@ static void cluster_takeover_cb(natsConnection *nc, natsSubscription *sub,
 	struct cluster_kick *k = home < 0 ? NULL : malloc(sizeof(*k) + e.payload_len);
 	if (k) {
 		k->len = (uint16_t)e.payload_len;
+		k->at_wall_us = e.seq;
 		memcpy(k->id, e.payload, e.payload_len);
 		pthread_mutex_lock(&cl->in_lock);
 		if (atomic_load(&cl->closing))
@@ -272,6 +359,10 @@ void cluster_drain(struct shard *s)
 			atomic_store_explicit(&r->head, head, memory_order_release);
 			if (it.kind == CIN_MSG) {
 				route_remote(s, it.ptr);
+			} else if (it.kind == CIN_SHARE) {
+				struct share_in *in = it.ptr;
+				share_route_remote(s, in->key, in->len, in->m);
+				free(in);
 			} else if (it.kind == CIN_RETAIN) {
 				struct msg *m = it.ptr;
 				if (!m->payload_len ||
@@ -283,7 +374,8 @@ void cluster_drain(struct shard *s)
 				}
 			} else {
 				struct cluster_kick *k = it.ptr;
-				session_kick_remote(s, k->id, k->len);
+				session_kick_remote(s, k->id, k->len,
+						    k->at_wall_us);
 				free(k);
 			}
 			conn_settle(s);
@@ -442,11 +534,15 @@ static void *cluster_setup_main(void *arg)
 	return NULL;
 }
 
-void cluster_announce_session(struct shard *s, const char *id, uint16_t len)
+void cluster_announce_session(struct shard *s, const struct session *ss)
 {
 	struct cluster *cl = s->b->cluster;
+	const char *id = ss->client_id;
+	uint16_t len = ss->client_id_len;
+	/* seq: when it connected, so that the other nodes close only
+	 * older connections. */
 	struct cluster_envelope e = {.origin = cl->node_id,
-				     .seq = atomic_fetch_add(&cl->seq, 1)};
+				     .seq = ss->connect_wall_us};
 	uint8_t *buf = scratch_get(CLUSTER_ENVELOPE_HEADER + (size_t)len);
 	if (!buf)
 		return;
@@ -538,6 +634,97 @@ void cluster_interest(struct broker *b, const char *filter, uint16_t len,
 	pthread_mutex_unlock(&cl->interest_lock);
 }
 
+static bool share_eq_cb(const struct htab_link *l, const void *key, size_t len)
+{
+	const struct share_sub *ss = htab_entry(l, const struct share_sub, link);
+	return ss->len == len && !memcmp(ss->key, key, len);
+}
+
+static void share_sub_done_cb(void *closure)
+{
+	struct share_sub *ss = closure;
+	if (atomic_fetch_sub(&ss->live, 1) == 1)
+		free(ss);
+}
+
+static void share_queue_subscribe(struct cluster *cl, struct share_sub *ss)
+{
+	const char *slash = memchr(ss->key, '/', ss->len);
+	if (!slash)
+		return;
+	size_t glen = (size_t)(slash - ss->key);
+	char subj[2][CLUSTER_SUBJECT_MAX + 1], queue[CLUSTER_SUBJECT_MAX + 1];
+	int n = cluster_filter_subjects(CLUSTER_PREFIX_MSG, slash + 1,
+					ss->len - glen - 1, subj);
+	if (n < 0 || cluster_subject("q", ss->key, glen, queue, sizeof(queue)) < 0) {
+		log_msg(KITE_LOG_WARNING, "cluster: shared subscription '%.*s' "
+			"is too long for NATS: it gets this node's messages "
+			"only", (int)ss->len, ss->key);
+		return;
+	}
+	for (int i = 0; i < n; i++) {
+		natsStatus st = natsConnection_QueueSubscribe(
+			&ss->sub[i], cl->nc_share, subj[i], queue,
+			cluster_share_cb, ss);
+		if (st != NATS_OK) {
+			ss->sub[i] = NULL;
+			log_msg(KITE_LOG_ERR, "cluster: cannot subscribe to %s "
+				"in queue %s: %s", subj[i], queue,
+				natsStatus_GetText(st));
+			continue;
+		}
+		atomic_fetch_add(&ss->live, 1);
+		natsSubscription_SetOnCompleteCB(ss->sub[i], share_sub_done_cb, ss);
+		natsSubscription_SetPendingLimits(ss->sub[i], 1 << 20, 256 << 20);
+	}
+}
+
+static void share_sub_free(struct share_sub *ss)
+{
+	/* Held until the last subscription's handler returned. */
+	atomic_fetch_add(&ss->live, 1);
+	for (int i = 0; i < 2; i++)
+		if (ss->sub[i]) {
+			natsSubscription_Unsubscribe(ss->sub[i]);
+			natsSubscription_Destroy(ss->sub[i]);
+		}
+	share_sub_done_cb(ss);
+}
+
+void cluster_share(struct broker *b, const char *key, uint16_t len, bool add)
+{
+	struct cluster *cl = b->cluster;
+	uint64_t h = hash_bytes(key, len);
+	pthread_mutex_lock(&cl->interest_lock);
+	struct share_sub *ss = htab_entry(
+		htab_find(&cl->shares, h, key, len, share_eq_cb),
+		struct share_sub, link);
+	if (add && ss) {
+		ss->refs++;
+	} else if (add) {
+		ss = calloc(1, sizeof(*ss) + len);
+		if (ss) {
+			ss->cl = cl;
+			ss->refs = 1;
+			ss->len = len;
+			memcpy(ss->key, key, len);
+			if (htab_insert(&cl->shares, &ss->link, h) < 0) {
+				free(ss);
+				ss = NULL;
+			} else {
+				share_queue_subscribe(cl, ss);
+			}
+		}
+		if (!ss)
+			log_msg(KITE_LOG_ERR, "cluster: out of memory: shared "
+				"subscription '%.*s' left out", (int)len, key);
+	} else if (ss && --ss->refs == 0) {
+		htab_remove(&cl->shares, &ss->link);
+		share_sub_free(ss);
+	}
+	pthread_mutex_unlock(&cl->interest_lock);
+}
+
 /* ---- the link -------------------------------------------------------------- */
 
 static void cluster_disconnected_cb(natsConnection *nc, void *closure)
@@ -566,7 +753,8 @@ static void cluster_error_cb(natsConnection *nc, natsSubscription *sub,
 			natsStatus_GetText(err));
 }
 
-static int cluster_options(struct cluster *cl, const struct kite_config *cfg)
+static natsOptions *cluster_options(struct cluster *cl,
+				    const struct kite_config *cfg, bool echo)
 {
 	natsOptions *o = NULL;
 	natsStatus st = natsOptions_Create(&o);
@@ -582,9 +770,10 @@ static int cluster_options(struct cluster *cl, const struct kite_config *cfg)
 		st = n ? natsOptions_SetServers(o, servers, n) : NATS_INVALID_ARG;
 	if (st == NATS_OK)
 		st = natsOptions_SetName(o, cl->node);
-	/* What this node publishes it has routed itself. */
+	/* What this node publishes it has routed itself (but its queue
+	 * subscriptions, on a second connection, take part). */
 	if (st == NATS_OK)
-		st = natsOptions_SetNoEcho(o, true);
+		st = natsOptions_SetNoEcho(o, !echo);
 	if (st == NATS_OK)
 		st = natsOptions_SetMaxReconnect(o, -1);
 	if (st == NATS_OK)
@@ -606,10 +795,9 @@ static int cluster_options(struct cluster *cl, const struct kite_config *cfg)
 		log_msg(KITE_LOG_ERR, "Error: cluster_nats_url '%s': %s",
 			cfg->cluster_nats_url, natsStatus_GetText(st));
 		natsOptions_Destroy(o);
-		return -1;
+		return NULL;
 	}
-	cl->opts = o;
-	return 0;
+	return o;
 }
 
 int cluster_start(struct broker *b)
@@ -650,7 +838,9 @@ int cluster_start(struct broker *b)
 	natsStatus st = nats_Open(-1);
 	if (st == NATS_OK)
 		st = nats_SetMessageDeliveryPoolSize(1);
-	if (st != NATS_OK || cluster_options(cl, cfg) < 0) {
+	if (st == NATS_OK)
+		cl->opts = cluster_options(cl, cfg, false);
+	if (st != NATS_OK || !cl->opts) {
 		log_msg(KITE_LOG_ERR, "Error: cluster: %s", natsStatus_GetText(st));
 		return -1;
 	}
@@ -664,6 +854,15 @@ int cluster_start(struct broker *b)
 		log_msg(KITE_LOG_WARNING, "cluster: NATS at %s is not reachable "
 			"yet; node %s keeps trying", cfg->cluster_nats_url,
 			cl->node);
+	natsOptions *so = cluster_options(cl, cfg, true);
+	st = so ? natsConnection_Connect(&cl->nc_share, so) : NATS_NO_MEMORY;
+	if (st == NATS_NOT_YET_CONNECTED)
+		st = NATS_OK;
+	natsOptions_Destroy(so);
+	if (st != NATS_OK) {
+		log_msg(KITE_LOG_ERR, "Error: cluster: %s", natsStatus_GetText(st));
+		return -1;
+	}
 	st = natsConnection_Subscribe(&cl->takeover_sub, cl->nc,
 				      CLUSTER_PREFIX_TAKEOVER,
 				      cluster_takeover_cb, cl);
@@ -691,9 +890,16 @@ void cluster_stop(struct broker *b)
 		natsConnection_FlushTimeout(cl->nc, 1000);
 		natsConnection_Close(cl->nc);
 	}
+	if (cl->nc_share)
+		natsConnection_Close(cl->nc_share);
 	/* A delivery in progress finishes before this returns. */
 	pthread_mutex_lock(&cl->in_lock);
 	pthread_mutex_unlock(&cl->in_lock);
+}
+
+static void share_free_cb(struct htab_link *l)
+{
+	share_sub_free(htab_entry(l, struct share_sub, link));
 }
 
 static void interest_free_cb(struct htab_link *l)
@@ -712,17 +918,21 @@ void cluster_free(struct broker *b)
 			struct cin_item it = r->items[h & (CLUSTER_RING_SLOTS - 1)];
 			if (it.kind == CIN_MSG || it.kind == CIN_RETAIN)
 				msg_unref(it.ptr);
-			else
+			else if (it.kind == CIN_SHARE)
+				msg_unref(((struct share_in *)it.ptr)->m);
+			if (it.kind != CIN_MSG && it.kind != CIN_RETAIN)
 				free(it.ptr);
 		}
 	}
 	htab_fini(&cl->interest, interest_free_cb);
+	htab_fini(&cl->shares, share_free_cb);
 	if (cl->takeover_sub)
 		natsSubscription_Destroy(cl->takeover_sub);
 	if (cl->retain_sub)
 		natsSubscription_Destroy(cl->retain_sub);
 	jsCtx_Destroy(cl->js);
 	natsConnection_Destroy(cl->nc);
+	natsConnection_Destroy(cl->nc_share);
 	natsOptions_Destroy(cl->opts);
 	nats_Close();
 	io_uring_queue_exit(&cl->wake);

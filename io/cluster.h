@@ -32,11 +32,15 @@ void cluster_free(struct broker *b);
  * the node subscribes on NATS while any shard has one. Any thread. */
 void cluster_interest(struct broker *b, const char *filter, uint16_t len,
 		      bool add);
+/* A shared-subscription group ("GROUP/FILTER") appeared on (add) or left
+ * its home shard: the node joins or leaves the NATS queue group. */
+void cluster_share(struct broker *b, const char *key, uint16_t len, bool add);
 /* A message published on this node by a client, a will or a bridge
  * goes to the other nodes. Shard threads. */
 void cluster_publish(struct shard *s, const struct msg *m);
 /* A client connected here: other nodes close their session of that id. */
-void cluster_announce_session(struct shard *s, const char *id, uint16_t len);
+struct session;
+void cluster_announce_session(struct shard *s, const struct session *ss);
 /* Each loop turn: what NATS brought for this shard. */
 void cluster_drain(struct shard *s);
 

@@ -266,6 +266,10 @@ struct session {
 	uint64_t offline_wall_ms; /* logged: offline since (0: online) */
 	bool q2_waiting; /* in shard->q2_waiters */
 	struct bridge *bridge; /* the local side of a bridge (bridge.c) */
+	/* Cluster: when its connection was accepted (wall clock, µs): a
+	 * takeover announced by another node for an older connection than
+	 * this one is ignored. */
+	uint64_t connect_wall_us;
 };
 
 /* The interface a persistence backend would implement later: every change
@@ -881,7 +885,8 @@ int session_register(struct broker *b, struct session *ss);
 int session_home(struct broker *b, const char *id, uint16_t len);
 /* Cluster: the client connected on another node; this node's session of
  * that id (on s) ends and its connection is closed (0x8E). */
-void session_kick_remote(struct shard *s, const char *id, uint16_t len);
+void session_kick_remote(struct shard *s, const char *id, uint16_t len,
+			 uint64_t at_wall_us);
 
 /* route.c */
 /* Routes a new message from this shard: retained store, global trie,
@@ -932,6 +937,10 @@ struct conn *shard_conn_lookup(struct shard *s, uint32_t id, uint32_t gen);
 void share_route(struct shard *s, void *group, struct msg *m,
 		 struct persist_ticket *t);
 void share_on_item(struct shard *s, uint8_t kind, void *op);
+/* Cluster: NATS gave this node the message for group key (homed on s):
+ * one member gets it. Takes over the reference. */
+void share_route_remote(struct shard *s, const char *key, uint16_t len,
+			struct msg *m);
 void share_free_all(struct shard *s);
 void share_op_discard(void *op);
 struct session *shard_session_by_id(struct shard *s, uint64_t id);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -139,7 +140,8 @@ int session_home(struct broker *b, const char *id, uint16_t len)
 	return home;
 }
 
-void session_kick_remote(struct shard *s, const char *id, uint16_t len)
+void session_kick_remote(struct shard *s, const char *id, uint16_t len,
+			 uint64_t at_wall_us)
 {
 	struct broker *b = s->b;
 	uint64_t h = hash_bytes(id, len);
@@ -148,7 +150,8 @@ void session_kick_remote(struct shard *s, const char *id, uint16_t len)
 	/* Moved to another shard meanwhile (a local takeover): the client
 	 * connected here again, after the other node's CONNECT; it stays. */
 	struct session *ss = e && e->shard == s->idx ? e->session : NULL;
-	if (ss && !ss->bridge)
+	/* The client connected here after it did there: this one stays. */
+	if (ss && !ss->bridge && ss->connect_wall_us < at_wall_us)
 		htab_remove(&b->reg, &e->link);
 	else
 		ss = NULL;
@@ -275,8 +278,13 @@ static void connect_accept(struct shard *s, struct conn *c,
 	}
 	free(c->pending);
 	c->pending = NULL;
-	if (s->b->cluster)
-		cluster_announce_session(s, ss->client_id, ss->client_id_len);
+	if (s->b->cluster) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ss->connect_wall_us = (uint64_t)ts.tv_sec * 1000000u +
+				      (uint64_t)ts.tv_nsec / 1000u;
+		cluster_announce_session(s, ss);
+	}
 	persist_session(ss); /* before its subscriptions and messages */
 	if (present && ss->conn == c) /* not closed: CONNACK out of memory */
 		session_resume(ss);

@@ -150,7 +150,10 @@ static void route_collect_cb(void *ctx, const struct trie_sub *sub)
 {
 	struct collect *col = ctx;
 	if (sub->options & SUB_SHARED) {
-		collect_group(col, sub->owner);
+		/* In a cluster, NATS picks the node (queue groups):
+		 * share_route_remote. */
+		if (!col->s->b->cluster)
+			collect_group(col, sub->owner);
 		return;
 	}
 	struct session *ss = sub->owner;

@@ -327,3 +327,33 @@ def test_retained_messages_are_cluster_wide_and_loaded_by_a_new_node(cluster):
     c.wait_output(r"follows retained messages", timeout=20)
     harness.wait_for(lambda: retained_on(c, "ret/#", 1) == [("ret/one", b"kept", True)],
                      10, what="retained message on the new node c")
+
+
+@pytest.mark.timeout(40)
+def test_shared_subscription_gives_each_message_to_one_member_across_nodes(cluster):
+    cluster.start_nats()
+    a = cluster.start_node("a")
+    b = cluster.start_node("b")
+    c = cluster.start_node("c")
+    ma = cluster.client(a)
+    mb = cluster.client(b)
+    ma.subscribe("$share/g/sh/+", qos=1)
+    mb.subscribe("$share/g/sh/+", qos=1)
+    # An ordinary subscriber sees every message, once.
+    watch = cluster.client(b)
+    watch.subscribe("sh/+", qos=1)
+    pub = cluster.client(c)
+    await_interest(pub, watch, "sh/p")
+    time.sleep(0.5)
+    for m in (ma, mb):
+        while not m.messages.empty():
+            m.messages.get_nowait()
+    n = 60
+    for i in range(n):
+        pub.publish("sh/t", b"%d" % i, qos=1)
+    assert sorted(int(m.payload) for m in drain(watch, n)) == list(range(n))
+    time.sleep(1.0)
+    got_a = [int(ma.messages.get_nowait().payload) for _ in range(ma.messages.qsize())]
+    got_b = [int(mb.messages.get_nowait().payload) for _ in range(mb.messages.qsize())]
+    assert sorted(got_a + got_b) == list(range(n)), (got_a, got_b)
+    assert got_a and got_b, "NATS queue group did not balance: %s / %s" % (got_a, got_b)
