@@ -357,3 +357,58 @@ def test_shared_subscription_gives_each_message_to_one_member_across_nodes(clust
     got_b = [int(mb.messages.get_nowait().payload) for _ in range(mb.messages.qsize())]
     assert sorted(got_a + got_b) == list(range(n)), (got_a, got_b)
     assert got_a and got_b, "NATS queue group did not balance: %s / %s" % (got_a, got_b)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not os.path.exists(HAPROXY), reason="needs haproxy (Debian package haproxy)")
+def test_clients_through_haproxy_round_robin_reach_each_other(cluster, tmp_path):
+    cluster.start_nats()
+    nodes = [cluster.start_node(n) for n in ("a", "b", "c")]
+    front = harness.free_port()
+    cfg = tmp_path / "haproxy.cfg"
+    cfg.write_text(
+        "defaults\n  mode tcp\n  timeout connect 2s\n  timeout client 60s\n"
+        "  timeout server 60s\n"
+        "frontend mqtt\n  bind 127.0.0.1:%d\n  default_backend kite\n"
+        "backend kite\n  balance roundrobin\n%s"
+        % (front, "".join("  server %s 127.0.0.1:%d\n" % (n, b.port)
+                          for n, b in zip("abc", nodes))))
+    hp = subprocess.Popen([HAPROXY, "-f", str(cfg), "-db"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+    cluster.others.append(hp)
+    harness.wait_for(lambda: harness.listening(front), 5, what="haproxy listening")
+    subs = [Paho(front) for _ in range(3)]
+    cluster.clients.extend(subs)
+    for s in subs:
+        s.subscribe("hp/t", qos=1)
+    # Round robin: one subscriber per node.
+    for b in nodes:
+        b.wait_output(r"New client connected")
+    pub = Paho(front)
+    cluster.clients.append(pub)
+    await_interest(pub, subs, "hp/t")
+    for i in range(10):
+        pub.publish("hp/t", b"%d" % i, qos=1)
+    for s in subs:
+        assert [m.payload for m in drain(s, 10)] == [b"%d" % i for i in range(10)]
+
+
+@pytest.mark.timeout(60)
+def test_a_node_killed_does_not_disturb_the_others(cluster):
+    cluster.start_nats(3)
+    a = cluster.start_node("a")
+    b = cluster.start_node("b")
+    c = cluster.start_node("c")
+    sub = cluster.client(c)
+    sub.subscribe("k/#", qos=1)
+    pub = cluster.client(a)
+    doomed = cluster.client(b)
+    doomed.subscribe("k/#", qos=1)
+    await_interest(pub, [sub, doomed], "k/p")
+    b.stop(signal.SIGKILL)
+    acked = []
+    for i in range(200):
+        pub.publish("k/t", b"%d" % i, qos=1)  # waits for PUBACK
+        acked.append(i)
+    got = [int(m.payload) for m in drain(sub, len(acked), timeout=10)]
+    assert got == acked
