@@ -126,7 +126,7 @@ def cluster(tmp_path):
     c.stop()
 
 
-def await_interest(pub, subs, topic, timeout=5.0):
+def await_interest(pub, subs, topic, timeout=10.0):
     """Publishes probes on topic from pub until every client in subs got
     one: the NATS subscriptions of their nodes have reached every NATS
     server. Then drops whatever probes are still on their way."""
