@@ -30,7 +30,7 @@ CFLAGS   += -std=c17 -D_GNU_SOURCE -I. $(WARN) -pthread -fno-strict-aliasing
 # of its own before `all`.
 .DEFAULT_GOAL := all
 
-LDLIBS   := -luring -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lwslay -lpthread -lsystemd
+LDLIBS   := -luring -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lwslay -lpthread -lsystemd -lnats
 
 ifeq ($(SAN),1)
 # jemalloc stays out of sanitizer builds: ASan must own malloc.

@@ -1954,6 +1954,9 @@ static const struct typed_option typed_options[] = {
 	      0, 0),
 	OPT_G("check_retain_source", OPT_BOOL, check_retain_source, 0, 0),
 	OPT_G("clientid_prefixes", OPT_WORD, clientid_prefixes, 0, 0),
+	/* kite's own: the cluster (docs/CLUSTER.md). */
+	OPT_G("cluster_nats_url", OPT_WORD, cluster_nats_url, 0, 0),
+	OPT_G("cluster_node_name", OPT_WORD, cluster_node_name, 0, 0),
 	OPT_G("max_inflight_bytes", OPT_UINT, max_inflight_bytes, 0,
 	      UINT32_MAX),
 	OPT_G("memory_limit", OPT_UINT, memory_limit, 0, INT64_MAX),

@@ -276,6 +276,10 @@ struct kite_config {
 	bool local_only;
 	struct kite_bridge_cfg bridges[KITE_BRIDGES_MAX];
 	unsigned bridge_count;
+	/* kite's own: a cluster on NATS (docs/CLUSTER.md). "" = no cluster.
+	 * The URL may list several servers, comma-separated. */
+	char cluster_nats_url[1024];
+	char cluster_node_name[64]; /* "" = host name and pid */
 	/* The file given with -c, "" for none. Kept for reloads. */
 	char path[KITE_PATH_MAX];
 };

@@ -350,6 +350,10 @@ int broker_start(struct broker *b)
 	 * The persistence files are the user's (Mosquitto's order too). */
 	if (broker_drop_privileges(b->cfg) < 0)
 		return -1;
+	/* Before the sessions are revived: their subscriptions are the
+	 * node's interest on NATS. */
+	if (cluster_start(b) < 0)
+		return -1;
 	if (persist_start(b) < 0)
 		return -1;
 	pthread_barrier_init(&b->started, NULL, b->nshards + 1);
@@ -364,6 +368,7 @@ int broker_start(struct broker *b)
 
 void broker_stop(struct broker *b)
 {
+	cluster_stop(b);
 	for (unsigned i = 0; i < b->nshards; i++)
 		broker_post_from_main(b, i, (struct xitem){XK_STOP, NULL});
 	for (unsigned i = 0; i < b->nshards; i++)
@@ -374,6 +379,7 @@ void broker_stop(struct broker *b)
 	for (unsigned i = 0; i < b->nshards; i++)
 		shard_fini(&b->shards[i]);
 	shard_discard_pending(b);
+	cluster_free(b);
 	rcu_barrier_qsbr();
 	retain_free(b->retained);
 	gtrie_free(b->gtrie);

@@ -30,6 +30,7 @@
 #include "core/retain.h"
 #include "core/trie.h"
 #include "io/bridge.h"
+#include "io/cluster.h"
 #include "io/msg.h"
 #include "io/persist.h"
 #include "ws/ws.h"
@@ -265,6 +266,10 @@ struct session {
 	uint64_t offline_wall_ms; /* logged: offline since (0: online) */
 	bool q2_waiting; /* in shard->q2_waiters */
 	struct bridge *bridge; /* the local side of a bridge (bridge.c) */
+	/* Cluster: when its connection was accepted (wall clock, µs): a
+	 * takeover announced by another node for an older connection than
+	 * this one is ignored. */
+	uint64_t connect_wall_us;
 };
 
 /* The interface a persistence backend would implement later: every change
@@ -757,6 +762,7 @@ struct broker {
 	bool ktls; /* the kernel takes TLS keys (probed at startup) */
 	bool ktls_rekey; /* ... and replaces TLS 1.3 keys (KeyUpdate) */
 	_Atomic uint64_t next_session_id;
+	struct cluster *cluster; /* NULL: no cluster_nats_url */
 };
 
 /* shard.c */
@@ -879,6 +885,13 @@ void session_kick(struct shard *s, struct session *ss);
 void session_on_disconnect(struct shard *s, struct session *ss);
 /* Recovery: the registry learns a revived session. 0, or -1. */
 int session_register(struct broker *b, struct session *ss);
+/* Cluster: the shard holding the session of client `id`, or -1. Any
+ * thread. */
+int session_home(struct broker *b, const char *id, uint16_t len);
+/* Cluster: the client connected on another node; this node's session of
+ * that id (on s) ends and its connection is closed (0x8E). */
+void session_kick_remote(struct shard *s, const char *id, uint16_t len,
+			 uint64_t at_wall_us);
 
 /* route.c */
 /* Routes a new message from this shard: retained store, global trie,
@@ -891,6 +904,9 @@ void route_local(struct shard *s, struct msg *m, struct persist_ticket *t);
 /* route_publish for a message whose acknowledgement waits for durability
  * (t from persist_ticket_begin, or NULL). */
 bool route_publish_t(struct shard *s, struct msg *m, struct persist_ticket *t);
+/* A message from another node of the cluster (one reference): routed on
+ * this node only, to every shard with a match. */
+void route_remote(struct shard *s, struct msg *m);
 /* Retained messages matching filter, to one session (on subscribe). */
 void route_retained(struct shard *s, struct session *ss, const char *filter,
 		    uint16_t len, uint8_t granted_qos, uint32_t sub_id);
@@ -926,6 +942,10 @@ struct conn *shard_conn_lookup(struct shard *s, uint32_t id, uint32_t gen);
 void share_route(struct shard *s, void *group, struct msg *m,
 		 struct persist_ticket *t);
 void share_on_item(struct shard *s, uint8_t kind, void *op);
+/* Cluster: NATS gave this node the message for group key (homed on s):
+ * one member gets it. Takes over the reference. */
+void share_route_remote(struct shard *s, const char *key, uint16_t len,
+			struct msg *m);
 void share_free_all(struct shard *s);
 void share_op_discard(void *op);
 struct session *shard_session_by_id(struct shard *s, uint64_t id);

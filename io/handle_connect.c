@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -151,6 +152,42 @@ int session_register(struct broker *b, struct session *ss)
 	return e ? 0 : -1;
 }
 
+int session_home(struct broker *b, const char *id, uint16_t len)
+{
+	uint64_t h = hash_bytes(id, len);
+	pthread_mutex_lock(&b->reg_lock);
+	struct client_entry *e = reg_find(b, h, id, len);
+	int home = e ? (int)e->shard : -1;
+	pthread_mutex_unlock(&b->reg_lock);
+	return home;
+}
+
+void session_kick_remote(struct shard *s, const char *id, uint16_t len,
+			 uint64_t at_wall_us)
+{
+	struct broker *b = s->b;
+	uint64_t h = hash_bytes(id, len);
+	pthread_mutex_lock(&b->reg_lock);
+	struct client_entry *e = reg_find(b, h, id, len);
+	/* Moved to another shard meanwhile (a local takeover): the client
+	 * connected here again, after the other node's CONNECT; it stays. */
+	struct session *ss = e && e->shard == s->idx ? e->session : NULL;
+	/* The client connected here after it did there: this one stays. */
+	if (ss && !ss->bridge && ss->connect_wall_us < at_wall_us)
+		htab_remove(&b->reg, &e->link);
+	else
+		ss = NULL;
+	pthread_mutex_unlock(&b->reg_lock);
+	if (!ss)
+		return;
+	free(e);
+	if (s->cfg->connection_messages)
+		log_msg(KITE_LOG_NOTICE, "Client %s connected to another node "
+			"of the cluster, closing its connection here.",
+			ss->client_id);
+	session_kick(s, ss);
+}
+
 void session_kick(struct shard *s, struct session *ss)
 {
 	assert(ss->shard == s);
@@ -258,6 +295,13 @@ static void connect_accept(struct shard *s, struct conn *c,
 	}
 	free(c->pending);
 	c->pending = NULL;
+	if (s->b->cluster) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ss->connect_wall_us = (uint64_t)ts.tv_sec * 1000000u +
+				      (uint64_t)ts.tv_nsec / 1000u;
+		cluster_announce_session(s, ss);
+	}
 	persist_session(ss); /* before its subscriptions and messages */
 	if (present && ss->conn == c) /* not closed: CONNACK out of memory */
 		session_resume(ss);

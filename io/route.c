@@ -13,6 +13,8 @@ bool route_publish_t(struct shard *s, struct msg *m, struct persist_ticket *t)
 {
 	struct broker *b = s->b;
 	const char *topic = msg_topic(m);
+	if (b->cluster)
+		cluster_publish(s, m);
 	if (m->retain && m->payload_len) {
 		/* Refused (deeper than TRIE_LEVELS_MAX): the reference stays ours. */
 		if (retain_set(b->retained, topic, m->topic_len, msg_ref(m)) < 0)
@@ -43,6 +45,20 @@ bool route_publish_t(struct shard *s, struct msg *m, struct persist_ticket *t)
 		route_local(s, m, t);
 	msg_unref(m);
 	return mask != 0;
+}
+
+void route_remote(struct shard *s, struct msg *m)
+{
+	uint64_t mask = gtrie_match(s->b->gtrie, msg_topic(m), m->topic_len);
+	uint64_t others = mask & ~(1ull << s->idx);
+	while (others) {
+		unsigned d = (unsigned)__builtin_ctzll(others);
+		others &= others - 1;
+		shard_post(s, d, (struct xitem){XK_DELIVER, msg_ref(m)});
+	}
+	if (mask & (1ull << s->idx))
+		route_local(s, m, NULL);
+	msg_unref(m);
 }
 
 bool route_publish(struct shard *s, struct msg *m)
@@ -134,7 +150,10 @@ static void route_collect_cb(void *ctx, const struct trie_sub *sub)
 {
 	struct collect *col = ctx;
 	if (sub->options & SUB_SHARED) {
-		collect_group(col, sub->owner);
+		/* In a cluster, NATS picks the node (queue groups):
+		 * share_route_remote. */
+		if (!col->s->b->cluster)
+			collect_group(col, sub->owner);
 		return;
 	}
 	struct session *ss = sub->owner;

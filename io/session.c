@@ -147,6 +147,8 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 			trie_unsubscribe(s->trie, filter, len, ss);
 			return -1;
 		}
+		if (r == TRIE_ADDED_FIRST && s->b->cluster)
+			cluster_interest(s->b, filter, len, true);
 	}
 	persist_sub(ss, filter, len, options, sub_id);
 	if (r == TRIE_REPLACED) {
@@ -188,6 +190,8 @@ int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
 	} else if (trie_unsubscribe(s->trie, filter, len, ss) ==
 		   TRIE_REMOVED_LAST) {
 		gtrie_remove(s->b->gtrie, filter, len, s->idx);
+		if (s->b->cluster)
+			cluster_interest(s->b, filter, len, false);
 	}
 	for (struct sub_entry **pp = &ss->subs; *pp; pp = &(*pp)->next) {
 		struct sub_entry *e = *pp;

@@ -1030,6 +1030,8 @@ static void *shard_main(void *arg)
 		bool tick = false;
 		shard_turn(s, &tick);
 		shard_drain_rings(s);
+		if (s->b->cluster)
+			cluster_drain(s);
 		if (s->stop_pending && !s->stopping) {
 			/* The ring item can be seen before the completions of
 			 * what clients sent before the signal (DEFER_TASKRUN

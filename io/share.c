@@ -111,6 +111,8 @@ static struct share_group *share_group_new(struct shard *s, const char *key,
 	}
 	g->next = s->share_groups;
 	s->share_groups = g;
+	if (s->b->cluster)
+		cluster_share(s->b, g->key, g->key_len, true);
 	return g;
 }
 
@@ -121,6 +123,8 @@ static void share_group_drop(struct shard *s, struct share_group *g,
 	const char *f = share_filter(g, &flen);
 	if (trie_unsubscribe(s->trie, f, flen, g) == TRIE_REMOVED_LAST)
 		gtrie_remove(s->b->gtrie, f, flen, s->idx);
+	if (s->b->cluster)
+		cluster_share(s->b, g->key, g->key_len, false);
 	*link = g->next;
 	free(g->m);
 	free(g->key);
@@ -370,4 +374,17 @@ void share_free_all(struct shard *s)
 {
 	while (s->share_groups)
 		share_group_drop(s, s->share_groups, &s->share_groups);
+}
+
+void share_route_remote(struct shard *s, const char *key, uint16_t len,
+			struct msg *m)
+{
+	struct share_group *g = s->share_groups;
+	while (g && (g->key_len != len || memcmp(g->key, key, len)))
+		g = g->next;
+	/* Gone meanwhile: NATS chose this node while the group was
+	 * leaving it; the message is not delivered (docs/CLUSTER.md). */
+	if (g)
+		share_route(s, g, m, NULL);
+	msg_unref(m);
 }

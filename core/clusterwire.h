@@ -1,0 +1,67 @@
+/* What kite nodes of a cluster put on NATS (docs/CLUSTER.md): MQTT topics
+ * and filters as NATS subjects, and the envelope a message travels in.
+ * Bytes in, bytes out: no NATS client here. */
+#ifndef KITE_CLUSTERWIRE_H
+#define KITE_CLUSTERWIRE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* The longest subject kite puts on NATS, prefix included. nats-server
+ * refuses control lines past max_control_line (4 KiB by default): a topic
+ * whose subject would be longer stays on its node (counted, logged). */
+#define CLUSTER_SUBJECT_MAX 3800
+
+/* Subjects kite uses, under "kite.": m (messages), r (retained changes,
+ * a JetStream stream), t (session takeovers). */
+#define CLUSTER_PREFIX_MSG "kite.m"
+#define CLUSTER_PREFIX_RETAIN "kite.r"
+#define CLUSTER_PREFIX_TAKEOVER "kite.t"
+
+/* prefix + "." + the topic, one NATS token per MQTT level, NUL terminated
+ * in out[cap]. Bytes NATS reserves ('.', '*', '>', '%', space, control
+ * bytes, DEL) become %XX; an empty level is the token "%" (a NATS token
+ * cannot be empty). Returns the length, or -1 when it does not fit. */
+int cluster_subject(const char *prefix, const char *topic, size_t len,
+		    char *out, size_t cap);
+
+/* The subjects a filter needs: '+' is '*', a final '#' is '>', and since
+ * MQTT's "a/#" also matches "a", such a filter needs "p.a" and "p.a.>".
+ * Writes 1 or 2 NUL-terminated subjects into out[0] and out[1]; returns
+ * how many, or -1 (too long, or not a valid filter). */
+int cluster_filter_subjects(const char *prefix, const char *filter,
+			    size_t len, char out[2][CLUSTER_SUBJECT_MAX + 1]);
+
+/* The topic back from a subject's tokens after the prefix and its dot.
+ * Returns its length in out[cap], or -1 (not a subject kite made). */
+int cluster_topic(const char *tokens, size_t len, char *out, size_t cap);
+
+/* The envelope: a fixed header, the MQTT 5 pass-through properties, then
+ * the payload. origin is the publishing node, seq its message number:
+ * together they name one message, which a node that gets it twice (two
+ * of its subscriptions matched) delivers once. */
+#define CLUSTER_ENVELOPE_VERSION 1
+#define CLUSTER_ENVELOPE_HEADER 26
+
+struct cluster_envelope {
+	uint8_t qos;
+	bool retain;
+	uint64_t origin;
+	uint64_t seq;
+	uint32_t expiry_s; /* 0: none */
+	const uint8_t *props;
+	uint32_t props_len;
+	const uint8_t *payload;
+	uint32_t payload_len;
+};
+
+/* Writes the header into hdr[CLUSTER_ENVELOPE_HEADER]; the properties and
+ * the payload follow it on the wire. */
+void cluster_envelope_header(const struct cluster_envelope *e, uint8_t *hdr);
+/* Parses data[len]: 0, or -1 for bytes that are not an envelope (props and
+ * payload point into data). */
+int cluster_envelope_parse(const uint8_t *data, size_t len,
+			   struct cluster_envelope *e);
+
+#endif

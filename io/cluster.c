@@ -1,0 +1,943 @@
+/* The cluster on NATS (io/cluster.h, docs/CLUSTER.md). */
+#include "io/cluster.h"
+
+#include <nats/nats.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#include "core/clusterwire.h"
+#include "core/hash.h"
+#include "core/log.h"
+#include "io/engine.h"
+
+/* Items from NATS waiting for one shard. */
+#define CLUSTER_RING_SLOTS 4096
+/* Recently seen (origin, seq) pairs, direct-mapped: the copies of one
+ * message that two overlapping subscriptions bring arrive next to each
+ * other, so a small table catches them; a miss costs a duplicate, never
+ * a loss (pairs are compared in full). */
+#define CLUSTER_SEEN_SLOTS 16384
+/* How long a node waits between attempts to reach NATS. */
+#define CLUSTER_RECONNECT_WAIT_MS 250
+/* Servers listed in cluster_nats_url. */
+#define CLUSTER_SERVERS_MAX 16
+
+_Static_assert((CLUSTER_RING_SLOTS & (CLUSTER_RING_SLOTS - 1)) == 0, "pow2");
+_Static_assert((CLUSTER_SEEN_SLOTS & (CLUSTER_SEEN_SLOTS - 1)) == 0, "pow2");
+
+enum cin_kind {
+	CIN_MSG = 1, /* ptr: struct msg *, routed on this node */
+	CIN_KICK,    /* ptr: struct cluster_kick *, a session to close */
+	CIN_RETAIN,  /* ptr: struct msg *, the topic's retained message
+			(an empty payload clears it) */
+	CIN_SHARE,   /* ptr: struct share_in *, for a shared subscription */
+};
+
+/* A message NATS gave this node's member of a queue group. */
+struct share_in {
+	struct msg *m;
+	uint16_t len;
+	char key[]; /* "GROUP/FILTER" */
+};
+
+/* A shared-subscription group with a home on this node: one NATS queue
+ * subscription per subject of its filter, queue named after the group, so
+ * NATS gives each message to one node of those that have the group. Freed
+ * once NATS says its handlers are done (natsSubscription_SetOnCompleteCB). */
+struct share_sub {
+	struct htab_link link;
+	struct cluster *cl;
+	uint32_t refs;
+	natsSubscription *sub[2];
+	_Atomic int live;
+	uint16_t len;
+	char key[];
+};
+
+struct cin_item {
+	uint8_t kind;
+	void *ptr;
+};
+
+struct cin_ring {
+	_Atomic uint32_t head; /* the shard */
+	char pad0[60];
+	_Atomic uint32_t tail; /* the NATS delivery thread */
+	char pad1[60];
+	/* A MSG_RING is on its way: later pushes need not send another.
+	 * The shard clears it before it reads tail. */
+	_Atomic bool woken;
+	char pad2[63];
+	struct cin_item items[CLUSTER_RING_SLOTS];
+};
+
+struct cluster_kick {
+	uint64_t at_wall_us;
+	uint16_t len;
+	char id[];
+};
+
+/* One distinct filter of this node: the shards that hold it, and its
+ * NATS subscriptions ("a/#" needs two). */
+struct interest {
+	struct htab_link link;
+	uint32_t refs;
+	natsSubscription *sub[2];
+	uint16_t len;
+	char filter[];
+};
+
+struct seen {
+	uint64_t origin, seq;
+};
+
+struct cluster {
+	struct broker *b;
+	natsOptions *opts;
+	natsConnection *nc;
+	natsSubscription *takeover_sub;
+	/* Queue subscriptions for shared subscriptions: a connection of
+	 * their own, which does get this node's publishes (the first one
+	 * does not: no echo). */
+	natsConnection *nc_share;
+	struct htab shares;
+	/* Retained messages: a JetStream stream keeping the last message
+	 * per subject, followed by an ordered consumer from its start. Set
+	 * up by a thread of its own once NATS answers. */
+	jsCtx *js;
+	natsSubscription *retain_sub;
+	pthread_t setup_thread;
+	bool setup_started;
+	uint64_t node_id;
+	char node[64];
+	_Atomic uint64_t seq;
+	pthread_mutex_t interest_lock;
+	struct htab interest;
+	/* Producers: the client's delivery thread(s). The shards' side is
+	 * lock-free. */
+	pthread_mutex_t in_lock;
+	_Atomic bool closing;
+	struct io_uring wake;
+	struct cin_ring *rings; /* [nshards] */
+	struct seen *seen;
+	_Atomic uint64_t published, received, duplicates, failures;
+};
+
+static _Thread_local uint8_t *scratch;
+static _Thread_local size_t scratch_cap;
+
+/* ---- from NATS to the shards --------------------------------------------- */
+
+static bool seen_before(struct cluster *cl, uint64_t origin, uint64_t seq)
+{
+	uint64_t h = (origin ^ (seq * 0x9e3779b97f4a7c15ull)) >> 17;
+	struct seen *e = &cl->seen[h & (CLUSTER_SEEN_SLOTS - 1)];
+	if (e->origin == origin && e->seq == seq)
+		return true;
+	e->origin = origin;
+	e->seq = seq;
+	return false;
+}
+
+/* Under in_lock. Waits for room: NATS then holds the messages (up to the
+ * subscription's pending limits, past which it reports a slow consumer). */
+static void cin_push(struct cluster *cl, unsigned dst, struct cin_item it)
+{
+	struct cin_ring *r = &cl->rings[dst];
+	uint32_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	while (tail - atomic_load_explicit(&r->head, memory_order_acquire) ==
+	       CLUSTER_RING_SLOTS) {
+		if (atomic_load(&cl->closing))
+			return;
+		usleep(200);
+	}
+	r->items[tail & (CLUSTER_RING_SLOTS - 1)] = it;
+	atomic_store_explicit(&r->tail, tail + 1, memory_order_release);
+	if (atomic_exchange(&r->woken, true))
+		return;
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&cl->wake);
+	if (!sqe)
+		return; /* the shard drains every turn anyway */
+	io_uring_prep_msg_ring(sqe, cl->b->shards[dst].ring.ring_fd, 0,
+			       ud_pack(UD_WAKE, 0, 0), 0);
+	io_uring_submit_and_wait(&cl->wake, 1);
+	struct io_uring_cqe *cqe;
+	if (io_uring_peek_cqe(&cl->wake, &cqe) == 0)
+		io_uring_cqe_seen(&cl->wake, cqe);
+}
+
+/* The message in nm under prefix ("kite.m"), or NULL (counted). */
+static struct msg *cluster_msg_of(struct cluster *cl, natsMsg *nm,
+				  const char *prefix, struct cluster_envelope *e)
+{
+	const char *subj = natsMsg_GetSubject(nm);
+	size_t slen = strlen(subj), plen = strlen(prefix) + 1;
+	char topic[CLUSTER_SUBJECT_MAX];
+	int tlen = -1;
+	if (slen > plen && !memcmp(subj, prefix, plen - 1) && subj[plen - 1] == '.')
+		tlen = cluster_topic(subj + plen, slen - plen, topic,
+				     sizeof(topic));
+	if (tlen < 0 ||
+	    cluster_envelope_parse((const uint8_t *)natsMsg_GetData(nm),
+				   (size_t)natsMsg_GetDataLength(nm), e) < 0) {
+		atomic_fetch_add(&cl->failures, 1);
+		return NULL;
+	}
+	struct msg *m = msg_new((const uint8_t *)topic, (uint16_t)tlen,
+				e->payload, e->payload_len, e->qos, e->retain,
+				e->props_len ? e->props : NULL, e->props_len);
+	if (!m) {
+		atomic_fetch_add(&cl->failures, 1);
+		return NULL;
+	}
+	m->expiry_s = e->expiry_s;
+	m->created_ms = now_monotonic_ms();
+	return m;
+}
+
+static void cluster_share_cb(natsConnection *nc, natsSubscription *sub,
+			     natsMsg *nm, void *closure)
+{
+	struct share_sub *ss = closure;
+	struct cluster *cl = ss->cl;
+	struct cluster_envelope e;
+	struct msg *m = cluster_msg_of(cl, nm, CLUSTER_PREFIX_MSG, &e);
+	natsMsg_Destroy(nm);
+	if (!m)
+		return;
+	struct share_in *in = malloc(sizeof(*in) + ss->len);
+	if (!in) {
+		msg_unref(m);
+		return;
+	}
+	in->m = m;
+	in->len = ss->len;
+	memcpy(in->key, ss->key, ss->len);
+	pthread_mutex_lock(&cl->in_lock);
+	if (atomic_load(&cl->closing)) {
+		msg_unref(m);
+		free(in);
+	} else {
+		cin_push(cl, share_home(cl->b, in->key, in->len),
+			 (struct cin_item){CIN_SHARE, in});
+	}
+	pthread_mutex_unlock(&cl->in_lock);
+}
+
+static void cluster_msg_cb(natsConnection *nc, natsSubscription *sub,
+			   natsMsg *nm, void *closure)
+{
+	struct cluster *cl = closure;
+	const char *subj = natsMsg_GetSubject(nm);
+	size_t slen = strlen(subj), plen = sizeof(CLUSTER_PREFIX_MSG);
+	char topic[CLUSTER_SUBJECT_MAX];
+	int tlen = -1;
+	struct cluster_envelope e;
+	if (slen > plen && !memcmp(subj, CLUSTER_PREFIX_MSG ".", plen))
+		tlen = cluster_topic(subj + plen, slen - plen, topic,
+				     sizeof(topic));
+	if (tlen < 0 ||
+	    cluster_envelope_parse((const uint8_t *)natsMsg_GetData(nm),
+				   (size_t)natsMsg_GetDataLength(nm), &e) < 0) {
+		atomic_fetch_add(&cl->failures, 1);
+		natsMsg_Destroy(nm);
+		return;
+	}
+	pthread_mutex_lock(&cl->in_lock);
+	if (atomic_load(&cl->closing)) {
+		/* nothing more goes to the shards */
+	} else if (seen_before(cl, e.origin, e.seq)) {
+		atomic_fetch_add_explicit(&cl->duplicates, 1, memory_order_relaxed);
+	} else {
+		struct msg *m = msg_new((const uint8_t *)topic, (uint16_t)tlen,
+					e.payload, e.payload_len, e.qos,
+					e.retain, e.props_len ? e.props : NULL,
+					e.props_len);
+		if (m) {
+			m->expiry_s = e.expiry_s;
+			m->created_ms = now_monotonic_ms();
+			/* Same topic, same shard: the ring keeps its order. */
+			unsigned d = (unsigned)(hash_bytes(topic, (size_t)tlen) %
+						cl->b->nshards);
+			cin_push(cl, d, (struct cin_item){CIN_MSG, m});
+			atomic_fetch_add_explicit(&cl->received, 1,
+						  memory_order_relaxed);
+		} else {
+			atomic_fetch_add(&cl->failures, 1);
+		}
+	}
+	pthread_mutex_unlock(&cl->in_lock);
+	natsMsg_Destroy(nm);
+}
+
+/* A retained change (the stream replays every topic's last one first). */
+static void cluster_retain_cb(natsConnection *nc, natsSubscription *sub,
+			      natsMsg *nm, void *closure)
+{
+	struct cluster *cl = closure;
+	const char *subj = natsMsg_GetSubject(nm);
+	size_t slen = strlen(subj), plen = sizeof(CLUSTER_PREFIX_RETAIN);
+	char topic[CLUSTER_SUBJECT_MAX];
+	int tlen = -1;
+	struct cluster_envelope e;
+	if (slen > plen && !memcmp(subj, CLUSTER_PREFIX_RETAIN ".", plen))
+		tlen = cluster_topic(subj + plen, slen - plen, topic,
+				     sizeof(topic));
+	if (tlen < 0 ||
+	    cluster_envelope_parse((const uint8_t *)natsMsg_GetData(nm),
+				   (size_t)natsMsg_GetDataLength(nm), &e) < 0) {
+		atomic_fetch_add(&cl->failures, 1);
+		natsMsg_Destroy(nm);
+		return;
+	}
+	struct msg *m = msg_new((const uint8_t *)topic, (uint16_t)tlen,
+				e.payload, e.payload_len, e.qos, true,
+				e.props_len ? e.props : NULL, e.props_len);
+	if (m) {
+		/* Its expiry counts from now: the stream does not say how
+		 * long it was stored (documented). */
+		m->expiry_s = e.expiry_s;
+		m->created_ms = now_monotonic_ms();
+		pthread_mutex_lock(&cl->in_lock);
+		unsigned d = (unsigned)(hash_bytes(topic, (size_t)tlen) %
+					cl->b->nshards);
+		if (atomic_load(&cl->closing))
+			msg_unref(m);
+		else
+			cin_push(cl, d, (struct cin_item){CIN_RETAIN, m});
+		pthread_mutex_unlock(&cl->in_lock);
+	}
+	natsMsg_Destroy(nm);
+}
+
+/* A client connected on another node: close ours. */
+static void cluster_takeover_cb(natsConnection *nc, natsSubscription *sub,
+				natsMsg *nm, void *closure)
+{
+	struct cluster *cl = closure;
+	const uint8_t *d = (const uint8_t *)natsMsg_GetData(nm);
+	int len = natsMsg_GetDataLength(nm);
+	struct cluster_envelope e = {0};
+	if (cluster_envelope_parse(d, (size_t)len, &e) < 0 ||
+	    e.origin == cl->node_id || !e.payload_len ||
+	    e.payload_len > CLIENT_ID_MAX) {
+		natsMsg_Destroy(nm);
+		return;
+	}
+	int home = session_home(cl->b, (const char *)e.payload,
+				(uint16_t)e.payload_len);
+	struct cluster_kick *k = home < 0 ? NULL : malloc(sizeof(*k) + e.payload_len);
+	if (k) {
+		k->len = (uint16_t)e.payload_len;
+		k->at_wall_us = e.seq;
+		memcpy(k->id, e.payload, e.payload_len);
+		pthread_mutex_lock(&cl->in_lock);
+		if (atomic_load(&cl->closing))
+			free(k);
+		else
+			cin_push(cl, (unsigned)home, (struct cin_item){CIN_KICK, k});
+		pthread_mutex_unlock(&cl->in_lock);
+	}
+	natsMsg_Destroy(nm);
+}
+
+void cluster_drain(struct shard *s)
+{
+	struct cin_ring *r = &s->b->cluster->rings[s->idx];
+	atomic_store(&r->woken, false);
+	uint32_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+	for (;;) {
+		uint32_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+		if (head == tail)
+			break;
+		while (head != tail) {
+			struct cin_item it = r->items[head & (CLUSTER_RING_SLOTS - 1)];
+			head++;
+			atomic_store_explicit(&r->head, head, memory_order_release);
+			if (it.kind == CIN_MSG) {
+				route_remote(s, it.ptr);
+			} else if (it.kind == CIN_SHARE) {
+				struct share_in *in = it.ptr;
+				share_route_remote(s, in->key, in->len, in->m);
+				free(in);
+			} else if (it.kind == CIN_RETAIN) {
+				struct msg *m = it.ptr;
+				if (!m->payload_len ||
+				    retain_set(s->b->retained, msg_topic(m),
+					       m->topic_len, m) < 0) {
+					retain_set(s->b->retained, msg_topic(m),
+						   m->topic_len, NULL);
+					msg_unref(m);
+				}
+			} else {
+				struct cluster_kick *k = it.ptr;
+				session_kick_remote(s, k->id, k->len,
+						    k->at_wall_us);
+				free(k);
+			}
+			conn_settle(s);
+		}
+	}
+}
+
+/* ---- from the shards to NATS --------------------------------------------- */
+
+static uint8_t *scratch_get(size_t n)
+{
+	if (n > scratch_cap) {
+		uint8_t *p = realloc(scratch, n);
+		if (!p)
+			return NULL;
+		scratch = p;
+		scratch_cap = n;
+	}
+	return scratch;
+}
+
+static void cluster_fail(struct cluster *cl, const char *what, const char *topic,
+			 size_t len, natsStatus st)
+{
+	/* Logged once per 1024 failures: a cluster that is down must not
+	 * flood the log at the publish rate. */
+	if ((atomic_fetch_add(&cl->failures, 1) & 1023) == 0)
+		log_msg(KITE_LOG_WARNING, "cluster: %s '%.*s' not sent to the "
+			"other nodes: %s", what, (int)(len > 200 ? 200 : len),
+			topic, st == NATS_OK ? "subject too long"
+					     : natsStatus_GetText(st));
+}
+
+void cluster_publish(struct shard *s, const struct msg *m)
+{
+	struct cluster *cl = s->b->cluster;
+	const char *topic = msg_topic(m);
+	/* Each node has its own $SYS. */
+	if (m->topic_len >= 4 && !memcmp(topic, "$SYS", 4))
+		return;
+	uint32_t left = msg_expiry_left(m, s->now_ms);
+	if (!left)
+		return;
+	char subj[CLUSTER_SUBJECT_MAX + 1];
+	if (cluster_subject(CLUSTER_PREFIX_MSG, topic, m->topic_len, subj,
+			    sizeof(subj)) < 0) {
+		cluster_fail(cl, "message on", topic, m->topic_len, NATS_OK);
+		return;
+	}
+	struct cluster_envelope e = {
+		.qos = m->qos,
+		.retain = m->retain,
+		.origin = cl->node_id,
+		.seq = atomic_fetch_add_explicit(&cl->seq, 1, memory_order_relaxed),
+		.expiry_s = left == UINT32_MAX ? 0 : left,
+		.props_len = m->props_len,
+	};
+	size_t n = CLUSTER_ENVELOPE_HEADER + m->props_len + m->payload_len;
+	uint8_t *buf = n <= INT32_MAX ? scratch_get(n) : NULL;
+	if (!buf) {
+		cluster_fail(cl, "message on", topic, m->topic_len, NATS_NO_MEMORY);
+		return;
+	}
+	cluster_envelope_header(&e, buf);
+	memcpy(buf + CLUSTER_ENVELOPE_HEADER, msg_payload(m) + m->payload_len,
+	       m->props_len);
+	memcpy(buf + CLUSTER_ENVELOPE_HEADER + m->props_len, msg_payload(m),
+	       m->payload_len);
+	natsStatus st = natsConnection_Publish(cl->nc, subj, buf, (int)n);
+	if (st != NATS_OK)
+		cluster_fail(cl, "message on", topic, m->topic_len, st);
+	else
+		atomic_fetch_add_explicit(&cl->published, 1, memory_order_relaxed);
+	if (!m->retain)
+		return;
+	/* The stream keeps it (its last one per subject) for every node,
+	 * and for nodes that start later. */
+	if (cluster_subject(CLUSTER_PREFIX_RETAIN, topic, m->topic_len, subj,
+			    sizeof(subj)) < 0) {
+		cluster_fail(cl, "retained message on", topic, m->topic_len, NATS_OK);
+		return;
+	}
+	st = natsConnection_Publish(cl->nc, subj, buf, (int)n);
+	if (st != NATS_OK)
+		cluster_fail(cl, "retained message on", topic, m->topic_len, st);
+}
+
+/* ---- JetStream: retained messages ----------------------------------------- */
+
+static natsStatus cluster_add_stream(struct cluster *cl, int64_t replicas,
+				     jsErrCode *jerr)
+{
+	const char *subjects[] = {CLUSTER_PREFIX_RETAIN ".>"};
+	jsStreamConfig sc;
+	jsStreamConfig_Init(&sc);
+	sc.Name = "KITE_RETAINED";
+	sc.Subjects = subjects;
+	sc.SubjectsLen = 1;
+	sc.MaxMsgsPerSubject = 1;
+	sc.Storage = js_FileStorage;
+	sc.Replicas = replicas;
+	jsStreamInfo *si = NULL;
+	natsStatus st = js_AddStream(&si, cl->js, &sc, NULL, jerr);
+	if (st != NATS_OK && *jerr == JSStreamNameExistErr)
+		st = NATS_OK; /* another node made it */
+	jsStreamInfo_Destroy(si);
+	return st;
+}
+
+static int cluster_setup_retained(struct cluster *cl)
+{
+	jsErrCode jerr = 0;
+	natsStatus st = cl->js ? NATS_OK : natsConnection_JetStream(&cl->js, cl->nc, NULL);
+	if (st != NATS_OK)
+		return -1;
+	/* Three copies where the NATS cluster has three servers; one on a
+	 * single server. */
+	st = cluster_add_stream(cl, 3, &jerr);
+	if (st != NATS_OK)
+		st = cluster_add_stream(cl, 1, &jerr);
+	if (st != NATS_OK) {
+		log_msg(KITE_LOG_WARNING, "cluster: no JetStream stream for "
+			"retained messages (%s, %d): they stay on their node",
+			natsStatus_GetText(st), (int)jerr);
+		return st == NATS_TIMEOUT ? -1 : 1;
+	}
+	jsSubOptions so;
+	jsSubOptions_Init(&so);
+	so.Stream = "KITE_RETAINED";
+	so.Ordered = true;
+	so.Config.DeliverPolicy = js_DeliverLastPerSubject;
+	st = js_Subscribe(&cl->retain_sub, cl->js, CLUSTER_PREFIX_RETAIN ".>",
+			  cluster_retain_cb, cl, NULL, &so, &jerr);
+	if (st != NATS_OK) {
+		log_msg(KITE_LOG_WARNING, "cluster: cannot follow retained "
+			"messages: %s (%d)", natsStatus_GetText(st), (int)jerr);
+		return -1;
+	}
+	log_msg(KITE_LOG_NOTICE, "cluster: node %s follows retained messages "
+		"(JetStream stream KITE_RETAINED)", cl->node);
+	return 0;
+}
+
+/* JetStream requests wait for answers: done off the shards, once NATS is
+ * reachable, retried until it works or kite stops. */
+static void *cluster_setup_main(void *arg)
+{
+	struct cluster *cl = arg;
+	while (!atomic_load(&cl->closing)) {
+		if (natsConnection_Status(cl->nc) == NATS_CONN_STATUS_CONNECTED &&
+		    cluster_setup_retained(cl) >= 0)
+			break;
+		for (int i = 0; i < 10 && !atomic_load(&cl->closing); i++)
+			usleep(100 * 1000);
+	}
+	return NULL;
+}
+
+void cluster_announce_session(struct shard *s, const struct session *ss)
+{
+	struct cluster *cl = s->b->cluster;
+	const char *id = ss->client_id;
+	uint16_t len = ss->client_id_len;
+	/* seq: when it connected, so that the other nodes close only
+	 * older connections. */
+	struct cluster_envelope e = {.origin = cl->node_id,
+				     .seq = ss->connect_wall_us};
+	uint8_t *buf = scratch_get(CLUSTER_ENVELOPE_HEADER + (size_t)len);
+	if (!buf)
+		return;
+	cluster_envelope_header(&e, buf);
+	memcpy(buf + CLUSTER_ENVELOPE_HEADER, id, len);
+	natsStatus st = natsConnection_Publish(cl->nc, CLUSTER_PREFIX_TAKEOVER, buf,
+					       CLUSTER_ENVELOPE_HEADER + len);
+	if (st != NATS_OK)
+		cluster_fail(cl, "takeover of", id, len, st);
+}
+
+/* ---- interest ------------------------------------------------------------- */
+
+static bool interest_eq_cb(const struct htab_link *l, const void *key,
+			   size_t len)
+{
+	const struct interest *in = htab_entry(l, const struct interest, link);
+	return in->len == len && !memcmp(in->filter, key, len);
+}
+
+static void interest_subscribe(struct cluster *cl, struct interest *in)
+{
+	char subj[2][CLUSTER_SUBJECT_MAX + 1];
+	int n = cluster_filter_subjects(CLUSTER_PREFIX_MSG, in->filter, in->len,
+					subj);
+	if (n < 0) {
+		log_msg(KITE_LOG_WARNING, "cluster: filter '%.*s' is too long "
+			"for NATS: it gets this node's messages only",
+			(int)(in->len > 200 ? 200 : in->len), in->filter);
+		return;
+	}
+	for (int i = 0; i < n; i++) {
+		natsStatus st = natsConnection_Subscribe(&in->sub[i], cl->nc,
+							 subj[i], cluster_msg_cb, cl);
+		if (st != NATS_OK) {
+			in->sub[i] = NULL;
+			log_msg(KITE_LOG_ERR, "cluster: cannot subscribe to %s: %s",
+				subj[i], natsStatus_GetText(st));
+			continue;
+		}
+		/* Bursts wait in the client rather than being cut at its
+		 * default 64 Ki messages. */
+		natsSubscription_SetPendingLimits(in->sub[i], 1 << 20, 256 << 20);
+	}
+}
+
+static void interest_free(struct interest *in)
+{
+	for (int i = 0; i < 2; i++)
+		if (in->sub[i]) {
+			natsSubscription_Unsubscribe(in->sub[i]);
+			natsSubscription_Destroy(in->sub[i]);
+		}
+	free(in);
+}
+
+void cluster_interest(struct broker *b, const char *filter, uint16_t len,
+		      bool add)
+{
+	struct cluster *cl = b->cluster;
+	uint64_t h = hash_bytes(filter, len);
+	pthread_mutex_lock(&cl->interest_lock);
+	struct interest *in = htab_entry(
+		htab_find(&cl->interest, h, filter, len, interest_eq_cb),
+		struct interest, link);
+	if (add && in) {
+		in->refs++;
+	} else if (add) {
+		in = calloc(1, sizeof(*in) + len);
+		if (in) {
+			in->refs = 1;
+			in->len = len;
+			memcpy(in->filter, filter, len);
+			if (htab_insert(&cl->interest, &in->link, h) < 0) {
+				free(in);
+				in = NULL;
+			} else {
+				interest_subscribe(cl, in);
+			}
+		}
+		if (!in)
+			log_msg(KITE_LOG_ERR, "cluster: out of memory: filter "
+				"'%.*s' gets this node's messages only",
+				(int)len, filter);
+	} else if (in && --in->refs == 0) {
+		htab_remove(&cl->interest, &in->link);
+		interest_free(in);
+	}
+	pthread_mutex_unlock(&cl->interest_lock);
+}
+
+static bool share_eq_cb(const struct htab_link *l, const void *key, size_t len)
+{
+	const struct share_sub *ss = htab_entry(l, const struct share_sub, link);
+	return ss->len == len && !memcmp(ss->key, key, len);
+}
+
+static void share_sub_done_cb(void *closure)
+{
+	struct share_sub *ss = closure;
+	if (atomic_fetch_sub(&ss->live, 1) == 1)
+		free(ss);
+}
+
+static void share_queue_subscribe(struct cluster *cl, struct share_sub *ss)
+{
+	const char *slash = memchr(ss->key, '/', ss->len);
+	if (!slash)
+		return;
+	size_t glen = (size_t)(slash - ss->key);
+	char subj[2][CLUSTER_SUBJECT_MAX + 1], queue[CLUSTER_SUBJECT_MAX + 1];
+	int n = cluster_filter_subjects(CLUSTER_PREFIX_MSG, slash + 1,
+					ss->len - glen - 1, subj);
+	if (n < 0 || cluster_subject("q", ss->key, glen, queue, sizeof(queue)) < 0) {
+		log_msg(KITE_LOG_WARNING, "cluster: shared subscription '%.*s' "
+			"is too long for NATS: it gets this node's messages "
+			"only", (int)ss->len, ss->key);
+		return;
+	}
+	for (int i = 0; i < n; i++) {
+		natsStatus st = natsConnection_QueueSubscribe(
+			&ss->sub[i], cl->nc_share, subj[i], queue,
+			cluster_share_cb, ss);
+		if (st != NATS_OK) {
+			ss->sub[i] = NULL;
+			log_msg(KITE_LOG_ERR, "cluster: cannot subscribe to %s "
+				"in queue %s: %s", subj[i], queue,
+				natsStatus_GetText(st));
+			continue;
+		}
+		atomic_fetch_add(&ss->live, 1);
+		natsSubscription_SetOnCompleteCB(ss->sub[i], share_sub_done_cb, ss);
+		natsSubscription_SetPendingLimits(ss->sub[i], 1 << 20, 256 << 20);
+	}
+}
+
+static void share_sub_free(struct share_sub *ss)
+{
+	/* Held until the last subscription's handler returned. */
+	atomic_fetch_add(&ss->live, 1);
+	for (int i = 0; i < 2; i++)
+		if (ss->sub[i]) {
+			natsSubscription_Unsubscribe(ss->sub[i]);
+			natsSubscription_Destroy(ss->sub[i]);
+		}
+	share_sub_done_cb(ss);
+}
+
+void cluster_share(struct broker *b, const char *key, uint16_t len, bool add)
+{
+	struct cluster *cl = b->cluster;
+	uint64_t h = hash_bytes(key, len);
+	pthread_mutex_lock(&cl->interest_lock);
+	struct share_sub *ss = htab_entry(
+		htab_find(&cl->shares, h, key, len, share_eq_cb),
+		struct share_sub, link);
+	if (add && ss) {
+		ss->refs++;
+	} else if (add) {
+		ss = calloc(1, sizeof(*ss) + len);
+		if (ss) {
+			ss->cl = cl;
+			ss->refs = 1;
+			ss->len = len;
+			memcpy(ss->key, key, len);
+			if (htab_insert(&cl->shares, &ss->link, h) < 0) {
+				free(ss);
+				ss = NULL;
+			} else {
+				share_queue_subscribe(cl, ss);
+			}
+		}
+		if (!ss)
+			log_msg(KITE_LOG_ERR, "cluster: out of memory: shared "
+				"subscription '%.*s' left out", (int)len, key);
+	} else if (ss && --ss->refs == 0) {
+		htab_remove(&cl->shares, &ss->link);
+		share_sub_free(ss);
+	}
+	pthread_mutex_unlock(&cl->interest_lock);
+}
+
+/* ---- the link -------------------------------------------------------------- */
+
+static void cluster_disconnected_cb(natsConnection *nc, void *closure)
+{
+	struct cluster *cl = closure;
+	if (!atomic_load(&cl->closing))
+		log_msg(KITE_LOG_WARNING, "cluster: node %s lost NATS; "
+			"reconnecting", cl->node);
+}
+
+static void cluster_connected_cb(natsConnection *nc, void *closure)
+{
+	struct cluster *cl = closure;
+	char url[256] = "";
+	natsConnection_GetConnectedUrl(nc, url, sizeof(url));
+	log_msg(KITE_LOG_NOTICE, "cluster: node %s connected to NATS at %s",
+		cl->node, url);
+}
+
+static void cluster_error_cb(natsConnection *nc, natsSubscription *sub,
+			     natsStatus err, void *closure)
+{
+	struct cluster *cl = closure;
+	if ((atomic_fetch_add(&cl->failures, 1) & 1023) == 0)
+		log_msg(KITE_LOG_WARNING, "cluster: NATS: %s",
+			natsStatus_GetText(err));
+}
+
+static natsOptions *cluster_options(struct cluster *cl,
+				    const struct kite_config *cfg, bool echo)
+{
+	natsOptions *o = NULL;
+	natsStatus st = natsOptions_Create(&o);
+	/* "url,url,...": every server the node may use. */
+	char urls[sizeof(cfg->cluster_nats_url)];
+	const char *servers[CLUSTER_SERVERS_MAX];
+	int n = 0;
+	snprintf(urls, sizeof(urls), "%s", cfg->cluster_nats_url);
+	for (char *save = NULL, *u = strtok_r(urls, ",", &save);
+	     u && n < CLUSTER_SERVERS_MAX; u = strtok_r(NULL, ",", &save))
+		servers[n++] = u;
+	if (st == NATS_OK)
+		st = n ? natsOptions_SetServers(o, servers, n) : NATS_INVALID_ARG;
+	if (st == NATS_OK)
+		st = natsOptions_SetName(o, cl->node);
+	/* What this node publishes it has routed itself (but its queue
+	 * subscriptions, on a second connection, take part). */
+	if (st == NATS_OK)
+		st = natsOptions_SetNoEcho(o, !echo);
+	if (st == NATS_OK)
+		st = natsOptions_SetMaxReconnect(o, -1);
+	if (st == NATS_OK)
+		st = natsOptions_SetReconnectWait(o, CLUSTER_RECONNECT_WAIT_MS);
+	/* One delivery thread for every subscription: the single producer
+	 * of the shards' rings, in the order NATS delivered. */
+	if (st == NATS_OK)
+		st = natsOptions_UseGlobalMessageDelivery(o, true);
+	if (st == NATS_OK)
+		st = natsOptions_SetRetryOnFailedConnect(o, true,
+							 cluster_connected_cb, cl);
+	if (st == NATS_OK)
+		st = natsOptions_SetReconnectedCB(o, cluster_connected_cb, cl);
+	if (st == NATS_OK)
+		st = natsOptions_SetDisconnectedCB(o, cluster_disconnected_cb, cl);
+	if (st == NATS_OK)
+		st = natsOptions_SetErrorHandler(o, cluster_error_cb, cl);
+	if (st != NATS_OK) {
+		log_msg(KITE_LOG_ERR, "Error: cluster_nats_url '%s': %s",
+			cfg->cluster_nats_url, natsStatus_GetText(st));
+		natsOptions_Destroy(o);
+		return NULL;
+	}
+	return o;
+}
+
+int cluster_start(struct broker *b)
+{
+	const struct kite_config *cfg = b->cfg;
+	if (!cfg->cluster_nats_url[0])
+		return 0;
+	struct cluster *cl = calloc(1, sizeof(*cl));
+	if (!cl)
+		return -1;
+	cl->b = b;
+	cl->rings = aligned_alloc(64, sizeof(*cl->rings) * b->nshards);
+	cl->seen = calloc(CLUSTER_SEEN_SLOTS, sizeof(*cl->seen));
+	if (!cl->rings || !cl->seen ||
+	    getrandom(&cl->node_id, sizeof(cl->node_id), 0) != sizeof(cl->node_id) ||
+	    io_uring_queue_init(4, &cl->wake, 0) < 0) {
+		log_msg(KITE_LOG_ERR, "Error: cluster: cannot start");
+		free(cl->rings);
+		free(cl->seen);
+		free(cl);
+		return -1;
+	}
+	for (unsigned i = 0; i < b->nshards; i++) {
+		atomic_init(&cl->rings[i].head, 0);
+		atomic_init(&cl->rings[i].tail, 0);
+		atomic_init(&cl->rings[i].woken, false);
+	}
+	pthread_mutex_init(&cl->interest_lock, NULL);
+	pthread_mutex_init(&cl->in_lock, NULL);
+	if (cfg->cluster_node_name[0]) {
+		snprintf(cl->node, sizeof(cl->node), "%s", cfg->cluster_node_name);
+	} else {
+		char host[40] = "kite";
+		gethostname(host, sizeof(host) - 1);
+		snprintf(cl->node, sizeof(cl->node), "%s-%d", host, (int)getpid());
+	}
+	b->cluster = cl;
+	natsStatus st = nats_Open(-1);
+	if (st == NATS_OK)
+		st = nats_SetMessageDeliveryPoolSize(1);
+	if (st == NATS_OK)
+		cl->opts = cluster_options(cl, cfg, false);
+	if (st != NATS_OK || !cl->opts) {
+		log_msg(KITE_LOG_ERR, "Error: cluster: %s", natsStatus_GetText(st));
+		return -1;
+	}
+	st = natsConnection_Connect(&cl->nc, cl->opts);
+	if (st != NATS_OK && st != NATS_NOT_YET_CONNECTED) {
+		log_msg(KITE_LOG_ERR, "Error: cluster: cannot use NATS at %s: %s",
+			cfg->cluster_nats_url, natsStatus_GetText(st));
+		return -1;
+	}
+	if (st == NATS_NOT_YET_CONNECTED)
+		log_msg(KITE_LOG_WARNING, "cluster: NATS at %s is not reachable "
+			"yet; node %s keeps trying", cfg->cluster_nats_url,
+			cl->node);
+	natsOptions *so = cluster_options(cl, cfg, true);
+	st = so ? natsConnection_Connect(&cl->nc_share, so) : NATS_NO_MEMORY;
+	if (st == NATS_NOT_YET_CONNECTED)
+		st = NATS_OK;
+	natsOptions_Destroy(so);
+	if (st != NATS_OK) {
+		log_msg(KITE_LOG_ERR, "Error: cluster: %s", natsStatus_GetText(st));
+		return -1;
+	}
+	st = natsConnection_Subscribe(&cl->takeover_sub, cl->nc,
+				      CLUSTER_PREFIX_TAKEOVER,
+				      cluster_takeover_cb, cl);
+	if (st != NATS_OK) {
+		log_msg(KITE_LOG_ERR, "Error: cluster: %s", natsStatus_GetText(st));
+		return -1;
+	}
+	log_msg(KITE_LOG_NOTICE, "cluster: node %s, NATS %s", cl->node,
+		cfg->cluster_nats_url);
+	cl->setup_started =
+		pthread_create(&cl->setup_thread, NULL, cluster_setup_main, cl) == 0;
+	return 0;
+}
+
+void cluster_stop(struct broker *b)
+{
+	struct cluster *cl = b->cluster;
+	if (!cl)
+		return;
+	atomic_store(&cl->closing, true);
+	if (cl->setup_started)
+		pthread_join(cl->setup_thread, NULL);
+	/* Published messages still buffered go out first. */
+	if (cl->nc) {
+		natsConnection_FlushTimeout(cl->nc, 1000);
+		natsConnection_Close(cl->nc);
+	}
+	if (cl->nc_share)
+		natsConnection_Close(cl->nc_share);
+	/* A delivery in progress finishes before this returns. */
+	pthread_mutex_lock(&cl->in_lock);
+	pthread_mutex_unlock(&cl->in_lock);
+}
+
+static void share_free_cb(struct htab_link *l)
+{
+	share_sub_free(htab_entry(l, struct share_sub, link));
+}
+
+static void interest_free_cb(struct htab_link *l)
+{
+	interest_free(htab_entry(l, struct interest, link));
+}
+
+void cluster_free(struct broker *b)
+{
+	struct cluster *cl = b->cluster;
+	if (!cl)
+		return;
+	for (unsigned i = 0; i < b->nshards; i++) {
+		struct cin_ring *r = &cl->rings[i];
+		for (uint32_t h = atomic_load(&r->head); h != atomic_load(&r->tail); h++) {
+			struct cin_item it = r->items[h & (CLUSTER_RING_SLOTS - 1)];
+			if (it.kind == CIN_MSG || it.kind == CIN_RETAIN)
+				msg_unref(it.ptr);
+			else if (it.kind == CIN_SHARE)
+				msg_unref(((struct share_in *)it.ptr)->m);
+			if (it.kind != CIN_MSG && it.kind != CIN_RETAIN)
+				free(it.ptr);
+		}
+	}
+	htab_fini(&cl->interest, interest_free_cb);
+	htab_fini(&cl->shares, share_free_cb);
+	if (cl->takeover_sub)
+		natsSubscription_Destroy(cl->takeover_sub);
+	if (cl->retain_sub)
+		natsSubscription_Destroy(cl->retain_sub);
+	jsCtx_Destroy(cl->js);
+	natsConnection_Destroy(cl->nc);
+	natsConnection_Destroy(cl->nc_share);
+	natsOptions_Destroy(cl->opts);
+	nats_Close();
+	io_uring_queue_exit(&cl->wake);
+	free(cl->rings);
+	free(cl->seen);
+	free(cl);
+	b->cluster = NULL;
+}
