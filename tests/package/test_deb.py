@@ -359,7 +359,7 @@ def test_remove_then_purge(box):
     assert box.run("systemctl is-active kite", check=False).stdout.strip() \
         in ("inactive", "unknown")
     # remove keeps configuration, data, logs and the user.
-    box.run("test -f /etc/kite/kite.conf && test -d /var/lib/kite/kite "
+    box.run("test -f /etc/kite/kite.conf && test -d /var/lib/kite/mosquitto.db.kite "
             "&& test -f /var/log/kite/kite.log && id kite")
     assert box.run("test -e /usr/sbin/kite", check=False).returncode != 0
     box.run("dpkg -P kite")
