@@ -104,7 +104,7 @@ $(BUILD)/ktls-fault.so: tests/fault/ktls_fault.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c17 -shared -fPIC -O2 $(WARN) -o $@ $< -ldl -pthread
 
-integration: $(BUILD)/kite $(BUILD)/ktls-fault.so $(BUILD)/mosqdb-dump
+integration: $(BUILD)/kite $(BUILD)/ktls-fault.so $(BUILD)/mosqdb-dump $(BUILD)/bench/kite-bench
 	KITE_BIN=$(abspath $(BUILD)/kite) KTLS_FAULT_SO=$(abspath $(BUILD)/ktls-fault.so) \
 	MOSQDB_DUMP=$(abspath $(BUILD)/mosqdb-dump) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
