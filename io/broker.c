@@ -432,7 +432,9 @@ void broker_reload(struct broker *b, const struct kite_config *next,
 	cfg->shards = b->nshards;
 	struct kite_config *old = b->cfg;
 	struct security *old_sec = b->sec;
-	struct snapshot snap = {cfg, sec};
+	struct snapshot snap = {cfg, sec,
+				atomic_load_explicit(&b->reload_started,
+						     memory_order_acquire)};
 	atomic_store(&b->reload_acks, 0);
 	b->cfg = cfg;
 	b->sec = sec;

@@ -236,6 +236,7 @@ struct session {
 	struct will *delayed_will; /* MQTT 5 will delay pending */
 	uint64_t will_at_ms;
 	bool zombie;	  /* taken over by another shard; freed on its kick */
+	bool pump_deferred; /* its queue waits for a reload (session_pump) */
 	uint16_t next_pid;
 	struct sub_entry *subs;
 	uint32_t sub_count;
@@ -325,6 +326,8 @@ uint16_t session_next_pid(struct session *ss);
 void session_resume(struct session *ss);
 /* Moves queued messages into the inflight window while it has room. */
 void session_pump(struct session *ss);
+/* Pumps the queues that waited for a reload, once none is pending. */
+void session_pump_deferred(struct shard *s);
 /* Incoming QoS 2: held until PUBREL. _release returns the message (the
  * caller gets the reference) or NULL for an unknown id. */
 bool session_qos2_seen(struct session *ss, uint16_t pid);
@@ -620,6 +623,7 @@ enum passwd_result security_check_password(const struct conn *c,
 struct snapshot {
 	struct kite_config *cfg;
 	struct security *sec;
+	uint32_t reload; /* the reload_started it answers */
 };
 
 struct shard {
@@ -643,6 +647,8 @@ struct shard {
 
 	struct trie *trie;
 	struct session *sessions;
+	uint32_t pumps_deferred; /* sessions with pump_deferred */
+	uint32_t reload_applied; /* the last reload_started switched to */
 	struct htab by_id; /* session id -> session */
 	struct share_group *share_groups; /* groups homed here */
 	struct conn *dirty;
@@ -737,6 +743,11 @@ struct broker {
 	struct kite_config *cfg;
 	struct security *sec;
 	_Atomic unsigned reload_acks;
+	/* Counted at each SIGHUP, and done once its reload is in every shard
+	 * or failed: between the two, a shard that has not switched yet
+	 * holds queued messages back (session_pump), since the new ACL may
+	 * revoke them. */
+	_Atomic uint32_t reload_started, reload_done;
 	/* The process's heap in use, measured by shard 0 each tick while
 	 * memory_limit is set. */
 	_Atomic uint64_t heap_bytes;

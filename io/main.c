@@ -173,6 +173,10 @@ static void serve(struct broker *b, const struct options *o)
 				broker_version());
 			return;
 		}
+		/* At once, before the files are read: a client connecting
+		 * after the signal must not be served under the old ACL. */
+		atomic_fetch_add_explicit(&b->reload_started, 1,
+					  memory_order_acq_rel);
 		notify_reloading();
 		struct kite_config *next = malloc(sizeof(*next));
 		char err[KITE_CONFIG_ERR_MAX] = "configuration error";
@@ -186,6 +190,12 @@ static void serve(struct broker *b, const struct options *o)
 		else
 			log_msg(KITE_LOG_ERR,
 				"Reload failed; keeping the running configuration.");
+		/* Switched everywhere, or failed (the old files stay): nothing
+		 * waits any more; the shards' tick pumps what was deferred. */
+		atomic_store_explicit(&b->reload_done,
+				      atomic_load_explicit(&b->reload_started,
+							   memory_order_acquire),
+				      memory_order_release);
 		free(next);
 		notify("READY=1");
 	}

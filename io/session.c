@@ -4,6 +4,7 @@
  * through the functions declared in engine.h so a disk store can plug in
  * there. */
 #include <assert.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,6 +88,8 @@ void session_destroy(struct session *ss)
 {
 	struct shard *s = ss->shard;
 	assert(!ss->conn);
+	if (ss->pump_deferred)
+		s->pumps_deferred--;
 	conn_forget_ending(ss);
 	persist_session_end(ss); /* its other records are void with it */
 	/* A will still waiting for its delay goes out when the session ends
@@ -426,8 +429,45 @@ void session_deliver_as_is(struct session *ss, struct msg *m,
 		persist_wait_release(ss);
 }
 
+static void session_defer_pump(struct session *ss)
+{
+	if (!ss->pump_deferred) {
+		ss->pump_deferred = true;
+		ss->shard->pumps_deferred++;
+	}
+}
+
+/* A reload this shard has not switched to yet: started by a SIGHUP the
+ * main thread took, and neither in this shard nor finished (failed). */
+static bool session_reload_pending(const struct shard *s)
+{
+	uint32_t started = atomic_load_explicit(&s->b->reload_started,
+						memory_order_acquire);
+	return started != s->reload_applied &&
+	       started != atomic_load_explicit(&s->b->reload_done,
+					       memory_order_acquire);
+}
+
+/* The same, or a SIGHUP sent and not yet taken by the main thread's
+ * sigwait (blocked in every thread, it waits as pending for the
+ * process): one syscall, on reconnects with a queue only. */
+static bool session_reload_coming(const struct shard *s)
+{
+	if (session_reload_pending(s))
+		return true;
+	sigset_t pending;
+	return sigpending(&pending) == 0 && sigismember(&pending, SIGHUP) == 1;
+}
+
 void session_pump(struct session *ss)
 {
+	if (ss->q_count && session_reload_pending(ss->shard)) {
+		/* SIGHUP came: what waited in the queue goes out under the
+		 * ACL being loaded, which may revoke it (as Mosquitto, whose
+		 * single loop reloads before serving anyone). */
+		session_defer_pump(ss);
+		return;
+	}
 	while (ss->q_count && session_online(ss) && session_window_open(ss)) {
 		struct queued q = ss->queue[ss->q_head];
 		if (session_held(q.msg, &q.d)) {
@@ -443,6 +483,21 @@ void session_pump(struct session *ss)
 		else
 			session_send_new(ss, q.msg, &q.d, true);
 		msg_unref(q.msg);
+	}
+}
+
+void session_pump_deferred(struct shard *s)
+{
+	if (!s->pumps_deferred || session_reload_pending(s))
+		return;
+	for (struct session *ss = s->sessions; ss && s->pumps_deferred;
+	     ss = ss->next) {
+		if (!ss->pump_deferred)
+			continue;
+		ss->pump_deferred = false;
+		s->pumps_deferred--;
+		if (session_online(ss))
+			session_pump(ss);
 	}
 }
 
@@ -466,6 +521,14 @@ void session_resume(struct session *ss)
 			session_send_pubrel(ss, f->pid);
 		else
 			conn_queue_publish(ss->conn, f->msg, &f->d, true, f->pid);
+	}
+	/* A client reconnecting the moment SIGHUP is sent may be served
+	 * before the main thread wakes to reload: ask the kernel (one
+	 * syscall, on reconnects with a queue only). The tick or the
+	 * reload pumps it. */
+	if (ss->q_count && session_reload_coming(ss->shard)) {
+		session_defer_pump(ss);
+		return;
 	}
 	session_pump(ss);
 }

@@ -250,7 +250,9 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 		const struct snapshot *snap = it.ptr;
 		s->cfg = snap->cfg;
 		s->sec = snap->sec;
+		s->reload_applied = snap->reload;
 		atomic_fetch_add(&s->b->reload_acks, 1);
+		session_pump_deferred(s);
 		break;
 	}
 	default:
@@ -896,6 +898,7 @@ static void shard_on_tick(struct shard *s)
 	}
 	shard_resume_accepts(s);
 	shard_accept_sweep(s);
+	session_pump_deferred(s); /* after a reload that failed */
 	shard_check_timeouts(s);
 	metrics_tick(s);
 	persist_tick(s);
