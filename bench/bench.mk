@@ -1,7 +1,7 @@
 # Benchmarks: kite vs Mosquitto (bench/README.md). Included by the
 # top-level Makefile.
 #   make bench          full scenario set, kite, Mosquitto and kite-all
-#                       (< 15 min: about 11)
+#                       (< 15 min: about 12)
 #   make bench-quick    every scenario with small numbers, kite and
 #                       Mosquitto (< 2 min: about 75 s)
 #   make bench-smoke    tiny numbers, asserts delivery only (< 30 s)
