@@ -698,6 +698,9 @@ static void log_write_failed(struct shard *s, int err)
 				       : "acknowledgements go on");
 }
 
+/* Log buffers larger than this are freed once written. */
+#define LOG_BUF_KEEP (4u << 20)
+
 static void log_on_write(struct shard *s, int res)
 {
 	struct shard_log *l = s->log;
@@ -718,6 +721,10 @@ static void log_on_write(struct shard *s, int res)
 	l->write_busy = false;
 	l->written = l->w_lsn + l->wbuf.len;
 	l->wbuf.len = 0;
+	/* A snapshot's retained store or a burst can grow a buffer to many
+	 * MiB; keeping that capacity would hold it resident for good. */
+	if (l->wbuf.cap > LOG_BUF_KEEP)
+		journal_buf_free(&l->wbuf);
 	if (sync_always(s) && res >= 0) {
 		log_submit_sync(s, l->written);
 		return;
@@ -957,7 +964,8 @@ static int shard_log_open(struct shard *s, uint64_t gen, uint64_t next_msg)
 	/* Positions count from the file's start. */
 	l->appended = l->cur.len;
 	l->written = l->synced = l->durable = l->appended;
-	l->cur.len = 0;
+	/* The whole shard's snapshot: hundreds of MiB for a large state. */
+	journal_buf_free(&l->cur);
 	l->last_logged_msg = 0;
 	l->last_sync_ms = l->last_compact_ms = s->now_ms;
 	l->changes = 0;
@@ -2036,6 +2044,21 @@ static int persist_mkdir(const struct kite_config *cfg)
 	return 0;
 }
 
+/* jemalloc (release builds) returns freed pages to the system only as
+ * later allocations pass its decay clock, which an idle broker never
+ * does. Weak: absent under sanitizers and other allocators. */
+extern int mallctl(const char *name, void *oldp, size_t *oldlenp,
+		   void *newp, size_t newlen) __attribute__((weak));
+
+static void release_recovery_heap(void)
+{
+	/* "arena.<MALLCTL_ARENAS_ALL>.purge": every arena. The recovery
+	 * tables and the first snapshot of a large state are hundreds of MiB
+	 * that would otherwise stay resident. */
+	if (mallctl)
+		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
+}
+
 int persist_start(struct broker *b)
 {
 	const struct kite_config *cfg = b->cfg;
@@ -2088,6 +2111,7 @@ int persist_start(struct broker *b)
 		rcode = shard_log_open(&b->shards[i], max_gen + 1, rc.max_msg);
 	}
 	rcu_unregister_thread();
+	release_recovery_heap();
 	if (rcode < 0) {
 		free(files);
 		return -1;
