@@ -131,6 +131,7 @@ struct kb_opts {
 	 * a session expiry (5.0) for every client, so a broker with
 	 * persistence keeps (and logs) their subscriptions and queues. */
 	bool persistent;
+	bool ws; /* MQTT over WebSockets (ws://, or wss:// with --tls) */
 	uint32_t session_expiry_s; /* MQTT 5 with --persistent */
 	bool quiet;
 };
@@ -143,6 +144,7 @@ enum kb_state {
 	KB_ST_QUEUED,	     /* not opened yet */
 	KB_ST_TCP,	     /* non-blocking connect in progress */
 	KB_ST_HANDSHAKE,     /* transport handshake (TLS later) */
+	KB_ST_WS_UPGRADE,    /* --ws: GET sent, waiting for 101 */
 	KB_ST_CONNECT_SENT,  /* waiting for CONNACK */
 	KB_ST_SUBSCRIBE_SENT, /* waiting for SUBACK */
 	KB_ST_READY,
@@ -151,6 +153,7 @@ enum kb_state {
 };
 
 struct kb_conn;
+struct kb_ws;
 
 /* How bytes reach the socket. Plain TCP now; a TLS transport (OpenSSL over
  * the same non-blocking fd) plugs in here without touching the MQTT side.
@@ -195,6 +198,8 @@ struct kb_conn {
 	uint64_t last_tx_ns;
 	const struct kb_transport *tp;
 	void *tp_state;
+	struct kb_ws *ws;  /* --ws: framing state (ws.c) */
+	uint8_t ws_room;   /* header room left by the last kb_wbuf_reserve */
 };
 
 /* ---- roles ------------------------------------------------------------- */
@@ -312,9 +317,13 @@ struct kb {
 int kb_net_init(struct kb *kb);
 int kb_conn_open(struct kb *kb, uint32_t idx);
 void kb_conn_close(struct kb *kb, uint32_t idx, bool graceful);
-/* Room for n more bytes at the end of the send buffer; commit afterwards. */
+/* Room for n more bytes at the end of the send buffer; commit afterwards.
+ * Over WebSockets each commit becomes one masked binary frame. */
 uint8_t *kb_wbuf_reserve(struct kb *kb, struct kb_conn *c, size_t n);
 void kb_wbuf_commit(struct kb *kb, struct kb_conn *c, size_t n);
+/* The same without framing: bytes go to the socket as they are. */
+uint8_t *kb_wbuf_reserve_raw(struct kb *kb, struct kb_conn *c, size_t n);
+void kb_wbuf_commit_raw(struct kb *kb, struct kb_conn *c, size_t n);
 void kb_handle_event(struct kb *kb, uint32_t idx, uint32_t events,
 		     uint64_t now);
 void kb_flush_all(struct kb *kb);
@@ -322,6 +331,28 @@ static inline uint32_t kb_conn_pending(const struct kb_conn *c)
 {
 	return c->wlen - c->woff;
 }
+
+/* ws.c: RFC 6455 client framing between net.c and the transport. An
+ * incomplete frame header or control frame is kept per connection. */
+#define KB_WS_PEND_MAX 136
+/* Allocates the state and queues the upgrade request (raw). */
+int kb_ws_start(struct kb *kb, struct kb_conn *c);
+void kb_ws_free(struct kb_conn *c);
+bool kb_ws_framing(const struct kb_conn *c);
+/* Header bytes a frame of at most n payload bytes needs (mask included). */
+size_t kb_ws_header_room(size_t n);
+/* Frames the n bytes at f + room in place; returns the frame length. */
+size_t kb_ws_frame(uint8_t *f, size_t room, uint8_t opcode, size_t n);
+/* The upgrade answer in buf: 1 when accepted (*used = head length), 0 when
+ * incomplete, -1 when refused or malformed (reported). */
+int kb_ws_upgrade_input(struct kb *kb, struct kb_conn *c, const uint8_t *buf,
+			size_t len, size_t *used);
+/* Copies the kept partial frame to dst (room KB_WS_PEND_MAX); its length. */
+size_t kb_ws_take_pending(struct kb_conn *c, uint8_t *dst);
+/* Unframes buf in place: the payload length left at buf, -1 on a protocol
+ * error (reported), -2 when the server sent CLOSE. */
+ssize_t kb_ws_unframe(struct kb *kb, struct kb_conn *c, uint8_t *buf,
+		      size_t len);
 
 /* client.c: the MQTT side, driven by net.c. */
 void kb_client_established(struct kb *kb, uint32_t idx, uint64_t now);

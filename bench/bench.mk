@@ -1,7 +1,7 @@
 # Benchmarks: kite vs Mosquitto (bench/README.md). Included by the
 # top-level Makefile.
 #   make bench          full scenario set, kite, Mosquitto and kite-all
-#                       (< 15 min: about 11)
+#                       (< 15 min: about 12)
 #   make bench-quick    every scenario with small numbers, kite and
 #                       Mosquitto (< 2 min: about 75 s)
 #   make bench-smoke    tiny numbers, asserts delivery only (< 30 s)
@@ -16,7 +16,7 @@ BENCH_CFLAGS  := -std=c17 -D_GNU_SOURCE -I. -O2 -Wall -Wextra -Werror
 # Listed, not globbed: bench/ also holds other engineers' micro-benchmarks
 # (acl_bench.c, flood_filter_bench.c) with their own main() and builds.
 BENCH_SRC     := bench/kite-bench.c bench/client.c bench/net.c bench/proc.c \
-		 bench/hist.c bench/tls.c
+		 bench/hist.c bench/tls.c bench/ws.c
 # The generator parses and builds packets with the broker's own codec.
 BENCH_CORE    := core/codec.c
 BENCH_BROKERS ?=

@@ -97,6 +97,9 @@ static void usage(FILE *f)
 "  --cert-prefix P      (dev-)   --cert-count N  (all found)\n"
 "  --tls-version V      1.2 or 1.3 (default: either, 1.3 negotiated)\n"
 "                       Session resumption is always off.\n"
+"  --ws                 MQTT over WebSockets (RFC 6455, subprotocol mqtt,\n"
+"                       GET /mqtt; wss:// with --tls): one masked binary\n"
+"                       frame per packet out, any framing in\n"
 "  --quiet              no diagnostics on stderr\n",
 		KB_PAYLOAD_MIN);
 }
@@ -125,7 +128,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		O_DURATION, O_DRAIN, O_SETUP, O_HOLD, O_STALL, O_TIMEOUT,
 		O_BPID, O_CONC, O_KA, O_GENB, O_NAME, O_QUIET, O_HOST, O_TLS,
 		O_BURST, O_POLLUS, O_BUSY, O_HELP, O_CAFILE, O_CERT, O_KEY,
-		O_CERTDIR, O_CERTPFX, O_CERTCNT, O_TLSVER, O_PERSIST, O_EXPIRY,
+		O_CERTDIR, O_CERTPFX, O_CERTCNT, O_TLSVER, O_PERSIST, O_EXPIRY, O_WS,
 	};
 	static const struct option lo[] = {
 		{"port", 1, 0, O_PORT},	      {"topology", 1, 0, O_TOPO},
@@ -151,6 +154,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		{"busy-poll", 0, 0, O_BUSY},
 		{"persistent", 0, 0, O_PERSIST},
 		{"session-expiry", 1, 0, O_EXPIRY},
+		{"ws", 0, 0, O_WS},
 		{"help", 0, 0, O_HELP},	      {0, 0, 0, 0},
 	};
 	memset(o, 0, sizeof(*o));
@@ -268,6 +272,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 			break;
 		case O_TLSVER: o->tls_version = optarg; break;
 		case O_PERSIST: o->persistent = true; break;
+		case O_WS: o->ws = true; break;
 		case O_EXPIRY:
 			o->session_expiry_s = (uint32_t)strtoul(optarg, 0, 10);
 			break;
@@ -953,7 +958,8 @@ static void report(struct kb *kb, const struct kb_result *r)
 	fprintf(f, "{\"tool\":\"kite-bench\",\"scenario\":");
 	json_str(f, o->name);
 	fprintf(f, ",\"topology\":\"%s\",\"transport\":\"%s\",\"tls\":",
-		topo_name(o->topo), o->tls ? "tls" : "tcp");
+		topo_name(o->topo),
+		o->ws ? (o->tls ? "wss" : "ws") : o->tls ? "tls" : "tcp");
 	json_str(f, o->tls ? kb_tls_version() : "");
 	fprintf(f, ",\"tls_client_certs\":%u,\"tls_handshakes\":%llu,"
 		   "\"storm_cycles\":%llu,\"storm_cycles_in_window\":%llu,"

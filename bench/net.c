@@ -143,11 +143,12 @@ void kb_conn_close(struct kb *kb, uint32_t idx, bool graceful)
 	free(c->wbuf);
 	c->wbuf = NULL;
 	c->wlen = c->woff = c->wcap = 0;
+	kb_ws_free(c);
 }
 
 /* ---- send side ---------------------------------------------------------- */
 
-uint8_t *kb_wbuf_reserve(struct kb *kb, struct kb_conn *c, size_t n)
+uint8_t *kb_wbuf_reserve_raw(struct kb *kb, struct kb_conn *c, size_t n)
 {
 	(void)kb;
 	if (c->woff == c->wlen)
@@ -175,7 +176,7 @@ uint8_t *kb_wbuf_reserve(struct kb *kb, struct kb_conn *c, size_t n)
 	return c->wbuf + c->wlen;
 }
 
-void kb_wbuf_commit(struct kb *kb, struct kb_conn *c, size_t n)
+void kb_wbuf_commit_raw(struct kb *kb, struct kb_conn *c, size_t n)
 {
 	assert((size_t)c->wlen + n <= c->wcap);
 	c->wlen += (uint32_t)n;
@@ -183,6 +184,28 @@ void kb_wbuf_commit(struct kb *kb, struct kb_conn *c, size_t n)
 		c->dirty = true;
 		kb->flush[kb->nflush++] = (uint32_t)(c - kb->conns);
 	}
+}
+
+/* Over WebSockets the payload goes after room for the largest header n
+ * can need, so the common case frames without moving bytes. */
+uint8_t *kb_wbuf_reserve(struct kb *kb, struct kb_conn *c, size_t n)
+{
+	if (!kb_ws_framing(c))
+		return kb_wbuf_reserve_raw(kb, c, n);
+	size_t room = kb_ws_header_room(n);
+	uint8_t *b = kb_wbuf_reserve_raw(kb, c, room + n);
+	c->ws_room = (uint8_t)room;
+	return b ? b + room : NULL;
+}
+
+void kb_wbuf_commit(struct kb *kb, struct kb_conn *c, size_t n)
+{
+	if (!kb_ws_framing(c)) {
+		kb_wbuf_commit_raw(kb, c, n);
+		return;
+	}
+	kb_wbuf_commit_raw(kb, c,
+			   kb_ws_frame(c->wbuf + c->wlen, c->ws_room, 0x2, n));
 }
 
 /* Sends what is buffered; arms EPOLLOUT while the socket is full. Returns
@@ -249,7 +272,8 @@ void kb_flush_all(struct kb *kb)
 /* ---- receive side ------------------------------------------------------- */
 
 /* One recv into the scratch buffer (after any leftover partial packet),
- * then every whole packet is handled in place. */
+ * then every whole packet is handled in place. Over WebSockets the received
+ * bytes (after a kept partial frame header) are unframed in place first. */
 static int conn_read(struct kb *kb, uint32_t idx, uint64_t now)
 {
 	struct kb_conn *c = &kb->conns[idx];
@@ -261,7 +285,10 @@ static int conn_read(struct kb *kb, uint32_t idx, uint64_t now)
 		c->rbuf = NULL;
 		c->rlen = 0;
 	}
-	ssize_t n = c->tp->recv(c, buf + have, KB_RECV_SCRATCH - have);
+	bool framed = kb_ws_framing(c);
+	size_t pend = framed ? kb_ws_take_pending(c, buf + have) : 0;
+	ssize_t n = c->tp->recv(c, buf + have + pend,
+				KB_RECV_SCRATCH - have - pend);
 	if (n == 0)
 		return -1;
 	if (n < 0) {
@@ -270,6 +297,36 @@ static int conn_read(struct kb *kb, uint32_t idx, uint64_t now)
 		} else {
 			return -1;
 		}
+	}
+	if (c->state == KB_ST_WS_UPGRADE) {
+		size_t len = have + (size_t)n, used = 0;
+		int rc = kb_ws_upgrade_input(kb, c, buf, len, &used);
+		if (rc < 0) {
+			kb->c.conn_failures++;
+			return -1;
+		}
+		if (rc == 0) {
+			c->rbuf = malloc(len);
+			if (!c->rbuf)
+				return -1;
+			memcpy(c->rbuf, buf, len);
+			c->rlen = (uint32_t)len;
+			return 0;
+		}
+		if (used != len) {
+			/* The server speaks MQTT only after our CONNECT. */
+			kb_error(kb, "connection %u: %zu bytes after the 101",
+				 idx, len - used);
+			return -1;
+		}
+		kb_client_established(kb, idx, now);
+		return 0;
+	}
+	if (framed) {
+		ssize_t m = kb_ws_unframe(kb, c, buf + have, pend + (size_t)n);
+		if (m < 0)
+			return -1;
+		n = m;
 	}
 	size_t len = have + (size_t)n;
 	ssize_t used = kb_client_input(kb, idx, buf, len, now);
@@ -314,6 +371,16 @@ static void conn_established(struct kb *kb, uint32_t idx, uint64_t now)
 	}
 	epoll_set(kb, idx, EPOLL_CTL_MOD, EPOLLIN);
 	c->out_armed = false;
+	if (kb->o.ws) {
+		/* The upgrade request leaves with this turn's flush. */
+		if (kb_ws_start(kb, c) != 0) {
+			kb->c.conn_failures++;
+			conn_lost(kb, idx);
+			return;
+		}
+		c->state = KB_ST_WS_UPGRADE;
+		return;
+	}
 	kb_client_established(kb, idx, now);
 }
 

@@ -148,10 +148,12 @@ def broker_conf(kind, port, pdir, shards):
              "log_dest stderr",
              "connection_messages false",
              "sys_interval 0"]
+    # Both brokers drop root for the `mosquitto` user by default, which
+    # cannot write a directory the harness made as root.
+    if os.geteuid() == 0:
+        lines.append("user root")
     if kind == "mosquitto":
         lines.append(f"persistence_location {pdir}/")
-        if os.geteuid() == 0:
-            lines.append("user root")  # else it cannot write pdir
     else:
         lines.append(f"persistence_location {pdir}")
         if shards:

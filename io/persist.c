@@ -705,6 +705,9 @@ static void log_write_failed(struct shard *s, int err)
 				       : "acknowledgements go on");
 }
 
+/* Log buffers larger than this are freed once written. */
+#define LOG_BUF_KEEP (4u << 20)
+
 static void log_on_write(struct shard *s, int res)
 {
 	struct shard_log *l = s->log;
@@ -725,6 +728,10 @@ static void log_on_write(struct shard *s, int res)
 	l->write_busy = false;
 	l->written = l->w_lsn + l->wbuf.len;
 	l->wbuf.len = 0;
+	/* A snapshot's retained store or a burst can grow a buffer to many
+	 * MiB; keeping that capacity would hold it resident for good. */
+	if (l->wbuf.cap > LOG_BUF_KEEP)
+		journal_buf_free(&l->wbuf);
 	if (sync_always(s) && res >= 0) {
 		log_submit_sync(s, l->written);
 		return;
@@ -964,7 +971,8 @@ static int shard_log_open(struct shard *s, uint64_t gen, uint64_t next_msg)
 	/* Positions count from the file's start. */
 	l->appended = l->cur.len;
 	l->written = l->synced = l->durable = l->appended;
-	l->cur.len = 0;
+	/* The whole shard's snapshot: hundreds of MiB for a large state. */
+	journal_buf_free(&l->cur);
 	l->last_logged_msg = 0;
 	l->last_sync_ms = l->last_compact_ms = s->now_ms;
 	l->changes = 0;
@@ -1063,9 +1071,13 @@ struct rsub {
 	char filter[];
 };
 
-struct rout { /* queued (pid 0) or in flight */
-	struct rout *next;
-	uint64_t msg_id;
+/* Queued (pid 0) or in flight. Also in recovery.outs by (session key,
+ * message id): a session's queue can hold a million messages, and every
+ * QUEUE, OUT and DONE record looks one up. */
+struct rout {
+	struct htab_link link;
+	uint64_t skey, msg_id; /* the key: right after the link */
+	struct rout *next, **pprev;
 	struct deliv d;
 	uint16_t pid;
 	uint8_t state; /* enum journal_out_state; 0 while queued */
@@ -1103,7 +1115,7 @@ struct rretain {
 };
 
 struct recovery {
-	struct htab msgs, sessions, retained;
+	struct htab msgs, sessions, retained, outs;
 	uint64_t max_key, max_msg;
 	uint32_t records, files, unresolved;
 };
@@ -1141,7 +1153,9 @@ static bool topic_eq_cb(const struct htab_link *l, const void *key, size_t len)
 	return r->len == len && !memcmp(r->topic, key, len);
 }
 
-static void rsess_free_items(struct rsess *rs)
+/* outs: the table the session's queue is in, or NULL when that table is
+ * already gone. */
+static void rsess_free_items(struct rsess *rs, struct htab *outs)
 {
 	while (rs->subs) {
 		struct rsub *n = rs->subs->next;
@@ -1150,6 +1164,8 @@ static void rsess_free_items(struct rsess *rs)
 	}
 	while (rs->out) {
 		struct rout *n = rs->out->next;
+		if (outs)
+			htab_remove(outs, &rs->out->link);
 		free(rs->out);
 		rs->out = n;
 	}
@@ -1161,10 +1177,15 @@ static void rsess_free_items(struct rsess *rs)
 	}
 }
 
+static void rout_unindex(struct htab_link *l)
+{
+	(void)l;
+}
+
 static void rsess_free(struct htab_link *l)
 {
 	struct rsess *rs = htab_entry(l, struct rsess, link);
-	rsess_free_items(rs);
+	rsess_free_items(rs, NULL);
 	free(rs->client_id);
 	free(rs->username);
 	free(rs);
@@ -1279,21 +1300,45 @@ static int apply_msg(struct recovery *rc, const struct journal_record *r)
 	return 0;
 }
 
-static struct rout *rout_find(struct rsess *rs, uint64_t msg_id,
-			      struct rout ***link)
+static bool rout_eq_cb(const struct htab_link *l, const void *key, size_t len)
 {
-	for (struct rout **pp = &rs->out; *pp; pp = &(*pp)->next)
-		if ((*pp)->msg_id == msg_id) {
-			if (link)
-				*link = pp;
-			return *pp;
-		}
-	return NULL;
+	(void)len;
+	return !memcmp(l + 1, key, 16);
 }
 
-static int apply_queue(struct rsess *rs, const struct journal_record *r)
+_Static_assert(offsetof(struct rout, skey) == sizeof(struct htab_link) &&
+		       offsetof(struct rout, msg_id) == sizeof(struct htab_link) + 8,
+	       "key after link");
+
+static struct rout *rout_find(struct recovery *rc, const struct rsess *rs,
+			      uint64_t msg_id)
 {
-	if (rout_find(rs, r->queue.msg_id, NULL))
+	uint64_t key[2] = {rs->key, msg_id};
+	return htab_entry(htab_find(&rc->outs, hash_bytes(key, 16), key, 16,
+				    rout_eq_cb),
+			  struct rout, link);
+}
+
+/* Takes o (calloc'ed, msg_id set) onto the end of rs's queue; -1 when the
+ * table cannot grow (o is freed). */
+static int rout_append(struct recovery *rc, struct rsess *rs, struct rout *o)
+{
+	o->skey = rs->key;
+	if (htab_insert(&rc->outs, &o->link, hash_bytes(&o->skey, 16)) < 0) {
+		free(o);
+		return -1;
+	}
+	o->next = NULL;
+	o->pprev = rs->out_tail;
+	*rs->out_tail = o;
+	rs->out_tail = &o->next;
+	return 0;
+}
+
+static int apply_queue(struct recovery *rc, struct rsess *rs,
+		       const struct journal_record *r)
+{
+	if (rout_find(rc, rs, r->queue.msg_id))
 		return 0;
 	struct rout *o = calloc(1, sizeof(*o));
 	if (!o)
@@ -1303,23 +1348,22 @@ static int apply_queue(struct rsess *rs, const struct journal_record *r)
 	o->d.retain = r->queue.retain;
 	o->d.nsub = r->queue.nsub;
 	memcpy(o->d.sub, r->queue.sub, sizeof(o->d.sub));
-	*rs->out_tail = o;
-	rs->out_tail = &o->next;
-	return 0;
+	return rout_append(rc, rs, o);
 }
 
-static int apply_out(struct rsess *rs, const struct journal_record *r)
+static int apply_out(struct recovery *rc, struct rsess *rs,
+		     const struct journal_record *r)
 {
 	rs->last_pid = r->out.pid;
-	struct rout *o = rout_find(rs, r->out.msg_id, NULL);
+	struct rout *o = rout_find(rc, rs, r->out.msg_id);
 	if (!o && r->out.state == JOURNAL_WAIT_PUBCOMP) {
 		/* Only PUBCOMP is left: the message itself is not needed. */
 		if (!(o = calloc(1, sizeof(*o))))
 			return -1;
 		o->msg_id = r->out.msg_id;
 		o->d.qos = 2;
-		*rs->out_tail = o;
-		rs->out_tail = &o->next;
+		if (rout_append(rc, rs, o) < 0)
+			return -1;
 	}
 	if (o) {
 		o->pid = r->out.pid;
@@ -1328,15 +1372,17 @@ static int apply_out(struct rsess *rs, const struct journal_record *r)
 	return 0;
 }
 
-static void apply_done(struct rsess *rs, uint64_t msg_id)
+static void apply_done(struct recovery *rc, struct rsess *rs, uint64_t msg_id)
 {
-	struct rout **link;
-	struct rout *o = rout_find(rs, msg_id, &link);
+	struct rout *o = rout_find(rc, rs, msg_id);
 	if (!o)
 		return;
-	*link = o->next;
-	if (rs->out_tail == &o->next)
-		rs->out_tail = link;
+	htab_remove(&rc->outs, &o->link);
+	*o->pprev = o->next;
+	if (o->next)
+		o->next->pprev = o->pprev;
+	else
+		rs->out_tail = o->pprev;
 	free(o);
 }
 
@@ -1422,6 +1468,7 @@ static int apply(struct recovery *rc, const struct journal_record *r)
 	switch (r->type) {
 	case JOURNAL_SESSION_END:
 		htab_remove(&rc->sessions, &rs->link);
+		rsess_free_items(rs, &rc->outs);
 		rsess_free(&rs->link);
 		return 0;
 	case JOURNAL_SUB:
@@ -1429,11 +1476,11 @@ static int apply(struct recovery *rc, const struct journal_record *r)
 	case JOURNAL_UNSUB:
 		return apply_sub(rs, r, false);
 	case JOURNAL_QUEUE:
-		return apply_queue(rs, r);
+		return apply_queue(rc, rs, r);
 	case JOURNAL_OUT:
-		return apply_out(rs, r);
+		return apply_out(rc, rs, r);
 	case JOURNAL_DONE:
-		apply_done(rs, r->done.msg_id);
+		apply_done(rc, rs, r->done.msg_id);
 		return 0;
 	case JOURNAL_QOS2_IN:
 		return apply_qos2(rs, r, true);
@@ -1693,7 +1740,7 @@ static int mimport_client_msg_cb(void *ctx, const struct mosqdb_client_msg *m)
 		r.queue.nsub = 1;
 		r.queue.sub[0] = m->props.subscription_identifier;
 	}
-	if (apply_queue(rs, &r) < 0)
+	if (apply_queue(mi->rc, rs, &r) < 0)
 		return -1;
 	mi->queued++;
 	uint8_t state = m->state == MOSQDB_STATE_WAIT_FOR_PUBACK ? JOURNAL_WAIT_PUBACK
@@ -1707,7 +1754,7 @@ static int mimport_client_msg_cb(void *ctx, const struct mosqdb_client_msg *m)
 	r.out.msg_id = m->store_id;
 	r.out.pid = m->mid;
 	r.out.state = state;
-	return apply_out(rs, &r);
+	return apply_out(mi->rc, rs, &r);
 }
 
 /* persistence_location/persistence_file: Mosquitto's database. */
@@ -2120,6 +2167,21 @@ static int persist_reset_if_file_gone(const struct kite_config *cfg,
 	return 0;
 }
 
+/* jemalloc (release builds) returns freed pages to the system only as
+ * later allocations pass its decay clock, which an idle broker never
+ * does. Weak: absent under sanitizers and other allocators. */
+extern int mallctl(const char *name, void *oldp, size_t *oldlenp,
+		   void *newp, size_t newlen) __attribute__((weak));
+
+static void release_recovery_heap(void)
+{
+	/* "arena.<MALLCTL_ARENAS_ALL>.purge": every arena. The recovery
+	 * tables and the first snapshot of a large state are hundreds of MiB
+	 * that would otherwise stay resident. */
+	if (mallctl)
+		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
+}
+
 int persist_start(struct broker *b)
 {
 	const struct kite_config *cfg = b->cfg;
@@ -2167,6 +2229,8 @@ int persist_start(struct broker *b)
 	bd.now_mono = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 	atomic_store(&b->next_session_id, rc.max_key);
 	build_all(&bd);
+	/* The queues' index first: the sessions free the entries. */
+	htab_fini(&rc.outs, rout_unindex);
 	htab_fini(&rc.sessions, rsess_free);
 	htab_fini(&rc.msgs, rmsg_free);
 	htab_fini(&rc.retained, rretain_free);
@@ -2175,6 +2239,7 @@ int persist_start(struct broker *b)
 		rcode = shard_log_open(&b->shards[i], max_gen + 1, rc.max_msg);
 	}
 	rcu_unregister_thread();
+	release_recovery_heap();
 	if (rcode < 0) {
 		free(files);
 		return -1;
