@@ -815,8 +815,10 @@ static void snapshot_session(struct shard *s, struct session *ss)
 		r.sub.filter = jb(e->filter, e->len);
 		log_put(s, &r);
 	}
-	for (uint32_t i = 0; i < ss->inflight_count; i++) {
-		struct inflight *f = &ss->inflight[i];
+	for (uint32_t i = ss->if_head; i != ss->if_tail; i++) {
+		struct inflight *f = session_inflight_at(ss, i);
+		if (f->state == INFLIGHT_DONE)
+			continue;
 		if (f->msg) {
 			f->msg_id = log_msg_ref(s, f->msg);
 			log_queue(s, ss->id, f->msg_id, &f->d);
