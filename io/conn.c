@@ -126,8 +126,7 @@ static bool conn_dispatch(struct conn *c, const struct mqtt_fixed_header *h,
 			  const uint8_t *body)
 {
 	c->last_rx_ms = c->shard->now_ms;
-	atomic_fetch_add_explicit(&c->shard->stats.msgs_received, 1,
-				  memory_order_relaxed);
+	stat_add(&c->shard->stats.msgs_received, 1);
 	if (c->bridge)
 		return bridge_on_packet(c, h, body);
 	if (c->state == CONN_AWAIT_CONNECT && h->type != MQTT_CONNECT) {
@@ -491,8 +490,7 @@ void conn_queue_ctrl(struct conn *c, const uint8_t *bytes, size_t len)
 		return;
 	}
 	c->out_bytes += len;
-	atomic_fetch_add_explicit(&c->shard->stats.msgs_sent, 1,
-				  memory_order_relaxed);
+	stat_add(&c->shard->stats.msgs_sent, 1);
 	conn_mark_dirty(c);
 }
 
@@ -660,8 +658,7 @@ bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 	slot->msg = msg_ref(m);
 	c->out_bytes += e.len;
 	stat_add(&c->shard->stats.publish_sent, 1);
-	atomic_fetch_add_explicit(&c->shard->stats.msgs_sent, 1,
-				  memory_order_relaxed);
+	stat_add(&c->shard->stats.msgs_sent, 1);
 	conn_mark_dirty(c);
 	return true;
 }
@@ -998,8 +995,7 @@ static bool conn_tls_resend(struct conn *c, struct send_ctx *ctx, int res)
 {
 	if (!ctx->tls_bytes || res <= 0)
 		return false;
-	atomic_fetch_add_explicit(&c->shard->stats.bytes_sent, (uint64_t)res,
-				  memory_order_relaxed);
+	stat_add(&c->shard->stats.bytes_sent, (uint64_t)res);
 	ctx->tls_off += (size_t)res;
 	if (ctx->tls_off >= ctx->tls_len || c->state == CONN_CLOSING)
 		return false;
@@ -1031,8 +1027,7 @@ void conn_on_send_done(struct conn *c, int res)
 		return;
 	}
 	if (res > 0 && !tls) {
-		atomic_fetch_add_explicit(&c->shard->stats.bytes_sent,
-					  (uint64_t)res, memory_order_relaxed);
+		stat_add(&c->shard->stats.bytes_sent, (uint64_t)res);
 		conn_out_consume(c, (size_t)res);
 	}
 	if (!c->out_count)
@@ -1268,8 +1263,7 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 	c->last_rx_ms = s->now_ms; /* closing deadline starts now */
 	if (c->flags & CONN_COUNTED) {
 		c->flags &= (uint8_t)~CONN_COUNTED;
-		atomic_fetch_sub_explicit(&s->stats.clients_connected, 1,
-					  memory_order_relaxed);
+		stat_sub(&s->stats.clients_connected, 1);
 	}
 	if (c->bridge)
 		bridge_on_close(c);

@@ -133,8 +133,7 @@ void persist_ticket_done(struct shard *s, struct persist_ticket *t)
 	if (c && t->held && atomic_load(&t->failed) && sync_always(s)) {
 		/* It promised durability and cannot give it: no
 		 * acknowledgement; the client sends again after reconnecting. */
-		atomic_fetch_add_explicit(&s->stats.persist_acks_withheld, 1,
-					  memory_order_relaxed);
+		stat_add(&s->stats.persist_acks_withheld, 1);
 		conn_close(c, "persistence: the change could not be written, "
 			      "acknowledgement withheld", true);
 	} else if (c && t->held) {
@@ -686,8 +685,7 @@ static void log_write_failed(struct shard *s, int err)
 	struct shard_log *l = s->log;
 	uint32_t left_out;
 	l->failed_writes++;
-	atomic_fetch_add_explicit(&s->stats.persist_write_errors, 1,
-				  memory_order_relaxed);
+	stat_add(&s->stats.persist_write_errors, 1);
 	if (log_limit_take(&l->err_log, s->now_ms, 1, &left_out))
 		log_msg(KITE_LOG_ERR, "Persistence: writing %s failed: %s; "
 			"%zu bytes of changes are not durable (%llu failed "
@@ -713,8 +711,7 @@ static void log_on_write(struct shard *s, int res)
 	if (res < 0)
 		log_write_failed(s, -res);
 	else
-		atomic_fetch_add_explicit(&s->stats.persist_bytes_written,
-					  l->wbuf.len, memory_order_relaxed);
+		stat_add(&s->stats.persist_bytes_written, l->wbuf.len);
 	l->write_busy = false;
 	l->written = l->w_lsn + l->wbuf.len;
 	l->wbuf.len = 0;
@@ -1001,8 +998,7 @@ static void compact_start(struct shard *s)
 	l->last_logged_msg = 0; /* MSG records start over in this file */
 	l->snap_next = s->sessions;
 	l->snapshotting = true;
-	atomic_fetch_add_explicit(&s->stats.persist_compactions, 1,
-				  memory_order_relaxed);
+	stat_add(&s->stats.persist_compactions, 1);
 	if (log_enabled(KITE_LOG_INFO))
 		log_msg(KITE_LOG_INFO, "Persistence: compacting shard %u into %s",
 			s->idx, path);

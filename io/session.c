@@ -65,7 +65,7 @@ static struct session *session_new(struct shard *s, uint64_t key,
 	if (s->sessions)
 		s->sessions->prev = ss;
 	s->sessions = ss;
-	atomic_fetch_add_explicit(&s->stats.sessions, 1, memory_order_relaxed);
+	stat_add(&s->stats.sessions, 1);
 	return ss;
 }
 
@@ -114,7 +114,7 @@ void session_destroy(struct session *ss)
 		s->sessions = ss->next;
 	if (ss->next)
 		ss->next->prev = ss->prev;
-	atomic_fetch_sub_explicit(&s->stats.sessions, 1, memory_order_relaxed);
+	stat_sub(&s->stats.sessions, 1);
 	if (ss->acl)
 		acl_identity_unref(ss->acl);
 	free(ss->username);
@@ -174,8 +174,7 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 	e->next = ss->subs;
 	ss->subs = e;
 	ss->sub_count++;
-	atomic_fetch_add_explicit(&s->stats.subscriptions, 1,
-				  memory_order_relaxed);
+	stat_add(&s->stats.subscriptions, 1);
 	return 1;
 }
 
@@ -198,8 +197,7 @@ int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
 			*pp = e->next;
 			free(e);
 			ss->sub_count--;
-			atomic_fetch_sub_explicit(&s->stats.subscriptions, 1,
-						  memory_order_relaxed);
+			stat_sub(&s->stats.subscriptions, 1);
 			return 1;
 		}
 	}

@@ -434,8 +434,7 @@ static void shard_count_refused(struct shard *s, unsigned li, int err,
 				uint32_t n)
 {
 	const struct kite_listener_cfg *l = &s->cfg->listeners[li];
-	atomic_fetch_add_explicit(&s->stats.refused_no_resources, n,
-				  memory_order_relaxed);
+	stat_add(&s->stats.refused_no_resources, n);
 	for (uint32_t i = 0; i < n; i++) {
 		uint32_t left_out;
 		if (!log_limit_take(&s->accept_log, s->now_ms, 1, &left_out))
@@ -602,8 +601,7 @@ static void shard_resume_accepts(struct shard *s)
 static void shard_deny_max_connections(struct shard *s, int fd)
 {
 	uint32_t left_out;
-	atomic_fetch_add_explicit(&s->stats.refused_max_connections, 1,
-				  memory_order_relaxed);
+	stat_add(&s->stats.refused_max_connections, 1);
 	if (!s->cfg->connection_messages ||
 	    !log_limit_take(&s->max_conn_log, s->now_ms, 10, &left_out))
 		return;
@@ -734,9 +732,7 @@ static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
 		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
 		if (c && cqe->res > 0) {
 			assert((unsigned)cqe->res <= SHARD_RECV_BUF_SIZE);
-			atomic_fetch_add_explicit(&s->stats.bytes_received,
-						  (uint64_t)cqe->res,
-						  memory_order_relaxed);
+			stat_add(&s->stats.bytes_received, (uint64_t)cqe->res);
 			conn_on_data(c, s->recv_bufs +
 					       (size_t)bid * SHARD_RECV_BUF_SIZE,
 				     (size_t)cqe->res);
