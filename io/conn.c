@@ -24,6 +24,8 @@
 #define OUT_ENTRY_IOV_MAX 6
 
 struct send_ctx {
+	struct send_ctx *pool_next; /* in shard->ctx_pool */
+	uint32_t iov_cap; /* SEND_CTX_SMALL_IOV or SEND_IOV_MAX: pooled */
 	struct msghdr mh;
 	struct out_entry *retired; /* outq array the iovecs point into */
 	/* TLS: a copy of the ciphertext (OpenSSL's buffer may move while
@@ -490,6 +492,10 @@ void conn_queue_ctrl(struct conn *c, const uint8_t *bytes, size_t len)
 		return;
 	}
 	c->out_bytes += len;
+	/* A publisher's acks: its queue is in use as a subscriber's is. */
+	unsigned type = bytes[0] >> 4;
+	if (type >= MQTT_PUBACK && type <= MQTT_PUBCOMP)
+		c->outq_keep = CONN_OUTQ_KEEP_TICKS;
 	stat_add(&c->shard->stats.msgs_sent, 1);
 	conn_mark_dirty(c);
 }
@@ -657,6 +663,7 @@ bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 	*slot = e;
 	slot->msg = msg_ref(m);
 	c->out_bytes += e.len;
+	c->outq_keep = CONN_OUTQ_KEEP_TICKS;
 	stat_add(&c->shard->stats.publish_sent, 1);
 	stat_add(&c->shard->stats.msgs_sent, 1);
 	conn_mark_dirty(c);
@@ -779,6 +786,51 @@ static size_t conn_out_copy(struct conn *c, uint8_t *dst, size_t cap)
 	return n;
 }
 
+/* A context for up to max_iov iovecs from the shard's pool: a busy
+ * connection sends every turn, and a malloc and free per send would be
+ * per delivery for a subscriber that gets one message at a time. */
+static struct send_ctx *send_ctx_get(struct shard *s, unsigned max_iov)
+{
+	unsigned cls = max_iov > SEND_CTX_SMALL_IOV;
+	struct send_ctx *ctx = s->ctx_pool[cls];
+	if (ctx) {
+		s->ctx_pool[cls] = ctx->pool_next;
+		s->ctx_pool_n[cls]--;
+		return ctx;
+	}
+	uint32_t cap = cls ? SEND_IOV_MAX : SEND_CTX_SMALL_IOV;
+	ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) * cap);
+	if (ctx)
+		ctx->iov_cap = cap;
+	return ctx;
+}
+
+static void send_ctx_put(struct shard *s, struct send_ctx *ctx)
+{
+	unsigned cls = ctx->iov_cap == SEND_IOV_MAX;
+	uint32_t max = cls ? SEND_CTX_POOL_LARGE : SEND_CTX_POOL_SMALL;
+	if ((ctx->iov_cap != SEND_CTX_SMALL_IOV && !cls) ||
+	    s->ctx_pool_n[cls] >= max) {
+		free(ctx);
+		return;
+	}
+	ctx->pool_next = s->ctx_pool[cls];
+	s->ctx_pool[cls] = ctx;
+	s->ctx_pool_n[cls]++;
+}
+
+void conn_pools_free(struct shard *s)
+{
+	for (unsigned cls = 0; cls < 2; cls++) {
+		while (s->ctx_pool[cls]) {
+			struct send_ctx *ctx = s->ctx_pool[cls];
+			s->ctx_pool[cls] = ctx->pool_next;
+			free(ctx);
+		}
+		s->ctx_pool_n[cls] = 0;
+	}
+}
+
 static void conn_submit_send(struct conn *c, struct send_ctx *ctx)
 {
 	c->send = ctx;
@@ -799,7 +851,7 @@ static struct send_ctx *send_ctx_copy(struct conn *c, const uint8_t *bytes,
 		conn_close(c, "out of memory", false);
 		return NULL;
 	}
-	memset(ctx, 0, sizeof(*ctx));
+	memset(ctx, 0, sizeof(*ctx)); /* iov_cap 0: never pooled */
 	uint8_t *copy = (uint8_t *)(ctx->iov + 1);
 	memcpy(copy, bytes, len);
 	ctx->iov[0] = (struct iovec){copy, len};
@@ -966,7 +1018,7 @@ void conn_flush(struct conn *c)
 	unsigned max_iov = c->out_count * OUT_ENTRY_IOV_MAX < SEND_IOV_MAX
 				   ? c->out_count * OUT_ENTRY_IOV_MAX
 				   : SEND_IOV_MAX;
-	struct send_ctx *ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) * max_iov);
+	struct send_ctx *ctx = send_ctx_get(c->shard, max_iov);
 	if (!ctx) {
 		conn_close(c, "out of memory", false);
 		return;
@@ -1017,7 +1069,7 @@ void conn_on_send_done(struct conn *c, int res)
 	c->send = NULL;
 	c->flags &= (uint8_t)~CONN_SEND_BUSY;
 	free(ctx->retired);
-	free(ctx);
+	send_ctx_put(c->shard, ctx);
 	if (record_type) {
 		conn_ktls_control_sent(c, record_type, res);
 		if (c->state == CONN_CLOSING)

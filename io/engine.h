@@ -61,6 +61,14 @@
  * packets beyond the inflight window, or max_queued_bytes (Mosquitto's
  * options and defaults); and, whatever those say, this many bytes. */
 #define CONN_OUTQ_BYTES_MAX (64u << 20)
+/* How long (in ticks) a subscriber's empty wire queue is kept. */
+#define CONN_OUTQ_KEEP_TICKS 8
+/* Send contexts each shard keeps for reuse (conn.c): small ones (up to
+ * SEND_CTX_SMALL_IOV iovecs: a turn's one or two packets) and full-size
+ * ones; beyond these counts a finished context is freed. */
+#define SEND_CTX_SMALL_IOV 16
+#define SEND_CTX_POOL_SMALL 1024
+#define SEND_CTX_POOL_LARGE 32
 /* A connection that has not completed CONNECT by then is closed. */
 #define CONN_CONNECT_TIMEOUT_MS 10000
 /* The largest CONNECT kite reads: a peer that has not logged in can make
@@ -451,6 +459,11 @@ struct conn {
 	/* Not read while the shard's queues to other shards drain: a
 	 * publisher slows down instead of growing them (shard_post). */
 	bool in_paused;
+	/* Ticks an empty wire queue is kept after a PUBLISH went through it
+	 * (shard_check_timeouts): a subscriber getting a message every
+	 * second or so reuses it instead of a malloc and free per delivery;
+	 * a connection that only got its CONNACK gives it back at once. */
+	uint8_t outq_keep;
 	uint64_t last_rx_ms;
 	uint64_t created_ms;
 	/* Only a packet split across receives is buffered here. */
@@ -689,6 +702,10 @@ struct shard {
 	uint32_t input_paused;
 	bool backlogged;
 
+	/* Finished send contexts for reuse: [0] small, [1] full-size. */
+	struct send_ctx *ctx_pool[2];
+	uint32_t ctx_pool_n[2];
+
 	struct delivery *scratch;
 	uint32_t scratch_len, scratch_cap;
 	bool in_fanout; /* route_local never re-enters (conn_settle) */
@@ -832,6 +849,8 @@ bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 			bool dup, uint16_t pid);
 void conn_mark_dirty(struct conn *c);
 void conn_flush(struct conn *c);
+/* Frees the shard's pooled send contexts (shard teardown). */
+void conn_pools_free(struct shard *s);
 void conn_on_send_done(struct conn *c, int res);
 /* Closes: reason for the log; send_will decides the will message. */
 void conn_close(struct conn *c, const char *reason, bool send_will);

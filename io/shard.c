@@ -856,8 +856,10 @@ static void shard_check_timeouts(struct shard *s)
 					    "exceeded timeout");
 			continue;
 		}
-		/* An idle connection keeps no wire queue. */
-		if (!c->out_count && c->outq && !(c->flags & CONN_SEND_BUSY)) {
+		/* An idle connection keeps no wire queue; a subscriber keeps
+		 * its queue for a while (conn.outq_keep). */
+		if (!c->out_count && c->outq && !(c->flags & CONN_SEND_BUSY) &&
+		    !(c->outq_keep && c->outq_keep--)) {
 			free(c->outq);
 			c->outq = NULL;
 			c->out_cap = c->out_head = 0;
@@ -1269,5 +1271,6 @@ void shard_fini(struct shard *s)
 	free(s->scratch);
 	free(s->tls_scratch);
 	free(s->q2_waiters);
+	conn_pools_free(s);
 	tls_buf_free(&s->tls_plain);
 }
