@@ -191,6 +191,10 @@ enum sub_opt {
 	SUB_RETAIN_AS_PUBLISHED = 0x08,
 	SUB_RH_SHIFT = 4, /* retain handling, 2 bits */
 	SUB_SHARED = 0x40, /* owner is a shared-subscription group (share.c) */
+	/* In the trie only: the owner's identity may read every topic the
+	 * filter matches (decided at SUBSCRIBE, again at reload and when the
+	 * identity changes), so fan-out skips its ACL check. */
+	SUB_READ_OK = 0x80,
 };
 
 struct send_ctx; /* one in-flight gathered send (conn.c) */
@@ -642,6 +646,12 @@ bool session_may(struct session *ss, const char *topic, size_t len,
 /* $SYS/... and $share/...: never published by a client. */
 bool security_publish_reserved(const char *topic, size_t len);
 bool session_may_subscribe(struct session *ss, const char *filter, size_t len);
+/* Whether the session may read every topic the (unshared) filter
+ * matches: SUB_READ_OK. */
+bool session_may_read_all(struct session *ss, const char *filter, size_t len);
+/* The SUB_READ_OK bits of the session's subscriptions, decided again
+ * (its identity or the ACL changed). */
+void session_recheck_reads(struct session *ss);
 void session_set_identity(struct session *ss, unsigned listener,
 			  const char *username);
 /* Whether c's listener has a password file (only it can vouch for a

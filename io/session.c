@@ -139,8 +139,11 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 			if (e->len == len && !memcmp(e->filter, filter, len))
 				r = TRIE_REPLACED;
 	} else {
-		struct trie_sub sub = {.owner = ss, .options = options,
-				       .sub_id = sub_id};
+		struct trie_sub sub = {
+			.owner = ss,
+			.options = options | (session_may_read_all(ss, filter, len)
+						      ? SUB_READ_OK : 0),
+			.sub_id = sub_id};
 		r = trie_subscribe(s->trie, filter, len, &sub);
 		if (r < 0)
 			return -1;
@@ -202,6 +205,24 @@ int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
 		}
 	}
 	return 0;
+}
+
+void session_recheck_reads(struct session *ss)
+{
+	const char *key;
+	uint16_t klen;
+	for (struct sub_entry *e = ss->subs; e; e = e->next) {
+		if (share_parse(e->filter, e->len, &key, &klen))
+			continue; /* groups check each delivery (share.c) */
+		struct trie_sub sub = {
+			.owner = ss,
+			.options = e->options |
+				   (session_may_read_all(ss, e->filter, e->len)
+					    ? SUB_READ_OK : 0),
+			.sub_id = e->sub_id};
+		/* Replaces the existing entry: no allocation, cannot fail. */
+		trie_subscribe(ss->shard->trie, e->filter, e->len, &sub);
+	}
 }
 
 /* ---- outgoing QoS 1/2 ------------------------------------------------------ */

@@ -258,6 +258,12 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 		const struct snapshot *snap = it.ptr;
 		s->cfg = snap->cfg;
 		s->sec = snap->sec;
+		/* Every session's rules under the new ACL, once, here: not by
+		 * its first delivery in the middle of a fan-out. */
+		for (struct session *ss = s->sessions; ss; ss = ss->next) {
+			session_acl(ss);
+			session_recheck_reads(ss);
+		}
 		atomic_fetch_add(&s->b->reload_acks, 1);
 		break;
 	}
@@ -1070,6 +1076,13 @@ static void *shard_main(void *arg)
 		shard_wait(s, backlog);
 		rcu_thread_online();
 		bool tick = false;
+		/* What other shards posted before this turn's completions
+		 * came in goes first: a message another shard routed (and
+		 * acknowledged) before a client here published is delivered
+		 * before that client's, even when both wait in one gathered
+		 * turn. */
+		s->now_ms = now_monotonic_ms();
+		shard_drain_rings(s);
 		shard_turn(s, &tick);
 		shard_drain_rings(s);
 		if (tick) {
