@@ -252,12 +252,20 @@ static uint32_t if_index_mask(const struct session *ss)
 	return ss->inflight_cap * 2 - 1;
 }
 
-/* Packet ids are handed out in sequence, so the id itself spreads them
- * over the cells. */
+/* A packet id's first cell. Not the id itself: ids handed out in
+ * sequence would fill one run of cells, and deleting from the front of
+ * a run (the oldest entry: the usual ack) scans all of it. Fibonacci
+ * hashing scatters them, keeping runs short at half load. */
+static uint32_t if_home(const struct session *ss, uint16_t pid)
+{
+	unsigned bits = (unsigned)__builtin_ctz(ss->inflight_cap * 2);
+	return (uint32_t)(pid * 2654435769u) >> (32 - bits);
+}
+
 static uint32_t *if_index_cell(struct session *ss, uint16_t pid)
 {
 	uint32_t mask = if_index_mask(ss);
-	for (uint32_t h = pid & mask;; h = (h + 1) & mask) {
+	for (uint32_t h = if_home(ss, pid);; h = (h + 1) & mask) {
 		uint32_t v = ss->if_index[h];
 		if (!v || ss->inflight[v - 1].pid == pid)
 			return &ss->if_index[h];
@@ -271,7 +279,7 @@ static void if_index_delete(struct session *ss, uint32_t *cell)
 	uint32_t mask = if_index_mask(ss);
 	uint32_t hole = (uint32_t)(cell - ss->if_index);
 	for (uint32_t h = (hole + 1) & mask; ss->if_index[h]; h = (h + 1) & mask) {
-		uint32_t want = ss->inflight[ss->if_index[h] - 1].pid & mask;
+		uint32_t want = if_home(ss, ss->inflight[ss->if_index[h] - 1].pid);
 		/* Movable unless its home lies cyclically in (hole, h]. */
 		if (((h - want) & mask) >= ((h - hole) & mask)) {
 			ss->if_index[hole] = ss->if_index[h];
