@@ -158,6 +158,38 @@ static bool filters_intersect(const char *a, size_t al, const char *b,
 	}
 }
 
+/* Whether rule filter r matches every topic that filter f matches. */
+static bool filter_covers(const char *r, size_t rl, const char *f, size_t fl)
+{
+	if (rl == 0 || fl == 0)
+		return false;
+	/* A '$' topic is matched only by a rule naming its first level. */
+	if (f[0] == '$' && is_wild_level(r, rl, 0, level_end(r, rl, 0)))
+		return false;
+	size_t i = 0, j = 0;
+	for (;;) {
+		size_t re = level_end(r, rl, i), fe = level_end(f, fl, j);
+		if (re - i == 1 && r[i] == '#')
+			return true;
+		if (fe - j == 1 && f[j] == '#')
+			return false; /* f reaches levels r pins down */
+		bool rplus = re - i == 1 && r[i] == '+';
+		bool fplus = fe - j == 1 && f[j] == '+';
+		if (!rplus && (fplus || re - i != fe - j ||
+			       memcmp(r + i, f + j, re - i)))
+			return false;
+		bool rend = re == rl, fend = fe == fl;
+		if (rend && fend)
+			return true;
+		if (fend) /* "a" is matched by "a/#" too */
+			return rl - re == 2 && r[re + 1] == '#';
+		if (rend)
+			return false;
+		i = re + 1;
+		j = fe + 1;
+	}
+}
+
 /* Mosquitto's mosquitto_sub_topic_check: '+' and '#' alone in their level,
  * '#' last. Also refuses empty filters and NUL bytes. */
 static bool filter_valid(const char *f, size_t len)
@@ -227,39 +259,31 @@ bool acl_check(const struct acl_identity *id, const char *topic, size_t len,
 	return false;
 }
 
-/* True when every topic name that matches filter f also matches rule
- * filter d (both valid): d covers f. */
-static bool filter_covers(const char *d, size_t dl, const char *f, size_t fl)
+bool acl_filter_fully_readable(const struct acl_identity *id,
+			       const char *filter, size_t len)
 {
-	if (dl == 0 || fl == 0)
+	assert(id);
+	if (len == 0)
 		return false;
-	/* f's '$' topics are matched only by a d that names them. */
-	if (f[0] == '$' && is_wild_level(d, dl, 0, level_end(d, dl, 0)))
-		return false;
-	size_t i = 0, j = 0;
-	for (;;) {
-		size_t de = level_end(d, dl, i), fe = level_end(f, fl, j);
-		bool dhash = de - i == 1 && d[i] == '#';
-		bool fhash = fe - j == 1 && f[j] == '#';
-		if (dhash)
+	/* acl_check's phases: a deny of the user's block that could match
+	 * any topic of the filter, or none of its read grants covering the
+	 * filter, sends the question to the patterns, judged the same way. */
+	const struct id_rule *r = id->rules;
+	uint32_t phase[4] = {id->n_deny1, id->n_grant1, id->n_deny2,
+			     id->n_grant2};
+	for (int p = 0; p < 4; p++) {
+		bool deny = (p & 1) == 0, covered = false;
+		for (uint32_t k = 0; k < phase[p]; k++, r++) {
+			if (deny && filters_intersect(r->filter, r->len, filter, len))
+				return false;
+			if (!deny && (r->access & ACL_READ) &&
+			    filter_covers(r->filter, r->len, filter, len))
+				covered = true;
+		}
+		if (covered)
 			return true;
-		if (fhash)
-			return false; /* f reaches deeper than d's level */
-		bool dplus = de - i == 1 && d[i] == '+';
-		bool fplus = fe - j == 1 && f[j] == '+';
-		if (!dplus && (fplus || de - i != fe - j ||
-			       memcmp(d + i, f + j, de - i)))
-			return false;
-		bool dend = de == dl, fend = fe == fl;
-		if (dend && fend)
-			return true;
-		if (dend)
-			return false;
-		if (fend) /* "a/#" also matches "a" */
-			return dl - de == 2 && d[de + 1] == '#';
-		i = de + 1;
-		j = fe + 1;
 	}
+	return false;
 }
 
 bool acl_filter_may_match(const struct acl_identity *id, const char *filter,

@@ -109,6 +109,13 @@ bool acl_check(const struct acl_identity *id, const char *topic, size_t len,
 bool acl_filter_may_match(const struct acl_identity *id, const char *filter,
 			  size_t len);
 
+/* Whether acl_check(ACL_READ) allows every topic the subscription
+ * filter matches, so delivery can skip it (decided once at SUBSCRIBE).
+ * Conservative: false when unsure (a deny rule that might match, a grant
+ * covering only part of the filter). filter must be valid, not shared. */
+bool acl_filter_fully_readable(const struct acl_identity *id,
+			       const char *filter, size_t len);
+
 /* Number of rules the identity kept (tests and stats). */
 size_t acl_identity_rule_count(const struct acl_identity *id);
 

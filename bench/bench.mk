@@ -21,12 +21,16 @@ BENCH_SRC     := bench/kite-bench.c bench/client.c bench/net.c bench/proc.c \
 BENCH_CORE    := core/codec.c
 BENCH_BROKERS ?=
 BENCH_ARGS    ?=
+# FlashMQ 1.26.2 from ../shared/anchors (a reference, never part of kite):
+# built once into build/flashmq, shared by every BUILD dir.
+FLASHMQ_ANCHORS ?= ../shared/anchors
+FLASHMQ       ?= build/flashmq/flashmq
 BENCH_RUN      = $(PYTHON) bench/run.py --gen $(BENCH_GEN) \
-		 --kite $(BUILD)/kite \
+		 --kite $(BUILD)/kite --flashmq $(FLASHMQ) \
 		 $(if $(BENCH_BROKERS),--brokers $(BENCH_BROKERS)) $(BENCH_ARGS)
 
 .PHONY: bench bench-quick bench-smoke bench-persist bench-deps bench-gen \
-	bench-kite
+	bench-kite bench-flashmq
 
 bench-gen: $(BENCH_GEN)
 
@@ -51,10 +55,19 @@ ifneq ($(if $(BENCH_BROKERS),$(findstring kite,$(BENCH_BROKERS)),kite),)
 		echo "bench: *** $(BUILD)/kite did not build: kite will NOT be measured ***" >&2
 endif
 
-bench: bench-deps $(BENCH_GEN) bench-kite
+# Builds FlashMQ when it is one of the brokers (the full and quick
+# profiles' default); a failed build leaves it out, loudly (run.py).
+bench-flashmq:
+ifneq ($(if $(BENCH_BROKERS),$(findstring flashmq,$(BENCH_BROKERS)),flashmq),)
+	@test -x $(FLASHMQ) || sh $(FLASHMQ_ANCHORS)/build-flashmq.sh \
+		$(dir $(FLASHMQ)) >/dev/null || \
+		echo "bench: *** FlashMQ did not build: it will NOT be measured ***" >&2
+endif
+
+bench: bench-deps $(BENCH_GEN) bench-kite bench-flashmq
 	$(BENCH_RUN) --profile full
 
-bench-quick: bench-deps $(BENCH_GEN) bench-kite
+bench-quick: bench-deps $(BENCH_GEN) bench-kite bench-flashmq
 	$(BENCH_RUN) --profile quick
 
 # Inside `make test`: correctness only (counts, no loss), never speed.

@@ -186,14 +186,16 @@ void retain_free(struct retain_store *r)
 	free(r);
 }
 
-/* Swaps n's message under r->lock; the old one is released after a grace
- * period through d, which the caller allocated up front. */
+/* Swaps n's message under r->lock (replacements of one message by
+ * another also come without it: msg_replace); the old one is released
+ * after a grace period through d, which the caller allocated up front. */
 static void msg_swap(struct retain_store *r, struct rnode *n, void *msg,
 		     struct rdrop *d)
 {
-	void *old = n->msg;
+	/* An exchange: a lock-free replacement (msg_replace) may land
+	 * between a load and a store. */
+	void *old = __atomic_exchange_n(&n->msg, msg, __ATOMIC_ACQ_REL);
 
-	rcu_assign_pointer(n->msg, msg);
 	if (old && !msg)
 		atomic_fetch_sub_explicit(&r->count, 1, memory_order_relaxed);
 	else if (!old && msg)
@@ -209,6 +211,49 @@ static void msg_swap(struct retain_store *r, struct rnode *n, void *msg,
 		prune(r, n);
 }
 
+/* topic's node as readers find it (no lock), or NULL. */
+static struct rnode *path_find(struct retain_store *r, const char *topic,
+			       size_t len)
+{
+	struct rnode *n = r->root;
+	size_t pos = 0;
+
+	for (;;) {
+		const char *slash = memchr(topic + pos, '/', len - pos);
+		size_t end = slash ? (size_t)(slash - topic) : len;
+		uint32_t l = (uint32_t)(end - pos);
+
+		n = tab_find(rcu_dereference(n->lv.kids),
+			     level_hash(r->seed, topic + pos, l), topic + pos, l);
+		if (!n || !slash)
+			return n;
+		pos = end + 1;
+	}
+}
+
+/* The common retained publish, a new message for a topic that has one,
+ * takes no lock: a compare-and-swap of the node's message. It cannot
+ * race a clear into a pruned node: the clear (under the lock) leaves
+ * NULL, on which this CAS fails and the caller takes the lock; the node
+ * is only freed after a grace period, which this online reader holds
+ * off. The count does not change: one message replaces another. */
+static bool msg_replace(struct rnode *n, void *msg, struct rdrop *d,
+			void (*release)(void *msg))
+{
+	void *old = rcu_dereference(n->msg);
+
+	while (old) {
+		if (__atomic_compare_exchange_n(&n->msg, &old, msg, false,
+						__ATOMIC_RELEASE, __ATOMIC_RELAXED)) {
+			d->msg = old;
+			d->release = release;
+			urcu_qsbr_call_rcu(&d->rcu, drop_cb);
+			return true;
+		}
+	}
+	return false;
+}
+
 int retain_set(struct retain_store *r, const char *topic, size_t len,
 	       void *msg)
 {
@@ -221,6 +266,11 @@ int retain_set(struct retain_store *r, const char *topic, size_t len,
 	struct rdrop *d = malloc(sizeof(*d));
 	if (!d)
 		return -1;
+	if (msg) {
+		struct rnode *n = path_find(r, topic, len);
+		if (n && msg_replace(n, msg, d, r->release))
+			return 0;
+	}
 	pthread_mutex_lock(&r->lock);
 	struct rnode *n = path_get(r, topic, len, msg != NULL);
 	if (n)

@@ -24,6 +24,8 @@
 #define OUT_ENTRY_IOV_MAX 6
 
 struct send_ctx {
+	struct send_ctx *pool_next; /* in shard->ctx_pool */
+	uint32_t iov_cap; /* SEND_CTX_SMALL_IOV or SEND_IOV_MAX: pooled */
 	struct msghdr mh;
 	struct out_entry *retired; /* outq array the iovecs point into */
 	/* TLS: a copy of the ciphertext (OpenSSL's buffer may move while
@@ -126,8 +128,7 @@ static bool conn_dispatch(struct conn *c, const struct mqtt_fixed_header *h,
 			  const uint8_t *body)
 {
 	c->last_rx_ms = c->shard->now_ms;
-	atomic_fetch_add_explicit(&c->shard->stats.msgs_received, 1,
-				  memory_order_relaxed);
+	stat_add(&c->shard->stats.msgs_received, 1);
 	if (c->bridge)
 		return bridge_on_packet(c, h, body);
 	if (c->state == CONN_AWAIT_CONNECT && h->type != MQTT_CONNECT) {
@@ -491,8 +492,11 @@ void conn_queue_ctrl(struct conn *c, const uint8_t *bytes, size_t len)
 		return;
 	}
 	c->out_bytes += len;
-	atomic_fetch_add_explicit(&c->shard->stats.msgs_sent, 1,
-				  memory_order_relaxed);
+	/* A publisher's acks: its queue is in use as a subscriber's is. */
+	unsigned type = bytes[0] >> 4;
+	if (type >= MQTT_PUBACK && type <= MQTT_PUBCOMP)
+		c->outq_keep = CONN_OUTQ_KEEP_TICKS;
+	stat_add(&c->shard->stats.msgs_sent, 1);
 	conn_mark_dirty(c);
 }
 
@@ -659,9 +663,9 @@ bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 	*slot = e;
 	slot->msg = msg_ref(m);
 	c->out_bytes += e.len;
+	c->outq_keep = CONN_OUTQ_KEEP_TICKS;
 	stat_add(&c->shard->stats.publish_sent, 1);
-	atomic_fetch_add_explicit(&c->shard->stats.msgs_sent, 1,
-				  memory_order_relaxed);
+	stat_add(&c->shard->stats.msgs_sent, 1);
 	conn_mark_dirty(c);
 	return true;
 }
@@ -782,6 +786,51 @@ static size_t conn_out_copy(struct conn *c, uint8_t *dst, size_t cap)
 	return n;
 }
 
+/* A context for up to max_iov iovecs from the shard's pool: a busy
+ * connection sends every turn, and a malloc and free per send would be
+ * per delivery for a subscriber that gets one message at a time. */
+static struct send_ctx *send_ctx_get(struct shard *s, unsigned max_iov)
+{
+	unsigned cls = max_iov > SEND_CTX_SMALL_IOV;
+	struct send_ctx *ctx = s->ctx_pool[cls];
+	if (ctx) {
+		s->ctx_pool[cls] = ctx->pool_next;
+		s->ctx_pool_n[cls]--;
+		return ctx;
+	}
+	uint32_t cap = cls ? SEND_IOV_MAX : SEND_CTX_SMALL_IOV;
+	ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) * cap);
+	if (ctx)
+		ctx->iov_cap = cap;
+	return ctx;
+}
+
+static void send_ctx_put(struct shard *s, struct send_ctx *ctx)
+{
+	unsigned cls = ctx->iov_cap == SEND_IOV_MAX;
+	uint32_t max = cls ? SEND_CTX_POOL_LARGE : SEND_CTX_POOL_SMALL;
+	if ((ctx->iov_cap != SEND_CTX_SMALL_IOV && !cls) ||
+	    s->ctx_pool_n[cls] >= max) {
+		free(ctx);
+		return;
+	}
+	ctx->pool_next = s->ctx_pool[cls];
+	s->ctx_pool[cls] = ctx;
+	s->ctx_pool_n[cls]++;
+}
+
+void conn_pools_free(struct shard *s)
+{
+	for (unsigned cls = 0; cls < 2; cls++) {
+		while (s->ctx_pool[cls]) {
+			struct send_ctx *ctx = s->ctx_pool[cls];
+			s->ctx_pool[cls] = ctx->pool_next;
+			free(ctx);
+		}
+		s->ctx_pool_n[cls] = 0;
+	}
+}
+
 static void conn_submit_send(struct conn *c, struct send_ctx *ctx)
 {
 	c->send = ctx;
@@ -802,7 +851,7 @@ static struct send_ctx *send_ctx_copy(struct conn *c, const uint8_t *bytes,
 		conn_close(c, "out of memory", false);
 		return NULL;
 	}
-	memset(ctx, 0, sizeof(*ctx));
+	memset(ctx, 0, sizeof(*ctx)); /* iov_cap 0: never pooled */
 	uint8_t *copy = (uint8_t *)(ctx->iov + 1);
 	memcpy(copy, bytes, len);
 	ctx->iov[0] = (struct iovec){copy, len};
@@ -969,7 +1018,7 @@ void conn_flush(struct conn *c)
 	unsigned max_iov = c->out_count * OUT_ENTRY_IOV_MAX < SEND_IOV_MAX
 				   ? c->out_count * OUT_ENTRY_IOV_MAX
 				   : SEND_IOV_MAX;
-	struct send_ctx *ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) * max_iov);
+	struct send_ctx *ctx = send_ctx_get(c->shard, max_iov);
 	if (!ctx) {
 		conn_close(c, "out of memory", false);
 		return;
@@ -998,8 +1047,7 @@ static bool conn_tls_resend(struct conn *c, struct send_ctx *ctx, int res)
 {
 	if (!ctx->tls_bytes || res <= 0)
 		return false;
-	atomic_fetch_add_explicit(&c->shard->stats.bytes_sent, (uint64_t)res,
-				  memory_order_relaxed);
+	stat_add(&c->shard->stats.bytes_sent, (uint64_t)res);
 	ctx->tls_off += (size_t)res;
 	if (ctx->tls_off >= ctx->tls_len || c->state == CONN_CLOSING)
 		return false;
@@ -1021,7 +1069,7 @@ void conn_on_send_done(struct conn *c, int res)
 	c->send = NULL;
 	c->flags &= (uint8_t)~CONN_SEND_BUSY;
 	free(ctx->retired);
-	free(ctx);
+	send_ctx_put(c->shard, ctx);
 	if (record_type) {
 		conn_ktls_control_sent(c, record_type, res);
 		if (c->state == CONN_CLOSING)
@@ -1031,8 +1079,7 @@ void conn_on_send_done(struct conn *c, int res)
 		return;
 	}
 	if (res > 0 && !tls) {
-		atomic_fetch_add_explicit(&c->shard->stats.bytes_sent,
-					  (uint64_t)res, memory_order_relaxed);
+		stat_add(&c->shard->stats.bytes_sent, (uint64_t)res);
 		conn_out_consume(c, (size_t)res);
 	}
 	if (!c->out_count)
@@ -1268,8 +1315,7 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 	c->last_rx_ms = s->now_ms; /* closing deadline starts now */
 	if (c->flags & CONN_COUNTED) {
 		c->flags &= (uint8_t)~CONN_COUNTED;
-		atomic_fetch_sub_explicit(&s->stats.clients_connected, 1,
-					  memory_order_relaxed);
+		stat_sub(&s->stats.clients_connected, 1);
 	}
 	if (c->bridge)
 		bridge_on_close(c);

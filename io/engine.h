@@ -62,6 +62,14 @@
  * packets beyond the inflight window, or max_queued_bytes (Mosquitto's
  * options and defaults); and, whatever those say, this many bytes. */
 #define CONN_OUTQ_BYTES_MAX (64u << 20)
+/* How long (in ticks) a subscriber's empty wire queue is kept. */
+#define CONN_OUTQ_KEEP_TICKS 8
+/* Send contexts each shard keeps for reuse (conn.c): small ones (up to
+ * SEND_CTX_SMALL_IOV iovecs: a turn's one or two packets) and full-size
+ * ones; beyond these counts a finished context is freed. */
+#define SEND_CTX_SMALL_IOV 16
+#define SEND_CTX_POOL_SMALL 1024
+#define SEND_CTX_POOL_LARGE 32
 /* A connection that has not completed CONNECT by then is closed. */
 #define CONN_CONNECT_TIMEOUT_MS 10000
 /* The largest CONNECT kite reads: a peer that has not logged in can make
@@ -76,6 +84,18 @@
  * packet may still be as large as max_packet_size allows, up to this. */
 #define SHARD_INPUT_MAX (512u << 20)
 #define SHARD_TICK_MS 250
+/* Gathering (shard.c, shard_wait): while work keeps coming (the last
+ * wait slept less than SHARD_GATHER_BUSY_US), a wait returns once
+ * SHARD_GATHER_NR completions are ready or SHARD_GATHER_US have passed
+ * with at least one, so one wake-up, one turn and one send per
+ * connection serve several arrivals. A wait that finds nothing in that
+ * time sleeps until the first completion as before: a lone message is
+ * never held. 1 ms: at 10,000 messages a second, a fifth of the CPU
+ * per message of waking per arrival, for about half a millisecond more
+ * at the median (bench/RESULTS.md, fanin-q0-rate). */
+#define SHARD_GATHER_US 1000
+#define SHARD_GATHER_NR 64
+#define SHARD_GATHER_BUSY_US 2000
 /* Concurrent scrapes per listener; each holds at most a request and one
  * answer. */
 #define METRICS_SCRAPES_MAX 8
@@ -172,6 +192,10 @@ enum sub_opt {
 	SUB_RETAIN_AS_PUBLISHED = 0x08,
 	SUB_RH_SHIFT = 4, /* retain handling, 2 bits */
 	SUB_SHARED = 0x40, /* owner is a shared-subscription group (share.c) */
+	/* In the trie only: the owner's identity may read every topic the
+	 * filter matches (decided at SUBSCRIBE, again at reload and when the
+	 * identity changes), so fan-out skips its ACL check. */
+	SUB_READ_OK = 0x80,
 };
 
 struct send_ctx; /* one in-flight gathered send (conn.c) */
@@ -182,6 +206,7 @@ enum inflight_state {
 	INFLIGHT_WAIT_PUBACK,
 	INFLIGHT_WAIT_PUBREC,
 	INFLIGHT_WAIT_PUBCOMP,
+	INFLIGHT_DONE, /* acked out of order: a hole until the head passes */
 };
 
 struct inflight {
@@ -240,8 +265,17 @@ struct session {
 	uint16_t next_pid;
 	struct sub_entry *subs;
 	uint32_t sub_count;
+	/* The inflight window: a ring in send order (a resumed session
+	 * resends in that order), positions if_head..if_tail (free-running;
+	 * slot = position & (inflight_cap - 1)); an entry acked out of order
+	 * stays as an INFLIGHT_DONE hole until the head passes it.
+	 * inflight_count counts the live entries. if_index finds a packet
+	 * id's slot (open addressing, 2 x inflight_cap cells of slot + 1,
+	 * 0 empty), so an ack costs no scan whatever the window. */
 	struct inflight *inflight;
 	uint32_t inflight_count, inflight_cap;
+	uint32_t if_head, if_tail;
+	uint32_t *if_index;
 	uint64_t inflight_bytes; /* payload bytes in flight (max_inflight_bytes) */
 	struct queued *queue;	/* ring */
 	uint32_t q_head, q_count, q_cap;
@@ -322,6 +356,13 @@ enum ack_result session_on_pubcomp(struct session *ss, uint16_t pid);
 /* A packet id not in flight (bridges number SUBSCRIBEs from the same
  * sequence, as Mosquitto does). */
 uint16_t session_next_pid(struct session *ss);
+/* The inflight window in send order, holes included (state
+ * INFLIGHT_DONE): for (i = ss->if_head; i != ss->if_tail; i++). */
+static inline struct inflight *session_inflight_at(const struct session *ss,
+						   uint32_t pos)
+{
+	return &ss->inflight[pos & (ss->inflight_cap - 1)];
+}
 /* Reconnect: resend the inflight window with DUP, then queued messages. */
 void session_resume(struct session *ss);
 /* Moves queued messages into the inflight window while it has room. */
@@ -432,6 +473,11 @@ struct conn {
 	/* Not read while the shard's queues to other shards drain: a
 	 * publisher slows down instead of growing them (shard_post). */
 	bool in_paused;
+	/* Ticks an empty wire queue is kept after a PUBLISH went through it
+	 * (shard_check_timeouts): a subscriber getting a message every
+	 * second or so reuses it instead of a malloc and free per delivery;
+	 * a connection that only got its CONNACK gives it back at once. */
+	uint8_t outq_keep;
 	uint64_t last_rx_ms;
 	uint64_t created_ms;
 	/* Only a packet split across receives is buffered here. */
@@ -610,6 +656,12 @@ bool session_may(struct session *ss, const char *topic, size_t len,
 /* $SYS/... and $share/...: never published by a client. */
 bool security_publish_reserved(const char *topic, size_t len);
 bool session_may_subscribe(struct session *ss, const char *filter, size_t len);
+/* Whether the session may read every topic the (unshared) filter
+ * matches: SUB_READ_OK. */
+bool session_may_read_all(struct session *ss, const char *filter, size_t len);
+/* The SUB_READ_OK bits of the session's subscriptions, decided again
+ * (its identity or the ACL changed). */
+void session_recheck_reads(struct session *ss);
 void session_set_identity(struct session *ss, unsigned listener,
 			  const char *username);
 /* Whether c's listener has a password file (only it can vouch for a
@@ -638,6 +690,10 @@ struct shard {
 	uint8_t *recv_bufs;
 	int listen_fds[KITE_LISTENERS_MAX];
 	struct __kernel_timespec tick_ts;
+	/* The kernel takes a minimum wait (IORING_FEAT_MIN_TIMEOUT, 6.12),
+	 * and how long the last wait slept (ns). */
+	bool min_wait_ok;
+	uint64_t last_wait_ns;
 
 	struct conn **conns; /* by id */
 	uint32_t conns_cap, conns_used;
@@ -668,6 +724,10 @@ struct shard {
 	 * a queue to another shard is past XOVERFLOW_PAUSE_ITEMS. */
 	uint32_t input_paused;
 	bool backlogged;
+
+	/* Finished send contexts for reuse: [0] small, [1] full-size. */
+	struct send_ctx *ctx_pool[2];
+	uint32_t ctx_pool_n[2];
 
 	struct delivery *scratch;
 	uint32_t scratch_len, scratch_cap;
@@ -821,6 +881,8 @@ bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 			bool dup, uint16_t pid);
 void conn_mark_dirty(struct conn *c);
 void conn_flush(struct conn *c);
+/* Frees the shard's pooled send contexts (shard teardown). */
+void conn_pools_free(struct shard *s);
 void conn_on_send_done(struct conn *c, int res);
 /* Closes: reason for the log; send_will decides the will message. */
 void conn_close(struct conn *c, const char *reason, bool send_will);

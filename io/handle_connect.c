@@ -279,8 +279,7 @@ static void connect_accept(struct shard *s, struct conn *c,
 	session_cancel_will(ss); /* back in time */
 	c->state = CONN_ACTIVE;
 	c->flags |= CONN_COUNTED;
-	atomic_fetch_add_explicit(&s->stats.clients_connected, 1,
-				  memory_order_relaxed);
+	stat_add(&s->stats.clients_connected, 1);
 	connect_send_connack(c, present, 0);
 	conn_allow(c);
 	if (s->cfg->connection_messages) {

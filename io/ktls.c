@@ -157,8 +157,7 @@ void conn_ktls_try(struct conn *c)
 	c->ktls_rekey = k.rekey;
 	if (tls13)
 		c->tls_flags |= CONN_TLS13;
-	atomic_fetch_add_explicit(&c->shard->stats.ktls_connections, 1,
-				  memory_order_relaxed);
+	stat_add(&c->shard->stats.ktls_connections, 1);
 	stat_sub(&c->shard->stats.tls_open_user, 1);
 	stat_add(&c->shard->stats.tls_open_kernel, 1);
 	/* An idle connection now costs no more than a plain one. */

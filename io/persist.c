@@ -139,8 +139,7 @@ void persist_ticket_done(struct shard *s, struct persist_ticket *t)
 	if (c && t->held && atomic_load(&t->failed) && sync_always(s)) {
 		/* It promised durability and cannot give it: no
 		 * acknowledgement; the client sends again after reconnecting. */
-		atomic_fetch_add_explicit(&s->stats.persist_acks_withheld, 1,
-					  memory_order_relaxed);
+		stat_add(&s->stats.persist_acks_withheld, 1);
 		conn_close(c, "persistence: the change could not be written, "
 			      "acknowledgement withheld", true);
 	} else if (c && t->held) {
@@ -693,8 +692,7 @@ static void log_write_failed(struct shard *s, int err)
 	struct shard_log *l = s->log;
 	uint32_t left_out;
 	l->failed_writes++;
-	atomic_fetch_add_explicit(&s->stats.persist_write_errors, 1,
-				  memory_order_relaxed);
+	stat_add(&s->stats.persist_write_errors, 1);
 	if (log_limit_take(&l->err_log, s->now_ms, 1, &left_out))
 		log_msg(KITE_LOG_ERR, "Persistence: writing %s failed: %s; "
 			"%zu bytes of changes are not durable (%llu failed "
@@ -723,8 +721,7 @@ static void log_on_write(struct shard *s, int res)
 	if (res < 0)
 		log_write_failed(s, -res);
 	else
-		atomic_fetch_add_explicit(&s->stats.persist_bytes_written,
-					  l->wbuf.len, memory_order_relaxed);
+		stat_add(&s->stats.persist_bytes_written, l->wbuf.len);
 	l->write_busy = false;
 	l->written = l->w_lsn + l->wbuf.len;
 	l->wbuf.len = 0;
@@ -829,8 +826,10 @@ static void snapshot_session(struct shard *s, struct session *ss)
 		r.sub.filter = jb(e->filter, e->len);
 		log_put(s, &r);
 	}
-	for (uint32_t i = 0; i < ss->inflight_count; i++) {
-		struct inflight *f = &ss->inflight[i];
+	for (uint32_t i = ss->if_head; i != ss->if_tail; i++) {
+		struct inflight *f = session_inflight_at(ss, i);
+		if (f->state == INFLIGHT_DONE)
+			continue;
 		if (f->msg) {
 			f->msg_id = log_msg_ref(s, f->msg);
 			log_queue(s, ss->id, f->msg_id, &f->d);
@@ -1014,8 +1013,7 @@ static void compact_start(struct shard *s)
 	l->last_logged_msg = 0; /* MSG records start over in this file */
 	l->snap_next = s->sessions;
 	l->snapshotting = true;
-	atomic_fetch_add_explicit(&s->stats.persist_compactions, 1,
-				  memory_order_relaxed);
+	stat_add(&s->stats.persist_compactions, 1);
 	if (log_enabled(KITE_LOG_INFO))
 		log_msg(KITE_LOG_INFO, "Persistence: compacting shard %u into %s",
 			s->idx, path);

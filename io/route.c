@@ -162,7 +162,7 @@ static void route_collect_cb(void *ctx, const struct trie_sub *sub)
 	/* Read access, per message per subscriber: a subscription to '#'
 	 * must not leak what this identity may not read. Checked once per
 	 * session (overlapping subscriptions merge). */
-	if (ss->match_gen != col->s->match_gen &&
+	if (ss->match_gen != col->s->match_gen && !(sub->options & SUB_READ_OK) &&
 	    !session_may(ss, msg_topic(col->m), col->m->topic_len, ACL_READ))
 		return;
 	collect_session(col, ss, sub);

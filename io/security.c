@@ -202,6 +202,18 @@ bool session_may_subscribe(struct session *ss, const char *filter, size_t len)
 	return acl_filter_may_match(id, filter, len);
 }
 
+bool session_may_read_all(struct session *ss, const char *filter, size_t len)
+{
+	if (ss->bridge)
+		return true;
+	const struct acl_identity *id = session_acl(ss);
+	if (!id) {
+		const struct security *sec = ss->shard->sec;
+		return !(ss->listener < sec->count && sec->acl[ss->listener]);
+	}
+	return acl_filter_fully_readable(id, filter, len);
+}
+
 bool security_source_may_write(struct shard *s, const struct msg *m)
 {
 	const struct msg_source *src = m->source;
@@ -226,6 +238,7 @@ void session_set_identity(struct session *ss, unsigned listener,
 		acl_identity_unref(ss->acl);
 	ss->acl = NULL;
 	ss->acl_gen = 0; /* fetched on first use */
+	session_recheck_reads(ss);
 }
 
 enum passwd_result security_check_password(const struct conn *c,

@@ -66,7 +66,7 @@ static struct session *session_new(struct shard *s, uint64_t key,
 	if (s->sessions)
 		s->sessions->prev = ss;
 	s->sessions = ss;
-	atomic_fetch_add_explicit(&s->stats.sessions, 1, memory_order_relaxed);
+	stat_add(&s->stats.sessions, 1);
 	return ss;
 }
 
@@ -97,8 +97,9 @@ void session_destroy(struct session *ss)
 	session_fire_will(ss);
 	while (ss->subs)
 		session_remove_sub(ss, ss->subs->filter, ss->subs->len, NULL);
-	for (uint32_t i = 0; i < ss->inflight_count; i++)
-		msg_unref(ss->inflight[i].msg);
+	for (uint32_t i = ss->if_head; i != ss->if_tail; i++)
+		if (session_inflight_at(ss, i)->state != INFLIGHT_DONE)
+			msg_unref(session_inflight_at(ss, i)->msg);
 	for (uint32_t i = 0; i < ss->q_count; i++)
 		msg_unref(ss->queue[(ss->q_head + i) % ss->q_cap].msg);
 	for (uint32_t i = 0; i < ss->qos2_in_count; i++)
@@ -106,6 +107,7 @@ void session_destroy(struct session *ss)
 	stat_sub(&s->stats.inflight, ss->inflight_count);
 	stat_sub(&s->stats.queued, ss->q_count);
 	free(ss->inflight);
+	free(ss->if_index);
 	free(ss->queue);
 	free(ss->qos2_in);
 	sid_remove(s, ss);
@@ -115,7 +117,7 @@ void session_destroy(struct session *ss)
 		s->sessions = ss->next;
 	if (ss->next)
 		ss->next->prev = ss->prev;
-	atomic_fetch_sub_explicit(&s->stats.sessions, 1, memory_order_relaxed);
+	stat_sub(&s->stats.sessions, 1);
 	if (ss->acl)
 		acl_identity_unref(ss->acl);
 	free(ss->username);
@@ -140,8 +142,11 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 			if (e->len == len && !memcmp(e->filter, filter, len))
 				r = TRIE_REPLACED;
 	} else {
-		struct trie_sub sub = {.owner = ss, .options = options,
-				       .sub_id = sub_id};
+		struct trie_sub sub = {
+			.owner = ss,
+			.options = options | (session_may_read_all(ss, filter, len)
+						      ? SUB_READ_OK : 0),
+			.sub_id = sub_id};
 		r = trie_subscribe(s->trie, filter, len, &sub);
 		if (r < 0)
 			return -1;
@@ -177,8 +182,7 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 	e->next = ss->subs;
 	ss->subs = e;
 	ss->sub_count++;
-	atomic_fetch_add_explicit(&s->stats.subscriptions, 1,
-				  memory_order_relaxed);
+	stat_add(&s->stats.subscriptions, 1);
 	return 1;
 }
 
@@ -203,12 +207,29 @@ int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
 			*pp = e->next;
 			free(e);
 			ss->sub_count--;
-			atomic_fetch_sub_explicit(&s->stats.subscriptions, 1,
-						  memory_order_relaxed);
+			stat_sub(&s->stats.subscriptions, 1);
 			return 1;
 		}
 	}
 	return 0;
+}
+
+void session_recheck_reads(struct session *ss)
+{
+	const char *key;
+	uint16_t klen;
+	for (struct sub_entry *e = ss->subs; e; e = e->next) {
+		if (share_parse(e->filter, e->len, &key, &klen))
+			continue; /* groups check each delivery (share.c) */
+		struct trie_sub sub = {
+			.owner = ss,
+			.options = e->options |
+				   (session_may_read_all(ss, e->filter, e->len)
+					    ? SUB_READ_OK : 0),
+			.sub_id = e->sub_id};
+		/* Replaces the existing entry: no allocation, cannot fail. */
+		trie_subscribe(ss->shard->trie, e->filter, e->len, &sub);
+	}
 }
 
 /* ---- outgoing QoS 1/2 ------------------------------------------------------ */
@@ -231,12 +252,109 @@ static bool session_window_open(const struct session *ss)
 	return !max || ss->inflight_count < max;
 }
 
+/* ---- the window's packet-id index ---------------------------------------- */
+
+static uint32_t if_index_mask(const struct session *ss)
+{
+	return ss->inflight_cap * 2 - 1;
+}
+
+/* A packet id's first cell. Not the id itself: ids handed out in
+ * sequence would fill one run of cells, and deleting from the front of
+ * a run (the oldest entry: the usual ack) scans all of it. Fibonacci
+ * hashing scatters them, keeping runs short at half load. */
+static uint32_t if_home(const struct session *ss, uint16_t pid)
+{
+	unsigned bits = (unsigned)__builtin_ctz(ss->inflight_cap * 2);
+	return (uint32_t)(pid * 2654435769u) >> (32 - bits);
+}
+
+static uint32_t *if_index_cell(struct session *ss, uint16_t pid)
+{
+	uint32_t mask = if_index_mask(ss);
+	for (uint32_t h = if_home(ss, pid);; h = (h + 1) & mask) {
+		uint32_t v = ss->if_index[h];
+		if (!v || ss->inflight[v - 1].pid == pid)
+			return &ss->if_index[h];
+	}
+}
+
+static void if_index_delete(struct session *ss, uint32_t *cell)
+{
+	/* Backward shift: later entries of the run move up so that every
+	 * lookup still finds its entry before an empty cell. */
+	uint32_t mask = if_index_mask(ss);
+	uint32_t hole = (uint32_t)(cell - ss->if_index);
+	for (uint32_t h = (hole + 1) & mask; ss->if_index[h]; h = (h + 1) & mask) {
+		uint32_t want = if_home(ss, ss->inflight[ss->if_index[h] - 1].pid);
+		/* Movable unless its home lies cyclically in (hole, h]. */
+		if (((h - want) & mask) >= ((h - hole) & mask)) {
+			ss->if_index[hole] = ss->if_index[h];
+			hole = h;
+		}
+	}
+	ss->if_index[hole] = 0;
+}
+
 static struct inflight *session_inflight_find(struct session *ss, uint16_t pid)
 {
-	for (uint32_t i = 0; i < ss->inflight_count; i++)
-		if (ss->inflight[i].pid == pid)
-			return &ss->inflight[i];
-	return NULL;
+	if (!ss->inflight_count)
+		return NULL;
+	uint32_t v = *if_index_cell(ss, pid);
+	return v ? &ss->inflight[v - 1] : NULL;
+}
+
+/* Room for one more entry at the tail: the live entries move to the
+ * front of a ring of ncap slots (ncap may be the current size when holes
+ * are squeezed out) and the index is rebuilt; each move is paid for by
+ * the adds since the last one. */
+static int session_inflight_reserve(struct session *ss)
+{
+	uint32_t span = ss->if_tail - ss->if_head;
+	if (ss->inflight_cap && span < ss->inflight_cap)
+		return 0;
+	uint32_t ncap = ss->inflight_cap ? ss->inflight_cap : 4;
+	if (ss->inflight_count >= ncap / 2)
+		ncap *= 2;
+	struct inflight *n = malloc(sizeof(*n) * ncap);
+	uint32_t *idx = calloc((size_t)ncap * 2, sizeof(*idx));
+	if (!n || !idx) {
+		free(n);
+		free(idx);
+		return -1;
+	}
+	uint32_t live = 0;
+	for (uint32_t i = ss->if_head; i != ss->if_tail; i++) {
+		struct inflight *f = session_inflight_at(ss, i);
+		if (f->state != INFLIGHT_DONE)
+			n[live++] = *f;
+	}
+	assert(live == ss->inflight_count);
+	free(ss->inflight);
+	free(ss->if_index);
+	ss->inflight = n;
+	ss->if_index = idx;
+	ss->inflight_cap = ncap;
+	ss->if_head = 0;
+	ss->if_tail = live;
+	for (uint32_t i = 0; i < live; i++)
+		*if_index_cell(ss, n[i].pid) = i + 1;
+	return 0;
+}
+
+static struct inflight *session_inflight_push(struct session *ss, uint16_t pid)
+{
+	if (session_inflight_reserve(ss) < 0)
+		return NULL;
+	uint32_t slot = ss->if_tail++ & (ss->inflight_cap - 1);
+	struct inflight *f = &ss->inflight[slot];
+	f->pid = pid;
+	uint32_t *cell = if_index_cell(ss, pid);
+	assert(!*cell);
+	*cell = slot + 1;
+	ss->inflight_count++;
+	stat_add(&ss->shard->stats.inflight, 1);
+	return f;
 }
 
 uint16_t session_next_pid(struct session *ss)
@@ -256,16 +374,9 @@ static int session_queue_push(struct session *ss, struct msg *m,
 static int session_inflight_add(struct session *ss, struct msg *m,
 				const struct deliv *d, uint16_t pid)
 {
-	if (ss->inflight_count == ss->inflight_cap) {
-		uint32_t ncap = ss->inflight_cap ? ss->inflight_cap * 2 : 4;
-		struct inflight *n = realloc(ss->inflight, sizeof(*n) * ncap);
-		if (!n)
-			return -1;
-		ss->inflight = n;
-		ss->inflight_cap = ncap;
-	}
-	stat_add(&ss->shard->stats.inflight, 1);
-	struct inflight *f = &ss->inflight[ss->inflight_count++];
+	struct inflight *f = session_inflight_push(ss, pid);
+	if (!f)
+		return -1;
 	*f = (struct inflight){
 		.msg = msg_ref(m),
 		.pid = pid,
@@ -287,16 +398,12 @@ int session_restore_msg(struct session *ss, struct msg *m, uint64_t msg_id,
 {
 	if (!pid)
 		return session_queue_push(ss, m, d);
-	if (ss->inflight_count == ss->inflight_cap) {
-		uint32_t ncap = ss->inflight_cap ? ss->inflight_cap * 2 : 4;
-		struct inflight *n = realloc(ss->inflight, sizeof(*n) * ncap);
-		if (!n)
-			return -1;
-		ss->inflight = n;
-		ss->inflight_cap = ncap;
-	}
-	stat_add(&ss->shard->stats.inflight, 1);
-	ss->inflight[ss->inflight_count++] = (struct inflight){
+	if (session_inflight_find(ss, pid))
+		return -1; /* a log naming one id twice */
+	struct inflight *f = session_inflight_push(ss, pid);
+	if (!f)
+		return -1;
+	*f = (struct inflight){
 		.msg = m ? msg_ref(m) : NULL,
 		.msg_id = msg_id,
 		.pid = pid,
@@ -313,12 +420,16 @@ static void session_inflight_remove(struct session *ss, struct inflight *f)
 	if (ss->logged)
 		persist_done(ss, f->msg_id);
 	msg_unref(f->msg);
+	f->msg = NULL;
 	ss->inflight_bytes -= f->bytes;
-	size_t i = (size_t)(f - ss->inflight);
-	/* Keep order: a resumed session resends in the original order. */
-	memmove(f, f + 1, sizeof(*f) * (ss->inflight_count - i - 1));
+	if_index_delete(ss, if_index_cell(ss, f->pid));
+	f->state = INFLIGHT_DONE;
 	ss->inflight_count--;
 	stat_sub(&ss->shard->stats.inflight, 1);
+	/* In-order acks (the usual case) just move the head. */
+	while (ss->if_head != ss->if_tail &&
+	       session_inflight_at(ss, ss->if_head)->state == INFLIGHT_DONE)
+		ss->if_head++;
 }
 
 /* A message that cannot go to this client (expired, over its maximum
@@ -515,8 +626,10 @@ static void session_send_pubrel(struct session *ss, uint16_t pid)
 void session_resume(struct session *ss)
 {
 	assert(session_online(ss));
-	for (uint32_t i = 0; i < ss->inflight_count; i++) {
-		struct inflight *f = &ss->inflight[i];
+	for (uint32_t i = ss->if_head; i != ss->if_tail; i++) {
+		struct inflight *f = session_inflight_at(ss, i);
+		if (f->state == INFLIGHT_DONE)
+			continue;
 		if (f->state == INFLIGHT_WAIT_PUBCOMP)
 			session_send_pubrel(ss, f->pid);
 		else

@@ -309,6 +309,41 @@ def test_sighup_acl_grant_then_revoke(acl_broker):
     bob.expect_silence(0.3)
 
 
+def test_sighup_deny_reaches_an_existing_wildcard_subscription(acl_broker):
+    # bob's public/# was fully readable when he subscribed; a reload
+    # that denies part of it applies to that subscription at once.
+    b, port, acl = acl_broker
+    bob = login(port, "bob")
+    assert bob.subscribe([("public/#", 1)]) == [1]
+    bob.publish("public/a", b"a1", qos=1)
+    assert bob.expect_publish().payload == b"a1"
+    acl.write_text("user alice\ntopic write public/#\n\n"
+                   "user bob\ntopic readwrite bob/#\n"
+                   "topic deny public/secret\ntopic readwrite public/#\n")
+    b.reload()
+    alice = login(port, "alice")
+    alice.publish("public/secret", b"hidden", qos=1)
+    alice.publish("public/open", b"shown", qos=1)
+    m = bob.expect_publish()
+    assert (m.topic, m.payload) == ("public/open", b"shown")
+    bob.expect_silence(0.3)
+
+
+def test_session_taken_over_by_another_user_reads_with_its_rights(acl_broker):
+    # The subscription stays with the session; what it may read is the
+    # new identity's (carol has no rules: nothing).
+    b, port, acl = acl_broker
+    c = login(port, "bob", client_id="shared-id", clean=False)
+    assert c.subscribe([("public/#", 1)]) == [1]
+    c.close()
+    c = RawClient(port)
+    ack = c.connect("shared-id", clean=False, username="carol", password="cpw")
+    assert ack.rc == 0 and ack.session_present
+    bob = login(port, "bob")
+    bob.publish("public/x", b"not for carol", qos=1)
+    c.expect_silence(0.3)
+
+
 def test_sighup_password_file_reload(acl_broker, tmp_path):
     b, port, _ = acl_broker
     pw = tmp_path / "passwd"

@@ -603,3 +603,152 @@ TEST(acl_many_users_each_get_their_own_block)
 	acl_cache_unref(c);
 	acl_rules_unref(a);
 }
+
+static bool readable(const struct acl_identity *id, const char *filter)
+{
+	return acl_filter_fully_readable(id, filter, strlen(filter));
+}
+
+TEST(acl_filter_fully_readable_cases)
+{
+	const char *f = "user u\n"
+			"topic read sensors/+/temp\n"
+			"topic write cmd/#\n"
+			"topic deny sensors/secret/temp\n"
+			"topic read all/#\n"
+			"pattern read home/%u/#\n"
+			"pattern deny home/%u/private\n";
+	struct acl_identity *id = ident(f, "u", "c");
+	static const struct {
+		const char *filter;
+		bool full;
+	} cases[] = {
+		{"sensors/a/temp", true},   {"sensors/+/temp", false}, /* deny */
+		{"sensors/secret/temp", false}, {"sensors/#", false},
+		{"cmd/#", false},	    {"cmd/x", false},  /* write only */
+		{"all", true},		    {"all/#", true},
+		{"all/+/x", true},	    {"+/x", false},
+		{"home/u/a", true},	    {"home/u/#", false}, /* deny */
+		{"home/u/private", false},  {"#", false},
+		{"$SYS/x", false},
+	};
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		bool got = readable(id, cases[i].filter);
+		if (got != cases[i].full)
+			fprintf(stderr, "  filter \"%s\": got %d\n",
+				cases[i].filter, got);
+		CHECK(got == cases[i].full);
+	}
+	acl_identity_unref(id);
+	id = ident("pattern read home/%u/#\n", "u", "c");
+	CHECK(readable(id, "home/u/a/#"));
+	CHECK(readable(id, "home/u"));
+	CHECK(!readable(id, "home/+/a"));
+	acl_identity_unref(id);
+	id = ident("topic read #\n", NULL, "c");
+	CHECK(readable(id, "#"));
+	CHECK(readable(id, "+/x"));
+	CHECK(!readable(id, "$SYS/#")); /* '#' reaches no '$' topic */
+	acl_identity_unref(id);
+}
+
+/* Whether filter f matches topic t (levels split at '/'; a topic whose
+ * first level starts with '$' is not matched by a wildcard there). */
+static bool model_match(const char *f, const char *t)
+{
+	if (t[0] == '$' && (f[0] == '+' || f[0] == '#'))
+		return false;
+	for (;;) {
+		const char *fe = strchr(f, '/'), *te = strchr(t, '/');
+		size_t fl = fe ? (size_t)(fe - f) : strlen(f);
+		size_t tl = te ? (size_t)(te - t) : strlen(t);
+		if (fl == 1 && f[0] == '#')
+			return true;
+		if (!(fl == 1 && f[0] == '+') && (fl != tl || memcmp(f, t, fl)))
+			return false;
+		if (!fe && !te)
+			return true;
+		if (!te) /* "a" matches "a/#" */
+			return !strcmp(fe + 1, "#");
+		if (!fe)
+			return false;
+		f = fe + 1;
+		t = te + 1;
+	}
+}
+
+/* Every "a"-"b"-"$s"-"" path of 1..depth levels into out, joined by '/'. */
+static size_t paths(const char *const *alpha, size_t na, size_t depth,
+		    char out[][16], size_t max)
+{
+	size_t n = 0;
+	for (size_t d = 1; d <= depth; d++) {
+		size_t total = 1;
+		for (size_t i = 0; i < d; i++)
+			total *= na;
+		for (size_t k = 0; k < total && n < max; k++) {
+			char buf[16] = "";
+			size_t x = k;
+			for (size_t i = 0; i < d; i++) {
+				const char *lv = alpha[x % na];
+				x /= na;
+				if (i && lv[0] == '$')
+					lv = "c";
+				if (i)
+					strcat(buf, "/");
+				strcat(buf, lv);
+			}
+			/* '#' only last */
+			char *h = strchr(buf, '#');
+			if (h && h[1])
+				continue;
+			strcpy(out[n++], buf);
+		}
+	}
+	return n;
+}
+
+TEST(acl_filter_fully_readable_is_sound)
+{
+	/* Never "fully readable" when some topic of the filter is refused:
+	 * every filter and topic of up to three levels over a small
+	 * alphabet, against rule sets mixing grants, denies and patterns. */
+	static const char *const rules[] = {
+		"topic read a/#\ntopic deny a/b\n",
+		"topic read +/b\npattern read #\npattern deny b/+\n",
+		"topic read a/+/b\ntopic read a/b/#\n",
+		"pattern read +/+\npattern read $s/#\n",
+		"topic readwrite #\ntopic deny +/a/#\n",
+		"topic write #\npattern read a\n",
+	};
+	static const char *const tl[] = {"a", "b", "$s", ""};
+	static const char *const fl[] = {"a", "b", "$s", "", "+", "#"};
+	static char topics[128][16], filters[400][16];
+	size_t nt = paths(tl, 4, 3, topics, 128);
+	size_t nf = paths(fl, 6, 3, filters, 400);
+	for (size_t r = 0; r < sizeof(rules) / sizeof(rules[0]); r++) {
+		struct acl_identity *id = ident(rules[r], NULL, "c");
+		CHECK(id);
+		if (!id)
+			continue;
+		size_t full = 0;
+		for (size_t i = 0; i < nf; i++) {
+			if (!readable(id, filters[i]))
+				continue;
+			full++;
+			for (size_t j = 0; j < nt; j++) {
+				/* A topic name is never empty (spec 4.7.3). */
+				if (!topics[j][0] ||
+				    !model_match(filters[i], topics[j]) ||
+				    can(id, topics[j], ACL_READ))
+					continue;
+				fprintf(stderr, "  rules %zu: \"%s\" fully readable "
+					"but \"%s\" refused\n", r, filters[i],
+					topics[j]);
+				CHECK(false);
+			}
+		}
+		CHECK(full > 0 || r == 5);
+		acl_identity_unref(id);
+	}
+}

@@ -553,3 +553,72 @@ TEST(retain_concurrent_readers_always_see_stable_topics)
 	CHECK_EQ(atomic_load(&released), STABLE + rounds * 2 * CHURN);
 	rcu_leave();
 }
+
+/* Writers on several threads replacing (lock-free) and clearing (locked)
+ * the same few topics: every message stored is released exactly once,
+ * the count matches what is left, and cleared topics leave no nodes. */
+#define WRITERS 3
+#define WTOPICS 4
+#define WROUNDS 20000
+
+struct wrace {
+	struct retain_store *r;
+	int idx;
+};
+
+static void *writer_main(void *arg)
+{
+	struct wrace *w = arg;
+	char t[16];
+
+	urcu_qsbr_register_thread();
+	for (int i = 0; i < WROUNDS; i++) {
+		snprintf(t, sizeof(t), "w/%d", (i + w->idx) % WTOPICS);
+		/* Mostly replacements; every seventh a clear. */
+		if (i % 7 == 3 && w->idx == 0) {
+			retain_set(w->r, t, strlen(t), NULL);
+		} else {
+			struct msg *m = msg_new(i);
+			if (retain_set(w->r, t, strlen(t), m) != 0)
+				free(m);
+		}
+		if (i % 32 == 0)
+			urcu_qsbr_quiescent_state();
+	}
+	urcu_qsbr_unregister_thread();
+	return NULL;
+}
+
+TEST(retain_concurrent_writers_release_each_message_once)
+{
+	static struct wrace w[WRITERS];
+	pthread_t th[WRITERS];
+	rcu_enter();
+	struct retain_store *r = retain_new(msg_release);
+	urcu_qsbr_thread_offline();
+	for (int i = 0; i < WRITERS; i++) {
+		w[i] = (struct wrace){.r = r, .idx = i};
+		CHECK_EQ(pthread_create(&th[i], NULL, writer_main, &w[i]), 0);
+	}
+	for (int i = 0; i < WRITERS; i++)
+		pthread_join(th[i], NULL);
+	urcu_qsbr_thread_online();
+	urcu_qsbr_barrier();
+	long stored = (long)WRITERS * WROUNDS;
+	for (int i = 0; i < WROUNDS; i++)
+		stored -= i % 7 == 3; /* writer 0's clears */
+	size_t left = retain_count(r);
+	CHECK(left <= WTOPICS);
+	CHECK_EQ(atomic_load(&released) + (long)left, stored);
+	for (int i = 0; i < WTOPICS; i++) {
+		char t[16];
+		snprintf(t, sizeof(t), "w/%d", i);
+		retain_set(r, t, strlen(t), NULL);
+	}
+	CHECK_EQ(retain_count(r), 0);
+	CHECK_EQ(retain_node_count(r), 0);
+	retain_free(r);
+	urcu_qsbr_barrier();
+	CHECK_EQ(atomic_load(&released), stored);
+	rcu_leave();
+}
