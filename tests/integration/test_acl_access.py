@@ -466,8 +466,12 @@ def test_client_reconnecting_right_after_sighup_gets_the_new_acl(acl_broker):
         b.reload()
         bob = login(port, "bob", clean=False)
         assert bob.subscribe([("public/a", 1), ("public/b", 1)]) == [1, 1]
+        gone = b.mark()
         bob.send(mqttraw.disconnect())
         bob.close()
+        # Offline first: what is published now waits in the queue (a
+        # message that went out before is resent as sent, unchecked).
+        b.wait_client_gone("bob", since=gone)
         pub.publish("public/b", b"b%d" % i, qos=1)
         pub.publish("public/a", b"a%d" % i, qos=1)
         acl.write_text(revoked)
