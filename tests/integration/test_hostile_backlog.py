@@ -19,6 +19,7 @@ import time
 
 import pytest
 
+import harness
 import mqttraw
 from clients import Recorder
 from harness import HOST
@@ -164,6 +165,7 @@ def _check_others_served(f):
 
 @pytest.mark.timeout(30)
 def test_stalled_qos0_subscribers_cost_bounded_memory_by_default(broker_factory):
+    harness.skip_rss_bound_if_sanitized()
     b = broker_factory(CONF)
     f = _flood(b)
     print(_describe(f))
@@ -185,6 +187,7 @@ def test_max_queued_bytes_is_accepted(broker_factory):
                        "stalled QoS 0 subscribers cost it +450 MB here")
 @pytest.mark.timeout(30)
 def test_max_queued_bytes_bounds_stalled_qos0_subscribers(broker_factory):
+    harness.skip_rss_bound_if_sanitized()
     # max_queued_messages out of the way: the byte limit alone must hold.
     b = broker_factory(CONF + "max_queued_messages 1000000\nmax_queued_bytes %d\n"
                        % QUEUED_BYTES)

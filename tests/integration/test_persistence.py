@@ -167,6 +167,7 @@ def _rss_kib(pid):
 
 @pytest.mark.kite_only("kill -9, and kite's memory after recovery")
 def test_recovery_gives_its_memory_back(broker_factory, tmp_path):
+    harness.skip_rss_bound_if_sanitized()
     # 100,000 queued messages of 256 B. A start reads the logs into
     # tables of its own, builds the live state and writes it all as the
     # new generation's snapshot; the tables and the snapshot's buffer are
