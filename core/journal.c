@@ -76,7 +76,7 @@ static size_t body_len(const struct journal_record *r)
 	switch (r->type) {
 	case JOURNAL_SESSION:
 		return 8 + 4 + 8 + 1 + 1 + 1 + 4 + r->session.client_id.len + 4 +
-		       r->session.username.len + 2;
+		       r->session.username.len + (r->session.last_pid ? 2 : 0);
 	case JOURNAL_SESSION_END:
 		return 8;
 	case JOURNAL_SUB:
@@ -119,7 +119,10 @@ static void encode_body(struct wr *w, const struct journal_record *r)
 		w8(w, r->session.has_username);
 		wbytes(w, r->session.client_id);
 		wbytes(w, r->session.username);
-		w16(w, r->session.last_pid);
+		/* Only when there is one: one encoding per record, as the
+		 * reader's round trip (fuzz_journal) expects. */
+		if (r->session.last_pid)
+			w16(w, r->session.last_pid);
 		break;
 	case JOURNAL_SESSION_END:
 		w64(w, r->session_end.key);
@@ -333,7 +336,12 @@ static void decode_body(struct rdc *c, struct journal_record *r)
 		r->session.has_username = rbool(c);
 		r->session.client_id = rbytes(c);
 		r->session.username = rbytes(c);
-		r->session.last_pid = c->ok && c->p < c->end ? r16(c) : 0;
+		r->session.last_pid = 0;
+		if (c->ok && c->p < c->end) {
+			r->session.last_pid = r16(c);
+			if (r->session.last_pid == 0)
+				c->ok = false; /* written only when not 0 */
+		}
 		break;
 	case JOURNAL_SESSION_END:
 		r->session_end.key = r64(c);

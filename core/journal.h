@@ -62,7 +62,8 @@ struct journal_record {
 			struct journal_bytes client_id, username;
 			/* The last outgoing packet id used, so that a restart
 			 * goes on from it as Mosquitto does; last in the body
-			 * and optional (0: none; older logs end before it). */
+			 * and optional: absent when 0 (none yet), as in older
+			 * logs; a present 0 is a damaged record. */
 			uint16_t last_pid;
 		} session;
 		struct {
