@@ -227,25 +227,37 @@ static void cluster_share_cb(natsConnection *nc, natsSubscription *sub,
 	pthread_mutex_unlock(&cl->in_lock);
 }
 
+/* A message's topic (its subject past `prefix`, which ends in '.') and
+ * envelope; -1, counted and the message destroyed, when either is bad. */
+static int cluster_msg_decode(struct cluster *cl, natsMsg *nm,
+			      const char *prefix, char *topic,
+			      struct cluster_envelope *e)
+{
+	const char *subj = natsMsg_GetSubject(nm);
+	size_t slen = strlen(subj), plen = strlen(prefix);
+	int tlen = -1;
+	if (slen > plen && !memcmp(subj, prefix, plen))
+		tlen = cluster_topic(subj + plen, slen - plen, topic,
+				     CLUSTER_SUBJECT_MAX);
+	if (tlen < 0 ||
+	    cluster_envelope_parse((const uint8_t *)natsMsg_GetData(nm),
+				   (size_t)natsMsg_GetDataLength(nm), e) < 0) {
+		atomic_fetch_add(&cl->failures, 1);
+		natsMsg_Destroy(nm);
+		return -1;
+	}
+	return tlen;
+}
+
 static void cluster_msg_cb(natsConnection *nc, natsSubscription *sub,
 			   natsMsg *nm, void *closure)
 {
 	struct cluster *cl = closure;
-	const char *subj = natsMsg_GetSubject(nm);
-	size_t slen = strlen(subj), plen = sizeof(CLUSTER_PREFIX_MSG);
 	char topic[CLUSTER_SUBJECT_MAX];
-	int tlen = -1;
 	struct cluster_envelope e;
-	if (slen > plen && !memcmp(subj, CLUSTER_PREFIX_MSG ".", plen))
-		tlen = cluster_topic(subj + plen, slen - plen, topic,
-				     sizeof(topic));
-	if (tlen < 0 ||
-	    cluster_envelope_parse((const uint8_t *)natsMsg_GetData(nm),
-				   (size_t)natsMsg_GetDataLength(nm), &e) < 0) {
-		atomic_fetch_add(&cl->failures, 1);
-		natsMsg_Destroy(nm);
+	int tlen = cluster_msg_decode(cl, nm, CLUSTER_PREFIX_MSG ".", topic, &e);
+	if (tlen < 0)
 		return;
-	}
 	pthread_mutex_lock(&cl->in_lock);
 	if (atomic_load(&cl->closing)) {
 		/* nothing more goes to the shards */
@@ -278,21 +290,11 @@ static void cluster_retain_cb(natsConnection *nc, natsSubscription *sub,
 			      natsMsg *nm, void *closure)
 {
 	struct cluster *cl = closure;
-	const char *subj = natsMsg_GetSubject(nm);
-	size_t slen = strlen(subj), plen = sizeof(CLUSTER_PREFIX_RETAIN);
 	char topic[CLUSTER_SUBJECT_MAX];
-	int tlen = -1;
 	struct cluster_envelope e;
-	if (slen > plen && !memcmp(subj, CLUSTER_PREFIX_RETAIN ".", plen))
-		tlen = cluster_topic(subj + plen, slen - plen, topic,
-				     sizeof(topic));
-	if (tlen < 0 ||
-	    cluster_envelope_parse((const uint8_t *)natsMsg_GetData(nm),
-				   (size_t)natsMsg_GetDataLength(nm), &e) < 0) {
-		atomic_fetch_add(&cl->failures, 1);
-		natsMsg_Destroy(nm);
+	int tlen = cluster_msg_decode(cl, nm, CLUSTER_PREFIX_RETAIN ".", topic, &e);
+	if (tlen < 0)
 		return;
-	}
 	struct msg *m = msg_new((const uint8_t *)topic, (uint16_t)tlen,
 				e.payload, e.payload_len, e.qos, true,
 				e.props_len ? e.props : NULL, e.props_len);
