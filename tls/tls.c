@@ -766,16 +766,15 @@ void tls_server_unref(struct tls_server *s)
 
 /* ---- connection ----------------------------------------------------- */
 
-struct tls_conn *tls_conn_new(struct tls_server *srv)
+/* A connection's SSL on ctx, over kite's memory BIO; the side (accept
+ * or connect) is the caller's. */
+static struct tls_conn *tls_conn_alloc(SSL_CTX *ctx)
 {
 	struct tls_conn *c = calloc(1, sizeof(*c));
-	BIO *bio;
-
-	assert(srv);
 	if (!c)
 		return NULL;
-	c->ssl = SSL_new(srv->ctx);
-	bio = BIO_new(bio_method);
+	c->ssl = SSL_new(ctx);
+	BIO *bio = BIO_new(bio_method);
 	if (!c->ssl || !bio) {
 		BIO_free(bio);
 		SSL_free(c->ssl);
@@ -786,6 +785,15 @@ struct tls_conn *tls_conn_new(struct tls_server *srv)
 	BIO_set_data(bio, c);
 	SSL_set_bio(c->ssl, bio, bio); /* one reference, owned by ssl */
 	SSL_set_app_data(c->ssl, c);
+	return c;
+}
+
+struct tls_conn *tls_conn_new(struct tls_server *srv)
+{
+	assert(srv);
+	struct tls_conn *c = tls_conn_alloc(srv->ctx);
+	if (!c)
+		return NULL;
 	SSL_set_msg_callback(c->ssl, msg_cb);
 	SSL_set_msg_callback_arg(c->ssl, c);
 	SSL_set_accept_state(c->ssl);
@@ -1459,24 +1467,10 @@ void tls_client_free(struct tls_client *cl)
 struct tls_conn *tls_client_conn_new(struct tls_client *cl, const char *host,
 				     bool verify_host)
 {
-	struct tls_conn *c = calloc(1, sizeof(*c));
-	BIO *bio;
-
 	assert(cl);
+	struct tls_conn *c = tls_conn_alloc(cl->ctx);
 	if (!c)
 		return NULL;
-	c->ssl = SSL_new(cl->ctx);
-	bio = BIO_new(bio_method);
-	if (!c->ssl || !bio) {
-		BIO_free(bio);
-		SSL_free(c->ssl);
-		free(c);
-		ERR_clear_error();
-		return NULL;
-	}
-	BIO_set_data(bio, c);
-	SSL_set_bio(c->ssl, bio, bio);
-	SSL_set_app_data(c->ssl, c);
 	SSL_set_connect_state(c->ssl);
 	unsigned char ip[16];
 	bool literal = inet_pton(AF_INET, host, ip) == 1 ||
