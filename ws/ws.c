@@ -727,7 +727,8 @@ void ws_send_close(struct ws_conn *w, uint16_t code)
 
 size_t ws_out_pending(const struct ws_conn *w, const uint8_t **p)
 {
-	*p = w->out.data + w->out.off;
+	/* No buffer yet: NULL + 0 is undefined (UBSan says so). */
+	*p = w->out.data ? w->out.data + w->out.off : w->out.data;
 	return w->out.len - w->out.off;
 }
 
