@@ -836,7 +836,13 @@ static void conn_submit_send(struct conn *c, struct send_ctx *ctx)
 	c->send = ctx;
 	c->flags |= CONN_SEND_BUSY;
 	struct io_uring_sqe *sqe = shard_sqe(c->shard);
-	io_uring_prep_sendmsg(sqe, c->fd, &ctx->mh, MSG_NOSIGNAL);
+	/* One buffer (an ack, a lone packet, TLS records): a plain send,
+	 * which spares the kernel importing a msghdr and an iovec array. */
+	if (ctx->mh.msg_iovlen == 1 && !ctx->mh.msg_controllen)
+		io_uring_prep_send(sqe, c->fd, ctx->iov[0].iov_base,
+				   ctx->iov[0].iov_len, MSG_NOSIGNAL);
+	else
+		io_uring_prep_sendmsg(sqe, c->fd, &ctx->mh, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, ud_pack(UD_SEND, c->id, c->gen));
 }
 
