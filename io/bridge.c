@@ -1,5 +1,9 @@
 /* Bridges (io/bridge.h): an outgoing MQTT client connection per
  * `connection` block, driven by the owning shard's io_uring. */
+#include "core/codec.h"
+#include "core/config.h"
+#include "core/retain.h"
+#include "tls/tls.h"
 #include "io/bridge.h"
 
 #include <arpa/inet.h>
@@ -15,7 +19,12 @@
 #include "core/log.h"
 #include "core/mqtt.h"
 #include "core/trie.h"
-#include "io/engine.h"
+#include "io/conn.h"
+#include "io/handle.h"
+#include "io/msg.h"
+#include "io/route.h"
+#include "io/session.h"
+#include "io/shard.h"
 
 enum bridge_state {
 	BRIDGE_IDLE,	   /* waiting for next_try_ms */

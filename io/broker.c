@@ -18,7 +18,17 @@
 
 #include "bpf/flood_filter.h"
 #include "core/log.h"
-#include "io/engine.h"
+#include "core/config.h"
+#include "core/gtrie.h"
+#include "core/htab.h"
+#include "core/retain.h"
+#include "tls/tls.h"
+#include "io/broker.h"
+#include "io/cluster.h"
+#include "io/msg.h"
+#include "io/persist.h"
+#include "io/security.h"
+#include "io/shard.h"
 
 #define KITE_VERSION "0.1.0"
 

@@ -1,4 +1,7 @@
 /* The cluster on NATS (io/cluster.h, docs/CLUSTER.md). */
+#include "core/config.h"
+#include "core/htab.h"
+#include "core/retain.h"
 #include "io/cluster.h"
 
 #include <nats/nats.h>
@@ -11,7 +14,12 @@
 #include "core/clusterwire.h"
 #include "core/hash.h"
 #include "core/log.h"
-#include "io/engine.h"
+#include "io/conn.h"
+#include "io/msg.h"
+#include "io/route.h"
+#include "io/session.h"
+#include "io/shard.h"
+#include "io/share.h"
 
 /* Items from NATS waiting for one shard. */
 #define CLUSTER_RING_SLOTS 4096

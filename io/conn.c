@@ -17,7 +17,20 @@
 
 #include "bpf/flood_filter.h"
 #include "core/log.h"
-#include "io/engine.h"
+#include "core/codec.h"
+#include "core/config.h"
+#include "tls/tls.h"
+#include "ws/ws.h"
+#include "io/bridge.h"
+#include "io/conn.h"
+#include "io/handle.h"
+#include "io/ktls.h"
+#include "io/msg.h"
+#include "io/persist.h"
+#include "io/route.h"
+#include "io/session.h"
+#include "io/shard.h"
+#include "io/wsconn.h"
 
 /* iovecs one wire entry needs at most: header, topic, packet id and
  * per-delivery properties, the message's properties, payload. */

@@ -1,5 +1,8 @@
 /* PUBACK, PUBREC, PUBREL, PUBCOMP from a client (spec 3.4-3.7). */
-#include "io/engine.h"
+#include "core/codec.h"
+#include "io/conn.h"
+#include "io/handle.h"
+#include "io/session.h"
 
 static void ack_send(struct conn *c, uint8_t type, uint16_t pid, uint8_t rc)
 {

@@ -16,7 +16,21 @@
 #include <unistd.h>
 
 #include "core/log.h"
-#include "io/engine.h"
+#include "acl/acl.h"
+#include "core/codec.h"
+#include "core/config.h"
+#include "core/hash.h"
+#include "core/retain.h"
+#include "tls/tls.h"
+#include "io/cluster.h"
+#include "io/conn.h"
+#include "io/handle.h"
+#include "io/ktls.h"
+#include "io/msg.h"
+#include "io/persist.h"
+#include "io/security.h"
+#include "io/session.h"
+#include "io/shard.h"
 
 struct pending_connect {
 	bool clean;
@@ -27,173 +41,6 @@ struct pending_connect {
 	uint16_t id_len;
 	char id[];
 };
-
-/* ---- registry ------------------------------------------------------------ */
-
-static bool reg_eq_cb(const struct htab_link *l, const void *id, size_t len)
-{
-	const struct client_entry *e =
-		htab_entry(l, const struct client_entry, link);
-	return e->len == len && !memcmp(e->id, id, len);
-}
-
-/* Under reg_lock; h is hash_bytes(id, len), taken before the lock so a
- * long client id does not hold it. */
-static struct client_entry *reg_find(struct broker *b, uint64_t h,
-				     const char *id, uint16_t len)
-{
-	return htab_entry(htab_find(&b->reg, h, id, len, reg_eq_cb),
-			  struct client_entry, link);
-}
-
-static struct client_entry *reg_insert(struct broker *b, uint64_t h,
-				       const char *id, uint16_t len)
-{
-	assert(!reg_find(b, h, id, len));
-	struct client_entry *e = calloc(1, sizeof(*e) + len);
-	if (!e)
-		return NULL;
-	memcpy(e->id, id, len);
-	e->len = len;
-	if (htab_insert(&b->reg, &e->link, h) < 0) {
-		free(e);
-		return NULL;
-	}
-	return e;
-}
-
-void session_on_disconnect(struct shard *s, struct session *ss)
-{
-	if (ss->bridge)
-		return; /* lives as long as the broker, queueing */
-	if (!ss->persistent && ss->delayed_will) {
-		/* Session expiry 0 with a will delay: Mosquitto keeps the
-		 * client for the delay (a reconnect cancels the will), though
-		 * MQTT 5 3.1.3.2.2 would end the session and send it now. Only
-		 * the will is kept: no subscription, no message. */
-		while (ss->subs)
-			session_remove_sub(ss, ss->subs->filter, ss->subs->len,
-					   NULL);
-		ss->expire_at_ms = ss->will_at_ms;
-		session_timer_at(s, ss->expire_at_ms);
-		return;
-	}
-	if (ss->persistent) {
-		/* Kept offline: for its expiry (MQTT 5), or for ever (3.1.1)
-		 * unless persistent_client_expiration says otherwise. */
-		uint64_t span_s = ss->expiry_s != UINT32_MAX
-					  ? ss->expiry_s
-					  : s->cfg->persistent_client_expiration_s;
-		if (span_s) {
-			ss->expire_at_ms = s->now_ms + span_s * 1000u;
-			session_timer_at(s, ss->expire_at_ms);
-		}
-		persist_session(ss); /* offline since now */
-		return;
-	}
-	struct broker *b = s->b;
-	uint64_t h = hash_bytes(ss->client_id, ss->client_id_len);
-	pthread_mutex_lock(&b->reg_lock);
-	struct client_entry *e =
-		reg_find(b, h, ss->client_id, ss->client_id_len);
-	bool ours = e && e->session == ss;
-	if (ours)
-		htab_remove(&b->reg, &e->link);
-	pthread_mutex_unlock(&b->reg_lock);
-	if (ours) {
-		free(e);
-		session_destroy(ss);
-	} else {
-		ss->zombie = true; /* its kick is on the way */
-	}
-}
-
-/* ---- takeover ------------------------------------------------------------- */
-
-/* Takes a session's connection away for a new one. The old connection's
- * will is published only when the session ends with it (either side
- * clean: session_ends), as Mosquitto 2.0 does; resuming the session is "a
- * new Network Connection before the Will Delay Interval has elapsed"
- * (MQTT 5 3.1.2.5), and so is any reconnect for a delayed will. */
-static void session_detach_conn(struct session *ss, const char *why,
-				bool session_ends)
-{
-	session_cancel_will(ss);
-	struct conn *old = ss->conn;
-	if (!old)
-		return;
-	old->session = NULL;
-	ss->conn = NULL;
-	if (old->will && (!session_ends || old->will->delay_s)) {
-		msg_unref(old->will->msg);
-		free(old->will);
-		old->will = NULL;
-	}
-	if (old->shard->cfg->connection_messages)
-		log_msg(KITE_LOG_NOTICE,
-			"Client %s already connected, closing old connection.",
-			ss->client_id);
-	conn_protocol_error(old, MQTT_RC_SESSION_TAKEN_OVER, why);
-}
-
-int session_register(struct broker *b, struct session *ss)
-{
-	uint64_t h = hash_bytes(ss->client_id, ss->client_id_len);
-	pthread_mutex_lock(&b->reg_lock);
-	struct client_entry *e = reg_find(b, h, ss->client_id, ss->client_id_len);
-	if (!e)
-		e = reg_insert(b, h, ss->client_id, ss->client_id_len);
-	if (e) {
-		e->session = ss;
-		e->shard = ss->shard->idx;
-		e->persistent = ss->persistent;
-	}
-	pthread_mutex_unlock(&b->reg_lock);
-	return e ? 0 : -1;
-}
-
-int session_home(struct broker *b, const char *id, uint16_t len)
-{
-	uint64_t h = hash_bytes(id, len);
-	pthread_mutex_lock(&b->reg_lock);
-	struct client_entry *e = reg_find(b, h, id, len);
-	int home = e ? (int)e->shard : -1;
-	pthread_mutex_unlock(&b->reg_lock);
-	return home;
-}
-
-void session_kick_remote(struct shard *s, const char *id, uint16_t len,
-			 uint64_t at_wall_us)
-{
-	struct broker *b = s->b;
-	uint64_t h = hash_bytes(id, len);
-	pthread_mutex_lock(&b->reg_lock);
-	struct client_entry *e = reg_find(b, h, id, len);
-	/* Moved to another shard meanwhile (a local takeover): the client
-	 * connected here again, after the other node's CONNECT; it stays. */
-	struct session *ss = e && e->shard == s->idx ? e->session : NULL;
-	/* The client connected here after it did there: this one stays. */
-	if (ss && !ss->bridge && ss->connect_wall_us < at_wall_us)
-		htab_remove(&b->reg, &e->link);
-	else
-		ss = NULL;
-	pthread_mutex_unlock(&b->reg_lock);
-	if (!ss)
-		return;
-	free(e);
-	if (s->cfg->connection_messages)
-		log_msg(KITE_LOG_NOTICE, "Client %s connected to another node "
-			"of the cluster, closing its connection here.",
-			ss->client_id);
-	session_kick(s, ss);
-}
-
-void session_kick(struct shard *s, struct session *ss)
-{
-	assert(ss->shard == s);
-	session_detach_conn(ss, "session taken over", true);
-	session_destroy(ss);
-}
 
 /* ---- completing a CONNECT ----------------------------------------------- */
 
@@ -337,7 +184,7 @@ static void connect_complete(struct shard *s, struct conn *c)
 	unsigned old_shard = 0;
 	uint64_t h = hash_bytes(p->id, p->id_len);
 	pthread_mutex_lock(&b->reg_lock);
-	struct client_entry *e = reg_find(b, h, p->id, p->id_len);
+	struct client_entry *e = session_reg_find(b, h, p->id, p->id_len);
 	if (e && !p->clean && e->persistent) {
 		if (e->shard != s->idx) {
 			unsigned target = e->shard;
@@ -356,7 +203,7 @@ static void connect_complete(struct shard *s, struct conn *c)
 	}
 	ss = session_create(s, (const uint8_t *)p->id, p->id_len, p->expiry_s);
 	if (!e)
-		e = reg_insert(b, h, p->id, p->id_len);
+		e = session_reg_insert(b, h, p->id, p->id_len);
 	else {
 		old = e->session;
 		old_shard = e->shard;

@@ -2,7 +2,9 @@
  * asks for it with reason 0x04. */
 #include <stdlib.h>
 
-#include "io/engine.h"
+#include "core/codec.h"
+#include "io/conn.h"
+#include "io/handle.h"
 
 int handle_disconnect(struct conn *c, const struct mqtt_fixed_header *h,
 		      const uint8_t *body, size_t len)

@@ -1,5 +1,7 @@
 /* PINGREQ (spec 3.12). */
-#include "io/engine.h"
+#include "core/codec.h"
+#include "io/conn.h"
+#include "io/handle.h"
 
 int handle_pingreq(struct conn *c, const struct mqtt_fixed_header *h,
 		   const uint8_t *body, size_t len)

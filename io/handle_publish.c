@@ -3,7 +3,17 @@
 #include <string.h>
 
 #include "core/log.h"
-#include "io/engine.h"
+#include "core/codec.h"
+#include "core/config.h"
+#include "core/retain.h"
+#include "io/bridge.h"
+#include "io/conn.h"
+#include "io/handle.h"
+#include "io/msg.h"
+#include "io/persist.h"
+#include "io/route.h"
+#include "io/session.h"
+#include "io/shard.h"
 
 static void publish_ack(struct conn *c, uint8_t type, uint16_t pid,
 			uint8_t reason)

@@ -3,7 +3,14 @@
 #include <string.h>
 
 #include "core/log.h"
-#include "io/engine.h"
+#include "core/codec.h"
+#include "core/retain.h"
+#include "io/conn.h"
+#include "io/handle.h"
+#include "io/persist.h"
+#include "io/route.h"
+#include "io/session.h"
+#include "io/share.h"
 
 static bool sub_is_shared(const struct mqtt_bytes *f)
 {

@@ -2,7 +2,12 @@
 #include <stdlib.h>
 
 #include "core/log.h"
-#include "io/engine.h"
+#include "core/codec.h"
+#include "io/conn.h"
+#include "io/handle.h"
+#include "io/persist.h"
+#include "io/session.h"
+#include "io/share.h"
 
 int handle_unsubscribe(struct conn *c, const struct mqtt_fixed_header *h,
 		       const uint8_t *body, size_t len)

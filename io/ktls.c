@@ -23,7 +23,10 @@
 #include <sys/socket.h>
 
 #include "core/log.h"
-#include "io/engine.h"
+#include "tls/tls.h"
+#include "io/conn.h"
+#include "io/ktls.h"
+#include "io/shard.h"
 
 _Static_assert(sizeof(struct tls12_crypto_info_aes_gcm_128) == 40,
 	       "kernel ABI: aes_gcm_128 crypto info");

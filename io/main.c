@@ -16,7 +16,10 @@
 #include "tools/cert.h"
 #include "tools/kitedb.h"
 #include "core/log.h"
-#include "io/engine.h"
+#include "core/config.h"
+#include "io/broker.h"
+#include "io/msg.h"
+#include "io/security.h"
 
 struct options {
 	const char *config_path;

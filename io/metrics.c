@@ -24,7 +24,10 @@
 
 #include "bpf/flood_filter.h"
 #include "core/log.h"
-#include "io/engine.h"
+#include "core/retain.h"
+#include "io/broker.h"
+#include "io/metrics.h"
+#include "io/shard.h"
 
 #define METRICS_REQUEST_MAX 8192
 #define METRICS_REQUEST_TIMEOUT_MS 5000

@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "io/shard-t.h"
+
 struct broker;
 struct conn;
 struct deliv;
@@ -39,6 +41,11 @@ struct persist_ticket {
 	 * the acknowledgement is withheld (the connection is closed). */
 	_Atomic bool failed;
 };
+
+static inline bool persist_on(const struct shard *s)
+{
+	return s->log != NULL;
+}
 
 /* ---- startup and shutdown ------------------------------------------------ */
 

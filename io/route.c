@@ -7,7 +7,18 @@
 
 #include "core/log.h"
 
-#include "io/engine.h"
+#include "core/config.h"
+#include "core/gtrie.h"
+#include "core/retain.h"
+#include "core/trie.h"
+#include "io/cluster.h"
+#include "io/msg.h"
+#include "io/persist.h"
+#include "io/route.h"
+#include "io/security.h"
+#include "io/session.h"
+#include "io/shard.h"
+#include "io/share.h"
 
 bool route_publish_t(struct shard *s, struct msg *m, struct persist_ticket *t)
 {

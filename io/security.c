@@ -9,7 +9,10 @@
 
 #include "acl/acl.h"
 #include "core/log.h"
-#include "io/engine.h"
+#include "core/config.h"
+#include "tls/tls.h"
+#include "io/msg.h"
+#include "io/security.h"
 
 static _Atomic uint32_t security_gen;
 
@@ -135,23 +138,6 @@ void security_free(struct security *sec)
 	free(sec);
 }
 
-/* The session's compiled rules under the shard's current snapshot; NULL
- * when its listener has no ACL (everything allowed). */
-const struct acl_identity *session_acl(struct session *ss)
-{
-	const struct security *sec = ss->shard->sec;
-	if (ss->acl_gen == sec->gen)
-		return ss->acl;
-	if (ss->acl)
-		acl_identity_unref(ss->acl);
-	ss->acl = NULL;
-	ss->acl_gen = sec->gen;
-	if (ss->listener < sec->count && sec->acl[ss->listener])
-		ss->acl = acl_cache_get(sec->acl[ss->listener], ss->username,
-					ss->client_id);
-	return ss->acl;
-}
-
 /* Topics no client may publish to, whatever its ACL says (Mosquitto's
  * acl__check_dollar): $SYS is the broker's (but for a bridge's state
  * topic), and $share names subscriptions, never messages. */
@@ -172,48 +158,6 @@ bool security_publish_reserved(const char *topic, size_t len)
 	return memchr(name, '/', nlen) != NULL;
 }
 
-bool session_may(struct session *ss, const char *topic, size_t len,
-		 enum acl_access access)
-{
-	if (ss->bridge) /* configured by the operator, as in Mosquitto */
-		return true;
-	if (access == ACL_WRITE && security_publish_reserved(topic, len))
-		return false;
-	const struct acl_identity *id = session_acl(ss);
-	if (!id) {
-		const struct security *sec = ss->shard->sec;
-		/* An ACL file that failed to compile for this identity
-		 * (out of memory) denies rather than opens everything. */
-		return !(ss->listener < sec->count && sec->acl[ss->listener]);
-	}
-	return acl_check(id, topic, len, access);
-}
-
-/* kite refuses a filter no read grant of this identity can ever match,
- * so a misconfigured device learns it at SUBSCRIBE (Mosquitto grants it
- * and then delivers nothing). */
-bool session_may_subscribe(struct session *ss, const char *filter, size_t len)
-{
-	const struct acl_identity *id = session_acl(ss);
-	if (!id) {
-		const struct security *sec = ss->shard->sec;
-		return !(ss->listener < sec->count && sec->acl[ss->listener]);
-	}
-	return acl_filter_may_match(id, filter, len);
-}
-
-bool session_may_read_all(struct session *ss, const char *filter, size_t len)
-{
-	if (ss->bridge)
-		return true;
-	const struct acl_identity *id = session_acl(ss);
-	if (!id) {
-		const struct security *sec = ss->shard->sec;
-		return !(ss->listener < sec->count && sec->acl[ss->listener]);
-	}
-	return acl_filter_fully_readable(id, filter, len);
-}
-
 bool security_source_may_write(struct shard *s, const struct msg *m)
 {
 	const struct msg_source *src = m->source;
@@ -226,19 +170,6 @@ bool security_source_may_write(struct shard *s, const struct msg *m)
 	if (id)
 		acl_identity_unref(id);
 	return ok;
-}
-
-void session_set_identity(struct session *ss, unsigned listener,
-			  const char *username)
-{
-	free(ss->username);
-	ss->username = username ? strdup(username) : NULL;
-	ss->listener = (uint8_t)listener;
-	if (ss->acl)
-		acl_identity_unref(ss->acl);
-	ss->acl = NULL;
-	ss->acl_gen = 0; /* fetched on first use */
-	session_recheck_reads(ss);
 }
 
 enum passwd_result security_check_password(const struct conn *c,

@@ -10,7 +10,23 @@
 
 #include "core/journal.h"
 #include "core/log.h"
-#include "io/engine.h"
+#include "acl/acl.h"
+#include "core/codec.h"
+#include "core/config.h"
+#include "core/gtrie.h"
+#include "core/hash.h"
+#include "core/htab.h"
+#include "core/trie.h"
+#include "io/bridge.h"
+#include "io/cluster.h"
+#include "io/conn.h"
+#include "io/msg.h"
+#include "io/persist.h"
+#include "io/route.h"
+#include "io/security.h"
+#include "io/session.h"
+#include "io/shard.h"
+#include "io/share.h"
 
 /* ---- sessions by id (shared-subscription forwards find them) ------------ */
 
@@ -31,7 +47,7 @@ static void sid_remove(struct shard *s, struct session *ss)
 	htab_remove(&s->by_id, &ss->id_link);
 }
 
-struct session *shard_session_by_id(struct shard *s, uint64_t id)
+struct session *session_by_id(struct shard *s, uint64_t id)
 {
 	return htab_entry(htab_find(&s->by_id, hash_bytes(&id, sizeof(id)), &id,
 				    sizeof(id), sid_eq_cb),
@@ -791,4 +807,245 @@ struct msg *session_qos2_release(struct session *ss, uint16_t pid)
 		}
 	}
 	return NULL;
+}
+
+/* ---- the client-id registry and takeover (across shards) ---------------- */
+
+static bool reg_eq_cb(const struct htab_link *l, const void *id, size_t len)
+{
+	const struct client_entry *e =
+		htab_entry(l, const struct client_entry, link);
+	return e->len == len && !memcmp(e->id, id, len);
+}
+
+/* Under reg_lock; h is hash_bytes(id, len), taken before the lock so a
+ * long client id does not hold it. */
+struct client_entry *session_reg_find(struct broker *b, uint64_t h,
+				      const char *id, uint16_t len)
+{
+	return htab_entry(htab_find(&b->reg, h, id, len, reg_eq_cb),
+			  struct client_entry, link);
+}
+
+struct client_entry *session_reg_insert(struct broker *b, uint64_t h,
+					const char *id, uint16_t len)
+{
+	assert(!session_reg_find(b, h, id, len));
+	struct client_entry *e = calloc(1, sizeof(*e) + len);
+	if (!e)
+		return NULL;
+	memcpy(e->id, id, len);
+	e->len = len;
+	if (htab_insert(&b->reg, &e->link, h) < 0) {
+		free(e);
+		return NULL;
+	}
+	return e;
+}
+
+void session_on_disconnect(struct shard *s, struct session *ss)
+{
+	if (ss->bridge)
+		return; /* lives as long as the broker, queueing */
+	if (!ss->persistent && ss->delayed_will) {
+		/* Session expiry 0 with a will delay: Mosquitto keeps the
+		 * client for the delay (a reconnect cancels the will), though
+		 * MQTT 5 3.1.3.2.2 would end the session and send it now. Only
+		 * the will is kept: no subscription, no message. */
+		while (ss->subs)
+			session_remove_sub(ss, ss->subs->filter, ss->subs->len,
+					   NULL);
+		ss->expire_at_ms = ss->will_at_ms;
+		session_timer_at(s, ss->expire_at_ms);
+		return;
+	}
+	if (ss->persistent) {
+		/* Kept offline: for its expiry (MQTT 5), or for ever (3.1.1)
+		 * unless persistent_client_expiration says otherwise. */
+		uint64_t span_s = ss->expiry_s != UINT32_MAX
+					  ? ss->expiry_s
+					  : s->cfg->persistent_client_expiration_s;
+		if (span_s) {
+			ss->expire_at_ms = s->now_ms + span_s * 1000u;
+			session_timer_at(s, ss->expire_at_ms);
+		}
+		persist_session(ss); /* offline since now */
+		return;
+	}
+	struct broker *b = s->b;
+	uint64_t h = hash_bytes(ss->client_id, ss->client_id_len);
+	pthread_mutex_lock(&b->reg_lock);
+	struct client_entry *e =
+		session_reg_find(b, h, ss->client_id, ss->client_id_len);
+	bool ours = e && e->session == ss;
+	if (ours)
+		htab_remove(&b->reg, &e->link);
+	pthread_mutex_unlock(&b->reg_lock);
+	if (ours) {
+		free(e);
+		session_destroy(ss);
+	} else {
+		ss->zombie = true; /* its kick is on the way */
+	}
+}
+
+/* ---- takeover ------------------------------------------------------------- */
+
+/* Takes a session's connection away for a new one. The old connection's
+ * will is published only when the session ends with it (either side
+ * clean: session_ends), as Mosquitto 2.0 does; resuming the session is "a
+ * new Network Connection before the Will Delay Interval has elapsed"
+ * (MQTT 5 3.1.2.5), and so is any reconnect for a delayed will. */
+void session_detach_conn(struct session *ss, const char *why,
+			 bool session_ends)
+{
+	session_cancel_will(ss);
+	struct conn *old = ss->conn;
+	if (!old)
+		return;
+	old->session = NULL;
+	ss->conn = NULL;
+	if (old->will && (!session_ends || old->will->delay_s)) {
+		msg_unref(old->will->msg);
+		free(old->will);
+		old->will = NULL;
+	}
+	if (old->shard->cfg->connection_messages)
+		log_msg(KITE_LOG_NOTICE,
+			"Client %s already connected, closing old connection.",
+			ss->client_id);
+	conn_protocol_error(old, MQTT_RC_SESSION_TAKEN_OVER, why);
+}
+
+int session_register(struct broker *b, struct session *ss)
+{
+	uint64_t h = hash_bytes(ss->client_id, ss->client_id_len);
+	pthread_mutex_lock(&b->reg_lock);
+	struct client_entry *e = session_reg_find(b, h, ss->client_id, ss->client_id_len);
+	if (!e)
+		e = session_reg_insert(b, h, ss->client_id, ss->client_id_len);
+	if (e) {
+		e->session = ss;
+		e->shard = ss->shard->idx;
+		e->persistent = ss->persistent;
+	}
+	pthread_mutex_unlock(&b->reg_lock);
+	return e ? 0 : -1;
+}
+
+int session_home(struct broker *b, const char *id, uint16_t len)
+{
+	uint64_t h = hash_bytes(id, len);
+	pthread_mutex_lock(&b->reg_lock);
+	struct client_entry *e = session_reg_find(b, h, id, len);
+	int home = e ? (int)e->shard : -1;
+	pthread_mutex_unlock(&b->reg_lock);
+	return home;
+}
+
+void session_kick_remote(struct shard *s, const char *id, uint16_t len,
+			 uint64_t at_wall_us)
+{
+	struct broker *b = s->b;
+	uint64_t h = hash_bytes(id, len);
+	pthread_mutex_lock(&b->reg_lock);
+	struct client_entry *e = session_reg_find(b, h, id, len);
+	/* Moved to another shard meanwhile (a local takeover): the client
+	 * connected here again, after the other node's CONNECT; it stays. */
+	struct session *ss = e && e->shard == s->idx ? e->session : NULL;
+	/* The client connected here after it did there: this one stays. */
+	if (ss && !ss->bridge && ss->connect_wall_us < at_wall_us)
+		htab_remove(&b->reg, &e->link);
+	else
+		ss = NULL;
+	pthread_mutex_unlock(&b->reg_lock);
+	if (!ss)
+		return;
+	free(e);
+	if (s->cfg->connection_messages)
+		log_msg(KITE_LOG_NOTICE, "Client %s connected to another node "
+			"of the cluster, closing its connection here.",
+			ss->client_id);
+	session_kick(s, ss);
+}
+
+void session_kick(struct shard *s, struct session *ss)
+{
+	assert(ss->shard == s);
+	session_detach_conn(ss, "session taken over", true);
+	session_destroy(ss);
+}
+
+/* ---- access control for the session's identity -------------------------- */
+
+/* The session's compiled rules under the shard's current snapshot; NULL
+ * when its listener has no ACL (everything allowed). */
+const struct acl_identity *session_acl(struct session *ss)
+{
+	const struct security *sec = ss->shard->sec;
+	if (ss->acl_gen == sec->gen)
+		return ss->acl;
+	if (ss->acl)
+		acl_identity_unref(ss->acl);
+	ss->acl = NULL;
+	ss->acl_gen = sec->gen;
+	if (ss->listener < sec->count && sec->acl[ss->listener])
+		ss->acl = acl_cache_get(sec->acl[ss->listener], ss->username,
+					ss->client_id);
+	return ss->acl;
+}
+
+bool session_may(struct session *ss, const char *topic, size_t len,
+		 enum acl_access access)
+{
+	if (ss->bridge) /* configured by the operator, as in Mosquitto */
+		return true;
+	if (access == ACL_WRITE && security_publish_reserved(topic, len))
+		return false;
+	const struct acl_identity *id = session_acl(ss);
+	if (!id) {
+		const struct security *sec = ss->shard->sec;
+		/* An ACL file that failed to compile for this identity
+		 * (out of memory) denies rather than opens everything. */
+		return !(ss->listener < sec->count && sec->acl[ss->listener]);
+	}
+	return acl_check(id, topic, len, access);
+}
+
+/* kite refuses a filter no read grant of this identity can ever match,
+ * so a misconfigured device learns it at SUBSCRIBE (Mosquitto grants it
+ * and then delivers nothing). */
+bool session_may_subscribe(struct session *ss, const char *filter, size_t len)
+{
+	const struct acl_identity *id = session_acl(ss);
+	if (!id) {
+		const struct security *sec = ss->shard->sec;
+		return !(ss->listener < sec->count && sec->acl[ss->listener]);
+	}
+	return acl_filter_may_match(id, filter, len);
+}
+
+bool session_may_read_all(struct session *ss, const char *filter, size_t len)
+{
+	if (ss->bridge)
+		return true;
+	const struct acl_identity *id = session_acl(ss);
+	if (!id) {
+		const struct security *sec = ss->shard->sec;
+		return !(ss->listener < sec->count && sec->acl[ss->listener]);
+	}
+	return acl_filter_fully_readable(id, filter, len);
+}
+
+void session_set_identity(struct session *ss, unsigned listener,
+			  const char *username)
+{
+	free(ss->username);
+	ss->username = username ? strdup(username) : NULL;
+	ss->listener = (uint8_t)listener;
+	if (ss->acl)
+		acl_identity_unref(ss->acl);
+	ss->acl = NULL;
+	ss->acl_gen = 0; /* fetched on first use */
+	session_recheck_reads(ss);
 }

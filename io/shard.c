@@ -21,7 +21,25 @@
 #include <urcu-qsbr.h>
 
 #include "core/log.h"
-#include "io/engine.h"
+#include "core/htab.h"
+#include "core/trie.h"
+#include "tls/tls.h"
+#include "ws/ws.h"
+#include "io/bridge.h"
+#include "io/cluster.h"
+#include "io/conn.h"
+#include "io/handle.h"
+#include "io/ktls.h"
+#include "io/metrics.h"
+#include "io/msg.h"
+#include "io/persist.h"
+#include "io/route.h"
+#include "io/session.h"
+#include "io/security-t.h"
+#include "io/shard.h"
+#include "io/share.h"
+#include "io/sys.h"
+#include "io/wsconn.h"
 
 #define CQE_BATCH 256
 
@@ -1301,4 +1319,11 @@ void shard_fini(struct shard *s)
 	free(s->q2_waiters);
 	conn_pools_free(s);
 	tls_buf_free(&s->tls_plain);
+}
+
+void stats_drop(struct shard *s, enum drop_reason why, uint64_t n)
+{
+	assert(why < DROP_REASONS);
+	stat_add(&s->stats.dropped[why], n);
+	stat_add(&s->stats.msgs_dropped, n);
 }

@@ -15,7 +15,16 @@
 #include <string.h>
 
 #include "core/log.h"
-#include "io/engine.h"
+#include "core/gtrie.h"
+#include "core/hash.h"
+#include "core/trie.h"
+#include "io/cluster.h"
+#include "io/conn.h"
+#include "io/msg.h"
+#include "io/persist.h"
+#include "io/session.h"
+#include "io/shard.h"
+#include "io/share.h"
 
 struct share_member {
 	unsigned shard;
@@ -297,7 +306,7 @@ static bool share_still_member(const struct session *ss,
 /* On the member's shard: deliver, or send it back to be re-given. */
 static void share_deliver(struct shard *s, struct share_op *op)
 {
-	struct session *ss = shard_session_by_id(s, op->session_id);
+	struct session *ss = session_by_id(s, op->session_id);
 	if (ss && !share_still_member(ss, op))
 		ss = NULL;
 	if (ss && session_may(ss, msg_topic(op->msg), op->msg->topic_len,

@@ -8,7 +8,12 @@
 
 #include "bpf/flood_filter.h"
 #include "core/log.h"
-#include "io/engine.h"
+#include "core/retain.h"
+#include "io/broker.h"
+#include "io/msg.h"
+#include "io/persist.h"
+#include "io/route.h"
+#include "io/sys.h"
 
 static void sys_put(struct shard *s, const char *topic, const char *fmt,
 		    unsigned long long v)
@@ -54,13 +59,6 @@ static void sys_flood_filter(struct shard *s)
 		(unsigned long long)st.dropped_block,
 		(unsigned long long)st.blocks_added,
 		(unsigned long long)st.sources_allowed);
-}
-
-void stats_drop(struct shard *s, enum drop_reason why, uint64_t n)
-{
-	assert(why < DROP_REASONS);
-	stat_add(&s->stats.dropped[why], n);
-	stat_add(&s->stats.msgs_dropped, n);
 }
 
 #define SUM(field) sys_sum(b, offsetof(struct shard_stats, field))

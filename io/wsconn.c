@@ -16,7 +16,10 @@
 #include <unistd.h>
 
 #include "core/log.h"
-#include "io/engine.h"
+#include "core/config.h"
+#include "ws/ws.h"
+#include "io/conn.h"
+#include "io/wsconn.h"
 
 /* Files larger than this are refused (403): a file is read whole into
  * the connection's output, synchronously, on the shard's thread, so

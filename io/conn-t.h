@@ -1,0 +1,227 @@
+/* Types of the connection layer (io/conn.c, io/ktls.c, io/wsconn.c): a
+ * client's transport, wire queue and MQTT framing state. */
+#ifndef KITE_CONN_T_H
+#define KITE_CONN_T_H
+
+#include <netinet/in.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#ifndef SOL_TLS
+#define SOL_TLS 282 /* linux/socket.h; older libc headers lack it */
+#endif
+
+/* ---- limits -------------------------------------------------------------- */
+
+/* iovecs in one gathered send; UIO_MAXIOV is 1024. */
+#define SEND_IOV_MAX 512
+/* A stalled subscriber must not eat the broker's memory: QoS 0 to a
+ * connection is dropped while its wire queue holds max_queued_messages
+ * packets beyond the inflight window, or max_queued_bytes (Mosquitto's
+ * options and defaults); and, whatever those say, this many bytes. */
+#define CONN_OUTQ_BYTES_MAX (64u << 20)
+/* How long (in ticks) a subscriber's empty wire queue is kept. */
+#define CONN_OUTQ_KEEP_TICKS 8
+/* Send contexts each shard keeps for reuse (conn.c): small ones (up to
+ * SEND_CTX_SMALL_IOV iovecs: a turn's one or two packets) and full-size
+ * ones; beyond these counts a finished context is freed. */
+#define SEND_CTX_SMALL_IOV 16
+#define SEND_CTX_POOL_SMALL 1024
+#define SEND_CTX_POOL_LARGE 32
+/* A connection that has not completed CONNECT by then is closed. */
+#define CONN_CONNECT_TIMEOUT_MS 10000
+/* The largest CONNECT kite reads: a peer that has not logged in can make
+ * kite hold no more input than this. Client id, will topic and payload,
+ * username and password are each up to 64 KiB in the protocol, but real
+ * CONNECTs are a few hundred bytes; a larger one is refused unread. */
+#define CONN_CONNECT_BYTES_MAX (64u << 10)
+
+_Static_assert(SEND_IOV_MAX <= 1024, "UIO_MAXIOV");
+
+/* ---- outgoing bytes ------------------------------------------------------ */
+
+enum out_kind {
+	OUT_CTRL,      /* bytes in inl[] or data */
+	OUT_PUB_Q0V3,  /* the message's prebuilt 3.1.1 QoS 0 packet */
+	OUT_PUB,       /* inl[0..hlen) + topic + inl[hlen..hlen+mid) + payload */
+	OUT_PUB5,      /* same, with the message's MQTT 5 properties before
+			  the payload */
+	OUT_PUB5_ALIASED, /* OUT_PUB5 with an empty topic: a topic alias the
+			     client already knows replaces it */
+};
+
+/* Server-to-client topic aliases kept per MQTT 5 connection: the first
+ * topics sent to it, never evicted (a bound, not a cache). */
+#define CONN_OUT_ALIASES_MAX 32
+
+struct out_entry {
+	struct msg *msg;
+	uint8_t *data; /* heap control packet, else NULL */
+	uint32_t len;  /* bytes on the wire */
+	uint8_t kind;
+	uint8_t hlen;
+	uint8_t mid;
+	/* mount_point: topic bytes not sent; the shortened topic's length
+	 * prefix follows mid in inl. */
+	uint8_t tskip;
+	/* Header, then packet id, property length and the per-delivery
+	 * properties (expiry, subscription ids). */
+	uint8_t inl[45];
+};
+
+struct send_ctx; /* one in-flight gathered send (conn.c) */
+
+struct held_ack;
+struct msg;
+struct pending_connect;
+struct session;
+struct shard;
+struct tls_conn;
+struct tls_ktls_rekey;
+struct ws_conn;
+struct bridge;
+
+enum conn_state {
+	CONN_AWAIT_CONNECT,
+	CONN_ACTIVE,
+	CONN_HANDOFF,  /* being moved to the shard that owns its session */
+	CONN_CLOSING,
+};
+
+enum conn_flag {
+	CONN_RECV_ARMED = 1 << 0,
+	CONN_SEND_BUSY = 1 << 1,
+	CONN_CLOSE_AFTER_FLUSH = 1 << 2,
+	CONN_DIRTY = 1 << 3,
+	CONN_SHUTDOWN_SENT = 1 << 4,
+	CONN_COUNTED = 1 << 5, /* counted in clients connected */
+	/* The SHUTDOWN request is not back yet: the fd must stay open, or
+	 * its number could be reused and the late shutdown hit a stranger. */
+	CONN_SHUTDOWN_BUSY = 1 << 6,
+	/* QoS 0 to it is being dropped (said once in the log, until its
+	 * wire queue drained). */
+	CONN_DROPPING = 1 << 7,
+};
+
+struct will {
+	struct will *next; /* shard->wills_due */
+	struct msg *msg;
+	uint8_t qos;
+	bool retain;
+	uint32_t delay_s; /* MQTT 5 will delay interval */
+};
+
+enum conn_ktls {
+	KTLS_UNDECIDED, /* userspace TLS (or plain) so far */
+	KTLS_STOPPING,	/* recv cancelled, waiting to install the keys */
+	KTLS_ON,	/* the kernel encrypts and decrypts */
+	KTLS_OFF,	/* userspace for good */
+};
+
+/* TLS records other than application data that kite owes the client.
+ * conn_flush sends them in this order; close_notify goes after the last
+ * MQTT bytes (userspace TLS too, the others only arise on kernel TLS). */
+enum conn_tls_flag {
+	CONN_TLS13 = 1 << 0, /* kernel TLS: the version, once OpenSSL is gone */
+	CONN_TLS_OWE_NO_RENEGOTIATION = 1 << 1, /* warning alert 100 */
+	CONN_TLS_OWE_KEY_UPDATE = 1 << 2,	/* ours, after the client's */
+	CONN_TLS_OWE_CLOSE_NOTIFY = 1 << 3,
+	CONN_TLS_OWED = CONN_TLS_OWE_NO_RENEGOTIATION |
+			CONN_TLS_OWE_KEY_UPDATE | CONN_TLS_OWE_CLOSE_NOTIFY,
+};
+
+/* MQTT 5 state of a connection, allocated only for 5.0 clients. */
+struct conn_v5 {
+	uint32_t max_packet;   /* the client's maximum packet size */
+	uint16_t receive_max;  /* the client's receive maximum */
+	uint16_t alias_cap;    /* inbound topic aliases (max_topic_alias) */
+	struct alias {
+		char *topic;
+		uint16_t len;
+	} *aliases;            /* inbound, index = alias - 1 */
+	uint16_t out_alias_max;   /* the client's topic alias maximum, capped */
+	uint16_t out_alias_used;
+	struct out_alias {
+		uint32_t hash;
+		uint16_t len;
+		char *topic;
+	} *out_aliases;        /* outbound, index = alias - 1 */
+};
+
+enum conn_input_charge {
+	INPUT_UNCHARGED, /* none, or bytes moving with a hand-off */
+	INPUT_PRELOGIN,	 /* shard->input_prelogin */
+	INPUT_ACTIVE,	 /* shard->input_active */
+};
+
+struct conn {
+	struct shard *shard;
+	struct session *session;
+	struct will *will;
+	int fd;
+	uint32_t id, gen;
+	uint8_t state;
+	uint8_t flags;
+	uint8_t version;
+	uint8_t listener;
+	uint16_t keepalive_s;
+	uint8_t ktls;	    /* enum conn_ktls */
+	uint8_t ktls_tries;
+	uint8_t tls_flags;  /* enum conn_tls_flag */
+	/* Kernel TLS key updates from the client in the current second
+	 * (ktls.c caps them: each costs kite far more than the client). */
+	uint8_t key_updates;
+	uint16_t key_update_second;
+	/* Which budget in_cap is charged to (enum conn_input_charge). */
+	uint8_t in_charge;
+	/* Not read while the shard's queues to other shards drain: a
+	 * publisher slows down instead of growing them (shard_post). */
+	bool in_paused;
+	/* Ticks an empty wire queue is kept after a PUBLISH went through it
+	 * (shard_check_timeouts): a subscriber getting a message every
+	 * second or so reuses it instead of a malloc and free per delivery;
+	 * a connection that only got its CONNACK gives it back at once. */
+	uint8_t outq_keep;
+	uint64_t last_rx_ms;
+	uint64_t created_ms;
+	/* Only a packet split across receives is buffered here. */
+	uint8_t *in_buf;
+	uint32_t in_len, in_cap;
+	/* Wire queue: ring of entries in send order. */
+	struct out_entry *outq;
+	uint32_t out_head, out_count, out_cap;
+	uint32_t head_off; /* bytes of outq[out_head] already sent */
+	uint64_t out_bytes;
+	/* Nothing is sent before the shard's log is durable up to here (a
+	 * QoS 2 PUBLISH to a persistent session: persist_gate). */
+	uint64_t gate_lsn;
+	struct send_ctx *send;
+	struct conn *dirty_next;
+	/* The peer; an IPv4 peer is kept as a v4-mapped address (28 bytes,
+	 * not the 128 of sockaddr_storage: this is per connection). */
+	struct sockaddr_in6 peer;
+	char *username;
+	/* The CONNECT being completed when the conn moves between shards. */
+	struct pending_connect *pending;
+	struct conn_v5 *v5;
+	/* SUBACK/UNSUBACKs held until the home shards of the shared
+	 * subscriptions they name confirmed (share.c), in packet order. */
+	struct held_ack *held_acks;
+	/* Userspace TLS (OpenSSL over memory buffers); NULL on plain TCP
+	 * and once kernel TLS took over (ktls == KTLS_ON). */
+	struct tls_conn *tls;
+	/* Kernel TLS 1.3 where the kernel can re-key: the traffic secrets
+	 * that follow the client's KeyUpdates; NULL otherwise. */
+	struct tls_ktls_rekey *ktls_rekey;
+	/* WebSockets listeners: the layer between the transport (plain,
+	 * TLS or kernel TLS) and MQTT framing; NULL otherwise. */
+	struct ws_conn *ws;
+	/* A bridge's outgoing connection to a remote broker. */
+	struct bridge *bridge;
+	/* The client is a Mosquitto bridge (3.x level | 0x80): its
+	 * subscriptions are no-local and retain-as-published. */
+	bool peer_bridge;
+};
+
+#endif

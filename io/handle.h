@@ -1,0 +1,45 @@
+/* Packet handlers (io/handle_*.c), one file per MQTT packet type: the
+ * top of the connection path. conn.c dispatches to them by type through
+ * the table the broker registers (conn_set_handlers). */
+#ifndef KITE_IO_HANDLE_H
+#define KITE_IO_HANDLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "core/codec.h"
+#include "io/conn-t.h"
+#include "io/shard-t.h"
+
+struct msg;
+
+/* Packet handlers (handle_*.c), dispatched by type from conn.c. Each gets
+ * the fixed header and the body; returns 0, or -1 when it closed c. */
+typedef int (*packet_handler)(struct conn *c,
+			      const struct mqtt_fixed_header *h,
+			      const uint8_t *body, size_t len);
+int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
+		   const uint8_t *body, size_t len);
+int handle_publish(struct conn *c, const struct mqtt_fixed_header *h,
+		   const uint8_t *body, size_t len);
+int handle_ack(struct conn *c, const struct mqtt_fixed_header *h,
+	       const uint8_t *body, size_t len);
+int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
+		     const uint8_t *body, size_t len);
+int handle_unsubscribe(struct conn *c, const struct mqtt_fixed_header *h,
+		       const uint8_t *body, size_t len);
+int handle_pingreq(struct conn *c, const struct mqtt_fixed_header *h,
+		   const uint8_t *body, size_t len);
+int handle_disconnect(struct conn *c, const struct mqtt_fixed_header *h,
+		      const uint8_t *body, size_t len);
+/* handle_publish.c: routes m (its reference goes) and sends `ack` (PUBACK
+ * or PUBCOMP; 0: none) for pid once what it acknowledges is durable. */
+void publish_route(struct conn *c, struct msg *m, uint8_t ack, uint16_t pid);
+
+/* handle_connect.c: finishing a CONNECT, possibly on another shard. */
+/* On the session's shard: takes over a connection from another shard. */
+void connect_adopt(struct shard *s, struct conn *c);
+/* On the accepting shard: its recv has stopped, hand the conn over. */
+void connect_handoff_ready(struct shard *s, struct conn *c);
+
+#endif

@@ -1,0 +1,40 @@
+/* The shard (io/shard.c): one thread, its io_uring loop, its connection
+ * slots and sessions by id, and the rings to other shards. The bottom
+ * layer of io/: it calls nothing above it; what its completions and
+ * cross-shard items mean is registered by the layers above
+ * (struct shard_hooks). */
+#ifndef KITE_IO_SHARD_H
+#define KITE_IO_SHARD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "io/shard-t.h"
+
+/* shard.c */
+uint64_t now_monotonic_ms(void);
+struct xring *xring_of(struct broker *b, unsigned src, unsigned dst);
+/* Hands an item to shard dst; wakes it at the end of this loop turn. */
+void shard_post(struct shard *s, unsigned dst, struct xitem it);
+/* From the main thread (src row nshards), serialised by ctl_lock. */
+void broker_post_from_main(struct broker *b, unsigned dst, struct xitem it);
+int shard_init(struct shard *s, struct broker *b, unsigned idx);
+int shard_start(struct shard *s);
+void shard_fini(struct shard *s);
+/* After every shard finished: items still in rings or overflow queues
+ * (posted to a shard that had already exited) give back what they hold. */
+void shard_discard_pending(struct broker *b);
+struct io_uring_sqe *shard_sqe(struct shard *s);
+/* Arms c's multishot receive, unless its input is paused. */
+void shard_arm_recv(struct shard *s, struct conn *c);
+/* True while some queue to another shard is long: publishers wait. */
+bool shard_backlogged(const struct shard *s);
+/* Stops reading from c until the shard's backlog has drained. */
+void shard_pause_input(struct shard *s, struct conn *c);
+int shard_conn_attach(struct shard *s, struct conn *c);
+void shard_conn_detach(struct shard *s, struct conn *c);
+struct conn *shard_conn_lookup(struct shard *s, uint32_t id, uint32_t gen);
+/* A drop of n deliveries on s, counted by reason and in the total. */
+void stats_drop(struct shard *s, enum drop_reason why, uint64_t n);
+
+#endif
