@@ -25,6 +25,7 @@
 #include "tls/tls.h"
 #include "io/broker.h"
 #include "io/cluster.h"
+#include "io/loop.h"
 #include "io/msg.h"
 #include "io/persist.h"
 #include "io/security.h"
@@ -348,7 +349,7 @@ int broker_start(struct broker *b)
 	}
 	broker_log_listeners(b);
 	for (unsigned i = 0; i < b->nshards; i++)
-		if (shard_init(&b->shards[i], b, i) < 0)
+		if (loop_init(&b->shards[i], b, i) < 0)
 			return -1;
 	/* The port first: a second kite on the same config stops there,
 	 * before it touches the first one's persistence files. */
@@ -368,7 +369,7 @@ int broker_start(struct broker *b)
 		return -1;
 	pthread_barrier_init(&b->started, NULL, b->nshards + 1);
 	for (unsigned i = 0; i < b->nshards; i++)
-		if (shard_start(&b->shards[i]) < 0) {
+		if (loop_start(&b->shards[i]) < 0) {
 			log_msg(KITE_LOG_ERR, "Error: cannot start shard %u", i);
 			abort(); /* the barrier would wait forever */
 		}
@@ -387,8 +388,8 @@ void broker_stop(struct broker *b)
 	 * be registered RCU threads; no shard is left to read it. */
 	rcu_register_thread();
 	for (unsigned i = 0; i < b->nshards; i++)
-		shard_fini(&b->shards[i]);
-	shard_discard_pending(b);
+		loop_fini(&b->shards[i]);
+	loop_discard_pending(b);
 	cluster_free(b);
 	rcu_barrier_qsbr();
 	retain_free(b->retained);

@@ -117,7 +117,7 @@ static void log_wait(struct shard *s, struct persist_ticket *t);
  * round) PUBCOMP leaves and the deliveries go. */
 static void ticket_q2_logged(struct shard *s, struct persist_ticket *t)
 {
-	struct session *ss = session_by_id(s, t->q2_key);
+	struct session *ss = shard_session_by_id(s, t->q2_key);
 	if (ss)
 		persist_qos2_rel(ss, t->q2_pid);
 	t->q2_release = false;
@@ -172,7 +172,7 @@ void persist_on_q2_release(struct shard *s, struct msg *m)
 	s->q2_waiters = NULL;
 	s->q2_waiters_count = s->q2_waiters_cap = 0;
 	for (uint32_t i = 0; i < n; i++) {
-		struct session *ss = session_by_id(s, ids[i]);
+		struct session *ss = shard_session_by_id(s, ids[i]);
 		if (ss) {
 			ss->q2_waiting = false;
 			session_pump(ss);

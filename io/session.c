@@ -28,32 +28,6 @@
 #include "io/shard.h"
 #include "io/share.h"
 
-/* ---- sessions by id (shared-subscription forwards find them) ------------ */
-
-static bool sid_eq_cb(const struct htab_link *l, const void *id, size_t len)
-{
-	const struct session *ss = htab_entry(l, const struct session, id_link);
-	return len == sizeof(ss->id) && !memcmp(&ss->id, id, len);
-}
-
-static int sid_insert(struct shard *s, struct session *ss)
-{
-	return htab_insert(&s->by_id, &ss->id_link,
-			   hash_bytes(&ss->id, sizeof(ss->id)));
-}
-
-static void sid_remove(struct shard *s, struct session *ss)
-{
-	htab_remove(&s->by_id, &ss->id_link);
-}
-
-struct session *session_by_id(struct shard *s, uint64_t id)
-{
-	return htab_entry(htab_find(&s->by_id, hash_bytes(&id, sizeof(id)), &id,
-				    sizeof(id), sid_eq_cb),
-			  struct session, id_link);
-}
-
 static struct session *session_new(struct shard *s, uint64_t key,
 				   const uint8_t *id, uint16_t len,
 				   uint32_t expiry_s)
@@ -73,7 +47,7 @@ static struct session *session_new(struct shard *s, uint64_t key,
 	ss->persistent = expiry_s != 0;
 	ss->id = key;
 	ss->shard = s;
-	if (sid_insert(s, ss) < 0) {
+	if (shard_session_index(s, ss) < 0) {
 		free(ss->client_id);
 		free(ss);
 		return NULL;
@@ -126,7 +100,7 @@ void session_destroy(struct session *ss)
 	free(ss->if_index);
 	free(ss->queue);
 	free(ss->qos2_in);
-	sid_remove(s, ss);
+	shard_session_unindex(s, ss);
 	if (ss->prev)
 		ss->prev->next = ss->next;
 	else

@@ -63,9 +63,6 @@ static inline struct inflight *session_inflight_at(const struct session *ss,
 {
 	return &ss->inflight[pos & (ss->inflight_cap - 1)];
 }
-/* The shard's session with this id (shared-subscription forwards,
- * recovery), or NULL. */
-struct session *session_by_id(struct shard *s, uint64_t id);
 /* Reconnect: resend the inflight window with DUP, then queued messages. */
 void session_resume(struct session *ss);
 /* Moves queued messages into the inflight window while it has room. */

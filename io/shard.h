@@ -11,19 +11,21 @@
 
 #include "io/shard-t.h"
 
-/* shard.c */
 uint64_t now_monotonic_ms(void);
 struct xring *xring_of(struct broker *b, unsigned src, unsigned dst);
 /* Hands an item to shard dst; wakes it at the end of this loop turn. */
 void shard_post(struct shard *s, unsigned dst, struct xitem it);
 /* From the main thread (src row nshards), serialised by ctl_lock. */
 void broker_post_from_main(struct broker *b, unsigned dst, struct xitem it);
-int shard_init(struct shard *s, struct broker *b, unsigned idx);
-int shard_start(struct shard *s);
-void shard_fini(struct shard *s);
-/* After every shard finished: items still in rings or overflow queues
- * (posted to a shard that had already exited) give back what they hold. */
-void shard_discard_pending(struct broker *b);
+/* What an item that cannot be delivered holds is freed by fn (the loop
+ * registers it: the items' owners are above this layer). */
+void shard_set_item_discard(void (*fn)(struct xitem it));
+/* The loop's turn (loop.c): overflow into the rings (true while some
+ * is left), wakeups to the shards that got items, paused input read
+ * again once the queues are short. */
+bool shard_flush_overflow(struct shard *s);
+void shard_send_wakeups(struct shard *s);
+void shard_resume_input(struct shard *s);
 struct io_uring_sqe *shard_sqe(struct shard *s);
 /* Arms c's multishot receive, unless its input is paused. */
 void shard_arm_recv(struct shard *s, struct conn *c);
@@ -34,6 +36,14 @@ void shard_pause_input(struct shard *s, struct conn *c);
 int shard_conn_attach(struct shard *s, struct conn *c);
 void shard_conn_detach(struct shard *s, struct conn *c);
 struct conn *shard_conn_lookup(struct shard *s, uint32_t id, uint32_t gen);
+/* The connection a completion is for (user_data), or NULL when its slot
+ * was reused since. */
+struct conn *shard_conn_get(struct shard *s, uint64_t ud);
+/* The shard's sessions by id (shared-subscription forwards, persistence
+ * tickets find them): session.c indexes each one it creates. */
+int shard_session_index(struct shard *s, struct session *ss);
+void shard_session_unindex(struct shard *s, struct session *ss);
+struct session *shard_session_by_id(struct shard *s, uint64_t id);
 /* A drop of n deliveries on s, counted by reason and in the total. */
 void stats_drop(struct shard *s, enum drop_reason why, uint64_t n);
 

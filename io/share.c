@@ -306,7 +306,7 @@ static bool share_still_member(const struct session *ss,
 /* On the member's shard: deliver, or send it back to be re-given. */
 static void share_deliver(struct shard *s, struct share_op *op)
 {
-	struct session *ss = session_by_id(s, op->session_id);
+	struct session *ss = shard_session_by_id(s, op->session_id);
 	if (ss && !share_still_member(ss, op))
 		ss = NULL;
 	if (ss && session_may(ss, msg_topic(op->msg), op->msg->topic_len,

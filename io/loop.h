@@ -1,0 +1,17 @@
+/* The loop (io/loop.c): a shard's thread and its turn. It is the top of
+ * the engine below the broker: each completion, cross-shard item and tick
+ * goes to the unit that owns it, so no unit below has to call up to find
+ * out what happened to it (docs/ENGINE.md, "Layers"). */
+#ifndef KITE_IO_LOOP_H
+#define KITE_IO_LOOP_H
+
+#include "io/shard-t.h"
+
+int loop_init(struct shard *s, struct broker *b, unsigned idx);
+int loop_start(struct shard *s);
+void loop_fini(struct shard *s);
+/* After every shard finished: items still in rings or overflow queues
+ * (posted to a shard that had already exited) give back what they hold. */
+void loop_discard_pending(struct broker *b);
+
+#endif
