@@ -19,8 +19,8 @@ Q := @
 msg = @printf '  %-7s %s\n' '$(1)' '$(2)'
 endif
 
-# The version has one home: KITE_VERSION in io/broker.c (broker_version()).
-VERSION := $(shell sed -n 's/^\#define KITE_VERSION "\(.*\)"$$/\1/p' io/broker.c)
+# The version has one home: KITE_VERSION in io/version.h.
+VERSION := $(shell sed -n 's/^\#define KITE_VERSION "\(.*\)"$$/\1/p' io/version.h)
 
 WARN     := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes \
             -Wmissing-prototypes -Wno-unused-parameter

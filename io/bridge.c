@@ -20,7 +20,6 @@
 #include "core/mqtt.h"
 #include "core/trie.h"
 #include "io/conn.h"
-#include "io/handle.h"
 #include "io/msg.h"
 #include "io/route.h"
 #include "io/session.h"
@@ -461,13 +460,13 @@ bool bridge_on_packet(struct conn *c, const struct mqtt_fixed_header *h,
 	int rc = 0;
 	switch (h->type) {
 	case MQTT_PUBLISH:
-		rc = handle_publish(c, h, body, len);
+		rc = conn_handle(c, h, body, len);
 		break;
 	case MQTT_PUBACK:
 	case MQTT_PUBREC:
 	case MQTT_PUBREL:
 	case MQTT_PUBCOMP:
-		rc = handle_ack(c, h, body, len);
+		rc = conn_handle(c, h, body, len);
 		break;
 	case MQTT_SUBACK:
 		for (size_t i = 2; i < len; i++)

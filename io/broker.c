@@ -25,13 +25,18 @@
 #include "tls/tls.h"
 #include "io/broker.h"
 #include "io/cluster.h"
+#include "io/bridge.h"
+#include "io/conn.h"
+#include "io/handle.h"
 #include "io/loop.h"
 #include "io/msg.h"
 #include "io/persist.h"
+#include "io/route.h"
 #include "io/security.h"
+#include "io/session.h"
 #include "io/shard.h"
+#include "io/version.h"
 
-#define KITE_VERSION "0.1.0"
 
 const char *broker_version(void)
 {
@@ -338,8 +343,33 @@ static int broker_drop_privileges(const struct kite_config *cfg)
 	return 0;
 }
 
+/* ---- the layers, wired ---------------------------------------------------- */
+
+/* Calls go down the layers (docs/ENGINE.md, "Layers"). Where a layer
+ * must reach one above it (a connection's packet to its handler, a will
+ * to routing...), it calls through a table that the broker, which sits
+ * above them all, fills here once before any shard runs. */
+static const struct conn_upcalls conn_up = {
+	.handlers = handle_table,
+	.bridge_on_packet = bridge_on_packet,
+	.bridge_on_tls_ready = bridge_on_tls_ready,
+	.bridge_on_close = bridge_on_close,
+	.persist_gated = persist_gated,
+	.persist_will = persist_will,
+	.session_timer_at = session_timer_at,
+	.session_on_disconnect = session_on_disconnect,
+	.route_publish = route_publish,
+	.route_retained = route_retained,
+};
+
+static void broker_wire(void)
+{
+	conn_set_upcalls(&conn_up);
+}
+
 int broker_start(struct broker *b)
 {
+	broker_wire();
 	b->nshards = config_shard_count(b->cfg);
 	assert(b->nshards >= 1 && b->nshards <= KITE_SHARDS_MAX);
 	b->start_s = (uint64_t)time(NULL);

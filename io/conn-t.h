@@ -5,6 +5,7 @@
 
 #include <netinet/in.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
@@ -73,6 +74,7 @@ struct out_entry {
 struct send_ctx; /* one in-flight gathered send (conn.c) */
 
 struct held_ack;
+struct mqtt_fixed_header;
 struct msg;
 struct pending_connect;
 struct session;
@@ -223,5 +225,11 @@ struct conn {
 	 * subscriptions are no-local and retain-as-published. */
 	bool peer_bridge;
 };
+
+/* A packet handler (io/handle.h), dispatched by type from conn.c. It gets
+ * the fixed header and the body; returns 0, or -1 when it closed c. */
+typedef int (*packet_handler)(struct conn *c,
+			      const struct mqtt_fixed_header *h,
+			      const uint8_t *body, size_t len);
 
 #endif

@@ -21,14 +21,10 @@
 #include "core/config.h"
 #include "tls/tls.h"
 #include "ws/ws.h"
-#include "io/bridge.h"
 #include "io/conn.h"
-#include "io/handle.h"
 #include "io/ktls.h"
 #include "io/msg.h"
-#include "io/persist.h"
-#include "io/route.h"
-#include "io/session.h"
+#include "io/session-t.h"
 #include "io/shard.h"
 #include "io/wsconn.h"
 
@@ -56,18 +52,21 @@ struct send_ctx {
 /* Largest plaintext handed to OpenSSL at once: one full TLS record. */
 #define TLS_RECORD_PLAIN 16384
 
-static const packet_handler handlers[16] = {
-	[MQTT_CONNECT] = handle_connect,
-	[MQTT_PUBLISH] = handle_publish,
-	[MQTT_PUBACK] = handle_ack,
-	[MQTT_PUBREC] = handle_ack,
-	[MQTT_PUBREL] = handle_ack,
-	[MQTT_PUBCOMP] = handle_ack,
-	[MQTT_SUBSCRIBE] = handle_subscribe,
-	[MQTT_UNSUBSCRIBE] = handle_unsubscribe,
-	[MQTT_PINGREQ] = handle_pingreq,
-	[MQTT_DISCONNECT] = handle_disconnect,
-};
+/* Set once before the shards start (conn_set_upcalls). */
+static const struct conn_upcalls *up;
+
+void conn_set_upcalls(const struct conn_upcalls *u)
+{
+	up = u;
+}
+
+int conn_handle(struct conn *c, const struct mqtt_fixed_header *h,
+		const uint8_t *body, size_t len)
+{
+	packet_handler fn = up->handlers[h->type];
+	assert(fn);
+	return fn(c, h, body, len);
+}
 
 const char *conn_peer_str(const struct conn *c, char *buf, size_t len)
 {
@@ -143,13 +142,13 @@ static bool conn_dispatch(struct conn *c, const struct mqtt_fixed_header *h,
 	c->last_rx_ms = c->shard->now_ms;
 	stat_add(&c->shard->stats.msgs_received, 1);
 	if (c->bridge)
-		return bridge_on_packet(c, h, body);
+		return up->bridge_on_packet(c, h, body);
 	if (c->state == CONN_AWAIT_CONNECT && h->type != MQTT_CONNECT) {
 		conn_strike(c);
 		conn_close(c, "first packet was not CONNECT", false);
 		return false;
 	}
-	packet_handler fn = handlers[h->type];
+	packet_handler fn = up->handlers[h->type];
 	if (!fn) {
 		/* CONNACK, SUBACK... from a client: a Protocol Error, closed
 		 * without a DISCONNECT as Mosquitto does. */
@@ -261,7 +260,7 @@ static long conn_frame(struct conn *c, const uint8_t *data, size_t len,
 	if (st == MQTT_FRAME_MALFORMED) {
 		if (c->state == CONN_AWAIT_CONNECT)
 			conn_strike(c); /* garbage before CONNECT */
-		if (!handlers[data[0] >> 4]) {
+		if (!up->handlers[data[0] >> 4]) {
 			/* A type no client sends, with bad flags too: closed
 			 * without a DISCONNECT, as any packet of that type. */
 			conn_close(c, "packet type not allowed from a client (protocol error)", false);
@@ -427,7 +426,7 @@ void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
 		stat_add(&c->shard->stats.tls_open_user, 1);
 	}
 	if (rc == TLS_HANDSHAKE_DONE && c->bridge)
-		bridge_on_tls_ready(c);
+		up->bridge_on_tls_ready(c);
 	if (rc == TLS_HANDSHAKE_DONE && log_enabled(KITE_LOG_DEBUG)) {
 		char peer[64];
 		log_msg(KITE_LOG_DEBUG, "TLS %s %s with %s (userspace)",
@@ -1013,7 +1012,7 @@ void conn_flush(struct conn *c)
 {
 	if (c->flags & CONN_SEND_BUSY)
 		return;
-	if (c->gate_lsn && persist_gated(c))
+	if (c->gate_lsn && up->persist_gated(c))
 		return; /* persist_gate's ticket flushes it */
 	if (c->tls) {
 		conn_flush_tls(c);
@@ -1204,7 +1203,7 @@ void conn_release_ack(struct conn *c, struct held_ack *h)
 		conn_queue_ctrl(c, head->bytes, head->len);
 		for (struct held_retained *r = head->retained; r && c->session;
 		     r = r->next)
-			route_retained(c->shard, c->session, r->filter, r->len,
+			up->route_retained(c->shard, c->session, r->filter, r->len,
 				       r->granted_qos, r->sub_id);
 		held_retained_free(head);
 		free(head);
@@ -1337,7 +1336,7 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 		stat_sub(&s->stats.clients_connected, 1);
 	}
 	if (c->bridge)
-		bridge_on_close(c);
+		up->bridge_on_close(c);
 	else
 		atomic_fetch_sub(&s->b->listener_conns[c->listener], 1);
 	if (c->ktls == KTLS_ON)
@@ -1364,8 +1363,8 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 				d = ss->expiry_s;
 			ss->delayed_will = w;
 			ss->will_at_ms = s->now_ms + (uint64_t)d * 1000u;
-			session_timer_at(s, ss->will_at_ms);
-			persist_will(ss);
+			up->session_timer_at(s, ss->will_at_ms);
+			up->persist_will(ss);
 		} else if (send_will && was_active) {
 			w->next = NULL;
 			if (!s->wills_due)
@@ -1421,7 +1420,7 @@ void conn_settle(struct shard *s)
 			/* Its Message Expiry Interval runs from now. */
 			w->msg->created_ms = s->now_ms;
 			if (!s->stopping)
-				route_publish(s, msg_ref(w->msg));
+				up->route_publish(s, msg_ref(w->msg));
 			msg_unref(w->msg);
 			free(w);
 		}
@@ -1431,7 +1430,7 @@ void conn_settle(struct shard *s)
 			ss->ending = false;
 			ss->ending_next = NULL;
 			if (!ss->conn) /* not resumed meanwhile */
-				session_on_disconnect(s, ss);
+				up->session_on_disconnect(s, ss);
 		}
 	}
 }

@@ -13,7 +13,33 @@
 #include "io/session-t.h"
 #include "io/shard-t.h"
 
-/* conn.c */
+/* What the connection layer asks of the layers above it: the handler of
+ * each packet type, and what a connection's input, end and held acks
+ * mean to bridges, sessions, routing and persistence. Each of those calls
+ * down into this layer, so it calls them through this table, registered
+ * once by the broker before the shards start. */
+struct conn_upcalls {
+	const packet_handler *handlers; /* [16], by packet type */
+	bool (*bridge_on_packet)(struct conn *c,
+				 const struct mqtt_fixed_header *h,
+				 const uint8_t *body);
+	void (*bridge_on_tls_ready)(struct conn *c);
+	void (*bridge_on_close)(struct conn *c);
+	bool (*persist_gated)(const struct conn *c);
+	void (*persist_will)(struct session *ss);
+	void (*session_timer_at)(struct shard *s, uint64_t at_ms);
+	void (*session_on_disconnect)(struct shard *s, struct session *ss);
+	bool (*route_publish)(struct shard *s, struct msg *m);
+	void (*route_retained)(struct shard *s, struct session *ss,
+			       const char *filter, uint16_t len,
+			       uint8_t granted_qos, uint32_t sub_id);
+};
+void conn_set_upcalls(const struct conn_upcalls *up);
+/* Runs the registered handler of h->type (a bridge's connection takes
+ * the client's PUBLISH and acknowledgement handlers). */
+int conn_handle(struct conn *c, const struct mqtt_fixed_header *h,
+		const uint8_t *body, size_t len);
+
 /* Feeds received bytes (ciphertext on a TLS connection). */
 void conn_on_data(struct conn *c, const uint8_t *data, size_t len);
 /* Feeds MQTT bytes; decodes and dispatches every complete packet. */

@@ -13,11 +13,9 @@
 
 struct msg;
 
-/* Packet handlers (handle_*.c), dispatched by type from conn.c. Each gets
- * the fixed header and the body; returns 0, or -1 when it closed c. */
-typedef int (*packet_handler)(struct conn *c,
-			      const struct mqtt_fixed_header *h,
-			      const uint8_t *body, size_t len);
+/* The handler of each packet type a client may send (handle.c), for
+ * conn_upcalls; NULL for the others. */
+extern const packet_handler handle_table[16];
 int handle_connect(struct conn *c, const struct mqtt_fixed_header *h,
 		   const uint8_t *body, size_t len);
 int handle_publish(struct conn *c, const struct mqtt_fixed_header *h,

@@ -25,9 +25,9 @@
 #include "bpf/flood_filter.h"
 #include "core/log.h"
 #include "core/retain.h"
-#include "io/broker.h"
 #include "io/metrics.h"
 #include "io/shard.h"
+#include "io/version.h"
 
 #define METRICS_REQUEST_MAX 8192
 #define METRICS_REQUEST_TIMEOUT_MS 5000
@@ -316,7 +316,7 @@ static void metrics_render(struct mbuf *m, const struct broker *b)
 {
 	mb_family(m, "kite_build_info", "gauge",
 		  "Always 1; the version ($SYS version) as a label.");
-	mb_printf(m, "kite_build_info{version=\"%s\"} 1\n", broker_version());
+	mb_printf(m, "kite_build_info{version=\"%s\"} 1\n", KITE_VERSION);
 	metrics_gauge(m, "kite_uptime_seconds", "Seconds since the broker "
 		      "started ($SYS uptime).",
 		      (long long)(time(NULL) - (time_t)b->start_s));

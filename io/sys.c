@@ -9,11 +9,11 @@
 #include "bpf/flood_filter.h"
 #include "core/log.h"
 #include "core/retain.h"
-#include "io/broker.h"
 #include "io/msg.h"
 #include "io/persist.h"
 #include "io/route.h"
 #include "io/sys.h"
+#include "io/version.h"
 
 static void sys_put(struct shard *s, const char *topic, const char *fmt,
 		    unsigned long long v)
@@ -67,7 +67,7 @@ void sys_publish(struct shard *s)
 {
 	struct broker *b = s->b;
 	char version[64];
-	snprintf(version, sizeof(version), "kite version %s", broker_version());
+	snprintf(version, sizeof(version), "kite version %s", KITE_VERSION);
 	struct msg *m = msg_new((const uint8_t *)"$SYS/broker/version", 19,
 				(const uint8_t *)version, (uint32_t)strlen(version),
 				0, true, NULL, 0);

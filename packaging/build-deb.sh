@@ -2,7 +2,7 @@
 # `make deb`: builds $BUILD/kite_$VERSION_<arch>.deb with dpkg-buildpackage
 # (debhelper) from a copy of the source tree in $BUILD/deb/kite-$VERSION,
 # so the tree itself is never written to and its build/ is not reused.
-# The version comes from io/broker.c (KITE_VERSION), via the Makefile.
+# The version comes from io/version.h (KITE_VERSION), via the Makefile.
 set -eu
 : "${BUILD:=build}" "${VERSION:?VERSION unset (run make deb)}"
 cd "$(dirname "$0")/.."

@@ -21,6 +21,7 @@ import sys
 # that make it up; a unit calls down, and up only through what the unit
 # above registered with it.
 LAYERS = [
+    ("version", ["version"]),
     ("msg", ["msg"]),
     ("shard", ["shard"]),
     ("security", ["security"]),

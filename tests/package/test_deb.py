@@ -25,7 +25,7 @@ TOP = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 BUILD = os.environ.get("BUILD", os.path.join(TOP, "build"))
 VERSION = os.environ.get("VERSION") or re.search(
     r'#define KITE_VERSION "([^"]+)"',
-    open(os.path.join(TOP, "io/broker.c")).read()).group(1)
+    open(os.path.join(TOP, "io/version.h")).read()).group(1)
 
 for tool in ("dpkg-deb", "dpkg-buildpackage", "lintian"):
     if not shutil.which(tool):
