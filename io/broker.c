@@ -35,6 +35,7 @@
 #include "io/security.h"
 #include "io/session.h"
 #include "io/shard.h"
+#include "io/share.h"
 #include "io/version.h"
 
 
@@ -362,9 +363,28 @@ static const struct conn_upcalls conn_up = {
 	.route_retained = route_retained,
 };
 
+static const struct share_upcalls share_up = {
+	.session_deliver = session_deliver,
+	.session_may = session_may,
+	.cluster_share = cluster_share,
+};
+
+static const struct session_upcalls session_up = {
+	.route_publish = route_publish,
+	.bridge_deliver = bridge_deliver,
+	.cluster_interest = cluster_interest,
+};
+
+static const struct route_upcalls route_up = {
+	.cluster_publish = cluster_publish,
+};
+
 static void broker_wire(void)
 {
 	conn_set_upcalls(&conn_up);
+	share_set_upcalls(&share_up);
+	session_set_upcalls(&session_up);
+	route_set_upcalls(&route_up);
 }
 
 int broker_start(struct broker *b)

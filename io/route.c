@@ -11,7 +11,6 @@
 #include "core/gtrie.h"
 #include "core/retain.h"
 #include "core/trie.h"
-#include "io/cluster.h"
 #include "io/msg.h"
 #include "io/persist.h"
 #include "io/route.h"
@@ -20,12 +19,21 @@
 #include "io/shard.h"
 #include "io/share.h"
 
+
+/* Set once before the shards start (route_set_upcalls). */
+static const struct route_upcalls *up;
+
+void route_set_upcalls(const struct route_upcalls *u)
+{
+	up = u;
+}
+
 bool route_publish_t(struct shard *s, struct msg *m, struct persist_ticket *t)
 {
 	struct broker *b = s->b;
 	const char *topic = msg_topic(m);
 	if (b->cluster)
-		cluster_publish(s, m);
+		up->cluster_publish(s, m);
 	if (m->retain && m->payload_len) {
 		/* Refused (deeper than TRIE_LEVELS_MAX): the reference stays ours. */
 		if (retain_set(b->retained, topic, m->topic_len, msg_ref(m)) < 0)

@@ -12,7 +12,14 @@
 struct msg;
 struct persist_ticket;
 
-/* route.c */
+/* What routing asks of the layer above it: the cluster, which routes
+ * what other nodes publish through here, takes this node's messages.
+ * Registered once by the broker before the shards start. */
+struct route_upcalls {
+	void (*cluster_publish)(struct shard *s, const struct msg *m);
+};
+void route_set_upcalls(const struct route_upcalls *up);
+
 /* Routes a new message from this shard: retained store, global trie,
  * other shards, local fan-out. Takes over the caller's reference. Returns
  * false when no subscription anywhere matched (MQTT 5 reason 0x10). */

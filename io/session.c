@@ -17,16 +17,22 @@
 #include "core/hash.h"
 #include "core/htab.h"
 #include "core/trie.h"
-#include "io/bridge.h"
-#include "io/cluster.h"
 #include "io/conn.h"
 #include "io/msg.h"
 #include "io/persist.h"
-#include "io/route.h"
 #include "io/security.h"
 #include "io/session.h"
 #include "io/shard.h"
 #include "io/share.h"
+
+
+/* Set once before the shards start (session_set_upcalls). */
+static const struct session_upcalls *up;
+
+void session_set_upcalls(const struct session_upcalls *u)
+{
+	up = u;
+}
 
 static struct session *session_new(struct shard *s, uint64_t key,
 				   const uint8_t *id, uint16_t len,
@@ -146,7 +152,7 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 			return -1;
 		}
 		if (r == TRIE_ADDED_FIRST && s->b->cluster)
-			cluster_interest(s->b, filter, len, true);
+			up->cluster_interest(s->b, filter, len, true);
 	}
 	persist_sub(ss, filter, len, options, sub_id);
 	if (r == TRIE_REPLACED) {
@@ -188,7 +194,7 @@ int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
 		   TRIE_REMOVED_LAST) {
 		gtrie_remove(s->b->gtrie, filter, len, s->idx);
 		if (s->b->cluster)
-			cluster_interest(s->b, filter, len, false);
+			up->cluster_interest(s->b, filter, len, false);
 	}
 	for (struct sub_entry **pp = &ss->subs; *pp; pp = &(*pp)->next) {
 		struct sub_entry *e = *pp;
@@ -486,7 +492,7 @@ static int session_queue_push(struct session *ss, struct msg *m,
 void session_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 {
 	if (ss->bridge)
-		bridge_deliver(ss, m, d); /* maps the topic, then comes back */
+		up->bridge_deliver(ss, m, d); /* maps the topic, then comes back */
 	else
 		session_deliver_as_is(ss, m, d);
 }
@@ -699,7 +705,7 @@ void session_fire_will(struct session *ss)
 	} else {
 		/* A will's Message Expiry Interval runs from its publication. */
 		w->msg->created_ms = ss->shard->now_ms;
-		route_publish(ss->shard, w->msg); /* the reference goes */
+		up->route_publish(ss->shard, w->msg); /* the reference goes */
 	}
 	free(w);
 }

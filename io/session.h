@@ -13,6 +13,19 @@
 #include "io/session-t.h"
 #include "io/shard-t.h"
 
+/* What sessions ask of the layers above them: routing a will, a
+ * bridge's topic mapping on delivery, the cluster's interest in a
+ * filter. Each of those calls down into sessions, so these go through
+ * this table, registered once by the broker before the shards start. */
+struct session_upcalls {
+	bool (*route_publish)(struct shard *s, struct msg *m);
+	void (*bridge_deliver)(struct session *ss, struct msg *m,
+			       const struct deliv *d);
+	void (*cluster_interest)(struct broker *b, const char *filter,
+				 uint16_t len, bool add);
+};
+void session_set_upcalls(const struct session_upcalls *up);
+
 /* The interface a persistence backend would implement later: every change
  * to durable session state goes through these, in this order. Today the
  * store is memory only (session.c). */

@@ -18,13 +18,21 @@
 #include "core/gtrie.h"
 #include "core/hash.h"
 #include "core/trie.h"
-#include "io/cluster.h"
 #include "io/conn.h"
 #include "io/msg.h"
 #include "io/persist.h"
-#include "io/session.h"
+#include "io/session-t.h"
 #include "io/shard.h"
 #include "io/share.h"
+
+
+/* Set once before the shards start (share_set_upcalls). */
+static const struct share_upcalls *up;
+
+void share_set_upcalls(const struct share_upcalls *u)
+{
+	up = u;
+}
 
 struct share_member {
 	unsigned shard;
@@ -121,7 +129,7 @@ static struct share_group *share_group_new(struct shard *s, const char *key,
 	g->next = s->share_groups;
 	s->share_groups = g;
 	if (s->b->cluster)
-		cluster_share(s->b, g->key, g->key_len, true);
+		up->cluster_share(s->b, g->key, g->key_len, true);
 	return g;
 }
 
@@ -133,7 +141,7 @@ static void share_group_drop(struct shard *s, struct share_group *g,
 	if (trie_unsubscribe(s->trie, f, flen, g) == TRIE_REMOVED_LAST)
 		gtrie_remove(s->b->gtrie, f, flen, s->idx);
 	if (s->b->cluster)
-		cluster_share(s->b, g->key, g->key_len, false);
+		up->cluster_share(s->b, g->key, g->key_len, false);
 	*link = g->next;
 	free(g->m);
 	free(g->key);
@@ -309,11 +317,11 @@ static void share_deliver(struct shard *s, struct share_op *op)
 	struct session *ss = shard_session_by_id(s, op->session_id);
 	if (ss && !share_still_member(ss, op))
 		ss = NULL;
-	if (ss && session_may(ss, msg_topic(op->msg), op->msg->topic_len,
+	if (ss && up->session_may(ss, msg_topic(op->msg), op->msg->topic_len,
 			      ACL_READ)) {
 		struct deliv d = {.qos = op->qos, .nsub = op->sub_id ? 1 : 0,
 				  .sub = {op->sub_id}};
-		session_deliver(ss, op->msg, &d);
+		up->session_deliver(ss, op->msg, &d);
 	} else if (!ss && op->qos > 0 && !s->stopping) {
 		/* The member left; its LEAVE is ahead of this on the ring. */
 		unsigned home = share_home(s->b, op->key, op->key_len);

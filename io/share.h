@@ -3,14 +3,30 @@
 #define KITE_IO_SHARE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
+#include "acl/acl.h"
 #include "io/session-t.h"
 #include "io/shard-t.h"
 
 struct held_ack;
 struct msg;
 struct persist_ticket;
+
+/* What shared subscriptions ask of the layers above them: delivery to
+ * the member a group picked (the session layer, which itself calls down
+ * here to join and leave groups) and the cluster's interest in a group.
+ * Registered once by the broker before the shards start. */
+struct share_upcalls {
+	void (*session_deliver)(struct session *ss, struct msg *m,
+				const struct deliv *d);
+	bool (*session_may)(struct session *ss, const char *topic, size_t len,
+			    enum acl_access access);
+	void (*cluster_share)(struct broker *b, const char *key, uint16_t len,
+			      bool add);
+};
+void share_set_upcalls(const struct share_upcalls *up);
 
 bool share_parse(const char *filter, uint16_t len, const char **key,
 		 uint16_t *key_len);
