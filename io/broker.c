@@ -31,6 +31,7 @@
 #include "io/loop.h"
 #include "io/msg.h"
 #include "io/persist.h"
+#include "io/recover.h"
 #include "io/route.h"
 #include "io/security.h"
 #include "io/session.h"
@@ -363,6 +364,10 @@ static const struct conn_upcalls conn_up = {
 	.route_retained = route_retained,
 };
 
+static const struct persist_upcalls persist_up = {
+	.session_pump = session_pump,
+};
+
 static const struct share_upcalls share_up = {
 	.session_deliver = session_deliver,
 	.session_may = session_may,
@@ -382,6 +387,7 @@ static const struct route_upcalls route_up = {
 static void broker_wire(void)
 {
 	conn_set_upcalls(&conn_up);
+	persist_set_upcalls(&persist_up);
 	share_set_upcalls(&share_up);
 	session_set_upcalls(&session_up);
 	route_set_upcalls(&route_up);
@@ -415,7 +421,7 @@ int broker_start(struct broker *b)
 	 * node's interest on NATS. */
 	if (cluster_start(b) < 0)
 		return -1;
-	if (persist_start(b) < 0)
+	if (recover_start(b) < 0)
 		return -1;
 	pthread_barrier_init(&b->started, NULL, b->nshards + 1);
 	for (unsigned i = 0; i < b->nshards; i++)

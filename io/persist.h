@@ -12,6 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "core/config.h"
+#include "core/journal.h"
 #include "io/shard-t.h"
 
 struct broker;
@@ -47,14 +49,33 @@ static inline bool persist_on(const struct shard *s)
 	return s->log != NULL;
 }
 
+/* What the log asks of the session layer above it: a session whose
+ * queue waited for a QoS 2 release goes on. Sessions call down into the
+ * log at every change, so this goes through a table, registered once by
+ * the broker before the shards start. */
+struct persist_upcalls {
+	void (*session_pump)(struct session *ss);
+};
+void persist_set_upcalls(const struct persist_upcalls *up);
+
 /* ---- startup and shutdown ------------------------------------------------ */
 
-/* Before the shards start: reads persistence_location (kite's logs, or
- * Mosquitto's database on first start), rebuilds sessions, queues and
- * retained messages into the shards, writes a fresh generation of logs
- * and removes the old ones. 0, or -1 when starting would drop data the
- * user asked to keep (the log says exactly why). */
-int persist_start(struct broker *b);
+/* The logs' files, shared with recovery (io/recover.c), which reads them
+ * before the shards start and opens each shard's next generation. */
+/* persistence_location/persistence_file (PERSIST_FILE_MAX), its ".kite"
+ * directory (PERSIST_DIR_MAX), a log file in it (PERSIST_LOG_PATH_MAX). */
+#define PERSIST_FILE_MAX (KITE_PATH_MAX * 2 + 2)
+#define PERSIST_DIR_MAX (PERSIST_FILE_MAX + 8)
+#define PERSIST_LOG_PATH_MAX (PERSIST_DIR_MAX + 64)
+extern char persist_dir[PERSIST_DIR_MAX];
+uint64_t persist_wall_ms(void);
+int persist_write_all(int fd, const uint8_t *buf, size_t len, uint64_t off);
+void persist_fsync_dir(void);
+int persist_log_open(struct shard *s, uint64_t gen, uint64_t next_msg);
+static inline struct journal_bytes persist_jb(const void *p, size_t len)
+{
+	return (struct journal_bytes){p, (uint32_t)len};
+}
 /* After the shard stopped: last records written and synced, file closed. */
 void persist_shard_stop(struct shard *s);
 

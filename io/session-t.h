@@ -156,4 +156,13 @@ struct delivery {
 	struct deliv d;
 };
 
+/* The inflight window in send order, holes included (state
+ * INFLIGHT_DONE): for (i = ss->if_head; i != ss->if_tail; i++). With the
+ * type, so that the log (persist.c, below this layer) can restate it. */
+static inline struct inflight *session_inflight_at(const struct session *ss,
+						   uint32_t pos)
+{
+	return &ss->inflight[pos & (ss->inflight_cap - 1)];
+}
+
 #endif

@@ -69,13 +69,6 @@ enum ack_result session_on_pubcomp(struct session *ss, uint16_t pid);
 /* A packet id not in flight (bridges number SUBSCRIBEs from the same
  * sequence, as Mosquitto does). */
 uint16_t session_next_pid(struct session *ss);
-/* The inflight window in send order, holes included (state
- * INFLIGHT_DONE): for (i = ss->if_head; i != ss->if_tail; i++). */
-static inline struct inflight *session_inflight_at(const struct session *ss,
-						   uint32_t pos)
-{
-	return &ss->inflight[pos & (ss->inflight_cap - 1)];
-}
 /* Reconnect: resend the inflight window with DUP, then queued messages. */
 void session_resume(struct session *ss);
 /* Moves queued messages into the inflight window while it has room. */
