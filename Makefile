@@ -56,7 +56,7 @@ CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
 IO_OBJ   := $(IO_SRC:%.c=$(BUILD)/%.o)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps run test unit integration check-clang asan fuzz clean \
+.PHONY: all deps run test unit integration check-clang check-layers asan fuzz clean \
 	install uninstall deb deb-test soak
 
 all: $(BUILD)/kite $(BUILD)/unit-tests $(BUILD)/mosqdb-dump
@@ -108,6 +108,11 @@ integration: $(BUILD)/kite $(BUILD)/ktls-fault.so $(BUILD)/mosqdb-dump $(BUILD)/
 	KITE_BIN=$(abspath $(BUILD)/kite) KTLS_FAULT_SO=$(abspath $(BUILD)/ktls-fault.so) \
 	MOSQDB_DUMP=$(abspath $(BUILD)/mosqdb-dump) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
 
+# The include graph of io/ follows the layers docs/ENGINE.md gives, with
+# no cycle (tools/check_layers.py; no build needed).
+check-layers:
+	@$(PYTHON) tools/check_layers.py
+
 check-clang:
 	$(MAKE) --no-print-directory CC=clang BUILD=build/clang all
 
@@ -134,6 +139,7 @@ fuzz:
 # benchmark harness on tiny numbers (delivery counts only, never speed),
 # and the kernel TLS tests in a VM (exit 77 there: could not run, skipped).
 test: deps
+	$(MAKE) --no-print-directory check-layers
 	$(MAKE) --no-print-directory all
 	$(MAKE) --no-print-directory check-clang
 	$(MAKE) --no-print-directory unit

@@ -1,9 +1,5 @@
 /* Bridges (io/bridge.h): an outgoing MQTT client connection per
  * `connection` block, driven by the owning shard's io_uring. */
-#include "core/codec.h"
-#include "core/config.h"
-#include "core/retain.h"
-#include "tls/tls.h"
 #include "io/bridge.h"
 
 #include <arpa/inet.h>

@@ -18,11 +18,8 @@
 
 #include "bpf/flood_filter.h"
 #include "core/log.h"
-#include "core/config.h"
 #include "core/gtrie.h"
-#include "core/htab.h"
 #include "core/retain.h"
-#include "tls/tls.h"
 #include "io/broker.h"
 #include "io/cluster.h"
 #include "io/bridge.h"

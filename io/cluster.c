@@ -1,6 +1,4 @@
 /* The cluster on NATS (io/cluster.h, docs/CLUSTER.md). */
-#include "core/config.h"
-#include "core/htab.h"
 #include "core/retain.h"
 #include "io/cluster.h"
 

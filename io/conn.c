@@ -17,9 +17,6 @@
 
 #include "bpf/flood_filter.h"
 #include "core/log.h"
-#include "core/codec.h"
-#include "core/config.h"
-#include "tls/tls.h"
 #include "ws/ws.h"
 #include "io/conn.h"
 #include "io/ktls.h"

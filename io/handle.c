@@ -1,7 +1,6 @@
 /* The packet handlers by type: one file per MQTT packet type (spec
  * sections), dispatched by this table, which the broker hands to the
  * connection layer (conn_upcalls). */
-#include "core/codec.h"
 #include "io/handle.h"
 
 const packet_handler handle_table[16] = {

@@ -1,5 +1,4 @@
 /* PUBACK, PUBREC, PUBREL, PUBCOMP from a client (spec 3.4-3.7). */
-#include "core/codec.h"
 #include "io/conn.h"
 #include "io/handle.h"
 #include "io/session.h"

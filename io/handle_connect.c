@@ -16,12 +16,6 @@
 #include <unistd.h>
 
 #include "core/log.h"
-#include "acl/acl.h"
-#include "core/codec.h"
-#include "core/config.h"
-#include "core/hash.h"
-#include "core/retain.h"
-#include "tls/tls.h"
 #include "io/cluster.h"
 #include "io/conn.h"
 #include "io/handle.h"

@@ -2,7 +2,6 @@
  * asks for it with reason 0x04. */
 #include <stdlib.h>
 
-#include "core/codec.h"
 #include "io/conn.h"
 #include "io/handle.h"
 

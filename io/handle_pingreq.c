@@ -1,5 +1,4 @@
 /* PINGREQ (spec 3.12). */
-#include "core/codec.h"
 #include "io/conn.h"
 #include "io/handle.h"
 

@@ -3,9 +3,6 @@
 #include <string.h>
 
 #include "core/log.h"
-#include "core/codec.h"
-#include "core/config.h"
-#include "core/retain.h"
 #include "io/bridge.h"
 #include "io/conn.h"
 #include "io/handle.h"

@@ -3,8 +3,6 @@
 #include <string.h>
 
 #include "core/log.h"
-#include "core/codec.h"
-#include "core/retain.h"
 #include "io/conn.h"
 #include "io/handle.h"
 #include "io/persist.h"

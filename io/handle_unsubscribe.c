@@ -2,7 +2,6 @@
 #include <stdlib.h>
 
 #include "core/log.h"
-#include "core/codec.h"
 #include "io/conn.h"
 #include "io/handle.h"
 #include "io/persist.h"

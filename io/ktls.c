@@ -23,7 +23,6 @@
 #include <sys/socket.h>
 
 #include "core/log.h"
-#include "tls/tls.h"
 #include "io/conn.h"
 #include "io/ktls.h"
 #include "io/shard.h"

@@ -21,9 +21,7 @@
 #include <urcu-qsbr.h>
 
 #include "core/log.h"
-#include "core/htab.h"
 #include "core/trie.h"
-#include "tls/tls.h"
 #include "ws/ws.h"
 #include "io/bridge.h"
 #include "io/cluster.h"

@@ -16,7 +16,6 @@
 #include "tools/cert.h"
 #include "tools/kitedb.h"
 #include "core/log.h"
-#include "core/config.h"
 #include "io/broker.h"
 #include "io/msg.h"
 #include "io/security.h"

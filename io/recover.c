@@ -3,6 +3,7 @@
  * retained messages before the shards run; then a fresh generation of
  * logs. It creates sessions, so it sits above the session layer, while
  * the log it reads (persist.c) sits below it. */
+
 #include <assert.h>
 #include <dirent.h>
 #include <errno.h>
@@ -19,9 +20,6 @@
 #include "core/journal.h"
 #include "core/mosqdb.h"
 #include "core/log.h"
-#include "core/codec.h"
-#include "core/config.h"
-#include "core/hash.h"
 #include "core/htab.h"
 #include "core/retain.h"
 #include "io/conn-t.h"

@@ -7,7 +7,6 @@
 
 #include "core/log.h"
 
-#include "core/config.h"
 #include "core/gtrie.h"
 #include "core/retain.h"
 #include "core/trie.h"

@@ -9,8 +9,6 @@
 
 #include "acl/acl.h"
 #include "core/log.h"
-#include "core/config.h"
-#include "tls/tls.h"
 #include "io/msg.h"
 #include "io/security.h"
 

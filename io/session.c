@@ -10,12 +10,7 @@
 
 #include "core/journal.h"
 #include "core/log.h"
-#include "acl/acl.h"
-#include "core/codec.h"
-#include "core/config.h"
 #include "core/gtrie.h"
-#include "core/hash.h"
-#include "core/htab.h"
 #include "core/trie.h"
 #include "io/conn.h"
 #include "io/msg.h"

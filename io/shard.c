@@ -2,22 +2,11 @@
  * queue, the rings to other shards, its connection slots, its figures.
  * Every unit uses them; they call nothing above. The turn that drives a
  * shard is io/loop.c. */
-#include <malloc.h>
-#include <arpa/inet.h>
+
 #include <assert.h>
-#include <errno.h>
-#include <fcntl.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <sched.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/epoll.h>
-#include <sys/syscall.h>
 #include <time.h>
-#include <unistd.h>
-#include <urcu-qsbr.h>
 
 #include "core/log.h"
 #include "core/hash.h"

@@ -16,7 +16,6 @@
 
 #include "core/log.h"
 #include "core/gtrie.h"
-#include "core/hash.h"
 #include "core/trie.h"
 #include "io/conn.h"
 #include "io/msg.h"

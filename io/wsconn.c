@@ -16,7 +16,6 @@
 #include <unistd.h>
 
 #include "core/log.h"
-#include "core/config.h"
 #include "ws/ws.h"
 #include "io/conn.h"
 #include "io/wsconn.h"
