@@ -10,8 +10,11 @@ document still says so. A file may include:
   - the lower modules (core/, acl/, tls/, ws/, tools/, bpf/), which never
     include io/ (core/ includes only core/).
 It fails on an include that goes up, on a file of io/ that belongs to no
-unit (a new unit is placed in the order first), and on any cycle in the
-graph of files or of units. Exit 0 when clean, 1 with one line per fault.
+unit (a new unit is placed in the order first), on any cycle in the
+graph of files or of units, and on a function that a unit's header
+declares but another unit defines (each header is its own unit's whole
+interface, so an include names whom a file calls). Exit 0 when clean, 1
+with one line per fault.
 """
 import os
 import re
@@ -53,6 +56,26 @@ LOWER = {
 
 DOC = "docs/ENGINE.md"
 INCLUDE = re.compile(r'^\s*#\s*include\s+"([^"]+)"', re.M)
+# A prototype or a definition starts in column 0 (kernel style); struct
+# members and statements are indented.
+FUNC = re.compile(r'^(?!static\b|typedef\b|extern\b|struct \w+ \{|enum\b|union\b)'
+                  r'[a-z][\w \*]*?\b([a-z_][a-z0-9_]*)\(([^;{]*?)\)\s*(;|\{|$)',
+                  re.M | re.S)
+COMMENT = re.compile(r'/\*.*?\*/', re.S)
+
+
+def functions(text, want):
+    """Names of the functions text declares (want ';') or defines
+    (want '{': the body follows on the next line)."""
+    text = COMMENT.sub("", text)
+    out = set()
+    for m in FUNC.finditer(text):
+        end = m.group(3)
+        if want == ";" and end == ";":
+            out.add(m.group(1))
+        elif want == "{" and end != ";":
+            out.add(m.group(1))
+    return out
 
 
 def unit_of(stem):
@@ -179,6 +202,33 @@ def check(root):
                 faults.append(f"{where}: {unit} (layer {rank}) may not "
                               f"include {dunit} (layer {drank}), which "
                               "is above it")
+
+    # Who defines what: each unit's header declares only its own.
+    defined = {}
+    for src in files:
+        if src.startswith("io/") and src.endswith(".c"):
+            text = open(os.path.join(root, src), encoding="utf-8",
+                        errors="replace").read()
+            for name in functions(text, "{"):
+                defined.setdefault(name, src)
+    for src in files:
+        if not (src.startswith("io/") and src.endswith(".h")):
+            continue
+        stem = src[3:-2]
+        if stem.endswith("-t"):
+            continue
+        _, unit = unit_of(stem)
+        text = open(os.path.join(root, src), encoding="utf-8",
+                    errors="replace").read()
+        for name in sorted(functions(text, ";")):
+            where = defined.get(name)
+            if where is None:
+                continue  # defined outside io/, or nowhere (the linker says)
+            _, wunit = unit_of(where[3:-2])
+            if wunit != unit:
+                faults.append(f"{src}: declares {name}, which {where} "
+                              f"defines: a unit's header declares only "
+                              f"its own functions")
 
     c = find_cycle(file_graph)
     if c:
