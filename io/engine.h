@@ -301,6 +301,10 @@ struct session {
 	uint64_t offline_wall_ms; /* logged: offline since (0: online) */
 	bool q2_waiting; /* in shard->q2_waiters */
 	struct bridge *bridge; /* the local side of a bridge (bridge.c) */
+	/* A bridge's local session, from its start or from the logs before
+	 * its bridge adopts it: logged under a client id no client can
+	 * have (persist.c), never in the client-id registry. */
+	bool of_bridge;
 	/* Cluster: when its connection was accepted (wall clock, µs): a
 	 * takeover announced by another node for an older connection than
 	 * this one is ignored. */
@@ -816,6 +820,9 @@ struct broker {
 	struct xring *xrings; /* [(nshards + 1) * nshards]: src row, dst col */
 	struct gtrie *gtrie;
 	struct retain_store *retained;
+	/* Per configured bridge: the session key recovery found for its
+	 * local side (0: none), for bridge_start to adopt. */
+	uint64_t *bridge_recovered;
 	_Atomic uint32_t listener_conns[KITE_LISTENERS_MAX];
 	/* Held for the broker's life: no other kite takes these addresses
 	 * (broker.c, listener_lock). -1: none. */
