@@ -17,6 +17,7 @@
 #include "core/trie.h"
 #include "io/conn.h"
 #include "io/msg.h"
+#include "io/persist.h"
 #include "io/route.h"
 #include "io/session.h"
 #include "io/shard.h"
@@ -601,16 +602,37 @@ static struct bridge *bridge_new(struct shard *s, unsigned idx,
 		}
 	}
 	/* The local side: a session that lives as long as the broker, so
-	 * what the remote has not acknowledged waits for it. */
-	b->ss = session_create(s, (const uint8_t *)k->local_clientid,
-			       (uint16_t)strlen(k->local_clientid), UINT32_MAX);
+	 * what the remote has not acknowledged waits for it; with
+	 * persistence and a persistent local session (local_cleansession
+	 * false, Mosquitto's default), across restarts too: recovery left
+	 * the logged one on this shard. */
+	unsigned cfg_idx = (unsigned)(k - s->cfg->bridges);
+	uint64_t key = s->b->bridge_recovered ? s->b->bridge_recovered[cfg_idx]
+					      : 0;
+	b->ss = key ? shard_session_by_id(s, key) : NULL;
+	if (b->ss) {
+		assert(b->ss->of_bridge && !b->ss->bridge);
+		/* Its topics are the config's now. */
+		while (b->ss->subs)
+			session_remove_sub(b->ss, b->ss->subs->filter,
+					   b->ss->subs->len, NULL);
+	} else {
+		b->ss = session_create(s, (const uint8_t *)k->local_clientid,
+				       (uint16_t)strlen(k->local_clientid),
+				       UINT32_MAX);
+	}
 	if (!b->ss) {
 		tls_client_free(b->tls);
 		free(b);
 		return NULL;
 	}
 	b->ss->bridge = b;
+	b->ss->of_bridge = true;
 	b->ss->protocol = k->protocol;
+	bool clean = k->local_cleansession < 0 ? k->cleansession
+					       : k->local_cleansession;
+	if (!clean)
+		persist_session(b->ss);
 	for (unsigned i = 0; i < k->topic_count; i++) {
 		const struct kite_bridge_topic *t = &k->topics[i];
 		if (!(t->dir & BRIDGE_OUT))

@@ -446,6 +446,7 @@ void broker_stop(struct broker *b)
 	cluster_free(b);
 	rcu_barrier_qsbr();
 	retain_free(b->retained);
+	free(b->bridge_recovered);
 	gtrie_free(b->gtrie);
 	rcu_barrier_qsbr();
 	rcu_unregister_thread();

@@ -569,7 +569,7 @@ static uint8_t pub_v5_mid(uint8_t *mid, const struct msg *m,
 	return (uint8_t)(k + n);
 }
 
-/* Whether QoS 0 to c waits behind too much already (engine.h). */
+/* Whether QoS 0 to c waits behind too much already (conn-t.h). */
 static bool conn_qos0_backlogged(struct conn *c)
 {
 	const struct kite_config *cfg = c->shard->cfg;

@@ -64,6 +64,12 @@ struct shard_log {
 	 * old file goes once the snapshot's end is synced. */
 	bool compact_due, snapshotting, old_pending;
 	struct session *snap_next; /* next session to restate */
+	/* Shard 0's compaction restates the retained store too: the messages
+	 * are gathered (a reference each) in one turn, their topics' current
+	 * messages written a slice per turn. */
+	struct msg **snap_ret;
+	size_t snap_ret_n, snap_ret_next;
+	bool snap_ret_gathered;
 	uint64_t snap_end;	   /* position just after SNAPSHOT_END */
 	uint64_t snap_bytes;	   /* the last snapshot's size */
 	uint64_t changes;	   /* records since the last compaction */
@@ -460,7 +466,23 @@ static void log_session(struct shard *s, const struct session *ss)
 	r.session.username = persist_jb(ss->username ? ss->username : "",
 				ss->username ? strlen(ss->username) : 0);
 	r.session.last_pid = ss->next_pid;
+	/* A bridge's local side goes under "\0" + its local_clientid: MQTT
+	 * forbids U+0000 in a client id, so no client's session can take
+	 * its place when the logs are read back. */
+	char *bid = NULL;
+	if (ss->of_bridge) {
+		bid = malloc((size_t)ss->client_id_len + 1u);
+		if (!bid) {
+			log_msg(KITE_LOG_ERR, "Persistence: out of memory: bridge "
+				"session %s not logged", ss->client_id);
+			return;
+		}
+		bid[0] = '\0';
+		memcpy(bid + 1, ss->client_id, ss->client_id_len);
+		r.session.client_id = persist_jb(bid, (size_t)ss->client_id_len + 1u);
+	}
 	log_put(s, &r);
+	free(bid);
 }
 
 void persist_session(struct session *ss)
@@ -639,9 +661,39 @@ void persist_retained(struct shard *s, struct msg *m, struct persist_ticket *t)
 	shard_post(s, 0, (struct xitem){XK_RETAIN_T, t});
 }
 
+struct retained_now {
+	struct shard *s;
+	bool found;
+};
+
+static void log_retained_now_cb(void *ctx, void *msg)
+{
+	struct retained_now *rn = ctx;
+	rn->found = true;
+	log_retain(rn->s, msg);
+}
+
+/* Writes what the store holds for m's topic now, not m: shards post their
+ * retained changes to shard 0 in no common order, so two publishes on one
+ * topic from two shards may arrive here swapped. The store was set before
+ * each post, so the last record written for a topic is its final state. */
+static void log_retained_now(struct shard *s, const struct msg *m)
+{
+	struct retained_now rn = {.s = s};
+	rcu_read_lock();
+	retain_match(s->b->retained, msg_topic(m), m->topic_len,
+		     log_retained_now_cb, &rn);
+	rcu_read_unlock();
+	if (!rn.found) {
+		struct journal_record r = {.type = JOURNAL_RETAIN};
+		r.retain.topic = persist_jb(msg_topic(m), m->topic_len);
+		log_put(s, &r);
+	}
+}
+
 void persist_on_retained(struct shard *s, struct persist_ticket *t)
 {
-	log_retain(s, t->msg);
+	log_retained_now(s, t->msg);
 	log_wait(s, t);
 }
 
@@ -859,29 +911,88 @@ static void snapshot_retained_cb(void *ctx, void *msg)
 	log_retain(ctx, msg);
 }
 
-static void snapshot_end(struct shard *s);
-
-static void snapshot_shard(struct shard *s)
-{
-	for (struct session *ss = s->sessions; ss; ss = ss->next)
-		if (ss->persistent)
-			snapshot_session(s, ss);
-	snapshot_end(s);
-}
-
 static void snapshot_end(struct shard *s)
 {
 	struct shard_log *l = s->log;
-	if (s->idx == 0) {
-		rcu_read_lock();
-		retain_match(s->b->retained, "#", 1, snapshot_retained_cb, s);
-		rcu_read_unlock();
-	}
 	struct journal_record end = {.type = JOURNAL_SNAPSHOT_END};
 	log_put(s, &end);
 	l->snap_end = l->appended;
 	l->snap_bytes = l->snap_end - l->file_base;
 	l->snapshotting = false;
+}
+
+/* At startup nothing else runs: everything in one go. */
+static void snapshot_shard(struct shard *s)
+{
+	for (struct session *ss = s->sessions; ss; ss = ss->next)
+		if (ss->persistent)
+			snapshot_session(s, ss);
+	if (s->idx == 0) {
+		rcu_read_lock();
+		retain_match(s->b->retained, "#", 1, snapshot_retained_cb, s);
+		rcu_read_unlock();
+	}
+	snapshot_end(s);
+}
+
+struct retained_gather {
+	struct msg **v;
+	size_t n, cap;
+	bool failed;
+};
+
+static void retained_gather_cb(void *ctx, void *msg)
+{
+	struct retained_gather *g = ctx;
+	if (g->failed)
+		return;
+	if (g->n == g->cap) {
+		size_t cap = g->cap ? 2 * g->cap : 1024;
+		struct msg **v = realloc(g->v, cap * sizeof(*v));
+		if (!v) {
+			g->failed = true;
+			return;
+		}
+		g->v = v;
+		g->cap = cap;
+	}
+	g->v[g->n++] = msg_ref(msg);
+}
+
+static void snapshot_retained_drop(struct shard_log *l)
+{
+	for (size_t i = l->snap_ret_next; i < l->snap_ret_n; i++)
+		msg_unref(l->snap_ret[i]);
+	free(l->snap_ret);
+	l->snap_ret = NULL;
+	l->snap_ret_n = l->snap_ret_next = 0;
+	l->snap_ret_gathered = false;
+}
+
+/* Gathering holds a reference, not a copy, per retained message (8 bytes
+ * each); a topic changed or cleared after the gathering had its change
+ * logged behind the generation's start already, and its slice writes the
+ * store's message of the moment, so the file order ends on the truth.
+ * False when memory ran out: the retained store goes in one turn. */
+static bool snapshot_retained_gather(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	struct retained_gather g = {0};
+	rcu_read_lock();
+	retain_match(s->b->retained, "#", 1, retained_gather_cb, &g);
+	rcu_read_unlock();
+	l->snap_ret = g.v;
+	l->snap_ret_n = g.n;
+	l->snap_ret_next = 0;
+	l->snap_ret_gathered = true;
+	if (!g.failed)
+		return true;
+	snapshot_retained_drop(l);
+	rcu_read_lock();
+	retain_match(s->b->retained, "#", 1, snapshot_retained_cb, s);
+	rcu_read_unlock();
+	l->snap_ret_gathered = true;
+	return false;
 }
 
 /* Restates up to this many bytes of sessions per loop turn. */
@@ -897,10 +1008,23 @@ static void snapshot_slice(struct shard *s)
 		if (ss->persistent && ss->logged)
 			snapshot_session(s, ss);
 	}
-	if (!l->snap_next) {
-		snapshot_end(s);
-		l->old_pending = true;
+	if (l->snap_next)
+		return;
+	if (s->idx == 0) {
+		if (!l->snap_ret_gathered && snapshot_retained_gather(s))
+			return; /* the gathering was this turn's work */
+		while (l->snap_ret_next < l->snap_ret_n &&
+		       l->cur.len - start < SNAPSHOT_SLICE_BYTES) {
+			struct msg *m = l->snap_ret[l->snap_ret_next++];
+			log_retained_now(s, m);
+			msg_unref(m);
+		}
+		if (l->snap_ret_next < l->snap_ret_n)
+			return;
+		snapshot_retained_drop(l);
 	}
+	snapshot_end(s);
+	l->old_pending = true;
 }
 
 /* ---- files ------------------------------------------------------------------- */
@@ -1048,6 +1172,7 @@ void persist_shard_stop(struct shard *s)
 	 * another shard, or shutdown's discard, frees each ticket). */
 	l->durable = l->appended;
 	log_settle_waiters(s);
+	snapshot_retained_drop(l);
 	free(l->wq);
 	journal_buf_free(&l->cur);
 	journal_buf_free(&l->wbuf);

@@ -828,7 +828,7 @@ struct build {
 	struct broker *b;
 	struct recovery *rc;
 	uint64_t now_mono, now_wall;
-	uint32_t sessions, messages, dropped_expired, dropped_dup;
+	uint32_t sessions, messages, dropped_expired, dropped_dup, dropped_bridge;
 	uint32_t unreleased;
 	/* Incoming QoS 2 messages whose release was not durable: copies
 	 * routed before the stop are dropped (the publisher sends PUBREL
@@ -900,19 +900,58 @@ static void build_will(struct build *bd, struct session *ss,
 	session_timer_at(ss->shard, ss->will_at_ms);
 }
 
+/* The configured bridge whose local side a logged session ("\0" + its
+ * local_clientid) was, or -1 when none is now (or it keeps a clean local
+ * session, local_cleansession true). */
+static int bridge_of_session(const struct kite_config *cfg,
+			     const struct rsess *rs)
+{
+	for (unsigned i = 0; i < cfg->bridge_count; i++) {
+		const struct kite_bridge_cfg *k = &cfg->bridges[i];
+		bool clean = k->local_cleansession < 0 ? k->cleansession
+						       : k->local_cleansession;
+		if (!clean && strlen(k->local_clientid) == rs->id_len - 1u &&
+		    !memcmp(k->local_clientid, rs->client_id + 1, rs->id_len - 1u))
+			return (int)i;
+	}
+	return -1;
+}
+
 static void build_session(struct build *bd, struct rsess *rs)
 {
 	struct broker *b = bd->b;
-	uint64_t left_ms;
-	if (rsess_expired(b, rs, bd->now_wall, &left_ms)) {
+	uint64_t left_ms = UINT64_MAX;
+	const char *id = rs->client_id;
+	uint16_t id_len = rs->id_len;
+	int bridge = -1;
+	if (id_len && !id[0]) {
+		bridge = bridge_of_session(b->cfg, rs);
+		if (bridge < 0) {
+			bd->dropped_bridge++;
+			log_msg(KITE_LOG_WARNING, "Persistence: the local session "
+				"of bridge client id %.*s is not kept: no bridge "
+				"with a persistent local session has that "
+				"local_clientid now", (int)id_len - 1, id + 1);
+			return;
+		}
+		id++;
+		id_len--;
+		/* A bridge's session does not expire: it is the broker's. */
+	} else if (rsess_expired(b, rs, bd->now_wall, &left_ms)) {
 		bd->dropped_expired++;
 		return;
 	}
-	struct shard *s = &b->shards[hash_bytes(rs->client_id, rs->id_len) %
-				     b->nshards];
-	struct session *ss = session_revive(s, rs->key, rs->client_id,
-					    rs->id_len, rs->expiry_s);
-	if (!ss || session_register(b, ss) < 0) {
+	/* A bridge runs on shard (its index % shards), its session too. */
+	struct shard *s = &b->shards[bridge >= 0
+					     ? (unsigned)bridge % b->nshards
+					     : hash_bytes(id, id_len) % b->nshards];
+	struct session *ss = session_revive(s, rs->key, id, id_len,
+					    rs->expiry_s);
+	if (ss && bridge >= 0) {
+		ss->of_bridge = true;
+		b->bridge_recovered[bridge] = ss->id;
+	}
+	if (!ss || (bridge < 0 && session_register(b, ss) < 0)) {
 		log_msg(KITE_LOG_ERR, "Persistence: out of memory restoring "
 			"session %s", rs->client_id);
 		if (ss)
@@ -1190,6 +1229,10 @@ int recover_start(struct broker *b)
 	/* First start on a Mosquitto data directory: its database. */
 	if (!nfiles && !created && rcode == 0)
 		rcode = import_mosquitto(&rc, cfg);
+	if (rcode == 0 && cfg->bridge_count &&
+	    !(b->bridge_recovered = calloc(cfg->bridge_count,
+					   sizeof(*b->bridge_recovered))))
+		rcode = -1;
 	if (rcode < 0) {
 		log_msg(KITE_LOG_ERR, "Error: persistence: out of memory while "
 			"recovering: not starting (nothing was changed on disk)");

@@ -138,6 +138,10 @@ struct session {
 	uint64_t offline_wall_ms; /* logged: offline since (0: online) */
 	bool q2_waiting; /* in shard->q2_waiters */
 	struct bridge *bridge; /* the local side of a bridge (bridge.c) */
+	/* A bridge's local session, from its start or from the logs before
+	 * its bridge adopts it: logged under a client id no client can
+	 * have (persist.c), never in the client-id registry. */
+	bool of_bridge;
 	/* Cluster: when its connection was accepted (wall clock, µs): a
 	 * takeover announced by another node for an older connection than
 	 * this one is ignored. */

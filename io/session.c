@@ -1,8 +1,8 @@
 /* Session state: subscriptions, the outgoing inflight window, the queue
- * behind it (and for offline persistent sessions), incoming QoS 2 ids.
- * Owned by one shard; memory only for now, and every durable change goes
- * through the functions declared in engine.h so a disk store can plug in
- * there. */
+ * behind it (and for offline persistent sessions), incoming QoS 2 ids;
+ * the client-id registry and takeover; the session's access checks.
+ * Owned by one shard; every durable change goes through the functions
+ * declared in session.h, which record it in the shard's log (persist.h). */
 #include <assert.h>
 #include <signal.h>
 #include <stdlib.h>

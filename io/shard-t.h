@@ -349,6 +349,9 @@ struct broker {
 	struct xring *xrings; /* [(nshards + 1) * nshards]: src row, dst col */
 	struct gtrie *gtrie;
 	struct retain_store *retained;
+	/* Per configured bridge: the session key recovery found for its
+	 * local side (0: none), for bridge_start to adopt. */
+	uint64_t *bridge_recovered;
 	_Atomic uint32_t listener_conns[KITE_LISTENERS_MAX];
 	/* Held for the broker's life: no other kite takes these addresses
 	 * (broker.c, listener_lock). -1: none. */

@@ -179,6 +179,44 @@ def test_qos1_across_a_remote_restart(brokers, tmp_path):
         c.stop()
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("local_clean", [False, True], ids=["persistent", "local_cleansession"])
+def test_queue_for_a_down_remote_survives_a_kill9(brokers, tmp_path, local_clean):
+    """With persistence, what kite acknowledged for a remote that is down
+    is on disk: kite killed with -9 and started again still delivers it,
+    in order, when the remote returns (Mosquitto keeps a bridge's local
+    session the same way unless local_cleansession is true; then the
+    queue goes with the process)."""
+    rport = harness.free_port()
+    data = tmp_path / "state"
+    data.mkdir()
+    conf = ("persistence true\npersistence_location %s/\n" % data
+            + bridge_conf("dq", rport, ["q/# out 1"],
+                          "local_cleansession true\n" if local_clean else ""))
+    lport = harness.free_port()
+    local = brokers.start("kite", conf, port=lport, name="local")
+    pub = Paho(lport)
+    for i in range(100):  # the remote was never up: all queued
+        pub.publish("q/t", b"%d" % i, qos=1)
+    pub.stop()
+    local.stop(sig=9)
+    local = brokers.start("kite", conf, port=lport, name="local")
+    pub = Paho(lport)
+    for i in range(100, 120):
+        pub.publish("q/t", b"%d" % i, qos=1)
+    pub.stop()
+    brokers.start("mosquitto", "", port=rport, name="remote")
+    rsub = Paho(rport, client_id="rsub")
+    rsub.subscribe("q/#", 1)
+    want = list(range(0 if not local_clean else 100, 120))
+    got = [int(m.payload) for m in collect(rsub, len(want), timeout=15)]
+    assert got == want
+    time.sleep(0.5)
+    assert rsub.messages.empty()
+    rsub.stop()
+    assert "local session of bridge" not in local.output()
+
+
 def test_notifications_on_the_remote(brokers):
     """The remote sees the bridge's state "1" retained, and "0" from the
     bridge's will when it vanishes."""
