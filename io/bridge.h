@@ -35,15 +35,15 @@ void bridge_on_connect_cqe(struct shard *s, uint32_t id, uint32_t gen,
  * freed with the shard's). */
 void bridge_free_all(struct shard *s);
 
-/* conn.c: a packet from the remote broker. False when c stopped taking
+/* conn.c (conn_upcalls): a packet from the remote broker. False when c stopped taking
  * input. */
 bool bridge_on_packet(struct conn *c, const struct mqtt_fixed_header *h,
 		      const uint8_t *body);
-/* conn.c: the TLS handshake of c (a bridge's connection) is done. */
+/* conn.c (conn_upcalls): the TLS handshake of c (a bridge's connection) is done. */
 void bridge_on_tls_ready(struct conn *c);
-/* conn.c: c (a bridge's connection) is closing. */
+/* conn.c (conn_upcalls): c (a bridge's connection) is closing. */
 void bridge_on_close(struct conn *c);
-/* session.c: a message for the bridge's local session, mapped to the
+/* session.c (session_upcalls): a message for the bridge's local session, mapped to the
  * remote's topic (the out direction) before it is queued or sent. */
 void bridge_deliver(struct session *ss, struct msg *m, const struct deliv *d);
 /* handle_publish.c: the local topic for a remote topic (the in

@@ -434,7 +434,7 @@ void broker_stop(struct broker *b)
 {
 	cluster_stop(b);
 	for (unsigned i = 0; i < b->nshards; i++)
-		broker_post_from_main(b, i, (struct xitem){XK_STOP, NULL});
+		shard_post_from_main(b, i, (struct xitem){XK_STOP, NULL});
 	for (unsigned i = 0; i < b->nshards; i++)
 		pthread_join(b->shards[i].thread, NULL);
 	/* Tearing sessions down updates the global trie, whose writers must
@@ -504,7 +504,7 @@ void broker_reload(struct broker *b, const struct kite_config *next,
 	b->cfg = cfg;
 	b->sec = sec;
 	for (unsigned i = 0; i < b->nshards; i++)
-		broker_post_from_main(b, i, (struct xitem){XK_RELOAD, &snap});
+		shard_post_from_main(b, i, (struct xitem){XK_RELOAD, &snap});
 	while (atomic_load(&b->reload_acks) < b->nshards)
 		usleep(1000);
 	/* Every shard has switched; a grace period later nothing reads the

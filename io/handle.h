@@ -1,6 +1,6 @@
 /* Packet handlers (io/handle_*.c), one file per MQTT packet type: the
  * top of the connection path. conn.c dispatches to them by type through
- * the table the broker registers (conn_set_handlers). */
+ * the table the broker registers with it (conn_upcalls). */
 #ifndef KITE_IO_HANDLE_H
 #define KITE_IO_HANDLE_H
 

@@ -29,6 +29,13 @@ void session_set_upcalls(const struct session_upcalls *u)
 	up = u;
 }
 
+/* Publishes a pending delayed will now (session end or its time). */
+static void session_fire_will(struct session *ss);
+/* Whether the session may read every topic the (unshared) filter
+ * matches: SUB_READ_OK. */
+static bool session_may_read_all(struct session *ss, const char *filter,
+				 size_t len);
+
 static struct session *session_new(struct shard *s, uint64_t key,
 				   const uint8_t *id, uint16_t len,
 				   uint32_t expiry_s)
@@ -688,7 +695,7 @@ enum ack_result session_on_pubcomp(struct session *ss, uint16_t pid)
 
 /* ---- timers ---------------------------------------------------------------- */
 
-void session_fire_will(struct session *ss)
+static void session_fire_will(struct session *ss)
 {
 	struct will *w = ss->delayed_will;
 	if (!w)
@@ -1000,7 +1007,8 @@ bool session_may_subscribe(struct session *ss, const char *filter, size_t len)
 	return acl_filter_may_match(id, filter, len);
 }
 
-bool session_may_read_all(struct session *ss, const char *filter, size_t len)
+static bool session_may_read_all(struct session *ss, const char *filter,
+				 size_t len)
 {
 	if (ss->bridge)
 		return true;

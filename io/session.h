@@ -52,8 +52,6 @@ void session_deliver(struct session *ss, struct msg *m, const struct deliv *d);
 /* The same, without a bridge's topic mapping (bridge.c maps first). */
 void session_deliver_as_is(struct session *ss, struct msg *m,
 			   const struct deliv *d);
-/* Publishes a pending delayed will now (session end or its time). */
-void session_fire_will(struct session *ss);
 /* Drops a pending delayed will: the client is back in time. */
 void session_cancel_will(struct session *ss);
 /* Offline sessions whose expiry passed end; delayed wills fire. */
@@ -111,9 +109,6 @@ bool session_may(struct session *ss, const char *topic, size_t len,
 /* Access control for the session's identity (security snapshot of its
  * shard, re-fetched after a reload). */
 bool session_may_subscribe(struct session *ss, const char *filter, size_t len);
-/* Whether the session may read every topic the (unshared) filter
- * matches: SUB_READ_OK. */
-bool session_may_read_all(struct session *ss, const char *filter, size_t len);
 /* The SUB_READ_OK bits of the session's subscriptions, decided again
  * (its identity or the ACL changed). */
 void session_recheck_reads(struct session *ss);

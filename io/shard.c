@@ -187,7 +187,7 @@ void shard_send_wakeups(struct shard *s)
 	}
 }
 
-void broker_post_from_main(struct broker *b, unsigned dst, struct xitem it)
+void shard_post_from_main(struct broker *b, unsigned dst, struct xitem it)
 {
 	pthread_mutex_lock(&b->ctl_lock);
 	struct xring *r = xring_of(b, b->nshards, dst);

@@ -1,8 +1,8 @@
 /* The shard (io/shard.c): one thread, its io_uring loop, its connection
  * slots and sessions by id, and the rings to other shards. The bottom
- * layer of io/: it calls nothing above it; what its completions and
- * cross-shard items mean is registered by the layers above
- * (struct shard_hooks). */
+ * layer of io/: it calls nothing above it. What its completions,
+ * cross-shard items and ticks mean is the loop's business (io/loop.h),
+ * at the top. */
 #ifndef KITE_IO_SHARD_H
 #define KITE_IO_SHARD_H
 
@@ -16,7 +16,7 @@ struct xring *xring_of(struct broker *b, unsigned src, unsigned dst);
 /* Hands an item to shard dst; wakes it at the end of this loop turn. */
 void shard_post(struct shard *s, unsigned dst, struct xitem it);
 /* From the main thread (src row nshards), serialised by ctl_lock. */
-void broker_post_from_main(struct broker *b, unsigned dst, struct xitem it);
+void shard_post_from_main(struct broker *b, unsigned dst, struct xitem it);
 /* What an item that cannot be delivered holds is freed by fn (the loop
  * registers it: the items' owners are above this layer). */
 void shard_set_item_discard(void (*fn)(struct xitem it));

@@ -4,7 +4,6 @@
 
 #include "io/shard-t.h"
 
-/* sys.c */
 void sys_publish(struct shard *s);
 
 #endif
