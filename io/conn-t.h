@@ -1,7 +1,7 @@
 /* Types of the connection layer (io/conn.c, io/ktls.c, io/wsconn.c): a
  * client's transport, wire queue and MQTT framing state. */
-#ifndef KITE_CONN_T_H
-#define KITE_CONN_T_H
+#ifndef KITE_IO_CONN_T_H
+#define KITE_IO_CONN_T_H
 
 #include <netinet/in.h>
 #include <stdbool.h>
@@ -70,6 +70,9 @@ struct out_entry {
 	 * properties (expiry, subscription ids). */
 	uint8_t inl[45];
 };
+/* docs/ENGINE.md quotes it ("Messages and the wire"): one per packet
+ * queued, so its size is the wire queue's cost per message. */
+_Static_assert(sizeof(struct out_entry) == 72, "update docs/ENGINE.md");
 
 struct send_ctx; /* one in-flight gathered send (conn.c) */
 

@@ -1,6 +1,6 @@
 /* Types of the security snapshot (io/security.c). */
-#ifndef KITE_SECURITY_T_H
-#define KITE_SECURITY_T_H
+#ifndef KITE_IO_SECURITY_T_H
+#define KITE_IO_SECURITY_T_H
 
 #include <stdbool.h>
 #include <stdint.h>

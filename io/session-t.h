@@ -1,7 +1,7 @@
 /* Types of the session layer (io/session.c): what a client's session
  * holds across its connections, and how one message goes to it. */
-#ifndef KITE_SESSION_T_H
-#define KITE_SESSION_T_H
+#ifndef KITE_IO_SESSION_T_H
+#define KITE_IO_SESSION_T_H
 
 #include <stdbool.h>
 #include <stdint.h>

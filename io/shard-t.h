@@ -1,10 +1,10 @@
-/* Types of the shard layer (io/shard.c), the bottom of io/: the loop,
- * its io_uring and user_data encoding, the cross-shard rings, per-shard
- * figures, and struct broker, the state every shard sees (created by
- * io/broker.c). Types only: any io/ unit may include it (docs/ENGINE.md,
- * "Layers"). */
-#ifndef KITE_SHARD_T_H
-#define KITE_SHARD_T_H
+/* Types of the shard (io/shard.c, driven by io/loop.c), the bottom of
+ * io/: its io_uring and user_data encoding, the cross-shard rings and
+ * their items, per-shard figures, and struct broker, the state every
+ * shard sees (created by io/broker.c). Types only: any io/ unit may
+ * include it (docs/ENGINE.md, "Layers"). */
+#ifndef KITE_IO_SHARD_T_H
+#define KITE_IO_SHARD_T_H
 
 #include <liburing.h>
 #include <pthread.h>
@@ -40,7 +40,7 @@
  * packet may still be as large as max_packet_size allows, up to this. */
 #define SHARD_INPUT_MAX (512u << 20)
 #define SHARD_TICK_MS 250
-/* Gathering (shard.c, shard_wait): while work keeps coming (the last
+/* Gathering (loop.c, shard_wait): while work keeps coming (the last
  * wait slept less than SHARD_GATHER_BUSY_US), a wait returns once
  * SHARD_GATHER_NR completions are ready or SHARD_GATHER_US have passed
  * with at least one, so one wake-up, one turn and one send per
