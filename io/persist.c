@@ -1227,6 +1227,7 @@ struct rsess {
 	struct rqos2 *qos2;
 	uint64_t will_msg, will_at_wall_ms;
 	uint16_t last_pid; /* of the last SESSION or OUT record */
+	uint64_t top_out; /* highest message id queued to it: as top_msg */
 	struct htab_link by_id; /* build_all: newest session per client id */
 	bool superseded;
 };
@@ -1248,6 +1249,9 @@ struct recovery {
 	 * after reading, except a session at its SESSION_END. */
 	struct rmsg *last_msg;
 	struct rsess *last_sess;
+	/* The highest message id read so far: a MSG record above it cannot
+	 * repeat one, and needs no lookup (live logs grow in id order). */
+	uint64_t top_msg;
 	uint64_t max_key, max_msg;
 	uint32_t records, files, unresolved;
 };
@@ -1410,8 +1414,11 @@ static int apply_sub(struct rsess *rs, const struct journal_record *r, bool add)
 
 static int apply_msg(struct recovery *rc, const struct journal_record *r)
 {
-	if ((rc->last_msg = rmsg_find(rc, r->msg.id)))
+	if (r->msg.id <= rc->top_msg &&
+	    (rc->last_msg = rmsg_find(rc, r->msg.id)))
 		return 0; /* the same message, logged again */
+	if (r->msg.id > rc->top_msg)
+		rc->top_msg = r->msg.id;
 	struct rmsg *e = calloc(1, sizeof(*e));
 	if (!e)
 		return -1;
@@ -1462,6 +1469,8 @@ static int rout_append(struct recovery *rc, struct rsess *rs, struct rout *o)
 		free(o);
 		return -1;
 	}
+	if (o->msg_id > rs->top_out)
+		rs->top_out = o->msg_id;
 	o->next = NULL;
 	o->pprev = rs->out_tail;
 	*rs->out_tail = o;
@@ -1477,7 +1486,8 @@ static struct rmsg *last_msg_if(const struct recovery *rc, uint64_t id)
 static int apply_queue(struct recovery *rc, struct rsess *rs,
 		       const struct journal_record *r)
 {
-	if (rout_find(rc, rs, r->queue.msg_id))
+	if (r->queue.msg_id <= rs->top_out &&
+	    rout_find(rc, rs, r->queue.msg_id))
 		return 0;
 	struct rout *o = calloc(1, sizeof(*o));
 	if (!o)
