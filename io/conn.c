@@ -393,6 +393,8 @@ void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
 {
 	if (c->state == CONN_CLOSING)
 		return;
+	if (c->proxy_await && !proxyconn_on_data(c, &data, &len))
+		return;
 	if (!c->tls) {
 		if (conn_looks_like_tls(c, data, len) &&
 		    (!c->ws || !ws_is_open(c->ws))) {
@@ -1248,6 +1250,7 @@ void conn_free(struct conn *c)
 	free(conn_take_input(c, &in_len));
 	free(c->username);
 	free(c->pending);
+	free(c->proxy_buf);
 	conn_free_held_acks(c);
 	tls_conn_free(c->tls);
 	tls_ktls_rekey_free(c->ktls_rekey);
