@@ -104,6 +104,16 @@ void conn_strike(struct conn *c)
 	flood_filter_strike(ff, (struct sockaddr *)&ss);
 }
 
+bool conn_blocked(struct conn *c)
+{
+	struct flood_filter *ff = c->shard->b->flood;
+	if (!ff)
+		return false;
+	struct sockaddr_storage ss;
+	conn_peer_native(c, &ss);
+	return flood_filter_blocked(ff, (struct sockaddr *)&ss);
+}
+
 void conn_allow(struct conn *c)
 {
 	struct flood_filter *ff = c->shard->b->flood;

@@ -96,6 +96,10 @@ bool proxyconn_on_data(struct conn *c, const uint8_t **data, size_t *len)
 	c->proxy_len = 0;
 	c->proxy_await = 0;
 	proxyconn_apply(c, &pi);
+	if (pi.family != PROXY_KEEP_SOCKET && conn_blocked(c)) {
+		conn_close(c, "blocked by the flood filter", false);
+		return false;
+	}
 	/* What came with the header (a ClientHello, a CONNECT) is the
 	 * stream's first bytes. */
 	*data += used;
