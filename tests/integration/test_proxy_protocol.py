@@ -329,3 +329,19 @@ def test_header_and_client_hello_in_one_write_over_tls(broker_factory):
     finally:
         s.close()
     assert connected_from(b, "pp-tls") == "10.5.5.5:777"
+
+
+def test_websockets_listener_reads_the_upgrade_after_the_header(broker_factory):
+    from test_websockets import frame, parse_frames, read_head, upgrade_request
+    b, _ = tlsutil.start(broker_factory, "listener {port} 127.0.0.1\nprotocol websockets\n"
+                         "enable_proxy_protocol 2\n" + LOG)
+    with socket.create_connection(("127.0.0.1", b.port), timeout=5) as s:
+        # Header, upgrade request and the CONNECT frame in one write.
+        s.sendall(v2(src="10.7.7.7", sport=4242) + upgrade_request() +
+                  frame(2, mqttraw.connect("pp-ws")))
+        head, rest = read_head(s)
+        assert head.startswith("HTTP/1.1 101"), head
+        while not parse_frames(rest):
+            rest += s.recv(4096)
+        assert parse_frames(rest)[0][2] == b"\x20\x02\x00\x00"  # CONNACK
+    assert connected_from(b, "pp-ws") == "10.7.7.7:4242"
