@@ -345,3 +345,25 @@ def test_websockets_listener_reads_the_upgrade_after_the_header(broker_factory):
             rest += s.recv(4096)
         assert parse_frames(rest)[0][2] == b"\x20\x02\x00\x00"  # CONNACK
     assert connected_from(b, "pp-ws") == "10.7.7.7:4242"
+
+
+def test_a_reload_turns_the_header_on_for_new_connections_only(broker_factory):
+    b, _ = tlsutil.start(broker_factory, "listener {port} 127.0.0.1\n" + LOG)
+    before = mqttraw.RawClient(b.port)
+    before.send(mqttraw.connect("pp-before"))
+    assert before.expect(mqttraw.CONNACK).rc == 0
+    b.conf_path.write_text(b.conf_path.read_text().replace(
+        "listener %d 127.0.0.1\n" % b.port,
+        "listener %d 127.0.0.1\nenable_proxy_protocol 1\n" % b.port))
+    b.reload()
+    with mqttraw.RawClient(b.port) as c:
+        c.send(mqttraw.connect("pp-bare"))
+        c.expect_closed(timeout=3)
+    with mqttraw.RawClient(b.port) as c:
+        c.send(v1() + mqttraw.connect("pp-after"))
+        assert c.expect(mqttraw.CONNACK).rc == 0
+    assert connected_from(b, "pp-after") == "10.1.2.3:40001"
+    # The connection from before the reload is served as it was.
+    before.send(mqttraw.pingreq())
+    before.expect(mqttraw.PINGRESP)
+    before.close()
