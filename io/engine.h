@@ -72,6 +72,9 @@
 #define SEND_CTX_POOL_LARGE 32
 /* A connection that has not completed CONNECT by then is closed. */
 #define CONN_CONNECT_TIMEOUT_MS 10000
+/* On an enable_proxy_protocol listener, a connection whose PROXY header
+ * is not complete by then is closed: a proxy sends it at once. */
+#define CONN_PROXY_TIMEOUT_MS 5000
 /* The largest CONNECT kite reads: a peer that has not logged in can make
  * kite hold no more input than this. Client id, will topic and payload,
  * username and password are each up to 64 KiB in the protocol, but real
@@ -472,6 +475,11 @@ struct conn {
 	 * (ktls.c caps them: each costs kite far more than the client). */
 	uint8_t key_updates;
 	uint16_t key_update_second;
+	/* enable_proxy_protocol: the header version still awaited (0 once
+	 * read); a header split across receives waits in proxy_buf
+	 * (PROXY_HEADER_MAX bytes, allocated only then). */
+	uint8_t proxy_await;
+	uint16_t proxy_len;
 	/* Which budget in_cap is charged to (enum conn_input_charge). */
 	uint8_t in_charge;
 	/* Not read while the shard's queues to other shards drain: a
@@ -497,6 +505,7 @@ struct conn {
 	uint64_t gate_lsn;
 	struct send_ctx *send;
 	struct conn *dirty_next;
+	uint8_t *proxy_buf;
 	/* The peer; an IPv4 peer is kept as a v4-mapped address (28 bytes,
 	 * not the 128 of sockaddr_storage: this is per connection). */
 	struct sockaddr_in6 peer;
@@ -911,6 +920,12 @@ int wsconn_attach(struct conn *c, const struct kite_config *cfg,
 /* Received bytes of a WebSocket connection, after any TLS. */
 void wsconn_on_data(struct conn *c, const uint8_t *data, size_t len);
 
+/* io/proxyconn.c: takes the PROXY header off the front of received bytes
+ * (c->proxy_await set). True when bytes past the header are left in
+ * *data, *len for the layers above; false when all were consumed or the
+ * connection is closing. */
+bool proxyconn_on_data(struct conn *c, const uint8_t **data, size_t *len);
+
 /* ktls.c */
 void conn_ktls_begin(struct conn *c);
 void conn_ktls_try(struct conn *c);
@@ -928,6 +943,9 @@ const char *conn_client_id(const struct conn *c);
  * failed before or at CONNECT; an allow entry after a good CONNECT. */
 void conn_strike(struct conn *c);
 void conn_allow(struct conn *c);
+/* The peer is blocked by the flood filter: asked for clients behind a
+ * proxy, whose own packets the XDP program never sees. */
+bool conn_blocked(struct conn *c);
 /* Closes the connection for a protocol violation: logged with the peer and
  * reason; MQTT 5 clients first get DISCONNECT with the reason code. */
 void conn_protocol_error(struct conn *c, uint8_t rc, const char *why);
