@@ -157,6 +157,11 @@ test: deps
 	@rc=0; BROKER=$(abspath $(BUILD)/kite) EXPECT=txrx BUILD=$(BUILD) \
 	 tests/vm/test_broker_ktls_vm.sh || rc=$$?; \
 	 if [ $$rc -eq 77 ]; then echo "kite-ktls-vm: skipped (see above)"; else exit $$rc; fi
+	@# The same behind HAProxy with send-proxy-v2 (enable_proxy_protocol 2):
+	@# kernel TLS engages after a PROXY header, the log names the client.
+	@rc=0; PROXY=2 BROKER=$(abspath $(BUILD)/kite) EXPECT=txrx BUILD=$(BUILD) \
+	 tests/vm/test_broker_ktls_vm.sh || rc=$$?; \
+	 if [ $$rc -eq 77 ]; then echo "kite-ktls-proxy-vm: skipped (see above)"; else exit $$rc; fi
 	@# Records that are not application data once the kernel has the keys:
 	@# close_notify, fatal alerts, KeyUpdate, renegotiation; on Debian 12's
 	@# kernel, then on the newest Debian kernel that can re-key (>= 6.14).

@@ -509,6 +509,17 @@ void flood_filter_allow(struct flood_filter *ff, const struct sockaddr *peer)
 		bpf_map_update_elem(allow_fd, &key, &e, BPF_ANY);
 }
 
+bool flood_filter_blocked(struct flood_filter *ff, const struct sockaddr *peer)
+{
+	struct ff_key key;
+	struct ff_expiry e;
+
+	if (!ff || !ff_key_from_sockaddr(peer, &key))
+		return false;
+	return !bpf_map_lookup_elem(bpf_map__fd(ff->skel->maps.ff_block), &key, &e) &&
+	       e.expires_ns > ff_now_ns();
+}
+
 void flood_filter_stats(struct flood_filter *ff, struct flood_filter_stats *out)
 {
 	uint64_t c[FF_CNT_MAX];

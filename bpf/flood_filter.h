@@ -12,6 +12,7 @@
 #ifndef KITE_BPF_FLOOD_FILTER_H
 #define KITE_BPF_FLOOD_FILTER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -58,6 +59,10 @@ void flood_filter_unload(struct flood_filter *ff);
 void flood_filter_strike(struct flood_filter *ff, const struct sockaddr *peer);
 /* Successful CONNECT: the source's SYNs skip the token bucket for allow_seconds. */
 void flood_filter_allow(struct flood_filter *ff, const struct sockaddr *peer);
+/* Whether peer is blocked now: for a client behind a proxy (PROXY
+ * protocol), whose packets XDP sees under the proxy's address. One map
+ * lookup; false for a NULL ff or another family. */
+bool flood_filter_blocked(struct flood_filter *ff, const struct sockaddr *peer);
 
 struct flood_filter_stats {
 	uint64_t passed, dropped_rate, dropped_block; /* XDP, summed over CPUs */

@@ -28,6 +28,11 @@ void flood_filter_allow(struct flood_filter *ff, const struct sockaddr *peer)
 {
 }
 
+bool flood_filter_blocked(struct flood_filter *ff, const struct sockaddr *peer)
+{
+	return false;
+}
+
 void flood_filter_stats(struct flood_filter *ff, struct flood_filter_stats *out)
 {
 	memset(out, 0, sizeof(*out));

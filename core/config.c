@@ -1949,6 +1949,7 @@ static const struct typed_option typed_options[] = {
 	OPT_S("auto_id_prefix", OPT_STR, auto_id_prefix, 0, 0),
 	OPT_S("psk_file", OPT_STR, psk_file, 0, 0),
 	OPT_L("bind_interface", OPT_WORD, bind_interface, 0, 0),
+	OPT_L("enable_proxy_protocol", OPT_UINT, proxy_protocol, 1, 2),
 	OPT_L("psk_hint", OPT_STR, psk_hint, 0, 0),
 	OPT_L("use_username_as_clientid", OPT_BOOL, use_username_as_clientid,
 	      0, 0),
@@ -2211,6 +2212,9 @@ static int check_tls(const struct kite_listener_cfg *l, char *err,
 		why = "psk_hint needs a psk_file";
 	if (!why && t->certfile[0] && l->protocol == LISTENER_PROTO_METRICS)
 		why = "TLS on a metrics listener is not supported yet";
+	if (!why && l->proxy_protocol && l->protocol == LISTENER_PROTO_METRICS)
+		why = "enable_proxy_protocol on a metrics listener is not "
+		      "supported";
 	if (!why && l->http_dir[0] && l->protocol != LISTENER_PROTO_WEBSOCKETS)
 		why = "http_dir needs protocol websockets (only a WebSockets "
 		      "listener serves files)";

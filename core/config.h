@@ -120,6 +120,10 @@ struct kite_listener_cfg {
 	char bind_interface[16];	/* "" = none (IFNAMSIZ) */
 	uint8_t socket_domain;		/* enum kite_socket_domain */
 	bool use_username_as_clientid;
+	/* enable_proxy_protocol 1|2 (Mosquitto 2.1's name): every connection
+	 * starts with a PROXY header of that version, whose source address
+	 * then stands for the client's; 0 = none. */
+	uint32_t proxy_protocol;
 	/* Where it was declared, for messages. */
 	char file[KITE_PATH_MAX];
 	int line;

@@ -28,6 +28,7 @@ enum bridge_state {
 	BRIDGE_HANDSHAKE,  /* TLS handshake, then CONNECT/CONNACK */
 	BRIDGE_UP,	   /* CONNACK accepted */
 	BRIDGE_STOPPED,	   /* start_type once, after its connection ended */
+	BRIDGE_LAZY,	   /* start_type lazy: until `threshold` are queued */
 };
 
 struct bridge {
@@ -43,6 +44,7 @@ struct bridge {
 	uint64_t next_try_ms;
 	uint32_t backoff_s;	/* the last jittered delay */
 	uint64_t last_ping_ms;
+	uint64_t last_msg_ms;	/* a PUBLISH either way: lazy's idle_timeout */
 	int notify;		/* state to publish locally: -1 none, 0, 1 */
 	struct sockaddr_storage sa;
 	socklen_t sa_len;
@@ -72,10 +74,20 @@ static uint32_t bridge_backoff(struct bridge *b)
 	return d;
 }
 
+/* A lazy bridge (Mosquitto's start_type lazy) connects only once its
+ * local session holds `threshold` messages for the remote, and no sooner
+ * than its back-off allows. */
 static void bridge_schedule(struct bridge *b, uint32_t delay_s)
 {
-	b->state = BRIDGE_IDLE;
+	b->state = b->cfg.start_type == 1 ? BRIDGE_LAZY : BRIDGE_IDLE;
 	b->next_try_ms = b->s->now_ms + (uint64_t)delay_s * 1000u;
+}
+
+static bool bridge_lazy_due(const struct bridge *b)
+{
+	const struct session *ss = b->ss;
+	return b->s->now_ms >= b->next_try_ms &&
+	       (uint64_t)ss->q_count + ss->inflight_count >= b->cfg.threshold;
 }
 
 /* A retained state message ("1" or "0") on the local broker. */
@@ -430,6 +442,7 @@ static bool bridge_on_connack(struct bridge *b, const uint8_t *body,
 	b->state = BRIDGE_UP;
 	b->backoff_s = 0;
 	b->last_ping_ms = b->s->now_ms;
+	b->last_msg_ms = b->s->now_ms;
 	c->session = b->ss;
 	b->ss->conn = c;
 	bridge_subscribe_remote(b);
@@ -457,6 +470,7 @@ bool bridge_on_packet(struct conn *c, const struct mqtt_fixed_header *h,
 	int rc = 0;
 	switch (h->type) {
 	case MQTT_PUBLISH:
+		b->last_msg_ms = b->s->now_ms;
 		rc = conn_handle(c, h, body, len);
 		break;
 	case MQTT_PUBACK:
@@ -543,6 +557,7 @@ void bridge_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 	struct bridge *b = ss->bridge;
 	const char *t = msg_topic(m);
 	const struct kite_bridge_topic *bt = NULL;
+	b->last_msg_ms = b->s->now_ms;
 	for (unsigned i = 0; i < b->cfg.topic_count && !bt; i++) {
 		const struct kite_bridge_topic *x = &b->cfg.topics[i];
 		if ((x->dir & BRIDGE_OUT) &&
@@ -673,7 +688,10 @@ void bridge_start(struct shard *s)
 		}
 		s->bridges[s->bridge_count++] = b;
 		bridge_notify_local(b, 0);
-		bridge_try(b);
+		if (b->cfg.start_type == 1)
+			bridge_schedule(b, 0);
+		else
+			bridge_try(b);
 	}
 	conn_settle(s);
 }
@@ -688,8 +706,18 @@ void bridge_tick(struct shard *s)
 		}
 		if (s->stopping)
 			continue;
-		if (b->state == BRIDGE_IDLE && s->now_ms >= b->next_try_ms) {
+		if ((b->state == BRIDGE_IDLE && s->now_ms >= b->next_try_ms) ||
+		    (b->state == BRIDGE_LAZY && bridge_lazy_due(b))) {
 			bridge_try(b);
+		} else if (b->state == BRIDGE_UP && b->conn &&
+			   b->cfg.start_type == 1 &&
+			   s->now_ms - b->last_msg_ms >=
+				   (uint64_t)b->cfg.idle_timeout_s * 1000u) {
+			log_msg(KITE_LOG_NOTICE, "Bridge connection %s has "
+				"exceeded idle timeout, disconnecting.",
+				b->cfg.name);
+			conn_close(b->conn, "idle timeout (start_type lazy)",
+				   false);
 		} else if (b->state == BRIDGE_UP && b->conn &&
 			   s->now_ms - b->last_ping_ms >=
 				   (uint64_t)b->cfg.keepalive_s * 1000u) {

@@ -1,5 +1,6 @@
-/* Types of the connection layer (io/conn.c, io/ktls.c, io/wsconn.c): a
- * client's transport, wire queue and MQTT framing state. */
+/* Types of the connection layer (io/conn.c, io/ktls.c, io/wsconn.c,
+ * io/proxyconn.c): a client's transport, wire queue and MQTT framing
+ * state. */
 #ifndef KITE_IO_CONN_T_H
 #define KITE_IO_CONN_T_H
 
@@ -32,6 +33,9 @@
 #define SEND_CTX_POOL_LARGE 32
 /* A connection that has not completed CONNECT by then is closed. */
 #define CONN_CONNECT_TIMEOUT_MS 10000
+/* On an enable_proxy_protocol listener, a connection whose PROXY header
+ * is not complete by then is closed: a proxy sends it at once. */
+#define CONN_PROXY_TIMEOUT_MS 5000
 /* The largest CONNECT kite reads: a peer that has not logged in can make
  * kite hold no more input than this. Client id, will topic and payload,
  * username and password are each up to 64 KiB in the protocol, but real
@@ -178,6 +182,11 @@ struct conn {
 	 * (ktls.c caps them: each costs kite far more than the client). */
 	uint8_t key_updates;
 	uint16_t key_update_second;
+	/* enable_proxy_protocol: the header version still awaited (0 once
+	 * read); a header split across receives waits in proxy_buf
+	 * (PROXY_HEADER_MAX bytes, allocated only then). */
+	uint8_t proxy_await;
+	uint16_t proxy_len;
 	/* Which budget in_cap is charged to (enum conn_input_charge). */
 	uint8_t in_charge;
 	/* Not read while the shard's queues to other shards drain: a
@@ -203,6 +212,7 @@ struct conn {
 	uint64_t gate_lsn;
 	struct send_ctx *send;
 	struct conn *dirty_next;
+	uint8_t *proxy_buf;
 	/* The peer; an IPv4 peer is kept as a v4-mapped address (28 bytes,
 	 * not the 128 of sockaddr_storage: this is per connection). */
 	struct sockaddr_in6 peer;

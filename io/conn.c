@@ -20,6 +20,7 @@
 #include "ws/ws.h"
 #include "io/conn.h"
 #include "io/ktls.h"
+#include "io/proxyconn.h"
 #include "io/msg.h"
 #include "io/session-t.h"
 #include "io/shard.h"
@@ -111,6 +112,16 @@ void conn_strike(struct conn *c)
 	struct sockaddr_storage ss;
 	conn_peer_native(c, &ss);
 	flood_filter_strike(ff, (struct sockaddr *)&ss);
+}
+
+bool conn_blocked(struct conn *c)
+{
+	struct flood_filter *ff = c->shard->b->flood;
+	if (!ff)
+		return false;
+	struct sockaddr_storage ss;
+	conn_peer_native(c, &ss);
+	return flood_filter_blocked(ff, (struct sockaddr *)&ss);
 }
 
 void conn_allow(struct conn *c)
@@ -401,6 +412,8 @@ static void conn_on_stream(struct conn *c, const uint8_t *data, size_t len)
 void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
 {
 	if (c->state == CONN_CLOSING)
+		return;
+	if (c->proxy_await && !proxyconn_on_data(c, &data, &len))
 		return;
 	if (!c->tls) {
 		if (conn_looks_like_tls(c, data, len) &&
@@ -1257,6 +1270,7 @@ void conn_free(struct conn *c)
 	free(conn_take_input(c, &in_len));
 	free(c->username);
 	free(c->pending);
+	free(c->proxy_buf);
 	conn_free_held_acks(c);
 	tls_conn_free(c->tls);
 	tls_ktls_rekey_free(c->ktls_rekey);

@@ -85,6 +85,9 @@ const char *conn_client_id(const struct conn *c);
  * failed before or at CONNECT; an allow entry after a good CONNECT. */
 void conn_strike(struct conn *c);
 void conn_allow(struct conn *c);
+/* The peer is blocked by the flood filter: asked for clients behind a
+ * proxy, whose own packets the XDP program never sees. */
+bool conn_blocked(struct conn *c);
 /* Closes the connection for a protocol violation: logged with the peer and
  * reason; MQTT 5 clients first get DISCONNECT with the reason code. */
 void conn_protocol_error(struct conn *c, uint8_t rc, const char *why);

@@ -435,6 +435,7 @@ static void shard_on_accept(struct shard *s, unsigned li, int fd)
 	c->listener = (uint8_t)li;
 	c->state = CONN_AWAIT_CONNECT;
 	c->created_ms = c->last_rx_ms = s->now_ms;
+	c->proxy_await = (uint8_t)l->proxy_protocol;
 	shard_peer(fd, &c->peer);
 	/* kite writes a turn's packets in one send, so Nagle only delays
 	 * them; set_tcp_nodelay false asks for it anyway. */
@@ -611,7 +612,11 @@ static void shard_check_timeouts(struct shard *s)
 			continue;
 		}
 		if (c->state == CONN_AWAIT_CONNECT) {
-			if (s->now_ms - c->created_ms > CONN_CONNECT_TIMEOUT_MS) {
+			if (c->proxy_await &&
+			    s->now_ms - c->created_ms > CONN_PROXY_TIMEOUT_MS) {
+				conn_strike(c);
+				conn_close(c, "no PROXY header in time", false);
+			} else if (s->now_ms - c->created_ms > CONN_CONNECT_TIMEOUT_MS) {
 				conn_strike(c);
 				if (c->tls && !tls_conn_handshake_done(c->tls))
 					stat_add(&s->stats.tls_handshakes[TLS_HS_TIMEOUT], 1);

@@ -54,6 +54,7 @@ struct rout {
 	struct htab_link link;
 	uint64_t skey, msg_id; /* the key: right after the link */
 	struct rout *next, **pprev;
+	struct rmsg *rm; /* its message when found while reading, else NULL */
 	struct deliv d;
 	uint16_t pid;
 	uint8_t state; /* enum journal_out_state; 0 while queued */
@@ -79,6 +80,7 @@ struct rsess {
 	struct rqos2 *qos2;
 	uint64_t will_msg, will_at_wall_ms;
 	uint16_t last_pid; /* of the last SESSION or OUT record */
+	uint64_t top_out; /* highest message id queued to it: as top_msg */
 	struct htab_link by_id; /* build_all: newest session per client id */
 	bool superseded;
 };
@@ -86,12 +88,23 @@ struct rsess {
 struct rretain {
 	struct htab_link link;
 	uint64_t msg_id;
+	struct rmsg *rm; /* as rout's */
 	uint16_t len;
 	char topic[];
 };
 
 struct recovery {
 	struct htab msgs, sessions, retained, outs;
+	/* The files hold a MSG record just before the QUEUE or RETAIN record
+	 * that uses it, and a session's records together: remembering the
+	 * last of each spares a hash lookup (a cache miss or two, most of
+	 * the reading's time) for most records. Entries are only freed
+	 * after reading, except a session at its SESSION_END. */
+	struct rmsg *last_msg;
+	struct rsess *last_sess;
+	/* The highest message id read so far: a MSG record above it cannot
+	 * repeat one, and needs no lookup (live logs grow in id order). */
+	uint64_t top_msg;
 	uint64_t max_key, max_msg;
 	uint32_t records, files, unresolved;
 };
@@ -220,6 +233,7 @@ static int apply_session(struct recovery *rc, const struct journal_record *r)
 		rs->last_pid = r->session.last_pid;
 	if (r->session.key > rc->max_key)
 		rc->max_key = r->session.key;
+	rc->last_sess = rs;
 	return rs->client_id ? 0 : -1;
 }
 
@@ -253,8 +267,11 @@ static int apply_sub(struct rsess *rs, const struct journal_record *r, bool add)
 
 static int apply_msg(struct recovery *rc, const struct journal_record *r)
 {
-	if (rmsg_find(rc, r->msg.id))
+	if (r->msg.id <= rc->top_msg &&
+	    (rc->last_msg = rmsg_find(rc, r->msg.id)))
 		return 0; /* the same message, logged again */
+	if (r->msg.id > rc->top_msg)
+		rc->top_msg = r->msg.id;
 	struct rmsg *e = calloc(1, sizeof(*e));
 	if (!e)
 		return -1;
@@ -271,6 +288,7 @@ static int apply_msg(struct recovery *rc, const struct journal_record *r)
 	}
 	e->m->expiry_s = r->msg.expiry_s;
 	atomic_store(&e->m->log_id, e->id);
+	rc->last_msg = e;
 	if ((e->id & ((1ull << 56) - 1)) > rc->max_msg)
 		rc->max_msg = e->id & ((1ull << 56) - 1);
 	return 0;
@@ -304,6 +322,8 @@ static int rout_append(struct recovery *rc, struct rsess *rs, struct rout *o)
 		free(o);
 		return -1;
 	}
+	if (o->msg_id > rs->top_out)
+		rs->top_out = o->msg_id;
 	o->next = NULL;
 	o->pprev = rs->out_tail;
 	*rs->out_tail = o;
@@ -311,15 +331,22 @@ static int rout_append(struct recovery *rc, struct rsess *rs, struct rout *o)
 	return 0;
 }
 
+static struct rmsg *last_msg_if(const struct recovery *rc, uint64_t id)
+{
+	return rc->last_msg && rc->last_msg->id == id ? rc->last_msg : NULL;
+}
+
 static int apply_queue(struct recovery *rc, struct rsess *rs,
 		       const struct journal_record *r)
 {
-	if (rout_find(rc, rs, r->queue.msg_id))
+	if (r->queue.msg_id <= rs->top_out &&
+	    rout_find(rc, rs, r->queue.msg_id))
 		return 0;
 	struct rout *o = calloc(1, sizeof(*o));
 	if (!o)
 		return -1;
 	o->msg_id = r->queue.msg_id;
+	o->rm = last_msg_if(rc, o->msg_id);
 	o->d.qos = r->queue.qos;
 	o->d.retain = r->queue.retain;
 	o->d.nsub = r->queue.nsub;
@@ -409,6 +436,7 @@ static int apply_retain(struct recovery *rc, const struct journal_record *r)
 		}
 	}
 	e->msg_id = r->retain.msg_id;
+	e->rm = last_msg_if(rc, e->msg_id);
 	return 0;
 }
 
@@ -436,13 +464,16 @@ static int apply(struct recovery *rc, const struct journal_record *r)
 	case JOURNAL_QOS2_REL: key = r->qos2_rel.key; break;
 	case JOURNAL_WILL: key = r->will.key; break;
 	}
-	struct rsess *rs = rsess_find(rc, key);
+	struct rsess *rs = rc->last_sess && rc->last_sess->key == key
+				   ? rc->last_sess : rsess_find(rc, key);
 	if (!rs) {
 		rc->unresolved++;
 		return 0;
 	}
+	rc->last_sess = rs;
 	switch (r->type) {
 	case JOURNAL_SESSION_END:
+		rc->last_sess = NULL;
 		htab_remove(&rc->sessions, &rs->link);
 		rsess_free_items(rs, &rc->outs);
 		rsess_free(&rs->link);
@@ -872,9 +903,10 @@ static void held_id_free(struct htab_link *l)
 	free(htab_entry(l, struct held_id, link));
 }
 
-static struct msg *build_msg(struct build *bd, uint64_t id)
+static struct msg *build_msg(struct build *bd, uint64_t id,
+			     struct rmsg *hint)
 {
-	struct rmsg *e = rmsg_find(bd->rc, id);
+	struct rmsg *e = hint ? hint : rmsg_find(bd->rc, id);
 	if (!e) {
 		bd->rc->unresolved++;
 		return NULL;
@@ -887,7 +919,7 @@ static struct msg *build_msg(struct build *bd, uint64_t id)
 static void build_will(struct build *bd, struct session *ss,
 		       const struct rsess *rs)
 {
-	struct msg *m = rs->will_msg ? build_msg(bd, rs->will_msg) : NULL;
+	struct msg *m = rs->will_msg ? build_msg(bd, rs->will_msg, NULL) : NULL;
 	struct will *w = m ? calloc(1, sizeof(*w)) : NULL;
 	if (!w)
 		return;
@@ -974,7 +1006,7 @@ static void build_session(struct build *bd, struct rsess *rs)
 			continue;
 		}
 		struct msg *m = o->state == JOURNAL_WAIT_PUBCOMP
-					? NULL : build_msg(bd, o->msg_id);
+					? NULL : build_msg(bd, o->msg_id, o->rm);
 		if (!m && o->state != JOURNAL_WAIT_PUBCOMP)
 			continue;
 		uint8_t st = o->state == JOURNAL_WAIT_PUBACK ? INFLIGHT_WAIT_PUBACK
@@ -984,7 +1016,7 @@ static void build_session(struct build *bd, struct rsess *rs)
 			bd->messages++;
 	}
 	for (struct rqos2 *q = rs->qos2; q; q = q->next) {
-		struct msg *m = build_msg(bd, q->msg_id);
+		struct msg *m = build_msg(bd, q->msg_id, NULL);
 		if (m && session_qos2_add(ss, q->pid, msg_ref(m)) < 0)
 			msg_unref(m);
 	}
@@ -1041,7 +1073,7 @@ static void build_all(struct build *bd)
 	for (size_t i = 0; rc->retained.bucket && i <= rc->retained.mask; i++)
 		for (struct htab_link *l = rc->retained.bucket[i]; l; l = l->next) {
 			struct rretain *r = htab_entry(l, struct rretain, link);
-			struct msg *m = build_msg(bd, r->msg_id);
+			struct msg *m = build_msg(bd, r->msg_id, r->rm);
 			if (m && retain_set(bd->b->retained, r->topic, r->len,
 					    msg_ref(m)) < 0)
 				msg_unref(m);

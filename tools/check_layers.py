@@ -28,7 +28,7 @@ LAYERS = [
     ("msg", ["msg"]),
     ("shard", ["shard"]),
     ("security", ["security"]),
-    ("conn", ["conn", "ktls", "wsconn"]),
+    ("conn", ["conn", "ktls", "wsconn", "proxyconn"]),
     ("persist", ["persist"]),
     ("share", ["share"]),
     ("session", ["session"]),

@@ -217,6 +217,48 @@ def test_queue_for_a_down_remote_survives_a_kill9(brokers, tmp_path, local_clean
     assert "local session of bridge" not in local.output()
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("local_kind", ["kite", "mosquitto"])
+def test_lazy_bridge_connects_at_threshold_and_leaves_when_idle(brokers, local_kind):
+    """start_type lazy (Mosquitto's meaning): no connection until
+    `threshold` messages wait for the remote; then all of them go, in
+    order; after idle_timeout without a message either way, the bridge
+    disconnects, and comes back at the threshold again."""
+    remote = brokers.start("kite" if local_kind == "mosquitto" else "mosquitto", "")
+    local = brokers.start(local_kind, bridge_conf(
+        "lz", remote.port, ["q/# out 1"],
+        "start_type lazy\nthreshold 5\nidle_timeout 2\n"))
+    rsub = Paho(remote.port, client_id="rsub")
+    rsub.subscribe("q/#", 1)
+    state = Paho(local.port)
+    state.subscribe("$SYS/broker/connection/+/state", 1)
+    assert state.get().payload == b"0"
+    pub = Paho(local.port)
+    for i in range(4):
+        pub.publish("q/t", b"%d" % i, qos=1)
+    time.sleep(1.5)  # six ticks: a bridge that was going to connect has
+    assert rsub.messages.empty()
+    pub.publish("q/t", b"4", qos=1)
+    assert state.get(timeout=5).payload == b"1"
+    assert [int(m.payload) for m in collect(rsub, 5)] == list(range(5))
+    if local_kind == "mosquitto":
+        # Mosquitto 2.0.11 did not disconnect within the 6 s the kite
+        # case waits (not investigated further): the idle half checks
+        # kite's reading of mosquitto.conf(5) alone.
+        for c in (rsub, pub, state):
+            c.stop()
+        return
+    # Idle: no PUBLISH either way for idle_timeout.
+    assert state.get(timeout=6).payload == b"0"
+    assert "exceeded idle timeout" in local.output()
+    for i in range(5, 10):
+        pub.publish("q/t", b"%d" % i, qos=1)
+    assert state.get(timeout=5).payload == b"1"
+    assert [int(m.payload) for m in collect(rsub, 5)] == list(range(5, 10))
+    for c in (rsub, pub, state):
+        c.stop()
+
+
 def test_notifications_on_the_remote(brokers):
     """The remote sees the bridge's state "1" retained, and "0" from the
     bridge's will when it vanishes."""

@@ -1729,3 +1729,23 @@ TEST(config_websockets_listener_options)
 		  "t.conf:2: option 'protocol': expects mqtt, websockets or "
 		  "metrics, got 'http'");
 }
+
+TEST(config_enable_proxy_protocol_is_per_listener_and_checked)
+{
+	CHECK_STR(load_err("listener 1883\nenable_proxy_protocol 2\n"
+			   "listener 1884\nenable_proxy_protocol 1\n"
+			   "listener 1885\n"), "");
+	CHECK_EQ(cfg_g.listeners[0].proxy_protocol, 2);
+	CHECK_EQ(cfg_g.listeners[1].proxy_protocol, 1);
+	CHECK_EQ(cfg_g.listeners[2].proxy_protocol, 0);
+	CHECK_STR(load_err("listener 1883\nenable_proxy_protocol 3\n"),
+		  "t.conf:2: option 'enable_proxy_protocol': expects a number "
+		  "1-2, got '3'");
+	CHECK_STR(load_err("listener 1883\nenable_proxy_protocol\n"),
+		  "t.conf:2: option 'enable_proxy_protocol': missing value "
+		  "(expects a number 1-2)");
+	CHECK_STR(load_err("listener 9100\nprotocol metrics\n"
+			   "enable_proxy_protocol 2\n"),
+		  "t.conf:1: listener on port 9100: enable_proxy_protocol on a "
+		  "metrics listener is not supported");
+}

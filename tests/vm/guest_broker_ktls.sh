@@ -10,11 +10,29 @@
 #   EXPECT=txrx: both directions (kite installs RX keys itself, also for
 #   TLS 1.3 where OpenSSL 3.0 would only do TX).
 #   EXPECT=none: data only (to check the plumbing with a broker without kTLS).
+# With $D/proxy (1 or 2), HAProxy in TCP mode sits in front (send-proxy or
+# send-proxy-v2), the listener has enable_proxy_protocol, the clients
+# connect to HAProxy from 127.0.0.2, and the broker must log that address:
+# kernel TLS must engage on a connection whose first bytes were a PROXY
+# header (HAProxy's own sockets carry no TLS, so the counters stay kite's).
 # Exit 0 all pairs pass, 1 otherwise.
 D=/etc/kite-vm/broker
 PKI=$D/pki
 EXPECT=${EXPECT:-$(cat $D/expect 2>/dev/null || echo tx)}
+PROXY=$(cat $D/proxy 2>/dev/null)
 PORT=8883
+CPORT=$PORT     # where the clients connect
+CBIND=""
+if [ -n "$PROXY" ]; then
+    CPORT=18883
+    CBIND="-A 127.0.0.2"
+    send=send-proxy; [ "$PROXY" = 2 ] && send=send-proxy-v2
+    printf 'defaults\n mode tcp\n timeout connect 5s\n timeout client 60s\n timeout server 60s\nfrontend f\n bind 127.0.0.1:%s\n default_backend b\nbackend b\n server k 127.0.0.1:%s %s\n' \
+        $CPORT $PORT $send > /tmp/haproxy.cfg
+    haproxy -f /tmp/haproxy.cfg -db > /tmp/haproxy.log 2>&1 &
+    hpid=$!
+    sleep 1
+fi
 
 stat_of() { awk -v k="$1" '$1==k{print $2}' /proc/net/tls_stat; }
 listening() {   # is 127.0.0.1:PORT in LISTEN state?
@@ -36,6 +54,7 @@ while read -r ver cipher; do
         echo "tls_version $ver"
         if [ "$ver" = tlsv1.3 ]; then echo "ciphers_tls1.3 $cipher"; else echo "ciphers $cipher"; fi
         echo "allow_anonymous true"
+        [ -n "$PROXY" ] && echo "enable_proxy_protocol $PROXY"
         cat $D/extra.conf 2>/dev/null
     } > $conf
     tx0=$(stat_of TlsTxSw); rx0=$(stat_of TlsRxSw)
@@ -45,7 +64,7 @@ while read -r ver cipher; do
     i=0
     while ! listening && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
     rm -f /tmp/got
-    mosquitto_sub -h 127.0.0.1 -p $PORT --cafile $PKI/ca.crt --tls-version $ver \
+    mosquitto_sub -h 127.0.0.1 -p $CPORT $CBIND --cafile $PKI/ca.crt --tls-version $ver \
         -t kite/ktls -C 1 -W 20 > /tmp/got 2>/tmp/sub.err &
     spid=$!
     sleep 1
@@ -53,7 +72,7 @@ while read -r ver cipher; do
     # again after the publish; the larger counts (the subscriber may already
     # be gone by the second sample).
     ctx=$(( $(stat_of TlsCurrTxSw) - ctx0 )); crx=$(( $(stat_of TlsCurrRxSw) - crx0 ))
-    mosquitto_pub -h 127.0.0.1 -p $PORT --cafile $PKI/ca.crt --tls-version $ver \
+    mosquitto_pub -h 127.0.0.1 -p $CPORT $CBIND --cafile $PKI/ca.crt --tls-version $ver \
         -t kite/ktls -f /tmp/payload 2>/tmp/pub.err
     c=$(( $(stat_of TlsCurrTxSw) - ctx0 )); [ $c -gt $ctx ] && ctx=$c
     c=$(( $(stat_of TlsCurrRxSw) - crx0 )); [ $c -gt $crx ] && crx=$c
@@ -65,6 +84,9 @@ while read -r ver cipher; do
     if [ "$(head -c 200000 /tmp/got 2>/dev/null)" = "$(cat /tmp/payload)" ]; then data=ok; else data=BAD; fi
     verdict=OK
     [ $data = ok ] || verdict=FAIL
+    if [ -n "$PROXY" ] && ! grep -q "New client connected from 127.0.0.2:" /tmp/broker.log; then
+        verdict="FAIL (client address not from the PROXY header)"
+    fi
     [ $derr = 0 ] || verdict=FAIL
     if [ "$EXPECT" = tx ] && { [ $dtx -lt 1 ] || [ $ctx -lt 1 ]; }; then verdict="FAIL (TX not offloaded)"; fi
     if [ "$EXPECT" = txrx ] && { [ $dtx -lt 1 ] || [ $ctx -lt 1 ]; }; then verdict="FAIL (TX not offloaded)"; fi
@@ -76,6 +98,7 @@ while read -r ver cipher; do
         sed 's/^/  sub: /' /tmp/sub.err; sed 's/^/  pub: /' /tmp/pub.err ;;
     esac
 done < $D/matrix
+[ -n "$PROXY" ] && kill $hpid 2>/dev/null
 echo "dTx/dRx: TlsTxSw/TlsRxSw delta (broker sockets given kernel TX/RX keys);" \
      "curTx/curRx: TlsCurrTxSw/TlsCurrRxSw while the subscriber was connected; dErr: TlsDecryptError delta"
 [ $fails = 0 ]

@@ -8,8 +8,14 @@
 #   BROKER=/usr/sbin/mosquitto EXPECT=none EXTRA_CONF='user root' \
 #       tests/vm/test_broker_ktls_vm.sh             # plumbing check, no kTLS
 #
+#   PROXY=2 BROKER=build/kite EXPECT=txrx tests/vm/test_broker_ktls_vm.sh
+#                                                   # behind HAProxy (send-proxy-v2)
+#
 #   Env: BROKER (binary taking -c FILE), EXPECT (txrx|tx|none), EXTRA_CONF (lines
 #   appended to every generated config, e.g. kite's kTLS switch),
+#   PROXY (1|2: HAProxy in TCP mode in front with send-proxy/send-proxy-v2,
+#   the listener with enable_proxy_protocol; the clients connect from
+#   127.0.0.2 and the broker must log that address),
 #   VM_TIMEOUT (default 180 s). Exit 0 pass, 1 fail, 77 VM unavailable.
 set -uo pipefail
 
@@ -51,11 +57,18 @@ tlsv1.3 TLS_CHACHA20_POLY1305_SHA256
 EOF
 printf '%s\n' "${EXTRA_CONF:-}" | tr ';' '\n' | sed '/^$/d' > "$W/extra.conf"
 echo "${EXPECT:-tx}" > "$W/expect"
+PROXY_BINS=()
+if [ -n "${PROXY:-}" ]; then
+    HAPROXY=$(command -v haproxy || echo /usr/sbin/haproxy)
+    [ -x "$HAPROXY" ] || skip "PROXY=$PROXY needs haproxy (Debian package haproxy)"
+    echo "$PROXY" > "$W/proxy"
+    PROXY_BINS=("$HAPROXY")
+fi
 
 "$HERE/build-initramfs.sh" -o "$VM_BUILD_DIR/broker-initramfs.cpio.gz" \
     -f "$BROKER:/bin/broker" -f "$W:/etc/kite-vm/broker" \
     -f "$HERE/guest_broker_ktls.sh:/bin/guest_broker_ktls.sh" \
-    /usr/bin/mosquitto_pub /usr/bin/mosquitto_sub >/dev/null
+    /usr/bin/mosquitto_pub /usr/bin/mosquitto_sub "${PROXY_BINS[@]}" >/dev/null
 rc=$?
 [ $rc = 77 ] && skip "cannot build the VM"
 [ $rc = 0 ] || { echo "test_broker_ktls_vm: FAIL: build-initramfs.sh exit $rc"; exit 1; }
