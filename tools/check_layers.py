@@ -239,7 +239,72 @@ def check(root):
     return faults
 
 
+def self_test(root):
+    """The check itself: on a copy of the tree with one fault planted at a
+    time, each must be reported (and the clean copy must pass)."""
+    import shutil
+    import tempfile
+
+    def plant(tmp, path, old, new):
+        full = os.path.join(tmp, path)
+        text = open(full, encoding="utf-8").read()
+        assert old in text, (path, old)
+        open(full, "w", encoding="utf-8").write(text.replace(old, new, 1))
+
+    cases = [
+        ("an include that goes up", "io/shard.c", '#include "io/shard.h"\n',
+         '#include "io/shard.h"\n#include "io/session.h"\n', "which is above it"),
+        ("a prototype in another unit's header", "io/session.h", "#endif",
+         "void connect_adopt(struct shard *s, struct conn *c);\n#endif",
+         "declares connect_adopt"),
+        ("a types header that includes functions", "io/conn-t.h",
+         "#include <stdint.h>\n", '#include <stdint.h>\n#include "io/shard.h"\n',
+         "a types header includes only"),
+        ("core/ including io/", "core/log.c", "#include",
+         '#include "io/msg.h"\n#include', "core/ may include only"),
+        ("an order the document does not state", DOC, "`version < msg <",
+         "`msg < version <", "says the layers are"),
+    ]
+    failed = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        for d in ["io", "docs"] + sorted(LOWER):
+            if os.path.isdir(os.path.join(root, d)):
+                shutil.copytree(os.path.join(root, d), os.path.join(tmp, d))
+        if check(tmp):
+            print("check-layers self-test: the clean tree does not pass")
+            return 1
+        for what, path, old, new, expect in cases:
+            case = os.path.join(tmp, "case")
+            shutil.rmtree(case, ignore_errors=True)
+            os.mkdir(case)
+            for d in os.listdir(tmp):
+                if d != "case":
+                    shutil.copytree(os.path.join(tmp, d), os.path.join(case, d))
+            plant(case, path, old, new)
+            faults = check(case)
+            if not any(expect in f for f in faults):
+                print(f"check-layers self-test: {what} was not reported")
+                failed += 1
+        # A file in no unit, and a cycle between units.
+        case = os.path.join(tmp, "case")
+        shutil.rmtree(case, ignore_errors=True)
+        shutil.copytree(tmp, case, ignore=shutil.ignore_patterns("case"))
+        open(os.path.join(case, "io/stray.c"), "w").write("int x;\n")
+        if not any("in no unit" in f for f in check(case)):
+            print("check-layers self-test: a file in no unit was not reported")
+            failed += 1
+        graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}
+        if find_cycle(graph) != ["a", "b", "c", "a"]:
+            print("check-layers self-test: a cycle was not found")
+            failed += 1
+    if not failed:
+        print("check-layers self-test: every planted fault was reported")
+    return 1 if failed else 0
+
+
 def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--self-test":
+        return self_test(sys.argv[2] if len(sys.argv) > 2 else ".")
     root = sys.argv[1] if len(sys.argv) > 1 else "."
     faults = check(root)
     for f in faults:
