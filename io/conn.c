@@ -417,9 +417,10 @@ void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
 		bridge_on_tls_ready(c);
 	if (rc == TLS_HANDSHAKE_DONE && log_enabled(KITE_LOG_DEBUG)) {
 		char peer[64];
-		log_msg(KITE_LOG_DEBUG, "TLS %s %s with %s (userspace)",
+		log_msg(KITE_LOG_DEBUG, "TLS %s %s with %s (userspace%s)",
 			tls_conn_version(c->tls), tls_conn_cipher(c->tls),
-			conn_peer_str(c, peer, sizeof(peer)));
+			conn_peer_str(c, peer, sizeof(peer)),
+			tls_conn_resumed(c->tls) ? ", resumed session" : "");
 	}
 	if (plain->len)
 		conn_on_stream(c, plain->data, plain->len);

@@ -11,9 +11,21 @@
  * HKDF-Expand-Label (RFC 8446 7.1, 7.3); TLS 1.2 keys come from the key
  * block (RFC 5246 6.3) computed with TLS1-PRF from the master secret.
  * Record sequence numbers are counted with the message callback (one
- * SSL3_RT_HEADER event per record) from the end of the handshake.
- * Session tickets are off (SSL_OP_NO_TICKET, num_tickets 0): a TLS 1.3
- * NewSessionTicket after the handshake would be an extra TX record. */
+ * SSL3_RT_HEADER event per record): received ones from the end of the
+ * handshake, sent ones (TLS 1.3) from the moment our application traffic
+ * key is installed, since the NewSessionTicket goes out under it before
+ * the handshake ends.
+ *
+ * Session resumption: stateless tickets (RFC 5077, RFC 8446 4.6.1), no
+ * server-side cache. A listener's tls_server holds a random ticket
+ * master secret, shared by every shard (the server object is), so a
+ * client may come back on any shard. The keys that seal tickets are
+ * derived from it per epoch of TLS_TICKET_EPOCH_S: rotation needs no
+ * timer, no lock and no shared mutable state, and a ticket opens in its
+ * own epoch and the next one. A reload (SIGHUP) builds a new server and
+ * with it a new secret: tickets issued before it no longer open, so a
+ * revoked certificate (crlfile) or a changed CA is checked again in a
+ * full handshake. */
 #include "tls/tls.h"
 
 #include <arpa/inet.h>
@@ -28,6 +40,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef SOL_TLS
@@ -39,6 +52,7 @@
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -64,6 +78,14 @@ _Static_assert(sizeof(struct tls12_crypto_info_chacha20_poly1305) == 4 + 12 + 32
 #define TLS_PSK_ENTRIES_MAX 65536
 #define TLS_PSK_IDENTITY_MAX 256
 
+/* Ticket keys change every epoch; a ticket opens during its own epoch and
+ * the next, so it lives between one and two epochs (its advertised
+ * lifetime is the upper bound). */
+#define TLS_TICKET_EPOCH_S 3600
+#define TLS_TICKET_LIFETIME_S (2 * TLS_TICKET_EPOCH_S)
+#define TLS_TICKET_SECRET_LEN 32
+#define TLS_TICKET_ID_LEN 8
+
 struct tls_psk {
 	char *identity;
 	uint8_t key[PSK_MAX_PSK_LEN];
@@ -77,6 +99,11 @@ struct tls_server {
 	bool use_subject;
 	struct tls_psk *psk; /* sorted by identity */
 	size_t psk_count;
+	/* Tickets: key_name = id || epoch (big endian); the id tells our
+	 * tickets from another listener's or an older configuration's. */
+	uint64_t uid; /* unique per server object, for the key cache */
+	uint8_t ticket_id[TLS_TICKET_ID_LEN];
+	uint8_t ticket_secret[TLS_TICKET_SECRET_LEN];
 };
 
 struct tls_conn {
@@ -95,6 +122,7 @@ struct tls_conn {
 	uint8_t secret_tx[TLS_SECRET_MAX], secret_rx[TLS_SECRET_MAX];
 	uint8_t secret_tx_len, secret_rx_len;
 	bool seen_input;
+	bool tx_app_keys; /* TLS 1.3: our application key is installed */
 	bool hs_done;
 	bool closed;
 	bool failed;
@@ -359,23 +387,27 @@ static void keylog_cb(const SSL *ssl, const char *line)
 
 	if (!c)
 		return;
-	if (!strncmp(line, tx, sizeof(tx) - 1))
+	if (!strncmp(line, tx, sizeof(tx) - 1)) {
 		c->secret_tx_len = (uint8_t)keylog_secret(line, c->secret_tx,
 							  sizeof(c->secret_tx));
+		c->tx_app_keys = true;
+	}
 	else if (!strncmp(line, rx, sizeof(rx) - 1))
 		c->secret_rx_len = (uint8_t)keylog_secret(line, c->secret_rx,
 							  sizeof(c->secret_rx));
 }
 
-/* Counts records after the handshake (the kTLS sequence numbers) and
+/* Counts records under the traffic keys (the kTLS sequence numbers) and
  * notes post-handshake messages (TLS 1.3 KeyUpdate moves the keys past
- * the _0 secrets we hold). */
+ * the _0 secrets we hold). Our TLS 1.3 application key is installed
+ * right after our Finished went out, and the session ticket follows
+ * under it before the handshake ends: sent records count from then. */
 static void msg_cb(int write_p, int version, int content_type, const void *buf,
 		   size_t len, SSL *ssl, void *arg)
 {
 	struct tls_conn *c = arg;
 
-	if (!c->hs_done)
+	if (!c->hs_done && !(write_p && c->tx_app_keys))
 		return;
 	if (content_type == SSL3_RT_HEADER && len >= TLS_RECORD_HEADER_LEN) {
 		/* TLS 1.3 compatibility CCS records are not protected and
@@ -386,7 +418,7 @@ static void msg_cb(int write_p, int version, int content_type, const void *buf,
 			c->tx_records++;
 		else
 			c->rx_records++;
-	} else if (content_type == SSL3_RT_HANDSHAKE) {
+	} else if (content_type == SSL3_RT_HANDSHAKE && c->hs_done) {
 		c->post_hs_message = true;
 	}
 }
@@ -678,6 +710,130 @@ static int server_psk(struct tls_server *s, const struct tls_listener_opts *o,
 	return 0;
 }
 
+/* ---- session tickets ------------------------------------------------- */
+
+/* A shard thread's keys for the last epochs it used, so a ticket costs
+ * no key derivation in the common case. Keyed by the server's uid (never
+ * reused, unlike an address). */
+struct ticket_keys {
+	uint64_t uid, epoch;
+	uint8_t aes[32], mac[32];
+};
+static _Thread_local struct ticket_keys ticket_cache[2];
+static atomic_uint_fast64_t server_uids;
+
+static void put_be64(uint8_t *p, uint64_t v);
+
+static uint64_t get_be64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/* HMAC-SHA256(secret, label || epoch), one key per use and epoch. */
+static int ticket_derive(const struct tls_server *s, const char *label,
+			 uint64_t epoch, uint8_t out[32])
+{
+	uint8_t msg[32];
+	size_t n = strlen(label), outlen = 0;
+
+	assert(n + 8 <= sizeof(msg));
+	memcpy(msg, label, n);
+	put_be64(msg + n, epoch);
+	return EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, s->ticket_secret,
+			 sizeof(s->ticket_secret), msg, n + 8, out, 32,
+			 &outlen) && outlen == 32 ? 0 : -1;
+}
+
+static const struct ticket_keys *ticket_keys(const struct tls_server *s,
+					     uint64_t epoch)
+{
+	struct ticket_keys *k = &ticket_cache[epoch & 1];
+
+	if (k->uid == s->uid && k->epoch == epoch)
+		return k;
+	k->uid = 0;
+	if (ticket_derive(s, "kite ticket aes", epoch, k->aes) ||
+	    ticket_derive(s, "kite ticket mac", epoch, k->mac))
+		return NULL;
+	k->uid = s->uid;
+	k->epoch = epoch;
+	return k;
+}
+
+/* OpenSSL's ticket key callback: enc 1 seals a new ticket under the
+ * current epoch's keys; enc 0 opens one of this or the previous epoch
+ * and returns 2, "open, and issue a fresh ticket", so a client that
+ * reconnects now and then always holds a ticket of the last two epochs
+ * (and one that follows RFC 8446 C.4 never needs to reuse one); 0 (full
+ * handshake) if unknown or expired; -1 on an internal error. */
+static int ticket_key_cb(SSL *ssl, unsigned char key_name[16],
+			 unsigned char iv[EVP_MAX_IV_LENGTH],
+			 EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx, int enc)
+{
+	_Static_assert(TLS_TICKET_ID_LEN + 8 == 16, "ticket key name layout");
+	const struct tls_conn *c = conn_of_ssl(ssl);
+	const struct tls_server *s = c ? c->srv : NULL;
+	uint64_t now = (uint64_t)time(NULL) / TLS_TICKET_EPOCH_S, epoch = now;
+
+	if (!s)
+		return -1;
+	if (enc) {
+		memcpy(key_name, s->ticket_id, TLS_TICKET_ID_LEN);
+		put_be64(key_name + TLS_TICKET_ID_LEN, epoch);
+		if (RAND_bytes(iv, 16) != 1)
+			return -1;
+	} else {
+		epoch = get_be64(key_name + TLS_TICKET_ID_LEN);
+		if (memcmp(key_name, s->ticket_id, TLS_TICKET_ID_LEN) ||
+		    (epoch != now && epoch + 1 != now))
+			return 0;
+	}
+	const struct ticket_keys *k = ticket_keys(s, epoch);
+	OSSL_PARAM params[] = {
+		OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY,
+						  k ? (void *)k->mac : NULL, 32),
+		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+						 (char *)"SHA256", 0),
+		OSSL_PARAM_construct_end(),
+	};
+	if (!k || EVP_MAC_CTX_set_params(hctx, params) != 1 ||
+	    EVP_CipherInit_ex(ectx, EVP_aes_256_cbc(), NULL, k->aes, iv, enc) != 1)
+		return -1;
+	return enc ? 1 : 2;
+}
+
+/* Stateless tickets, one per handshake (a client resumes with the
+ * newest); off for PSK listeners, whose identity comes from the PSK
+ * callback that a resumed handshake skips. */
+static int server_tickets(struct tls_server *s, const struct tls_listener_opts *o,
+			  char *err, size_t errlen)
+{
+	if (o->psk_hint) {
+		SSL_CTX_set_options(s->ctx, SSL_OP_NO_TICKET);
+		SSL_CTX_set_num_tickets(s->ctx, 0);
+		return 0;
+	}
+	if (RAND_bytes(s->ticket_secret, sizeof(s->ticket_secret)) != 1 ||
+	    RAND_bytes(s->ticket_id, sizeof(s->ticket_id)) != 1) {
+		errf(err, errlen, "TLS: no randomness for session tickets: %s",
+		     ossl_reason());
+		return -1;
+	}
+	s->uid = atomic_fetch_add(&server_uids, 1) + 1;
+	SSL_CTX_clear_options(s->ctx, SSL_OP_NO_TICKET);
+	SSL_CTX_set_num_tickets(s->ctx, 1);
+	SSL_CTX_set_timeout(s->ctx, TLS_TICKET_LIFETIME_S);
+	if (SSL_CTX_set_tlsext_ticket_key_evp_cb(s->ctx, ticket_key_cb) != 1) {
+		errf(err, errlen, "TLS: session ticket callback: %s", ossl_reason());
+		return -1;
+	}
+	return 0;
+}
+
 struct tls_server *tls_server_new(const struct tls_listener_opts *o,
 				  char *err, size_t errlen)
 {
@@ -698,19 +854,18 @@ struct tls_server *tls_server_new(const struct tls_listener_opts *o,
 		return NULL;
 	}
 	SSL_CTX_set_default_passwd_cb(ctx, no_password_cb);
-	/* No renegotiation; no tickets (deterministic kTLS sequence numbers,
-	 * see the top of this file); the server picks the cipher. */
-	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_TICKET |
+	/* No renegotiation; the server picks the cipher. Tickets:
+	 * server_tickets. */
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION |
 				 SSL_OP_CIPHER_SERVER_PREFERENCE |
 				 SSL_OP_NO_COMPRESSION);
-	SSL_CTX_set_num_tickets(ctx, 0);
 	/* Idle connections give their 16 KiB read/write buffers back. */
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-	/* No server-side session cache: TLS 1.3 cannot resume without
-	 * tickets anyway, and a TLS 1.2 cache would keep each session and
-	 * its client certificate for hours after the connection moved to
-	 * kTLS (or closed). The id context still has to be set whenever
-	 * client certificates are verified. */
+	/* No server-side session cache (tickets carry the session): a
+	 * cache would keep each session and its client certificate for
+	 * hours after the connection moved to kTLS (or closed). The id
+	 * context still has to be set whenever client certificates are
+	 * verified. */
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
 	SSL_CTX_set_keylog_callback(ctx, keylog_cb);
@@ -725,8 +880,10 @@ struct tls_server *tls_server_new(const struct tls_listener_opts *o,
 		goto free_ctx;
 	}
 	s->ctx = ctx;
-	if (server_psk(s, o, err, errlen) < 0) {
+	if (server_psk(s, o, err, errlen) < 0 ||
+	    server_tickets(s, o, err, errlen) < 0) {
 		psk_free(s->psk, s->psk_count);
+		OPENSSL_cleanse(s->ticket_secret, sizeof(s->ticket_secret));
 		free(s);
 		goto free_ctx;
 	}
@@ -760,6 +917,7 @@ void tls_server_unref(struct tls_server *s)
 	if (old == 1) {
 		SSL_CTX_free(s->ctx);
 		psk_free(s->psk, s->psk_count);
+		OPENSSL_cleanse(s->ticket_secret, sizeof(s->ticket_secret));
 		free(s);
 	}
 }
@@ -998,6 +1156,11 @@ void tls_conn_consume_out(struct tls_conn *c, size_t n)
 bool tls_conn_handshake_done(const struct tls_conn *c)
 {
 	return c->hs_done;
+}
+
+bool tls_conn_resumed(const struct tls_conn *c)
+{
+	return c->hs_done && SSL_session_reused(c->ssl);
 }
 
 const char *tls_conn_error(const struct tls_conn *c)

@@ -9,6 +9,11 @@
  * Threads: a tls_server is immutable once built and may be shared by every
  * shard (atomic refcount). A tls_conn belongs to one shard thread.
  *
+ * Resumption: a listener's server issues one stateless session ticket per
+ * handshake (not on PSK listeners); any shard opens it. Ticket keys
+ * rotate hourly, and a server built by a reload opens no ticket of the
+ * one it replaces.
+ *
  * Engine call sequence:
  *   accept:     c = tls_conn_new(srv)
  *   each recv:  rc = tls_conn_feed(c, buf, n, &plain)
@@ -126,6 +131,9 @@ size_t tls_conn_pending_out(struct tls_conn *c, const uint8_t **p);
 void tls_conn_consume_out(struct tls_conn *c, size_t n);
 
 bool tls_conn_handshake_done(const struct tls_conn *c);
+/* The handshake resumed a session from a ticket (no certificate
+ * exchange; the identity is the one the ticket was issued to). */
+bool tls_conn_resumed(const struct tls_conn *c);
 
 /* Why the connection failed (NULL if it did not), e.g. "client
  * certificate refused: certificate has expired (subject CN=device-7)",
