@@ -31,6 +31,7 @@
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -123,6 +124,7 @@ struct tls_conn {
 	uint8_t secret_tx_len, secret_rx_len;
 	bool seen_input;
 	bool tx_app_keys; /* TLS 1.3: our application key is installed */
+	bool identity_known; /* c->identity is final (NULL or not) */
 	bool hs_done;
 	bool closed;
 	bool failed;
@@ -710,6 +712,40 @@ static int server_psk(struct tls_server *s, const struct tls_listener_opts *o,
 	return 0;
 }
 
+/* ---- client identity ---------------------------------------------------- */
+
+/* Ticket app data: version, flags, then the identity's bytes. */
+#define TICKET_APPDATA_V1 1
+#define TICKET_APPDATA_HAS_ID 1
+
+/* The client's identity, once: from its certificate after a full
+ * handshake; from the ticket after a resumed one (tickets carry no
+ * certificate, see ticket_cipher). As Mosquitto derives the username. */
+static void conn_identity(struct tls_conn *c)
+{
+	if (c->identity_known || c->identity) /* or the PSK identity */
+		return;
+	c->identity_known = true;
+	X509 *peer = SSL_get0_peer_certificate(c->ssl);
+	if (peer) {
+		const X509_NAME *name = X509_get_subject_name(peer);
+		if (!c->srv->use_identity && c->srv->use_subject)
+			c->identity = name_rfc2253(name);
+		else
+			c->identity = name_cn(name);
+		return;
+	}
+	const uint8_t *d = NULL;
+	size_t n = 0;
+	if (!SSL_session_reused(c->ssl) ||
+	    SSL_SESSION_get0_ticket_appdata(SSL_get0_session(c->ssl),
+					    (void **)&d, &n) != 1 ||
+	    n < 2 || d[0] != TICKET_APPDATA_V1 ||
+	    !(d[1] & TICKET_APPDATA_HAS_ID))
+		return;
+	c->identity = strndup((const char *)d + 2, n - 2);
+}
+
 /* ---- session tickets ------------------------------------------------- */
 
 /* A shard thread's keys for the last epochs it used, so a ticket costs
@@ -764,12 +800,225 @@ static const struct ticket_keys *ticket_keys(const struct tls_server *s,
 	return k;
 }
 
+/* The ticket's cipher: AES-256-CBC over the session's DER without the
+ * client certificate. OpenSSL 3.0 puts the whole session, certificate
+ * included, into a ticket and decodes it again twice per ticket issued
+ * and once per ticket opened; decoding a certificate's public key goes
+ * through the provider decoders and cost more than the rest of a resumed
+ * handshake together. Nothing needs the certificate after the handshake
+ * (it was verified, and the identity kite derives from it travels in the
+ * ticket's app data), so the ticket leaves it out: this cipher drops the
+ * SSL_SESSION's peer field ([3], RFC-less OpenSSL layout, checked) before
+ * encrypting. Authenticity is OpenSSL's HMAC over the ciphertext. */
+struct ticket_cipher_ctx {
+	EVP_CIPHER_CTX *aes;
+	/* Sealing: the last block, given out by the final call (OpenSSL
+	 * reserves no room for an empty final). */
+	uint8_t tail[16];
+	int tail_len;
+};
+
+static EVP_CIPHER *ticket_aes;     /* fetched once */
+static EVP_CIPHER *ticket_cipher;  /* the wrapper; NULL: plain ticket_aes */
+static pthread_once_t ticket_cipher_once = PTHREAD_ONCE_INIT;
+
+/* DER length at p (after the tag byte); 0 if malformed. */
+static size_t der_len(const uint8_t *p, size_t avail, size_t *hdr)
+{
+	if (avail < 1)
+		return 0;
+	if (p[0] < 0x80) {
+		*hdr = 1;
+		return p[0];
+	}
+	size_t k = p[0] & 0x7f, n = 0;
+	if (k == 0 || k > 3 || avail < 1 + k)
+		return 0;
+	for (size_t i = 1; i <= k; i++)
+		n = n << 8 | p[i];
+	*hdr = 1 + k;
+	return n;
+}
+
+/* Copies the SSL_SESSION DER in to out without its [3] peer certificate;
+ * returns the new length, or 0 to keep the DER as it is. */
+static size_t session_der_strip_peer(const uint8_t *in, size_t len, uint8_t *out)
+{
+	size_t hdr, body;
+	if (len < 2 || in[0] != 0x30 ||
+	    !(body = der_len(in + 1, len - 1, &hdr)) || 1 + hdr + body != len)
+		return 0;
+	const uint8_t *p = in + 1 + hdr, *end = in + len;
+	uint8_t *w = out + 4; /* room for the longest header we write */
+	bool found = false;
+	while (p < end) {
+		size_t h, n = der_len(p + 1, (size_t)(end - p) - 1, &h);
+		if ((n == 0 && (p + 1 >= end || p[1] != 0)) || n > (size_t)(end - p) - 1 - h)
+			return 0;
+		if (n == 0)
+			h = 1;
+		size_t tlv = 1 + h + n;
+		if (p[0] == 0xa3)
+			found = true;
+		else {
+			memmove(w, p, tlv);
+			w += tlv;
+		}
+		p += tlv;
+	}
+	if (!found)
+		return 0;
+	size_t nb = (size_t)(w - (out + 4));
+	uint8_t head[4];
+	size_t hl = 0;
+	head[hl++] = 0x30;
+	if (nb < 0x80) {
+		head[hl++] = (uint8_t)nb;
+	} else if (nb < 0x100) {
+		head[hl++] = 0x81;
+		head[hl++] = (uint8_t)nb;
+	} else {
+		head[hl++] = 0x82;
+		head[hl++] = (uint8_t)(nb >> 8);
+		head[hl++] = (uint8_t)nb;
+	}
+	memmove(out + hl, out + 4, nb);
+	memcpy(out, head, hl);
+	return hl + nb;
+}
+
+static int ticket_cipher_init(EVP_CIPHER_CTX *ctx, const unsigned char *key,
+			      const unsigned char *iv, int enc)
+{
+	struct ticket_cipher_ctx *t = EVP_CIPHER_CTX_get_cipher_data(ctx);
+	if (!key || !iv)
+		return 1; /* set up in one call by ticket_key_cb */
+	if (!t->aes && !(t->aes = EVP_CIPHER_CTX_new()))
+		return 0;
+	return EVP_CipherInit_ex(t->aes, ticket_aes, NULL, key, iv, enc);
+}
+
+/* One call with the whole ticket (OpenSSL's ticket code passes it at
+ * once), then a final call with in NULL. Returns the bytes written. */
+static int ticket_cipher_do(EVP_CIPHER_CTX *ctx, unsigned char *out,
+			    const unsigned char *in, size_t len)
+{
+	struct ticket_cipher_ctx *t = EVP_CIPHER_CTX_get_cipher_data(ctx);
+	int n = 0, fin = 0;
+	if (!in) {
+		n = t->tail_len;
+		memcpy(out, t->tail, (size_t)n);
+		t->tail_len = 0;
+		return n;
+	}
+	if (!t->aes || len > INT_MAX - 32)
+		return -1;
+	if (EVP_CIPHER_CTX_is_encrypting(ctx)) {
+		uint8_t *lean = malloc(len);
+		size_t ln = lean ? session_der_strip_peer(in, len, lean) : 0;
+		const uint8_t *src = ln ? lean : in;
+		int ok = EVP_EncryptUpdate(t->aes, out, &n, src, (int)(ln ? ln : len)) == 1 &&
+			 EVP_EncryptFinal_ex(t->aes, out + n, &fin) == 1 &&
+			 n + fin >= (int)sizeof(t->tail);
+		if (lean)
+			OPENSSL_clear_free(lean, len);
+		if (!ok)
+			return -1;
+		/* CBC padding makes the ciphertext at least one block. */
+		t->tail_len = (int)sizeof(t->tail);
+		memcpy(t->tail, out + n + fin - t->tail_len, sizeof(t->tail));
+		return n + fin - t->tail_len;
+	}
+	if (EVP_DecryptUpdate(t->aes, out, &n, in, (int)len) != 1 ||
+	    EVP_DecryptFinal_ex(t->aes, out + n, &fin) != 1)
+		return -1;
+	return n + fin;
+}
+
+static int ticket_cipher_cleanup(EVP_CIPHER_CTX *ctx)
+{
+	struct ticket_cipher_ctx *t = EVP_CIPHER_CTX_get_cipher_data(ctx);
+	if (t) {
+		EVP_CIPHER_CTX_free(t->aes);
+		t->aes = NULL;
+	}
+	return 1;
+}
+
+/* The legacy EVP_CIPHER method API is deprecated in OpenSSL 3.0 but is
+ * the one way to wrap the ticket encryption; without it tickets carry
+ * the certificate (correct, only slower to open). */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static void ticket_cipher_make(void)
+{
+	ticket_aes = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+	if (!ticket_aes)
+		return;
+	EVP_CIPHER *c = EVP_CIPHER_meth_new(NID_undef, 1, 32);
+	if (!c)
+		return;
+	if (!EVP_CIPHER_meth_set_iv_length(c, 16) ||
+	    !EVP_CIPHER_meth_set_flags(c, EVP_CIPH_FLAG_CUSTOM_CIPHER |
+					      EVP_CIPH_ALWAYS_CALL_INIT |
+					      EVP_CIPH_CBC_MODE) ||
+	    !EVP_CIPHER_meth_set_init(c, ticket_cipher_init) ||
+	    !EVP_CIPHER_meth_set_do_cipher(c, ticket_cipher_do) ||
+	    !EVP_CIPHER_meth_set_cleanup(c, ticket_cipher_cleanup) ||
+	    !EVP_CIPHER_meth_set_impl_ctx_size(c, sizeof(struct ticket_cipher_ctx))) {
+		EVP_CIPHER_meth_free(c);
+		return;
+	}
+	ticket_cipher = c;
+}
+#pragma GCC diagnostic pop
+
+/* Before each ticket is sealed: the identity goes into its app data. */
+static int ticket_gen_cb(SSL *ssl, void *arg)
+{
+	struct tls_conn *c = conn_of_ssl(ssl);
+	if (!c || !c->srv)
+		return 1;
+	conn_identity(c);
+	size_t n = c->identity ? strlen(c->identity) : 0;
+	uint8_t *d = malloc(2 + n);
+	if (!d)
+		return 0;
+	d[0] = TICKET_APPDATA_V1;
+	d[1] = c->identity ? TICKET_APPDATA_HAS_ID : 0;
+	memcpy(d + 2, c->identity ? c->identity : "", n);
+	int ok = SSL_SESSION_set1_ticket_appdata(SSL_get0_session(ssl), d, 2 + n);
+	free(d);
+	return ok == 1;
+}
+
+static SSL_TICKET_RETURN ticket_dec_cb(SSL *ssl, SSL_SESSION *ss,
+				       const unsigned char *keyname,
+				       size_t keyname_len,
+				       SSL_TICKET_STATUS status, void *arg)
+{
+	switch (status) {
+	case SSL_TICKET_SUCCESS:
+		return SSL_TICKET_RETURN_USE;
+	case SSL_TICKET_SUCCESS_RENEW:
+		return SSL_TICKET_RETURN_USE_RENEW;
+	case SSL_TICKET_EMPTY:
+	case SSL_TICKET_NO_DECRYPT:
+		return SSL_TICKET_RETURN_IGNORE_RENEW;
+	default: /* SSL_TICKET_FATAL_ERR_* */
+		return SSL_TICKET_RETURN_ABORT;
+	}
+}
+
 /* OpenSSL's ticket key callback: enc 1 seals a new ticket under the
- * current epoch's keys; enc 0 opens one of this or the previous epoch
- * and returns 2, "open, and issue a fresh ticket", so a client that
- * reconnects now and then always holds a ticket of the last two epochs
- * (and one that follows RFC 8446 C.4 never needs to reuse one); 0 (full
- * handshake) if unknown or expired; -1 on an internal error. */
+ * current epoch's keys; enc 0 opens one of this epoch (1) or of the
+ * previous one (2: "and issue a fresh ticket", so a client that comes
+ * back at least once an epoch always holds a valid ticket); 0 (full
+ * handshake) if unknown or expired; -1 on an internal error. A ticket of
+ * this epoch is not renewed: a new ticket costs OpenSSL 3.0 a decode of
+ * the whole session, client certificate included (about as much as the
+ * rest of a resumed handshake), and a device reconnecting after an
+ * outage may offer its ticket again. */
 static int ticket_key_cb(SSL *ssl, unsigned char key_name[16],
 			 unsigned char iv[EVP_MAX_IV_LENGTH],
 			 EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx, int enc)
@@ -792,6 +1041,7 @@ static int ticket_key_cb(SSL *ssl, unsigned char key_name[16],
 		    (epoch != now && epoch + 1 != now))
 			return 0;
 	}
+	int rc = enc || epoch == now ? 1 : 2;
 	const struct ticket_keys *k = ticket_keys(s, epoch);
 	OSSL_PARAM params[] = {
 		OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY,
@@ -801,9 +1051,10 @@ static int ticket_key_cb(SSL *ssl, unsigned char key_name[16],
 		OSSL_PARAM_construct_end(),
 	};
 	if (!k || EVP_MAC_CTX_set_params(hctx, params) != 1 ||
-	    EVP_CipherInit_ex(ectx, EVP_aes_256_cbc(), NULL, k->aes, iv, enc) != 1)
+	    EVP_CipherInit_ex(ectx, ticket_cipher ? ticket_cipher : ticket_aes,
+			      NULL, k->aes, iv, enc) != 1)
 		return -1;
-	return enc ? 1 : 2;
+	return rc;
 }
 
 /* Stateless tickets, one per handshake (a client resumes with the
@@ -823,11 +1074,19 @@ static int server_tickets(struct tls_server *s, const struct tls_listener_opts *
 		     ossl_reason());
 		return -1;
 	}
+	pthread_once(&ticket_cipher_once, ticket_cipher_make);
+	if (!ticket_aes) {
+		errf(err, errlen, "TLS: no AES-256-CBC for session tickets: %s",
+		     ossl_reason());
+		return -1;
+	}
 	s->uid = atomic_fetch_add(&server_uids, 1) + 1;
 	SSL_CTX_clear_options(s->ctx, SSL_OP_NO_TICKET);
 	SSL_CTX_set_num_tickets(s->ctx, 1);
 	SSL_CTX_set_timeout(s->ctx, TLS_TICKET_LIFETIME_S);
-	if (SSL_CTX_set_tlsext_ticket_key_evp_cb(s->ctx, ticket_key_cb) != 1) {
+	if (SSL_CTX_set_tlsext_ticket_key_evp_cb(s->ctx, ticket_key_cb) != 1 ||
+	    SSL_CTX_set_session_ticket_cb(s->ctx, ticket_gen_cb, ticket_dec_cb,
+					  NULL) != 1) {
 		errf(err, errlen, "TLS: session ticket callback: %s", ossl_reason());
 		return -1;
 	}
@@ -976,16 +1235,9 @@ void tls_conn_free(struct tls_conn *c)
 
 static void conn_handshake_done(struct tls_conn *c)
 {
-	X509 *peer = SSL_get0_peer_certificate(c->ssl);
-	const X509_NAME *name = peer ? X509_get_subject_name(peer) : NULL;
-
 	c->hs_done = true;
-	if (!name || !c->srv) /* a bridge's client side keeps no identity */
-		return;
-	if (!c->srv->use_identity && c->srv->use_subject)
-		c->identity = name_rfc2253(name);
-	else
-		c->identity = name_cn(name);
+	if (c->srv) /* a bridge's client side keeps no identity */
+		conn_identity(c);
 }
 
 /* Explains a failed SSL call; the verify callback may already have. */

@@ -1394,6 +1394,14 @@ TEST(tls_resumed_session_keeps_identity_and_dies_with_a_reload)
 		CHECK(id[0]);
 		SSL_SESSION *sess = pair_session(&p);
 		CHECK(sess && SSL_SESSION_is_resumable(sess));
+		/* The ticket leaves the client certificate out (the server
+		 * re-reads it for nothing): it is smaller than the DER. */
+		X509 *cc = SSL_get_certificate(p.cl);
+		const unsigned char *tick = NULL;
+		size_t tick_len = 0;
+		SSL_SESSION_get0_ticket(sess, &tick, &tick_len);
+		fprintf(stderr, "  ticket %zu bytes, client certificate %d\n", tick_len, i2d_X509(cc, NULL));
+		CHECK(tick_len > 0 && tick_len < (size_t)i2d_X509(cc, NULL));
 		pair_free(&p);
 
 		/* Twice: a stateless ticket opens more than once. */
@@ -1417,8 +1425,9 @@ TEST(tls_resumed_session_keeps_identity_and_dies_with_a_reload)
 		pair_free(&p);
 		tls_server_unref(s2);
 
-		/* kTLS after a resumed TLS 1.3 handshake: the new ticket was
-		 * a sent record too, so the exported sequence counts it. */
+		/* kTLS after a resumed handshake: TLS 1.2's Finished is
+		 * record 0; TLS 1.3 sends no new ticket for a ticket of this
+		 * epoch, so nothing went out under the traffic key yet. */
 		CHECK(pair_resume(&p, s, v, sess));
 		struct tls_ktls_keys k;
 		CHECK_EQ(tls_conn_export_ktls(p.sv, &k, 0), TLS_KTLS_OK);
@@ -1430,7 +1439,7 @@ TEST(tls_resumed_session_keeps_identity_and_dies_with_a_reload)
 		uint64_t seq = 0;
 		for (int b = 0; b < 8; b++)
 			seq = seq << 8 | rs[b];
-		CHECK_EQ(seq, 1); /* 1.2: our Finished; 1.3: the ticket */
+		CHECK_EQ(seq, v == TLS1_2_VERSION ? 1u : 0u);
 		tls_ktls_keys_wipe(&k);
 		pair_free(&p);
 
