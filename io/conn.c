@@ -415,6 +415,9 @@ void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
 	}
 	if (rc == TLS_HANDSHAKE_DONE && c->bridge)
 		bridge_on_tls_ready(c);
+	/* No kTLS for it: records leave OpenSSL, and its ~20 KiB with them. */
+	if (rc == TLS_HANDSHAKE_DONE && !c->shard->b->ktls && !c->bridge)
+		tls_conn_shed(c->tls);
 	if (rc == TLS_HANDSHAKE_DONE && log_enabled(KITE_LOG_DEBUG)) {
 		char peer[64];
 		log_msg(KITE_LOG_DEBUG, "TLS %s %s with %s (userspace%s)",

@@ -27,6 +27,7 @@
  * revoked certificate (crlfile) or a changed CA is checked again in a
  * full handshake. */
 #include "tls/tls.h"
+#include "tls/rec.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
@@ -71,8 +72,9 @@ _Static_assert(sizeof(struct tls12_crypto_info_chacha20_poly1305) == 4 + 12 + 32
 #define TLS_KEY_BLOCK_MAX (2 * 32 + 2 * 12)
 /* Plaintext buffer growth step. */
 #define TLS_PLAIN_GROW_MIN 4096
-/* An output buffer this large is freed once drained rather than kept. */
-#define TLS_OUT_KEEP_MAX 4096
+/* An output buffer this large is freed once drained rather than kept: any,
+ * so an idle connection holds none (the next send allocates one). */
+#define TLS_OUT_KEEP_MAX 0
 #define TLS_RECORD_HEADER_LEN 5
 
 /* Bounds on a psk_file: entries, identity length (the TLS maximum). */
@@ -125,6 +127,14 @@ struct tls_conn {
 	bool seen_input;
 	bool tx_app_keys; /* TLS 1.3: our application key is installed */
 	bool identity_known; /* c->identity is final (NULL or not) */
+	/* After tls_conn_shed: records are ours (ssl is NULL), a partial
+	 * record waits in part[0, part_len) (allocated only meanwhile). */
+	struct tls_rec *rec;
+	uint8_t *part;
+	size_t part_len;
+	bool shed_wanted;
+	bool resumed;
+	const char *version_str, *cipher_str; /* OpenSSL's static names */
 	bool hs_done;
 	bool closed;
 	bool failed;
@@ -1224,6 +1234,8 @@ void tls_conn_free(struct tls_conn *c)
 	if (!c)
 		return;
 	SSL_free(c->ssl);
+	tls_rec_free(c->rec);
+	free(c->part);
 	OPENSSL_cleanse(c->secret_tx, sizeof(c->secret_tx));
 	OPENSSL_cleanse(c->secret_rx, sizeof(c->secret_rx));
 	tls_server_unref(c->srv);
@@ -1318,6 +1330,247 @@ static int conn_feed(struct tls_conn *c, struct tls_buf *plain)
 	return conn_read_all(c, plain, rc);
 }
 
+/* ---- records without OpenSSL (after tls_conn_shed) ------------------- */
+
+static int conn_export(struct tls_conn *c, struct tls_ktls_keys *out,
+		       unsigned flags, bool keep_out);
+
+static int rec_seal_out(struct tls_conn *c, uint8_t type, const uint8_t *p,
+			size_t n)
+{
+	if (out_reserve(c, n + TLS_REC_OVERHEAD)) {
+		conn_fail(c, "TLS: out of memory");
+		return -1;
+	}
+	size_t w = tls_rec_seal(c->rec, type, p, n, c->out + c->out_len);
+	if (!w) {
+		conn_fail(c, "TLS: cannot seal a record");
+		return -1;
+	}
+	c->out_len += w;
+	return 0;
+}
+
+/* A fatal alert, best effort, and the reason. */
+static int rec_fail(struct tls_conn *c, uint8_t alert, const char *why)
+{
+	const uint8_t a[2] = {2, alert};
+	if (!c->failed)
+		rec_seal_out(c, TLS_REC_ALERT, a, sizeof(a));
+	conn_fail(c, "TLS error: %s", why);
+	return TLS_ERROR;
+}
+
+static int rec_alert(struct tls_conn *c, const uint8_t *a, size_t n)
+{
+	if (n != 2)
+		return rec_fail(c, SSL_AD_DECODE_ERROR, "malformed alert");
+	if (a[1] == SSL_AD_CLOSE_NOTIFY) {
+		c->closed = true;
+		return TLS_CLOSED;
+	}
+	/* user_canceled, and TLS 1.2 warnings, are not the end. */
+	if (a[1] == SSL_AD_USER_CANCELLED ||
+	    (a[0] == SSL3_AL_WARNING && !tls_rec_is_tls13(c->rec)))
+		return TLS_WANT_MORE;
+	conn_fail(c, "TLS alert from the client: %s",
+		  SSL_alert_desc_string_long(a[1]));
+	return TLS_ERROR;
+}
+
+/* Handshake messages after the handshake: TLS 1.3 KeyUpdate (each in one
+ * record, as every stack sends it); a TLS 1.2 renegotiation is declined
+ * as OpenSSL does with SSL_OP_NO_RENEGOTIATION: a warning, no handshake. */
+static int rec_handshake(struct tls_conn *c, const uint8_t *m, size_t n)
+{
+	static const uint8_t no_reneg[2] = {SSL3_AL_WARNING, SSL_AD_NO_RENEGOTIATION};
+	static const uint8_t key_update[5] = {SSL3_MT_KEY_UPDATE, 0, 0, 1, 0};
+
+	if (!tls_rec_is_tls13(c->rec))
+		return rec_seal_out(c, TLS_REC_ALERT, no_reneg, 2) ? TLS_ERROR
+								 : TLS_WANT_MORE;
+	while (n) {
+		size_t len = n >= 4 ? (size_t)m[1] << 16 | (size_t)m[2] << 8 | m[3] : 0;
+		if (n < 4 || len > n - 4)
+			return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+					"handshake message split across records");
+		if (m[0] != SSL3_MT_KEY_UPDATE || len != 1 || m[4] > 1)
+			return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+					"unexpected post-handshake message");
+		if (tls_rec_rekey(c->rec, TLS_KTLS_RX))
+			return rec_fail(c, SSL_AD_INTERNAL_ERROR, "key update failed");
+		/* update_requested: ours goes under the old key. */
+		if (m[4] == 1 && (rec_seal_out(c, TLS_REC_HANDSHAKE, key_update,
+					       sizeof(key_update)) ||
+				  tls_rec_rekey(c->rec, TLS_KTLS_TX)))
+			return rec_fail(c, SSL_AD_INTERNAL_ERROR, "key update failed");
+		m += 4 + len;
+		n -= 4 + len;
+	}
+	return TLS_WANT_MORE;
+}
+
+static int plain_reserve(struct tls_conn *c, struct tls_buf *plain, size_t n)
+{
+	if (plain->cap - plain->len >= n)
+		return 0;
+	size_t cap = plain->cap * 2;
+	if (cap < plain->len + n)
+		cap = plain->len + n;
+	uint8_t *p = realloc(plain->data, cap);
+	if (!p) {
+		conn_fail(c, "TLS: out of memory");
+		return -1;
+	}
+	plain->data = p;
+	plain->cap = cap;
+	return 0;
+}
+
+/* One whole record. */
+static int rec_one(struct tls_conn *c, const uint8_t *r, size_t len,
+		   struct tls_buf *plain, int rc)
+{
+	uint8_t type;
+	if (plain_reserve(c, plain, len))
+		return TLS_ERROR;
+	uint8_t *pt = plain->data + plain->len;
+	int n = tls_rec_open(c->rec, r, len, pt, &type);
+	if (n < 0)
+		return rec_fail(c, SSL_AD_BAD_RECORD_MAC,
+				"decryption failed or bad record mac");
+	switch (type) {
+	case TLS_REC_DATA:
+		plain->len += (size_t)n;
+		return rc == TLS_WANT_MORE ? TLS_OK : rc;
+	case TLS_REC_ALERT:
+		n = rec_alert(c, pt, (size_t)n);
+		return n == TLS_WANT_MORE ? rc : n;
+	case TLS_REC_HANDSHAKE:
+		n = rec_handshake(c, pt, (size_t)n);
+		return n == TLS_WANT_MORE ? rc : n;
+	default:
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE, "unexpected record type");
+	}
+}
+
+/* A record's total length from its header; 0 if it cannot be one. */
+static size_t rec_total(const uint8_t *h)
+{
+	size_t body = (size_t)h[3] << 8 | h[4];
+	if (h[1] != 3 || body > TLS_REC_CIPHER_MAX)
+		return 0;
+	return TLS_REC_HEADER + body;
+}
+
+/* Keeps the unfinished record's bytes; part is sized to the record (or
+ * the header, until it is known), and freed as soon as it is whole. */
+static int rec_stash(struct tls_conn *c, const uint8_t *in, size_t n)
+{
+	size_t want = c->part_len + n < TLS_REC_HEADER ? TLS_REC_HEADER : 0;
+	if (!want) {
+		uint8_t h[TLS_REC_HEADER];
+		size_t k = c->part_len < TLS_REC_HEADER ? c->part_len : TLS_REC_HEADER;
+		memcpy(h, c->part, k);
+		memcpy(h + k, in, TLS_REC_HEADER - k);
+		if (!(want = rec_total(h)))
+			return rec_fail(c, SSL_AD_RECORD_OVERFLOW, "record too long"), -1;
+	}
+	uint8_t *p = realloc(c->part, want);
+	if (!p) {
+		conn_fail(c, "TLS: out of memory");
+		return -1;
+	}
+	c->part = p;
+	memcpy(c->part + c->part_len, in, n);
+	c->part_len += n;
+	return 0;
+}
+
+static int rec_feed(struct tls_conn *c, const uint8_t *in, size_t len,
+		    struct tls_buf *plain)
+{
+	int rc = TLS_WANT_MORE;
+	while (len && (rc == TLS_WANT_MORE || rc == TLS_OK)) {
+		if (c->part_len) {
+			/* Complete the header, then the record. */
+			size_t need = TLS_REC_HEADER;
+			if (c->part_len >= TLS_REC_HEADER)
+				need = rec_total(c->part);
+			size_t take = need - c->part_len < len ? need - c->part_len : len;
+			if (c->part_len < TLS_REC_HEADER && c->part_len + take == TLS_REC_HEADER) {
+				if (rec_stash(c, in, take))
+					return TLS_ERROR;
+				in += take;
+				len -= take;
+				continue; /* now sized to the record */
+			}
+			if (rec_stash(c, in, take))
+				return TLS_ERROR;
+			in += take;
+			len -= take;
+			if (c->part_len < need)
+				break;
+			rc = rec_one(c, c->part, c->part_len, plain, rc);
+			free(c->part);
+			c->part = NULL;
+			c->part_len = 0;
+			continue;
+		}
+		size_t total = len >= TLS_REC_HEADER ? rec_total(in) : 0;
+		if (len >= TLS_REC_HEADER && !total)
+			return rec_fail(c, SSL_AD_RECORD_OVERFLOW, "record too long");
+		if (len < TLS_REC_HEADER || len < total) {
+			if (rec_stash(c, in, len))
+				return TLS_ERROR;
+			break;
+		}
+		rc = rec_one(c, in, total, plain, rc);
+		in += total;
+		len -= total;
+	}
+	return rc;
+}
+
+/* Moves the connection's records out of OpenSSL, when nothing is left in
+ * OpenSSL's buffers; keys as the kTLS hand-off exports them. */
+static void conn_shed_try(struct tls_conn *c)
+{
+	struct tls_ktls_keys k;
+
+	if (!c->shed_wanted || c->rec || !c->srv || c->failed || c->closed ||
+	    !c->hs_done)
+		return;
+	int r = conn_export(c, &k, TLS_KTLS_KEEP_SECRETS, true);
+	if (r == TLS_KTLS_AGAIN)
+		return; /* after the next feed */
+	c->shed_wanted = false;
+	if (r != TLS_KTLS_OK)
+		return; /* a CBC suite, a key update already: OpenSSL stays */
+	c->exported = false;
+	struct tls_rec *rec = tls_rec_new(&k);
+	tls_ktls_rekey_free(k.rekey); /* NULL if rec took it */
+	tls_ktls_keys_wipe(&k);
+	if (!rec) {
+		/* The secrets are gone with the export: no kTLS either. */
+		c->ktls_declined = true;
+		return;
+	}
+	c->resumed = SSL_session_reused(c->ssl);
+	c->version_str = SSL_get_version(c->ssl);
+	c->cipher_str = SSL_get_cipher_name(c->ssl);
+	SSL_free(c->ssl);
+	c->ssl = NULL;
+	c->rec = rec;
+}
+
+void tls_conn_shed(struct tls_conn *c)
+{
+	assert(c);
+	c->shed_wanted = true;
+	conn_shed_try(c);
+}
+
 int tls_conn_feed(struct tls_conn *c, const uint8_t *in, size_t len,
 		  struct tls_buf *plain)
 {
@@ -1328,6 +1581,8 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *in, size_t len,
 		return TLS_ERROR;
 	if (c->closed)
 		return TLS_CLOSED;
+	if (c->rec)
+		return rec_feed(c, in, len, plain);
 	/* Every TLS connection opens with a handshake record (0x16); say
 	 * so plainly rather than "wrong version number". */
 	if (!c->seen_input && len) {
@@ -1348,6 +1603,8 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *in, size_t len,
 	c->in = NULL;
 	c->in_len = 0;
 	ERR_clear_error();
+	if (rc != TLS_ERROR && rc != TLS_CLOSED)
+		conn_shed_try(c);
 	return rc;
 }
 
@@ -1361,6 +1618,14 @@ int tls_conn_write(struct tls_conn *c, const uint8_t *plain, size_t len)
 		return TLS_ERROR;
 	if (!len)
 		return TLS_OK;
+	if (c->rec) {
+		for (size_t off = 0; off < len; off += n) {
+			n = len - off < TLS_REC_PLAIN_MAX ? len - off : TLS_REC_PLAIN_MAX;
+			if (rec_seal_out(c, TLS_REC_DATA, plain + off, n))
+				return TLS_ERROR;
+		}
+		return TLS_OK;
+	}
 	ERR_clear_error();
 	r = SSL_write_ex(c->ssl, plain, len, &n);
 	if (r != 1 || n != len) {
@@ -1378,6 +1643,12 @@ int tls_conn_close_notify(struct tls_conn *c)
 	assert(c && !c->exported);
 	if (c->failed || !c->hs_done)
 		return TLS_ERROR;
+	if (c->rec) {
+		static const uint8_t close_notify[2] = {SSL3_AL_WARNING,
+							SSL_AD_CLOSE_NOTIFY};
+		return rec_seal_out(c, TLS_REC_ALERT, close_notify, 2) ? TLS_ERROR
+									: TLS_OK;
+	}
 	ERR_clear_error();
 	r = SSL_shutdown(c->ssl);
 	ERR_clear_error();
@@ -1412,7 +1683,7 @@ bool tls_conn_handshake_done(const struct tls_conn *c)
 
 bool tls_conn_resumed(const struct tls_conn *c)
 {
-	return c->hs_done && SSL_session_reused(c->ssl);
+	return c->rec ? c->resumed : c->hs_done && SSL_session_reused(c->ssl);
 }
 
 const char *tls_conn_error(const struct tls_conn *c)
@@ -1427,11 +1698,15 @@ const char *tls_conn_identity(const struct tls_conn *c)
 
 const char *tls_conn_version(const struct tls_conn *c)
 {
+	if (c->rec)
+		return c->version_str;
 	return c->hs_done ? SSL_get_version(c->ssl) : NULL;
 }
 
 const char *tls_conn_cipher(const struct tls_conn *c)
 {
+	if (c->rec)
+		return c->cipher_str;
 	return c->hs_done ? SSL_get_cipher_name(c->ssl) : NULL;
 }
 
@@ -1698,6 +1973,19 @@ static uint16_t ktls_cipher(const SSL_CIPHER *ciph, size_t *key_len)
 int tls_conn_export_ktls(struct tls_conn *c, struct tls_ktls_keys *out,
 			 unsigned flags)
 {
+	assert(c && out);
+	if (c->rec) {
+		memset(out, 0, sizeof(*out));
+		return TLS_KTLS_UNSUPPORTED;
+	}
+	return conn_export(c, out, flags, false);
+}
+
+/* keep_out: pending output stays valid (shedding: it is ours, already
+ * counted in tx_records), else it blocks the export (kTLS). */
+static int conn_export(struct tls_conn *c, struct tls_ktls_keys *out,
+		       unsigned flags, bool keep_out)
+{
 	const SSL_CIPHER *ciph;
 	const EVP_MD *md;
 	struct ktls_material m = {0};
@@ -1712,7 +2000,7 @@ int tls_conn_export_ktls(struct tls_conn *c, struct tls_ktls_keys *out,
 		return TLS_KTLS_UNSUPPORTED;
 	/* Bytes already taken off the socket but not yet a whole record
 	 * cannot be handed to the kernel; unsent output would be lost. */
-	if (SSL_has_pending(c->ssl) || c->out_len != c->out_head)
+	if (SSL_has_pending(c->ssl) || (!keep_out && c->out_len != c->out_head))
 		return TLS_KTLS_AGAIN;
 	ciph = SSL_get_current_cipher(c->ssl);
 	md = ciph ? SSL_CIPHER_get_handshake_digest(ciph) : NULL;

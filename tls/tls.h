@@ -131,6 +131,15 @@ size_t tls_conn_pending_out(struct tls_conn *c, const uint8_t **p);
 void tls_conn_consume_out(struct tls_conn *c, size_t n);
 
 bool tls_conn_handshake_done(const struct tls_conn *c);
+
+/* For a connection that stays in userspace (no kTLS): once the
+ * handshake is done and OpenSSL holds no unread bytes (now, or after a
+ * later feed), the records move out of OpenSSL (tls/rec.h) and the SSL
+ * object is freed: an idle connection keeps two cipher contexts instead
+ * of ~20 KiB. Everything else works as before; tls_conn_export_ktls then
+ * says TLS_KTLS_UNSUPPORTED. A CBC suite, or a TLS 1.3 key update
+ * already done in OpenSSL, keeps OpenSSL. Server side only. */
+void tls_conn_shed(struct tls_conn *c);
 /* The handshake resumed a session from a ticket (no certificate
  * exchange; the identity is the one the ticket was issued to). */
 bool tls_conn_resumed(const struct tls_conn *c);
