@@ -1662,6 +1662,17 @@ size_t tls_conn_pending_out(struct tls_conn *c, const uint8_t **p)
 	return c->out_len - c->out_head;
 }
 
+uint8_t *tls_conn_take_out(struct tls_conn *c, size_t *off, size_t *len)
+{
+	assert(c && off && len);
+	uint8_t *b = c->out;
+	*off = c->out_head;
+	*len = c->out_len - c->out_head;
+	c->out = NULL;
+	c->out_head = c->out_len = c->out_cap = 0;
+	return b;
+}
+
 void tls_conn_consume_out(struct tls_conn *c, size_t n)
 {
 	assert(c && n <= c->out_len - c->out_head);

@@ -129,6 +129,11 @@ int tls_conn_close_notify(struct tls_conn *c);
  * n bytes; n <= the pending length. */
 size_t tls_conn_pending_out(struct tls_conn *c, const uint8_t **p);
 void tls_conn_consume_out(struct tls_conn *c, size_t n);
+/* Or hands the whole pending output over, without a copy: the bytes are
+ * buf[*off, *off + *len); the caller frees buf (NULL when len is 0),
+ * and c's output starts empty. Records are sealed straight into this
+ * buffer, so the send may own it until the kernel has read it. */
+uint8_t *tls_conn_take_out(struct tls_conn *c, size_t *off, size_t *len);
 
 bool tls_conn_handshake_done(const struct tls_conn *c);
 
