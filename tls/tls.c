@@ -850,8 +850,9 @@ static size_t der_len(const uint8_t *p, size_t avail, size_t *hdr)
 	return n;
 }
 
-/* Copies the SSL_SESSION DER in to out without its [3] peer certificate;
- * returns the new length, or 0 to keep the DER as it is. */
+/* Copies the SSL_SESSION DER in to out (room for len + 4) without its [3]
+ * peer certificate; returns the new length, or 0 to keep the DER as it
+ * is (no certificate, or not the layout expected). */
 static size_t session_der_strip_peer(const uint8_t *in, size_t len, uint8_t *out)
 {
 	size_t hdr, body;
@@ -924,14 +925,14 @@ static int ticket_cipher_do(EVP_CIPHER_CTX *ctx, unsigned char *out,
 	if (!t->aes || len > INT_MAX - 32)
 		return -1;
 	if (EVP_CIPHER_CTX_is_encrypting(ctx)) {
-		uint8_t *lean = malloc(len);
+		uint8_t *lean = malloc(len + 4);
 		size_t ln = lean ? session_der_strip_peer(in, len, lean) : 0;
 		const uint8_t *src = ln ? lean : in;
 		int ok = EVP_EncryptUpdate(t->aes, out, &n, src, (int)(ln ? ln : len)) == 1 &&
 			 EVP_EncryptFinal_ex(t->aes, out + n, &fin) == 1 &&
 			 n + fin >= (int)sizeof(t->tail);
 		if (lean)
-			OPENSSL_clear_free(lean, len);
+			OPENSSL_clear_free(lean, len + 4);
 		if (!ok)
 			return -1;
 		/* CBC padding makes the ciphertext at least one block. */
@@ -1471,7 +1472,8 @@ static int rec_stash(struct tls_conn *c, const uint8_t *in, size_t n)
 	if (!want) {
 		uint8_t h[TLS_REC_HEADER];
 		size_t k = c->part_len < TLS_REC_HEADER ? c->part_len : TLS_REC_HEADER;
-		memcpy(h, c->part, k);
+		if (k)
+			memcpy(h, c->part, k);
 		memcpy(h + k, in, TLS_REC_HEADER - k);
 		if (!(want = rec_total(h)))
 			return rec_fail(c, SSL_AD_RECORD_OVERFLOW, "record too long"), -1;
