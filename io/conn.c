@@ -790,6 +790,29 @@ static size_t conn_out_copy(struct conn *c, uint8_t *dst, size_t cap)
 	return n;
 }
 
+/* Up to cap queued bytes from the head of the wire queue as iovecs (at
+ * most max, max >= OUT_ENTRY_IOV_MAX); *bytes gets their total. */
+static unsigned conn_out_iov(struct conn *c, struct iovec *iov, unsigned max,
+			     size_t cap, size_t *bytes)
+{
+	unsigned k = 0;
+	size_t n = 0, skip = c->head_off;
+	for (uint32_t i = 0; i < c->out_count && n < cap &&
+			     k + OUT_ENTRY_IOV_MAX <= max; i++) {
+		struct out_entry *e = &c->outq[(c->out_head + i) & (c->out_cap - 1)];
+		unsigned m = out_entry_iov(e, skip, iov + k);
+		skip = 0;
+		/* The entry's pieces, the last one cut at cap. */
+		for (unsigned j = 0; j < m && n < cap; j++, k++) {
+			if (iov[k].iov_len > cap - n)
+				iov[k].iov_len = cap - n;
+			n += iov[k].iov_len;
+		}
+	}
+	*bytes = n;
+	return k;
+}
+
 /* A context for up to max_iov iovecs from the shard's pool: a busy
  * connection sends every turn, and a malloc and free per send would be
  * per delivery for a subscriber that gets one message at a time. */
@@ -977,8 +1000,12 @@ static void conn_flush_tls(struct conn *c)
 	if (c->ws && !for_kernel && tls_conn_handshake_done(c->tls))
 		conn_tls_write_ws(c);
 	while (c->out_count && !for_kernel && !c->ws) {
-		size_t n = conn_out_copy(c, buf, TLS_RECORD_PLAIN);
-		if (tls_conn_write(c->tls, buf, n) != TLS_OK) {
+		/* One record's worth of the queue, sealed where it lies. */
+		struct iovec iov[8 * OUT_ENTRY_IOV_MAX];
+		size_t n;
+		unsigned k = conn_out_iov(c, iov, sizeof(iov) / sizeof(iov[0]),
+					  TLS_RECORD_PLAIN, &n);
+		if (tls_conn_writev(c->tls, iov, k, buf) != TLS_OK) {
 			conn_out_drop_all(c);
 			conn_tls_failed(c);
 			break;

@@ -148,12 +148,19 @@ static bool explicit_nonce(const struct tls_rec *r)
 size_t tls_rec_seal(struct tls_rec *r, uint8_t type, const uint8_t *p,
 		    size_t n, uint8_t *out)
 {
-	assert(r && n <= TLS_REC_PLAIN_MAX && (p || !n));
+	struct iovec iov = {(void *)p, n};
+	return tls_rec_sealv(r, type, &iov, n ? 1 : 0, n, out);
+}
+
+size_t tls_rec_sealv(struct tls_rec *r, uint8_t type, const struct iovec *iov,
+		     unsigned niov, size_t n, uint8_t *out)
+{
+	assert(r && n <= TLS_REC_PLAIN_MAX && (iov || !niov));
 	bool v13 = r->version == TLS_1_3_VERSION;
 	size_t expl = explicit_nonce(r) ? EXPLICIT_NONCE_LEN : 0;
 	size_t body = expl + n + (v13 ? 1 : 0) + TAG_LEN;
 	uint8_t nonce[12], aad[13];
-	size_t aad_len;
+	size_t aad_len, done = 0;
 	int outl;
 
 	out[0] = v13 ? TLS_REC_DATA : type;
@@ -179,8 +186,20 @@ size_t tls_rec_seal(struct tls_rec *r, uint8_t type, const uint8_t *p,
 	uint8_t *c = out + TLS_REC_HEADER + expl;
 	EVP_CIPHER_CTX *x = r->tx.ctx;
 	if (EVP_EncryptInit_ex(x, NULL, NULL, NULL, nonce) != 1 ||
-	    EVP_EncryptUpdate(x, NULL, &outl, aad, (int)aad_len) != 1 ||
-	    (n && EVP_EncryptUpdate(x, c, &outl, p, (int)n) != 1) ||
+	    EVP_EncryptUpdate(x, NULL, &outl, aad, (int)aad_len) != 1)
+		return 0;
+	/* Straight from the caller's pieces: AEAD streams. */
+	for (unsigned i = 0; i < niov; i++) {
+		if (!iov[i].iov_len)
+			continue;
+		if (done + iov[i].iov_len > n ||
+		    EVP_EncryptUpdate(x, c + done, &outl, iov[i].iov_base,
+				      (int)iov[i].iov_len) != 1 ||
+		    (size_t)outl != iov[i].iov_len)
+			return 0;
+		done += iov[i].iov_len;
+	}
+	if (done != n ||
 	    (v13 && EVP_EncryptUpdate(x, c + n, &outl, &type, 1) != 1) ||
 	    EVP_EncryptFinal_ex(x, c + n + (v13 ? 1 : 0), &outl) != 1 ||
 	    EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_GET_TAG, TAG_LEN,

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "tls/tls.h"
 
@@ -41,6 +42,11 @@ void tls_rec_free(struct tls_rec *r);
  * n + TLS_REC_OVERHEAD); returns the record's length, 0 on failure. */
 size_t tls_rec_seal(struct tls_rec *r, uint8_t type, const uint8_t *p,
 		    size_t n, uint8_t *out);
+
+/* The same from pieces that add up to n bytes, encrypted where they lie
+ * (no gathering copy). */
+size_t tls_rec_sealv(struct tls_rec *r, uint8_t type, const struct iovec *iov,
+		     unsigned niov, size_t n, uint8_t *out);
 
 /* Opens one whole record rec[0..len) (header included, its length field
  * agreeing with len) into out (room for len); returns the plaintext

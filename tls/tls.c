@@ -1638,6 +1638,38 @@ int tls_conn_write(struct tls_conn *c, const uint8_t *plain, size_t len)
 	return TLS_OK;
 }
 
+int tls_conn_writev(struct tls_conn *c, const struct iovec *iov, unsigned n,
+		    uint8_t *scratch)
+{
+	size_t len = 0;
+	for (unsigned i = 0; i < n; i++)
+		len += iov[i].iov_len;
+	assert(c && len <= TLS_REC_PLAIN_MAX && !c->exported);
+	if (!c->rec) {
+		size_t off = 0;
+		for (unsigned i = 0; i < n; i++) {
+			memcpy(scratch + off, iov[i].iov_base, iov[i].iov_len);
+			off += iov[i].iov_len;
+		}
+		return tls_conn_write(c, scratch, len);
+	}
+	if (c->failed || c->closed)
+		return TLS_ERROR;
+	if (!len)
+		return TLS_OK;
+	if (out_reserve(c, len + TLS_REC_OVERHEAD)) {
+		conn_fail(c, "TLS: out of memory");
+		return TLS_ERROR;
+	}
+	size_t w = tls_rec_sealv(c->rec, TLS_REC_DATA, iov, n, len, c->out + c->out_len);
+	if (!w) {
+		conn_fail(c, "TLS: cannot seal a record");
+		return TLS_ERROR;
+	}
+	c->out_len += w;
+	return TLS_OK;
+}
+
 int tls_conn_close_notify(struct tls_conn *c)
 {
 	int r;

@@ -41,6 +41,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include <linux/tls.h>
 
@@ -120,6 +121,13 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *in, size_t len,
  * Only after the handshake. TLS_OK or TLS_ERROR. Batch a loop turn's
  * packets into one call: each call costs at least one record. */
 int tls_conn_write(struct tls_conn *c, const uint8_t *plain, size_t len);
+
+/* One record from pieces of at most 16 KiB in all, encrypted where they
+ * lie once the records left OpenSSL (tls_conn_shed); before that they are
+ * gathered into scratch (16 KiB, the caller's) for OpenSSL. TLS_OK or
+ * TLS_ERROR. */
+int tls_conn_writev(struct tls_conn *c, const struct iovec *iov, unsigned n,
+		    uint8_t *scratch);
 
 /* Queues a close_notify alert. TLS_OK or TLS_ERROR. */
 int tls_conn_close_notify(struct tls_conn *c);
