@@ -89,6 +89,10 @@ _Static_assert(sizeof(struct tls12_crypto_info_chacha20_poly1305) == 4 + 12 + 32
 #define TLS_TICKET_SECRET_LEN 32
 #define TLS_TICKET_ID_LEN 8
 
+/* Client KeyUpdates a second a connection may ask for (io/ktls.c has the
+ * same bound for kTLS connections). */
+#define TLS_KEY_UPDATES_PER_S 8
+
 struct tls_psk {
 	char *identity;
 	uint8_t key[PSK_MAX_PSK_LEN];
@@ -134,6 +138,8 @@ struct tls_conn {
 	size_t part_len;
 	bool shed_wanted;
 	bool resumed;
+	uint8_t key_updates;	 /* in the second since key_update_s */
+	uint64_t key_update_s;
 	const char *version_str, *cipher_str; /* OpenSSL's static names */
 	bool hs_done;
 	bool closed;
@@ -1398,6 +1404,18 @@ static int rec_handshake(struct tls_conn *c, const uint8_t *m, size_t n)
 		if (m[0] != SSL3_MT_KEY_UPDATE || len != 1 || m[4] > 1)
 			return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
 					"unexpected post-handshake message");
+		/* Each costs us HKDF expansions and a key set-up for the
+		 * client's 5 bytes: as with kTLS (and GnuTLS), more than
+		 * TLS_KEY_UPDATES_PER_S a second end the connection. */
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		if ((uint64_t)ts.tv_sec != c->key_update_s) {
+			c->key_update_s = (uint64_t)ts.tv_sec;
+			c->key_updates = 0;
+		}
+		if (++c->key_updates > TLS_KEY_UPDATES_PER_S)
+			return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+					"more than 8 key updates in a second");
 		if (tls_rec_rekey(c->rec, TLS_KTLS_RX))
 			return rec_fail(c, SSL_AD_INTERNAL_ERROR, "key update failed");
 		/* update_requested: ours goes under the old key. */

@@ -1478,12 +1478,27 @@ TEST(tls_shed_bad_records_end_the_connection)
 	CHECK(pki_init());
 	struct tls_listener_opts o = opts_ec(true);
 	struct tls_server *s = server(&o);
-	for (int mode = 0; mode < 4; mode++) {
+	for (int mode = 0; mode < 5; mode++) {
 		struct pair p;
 		pair_init(&p, s, &(struct client_opts){.cert = "client",
 						       .max_version = mode == 3 ? TLS1_2_VERSION : 0});
 		CHECK(pump(&p, 0));
 		tls_conn_shed(p.sv);
+		if (mode == 4) {
+			/* A KeyUpdate flood: the ninth in a second ends it. */
+			int rc = TLS_WANT_MORE;
+			size_t kw;
+			for (int i = 0; i < 9 && rc != TLS_ERROR; i++) {
+				CHECK_EQ(SSL_key_update(p.cl, SSL_KEY_UPDATE_NOT_REQUESTED), 1);
+				CHECK_EQ(SSL_write_ex(p.cl, "k", 1, &kw), 1);
+				to_server(&p, 0);
+				rc = p.last_rc;
+			}
+			CHECK_EQ(rc, TLS_ERROR);
+			CHECK(strstr(tls_conn_error(p.sv), "key updates") != NULL);
+			pair_free(&p);
+			continue;
+		}
 		if (mode == 3) {
 			/* TLS 1.2 renegotiation is declined with a warning, as
 			 * OpenSSL does; OpenSSL's client then gives up with a
