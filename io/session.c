@@ -155,7 +155,11 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 			trie_unsubscribe(s->trie, filter, len, ss);
 			return -1;
 		}
-		if (r == TRIE_ADDED_FIRST && s->b->cluster)
+		/* The node's interest counts ordinary subscribers only: a
+		 * shared group on the same filter (its own trie entry) gets
+		 * its messages through a NATS queue group. */
+		if ((r == TRIE_ADDED_FIRST || r == TRIE_ADDED) && s->b->cluster &&
+		    trie_plain_count(s->trie, filter, len) == 1)
 			cluster_interest(s->b, filter, len, true);
 	}
 	persist_sub(ss, filter, len, options, sub_id);
@@ -194,10 +198,12 @@ int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
 	uint16_t klen;
 	if (share_parse(filter, len, &key, &klen)) {
 		share_unsubscribe(ss, key, klen, held);
-	} else if (trie_unsubscribe(s->trie, filter, len, ss) ==
-		   TRIE_REMOVED_LAST) {
-		gtrie_remove(s->b->gtrie, filter, len, s->idx);
-		if (s->b->cluster)
+	} else {
+		enum trie_result r = trie_unsubscribe(s->trie, filter, len, ss);
+		if (r == TRIE_REMOVED_LAST)
+			gtrie_remove(s->b->gtrie, filter, len, s->idx);
+		if ((r == TRIE_REMOVED_LAST || r == TRIE_REMOVED) &&
+		    s->b->cluster && trie_plain_count(s->trie, filter, len) == 0)
 			cluster_interest(s->b, filter, len, false);
 	}
 	for (struct sub_entry **pp = &ss->subs; *pp; pp = &(*pp)->next) {

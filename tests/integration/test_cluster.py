@@ -330,10 +330,6 @@ def test_retained_messages_are_cluster_wide_and_loaded_by_a_new_node(cluster):
 
 
 @pytest.mark.timeout(40)
-@pytest.mark.xfail(strict=False, reason="known defect (issue 17 note): about one run "
-                   "in four, an ordinary subscriber on a node that also holds a "
-                   "shared-subscription member of the same filter gets no "
-                   "cross-node route within 10 s ('no route for sh/p')")
 def test_shared_subscription_gives_each_message_to_one_member_across_nodes(cluster):
     cluster.start_nats()
     a = cluster.start_node("a")
