@@ -47,6 +47,8 @@
 #define CLUSTER_REPLAY_MARGIN_MS 2000
 /* A replay that did not reach its end by then is stopped. */
 #define CLUSTER_REPLAY_MAX_MS 60000
+/* How long a JetStream request (stream info, consumer) waits. */
+#define CLUSTER_JS_REQUEST_WAIT_MS 2000
 /* The JetStream thread's turn: retries and replays. */
 #define CLUSTER_TICK_MS 50
 
@@ -805,6 +807,9 @@ static int cluster_setup_js(struct cluster *cl)
 		return 0;
 	jsOptions jo;
 	jsOptions_Init(&jo);
+	/* Requests (streams, replays) are retried: after a NATS server
+	 * died, JetStream answers again once it elected new leaders. */
+	jo.Wait = CLUSTER_JS_REQUEST_WAIT_MS;
 	jo.PublishAsync.AckHandler = cluster_js_ack_cb;
 	jo.PublishAsync.AckHandlerClosure = cl;
 	jo.PublishAsync.MaxPending = CLUSTER_JS_PENDING_MAX;
@@ -894,8 +899,12 @@ static void replay_tick(struct cluster *cl)
 	uint64_t last = st == NATS_OK ? si->State.LastSeq : 0;
 	int64_t last_ns = st == NATS_OK ? si->State.LastTime : 0;
 	jsStreamInfo_Destroy(si);
-	if (st == NATS_OK && (!last || last_ns < (int64_t)from * 1000))
-		return; /* nothing stored since */
+	if (st == NATS_OK && (!last || last_ns < (int64_t)from * 1000)) {
+		log_msg(KITE_LOG_NOTICE, "cluster: node %s replayed the QoS 1/2 "
+			"messages of its outage (complete: none stored since)",
+			cl->node);
+		return;
+	}
 	jsSubOptions so;
 	jsSubOptions_Init(&so);
 	so.Stream = CLUSTER_MSGS_STREAM;
@@ -917,7 +926,6 @@ static void replay_tick(struct cluster *cl)
 			natsStatus_GetText(st), (int)jerr);
 		uint64_t zero = 0;
 		atomic_compare_exchange_strong(&cl->replay_from_us, &zero, from);
-		usleep(500 * 1000);
 	}
 }
 
@@ -1167,8 +1175,13 @@ static void cluster_connected_cb(natsConnection *nc, void *closure)
 	struct cluster *cl = closure;
 	char url[256] = "";
 	natsConnection_GetConnectedUrl(nc, url, sizeof(url));
-	log_msg(KITE_LOG_NOTICE, "cluster: node %s connected to NATS at %s",
-		cl->node, url);
+	if (nc == cl->nc_share)
+		log_msg(KITE_LOG_NOTICE, "cluster: node %s: shared "
+			"subscriptions' link connected to NATS at %s",
+			cl->node, url);
+	else
+		log_msg(KITE_LOG_NOTICE, "cluster: node %s connected to NATS "
+			"at %s", cl->node, url);
 }
 
 static void cluster_reconnected_cb(natsConnection *nc, void *closure)
@@ -1296,6 +1309,8 @@ int cluster_start(struct broker *b)
 		log_msg(KITE_LOG_WARNING, "cluster: NATS at %s is not reachable "
 			"yet; node %s keeps trying", cfg->cluster_nats_url,
 			cl->node);
+	else
+		cluster_connected_cb(cl->nc, cl);
 	natsOptions *so = cluster_options(cl, cfg, true);
 	st = so ? natsConnection_Connect(&cl->nc_share, so) : NATS_NO_MEMORY;
 	if (st == NATS_NOT_YET_CONNECTED)

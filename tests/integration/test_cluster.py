@@ -4,11 +4,14 @@ loopback ports, real MQTT clients connected to different nodes.
 Everything stops by itself; without nats-server the tests skip."""
 
 import os
+import queue
 import shutil
 import signal
 import subprocess
+import threading
 import time
 
+import paho.mqtt.client as mqtt
 import pytest
 
 import harness
@@ -412,3 +415,103 @@ def test_a_node_killed_does_not_disturb_the_others(cluster):
         acked.append(i)
     got = [int(m.payload) for m in drain(sub, len(acked), timeout=10)]
     assert got == acked
+
+
+class AckCounter:
+    """A QoS 1 publisher that notes which payloads got their PUBACK: the
+    promise the broker made. A message whose PUBACK never came (its
+    connection closed) is not counted."""
+
+    def __init__(self, port, topic):
+        self.topic = topic
+        self.acked = set()
+        self.sent = 0
+        self.mids = {}
+        self.lock = threading.Lock()
+        self.stop_ev = threading.Event()
+        self.c = mqtt.Client(client_id="ackcounter", clean_session=True,
+                             protocol=mqtt.MQTTv311)
+        self.c.on_publish = self._on_publish
+        self.c.max_inflight_messages_set(50)
+        self.c.connect(harness.HOST, port, 30)
+        self.c.loop_start()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _on_publish(self, c, u, mid):
+        with self.lock:
+            i = self.mids.pop(mid, None)
+            if i is not None:
+                self.acked.add(i)
+
+    def _run(self):
+        i = 0
+        while not self.stop_ev.is_set():
+            with self.lock:
+                info = self.c.publish(self.topic, b"%d" % i, qos=1)
+                self.mids[info.mid] = i
+            self.sent = i + 1
+            i += 1
+            time.sleep(0.004)
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self):
+        self.stop_ev.set()
+        self.thread.join(5)
+        # Whatever is still in flight gets its chance to be acknowledged.
+        deadline = time.monotonic() + 35
+        while self.mids and time.monotonic() < deadline:
+            time.sleep(0.1)
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.mark.timeout(150)
+def test_acknowledged_qos1_messages_survive_a_nats_server_and_then_a_kite_node_killed(cluster):
+    """Issue 17's accounting: under QoS 1 load, the NATS server the
+    subscriber's node is linked to dies, then a kite node dies; every
+    message the publisher got a PUBACK for reaches the subscriber on a
+    surviving node (duplicates allowed)."""
+    cluster.start_nats(3, jetstream=True)
+    a = cluster.start_node("a")
+    b = cluster.start_node("b")
+    # Node c is given one server, so the test knows which to kill; it
+    # learns the others from the NATS cluster and reconnects to them.
+    c = cluster.start_node("c", url=cluster.nats[0].url())
+    for n in (a, b, c):
+        n.wait_output(r"sends QoS 1/2 messages through JetStream", timeout=30)
+    sub = cluster.client(c)
+    sub.subscribe("load/#", qos=1)
+    doomed = cluster.client(b)
+    doomed.subscribe("load/#", qos=1)
+    probe = cluster.client(a)
+    await_interest(probe, [sub, doomed], "load/probe")
+    pub = AckCounter(a.port, "load/t")
+    pub.start()
+    time.sleep(1.5)
+    # The NATS server node c (the subscriber's) is linked to dies.
+    mark = c.mark()
+    cluster.nats[0].stop(signal.SIGKILL)
+    c.wait_output(r"connected to NATS", since=mark, timeout=10)
+    time.sleep(2.0)
+    # Then a kite node with a subscriber.
+    b.stop(signal.SIGKILL)
+    time.sleep(2.0)
+    pub.stop()
+    acked = set(pub.acked)
+    assert len(acked) > 200, "too few acknowledged (%d of %d sent)" % (len(acked), pub.sent)
+    # JetStream answers again once its servers elected new leaders (some
+    # seconds); node c then replays what its broken link missed.
+    c.wait_output(r"replayed the QoS 1/2 messages of its outage \(complete", since=mark,
+                  timeout=40)
+    got = set()
+    deadline = time.monotonic() + 30
+    while not acked <= got and time.monotonic() < deadline:
+        try:
+            got.add(int(sub.get(timeout=1.0).payload))
+        except queue.Empty:
+            pass
+    lost = sorted(acked - got)
+    assert not lost, "%d acknowledged messages lost (of %d acked, %d sent): %s" % (
+        len(lost), len(acked), pub.sent, lost[:20])
