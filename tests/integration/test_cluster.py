@@ -42,11 +42,16 @@ class Nats:
                     "--routes", ",".join("nats://127.0.0.1:%d" % r for r in routes)]
         if jetstream:
             cmd += ["-js", "-sd", str(self.dir / "js")]
-        self.log = open(self.dir / "nats.log", "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT,
+        self.cmd = cmd
+        self.start()
+
+    def start(self):
+        """Starts (or, after stop, starts again with the same store)."""
+        self.log = open(self.dir / "nats.log", "ab")
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
-        harness.wait_for(lambda: harness.listening(port) or self.proc.poll() is not None,
-                         5.0, what="nats-server listening on %d" % port)
+        harness.wait_for(lambda: harness.listening(self.port) or self.proc.poll() is not None,
+                         5.0, what="nats-server listening on %d" % self.port)
         assert self.proc.poll() is None, (self.dir / "nats.log").read_text()
 
     def url(self):
@@ -515,3 +520,36 @@ def test_acknowledged_qos1_messages_survive_a_nats_server_and_then_a_kite_node_k
     lost = sorted(acked - got)
     assert not lost, "%d acknowledged messages lost (of %d acked, %d sent): %s" % (
         len(lost), len(acked), pub.sent, lost[:20])
+
+
+@pytest.mark.timeout(120)
+def test_a_qos1_puback_waits_until_jetstream_stored_the_message(cluster):
+    """Two NATS servers of three down: JetStream has no majority and stores
+    nothing, so the publisher gets no PUBACK (its message still reaches the
+    other node live); once they are back, the stored message is
+    acknowledged."""
+    cluster.start_nats(3, jetstream=True)
+    a = cluster.start_node("a", url=cluster.nats[0].url())
+    b = cluster.start_node("b", url=cluster.nats[0].url())
+    for n in (a, b):
+        n.wait_output(r"sends QoS 1/2 messages through JetStream", timeout=30)
+    sub = cluster.client(b)
+    sub.subscribe("hold/#", qos=1)
+    probe = cluster.client(a)
+    await_interest(probe, sub, "hold/probe")
+    # Stored and acknowledged while JetStream has its majority.
+    pub = mqttraw.RawClient(a.port)
+    pub.send(mqttraw.connect("holder"))
+    pub.expect(mqttraw.CONNACK)
+    pub.send(mqttraw.publish("hold/t", b"before", qos=1, pid=1))
+    pub.await_packet(mqttraw.PUBACK, pid=1, timeout=10)
+    for s in cluster.nats[1:]:
+        s.stop(signal.SIGKILL)
+    time.sleep(1.0)
+    pub.send(mqttraw.publish("hold/t", b"during", qos=1, pid=2))
+    assert sub.get(timeout=10).payload == b"before"
+    assert sub.get(timeout=10).payload == b"during"
+    pub.expect_silence(timeout=4.0)
+    for s in cluster.nats[1:]:
+        s.start()
+    pub.await_packet(mqttraw.PUBACK, pid=2, timeout=25)
