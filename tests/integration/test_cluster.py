@@ -159,12 +159,23 @@ def drain(c, n, timeout=5.0):
     return [c.get(timeout) for _ in range(n)]
 
 
-@pytest.mark.timeout(40)
-def test_publish_on_one_node_reaches_subscribers_on_the_others_at_each_qos(cluster):
-    cluster.start_nats()
-    a = cluster.start_node("a")
-    b = cluster.start_node("b")
-    c = cluster.start_node("c")
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("jetstream,persist", [(False, False), (True, False), (True, True)],
+                         ids=["core", "jetstream", "jetstream-persistence"])
+def test_publish_on_one_node_reaches_subscribers_on_the_others_at_each_qos(
+        cluster, tmp_path, jetstream, persist):
+    cluster.start_nats(jetstream=jetstream)
+    # With persistence the acks wait for the disk and for JetStream.
+    extra = lambda n: ("persistence true\npersistence_location %s/\n" % (tmp_path / n)
+                       if persist else "")
+    a = cluster.start_node("a", extra=extra("a"))
+    b = cluster.start_node("b", extra=extra("b"))
+    c = cluster.start_node("c", extra=extra("c"))
+    if jetstream:
+        # QoS 1/2 then go through the stream, their acks held until it
+        # stored them (the publishes below wait for PUBACK / PUBCOMP).
+        for n in (a, b, c):
+            n.wait_output(r"sends QoS 1/2 messages through JetStream", timeout=20)
     sb = cluster.client(b)
     sc = cluster.client(c)
     sb.subscribe("x/+/t", qos=2)
@@ -181,6 +192,8 @@ def test_publish_on_one_node_reaches_subscribers_on_the_others_at_each_qos(clust
     assert sc.get().payload == b"parent"
     with pytest.raises(Exception):
         sb.get(timeout=0.5)
+    if jetstream:
+        return
     # This NATS has no JetStream: the log says what QoS 1/2 get instead.
     a.wait_output(r"no JetStream stream for QoS 1/2 messages .*: between nodes "
                   r"they are sent at most once", timeout=10)
