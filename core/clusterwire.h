@@ -24,6 +24,9 @@
 #define CLUSTER_PREFIX_MSG_ANY "kite.m.*"
 #define CLUSTER_PREFIX_RETAIN "kite.r"
 #define CLUSTER_PREFIX_TAKEOVER "kite.t"
+/* A persistent session's subscriptions, by client id (JetStream stream
+ * KITE_SESSIONS, the last record per client). */
+#define CLUSTER_PREFIX_SESSION "kite.s"
 
 /* prefix + "." + the topic, one NATS token per MQTT level, NUL terminated
  * in out[cap]. Bytes NATS reserves ('.', '*', '>', '%', space, control

@@ -47,6 +47,9 @@
 #define CLUSTER_REPLAY_MARGIN_MS 2000
 /* A replay that did not reach its end by then is stopped. */
 #define CLUSTER_REPLAY_MAX_MS 60000
+/* A session whose record would be larger is not carried to other nodes
+ * (logged): its subscriptions stay on the node that has it. */
+#define CLUSTER_SESSION_RECORD_MAX (64 << 10)
 /* How long a JetStream request (stream info, consumer) waits. */
 #define CLUSTER_JS_REQUEST_WAIT_MS 2000
 /* The JetStream thread's turn: retries and replays. */
@@ -132,6 +135,19 @@ struct seen {
 	uint64_t origin, seq;
 };
 
+/* The last record of a persistent session on any node: when it was
+ * written (wall µs), its expiry, its subscriptions (the record's body:
+ * per subscription options u8, sub_id u32, length u16, filter). */
+struct sess_rec {
+	struct htab_link link;
+	uint64_t at_wall_us;
+	uint32_t expiry_s; /* UINT32_MAX: never */
+	uint32_t body_len;
+	uint8_t *body;
+	uint16_t id_len;
+	char id[];
+};
+
 struct cluster {
 	struct broker *b;
 	natsOptions *opts;
@@ -160,6 +176,12 @@ struct cluster {
 	/* The replay running (the JetStream thread's): up to end_seq. */
 	natsSubscription *replay_sub;
 	uint64_t replay_start_us, replay_end_seq, replay_deadline_ms;
+	/* Persistent sessions of the cluster (KITE_SESSIONS, followed from
+	 * its start), by client id. */
+	_Atomic bool js_sessions;
+	natsSubscription *session_sub;
+	pthread_mutex_t sess_lock;
+	struct htab sessions;
 	_Atomic bool replay_caught_up;
 	_Atomic uint64_t js_stored, js_retries, js_refused, replayed;
 	uint64_t node_id;
@@ -758,18 +780,198 @@ void cluster_publish(struct shard *s, const struct msg *m,
 		cluster_fail(cl, "retained message on", topic, m->topic_len, st);
 }
 
+/* ---- sessions across nodes -------------------------------------------------- */
+
+static bool sess_eq_cb(const struct htab_link *l, const void *key, size_t len)
+{
+	const struct sess_rec *r = htab_entry(l, const struct sess_rec, link);
+	return r->id_len == len && !memcmp(r->id, key, len);
+}
+
+static void sess_free_cb(struct htab_link *l)
+{
+	struct sess_rec *r = htab_entry(l, struct sess_rec, link);
+	free(r->body);
+	free(r);
+}
+
+/* Under sess_lock. */
+static struct sess_rec *sess_find(struct cluster *cl, const char *id,
+				  uint16_t len)
+{
+	return htab_entry(htab_find(&cl->sessions, hash_bytes(id, len), id, len,
+				    sess_eq_cb),
+			  struct sess_rec, link);
+}
+
+/* A session record (its last one per client first, then every change):
+ * kept for a client that connects here next. */
+static void cluster_session_cb(natsConnection *nc, natsSubscription *sub,
+			       natsMsg *nm, void *closure)
+{
+	struct cluster *cl = closure;
+	char id[CLUSTER_SUBJECT_MAX];
+	struct cluster_envelope e;
+	int len = cluster_msg_decode(cl, nm, CLUSTER_PREFIX_SESSION ".", id, &e);
+	if (len < 0)
+		return;
+	struct sess_rec *r = NULL;
+	if (e.payload_len >= 4 && len <= CLIENT_ID_MAX) {
+		r = malloc(sizeof(*r) + (size_t)len);
+		uint8_t *body = r ? malloc(e.payload_len - 4 + 1) : NULL;
+		if (r && body) {
+			r->at_wall_us = e.seq;
+			r->expiry_s = (uint32_t)e.payload[0] << 24 |
+				      (uint32_t)e.payload[1] << 16 |
+				      (uint32_t)e.payload[2] << 8 | e.payload[3];
+			r->body_len = e.payload_len - 4;
+			memcpy(body, e.payload + 4, r->body_len);
+			r->body = body;
+			r->id_len = (uint16_t)len;
+			memcpy(r->id, id, (size_t)len);
+		} else {
+			free(r);
+			r = NULL;
+			atomic_fetch_add(&cl->failures, 1);
+		}
+	}
+	pthread_mutex_lock(&cl->sess_lock);
+	struct sess_rec *old = sess_find(cl, id, (uint16_t)len);
+	if (old) {
+		htab_remove(&cl->sessions, &old->link);
+		sess_free_cb(&old->link);
+	}
+	if (r && htab_insert(&cl->sessions, &r->link,
+			     hash_bytes(id, (size_t)len)) < 0) {
+		sess_free_cb(&r->link);
+		atomic_fetch_add(&cl->failures, 1);
+	}
+	pthread_mutex_unlock(&cl->sess_lock);
+	natsMsg_Destroy(nm);
+}
+
+static void put_be(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = n - 1; i >= 0; i--, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+void cluster_session_save(struct shard *s, const struct session *ss,
+			  bool gone)
+{
+	struct cluster *cl = s->b->cluster;
+	if (!atomic_load_explicit(&cl->js_sessions, memory_order_acquire) ||
+	    ss->bridge)
+		return;
+	if (gone) {
+		/* A record to clear only if some node wrote one. */
+		pthread_mutex_lock(&cl->sess_lock);
+		bool known = sess_find(cl, ss->client_id, ss->client_id_len);
+		pthread_mutex_unlock(&cl->sess_lock);
+		if (!known)
+			return;
+	}
+	size_t n = CLUSTER_ENVELOPE_HEADER + 4;
+	for (const struct sub_entry *e = ss->subs; e && !gone; e = e->next)
+		n += 7u + e->len;
+	if (n > CLUSTER_SESSION_RECORD_MAX) {
+		cluster_fail(cl, "the subscriptions of", ss->client_id,
+			     ss->client_id_len, NATS_INSUFFICIENT_BUFFER);
+		gone = true; /* an old record must not come back */
+		n = CLUSTER_ENVELOPE_HEADER + 4;
+	}
+	char subj[CLUSTER_SUBJECT_MAX + 1];
+	uint8_t *buf = scratch_get(n);
+	if (!buf || cluster_subject(CLUSTER_PREFIX_SESSION, ss->client_id,
+				    ss->client_id_len, subj, sizeof(subj)) < 0)
+		return;
+	struct cluster_envelope env = {.origin = cl->node_id, .seq = wall_us()};
+	cluster_envelope_header(&env, buf);
+	uint8_t *p = buf + CLUSTER_ENVELOPE_HEADER;
+	if (gone) {
+		n = CLUSTER_ENVELOPE_HEADER; /* no body: no session */
+	} else {
+		put_be(p, ss->expiry_s, 4);
+		p += 4;
+		for (const struct sub_entry *e = ss->subs; e; e = e->next) {
+			p[0] = e->options;
+			put_be(p + 1, e->sub_id, 4);
+			put_be(p + 5, e->len, 2);
+			memcpy(p + 7, e->filter, e->len);
+			p += 7u + e->len;
+		}
+	}
+	natsStatus st = natsConnection_Publish(cl->nc, subj, buf, (int)n);
+	if (st != NATS_OK)
+		cluster_fail(cl, "the session of", ss->client_id,
+			     ss->client_id_len, st);
+}
+
+bool cluster_session_restore(struct shard *s, struct session *ss)
+{
+	struct cluster *cl = s->b->cluster;
+	if (!atomic_load_explicit(&cl->js_sessions, memory_order_acquire))
+		return false;
+	pthread_mutex_lock(&cl->sess_lock);
+	struct sess_rec *r = sess_find(cl, ss->client_id, ss->client_id_len);
+	uint8_t *body = NULL;
+	uint32_t len = 0;
+	bool alive = r && (r->expiry_s == UINT32_MAX ||
+			   wall_us() < r->at_wall_us + (uint64_t)r->expiry_s * 1000000u);
+	if (alive && (body = malloc(r->body_len + 1u)) != NULL) {
+		len = r->body_len;
+		memcpy(body, r->body, len);
+	}
+	pthread_mutex_unlock(&cl->sess_lock);
+	if (!body)
+		return false;
+	/* Records come from other nodes of this cluster, still checked as
+	 * bytes from the network: a bad one restores what parsed before it.
+	 * The record is written once, after (not once per subscription). */
+	struct conn *c = ss->conn;
+	ss->conn = NULL;
+	for (uint32_t off = 0; off + 7 <= len;) {
+		const uint8_t *p = body + off;
+		uint32_t sub_id = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 |
+				  (uint32_t)p[3] << 8 | p[4];
+		uint16_t flen = (uint16_t)(p[5] << 8 | p[6]);
+		if (!flen || off + 7u + flen > len ||
+		    !mqtt_topic_filter_valid(p + 7, flen))
+			break;
+		const char *f = (const char *)p + 7;
+		if (session_may_subscribe(ss, f, flen))
+			session_add_sub(ss, f, flen, p[0] & ~(uint32_t)(SUB_SHARED | SUB_READ_OK),
+					sub_id, NULL);
+		off += 7u + flen;
+	}
+	ss->conn = c;
+	free(body);
+	if (s->cfg->connection_messages)
+		log_msg(KITE_LOG_NOTICE, "Client %s: session taken over from "
+			"another node of the cluster, %u subscriptions",
+			ss->client_id, ss->sub_count);
+	return true;
+}
+
 /* ---- JetStream: retained messages ----------------------------------------- */
 
 /* KITE_RETAINED (msgs false): the last message per subject, for ever;
  * KITE_MSGS (msgs true): every QoS 1/2 message for a short while. */
-static natsStatus cluster_add_stream(struct cluster *cl, bool msgs,
+enum stream_kind { STREAM_RETAINED, STREAM_MSGS, STREAM_SESSIONS };
+
+static natsStatus cluster_add_stream(struct cluster *cl, enum stream_kind k,
 				     int64_t replicas, jsErrCode *jerr)
 {
-	const char *subjects[] = {msgs ? CLUSTER_PREFIX_MSG_Q12 ".>"
-				       : CLUSTER_PREFIX_RETAIN ".>"};
+	static const char *const names[] = {"KITE_RETAINED", CLUSTER_MSGS_STREAM,
+					     "KITE_SESSIONS"};
+	static const char *const subjs[] = {CLUSTER_PREFIX_RETAIN ".>",
+					    CLUSTER_PREFIX_MSG_Q12 ".>",
+					    CLUSTER_PREFIX_SESSION ".>"};
+	bool msgs = k == STREAM_MSGS;
+	const char *subjects[] = {subjs[k]};
 	jsStreamConfig sc;
 	jsStreamConfig_Init(&sc);
-	sc.Name = msgs ? CLUSTER_MSGS_STREAM : "KITE_RETAINED";
+	sc.Name = names[k];
 	sc.Subjects = subjects;
 	sc.SubjectsLen = 1;
 	if (msgs) {
@@ -792,12 +994,12 @@ static natsStatus cluster_add_stream(struct cluster *cl, bool msgs,
 
 /* Three copies where the NATS cluster has three servers; one on a single
  * server. */
-static natsStatus cluster_make_stream(struct cluster *cl, bool msgs,
+static natsStatus cluster_make_stream(struct cluster *cl, enum stream_kind k,
 				      jsErrCode *jerr)
 {
-	natsStatus st = cluster_add_stream(cl, msgs, 3, jerr);
+	natsStatus st = cluster_add_stream(cl, k, 3, jerr);
 	if (st != NATS_OK)
-		st = cluster_add_stream(cl, msgs, 1, jerr);
+		st = cluster_add_stream(cl, k, 1, jerr);
 	return st;
 }
 
@@ -824,7 +1026,7 @@ static int cluster_setup_js(struct cluster *cl)
 static int cluster_setup_msgs(struct cluster *cl)
 {
 	jsErrCode jerr = 0;
-	natsStatus st = cluster_make_stream(cl, true, &jerr);
+	natsStatus st = cluster_make_stream(cl, STREAM_MSGS, &jerr);
 	if (st != NATS_OK) {
 		log_msg(KITE_LOG_WARNING, "cluster: no JetStream stream for "
 			"QoS 1/2 messages (%s, %d): between nodes they are "
@@ -840,13 +1042,30 @@ static int cluster_setup_msgs(struct cluster *cl)
 static int cluster_setup_retained(struct cluster *cl)
 {
 	jsErrCode jerr = 0;
-	natsStatus st = cluster_make_stream(cl, false, &jerr);
+	natsStatus st = cluster_make_stream(cl, STREAM_RETAINED, &jerr);
 	if (st != NATS_OK) {
 		log_msg(KITE_LOG_WARNING, "cluster: no JetStream stream for "
 			"retained messages (%s, %d): they stay on their node",
 			natsStatus_GetText(st), (int)jerr);
 		return st == NATS_TIMEOUT ? -1 : 1;
 	}
+	/* Persistent sessions' subscriptions: followed the same way. */
+	st = cluster_make_stream(cl, STREAM_SESSIONS, &jerr);
+	jsSubOptions ss;
+	jsSubOptions_Init(&ss);
+	ss.Stream = "KITE_SESSIONS";
+	ss.Ordered = true;
+	ss.Config.DeliverPolicy = js_DeliverLastPerSubject;
+	if (st == NATS_OK && !cl->session_sub)
+		st = js_Subscribe(&cl->session_sub, cl->js,
+				  CLUSTER_PREFIX_SESSION ".>", cluster_session_cb,
+				  cl, NULL, &ss, &jerr);
+	if (st != NATS_OK) {
+		log_msg(KITE_LOG_WARNING, "cluster: no JetStream stream for "
+			"sessions (%s, %d)", natsStatus_GetText(st), (int)jerr);
+		return -1;
+	}
+	atomic_store_explicit(&cl->js_sessions, true, memory_order_release);
 	jsSubOptions so;
 	jsSubOptions_Init(&so);
 	so.Stream = "KITE_RETAINED";
@@ -1282,6 +1501,7 @@ int cluster_start(struct broker *b)
 	pthread_mutex_init(&cl->interest_lock, NULL);
 	pthread_mutex_init(&cl->in_lock, NULL);
 	pthread_mutex_init(&cl->pend_lock, NULL);
+	pthread_mutex_init(&cl->sess_lock, NULL);
 	if (cfg->cluster_node_name[0]) {
 		snprintf(cl->node, sizeof(cl->node), "%s", cfg->cluster_node_name);
 	} else {
@@ -1399,12 +1619,15 @@ void cluster_free(struct broker *b)
 	htab_fini(&cl->interest, interest_free_cb);
 	htab_fini(&cl->shares, share_free_cb);
 	htab_fini(&cl->pend, pend_free_cb);
+	htab_fini(&cl->sessions, sess_free_cb);
 	if (cl->takeover_sub)
 		natsSubscription_Destroy(cl->takeover_sub);
 	if (cl->retain_sub)
 		natsSubscription_Destroy(cl->retain_sub);
 	if (cl->replay_sub)
 		natsSubscription_Destroy(cl->replay_sub);
+	if (cl->session_sub)
+		natsSubscription_Destroy(cl->session_sub);
 	jsCtx_Destroy(cl->js);
 	natsConnection_Destroy(cl->nc);
 	natsConnection_Destroy(cl->nc_share);

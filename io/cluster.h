@@ -49,6 +49,15 @@ bool cluster_holds_ack(const struct broker *b, const struct msg *m);
 /* A client connected here: other nodes close their session of that id. */
 struct session;
 void cluster_announce_session(struct shard *s, const struct session *ss);
+/* Persistent sessions across nodes (the stream KITE_SESSIONS): the
+ * owner records ss's subscriptions (an empty record once it is not
+ * persistent any more, or expired: `gone`). Shard threads. */
+void cluster_session_save(struct shard *s, const struct session *ss,
+			  bool gone);
+/* A persistent session new on this node: the subscriptions its last
+ * owner recorded, if that session has not expired, are subscribed again
+ * (those the client may still subscribe to). True when it did. */
+bool cluster_session_restore(struct shard *s, struct session *ss);
 /* Each loop turn: what NATS brought for this shard. */
 void cluster_drain(struct shard *s);
 

@@ -127,6 +127,15 @@ void session_destroy(struct session *ss)
 
 /* ---- subscriptions -------------------------------------------------------- */
 
+/* A connected persistent session's subscriptions changed: other nodes
+ * of a cluster learn them (not while it is restored, before CONNACK). */
+static void session_cluster_save(struct session *ss)
+{
+	struct shard *s = ss->shard;
+	if (s->b->cluster && ss->persistent && ss->conn)
+		cluster_session_save(s, ss, false);
+}
+
 int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 		    uint32_t options, uint32_t sub_id, struct held_ack *held)
 {
@@ -170,6 +179,7 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 				e->options = (uint8_t)options;
 				e->sub_id = sub_id;
 			}
+		session_cluster_save(ss);
 		return 0;
 	}
 	struct sub_entry *e = malloc(sizeof(*e) + len + 1u);
@@ -187,6 +197,7 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 	ss->subs = e;
 	ss->sub_count++;
 	stat_add(&s->stats.subscriptions, 1);
+	session_cluster_save(ss);
 	return 1;
 }
 
@@ -214,6 +225,7 @@ int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
 			free(e);
 			ss->sub_count--;
 			stat_sub(&s->stats.subscriptions, 1);
+			session_cluster_save(ss);
 			return 1;
 		}
 	}
@@ -752,6 +764,8 @@ void session_check_timers(struct shard *s)
 			ss->expire_at_ms = 0;
 			ss->expiry_s = 0;
 			ss->persistent = false;
+			if (s->b->cluster)
+				cluster_session_save(s, ss, true);
 			session_on_disconnect(s, ss); /* ends it */
 		} else if (!ss->conn && ss->expire_at_ms) {
 			session_timer_at(s, ss->expire_at_ms);

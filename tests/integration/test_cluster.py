@@ -569,3 +569,41 @@ def test_a_qos1_puback_waits_until_jetstream_stored_the_message(cluster):
     for s in cluster.nats[1:]:
         s.start()
     pub.await_packet(mqttraw.PUBACK, pid=2, timeout=25)
+
+
+@pytest.mark.timeout(60)
+def test_a_persistent_session_taken_over_on_another_node_keeps_its_subscriptions(cluster):
+    """A client with a persistent session subscribes on node a, goes
+    away, and connects to node b: b knows its subscriptions (from the
+    stream KITE_SESSIONS), says session present, and delivers without a
+    new SUBSCRIBE. A clean session then clears the record."""
+    cluster.start_nats(3, jetstream=True)
+    a = cluster.start_node("a")
+    b = cluster.start_node("b")
+    c = cluster.start_node("c")
+    for n in (a, b, c):
+        n.wait_output(r"follows retained messages", timeout=30)
+    first = cluster.client(a, client_id="roamer2", clean=False)
+    assert not first.session_present
+    first.subscribe("carry/+", qos=1)
+    first.subscribe("carry2/#", qos=1)
+    first.stop()
+    time.sleep(1.0)
+    mark = b.mark()
+    second = cluster.client(b, client_id="roamer2", clean=False)
+    assert second.session_present
+    b.wait_output(r"Client roamer2: session taken over from another node of the "
+                  r"cluster, 2 subscriptions", since=mark)
+    pub = cluster.client(c)
+    await_interest(pub, second, "carry/p")
+    pub.publish("carry2/x/y", b"no resubscribe", qos=1)
+    m = second.get()
+    assert (m.topic, m.payload) == ("carry2/x/y", b"no resubscribe")
+    second.stop()
+    # A clean start ends the session cluster-wide: the next persistent
+    # connect elsewhere starts empty.
+    clean = cluster.client(c, client_id="roamer2", clean=True)
+    clean.stop()
+    time.sleep(1.0)
+    third = cluster.client(a, client_id="roamer2", clean=False)
+    assert not third.session_present
