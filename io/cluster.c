@@ -39,9 +39,13 @@
 /* Past this the publisher's acknowledgement is withheld (its connection
  * closed): it sends again, to whichever node it reaches. */
 #define CLUSTER_JS_GIVE_UP_MS 30000
-/* Publishes awaiting JetStream's answer: past it a shard does not wait
- * (libnats would stall it), the message is sent again a little later. */
+/* Publishes not confirmed yet: past it a shard does not hand more to
+ * libnats (which would stall it); they wait on the retry list. Memory is
+ * bounded by the publishers' inflight windows (their acks wait). */
 #define CLUSTER_JS_PENDING_MAX 65536
+/* Sends again per turn of the JetStream thread, so that pend_lock (which
+ * shards take) is held briefly. */
+#define CLUSTER_JS_RETRY_BATCH 1024
 /* A replay starts this much before the link was seen down: what was in
  * flight then. The (origin, seq) check drops what arrived anyway. */
 #define CLUSTER_REPLAY_MARGIN_MS 2000
@@ -169,6 +173,7 @@ struct cluster {
 	_Atomic bool js_msgs;
 	pthread_mutex_t pend_lock;
 	struct htab pend;	      /* struct js_pend by seq */
+	uint32_t pend_count;
 	struct js_pend *retry_head; /* those waiting to be sent again */
 	/* The main link went down at (wall µs, 0 while up); a replay from
 	 * replay_from_us is due once it is back (0: none). */
@@ -592,6 +597,7 @@ static void cluster_js_ack_cb(jsCtx *js, natsMsg *nm, jsPubAck *pa,
 				       struct js_pend, link);
 	if (p && !pae) {
 		htab_remove(&cl->pend, &p->link);
+		cl->pend_count--;
 	} else if (p) {
 		/* Not stored: no answer in time, no stream leader yet (a
 		 * NATS server died), the link broke. Sent again after a
@@ -626,6 +632,7 @@ static void js_publish(struct cluster *cl, const char *subj,
 	char id[48];
 	snprintf(id, sizeof(id), "%016" PRIx64 ".%" PRIu64, cl->node_id, seq);
 	natsMsg *nm = NULL;
+	bool full = false;
 	struct js_pend *p = calloc(1, sizeof(*p));
 	natsStatus st = p ? natsMsg_Create(&nm, subj, NULL, (const char *)buf,
 					   (int)n)
@@ -639,6 +646,8 @@ static void js_publish(struct cluster *cl, const char *subj,
 		pthread_mutex_lock(&cl->pend_lock);
 		if (htab_insert(&cl->pend, &p->link, pend_hash(seq)) < 0)
 			st = NATS_NO_MEMORY;
+		else
+			full = ++cl->pend_count > CLUSTER_JS_PENDING_MAX;
 		pthread_mutex_unlock(&cl->pend_lock);
 	}
 	if (st != NATS_OK) {
@@ -656,7 +665,7 @@ static void js_publish(struct cluster *cl, const char *subj,
 	jsPubOptions o;
 	jsPubOptions_Init(&o);
 	o.MaxWait = CLUSTER_JS_ACK_WAIT_MS;
-	st = js_PublishMsgAsync(cl->js, &nm, &o);
+	st = full ? NATS_INSUFFICIENT_BUFFER : js_PublishMsgAsync(cl->js, &nm, &o);
 	if (st == NATS_OK) {
 		atomic_fetch_add_explicit(&cl->published, 1, memory_order_relaxed);
 		return;
@@ -674,6 +683,8 @@ static void js_retry_tick(struct cluster *cl)
 {
 	uint64_t now = now_monotonic_ms();
 	struct js_pend *given_up = NULL;
+	uint32_t sent = 0;
+	bool sent_out = false;
 	jsPubOptions o;
 	jsPubOptions_Init(&o);
 	o.MaxWait = CLUSTER_JS_ACK_WAIT_MS;
@@ -684,12 +695,13 @@ static void js_retry_tick(struct cluster *cl)
 		if (now >= p->give_up_ms) {
 			*pp = p->next_retry;
 			htab_remove(&cl->pend, &p->link);
+			cl->pend_count--;
 			natsMsg_Destroy(p->retry);
 			p->next_retry = given_up;
 			given_up = p;
 			continue;
 		}
-		if (now < p->retry_at_ms) {
+		if (now < p->retry_at_ms || sent_out) {
 			pp = &p->next_retry;
 			continue;
 		}
@@ -701,9 +713,12 @@ static void js_retry_tick(struct cluster *cl)
 			p->retry = NULL;
 			atomic_fetch_add_explicit(&cl->js_retries, 1,
 						  memory_order_relaxed);
+			sent_out = ++sent >= CLUSTER_JS_RETRY_BATCH;
 		} else {
+			/* libnats takes no more now: the rest next turn. */
 			p->retry_at_ms = now + CLUSTER_JS_RETRY_MS;
 			pp = &p->next_retry;
+			sent_out = true;
 		}
 	}
 	pthread_mutex_unlock(&cl->pend_lock);
@@ -1014,7 +1029,8 @@ static int cluster_setup_js(struct cluster *cl)
 	jo.Wait = CLUSTER_JS_REQUEST_WAIT_MS;
 	jo.PublishAsync.AckHandler = cluster_js_ack_cb;
 	jo.PublishAsync.AckHandlerClosure = cl;
-	jo.PublishAsync.MaxPending = CLUSTER_JS_PENDING_MAX;
+	/* Above kite's own bound (pend_count), so libnats never stalls. */
+	jo.PublishAsync.MaxPending = CLUSTER_JS_PENDING_MAX + 2 * CLUSTER_JS_RETRY_BATCH;
 	/* A shard never waits: past MaxPending the publish is retried by
 	 * the JetStream thread. */
 	jo.PublishAsync.StallWait = 1;
