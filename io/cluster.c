@@ -206,6 +206,14 @@ struct cluster {
 
 static _Thread_local uint8_t *scratch;
 static _Thread_local size_t scratch_cap;
+/* Frees a thread's scratch when the thread ends. */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_key_make(void)
+{
+	(void)pthread_key_create(&scratch_key, free);
+}
 
 /* ---- from NATS to the shards --------------------------------------------- */
 
@@ -511,6 +519,8 @@ static uint8_t *scratch_get(size_t n)
 			return NULL;
 		scratch = p;
 		scratch_cap = n;
+		pthread_once(&scratch_once, scratch_key_make);
+		(void)pthread_setspecific(scratch_key, p);
 	}
 	return scratch;
 }
