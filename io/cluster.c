@@ -139,12 +139,15 @@ struct seen {
 	uint64_t origin, seq;
 };
 
-/* The last record of a persistent session on any node: when it was
- * written (wall µs), its expiry, its subscriptions (the record's body:
- * per subscription options u8, sub_id u32, length u16, filter). */
+/* The last record of a persistent session on any node: the connect time
+ * of the connection that wrote it (its owner's epoch: a late record of
+ * an older owner loses), when it was written (wall µs), its expiry, its
+ * subscriptions (the record's body: per subscription options u8, sub_id
+ * u32, length u16, filter). gone: the session ended (body empty). */
 struct sess_rec {
 	struct htab_link link;
-	uint64_t at_wall_us;
+	uint64_t epoch, at_wall_us;
+	bool gone;
 	uint32_t expiry_s; /* UINT32_MAX: never */
 	uint32_t body_len;
 	uint8_t *body;
@@ -840,39 +843,51 @@ static void cluster_session_cb(natsConnection *nc, natsSubscription *sub,
 	int len = cluster_msg_decode(cl, nm, CLUSTER_PREFIX_SESSION ".", id, &e);
 	if (len < 0)
 		return;
-	struct sess_rec *r = NULL;
-	if (e.payload_len >= 4 && len <= CLIENT_ID_MAX) {
-		r = malloc(sizeof(*r) + (size_t)len);
-		uint8_t *body = r ? malloc(e.payload_len - 4 + 1) : NULL;
-		if (r && body) {
-			r->at_wall_us = e.seq;
-			r->expiry_s = (uint32_t)e.payload[0] << 24 |
-				      (uint32_t)e.payload[1] << 16 |
-				      (uint32_t)e.payload[2] << 8 | e.payload[3];
-			r->body_len = e.payload_len - 4;
-			memcpy(body, e.payload + 4, r->body_len);
-			r->body = body;
-			r->id_len = (uint16_t)len;
-			memcpy(r->id, id, (size_t)len);
-		} else {
-			free(r);
-			r = NULL;
-			atomic_fetch_add(&cl->failures, 1);
-		}
+	const uint8_t *d = e.payload;
+	bool gone = e.payload_len < 12;
+	struct sess_rec *r = e.payload_len >= 8 && len <= CLIENT_ID_MAX
+				     ? malloc(sizeof(*r) + (size_t)len)
+				     : NULL;
+	uint8_t *body = r && !gone ? malloc(e.payload_len - 12 + 1) : NULL;
+	if (!r || (!gone && !body)) {
+		free(r);
+		natsMsg_Destroy(nm);
+		atomic_fetch_add(&cl->failures, 1);
+		return;
 	}
+	r->epoch = 0;
+	for (int i = 0; i < 8; i++)
+		r->epoch = r->epoch << 8 | d[i];
+	r->at_wall_us = e.seq;
+	r->gone = gone;
+	r->expiry_s = gone ? 0 : (uint32_t)d[8] << 24 | (uint32_t)d[9] << 16 |
+					 (uint32_t)d[10] << 8 | d[11];
+	r->body_len = gone ? 0 : e.payload_len - 12;
+	if (body)
+		memcpy(body, d + 12, r->body_len);
+	r->body = body;
+	r->id_len = (uint16_t)len;
+	memcpy(r->id, id, (size_t)len);
+	natsMsg_Destroy(nm);
 	pthread_mutex_lock(&cl->sess_lock);
 	struct sess_rec *old = sess_find(cl, id, (uint16_t)len);
-	if (old) {
+	if (old && old->epoch > r->epoch) {
+		/* An older owner's late record (it went offline while the
+		 * client was connecting elsewhere): the newer owner's stays. */
+		sess_free_cb(&r->link);
+		r = NULL;
+	} else if (old) {
 		htab_remove(&cl->sessions, &old->link);
 		sess_free_cb(&old->link);
 	}
+	/* An ended session stays as a tombstone, so that such a late
+	 * record cannot bring it back either. */
 	if (r && htab_insert(&cl->sessions, &r->link,
 			     hash_bytes(id, (size_t)len)) < 0) {
 		sess_free_cb(&r->link);
 		atomic_fetch_add(&cl->failures, 1);
 	}
 	pthread_mutex_unlock(&cl->sess_lock);
-	natsMsg_Destroy(nm);
 }
 
 static void put_be(uint8_t *p, uint64_t v, int n)
@@ -891,19 +906,21 @@ void cluster_session_save(struct shard *s, const struct session *ss,
 	if (gone) {
 		/* A record to clear only if some node wrote one. */
 		pthread_mutex_lock(&cl->sess_lock);
-		bool known = sess_find(cl, ss->client_id, ss->client_id_len);
+		const struct sess_rec *r =
+			sess_find(cl, ss->client_id, ss->client_id_len);
+		bool known = r && !r->gone;
 		pthread_mutex_unlock(&cl->sess_lock);
 		if (!known)
 			return;
 	}
-	size_t n = CLUSTER_ENVELOPE_HEADER + 4;
+	size_t n = CLUSTER_ENVELOPE_HEADER + 12;
 	for (const struct sub_entry *e = ss->subs; e && !gone; e = e->next)
 		n += 7u + e->len;
 	if (n > CLUSTER_SESSION_RECORD_MAX) {
 		cluster_fail(cl, "the subscriptions of", ss->client_id,
 			     ss->client_id_len, NATS_INSUFFICIENT_BUFFER);
 		gone = true; /* an old record must not come back */
-		n = CLUSTER_ENVELOPE_HEADER + 4;
+		n = CLUSTER_ENVELOPE_HEADER + 12;
 	}
 	char subj[CLUSTER_SUBJECT_MAX + 1];
 	uint8_t *buf = scratch_get(n);
@@ -913,8 +930,10 @@ void cluster_session_save(struct shard *s, const struct session *ss,
 	struct cluster_envelope env = {.origin = cl->node_id, .seq = wall_us()};
 	cluster_envelope_header(&env, buf);
 	uint8_t *p = buf + CLUSTER_ENVELOPE_HEADER;
+	put_be(p, ss->connect_wall_us, 8);
+	p += 8;
 	if (gone) {
-		n = CLUSTER_ENVELOPE_HEADER; /* no body: no session */
+		n = CLUSTER_ENVELOPE_HEADER + 8; /* an epoch only: no session */
 	} else {
 		put_be(p, ss->expiry_s, 4);
 		p += 4;
@@ -941,7 +960,7 @@ bool cluster_session_restore(struct shard *s, struct session *ss)
 	struct sess_rec *r = sess_find(cl, ss->client_id, ss->client_id_len);
 	uint8_t *body = NULL;
 	uint32_t len = 0;
-	bool alive = r && (r->expiry_s == UINT32_MAX ||
+	bool alive = r && !r->gone && (r->expiry_s == UINT32_MAX ||
 			   wall_us() < r->at_wall_us + (uint64_t)r->expiry_s * 1000000u);
 	if (alive && (body = malloc(r->body_len + 1u)) != NULL) {
 		len = r->body_len;
@@ -999,7 +1018,12 @@ static natsStatus cluster_add_stream(struct cluster *cl, enum stream_kind k,
 	sc.Name = names[k];
 	sc.Subjects = subjects;
 	sc.SubjectsLen = 1;
-	if (msgs) {
+	if (k == STREAM_SESSIONS) {
+		/* A few per client: a node that starts reads them in order
+		 * and the owners' epochs pick the right one (the last may be
+		 * an older owner's late record). */
+		sc.MaxMsgsPerSubject = 4;
+	} else if (msgs) {
 		sc.Retention = js_LimitsPolicy;
 		sc.MaxAge = (int64_t)CLUSTER_MSGS_MAX_AGE_S * 1000000000;
 		sc.MaxBytes = CLUSTER_MSGS_MAX_BYTES;
@@ -1081,7 +1105,7 @@ static int cluster_setup_retained(struct cluster *cl)
 	jsSubOptions_Init(&ss);
 	ss.Stream = "KITE_SESSIONS";
 	ss.Ordered = true;
-	ss.Config.DeliverPolicy = js_DeliverLastPerSubject;
+	ss.Config.DeliverPolicy = js_DeliverAll;
 	if (st == NATS_OK && !cl->session_sub)
 		st = js_Subscribe(&cl->session_sub, cl->js,
 				  CLUSTER_PREFIX_SESSION ".>", cluster_session_cb,

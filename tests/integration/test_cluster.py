@@ -441,38 +441,36 @@ def test_a_node_killed_does_not_disturb_the_others(cluster):
 class AckCounter:
     """A QoS 1 publisher that notes which payloads got their PUBACK: the
     promise the broker made. A message whose PUBACK never came (its
-    connection closed) is not counted."""
+    connection closed) is not counted. No lock of ours is held around
+    paho's calls (paho calls on_publish under its own locks)."""
 
     def __init__(self, port, topic):
         self.topic = topic
-        self.acked = set()
-        self.sent = 0
+        self.acked_mids = set()
         self.mids = {}
-        self.lock = threading.Lock()
+        self.sent = 0
         self.stop_ev = threading.Event()
         self.c = mqtt.Client(client_id="ackcounter", clean_session=True,
                              protocol=mqtt.MQTTv311)
-        self.c.on_publish = self._on_publish
+        self.c.on_publish = lambda c, u, mid: self.acked_mids.add(mid)
         self.c.max_inflight_messages_set(50)
         self.c.connect(harness.HOST, port, 30)
         self.c.loop_start()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _on_publish(self, c, u, mid):
-        with self.lock:
-            i = self.mids.pop(mid, None)
-            if i is not None:
-                self.acked.add(i)
-
     def _run(self):
         i = 0
-        while not self.stop_ev.is_set():
-            with self.lock:
-                info = self.c.publish(self.topic, b"%d" % i, qos=1)
-                self.mids[info.mid] = i
+        # Packet ids are not reused below 65535 messages: one mid, one payload.
+        while not self.stop_ev.is_set() and i < 60000:
+            info = self.c.publish(self.topic, b"%d" % i, qos=1)
+            self.mids[info.mid] = i
             self.sent = i + 1
             i += 1
             time.sleep(0.004)
+
+    @property
+    def acked(self):
+        return {i for mid, i in list(self.mids.items()) if mid in self.acked_mids}
 
     def start(self):
         self.thread.start()
@@ -482,7 +480,7 @@ class AckCounter:
         self.thread.join(5)
         # Whatever is still in flight gets its chance to be acknowledged.
         deadline = time.monotonic() + 35
-        while self.mids and time.monotonic() < deadline:
+        while len(self.acked) < len(self.mids) and time.monotonic() < deadline:
             time.sleep(0.1)
         self.c.disconnect()
         self.c.loop_stop()
