@@ -127,6 +127,9 @@ struct kb_opts {
 	const char *cafile, *cert, *key, *cert_dir, *cert_prefix;
 	uint32_t cert_count; /* --cert-dir: use dir/clients/PREFIX1..N */
 	const char *tls_version; /* NULL: 1.2 or 1.3, whatever is agreed */
+	/* Each new connection offers the session (ticket) of the last one
+	 * that used its client identity: a fleet reconnecting. */
+	bool tls_resume;
 	/* Persistent sessions: clean session 0 (3.1.1) / clean start 0 with
 	 * a session expiry (5.0) for every client, so a broker with
 	 * persistence keeps (and logs) their subscriptions and queues. */
@@ -177,6 +180,7 @@ int kb_tls_init(const struct kb_opts *o, char *err, size_t errlen);
 const char *kb_tls_last_error(void);
 uint64_t kb_tls_handshakes(void);
 const char *kb_tls_version(void);
+uint64_t kb_tls_resumed(void);
 uint32_t kb_tls_identities(void);
 
 struct kb_conn {

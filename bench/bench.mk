@@ -30,7 +30,7 @@ BENCH_RUN      = $(PYTHON) bench/run.py --gen $(BENCH_GEN) \
 		 $(if $(BENCH_BROKERS),--brokers $(BENCH_BROKERS)) $(BENCH_ARGS)
 
 .PHONY: bench bench-quick bench-smoke bench-persist bench-deps bench-gen \
-	bench-kite bench-flashmq
+	bench-kite bench-flashmq bench-cluster
 
 bench-gen: $(BENCH_GEN)
 
@@ -79,3 +79,11 @@ bench-smoke: $(BENCH_GEN) bench-kite
 # rounds each, medians (about 6 minutes). Restart time: bench/restart_time.py.
 bench-persist: bench-deps $(BENCH_GEN) bench-kite
 	$(BENCH_RUN) --profile persist
+
+# What crossing nodes costs in a kite cluster (bench/cluster.py): one
+# nats-server with JetStream, two kite nodes and a kite alone, kite-bench
+# at a fixed rate; CPU-s per million deliveries, local vs cross-node.
+# BENCH_CLUSTER_ARGS passes more options (e.g. --no-jetstream).
+BENCH_CLUSTER_ARGS ?=
+bench-cluster: $(BUILD)/kite $(BENCH_GEN)
+	$(PYTHON) bench/cluster.py --kite $(BUILD)/kite --gen $(BENCH_GEN) $(BENCH_CLUSTER_ARGS)

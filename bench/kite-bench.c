@@ -96,7 +96,9 @@ static void usage(FILE *f)
 "                       n = 1.., one per new connection, round-robin\n"
 "  --cert-prefix P      (dev-)   --cert-count N  (all found)\n"
 "  --tls-version V      1.2 or 1.3 (default: either, 1.3 negotiated)\n"
-"                       Session resumption is always off.\n"
+"  --tls-resume         every new connection offers the session ticket of the\n"
+"                       last one with its client identity (default: off, a\n"
+"                       full handshake each time)\n"
 "  --ws                 MQTT over WebSockets (RFC 6455, subprotocol mqtt,\n"
 "                       GET /mqtt; wss:// with --tls): one masked binary\n"
 "                       frame per packet out, any framing in\n"
@@ -129,6 +131,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		O_BPID, O_CONC, O_KA, O_GENB, O_NAME, O_QUIET, O_HOST, O_TLS,
 		O_BURST, O_POLLUS, O_BUSY, O_HELP, O_CAFILE, O_CERT, O_KEY,
 		O_CERTDIR, O_CERTPFX, O_CERTCNT, O_TLSVER, O_PERSIST, O_EXPIRY, O_WS,
+		O_RESUME,
 	};
 	static const struct option lo[] = {
 		{"port", 1, 0, O_PORT},	      {"topology", 1, 0, O_TOPO},
@@ -150,6 +153,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		{"cert-prefix", 1, 0, O_CERTPFX},
 		{"cert-count", 1, 0, O_CERTCNT},
 		{"tls-version", 1, 0, O_TLSVER},
+		{"tls-resume", 0, 0, O_RESUME},
 		{"burst", 1, 0, O_BURST},     {"poll-us", 1, 0, O_POLLUS},
 		{"busy-poll", 0, 0, O_BUSY},
 		{"persistent", 0, 0, O_PERSIST},
@@ -271,6 +275,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 			o->cert_count = (uint32_t)strtoul(optarg, 0, 10);
 			break;
 		case O_TLSVER: o->tls_version = optarg; break;
+		case O_RESUME: o->tls_resume = true; break;
 		case O_PERSIST: o->persistent = true; break;
 		case O_WS: o->ws = true; break;
 		case O_EXPIRY:
@@ -292,7 +297,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		return -1;
 	}
 	if (!o->tls && (o->cafile || o->cert || o->key || o->cert_dir ||
-			o->tls_version)) {
+			o->tls_version || o->tls_resume)) {
 		fprintf(stderr, "kite-bench: TLS options need --tls\n");
 		return -1;
 	}
@@ -962,10 +967,11 @@ static void report(struct kb *kb, const struct kb_result *r)
 		o->ws ? (o->tls ? "wss" : "ws") : o->tls ? "tls" : "tcp");
 	json_str(f, o->tls ? kb_tls_version() : "");
 	fprintf(f, ",\"tls_client_certs\":%u,\"tls_handshakes\":%llu,"
-		   "\"storm_cycles\":%llu,\"storm_cycles_in_window\":%llu,"
+		   "\"tls_resumed\":%llu,\"storm_cycles\":%llu,\"storm_cycles_in_window\":%llu,"
 		   "\"handshakes_per_s\":%.1f,\"broker_cpu_ms_per_handshake\":%.4f,",
 		o->tls ? (o->cert ? 1 : kb_tls_identities()) : 0,
 		(unsigned long long)(o->tls ? kb_tls_handshakes() : 0),
+		(unsigned long long)(o->tls ? kb_tls_resumed() : 0),
 		(unsigned long long)kb->cycles,
 		(unsigned long long)kb->cycles_win, r->hs_rate,
 		o->topo == KB_TOPO_STORM ? r->cpu_ms_per_hs : -1);

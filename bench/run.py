@@ -280,6 +280,14 @@ def scenario_list(profile, fd_limit=1 << 20):
         "each new connection does a full handshake + CONNECT + SUBSCRIBE + "
         "DISCONNECT, until the broker closes it", "--topology storm "
         f"--conns {storm}", tls=True)
+    # The fleet coming back after an outage: each connection offers the
+    # session ticket its client identity got last time (kite-bench
+    # --tls-resume); compare with tls-storm (DESIGN/issue 15: a resumed
+    # TLS 1.3 handshake <= 0.25x a full one in broker CPU).
+    add("tls-storm-resume", "storm", f"the mTLS storm ({storm} at a time) "
+        "with session resumption: every connection offers its identity's "
+        "last session ticket", "--topology storm "
+        f"--conns {storm} --tls-resume", tls=True)
     add("tcp-storm", "storm", f"the same storm over plain TCP ({storm} at "
         "a time): what TLS adds", f"--topology storm --conns {storm}",
         ports=2)

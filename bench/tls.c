@@ -10,11 +10,15 @@
  * --prefix PREFIX` writes them), handed out round-robin to each new
  * connection and parsed once, on first use.
  *
- * Session resumption is off (no session cache, no tickets asked for): every
- * connection pays for a full handshake, which is what a broker sees from a
- * fleet of devices reconnecting after a broker restart. */
+ * Session resumption is off by default (no session cache, no tickets asked
+ * for): every connection pays for a full handshake, which is what a broker
+ * sees from a fleet of devices reconnecting after a broker restart. With
+ * --tls-resume each client identity keeps the session (with its ticket) of
+ * its last connection and the next connection under that identity offers
+ * it (SSL_set_session): the fleet reconnecting after a network outage. */
 #include <dirent.h>
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,7 +45,10 @@ static struct {
 	char dir[512], prefix[64];
 	char last_err[160];
 	char version[64]; /* of the first handshake */
-	uint64_t handshakes, failures;
+	uint64_t handshakes, failures, resumed;
+	bool resume;
+	SSL_SESSION **sess; /* per identity (one with --cert): the newest */
+	uint32_t nsess;
 } T;
 
 static void tls_err(const char *what)
@@ -67,6 +74,11 @@ const char *kb_tls_version(void)
 uint64_t kb_tls_handshakes(void)
 {
 	return T.handshakes;
+}
+
+uint64_t kb_tls_resumed(void)
+{
+	return T.resumed;
 }
 
 static int ident_load(uint32_t i)
@@ -124,9 +136,12 @@ int kb_tls_init(const struct kb_opts *o, char *err, size_t errlen)
 	}
 	SSL_CTX_set_min_proto_version(T.ctx, lo);
 	SSL_CTX_set_max_proto_version(T.ctx, hi);
-	/* No resumption: no client session cache, no TLS 1.2 tickets. */
+	/* No client session cache: with --tls-resume the sessions are kept
+	 * per identity here; without, no tickets are asked for. */
 	SSL_CTX_set_session_cache_mode(T.ctx, SSL_SESS_CACHE_OFF);
-	SSL_CTX_set_options(T.ctx, SSL_OP_NO_TICKET | SSL_OP_NO_COMPRESSION);
+	SSL_CTX_set_options(T.ctx, SSL_OP_NO_COMPRESSION |
+					   (o->tls_resume ? 0 : SSL_OP_NO_TICKET));
+	T.resume = o->tls_resume;
 	/* The send buffer moves (realloc, memmove) between retries, and a
 	 * write may complete record by record. */
 	SSL_CTX_set_mode(T.ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
@@ -182,6 +197,9 @@ int kb_tls_init(const struct kb_opts *o, char *err, size_t errlen)
 		if (ident_load(0) != 0)
 			goto fail_msg;
 	}
+	T.nsess = T.nids ? T.nids : 1;
+	if (T.resume && !(T.sess = calloc(T.nsess, sizeof(*T.sess))))
+		goto fail;
 	return 0;
 fail:
 	tls_err("SSL_CTX");
@@ -206,8 +224,13 @@ static int tls_start(struct kb_conn *c)
 			tls_err("SSL_new");
 			return -1;
 		}
+		uint32_t i = T.nids ? T.next++ % T.nids : 0;
+		/* Which identity's session this connection renews (bit 0:
+		 * renewed already). */
+		SSL_set_app_data(ssl, (void *)((uintptr_t)i << 1));
+		if (T.resume && T.sess[i])
+			SSL_set_session(ssl, T.sess[i]);
 		if (T.nids) {
-			uint32_t i = T.next++ % T.nids;
 			if (ident_load(i) != 0 ||
 			    SSL_use_certificate(ssl, T.ids[i].cert) != 1 ||
 			    SSL_use_PrivateKey(ssl, T.ids[i].key) != 1) {
@@ -224,6 +247,7 @@ static int tls_start(struct kb_conn *c)
 	ERR_clear_error();
 	int rc = SSL_do_handshake(ssl);
 	if (rc == 1) {
+		T.resumed += SSL_session_reused(ssl);
 		if (!T.handshakes++)
 			snprintf(T.version, sizeof(T.version), "%s %s",
 				 SSL_get_version(ssl),
@@ -253,6 +277,26 @@ static int tls_start(struct kb_conn *c)
 	}
 }
 
+/* --tls-resume: the identity's newest session, once this connection has
+ * one with a ticket (TLS 1.3: read after the handshake, before any data).
+ * A copy: OpenSSL marks the connection's own session not resumable when
+ * the connection later ends in an error (a storm connection ends at the
+ * broker's close). */
+static void session_keep(SSL *ssl)
+{
+	uintptr_t tag = (uintptr_t)SSL_get_app_data(ssl);
+	SSL_SESSION *cur = SSL_get0_session(ssl);
+	uint32_t i = (uint32_t)(tag >> 1);
+	if ((tag & 1) || !cur || !SSL_SESSION_is_resumable(cur) || i >= T.nsess)
+		return;
+	SSL_SESSION *copy = SSL_SESSION_dup(cur);
+	if (!copy)
+		return;
+	SSL_SESSION_free(T.sess[i]);
+	T.sess[i] = copy;
+	SSL_set_app_data(ssl, (void *)(tag | 1));
+}
+
 /* Reads records while the buffer can take a whole one (16 KiB of
  * plaintext), so no decrypted bytes stay behind in OpenSSL where a
  * level-triggered epoll would not see them. */
@@ -268,6 +312,8 @@ static ssize_t tls_recv(struct kb_conn *c, uint8_t *buf, size_t len)
 							 : len - got));
 		if (n > 0) {
 			got += (size_t)n;
+			if (T.resume)
+				session_keep(ssl);
 			continue;
 		}
 		int e = SSL_get_error(ssl, n);

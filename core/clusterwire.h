@@ -14,10 +14,19 @@
 #define CLUSTER_SUBJECT_MAX 3800
 
 /* Subjects kite uses, under "kite.": m (messages), r (retained changes,
- * a JetStream stream), t (session takeovers). */
+ * a JetStream stream), t (session takeovers). A message's subject says
+ * its QoS class first (m.0: QoS 0, m.1: QoS 1 and 2), so that the
+ * JetStream stream for QoS 1/2 takes "kite.m.1.>" and nothing else, while
+ * one NATS subscription per filter ("kite.m.*.<filter>") gets both. */
 #define CLUSTER_PREFIX_MSG "kite.m"
+#define CLUSTER_PREFIX_MSG_Q0 "kite.m.0"
+#define CLUSTER_PREFIX_MSG_Q12 "kite.m.1"
+#define CLUSTER_PREFIX_MSG_ANY "kite.m.*"
 #define CLUSTER_PREFIX_RETAIN "kite.r"
 #define CLUSTER_PREFIX_TAKEOVER "kite.t"
+/* A persistent session's subscriptions, by client id (JetStream stream
+ * KITE_SESSIONS, the last record per client). */
+#define CLUSTER_PREFIX_SESSION "kite.s"
 
 /* prefix + "." + the topic, one NATS token per MQTT level, NUL terminated
  * in out[cap]. Bytes NATS reserves ('.', '*', '>', '%', space, control

@@ -34,6 +34,7 @@ struct tnode {
 	uint32_t kcap, klive;
 	struct trie_sub *subs;
 	uint32_t nsubs, subcap;
+	uint32_t ngroups;	  /* subs with TRIE_SUB_GROUP */
 	uint64_t h;		  /* hash of name: skips memcmp, rehashes */
 	uint32_t len;
 	char name[];		  /* the level, not NUL-terminated */
@@ -302,6 +303,8 @@ enum trie_result trie_subscribe(struct trie *t, const char *filter,
 		return TRIE_NO_MEMORY;
 	for (uint32_t i = 0; i < n->nsubs; i++) {
 		if (n->subs[i].owner == sub->owner) {
+			n->ngroups -= !!(n->subs[i].options & TRIE_SUB_GROUP);
+			n->ngroups += !!(sub->options & TRIE_SUB_GROUP);
 			n->subs[i] = *sub;
 			return TRIE_REPLACED;
 		}
@@ -310,6 +313,7 @@ enum trie_result trie_subscribe(struct trie *t, const char *filter,
 		prune(t, n);
 		return TRIE_NO_MEMORY;
 	}
+	n->ngroups += !!(sub->options & TRIE_SUB_GROUP);
 	if (n->nsubs > 1)
 		return TRIE_ADDED;
 	t->nfilters++;
@@ -347,6 +351,7 @@ enum trie_result trie_unsubscribe(struct trie *t, const char *filter,
 		i++;
 	if (i == n->nsubs)
 		return TRIE_NOT_FOUND;
+	n->ngroups -= !!(n->subs[i].options & TRIE_SUB_GROUP);
 	n->subs[i] = n->subs[--n->nsubs]; /* order carries no meaning */
 	subs_shrink(n);
 	if (n->nsubs > 0)
@@ -404,6 +409,16 @@ void trie_match(const struct trie *t, const char *topic, size_t len,
 		if (c)
 			st[sp++] = (struct frame){c, f.i + 1};
 	}
+}
+
+uint32_t trie_plain_count(struct trie *t, const char *filter, size_t len)
+{
+	assert(t && filter);
+	if (!len || len > TOPIC_LEN_MAX ||
+	    level_count(filter, len) > TRIE_LEVELS_MAX)
+		return 0;
+	const struct tnode *n = path_get(t, filter, len, false);
+	return n ? n->nsubs - n->ngroups : 0;
 }
 
 size_t trie_filter_count(const struct trie *t)

@@ -27,6 +27,11 @@ struct trie_sub {
 	uint32_t sub_id;
 };
 
+/* options bit: the owner stands for a group of sessions (a shared
+ * subscription), counted apart by trie_plain_count. Other bits are the
+ * caller's. */
+#define TRIE_SUB_GROUP 0x40u
+
 enum trie_result {
 	TRIE_ADDED_FIRST = 1, /* the filter had no subscriber in this trie */
 	TRIE_ADDED = 2,	      /* a new owner on a filter that had others */
@@ -53,6 +58,11 @@ enum trie_result trie_unsubscribe(struct trie *t, const char *filter,
 typedef void (*trie_match_cb)(void *ctx, const struct trie_sub *sub);
 void trie_match(const struct trie *t, const char *topic, size_t len,
 		trie_match_cb cb, void *ctx);
+
+/* Subscribers of exactly this filter that are not TRIE_SUB_GROUP: a
+ * node of a cluster wants messages for a filter while it has one (its
+ * shared groups get theirs through queue groups, docs/CLUSTER.md). */
+uint32_t trie_plain_count(struct trie *t, const char *filter, size_t len);
 
 /* Number of distinct filters with at least one subscriber. */
 size_t trie_filter_count(const struct trie *t);

@@ -375,6 +375,7 @@ static const struct session_upcalls session_up = {
 	.route_publish = route_publish,
 	.bridge_deliver = bridge_deliver,
 	.cluster_interest = cluster_interest,
+	.cluster_session_save = cluster_session_save,
 };
 
 static const struct route_upcalls route_up = {

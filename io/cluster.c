@@ -1,19 +1,22 @@
 /* The cluster on NATS (io/cluster.h, docs/CLUSTER.md). */
-#include "core/retain.h"
 #include "io/cluster.h"
 
+#include <inttypes.h>
 #include <nats/nats.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "core/clusterwire.h"
 #include "core/hash.h"
 #include "core/log.h"
+#include "core/retain.h"
 #include "io/conn.h"
 #include "io/msg.h"
+#include "io/persist.h"
 #include "io/route.h"
 #include "io/session.h"
 #include "io/shard.h"
@@ -30,6 +33,38 @@
 #define CLUSTER_RECONNECT_WAIT_MS 250
 /* Servers listed in cluster_nats_url. */
 #define CLUSTER_SERVERS_MAX 16
+/* QoS 1/2 between nodes (docs/CLUSTER.md): a JetStream stream keeps them
+ * for a node that lost its link. Its max age is the longest outage a
+ * node recovers from; its size bounds the servers' disk. */
+#define CLUSTER_MSGS_STREAM "KITE_MSGS"
+#define CLUSTER_MSGS_MAX_AGE_S 300
+#define CLUSTER_MSGS_MAX_BYTES (1ll << 30)
+/* A publish JetStream did not confirm within this is sent again, with
+ * the same message id (the stream drops a copy it already has). */
+#define CLUSTER_JS_ACK_WAIT_MS 2000
+#define CLUSTER_JS_RETRY_MS 250
+/* Past this the publisher's acknowledgement is withheld (its connection
+ * closed): it sends again, to whichever node it reaches. */
+#define CLUSTER_JS_GIVE_UP_MS 30000
+/* Publishes not confirmed yet: past it a shard does not hand more to
+ * libnats (which would stall it); they wait on the retry list. Memory is
+ * bounded by the publishers' inflight windows (their acks wait). */
+#define CLUSTER_JS_PENDING_MAX 65536
+/* Sends again per turn of the JetStream thread, so that pend_lock (which
+ * shards take) is held briefly. */
+#define CLUSTER_JS_RETRY_BATCH 1024
+/* A replay starts this much before the link was seen down: what was in
+ * flight then. The (origin, seq) check drops what arrived anyway. */
+#define CLUSTER_REPLAY_MARGIN_MS 2000
+/* A replay that did not reach its end by then is stopped. */
+#define CLUSTER_REPLAY_MAX_MS 60000
+/* A session whose record would be larger is not carried to other nodes
+ * (logged): its subscriptions stay on the node that has it. */
+#define CLUSTER_SESSION_RECORD_MAX (64 << 10)
+/* How long a JetStream request (stream info, consumer) waits. */
+#define CLUSTER_JS_REQUEST_WAIT_MS 2000
+/* The JetStream thread's turn: retries and replays. */
+#define CLUSTER_TICK_MS 50
 
 _Static_assert((CLUSTER_RING_SLOTS & (CLUSTER_RING_SLOTS - 1)) == 0, "pow2");
 _Static_assert((CLUSTER_SEEN_SLOTS & (CLUSTER_SEEN_SLOTS - 1)) == 0, "pow2");
@@ -40,6 +75,17 @@ enum cin_kind {
 	CIN_RETAIN,  /* ptr: struct msg *, the topic's retained message
 			(an empty payload clears it) */
 	CIN_SHARE,   /* ptr: struct share_in *, for a shared subscription */
+	CIN_TICKET,  /* ptr: struct persist_ticket *, JetStream's hold ends */
+};
+
+/* A QoS 1/2 publish JetStream has not confirmed yet, by its seq. */
+struct js_pend {
+	struct htab_link link;
+	uint64_t seq;
+	struct persist_ticket *t; /* NULL: no acknowledgement waits */
+	natsMsg *retry;		  /* ours while it waits to be sent again */
+	uint64_t retry_at_ms, give_up_ms;
+	struct js_pend *next_retry;
 };
 
 /* A message NATS gave this node's member of a queue group. */
@@ -100,6 +146,22 @@ struct seen {
 	uint64_t origin, seq;
 };
 
+/* The last record of a persistent session on any node: the connect time
+ * of the connection that wrote it (its owner's epoch: a late record of
+ * an older owner loses), when it was written (wall µs), its expiry, its
+ * subscriptions (the record's body: per subscription options u8, sub_id
+ * u32, length u16, filter). gone: the session ended (body empty). */
+struct sess_rec {
+	struct htab_link link;
+	uint64_t epoch, at_wall_us;
+	bool gone;
+	uint32_t expiry_s; /* UINT32_MAX: never */
+	uint32_t body_len;
+	uint8_t *body;
+	uint16_t id_len;
+	char id[];
+};
+
 struct cluster {
 	struct broker *b;
 	natsOptions *opts;
@@ -117,6 +179,26 @@ struct cluster {
 	natsSubscription *retain_sub;
 	pthread_t setup_thread;
 	bool setup_started;
+	/* QoS 1/2 through the stream KITE_MSGS, once it exists. */
+	_Atomic bool js_msgs;
+	pthread_mutex_t pend_lock;
+	struct htab pend;	      /* struct js_pend by seq */
+	uint32_t pend_count;
+	struct js_pend *retry_head; /* those waiting to be sent again */
+	/* The main link went down at (wall µs, 0 while up); a replay from
+	 * replay_from_us is due once it is back (0: none). */
+	_Atomic uint64_t down_since_us, replay_from_us;
+	/* The replay running (the JetStream thread's): up to end_seq. */
+	natsSubscription *replay_sub;
+	uint64_t replay_start_us, replay_end_seq, replay_deadline_ms;
+	/* Persistent sessions of the cluster (KITE_SESSIONS, followed from
+	 * its start), by client id. */
+	_Atomic bool js_sessions;
+	natsSubscription *session_sub;
+	pthread_mutex_t sess_lock;
+	struct htab sessions;
+	_Atomic bool replay_caught_up;
+	_Atomic uint64_t js_stored, js_retries, js_refused, replayed;
 	uint64_t node_id;
 	char node[64];
 	_Atomic uint64_t seq;
@@ -134,6 +216,14 @@ struct cluster {
 
 static _Thread_local uint8_t *scratch;
 static _Thread_local size_t scratch_cap;
+/* Frees a thread's scratch when the thread ends. */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_key_make(void)
+{
+	(void)pthread_key_create(&scratch_key, free);
+}
 
 /* ---- from NATS to the shards --------------------------------------------- */
 
@@ -175,23 +265,23 @@ static void cin_push(struct cluster *cl, unsigned dst, struct cin_item it)
 		io_uring_cqe_seen(&cl->wake, cqe);
 }
 
-/* The message in nm under prefix ("kite.m"), or NULL (counted). */
-static struct msg *cluster_msg_of(struct cluster *cl, natsMsg *nm,
-				  const char *prefix, struct cluster_envelope *e)
+/* A message's subject starts "kite.m.0." or "kite.m.1." (what else is
+ * refused by the decoder as not kite's). */
+static const char *msg_prefix(natsMsg *nm)
 {
-	const char *subj = natsMsg_GetSubject(nm);
-	size_t slen = strlen(subj), plen = strlen(prefix) + 1;
-	char topic[CLUSTER_SUBJECT_MAX];
-	int tlen = -1;
-	if (slen > plen && !memcmp(subj, prefix, plen - 1) && subj[plen - 1] == '.')
-		tlen = cluster_topic(subj + plen, slen - plen, topic,
-				     sizeof(topic));
-	if (tlen < 0 ||
-	    cluster_envelope_parse((const uint8_t *)natsMsg_GetData(nm),
-				   (size_t)natsMsg_GetDataLength(nm), e) < 0) {
-		atomic_fetch_add(&cl->failures, 1);
-		return NULL;
-	}
+	static const char q12[] = CLUSTER_PREFIX_MSG_Q12 ".";
+	return strncmp(natsMsg_GetSubject(nm), q12, sizeof(q12) - 1)
+		       ? CLUSTER_PREFIX_MSG_Q0 "."
+		       : q12;
+}
+
+static int cluster_msg_decode(struct cluster *cl, natsMsg *nm,
+			      const char *prefix, char *topic,
+			      struct cluster_envelope *e);
+
+static struct msg *msg_of_envelope(struct cluster *cl, const char *topic,
+				   int tlen, const struct cluster_envelope *e)
+{
 	struct msg *m = msg_new((const uint8_t *)topic, (uint16_t)tlen,
 				e->payload, e->payload_len, e->qos, e->retain,
 				e->props_len ? e->props : NULL, e->props_len);
@@ -210,7 +300,11 @@ static void cluster_share_cb(natsConnection *nc, natsSubscription *sub,
 	struct share_sub *ss = closure;
 	struct cluster *cl = ss->cl;
 	struct cluster_envelope e;
-	struct msg *m = cluster_msg_of(cl, nm, CLUSTER_PREFIX_MSG, &e);
+	char topic[CLUSTER_SUBJECT_MAX];
+	int tlen = cluster_msg_decode(cl, nm, msg_prefix(nm), topic, &e);
+	if (tlen < 0)
+		return;
+	struct msg *m = msg_of_envelope(cl, topic, tlen, &e);
 	natsMsg_Destroy(nm);
 	if (!m)
 		return;
@@ -255,39 +349,71 @@ static int cluster_msg_decode(struct cluster *cl, natsMsg *nm,
 	return tlen;
 }
 
-static void cluster_msg_cb(natsConnection *nc, natsSubscription *sub,
-			   natsMsg *nm, void *closure)
+/* Under in_lock: a message from another node, once per node. */
+static void cluster_msg_in(struct cluster *cl, const char *topic, int tlen,
+			   const struct cluster_envelope *e)
 {
-	struct cluster *cl = closure;
-	char topic[CLUSTER_SUBJECT_MAX];
-	struct cluster_envelope e;
-	int tlen = cluster_msg_decode(cl, nm, CLUSTER_PREFIX_MSG ".", topic, &e);
-	if (tlen < 0)
-		return;
-	pthread_mutex_lock(&cl->in_lock);
 	if (atomic_load(&cl->closing)) {
 		/* nothing more goes to the shards */
-	} else if (seen_before(cl, e.origin, e.seq)) {
+	} else if (seen_before(cl, e->origin, e->seq)) {
 		atomic_fetch_add_explicit(&cl->duplicates, 1, memory_order_relaxed);
 	} else {
-		struct msg *m = msg_new((const uint8_t *)topic, (uint16_t)tlen,
-					e.payload, e.payload_len, e.qos,
-					e.retain, e.props_len ? e.props : NULL,
-					e.props_len);
+		struct msg *m = msg_of_envelope(cl, topic, tlen, e);
 		if (m) {
-			m->expiry_s = e.expiry_s;
-			m->created_ms = now_monotonic_ms();
 			/* Same topic, same shard: the ring keeps its order. */
 			unsigned d = (unsigned)(hash_bytes(topic, (size_t)tlen) %
 						cl->b->nshards);
 			cin_push(cl, d, (struct cin_item){CIN_MSG, m});
 			atomic_fetch_add_explicit(&cl->received, 1,
 						  memory_order_relaxed);
-		} else {
-			atomic_fetch_add(&cl->failures, 1);
 		}
 	}
+}
+
+static void cluster_msg_cb(natsConnection *nc, natsSubscription *sub,
+			   natsMsg *nm, void *closure)
+{
+	struct cluster *cl = closure;
+	char topic[CLUSTER_SUBJECT_MAX];
+	struct cluster_envelope e;
+	int tlen = cluster_msg_decode(cl, nm, msg_prefix(nm), topic, &e);
+	if (tlen < 0)
+		return;
+	pthread_mutex_lock(&cl->in_lock);
+	cluster_msg_in(cl, topic, tlen, &e);
 	pthread_mutex_unlock(&cl->in_lock);
+	natsMsg_Destroy(nm);
+}
+
+/* The stream KITE_MSGS from when the link broke: what this node may have
+ * missed. Its own messages it routed itself; what it already had the
+ * (origin, seq) check drops. */
+static void cluster_replay_cb(natsConnection *nc, natsSubscription *sub,
+			      natsMsg *nm, void *closure)
+{
+	struct cluster *cl = closure;
+	jsMsgMetaData *meta = NULL;
+	uint64_t sseq = natsMsg_GetMetaData(&meta, nm) == NATS_OK
+				? meta->Sequence.Stream : 0;
+	jsMsgMetaData_Destroy(meta);
+	if (sseq >= cl->replay_end_seq)
+		atomic_store(&cl->replay_caught_up, true);
+	char topic[CLUSTER_SUBJECT_MAX];
+	struct cluster_envelope e;
+	/* Past the end: live delivery brings those. */
+	if (sseq > cl->replay_end_seq) {
+		natsMsg_Destroy(nm);
+		return;
+	}
+	int tlen = cluster_msg_decode(cl, nm, msg_prefix(nm), topic, &e);
+	if (tlen < 0)
+		return;
+	if (e.origin != cl->node_id) {
+		pthread_mutex_lock(&cl->in_lock);
+		cluster_msg_in(cl, topic, tlen, &e);
+		pthread_mutex_unlock(&cl->in_lock);
+		atomic_fetch_add_explicit(&cl->replayed, 1, memory_order_relaxed);
+	}
 	natsMsg_Destroy(nm);
 }
 
@@ -371,6 +497,8 @@ void cluster_drain(struct shard *s)
 				struct share_in *in = it.ptr;
 				share_route_remote(s, in->key, in->len, in->m);
 				free(in);
+			} else if (it.kind == CIN_TICKET) {
+				persist_ticket_settle(s, it.ptr);
 			} else if (it.kind == CIN_RETAIN) {
 				struct msg *m = it.ptr;
 				if (!m->payload_len ||
@@ -401,6 +529,8 @@ static uint8_t *scratch_get(size_t n)
 			return NULL;
 		scratch = p;
 		scratch_cap = n;
+		pthread_once(&scratch_once, scratch_key_make);
+		(void)pthread_setspecific(scratch_key, p);
 	}
 	return scratch;
 }
@@ -417,7 +547,215 @@ static void cluster_fail(struct cluster *cl, const char *what, const char *topic
 					     : natsStatus_GetText(st));
 }
 
-void cluster_publish(struct shard *s, const struct msg *m)
+/* ---- JetStream: QoS 1/2 between nodes ------------------------------------ */
+
+static uint64_t wall_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static bool pend_eq_cb(const struct htab_link *l, const void *key, size_t len)
+{
+	(void)len;
+	return htab_entry(l, const struct js_pend, link)->seq ==
+	       *(const uint64_t *)key;
+}
+
+static uint64_t pend_hash(uint64_t seq)
+{
+	return seq * 0x9e3779b97f4a7c15ull;
+}
+
+/* Under pend_lock. */
+static void pend_retry_later(struct cluster *cl, struct js_pend *p,
+			     natsMsg *nm)
+{
+	p->retry = nm;
+	p->retry_at_ms = now_monotonic_ms() + CLUSTER_JS_RETRY_MS;
+	p->next_retry = cl->retry_head;
+	cl->retry_head = p;
+}
+
+/* JetStream has it (or, refused, gave up on it): the acknowledgement
+ * waiting for it may leave, on the shard that holds it. */
+static void pend_settle(struct cluster *cl, struct js_pend *p, bool refused)
+{
+	struct persist_ticket *t = p->t;
+	free(p);
+	if (!t)
+		return;
+	if (refused)
+		atomic_store(&t->refused, true);
+	pthread_mutex_lock(&cl->in_lock);
+	if (!atomic_load(&cl->closing)) {
+		cin_push(cl, t->origin, (struct cin_item){CIN_TICKET, t});
+		t = NULL;
+	}
+	pthread_mutex_unlock(&cl->in_lock);
+	/* Stopping: no shard runs it any more. */
+	if (t && atomic_fetch_sub(&t->pending, 1) == 1)
+		persist_ticket_discard(t);
+}
+
+/* libnats's thread for the async publishes' answers (or its timer). */
+static void cluster_js_ack_cb(jsCtx *js, natsMsg *nm, jsPubAck *pa,
+			      jsPubAckErr *pae, void *closure)
+{
+	struct cluster *cl = closure;
+	struct cluster_envelope e;
+	if (cluster_envelope_parse((const uint8_t *)natsMsg_GetData(nm),
+				   (size_t)natsMsg_GetDataLength(nm), &e) < 0) {
+		natsMsg_Destroy(nm);
+		return;
+	}
+	pthread_mutex_lock(&cl->pend_lock);
+	struct js_pend *p = htab_entry(htab_find(&cl->pend, pend_hash(e.seq),
+						 &e.seq, sizeof(e.seq),
+						 pend_eq_cb),
+				       struct js_pend, link);
+	if (p && !pae) {
+		htab_remove(&cl->pend, &p->link);
+		cl->pend_count--;
+	} else if (p) {
+		/* Not stored: no answer in time, no stream leader yet (a
+		 * NATS server died), the link broke. Sent again after a
+		 * pause, with its message id. */
+		pend_retry_later(cl, p, nm);
+		nm = NULL;
+		p = NULL;
+	}
+	pthread_mutex_unlock(&cl->pend_lock);
+	natsMsg_Destroy(nm);
+	if (p) {
+		atomic_fetch_add_explicit(&cl->js_stored, 1, memory_order_relaxed);
+		pend_settle(cl, p, false);
+	}
+}
+
+bool cluster_holds_ack(const struct broker *b, const struct msg *m)
+{
+	return m->qos &&
+	       atomic_load_explicit(&b->cluster->js_msgs, memory_order_acquire) &&
+	       !(m->topic_len >= 4 && !memcmp(msg_topic(m), "$SYS", 4));
+}
+
+/* A QoS 1/2 message into the stream (which is also a core publish: the
+ * nodes with interest get it at once). t, when there is one, waits for
+ * the stream's answer. Never blocks the shard: what libnats does not take
+ * now is sent again by the JetStream thread. */
+static void js_publish(struct cluster *cl, const char *subj,
+		       const uint8_t *buf, size_t n, uint64_t seq,
+		       struct persist_ticket *t)
+{
+	char id[48];
+	snprintf(id, sizeof(id), "%016" PRIx64 ".%" PRIu64, cl->node_id, seq);
+	natsMsg *nm = NULL;
+	bool full = false;
+	struct js_pend *p = calloc(1, sizeof(*p));
+	natsStatus st = p ? natsMsg_Create(&nm, subj, NULL, (const char *)buf,
+					   (int)n)
+			  : NATS_NO_MEMORY;
+	if (st == NATS_OK)
+		st = natsMsgHeader_Set(nm, "Nats-Msg-Id", id);
+	if (st == NATS_OK) {
+		p->seq = seq;
+		p->t = t;
+		p->give_up_ms = now_monotonic_ms() + CLUSTER_JS_GIVE_UP_MS;
+		pthread_mutex_lock(&cl->pend_lock);
+		if (htab_insert(&cl->pend, &p->link, pend_hash(seq)) < 0)
+			st = NATS_NO_MEMORY;
+		else
+			full = ++cl->pend_count > CLUSTER_JS_PENDING_MAX;
+		pthread_mutex_unlock(&cl->pend_lock);
+	}
+	if (st != NATS_OK) {
+		/* Out of memory: at most once, as without JetStream. */
+		natsMsg_Destroy(nm);
+		free(p);
+		st = natsConnection_Publish(cl->nc, subj, buf, (int)n);
+		cluster_fail(cl, "message on", subj, strlen(subj), st);
+		return;
+	}
+	/* The creator's hold keeps t alive until routing is done, so
+	 * the ack handler cannot run it before this returns. */
+	if (t)
+		persist_ticket_hold(t);
+	jsPubOptions o;
+	jsPubOptions_Init(&o);
+	o.MaxWait = CLUSTER_JS_ACK_WAIT_MS;
+	st = full ? NATS_INSUFFICIENT_BUFFER : js_PublishMsgAsync(cl->js, &nm, &o);
+	if (st == NATS_OK) {
+		atomic_fetch_add_explicit(&cl->published, 1, memory_order_relaxed);
+		return;
+	}
+	/* Not taken (too many unconfirmed, or the link is down with its
+	 * buffer full): no answer will come, it is ours to send again. */
+	pthread_mutex_lock(&cl->pend_lock);
+	pend_retry_later(cl, p, nm);
+	pthread_mutex_unlock(&cl->pend_lock);
+}
+
+/* The JetStream thread, each turn: sends again what waits for it, and
+ * gives up on what waited too long. */
+static void js_retry_tick(struct cluster *cl)
+{
+	uint64_t now = now_monotonic_ms();
+	struct js_pend *given_up = NULL;
+	uint32_t sent = 0;
+	bool sent_out = false;
+	jsPubOptions o;
+	jsPubOptions_Init(&o);
+	o.MaxWait = CLUSTER_JS_ACK_WAIT_MS;
+	pthread_mutex_lock(&cl->pend_lock);
+	struct js_pend **pp = &cl->retry_head;
+	while (*pp) {
+		struct js_pend *p = *pp;
+		if (now >= p->give_up_ms) {
+			*pp = p->next_retry;
+			htab_remove(&cl->pend, &p->link);
+			cl->pend_count--;
+			natsMsg_Destroy(p->retry);
+			p->next_retry = given_up;
+			given_up = p;
+			continue;
+		}
+		if (now < p->retry_at_ms || sent_out) {
+			pp = &p->next_retry;
+			continue;
+		}
+		/* Its answer takes pend_lock: it cannot run before this
+		 * entry is off the list. */
+		natsMsg *nm = p->retry;
+		if (js_PublishMsgAsync(cl->js, &nm, &o) == NATS_OK) {
+			*pp = p->next_retry;
+			p->retry = NULL;
+			atomic_fetch_add_explicit(&cl->js_retries, 1,
+						  memory_order_relaxed);
+			sent_out = ++sent >= CLUSTER_JS_RETRY_BATCH;
+		} else {
+			/* libnats takes no more now: the rest next turn. */
+			p->retry_at_ms = now + CLUSTER_JS_RETRY_MS;
+			pp = &p->next_retry;
+			sent_out = true;
+		}
+	}
+	pthread_mutex_unlock(&cl->pend_lock);
+	while (given_up) {
+		struct js_pend *p = given_up;
+		given_up = p->next_retry;
+		if ((atomic_fetch_add(&cl->js_refused, 1) & 1023) == 0)
+			log_msg(KITE_LOG_WARNING, "cluster: JetStream did not "
+				"store a QoS %s message in %d s: its publisher's "
+				"acknowledgement is withheld (it sends again)",
+				"1/2", CLUSTER_JS_GIVE_UP_MS / 1000);
+		pend_settle(cl, p, true);
+	}
+}
+
+void cluster_publish(struct shard *s, const struct msg *m,
+		     struct persist_ticket *t)
 {
 	struct cluster *cl = s->b->cluster;
 	const char *topic = msg_topic(m);
@@ -427,9 +765,11 @@ void cluster_publish(struct shard *s, const struct msg *m)
 	uint32_t left = msg_expiry_left(m, s->now_ms);
 	if (!left)
 		return;
+	bool js = m->qos &&
+		  atomic_load_explicit(&cl->js_msgs, memory_order_acquire);
 	char subj[CLUSTER_SUBJECT_MAX + 1];
-	if (cluster_subject(CLUSTER_PREFIX_MSG, topic, m->topic_len, subj,
-			    sizeof(subj)) < 0) {
+	if (cluster_subject(m->qos ? CLUSTER_PREFIX_MSG_Q12 : CLUSTER_PREFIX_MSG_Q0,
+			    topic, m->topic_len, subj, sizeof(subj)) < 0) {
 		cluster_fail(cl, "message on", topic, m->topic_len, NATS_OK);
 		return;
 	}
@@ -452,10 +792,14 @@ void cluster_publish(struct shard *s, const struct msg *m)
 	       m->props_len);
 	memcpy(buf + CLUSTER_ENVELOPE_HEADER + m->props_len, msg_payload(m),
 	       m->payload_len);
-	natsStatus st = natsConnection_Publish(cl->nc, subj, buf, (int)n);
+	natsStatus st = NATS_OK;
+	if (js)
+		js_publish(cl, subj, buf, n, e.seq, t);
+	else
+		st = natsConnection_Publish(cl->nc, subj, buf, (int)n);
 	if (st != NATS_OK)
 		cluster_fail(cl, "message on", topic, m->topic_len, st);
-	else
+	else if (!js)
 		atomic_fetch_add_explicit(&cl->published, 1, memory_order_relaxed);
 	if (!m->retain)
 		return;
@@ -471,18 +815,229 @@ void cluster_publish(struct shard *s, const struct msg *m)
 		cluster_fail(cl, "retained message on", topic, m->topic_len, st);
 }
 
+/* ---- sessions across nodes -------------------------------------------------- */
+
+static bool sess_eq_cb(const struct htab_link *l, const void *key, size_t len)
+{
+	const struct sess_rec *r = htab_entry(l, const struct sess_rec, link);
+	return r->id_len == len && !memcmp(r->id, key, len);
+}
+
+static void sess_free_cb(struct htab_link *l)
+{
+	struct sess_rec *r = htab_entry(l, struct sess_rec, link);
+	free(r->body);
+	free(r);
+}
+
+/* Under sess_lock. */
+static struct sess_rec *sess_find(struct cluster *cl, const char *id,
+				  uint16_t len)
+{
+	return htab_entry(htab_find(&cl->sessions, hash_bytes(id, len), id, len,
+				    sess_eq_cb),
+			  struct sess_rec, link);
+}
+
+/* A session record (its last one per client first, then every change):
+ * kept for a client that connects here next. */
+static void cluster_session_cb(natsConnection *nc, natsSubscription *sub,
+			       natsMsg *nm, void *closure)
+{
+	struct cluster *cl = closure;
+	char id[CLUSTER_SUBJECT_MAX];
+	struct cluster_envelope e;
+	int len = cluster_msg_decode(cl, nm, CLUSTER_PREFIX_SESSION ".", id, &e);
+	if (len < 0)
+		return;
+	const uint8_t *d = e.payload;
+	bool gone = e.payload_len < 12;
+	struct sess_rec *r = e.payload_len >= 8 && len <= CLIENT_ID_MAX
+				     ? malloc(sizeof(*r) + (size_t)len)
+				     : NULL;
+	uint8_t *body = r && !gone ? malloc(e.payload_len - 12 + 1) : NULL;
+	if (!r || (!gone && !body)) {
+		free(r);
+		natsMsg_Destroy(nm);
+		atomic_fetch_add(&cl->failures, 1);
+		return;
+	}
+	r->epoch = 0;
+	for (int i = 0; i < 8; i++)
+		r->epoch = r->epoch << 8 | d[i];
+	r->at_wall_us = e.seq;
+	r->gone = gone;
+	r->expiry_s = gone ? 0 : (uint32_t)d[8] << 24 | (uint32_t)d[9] << 16 |
+					 (uint32_t)d[10] << 8 | d[11];
+	r->body_len = gone ? 0 : e.payload_len - 12;
+	if (body)
+		memcpy(body, d + 12, r->body_len);
+	r->body = body;
+	r->id_len = (uint16_t)len;
+	memcpy(r->id, id, (size_t)len);
+	natsMsg_Destroy(nm);
+	pthread_mutex_lock(&cl->sess_lock);
+	struct sess_rec *old = sess_find(cl, id, (uint16_t)len);
+	if (old && old->epoch > r->epoch) {
+		/* An older owner's late record (it went offline while the
+		 * client was connecting elsewhere): the newer owner's stays. */
+		sess_free_cb(&r->link);
+		r = NULL;
+	} else if (old) {
+		htab_remove(&cl->sessions, &old->link);
+		sess_free_cb(&old->link);
+	}
+	/* An ended session stays as a tombstone, so that such a late
+	 * record cannot bring it back either. */
+	if (r && htab_insert(&cl->sessions, &r->link,
+			     hash_bytes(id, (size_t)len)) < 0) {
+		sess_free_cb(&r->link);
+		atomic_fetch_add(&cl->failures, 1);
+	}
+	pthread_mutex_unlock(&cl->sess_lock);
+}
+
+static void put_be(uint8_t *p, uint64_t v, int n)
+{
+	for (int i = n - 1; i >= 0; i--, v >>= 8)
+		p[i] = (uint8_t)v;
+}
+
+void cluster_session_save(struct shard *s, const struct session *ss,
+			  bool gone)
+{
+	struct cluster *cl = s->b->cluster;
+	if (!atomic_load_explicit(&cl->js_sessions, memory_order_acquire) ||
+	    ss->bridge)
+		return;
+	if (gone) {
+		/* A record to clear only if some node wrote one. */
+		pthread_mutex_lock(&cl->sess_lock);
+		const struct sess_rec *r =
+			sess_find(cl, ss->client_id, ss->client_id_len);
+		bool known = r && !r->gone;
+		pthread_mutex_unlock(&cl->sess_lock);
+		if (!known)
+			return;
+	}
+	size_t n = CLUSTER_ENVELOPE_HEADER + 12;
+	for (const struct sub_entry *e = ss->subs; e && !gone; e = e->next)
+		n += 7u + e->len;
+	if (n > CLUSTER_SESSION_RECORD_MAX) {
+		cluster_fail(cl, "the subscriptions of", ss->client_id,
+			     ss->client_id_len, NATS_INSUFFICIENT_BUFFER);
+		gone = true; /* an old record must not come back */
+		n = CLUSTER_ENVELOPE_HEADER + 12;
+	}
+	char subj[CLUSTER_SUBJECT_MAX + 1];
+	uint8_t *buf = scratch_get(n);
+	if (!buf || cluster_subject(CLUSTER_PREFIX_SESSION, ss->client_id,
+				    ss->client_id_len, subj, sizeof(subj)) < 0)
+		return;
+	struct cluster_envelope env = {.origin = cl->node_id, .seq = wall_us()};
+	cluster_envelope_header(&env, buf);
+	uint8_t *p = buf + CLUSTER_ENVELOPE_HEADER;
+	put_be(p, ss->connect_wall_us, 8);
+	p += 8;
+	if (gone) {
+		n = CLUSTER_ENVELOPE_HEADER + 8; /* an epoch only: no session */
+	} else {
+		put_be(p, ss->expiry_s, 4);
+		p += 4;
+		for (const struct sub_entry *e = ss->subs; e; e = e->next) {
+			p[0] = e->options;
+			put_be(p + 1, e->sub_id, 4);
+			put_be(p + 5, e->len, 2);
+			memcpy(p + 7, e->filter, e->len);
+			p += 7u + e->len;
+		}
+	}
+	natsStatus st = natsConnection_Publish(cl->nc, subj, buf, (int)n);
+	if (st != NATS_OK)
+		cluster_fail(cl, "the session of", ss->client_id,
+			     ss->client_id_len, st);
+}
+
+bool cluster_session_restore(struct shard *s, struct session *ss)
+{
+	struct cluster *cl = s->b->cluster;
+	if (!atomic_load_explicit(&cl->js_sessions, memory_order_acquire))
+		return false;
+	pthread_mutex_lock(&cl->sess_lock);
+	struct sess_rec *r = sess_find(cl, ss->client_id, ss->client_id_len);
+	uint8_t *body = NULL;
+	uint32_t len = 0;
+	bool alive = r && !r->gone && (r->expiry_s == UINT32_MAX ||
+			   wall_us() < r->at_wall_us + (uint64_t)r->expiry_s * 1000000u);
+	if (alive && (body = malloc(r->body_len + 1u)) != NULL) {
+		len = r->body_len;
+		memcpy(body, r->body, len);
+	}
+	pthread_mutex_unlock(&cl->sess_lock);
+	if (!body)
+		return false;
+	/* Records come from other nodes of this cluster, still checked as
+	 * bytes from the network: a bad one restores what parsed before it.
+	 * The record is written once, after (not once per subscription). */
+	struct conn *c = ss->conn;
+	ss->conn = NULL;
+	for (uint32_t off = 0; off + 7 <= len;) {
+		const uint8_t *p = body + off;
+		uint32_t sub_id = (uint32_t)p[1] << 24 | (uint32_t)p[2] << 16 |
+				  (uint32_t)p[3] << 8 | p[4];
+		uint16_t flen = (uint16_t)(p[5] << 8 | p[6]);
+		if (!flen || off + 7u + flen > len ||
+		    !mqtt_topic_filter_valid(p + 7, flen))
+			break;
+		const char *f = (const char *)p + 7;
+		if (session_may_subscribe(ss, f, flen))
+			session_add_sub(ss, f, flen, p[0] & ~(uint32_t)(SUB_SHARED | SUB_READ_OK),
+					sub_id, NULL);
+		off += 7u + flen;
+	}
+	ss->conn = c;
+	free(body);
+	if (s->cfg->connection_messages)
+		log_msg(KITE_LOG_NOTICE, "Client %s: session taken over from "
+			"another node of the cluster, %u subscriptions",
+			ss->client_id, ss->sub_count);
+	return true;
+}
+
 /* ---- JetStream: retained messages ----------------------------------------- */
 
-static natsStatus cluster_add_stream(struct cluster *cl, int64_t replicas,
-				     jsErrCode *jerr)
+/* KITE_RETAINED (msgs false): the last message per subject, for ever;
+ * KITE_MSGS (msgs true): every QoS 1/2 message for a short while. */
+enum stream_kind { STREAM_RETAINED, STREAM_MSGS, STREAM_SESSIONS };
+
+static natsStatus cluster_add_stream(struct cluster *cl, enum stream_kind k,
+				     int64_t replicas, jsErrCode *jerr)
 {
-	const char *subjects[] = {CLUSTER_PREFIX_RETAIN ".>"};
+	static const char *const names[] = {"KITE_RETAINED", CLUSTER_MSGS_STREAM,
+					     "KITE_SESSIONS"};
+	static const char *const subjs[] = {CLUSTER_PREFIX_RETAIN ".>",
+					    CLUSTER_PREFIX_MSG_Q12 ".>",
+					    CLUSTER_PREFIX_SESSION ".>"};
+	bool msgs = k == STREAM_MSGS;
+	const char *subjects[] = {subjs[k]};
 	jsStreamConfig sc;
 	jsStreamConfig_Init(&sc);
-	sc.Name = "KITE_RETAINED";
+	sc.Name = names[k];
 	sc.Subjects = subjects;
 	sc.SubjectsLen = 1;
-	sc.MaxMsgsPerSubject = 1;
+	if (k == STREAM_SESSIONS) {
+		/* A few per client: a node that starts reads them in order
+		 * and the owners' epochs pick the right one (the last may be
+		 * an older owner's late record). */
+		sc.MaxMsgsPerSubject = 4;
+	} else if (msgs) {
+		sc.Retention = js_LimitsPolicy;
+		sc.MaxAge = (int64_t)CLUSTER_MSGS_MAX_AGE_S * 1000000000;
+		sc.MaxBytes = CLUSTER_MSGS_MAX_BYTES;
+		sc.Discard = js_DiscardOld;
+	} else {
+		sc.MaxMsgsPerSubject = 1;
+	}
 	sc.Storage = js_FileStorage;
 	sc.Replicas = replicas;
 	jsStreamInfo *si = NULL;
@@ -493,23 +1048,81 @@ static natsStatus cluster_add_stream(struct cluster *cl, int64_t replicas,
 	return st;
 }
 
+/* Three copies where the NATS cluster has three servers; one on a single
+ * server. */
+static natsStatus cluster_make_stream(struct cluster *cl, enum stream_kind k,
+				      jsErrCode *jerr)
+{
+	natsStatus st = cluster_add_stream(cl, k, 3, jerr);
+	if (st != NATS_OK)
+		st = cluster_add_stream(cl, k, 1, jerr);
+	return st;
+}
+
+static int cluster_setup_js(struct cluster *cl)
+{
+	if (cl->js)
+		return 0;
+	jsOptions jo;
+	jsOptions_Init(&jo);
+	/* Requests (streams, replays) are retried: after a NATS server
+	 * died, JetStream answers again once it elected new leaders. */
+	jo.Wait = CLUSTER_JS_REQUEST_WAIT_MS;
+	jo.PublishAsync.AckHandler = cluster_js_ack_cb;
+	jo.PublishAsync.AckHandlerClosure = cl;
+	/* Above kite's own bound (pend_count), so libnats never stalls. */
+	jo.PublishAsync.MaxPending = CLUSTER_JS_PENDING_MAX + 2 * CLUSTER_JS_RETRY_BATCH;
+	/* A shard never waits: past MaxPending the publish is retried by
+	 * the JetStream thread. */
+	jo.PublishAsync.StallWait = 1;
+	return natsConnection_JetStream(&cl->js, cl->nc, &jo) == NATS_OK ? 0 : -1;
+}
+
+/* 0: QoS 1/2 go through KITE_MSGS; 1: no JetStream (logged); -1: try
+ * again. */
+static int cluster_setup_msgs(struct cluster *cl)
+{
+	jsErrCode jerr = 0;
+	natsStatus st = cluster_make_stream(cl, STREAM_MSGS, &jerr);
+	if (st != NATS_OK) {
+		log_msg(KITE_LOG_WARNING, "cluster: no JetStream stream for "
+			"QoS 1/2 messages (%s, %d): between nodes they are "
+			"sent at most once", natsStatus_GetText(st), (int)jerr);
+		return st == NATS_TIMEOUT ? -1 : 1;
+	}
+	atomic_store_explicit(&cl->js_msgs, true, memory_order_release);
+	log_msg(KITE_LOG_NOTICE, "cluster: node %s sends QoS 1/2 messages "
+		"through JetStream (stream %s)", cl->node, CLUSTER_MSGS_STREAM);
+	return 0;
+}
+
 static int cluster_setup_retained(struct cluster *cl)
 {
 	jsErrCode jerr = 0;
-	natsStatus st = cl->js ? NATS_OK : natsConnection_JetStream(&cl->js, cl->nc, NULL);
-	if (st != NATS_OK)
-		return -1;
-	/* Three copies where the NATS cluster has three servers; one on a
-	 * single server. */
-	st = cluster_add_stream(cl, 3, &jerr);
-	if (st != NATS_OK)
-		st = cluster_add_stream(cl, 1, &jerr);
+	natsStatus st = cluster_make_stream(cl, STREAM_RETAINED, &jerr);
 	if (st != NATS_OK) {
 		log_msg(KITE_LOG_WARNING, "cluster: no JetStream stream for "
 			"retained messages (%s, %d): they stay on their node",
 			natsStatus_GetText(st), (int)jerr);
 		return st == NATS_TIMEOUT ? -1 : 1;
 	}
+	/* Persistent sessions' subscriptions: followed the same way. */
+	st = cluster_make_stream(cl, STREAM_SESSIONS, &jerr);
+	jsSubOptions ss;
+	jsSubOptions_Init(&ss);
+	ss.Stream = "KITE_SESSIONS";
+	ss.Ordered = true;
+	ss.Config.DeliverPolicy = js_DeliverAll;
+	if (st == NATS_OK && !cl->session_sub)
+		st = js_Subscribe(&cl->session_sub, cl->js,
+				  CLUSTER_PREFIX_SESSION ".>", cluster_session_cb,
+				  cl, NULL, &ss, &jerr);
+	if (st != NATS_OK) {
+		log_msg(KITE_LOG_WARNING, "cluster: no JetStream stream for "
+			"sessions (%s, %d)", natsStatus_GetText(st), (int)jerr);
+		return -1;
+	}
+	atomic_store_explicit(&cl->js_sessions, true, memory_order_release);
 	jsSubOptions so;
 	jsSubOptions_Init(&so);
 	so.Stream = "KITE_RETAINED";
@@ -527,17 +1140,99 @@ static int cluster_setup_retained(struct cluster *cl)
 	return 0;
 }
 
+/* Under way or due: the stream from when the link broke (the JetStream
+ * thread's turn). */
+static void replay_tick(struct cluster *cl)
+{
+	if (cl->replay_sub &&
+	    (atomic_load(&cl->replay_caught_up) ||
+	     now_monotonic_ms() > cl->replay_deadline_ms)) {
+		natsSubscription_Unsubscribe(cl->replay_sub);
+		natsSubscription_Destroy(cl->replay_sub);
+		cl->replay_sub = NULL;
+		log_msg(KITE_LOG_NOTICE, "cluster: node %s replayed the QoS 1/2 "
+			"messages of its outage (%s; %llu so far)", cl->node,
+			atomic_load(&cl->replay_caught_up) ? "complete"
+							   : "stopped: too long",
+			(unsigned long long)atomic_load(&cl->replayed));
+	}
+	uint64_t from = atomic_exchange(&cl->replay_from_us, 0);
+	if (!from)
+		return;
+	if (cl->replay_sub) {
+		/* Broke again during the replay: start over from the first
+		 * break. */
+		if (cl->replay_start_us < from)
+			from = cl->replay_start_us;
+		natsSubscription_Unsubscribe(cl->replay_sub);
+		natsSubscription_Destroy(cl->replay_sub);
+		cl->replay_sub = NULL;
+	}
+	jsErrCode jerr = 0;
+	jsStreamInfo *si = NULL;
+	natsStatus st = js_GetStreamInfo(&si, cl->js, CLUSTER_MSGS_STREAM, NULL,
+					 &jerr);
+	uint64_t last = st == NATS_OK ? si->State.LastSeq : 0;
+	int64_t last_ns = st == NATS_OK ? si->State.LastTime : 0;
+	jsStreamInfo_Destroy(si);
+	if (st == NATS_OK && (!last || last_ns < (int64_t)from * 1000)) {
+		log_msg(KITE_LOG_NOTICE, "cluster: node %s replayed the QoS 1/2 "
+			"messages of its outage (complete: none stored since)",
+			cl->node);
+		return;
+	}
+	jsSubOptions so;
+	jsSubOptions_Init(&so);
+	so.Stream = CLUSTER_MSGS_STREAM;
+	so.Ordered = true;
+	so.Config.DeliverPolicy = js_DeliverByStartTime;
+	so.Config.OptStartTime = (int64_t)from * 1000;
+	cl->replay_end_seq = last;
+	cl->replay_start_us = from;
+	cl->replay_deadline_ms = now_monotonic_ms() + CLUSTER_REPLAY_MAX_MS;
+	atomic_store(&cl->replay_caught_up, false);
+	if (st == NATS_OK)
+		st = js_Subscribe(&cl->replay_sub, cl->js,
+				  CLUSTER_PREFIX_MSG_Q12 ".>", cluster_replay_cb,
+				  cl, NULL, &so, &jerr);
+	if (st != NATS_OK) {
+		cl->replay_sub = NULL;
+		log_msg(KITE_LOG_WARNING, "cluster: cannot replay the QoS 1/2 "
+			"messages of the outage yet: %s (%d); trying again",
+			natsStatus_GetText(st), (int)jerr);
+		uint64_t zero = 0;
+		atomic_compare_exchange_strong(&cl->replay_from_us, &zero, from);
+	}
+}
+
 /* JetStream requests wait for answers: done off the shards, once NATS is
- * reachable, retried until it works or kite stops. */
-static void *cluster_setup_main(void *arg)
+ * reachable, retried until they work or kite stops. Then, every turn,
+ * the publishes to send again and the replays. */
+static void *cluster_js_main(void *arg)
 {
 	struct cluster *cl = arg;
+	int msgs = -1, retained = -1;
 	while (!atomic_load(&cl->closing)) {
-		if (natsConnection_Status(cl->nc) == NATS_CONN_STATUS_CONNECTED &&
-		    cluster_setup_retained(cl) >= 0)
-			break;
-		for (int i = 0; i < 10 && !atomic_load(&cl->closing); i++)
-			usleep(100 * 1000);
+		if (msgs < 0 || retained < 0) {
+			if (natsConnection_Status(cl->nc) ==
+				    NATS_CONN_STATUS_CONNECTED &&
+			    cluster_setup_js(cl) == 0) {
+				if (msgs < 0)
+					msgs = cluster_setup_msgs(cl);
+				if (retained < 0)
+					retained = cluster_setup_retained(cl);
+			}
+			if (msgs < 0 || retained < 0) {
+				for (int i = 0; i < 10 && !atomic_load(&cl->closing); i++)
+					usleep(100 * 1000);
+				continue;
+			}
+		}
+		if (msgs == 0) {
+			js_retry_tick(cl);
+			replay_tick(cl);
+		}
+		usleep(CLUSTER_TICK_MS * 1000);
 	}
 	return NULL;
 }
@@ -574,7 +1269,7 @@ static bool interest_eq_cb(const struct htab_link *l, const void *key,
 static void interest_subscribe(struct cluster *cl, struct interest *in)
 {
 	char subj[2][CLUSTER_SUBJECT_MAX + 1];
-	int n = cluster_filter_subjects(CLUSTER_PREFIX_MSG, in->filter, in->len,
+	int n = cluster_filter_subjects(CLUSTER_PREFIX_MSG_ANY, in->filter, in->len,
 					subj);
 	if (n < 0) {
 		log_msg(KITE_LOG_WARNING, "cluster: filter '%.*s' is too long "
@@ -662,7 +1357,7 @@ static void share_queue_subscribe(struct cluster *cl, struct share_sub *ss)
 		return;
 	size_t glen = (size_t)(slash - ss->key);
 	char subj[2][CLUSTER_SUBJECT_MAX + 1], queue[CLUSTER_SUBJECT_MAX + 1];
-	int n = cluster_filter_subjects(CLUSTER_PREFIX_MSG, slash + 1,
+	int n = cluster_filter_subjects(CLUSTER_PREFIX_MSG_ANY, slash + 1,
 					ss->len - glen - 1, subj);
 	if (n < 0 || cluster_subject("q", ss->key, glen, queue, sizeof(queue)) < 0) {
 		log_msg(KITE_LOG_WARNING, "cluster: shared subscription '%.*s' "
@@ -738,18 +1433,45 @@ void cluster_share(struct broker *b, const char *key, uint16_t len, bool add)
 static void cluster_disconnected_cb(natsConnection *nc, void *closure)
 {
 	struct cluster *cl = closure;
-	if (!atomic_load(&cl->closing))
-		log_msg(KITE_LOG_WARNING, "cluster: node %s lost NATS; "
-			"reconnecting", cl->node);
+	if (atomic_load(&cl->closing))
+		return;
+	log_msg(KITE_LOG_WARNING, "cluster: node %s lost NATS; reconnecting",
+		cl->node);
+	/* The messages connection: what it misses from now on is replayed
+	 * from KITE_MSGS once it is back. */
+	uint64_t zero = 0;
+	if (nc == cl->nc)
+		atomic_compare_exchange_strong(&cl->down_since_us, &zero,
+					       wall_us());
 }
+
 
 static void cluster_connected_cb(natsConnection *nc, void *closure)
 {
 	struct cluster *cl = closure;
 	char url[256] = "";
 	natsConnection_GetConnectedUrl(nc, url, sizeof(url));
-	log_msg(KITE_LOG_NOTICE, "cluster: node %s connected to NATS at %s",
-		cl->node, url);
+	if (nc == cl->nc_share)
+		log_msg(KITE_LOG_NOTICE, "cluster: node %s: shared "
+			"subscriptions' link connected to NATS at %s",
+			cl->node, url);
+	else
+		log_msg(KITE_LOG_NOTICE, "cluster: node %s connected to NATS "
+			"at %s", cl->node, url);
+}
+
+static void cluster_reconnected_cb(natsConnection *nc, void *closure)
+{
+	struct cluster *cl = closure;
+	cluster_connected_cb(nc, closure);
+	uint64_t down = nc == cl->nc ? atomic_exchange(&cl->down_since_us, 0) : 0;
+	if (!down || !atomic_load(&cl->js_msgs))
+		return;
+	uint64_t from = down - CLUSTER_REPLAY_MARGIN_MS * 1000u;
+	uint64_t cur = atomic_load(&cl->replay_from_us);
+	while ((!cur || from < cur) &&
+	       !atomic_compare_exchange_weak(&cl->replay_from_us, &cur, from))
+		;
 }
 
 static void cluster_error_cb(natsConnection *nc, natsSubscription *sub,
@@ -794,7 +1516,7 @@ static natsOptions *cluster_options(struct cluster *cl,
 		st = natsOptions_SetRetryOnFailedConnect(o, true,
 							 cluster_connected_cb, cl);
 	if (st == NATS_OK)
-		st = natsOptions_SetReconnectedCB(o, cluster_connected_cb, cl);
+		st = natsOptions_SetReconnectedCB(o, cluster_reconnected_cb, cl);
 	if (st == NATS_OK)
 		st = natsOptions_SetDisconnectedCB(o, cluster_disconnected_cb, cl);
 	if (st == NATS_OK)
@@ -835,6 +1557,8 @@ int cluster_start(struct broker *b)
 	}
 	pthread_mutex_init(&cl->interest_lock, NULL);
 	pthread_mutex_init(&cl->in_lock, NULL);
+	pthread_mutex_init(&cl->pend_lock, NULL);
+	pthread_mutex_init(&cl->sess_lock, NULL);
 	if (cfg->cluster_node_name[0]) {
 		snprintf(cl->node, sizeof(cl->node), "%s", cfg->cluster_node_name);
 	} else {
@@ -862,6 +1586,8 @@ int cluster_start(struct broker *b)
 		log_msg(KITE_LOG_WARNING, "cluster: NATS at %s is not reachable "
 			"yet; node %s keeps trying", cfg->cluster_nats_url,
 			cl->node);
+	else
+		cluster_connected_cb(cl->nc, cl);
 	natsOptions *so = cluster_options(cl, cfg, true);
 	st = so ? natsConnection_Connect(&cl->nc_share, so) : NATS_NO_MEMORY;
 	if (st == NATS_NOT_YET_CONNECTED)
@@ -881,7 +1607,7 @@ int cluster_start(struct broker *b)
 	log_msg(KITE_LOG_NOTICE, "cluster: node %s, NATS %s", cl->node,
 		cfg->cluster_nats_url);
 	cl->setup_started =
-		pthread_create(&cl->setup_thread, NULL, cluster_setup_main, cl) == 0;
+		pthread_create(&cl->setup_thread, NULL, cluster_js_main, cl) == 0;
 	return 0;
 }
 
@@ -915,6 +1641,16 @@ static void interest_free_cb(struct htab_link *l)
 	interest_free(htab_entry(l, struct interest, link));
 }
 
+/* Stopping: a hold JetStream never answered. */
+static void pend_free_cb(struct htab_link *l)
+{
+	struct js_pend *p = htab_entry(l, struct js_pend, link);
+	natsMsg_Destroy(p->retry);
+	if (p->t && atomic_fetch_sub(&p->t->pending, 1) == 1)
+		persist_ticket_discard(p->t);
+	free(p);
+}
+
 void cluster_free(struct broker *b)
 {
 	struct cluster *cl = b->cluster;
@@ -928,16 +1664,27 @@ void cluster_free(struct broker *b)
 				msg_unref(it.ptr);
 			else if (it.kind == CIN_SHARE)
 				msg_unref(((struct share_in *)it.ptr)->m);
-			if (it.kind != CIN_MSG && it.kind != CIN_RETAIN)
+			if (it.kind == CIN_TICKET) {
+				struct persist_ticket *t = it.ptr;
+				if (atomic_fetch_sub(&t->pending, 1) == 1)
+					persist_ticket_discard(t);
+			} else if (it.kind != CIN_MSG && it.kind != CIN_RETAIN) {
 				free(it.ptr);
+			}
 		}
 	}
 	htab_fini(&cl->interest, interest_free_cb);
 	htab_fini(&cl->shares, share_free_cb);
+	htab_fini(&cl->pend, pend_free_cb);
+	htab_fini(&cl->sessions, sess_free_cb);
 	if (cl->takeover_sub)
 		natsSubscription_Destroy(cl->takeover_sub);
 	if (cl->retain_sub)
 		natsSubscription_Destroy(cl->retain_sub);
+	if (cl->replay_sub)
+		natsSubscription_Destroy(cl->replay_sub);
+	if (cl->session_sub)
+		natsSubscription_Destroy(cl->session_sub);
 	jsCtx_Destroy(cl->js);
 	natsConnection_Destroy(cl->nc);
 	natsConnection_Destroy(cl->nc_share);

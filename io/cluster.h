@@ -36,11 +36,28 @@ void cluster_interest(struct broker *b, const char *filter, uint16_t len,
  * its home shard: the node joins or leaves the NATS queue group. */
 void cluster_share(struct broker *b, const char *key, uint16_t len, bool add);
 /* A message published on this node by a client, a will or a bridge
- * goes to the other nodes. Shard threads. */
-void cluster_publish(struct shard *s, const struct msg *m);
+ * goes to the other nodes. QoS 1/2 go through JetStream when it is
+ * there: t (when not NULL) is then held until the stream stored the
+ * message, so the publisher's acknowledgement waits for it. Shard
+ * threads. */
+struct persist_ticket;
+void cluster_publish(struct shard *s, const struct msg *m,
+		     struct persist_ticket *t);
+/* Whether an acknowledgement of m waits for JetStream (so a ticket is
+ * needed even without persistence). Shard threads. */
+bool cluster_holds_ack(const struct broker *b, const struct msg *m);
 /* A client connected here: other nodes close their session of that id. */
 struct session;
 void cluster_announce_session(struct shard *s, const struct session *ss);
+/* Persistent sessions across nodes (the stream KITE_SESSIONS): the
+ * owner records ss's subscriptions (an empty record once it is not
+ * persistent any more, or expired: `gone`). Shard threads. */
+void cluster_session_save(struct shard *s, const struct session *ss,
+			  bool gone);
+/* A persistent session new on this node: the subscriptions its last
+ * owner recorded, if that session has not expired, are subscribed again
+ * (those the client may still subscribe to). True when it did. */
+bool cluster_session_restore(struct shard *s, struct session *ss);
 /* Each loop turn: what NATS brought for this shard. */
 void cluster_drain(struct shard *s);
 

@@ -35,9 +35,9 @@ struct send_ctx {
 	uint32_t iov_cap; /* SEND_CTX_SMALL_IOV or SEND_IOV_MAX: pooled */
 	struct msghdr mh;
 	struct out_entry *retired; /* outq array the iovecs point into */
-	/* TLS: a copy of the ciphertext (OpenSSL's buffer may move while
-	 * the kernel reads this one); WebSockets: a copy of the frames;
-	 * tls_off of tls_len already sent. */
+	/* TLS records or WebSocket frames: bytes the send owns (owned, freed
+	 * when it completes), tls_off of tls_len already sent. */
+	uint8_t *owned;
 	uint8_t *tls_bytes;
 	size_t tls_len, tls_off;
 	/* Kernel TLS: a record other than application data (alert 21,
@@ -437,11 +437,15 @@ void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
 	}
 	if (rc == TLS_HANDSHAKE_DONE && c->bridge)
 		up->bridge_on_tls_ready(c);
+	/* No kTLS for it: records leave OpenSSL, and its ~20 KiB with them. */
+	if (rc == TLS_HANDSHAKE_DONE && !c->shard->b->ktls && !c->bridge)
+		tls_conn_shed(c->tls);
 	if (rc == TLS_HANDSHAKE_DONE && log_enabled(KITE_LOG_DEBUG)) {
 		char peer[64];
-		log_msg(KITE_LOG_DEBUG, "TLS %s %s with %s (userspace)",
+		log_msg(KITE_LOG_DEBUG, "TLS %s %s with %s (userspace%s)",
 			tls_conn_version(c->tls), tls_conn_cipher(c->tls),
-			conn_peer_str(c, peer, sizeof(peer)));
+			conn_peer_str(c, peer, sizeof(peer)),
+			tls_conn_resumed(c->tls) ? ", resumed session" : "");
 	}
 	if (plain->len)
 		conn_on_stream(c, plain->data, plain->len);
@@ -808,6 +812,29 @@ static size_t conn_out_copy(struct conn *c, uint8_t *dst, size_t cap)
 	return n;
 }
 
+/* Up to cap queued bytes from the head of the wire queue as iovecs (at
+ * most max, max >= OUT_ENTRY_IOV_MAX); *bytes gets their total. */
+static unsigned conn_out_iov(struct conn *c, struct iovec *iov, unsigned max,
+			     size_t cap, size_t *bytes)
+{
+	unsigned k = 0;
+	size_t n = 0, skip = c->head_off;
+	for (uint32_t i = 0; i < c->out_count && n < cap &&
+			     k + OUT_ENTRY_IOV_MAX <= max; i++) {
+		struct out_entry *e = &c->outq[(c->out_head + i) & (c->out_cap - 1)];
+		unsigned m = out_entry_iov(e, skip, iov + k);
+		skip = 0;
+		/* The entry's pieces, the last one cut at cap. */
+		for (unsigned j = 0; j < m && n < cap; j++, k++) {
+			if (iov[k].iov_len > cap - n)
+				iov[k].iov_len = cap - n;
+			n += iov[k].iov_len;
+		}
+	}
+	*bytes = n;
+	return k;
+}
+
 /* A context for up to max_iov iovecs from the shard's pool: a busy
  * connection sends every turn, and a malloc and free per send would be
  * per delivery for a subscriber that gets one message at a time. */
@@ -888,6 +915,59 @@ static struct send_ctx *send_ctx_copy(struct conn *c, const uint8_t *bytes,
 	return ctx;
 }
 
+/* A byte layer's pending output (TLS records, WebSocket frames), handed
+ * over: the buffer, which the send then owns, and where its bytes are;
+ * the layer's output is empty afterwards. NULL: out of memory. */
+typedef uint8_t *(*conn_take_fn)(void *layer, size_t *off, size_t *len);
+
+/* TLS records are sealed into a buffer of their own: no copy. */
+static uint8_t *conn_tls_take(void *layer, size_t *off, size_t *len)
+{
+	return tls_conn_take_out(layer, off, len);
+}
+
+/* wslay builds frames in the layer's buffer, which the next frame may
+ * move: a copy. */
+static uint8_t *conn_ws_take(void *layer, size_t *off, size_t *len)
+{
+	const uint8_t *p;
+	*off = 0;
+	*len = ws_out_pending(layer, &p);
+	uint8_t *b = malloc(*len);
+	if (b) {
+		memcpy(b, p, *len);
+		ws_out_consume(layer, *len);
+	}
+	return b;
+}
+
+/* The send tail both byte layers share: one buffer, one send (a partial
+ * send goes on from where it stopped, conn_tls_resend). */
+static void conn_send_taken(struct conn *c, void *layer, conn_take_fn take)
+{
+	size_t off, len;
+	struct send_ctx *ctx = send_ctx_get(c->shard, 1);
+	uint8_t *b = ctx ? take(layer, &off, &len) : NULL;
+	if (!b) {
+		if (ctx)
+			send_ctx_put(c->shard, ctx);
+		conn_close(c, "out of memory", false);
+		return;
+	}
+	assert(len > 0);
+	memset(&ctx->mh, 0, sizeof(ctx->mh));
+	ctx->iov[0] = (struct iovec){b + off, len};
+	ctx->mh.msg_iov = ctx->iov;
+	ctx->mh.msg_iovlen = 1;
+	ctx->retired = NULL;
+	ctx->owned = b;
+	ctx->tls_bytes = b + off;
+	ctx->tls_len = len;
+	ctx->tls_off = 0;
+	ctx->record_type = 0;
+	conn_submit_send(c, ctx);
+}
+
 /* WebSockets: the turn's queued MQTT bytes become binary frames in the
  * layer's output (up to 16 KiB each, a packet may span two); our close
  * frame follows the last words of a connection closing after a flush. */
@@ -942,8 +1022,12 @@ static void conn_flush_tls(struct conn *c)
 	if (c->ws && !for_kernel && tls_conn_handshake_done(c->tls))
 		conn_tls_write_ws(c);
 	while (c->out_count && !for_kernel && !c->ws) {
-		size_t n = conn_out_copy(c, buf, TLS_RECORD_PLAIN);
-		if (tls_conn_write(c->tls, buf, n) != TLS_OK) {
+		/* One record's worth of the queue, sealed where it lies. */
+		struct iovec iov[8 * OUT_ENTRY_IOV_MAX];
+		size_t n;
+		unsigned k = conn_out_iov(c, iov, sizeof(iov) / sizeof(iov[0]),
+					  TLS_RECORD_PLAIN, &n);
+		if (tls_conn_writev(c->tls, iov, k, buf) != TLS_OK) {
 			conn_out_drop_all(c);
 			conn_tls_failed(c);
 			break;
@@ -963,13 +1047,7 @@ static void conn_flush_tls(struct conn *c)
 			conn_ktls_try(c);
 		return;
 	}
-	struct send_ctx *ctx = send_ctx_copy(c, p, len);
-	if (!ctx)
-		return;
-	tls_conn_consume_out(c->tls, len);
-	ctx->tls_bytes = ctx->iov[0].iov_base;
-	ctx->tls_len = len;
-	conn_submit_send(c, ctx);
+	conn_send_taken(c, c->tls, conn_tls_take);
 }
 
 /* Kernel TLS: one record of another type than application data, under
@@ -1009,13 +1087,7 @@ static void conn_flush_ws(struct conn *c)
 			conn_shutdown(c);
 		return;
 	}
-	struct send_ctx *ctx = send_ctx_copy(c, p, len);
-	if (!ctx)
-		return;
-	ws_out_consume(c->ws, len);
-	ctx->tls_bytes = ctx->iov[0].iov_base;
-	ctx->tls_len = len;
-	conn_submit_send(c, ctx);
+	conn_send_taken(c, c->ws, conn_ws_take);
 }
 
 void conn_flush(struct conn *c)
@@ -1064,6 +1136,7 @@ void conn_flush(struct conn *c)
 	ctx->mh.msg_iov = ctx->iov;
 	ctx->mh.msg_iovlen = niov;
 	ctx->retired = NULL;
+	ctx->owned = NULL;
 	ctx->tls_bytes = NULL;
 	ctx->tls_len = ctx->tls_off = 0;
 	ctx->record_type = 0;
@@ -1097,6 +1170,7 @@ void conn_on_send_done(struct conn *c, int res)
 	c->send = NULL;
 	c->flags &= (uint8_t)~CONN_SEND_BUSY;
 	free(ctx->retired);
+	free(ctx->owned);
 	send_ctx_put(c->shard, ctx);
 	if (record_type) {
 		conn_ktls_control_sent(c, record_type, res);
@@ -1260,6 +1334,7 @@ void conn_free(struct conn *c)
 	free(c->outq);
 	if (c->send) {
 		free(c->send->retired);
+		free(c->send->owned);
 		free(c->send);
 	}
 	if (c->will) {

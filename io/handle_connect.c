@@ -118,6 +118,9 @@ static void connect_accept(struct shard *s, struct conn *c,
 	 * as they go out (the username may have changed). */
 	session_set_identity(ss, c->listener, c->username);
 	session_cancel_will(ss); /* back in time */
+	/* New here: it may have lived on another node of the cluster. */
+	if (!present && !ss->subs && ss->persistent && s->b->cluster)
+		present = cluster_session_restore(s, ss);
 	c->state = CONN_ACTIVE;
 	c->flags |= CONN_COUNTED;
 	stat_add(&s->stats.clients_connected, 1);
@@ -141,6 +144,7 @@ static void connect_accept(struct shard *s, struct conn *c,
 		ss->connect_wall_us = (uint64_t)ts.tv_sec * 1000000u +
 				      (uint64_t)ts.tv_nsec / 1000u;
 		cluster_announce_session(s, ss);
+		cluster_session_save(s, ss, !ss->persistent);
 	}
 	persist_session(ss); /* before its subscriptions and messages */
 	if (present && ss->conn == c) /* not closed: CONNACK out of memory */

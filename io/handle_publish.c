@@ -4,6 +4,7 @@
 
 #include "core/log.h"
 #include "io/bridge.h"
+#include "io/cluster.h"
 #include "io/conn.h"
 #include "io/handle.h"
 #include "io/msg.h"
@@ -71,6 +72,9 @@ void publish_route(struct conn *c, struct msg *m, uint8_t ack, uint16_t pid)
 	struct shard *s = c->shard;
 	struct persist_ticket *t =
 		(ack || m->retain) ? persist_ticket_begin(s, m) : NULL;
+	/* In a cluster with JetStream the ack also waits for the stream. */
+	if (!t && ack && s->b->cluster && cluster_holds_ack(s->b, m))
+		t = persist_ticket_new(s, m);
 	if (ack == MQTT_PUBCOMP && c->session && c->session->logged) {
 		if (t) {
 			/* Exactly once across a restart: the release is

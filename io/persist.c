@@ -150,7 +150,11 @@ void persist_ticket_done(struct shard *s, struct persist_ticket *t)
 	}
 	struct conn *c = t->conn_gen ? shard_conn_lookup(s, t->conn_id, t->conn_gen)
 				     : NULL;
-	if (c && t->held && atomic_load(&t->failed) && sync_always(s)) {
+	if (c && t->held && atomic_load(&t->refused)) {
+		stat_add(&s->stats.persist_acks_withheld, 1);
+		conn_close(c, "cluster: JetStream did not store the message, "
+			      "acknowledgement withheld", true);
+	} else if (c && t->held && atomic_load(&t->failed) && sync_always(s)) {
 		/* It promised durability and cannot give it: no
 		 * acknowledgement; the client sends again after reconnecting. */
 		stat_add(&s->stats.persist_acks_withheld, 1);
@@ -250,7 +254,7 @@ static void ticket_put(struct shard *s, struct persist_ticket *t)
 static void log_wait(struct shard *s, struct persist_ticket *t)
 {
 	struct shard_log *l = s->log;
-	if (l->durable >= l->appended) {
+	if (!l || l->durable >= l->appended) {
 		ticket_put(s, t);
 		return;
 	}
@@ -316,6 +320,11 @@ static struct persist_ticket *ticket_new(struct shard *s, struct msg *m)
 struct persist_ticket *persist_ticket_begin(struct shard *s, struct msg *m)
 {
 	return persist_on(s) ? ticket_new(s, m) : NULL;
+}
+
+struct persist_ticket *persist_ticket_new(struct shard *s, struct msg *m)
+{
+	return ticket_new(s, m);
 }
 
 /* The ack waits on c behind the ones before it; the ticket releases it. */

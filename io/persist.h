@@ -42,6 +42,10 @@ struct persist_ticket {
 	/* A write it waited for failed: under `persistence_sync always`
 	 * the acknowledgement is withheld (the connection is closed). */
 	_Atomic bool failed;
+	/* Another holder could not keep its promise (the cluster's
+	 * JetStream did not store the message): the acknowledgement is
+	 * withheld whatever the sync mode, so that the client sends again. */
+	_Atomic bool refused;
 };
 
 static inline bool persist_on(const struct shard *s)
@@ -115,6 +119,9 @@ void persist_hold(struct conn *c, struct held_ack *h);
  * (persistence off). Otherwise routing passes it along; finish with
  * persist_ticket_ack (or _drop) once routing is done. */
 struct persist_ticket *persist_ticket_begin(struct shard *s, struct msg *m);
+/* A ticket even with persistence off, for a holder other than the log
+ * (the cluster's JetStream, io/cluster.h). */
+struct persist_ticket *persist_ticket_new(struct shard *s, struct msg *m);
 /* Routing is done: `bytes` (the PUBACK/PUBCOMP) leave on c when every
  * shard that logged the message confirmed. len 0: nothing to send. */
 void persist_ticket_ack(struct shard *s, struct persist_ticket *t,

@@ -32,7 +32,7 @@ bool route_publish_t(struct shard *s, struct msg *m, struct persist_ticket *t)
 	struct broker *b = s->b;
 	const char *topic = msg_topic(m);
 	if (b->cluster)
-		up->cluster_publish(s, m);
+		up->cluster_publish(s, m, t);
 	if (m->retain && m->payload_len) {
 		/* Refused (deeper than TRIE_LEVELS_MAX): the reference stays ours. */
 		if (retain_set(b->retained, topic, m->topic_len, msg_ref(m)) < 0)

@@ -16,7 +16,8 @@ struct persist_ticket;
  * what other nodes publish through here, takes this node's messages.
  * Registered once by the broker before the shards start. */
 struct route_upcalls {
-	void (*cluster_publish)(struct shard *s, const struct msg *m);
+	void (*cluster_publish)(struct shard *s, const struct msg *m,
+				struct persist_ticket *t);
 };
 void route_set_upcalls(const struct route_upcalls *up);
 

@@ -7,6 +7,7 @@
 #include <stdint.h>
 
 #include "core/htab.h"
+#include "core/trie.h"
 
 /* Largest client id kite stores (the spec allows 65535). */
 #define CLIENT_ID_MAX 65535
@@ -29,7 +30,7 @@ enum sub_opt {
 	SUB_NO_LOCAL = 0x04,
 	SUB_RETAIN_AS_PUBLISHED = 0x08,
 	SUB_RH_SHIFT = 4, /* retain handling, 2 bits */
-	SUB_SHARED = 0x40, /* owner is a shared-subscription group (share.c) */
+	SUB_SHARED = TRIE_SUB_GROUP, /* owner is a shared-subscription group (share.c) */
 	/* In the trie only: the owner's identity may read every topic the
 	 * filter matches (decided at SUBSCRIBE, again at reload and when the
 	 * identity changes), so fan-out skips its ACL check. */

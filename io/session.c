@@ -125,6 +125,15 @@ void session_destroy(struct session *ss)
 
 /* ---- subscriptions -------------------------------------------------------- */
 
+/* A connected persistent session's subscriptions changed: other nodes
+ * of a cluster learn them (not while it is restored, before CONNACK). */
+static void session_cluster_save(struct session *ss)
+{
+	struct shard *s = ss->shard;
+	if (s->b->cluster && ss->persistent && ss->conn)
+		up->cluster_session_save(s, ss, false);
+}
+
 int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 		    uint32_t options, uint32_t sub_id, struct held_ack *held)
 {
@@ -153,7 +162,11 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 			trie_unsubscribe(s->trie, filter, len, ss);
 			return -1;
 		}
-		if (r == TRIE_ADDED_FIRST && s->b->cluster)
+		/* The node's interest counts ordinary subscribers only: a
+		 * shared group on the same filter (its own trie entry) gets
+		 * its messages through a NATS queue group. */
+		if ((r == TRIE_ADDED_FIRST || r == TRIE_ADDED) && s->b->cluster &&
+		    trie_plain_count(s->trie, filter, len) == 1)
 			up->cluster_interest(s->b, filter, len, true);
 	}
 	persist_sub(ss, filter, len, options, sub_id);
@@ -164,6 +177,7 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 				e->options = (uint8_t)options;
 				e->sub_id = sub_id;
 			}
+		session_cluster_save(ss);
 		return 0;
 	}
 	struct sub_entry *e = malloc(sizeof(*e) + len + 1u);
@@ -181,6 +195,7 @@ int session_add_sub(struct session *ss, const char *filter, uint16_t len,
 	ss->subs = e;
 	ss->sub_count++;
 	stat_add(&s->stats.subscriptions, 1);
+	session_cluster_save(ss);
 	return 1;
 }
 
@@ -192,10 +207,12 @@ int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
 	uint16_t klen;
 	if (share_parse(filter, len, &key, &klen)) {
 		share_unsubscribe(ss, key, klen, held);
-	} else if (trie_unsubscribe(s->trie, filter, len, ss) ==
-		   TRIE_REMOVED_LAST) {
-		gtrie_remove(s->b->gtrie, filter, len, s->idx);
-		if (s->b->cluster)
+	} else {
+		enum trie_result r = trie_unsubscribe(s->trie, filter, len, ss);
+		if (r == TRIE_REMOVED_LAST)
+			gtrie_remove(s->b->gtrie, filter, len, s->idx);
+		if ((r == TRIE_REMOVED_LAST || r == TRIE_REMOVED) &&
+		    s->b->cluster && trie_plain_count(s->trie, filter, len) == 0)
 			up->cluster_interest(s->b, filter, len, false);
 	}
 	for (struct sub_entry **pp = &ss->subs; *pp; pp = &(*pp)->next) {
@@ -206,6 +223,7 @@ int session_remove_sub(struct session *ss, const char *filter, uint16_t len,
 			free(e);
 			ss->sub_count--;
 			stat_sub(&s->stats.subscriptions, 1);
+			session_cluster_save(ss);
 			return 1;
 		}
 	}
@@ -744,6 +762,8 @@ void session_check_timers(struct shard *s)
 			ss->expire_at_ms = 0;
 			ss->expiry_s = 0;
 			ss->persistent = false;
+			if (s->b->cluster)
+				up->cluster_session_save(s, ss, true);
 			session_on_disconnect(s, ss); /* ends it */
 		} else if (!ss->conn && ss->expire_at_ms) {
 			session_timer_at(s, ss->expire_at_ms);
@@ -852,6 +872,9 @@ void session_on_disconnect(struct shard *s, struct session *ss)
 			session_timer_at(s, ss->expire_at_ms);
 		}
 		persist_session(ss); /* offline since now */
+		/* Its expiry counts from this record on other nodes. */
+		if (s->b->cluster)
+			up->cluster_session_save(s, ss, false);
 		return;
 	}
 	struct broker *b = s->b;

@@ -15,7 +15,7 @@
 
 /* What sessions ask of the layers above them: routing a will, a
  * bridge's topic mapping on delivery, the cluster's interest in a
- * filter. Each of those calls down into sessions, so these go through
+ * filter and its record of a persistent session. Each of those calls down into sessions, so these go through
  * this table, registered once by the broker before the shards start. */
 struct session_upcalls {
 	bool (*route_publish)(struct shard *s, struct msg *m);
@@ -23,6 +23,8 @@ struct session_upcalls {
 			       const struct deliv *d);
 	void (*cluster_interest)(struct broker *b, const char *filter,
 				 uint16_t len, bool add);
+	void (*cluster_session_save)(struct shard *s, const struct session *ss,
+				     bool gone);
 };
 void session_set_upcalls(const struct session_upcalls *up);
 

@@ -11,14 +11,28 @@
  * HKDF-Expand-Label (RFC 8446 7.1, 7.3); TLS 1.2 keys come from the key
  * block (RFC 5246 6.3) computed with TLS1-PRF from the master secret.
  * Record sequence numbers are counted with the message callback (one
- * SSL3_RT_HEADER event per record) from the end of the handshake.
- * Session tickets are off (SSL_OP_NO_TICKET, num_tickets 0): a TLS 1.3
- * NewSessionTicket after the handshake would be an extra TX record. */
+ * SSL3_RT_HEADER event per record): received ones from the end of the
+ * handshake, sent ones (TLS 1.3) from the moment our application traffic
+ * key is installed, since the NewSessionTicket goes out under it before
+ * the handshake ends.
+ *
+ * Session resumption: stateless tickets (RFC 5077, RFC 8446 4.6.1), no
+ * server-side cache. A listener's tls_server holds a random ticket
+ * master secret, shared by every shard (the server object is), so a
+ * client may come back on any shard. The keys that seal tickets are
+ * derived from it per epoch of TLS_TICKET_EPOCH_S: rotation needs no
+ * timer, no lock and no shared mutable state, and a ticket opens in its
+ * own epoch and the next one. A reload (SIGHUP) builds a new server and
+ * with it a new secret: tickets issued before it no longer open, so a
+ * revoked certificate (crlfile) or a changed CA is checked again in a
+ * full handshake. */
 #include "tls/tls.h"
+#include "tls/rec.h"
 
 #include <arpa/inet.h>
 #include <assert.h>
 #include <errno.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
@@ -28,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef SOL_TLS
@@ -39,6 +54,7 @@
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
 #include <openssl/pem.h>
+#include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -56,13 +72,26 @@ _Static_assert(sizeof(struct tls12_crypto_info_chacha20_poly1305) == 4 + 12 + 32
 #define TLS_KEY_BLOCK_MAX (2 * 32 + 2 * 12)
 /* Plaintext buffer growth step. */
 #define TLS_PLAIN_GROW_MIN 4096
-/* An output buffer this large is freed once drained rather than kept. */
-#define TLS_OUT_KEEP_MAX 4096
+/* An output buffer this large is freed once drained rather than kept: any,
+ * so an idle connection holds none (the next send allocates one). */
+#define TLS_OUT_KEEP_MAX 0
 #define TLS_RECORD_HEADER_LEN 5
 
 /* Bounds on a psk_file: entries, identity length (the TLS maximum). */
 #define TLS_PSK_ENTRIES_MAX 65536
 #define TLS_PSK_IDENTITY_MAX 256
+
+/* Ticket keys change every epoch; a ticket opens during its own epoch and
+ * the next, so it lives between one and two epochs (its advertised
+ * lifetime is the upper bound). */
+#define TLS_TICKET_EPOCH_S 3600
+#define TLS_TICKET_LIFETIME_S (2 * TLS_TICKET_EPOCH_S)
+#define TLS_TICKET_SECRET_LEN 32
+#define TLS_TICKET_ID_LEN 8
+
+/* Client KeyUpdates a second a connection may ask for (io/ktls.c has the
+ * same bound for kTLS connections). */
+#define TLS_KEY_UPDATES_PER_S 8
 
 struct tls_psk {
 	char *identity;
@@ -77,6 +106,11 @@ struct tls_server {
 	bool use_subject;
 	struct tls_psk *psk; /* sorted by identity */
 	size_t psk_count;
+	/* Tickets: key_name = id || epoch (big endian); the id tells our
+	 * tickets from another listener's or an older configuration's. */
+	uint64_t uid; /* unique per server object, for the key cache */
+	uint8_t ticket_id[TLS_TICKET_ID_LEN];
+	uint8_t ticket_secret[TLS_TICKET_SECRET_LEN];
 };
 
 struct tls_conn {
@@ -95,6 +129,18 @@ struct tls_conn {
 	uint8_t secret_tx[TLS_SECRET_MAX], secret_rx[TLS_SECRET_MAX];
 	uint8_t secret_tx_len, secret_rx_len;
 	bool seen_input;
+	bool tx_app_keys; /* TLS 1.3: our application key is installed */
+	bool identity_known; /* c->identity is final (NULL or not) */
+	/* After tls_conn_shed: records are ours (ssl is NULL), a partial
+	 * record waits in part[0, part_len) (allocated only meanwhile). */
+	struct tls_rec *rec;
+	uint8_t *part;
+	size_t part_len;
+	bool shed_wanted;
+	bool resumed;
+	uint8_t key_updates;	 /* in the second since key_update_s */
+	uint64_t key_update_s;
+	const char *version_str, *cipher_str; /* OpenSSL's static names */
 	bool hs_done;
 	bool closed;
 	bool failed;
@@ -359,23 +405,27 @@ static void keylog_cb(const SSL *ssl, const char *line)
 
 	if (!c)
 		return;
-	if (!strncmp(line, tx, sizeof(tx) - 1))
+	if (!strncmp(line, tx, sizeof(tx) - 1)) {
 		c->secret_tx_len = (uint8_t)keylog_secret(line, c->secret_tx,
 							  sizeof(c->secret_tx));
+		c->tx_app_keys = true;
+	}
 	else if (!strncmp(line, rx, sizeof(rx) - 1))
 		c->secret_rx_len = (uint8_t)keylog_secret(line, c->secret_rx,
 							  sizeof(c->secret_rx));
 }
 
-/* Counts records after the handshake (the kTLS sequence numbers) and
+/* Counts records under the traffic keys (the kTLS sequence numbers) and
  * notes post-handshake messages (TLS 1.3 KeyUpdate moves the keys past
- * the _0 secrets we hold). */
+ * the _0 secrets we hold). Our TLS 1.3 application key is installed
+ * right after our Finished went out, and the session ticket follows
+ * under it before the handshake ends: sent records count from then. */
 static void msg_cb(int write_p, int version, int content_type, const void *buf,
 		   size_t len, SSL *ssl, void *arg)
 {
 	struct tls_conn *c = arg;
 
-	if (!c->hs_done)
+	if (!c->hs_done && !(write_p && c->tx_app_keys))
 		return;
 	if (content_type == SSL3_RT_HEADER && len >= TLS_RECORD_HEADER_LEN) {
 		/* TLS 1.3 compatibility CCS records are not protected and
@@ -386,7 +436,7 @@ static void msg_cb(int write_p, int version, int content_type, const void *buf,
 			c->tx_records++;
 		else
 			c->rx_records++;
-	} else if (content_type == SSL3_RT_HANDSHAKE) {
+	} else if (content_type == SSL3_RT_HANDSHAKE && c->hs_done) {
 		c->post_hs_message = true;
 	}
 }
@@ -678,6 +728,388 @@ static int server_psk(struct tls_server *s, const struct tls_listener_opts *o,
 	return 0;
 }
 
+/* ---- client identity ---------------------------------------------------- */
+
+/* Ticket app data: version, flags, then the identity's bytes. */
+#define TICKET_APPDATA_V1 1
+#define TICKET_APPDATA_HAS_ID 1
+
+/* The client's identity, once: from its certificate after a full
+ * handshake; from the ticket after a resumed one (tickets carry no
+ * certificate, see ticket_cipher). As Mosquitto derives the username. */
+static void conn_identity(struct tls_conn *c)
+{
+	if (c->identity_known || c->identity) /* or the PSK identity */
+		return;
+	c->identity_known = true;
+	X509 *peer = SSL_get0_peer_certificate(c->ssl);
+	if (peer) {
+		const X509_NAME *name = X509_get_subject_name(peer);
+		if (!c->srv->use_identity && c->srv->use_subject)
+			c->identity = name_rfc2253(name);
+		else
+			c->identity = name_cn(name);
+		return;
+	}
+	const uint8_t *d = NULL;
+	size_t n = 0;
+	if (!SSL_session_reused(c->ssl) ||
+	    SSL_SESSION_get0_ticket_appdata(SSL_get0_session(c->ssl),
+					    (void **)&d, &n) != 1 ||
+	    n < 2 || d[0] != TICKET_APPDATA_V1 ||
+	    !(d[1] & TICKET_APPDATA_HAS_ID))
+		return;
+	c->identity = strndup((const char *)d + 2, n - 2);
+}
+
+/* ---- session tickets ------------------------------------------------- */
+
+/* A shard thread's keys for the last epochs it used, so a ticket costs
+ * no key derivation in the common case. Keyed by the server's uid (never
+ * reused, unlike an address). */
+struct ticket_keys {
+	uint64_t uid, epoch;
+	uint8_t aes[32], mac[32];
+};
+static _Thread_local struct ticket_keys ticket_cache[2];
+static atomic_uint_fast64_t server_uids;
+
+static void put_be64(uint8_t *p, uint64_t v);
+
+static uint64_t get_be64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 0; i < 8; i++)
+		v = v << 8 | p[i];
+	return v;
+}
+
+/* HMAC-SHA256(secret, label || epoch), one key per use and epoch. */
+static int ticket_derive(const struct tls_server *s, const char *label,
+			 uint64_t epoch, uint8_t out[32])
+{
+	uint8_t msg[32];
+	size_t n = strlen(label), outlen = 0;
+
+	assert(n + 8 <= sizeof(msg));
+	memcpy(msg, label, n);
+	put_be64(msg + n, epoch);
+	return EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, s->ticket_secret,
+			 sizeof(s->ticket_secret), msg, n + 8, out, 32,
+			 &outlen) && outlen == 32 ? 0 : -1;
+}
+
+static const struct ticket_keys *ticket_keys(const struct tls_server *s,
+					     uint64_t epoch)
+{
+	struct ticket_keys *k = &ticket_cache[epoch & 1];
+
+	if (k->uid == s->uid && k->epoch == epoch)
+		return k;
+	k->uid = 0;
+	if (ticket_derive(s, "kite ticket aes", epoch, k->aes) ||
+	    ticket_derive(s, "kite ticket mac", epoch, k->mac))
+		return NULL;
+	k->uid = s->uid;
+	k->epoch = epoch;
+	return k;
+}
+
+/* The ticket's cipher: AES-256-CBC over the session's DER without the
+ * client certificate. OpenSSL 3.0 puts the whole session, certificate
+ * included, into a ticket and decodes it again twice per ticket issued
+ * and once per ticket opened; decoding a certificate's public key goes
+ * through the provider decoders and cost more than the rest of a resumed
+ * handshake together. Nothing needs the certificate after the handshake
+ * (it was verified, and the identity kite derives from it travels in the
+ * ticket's app data), so the ticket leaves it out: this cipher drops the
+ * SSL_SESSION's peer field ([3], RFC-less OpenSSL layout, checked) before
+ * encrypting. Authenticity is OpenSSL's HMAC over the ciphertext. */
+struct ticket_cipher_ctx {
+	EVP_CIPHER_CTX *aes;
+	/* Sealing: the last block, given out by the final call (OpenSSL
+	 * reserves no room for an empty final). */
+	uint8_t tail[16];
+	int tail_len;
+};
+
+static EVP_CIPHER *ticket_aes;     /* fetched once */
+static EVP_CIPHER *ticket_cipher;  /* the wrapper; NULL: plain ticket_aes */
+static pthread_once_t ticket_cipher_once = PTHREAD_ONCE_INIT;
+
+/* DER length at p (after the tag byte); 0 if malformed. */
+static size_t der_len(const uint8_t *p, size_t avail, size_t *hdr)
+{
+	if (avail < 1)
+		return 0;
+	if (p[0] < 0x80) {
+		*hdr = 1;
+		return p[0];
+	}
+	size_t k = p[0] & 0x7f, n = 0;
+	if (k == 0 || k > 3 || avail < 1 + k)
+		return 0;
+	for (size_t i = 1; i <= k; i++)
+		n = n << 8 | p[i];
+	*hdr = 1 + k;
+	return n;
+}
+
+/* Copies the SSL_SESSION DER in to out (room for len + 4) without its [3]
+ * peer certificate; returns the new length, or 0 to keep the DER as it
+ * is (no certificate, or not the layout expected). */
+static size_t session_der_strip_peer(const uint8_t *in, size_t len, uint8_t *out)
+{
+	size_t hdr, body;
+	if (len < 2 || in[0] != 0x30 ||
+	    !(body = der_len(in + 1, len - 1, &hdr)) || 1 + hdr + body != len)
+		return 0;
+	const uint8_t *p = in + 1 + hdr, *end = in + len;
+	uint8_t *w = out + 4; /* room for the longest header we write */
+	bool found = false;
+	while (p < end) {
+		size_t h, n = der_len(p + 1, (size_t)(end - p) - 1, &h);
+		if ((n == 0 && (p + 1 >= end || p[1] != 0)) || n > (size_t)(end - p) - 1 - h)
+			return 0;
+		if (n == 0)
+			h = 1;
+		size_t tlv = 1 + h + n;
+		if (p[0] == 0xa3)
+			found = true;
+		else {
+			memmove(w, p, tlv);
+			w += tlv;
+		}
+		p += tlv;
+	}
+	if (!found)
+		return 0;
+	size_t nb = (size_t)(w - (out + 4));
+	uint8_t head[4];
+	size_t hl = 0;
+	head[hl++] = 0x30;
+	if (nb < 0x80) {
+		head[hl++] = (uint8_t)nb;
+	} else if (nb < 0x100) {
+		head[hl++] = 0x81;
+		head[hl++] = (uint8_t)nb;
+	} else {
+		head[hl++] = 0x82;
+		head[hl++] = (uint8_t)(nb >> 8);
+		head[hl++] = (uint8_t)nb;
+	}
+	memmove(out + hl, out + 4, nb);
+	memcpy(out, head, hl);
+	return hl + nb;
+}
+
+static int ticket_cipher_init(EVP_CIPHER_CTX *ctx, const unsigned char *key,
+			      const unsigned char *iv, int enc)
+{
+	struct ticket_cipher_ctx *t = EVP_CIPHER_CTX_get_cipher_data(ctx);
+	if (!key || !iv)
+		return 1; /* set up in one call by ticket_key_cb */
+	if (!t->aes && !(t->aes = EVP_CIPHER_CTX_new()))
+		return 0;
+	return EVP_CipherInit_ex(t->aes, ticket_aes, NULL, key, iv, enc);
+}
+
+/* One call with the whole ticket (OpenSSL's ticket code passes it at
+ * once), then a final call with in NULL. Returns the bytes written. */
+static int ticket_cipher_do(EVP_CIPHER_CTX *ctx, unsigned char *out,
+			    const unsigned char *in, size_t len)
+{
+	struct ticket_cipher_ctx *t = EVP_CIPHER_CTX_get_cipher_data(ctx);
+	int n = 0, fin = 0;
+	if (!in) {
+		n = t->tail_len;
+		memcpy(out, t->tail, (size_t)n);
+		t->tail_len = 0;
+		return n;
+	}
+	if (!t->aes || len > INT_MAX - 32)
+		return -1;
+	if (EVP_CIPHER_CTX_is_encrypting(ctx)) {
+		uint8_t *lean = malloc(len + 4);
+		size_t ln = lean ? session_der_strip_peer(in, len, lean) : 0;
+		const uint8_t *src = ln ? lean : in;
+		int ok = EVP_EncryptUpdate(t->aes, out, &n, src, (int)(ln ? ln : len)) == 1 &&
+			 EVP_EncryptFinal_ex(t->aes, out + n, &fin) == 1 &&
+			 n + fin >= (int)sizeof(t->tail);
+		if (lean)
+			OPENSSL_clear_free(lean, len + 4);
+		if (!ok)
+			return -1;
+		/* CBC padding makes the ciphertext at least one block. */
+		t->tail_len = (int)sizeof(t->tail);
+		memcpy(t->tail, out + n + fin - t->tail_len, sizeof(t->tail));
+		return n + fin - t->tail_len;
+	}
+	if (EVP_DecryptUpdate(t->aes, out, &n, in, (int)len) != 1 ||
+	    EVP_DecryptFinal_ex(t->aes, out + n, &fin) != 1)
+		return -1;
+	return n + fin;
+}
+
+static int ticket_cipher_cleanup(EVP_CIPHER_CTX *ctx)
+{
+	struct ticket_cipher_ctx *t = EVP_CIPHER_CTX_get_cipher_data(ctx);
+	if (t) {
+		EVP_CIPHER_CTX_free(t->aes);
+		t->aes = NULL;
+	}
+	return 1;
+}
+
+/* The legacy EVP_CIPHER method API is deprecated in OpenSSL 3.0 but is
+ * the one way to wrap the ticket encryption; without it tickets carry
+ * the certificate (correct, only slower to open). */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static void ticket_cipher_make(void)
+{
+	ticket_aes = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
+	if (!ticket_aes)
+		return;
+	EVP_CIPHER *c = EVP_CIPHER_meth_new(NID_undef, 1, 32);
+	if (!c)
+		return;
+	if (!EVP_CIPHER_meth_set_iv_length(c, 16) ||
+	    !EVP_CIPHER_meth_set_flags(c, EVP_CIPH_FLAG_CUSTOM_CIPHER |
+					      EVP_CIPH_ALWAYS_CALL_INIT |
+					      EVP_CIPH_CBC_MODE) ||
+	    !EVP_CIPHER_meth_set_init(c, ticket_cipher_init) ||
+	    !EVP_CIPHER_meth_set_do_cipher(c, ticket_cipher_do) ||
+	    !EVP_CIPHER_meth_set_cleanup(c, ticket_cipher_cleanup) ||
+	    !EVP_CIPHER_meth_set_impl_ctx_size(c, sizeof(struct ticket_cipher_ctx))) {
+		EVP_CIPHER_meth_free(c);
+		return;
+	}
+	ticket_cipher = c;
+}
+#pragma GCC diagnostic pop
+
+/* Before each ticket is sealed: the identity goes into its app data. */
+static int ticket_gen_cb(SSL *ssl, void *arg)
+{
+	struct tls_conn *c = conn_of_ssl(ssl);
+	if (!c || !c->srv)
+		return 1;
+	conn_identity(c);
+	size_t n = c->identity ? strlen(c->identity) : 0;
+	uint8_t *d = malloc(2 + n);
+	if (!d)
+		return 0;
+	d[0] = TICKET_APPDATA_V1;
+	d[1] = c->identity ? TICKET_APPDATA_HAS_ID : 0;
+	memcpy(d + 2, c->identity ? c->identity : "", n);
+	int ok = SSL_SESSION_set1_ticket_appdata(SSL_get0_session(ssl), d, 2 + n);
+	free(d);
+	return ok == 1;
+}
+
+static SSL_TICKET_RETURN ticket_dec_cb(SSL *ssl, SSL_SESSION *ss,
+				       const unsigned char *keyname,
+				       size_t keyname_len,
+				       SSL_TICKET_STATUS status, void *arg)
+{
+	switch (status) {
+	case SSL_TICKET_SUCCESS:
+		return SSL_TICKET_RETURN_USE;
+	case SSL_TICKET_SUCCESS_RENEW:
+		return SSL_TICKET_RETURN_USE_RENEW;
+	case SSL_TICKET_EMPTY:
+	case SSL_TICKET_NO_DECRYPT:
+		return SSL_TICKET_RETURN_IGNORE_RENEW;
+	default: /* SSL_TICKET_FATAL_ERR_* */
+		return SSL_TICKET_RETURN_ABORT;
+	}
+}
+
+/* OpenSSL's ticket key callback: enc 1 seals a new ticket under the
+ * current epoch's keys; enc 0 opens one of this epoch (1) or of the
+ * previous one (2: "and issue a fresh ticket", so a client that comes
+ * back at least once an epoch always holds a valid ticket); 0 (full
+ * handshake) if unknown or expired; -1 on an internal error. A ticket of
+ * this epoch is not renewed: a new ticket costs OpenSSL 3.0 a decode of
+ * the whole session, client certificate included (about as much as the
+ * rest of a resumed handshake), and a device reconnecting after an
+ * outage may offer its ticket again. */
+static int ticket_key_cb(SSL *ssl, unsigned char key_name[16],
+			 unsigned char iv[EVP_MAX_IV_LENGTH],
+			 EVP_CIPHER_CTX *ectx, EVP_MAC_CTX *hctx, int enc)
+{
+	_Static_assert(TLS_TICKET_ID_LEN + 8 == 16, "ticket key name layout");
+	const struct tls_conn *c = conn_of_ssl(ssl);
+	const struct tls_server *s = c ? c->srv : NULL;
+	uint64_t now = (uint64_t)time(NULL) / TLS_TICKET_EPOCH_S, epoch = now;
+
+	if (!s)
+		return -1;
+	if (enc) {
+		memcpy(key_name, s->ticket_id, TLS_TICKET_ID_LEN);
+		put_be64(key_name + TLS_TICKET_ID_LEN, epoch);
+		if (RAND_bytes(iv, 16) != 1)
+			return -1;
+	} else {
+		epoch = get_be64(key_name + TLS_TICKET_ID_LEN);
+		if (memcmp(key_name, s->ticket_id, TLS_TICKET_ID_LEN) ||
+		    (epoch != now && epoch + 1 != now))
+			return 0;
+	}
+	int rc = enc || epoch == now ? 1 : 2;
+	const struct ticket_keys *k = ticket_keys(s, epoch);
+	OSSL_PARAM params[] = {
+		OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY,
+						  k ? (void *)k->mac : NULL, 32),
+		OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+						 (char *)"SHA256", 0),
+		OSSL_PARAM_construct_end(),
+	};
+	if (!k || EVP_MAC_CTX_set_params(hctx, params) != 1 ||
+	    EVP_CipherInit_ex(ectx, ticket_cipher ? ticket_cipher : ticket_aes,
+			      NULL, k->aes, iv, enc) != 1)
+		return -1;
+	return rc;
+}
+
+/* Stateless tickets, one per handshake (a client resumes with the
+ * newest); off for PSK listeners, whose identity comes from the PSK
+ * callback that a resumed handshake skips. */
+static int server_tickets(struct tls_server *s, const struct tls_listener_opts *o,
+			  char *err, size_t errlen)
+{
+	if (o->psk_hint) {
+		SSL_CTX_set_options(s->ctx, SSL_OP_NO_TICKET);
+		SSL_CTX_set_num_tickets(s->ctx, 0);
+		return 0;
+	}
+	if (RAND_bytes(s->ticket_secret, sizeof(s->ticket_secret)) != 1 ||
+	    RAND_bytes(s->ticket_id, sizeof(s->ticket_id)) != 1) {
+		errf(err, errlen, "TLS: no randomness for session tickets: %s",
+		     ossl_reason());
+		return -1;
+	}
+	pthread_once(&ticket_cipher_once, ticket_cipher_make);
+	if (!ticket_aes) {
+		errf(err, errlen, "TLS: no AES-256-CBC for session tickets: %s",
+		     ossl_reason());
+		return -1;
+	}
+	s->uid = atomic_fetch_add(&server_uids, 1) + 1;
+	SSL_CTX_clear_options(s->ctx, SSL_OP_NO_TICKET);
+	SSL_CTX_set_num_tickets(s->ctx, 1);
+	SSL_CTX_set_timeout(s->ctx, TLS_TICKET_LIFETIME_S);
+	if (SSL_CTX_set_tlsext_ticket_key_evp_cb(s->ctx, ticket_key_cb) != 1 ||
+	    SSL_CTX_set_session_ticket_cb(s->ctx, ticket_gen_cb, ticket_dec_cb,
+					  NULL) != 1) {
+		errf(err, errlen, "TLS: session ticket callback: %s", ossl_reason());
+		return -1;
+	}
+	return 0;
+}
+
 struct tls_server *tls_server_new(const struct tls_listener_opts *o,
 				  char *err, size_t errlen)
 {
@@ -698,19 +1130,18 @@ struct tls_server *tls_server_new(const struct tls_listener_opts *o,
 		return NULL;
 	}
 	SSL_CTX_set_default_passwd_cb(ctx, no_password_cb);
-	/* No renegotiation; no tickets (deterministic kTLS sequence numbers,
-	 * see the top of this file); the server picks the cipher. */
-	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_TICKET |
+	/* No renegotiation; the server picks the cipher. Tickets:
+	 * server_tickets. */
+	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION |
 				 SSL_OP_CIPHER_SERVER_PREFERENCE |
 				 SSL_OP_NO_COMPRESSION);
-	SSL_CTX_set_num_tickets(ctx, 0);
 	/* Idle connections give their 16 KiB read/write buffers back. */
 	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-	/* No server-side session cache: TLS 1.3 cannot resume without
-	 * tickets anyway, and a TLS 1.2 cache would keep each session and
-	 * its client certificate for hours after the connection moved to
-	 * kTLS (or closed). The id context still has to be set whenever
-	 * client certificates are verified. */
+	/* No server-side session cache (tickets carry the session): a
+	 * cache would keep each session and its client certificate for
+	 * hours after the connection moved to kTLS (or closed). The id
+	 * context still has to be set whenever client certificates are
+	 * verified. */
 	SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
 	SSL_CTX_set_session_id_context(ctx, sid_ctx, sizeof(sid_ctx) - 1);
 	SSL_CTX_set_keylog_callback(ctx, keylog_cb);
@@ -725,8 +1156,10 @@ struct tls_server *tls_server_new(const struct tls_listener_opts *o,
 		goto free_ctx;
 	}
 	s->ctx = ctx;
-	if (server_psk(s, o, err, errlen) < 0) {
+	if (server_psk(s, o, err, errlen) < 0 ||
+	    server_tickets(s, o, err, errlen) < 0) {
 		psk_free(s->psk, s->psk_count);
+		OPENSSL_cleanse(s->ticket_secret, sizeof(s->ticket_secret));
 		free(s);
 		goto free_ctx;
 	}
@@ -760,6 +1193,7 @@ void tls_server_unref(struct tls_server *s)
 	if (old == 1) {
 		SSL_CTX_free(s->ctx);
 		psk_free(s->psk, s->psk_count);
+		OPENSSL_cleanse(s->ticket_secret, sizeof(s->ticket_secret));
 		free(s);
 	}
 }
@@ -807,6 +1241,8 @@ void tls_conn_free(struct tls_conn *c)
 	if (!c)
 		return;
 	SSL_free(c->ssl);
+	tls_rec_free(c->rec);
+	free(c->part);
 	OPENSSL_cleanse(c->secret_tx, sizeof(c->secret_tx));
 	OPENSSL_cleanse(c->secret_rx, sizeof(c->secret_rx));
 	tls_server_unref(c->srv);
@@ -818,16 +1254,9 @@ void tls_conn_free(struct tls_conn *c)
 
 static void conn_handshake_done(struct tls_conn *c)
 {
-	X509 *peer = SSL_get0_peer_certificate(c->ssl);
-	const X509_NAME *name = peer ? X509_get_subject_name(peer) : NULL;
-
 	c->hs_done = true;
-	if (!name || !c->srv) /* a bridge's client side keeps no identity */
-		return;
-	if (!c->srv->use_identity && c->srv->use_subject)
-		c->identity = name_rfc2253(name);
-	else
-		c->identity = name_cn(name);
+	if (c->srv) /* a bridge's client side keeps no identity */
+		conn_identity(c);
 }
 
 /* Explains a failed SSL call; the verify callback may already have. */
@@ -908,6 +1337,260 @@ static int conn_feed(struct tls_conn *c, struct tls_buf *plain)
 	return conn_read_all(c, plain, rc);
 }
 
+/* ---- records without OpenSSL (after tls_conn_shed) ------------------- */
+
+static int conn_export(struct tls_conn *c, struct tls_ktls_keys *out,
+		       unsigned flags, bool keep_out);
+
+static int rec_seal_out(struct tls_conn *c, uint8_t type, const uint8_t *p,
+			size_t n)
+{
+	if (out_reserve(c, n + TLS_REC_OVERHEAD)) {
+		conn_fail(c, "TLS: out of memory");
+		return -1;
+	}
+	size_t w = tls_rec_seal(c->rec, type, p, n, c->out + c->out_len);
+	if (!w) {
+		conn_fail(c, "TLS: cannot seal a record");
+		return -1;
+	}
+	c->out_len += w;
+	return 0;
+}
+
+/* A fatal alert, best effort, and the reason. */
+static int rec_fail(struct tls_conn *c, uint8_t alert, const char *why)
+{
+	const uint8_t a[2] = {2, alert};
+	if (!c->failed)
+		rec_seal_out(c, TLS_REC_ALERT, a, sizeof(a));
+	conn_fail(c, "TLS error: %s", why);
+	return TLS_ERROR;
+}
+
+static int rec_alert(struct tls_conn *c, const uint8_t *a, size_t n)
+{
+	if (n != 2)
+		return rec_fail(c, SSL_AD_DECODE_ERROR, "malformed alert");
+	if (a[1] == SSL_AD_CLOSE_NOTIFY) {
+		c->closed = true;
+		return TLS_CLOSED;
+	}
+	/* user_canceled, and TLS 1.2 warnings, are not the end. */
+	if (a[1] == SSL_AD_USER_CANCELLED ||
+	    (a[0] == SSL3_AL_WARNING && !tls_rec_is_tls13(c->rec)))
+		return TLS_WANT_MORE;
+	conn_fail(c, "TLS alert from the client: %s",
+		  SSL_alert_desc_string_long(a[1]));
+	return TLS_ERROR;
+}
+
+/* Handshake messages after the handshake: TLS 1.3 KeyUpdate (each in one
+ * record, as every stack sends it); a TLS 1.2 renegotiation is declined
+ * as OpenSSL does with SSL_OP_NO_RENEGOTIATION: a warning, no handshake. */
+static int rec_handshake(struct tls_conn *c, const uint8_t *m, size_t n)
+{
+	static const uint8_t no_reneg[2] = {SSL3_AL_WARNING, SSL_AD_NO_RENEGOTIATION};
+	static const uint8_t key_update[5] = {SSL3_MT_KEY_UPDATE, 0, 0, 1, 0};
+
+	if (!tls_rec_is_tls13(c->rec))
+		return rec_seal_out(c, TLS_REC_ALERT, no_reneg, 2) ? TLS_ERROR
+								 : TLS_WANT_MORE;
+	while (n) {
+		size_t len = n >= 4 ? (size_t)m[1] << 16 | (size_t)m[2] << 8 | m[3] : 0;
+		if (n < 4 || len > n - 4)
+			return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+					"handshake message split across records");
+		if (m[0] != SSL3_MT_KEY_UPDATE || len != 1 || m[4] > 1)
+			return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+					"unexpected post-handshake message");
+		/* Each costs us HKDF expansions and a key set-up for the
+		 * client's 5 bytes: as with kTLS (and GnuTLS), more than
+		 * TLS_KEY_UPDATES_PER_S a second end the connection. */
+		struct timespec ts;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		if ((uint64_t)ts.tv_sec != c->key_update_s) {
+			c->key_update_s = (uint64_t)ts.tv_sec;
+			c->key_updates = 0;
+		}
+		if (++c->key_updates > TLS_KEY_UPDATES_PER_S)
+			return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+					"more than 8 key updates in a second");
+		if (tls_rec_rekey(c->rec, TLS_KTLS_RX))
+			return rec_fail(c, SSL_AD_INTERNAL_ERROR, "key update failed");
+		/* update_requested: ours goes under the old key. */
+		if (m[4] == 1 && (rec_seal_out(c, TLS_REC_HANDSHAKE, key_update,
+					       sizeof(key_update)) ||
+				  tls_rec_rekey(c->rec, TLS_KTLS_TX)))
+			return rec_fail(c, SSL_AD_INTERNAL_ERROR, "key update failed");
+		m += 4 + len;
+		n -= 4 + len;
+	}
+	return TLS_WANT_MORE;
+}
+
+static int plain_reserve(struct tls_conn *c, struct tls_buf *plain, size_t n)
+{
+	if (plain->cap - plain->len >= n)
+		return 0;
+	size_t cap = plain->cap * 2;
+	if (cap < plain->len + n)
+		cap = plain->len + n;
+	uint8_t *p = realloc(plain->data, cap);
+	if (!p) {
+		conn_fail(c, "TLS: out of memory");
+		return -1;
+	}
+	plain->data = p;
+	plain->cap = cap;
+	return 0;
+}
+
+/* One whole record. */
+static int rec_one(struct tls_conn *c, const uint8_t *r, size_t len,
+		   struct tls_buf *plain, int rc)
+{
+	uint8_t type;
+	if (plain_reserve(c, plain, len))
+		return TLS_ERROR;
+	uint8_t *pt = plain->data + plain->len;
+	int n = tls_rec_open(c->rec, r, len, pt, &type);
+	if (n < 0)
+		return rec_fail(c, SSL_AD_BAD_RECORD_MAC,
+				"decryption failed or bad record mac");
+	switch (type) {
+	case TLS_REC_DATA:
+		plain->len += (size_t)n;
+		return rc == TLS_WANT_MORE ? TLS_OK : rc;
+	case TLS_REC_ALERT:
+		n = rec_alert(c, pt, (size_t)n);
+		return n == TLS_WANT_MORE ? rc : n;
+	case TLS_REC_HANDSHAKE:
+		n = rec_handshake(c, pt, (size_t)n);
+		return n == TLS_WANT_MORE ? rc : n;
+	default:
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE, "unexpected record type");
+	}
+}
+
+/* A record's total length from its header; 0 if it cannot be one. */
+static size_t rec_total(const uint8_t *h)
+{
+	size_t body = (size_t)h[3] << 8 | h[4];
+	if (h[1] != 3 || body > TLS_REC_CIPHER_MAX)
+		return 0;
+	return TLS_REC_HEADER + body;
+}
+
+/* Keeps the unfinished record's bytes; part is sized to the record (or
+ * the header, until it is known), and freed as soon as it is whole. */
+static int rec_stash(struct tls_conn *c, const uint8_t *in, size_t n)
+{
+	size_t want = c->part_len + n < TLS_REC_HEADER ? TLS_REC_HEADER : 0;
+	if (!want) {
+		uint8_t h[TLS_REC_HEADER];
+		size_t k = c->part_len < TLS_REC_HEADER ? c->part_len : TLS_REC_HEADER;
+		if (k)
+			memcpy(h, c->part, k);
+		memcpy(h + k, in, TLS_REC_HEADER - k);
+		if (!(want = rec_total(h)))
+			return rec_fail(c, SSL_AD_RECORD_OVERFLOW, "record too long"), -1;
+	}
+	uint8_t *p = realloc(c->part, want);
+	if (!p) {
+		conn_fail(c, "TLS: out of memory");
+		return -1;
+	}
+	c->part = p;
+	memcpy(c->part + c->part_len, in, n);
+	c->part_len += n;
+	return 0;
+}
+
+static int rec_feed(struct tls_conn *c, const uint8_t *in, size_t len,
+		    struct tls_buf *plain)
+{
+	int rc = TLS_WANT_MORE;
+	while (len && (rc == TLS_WANT_MORE || rc == TLS_OK)) {
+		if (c->part_len) {
+			/* Complete the header, then the record. */
+			size_t need = TLS_REC_HEADER;
+			if (c->part_len >= TLS_REC_HEADER)
+				need = rec_total(c->part);
+			size_t take = need - c->part_len < len ? need - c->part_len : len;
+			if (c->part_len < TLS_REC_HEADER && c->part_len + take == TLS_REC_HEADER) {
+				if (rec_stash(c, in, take))
+					return TLS_ERROR;
+				in += take;
+				len -= take;
+				continue; /* now sized to the record */
+			}
+			if (rec_stash(c, in, take))
+				return TLS_ERROR;
+			in += take;
+			len -= take;
+			if (c->part_len < need)
+				break;
+			rc = rec_one(c, c->part, c->part_len, plain, rc);
+			free(c->part);
+			c->part = NULL;
+			c->part_len = 0;
+			continue;
+		}
+		size_t total = len >= TLS_REC_HEADER ? rec_total(in) : 0;
+		if (len >= TLS_REC_HEADER && !total)
+			return rec_fail(c, SSL_AD_RECORD_OVERFLOW, "record too long");
+		if (len < TLS_REC_HEADER || len < total) {
+			if (rec_stash(c, in, len))
+				return TLS_ERROR;
+			break;
+		}
+		rc = rec_one(c, in, total, plain, rc);
+		in += total;
+		len -= total;
+	}
+	return rc;
+}
+
+/* Moves the connection's records out of OpenSSL, when nothing is left in
+ * OpenSSL's buffers; keys as the kTLS hand-off exports them. */
+static void conn_shed_try(struct tls_conn *c)
+{
+	struct tls_ktls_keys k;
+
+	if (!c->shed_wanted || c->rec || !c->srv || c->failed || c->closed ||
+	    !c->hs_done)
+		return;
+	int r = conn_export(c, &k, TLS_KTLS_KEEP_SECRETS, true);
+	if (r == TLS_KTLS_AGAIN)
+		return; /* after the next feed */
+	c->shed_wanted = false;
+	if (r != TLS_KTLS_OK)
+		return; /* a CBC suite, a key update already: OpenSSL stays */
+	c->exported = false;
+	struct tls_rec *rec = tls_rec_new(&k);
+	tls_ktls_rekey_free(k.rekey); /* NULL if rec took it */
+	tls_ktls_keys_wipe(&k);
+	if (!rec) {
+		/* The secrets are gone with the export: no kTLS either. */
+		c->ktls_declined = true;
+		return;
+	}
+	c->resumed = SSL_session_reused(c->ssl);
+	c->version_str = SSL_get_version(c->ssl);
+	c->cipher_str = SSL_get_cipher_name(c->ssl);
+	SSL_free(c->ssl);
+	c->ssl = NULL;
+	c->rec = rec;
+}
+
+void tls_conn_shed(struct tls_conn *c)
+{
+	assert(c);
+	c->shed_wanted = true;
+	conn_shed_try(c);
+}
+
 int tls_conn_feed(struct tls_conn *c, const uint8_t *in, size_t len,
 		  struct tls_buf *plain)
 {
@@ -918,6 +1601,8 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *in, size_t len,
 		return TLS_ERROR;
 	if (c->closed)
 		return TLS_CLOSED;
+	if (c->rec)
+		return rec_feed(c, in, len, plain);
 	/* Every TLS connection opens with a handshake record (0x16); say
 	 * so plainly rather than "wrong version number". */
 	if (!c->seen_input && len) {
@@ -938,6 +1623,8 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *in, size_t len,
 	c->in = NULL;
 	c->in_len = 0;
 	ERR_clear_error();
+	if (rc != TLS_ERROR && rc != TLS_CLOSED)
+		conn_shed_try(c);
 	return rc;
 }
 
@@ -951,6 +1638,14 @@ int tls_conn_write(struct tls_conn *c, const uint8_t *plain, size_t len)
 		return TLS_ERROR;
 	if (!len)
 		return TLS_OK;
+	if (c->rec) {
+		for (size_t off = 0; off < len; off += n) {
+			n = len - off < TLS_REC_PLAIN_MAX ? len - off : TLS_REC_PLAIN_MAX;
+			if (rec_seal_out(c, TLS_REC_DATA, plain + off, n))
+				return TLS_ERROR;
+		}
+		return TLS_OK;
+	}
 	ERR_clear_error();
 	r = SSL_write_ex(c->ssl, plain, len, &n);
 	if (r != 1 || n != len) {
@@ -961,6 +1656,38 @@ int tls_conn_write(struct tls_conn *c, const uint8_t *plain, size_t len)
 	return TLS_OK;
 }
 
+int tls_conn_writev(struct tls_conn *c, const struct iovec *iov, unsigned n,
+		    uint8_t *scratch)
+{
+	size_t len = 0;
+	for (unsigned i = 0; i < n; i++)
+		len += iov[i].iov_len;
+	assert(c && len <= TLS_REC_PLAIN_MAX && !c->exported);
+	if (!c->rec) {
+		size_t off = 0;
+		for (unsigned i = 0; i < n; i++) {
+			memcpy(scratch + off, iov[i].iov_base, iov[i].iov_len);
+			off += iov[i].iov_len;
+		}
+		return tls_conn_write(c, scratch, len);
+	}
+	if (c->failed || c->closed)
+		return TLS_ERROR;
+	if (!len)
+		return TLS_OK;
+	if (out_reserve(c, len + TLS_REC_OVERHEAD)) {
+		conn_fail(c, "TLS: out of memory");
+		return TLS_ERROR;
+	}
+	size_t w = tls_rec_sealv(c->rec, TLS_REC_DATA, iov, n, len, c->out + c->out_len);
+	if (!w) {
+		conn_fail(c, "TLS: cannot seal a record");
+		return TLS_ERROR;
+	}
+	c->out_len += w;
+	return TLS_OK;
+}
+
 int tls_conn_close_notify(struct tls_conn *c)
 {
 	int r;
@@ -968,6 +1695,12 @@ int tls_conn_close_notify(struct tls_conn *c)
 	assert(c && !c->exported);
 	if (c->failed || !c->hs_done)
 		return TLS_ERROR;
+	if (c->rec) {
+		static const uint8_t close_notify[2] = {SSL3_AL_WARNING,
+							SSL_AD_CLOSE_NOTIFY};
+		return rec_seal_out(c, TLS_REC_ALERT, close_notify, 2) ? TLS_ERROR
+									: TLS_OK;
+	}
 	ERR_clear_error();
 	r = SSL_shutdown(c->ssl);
 	ERR_clear_error();
@@ -979,6 +1712,17 @@ size_t tls_conn_pending_out(struct tls_conn *c, const uint8_t **p)
 	assert(c && p);
 	*p = c->out ? c->out + c->out_head : NULL; /* NULL + 0 is UB */
 	return c->out_len - c->out_head;
+}
+
+uint8_t *tls_conn_take_out(struct tls_conn *c, size_t *off, size_t *len)
+{
+	assert(c && off && len);
+	uint8_t *b = c->out;
+	*off = c->out_head;
+	*len = c->out_len - c->out_head;
+	c->out = NULL;
+	c->out_head = c->out_len = c->out_cap = 0;
+	return b;
 }
 
 void tls_conn_consume_out(struct tls_conn *c, size_t n)
@@ -1000,6 +1744,11 @@ bool tls_conn_handshake_done(const struct tls_conn *c)
 	return c->hs_done;
 }
 
+bool tls_conn_resumed(const struct tls_conn *c)
+{
+	return c->rec ? c->resumed : c->hs_done && SSL_session_reused(c->ssl);
+}
+
 const char *tls_conn_error(const struct tls_conn *c)
 {
 	return c->failed ? c->error : NULL;
@@ -1012,11 +1761,15 @@ const char *tls_conn_identity(const struct tls_conn *c)
 
 const char *tls_conn_version(const struct tls_conn *c)
 {
+	if (c->rec)
+		return c->version_str;
 	return c->hs_done ? SSL_get_version(c->ssl) : NULL;
 }
 
 const char *tls_conn_cipher(const struct tls_conn *c)
 {
+	if (c->rec)
+		return c->cipher_str;
 	return c->hs_done ? SSL_get_cipher_name(c->ssl) : NULL;
 }
 
@@ -1283,6 +2036,19 @@ static uint16_t ktls_cipher(const SSL_CIPHER *ciph, size_t *key_len)
 int tls_conn_export_ktls(struct tls_conn *c, struct tls_ktls_keys *out,
 			 unsigned flags)
 {
+	assert(c && out);
+	if (c->rec) {
+		memset(out, 0, sizeof(*out));
+		return TLS_KTLS_UNSUPPORTED;
+	}
+	return conn_export(c, out, flags, false);
+}
+
+/* keep_out: pending output stays valid (shedding: it is ours, already
+ * counted in tx_records), else it blocks the export (kTLS). */
+static int conn_export(struct tls_conn *c, struct tls_ktls_keys *out,
+		       unsigned flags, bool keep_out)
+{
 	const SSL_CIPHER *ciph;
 	const EVP_MD *md;
 	struct ktls_material m = {0};
@@ -1297,7 +2063,7 @@ int tls_conn_export_ktls(struct tls_conn *c, struct tls_ktls_keys *out,
 		return TLS_KTLS_UNSUPPORTED;
 	/* Bytes already taken off the socket but not yet a whole record
 	 * cannot be handed to the kernel; unsent output would be lost. */
-	if (SSL_has_pending(c->ssl) || c->out_len != c->out_head)
+	if (SSL_has_pending(c->ssl) || (!keep_out && c->out_len != c->out_head))
 		return TLS_KTLS_AGAIN;
 	ciph = SSL_get_current_cipher(c->ssl);
 	md = ciph ? SSL_CIPHER_get_handshake_digest(ciph) : NULL;

@@ -9,6 +9,11 @@
  * Threads: a tls_server is immutable once built and may be shared by every
  * shard (atomic refcount). A tls_conn belongs to one shard thread.
  *
+ * Resumption: a listener's server issues one stateless session ticket per
+ * handshake (not on PSK listeners); any shard opens it. Ticket keys
+ * rotate hourly, and a server built by a reload opens no ticket of the
+ * one it replaces.
+ *
  * Engine call sequence:
  *   accept:     c = tls_conn_new(srv)
  *   each recv:  rc = tls_conn_feed(c, buf, n, &plain)
@@ -36,6 +41,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include <linux/tls.h>
 
@@ -116,6 +122,13 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *in, size_t len,
  * packets into one call: each call costs at least one record. */
 int tls_conn_write(struct tls_conn *c, const uint8_t *plain, size_t len);
 
+/* One record from pieces of at most 16 KiB in all, encrypted where they
+ * lie once the records left OpenSSL (tls_conn_shed); before that they are
+ * gathered into scratch (16 KiB, the caller's) for OpenSSL. TLS_OK or
+ * TLS_ERROR. */
+int tls_conn_writev(struct tls_conn *c, const struct iovec *iov, unsigned n,
+		    uint8_t *scratch);
+
 /* Queues a close_notify alert. TLS_OK or TLS_ERROR. */
 int tls_conn_close_notify(struct tls_conn *c);
 
@@ -124,8 +137,25 @@ int tls_conn_close_notify(struct tls_conn *c);
  * n bytes; n <= the pending length. */
 size_t tls_conn_pending_out(struct tls_conn *c, const uint8_t **p);
 void tls_conn_consume_out(struct tls_conn *c, size_t n);
+/* Or hands the whole pending output over, without a copy: the bytes are
+ * buf[*off, *off + *len); the caller frees buf (NULL when len is 0),
+ * and c's output starts empty. Records are sealed straight into this
+ * buffer, so the send may own it until the kernel has read it. */
+uint8_t *tls_conn_take_out(struct tls_conn *c, size_t *off, size_t *len);
 
 bool tls_conn_handshake_done(const struct tls_conn *c);
+
+/* For a connection that stays in userspace (no kTLS): once the
+ * handshake is done and OpenSSL holds no unread bytes (now, or after a
+ * later feed), the records move out of OpenSSL (tls/rec.h) and the SSL
+ * object is freed: an idle connection keeps two cipher contexts instead
+ * of ~20 KiB. Everything else works as before; tls_conn_export_ktls then
+ * says TLS_KTLS_UNSUPPORTED. A CBC suite, or a TLS 1.3 key update
+ * already done in OpenSSL, keeps OpenSSL. Server side only. */
+void tls_conn_shed(struct tls_conn *c);
+/* The handshake resumed a session from a ticket (no certificate
+ * exchange; the identity is the one the ticket was issued to). */
+bool tls_conn_resumed(const struct tls_conn *c);
 
 /* Why the connection failed (NULL if it did not), e.g. "client
  * certificate refused: certificate has expired (subject CN=device-7)",

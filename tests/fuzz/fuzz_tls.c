@@ -7,7 +7,13 @@
  *      at (offset, value) pairs taken from the input, then fed;
  *   2, 3: a real TLS 1.3 (2) or 1.2 (3) handshake with an in-memory
  *      client, then the rest as post-handshake records (wrapped in
- *      application-data headers or raw, per chunk), then a kTLS export.
+ *      application-data headers or raw, per chunk), then a kTLS export;
+ *   4, 5: the same handshake, then the records leave OpenSSL
+ *      (tls_conn_shed: kite's own record layer, tls/rec.c) and the input
+ *      scripts the client: real records, records with one byte flipped,
+ *      TLS 1.3 key updates, raw bytes. A real record the client sealed
+ *      must come out as exactly its plaintext while nothing was
+ *      corrupted before it.
  * Invariants: the return code is one of enum tls_rc; a failure has a
  * reason; plaintext never exceeds the ciphertext fed; a failed or closed
  * connection stays so. The certificate is generated at startup into a
@@ -257,13 +263,104 @@ static void fuzz_after_handshake(int version, const uint8_t *d, size_t n)
 	ERR_clear_error();
 }
 
+/* Everything the client has sealed so far, fed to c. */
+static int feed_client(BIO *from_client, struct tls_conn *c,
+		       struct tls_buf *plain, size_t *fed, int flip_at,
+		       uint8_t flip)
+{
+	uint8_t buf[8192];
+	int k, rc = TLS_WANT_MORE;
+
+	while ((k = BIO_read(from_client, buf, sizeof(buf))) > 0) {
+		if (flip_at >= 0 && flip_at < k)
+			buf[flip_at] ^= flip ? flip : 1;
+		flip_at = -1;
+		rc = feed(c, buf, (size_t)k, plain, fed);
+		drop_out(c);
+		if (rc == TLS_ERROR || rc == TLS_CLOSED)
+			break;
+	}
+	return rc;
+}
+
+static void fuzz_shed(int version, const uint8_t *d, size_t n)
+{
+	BIO *to_client, *from_client;
+	SSL *cl = client_new(version, &to_client, &from_client);
+	struct tls_conn *c = tls_conn_new(srv);
+	struct tls_buf plain = {0};
+	size_t fed = 0;
+	bool clean = true; /* nothing corrupted or raw fed so far */
+	int rc = TLS_OK;
+
+	FUZZ_ASSERT(handshake(cl, to_client, from_client, c, &plain, &fed));
+	drop_out(c);
+	/* The client reads the server's tickets, as a real one would. */
+	uint8_t sink[256];
+	while (SSL_read(cl, sink, sizeof(sink)) > 0)
+		;
+	tls_conn_shed(c);
+	while (n >= 2 && rc != TLS_ERROR && rc != TLS_CLOSED) {
+		uint8_t op = d[0] % 4, arg = d[1];
+		size_t k = (size_t)(arg & 0x7f) + 1, before = plain.len;
+
+		d += 2, n -= 2;
+		if (k > n)
+			k = n;
+		switch (op) {
+		case 0: /* a real record */
+			if (!k || SSL_write(cl, d, (int)k) != (int)k)
+				break;
+			rc = feed_client(from_client, c, &plain, &fed, -1, 0);
+			if (clean && rc != TLS_ERROR) {
+				FUZZ_ASSERT(plain.len == before + k);
+				FUZZ_ASSERT(!memcmp(plain.data + before, d, k));
+			}
+			break;
+		case 1: /* a real record, one byte flipped */
+			if (!k || SSL_write(cl, d, (int)k) != (int)k)
+				break;
+			rc = feed_client(from_client, c, &plain, &fed, arg % 40,
+					 k ? d[0] : 1);
+			FUZZ_ASSERT(plain.len == before || !clean ||
+				    rc != TLS_ERROR);
+			clean = false;
+			break;
+		case 2: /* TLS 1.3 key update, then a record under it */
+			if (version != TLS1_3_VERSION || !k ||
+			    !SSL_key_update(cl, arg & 0x80
+						    ? SSL_KEY_UPDATE_REQUESTED
+						    : SSL_KEY_UPDATE_NOT_REQUESTED) ||
+			    SSL_write(cl, d, (int)k) != (int)k)
+				break;
+			rc = feed_client(from_client, c, &plain, &fed, -1, 0);
+			if (clean && rc != TLS_ERROR) {
+				FUZZ_ASSERT(plain.len == before + k);
+				FUZZ_ASSERT(!memcmp(plain.data + before, d, k));
+			}
+			break;
+		default: /* raw bytes */
+			rc = feed(c, d, k, &plain, &fed);
+			drop_out(c);
+			clean = false;
+			break;
+		}
+		d += k, n -= k;
+		ERR_clear_error();
+	}
+	tls_buf_free(&plain);
+	tls_conn_free(c);
+	SSL_free(cl);
+	ERR_clear_error();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (!srv)
 		init();
 	if (!size)
 		return 0;
-	switch (data[0] % 4) {
+	switch (data[0] % 6) {
 	case 0:
 		fuzz_raw(data + 1, size - 1);
 		break;
@@ -273,8 +370,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	case 2:
 		fuzz_after_handshake(TLS1_3_VERSION, data + 1, size - 1);
 		break;
-	default:
+	case 3:
 		fuzz_after_handshake(TLS1_2_VERSION, data + 1, size - 1);
+		break;
+	case 4:
+		fuzz_shed(TLS1_3_VERSION, data + 1, size - 1);
+		break;
+	default:
+		fuzz_shed(TLS1_2_VERSION, data + 1, size - 1);
 		break;
 	}
 	return 0;

@@ -243,6 +243,36 @@ TEST(trie_subscribe_results_track_first_and_last_subscriber)
 	trie_free(t);
 }
 
+/* A cluster node's interest in a filter follows its ordinary subscribers:
+ * a shared group on the same filter, whichever came first, neither makes
+ * nor keeps it (the lost route of test_shared_subscription_...). */
+TEST(trie_plain_count_leaves_out_group_subscriptions)
+{
+	struct trie *t = trie_new();
+	struct trie_sub g = {&owner_tag[9], TRIE_SUB_GROUP, 0};
+
+	CHECK_EQ(trie_plain_count(t, "s/+", 3), 0);
+	CHECK_EQ(trie_subscribe(t, "s/+", 3, &g), TRIE_ADDED_FIRST);
+	CHECK_EQ(trie_plain_count(t, "s/+", 3), 0);
+	CHECK_EQ(sub(t, "s/+", 0, 1), TRIE_ADDED);
+	CHECK_EQ(trie_plain_count(t, "s/+", 3), 1);
+	CHECK_EQ(sub(t, "s/+", 1, 2), TRIE_ADDED);
+	CHECK_EQ(trie_plain_count(t, "s/+", 3), 2);
+	CHECK_EQ(trie_plain_count(t, "s/#", 3), 0);
+	CHECK_EQ(unsub(t, "s/+", 0), TRIE_REMOVED);
+	CHECK_EQ(unsub(t, "s/+", 1), TRIE_REMOVED);
+	CHECK_EQ(trie_plain_count(t, "s/+", 3), 0);
+	CHECK_EQ(sub(t, "s/+", 1, 2), TRIE_ADDED);
+	CHECK_EQ(trie_unsubscribe(t, "s/+", 3, g.owner), TRIE_REMOVED);
+	CHECK_EQ(trie_plain_count(t, "s/+", 3), 1);
+	g.options = 0; /* an owner changing kind is counted again */
+	CHECK_EQ(trie_subscribe(t, "s/+", 3, &g), TRIE_ADDED);
+	g.options = TRIE_SUB_GROUP;
+	CHECK_EQ(trie_subscribe(t, "s/+", 3, &g), TRIE_REPLACED);
+	CHECK_EQ(trie_plain_count(t, "s/+", 3), 1);
+	trie_free(t);
+}
+
 TEST(trie_subscribe_existing_owner_replaces_options)
 {
 	struct trie *t = trie_new();
