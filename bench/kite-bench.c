@@ -802,6 +802,11 @@ struct kb_result {
 	double broker_cpu_pct;
 	double hs_rate, cpu_ms_per_hs; /* storm */
 	double spin_s, gen_work_pct; /* busy-poll: spinning, and the rest */
+	/* The generator's own cost: working CPU (spinning left out) per
+	 * million deliveries, and per million messages it moved (publishes
+	 * sent + deliveries received). Less sensitive to other processes on
+	 * its CPU than its rates are. */
+	double gen_cpu_per_m, gen_cpu_per_m_msgs;
 	/* /proc/stat over the window: how busy each CPU was, and how much of
 	 * that was neither us nor the broker (other processes, interrupts). */
 	double gen_busy_pct, gen_foreign_pct, brk_busy_pct, brk_foreign_pct;
@@ -879,6 +884,13 @@ static void compute(struct kb *kb, struct kb_result *r)
 					    r->window_s
 				  : 0;
 	r->generator_bound = r->gen_work_pct > o->gen_bound_pct;
+	double work_s = fmax(0, r->self_cpu_s - r->spin_s);
+	r->gen_cpu_per_m = kb->recv_win ? work_s / ((double)kb->recv_win / 1e6)
+					: -1;
+	r->gen_cpu_per_m_msgs =
+		kb->recv_win + kb->sent_win
+			? work_s / ((double)(kb->recv_win + kb->sent_win) / 1e6)
+			: -1;
 	/* Which side limited the run: a saturation run should say "broker".
 	 * A broker spread over both CPUs shares the generator's: when both
 	 * are busy, neither side alone is the limit. */
@@ -1034,6 +1046,8 @@ static void report(struct kb *kb, const struct kb_result *r)
 			r->both_foreign_pct);
 	fprintf(f, "\"busy_poll\":%s,\"gen_spin_s\":%.3f,\"gen_work_pct\":%.1f,",
 		o->busy_poll ? "true" : "false", r->spin_s, r->gen_work_pct);
+	fprintf(f, "\"gen_cpu_s_per_m\":%.4f,\"gen_cpu_s_per_m_msgs\":%.4f,",
+		r->gen_cpu_per_m, r->gen_cpu_per_m_msgs);
 	fprintf(f, "\"gen_cpu_s\":%.3f,\"gen_cpu_pct\":%.1f,"
 		   "\"generator_bound\":%s,\"bottleneck\":\"%s\",\"ok\":%s,"
 		   "\"errors\":[",
@@ -1076,6 +1090,8 @@ static void report(struct kb *kb, const struct kb_result *r)
 	fprintf(f, " | gen CPU %.0f%%", r->gen_cpu_pct);
 	if (o->busy_poll)
 		fprintf(f, " (busy-poll, working %.0f%%)", r->gen_work_pct);
+	if (r->gen_cpu_per_m >= 0)
+		fprintf(f, ", %.3f CPU-s/M deliveries", r->gen_cpu_per_m);
 	fprintf(f, "%s%s", r->generator_bound ? " GENERATOR-BOUND" : "",
 		r->rate_met ? "" : " RATE-NOT-MET");
 	if (r->contended && kb->broker_spread)
