@@ -81,6 +81,8 @@ long kb_proc_rss_kb(pid_t pid);
 long kb_proc_hwm_kb(pid_t pid);
 /* CPU time this process used, in seconds. */
 double kb_self_cpu_s(void);
+/* CPU time of the calling thread, in ns (a syscall, not the vDSO). */
+uint64_t kb_thread_cpu_ns(void);
 /* Raises RLIMIT_NOFILE so at least `need` descriptors can be open.
  * Returns the resulting soft limit. */
 uint64_t kb_raise_nofile(uint64_t need);
@@ -299,7 +301,8 @@ struct kb {
 	uint64_t gen_busy0, gen_total0, gen_busy1, gen_total1;
 	uint64_t brk_busy0, brk_total0, brk_busy1, brk_total1;
 	uint64_t sent_win, recv_win;
-	uint64_t spin_ns; /* busy-poll: turns that found nothing to do */
+	uint64_t spin_ns; /* busy-poll: CPU time of turns with nothing to do */
+	uint64_t spin_from; /* thread CPU time when the idle stretch began */
 	struct kb_hist lat;
 
 	/* Storm: connect-subscribe-disconnect cycles completed. */

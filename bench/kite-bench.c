@@ -701,7 +701,12 @@ static uint64_t turn(struct kb *kb, struct epoll_event *ev, uint64_t sleep_ns)
 {
 	struct timespec ts = {.tv_sec = (time_t)(sleep_ns / 1000000000ull),
 			      .tv_nsec = (long)(sleep_ns % 1000000000ull)};
-	uint64_t t0 = kb_now_ns();
+	/* Spinning is counted in CPU time, not wall time: on a shared
+	 * machine a spinning turn may be preempted, and wall time would then
+	 * count other processes' time as ours. The thread's CPU clock is read
+	 * only while idle turns follow each other (a stretch), so working
+	 * turns pay nothing for it. */
+	uint64_t cpu0 = kb->spin_from ? kb_thread_cpu_ns() : 0;
 	int n = epoll_pwait2(kb->epfd, ev, KB_EVENTS_MAX, &ts, NULL);
 	if (n < 0 && errno != EINTR) {
 		kb_error(kb, "epoll_pwait2: %s", strerror(errno));
@@ -722,8 +727,14 @@ static uint64_t turn(struct kb *kb, struct epoll_event *ev, uint64_t sleep_ns)
 	ping_scan(kb, now);
 	bool idle = n <= 0 && sent == 0 && kb->nflush == 0;
 	kb_flush_all(kb);
-	if (idle && kb->o.busy_poll && kb->phase == KB_PH_MEASURE)
-		kb->spin_ns += kb_now_ns() - t0;
+	bool counting = kb->o.busy_poll && kb->phase == KB_PH_MEASURE;
+	if (idle && counting && !kb->spin_from) {
+		kb->spin_from = kb_thread_cpu_ns();
+	} else if (kb->spin_from && (!idle || !counting)) {
+		/* The stretch ended when this turn began. */
+		kb->spin_ns += cpu0 - kb->spin_from;
+		kb->spin_from = 0;
+	}
 	poll_gap(kb, now);
 	return next_sleep(kb, phase_sleep, more);
 }
