@@ -213,6 +213,7 @@ struct kb_pub {
 	uint32_t unacked;
 	uint32_t window_eff; /* min(window, server receive maximum) */
 	uint64_t out_deliv; /* deliveries sent but not seen by subscribers */
+	bool queued;	    /* on kb.ready */
 	uint8_t *slots;	 /* QoS>0: per packet id, 0 free, 1 wait PUBACK or
 			    PUBREC, 2 wait PUBCOMP */
 	uint16_t topic_len;
@@ -282,7 +283,12 @@ struct kb {
 	/* Pacing. */
 	double tokens;
 	uint64_t tokens_ns;
-	uint32_t pub_cursor;
+	/* Publishers that may be able to send, in round-robin order: one
+	 * goes on when something that blocked it eases (a delivery or ack
+	 * credits its window, its socket drains, it finished setup), so a
+	 * turn never scans thousands of publishers that cannot send. */
+	uint32_t *ready;
+	uint32_t ready_head, ready_n;
 	uint64_t g_out; /* deliveries in flight */
 	uint64_t expected; /* sum over publishers of sent * fanout */
 	uint64_t last_progress_ns;
@@ -364,7 +370,14 @@ void kb_client_established(struct kb *kb, uint32_t idx, uint64_t now);
 ssize_t kb_client_input(struct kb *kb, uint32_t idx, const uint8_t *buf,
 			size_t len, uint64_t now);
 void kb_client_closed(struct kb *kb, uint32_t idx);
-bool kb_pub_can_send(const struct kb *kb, const struct kb_pub *p);
+enum kb_pub_block {
+	KB_PUB_OK,
+	KB_PUB_BLOCKED,	    /* by its own window, socket or state */
+	KB_PUB_BLOCKED_ALL, /* by max_outstanding: every publisher waits */
+};
+enum kb_pub_block kb_pub_can_send(const struct kb *kb, const struct kb_pub *p);
+/* Puts publisher pidx on the ready queue unless it is there already. */
+void kb_pub_wake(struct kb *kb, uint32_t pidx);
 void kb_pub_send(struct kb *kb, uint32_t pidx, uint64_t now);
 void kb_client_ping(struct kb *kb, uint32_t idx, uint64_t now);
 void kb_client_disconnect(struct kb *kb, uint32_t idx);

@@ -170,6 +170,8 @@ static int on_connack(struct kb *kb, struct kb_conn *c, const uint8_t *body,
 		return 0;
 	}
 	setup_done(kb, c);
+	if (c->role == KB_ROLE_PUB)
+		kb_pub_wake(kb, c->role_idx);
 	return 0;
 }
 
@@ -260,6 +262,7 @@ static void on_delivery(struct kb *kb, struct kb_conn *c,
 		if (p->out_deliv > 0) {
 			p->out_deliv--;
 			kb->g_out--;
+			kb_pub_wake(kb, pidx);
 		}
 	}
 	kb->last_progress_ns = now;
@@ -328,6 +331,7 @@ static int on_pub_ack(struct kb *kb, struct kb_conn *c, uint8_t type,
 	p->slots[slot] = 0;
 	p->unacked--;
 	kb->c.acks++;
+	kb_pub_wake(kb, c->role_idx);
 	return 0;
 }
 
@@ -418,24 +422,34 @@ void kb_client_closed(struct kb *kb, uint32_t idx)
 	}
 }
 
-bool kb_pub_can_send(const struct kb *kb, const struct kb_pub *p)
+enum kb_pub_block kb_pub_can_send(const struct kb *kb, const struct kb_pub *p)
 {
 	const struct kb_conn *c = &kb->conns[p->conn];
 	if (c->state != KB_ST_READY || kb_conn_pending(c) >= KB_WBUF_SOFT)
-		return false;
+		return KB_PUB_BLOCKED;
 	if (p->out_deliv + p->fanout > (uint64_t)kb->o.window * p->fanout)
-		return false;
+		return KB_PUB_BLOCKED;
+	if (kb->o.qos > 0) {
+		if (p->unacked >= p->window_eff)
+			return KB_PUB_BLOCKED;
+		if (p->slots[p->seq % kb->o.window] != 0)
+			return KB_PUB_BLOCKED;
+	}
 	/* Always let one message through when nothing is in flight, so a
 	 * fan-out wider than max_outstanding still moves. */
 	if (kb->g_out > 0 && kb->g_out + p->fanout > kb->o.max_outstanding)
-		return false;
-	if (kb->o.qos > 0) {
-		if (p->unacked >= p->window_eff)
-			return false;
-		if (p->slots[p->seq % kb->o.window] != 0)
-			return false;
-	}
-	return true;
+		return KB_PUB_BLOCKED_ALL;
+	return KB_PUB_OK;
+}
+
+void kb_pub_wake(struct kb *kb, uint32_t pidx)
+{
+	struct kb_pub *p = &kb->pubs[pidx];
+	if (p->queued)
+		return;
+	assert(kb->ready_n < kb->npubs);
+	p->queued = true;
+	kb->ready[(kb->ready_head + kb->ready_n++) % kb->npubs] = pidx;
 }
 
 void kb_pub_send(struct kb *kb, uint32_t pidx, uint64_t now)

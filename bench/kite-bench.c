@@ -349,7 +349,8 @@ static int build(struct kb *kb)
 	kb->conns = calloc(kb->nconns, sizeof(*kb->conns));
 	kb->pubs = calloc(kb->npubs ? kb->npubs : 1, sizeof(*kb->pubs));
 	kb->subs = calloc(kb->nsubs ? kb->nsubs : 1, sizeof(*kb->subs));
-	if (!kb->conns || !kb->pubs || !kb->subs)
+	kb->ready = calloc(kb->npubs ? kb->npubs : 1, sizeof(*kb->ready));
+	if (!kb->conns || !kb->pubs || !kb->subs || !kb->ready)
 		return -1;
 	for (uint32_t i = 0; i < kb->nconns; i++) {
 		struct kb_conn *c = &kb->conns[i];
@@ -502,8 +503,10 @@ static void check_stall(struct kb *kb, uint64_t now)
 {
 	if (kb->g_out == 0 || now - kb->last_progress_ns < s_to_ns(kb->o.stall_s))
 		return;
-	for (uint32_t i = 0; i < kb->npubs; i++)
+	for (uint32_t i = 0; i < kb->npubs; i++) {
 		kb->pubs[i].out_deliv = 0;
+		kb_pub_wake(kb, i);
+	}
 	kb->g_out = 0;
 	kb->c.stalls++;
 	kb->last_progress_ns = now;
@@ -525,21 +528,27 @@ static uint32_t publish(struct kb *kb, uint64_t now, bool *more)
 		budget = kb->tokens < 1 ? 0 : (uint32_t)fmin(kb->tokens, 1e6);
 	}
 	uint32_t sent = 0;
-	uint32_t misses = 0;
 	/* At saturation each publisher may put up to `burst` messages in one
 	 * send; at a fixed rate it is one message per token, round-robin. */
 	uint32_t burst = kb->o.rate > 0 ? 1 : kb->o.burst;
-	while (sent < budget && misses < kb->npubs && !kb->fatal) {
-		uint32_t i = kb->pub_cursor;
-		kb->pub_cursor = (i + 1) % kb->npubs;
+	while (sent < budget && kb->ready_n && !kb->fatal) {
+		uint32_t i = kb->ready[kb->ready_head];
+		struct kb_pub *p = &kb->pubs[i];
 		uint32_t k = 0;
-		while (k < burst && sent < budget &&
-		       kb_pub_can_send(kb, &kb->pubs[i])) {
+		enum kb_pub_block b;
+		while ((b = kb_pub_can_send(kb, p)) == KB_PUB_OK &&
+		       k < burst && sent < budget) {
 			kb_pub_send(kb, i, now);
 			k++;
 			sent++;
 		}
-		misses = k ? 0 : misses + 1;
+		if (b == KB_PUB_BLOCKED_ALL)
+			break; /* stays first: it goes on when credit returns */
+		kb->ready_head = (kb->ready_head + 1) % kb->npubs;
+		kb->ready_n--;
+		p->queued = false;
+		if (b == KB_PUB_OK)
+			kb_pub_wake(kb, i); /* more to send: back of the queue */
 	}
 	if (kb->o.rate > 0)
 		kb->tokens -= sent;

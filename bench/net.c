@@ -230,6 +230,8 @@ static int conn_flush(struct kb *kb, uint32_t idx)
 			 idx, kb_conn_pending(c));
 		return -1;
 	}
+	if (c->role == KB_ROLE_PUB && kb_conn_pending(c) < KB_WBUF_SOFT)
+		kb_pub_wake(kb, c->role_idx);
 	bool want_out = kb_conn_pending(c) > 0;
 	if (want_out != c->out_armed) {
 		epoll_set(kb, idx, EPOLL_CTL_MOD,
