@@ -307,6 +307,10 @@ struct kb {
 	uint64_t gen_busy0, gen_total0, gen_busy1, gen_total1;
 	uint64_t brk_busy0, brk_total0, brk_busy1, brk_total1;
 	uint64_t sent_win, recv_win;
+	/* Transport send and receive calls (syscalls over plain TCP), all
+	 * run long; the window's share is io_*1 - io_*0. */
+	uint64_t io_sends, io_recvs, io_polls;
+	uint64_t io_sends0, io_recvs0, io_polls0, io_sends1, io_recvs1, io_polls1;
 	uint64_t spin_ns; /* busy-poll: CPU time of turns with nothing to do */
 	uint64_t spin_from; /* thread CPU time when the idle stretch began */
 	struct kb_hist lat;

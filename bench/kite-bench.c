@@ -437,6 +437,9 @@ static void window_begin(struct kb *kb, uint64_t now)
 		kb->rss_start_kb = kb_proc_rss_kb(kb->o.broker_pid);
 	}
 	kb->sent_win = kb->recv_win = 0;
+	kb->io_sends0 = kb->io_sends;
+	kb->io_recvs0 = kb->io_recvs;
+	kb->io_polls0 = kb->io_polls;
 	kb->cycles_win = 0;
 	kb_hist_reset(&kb->lat);
 	kb_proc_cpu_ticks(kb->gen_cpu, &kb->gen_busy0, &kb->gen_total0);
@@ -447,6 +450,9 @@ static void window_end(struct kb *kb, uint64_t now)
 {
 	kb->win_end_ns = now;
 	kb->self_cpu1 = kb_self_cpu_s();
+	kb->io_sends1 = kb->io_sends;
+	kb->io_recvs1 = kb->io_recvs;
+	kb->io_polls1 = kb->io_polls;
 	if (kb->o.broker_pid > 0) {
 		kb->broker_cpu1 = kb_proc_cpu_s(kb->o.broker_pid);
 		kb->rss_end_kb = kb_proc_rss_kb(kb->o.broker_pid);
@@ -717,6 +723,8 @@ static uint64_t turn(struct kb *kb, struct epoll_event *ev, uint64_t sleep_ns)
 	 * turns pay nothing for it. */
 	uint64_t cpu0 = kb->spin_from ? kb_thread_cpu_ns() : 0;
 	int n = epoll_pwait2(kb->epfd, ev, KB_EVENTS_MAX, &ts, NULL);
+	if (n > 0)
+		kb->io_polls++;
 	if (n < 0 && errno != EINTR) {
 		kb_error(kb, "epoll_pwait2: %s", strerror(errno));
 		kb->fatal = true;
@@ -1066,8 +1074,13 @@ static void report(struct kb *kb, const struct kb_result *r)
 			r->both_foreign_pct);
 	fprintf(f, "\"busy_poll\":%s,\"gen_spin_s\":%.3f,\"gen_work_pct\":%.1f,",
 		o->busy_poll ? "true" : "false", r->spin_s, r->gen_work_pct);
-	fprintf(f, "\"gen_cpu_s_per_m\":%.4f,\"gen_cpu_s_per_m_msgs\":%.4f,",
-		r->gen_cpu_per_m, r->gen_cpu_per_m_msgs);
+	fprintf(f, "\"gen_cpu_s_per_m\":%.4f,\"gen_cpu_s_per_m_msgs\":%.4f,"
+		   "\"gen_sends_in_window\":%llu,\"gen_recvs_in_window\":%llu,"
+		   "\"gen_polls_in_window\":%llu,",
+		r->gen_cpu_per_m, r->gen_cpu_per_m_msgs,
+		(unsigned long long)(kb->io_sends1 - kb->io_sends0),
+		(unsigned long long)(kb->io_recvs1 - kb->io_recvs0),
+		(unsigned long long)(kb->io_polls1 - kb->io_polls0));
 	fprintf(f, "\"gen_cpu_s\":%.3f,\"gen_cpu_pct\":%.1f,"
 		   "\"generator_bound\":%s,\"bottleneck\":\"%s\",\"ok\":%s,"
 		   "\"errors\":[",
@@ -1111,7 +1124,13 @@ static void report(struct kb *kb, const struct kb_result *r)
 	if (o->busy_poll)
 		fprintf(f, " (busy-poll, working %.0f%%)", r->gen_work_pct);
 	if (r->gen_cpu_per_m >= 0)
-		fprintf(f, ", %.3f CPU-s/M deliveries", r->gen_cpu_per_m);
+		fprintf(f, ", %.3f CPU-s/M deliveries, %.2f sends + %.2f "
+			   "recvs per delivery",
+			r->gen_cpu_per_m,
+			(double)(kb->io_sends1 - kb->io_sends0) /
+				(double)kb->recv_win,
+			(double)(kb->io_recvs1 - kb->io_recvs0) /
+				(double)kb->recv_win);
 	fprintf(f, "%s%s", r->generator_bound ? " GENERATOR-BOUND" : "",
 		r->rate_met ? "" : " RATE-NOT-MET");
 	if (r->contended && kb->broker_spread)

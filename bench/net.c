@@ -215,6 +215,7 @@ static int conn_flush(struct kb *kb, uint32_t idx)
 	struct kb_conn *c = &kb->conns[idx];
 	while (kb_conn_pending(c)) {
 		ssize_t n = c->tp->send(c, c->wbuf + c->woff, kb_conn_pending(c));
+		kb->io_sends++;
 		if (n > 0) {
 			c->woff += (uint32_t)n;
 			continue;
@@ -291,6 +292,7 @@ static int conn_read(struct kb *kb, uint32_t idx, uint64_t now)
 	size_t pend = framed ? kb_ws_take_pending(c, buf + have) : 0;
 	ssize_t n = c->tp->recv(c, buf + have + pend,
 				KB_RECV_SCRATCH - have - pend);
+	kb->io_recvs++;
 	if (n == 0)
 		return -1;
 	if (n < 0) {
