@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <liburing.h>
+
 #include "core/codec.h"
 
 /* ---- limits ------------------------------------------------------------ */
@@ -41,6 +43,8 @@
 #define KB_WINDOW_MAX 32768
 #define KB_CONNS_MAX 1000000u
 #define KB_CONNECT_TRIES_MAX 8
+/* --uring: sends queued per io_uring_enter (more are split in batches). */
+#define KB_URING_ENTRIES 1024
 
 _Static_assert(KB_PACKET_MAX * 2 <= KB_RECV_SCRATCH,
 	       "scratch must hold a leftover partial packet plus a full one");
@@ -136,6 +140,7 @@ struct kb_opts {
 	bool ws; /* MQTT over WebSockets (ws://, or wss:// with --tls) */
 	uint32_t session_expiry_s; /* MQTT 5 with --persistent */
 	bool quiet;
+	bool uring; /* plain TCP sends through io_uring, batched per turn */
 };
 
 /* ---- connections ------------------------------------------------------- */
@@ -260,6 +265,8 @@ struct kb_counters {
 struct kb {
 	struct kb_opts o;
 	int epfd;
+	bool uring;
+	struct io_uring ring;
 	struct kb_conn *conns;
 	uint32_t nconns;
 	uint32_t *flush; /* connections with bytes to send this turn */

@@ -100,6 +100,8 @@ static void usage(FILE *f)
 "  --ws                 MQTT over WebSockets (RFC 6455, subprotocol mqtt,\n"
 "                       GET /mqtt; wss:// with --tls): one masked binary\n"
 "                       frame per packet out, any framing in\n"
+"  --uring[=on|off]     plain TCP: a turn's sends leave through io_uring,\n"
+"                       one io_uring_enter for all connections   (off)\n"
 "  --quiet              no diagnostics on stderr\n",
 		KB_PAYLOAD_MIN);
 }
@@ -129,6 +131,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		O_BPID, O_CONC, O_KA, O_GENB, O_NAME, O_QUIET, O_HOST, O_TLS,
 		O_BURST, O_POLLUS, O_BUSY, O_HELP, O_CAFILE, O_CERT, O_KEY,
 		O_CERTDIR, O_CERTPFX, O_CERTCNT, O_TLSVER, O_PERSIST, O_EXPIRY, O_WS,
+		O_URING,
 	};
 	static const struct option lo[] = {
 		{"port", 1, 0, O_PORT},	      {"topology", 1, 0, O_TOPO},
@@ -155,6 +158,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		{"persistent", 0, 0, O_PERSIST},
 		{"session-expiry", 1, 0, O_EXPIRY},
 		{"ws", 0, 0, O_WS},
+		{"uring", 2, 0, O_URING},
 		{"help", 0, 0, O_HELP},	      {0, 0, 0, 0},
 	};
 	memset(o, 0, sizeof(*o));
@@ -273,6 +277,14 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		case O_TLSVER: o->tls_version = optarg; break;
 		case O_PERSIST: o->persistent = true; break;
 		case O_WS: o->ws = true; break;
+		case O_URING:
+			if (!optarg || !strcmp(optarg, "on"))
+				o->uring = true;
+			else if (!strcmp(optarg, "off"))
+				o->uring = false;
+			else
+				return -1;
+			break;
 		case O_EXPIRY:
 			o->session_expiry_s = (uint32_t)strtoul(optarg, 0, 10);
 			break;
@@ -1072,6 +1084,7 @@ static void report(struct kb *kb, const struct kb_result *r)
 	if (kb->broker_spread)
 		fprintf(f, "\"broker_spread\":true,\"both_cpus_foreign_pct\":%.1f,",
 			r->both_foreign_pct);
+	fprintf(f, "\"uring\":%s,", kb->uring ? "true" : "false");
 	fprintf(f, "\"busy_poll\":%s,\"gen_spin_s\":%.3f,\"gen_work_pct\":%.1f,",
 		o->busy_poll ? "true" : "false", r->spin_s, r->gen_work_pct);
 	fprintf(f, "\"gen_cpu_s_per_m\":%.4f,\"gen_cpu_s_per_m_msgs\":%.4f,"
