@@ -101,7 +101,7 @@ static void usage(FILE *f)
 "                       GET /mqtt; wss:// with --tls): one masked binary\n"
 "                       frame per packet out, any framing in\n"
 "  --uring[=on|off]     plain TCP: a turn's sends leave through io_uring,\n"
-"                       one io_uring_enter for all connections   (off)\n"
+"                       one io_uring_enter for all connections    (on)\n"
 "  --quiet              no diagnostics on stderr\n",
 		KB_PAYLOAD_MIN);
 }
@@ -183,6 +183,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 	o->keepalive_s = 60;
 	o->gen_bound_pct = 90;
 	o->session_expiry_s = 3600;
+	o->uring = true;
 	int ch;
 	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (ch) {
