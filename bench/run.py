@@ -1115,10 +1115,15 @@ def gen_cost_lines(doc, scs, runs):
             d = r.get("deliveries_in_window") or 0
             per = (lambda key: fmt(r[key] / d) if d and key in r else "–")
             b = metric(rec, "broker_cpu_s_per_m")
+            calls = (r.get("gen_sends_in_window", 0)
+                     + r.get("gen_recvs_in_window", 0))
+            # CPU-s per million deliveries / calls per delivery = µs per
+            # call: what one send or receive costs the generator.
+            us_call = g * d / calls if d and calls else None
             rows.append(f"| {sc['name']} | {kind} | {fmt(g)} | "
                         f"{fmt(b)} | {ratio(g, b).rstrip('×')} | "
                         f"{per('gen_sends_in_window')} | "
-                        f"{per('gen_recvs_in_window')} | "
+                        f"{per('gen_recvs_in_window')} | {fmt(us_call)} | "
                         f"{fmt(metric(rec, 'gen_work_pct'))} |")
     if not rows:
         return []
@@ -1130,8 +1135,9 @@ def gen_cost_lines(doc, scs, runs):
             "this one. Per-million figures move less than rates when other "
             "processes share the CPUs.", "",
             "| scenario | broker | gen CPU-s/M | broker CPU-s/M | gen / broker "
-            "| sends / delivery | recvs / delivery | gen working % |",
-            "|---|---|---|---|---|---|---|---|"] + rows + [""]
+            "| sends / delivery | recvs / delivery | gen µs per call "
+            "| gen working % |",
+            "|---|---|---|---|---|---|---|---|---|"] + rows + [""]
 
 
 def write_table(path, doc, scs):
