@@ -1102,7 +1102,7 @@ def gen_cost_lines(doc, scs, runs):
     cheap per delivery as the one measured."""
     kinds = [k for k in BROKER_KINDS
              if any(r["broker"] == k for r in doc["runs"])]
-    rows = []
+    rows, limited = [], []
     for sc in scs:
         if sc["kind"] in ("idle", "storm"):
             continue
@@ -1120,6 +1120,8 @@ def gen_cost_lines(doc, scs, runs):
             # CPU-s per million deliveries / calls per delivery = µs per
             # call: what one send or receive costs the generator.
             us_call = g * d / calls if d and calls else None
+            if sc["kind"] == "sat" and b and g >= b:
+                limited.append(f"{sc['name']} ({kind}, {g / b:.2f})")
             rows.append(f"| {sc['name']} | {kind} | {fmt(g)} | "
                         f"{fmt(b)} | {ratio(g, b).rstrip('×')} | "
                         f"{per('gen_sends_in_window')} | "
@@ -1137,7 +1139,12 @@ def gen_cost_lines(doc, scs, runs):
             "| scenario | broker | gen CPU-s/M | broker CPU-s/M | gen / broker "
             "| sends / delivery | recvs / delivery | gen µs per call "
             "| gen working % |",
-            "|---|---|---|---|---|---|---|---|---|"] + rows + [""]
+            "|---|---|---|---|---|---|---|---|---|"] + rows + [
+            "", "Saturation rows where the generator costs at least as much "
+            "per delivery as the broker (one generator core cannot saturate "
+            "this broker there, whatever the working share says; gen / "
+            "broker): " + (", ".join(limited) if limited else "none") + ".",
+            ""]
 
 
 def write_table(path, doc, scs):
