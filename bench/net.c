@@ -335,7 +335,10 @@ static void flush_uring(struct kb *kb)
 			sqe = io_uring_get_sqe(ring);
 		}
 		if (queued && (last || !sqe)) {
-			io_uring_submit(ring);
+			/* Waiting for the whole batch costs nothing when every
+			 * send completed inline, and guarantees that no send
+			 * still reads a buffer the next turn may move. */
+			io_uring_submit_and_wait(ring, queued);
 			reap_sends(kb);
 			queued = 0;
 			if (!last)
