@@ -8,6 +8,7 @@
  * matchers are compared on a populated structure, not only one pair. */
 #include "core/gtrie.h"
 #include "core/retain.h"
+#include "core/topic.h"
 #include "core/trie.h"
 
 #include <stdbool.h>
