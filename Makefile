@@ -50,6 +50,11 @@ UNIT_SRC := $(sort $(wildcard tests/unit/*.c))
 # instead of sockets, linked with everything of kite but main().
 IO_TEST_SRC := $(sort $(wildcard tests/io/*.c))
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+# The packet handlers' targets (fuzz_handle_*) run the engine in the
+# tests/io harness: they link io/ (but main) and what it needs.
+FUZZ_IO_SRC := $(filter-out io/main.c,$(IO_SRC)) tests/io/harness.c \
+	bpf/flood_filter_stub.c
+FUZZ_IO_LIBS := -luring -lsystemd -lnats
 
 # The XDP flood filter (bpf/): its loader, or a stub where it cannot build.
 include bpf/bpf.mk
@@ -131,8 +136,9 @@ fuzz:
 	@mkdir -p build/fuzz
 	@set -e; for f in $(FUZZ_SRC); do \
 		n=$$(basename $$f .c); \
+		case $$n in fuzz_handle_*) io="$(FUZZ_IO_SRC) $(FUZZ_IO_LIBS)";; *) io=;; esac; \
 		clang -std=c17 -D_GNU_SOURCE -I. -g -O1 -fsanitize=fuzzer,address,undefined \
-			-o build/fuzz/$$n $$f $(CORE_SRC) -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lwslay -lpthread; \
+			-o build/fuzz/$$n $$f $(CORE_SRC) $$io -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lwslay -lpthread; \
 		mkdir -p build/fuzz/$$n.corpus; \
 		echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
 		build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \

@@ -95,7 +95,11 @@ void harness_fini(struct harness *h)
 struct hconn *harness_connect(struct harness *h)
 {
 	struct shard *s = h->s;
-	if (h->nconns == HARNESS_CONNS_MAX)
+	struct hconn *hc = NULL;
+	for (unsigned i = 0; i < HARNESS_CONNS_MAX && !hc; i++)
+		if (!h->conns[i].used)
+			hc = &h->conns[i];
+	if (!hc)
 		return NULL;
 	struct conn *c = calloc(1, sizeof(*c));
 	if (!c || shard_conn_attach(s, c) < 0) {
@@ -108,8 +112,9 @@ struct hconn *harness_connect(struct harness *h)
 	c->state = CONN_AWAIT_CONNECT;
 	c->created_ms = c->last_rx_ms = s->now_ms;
 	c->peer.sin6_family = AF_INET6;
-	struct hconn *hc = &h->conns[h->nconns++];
-	memset(hc, 0, sizeof(*hc));
+	hc->used = true;
+	hc->shutdown = false;
+	hc->len = 0;
 	hc->id = c->id;
 	hc->gen = c->gen;
 	return hc;
@@ -133,8 +138,9 @@ void harness_input(struct harness *h, struct hconn *hc, const void *bytes,
 
 static struct hconn *harness_find(struct harness *h, uint64_t ud)
 {
-	for (unsigned i = 0; i < h->nconns; i++)
-		if (h->conns[i].id == ud_id(ud) && h->conns[i].gen == ud_gen(ud))
+	for (unsigned i = 0; i < HARNESS_CONNS_MAX; i++)
+		if (h->conns[i].used && h->conns[i].id == ud_id(ud) &&
+		    h->conns[i].gen == ud_gen(ud))
 			return &h->conns[i];
 	return NULL;
 }
@@ -238,4 +244,15 @@ size_t harness_output(struct harness *h, struct hconn *hc,
 	size_t n = hc->len;
 	hc->len = 0;
 	return n;
+}
+
+void harness_close(struct harness *h, struct hconn *hc)
+{
+	struct conn *c = harness_conn(h, hc);
+	const uint8_t *bytes;
+
+	if (c)
+		conn_close(c, "closed by the test", false);
+	(void)harness_output(h, hc, &bytes);
+	hc->used = false;
 }

@@ -31,6 +31,7 @@
 /* One connection as the test sees it: it outlives the struct conn, which
  * the shard frees once it is closed. */
 struct hconn {
+	bool used;
 	uint32_t id, gen;
 	bool shutdown; /* the shard shut the socket down */
 	size_t len;    /* bytes sent and not yet read by harness_output */
@@ -42,7 +43,6 @@ struct harness {
 	struct broker b;
 	struct shard *s;
 	struct hconn conns[HARNESS_CONNS_MAX];
-	unsigned nconns;
 };
 
 /* 0; 1 when this kernel or sandbox has no io_uring (the reason in err:
@@ -52,8 +52,12 @@ int harness_init(struct harness *h, const char *config_text, char *err,
 void harness_fini(struct harness *h);
 
 /* A new connection on listener 0 awaiting CONNECT, as an accept leaves
- * it; NULL when HARNESS_CONNS_MAX are taken or memory is short. */
+ * it; NULL when HARNESS_CONNS_MAX are in use or memory is short. */
 struct hconn *harness_connect(struct harness *h);
+
+/* Closes hc as a vanished peer would (no will), runs the shard until it is
+ * freed, and gives its slot back. */
+void harness_close(struct harness *h, struct hconn *hc);
 
 /* The connection, or NULL once the shard closed it (closing or freed). */
 struct conn *harness_conn(struct harness *h, const struct hconn *hc);
