@@ -94,6 +94,8 @@ enum opt_type {
 	OPT_STR,      /* the rest of the line into char[size]: paths may
 			 hold blanks and '#', as in Mosquitto */
 	OPT_WORD,     /* one word into char[size] */
+	OPT_ENUM,     /* one of .words, its value into a field of 1 or 4
+			 bytes; .expects lists them */
 };
 
 /* Where its value lives. */
@@ -120,6 +122,12 @@ struct option {
 
 /* An option parsed by its type alone (issue 15's table): a new simple
  * option is one row in typed_options[], no handler. */
+/* A word an OPT_ENUM row takes, and what it stores. */
+struct opt_word {
+	const char *word;
+	int value;
+};
+
 struct typed_option {
 	const char *name;
 	const char *expects; /* NULL: "a number LO-HI", or "a value" */
@@ -127,6 +135,7 @@ struct typed_option {
 	uint16_t size;
 	size_t off;
 	long long lo, hi;
+	const struct opt_word *words; /* OPT_ENUM: up to a NULL word */
 };
 
 /* Table rows: name, field (a member of the scope's struct), then the type
@@ -148,6 +157,9 @@ struct typed_option {
 #define T_INT(l, h) .type = OPT_INT, .lo = (l), .hi = (h)
 #define T_STR .type = OPT_STR
 #define T_WORD .type = OPT_WORD
+#define T_ENUM(...)                                                           \
+	.type = OPT_ENUM,                                                     \
+	.words = (const struct opt_word[]){__VA_ARGS__, {NULL, 0}}
 #define STRINGIFY_(x) #x
 #define STRINGIFY(x) STRINGIFY_(x)
 
@@ -470,30 +482,6 @@ static int opt_bind_address(struct file_ctx *fc, const char *name, char *rest)
 	st->deflt_host_set = true;
 	deflt_touch(fc);
 	return 0;
-}
-
-/* protocol mqtt|websockets: what the current listener speaks. */
-static int opt_protocol(struct file_ctx *fc, const char *name, char *rest)
-{
-	static const struct {
-		const char *word;
-		enum listener_protocol proto;
-	} protos[] = {
-		{"mqtt", LISTENER_PROTO_MQTT},
-		{"websockets", LISTENER_PROTO_WEBSOCKETS},
-		{"metrics", LISTENER_PROTO_METRICS}, /* kite's own */
-	};
-	char *word;
-	if (get_word(fc, name, rest, "mqtt, websockets or metrics", &word) < 0)
-		return -1;
-	for (size_t i = 0; i < sizeof(protos) / sizeof(protos[0]); i++) {
-		if (!strcmp(word, protos[i].word)) {
-			fc->cur->protocol = protos[i].proto;
-			return 0;
-		}
-	}
-	return fail(fc, "option '%s': expects mqtt, websockets or metrics, "
-		    "got '%s'", name, word);
 }
 
 /* A libwebsockets log mask in Mosquitto; kite has no libwebsockets and
@@ -1070,6 +1058,25 @@ static int typed_string(struct file_ctx *fc, const struct typed_option *o,
 	return 0;
 }
 
+static int typed_enum(struct file_ctx *fc, const struct typed_option *o,
+		      char *rest, void *dst)
+{
+	char *word;
+	if (get_word(fc, o->name, rest, o->expects, &word) < 0)
+		return -1;
+	for (const struct opt_word *w = o->words; w->word; w++) {
+		if (strcmp(word, w->word))
+			continue;
+		if (o->size == sizeof(int))
+			*(int *)dst = w->value;
+		else
+			*(uint8_t *)dst = (uint8_t)w->value;
+		return 0;
+	}
+	return fail(fc, "option '%s': expects %s, got '%s'", o->name,
+		    o->expects, word);
+}
+
 static int opt_typed(struct file_ctx *fc, const struct typed_option *o,
 		     char *rest)
 {
@@ -1086,25 +1093,10 @@ static int opt_typed(struct file_ctx *fc, const struct typed_option *o,
 	case OPT_STR:
 	case OPT_WORD:
 		return typed_string(fc, o, rest, dst);
+	case OPT_ENUM:
+		return typed_enum(fc, o, rest, dst);
 	}
 	return fail(fc, "option '%s': bad table entry", o->name);
-}
-
-/* ---- Mosquitto's other general and listener options ------------------- */
-
-static int opt_socket_domain(struct file_ctx *fc, const char *name, char *rest)
-{
-	char *word;
-	if (get_word(fc, name, rest, "ipv4 or ipv6", &word) < 0)
-		return -1;
-	if (!strcmp(word, "ipv4"))
-		fc->cur->socket_domain = KITE_DOMAIN_IPV4;
-	else if (!strcmp(word, "ipv6"))
-		fc->cur->socket_domain = KITE_DOMAIN_IPV6;
-	else
-		return fail(fc, "option '%s': expects ipv4 or ipv6, got '%s'",
-			    name, word);
-	return 0;
 }
 
 /* mount_point PREFIX: a topic prefix, so no wildcard (Mosquitto checks it
@@ -1383,22 +1375,6 @@ static int bopt_tls_version(struct file_ctx *fc, const char *name, char *rest)
 	return 0;
 }
 
-static int bopt_protocol(struct file_ctx *fc, const char *name, char *rest)
-{
-	char *word;
-	if (get_word(fc, name, rest, "mqttv31, mqttv311 or mqttv50", &word) < 0)
-		return -1;
-	uint8_t v = !strcmp(word, "mqttv31")    ? 3
-		    : !strcmp(word, "mqttv311") ? 4
-		    : !strcmp(word, "mqttv50")	? 5
-						: 0;
-	if (!v)
-		return fail(fc, "option '%s': expects mqttv31, mqttv311 or "
-				"mqttv50, got '%s'", name, word);
-	cur_bridge(fc)->protocol = v;
-	return 0;
-}
-
 static int bopt_restart_timeout(struct file_ctx *fc, const char *name,
 				char *rest)
 {
@@ -1416,29 +1392,11 @@ static int bopt_restart_timeout(struct file_ctx *fc, const char *name,
 	return 0;
 }
 
-static int bopt_start_type(struct file_ctx *fc, const char *name, char *rest)
-{
-	char *word;
-	if (get_word(fc, name, rest, "automatic, lazy or once", &word) < 0)
-		return -1;
-	uint8_t t = !strcmp(word, "automatic") ? 0
-		    : !strcmp(word, "lazy")    ? 1
-		    : !strcmp(word, "once")    ? 2
-					       : 3;
-	if (t == 3)
-		return fail(fc, "option '%s': expects automatic, lazy or once, "
-				"got '%s'", name, word);
-	cur_bridge(fc)->start_type = t;
-	return 0;
-}
-
 static const struct option bridge_options[] = {
 	{"address", bopt_address},
 	{"addresses", bopt_address},
-	{"bridge_protocol_version", bopt_protocol},
 	{"bridge_tls_version", bopt_tls_version},
 	{"restart_timeout", bopt_restart_timeout},
-	{"start_type", bopt_start_type},
 	{"topic", bopt_topic},
 };
 
@@ -1511,7 +1469,6 @@ static const struct option options[] = {
 	{"acl_file", opt_acl_file},
 	{"allow_anonymous", opt_allow_anonymous},
 	{"flood_filter_interface", opt_flood_filter_interface},
-	{"protocol", opt_protocol},
 	{"websockets_log_level", opt_websockets_log_level},
 	{"password_file", opt_password_file},
 	{"tls_version", opt_tls_version},
@@ -1532,7 +1489,6 @@ static const struct option options[] = {
 	{"mount_point", opt_mount_point},
 	{"plugin", opt_plugin},
 	{"retry_interval", opt_retry_interval},
-	{"socket_domain", opt_socket_domain},
 	{"tls_engine", opt_tls_engine},
 	{"tls_engine_kpass_sha1", opt_tls_engine},
 	{"tls_keyform", opt_tls_keyform},
@@ -1624,8 +1580,16 @@ static const struct typed_option typed_options[] = {
 	OPT_L("max_connections", max_connections,
 	      T_INT(INT32_MIN, INT32_MAX), .flags = OPT_NEG_OFF,
 	      .expects = "a number (-1 for unlimited)"),
+	OPT_L("protocol", protocol,
+	      T_ENUM({"mqtt", LISTENER_PROTO_MQTT},
+		     {"websockets", LISTENER_PROTO_WEBSOCKETS},
+		     {"metrics", LISTENER_PROTO_METRICS}), /* kite's own */
+	      .expects = "mqtt, websockets or metrics"),
 	OPT_L("psk_hint", psk_hint, T_STR),
 	OPT_L("require_certificate", tls.require_certificate, T_BOOL),
+	OPT_L("socket_domain", socket_domain,
+	      T_ENUM({"ipv4", KITE_DOMAIN_IPV4}, {"ipv6", KITE_DOMAIN_IPV6}),
+	      .expects = "ipv4 or ipv6"),
 	OPT_L("use_identity_as_username", tls.use_identity_as_username,
 	      T_BOOL),
 	OPT_L("use_subject_as_username", tls.use_subject_as_username, T_BOOL),
@@ -1647,6 +1611,9 @@ static const struct typed_option typed_options[] = {
 	OPT_B("bridge_max_packet_size", max_packet_size,
 	      T_UINT(0, MQTT_VARINT_MAX + 5ll), .expects = "a size in bytes"),
 	OPT_B("bridge_outgoing_retain", outgoing_retain, T_BOOL),
+	OPT_B("bridge_protocol_version", protocol,
+	      T_ENUM({"mqttv31", 3}, {"mqttv311", 4}, {"mqttv50", 5}),
+	      .expects = "mqttv31, mqttv311 or mqttv50"),
 	OPT_B("cleansession", cleansession, T_BOOL),
 	OPT_B("clientid", remote_clientid, T_WORD),
 	OPT_B("idle_timeout", idle_timeout_s, T_UINT(1, UINT32_MAX),
@@ -1665,6 +1632,9 @@ static const struct typed_option typed_options[] = {
 	OPT_B("remote_password", remote_password, T_WORD),
 	OPT_B("remote_username", remote_username, T_WORD),
 	OPT_B("round_robin", round_robin, T_BOOL),
+	OPT_B("start_type", start_type,
+	      T_ENUM({"automatic", 0}, {"lazy", 1}, {"once", 2}),
+	      .expects = "automatic, lazy or once"),
 	OPT_B("threshold", threshold, T_UINT(1, UINT32_MAX),
 	      .expects = "a count"),
 	OPT_B("try_private", try_private, T_BOOL),
