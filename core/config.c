@@ -120,14 +120,14 @@ struct option {
 	option_fn fn;
 };
 
-/* An option parsed by its type alone (issue 15's table): a new simple
- * option is one row in typed_options[], no handler. */
 /* A word an OPT_ENUM row takes, and what it stores. */
 struct opt_word {
 	const char *word;
 	int value;
 };
 
+/* An option parsed by its type alone (issue 15's table): a new simple
+ * option is one row in typed_options[], no handler. */
 struct typed_option {
 	const char *name;
 	const char *expects; /* NULL: "a number LO-HI", or "a value" */
@@ -1003,6 +1003,7 @@ static int typed_bool(struct file_ctx *fc, const struct typed_option *o,
 		      char *rest, void *dst)
 {
 	bool v;
+	assert(o->size == sizeof(int) || o->size == sizeof(bool));
 	if (get_bool(fc, o->name, rest, &v) < 0)
 		return -1;
 	if (o->size == sizeof(int))
@@ -1018,6 +1019,8 @@ static int typed_number(struct file_ctx *fc, const struct typed_option *o,
 	char buf[64];
 	const char *expects = o->expects;
 	long long n;
+	assert(o->type == OPT_INT ? o->size == sizeof(int)
+				  : o->size == 1 || o->size == 4 || o->size == 8);
 	if (!expects) {
 		snprintf(buf, sizeof(buf), "a number %lld-%lld", o->lo, o->hi);
 		expects = buf;
@@ -1062,6 +1065,7 @@ static int typed_enum(struct file_ctx *fc, const struct typed_option *o,
 		      char *rest, void *dst)
 {
 	char *word;
+	assert(o->expects && (o->size == sizeof(int) || o->size == 1));
 	if (get_word(fc, o->name, rest, o->expects, &word) < 0)
 		return -1;
 	for (const struct opt_word *w = o->words; w->word; w++) {
