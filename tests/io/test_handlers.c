@@ -210,3 +210,96 @@ TEST(io_subscribe_without_filters_closes_the_connection)
 	CHECK(a->shutdown);
 	harness_fini(&h);
 }
+
+/* Subscriber 's' on "a/#" at QoS 2 and a publisher 'p', both 3.1.1. */
+static void sub_and_pub(struct harness *h, struct hconn **sub,
+			struct hconn **pub, uint8_t qos)
+{
+	const uint8_t subscribe[] = {0x82, 0x08, 0x00, 0x01, 0x00, 0x03,
+				     'a', '/', '#', qos};
+	const uint8_t *out;
+	*sub = harness_connect(h);
+	connect311(h, *sub, 's');
+	harness_input(h, *sub, subscribe, sizeof(subscribe));
+	(void)harness_output(h, *sub, &out); /* CONNACK, SUBACK */
+	*pub = harness_connect(h);
+	connect311(h, *pub, 'p');
+	(void)harness_output(h, *pub, &out);
+}
+
+TEST(io_qos2_publish_is_recorded_released_and_delivered_once)
+{
+	static struct harness h;
+	struct hconn *sub, *pub;
+	uint8_t got[64];
+	size_t n = 0;
+	const uint8_t *out;
+	HARNESS_START(&h, config);
+	sub_and_pub(&h, &sub, &pub, 2);
+	/* PUBLISH QoS 2 id 9 "a/b" "x" */
+	IN(&h, pub, 0x34, 0x08, 0x00, 0x03, 'a', '/', 'b', 0x00, 0x09, 'x');
+	OUT_IS(&h, pub, 0x50, 0x02, 0x00, 0x09); /* PUBREC */
+	size_t k = harness_output(&h, sub, &out);
+	memcpy(got, out, k < sizeof(got) ? k : sizeof(got));
+	n = k < sizeof(got) ? k : sizeof(got);
+	/* the same PUBLISH again before PUBREL: recorded once */
+	IN(&h, pub, 0x3c, 0x08, 0x00, 0x03, 'a', '/', 'b', 0x00, 0x09, 'x');
+	OUT_IS(&h, pub, 0x50, 0x02, 0x00, 0x09);
+	IN(&h, pub, 0x62, 0x02, 0x00, 0x09); /* PUBREL */
+	OUT_IS(&h, pub, 0x70, 0x02, 0x00, 0x09); /* PUBCOMP */
+	k = harness_output(&h, sub, &out);
+	if (n + k <= sizeof(got)) {
+		memcpy(got + n, out, k);
+		n += k;
+	}
+	/* the subscriber got it once, at QoS 2 with its own id */
+	static const uint8_t want[] = {0x34, 0x08, 0x00, 0x03, 'a', '/',
+				       'b', 0x00, 0x01, 'x'};
+	CHECK(n == sizeof(want) && memcmp(got, want, n) == 0);
+	harness_fini(&h);
+}
+
+TEST(io_unsubscribe_gets_unsuback_and_stops_deliveries)
+{
+	static struct harness h;
+	struct hconn *sub, *pub;
+	HARNESS_START(&h, config);
+	sub_and_pub(&h, &sub, &pub, 0);
+	IN(&h, pub, 0x30, 0x06, 0x00, 0x03, 'a', '/', 'b', 'x');
+	OUT_IS(&h, sub, 0x30, 0x06, 0x00, 0x03, 'a', '/', 'b', 'x');
+	/* UNSUBSCRIBE id 2 "a/#" */
+	IN(&h, sub, 0xa2, 0x07, 0x00, 0x02, 0x00, 0x03, 'a', '/', '#');
+	OUT_IS(&h, sub, 0xb0, 0x02, 0x00, 0x02);
+	IN(&h, pub, 0x30, 0x06, 0x00, 0x03, 'a', '/', 'b', 'y');
+	OUT_NONE(&h, sub);
+	harness_fini(&h);
+}
+
+/* 3.1.2.5: the will goes out when the connection ends without a
+ * DISCONNECT (here a protocol error), never after one. */
+TEST(io_will_is_published_on_a_protocol_error_not_after_disconnect)
+{
+	static const uint8_t will_connect[] = {
+		0x10, 24, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x06, 0, 60, /* will */
+		0, 2, 'w', '1', 0, 3, 'a', '/', 'w', 0, 3, 'b', 'y', 'e'};
+	for (int clean = 0; clean < 2; clean++) {
+		static struct harness h;
+		struct hconn *sub, *pub;
+		HARNESS_START(&h, config);
+		sub_and_pub(&h, &sub, &pub, 0);
+		struct hconn *w = harness_connect(&h);
+		harness_input(&h, w, will_connect, sizeof(will_connect));
+		OUT_IS(&h, w, 0x20, 0x02, 0x00, 0x00);
+		if (clean)
+			IN(&h, w, 0xe0, 0x00); /* DISCONNECT */
+		else
+			IN(&h, w, 0x00, 0x00); /* reserved type 0 */
+		CHECK(harness_conn(&h, w) == NULL);
+		if (clean)
+			OUT_NONE(&h, sub);
+		else
+			OUT_IS(&h, sub, 0x30, 0x08, 0x00, 0x03, 'a', '/', 'w',
+			       'b', 'y', 'e');
+		harness_fini(&h);
+	}
+}
