@@ -46,7 +46,15 @@ endif
 CORE_SRC := $(sort $(wildcard core/*.c tls/*.c acl/*.c tools/*.c ws/*.c))
 IO_SRC   := $(sort $(wildcard io/*.c))
 UNIT_SRC := $(sort $(wildcard tests/unit/*.c))
+# The engine's own unit tests (tests/io/): its handlers driven by a harness
+# instead of sockets, linked with everything of kite but main().
+IO_TEST_SRC := $(sort $(wildcard tests/io/*.c))
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+# The packet handlers' targets (fuzz_handle_*) run the engine in the
+# tests/io harness: they link io/ (but main) and what it needs.
+FUZZ_IO_SRC := $(filter-out io/main.c,$(IO_SRC)) tests/io/harness.c \
+	bpf/flood_filter_stub.c
+FUZZ_IO_LIBS := -luring -lsystemd -lnats
 
 # The XDP flood filter (bpf/): its loader, or a stub where it cannot build.
 include bpf/bpf.mk
@@ -55,11 +63,12 @@ LDLIBS   += $(BPF_LDLIBS)
 CORE_OBJ := $(CORE_SRC:%.c=$(BUILD)/%.o)
 IO_OBJ   := $(IO_SRC:%.c=$(BUILD)/%.o)
 UNIT_OBJ := $(UNIT_SRC:%.c=$(BUILD)/%.o)
+IO_TEST_OBJ := $(IO_TEST_SRC:%.c=$(BUILD)/%.o)
 
 .PHONY: all deps run test unit integration check-clang check-layers asan fuzz clean \
 	install uninstall deb deb-test soak
 
-all: $(BUILD)/kite $(BUILD)/unit-tests $(BUILD)/mosqdb-dump
+all: $(BUILD)/kite $(BUILD)/unit-tests $(BUILD)/io-unit-tests $(BUILD)/mosqdb-dump
 
 deps:
 	@sh tools/deps.sh
@@ -80,13 +89,20 @@ $(BUILD)/unit-tests: $(UNIT_OBJ) $(CORE_OBJ)
 	$(call msg,LD,$@)
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
+$(BUILD)/io-unit-tests: $(IO_TEST_OBJ) $(BUILD)/tests/unit/main.o \
+		$(filter-out $(BUILD)/io/main.o,$(IO_OBJ)) $(CORE_OBJ) $(BPF_OBJ)
+	$(call msg,LD,$@)
+	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(IO_TEST_OBJ): | $(BPF_OBJ)
+
 # A mosquitto.db as text (tools/mosqdb_dump.h), for the import tests until
 # `kite db dump` exists.
 $(BUILD)/mosqdb-dump: $(BUILD)/tests/tools/mosqdb_dump_main.o $(CORE_OBJ)
 	$(call msg,LD,$@)
 	$(Q)$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
--include $(CORE_OBJ:.o=.d) $(IO_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) \
+-include $(CORE_OBJ:.o=.d) $(IO_OBJ:.o=.d) $(UNIT_OBJ:.o=.d) $(IO_TEST_OBJ:.o=.d) \
 	$(BUILD)/tests/tools/mosqdb_dump_main.d
 
 # The README's first command: the broker with its built-in default
@@ -95,8 +111,9 @@ run: deps
 	@$(MAKE) --no-print-directory $(BUILD)/kite
 	exec $(BUILD)/kite $(ARGS)
 
-unit: $(BUILD)/unit-tests
+unit: $(BUILD)/unit-tests $(BUILD)/io-unit-tests
 	$(BUILD)/unit-tests
+	$(BUILD)/io-unit-tests
 
 # The kernel TLS fault seam (tests/fault/): preloaded into kite by the
 # hand-off tests. Never sanitized itself: ASan's runtime is kite's.
@@ -126,8 +143,9 @@ fuzz:
 	@mkdir -p build/fuzz
 	@set -e; for f in $(FUZZ_SRC); do \
 		n=$$(basename $$f .c); \
+		case $$n in fuzz_handle_*) io="$(FUZZ_IO_SRC) $(FUZZ_IO_LIBS)";; *) io=;; esac; \
 		clang -std=c17 -D_GNU_SOURCE -I. -g -O1 -fsanitize=fuzzer,address,undefined \
-			-o build/fuzz/$$n $$f $(CORE_SRC) -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lwslay -lpthread; \
+			-o build/fuzz/$$n $$f $(CORE_SRC) $$io -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lwslay -lpthread; \
 		mkdir -p build/fuzz/$$n.corpus; \
 		echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
 		build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \

@@ -3,6 +3,7 @@
 #include "acl/acl.h"
 #include "acl/acl_util.h"
 #include "core/htab.h"
+#include "core/topic.h"
 
 #include <assert.h>
 #include <ctype.h>
@@ -82,114 +83,6 @@ struct acl_cache {
 
 /* ---------------------------------------------------------------- matching */
 
-/* End of the level starting at i. */
-static size_t level_end(const char *s, size_t len, size_t i)
-{
-	const char *p = i < len ? memchr(s + i, '/', len - i) : NULL;
-	return p ? (size_t)(p - s) : len;
-}
-
-/* MQTT 4.7 matching of a valid filter against a topic name, iterative.
- * '+' matches one (possibly empty) level, '#' the parent level and all
- * below; a '$' topic is only matched by a filter starting with '$'. An empty
- * filter (a %u or %c expanded to nothing) matches nothing. Filters are not
- * NUL-terminated: never read f[fl]. */
-static bool filter_matches(const char *f, size_t fl, const char *t, size_t tl)
-{
-	if (fl == 0 || (t[0] == '$' && f[0] != '$'))
-		return false;
-	size_t i = 0, j = 0;
-	for (;;) {
-		/* Both at the start of a level (possibly empty, at the end). */
-		if (i < fl && f[i] == '#')
-			return true;
-		size_t ie = level_end(f, fl, i), je = level_end(t, tl, j);
-		bool plus = ie - i == 1 && f[i] == '+';
-		if (!plus && (ie - i != je - j || memcmp(f + i, t + j, ie - i)))
-			return false;
-		if (ie == fl)
-			return je == tl;
-		if (je == tl) /* "a/#" matches "a" */
-			return fl - ie == 2 && f[ie + 1] == '#';
-		i = ie + 1;
-		j = je + 1;
-	}
-}
-
-static bool is_wild_level(const char *s, size_t len, size_t i, size_t e)
-{
-	(void)len;
-	return e - i == 1 && (s[i] == '+' || s[i] == '#');
-}
-
-/* True when some topic name matches both filters (both valid). */
-static bool filters_intersect(const char *a, size_t al, const char *b,
-			      size_t bl)
-{
-	if (al == 0 || bl == 0)
-		return false;
-	size_t ae = level_end(a, al, 0), be = level_end(b, bl, 0);
-	/* A '$' topic cannot match a filter whose first level is a wildcard. */
-	if ((is_wild_level(a, al, 0, ae) && b[0] == '$') ||
-	    (is_wild_level(b, bl, 0, be) && a[0] == '$'))
-		return false;
-	size_t i = 0, j = 0;
-	for (;;) {
-		ae = level_end(a, al, i);
-		be = level_end(b, bl, j);
-		bool ahash = ae - i == 1 && a[i] == '#';
-		bool bhash = be - j == 1 && b[j] == '#';
-		if (ahash || bhash)
-			return true;
-		bool aplus = ae - i == 1 && a[i] == '+';
-		bool bplus = be - j == 1 && b[j] == '+';
-		if (!aplus && !bplus &&
-		    (ae - i != be - j || memcmp(a + i, b + j, ae - i)))
-			return false;
-		bool aend = ae == al, bend = be == bl;
-		if (aend && bend)
-			return true;
-		if (aend)
-			return bl - be == 2 && b[be + 1] == '#';
-		if (bend)
-			return al - ae == 2 && a[ae + 1] == '#';
-		i = ae + 1;
-		j = be + 1;
-	}
-}
-
-/* Whether rule filter r matches every topic that filter f matches. */
-static bool filter_covers(const char *r, size_t rl, const char *f, size_t fl)
-{
-	if (rl == 0 || fl == 0)
-		return false;
-	/* A '$' topic is matched only by a rule naming its first level. */
-	if (f[0] == '$' && is_wild_level(r, rl, 0, level_end(r, rl, 0)))
-		return false;
-	size_t i = 0, j = 0;
-	for (;;) {
-		size_t re = level_end(r, rl, i), fe = level_end(f, fl, j);
-		if (re - i == 1 && r[i] == '#')
-			return true;
-		if (fe - j == 1 && f[j] == '#')
-			return false; /* f reaches levels r pins down */
-		bool rplus = re - i == 1 && r[i] == '+';
-		bool fplus = fe - j == 1 && f[j] == '+';
-		if (!rplus && (fplus || re - i != fe - j ||
-			       memcmp(r + i, f + j, re - i)))
-			return false;
-		bool rend = re == rl, fend = fe == fl;
-		if (rend && fend)
-			return true;
-		if (fend) /* "a" is matched by "a/#" too */
-			return rl - re == 2 && r[re + 1] == '#';
-		if (rend)
-			return false;
-		i = re + 1;
-		j = fe + 1;
-	}
-}
-
 /* Mosquitto's mosquitto_sub_topic_check: '+' and '#' alone in their level,
  * '#' last. Also refuses empty filters and NUL bytes. */
 static bool filter_valid(const char *f, size_t len)
@@ -219,7 +112,7 @@ static bool topic_valid(const char *t, size_t len)
 	return true;
 }
 
-/* filter_matches() with a quick reject on the literal prefix: most rules
+/* topic_matches() with a quick reject on the literal prefix: most rules
  * of an identity fail on their first bytes. */
 static bool rule_matches(const struct id_rule *r, const char *t, size_t tl)
 {
@@ -233,7 +126,7 @@ static bool rule_matches(const struct id_rule *r, const char *t, size_t tl)
 	} else if (r->kind == RULE_LITERAL) {
 		return false;
 	}
-	return filter_matches(r->filter, r->len, t, tl);
+	return topic_matches(r->filter, r->len, t, tl);
 }
 
 bool acl_check(const struct acl_identity *id, const char *topic, size_t len,
@@ -274,10 +167,11 @@ bool acl_filter_fully_readable(const struct acl_identity *id,
 	for (int p = 0; p < 4; p++) {
 		bool deny = (p & 1) == 0, covered = false;
 		for (uint32_t k = 0; k < phase[p]; k++, r++) {
-			if (deny && filters_intersect(r->filter, r->len, filter, len))
+			if (deny && topic_filters_intersect(r->filter, r->len,
+							    filter, len))
 				return false;
 			if (!deny && (r->access & ACL_READ) &&
-			    filter_covers(r->filter, r->len, filter, len))
+			    topic_filter_covers(r->filter, r->len, filter, len))
 				covered = true;
 		}
 		if (covered)
@@ -292,7 +186,7 @@ bool acl_filter_may_match(const struct acl_identity *id, const char *filter,
 	assert(id);
 	static const char share[] = "$share/";
 	if (len > sizeof(share) - 1 && !memcmp(filter, share, sizeof(share) - 1)) {
-		size_t g = level_end(filter, len, sizeof(share) - 1);
+		size_t g = topic_level_end(filter, len, sizeof(share) - 1);
 		if (g == len)
 			return false;
 		filter += g + 1;
@@ -306,21 +200,21 @@ bool acl_filter_may_match(const struct acl_identity *id, const char *filter,
 	 * (those win over patterns). */
 	const struct id_rule *r = id->rules;
 	for (uint32_t k = 0; k < id->n_deny1; k++, r++)
-		if (filter_covers(r->filter, r->len, filter, len))
+		if (topic_filter_covers(r->filter, r->len, filter, len))
 			return false;
 	bool own = false;
 	for (uint32_t k = 0; k < id->n_grant1; k++, r++)
 		if ((r->access & ACL_READ) &&
-		    filters_intersect(r->filter, r->len, filter, len))
+		    topic_filters_intersect(r->filter, r->len, filter, len))
 			own = true;
 	if (own)
 		return true;
 	for (uint32_t k = 0; k < id->n_deny2; k++, r++)
-		if (filter_covers(r->filter, r->len, filter, len))
+		if (topic_filter_covers(r->filter, r->len, filter, len))
 			return false;
 	for (uint32_t k = 0; k < id->n_grant2; k++, r++)
 		if ((r->access & ACL_READ) &&
-		    filters_intersect(r->filter, r->len, filter, len))
+		    topic_filters_intersect(r->filter, r->len, filter, len))
 			return true;
 	return false;
 }

@@ -16,7 +16,7 @@ cat > "$dir/driver.c" <<'C'
 #include "acl/acl.h"
 int main(int argc, char **argv) { return passwd_main(argc, argv); }
 C
-cc -std=c17 -D_GNU_SOURCE -I. -o "$dir/kite-passwd" "$dir/driver.c" acl/*.c -lssl -lcrypto -lpthread
+cc -std=c17 -D_GNU_SOURCE -I. -o "$dir/kite-passwd" "$dir/driver.c" acl/*.c core/hash.c core/htab.c core/topic.c -lssl -lcrypto -lpthread
 "$dir/kite-passwd" -c -b "$dir/pw" alice 'alice pw' >/dev/null
 "$dir/kite-passwd" -H sha512 -b "$dir/pw" bob 'b0b:x' >/dev/null
 "$dir/kite-passwd" -I 1000 -b "$dir/pw" carol 'c' >/dev/null

@@ -14,6 +14,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include <liburing.h>
+
 #include "core/codec.h"
 
 /* ---- limits ------------------------------------------------------------ */
@@ -41,6 +43,8 @@
 #define KB_WINDOW_MAX 32768
 #define KB_CONNS_MAX 1000000u
 #define KB_CONNECT_TRIES_MAX 8
+/* --uring: sends queued per io_uring_enter (more are split in batches). */
+#define KB_URING_ENTRIES 1024
 
 _Static_assert(KB_PACKET_MAX * 2 <= KB_RECV_SCRATCH,
 	       "scratch must hold a leftover partial packet plus a full one");
@@ -81,6 +85,8 @@ long kb_proc_rss_kb(pid_t pid);
 long kb_proc_hwm_kb(pid_t pid);
 /* CPU time this process used, in seconds. */
 double kb_self_cpu_s(void);
+/* CPU time of the calling thread, in ns (a syscall, not the vDSO). */
+uint64_t kb_thread_cpu_ns(void);
 /* Raises RLIMIT_NOFILE so at least `need` descriptors can be open.
  * Returns the resulting soft limit. */
 uint64_t kb_raise_nofile(uint64_t need);
@@ -137,6 +143,7 @@ struct kb_opts {
 	bool ws; /* MQTT over WebSockets (ws://, or wss:// with --tls) */
 	uint32_t session_expiry_s; /* MQTT 5 with --persistent */
 	bool quiet;
+	bool uring; /* plain TCP sends through io_uring, batched per turn */
 };
 
 /* ---- connections ------------------------------------------------------- */
@@ -215,6 +222,7 @@ struct kb_pub {
 	uint32_t unacked;
 	uint32_t window_eff; /* min(window, server receive maximum) */
 	uint64_t out_deliv; /* deliveries sent but not seen by subscribers */
+	bool queued;	    /* on kb.ready */
 	uint8_t *slots;	 /* QoS>0: per packet id, 0 free, 1 wait PUBACK or
 			    PUBREC, 2 wait PUBCOMP */
 	uint16_t topic_len;
@@ -261,6 +269,8 @@ struct kb_counters {
 struct kb {
 	struct kb_opts o;
 	int epfd;
+	bool uring;
+	struct io_uring ring;
 	struct kb_conn *conns;
 	uint32_t nconns;
 	uint32_t *flush; /* connections with bytes to send this turn */
@@ -284,7 +294,12 @@ struct kb {
 	/* Pacing. */
 	double tokens;
 	uint64_t tokens_ns;
-	uint32_t pub_cursor;
+	/* Publishers that may be able to send, in round-robin order: one
+	 * goes on when something that blocked it eases (a delivery or ack
+	 * credits its window, its socket drains, it finished setup), so a
+	 * turn never scans thousands of publishers that cannot send. */
+	uint32_t *ready;
+	uint32_t ready_head, ready_n;
 	uint64_t g_out; /* deliveries in flight */
 	uint64_t expected; /* sum over publishers of sent * fanout */
 	uint64_t last_progress_ns;
@@ -303,7 +318,12 @@ struct kb {
 	uint64_t gen_busy0, gen_total0, gen_busy1, gen_total1;
 	uint64_t brk_busy0, brk_total0, brk_busy1, brk_total1;
 	uint64_t sent_win, recv_win;
-	uint64_t spin_ns; /* busy-poll: turns that found nothing to do */
+	/* Transport send and receive calls (syscalls over plain TCP), all
+	 * run long; the window's share is io_*1 - io_*0. */
+	uint64_t io_sends, io_recvs, io_polls;
+	uint64_t io_sends0, io_recvs0, io_polls0, io_sends1, io_recvs1, io_polls1;
+	uint64_t spin_ns; /* busy-poll: CPU time of turns with nothing to do */
+	uint64_t spin_from; /* thread CPU time when the idle stretch began */
 	struct kb_hist lat;
 
 	/* Storm: connect-subscribe-disconnect cycles completed. */
@@ -365,7 +385,14 @@ void kb_client_established(struct kb *kb, uint32_t idx, uint64_t now);
 ssize_t kb_client_input(struct kb *kb, uint32_t idx, const uint8_t *buf,
 			size_t len, uint64_t now);
 void kb_client_closed(struct kb *kb, uint32_t idx);
-bool kb_pub_can_send(const struct kb *kb, const struct kb_pub *p);
+enum kb_pub_block {
+	KB_PUB_OK,
+	KB_PUB_BLOCKED,	    /* by its own window, socket or state */
+	KB_PUB_BLOCKED_ALL, /* by max_outstanding: every publisher waits */
+};
+enum kb_pub_block kb_pub_can_send(const struct kb *kb, const struct kb_pub *p);
+/* Puts publisher pidx on the ready queue unless it is there already. */
+void kb_pub_wake(struct kb *kb, uint32_t pidx);
 void kb_pub_send(struct kb *kb, uint32_t pidx, uint64_t now);
 void kb_client_ping(struct kb *kb, uint32_t idx, uint64_t now);
 void kb_client_disconnect(struct kb *kb, uint32_t idx);

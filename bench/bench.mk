@@ -42,7 +42,7 @@ $(BENCH_BUILD)/core/%.o: core/%.c core/codec.h core/mqtt.h
 
 $(BENCH_GEN): $(BENCH_SRC) bench/bench.h $(BENCH_CORE:%.c=$(BENCH_BUILD)/%.o)
 	@mkdir -p $(BENCH_BUILD)
-	gcc $(BENCH_CFLAGS) -o $@ $(BENCH_SRC) $(BENCH_CORE:%.c=$(BENCH_BUILD)/%.o) -lssl -lcrypto -lm
+	gcc $(BENCH_CFLAGS) -o $@ $(BENCH_SRC) $(BENCH_CORE:%.c=$(BENCH_BUILD)/%.o) -luring -lssl -lcrypto -lm
 
 bench-deps:
 	@sh bench/deps.sh

@@ -102,6 +102,8 @@ static void usage(FILE *f)
 "  --ws                 MQTT over WebSockets (RFC 6455, subprotocol mqtt,\n"
 "                       GET /mqtt; wss:// with --tls): one masked binary\n"
 "                       frame per packet out, any framing in\n"
+"  --uring[=on|off]     plain TCP: a turn's sends leave through io_uring,\n"
+"                       one io_uring_enter for all connections    (on)\n"
 "  --quiet              no diagnostics on stderr\n",
 		KB_PAYLOAD_MIN);
 }
@@ -131,7 +133,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		O_BPID, O_CONC, O_KA, O_GENB, O_NAME, O_QUIET, O_HOST, O_TLS,
 		O_BURST, O_POLLUS, O_BUSY, O_HELP, O_CAFILE, O_CERT, O_KEY,
 		O_CERTDIR, O_CERTPFX, O_CERTCNT, O_TLSVER, O_PERSIST, O_EXPIRY, O_WS,
-		O_RESUME,
+		O_RESUME, O_URING,
 	};
 	static const struct option lo[] = {
 		{"port", 1, 0, O_PORT},	      {"topology", 1, 0, O_TOPO},
@@ -159,6 +161,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		{"persistent", 0, 0, O_PERSIST},
 		{"session-expiry", 1, 0, O_EXPIRY},
 		{"ws", 0, 0, O_WS},
+		{"uring", 2, 0, O_URING},
 		{"help", 0, 0, O_HELP},	      {0, 0, 0, 0},
 	};
 	memset(o, 0, sizeof(*o));
@@ -183,6 +186,7 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 	o->keepalive_s = 60;
 	o->gen_bound_pct = 90;
 	o->session_expiry_s = 3600;
+	o->uring = true;
 	int ch;
 	while ((ch = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (ch) {
@@ -278,6 +282,14 @@ static int parse_opts(struct kb_opts *o, int argc, char **argv)
 		case O_RESUME: o->tls_resume = true; break;
 		case O_PERSIST: o->persistent = true; break;
 		case O_WS: o->ws = true; break;
+		case O_URING:
+			if (!optarg || !strcmp(optarg, "on"))
+				o->uring = true;
+			else if (!strcmp(optarg, "off"))
+				o->uring = false;
+			else
+				return -1;
+			break;
 		case O_EXPIRY:
 			o->session_expiry_s = (uint32_t)strtoul(optarg, 0, 10);
 			break;
@@ -354,7 +366,8 @@ static int build(struct kb *kb)
 	kb->conns = calloc(kb->nconns, sizeof(*kb->conns));
 	kb->pubs = calloc(kb->npubs ? kb->npubs : 1, sizeof(*kb->pubs));
 	kb->subs = calloc(kb->nsubs ? kb->nsubs : 1, sizeof(*kb->subs));
-	if (!kb->conns || !kb->pubs || !kb->subs)
+	kb->ready = calloc(kb->npubs ? kb->npubs : 1, sizeof(*kb->ready));
+	if (!kb->conns || !kb->pubs || !kb->subs || !kb->ready)
 		return -1;
 	for (uint32_t i = 0; i < kb->nconns; i++) {
 		struct kb_conn *c = &kb->conns[i];
@@ -441,6 +454,9 @@ static void window_begin(struct kb *kb, uint64_t now)
 		kb->rss_start_kb = kb_proc_rss_kb(kb->o.broker_pid);
 	}
 	kb->sent_win = kb->recv_win = 0;
+	kb->io_sends0 = kb->io_sends;
+	kb->io_recvs0 = kb->io_recvs;
+	kb->io_polls0 = kb->io_polls;
 	kb->cycles_win = 0;
 	kb_hist_reset(&kb->lat);
 	kb_proc_cpu_ticks(kb->gen_cpu, &kb->gen_busy0, &kb->gen_total0);
@@ -451,6 +467,9 @@ static void window_end(struct kb *kb, uint64_t now)
 {
 	kb->win_end_ns = now;
 	kb->self_cpu1 = kb_self_cpu_s();
+	kb->io_sends1 = kb->io_sends;
+	kb->io_recvs1 = kb->io_recvs;
+	kb->io_polls1 = kb->io_polls;
 	if (kb->o.broker_pid > 0) {
 		kb->broker_cpu1 = kb_proc_cpu_s(kb->o.broker_pid);
 		kb->rss_end_kb = kb_proc_rss_kb(kb->o.broker_pid);
@@ -507,8 +526,10 @@ static void check_stall(struct kb *kb, uint64_t now)
 {
 	if (kb->g_out == 0 || now - kb->last_progress_ns < s_to_ns(kb->o.stall_s))
 		return;
-	for (uint32_t i = 0; i < kb->npubs; i++)
+	for (uint32_t i = 0; i < kb->npubs; i++) {
 		kb->pubs[i].out_deliv = 0;
+		kb_pub_wake(kb, i);
+	}
 	kb->g_out = 0;
 	kb->c.stalls++;
 	kb->last_progress_ns = now;
@@ -530,21 +551,27 @@ static uint32_t publish(struct kb *kb, uint64_t now, bool *more)
 		budget = kb->tokens < 1 ? 0 : (uint32_t)fmin(kb->tokens, 1e6);
 	}
 	uint32_t sent = 0;
-	uint32_t misses = 0;
 	/* At saturation each publisher may put up to `burst` messages in one
 	 * send; at a fixed rate it is one message per token, round-robin. */
 	uint32_t burst = kb->o.rate > 0 ? 1 : kb->o.burst;
-	while (sent < budget && misses < kb->npubs && !kb->fatal) {
-		uint32_t i = kb->pub_cursor;
-		kb->pub_cursor = (i + 1) % kb->npubs;
+	while (sent < budget && kb->ready_n && !kb->fatal) {
+		uint32_t i = kb->ready[kb->ready_head];
+		struct kb_pub *p = &kb->pubs[i];
 		uint32_t k = 0;
-		while (k < burst && sent < budget &&
-		       kb_pub_can_send(kb, &kb->pubs[i])) {
+		enum kb_pub_block b;
+		while ((b = kb_pub_can_send(kb, p)) == KB_PUB_OK &&
+		       k < burst && sent < budget) {
 			kb_pub_send(kb, i, now);
 			k++;
 			sent++;
 		}
-		misses = k ? 0 : misses + 1;
+		if (b == KB_PUB_BLOCKED_ALL)
+			break; /* stays first: it goes on when credit returns */
+		kb->ready_head = (kb->ready_head + 1) % kb->npubs;
+		kb->ready_n--;
+		p->queued = false;
+		if (b == KB_PUB_OK)
+			kb_pub_wake(kb, i); /* more to send: back of the queue */
 	}
 	if (kb->o.rate > 0)
 		kb->tokens -= sent;
@@ -706,8 +733,15 @@ static uint64_t turn(struct kb *kb, struct epoll_event *ev, uint64_t sleep_ns)
 {
 	struct timespec ts = {.tv_sec = (time_t)(sleep_ns / 1000000000ull),
 			      .tv_nsec = (long)(sleep_ns % 1000000000ull)};
-	uint64_t t0 = kb_now_ns();
+	/* Spinning is counted in CPU time, not wall time: on a shared
+	 * machine a spinning turn may be preempted, and wall time would then
+	 * count other processes' time as ours. The thread's CPU clock is read
+	 * only while idle turns follow each other (a stretch), so working
+	 * turns pay nothing for it. */
+	uint64_t cpu0 = kb->spin_from ? kb_thread_cpu_ns() : 0;
 	int n = epoll_pwait2(kb->epfd, ev, KB_EVENTS_MAX, &ts, NULL);
+	if (n > 0)
+		kb->io_polls++;
 	if (n < 0 && errno != EINTR) {
 		kb_error(kb, "epoll_pwait2: %s", strerror(errno));
 		kb->fatal = true;
@@ -727,8 +761,14 @@ static uint64_t turn(struct kb *kb, struct epoll_event *ev, uint64_t sleep_ns)
 	ping_scan(kb, now);
 	bool idle = n <= 0 && sent == 0 && kb->nflush == 0;
 	kb_flush_all(kb);
-	if (idle && kb->o.busy_poll && kb->phase == KB_PH_MEASURE)
-		kb->spin_ns += kb_now_ns() - t0;
+	bool counting = kb->o.busy_poll && kb->phase == KB_PH_MEASURE;
+	if (idle && counting && !kb->spin_from) {
+		kb->spin_from = kb_thread_cpu_ns();
+	} else if (kb->spin_from && (!idle || !counting)) {
+		/* The stretch ended when this turn began. */
+		kb->spin_ns += cpu0 - kb->spin_from;
+		kb->spin_from = 0;
+	}
 	poll_gap(kb, now);
 	return next_sleep(kb, phase_sleep, more);
 }
@@ -807,6 +847,11 @@ struct kb_result {
 	double broker_cpu_pct;
 	double hs_rate, cpu_ms_per_hs; /* storm */
 	double spin_s, gen_work_pct; /* busy-poll: spinning, and the rest */
+	/* The generator's own cost: working CPU (spinning left out) per
+	 * million deliveries, and per million messages it moved (publishes
+	 * sent + deliveries received). Less sensitive to other processes on
+	 * its CPU than its rates are. */
+	double gen_cpu_per_m, gen_cpu_per_m_msgs;
 	/* /proc/stat over the window: how busy each CPU was, and how much of
 	 * that was neither us nor the broker (other processes, interrupts). */
 	double gen_busy_pct, gen_foreign_pct, brk_busy_pct, brk_foreign_pct;
@@ -884,6 +929,13 @@ static void compute(struct kb *kb, struct kb_result *r)
 					    r->window_s
 				  : 0;
 	r->generator_bound = r->gen_work_pct > o->gen_bound_pct;
+	double work_s = fmax(0, r->self_cpu_s - r->spin_s);
+	r->gen_cpu_per_m = kb->recv_win ? work_s / ((double)kb->recv_win / 1e6)
+					: -1;
+	r->gen_cpu_per_m_msgs =
+		kb->recv_win + kb->sent_win
+			? work_s / ((double)(kb->recv_win + kb->sent_win) / 1e6)
+			: -1;
 	/* Which side limited the run: a saturation run should say "broker".
 	 * A broker spread over both CPUs shares the generator's: when both
 	 * are busy, neither side alone is the limit. */
@@ -1038,8 +1090,16 @@ static void report(struct kb *kb, const struct kb_result *r)
 	if (kb->broker_spread)
 		fprintf(f, "\"broker_spread\":true,\"both_cpus_foreign_pct\":%.1f,",
 			r->both_foreign_pct);
+	fprintf(f, "\"uring\":%s,", kb->uring ? "true" : "false");
 	fprintf(f, "\"busy_poll\":%s,\"gen_spin_s\":%.3f,\"gen_work_pct\":%.1f,",
 		o->busy_poll ? "true" : "false", r->spin_s, r->gen_work_pct);
+	fprintf(f, "\"gen_cpu_s_per_m\":%.4f,\"gen_cpu_s_per_m_msgs\":%.4f,"
+		   "\"gen_sends_in_window\":%llu,\"gen_recvs_in_window\":%llu,"
+		   "\"gen_polls_in_window\":%llu,",
+		r->gen_cpu_per_m, r->gen_cpu_per_m_msgs,
+		(unsigned long long)(kb->io_sends1 - kb->io_sends0),
+		(unsigned long long)(kb->io_recvs1 - kb->io_recvs0),
+		(unsigned long long)(kb->io_polls1 - kb->io_polls0));
 	fprintf(f, "\"gen_cpu_s\":%.3f,\"gen_cpu_pct\":%.1f,"
 		   "\"generator_bound\":%s,\"bottleneck\":\"%s\",\"ok\":%s,"
 		   "\"errors\":[",
@@ -1082,6 +1142,14 @@ static void report(struct kb *kb, const struct kb_result *r)
 	fprintf(f, " | gen CPU %.0f%%", r->gen_cpu_pct);
 	if (o->busy_poll)
 		fprintf(f, " (busy-poll, working %.0f%%)", r->gen_work_pct);
+	if (r->gen_cpu_per_m >= 0)
+		fprintf(f, ", %.3f CPU-s/M deliveries, %.2f sends + %.2f "
+			   "recvs per delivery",
+			r->gen_cpu_per_m,
+			(double)(kb->io_sends1 - kb->io_sends0) /
+				(double)kb->recv_win,
+			(double)(kb->io_recvs1 - kb->io_recvs0) /
+				(double)kb->recv_win);
 	fprintf(f, "%s%s", r->generator_bound ? " GENERATOR-BOUND" : "",
 		r->rate_met ? "" : " RATE-NOT-MET");
 	if (r->contended && kb->broker_spread)

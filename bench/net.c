@@ -12,6 +12,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <liburing.h>
+
 #include "bench/bench.h"
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
@@ -56,6 +58,20 @@ int kb_net_init(struct kb *kb)
 	kb->epfd = epoll_create1(EPOLL_CLOEXEC);
 	if (kb->epfd < 0)
 		return -1;
+	if (kb->o.uring && !kb->tp) {
+		/* SINGLE_ISSUER: only this thread submits. COOP_TASKRUN: no
+		 * interrupt to run task work, none is expected (the sends
+		 * complete inline). */
+		int rc = io_uring_queue_init(KB_URING_ENTRIES, &kb->ring,
+					     IORING_SETUP_SINGLE_ISSUER |
+						     IORING_SETUP_COOP_TASKRUN);
+		if (rc != 0) {
+			kb_error(kb, "io_uring_queue_init: %s: sending with "
+				     "send(2)", strerror(-rc));
+		} else {
+			kb->uring = true;
+		}
+	}
 	kb->scratch = malloc(KB_RECV_SCRATCH);
 	kb->flush = calloc(kb->nconns ? kb->nconns : 1, sizeof(*kb->flush));
 	if (!kb->scratch || !kb->flush)
@@ -208,6 +224,30 @@ void kb_wbuf_commit(struct kb *kb, struct kb_conn *c, size_t n)
 			   kb_ws_frame(c->wbuf + c->wlen, c->ws_room, 0x2, n));
 }
 
+/* After a send attempt: fails a connection the broker stopped reading,
+ * wakes a publisher whose socket drained, arms EPOLLOUT while bytes are
+ * left. Returns -1 when the connection must go. */
+static int conn_sent(struct kb *kb, uint32_t idx)
+{
+	struct kb_conn *c = &kb->conns[idx];
+	if (kb_conn_pending(c) > KB_WBUF_HARD) {
+		kb_error(kb, "connection %u: %u bytes unsent, broker not reading",
+			 idx, kb_conn_pending(c));
+		return -1;
+	}
+	if (c->role == KB_ROLE_PUB && kb_conn_pending(c) < KB_WBUF_SOFT)
+		kb_pub_wake(kb, c->role_idx);
+	bool want_out = kb_conn_pending(c) > 0;
+	if (want_out != c->out_armed) {
+		epoll_set(kb, idx, EPOLL_CTL_MOD,
+			  EPOLLIN | (want_out ? EPOLLOUT : 0));
+		c->out_armed = want_out;
+	}
+	if (!want_out)
+		c->woff = c->wlen = 0;
+	return 0;
+}
+
 /* Sends what is buffered; arms EPOLLOUT while the socket is full. Returns
  * -1 when the connection died. */
 static int conn_flush(struct kb *kb, uint32_t idx)
@@ -215,6 +255,7 @@ static int conn_flush(struct kb *kb, uint32_t idx)
 	struct kb_conn *c = &kb->conns[idx];
 	while (kb_conn_pending(c)) {
 		ssize_t n = c->tp->send(c, c->wbuf + c->woff, kb_conn_pending(c));
+		kb->io_sends++;
 		if (n > 0) {
 			c->woff += (uint32_t)n;
 			continue;
@@ -225,20 +266,7 @@ static int conn_flush(struct kb *kb, uint32_t idx)
 			continue;
 		return -1;
 	}
-	if (kb_conn_pending(c) > KB_WBUF_HARD) {
-		kb_error(kb, "connection %u: %u bytes unsent, broker not reading",
-			 idx, kb_conn_pending(c));
-		return -1;
-	}
-	bool want_out = kb_conn_pending(c) > 0;
-	if (want_out != c->out_armed) {
-		epoll_set(kb, idx, EPOLL_CTL_MOD,
-			  EPOLLIN | (want_out ? EPOLLOUT : 0));
-		c->out_armed = want_out;
-	}
-	if (!want_out)
-		c->woff = c->wlen = 0;
-	return 0;
+	return conn_sent(kb, idx);
 }
 
 static void conn_lost(struct kb *kb, uint32_t idx)
@@ -253,10 +281,89 @@ static void conn_lost(struct kb *kb, uint32_t idx)
 	kb_conn_close(kb, idx, false);
 }
 
+static void reap_sends(struct kb *kb)
+{
+	struct io_uring_cqe *cqe;
+	unsigned head, n = 0;
+	io_uring_for_each_cqe(&kb->ring, head, cqe)
+	{
+		uint32_t idx = (uint32_t)cqe->user_data;
+		struct kb_conn *c = &kb->conns[idx];
+		int res = cqe->res;
+		n++;
+		if (c->fd < 0)
+			continue;
+		if (res > 0)
+			c->woff += (uint32_t)res;
+		bool dead = res == 0 || (res < 0 && res != -EAGAIN &&
+					 res != -EINTR);
+		if (dead || conn_sent(kb, idx) != 0)
+			conn_lost(kb, idx);
+	}
+	io_uring_cq_advance(&kb->ring, n);
+}
+
+/* Plain TCP: one IORING_OP_SEND per connection with bytes to send, all
+ * submitted with one io_uring_enter. The sockets are non-blocking and the
+ * sends carry MSG_DONTWAIT, so each completes during the submit (a full
+ * socket answers -EAGAIN instead of arming a poll) and the turn sees every
+ * result before it ends, as with send(2). A short send means the socket
+ * is full: EPOLLOUT picks the rest up. */
+static void flush_uring(struct kb *kb)
+{
+	struct io_uring *ring = &kb->ring;
+	uint32_t queued = 0;
+	for (uint32_t i = 0; i <= kb->nflush; i++) {
+		bool last = i == kb->nflush;
+		struct io_uring_sqe *sqe = NULL;
+		uint32_t idx = last ? 0 : kb->flush[i];
+		struct kb_conn *c = &kb->conns[idx];
+		if (!last) {
+			c->dirty = false;
+			if (c->fd < 0 || c->state == KB_ST_TCP)
+				continue;
+			if (c->tp != &kb_transport_plain) {
+				if (conn_flush(kb, idx) != 0)
+					conn_lost(kb, idx);
+				continue;
+			}
+			if (!kb_conn_pending(c)) {
+				if (conn_sent(kb, idx) != 0)
+					conn_lost(kb, idx);
+				continue;
+			}
+			sqe = io_uring_get_sqe(ring);
+		}
+		if (queued && (last || !sqe)) {
+			/* Waiting for the whole batch costs nothing when every
+			 * send completed inline, and guarantees that no send
+			 * still reads a buffer the next turn may move. */
+			io_uring_submit_and_wait(ring, queued);
+			reap_sends(kb);
+			queued = 0;
+			if (!last)
+				sqe = io_uring_get_sqe(ring);
+		}
+		if (last)
+			break;
+		assert(sqe);
+		io_uring_prep_send(sqe, c->fd, c->wbuf + c->woff,
+				   kb_conn_pending(c), MSG_DONTWAIT | MSG_NOSIGNAL);
+		sqe->user_data = idx;
+		queued++;
+		kb->io_sends++;
+	}
+}
+
 void kb_flush_all(struct kb *kb)
 {
 	/* The list can grow while flushing only through kb_client_closed,
 	 * which never queues output, so one pass is enough. */
+	if (kb->uring) {
+		flush_uring(kb);
+		kb->nflush = 0;
+		return;
+	}
 	for (uint32_t i = 0; i < kb->nflush; i++) {
 		uint32_t idx = kb->flush[i];
 		struct kb_conn *c = &kb->conns[idx];
@@ -289,6 +396,7 @@ static int conn_read(struct kb *kb, uint32_t idx, uint64_t now)
 	size_t pend = framed ? kb_ws_take_pending(c, buf + have) : 0;
 	ssize_t n = c->tp->recv(c, buf + have + pend,
 				KB_RECV_SCRATCH - have - pend);
+	kb->io_recvs++;
 	if (n == 0)
 		return -1;
 	if (n < 0) {

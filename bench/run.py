@@ -1102,6 +1102,59 @@ def fmq_lines(doc, scs, runs):
     return L
 
 
+def gen_cost_lines(doc, scs, runs):
+    """The generator's own cost per scenario and broker: its working CPU
+    (busy-poll spinning left out) per million deliveries, its send and
+    receive calls per delivery, and that cost over the broker's. A ratio
+    of 0.5 or less means this generator core can load a broker twice as
+    cheap per delivery as the one measured."""
+    kinds = [k for k in BROKER_KINDS
+             if any(r["broker"] == k for r in doc["runs"])]
+    rows, limited = [], []
+    for sc in scs:
+        if sc["kind"] in ("idle", "storm"):
+            continue
+        for kind in kinds:
+            rec = runs.get((sc["name"], kind))
+            g = metric(rec, "gen_cpu_s_per_m")
+            if g is None:
+                continue
+            r = rec["result"]
+            d = r.get("deliveries_in_window") or 0
+            per = (lambda key: fmt(r[key] / d) if d and key in r else "–")
+            b = metric(rec, "broker_cpu_s_per_m")
+            calls = (r.get("gen_sends_in_window", 0)
+                     + r.get("gen_recvs_in_window", 0))
+            # CPU-s per million deliveries / calls per delivery = µs per
+            # call: what one send or receive costs the generator.
+            us_call = g * d / calls if d and calls else None
+            if sc["kind"] == "sat" and b and g >= b:
+                limited.append(f"{sc['name']} ({kind}, {g / b:.2f})")
+            rows.append(f"| {sc['name']} | {kind} | {fmt(g)} | "
+                        f"{fmt(b)} | {ratio(g, b).rstrip('×')} | "
+                        f"{per('gen_sends_in_window')} | "
+                        f"{per('gen_recvs_in_window')} | {fmt(us_call)} | "
+                        f"{fmt(metric(rec, 'gen_work_pct'))} |")
+    if not rows:
+        return []
+    return ["## Generator cost (kite-bench's own CPU)", "",
+            "Working CPU-s of kite-bench per million deliveries (spinning "
+            "left out, counted in thread CPU time), its send and receive "
+            "calls per delivery, and its cost over the broker's: at 0.5 or "
+            "less one generator core can load a broker twice as cheap as "
+            "this one. Per-million figures move less than rates when other "
+            "processes share the CPUs.", "",
+            "| scenario | broker | gen CPU-s/M | broker CPU-s/M | gen / broker "
+            "| sends / delivery | recvs / delivery | gen µs per call "
+            "| gen working % |",
+            "|---|---|---|---|---|---|---|---|---|"] + rows + [
+            "", "Saturation rows where the generator costs at least as much "
+            "per delivery as the broker (one generator core cannot saturate "
+            "this broker there, whatever the working share says; gen / "
+            "broker): " + (", ".join(limited) if limited else "none") + ".",
+            ""]
+
+
 def write_table(path, doc, scs):
     runs = median_runs(doc)
     # The persist-* rows have their own section (write_persist).
@@ -1362,6 +1415,7 @@ def write_table(path, doc, scs):
             for sc in scs) + " (Mosquitto / kite" + (" / kite-all" if all_on
                                                       else "") + ").")
         L.append("")
+    L += gen_cost_lines(doc, scs, runs)
     cont = [f"{r['scenario']} ({r['broker']})" for r in doc["runs"]
             if (r.get("result") or {}).get("contended")]
     L.append("Contended runs (more than 10% of CPU 0 or CPU 1 used by other "

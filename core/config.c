@@ -84,13 +84,18 @@ struct file_ctx {
 
 typedef int (*option_fn)(struct file_ctx *fc, const char *name, char *rest);
 
-/* How a table entry without a handler of its own is parsed. */
+/* How a table row's value is read (options with a handler of their own
+ * are in options[] and bridge_options[]). */
 enum opt_type {
-	OPT_CUSTOM = 0, /* fn parses it */
-	OPT_BOOL,	/* true/false/1/0 into a bool */
-	OPT_UINT,	/* lo..hi into a uint32_t or uint64_t (by size) */
-	OPT_STR,	/* the rest of the line, UTF-8, into char[size] */
-	OPT_WORD,	/* one word, UTF-8, into char[size] */
+	OPT_BOOL = 1, /* true/false/1/0 into a bool, or into an int (a
+			 tri-state whose default is -1) */
+	OPT_UINT,     /* lo..hi into an unsigned field of 1, 4 or 8 bytes */
+	OPT_INT,      /* lo..hi into an int */
+	OPT_STR,      /* the rest of the line into char[size]: paths may
+			 hold blanks and '#', as in Mosquitto */
+	OPT_WORD,     /* one word into char[size] */
+	OPT_ENUM,     /* one of .words, its value into a field of 1 or 4
+			 bytes; .expects lists them */
 };
 
 /* Where its value lives. */
@@ -99,37 +104,64 @@ enum opt_scope {
 	OPT_LISTENER,	/* the current struct kite_listener_cfg */
 	OPT_SECURITY,	/* struct kite_listener_sec: global, or the current
 			   listener's with per_listener_settings true */
+	OPT_BRIDGE,	/* the current struct kite_bridge_cfg: only inside a
+			   `connection` block */
 };
+
+/* Mosquitto reads a negative number as "no limit": 0 for OPT_UINT, -1 for
+ * OPT_INT. */
+#define OPT_NEG_OFF 1u
+/* OPT_STR and OPT_WORD: bytes handed on as they are (cipher lists for
+ * OpenSSL, a strftime format), not checked as UTF-8. */
+#define OPT_ANY_BYTES 2u
 
 struct option {
 	const char *name;
 	option_fn fn;
 };
 
+/* A word an OPT_ENUM row takes, and what it stores. */
+struct opt_word {
+	const char *word;
+	int value;
+};
+
 /* An option parsed by its type alone (issue 15's table): a new simple
  * option is one row in typed_options[], no handler. */
 struct typed_option {
 	const char *name;
-	uint8_t type, scope;
+	const char *expects; /* NULL: "a number LO-HI", or "a value" */
+	uint8_t type, scope, flags;
 	uint16_t size;
 	size_t off;
 	long long lo, hi;
+	const struct opt_word *words; /* OPT_ENUM: up to a NULL word */
 };
 
-/* Table rows for the typed entries: name, field, and for numbers the
- * accepted range. */
+/* Table rows: name, field (a member of the scope's struct), then the type
+ * with its range, and optionally .expects and .flags. */
 #define FIELD_SIZE(type, field) ((uint16_t)sizeof(((type *)0)->field))
-#define OPT_G(name, t, field, lo, hi)                                        \
-	{name, t, OPT_GLOBAL, FIELD_SIZE(struct kite_config, field),    \
-	 offsetof(struct kite_config, field), lo, hi}
-#define OPT_L(name, t, field, lo, hi)                                        \
-	{name, t, OPT_LISTENER,                                         \
-	 FIELD_SIZE(struct kite_listener_cfg, field),                         \
-	 offsetof(struct kite_listener_cfg, field), lo, hi}
-#define OPT_S(name, t, field, lo, hi)                                        \
-	{name, t, OPT_SECURITY,                                         \
-	 FIELD_SIZE(struct kite_listener_sec, field),                         \
-	 offsetof(struct kite_listener_sec, field), lo, hi}
+#define OPT_ROW(nm, sc, st, field, ...)                                      \
+	{.name = nm, .scope = sc, .size = FIELD_SIZE(st, field),              \
+	 .off = offsetof(st, field), __VA_ARGS__}
+#define OPT_G(nm, field, ...)                                                 \
+	OPT_ROW(nm, OPT_GLOBAL, struct kite_config, field, __VA_ARGS__)
+#define OPT_L(nm, field, ...)                                                 \
+	OPT_ROW(nm, OPT_LISTENER, struct kite_listener_cfg, field, __VA_ARGS__)
+#define OPT_S(nm, field, ...)                                                 \
+	OPT_ROW(nm, OPT_SECURITY, struct kite_listener_sec, field, __VA_ARGS__)
+#define OPT_B(nm, field, ...)                                                 \
+	OPT_ROW(nm, OPT_BRIDGE, struct kite_bridge_cfg, field, __VA_ARGS__)
+#define T_BOOL .type = OPT_BOOL
+#define T_UINT(l, h) .type = OPT_UINT, .lo = (l), .hi = (h)
+#define T_INT(l, h) .type = OPT_INT, .lo = (l), .hi = (h)
+#define T_STR .type = OPT_STR
+#define T_WORD .type = OPT_WORD
+#define T_ENUM(...)                                                           \
+	.type = OPT_ENUM,                                                     \
+	.words = (const struct opt_word[]){__VA_ARGS__, {NULL, 0}}
+#define STRINGIFY_(x) #x
+#define STRINGIFY(x) STRINGIFY_(x)
 
 /* ---- messages ---------------------------------------------------------- */
 
@@ -452,62 +484,6 @@ static int opt_bind_address(struct file_ctx *fc, const char *name, char *rest)
 	return 0;
 }
 
-/* max_connections N: for the current listener; negative = unlimited. */
-static int opt_max_connections(struct file_ctx *fc, const char *name,
-			       char *rest)
-{
-	long long n;
-	if (get_int(fc, name, rest, INT32_MIN, INT32_MAX,
-		    "a number (-1 for unlimited)", &n) < 0)
-		return -1;
-	fc->cur->max_connections = n < 0 ? -1 : (int)n;
-	return 0;
-}
-
-/* protocol mqtt|websockets: what the current listener speaks. */
-static int opt_protocol(struct file_ctx *fc, const char *name, char *rest)
-{
-	static const struct {
-		const char *word;
-		enum listener_protocol proto;
-	} protos[] = {
-		{"mqtt", LISTENER_PROTO_MQTT},
-		{"websockets", LISTENER_PROTO_WEBSOCKETS},
-		{"metrics", LISTENER_PROTO_METRICS}, /* kite's own */
-	};
-	char *word;
-	if (get_word(fc, name, rest, "mqtt, websockets or metrics", &word) < 0)
-		return -1;
-	for (size_t i = 0; i < sizeof(protos) / sizeof(protos[0]); i++) {
-		if (!strcmp(word, protos[i].word)) {
-			fc->cur->protocol = protos[i].proto;
-			return 0;
-		}
-	}
-	return fail(fc, "option '%s': expects mqtt, websockets or metrics, "
-		    "got '%s'", name, word);
-}
-
-/* http_dir DIR: files a WebSockets listener serves to plain GETs. */
-static int opt_http_dir(struct file_ctx *fc, const char *name, char *rest)
-{
-	if (get_rest(fc, name, rest, "a directory", fc->cur->http_dir,
-		     sizeof(fc->cur->http_dir)) < 0)
-		return -1;
-	return check_utf8(fc, name, fc->cur->http_dir);
-}
-
-static int opt_websockets_headers_size(struct file_ctx *fc, const char *name,
-				       char *rest)
-{
-	long long n;
-	if (get_int(fc, name, rest, 0, KITE_WS_HEADERS_SIZE_MAX,
-		    "a number of bytes (0 for the default)", &n) < 0)
-		return -1;
-	fc->st->cfg->websockets_headers_size = (uint32_t)n;
-	return 0;
-}
-
 /* A libwebsockets log mask in Mosquitto; kite has no libwebsockets and
  * logs WebSocket events under its own log_type bits. */
 static int opt_websockets_log_level(struct file_ctx *fc, const char *name,
@@ -556,38 +532,7 @@ static int opt_per_listener_settings(struct file_ctx *fc, const char *name,
 	return 0;
 }
 
-/* ---- global limits ----------------------------------------------------- */
-
-static int opt_max_keepalive(struct file_ctx *fc, const char *name, char *rest)
-{
-	long long n;
-	if (get_int(fc, name, rest, 10, 65535, "a number 10-65535", &n) < 0)
-		return -1;
-	fc->st->cfg->max_keepalive_s = (uint32_t)n;
-	return 0;
-}
-
-static int opt_max_packet_size(struct file_ctx *fc, const char *name,
-			       char *rest)
-{
-	long long n;
-	if (get_int(fc, name, rest, 20, INT32_MAX, "a number of bytes >= 20",
-		    &n) < 0)
-		return -1;
-	fc->st->cfg->max_packet_size = (uint32_t)n;
-	return 0;
-}
-
-static int opt_message_size_limit(struct file_ctx *fc, const char *name,
-				  char *rest)
-{
-	long long n;
-	if (get_int(fc, name, rest, 0, MQTT_PAYLOAD_MAX,
-		    "a number of bytes 0-268435455", &n) < 0)
-		return -1;
-	fc->st->cfg->message_size_limit = (uint32_t)n;
-	return 0;
-}
+/* ---- limits and persistence -------------------------------------------- */
 
 /* Mosquitto: negative or 65535 means no limit (0). */
 static int opt_max_inflight_messages(struct file_ctx *fc, const char *name,
@@ -600,108 +545,6 @@ static int opt_max_inflight_messages(struct file_ctx *fc, const char *name,
 	fc->st->cfg->max_inflight_messages =
 		(n < 0 || n == 65535) ? 0 : (uint32_t)n;
 	return 0;
-}
-
-/* Mosquitto: negative means no limit (0). */
-static int opt_max_queued_messages(struct file_ctx *fc, const char *name,
-				   char *rest)
-{
-	long long n;
-	if (get_int(fc, name, rest, INT32_MIN, INT32_MAX,
-		    "a number (0 for no limit)", &n) < 0)
-		return -1;
-	fc->st->cfg->max_queued_messages = n < 0 ? 0 : (uint32_t)n;
-	return 0;
-}
-
-/* Mosquitto: 0 (the default) or negative means no limit. */
-static int opt_max_queued_bytes(struct file_ctx *fc, const char *name,
-				char *rest)
-{
-	long long n;
-	if (get_int(fc, name, rest, INT64_MIN, INT64_MAX,
-		    "a number of bytes (0 for no limit)", &n) < 0)
-		return -1;
-	fc->st->cfg->max_queued_bytes = n < 0 ? 0 : (uint64_t)n;
-	return 0;
-}
-
-static int opt_sys_interval(struct file_ctx *fc, const char *name, char *rest)
-{
-	long long n;
-	if (get_int(fc, name, rest, 0, 65535, "a number of seconds 0-65535",
-		    &n) < 0)
-		return -1;
-	fc->st->cfg->sys_interval_s = (uint32_t)n;
-	return 0;
-}
-
-static int opt_shards(struct file_ctx *fc, const char *name, char *rest)
-{
-	char expects[48];
-	long long n;
-	snprintf(expects, sizeof(expects), "a number 0-%d (0 = one per CPU)",
-		 KITE_SHARDS_MAX);
-	if (get_int(fc, name, rest, 0, KITE_SHARDS_MAX, expects, &n) < 0)
-		return -1;
-	fc->st->cfg->shards = (unsigned)n;
-	return 0;
-}
-
-static int opt_retain_available(struct file_ctx *fc, const char *name,
-				char *rest)
-{
-	return get_bool(fc, name, rest, &fc->st->cfg->retain_available);
-}
-
-static int opt_connection_messages(struct file_ctx *fc, const char *name,
-				   char *rest)
-{
-	return get_bool(fc, name, rest, &fc->st->cfg->connection_messages);
-}
-
-static int opt_persistence(struct file_ctx *fc, const char *name, char *rest)
-{
-	return get_bool(fc, name, rest, &fc->st->cfg->persistence);
-}
-
-static int opt_persistence_location(struct file_ctx *fc, const char *name,
-				    char *rest)
-{
-	struct kite_config *cfg = fc->st->cfg;
-	return get_rest(fc, name, rest, "a directory", cfg->persistence_location,
-			sizeof(cfg->persistence_location)) < 0 ||
-			       check_utf8(fc, name, cfg->persistence_location) < 0
-		       ? -1
-		       : 0;
-}
-
-static int opt_persistence_file(struct file_ctx *fc, const char *name,
-				char *rest)
-{
-	struct kite_config *cfg = fc->st->cfg;
-	if (get_rest(fc, name, rest, "a file name", cfg->persistence_file,
-		     sizeof(cfg->persistence_file)) < 0 ||
-	    check_utf8(fc, name, cfg->persistence_file) < 0)
-		return -1;
-	return 0;
-}
-
-static int opt_autosave_interval(struct file_ctx *fc, const char *name,
-				 char *rest)
-{
-	long long n;
-	if (get_int(fc, name, rest, 0, INT32_MAX, "a number of seconds (or "
-		    "changes) >= 0", &n) < 0)
-		return -1;
-	fc->st->cfg->autosave_interval_s = (uint32_t)n;
-	return 0;
-}
-
-static int opt_autosave_on_changes(struct file_ctx *fc, const char *name,
-				   char *rest)
-{
-	return get_bool(fc, name, rest, &fc->st->cfg->autosave_on_changes);
 }
 
 /* Mosquitto's form: a number and one of h d w m y (30-day months). */
@@ -873,30 +716,6 @@ static int opt_log_type(struct file_ctx *fc, const char *name, char *rest)
 	}
 	return fail(fc, "option '%s': expects %s, got '%s'", name, expects,
 		    word);
-}
-
-static int opt_log_facility(struct file_ctx *fc, const char *name, char *rest)
-{
-	long long v;
-	if (get_int(fc, name, rest, 0, 7, "a number 0-7 (local0-local7)",
-		    &v) < 0)
-		return -1;
-	fc->st->cfg->log_facility = (int)v;
-	return 0;
-}
-
-static int opt_log_timestamp(struct file_ctx *fc, const char *name, char *rest)
-{
-	return get_bool(fc, name, rest, &fc->st->cfg->log_timestamp);
-}
-
-static int opt_log_timestamp_format(struct file_ctx *fc, const char *name,
-				    char *rest)
-{
-	struct kite_config *cfg = fc->st->cfg;
-	return get_rest(fc, name, rest, "a strftime format",
-			cfg->log_timestamp_format,
-			sizeof(cfg->log_timestamp_format));
 }
 
 static int opt_log_format(struct file_ctx *fc, const char *name, char *rest)
@@ -1098,49 +917,11 @@ static int opt_include_dir(struct file_ctx *fc, const char *name, char *rest)
 	return rc;
 }
 
-/* ---- dispatch ---------------------------------------------------------- */
-
 /* ---- TLS (always listener options, as in Mosquitto) ------------------- */
-
-static struct kite_tls_cfg *cur_tls(struct file_ctx *fc)
-{
-	return &fc->cur->tls;
-}
-
-#define TLS_PATH_OPT(field)                                                   \
-	static int opt_##field(struct file_ctx *fc, const char *name,         \
-			       char *rest)                                    \
-	{                                                                     \
-		struct kite_tls_cfg *t = cur_tls(fc);                         \
-		if (get_rest(fc, name, rest, "a path", t->field,              \
-			     sizeof(t->field)) < 0)                           \
-			return -1;                                            \
-		return check_utf8(fc, name, t->field);                        \
-	}
-TLS_PATH_OPT(cafile)
-TLS_PATH_OPT(capath)
-TLS_PATH_OPT(certfile)
-TLS_PATH_OPT(keyfile)
-TLS_PATH_OPT(crlfile)
-TLS_PATH_OPT(dhparamfile)
-
-static int opt_ciphers(struct file_ctx *fc, const char *name, char *rest)
-{
-	struct kite_tls_cfg *t = cur_tls(fc);
-	return get_rest(fc, name, rest, "a cipher list", t->ciphers,
-			sizeof(t->ciphers));
-}
-
-static int opt_ciphers_tls13(struct file_ctx *fc, const char *name, char *rest)
-{
-	struct kite_tls_cfg *t = cur_tls(fc);
-	return get_rest(fc, name, rest, "a TLS 1.3 cipher suite list",
-			t->ciphers_tls13, sizeof(t->ciphers_tls13));
-}
 
 static int opt_tls_version(struct file_ctx *fc, const char *name, char *rest)
 {
-	struct kite_tls_cfg *t = cur_tls(fc);
+	struct kite_tls_cfg *t = &fc->cur->tls;
 	char *word;
 	if (get_word(fc, name, rest, "tlsv1.2 or tlsv1.3", &word) < 0)
 		return -1;
@@ -1152,24 +933,6 @@ static int opt_tls_version(struct file_ctx *fc, const char *name, char *rest)
 				"'%s'", name, word);
 	snprintf(t->tls_version, sizeof(t->tls_version), "%s", word);
 	return 0;
-}
-
-static int opt_require_certificate(struct file_ctx *fc, const char *name,
-				   char *rest)
-{
-	return get_bool(fc, name, rest, &cur_tls(fc)->require_certificate);
-}
-
-static int opt_use_identity_as_username(struct file_ctx *fc, const char *name,
-					char *rest)
-{
-	return get_bool(fc, name, rest, &cur_tls(fc)->use_identity_as_username);
-}
-
-static int opt_use_subject_as_username(struct file_ctx *fc, const char *name,
-				       char *rest)
-{
-	return get_bool(fc, name, rest, &cur_tls(fc)->use_subject_as_username);
 }
 
 /* ---- ACL and password files (scoped like allow_anonymous) ------------- */
@@ -1196,25 +959,6 @@ static int opt_password_file(struct file_ctx *fc, const char *name, char *rest)
 			     fc->cur->password_file);
 }
 
-static int opt_max_qos(struct file_ctx *fc, const char *name, char *rest)
-{
-	long long n;
-	if (get_int(fc, name, rest, 0, 2, "a number 0-2", &n) < 0)
-		return -1;
-	fc->st->cfg->max_qos = (uint8_t)n;
-	return 0;
-}
-
-static int opt_max_topic_alias(struct file_ctx *fc, const char *name,
-			       char *rest)
-{
-	long long n;
-	if (get_int(fc, name, rest, 0, 65535, "a number 0-65535", &n) < 0)
-		return -1;
-	fc->st->cfg->max_topic_alias = (uint32_t)n;
-	return 0;
-}
-
 /* ---- kite's flood filter ---------------------------------------------- */
 
 static int opt_flood_filter_interface(struct file_ctx *fc, const char *name,
@@ -1234,28 +978,6 @@ static int opt_flood_filter_interface(struct file_ctx *fc, const char *name,
 	return 0;
 }
 
-#define FLOOD_NUM_OPT(field, lo, hi)                                          \
-	static int opt_##field(struct file_ctx *fc, const char *name,         \
-			       char *rest)                                    \
-	{                                                                     \
-		long long n;                                                  \
-		if (get_int(fc, name, rest, lo, hi, "a number " #lo "-" #hi,  \
-			    &n) < 0)                                          \
-			return -1;                                            \
-		fc->st->cfg->field = (uint32_t)n;                             \
-		return 0;                                                     \
-	}
-FLOOD_NUM_OPT(flood_filter_syn_rate, 1, 1000000)
-FLOOD_NUM_OPT(flood_filter_syn_burst, 1, 1000000)
-FLOOD_NUM_OPT(flood_filter_strikes, 1, 1000)
-FLOOD_NUM_OPT(flood_filter_block_seconds, 1, 86400)
-
-static int opt_flood_filter_required(struct file_ctx *fc, const char *name,
-				     char *rest)
-{
-	return get_bool(fc, name, rest, &fc->st->cfg->flood_filter_required);
-}
-
 /* ---- typed options (the table's rows without a handler) --------------- */
 
 static void *option_field(struct file_ctx *fc, const struct typed_option *o)
@@ -1269,62 +991,116 @@ static void *option_field(struct file_ctx *fc, const struct typed_option *o)
 		return (char *)(st->cfg->per_listener_settings ? &fc->cur->sec
 							       : &st->cfg->sec) +
 		       o->off;
+	case OPT_BRIDGE:
+		return (char *)&st->cfg->bridges[st->cfg->bridge_count - 1] +
+		       o->off;
 	default:
 		return (char *)st->cfg + o->off;
 	}
 }
 
+static int typed_bool(struct file_ctx *fc, const struct typed_option *o,
+		      char *rest, void *dst)
+{
+	bool v;
+	assert(o->size == sizeof(int) || o->size == sizeof(bool));
+	if (get_bool(fc, o->name, rest, &v) < 0)
+		return -1;
+	if (o->size == sizeof(int))
+		*(int *)dst = v;
+	else
+		*(bool *)dst = v;
+	return 0;
+}
+
+static int typed_number(struct file_ctx *fc, const struct typed_option *o,
+			char *rest, void *dst)
+{
+	char buf[64];
+	const char *expects = o->expects;
+	long long n;
+	assert(o->type == OPT_INT ? o->size == sizeof(int)
+				  : o->size == 1 || o->size == 4 || o->size == 8);
+	if (!expects) {
+		snprintf(buf, sizeof(buf), "a number %lld-%lld", o->lo, o->hi);
+		expects = buf;
+	}
+	if (get_int(fc, o->name, rest, o->lo, o->hi, expects, &n) < 0)
+		return -1;
+	if ((o->flags & OPT_NEG_OFF) && n < 0)
+		n = o->type == OPT_INT ? -1 : 0;
+	if (o->type == OPT_INT)
+		*(int *)dst = (int)n;
+	else if (o->size == sizeof(uint64_t))
+		*(uint64_t *)dst = (uint64_t)n;
+	else if (o->size == sizeof(uint32_t))
+		*(uint32_t *)dst = (uint32_t)n;
+	else
+		*(uint8_t *)dst = (uint8_t)n;
+	return 0;
+}
+
+static int typed_string(struct file_ctx *fc, const struct typed_option *o,
+			char *rest, char *dst)
+{
+	const char *expects = o->expects ? o->expects : "a value";
+	bool utf8 = !(o->flags & OPT_ANY_BYTES);
+	char *word;
+	if (o->type == OPT_STR) {
+		if (get_rest(fc, o->name, rest, expects, dst, o->size) < 0)
+			return -1;
+		return utf8 ? check_utf8(fc, o->name, dst) : 0;
+	}
+	if (get_word(fc, o->name, rest, expects, &word) < 0 ||
+	    (utf8 && check_utf8(fc, o->name, word) < 0))
+		return -1;
+	if (strlen(word) >= o->size)
+		return fail(fc, "option '%s': value longer than %u bytes",
+			    o->name, o->size - 1u);
+	memcpy(dst, word, strlen(word) + 1);
+	return 0;
+}
+
+static int typed_enum(struct file_ctx *fc, const struct typed_option *o,
+		      char *rest, void *dst)
+{
+	char *word;
+	assert(o->expects && (o->size == sizeof(int) || o->size == 1));
+	if (get_word(fc, o->name, rest, o->expects, &word) < 0)
+		return -1;
+	for (const struct opt_word *w = o->words; w->word; w++) {
+		if (strcmp(word, w->word))
+			continue;
+		if (o->size == sizeof(int))
+			*(int *)dst = w->value;
+		else
+			*(uint8_t *)dst = (uint8_t)w->value;
+		return 0;
+	}
+	return fail(fc, "option '%s': expects %s, got '%s'", o->name,
+		    o->expects, word);
+}
+
 static int opt_typed(struct file_ctx *fc, const struct typed_option *o,
 		     char *rest)
 {
+	if (o->scope == OPT_BRIDGE && !fc->bridge)
+		return fail(fc, "option '%s' is only valid in a bridge "
+				"('connection') block", o->name);
 	void *dst = option_field(fc, o);
-	char expects[64], *word;
-	long long n;
 	switch (o->type) {
 	case OPT_BOOL:
-		return get_bool(fc, o->name, rest, dst);
+		return typed_bool(fc, o, rest, dst);
 	case OPT_UINT:
-		snprintf(expects, sizeof(expects), "a number %lld-%lld", o->lo,
-			 o->hi);
-		if (get_int(fc, o->name, rest, o->lo, o->hi, expects, &n) < 0)
-			return -1;
-		if (o->size == sizeof(uint64_t))
-			*(uint64_t *)dst = (uint64_t)n;
-		else
-			*(uint32_t *)dst = (uint32_t)n;
-		return 0;
+	case OPT_INT:
+		return typed_number(fc, o, rest, dst);
 	case OPT_STR:
-		if (get_rest(fc, o->name, rest, "a value", dst, o->size) < 0)
-			return -1;
-		return check_utf8(fc, o->name, dst);
 	case OPT_WORD:
-		if (get_word(fc, o->name, rest, "a value", &word) < 0 ||
-		    check_utf8(fc, o->name, word) < 0)
-			return -1;
-		if (strlen(word) >= o->size)
-			return fail(fc, "option '%s': value longer than %u bytes",
-				    o->name, o->size - 1u);
-		memcpy(dst, word, strlen(word) + 1);
-		return 0;
+		return typed_string(fc, o, rest, dst);
+	case OPT_ENUM:
+		return typed_enum(fc, o, rest, dst);
 	}
 	return fail(fc, "option '%s': bad table entry", o->name);
-}
-
-/* ---- Mosquitto's other general and listener options ------------------- */
-
-static int opt_socket_domain(struct file_ctx *fc, const char *name, char *rest)
-{
-	char *word;
-	if (get_word(fc, name, rest, "ipv4 or ipv6", &word) < 0)
-		return -1;
-	if (!strcmp(word, "ipv4"))
-		fc->cur->socket_domain = KITE_DOMAIN_IPV4;
-	else if (!strcmp(word, "ipv6"))
-		fc->cur->socket_domain = KITE_DOMAIN_IPV6;
-	else
-		return fail(fc, "option '%s': expects ipv4 or ipv6, got '%s'",
-			    name, word);
-	return 0;
 }
 
 /* mount_point PREFIX: a topic prefix, so no wildcard (Mosquitto checks it
@@ -1426,8 +1202,6 @@ static int opt_plugin(struct file_ctx *fc, const char *name, char *rest)
 		    name, word);
 }
 
-/* ---- the table ---------------------------------------------------------- */
-
 /* ---- bridges: `connection NAME` and the options of its block ------------
  *
  * Mosquitto 2.0.11's names. A bridge option outside a connection block
@@ -1473,21 +1247,6 @@ static int opt_connection(struct file_ctx *fc, const char *name, char *rest)
 	b->line = fc->line;
 	cfg->bridge_count++;
 	fc->bridge = true;
-	return 0;
-}
-
-static int bridge_str(struct file_ctx *fc, const char *name, char *rest,
-		      char *dst, size_t cap)
-{
-	char *word;
-	if (get_word(fc, name, rest, "a value", &word) < 0)
-		return -1;
-	if (strlen(word) >= cap)
-		return fail(fc, "option '%s': value longer than %zu bytes",
-			    name, cap - 1);
-	if (check_utf8(fc, name, word) < 0)
-		return -1;
-	strcpy(dst, word);
 	return 0;
 }
 
@@ -1608,86 +1367,6 @@ static int bopt_topic(struct file_ctx *fc, const char *name, char *rest)
 	return 0;
 }
 
-static int bopt_bool(struct file_ctx *fc, const char *name, char *rest)
-{
-	struct kite_bridge_cfg *b = cur_bridge(fc);
-	static const struct {
-		const char *name;
-		size_t off;
-	} bools[] = {
-		{"bridge_attempt_unsubscribe", offsetof(struct kite_bridge_cfg, attempt_unsubscribe)},
-		{"bridge_insecure", offsetof(struct kite_bridge_cfg, insecure)},
-		{"bridge_outgoing_retain", offsetof(struct kite_bridge_cfg, outgoing_retain)},
-		{"cleansession", offsetof(struct kite_bridge_cfg, cleansession)},
-		{"notifications", offsetof(struct kite_bridge_cfg, notifications)},
-		{"notifications_local_only", offsetof(struct kite_bridge_cfg, notifications_local_only)},
-		{"round_robin", offsetof(struct kite_bridge_cfg, round_robin)},
-		{"try_private", offsetof(struct kite_bridge_cfg, try_private)},
-	};
-	for (size_t i = 0; i < sizeof(bools) / sizeof(bools[0]); i++)
-		if (!strcmp(name, bools[i].name))
-			return get_bool(fc, name, rest,
-					(bool *)((char *)b + bools[i].off));
-	assert(!"bridge bool option missing from its table");
-	return -1;
-}
-
-static int bopt_local_cleansession(struct file_ctx *fc, const char *name,
-				   char *rest)
-{
-	bool v;
-	if (get_bool(fc, name, rest, &v) < 0)
-		return -1;
-	cur_bridge(fc)->local_cleansession = v;
-	return 0;
-}
-
-static int bopt_string(struct file_ctx *fc, const char *name, char *rest)
-{
-	struct kite_bridge_cfg *b = cur_bridge(fc);
-	static const struct {
-		const char *name;
-		size_t off, cap;
-	} strs[] = {
-#define BSTR(n, f) {n, offsetof(struct kite_bridge_cfg, f), sizeof(((struct kite_bridge_cfg *)0)->f)}
-		BSTR("bridge_alpn", alpn),
-		BSTR("bridge_bind_address", bind_address),
-		BSTR("clientid", remote_clientid),
-		BSTR("local_clientid", local_clientid),
-		BSTR("local_password", local_password),
-		BSTR("local_username", local_username),
-		BSTR("notification_topic", notification_topic),
-		BSTR("password", remote_password),
-		BSTR("remote_clientid", remote_clientid),
-		BSTR("remote_password", remote_password),
-		BSTR("remote_username", remote_username),
-		BSTR("username", remote_username),
-#undef BSTR
-	};
-	for (size_t i = 0; i < sizeof(strs) / sizeof(strs[0]); i++) {
-		if (strcmp(name, strs[i].name))
-			continue;
-		if (bridge_str(fc, name, rest, (char *)b + strs[i].off,
-			       strs[i].cap) < 0)
-			return -1;
-		if (strstr(name, "password") && strncmp(name, "local", 5))
-			b->remote_password_set = true;
-		return 0;
-	}
-	assert(!"bridge string option missing from its table");
-	return -1;
-}
-
-static int bopt_path(struct file_ctx *fc, const char *name, char *rest)
-{
-	struct kite_bridge_cfg *b = cur_bridge(fc);
-	char *dst = !strcmp(name, "bridge_cafile")	 ? b->cafile
-		    : !strcmp(name, "bridge_capath")	 ? b->capath
-		    : !strcmp(name, "bridge_certfile") ? b->certfile
-						       : b->keyfile;
-	return get_rest(fc, name, rest, "a path", dst, KITE_PATH_MAX);
-}
-
 static int bopt_tls_version(struct file_ctx *fc, const char *name, char *rest)
 {
 	char *word;
@@ -1697,47 +1376,6 @@ static int bopt_tls_version(struct file_ctx *fc, const char *name, char *rest)
 		return fail(fc, "option '%s': expects tlsv1.2 or tlsv1.3, got "
 				"'%s' (older versions are refused)", name, word);
 	strcpy(cur_bridge(fc)->tls_version, word);
-	return 0;
-}
-
-static int bopt_protocol(struct file_ctx *fc, const char *name, char *rest)
-{
-	char *word;
-	if (get_word(fc, name, rest, "mqttv31, mqttv311 or mqttv50", &word) < 0)
-		return -1;
-	uint8_t v = !strcmp(word, "mqttv31")    ? 3
-		    : !strcmp(word, "mqttv311") ? 4
-		    : !strcmp(word, "mqttv50")	? 5
-						: 0;
-	if (!v)
-		return fail(fc, "option '%s': expects mqttv31, mqttv311 or "
-				"mqttv50, got '%s'", name, word);
-	cur_bridge(fc)->protocol = v;
-	return 0;
-}
-
-static int bopt_uint(struct file_ctx *fc, const char *name, char *rest)
-{
-	struct kite_bridge_cfg *b = cur_bridge(fc);
-	long long v;
-	if (!strcmp(name, "keepalive_interval")) {
-		if (get_int(fc, name, rest, 5, 65535, "5-65535 seconds", &v) < 0)
-			return -1;
-		b->keepalive_s = (uint32_t)v;
-	} else if (!strcmp(name, "bridge_max_packet_size")) {
-		if (get_int(fc, name, rest, 0, MQTT_VARINT_MAX + 5ll,
-			    "a size in bytes", &v) < 0)
-			return -1;
-		b->max_packet_size = (uint32_t)v;
-	} else if (!strcmp(name, "idle_timeout")) {
-		if (get_int(fc, name, rest, 1, UINT32_MAX, "seconds", &v) < 0)
-			return -1;
-		b->idle_timeout_s = (uint32_t)v;
-	} else {
-		if (get_int(fc, name, rest, 1, UINT32_MAX, "a count", &v) < 0)
-			return -1;
-		b->threshold = (uint32_t)v;
-	}
 	return 0;
 }
 
@@ -1758,59 +1396,12 @@ static int bopt_restart_timeout(struct file_ctx *fc, const char *name,
 	return 0;
 }
 
-static int bopt_start_type(struct file_ctx *fc, const char *name, char *rest)
-{
-	char *word;
-	if (get_word(fc, name, rest, "automatic, lazy or once", &word) < 0)
-		return -1;
-	uint8_t t = !strcmp(word, "automatic") ? 0
-		    : !strcmp(word, "lazy")    ? 1
-		    : !strcmp(word, "once")    ? 2
-					       : 3;
-	if (t == 3)
-		return fail(fc, "option '%s': expects automatic, lazy or once, "
-				"got '%s'", name, word);
-	cur_bridge(fc)->start_type = t;
-	return 0;
-}
-
 static const struct option bridge_options[] = {
 	{"address", bopt_address},
 	{"addresses", bopt_address},
-	{"bridge_alpn", bopt_string},
-	{"bridge_attempt_unsubscribe", bopt_bool},
-	{"bridge_bind_address", bopt_string},
-	{"bridge_cafile", bopt_path},
-	{"bridge_capath", bopt_path},
-	{"bridge_certfile", bopt_path},
-	{"bridge_insecure", bopt_bool},
-	{"bridge_keyfile", bopt_path},
-	{"bridge_max_packet_size", bopt_uint},
-	{"bridge_outgoing_retain", bopt_bool},
-	{"bridge_protocol_version", bopt_protocol},
 	{"bridge_tls_version", bopt_tls_version},
-	{"cleansession", bopt_bool},
-	{"clientid", bopt_string},
-	{"idle_timeout", bopt_uint},
-	{"keepalive_interval", bopt_uint},
-	{"local_cleansession", bopt_local_cleansession},
-	{"local_clientid", bopt_string},
-	{"local_password", bopt_string},
-	{"local_username", bopt_string},
-	{"notification_topic", bopt_string},
-	{"notifications", bopt_bool},
-	{"notifications_local_only", bopt_bool},
-	{"password", bopt_string},
-	{"remote_clientid", bopt_string},
-	{"remote_password", bopt_string},
-	{"remote_username", bopt_string},
 	{"restart_timeout", bopt_restart_timeout},
-	{"round_robin", bopt_bool},
-	{"start_type", bopt_start_type},
-	{"threshold", bopt_uint},
 	{"topic", bopt_topic},
-	{"try_private", bopt_bool},
-	{"username", bopt_string},
 };
 
 /* 1: not a bridge option; else the option's result. */
@@ -1838,6 +1429,9 @@ static int bridges_finalize(struct kite_config *cfg, char *err, size_t errlen)
 	for (unsigned i = 0; i < cfg->bridge_count; i++) {
 		struct kite_bridge_cfg *b = &cfg->bridges[i];
 		const char *why = NULL;
+		/* password and remote_password fill it; a value is never
+		 * empty */
+		b->remote_password_set = b->remote_password[0] != '\0';
 		if (!b->addr_count)
 			why = "has no address";
 		else if (!b->topic_count)
@@ -1871,99 +1465,185 @@ static int bridges_finalize(struct kite_config *cfg, char *err, size_t errlen)
 	return 0;
 }
 
+/* ---- the tables and dispatch ------------------------------------------- */
+
+/* Options with a handler of their own: a value of its own form, or
+ * state beyond one field. */
 static const struct option options[] = {
 	{"acl_file", opt_acl_file},
 	{"allow_anonymous", opt_allow_anonymous},
-	{"cafile", opt_cafile},
-	{"capath", opt_capath},
-	{"certfile", opt_certfile},
-	{"ciphers", opt_ciphers},
-	{"ciphers_tls1.3", opt_ciphers_tls13},
-	{"crlfile", opt_crlfile},
-	{"dhparamfile", opt_dhparamfile},
-	{"flood_filter_block_seconds", opt_flood_filter_block_seconds},
 	{"flood_filter_interface", opt_flood_filter_interface},
-	{"flood_filter_required", opt_flood_filter_required},
-	{"flood_filter_strikes", opt_flood_filter_strikes},
-	{"flood_filter_syn_burst", opt_flood_filter_syn_burst},
-	{"flood_filter_syn_rate", opt_flood_filter_syn_rate},
-	{"http_dir", opt_http_dir},
-	{"protocol", opt_protocol},
-	{"websockets_headers_size", opt_websockets_headers_size},
 	{"websockets_log_level", opt_websockets_log_level},
-	{"keyfile", opt_keyfile},
-	{"max_qos", opt_max_qos},
-	{"maximum_qos", opt_max_qos}, /* Mosquitto's other name for it */
-	{"max_topic_alias", opt_max_topic_alias},
 	{"password_file", opt_password_file},
-	{"require_certificate", opt_require_certificate},
 	{"tls_version", opt_tls_version},
-	{"use_identity_as_username", opt_use_identity_as_username},
-	{"use_subject_as_username", opt_use_subject_as_username},
 	{"bind_address", opt_bind_address},
-	{"connection_messages", opt_connection_messages},
 	{"include_dir", opt_include_dir},
 	{"listener", opt_listener},
 	{"log_dest", opt_log_dest},
-	{"log_facility", opt_log_facility},
 	{"log_format", opt_log_format}, /* kite's own */
-	{"log_timestamp", opt_log_timestamp},
-	{"log_timestamp_format", opt_log_timestamp_format},
 	{"log_type", opt_log_type},
-	{"max_connections", opt_max_connections},
 	{"max_inflight_messages", opt_max_inflight_messages},
-	{"max_keepalive", opt_max_keepalive},
-	{"max_packet_size", opt_max_packet_size},
-	{"max_queued_messages", opt_max_queued_messages},
-	{"max_queued_bytes", opt_max_queued_bytes},
-	{"message_size_limit", opt_message_size_limit},
 	{"per_listener_settings", opt_per_listener_settings},
 	{"pid_file", opt_pid_file},
-	{"autosave_interval", opt_autosave_interval},
-	{"autosave_on_changes", opt_autosave_on_changes},
-	{"persistence", opt_persistence},
-	{"persistence_file", opt_persistence_file},
-	{"persistence_location", opt_persistence_location},
 	{"persistence_sync", opt_persistence_sync},
 	{"persistent_client_expiration", opt_persistent_client_expiration},
 	{"port", opt_port},
-	{"retain_available", opt_retain_available},
-	{"shards", opt_shards}, /* kite's own */
-	{"sys_interval", opt_sys_interval},
 	{"allow_duplicate_messages", opt_allow_duplicate_messages},
 	{"auth_plugin", opt_plugin},
 	{"mount_point", opt_mount_point},
 	{"plugin", opt_plugin},
 	{"retry_interval", opt_retry_interval},
-	{"socket_domain", opt_socket_domain},
 	{"tls_engine", opt_tls_engine},
 	{"tls_engine_kpass_sha1", opt_tls_engine},
 	{"tls_keyform", opt_tls_keyform},
 	{"user", opt_user},
 };
 
-/* name, type, field, range (numbers only). */
+/* Every option of one shape: name, field, type and range, and what the
+ * error says the option expects when the range alone does not. */
 static const struct typed_option typed_options[] = {
-	OPT_S("allow_zero_length_clientid", OPT_BOOL,
-	      allow_zero_length_clientid, 0, 0),
-	OPT_S("auto_id_prefix", OPT_STR, auto_id_prefix, 0, 0),
-	OPT_S("psk_file", OPT_STR, psk_file, 0, 0),
-	OPT_L("bind_interface", OPT_WORD, bind_interface, 0, 0),
-	OPT_L("enable_proxy_protocol", OPT_UINT, proxy_protocol, 1, 2),
-	OPT_L("psk_hint", OPT_STR, psk_hint, 0, 0),
-	OPT_L("use_username_as_clientid", OPT_BOOL, use_username_as_clientid,
-	      0, 0),
-	OPT_G("check_retain_source", OPT_BOOL, check_retain_source, 0, 0),
-	OPT_G("clientid_prefixes", OPT_WORD, clientid_prefixes, 0, 0),
+	/* general */
+	OPT_G("autosave_interval", autosave_interval_s, T_UINT(0, INT32_MAX),
+	      .expects = "a number of seconds (or changes) >= 0"),
+	OPT_G("autosave_on_changes", autosave_on_changes, T_BOOL),
+	OPT_G("check_retain_source", check_retain_source, T_BOOL),
+	OPT_G("clientid_prefixes", clientid_prefixes, T_WORD),
 	/* kite's own: the cluster (docs/CLUSTER.md). */
-	OPT_G("cluster_nats_url", OPT_WORD, cluster_nats_url, 0, 0),
-	OPT_G("cluster_node_name", OPT_WORD, cluster_node_name, 0, 0),
-	OPT_G("max_inflight_bytes", OPT_UINT, max_inflight_bytes, 0,
-	      UINT32_MAX),
-	OPT_G("memory_limit", OPT_UINT, memory_limit, 0, INT64_MAX),
-	OPT_G("queue_qos0_messages", OPT_BOOL, queue_qos0_messages, 0, 0),
-	OPT_G("set_tcp_nodelay", OPT_BOOL, set_tcp_nodelay, 0, 0),
-	OPT_G("upgrade_outgoing_qos", OPT_BOOL, upgrade_outgoing_qos, 0, 0),
+	OPT_G("cluster_nats_url", cluster_nats_url, T_WORD),
+	OPT_G("cluster_node_name", cluster_node_name, T_WORD),
+	OPT_G("connection_messages", connection_messages, T_BOOL),
+	/* kite's own: the XDP flood filter. */
+	OPT_G("flood_filter_block_seconds", flood_filter_block_seconds,
+	      T_UINT(1, 86400)),
+	OPT_G("flood_filter_required", flood_filter_required, T_BOOL),
+	OPT_G("flood_filter_strikes", flood_filter_strikes, T_UINT(1, 1000)),
+	OPT_G("flood_filter_syn_burst", flood_filter_syn_burst,
+	      T_UINT(1, 1000000)),
+	OPT_G("flood_filter_syn_rate", flood_filter_syn_rate,
+	      T_UINT(1, 1000000)),
+	OPT_G("log_facility", log_facility, T_INT(0, 7),
+	      .expects = "a number 0-7 (local0-local7)"),
+	OPT_G("log_timestamp", log_timestamp, T_BOOL),
+	OPT_G("log_timestamp_format", log_timestamp_format, T_STR,
+	      .expects = "a strftime format", .flags = OPT_ANY_BYTES),
+	OPT_G("max_inflight_bytes", max_inflight_bytes, T_UINT(0, UINT32_MAX)),
+	OPT_G("max_keepalive", max_keepalive_s, T_UINT(10, 65535)),
+	OPT_G("max_packet_size", max_packet_size, T_UINT(20, INT32_MAX),
+	      .expects = "a number of bytes >= 20"),
+	OPT_G("max_qos", max_qos, T_UINT(0, 2)),
+	OPT_G("maximum_qos", max_qos, T_UINT(0, 2)), /* Mosquitto's alias */
+	OPT_G("max_queued_bytes", max_queued_bytes,
+	      T_UINT(INT64_MIN, INT64_MAX), .flags = OPT_NEG_OFF,
+	      .expects = "a number of bytes (0 for no limit)"),
+	OPT_G("max_queued_messages", max_queued_messages,
+	      T_UINT(INT32_MIN, INT32_MAX), .flags = OPT_NEG_OFF,
+	      .expects = "a number (0 for no limit)"),
+	OPT_G("max_topic_alias", max_topic_alias, T_UINT(0, 65535)),
+	OPT_G("memory_limit", memory_limit, T_UINT(0, INT64_MAX)),
+	OPT_G("message_size_limit", message_size_limit,
+	      T_UINT(0, MQTT_PAYLOAD_MAX),
+	      .expects = "a number of bytes 0-268435455"),
+	OPT_G("persistence", persistence, T_BOOL),
+	OPT_G("persistence_file", persistence_file, T_STR,
+	      .expects = "a file name"),
+	OPT_G("persistence_location", persistence_location, T_STR,
+	      .expects = "a directory"),
+	OPT_G("queue_qos0_messages", queue_qos0_messages, T_BOOL),
+	OPT_G("retain_available", retain_available, T_BOOL),
+	OPT_G("set_tcp_nodelay", set_tcp_nodelay, T_BOOL),
+	OPT_G("shards", shards, T_UINT(0, KITE_SHARDS_MAX), /* kite's own */
+	      .expects = "a number 0-" STRINGIFY(KITE_SHARDS_MAX)
+			 " (0 = one per CPU)"),
+	OPT_G("sys_interval", sys_interval_s, T_UINT(0, 65535),
+	      .expects = "a number of seconds 0-65535"),
+	OPT_G("upgrade_outgoing_qos", upgrade_outgoing_qos, T_BOOL),
+	OPT_G("websockets_headers_size", websockets_headers_size,
+	      T_UINT(0, KITE_WS_HEADERS_SIZE_MAX),
+	      .expects = "a number of bytes (0 for the default)"),
+
+	/* security: global, or per listener with per_listener_settings */
+	OPT_S("allow_zero_length_clientid", allow_zero_length_clientid,
+	      T_BOOL),
+	OPT_S("auto_id_prefix", auto_id_prefix, T_STR),
+	OPT_S("psk_file", psk_file, T_STR),
+
+	/* the current listener; TLS is always per listener, as in
+	 * Mosquitto */
+	OPT_L("bind_interface", bind_interface, T_WORD),
+	OPT_L("enable_proxy_protocol", proxy_protocol, T_UINT(1, 2)),
+	OPT_L("cafile", tls.cafile, T_STR, .expects = "a path"),
+	OPT_L("capath", tls.capath, T_STR, .expects = "a path"),
+	OPT_L("certfile", tls.certfile, T_STR, .expects = "a path"),
+	OPT_L("ciphers", tls.ciphers, T_STR, .expects = "a cipher list",
+	      .flags = OPT_ANY_BYTES),
+	OPT_L("ciphers_tls1.3", tls.ciphers_tls13, T_STR,
+	      .expects = "a TLS 1.3 cipher suite list", .flags = OPT_ANY_BYTES),
+	OPT_L("crlfile", tls.crlfile, T_STR, .expects = "a path"),
+	OPT_L("dhparamfile", tls.dhparamfile, T_STR, .expects = "a path"),
+	OPT_L("http_dir", http_dir, T_STR, .expects = "a directory"),
+	OPT_L("keyfile", tls.keyfile, T_STR, .expects = "a path"),
+	OPT_L("max_connections", max_connections,
+	      T_INT(INT32_MIN, INT32_MAX), .flags = OPT_NEG_OFF,
+	      .expects = "a number (-1 for unlimited)"),
+	OPT_L("protocol", protocol,
+	      T_ENUM({"mqtt", LISTENER_PROTO_MQTT},
+		     {"websockets", LISTENER_PROTO_WEBSOCKETS},
+		     {"metrics", LISTENER_PROTO_METRICS}), /* kite's own */
+	      .expects = "mqtt, websockets or metrics"),
+	OPT_L("psk_hint", psk_hint, T_STR),
+	OPT_L("require_certificate", tls.require_certificate, T_BOOL),
+	OPT_L("socket_domain", socket_domain,
+	      T_ENUM({"ipv4", KITE_DOMAIN_IPV4}, {"ipv6", KITE_DOMAIN_IPV6}),
+	      .expects = "ipv4 or ipv6"),
+	OPT_L("use_identity_as_username", tls.use_identity_as_username,
+	      T_BOOL),
+	OPT_L("use_subject_as_username", tls.use_subject_as_username, T_BOOL),
+	OPT_L("use_username_as_clientid", use_username_as_clientid, T_BOOL),
+
+	/* the current bridge (`connection NAME` block) */
+	OPT_B("bridge_alpn", alpn, T_WORD),
+	OPT_B("bridge_attempt_unsubscribe", attempt_unsubscribe, T_BOOL),
+	OPT_B("bridge_bind_address", bind_address, T_WORD),
+	OPT_B("bridge_cafile", cafile, T_STR, .expects = "a path",
+	      .flags = OPT_ANY_BYTES),
+	OPT_B("bridge_capath", capath, T_STR, .expects = "a path",
+	      .flags = OPT_ANY_BYTES),
+	OPT_B("bridge_certfile", certfile, T_STR, .expects = "a path",
+	      .flags = OPT_ANY_BYTES),
+	OPT_B("bridge_insecure", insecure, T_BOOL),
+	OPT_B("bridge_keyfile", keyfile, T_STR, .expects = "a path",
+	      .flags = OPT_ANY_BYTES),
+	OPT_B("bridge_max_packet_size", max_packet_size,
+	      T_UINT(0, MQTT_VARINT_MAX + 5ll), .expects = "a size in bytes"),
+	OPT_B("bridge_outgoing_retain", outgoing_retain, T_BOOL),
+	OPT_B("bridge_protocol_version", protocol,
+	      T_ENUM({"mqttv31", 3}, {"mqttv311", 4}, {"mqttv50", 5}),
+	      .expects = "mqttv31, mqttv311 or mqttv50"),
+	OPT_B("cleansession", cleansession, T_BOOL),
+	OPT_B("clientid", remote_clientid, T_WORD),
+	OPT_B("idle_timeout", idle_timeout_s, T_UINT(1, UINT32_MAX),
+	      .expects = "seconds"),
+	OPT_B("keepalive_interval", keepalive_s, T_UINT(5, 65535),
+	      .expects = "5-65535 seconds"),
+	OPT_B("local_cleansession", local_cleansession, T_BOOL),
+	OPT_B("local_clientid", local_clientid, T_WORD),
+	OPT_B("local_password", local_password, T_WORD),
+	OPT_B("local_username", local_username, T_WORD),
+	OPT_B("notification_topic", notification_topic, T_WORD),
+	OPT_B("notifications", notifications, T_BOOL),
+	OPT_B("notifications_local_only", notifications_local_only, T_BOOL),
+	OPT_B("password", remote_password, T_WORD),
+	OPT_B("remote_clientid", remote_clientid, T_WORD),
+	OPT_B("remote_password", remote_password, T_WORD),
+	OPT_B("remote_username", remote_username, T_WORD),
+	OPT_B("round_robin", round_robin, T_BOOL),
+	OPT_B("start_type", start_type,
+	      T_ENUM({"automatic", 0}, {"lazy", 1}, {"once", 2}),
+	      .expects = "automatic, lazy or once"),
+	OPT_B("threshold", threshold, T_UINT(1, UINT32_MAX),
+	      .expects = "a count"),
+	OPT_B("try_private", try_private, T_BOOL),
+	OPT_B("username", remote_username, T_WORD),
 };
 
 /* Every other option Mosquitto 2.0.11 accepts (checked against the Debian

@@ -2,10 +2,12 @@
  *
  * Maps topic filters to the subscriptions of the shard's own sessions.
  * Levels are split on '/', empty levels are real levels ("a//b" has three).
- * Matching follows the spec (4.7): '+' matches one level, '#' matches the
- * parent level and everything below, and topics starting with '$' are not
- * matched by a filter whose first level is a wildcard. Matching uses an
- * explicit bounded stack, never recursion. */
+ * Matching follows the rules of core/topic.h (topic_matches, which the
+ * unit tests and fuzz_trie hold this walk to): '+' matches one level, '#'
+ * matches the parent level and everything below, and topics starting with
+ * '$' are not matched by a filter whose first level is a wildcard. Topics
+ * must be valid (non-empty). Matching uses an explicit bounded stack, never
+ * recursion. */
 #ifndef KITE_TRIE_H
 #define KITE_TRIE_H
 
@@ -70,9 +72,5 @@ size_t trie_filter_count(const struct trie *t);
 /* Nodes allocated below the root: 0 once every filter is unsubscribed
  * (empty nodes are pruned). Memory accounting and tests. */
 size_t trie_node_count(const struct trie *t);
-
-/* True when filter matches topic (the same rules, for one pair). */
-bool topic_matches(const char *filter, size_t flen, const char *topic,
-		   size_t tlen);
 
 #endif

@@ -14,7 +14,7 @@
 
 #include "core/log.h"
 #include "core/mqtt.h"
-#include "core/trie.h"
+#include "core/topic.h"
 #include "io/conn.h"
 #include "io/msg.h"
 #include "io/persist.h"

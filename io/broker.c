@@ -382,7 +382,7 @@ static const struct route_upcalls route_up = {
 	.cluster_publish = cluster_publish,
 };
 
-static void broker_wire(void)
+void broker_wire(void)
 {
 	conn_set_upcalls(&conn_up);
 	persist_set_upcalls(&persist_up);

@@ -7,6 +7,10 @@
 #include "io/security-t.h"
 #include "io/shard-t.h"
 
+/* Registers each layer's upcalls (conn_upcalls...); broker_start does it
+ * first. For whatever runs the engine without broker_start (the tests/io
+ * harness). */
+void broker_wire(void);
 int broker_start(struct broker *b);
 /* Asks every shard to stop and joins them. */
 void broker_stop(struct broker *b);

@@ -161,7 +161,7 @@ static bool conn_dispatch(struct conn *c, const struct mqtt_fixed_header *h,
 		/* CONNACK, SUBACK... from a client: a Protocol Error, closed
 		 * without a DISCONNECT as Mosquitto does. */
 		conn_strike(c);
-		conn_close(c, "packet type not allowed from a client (protocol error)", false);
+		conn_close(c, "packet type not allowed from a client (protocol error)", true);
 		return false;
 	}
 	if (fn(c, h, body, h->remaining_len) < 0)
@@ -270,8 +270,8 @@ static long conn_frame(struct conn *c, const uint8_t *data, size_t len,
 			conn_strike(c); /* garbage before CONNECT */
 		if (!up->handlers[data[0] >> 4]) {
 			/* A type no client sends, with bad flags too: closed
-			 * without a DISCONNECT, as any packet of that type. */
-			conn_close(c, "packet type not allowed from a client (protocol error)", false);
+			 * as any packet of that type (with the will). */
+			conn_close(c, "packet type not allowed from a client (protocol error)", true);
 			return -1;
 		}
 		conn_protocol_error(c, MQTT_RC_MALFORMED_PACKET,

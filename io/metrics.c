@@ -14,6 +14,7 @@
 #include <assert.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -122,44 +123,6 @@ static uint64_t stat_sum(const struct broker *b, size_t off)
 
 #define OFF(field) offsetof(struct shard_stats, field)
 
-/* Figures every shard keeps: a total (kite_NAME) and one series per
- * shard (kite_shard_NAME{shard="i"}). */
-static const struct shard_metric {
-	const char *name, *type, *help;
-	size_t off;
-} shard_metrics[] = {
-	{"clients_connected", "gauge",
-	 "Clients connected (CONNECT accepted; $SYS clients/connected).",
-	 OFF(clients_connected)},
-	{"sessions", "gauge",
-	 "Sessions, online and offline ($SYS clients/total).", OFF(sessions)},
-	{"subscriptions", "gauge", "Subscriptions ($SYS subscriptions/count).",
-	 OFF(subscriptions)},
-	{"messages_received_total", "counter",
-	 "MQTT packets of any type received ($SYS messages/received, as "
-	 "Mosquitto counts).", OFF(msgs_received)},
-	{"messages_sent_total", "counter",
-	 "MQTT packets of any type sent ($SYS messages/sent).", OFF(msgs_sent)},
-	{"publish_received_total", "counter",
-	 "PUBLISH packets received from clients.", OFF(publish_received)},
-	{"publish_sent_total", "counter",
-	 "PUBLISH packets sent to clients (resends included).",
-	 OFF(publish_sent)},
-	{"bytes_received_total", "counter",
-	 "Bytes received from MQTT clients (TLS: ciphertext).",
-	 OFF(bytes_received)},
-	{"bytes_sent_total", "counter", "Bytes sent to MQTT clients.",
-	 OFF(bytes_sent)},
-	{"deliveries_total", "counter",
-	 "Deliveries to sessions: one per matching session per message.",
-	 OFF(deliveries)},
-	{"queued_messages", "gauge",
-	 "Messages waiting in session queues (offline or window full).",
-	 OFF(queued)},
-	{"inflight_messages", "gauge",
-	 "QoS 1 and 2 messages sent and not yet acknowledged.", OFF(inflight)},
-};
-
 static const char *const drop_reason_names[DROP_REASONS] = {
 	[DROP_OFFLINE] = "offline",
 	[DROP_QUEUE_FULL] = "queue_full",
@@ -173,11 +136,107 @@ static const char *const tls_result_names[TLS_HS_RESULTS] = {
 	[TLS_HS_TIMEOUT] = "timeout",
 };
 
+/* A figure every shard keeps: a total (kite_NAME) and one series per
+ * shard (kite_shard_NAME{shard="i"}). With a label, one series per value
+ * of it, each its own uint64_t from `off` on (an array in struct
+ * shard_stats). */
+struct shard_metric {
+	const char *name, *type, *help;
+	const char *shard_help; /* NULL: help */
+	size_t off;
+	const char *label;
+	const char *const *values;
+	unsigned nvalues;
+};
+
+_Static_assert(sizeof(((struct shard_stats *)0)->dropped[0]) ==
+			       sizeof(uint64_t) &&
+		       sizeof(((struct shard_stats *)0)->tls_handshakes[0]) ==
+			       sizeof(uint64_t),
+	       "labelled series step through uint64_t arrays");
+
+#define FIGURE(name, type, help, field)                                      \
+	{name, type, help, NULL, OFF(field), NULL, NULL, 0}
+
+static const struct shard_metric shard_metrics[] = {
+	FIGURE("clients_connected", "gauge",
+	       "Clients connected (CONNECT accepted; $SYS clients/connected).",
+	       clients_connected),
+	FIGURE("sessions", "gauge",
+	       "Sessions, online and offline ($SYS clients/total).", sessions),
+	FIGURE("subscriptions", "gauge",
+	       "Subscriptions ($SYS subscriptions/count).", subscriptions),
+	FIGURE("messages_received_total", "counter",
+	       "MQTT packets of any type received ($SYS messages/received, as "
+	       "Mosquitto counts).",
+	       msgs_received),
+	FIGURE("messages_sent_total", "counter",
+	       "MQTT packets of any type sent ($SYS messages/sent).",
+	       msgs_sent),
+	FIGURE("publish_received_total", "counter",
+	       "PUBLISH packets received from clients.", publish_received),
+	FIGURE("publish_sent_total", "counter",
+	       "PUBLISH packets sent to clients (resends included).",
+	       publish_sent),
+	FIGURE("bytes_received_total", "counter",
+	       "Bytes received from MQTT clients (TLS: ciphertext).",
+	       bytes_received),
+	FIGURE("bytes_sent_total", "counter", "Bytes sent to MQTT clients.",
+	       bytes_sent),
+	FIGURE("deliveries_total", "counter",
+	       "Deliveries to sessions: one per matching session per message.",
+	       deliveries),
+	FIGURE("queued_messages", "gauge",
+	       "Messages waiting in session queues (offline or window full).",
+	       queued),
+	FIGURE("inflight_messages", "gauge",
+	       "QoS 1 and 2 messages sent and not yet acknowledged.", inflight),
+	{"messages_dropped_total", "counter",
+	 "Deliveries dropped, by reason (their sum is $SYS "
+	 "publish/messages/dropped).",
+	 "Deliveries dropped, by shard and reason.", OFF(dropped), "reason",
+	 drop_reason_names, DROP_REASONS},
+};
+
+/* Totals only. */
+static const struct shard_metric tls_handshakes_metric = {
+	"tls_handshakes_total", "counter", "TLS handshakes, by result.", NULL,
+	OFF(tls_handshakes), "result", tls_result_names, TLS_HS_RESULTS,
+};
+
 static const unsigned metrics_codes[METRICS_STATUSES] = {
 	[METRICS_200] = 200, [METRICS_400] = 400, [METRICS_404] = 404,
 	[METRICS_405] = 405, [METRICS_408] = 408, [METRICS_431] = 431,
 	[METRICS_500] = 500, [METRICS_503] = 503,
 };
+
+/* The series of one figure: shard == UINT_MAX gives the total over the
+ * shards, otherwise that shard's value. */
+static void shard_metric_series(struct mbuf *m, const struct broker *b,
+				const struct shard_metric *sm, const char *name,
+				unsigned shard)
+{
+	unsigned n = sm->label ? sm->nvalues : 1;
+
+	for (unsigned r = 0; r < n; r++) {
+		size_t off = sm->off + r * sizeof(uint64_t);
+		char labels[96];
+		int len = 0;
+
+		if (shard != UINT_MAX)
+			len = snprintf(labels, sizeof(labels), "shard=\"%u\"%s",
+				       shard, sm->label ? "," : "");
+		else
+			labels[0] = '\0';
+		if (sm->label)
+			snprintf(labels + len, sizeof(labels) - (size_t)len,
+				 "%s=\"%s\"", sm->label, sm->values[r]);
+		uint64_t v = shard == UINT_MAX ? stat_sum(b, off)
+					       : stat_load(&b->shards[shard], off);
+		mb_printf(m, "%s%s%s%s %llu\n", name, labels[0] ? "{" : "",
+			  labels, labels[0] ? "}" : "", (unsigned long long)v);
+	}
+}
 
 static void metrics_shard_figures(struct mbuf *m, const struct broker *b)
 {
@@ -187,40 +246,20 @@ static void metrics_shard_figures(struct mbuf *m, const struct broker *b)
 		const struct shard_metric *sm = &shard_metrics[k];
 		snprintf(name, sizeof(name), "kite_%s", sm->name);
 		mb_family(m, name, sm->type, sm->help);
-		mb_printf(m, "%s %llu\n", name,
-			  (unsigned long long)stat_sum(b, sm->off));
+		shard_metric_series(m, b, sm, name, UINT_MAX);
 		snprintf(name, sizeof(name), "kite_shard_%s", sm->name);
-		mb_family(m, name, sm->type, sm->help);
+		mb_family(m, name, sm->type,
+			  sm->shard_help ? sm->shard_help : sm->help);
 		for (unsigned i = 0; i < b->nshards; i++)
-			mb_printf(m, "%s{shard=\"%u\"} %llu\n", name, i,
-				  (unsigned long long)stat_load(&b->shards[i],
-								sm->off));
+			shard_metric_series(m, b, sm, name, i);
 	}
-	mb_family(m, "kite_messages_dropped_total", "counter",
-		  "Deliveries dropped, by reason (their sum is $SYS "
-		  "publish/messages/dropped).");
-	for (unsigned r = 0; r < DROP_REASONS; r++)
-		mb_printf(m, "kite_messages_dropped_total{reason=\"%s\"} %llu\n",
-			  drop_reason_names[r],
-			  (unsigned long long)stat_sum(b, OFF(dropped[r])));
-	mb_family(m, "kite_shard_messages_dropped_total", "counter",
-		  "Deliveries dropped, by shard and reason.");
-	for (unsigned i = 0; i < b->nshards; i++)
-		for (unsigned r = 0; r < DROP_REASONS; r++)
-			mb_printf(m, "kite_shard_messages_dropped_total{shard=\"%u\","
-				  "reason=\"%s\"} %llu\n", i, drop_reason_names[r],
-				  (unsigned long long)stat_load(&b->shards[i],
-								OFF(dropped[r])));
 }
 
 static void metrics_tls(struct mbuf *m, const struct broker *b)
 {
-	mb_family(m, "kite_tls_handshakes_total", "counter",
-		  "TLS handshakes, by result.");
-	for (unsigned r = 0; r < TLS_HS_RESULTS; r++)
-		mb_printf(m, "kite_tls_handshakes_total{result=\"%s\"} %llu\n",
-			  tls_result_names[r],
-			  (unsigned long long)stat_sum(b, OFF(tls_handshakes[r])));
+	const struct shard_metric *hs = &tls_handshakes_metric;
+	mb_family(m, "kite_tls_handshakes_total", hs->type, hs->help);
+	shard_metric_series(m, b, hs, "kite_tls_handshakes_total", UINT_MAX);
 	mb_family(m, "kite_tls_connections", "gauge",
 		  "Open TLS connections: records in the kernel (kTLS) or in "
 		  "userspace (OpenSSL).");

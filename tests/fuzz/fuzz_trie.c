@@ -1,15 +1,20 @@
-/* libFuzzer target for the matchers: trie_match, gtrie_match, retain_match
- * and topic_matches must agree, and subscribe/unsubscribe (add/remove,
- * set/clear) sequences must leave no filter and no node behind.
+/* libFuzzer target for the matchers: trie_match, gtrie_match, retain_match,
+ * an ACL rule and topic_matches must agree; topic_filters_intersect and
+ * topic_filter_covers must hold for every topic the input names; and
+ * subscribe/unsubscribe (add/remove, set/clear) sequences must leave no
+ * filter and no node behind.
  *
  * Input: byte 0 picks a shard; the rest splits on NUL bytes into a filter,
  * a topic, then up to EXTRA_MAX extra strings. Each extra is subscribed
  * when it is a valid filter and retained when it is a valid topic, so the
  * matchers are compared on a populated structure, not only one pair. */
+#include "acl/acl.h"
 #include "core/gtrie.h"
 #include "core/retain.h"
+#include "core/topic.h"
 #include "core/trie.h"
 
+#include <ctype.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -104,11 +109,54 @@ static void count_msg_cb(void *ctx, void *msg)
 	(*(int *)ctx)++;
 }
 
+/* The ACL's grant of "topic read F" is topic_matches: its fast paths
+ * (literal prefix, "prefix/#") change nothing. The parser trims blanks and
+ * reads one line, so only filters it keeps whole are compared. */
+static void check_acl(struct str f, struct str t, bool want)
+{
+	char text[600], err[256];
+
+	if (f.n > 512 || memchr(f.s, '\n', f.n) || memchr(f.s, '\r', f.n) ||
+	    isspace((unsigned char)f.s[0]) ||
+	    isspace((unsigned char)f.s[f.n - 1]) ||
+	    (f.n >= 7 && memcmp(f.s, "$share/", 7) == 0) || f.s[0] == '#' ||
+	    memchr(t.s, 0, t.n))
+		return;
+	snprintf(text, sizeof(text), "topic read %.*s\n", (int)f.n, f.s);
+	struct acl_rules *a = acl_load_string("f", text, err, sizeof(err));
+	if (!a)
+		return; /* a filter the ACL refuses (e.g. %u) */
+	struct acl_cache *c = acl_cache_new(a);
+	acl_rules_unref(a);
+	FUZZ_CHECK(c);
+	struct acl_identity *id = acl_cache_get(c, NULL, "c");
+	acl_cache_unref(c);
+	FUZZ_CHECK(id);
+	FUZZ_CHECK(acl_check(id, t.s, t.n, ACL_READ) == want);
+	acl_identity_unref(id);
+}
+
+/* Filter relations against one topic that a names: when it matches a
+ * and b, they intersect; when covers(a, b), b's matches are a's. */
+static void check_relations(struct str a, struct str b, struct str t)
+{
+	bool ma = matches(a, t), mb = matches(b, t);
+
+	if (ma && mb)
+		FUZZ_CHECK(topic_filters_intersect(a.s, a.n, b.s, b.n) &&
+			   topic_filters_intersect(b.s, b.n, a.s, a.n));
+	if (mb && !ma)
+		FUZZ_CHECK(!topic_filter_covers(a.s, a.n, b.s, b.n));
+	if (ma && !mb)
+		FUZZ_CHECK(!topic_filter_covers(b.s, b.n, a.s, a.n));
+}
+
 /* One filter alone, one topic alone: the four answers agree, and removing
  * the filter and topic empties every structure. */
 static void check_pair(struct str f, struct str t, unsigned shard)
 {
 	bool want = matches(f, t);
+	check_acl(f, t, want);
 	bool f_fits = depth(f) <= TRIE_LEVELS_MAX;
 	bool t_fits = depth(t) <= TRIE_LEVELS_MAX;
 	struct trie_sub sub = {&owners[0], 0, 0};
@@ -158,6 +206,8 @@ static void check_state(const struct trie *tr, const struct gtrie *g,
 	for (int k = 0; k < nx; k++) {
 		if (!x[k].active)
 			continue;
+		if (x[k].filter_ok)
+			check_relations(f, x[k].v, t);
 		if (x[k].filter_ok && matches(x[k].v, t)) {
 			want_subs++;
 			want_mask |= UINT64_C(1) << k;

@@ -34,6 +34,19 @@ def test_will_sent_on_keepalive_timeout(broker):
     c.expect_closed(2)
 
 
+@pytest.mark.parametrize("packet", [b"\x00\x00", b"\xf0\x00", b"\x20\x02\x00\x00"],
+                         ids=["reserved-type-0", "auth-in-3.1.1", "connack-from-client"])
+def test_will_sent_when_a_client_sends_a_packet_type_it_may_not(broker, packet):
+    # Mosquitto 2.0.11 publishes it: the connection ends without DISCONNECT.
+    w = _watcher(broker)
+    c = RawClient(broker.port)
+    c.connect("rogue", will=("will/rogue", b"bye", 0, False))
+    c.send(packet)
+    c.expect_closed(2)
+    m = w.expect_publish()
+    assert (m.topic, m.payload) == ("will/rogue", b"bye")
+
+
 def test_will_not_sent_on_disconnect(broker):
     w = _watcher(broker)
     c = RawClient(broker.port)

@@ -1,6 +1,7 @@
 /* Global trie: shard masks, the same matching rules as the per-shard trie,
  * pruning, and readers racing a writer under QSBR. */
 #include "core/gtrie.h"
+#include "core/topic.h"
 #include "core/trie.h"
 #include "runner.h"
 #include "topic_model.h"

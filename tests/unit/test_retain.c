@@ -2,6 +2,7 @@
  * trie's rules, releases deferred past a grace period, readers racing a
  * writer under QSBR. */
 #include "core/retain.h"
+#include "core/topic.h"
 #include "core/trie.h"
 #include "runner.h"
 #include "topic_model.h"

@@ -1,5 +1,6 @@
 /* Per-shard trie: the spec's matching examples, result codes, limits, and
  * pruning back to an empty trie. */
+#include "core/topic.h"
 #include "core/trie.h"
 #include "runner.h"
 #include "topic_model.h"

@@ -1,0 +1,305 @@
+/* The packet handlers driven through tests/io/harness.h: scripted bytes
+ * in, the bytes the shard sends out compared exactly. No socket, no
+ * thread; the shard's clock is set by the test. */
+#include "tests/io/harness.h"
+#include "tests/unit/runner.h"
+
+#include <stdarg.h>
+#include <string.h>
+
+static const char config[] = "listener 1883 127.0.0.1\n"
+			     "allow_anonymous true\n"
+			     "log_type error\n";
+
+/* Starts a harness or skips the test (no io_uring here). */
+#define HARNESS_START(h, text)                                               \
+	do {                                                                  \
+		char err_[256];                                               \
+		int rc_ = harness_init(h, text, err_, sizeof(err_));          \
+		if (rc_ > 0) {                                                \
+			harness_fini(h);                                      \
+			SKIP("%s", err_);                                     \
+		}                                                             \
+		if (rc_ < 0)                                                  \
+			fprintf(stderr, "  harness: %s\n", err_);             \
+		CHECK(rc_ == 0);                                              \
+		if (rc_ < 0)                                                  \
+			return;                                               \
+	} while (0)
+
+/* Output equals the expected bytes; prints both when not. */
+static bool out_is(struct harness *h, struct hconn *hc, const void *want,
+		   size_t wlen)
+{
+	const uint8_t *got;
+	size_t n = harness_output(h, hc, &got);
+
+	if (n == wlen && memcmp(got, want, n) == 0)
+		return true;
+	fprintf(stderr, "  got %zu bytes:", n);
+	for (size_t i = 0; i < n && i < 64; i++)
+		fprintf(stderr, " %02x", got[i]);
+	fprintf(stderr, "\n  want %zu bytes:", wlen);
+	for (size_t i = 0; i < wlen && i < 64; i++)
+		fprintf(stderr, " %02x", ((const uint8_t *)want)[i]);
+	fprintf(stderr, "\n");
+	return false;
+}
+
+#define IN(h, hc, ...)                                                       \
+	do {                                                                  \
+		static const uint8_t b_[] = {__VA_ARGS__};                    \
+		harness_input(h, hc, b_, sizeof(b_));                         \
+	} while (0)
+
+#define OUT_IS(h, hc, ...)                                                   \
+	do {                                                                  \
+		static const uint8_t w_[] = {__VA_ARGS__};                    \
+		CHECK(out_is(h, hc, w_, sizeof(w_)));                         \
+	} while (0)
+
+#define OUT_NONE(h, hc) CHECK(out_is(h, hc, "", 0))
+
+/* MQTT 3.1.1 CONNECT, clean session, keepalive 60, client id "cN". */
+static void connect311(struct harness *h, struct hconn *hc, char n)
+{
+	const uint8_t b[] = {0x10, 14, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x02,
+			     0, 60, 0, 2, 'c', (uint8_t)n};
+	harness_input(h, hc, b, sizeof(b));
+}
+
+TEST(io_connect_311_gets_connack_accepted)
+{
+	static struct harness h;
+	HARNESS_START(&h, config);
+	struct hconn *a = harness_connect(&h);
+	CHECK(a != NULL);
+	connect311(&h, a, '1');
+	OUT_IS(&h, a, 0x20, 0x02, 0x00, 0x00);
+	CHECK(harness_conn(&h, a) != NULL);
+	harness_fini(&h);
+}
+
+TEST(io_pingreq_gets_pingresp)
+{
+	static struct harness h;
+	HARNESS_START(&h, config);
+	struct hconn *a = harness_connect(&h);
+	connect311(&h, a, '1');
+	OUT_IS(&h, a, 0x20, 0x02, 0x00, 0x00);
+	IN(&h, a, 0xc0, 0x00);
+	OUT_IS(&h, a, 0xd0, 0x00);
+	harness_fini(&h);
+}
+
+TEST(io_first_packet_not_connect_closes_without_answer)
+{
+	static struct harness h;
+	HARNESS_START(&h, config);
+	struct hconn *a = harness_connect(&h);
+	IN(&h, a, 0xc0, 0x00);
+	OUT_NONE(&h, a);
+	CHECK(harness_conn(&h, a) == NULL);
+	CHECK(a->shutdown);
+	harness_fini(&h);
+}
+
+TEST(io_subscribe_then_publish_is_delivered_with_puback)
+{
+	static struct harness h;
+	HARNESS_START(&h, config);
+	struct hconn *sub = harness_connect(&h);
+	connect311(&h, sub, 's');
+	OUT_IS(&h, sub, 0x20, 0x02, 0x00, 0x00);
+	/* SUBSCRIBE id 1, "a/+" QoS 1 */
+	IN(&h, sub, 0x82, 0x08, 0x00, 0x01, 0x00, 0x03, 'a', '/', '+', 0x01);
+	OUT_IS(&h, sub, 0x90, 0x03, 0x00, 0x01, 0x01);
+
+	struct hconn *pub = harness_connect(&h);
+	connect311(&h, pub, 'p');
+	OUT_IS(&h, pub, 0x20, 0x02, 0x00, 0x00);
+	/* PUBLISH QoS 1 id 7 "a/b" "hi" */
+	IN(&h, pub, 0x32, 0x09, 0x00, 0x03, 'a', '/', 'b', 0x00, 0x07, 'h',
+	   'i');
+	OUT_IS(&h, pub, 0x40, 0x02, 0x00, 0x07);
+	/* to the subscriber at QoS 1 with its own packet id */
+	OUT_IS(&h, sub, 0x32, 0x09, 0x00, 0x03, 'a', '/', 'b', 0x00, 0x01,
+	       'h', 'i');
+	/* a topic it does not match */
+	IN(&h, pub, 0x30, 0x05, 0x00, 0x01, 'x', 'h', 'i');
+	OUT_NONE(&h, sub);
+	harness_fini(&h);
+}
+
+/* MQTT 5 CONNECT, clean start, keepalive 60, no properties, id "vN". */
+static void connect5(struct harness *h, struct hconn *hc, char n)
+{
+	const uint8_t b[] = {0x10, 15, 0, 4, 'M', 'Q', 'T', 'T', 5, 0x02,
+			     0, 60, 0, 0, 2, 'v', (uint8_t)n};
+	const uint8_t *out;
+	harness_input(h, hc, b, sizeof(b));
+	/* CONNACK with the broker's properties: only its start matters */
+	size_t len = harness_output(h, hc, &out);
+	if (len < 4 || out[0] != 0x20 || out[2] != 0 || out[3] != 0)
+		fprintf(stderr, "  CONNECT %c refused\n", n);
+}
+
+/* The Message Expiry Interval runs on the shard's clock, which the test
+ * sets: a retained message for 10 s is delivered 5 s later with 5 s
+ * left, and not at all 11 s later. */
+TEST(io_retained_message_expiry_follows_the_shard_clock)
+{
+	static struct harness h;
+	HARNESS_START(&h, config);
+	uint64_t t0 = 5000000;
+	harness_set_now(&h, t0);
+	struct hconn *pub = harness_connect(&h);
+	connect5(&h, pub, 'p');
+	/* PUBLISH retain QoS 0 "r/x", expiry 10 s, payload "v" */
+	IN(&h, pub, 0x31, 12, 0, 3, 'r', '/', 'x', 5, 0x02, 0, 0, 0, 10, 'v');
+	OUT_NONE(&h, pub);
+
+	harness_set_now(&h, t0 + 5000);
+	struct hconn *early = harness_connect(&h);
+	connect5(&h, early, 'e');
+	/* SUBSCRIBE id 1, no properties, "r/#" QoS 0 */
+	IN(&h, early, 0x82, 9, 0, 1, 0, 0, 3, 'r', '/', '#', 0);
+	OUT_IS(&h, early, 0x90, 4, 0, 1, 0, 0, /* SUBACK */
+	       0x31, 12, 0, 3, 'r', '/', 'x', 5, 0x02, 0, 0, 0, 5, 'v');
+
+	harness_set_now(&h, t0 + 11000);
+	struct hconn *late = harness_connect(&h);
+	connect5(&h, late, 'l');
+	IN(&h, late, 0x82, 9, 0, 1, 0, 0, 3, 'r', '/', '#', 0);
+	OUT_IS(&h, late, 0x90, 4, 0, 1, 0, 0);
+	harness_fini(&h);
+}
+
+/* A packet split anywhere arrives whole: every split point of a
+ * SUBSCRIBE gives the same SUBACK. */
+TEST(io_subscribe_split_at_every_byte_gets_one_suback)
+{
+	static const uint8_t subscribe[] = {0x82, 0x08, 0x00, 0x05, 0x00, 0x03,
+					    'a', '/', '#', 0x02};
+	for (size_t cut = 1; cut < sizeof(subscribe); cut++) {
+		static struct harness h;
+		HARNESS_START(&h, config);
+		struct hconn *a = harness_connect(&h);
+		connect311(&h, a, '1');
+		OUT_IS(&h, a, 0x20, 0x02, 0x00, 0x00);
+		harness_input(&h, a, subscribe, cut);
+		OUT_NONE(&h, a);
+		harness_input(&h, a, subscribe + cut, sizeof(subscribe) - cut);
+		OUT_IS(&h, a, 0x90, 0x03, 0x00, 0x05, 0x02);
+		harness_fini(&h);
+	}
+}
+
+/* MQTT-3.8.3-3: a SUBSCRIBE without a topic filter is a protocol
+ * violation: the connection closes without a SUBACK. */
+TEST(io_subscribe_without_filters_closes_the_connection)
+{
+	static struct harness h;
+	HARNESS_START(&h, config);
+	struct hconn *a = harness_connect(&h);
+	connect311(&h, a, '1');
+	OUT_IS(&h, a, 0x20, 0x02, 0x00, 0x00);
+	IN(&h, a, 0x82, 0x02, 0x00, 0x01);
+	OUT_NONE(&h, a);
+	CHECK(harness_conn(&h, a) == NULL);
+	CHECK(a->shutdown);
+	harness_fini(&h);
+}
+
+/* Subscriber 's' on "a/#" at QoS 2 and a publisher 'p', both 3.1.1. */
+static void sub_and_pub(struct harness *h, struct hconn **sub,
+			struct hconn **pub, uint8_t qos)
+{
+	const uint8_t subscribe[] = {0x82, 0x08, 0x00, 0x01, 0x00, 0x03,
+				     'a', '/', '#', qos};
+	const uint8_t *out;
+	*sub = harness_connect(h);
+	connect311(h, *sub, 's');
+	harness_input(h, *sub, subscribe, sizeof(subscribe));
+	(void)harness_output(h, *sub, &out); /* CONNACK, SUBACK */
+	*pub = harness_connect(h);
+	connect311(h, *pub, 'p');
+	(void)harness_output(h, *pub, &out);
+}
+
+TEST(io_qos2_publish_is_recorded_released_and_delivered_once)
+{
+	static struct harness h;
+	struct hconn *sub, *pub;
+	uint8_t got[64];
+	size_t n = 0;
+	const uint8_t *out;
+	HARNESS_START(&h, config);
+	sub_and_pub(&h, &sub, &pub, 2);
+	/* PUBLISH QoS 2 id 9 "a/b" "x" */
+	IN(&h, pub, 0x34, 0x08, 0x00, 0x03, 'a', '/', 'b', 0x00, 0x09, 'x');
+	OUT_IS(&h, pub, 0x50, 0x02, 0x00, 0x09); /* PUBREC */
+	size_t k = harness_output(&h, sub, &out);
+	memcpy(got, out, k < sizeof(got) ? k : sizeof(got));
+	n = k < sizeof(got) ? k : sizeof(got);
+	/* the same PUBLISH again before PUBREL: recorded once */
+	IN(&h, pub, 0x3c, 0x08, 0x00, 0x03, 'a', '/', 'b', 0x00, 0x09, 'x');
+	OUT_IS(&h, pub, 0x50, 0x02, 0x00, 0x09);
+	IN(&h, pub, 0x62, 0x02, 0x00, 0x09); /* PUBREL */
+	OUT_IS(&h, pub, 0x70, 0x02, 0x00, 0x09); /* PUBCOMP */
+	k = harness_output(&h, sub, &out);
+	if (n + k <= sizeof(got)) {
+		memcpy(got + n, out, k);
+		n += k;
+	}
+	/* the subscriber got it once, at QoS 2 with its own id */
+	static const uint8_t want[] = {0x34, 0x08, 0x00, 0x03, 'a', '/',
+				       'b', 0x00, 0x01, 'x'};
+	CHECK(n == sizeof(want) && memcmp(got, want, n) == 0);
+	harness_fini(&h);
+}
+
+TEST(io_unsubscribe_gets_unsuback_and_stops_deliveries)
+{
+	static struct harness h;
+	struct hconn *sub, *pub;
+	HARNESS_START(&h, config);
+	sub_and_pub(&h, &sub, &pub, 0);
+	IN(&h, pub, 0x30, 0x06, 0x00, 0x03, 'a', '/', 'b', 'x');
+	OUT_IS(&h, sub, 0x30, 0x06, 0x00, 0x03, 'a', '/', 'b', 'x');
+	/* UNSUBSCRIBE id 2 "a/#" */
+	IN(&h, sub, 0xa2, 0x07, 0x00, 0x02, 0x00, 0x03, 'a', '/', '#');
+	OUT_IS(&h, sub, 0xb0, 0x02, 0x00, 0x02);
+	IN(&h, pub, 0x30, 0x06, 0x00, 0x03, 'a', '/', 'b', 'y');
+	OUT_NONE(&h, sub);
+	harness_fini(&h);
+}
+
+/* 3.1.2.5: the will goes out when the connection ends without a
+ * DISCONNECT (here a protocol error), never after one. */
+TEST(io_will_is_published_on_a_protocol_error_not_after_disconnect)
+{
+	static const uint8_t will_connect[] = {
+		0x10, 24, 0, 4, 'M', 'Q', 'T', 'T', 4, 0x06, 0, 60, /* will */
+		0, 2, 'w', '1', 0, 3, 'a', '/', 'w', 0, 3, 'b', 'y', 'e'};
+	for (int clean = 0; clean < 2; clean++) {
+		static struct harness h;
+		struct hconn *sub, *pub;
+		HARNESS_START(&h, config);
+		sub_and_pub(&h, &sub, &pub, 0);
+		struct hconn *w = harness_connect(&h);
+		harness_input(&h, w, will_connect, sizeof(will_connect));
+		OUT_IS(&h, w, 0x20, 0x02, 0x00, 0x00);
+		if (clean)
+			IN(&h, w, 0xe0, 0x00); /* DISCONNECT */
+		else
+			IN(&h, w, 0x00, 0x00); /* reserved type 0 */
+		CHECK(harness_conn(&h, w) == NULL);
+		if (clean)
+			OUT_NONE(&h, sub);
+		else
+			OUT_IS(&h, sub, 0x30, 0x08, 0x00, 0x03, 'a', '/', 'w',
+			       'b', 'y', 'e');
+		harness_fini(&h);
+	}
+}
