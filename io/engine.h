@@ -473,6 +473,10 @@ struct conn {
 	/* Not read while the shard's queues to other shards drain: a
 	 * publisher slows down instead of growing them (shard_post). */
 	bool in_paused;
+	/* A CONNECT or SUBSCRIBE came while a reload was coming: it and
+	 * what followed wait in in_buf, unread further, until this shard
+	 * has switched (shard_park_input). */
+	bool reload_parked;
 	/* Ticks an empty wire queue is kept after a PUBLISH went through it
 	 * (shard_check_timeouts): a subscriber getting a message every
 	 * second or so reuses it instead of a malloc and free per delivery;
@@ -480,7 +484,8 @@ struct conn {
 	uint8_t outq_keep;
 	uint64_t last_rx_ms;
 	uint64_t created_ms;
-	/* Only a packet split across receives is buffered here. */
+	/* A packet split across receives, or what a parked connection
+	 * sent (reload_parked), is buffered here. */
 	uint8_t *in_buf;
 	uint32_t in_len, in_cap;
 	/* Wire queue: ring of entries in send order. */
@@ -724,6 +729,7 @@ struct shard {
 	 * a queue to another shard is past XOVERFLOW_PAUSE_ITEMS. */
 	uint32_t input_paused;
 	bool backlogged;
+	uint32_t input_parked; /* connections with reload_parked */
 
 	/* Finished send contexts for reuse: [0] small, [1] full-size. */
 	struct send_ctx *ctx_pool[2];
@@ -856,6 +862,13 @@ void shard_arm_recv(struct shard *s, struct conn *c);
 bool shard_backlogged(const struct shard *s);
 /* Stops reading from c until the shard's backlog has drained. */
 void shard_pause_input(struct shard *s, struct conn *c);
+/* A reload this shard has not switched to yet; _coming: or a SIGHUP
+ * the main thread has not taken yet (one syscall). */
+bool shard_reload_pending(const struct shard *s);
+bool shard_reload_coming(const struct shard *s);
+/* Stops reading from c until this shard has applied the coming reload;
+ * then the input c buffered runs (shard_unpark_input). */
+void shard_park_input(struct shard *s, struct conn *c);
 int shard_conn_attach(struct shard *s, struct conn *c);
 void shard_conn_detach(struct shard *s, struct conn *c);
 

@@ -143,6 +143,70 @@ void shard_pause_input(struct shard *s, struct conn *c)
 	}
 }
 
+/* A reload this shard has not switched to yet: started by a SIGHUP the
+ * main thread took, and neither in this shard nor finished (failed). */
+bool shard_reload_pending(const struct shard *s)
+{
+	uint32_t started = atomic_load_explicit(&s->b->reload_started,
+						memory_order_acquire);
+	return started != s->reload_applied &&
+	       started != atomic_load_explicit(&s->b->reload_done,
+					       memory_order_acquire);
+}
+
+bool shard_reload_coming(const struct shard *s)
+{
+	if (shard_reload_pending(s))
+		return true;
+	/* SIGHUP is blocked in every thread: until the main thread's
+	 * sigwait takes it, it waits as pending for the process. */
+	sigset_t pending;
+	return sigpending(&pending) == 0 && sigismember(&pending, SIGHUP) == 1;
+}
+
+void shard_park_input(struct shard *s, struct conn *c)
+{
+	assert(!c->reload_parked);
+	c->reload_parked = true;
+	s->input_parked++;
+	if (c->flags & CONN_RECV_ARMED) {
+		struct io_uring_sqe *sqe = shard_sqe(s);
+		io_uring_prep_cancel64(sqe, ud_pack(UD_RECV, c->id, c->gen), 0);
+		io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, c->id, c->gen));
+	}
+}
+
+/* After this shard switched to the reloaded configuration (or the reload
+ * failed): what the parked connections sent runs under it, and they are
+ * read again. A SIGHUP that came meanwhile parks them once more. */
+static void shard_unpark_input(struct shard *s)
+{
+	if (!s->input_parked || shard_reload_coming(s))
+		return;
+	for (uint32_t i = 0; i < s->conns_cap && s->input_parked; i++) {
+		struct conn *c = s->conns[i];
+		if (!c || !c->reload_parked)
+			continue;
+		c->reload_parked = false;
+		s->input_parked--;
+		uint32_t len;
+		uint8_t *data = conn_take_input(c, &len);
+		if (data)
+			conn_on_plain(c, data, len);
+		free(data);
+		/* With its receive still being cancelled, the final completion
+		 * re-arms it (or moves, or frees the connection). */
+		if (c->flags & CONN_RECV_ARMED)
+			continue;
+		if (c->state == CONN_CLOSING)
+			conn_on_closed(c); /* may free c */
+		else if (c->state == CONN_HANDOFF)
+			connect_handoff_ready(s, c);
+		else if (c->ktls != KTLS_STOPPING)
+			shard_arm_recv(s, c);
+	}
+}
+
 /* The queues are short again: every paused client is read again. */
 static void shard_resume_input(struct shard *s)
 {
@@ -267,6 +331,7 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 		}
 		atomic_fetch_add(&s->b->reload_acks, 1);
 		session_pump_deferred(s);
+		shard_unpark_input(s);
 		break;
 	}
 	default:
@@ -355,7 +420,7 @@ static struct conn *shard_conn_get(struct shard *s, uint64_t ud)
 
 void shard_arm_recv(struct shard *s, struct conn *c)
 {
-	if (c->in_paused)
+	if (c->in_paused || c->reload_parked)
 		return;
 	struct io_uring_sqe *sqe = shard_sqe(s);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
@@ -757,8 +822,9 @@ static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
 		 c->state != CONN_CLOSING)
 		conn_ktls_control_record(c);
 	else if (cqe->res < 0 && cqe->res != -ENOBUFS &&
-		 !(cqe->res == -ECANCELED &&
-		   (c->ktls == KTLS_STOPPING || c->in_paused)) &&
+		 /* Only kite cancels a receive (pause, park, kTLS, hand-off),
+		  * and it may have resumed before the cancel completed. */
+		 cqe->res != -ECANCELED &&
 		 c->state != CONN_CLOSING && c->state != CONN_HANDOFF)
 		conn_close(c, strerror(-cqe->res), true);
 	else if (!more && c->ktls == KTLS_STOPPING && c->state == CONN_ACTIVE)
@@ -856,7 +922,7 @@ static void shard_check_timeouts(struct shard *s)
 			}
 			continue;
 		}
-		if (c->in_paused)
+		if (c->in_paused || c->reload_parked)
 			c->last_rx_ms = s->now_ms; /* kite is not reading it */
 		if (c->keepalive_s &&
 		    s->now_ms - c->last_rx_ms > (uint64_t)c->keepalive_s * 1500u) {
@@ -911,6 +977,7 @@ static void shard_on_tick(struct shard *s)
 	shard_resume_accepts(s);
 	shard_accept_sweep(s);
 	session_pump_deferred(s); /* after a reload that failed */
+	shard_unpark_input(s);
 	shard_check_timeouts(s);
 	metrics_tick(s);
 	persist_tick(s);
