@@ -285,7 +285,7 @@ static bool conn_park_for_reload(struct conn *c, uint8_t type)
 	if (c->bridge || (type != MQTT_CONNECT && type != MQTT_SUBSCRIBE) ||
 	    !shard_reload_coming(c->shard))
 		return false;
-	shard_park_input(c->shard, c);
+	shard_park_input(c->shard, c, PARK_RELOAD);
 	return true;
 }
 
@@ -333,7 +333,7 @@ void conn_on_plain(struct conn *c, const uint8_t *data, size_t len)
 {
 	if (c->state == CONN_CLOSING)
 		return;
-	if (c->state == CONN_HANDOFF || c->reload_parked) {
+	if (c->state == CONN_HANDOFF || c->parked) {
 		conn_stash(c, data, len, 0);
 		return;
 	}
@@ -343,12 +343,12 @@ void conn_on_plain(struct conn *c, const uint8_t *data, size_t len)
 			goto stopped;
 		data += used;
 		len -= (size_t)used;
-		if (c->reload_parked) {
+	}
+	while (len) {
+		if (c->parked) { /* by the last packet (a takeover) */
 			conn_stash(c, data, len, 0);
 			return;
 		}
-	}
-	while (len) {
 		struct mqtt_fixed_header h;
 		bool have;
 		long total = conn_frame(c, data, len, &h, &have);
@@ -1356,10 +1356,9 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 		c->in_paused = false;
 		s->input_paused--;
 	}
-	if (c->reload_parked) {
-		c->reload_parked = false;
+	if (c->parked & PARK_RELOAD)
 		s->input_parked--;
-	}
+	c->parked = 0;
 	if (c->will) {
 		struct will *w = c->will;
 		struct session *ss = c->session;

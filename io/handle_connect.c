@@ -372,11 +372,20 @@ static void connect_complete(struct shard *s, struct conn *c)
 	e->shard = s->idx;
 	e->persistent = p->expiry_s != 0;
 	pthread_mutex_unlock(&b->reg_lock);
+	struct takeover *t = NULL;
 	if (old && old_shard == s->idx)
 		session_kick(s, old);
-	else if (old)
+	else if (old && (t = malloc(sizeof(*t)))) {
+		*t = (struct takeover){NULL, old, c->id, c->gen, (uint8_t)s->idx};
+		shard_post(s, old_shard, (struct xitem){XK_TAKEOVER, t});
+	} else if (old)
 		shard_post(s, old_shard, (struct xitem){XK_KICK, old});
 	connect_accept(s, c, ss, false);
+	/* What the client sends next waits until the old connection's shard
+	 * has served what that one sent before this CONNECT, and closed it
+	 * (Mosquitto's one loop reads in arrival order). */
+	if (t && c->state == CONN_ACTIVE)
+		shard_park_input(s, c, PARK_TAKEOVER);
 }
 
 void connect_adopt(struct shard *s, struct conn *c)

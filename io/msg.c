@@ -95,6 +95,24 @@ void msg_unref(struct msg *m)
 	}
 }
 
+struct msg_source *msg_source_new(uint8_t listener, const char *client_id,
+				  size_t id_len, const char *username,
+				  size_t username_len)
+{
+	struct msg_source *src = malloc(sizeof(*src) + id_len + 1u);
+	if (!src)
+		return NULL;
+	src->listener = listener;
+	src->username = username ? strndup(username, username_len) : NULL;
+	if (username && !src->username) {
+		free(src);
+		return NULL;
+	}
+	memcpy(src->client_id, client_id, id_len);
+	src->client_id[id_len] = '\0';
+	return src;
+}
+
 uint32_t msg_expiry_left(const struct msg *m, uint64_t now_ms)
 {
 	if (!m->expiry_s)

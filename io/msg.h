@@ -59,6 +59,12 @@ struct msg_source {
 	char client_id[];
 };
 
+/* A source with a copy of client_id and username (NULL: none), or NULL
+ * when out of memory. Freed with the message it is attached to. */
+struct msg_source *msg_source_new(uint8_t listener, const char *client_id,
+				  size_t id_len, const char *username,
+				  size_t username_len);
+
 /* Copies topic, payload and the pass-through property bytes (may be NULL)
  * into a new message with one reference. NULL when out of memory. */
 struct msg *msg_new(const uint8_t *topic, uint16_t topic_len,

@@ -164,16 +164,42 @@ bool shard_reload_coming(const struct shard *s)
 	return sigpending(&pending) == 0 && sigismember(&pending, SIGHUP) == 1;
 }
 
-void shard_park_input(struct shard *s, struct conn *c)
+void shard_park_input(struct shard *s, struct conn *c, uint8_t why)
 {
-	assert(!c->reload_parked);
-	c->reload_parked = true;
-	s->input_parked++;
-	if (c->flags & CONN_RECV_ARMED) {
+	if (!c->parked && (c->flags & CONN_RECV_ARMED)) {
 		struct io_uring_sqe *sqe = shard_sqe(s);
 		io_uring_prep_cancel64(sqe, ud_pack(UD_RECV, c->id, c->gen), 0);
 		io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, c->id, c->gen));
 	}
+	if ((why & PARK_RELOAD) && !(c->parked & PARK_RELOAD))
+		s->input_parked++;
+	c->parked |= why;
+}
+
+void shard_unpark_conn(struct shard *s, struct conn *c, uint8_t why)
+{
+	if (!(c->parked & why))
+		return;
+	if (why & c->parked & PARK_RELOAD)
+		s->input_parked--;
+	c->parked &= (uint8_t)~why;
+	if (c->parked)
+		return;
+	uint32_t len;
+	uint8_t *data = conn_take_input(c, &len);
+	if (data)
+		conn_on_plain(c, data, len);
+	free(data);
+	/* With its receive still being cancelled, the final completion
+	 * re-arms it (or moves, or frees the connection). */
+	if (c->flags & CONN_RECV_ARMED)
+		return;
+	if (c->state == CONN_CLOSING)
+		conn_on_closed(c); /* may free c */
+	else if (c->state == CONN_HANDOFF)
+		connect_handoff_ready(s, c);
+	else if (!c->parked && c->ktls != KTLS_STOPPING)
+		shard_arm_recv(s, c);
 }
 
 /* After this shard switched to the reloaded configuration (or the reload
@@ -185,25 +211,8 @@ static void shard_unpark_input(struct shard *s)
 		return;
 	for (uint32_t i = 0; i < s->conns_cap && s->input_parked; i++) {
 		struct conn *c = s->conns[i];
-		if (!c || !c->reload_parked)
-			continue;
-		c->reload_parked = false;
-		s->input_parked--;
-		uint32_t len;
-		uint8_t *data = conn_take_input(c, &len);
-		if (data)
-			conn_on_plain(c, data, len);
-		free(data);
-		/* With its receive still being cancelled, the final completion
-		 * re-arms it (or moves, or frees the connection). */
-		if (c->flags & CONN_RECV_ARMED)
-			continue;
-		if (c->state == CONN_CLOSING)
-			conn_on_closed(c); /* may free c */
-		else if (c->state == CONN_HANDOFF)
-			connect_handoff_ready(s, c);
-		else if (c->ktls != KTLS_STOPPING)
-			shard_arm_recv(s, c);
+		if (c && (c->parked & PARK_RELOAD))
+			shard_unpark_conn(s, c, PARK_RELOAD);
 	}
 }
 
@@ -305,6 +314,23 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 	case XK_KICK:
 		session_kick(s, it.ptr);
 		break;
+	case XK_TAKEOVER: {
+		struct takeover *t = it.ptr;
+		t->next = NULL;
+		if (!s->takeovers)
+			s->takeovers_tail = &s->takeovers;
+		*s->takeovers_tail = t;
+		s->takeovers_tail = &t->next;
+		break;
+	}
+	case XK_TAKEN: {
+		struct takeover *t = it.ptr;
+		struct conn *c = shard_conn_lookup(s, t->conn_id, t->conn_gen);
+		free(t);
+		if (c)
+			shard_unpark_conn(s, c, PARK_TAKEOVER);
+		break;
+	}
 	case XK_ADOPT:
 		connect_adopt(s, it.ptr);
 		break;
@@ -336,6 +362,16 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 	}
 	default:
 		assert(!"unknown cross-shard item");
+	}
+}
+
+static void shard_run_takeovers(struct shard *s)
+{
+	while (s->takeovers) {
+		struct takeover *t = s->takeovers;
+		s->takeovers = t->next;
+		session_kick(s, t->old);
+		shard_post(s, t->from, (struct xitem){XK_TAKEN, t});
 	}
 }
 
@@ -420,7 +456,7 @@ static struct conn *shard_conn_get(struct shard *s, uint64_t ud)
 
 void shard_arm_recv(struct shard *s, struct conn *c)
 {
-	if (c->in_paused || c->reload_parked)
+	if (c->in_paused || c->parked)
 		return;
 	struct io_uring_sqe *sqe = shard_sqe(s);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
@@ -922,7 +958,7 @@ static void shard_check_timeouts(struct shard *s)
 			}
 			continue;
 		}
-		if (c->in_paused || c->reload_parked)
+		if (c->in_paused || c->parked)
 			c->last_rx_ms = s->now_ms; /* kite is not reading it */
 		if (c->keepalive_s &&
 		    s->now_ms - c->last_rx_ms > (uint64_t)c->keepalive_s * 1500u) {
@@ -1155,6 +1191,7 @@ static void *shard_main(void *arg)
 		shard_drain_rings(s);
 		shard_turn(s, &tick);
 		shard_drain_rings(s);
+		shard_run_takeovers(s);
 		if (s->b->cluster)
 			cluster_drain(s);
 		if (s->stop_pending && !s->stopping) {
@@ -1291,6 +1328,10 @@ static void xitem_discard(struct xitem it)
 		conn_free(c);
 		break;
 	}
+	case XK_TAKEOVER:
+	case XK_TAKEN:
+		free(it.ptr);
+		break;
 	default: /* kicks: their sessions went with their shard; the rest
 		    own nothing */
 		break;
