@@ -477,6 +477,9 @@ struct conn {
 	 * that parked it stays in in_buf, and nothing more is read, until
 	 * every reason is gone (shard_park_input). */
 	uint8_t parked;
+	/* Unparked and its receive armed again: what the client sent while
+	 * it was parked may still be in the socket (shard_run_takeovers). */
+	bool recv_fresh;
 	/* Ticks an empty wire queue is kept after a PUBLISH went through it
 	 * (shard_check_timeouts): a subscriber getting a message every
 	 * second or so reuses it instead of a malloc and free per delivery;
@@ -892,6 +895,10 @@ bool shard_reload_coming(const struct shard *s);
  * PARK_TAKEOVER, XK_TAKEN came. Then the input c buffered runs. */
 void shard_park_input(struct shard *s, struct conn *c, uint8_t why);
 void shard_unpark_conn(struct shard *s, struct conn *c, uint8_t why);
+/* A takeover of a session of this shard, run after this turn's
+ * completions (XK_TAKEOVER, or a local one whose old connection is
+ * parked and has not run what it sent). */
+void shard_queue_takeover(struct shard *s, struct takeover *t);
 int shard_conn_attach(struct shard *s, struct conn *c);
 void shard_conn_detach(struct shard *s, struct conn *c);
 

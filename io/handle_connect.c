@@ -372,13 +372,22 @@ static void connect_complete(struct shard *s, struct conn *c)
 	e->shard = s->idx;
 	e->persistent = p->expiry_s != 0;
 	pthread_mutex_unlock(&b->reg_lock);
+	/* Here, the old connection is served up to now unless it is parked
+	 * with input it has not run yet, or was just unparked (its socket
+	 * may hold more): then as from another shard. */
+	bool local = old && old_shard == s->idx;
 	struct takeover *t = NULL;
-	if (old && old_shard == s->idx)
+	if (local && !(old->conn && (old->conn->parked || old->conn->recv_fresh)))
 		session_kick(s, old);
 	else if (old && (t = malloc(sizeof(*t)))) {
 		*t = (struct takeover){NULL, old, c->id, c->gen, (uint8_t)s->idx};
-		shard_post(s, old_shard, (struct xitem){XK_TAKEOVER, t});
-	} else if (old)
+		if (local)
+			shard_queue_takeover(s, t);
+		else
+			shard_post(s, old_shard, (struct xitem){XK_TAKEOVER, t});
+	} else if (local)
+		session_kick(s, old);
+	else if (old)
 		shard_post(s, old_shard, (struct xitem){XK_KICK, old});
 	connect_accept(s, c, ss, false);
 	/* What the client sends next waits until the old connection's shard

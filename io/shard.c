@@ -198,8 +198,10 @@ void shard_unpark_conn(struct shard *s, struct conn *c, uint8_t why)
 		conn_on_closed(c); /* may free c */
 	else if (c->state == CONN_HANDOFF)
 		connect_handoff_ready(s, c);
-	else if (!c->parked && c->ktls != KTLS_STOPPING)
+	else if (!c->parked && c->ktls != KTLS_STOPPING) {
 		shard_arm_recv(s, c);
+		c->recv_fresh = true;
+	}
 }
 
 /* After this shard switched to the reloaded configuration (or the reload
@@ -287,6 +289,8 @@ void broker_post_from_main(struct broker *b, unsigned dst, struct xitem it)
 
 static void shard_stop_all(struct shard *s);
 
+static void shard_takeover_done(struct shard *s, struct takeover *t);
+
 static void shard_handle_xitem(struct shard *s, struct xitem it)
 {
 	switch (it.kind) {
@@ -314,23 +318,12 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 	case XK_KICK:
 		session_kick(s, it.ptr);
 		break;
-	case XK_TAKEOVER: {
-		struct takeover *t = it.ptr;
-		t->next = NULL;
-		if (!s->takeovers)
-			s->takeovers_tail = &s->takeovers;
-		*s->takeovers_tail = t;
-		s->takeovers_tail = &t->next;
+	case XK_TAKEOVER:
+		shard_queue_takeover(s, it.ptr);
 		break;
-	}
-	case XK_TAKEN: {
-		struct takeover *t = it.ptr;
-		struct conn *c = shard_conn_lookup(s, t->conn_id, t->conn_gen);
-		free(t);
-		if (c)
-			shard_unpark_conn(s, c, PARK_TAKEOVER);
+	case XK_TAKEN:
+		shard_takeover_done(s, it.ptr);
 		break;
-	}
 	case XK_ADOPT:
 		connect_adopt(s, it.ptr);
 		break;
@@ -365,14 +358,54 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 	}
 }
 
+void shard_queue_takeover(struct shard *s, struct takeover *t)
+{
+	t->next = NULL;
+	if (!s->takeovers)
+		s->takeovers_tail = &s->takeovers;
+	*s->takeovers_tail = t;
+	s->takeovers_tail = &t->next;
+}
+
+/* On the new connection's shard: the old one is gone, the new one goes on. */
+static void shard_takeover_done(struct shard *s, struct takeover *t)
+{
+	struct conn *c = shard_conn_lookup(s, t->conn_id, t->conn_gen);
+	free(t);
+	if (c)
+		shard_unpark_conn(s, c, PARK_TAKEOVER);
+}
+
+/* An old connection that is parked itself (a takeover or a reload of
+ * its own) has not run what it sent yet: its kick waits until it has,
+ * and the new connection with it. */
 static void shard_run_takeovers(struct shard *s)
 {
-	while (s->takeovers) {
-		struct takeover *t = s->takeovers;
-		s->takeovers = t->next;
-		session_kick(s, t->old);
-		shard_post(s, t->from, (struct xitem){XK_TAKEN, t});
+	struct takeover *t = s->takeovers, *waiting = NULL, **tail = &waiting;
+	s->takeovers = NULL;
+	while (t) {
+		struct takeover *next = t->next;
+		struct conn *oc = t->old->conn;
+		/* Its receive, just armed again, has not returned what waits
+		 * in the socket: one more turn (the completion wakes it). */
+		bool fresh = oc && oc->recv_fresh;
+		if (oc)
+			oc->recv_fresh = false;
+		if (oc && (oc->parked || fresh)) {
+			t->next = NULL;
+			*tail = t;
+			tail = &t->next;
+		} else {
+			session_kick(s, t->old);
+			if (t->from == s->idx)
+				shard_takeover_done(s, t);
+			else
+				shard_post(s, t->from, (struct xitem){XK_TAKEN, t});
+		}
+		t = next;
 	}
+	s->takeovers = waiting;
+	s->takeovers_tail = waiting ? tail : &s->takeovers;
 }
 
 static void shard_drain_rings(struct shard *s)
@@ -852,7 +885,9 @@ static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
 		return;
 	if (!more)
 		c->flags &= (uint8_t)~CONN_RECV_ARMED;
-	if (cqe->res == 0 && c->state != CONN_CLOSING)
+	/* A parked connection's end waits for what it sent before: its
+	 * receive, armed again when it is unparked, sees the end again. */
+	if (cqe->res == 0 && c->state != CONN_CLOSING && !c->parked)
 		conn_close(c, "closed by client", true);
 	else if (cqe->res == -EIO && c->ktls == KTLS_ON &&
 		 c->state != CONN_CLOSING)
