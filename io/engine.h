@@ -485,6 +485,13 @@ struct conn {
 	/* Not read while the shard's queues to other shards drain: a
 	 * publisher slows down instead of growing them (shard_post). */
 	bool in_paused;
+	/* Why its input waits (enum conn_park): what came after the packet
+	 * that parked it stays in in_buf, and nothing more is read, until
+	 * every reason is gone (shard_park_input). */
+	uint8_t parked;
+	/* Unparked and its receive armed again: what the client sent while
+	 * it was parked may still be in the socket (shard_run_takeovers). */
+	bool recv_fresh;
 	/* Ticks an empty wire queue is kept after a PUBLISH went through it
 	 * (shard_check_timeouts): a subscriber getting a message every
 	 * second or so reuses it instead of a malloc and free per delivery;
@@ -492,7 +499,8 @@ struct conn {
 	uint8_t outq_keep;
 	uint64_t last_rx_ms;
 	uint64_t created_ms;
-	/* Only a packet split across receives is buffered here. */
+	/* A packet split across receives, or what a parked connection
+	 * sent (parked), is buffered here. */
 	uint8_t *in_buf;
 	uint32_t in_len, in_cap;
 	/* Wire queue: ring of entries in send order. */
@@ -537,6 +545,8 @@ struct conn {
 enum xkind {
 	XK_DELIVER = 1, /* ptr: struct msg *, one reference travels */
 	XK_KICK,	/* ptr: struct session * of the destination, taken over */
+	XK_TAKEOVER,	/* ptr: struct takeover *: kick, then answer XK_TAKEN */
+	XK_TAKEN,	/* ptr: struct takeover *, back: the new one may go on */
 	XK_ADOPT,	/* ptr: struct conn * to adopt (persistent takeover) */
 	XK_SHARE_JOIN,	  /* share.c: ptr is a struct share_op */
 	XK_SHARE_LEAVE,
@@ -554,6 +564,20 @@ enum xkind {
 struct xitem {
 	uint8_t kind;
 	void *ptr;
+};
+
+/* A client connected on shard `from` (connection id, gen) and took over
+ * `old`, a session of the destination shard. */
+struct takeover {
+	struct takeover *next;
+	struct session *old;
+	uint32_t conn_id, conn_gen;
+	uint8_t from;
+};
+
+enum conn_park {
+	PARK_RELOAD = 1,   /* a SIGHUP's reload is coming */
+	PARK_TAKEOVER = 2, /* the old connection's shard has not kicked it */
 };
 
 struct xring {
@@ -737,6 +761,12 @@ struct shard {
 	 * a queue to another shard is past XOVERFLOW_PAUSE_ITEMS. */
 	uint32_t input_paused;
 	bool backlogged;
+	uint32_t input_parked; /* connections parked for PARK_RELOAD */
+	/* Sessions taken over by a client on another shard (XK_TAKEOVER),
+	 * kicked once this turn's completions ran: what their old
+	 * connection sent before the new one's CONNECT is served first, as
+	 * by Mosquitto's one loop. */
+	struct takeover *takeovers, **takeovers_tail;
 
 	/* Finished send contexts for reuse: [0] small, [1] full-size. */
 	struct send_ctx *ctx_pool[2];
@@ -872,6 +902,19 @@ void shard_arm_recv(struct shard *s, struct conn *c);
 bool shard_backlogged(const struct shard *s);
 /* Stops reading from c until the shard's backlog has drained. */
 void shard_pause_input(struct shard *s, struct conn *c);
+/* A reload this shard has not switched to yet; _coming: or a SIGHUP
+ * the main thread has not taken yet (one syscall). */
+bool shard_reload_pending(const struct shard *s);
+bool shard_reload_coming(const struct shard *s);
+/* Stops reading from c until `why` (enum conn_park) is over: for
+ * PARK_RELOAD, this shard has applied the coming reload; for
+ * PARK_TAKEOVER, XK_TAKEN came. Then the input c buffered runs. */
+void shard_park_input(struct shard *s, struct conn *c, uint8_t why);
+void shard_unpark_conn(struct shard *s, struct conn *c, uint8_t why);
+/* A takeover of a session of this shard, run after this turn's
+ * completions (XK_TAKEOVER, or a local one whose old connection is
+ * parked and has not run what it sent). */
+void shard_queue_takeover(struct shard *s, struct takeover *t);
 int shard_conn_attach(struct shard *s, struct conn *c);
 void shard_conn_detach(struct shard *s, struct conn *c);
 

@@ -642,6 +642,17 @@ static void log_retain(struct shard *s, struct msg *m)
 	r.retain.topic = jb(msg_topic(m), m->topic_len);
 	if (m->payload_len)
 		r.retain.msg_id = log_msg_ref(s, m);
+	const struct msg_source *src = m->source;
+	if (r.retain.msg_id && src) {
+		r.retain.has_source = true;
+		r.retain.source_listener = src->listener;
+		r.retain.source_has_username = src->username != NULL;
+		r.retain.source_client_id = jb(src->client_id,
+					       (uint32_t)strlen(src->client_id));
+		if (src->username)
+			r.retain.source_username =
+				jb(src->username, (uint32_t)strlen(src->username));
+	}
 	log_put(s, &r);
 }
 
@@ -1593,6 +1604,18 @@ static int apply_retain(struct recovery *rc, const struct journal_record *r)
 	}
 	e->msg_id = r->retain.msg_id;
 	e->rm = last_msg_if(rc, e->msg_id);
+	struct rmsg *rm = !r->retain.has_source ? NULL
+			  : e->rm ? e->rm : rmsg_find(rc, e->msg_id);
+	if (rm && !rm->m->source) {
+		const struct journal_bytes id = r->retain.source_client_id;
+		const struct journal_bytes un = r->retain.source_username;
+		rm->m->source = msg_source_new(
+			r->retain.source_listener, (const char *)id.ptr, id.len,
+			r->retain.source_has_username ? (const char *)un.ptr : NULL,
+			un.len);
+		if (!rm->m->source)
+			return -1;
+	}
 	return 0;
 }
 
