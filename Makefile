@@ -193,6 +193,11 @@ test: deps
 	@rc=0; KITE=$(abspath build/asan/kite) VM_TIMEOUT=$(VM_TIMEOUT) \
 	 tests/vm/test_ktls_shortlived_vm.sh || rc=$$?; \
 	 if [ $$rc -eq 77 ]; then echo "ktls-shortlived-vm: skipped (see above)"; else exit $$rc; fi
+	@# MQTT over WebSockets over kernel TLS (a wss listener): paho-mqtt
+	@# with transport="websockets", both ways, TLS 1.2 and 1.3.
+	@rc=0; KITE=$(abspath build/asan/kite) VM_TIMEOUT=$(VM_TIMEOUT) \
+	 tests/vm/test_ktls_wss_vm.sh || rc=$$?; \
+	 if [ $$rc -eq 77 ]; then echo "ktls-wss-vm: skipped (see above)"; else exit $$rc; fi
 	@for k in stock rekey; do rc=0; KITE=$(abspath build/asan/kite) VM_MEM=1G VM_TIMEOUT=$(VM_TIMEOUT) \
 	 tests/vm/test_ktls_records_vm.sh $$k || rc=$$?; \
 	 if [ $$rc -eq 77 ]; then echo "ktls-records-vm ($$k): skipped (see above)"; \

@@ -617,6 +617,31 @@ bool mqtt_user_props_next(const struct mqtt_props *props, uint32_t *cursor,
 	return false;
 }
 
+size_t mqtt_props_select(const struct mqtt_props *props, uint64_t keep,
+			 uint8_t *out, size_t cap)
+{
+	assert(props && cap >= props->raw.len);
+	struct rd r = {props->raw.ptr, props->raw.len, 0};
+	size_t n = 0;
+	while (rd_left(&r) > 0) {
+		size_t start = r.pos;
+		uint8_t id = 0;
+		struct prop_val v = {0};
+		(void)rd_u8(&r, &id);
+		const struct prop_info *info = prop_lookup(id);
+		assert(info); /* raw was validated by mqtt_props_decode */
+		bool ok = info && prop_read_value(&r, info->type, &v, false);
+		assert(ok);
+		if (!ok)
+			break;
+		if (keep & MQTT_PROP_BIT(id)) {
+			memcpy(out + n, props->raw.ptr + start, r.pos - start);
+			n += r.pos - start;
+		}
+	}
+	return n;
+}
+
 /* ---- decoding packets ---------------------------------------------------- */
 
 /* Decodes a property block when the version has them; `rd` moves past it.

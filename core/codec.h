@@ -125,6 +125,13 @@ enum mqtt_rc mqtt_props_decode(const uint8_t *buf, size_t len,
 bool mqtt_user_props_next(const struct mqtt_props *props, uint32_t *cursor,
 			  struct mqtt_bytes *key, struct mqtt_bytes *value);
 
+/* Copies the properties of a decoded block whose bit is in keep
+ * (MQTT_PROP_BIT; user properties too), in wire order, to out (cap: at
+ * least props->raw.len). Returns the bytes written. Mosquitto forwards a
+ * message's properties in the order they came, and clients compare. */
+size_t mqtt_props_select(const struct mqtt_props *props, uint64_t keep,
+			 uint8_t *out, size_t cap);
+
 /* ---- packets a client sends ------------------------------------------- */
 
 struct mqtt_will {

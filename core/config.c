@@ -484,8 +484,10 @@ static int opt_bind_address(struct file_ctx *fc, const char *name, char *rest)
 	return 0;
 }
 
-/* A libwebsockets log mask in Mosquitto; kite has no libwebsockets and
- * logs WebSocket events under its own log_type bits. */
+/* A libwebsockets log mask in Mosquitto (lws_log_levels): kite logs its
+ * WebSocket events under the same bits (io/wsconn.c), with log_type
+ * websockets as Mosquitto wants. Bits beyond lws's are ignored, as lws
+ * does. */
 static int opt_websockets_log_level(struct file_ctx *fc, const char *name,
 				    char *rest)
 {

@@ -26,7 +26,7 @@ enum kite_log_type {
 	KITE_LOG_DEBUG = 1 << 4,	 /* debug */
 	KITE_LOG_SUBSCRIBE = 1 << 5,	 /* subscribe */
 	KITE_LOG_UNSUBSCRIBE = 1 << 6, /* unsubscribe */
-	KITE_LOG_WEBSOCKETS = 1 << 7,	 /* websockets (accepted, never used) */
+	KITE_LOG_WEBSOCKETS = 1 << 7,	 /* websockets (websockets_log_level) */
 	KITE_LOG_ALL = 0xff,
 };
 
@@ -221,7 +221,7 @@ struct kite_config {
 	bool flood_filter_required;
 
 	uint32_t websockets_headers_size; /* 0 = KITE_WS_HEADERS_SIZE_DEFAULT */
-	int websockets_log_level;	  /* accepted; kite logs its own way */
+	int websockets_log_level;	  /* ws/ws.h enum ws_log bits; default 0 */
 
 	uint32_t max_keepalive_s;	 /* default 65535 */
 	uint32_t max_packet_size;	 /* 0 = no limit beyond the protocol's */

@@ -97,7 +97,11 @@ static size_t body_len(const struct journal_record *r)
 	case JOURNAL_QOS2_REL:
 		return 8 + 2;
 	case JOURNAL_RETAIN:
-		return 8 + 8 + 4 + r->retain.topic.len;
+		return 8 + 8 + 4 + r->retain.topic.len +
+		       (r->retain.has_source
+				? 1 + 1 + 4 + r->retain.source_client_id.len + 4 +
+					  r->retain.source_username.len
+				: 0);
 	case JOURNAL_WILL:
 		return 8 + 8 + 8;
 	case JOURNAL_SNAPSHOT_END:
@@ -179,6 +183,12 @@ static void encode_body(struct wr *w, const struct journal_record *r)
 		w64(w, r->retain.msg_id);
 		w64(w, r->retain.seq);
 		wbytes(w, r->retain.topic);
+		if (r->retain.has_source) {
+			w8(w, r->retain.source_listener);
+			w8(w, r->retain.source_has_username);
+			wbytes(w, r->retain.source_client_id);
+			wbytes(w, r->retain.source_username);
+		}
 		break;
 	case JOURNAL_WILL:
 		w64(w, r->will.key);
@@ -411,6 +421,19 @@ static void decode_body(struct rdc *c, struct journal_record *r)
 		r->retain.topic = rbytes(c);
 		if (r->retain.topic.len > UINT16_MAX)
 			c->ok = false;
+		r->retain.has_source = c->ok && c->p < c->end;
+		if (r->retain.has_source) {
+			r->retain.source_listener = r8(c);
+			r->retain.source_has_username = rbool(c);
+			r->retain.source_client_id = rbytes(c);
+			r->retain.source_username = rbytes(c);
+			/* A client id is never empty (the broker assigns
+			 * one); a source only comes with a message. */
+			if (!r->retain.source_client_id.len ||
+			    r->retain.source_client_id.len > UINT16_MAX ||
+			    !r->retain.msg_id)
+				c->ok = false;
+		}
 		break;
 	case JOURNAL_WILL:
 		r->will.key = r64(c);

@@ -114,6 +114,13 @@ struct journal_record {
 			uint64_t msg_id; /* 0: the topic has none any more */
 			uint64_t seq;	 /* orders changes of one topic */
 			struct journal_bytes topic;
+			/* Who published it, for check_retain_source across a
+			 * restart (Mosquitto's database keeps it too); last in
+			 * the body and optional: absent in older logs. */
+			bool has_source;
+			uint8_t source_listener;
+			bool source_has_username;
+			struct journal_bytes source_client_id, source_username;
 		} retain;
 		struct {
 			uint64_t key, msg_id;

@@ -158,6 +158,11 @@ struct conn_v5 {
 	} *out_aliases;        /* outbound, index = alias - 1 */
 };
 
+enum conn_park {
+	PARK_RELOAD = 1,   /* a SIGHUP's reload is coming */
+	PARK_TAKEOVER = 2, /* the old connection's shard has not kicked it */
+};
+
 enum conn_input_charge {
 	INPUT_UNCHARGED, /* none, or bytes moving with a hand-off */
 	INPUT_PRELOGIN,	 /* shard->input_prelogin */
@@ -192,6 +197,13 @@ struct conn {
 	/* Not read while the shard's queues to other shards drain: a
 	 * publisher slows down instead of growing them (shard_post). */
 	bool in_paused;
+	/* Why its input waits (enum conn_park): what came after the packet
+	 * that parked it stays in in_buf, and nothing more is read, until
+	 * every reason is gone (shard_park_input). */
+	uint8_t parked;
+	/* Unparked and its receive armed again: what the client sent while
+	 * it was parked may still be in the socket (shard_run_takeovers). */
+	bool recv_fresh;
 	/* Ticks an empty wire queue is kept after a PUBLISH went through it
 	 * (shard_check_timeouts): a subscriber getting a message every
 	 * second or so reuses it instead of a malloc and free per delivery;
@@ -199,7 +211,8 @@ struct conn {
 	uint8_t outq_keep;
 	uint64_t last_rx_ms;
 	uint64_t created_ms;
-	/* Only a packet split across receives is buffered here. */
+	/* A packet split across receives, or what a parked connection
+	 * sent (parked), is buffered here. */
 	uint8_t *in_buf;
 	uint32_t in_len, in_cap;
 	/* Wire queue: ring of entries in send order. */

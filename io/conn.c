@@ -296,6 +296,19 @@ static long conn_frame(struct conn *c, const uint8_t *data, size_t len,
 	return total <= len ? (long)total : 0;
 }
 
+/* A packet whose answer depends on the ACL, the passwords or the retained
+ * messages' sources waits while a SIGHUP's reload is coming: a client that
+ * connects or subscribes after the signal was sent is served under the new
+ * files, as by Mosquitto, which reloads before serving anyone. */
+static bool conn_park_for_reload(struct conn *c, uint8_t type)
+{
+	if (c->bridge || (type != MQTT_CONNECT && type != MQTT_SUBSCRIBE) ||
+	    !shard_reload_coming(c->shard))
+		return false;
+	shard_park_input(c->shard, c, PARK_RELOAD);
+	return true;
+}
+
 /* Completes a packet split across receives; returns bytes of data used,
  * or -1 when the connection stopped taking input. */
 static long conn_finish_partial(struct conn *c, const uint8_t *data,
@@ -327,7 +340,7 @@ static long conn_finish_partial(struct conn *c, const uint8_t *data,
 	if (conn_stash(c, data + used, take, total) < 0)
 		return -1;
 	used += take;
-	if (c->in_len < total)
+	if (c->in_len < total || conn_park_for_reload(c, h.type))
 		return (long)used;
 	uint32_t pkt_len;
 	uint8_t *pkt = conn_take_input(c, &pkt_len);
@@ -340,7 +353,7 @@ void conn_on_plain(struct conn *c, const uint8_t *data, size_t len)
 {
 	if (c->state == CONN_CLOSING)
 		return;
-	if (c->state == CONN_HANDOFF) {
+	if (c->state == CONN_HANDOFF || c->parked) {
 		conn_stash(c, data, len, 0);
 		return;
 	}
@@ -352,6 +365,10 @@ void conn_on_plain(struct conn *c, const uint8_t *data, size_t len)
 		len -= (size_t)used;
 	}
 	while (len) {
+		if (c->parked) { /* by the last packet (a takeover) */
+			conn_stash(c, data, len, 0);
+			return;
+		}
 		struct mqtt_fixed_header h;
 		bool have;
 		long total = conn_frame(c, data, len, &h, &have);
@@ -360,6 +377,10 @@ void conn_on_plain(struct conn *c, const uint8_t *data, size_t len)
 		if (total == 0) {
 			size_t want = have ? (size_t)h.header_len + h.remaining_len : 5;
 			conn_stash(c, data, len, want);
+			return;
+		}
+		if (conn_park_for_reload(c, h.type)) {
+			conn_stash(c, data, len, 0);
 			return;
 		}
 		data += total;
@@ -1433,6 +1454,9 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 		c->in_paused = false;
 		s->input_paused--;
 	}
+	if (c->parked & PARK_RELOAD)
+		s->input_parked--;
+	c->parked = 0;
 	if (c->will) {
 		struct will *w = c->will;
 		struct session *ss = c->session;

@@ -217,11 +217,29 @@ static void connect_complete(struct shard *s, struct conn *c)
 	e->shard = s->idx;
 	e->persistent = p->expiry_s != 0;
 	pthread_mutex_unlock(&b->reg_lock);
-	if (old && old_shard == s->idx)
+	/* Here, the old connection is served up to now unless it is parked
+	 * with input it has not run yet, or was just unparked (its socket
+	 * may hold more): then as from another shard. */
+	bool local = old && old_shard == s->idx;
+	struct takeover *t = NULL;
+	if (local && !(old->conn && (old->conn->parked || old->conn->recv_fresh)))
+		session_kick(s, old);
+	else if (old && (t = malloc(sizeof(*t)))) {
+		*t = (struct takeover){NULL, old, c->id, c->gen, (uint8_t)s->idx};
+		if (local)
+			shard_queue_takeover(s, t);
+		else
+			shard_post(s, old_shard, (struct xitem){XK_TAKEOVER, t});
+	} else if (local)
 		session_kick(s, old);
 	else if (old)
 		shard_post(s, old_shard, (struct xitem){XK_KICK, old});
 	connect_accept(s, c, ss, false);
+	/* What the client sends next waits until the old connection's shard
+	 * has served what that one sent before this CONNECT, and closed it
+	 * (Mosquitto's one loop reads in arrival order). */
+	if (t && c->state == CONN_ACTIVE)
+		shard_park_input(s, c, PARK_TAKEOVER);
 }
 
 void connect_adopt(struct shard *s, struct conn *c)

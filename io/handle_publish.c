@@ -115,17 +115,10 @@ static struct msg *publish_msg(struct conn *c, const struct mqtt_publish *p)
 	if (p->retain && p->payload.len && c->shard->cfg->check_retain_source) {
 		/* Who may still write it is checked when it is sent. */
 		const struct session *ss = c->session;
-		struct msg_source *src = malloc(sizeof(*src) + ss->client_id_len + 1u);
-		if (!src) {
-			msg_unref(m);
-			return NULL;
-		}
-		src->listener = (uint8_t)c->listener;
-		src->username = c->username ? strdup(c->username) : NULL;
-		memcpy(src->client_id, ss->client_id, ss->client_id_len);
-		src->client_id[ss->client_id_len] = '\0';
-		m->source = src;
-		if (c->username && !src->username) {
+		m->source = msg_source_new((uint8_t)c->listener, ss->client_id,
+					   ss->client_id_len, c->username,
+					   c->username ? strlen(c->username) : 0);
+		if (!m->source) {
 			msg_unref(m);
 			return NULL;
 		}

@@ -51,6 +51,52 @@ static uint64_t now_monotonic_ns(void)
 
 static void shard_stop_all(struct shard *s);
 
+/* ---- parked input and takeovers ------------------------------------------ */
+
+static void shard_unpark_conn(struct shard *s, struct conn *c, uint8_t why)
+{
+	if (!(c->parked & why))
+		return;
+	if (why & c->parked & PARK_RELOAD)
+		s->input_parked--;
+	c->parked &= (uint8_t)~why;
+	if (c->parked)
+		return;
+	uint32_t len;
+	uint8_t *data = conn_take_input(c, &len);
+	if (data)
+		conn_on_plain(c, data, len);
+	free(data);
+	/* With its receive still being cancelled, the final completion
+	 * re-arms it (or moves, or frees the connection). */
+	if (c->flags & CONN_RECV_ARMED)
+		return;
+	if (c->state == CONN_CLOSING)
+		conn_on_closed(c); /* may free c */
+	else if (c->state == CONN_HANDOFF)
+		connect_handoff_ready(s, c);
+	else if (!c->parked && c->ktls != KTLS_STOPPING) {
+		shard_arm_recv(s, c);
+		c->recv_fresh = true;
+	}
+}
+
+/* After this shard switched to the reloaded configuration (or the reload
+ * failed): what the parked connections sent runs under it, and they are
+ * read again. A SIGHUP that came meanwhile parks them once more. */
+static void shard_unpark_input(struct shard *s)
+{
+	if (!s->input_parked || shard_reload_coming(s))
+		return;
+	for (uint32_t i = 0; i < s->conns_cap && s->input_parked; i++) {
+		struct conn *c = s->conns[i];
+		if (c && (c->parked & PARK_RELOAD))
+			shard_unpark_conn(s, c, PARK_RELOAD);
+	}
+}
+
+static void shard_takeover_done(struct shard *s, struct takeover *t);
+
 static void shard_handle_xitem(struct shard *s, struct xitem it)
 {
 	switch (it.kind) {
@@ -74,6 +120,12 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 		break;
 	case XK_Q2_RELEASE:
 		persist_on_q2_release(s, it.ptr);
+		break;
+	case XK_TAKEOVER:
+		shard_queue_takeover(s, it.ptr);
+		break;
+	case XK_TAKEN:
+		shard_takeover_done(s, it.ptr);
 		break;
 	case XK_KICK:
 		session_kick(s, it.ptr);
@@ -104,6 +156,7 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 		}
 		atomic_fetch_add(&s->b->reload_acks, 1);
 		session_pump_deferred(s);
+		shard_unpark_input(s);
 		break;
 	}
 	default:
@@ -130,6 +183,47 @@ static void shard_drain_rings(struct shard *s)
 			conn_settle(s);
 		}
 	}
+}
+
+/* On the new connection's shard: the old one is gone, the new one goes on. */
+static void shard_takeover_done(struct shard *s, struct takeover *t)
+{
+	struct conn *c = shard_conn_lookup(s, t->conn_id, t->conn_gen);
+	free(t);
+	if (c)
+		shard_unpark_conn(s, c, PARK_TAKEOVER);
+}
+
+/* An old connection that is parked itself (a takeover or a reload of
+ * its own) has not run what it sent yet: its kick waits until it has,
+ * and the new connection with it. */
+static void shard_run_takeovers(struct shard *s)
+{
+	struct takeover *t = s->takeovers, *waiting = NULL, **tail = &waiting;
+	s->takeovers = NULL;
+	while (t) {
+		struct takeover *next = t->next;
+		struct conn *oc = t->old->conn;
+		/* Its receive, just armed again, has not returned what waits
+		 * in the socket: one more turn (the completion wakes it). */
+		bool fresh = oc && oc->recv_fresh;
+		if (oc)
+			oc->recv_fresh = false;
+		if (oc && (oc->parked || fresh)) {
+			t->next = NULL;
+			*tail = t;
+			tail = &t->next;
+		} else {
+			session_kick(s, t->old);
+			if (t->from == s->idx)
+				shard_takeover_done(s, t);
+			else
+				shard_post(s, t->from, (struct xitem){XK_TAKEN, t});
+		}
+		t = next;
+	}
+	s->takeovers = waiting;
+	s->takeovers_tail = waiting ? tail : &s->takeovers;
 }
 
 /* ---- completions --------------------------------------------------------- */
@@ -519,14 +613,17 @@ static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
 		return;
 	if (!more)
 		c->flags &= (uint8_t)~CONN_RECV_ARMED;
-	if (cqe->res == 0 && c->state != CONN_CLOSING)
+	/* A parked connection's end waits for what it sent before: its
+	 * receive, armed again when it is unparked, sees the end again. */
+	if (cqe->res == 0 && c->state != CONN_CLOSING && !c->parked)
 		conn_close(c, "closed by client", true);
 	else if (cqe->res == -EIO && c->ktls == KTLS_ON &&
 		 c->state != CONN_CLOSING)
 		conn_ktls_control_record(c);
 	else if (cqe->res < 0 && cqe->res != -ENOBUFS &&
-		 !(cqe->res == -ECANCELED &&
-		   (c->ktls == KTLS_STOPPING || c->in_paused)) &&
+		 /* Only kite cancels a receive (pause, park, kTLS, hand-off),
+		  * and it may have resumed before the cancel completed. */
+		 cqe->res != -ECANCELED &&
 		 c->state != CONN_CLOSING && c->state != CONN_HANDOFF)
 		conn_close(c, strerror(-cqe->res), true);
 	else if (!more && c->ktls == KTLS_STOPPING && c->state == CONN_ACTIVE)
@@ -628,7 +725,7 @@ static void shard_check_timeouts(struct shard *s)
 			}
 			continue;
 		}
-		if (c->in_paused)
+		if (c->in_paused || c->parked)
 			c->last_rx_ms = s->now_ms; /* kite is not reading it */
 		if (c->keepalive_s &&
 		    s->now_ms - c->last_rx_ms > (uint64_t)c->keepalive_s * 1500u) {
@@ -683,6 +780,7 @@ static void shard_on_tick(struct shard *s)
 	shard_resume_accepts(s);
 	shard_accept_sweep(s);
 	session_pump_deferred(s); /* after a reload that failed */
+	shard_unpark_input(s);
 	shard_check_timeouts(s);
 	metrics_tick(s);
 	persist_tick(s);
@@ -860,6 +958,7 @@ static void *shard_main(void *arg)
 		shard_drain_rings(s);
 		shard_turn(s, &tick);
 		shard_drain_rings(s);
+		shard_run_takeovers(s);
 		if (s->b->cluster)
 			cluster_drain(s);
 		if (s->stop_pending && !s->stopping) {
@@ -992,6 +1091,10 @@ static void xitem_discard(struct xitem it)
 	case XK_SHARE_RETRY:
 	case XK_SHARE_ACK:
 		share_op_discard(it.ptr);
+		break;
+	case XK_TAKEOVER:
+	case XK_TAKEN:
+		free(it.ptr);
 		break;
 	case XK_ADOPT: {
 		struct conn *c = it.ptr;

@@ -95,6 +95,24 @@ void msg_unref(struct msg *m)
 	}
 }
 
+struct msg_source *msg_source_new(uint8_t listener, const char *client_id,
+				  size_t id_len, const char *username,
+				  size_t username_len)
+{
+	struct msg_source *src = malloc(sizeof(*src) + id_len + 1u);
+	if (!src)
+		return NULL;
+	src->listener = listener;
+	src->username = username ? strndup(username, username_len) : NULL;
+	if (username && !src->username) {
+		free(src);
+		return NULL;
+	}
+	memcpy(src->client_id, client_id, id_len);
+	src->client_id[id_len] = '\0';
+	return src;
+}
+
 uint32_t msg_expiry_left(const struct msg *m, uint64_t now_ms)
 {
 	if (!m->expiry_s)
@@ -114,30 +132,21 @@ void msg_release_cb(void *m)
  * prefix) or NULL with *len 0 when there are none. */
 uint8_t *msg_passthrough_props(const struct mqtt_props *in, uint32_t *len)
 {
-	struct mqtt_props pt = {0};
-	pt.present = in->present &
-		     (MQTT_PROP_BIT(MQTT_PROP_PAYLOAD_FORMAT_INDICATOR) |
-		      MQTT_PROP_BIT(MQTT_PROP_CONTENT_TYPE) |
-		      MQTT_PROP_BIT(MQTT_PROP_RESPONSE_TOPIC) |
-		      MQTT_PROP_BIT(MQTT_PROP_CORRELATION_DATA));
-	pt.payload_format_indicator = in->payload_format_indicator;
-	pt.content_type = in->content_type;
-	pt.response_topic = in->response_topic;
-	pt.correlation_data = in->correlation_data;
+	const uint64_t keep = MQTT_PROP_BIT(MQTT_PROP_PAYLOAD_FORMAT_INDICATOR) |
+			      MQTT_PROP_BIT(MQTT_PROP_CONTENT_TYPE) |
+			      MQTT_PROP_BIT(MQTT_PROP_RESPONSE_TOPIC) |
+			      MQTT_PROP_BIT(MQTT_PROP_CORRELATION_DATA) |
+			      MQTT_PROP_BIT(MQTT_PROP_USER_PROPERTY);
 	*len = 0;
-	size_t total = mqtt_props_size(&pt, in);
-	if (total <= 1)
+	if (!in->raw.len)
 		return NULL;
-	uint8_t *buf = malloc(total);
-	if (!buf || mqtt_props_encode(buf, total, &pt, in) != total) {
+	uint8_t *buf = malloc(in->raw.len);
+	size_t n = buf ? mqtt_props_select(in, keep, buf, in->raw.len) : 0;
+	if (!n) {
 		free(buf);
 		return NULL;
 	}
-	size_t k = 1;
-	while (buf[k - 1] & 0x80)
-		k++;
-	memmove(buf, buf + k, total - k);
-	*len = (uint32_t)(total - k);
+	*len = (uint32_t)n;
 	return buf;
 }
 

@@ -28,7 +28,7 @@ struct msg {
 	uint32_t payload_len;
 	/* MQTT 5 properties passed through to 5.0 subscribers untouched
 	 * (payload format, content type, response topic, correlation data,
-	 * user properties in order), encoded, without the length prefix.
+	 * user properties) in the client's order, without the length prefix.
 	 * They follow the payload in buf. */
 	uint32_t props_len;
 	uint32_t expiry_s;   /* message expiry interval; 0 = none */
@@ -58,6 +58,12 @@ struct msg_source {
 	char *username; /* NULL: none */
 	char client_id[];
 };
+
+/* A source with a copy of client_id and username (NULL: none), or NULL
+ * when out of memory. Freed with the message it is attached to. */
+struct msg_source *msg_source_new(uint8_t listener, const char *client_id,
+				  size_t id_len, const char *username,
+				  size_t username_len);
 
 /* Copies topic, payload and the pass-through property bytes (may be NULL)
  * into a new message with one reference. NULL when out of memory. */
@@ -126,8 +132,9 @@ static inline struct iovec msg_payload_wire(const struct msg *m)
 
 struct mqtt_props;
 /* The properties a broker passes through to MQTT 5 subscribers (payload
- * format, content type, response topic, correlation data, user properties
- * in order), encoded once without the length prefix: malloc'd, or NULL
+ * format, content type, response topic, correlation data, user properties)
+ * in the order the client sent them, as Mosquitto does, without the
+ * length prefix: malloc'd, or NULL
  * with *len 0 when there are none. */
 uint8_t *msg_passthrough_props(const struct mqtt_props *in, uint32_t *len);
 

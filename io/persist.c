@@ -646,6 +646,17 @@ static void log_retain(struct shard *s, struct msg *m)
 	r.retain.topic = persist_jb(msg_topic(m), m->topic_len);
 	if (m->payload_len)
 		r.retain.msg_id = log_msg_ref(s, m);
+	const struct msg_source *src = m->source;
+	if (r.retain.msg_id && src) {
+		r.retain.has_source = true;
+		r.retain.source_listener = src->listener;
+		r.retain.source_has_username = src->username != NULL;
+		r.retain.source_client_id = persist_jb(src->client_id,
+					       (uint32_t)strlen(src->client_id));
+		if (src->username)
+			r.retain.source_username =
+				persist_jb(src->username, (uint32_t)strlen(src->username));
+	}
 	log_put(s, &r);
 }
 

@@ -437,6 +437,18 @@ static int apply_retain(struct recovery *rc, const struct journal_record *r)
 	}
 	e->msg_id = r->retain.msg_id;
 	e->rm = last_msg_if(rc, e->msg_id);
+	struct rmsg *rm = !r->retain.has_source ? NULL
+			  : e->rm ? e->rm : rmsg_find(rc, e->msg_id);
+	if (rm && !rm->m->source) {
+		const struct journal_bytes id = r->retain.source_client_id;
+		const struct journal_bytes un = r->retain.source_username;
+		rm->m->source = msg_source_new(
+			r->retain.source_listener, (const char *)id.ptr, id.len,
+			r->retain.source_has_username ? (const char *)un.ptr : NULL,
+			un.len);
+		if (!rm->m->source)
+			return -1;
+	}
 	return 0;
 }
 

@@ -564,31 +564,9 @@ static void session_defer_pump(struct session *ss)
 	}
 }
 
-/* A reload this shard has not switched to yet: started by a SIGHUP the
- * main thread took, and neither in this shard nor finished (failed). */
-static bool session_reload_pending(const struct shard *s)
-{
-	uint32_t started = atomic_load_explicit(&s->b->reload_started,
-						memory_order_acquire);
-	return started != s->reload_applied &&
-	       started != atomic_load_explicit(&s->b->reload_done,
-					       memory_order_acquire);
-}
-
-/* The same, or a SIGHUP sent and not yet taken by the main thread's
- * sigwait (blocked in every thread, it waits as pending for the
- * process): one syscall, on reconnects with a queue only. */
-static bool session_reload_coming(const struct shard *s)
-{
-	if (session_reload_pending(s))
-		return true;
-	sigset_t pending;
-	return sigpending(&pending) == 0 && sigismember(&pending, SIGHUP) == 1;
-}
-
 void session_pump(struct session *ss)
 {
-	if (ss->q_count && session_reload_pending(ss->shard)) {
+	if (ss->q_count && shard_reload_pending(ss->shard)) {
 		/* SIGHUP came: what waited in the queue goes out under the
 		 * ACL being loaded, which may revoke it (as Mosquitto, whose
 		 * single loop reloads before serving anyone). */
@@ -615,7 +593,7 @@ void session_pump(struct session *ss)
 
 void session_pump_deferred(struct shard *s)
 {
-	if (!s->pumps_deferred || session_reload_pending(s))
+	if (!s->pumps_deferred || shard_reload_pending(s))
 		return;
 	for (struct session *ss = s->sessions; ss && s->pumps_deferred;
 	     ss = ss->next) {
@@ -655,7 +633,7 @@ void session_resume(struct session *ss)
 	 * before the main thread wakes to reload: ask the kernel (one
 	 * syscall, on reconnects with a queue only). The tick or the
 	 * reload pumps it. */
-	if (ss->q_count && session_reload_coming(ss->shard)) {
+	if (ss->q_count && shard_reload_coming(ss->shard)) {
 		session_defer_pump(ss);
 		return;
 	}

@@ -100,6 +100,8 @@ static inline uint32_t ud_gen(uint64_t ud) { return (uint32_t)ud; }
 enum xkind {
 	XK_DELIVER = 1, /* ptr: struct msg *, one reference travels */
 	XK_KICK,	/* ptr: struct session * of the destination, taken over */
+	XK_TAKEOVER,	/* ptr: struct takeover *: kick, then answer XK_TAKEN */
+	XK_TAKEN,	/* ptr: struct takeover *, back: the new one may go on */
 	XK_ADOPT,	/* ptr: struct conn * to adopt (persistent takeover) */
 	XK_SHARE_JOIN,	  /* share.c: ptr is a struct share_op */
 	XK_SHARE_LEAVE,
@@ -125,6 +127,15 @@ struct xring {
 	_Atomic uint32_t tail; /* producer */
 	char pad1[60];
 	struct xitem items[XRING_SLOTS];
+};
+
+/* A client connected on shard `from` (connection id, gen) and took over
+ * `old`, a session of the destination shard. */
+struct takeover {
+	struct takeover *next;
+	struct session *old;
+	uint32_t conn_id, conn_gen;
+	uint8_t from;
 };
 
 struct xoverflow {
@@ -262,6 +273,12 @@ struct shard {
 	 * a queue to another shard is past XOVERFLOW_PAUSE_ITEMS. */
 	uint32_t input_paused;
 	bool backlogged;
+	uint32_t input_parked; /* connections parked for PARK_RELOAD */
+	/* Sessions taken over by a client on another shard (XK_TAKEOVER),
+	 * kicked once this turn's completions ran: what their old
+	 * connection sent before the new one's CONNECT is served first, as
+	 * by Mosquitto's one loop. */
+	struct takeover *takeovers, **takeovers_tail;
 
 	/* Finished send contexts for reuse: [0] small, [1] full-size. */
 	struct send_ctx *ctx_pool[2];

@@ -4,6 +4,7 @@
  * shard is io/loop.c. */
 
 #include <assert.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -264,7 +265,7 @@ struct conn *shard_conn_get(struct shard *s, uint64_t ud)
 
 void shard_arm_recv(struct shard *s, struct conn *c)
 {
-	if (c->in_paused)
+	if (c->in_paused || c->parked)
 		return;
 	struct io_uring_sqe *sqe = shard_sqe(s);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
@@ -305,4 +306,48 @@ struct session *shard_session_by_id(struct shard *s, uint64_t id)
 	return htab_entry(htab_find(&s->by_id, hash_bytes(&id, sizeof(id)), &id,
 				    sizeof(id), sid_eq_cb),
 			  struct session, id_link);
+}
+
+/* ---- parked input and takeovers (the loop runs them: loop.c) ---------- */
+
+/* A reload this shard has not switched to yet: started by a SIGHUP the
+ * main thread took, and neither in this shard nor finished (failed). */
+bool shard_reload_pending(const struct shard *s)
+{
+	uint32_t started = atomic_load_explicit(&s->b->reload_started,
+						memory_order_acquire);
+	return started != s->reload_applied &&
+	       started != atomic_load_explicit(&s->b->reload_done,
+					       memory_order_acquire);
+}
+
+bool shard_reload_coming(const struct shard *s)
+{
+	if (shard_reload_pending(s))
+		return true;
+	/* SIGHUP is blocked in every thread: until the main thread's
+	 * sigwait takes it, it waits as pending for the process. */
+	sigset_t pending;
+	return sigpending(&pending) == 0 && sigismember(&pending, SIGHUP) == 1;
+}
+
+void shard_park_input(struct shard *s, struct conn *c, uint8_t why)
+{
+	if (!c->parked && (c->flags & CONN_RECV_ARMED)) {
+		struct io_uring_sqe *sqe = shard_sqe(s);
+		io_uring_prep_cancel64(sqe, ud_pack(UD_RECV, c->id, c->gen), 0);
+		io_uring_sqe_set_data64(sqe, ud_pack(UD_CANCEL, c->id, c->gen));
+	}
+	if ((why & PARK_RELOAD) && !(c->parked & PARK_RELOAD))
+		s->input_parked++;
+	c->parked |= why;
+}
+
+void shard_queue_takeover(struct shard *s, struct takeover *t)
+{
+	t->next = NULL;
+	if (!s->takeovers)
+		s->takeovers_tail = &s->takeovers;
+	*s->takeovers_tail = t;
+	s->takeovers_tail = &t->next;
 }

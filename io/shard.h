@@ -33,6 +33,19 @@ void shard_arm_recv(struct shard *s, struct conn *c);
 bool shard_backlogged(const struct shard *s);
 /* Stops reading from c until the shard's backlog has drained. */
 void shard_pause_input(struct shard *s, struct conn *c);
+/* A reload this shard has not switched to yet; _coming: or a SIGHUP
+ * the main thread has not taken yet (one syscall). */
+bool shard_reload_pending(const struct shard *s);
+bool shard_reload_coming(const struct shard *s);
+/* Stops reading from c until `why` (enum conn_park) is over: for
+ * PARK_RELOAD, this shard has applied the coming reload; for
+ * PARK_TAKEOVER, XK_TAKEN came. Then the input c buffered runs (the
+ * loop unparks it: loop.c, shard_unpark_conn). */
+void shard_park_input(struct shard *s, struct conn *c, uint8_t why);
+/* A takeover of a session of this shard, run by the loop after this
+ * turn's completions (XK_TAKEOVER, or a local one whose old connection
+ * is parked and has not run what it sent). */
+void shard_queue_takeover(struct shard *s, struct takeover *t);
 int shard_conn_attach(struct shard *s, struct conn *c);
 void shard_conn_detach(struct shard *s, struct conn *c);
 struct conn *shard_conn_lookup(struct shard *s, uint32_t id, uint32_t gen);

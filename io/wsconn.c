@@ -7,6 +7,7 @@
  * WebSocket layer decides. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +25,38 @@
  * the connection's output, synchronously, on the shard's thread, so
  * http_dir is for a page and its scripts, not for downloads. */
 #define WS_FILE_MAX (16u << 20)
+
+/* websockets_log_level bits this connection's events are logged at
+ * (log_type websockets too, as Mosquitto wants for libwebsockets'). */
+static unsigned wsconn_log_mask(const struct kite_config *cfg)
+{
+	return log_enabled(KITE_LOG_WEBSOCKETS)
+		       ? (unsigned)cfg->websockets_log_level & WS_LOG_ALL
+		       : 0;
+}
+
+static void wsconn_log_cb(void *arg, unsigned level, const char *line)
+{
+	struct conn *c = arg;
+	char peer[64];
+	log_msg(KITE_LOG_WEBSOCKETS, "WebSocket %s: %s: %s", ws_log_name(level),
+		conn_peer_str(c, peer, sizeof(peer)), line);
+}
+
+static void wsconn_log(struct conn *c, unsigned level, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void wsconn_log(struct conn *c, unsigned level, const char *fmt, ...)
+{
+	if (!(wsconn_log_mask(c->shard->cfg) & level))
+		return;
+	char line[300];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	wsconn_log_cb(c, level, line);
+}
 
 static bool wsconn_data_cb(void *arg, const uint8_t *data, size_t len)
 {
@@ -44,6 +77,8 @@ int wsconn_attach(struct conn *c, const struct kite_config *cfg,
 		.frame_max = cfg->max_packet_size ? cfg->max_packet_size
 						  : MQTT_VARINT_MAX + 5u,
 		.http_files = l->http_dir[0] != '\0',
+		.log_mask = wsconn_log_mask(cfg),
+		.log = wsconn_log_cb,
 	};
 	c->ws = ws_conn_new(&lim, wsconn_data_cb, c);
 	return c->ws ? 0 : -1;
@@ -185,6 +220,11 @@ static void wsconn_http_get(struct conn *c)
 		"HTTP GET /%s from %s: %d%s%s", path,
 		conn_peer_str(c, peer, sizeof(peer)), status,
 		status == 200 ? "" : ", ", status == 200 ? "" : why);
+	wsconn_log(c, status == 200 ? WS_LOG_INFO
+		      : status == 500 ? WS_LOG_ERR
+				      : WS_LOG_WARN,
+		   "HTTP GET /%s: %d%s%s", path, status,
+		   status == 200 ? "" : ", ", status == 200 ? "" : why);
 	conn_mark_dirty(c);
 	conn_close_after_flush(c, status == 200 ? "HTTP file served"
 						: "HTTP request refused");
@@ -203,9 +243,13 @@ void wsconn_on_data(struct conn *c, const uint8_t *data, size_t len)
 	char peer[64];
 	switch (ev) {
 	case WS_EV_NONE:
-		if (!was_open && ws_is_open(c->ws) && log_enabled(KITE_LOG_DEBUG))
+		if (was_open || !ws_is_open(c->ws))
+			return;
+		if (log_enabled(KITE_LOG_DEBUG))
 			log_msg(KITE_LOG_DEBUG, "WebSocket upgrade from %s",
 				conn_peer_str(c, peer, sizeof(peer)));
+		wsconn_log(c, WS_LOG_NOTICE, "upgrade accepted (subprotocol %s)",
+			   ws_subprotocol(c->ws));
 		return;
 	case WS_EV_HTTP_GET:
 		wsconn_http_get(c);
@@ -214,17 +258,27 @@ void wsconn_on_data(struct conn *c, const uint8_t *data, size_t len)
 		conn_strike(c);
 		snprintf(why, sizeof(why), "HTTP %d: %s", ws_http_status(c->ws),
 			 ws_error(c->ws));
+		wsconn_log(c, WS_LOG_WARN, "upgrade refused, %s", why);
 		conn_close_after_flush(c, why);
 		return;
 	case WS_EV_CLOSED:
 		snprintf(why, sizeof(why), "closed by client (WebSocket close, "
 			 "answered with %u)", ws_close_code(c->ws));
+		wsconn_log(c, WS_LOG_NOTICE, "closed by the client with code %u, "
+			   "answered with %u", ws_close_code_received(c->ws),
+			   ws_close_code(c->ws));
 		break;
 	case WS_EV_FAILED:
 		if (c->state == CONN_AWAIT_CONNECT)
 			conn_strike(c);
 		snprintf(why, sizeof(why), "%s (WebSocket close %u)",
 			 ws_error(c->ws), ws_close_code(c->ws));
+		wsconn_log(c, ws_close_code(c->ws) == WS_CLOSE_INTERNAL_ERROR ||
+				      !ws_close_code(c->ws)
+			      ? WS_LOG_ERR
+			      : WS_LOG_WARN,
+			   "%s: closing with code %u", ws_error(c->ws),
+			   ws_close_code(c->ws));
 		break;
 	}
 	/* Our close frame goes out; the will, as for any connection that

@@ -1,5 +1,7 @@
 /* MQTT over WebSockets: the upgrade request by hand, frames by wslay. */
 #include <assert.h>
+#include <ctype.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,7 +71,48 @@ struct ws_conn {
 	struct wbuf req;
 	struct wbuf out;
 	char path[256];
+	char subprotocol[16];
 };
+
+/* ---- the trace (websockets_log_level) -------------------------------------- */
+
+const char *ws_log_name(unsigned level)
+{
+	switch (level) {
+	case WS_LOG_ERR: return "E";
+	case WS_LOG_WARN: return "W";
+	case WS_LOG_NOTICE: return "N";
+	case WS_LOG_INFO: return "I";
+	case WS_LOG_DEBUG: return "D";
+	case WS_LOG_PARSER: return "PARSER";
+	case WS_LOG_HEADER: return "HEADER";
+	case WS_LOG_EXT: return "EXT";
+	case WS_LOG_CLIENT: return "CLIENT";
+	case WS_LOG_LATENCY: return "LATENCY";
+	default: return "?";
+	}
+}
+
+static bool ws_logs(const struct ws_conn *w, unsigned level)
+{
+	return w->lim.log && (w->lim.log_mask & level);
+}
+
+static void ws_log(const struct ws_conn *w, unsigned level, const char *fmt,
+		   ...) __attribute__((format(printf, 3, 4)));
+
+static void ws_log(const struct ws_conn *w, unsigned level, const char *fmt,
+		   ...)
+{
+	if (!ws_logs(w, level))
+		return;
+	char line[256];
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(line, sizeof(line), fmt, ap);
+	va_end(ap);
+	w->lim.log(w->arg, level, line);
+}
 
 /* ---- the upgrade request ------------------------------------------------- */
 
@@ -77,6 +120,14 @@ static bool is_tchar(uint8_t c)
 {
 	return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
 	       (c >= 'A' && c <= 'Z') || (c && strchr("!#$%&'*+-.^_`|~", c));
+}
+
+static bool span_ieq_prefix(const uint8_t *p, const char *s)
+{
+	for (size_t i = 0; s[i]; i++)
+		if (tolower(p[i]) != s[i])
+			return false;
+	return true;
 }
 
 static bool span_ieq(const uint8_t *p, size_t n, const char *s)
@@ -380,6 +431,46 @@ int ws_http_parse(const uint8_t *buf, size_t len, uint32_t head_max,
 	return 0;
 }
 
+/* A line of the client's request for the log: at most 200 bytes of it,
+ * what is not printable ASCII shown as '?'. */
+static void ws_log_head_line(const struct ws_conn *w, unsigned level,
+			     const char *what, const uint8_t *p, size_t n)
+{
+	char safe[201];
+	size_t k = n < sizeof(safe) - 1 ? n : sizeof(safe) - 1;
+	for (size_t i = 0; i < k; i++)
+		safe[i] = p[i] >= 0x20 && p[i] < 0x7f ? (char)p[i] : '?';
+	safe[k] = '\0';
+	ws_log(w, level, "%s%s%s", what, safe, n > k ? " ..." : "");
+}
+
+/* The request head as received: each line at HEADER, the extensions the
+ * client offered at EXT (kite negotiates none: MQTT needs none). */
+static void ws_log_head(const struct ws_conn *w, const uint8_t *buf,
+			size_t len)
+{
+	if (!ws_logs(w, WS_LOG_HEADER | WS_LOG_EXT))
+		return;
+	static const char ext[] = "sec-websocket-extensions:";
+	for (size_t p = 0; p < len;) {
+		const uint8_t *e = memchr(buf + p, '\n', len - p);
+		size_t n = e ? (size_t)(e - (buf + p)) : len - p;
+		size_t ln = n && buf[p + n - 1] == '\r' ? n - 1 : n;
+		if (!ln)
+			break; /* the empty line ends the head */
+		ws_log_head_line(w, WS_LOG_HEADER, "request: ", buf + p, ln);
+		if (ln >= sizeof(ext) - 1 && span_ieq_prefix(buf + p, ext)) {
+			size_t v = p + sizeof(ext) - 1;
+			while (v < p + ln && (buf[v] == ' ' || buf[v] == '\t'))
+				v++;
+			ws_log_head_line(w, WS_LOG_EXT,
+					 "extensions offered, none used: ",
+					 buf + v, p + ln - v);
+		}
+		p += n + 1;
+	}
+}
+
 /* ---- wslay callbacks ----------------------------------------------------- */
 
 static ssize_t recv_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
@@ -418,11 +509,30 @@ static int genmask_cb(wslay_event_context_ptr ctx, uint8_t *buf, size_t len,
 	return 0;
 }
 
+static const char *opcode_name(uint8_t op)
+{
+	switch (op) {
+	case WSLAY_CONTINUATION_FRAME: return "continuation";
+	case WSLAY_TEXT_FRAME: return "text";
+	case WSLAY_BINARY_FRAME: return "binary";
+	case WSLAY_CONNECTION_CLOSE: return "close";
+	case WSLAY_PING: return "ping";
+	case WSLAY_PONG: return "pong";
+	default: return "reserved";
+	}
+}
+
 static void frame_start_cb(wslay_event_context_ptr ctx,
 			   const struct wslay_event_on_frame_recv_start_arg *a,
 			   void *user)
 {
 	struct ws_conn *w = user;
+	ws_log(w, WS_LOG_PARSER, "frame: %s (opcode %u)%s, %llu bytes",
+	       opcode_name(a->opcode), a->opcode, a->fin ? ", final" : "",
+	       (unsigned long long)a->payload_length);
+	if (a->opcode == WSLAY_PING)
+		ws_log(w, WS_LOG_DEBUG, "ping, %llu bytes: answered with a pong",
+		       (unsigned long long)a->payload_length);
 	if (a->opcode == WSLAY_BINARY_FRAME || a->opcode == WSLAY_TEXT_FRAME)
 		w->msg_binary = a->opcode == WSLAY_BINARY_FRAME;
 	w->frame_data = a->opcode == WSLAY_BINARY_FRAME ||
@@ -508,6 +618,18 @@ const char *ws_http_path(const struct ws_conn *w)
 	return w->path;
 }
 
+const char *ws_subprotocol(const struct ws_conn *w)
+{
+	return w->subprotocol;
+}
+
+uint16_t ws_close_code_received(const struct ws_conn *w)
+{
+	return w->ev && wslay_event_get_close_received(w->ev)
+		       ? wslay_event_get_status_code_received(w->ev)
+		       : 0;
+}
+
 int ws_out_raw(struct ws_conn *w, const void *data, size_t len)
 {
 	return wbuf_append(&w->out, data, len);
@@ -563,6 +685,7 @@ static int ws_upgrade(struct ws_conn *w, const struct ws_http_req *req)
 	assert(n > 0 && (size_t)n < sizeof(buf));
 	w->http_status = 101;
 	w->state = WS_OPEN;
+	memcpy(w->subprotocol, req->subprotocol, sizeof(w->subprotocol));
 	return ws_out_raw(w, buf, (size_t)n);
 }
 
@@ -629,6 +752,8 @@ static enum ws_event ws_feed_frames(struct ws_conn *w, const uint8_t *data,
 	}
 	if (wslay_event_get_close_received(w->ev)) {
 		w->close_code = wslay_event_get_status_code_sent(w->ev);
+		ws_log(w, WS_LOG_DEBUG, "close frame, code %u: answered with %u",
+		       ws_close_code_received(w), w->close_code);
 		w->state = WS_DONE;
 		return WS_EV_CLOSED;
 	}
@@ -657,6 +782,7 @@ static enum ws_event ws_feed_http(struct ws_conn *w, const uint8_t *data,
 	if (!ws_http_parse(w->req.data, w->req.len, w->lim.head_max,
 			   w->lim.http_files, &req))
 		return WS_EV_NONE;
+	ws_log_head(w, w->req.data, req.head_len ? req.head_len : w->req.len);
 	w->why = req.why;
 	if (req.status == 200) {
 		memcpy(w->path, req.path, sizeof(w->path));

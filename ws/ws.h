@@ -47,15 +47,42 @@ enum ws_event {
 			       ws_close_code() is in the output */
 };
 
-struct ws_limits {
-	uint32_t head_max;  /* bytes of the upgrade request's head */
-	uint64_t frame_max; /* payload bytes of one data frame (1009 above) */
-	bool http_files;    /* plain GETs are for files (http_dir is set) */
+/* websockets_log_level: Mosquitto hands the option to libwebsockets as a
+ * mask of its lws_log_levels; kite logs its own WebSocket events under the
+ * same bits. ws/ reports the wire-level ones (request headers,
+ * extensions, frames, control frames); the engine the rest (upgrades,
+ * refusals, violations, closes). */
+enum ws_log {
+	WS_LOG_ERR = 1,
+	WS_LOG_WARN = 2,
+	WS_LOG_NOTICE = 4,
+	WS_LOG_INFO = 8,
+	WS_LOG_DEBUG = 16,
+	WS_LOG_PARSER = 32,
+	WS_LOG_HEADER = 64,
+	WS_LOG_EXT = 128,
+	WS_LOG_CLIENT = 256,  /* a client's side: kite has none */
+	WS_LOG_LATENCY = 512, /* libwebsockets' own timings: none */
+	WS_LOG_ALL = 1023,
 };
+
+/* One line of the trace (no newline, printable ASCII only). */
+typedef void (*ws_log_cb)(void *arg, unsigned level, const char *line);
 
 /* Receives a binary frame's payload as it arrives, in order, possibly in
  * pieces; returns false to stop reading (the connection is closing). */
 typedef bool (*ws_data_cb)(void *arg, const uint8_t *data, size_t len);
+
+struct ws_limits {
+	uint32_t head_max;  /* bytes of the upgrade request's head */
+	uint64_t frame_max; /* payload bytes of one data frame (1009 above) */
+	bool http_files;    /* plain GETs are for files (http_dir is set) */
+	unsigned log_mask;  /* enum ws_log bits to report to log */
+	ws_log_cb log;	    /* with the data callback's arg; may be NULL */
+};
+
+/* The name libwebsockets gives a level ("N", "HEADER", ...). */
+const char *ws_log_name(unsigned level);
 
 struct ws_conn;
 
@@ -74,6 +101,11 @@ uint16_t ws_close_code(const struct ws_conn *w);
 const char *ws_error(const struct ws_conn *w);
 /* The HTTP status kite answered the request with (101, 400, ...). */
 int ws_http_status(const struct ws_conn *w);
+/* After the upgrade: the subprotocol agreed on ("mqtt", "mqttv3.1"). */
+const char *ws_subprotocol(const struct ws_conn *w);
+/* The status code in the client's close frame: 0 if none came, 1005 if
+ * it had none (RFC 6455 7.1.5). */
+uint16_t ws_close_code_received(const struct ws_conn *w);
 /* After WS_EV_HTTP_GET: the decoded path below the served directory,
  * without a leading '/' ("index.html" for "/"); never has a "." or ".."
  * segment, a NUL, a backslash or an empty segment. */

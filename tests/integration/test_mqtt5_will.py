@@ -106,6 +106,28 @@ def test_mqtt5_will_properties_passed_through(broker):
     assert m5.WILL_DELAY_INTERVAL not in m.props.ids()
 
 
+def test_mqtt5_will_properties_keep_the_clients_order(broker):
+    # Mosquitto forwards a will's properties in the order the client sent
+    # them, leaving out the will delay wherever it was (its suite's
+    # 07-will-properties compares the bytes); a PUBLISH's likewise.
+    w = _watcher(broker.port)
+    sent = [(m5.USER_PROPERTY, ("key1", "value1")), (m5.RESPONSE_TOPIC, "response/topic"),
+            (m5.CORRELATION_DATA, b"data"), (m5.PAYLOAD_FORMAT_INDICATOR, 1),
+            (m5.CONTENT_TYPE, "application/test"), (m5.USER_PROPERTY, ("key2", "value2"))]
+    c = Client5(broker.port)
+    assert c.connect("wpo", will=("will/wpo", b"gone", 0, False,
+                                  sent[:3] + [(m5.WILL_DELAY_INTERVAL, 0)]
+                                  + sent[3:])).rc == 0
+    c.close()
+    m = w.expect_publish(timeout=2)
+    assert list(m.props) == sent
+    p = Client5(broker.port)
+    assert p.connect("wpo-pub").rc == 0
+    p.publish("will/pub", b"x", qos=0, props=list(reversed(sent)))
+    m = w.expect_publish(timeout=2)
+    assert list(m.props) == list(reversed(sent))
+
+
 # ---- as Mosquitto 2.0.11 does (its suite: 07-will-delay*, 07-will-takeover,
 # 07-will-oversize-payload) ---------------------------------------------------
 

@@ -7,6 +7,7 @@ import ctypes
 import os
 import pwd
 import re
+import signal
 import socket
 import subprocess
 import time
@@ -134,6 +135,42 @@ def test_check_retain_source_hides_retained_messages_of_a_revoked_writer(broker_
         c.connect("writer")
         c.subscribe([("rs/t", 0)])
         c.expect_silence(0.5, ping=True)
+
+
+def test_subscribe_sent_right_after_sighup_is_served_under_the_new_acl(broker_factory, tmp_path):
+    """The client sends SIGHUP and at once connects and subscribes, in one
+    write: the retained message must follow the ACL being loaded, never
+    the one it replaces (Mosquitto reloads before it reads any socket)."""
+    import mqttraw
+    acl = tmp_path / "acl"
+    acl.write_text("topic readwrite rs/t\n")
+    b = broker_factory(ANON + "check_retain_source true\nacl_file %s\n" % acl)
+    with RawClient(b.port) as c:
+        c.connect("writer")
+        c.publish("rs/t", b"kept", qos=1, retain=True)
+    burst = (mqttraw.connect("writer") + mqttraw.subscribe(1, [("rs/t", 0)])
+             + mqttraw.pingreq())
+    for i in range(40):
+        writable = i % 2 == 1
+        acl.write_text("topic %s rs/t\n" % ("readwrite" if writable else "read"))
+        b.send_signal(signal.SIGHUP)
+        with RawClient(b.port) as c:
+            if i % 4 < 2:
+                c.send(burst)
+            else:  # the SUBSCRIBE split across two receives
+                cut = len(mqttraw.connect("writer")) + 4
+                c.send(burst[:cut])
+                time.sleep(0.002)
+                c.send(burst[cut:])
+            seen = []
+            while True:
+                pkt = c.recv(5)
+                seen.append(pkt.name)
+                if pkt.type == mqttraw.PINGRESP:
+                    break
+            want = ["CONNACK", "SUBACK"] + (["PUBLISH"] if writable else []) + ["PINGRESP"]
+            assert seen == want, "iteration %d (%s): %s" % (
+                i, "readwrite" if writable else "read", seen)
 
 
 # ---- mount_point ------------------------------------------------------------

@@ -92,6 +92,30 @@ def test_retained_messages_survive_a_restart(broker_factory, tmp_path, sig):
 
 
 @pytest.mark.parametrize("sig", STOPS)
+def test_check_retain_source_knows_the_publisher_after_a_restart(broker_factory, tmp_path, sig):
+    # Mosquitto's database keeps who published a retained message; once
+    # that client lost write access, a restarted broker does not send it.
+    acl = tmp_path / "acl"
+    acl.write_text("user alice\ntopic readwrite rs/t\n")
+    r = Restartable(broker_factory, tmp_path,
+                    "check_retain_source true\nacl_file %s\n" % acl)
+    p, _ = _client(r.port, "writer", clean=True, username="alice")
+    p.publish("rs/t", b"kept", qos=1, retain=True, pid=1)
+    p.close()
+    acl.write_text("user alice\ntopic read rs/t\n")
+    r.restart(sig)
+    c, _ = _client(r.port, "writer", clean=True, username="alice")
+    assert c.subscribe([("rs/t", 0)]) == [0]
+    c.expect_silence(0.5, ping=True)
+    c.close()
+    acl.write_text("user alice\ntopic readwrite rs/t\n")
+    r.restart(sig)
+    c, _ = _client(r.port, "writer", clean=True, username="alice")
+    assert c.subscribe([("rs/t", 0)]) == [0]
+    assert c.expect_publish(3).payload == b"kept"
+
+
+@pytest.mark.parametrize("sig", STOPS)
 def test_queued_messages_of_an_offline_session_survive(broker_factory, tmp_path, sig):
     r = Restartable(broker_factory, tmp_path)
     s, ack = _client(r.port, "device-1")

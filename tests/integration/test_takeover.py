@@ -76,3 +76,22 @@ def test_takeover_across_shards(broker_factory):
         m = c.expect_publish()
         assert (m.topic, m.payload) == ("tk/%d" % i, b"%d" % i)
         c.expect_silence(0.05)
+
+
+@pytest.mark.kite_only("shards: old and new connection on different shards")
+def test_what_the_old_connection_sent_is_served_before_the_takeover(broker_factory):
+    # The old connection publishes a retained message and closes; the
+    # client reconnects at once under the same id (clean session, often on
+    # another shard) and subscribes: the message, sent before the new
+    # CONNECT, is there (Mosquitto's one loop reads in arrival order).
+    b = broker_factory("allow_anonymous true\nshards 2\n")
+    for i in range(30):
+        old = RawClient(b.port)
+        assert old.connect("again").rc == 0
+        old.publish("again/%d" % i, b"%d" % i, retain=True)
+        old.close()
+        with RawClient(b.port) as new:
+            assert new.connect("again").rc == 0
+            assert new.subscribe([("again/%d" % i, 0)]) == [0]
+            m = new.expect_publish(3)
+            assert (m.topic, m.payload) == ("again/%d" % i, b"%d" % i), i

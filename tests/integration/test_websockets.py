@@ -14,6 +14,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -583,3 +584,91 @@ def test_config_protocol_and_http_dir_errors(tmp_path):
         rc, out = tlsutil.run_broker_to_exit(harness.broker_bin(), tmp_path, conf)
         assert rc != 0 and want in out, (conf, out)
         assert "bad.conf:" in out
+
+
+# --- websockets_log_level --------------------------------------------------------
+
+WSLOG = {"E": 1, "W": 2, "N": 4, "I": 8, "D": 16, "PARSER": 32, "HEADER": 64,
+         "EXT": 128}
+
+
+def ws_log_lines(b):
+    return [line for line in b.output().splitlines() if "WebSocket " in line
+            and any("WebSocket %s: " % n in line for n in WSLOG)]
+
+
+def exercise_websockets(ports):
+    """What a log can tell: a real client (paho over ws://) connecting,
+    publishing and closing, a refused upgrade, a framing violation, and a
+    client offering an extension."""
+    import paho.mqtt.client as mqtt
+    c = mqtt.Client(client_id="paho-wslog", transport="websockets")
+    c.connect("localhost", ports[1])
+    c.loop_start()
+    c.publish("wslog/t", b"x", qos=1).wait_for_publish()
+    c.loop_stop()
+    c.disconnect()
+    st, _, _ = http_exchange(ports[1], upgrade_request(version=b"8"))
+    assert st == 426
+    ws = connected_ws(ports[1], "wslog-violator")
+    ws.send(frame(2, b"\xc0\x00", mask=False))
+    assert close_code(ws.frames_until_close()) == 1002
+    ws.close()
+    s = socket.create_connection((harness.HOST, ports[1]), timeout=5)
+    s.sendall(upgrade_request(
+        extra=b"Sec-WebSocket-Extensions: permessage-deflate\r\n"))
+    head, _ = read_head(s)
+    assert head.startswith("HTTP/1.1 101") and "extensions" not in head.lower()
+    s.sendall(frame(9, b"hi") + frame(8, b"\x03\xe8"))
+    read_all(s)
+    s.close()
+
+
+@pytest.mark.kite_only("kite's own lines; Mosquitto's are libwebsockets'")
+@pytest.mark.parametrize("level,log_type,want", [
+    (0, "all", set()),  # Mosquitto's default: nothing
+    (1 | 2 | 4, "all", {"W", "N"}),
+    (8 | 16, "all", {"D"}),
+    (32 | 64 | 128, "all", {"PARSER", "HEADER", "EXT"}),
+    (1023, "notice", set()),  # log_type websockets (or all) is needed too
+    (1023, "websockets", {"W", "N", "D", "PARSER", "HEADER", "EXT"}),
+])
+def test_websockets_log_level_selects_what_is_logged(broker_factory, level,
+                                                     log_type, want):
+    conf = ws_conf(extra_global="websockets_log_level %d\n" % level)
+    conf = conf.replace(LOG, "log_dest stderr\nlog_type %s\n" % log_type)
+    ports = [harness.free_port(), harness.free_port()]
+    b = broker_factory(conf.replace("{port2}", str(ports[1])),
+                       listener=False, port=ports[0])
+    harness.wait_for(lambda: harness.listening(ports[1]), 5)
+    exercise_websockets(ports)
+    if want:
+        harness.wait_for(lambda: {n for n in WSLOG for line in ws_log_lines(b)
+                                  if "WebSocket %s: " % n in line} >= want, 5,
+                         what="WebSocket lines %s" % sorted(want))
+    else:
+        time.sleep(0.3)
+    lines = ws_log_lines(b)
+    seen = {n for n in WSLOG for line in lines if "WebSocket %s: " % n in line}
+    assert seen == want, "\n".join(lines)
+    text = "\n".join(lines)
+    if "N" in want:
+        assert re.search(r"WebSocket N: 127\.0\.0\.1:\d+: upgrade accepted "
+                         r"\(subprotocol mqtt\)", text), text
+        assert "closed by the client with code 1000, answered with 1000" in text
+    if "W" in want:
+        assert re.search(r"WebSocket W: 127\.0\.0\.1:\d+: upgrade refused, "
+                         r"HTTP 426: unsupported Sec-WebSocket-Version", text), text
+        assert "closing with code 1002" in text
+    if "HEADER" in want:
+        assert "WebSocket HEADER: " in text
+        assert re.search(r"HEADER: 127\.0\.0\.1:\d+: request: GET /mqtt HTTP/1\.1", text)
+        assert re.search(r"HEADER: .*request: Sec-WebSocket-Protocol: mqtt", text)
+    if "EXT" in want:
+        assert "EXT: " in text and "extensions offered, none used: permessage-deflate" in text
+    if "PARSER" in want:
+        assert re.search(r"PARSER: .*frame: binary \(opcode 2\), final, \d+ bytes", text)
+        assert "frame: ping (opcode 9), final, 2 bytes" in text
+    if "D" in want:
+        assert "ping, 2 bytes: answered with a pong" in text
+        assert "close frame, code 1000: answered with 1000" in text

@@ -44,7 +44,7 @@ static struct journal_bytes B(const char *s)
 /* One record of every type, with distinct values. */
 static int sample(struct journal_record *out)
 {
-	struct journal_record r[12];
+	struct journal_record r[13];
 	memset(r, 0, sizeof(r));
 	r[0].type = JOURNAL_SESSION;
 	r[0].session.key = 0x0102030405060708ull;
@@ -104,8 +104,17 @@ static int sample(struct journal_record *out)
 	r[10].unsub.filter = B("device/+/x");
 	r[11].type = JOURNAL_SESSION_END;
 	r[11].session_end.key = 9;
+	r[12].type = JOURNAL_RETAIN; /* with who published it */
+	r[12].retain.msg_id = 80;
+	r[12].retain.seq = 6;
+	r[12].retain.topic = B("status/b");
+	r[12].retain.has_source = true;
+	r[12].retain.source_listener = 2;
+	r[12].retain.source_has_username = true;
+	r[12].retain.source_client_id = B("sensor-1");
+	r[12].retain.source_username = B("alice");
 	memcpy(out, r, sizeof(r));
-	return 12;
+	return 13;
 }
 
 static bool bytes_eq(struct journal_bytes a, struct journal_bytes b)
@@ -158,7 +167,15 @@ static bool record_eq(const struct journal_record *a,
 	case JOURNAL_RETAIN:
 		return a->retain.msg_id == b->retain.msg_id &&
 		       a->retain.seq == b->retain.seq &&
-		       bytes_eq(a->retain.topic, b->retain.topic);
+		       bytes_eq(a->retain.topic, b->retain.topic) &&
+		       a->retain.has_source == b->retain.has_source &&
+		       a->retain.source_listener == b->retain.source_listener &&
+		       a->retain.source_has_username ==
+			       b->retain.source_has_username &&
+		       bytes_eq(a->retain.source_client_id,
+				b->retain.source_client_id) &&
+		       bytes_eq(a->retain.source_username,
+				b->retain.source_username);
 	case JOURNAL_WILL:
 		return !memcmp(&a->will, &b->will, sizeof(a->will));
 	case JOURNAL_UNSUB:
@@ -172,7 +189,7 @@ static bool record_eq(const struct journal_record *a,
 
 TEST(journal_every_record_round_trips)
 {
-	struct journal_record in[12], got;
+	struct journal_record in[13], got;
 	int n = sample(in);
 	struct journal_buf b = {0};
 	for (int i = 0; i < n; i++)
@@ -212,10 +229,10 @@ TEST(journal_header_checks_magic_and_version)
  * the cut one and nothing after it, and the reader says where. */
 TEST(journal_torn_tail_at_every_offset)
 {
-	struct journal_record in[12], got;
+	struct journal_record in[13], got;
 	int n = sample(in);
 	struct journal_buf b = {0};
-	size_t ends[12];
+	size_t ends[13];
 	for (int i = 0; i < n; i++) {
 		CHECK_EQ(journal_put(&b, &in[i]), 0);
 		ends[i] = b.len;
@@ -248,10 +265,10 @@ TEST(journal_torn_tail_at_every_offset)
  * is skipped, the others are read. A flipped length tears the tail. */
 TEST(journal_flipped_bytes_skip_only_that_record)
 {
-	struct journal_record in[12], got;
+	struct journal_record in[13], got;
 	int n = sample(in);
 	struct journal_buf b = {0};
-	size_t starts[12];
+	size_t starts[13];
 	for (int i = 0; i < n; i++) {
 		starts[i] = b.len;
 		CHECK_EQ(journal_put(&b, &in[i]), 0);
