@@ -20,6 +20,7 @@
 #include <assert.h>
 #include <sched.h>
 #include <dirent.h>
+#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -1423,6 +1424,17 @@ static int bridge_dispatch(struct file_ctx *fc, const char *name, char *rest)
 	return 1;
 }
 
+static bool hex_key_ok(const char *s)
+{
+	size_t n = strlen(s);
+	if (!n || n % 2)
+		return false;
+	for (size_t i = 0; i < n; i++)
+		if (!isxdigit((unsigned char)s[i]))
+			return false;
+	return true;
+}
+
 /* What the whole block must say, checked when the file is done. */
 static int bridges_finalize(struct kite_config *cfg, char *err, size_t errlen)
 {
@@ -1442,9 +1454,22 @@ static int bridges_finalize(struct kite_config *cfg, char *err, size_t errlen)
 			why = "has a remote_password without a remote_username";
 		else if ((b->certfile[0] != 0) != (b->keyfile[0] != 0))
 			why = "needs both bridge_certfile and bridge_keyfile";
+		else if ((b->psk_identity[0] != 0) != (b->psk[0] != 0))
+			why = "needs both bridge_identity and bridge_psk";
+		else if (b->psk[0] && !hex_key_ok(b->psk))
+			why = "has a bridge_psk that is not an even number of "
+			      "hexadecimal digits (without 0x)";
+		else if (b->psk[0] && (b->certfile[0] || b->cafile[0] ||
+				       b->capath[0]))
+			why = "uses certificates and PSK: only one of them can "
+			      "be used on one bridge (as in Mosquitto)";
+		else if (b->require_ocsp && !b->cafile[0] && !b->capath[0])
+			why = "has bridge_require_ocsp without certificate TLS "
+			      "(bridge_cafile or bridge_capath)";
 		else if ((b->certfile[0] || b->tls_version[0] || b->insecure) &&
-			 !b->cafile[0] && !b->capath[0])
-			why = "needs bridge_cafile or bridge_capath for TLS";
+			 !b->cafile[0] && !b->capath[0] && !b->psk[0])
+			why = "needs bridge_cafile or bridge_capath for TLS "
+			      "(or bridge_identity and bridge_psk)";
 		if (why) {
 			snprintf(err, errlen, "%s:%d: bridge '%s' %s", b->file,
 				 b->line, b->name, why);
@@ -1612,12 +1637,16 @@ static const struct typed_option typed_options[] = {
 	      .flags = OPT_ANY_BYTES),
 	OPT_B("bridge_certfile", certfile, T_STR, .expects = "a path",
 	      .flags = OPT_ANY_BYTES),
+	OPT_B("bridge_identity", psk_identity, T_WORD),
 	OPT_B("bridge_insecure", insecure, T_BOOL),
 	OPT_B("bridge_keyfile", keyfile, T_STR, .expects = "a path",
 	      .flags = OPT_ANY_BYTES),
 	OPT_B("bridge_max_packet_size", max_packet_size,
 	      T_UINT(0, MQTT_VARINT_MAX + 5ll), .expects = "a size in bytes"),
 	OPT_B("bridge_outgoing_retain", outgoing_retain, T_BOOL),
+	OPT_B("bridge_psk", psk, T_WORD,
+	      .expects = "a key in hexadecimal, without 0x"),
+	OPT_B("bridge_require_ocsp", require_ocsp, T_BOOL),
 	OPT_B("bridge_protocol_version", protocol,
 	      T_ENUM({"mqttv31", 3}, {"mqttv311", 4}, {"mqttv50", 5}),
 	      .expects = "mqttv31, mqttv311 or mqttv50"),
@@ -1685,8 +1714,8 @@ static int dispatch(struct file_ctx *fc, const char *name, char *rest)
 				"kite cannot load; use password_file, acl_file "
 				"and psk_file instead", name);
 	if (!strncmp(name, "bridge_", 7))
-		return fail(fc, "option '%s' is not supported yet (bridges work, "
-				"without PSK or OCSP)", name);
+		return fail(fc, "unknown option '%s' (not a bridge option of "
+				"Mosquitto 2.0's)", name);
 	if (IN_LIST(name, mosquitto_only_options))
 		return fail(fc, "option '%s' is not supported yet", name);
 	return fail(fc, "unknown option '%s'", name);

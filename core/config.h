@@ -137,6 +137,8 @@ struct kite_listener_cfg {
 #define KITE_BRIDGE_TOPIC_MAX 256
 #define KITE_BRIDGE_PREFIX_MAX 128
 #define KITE_BRIDGE_STR_MAX 256
+/* A PSK of up to 512 bytes (OpenSSL's PSK_MAX_PSK_LEN), in hex. */
+#define KITE_BRIDGE_PSK_HEX_MAX 1024
 
 enum kite_bridge_dir {
 	BRIDGE_OUT = 1,
@@ -194,6 +196,11 @@ struct kite_bridge_cfg {
 	char tls_version[16];
 	bool insecure;
 	char alpn[64];
+	/* bridge_identity / bridge_psk: TLS-PSK instead of certificates
+	 * (the key in hex, as Mosquitto takes it). */
+	char psk_identity[KITE_BRIDGE_STR_MAX];
+	char psk[KITE_BRIDGE_PSK_HEX_MAX + 1];
+	bool require_ocsp; /* bridge_require_ocsp */
 	char bind_address[KITE_HOST_MAX];
 	char file[KITE_PATH_MAX];
 	int line;

@@ -605,11 +605,16 @@ static struct bridge *bridge_new(struct shard *s, unsigned idx,
 	b->cfg = *k;
 	b->fd = -1;
 	b->notify = -1;
-	if (k->cafile[0] || k->capath[0]) {
+	if (k->cafile[0] || k->capath[0] || k->psk[0]) {
 		char err[256];
-		b->tls = tls_client_new(k->cafile, k->capath, k->certfile,
-					k->keyfile, k->tls_version, k->alpn,
-					!k->insecure, err, sizeof(err));
+		const struct tls_client_opts o = {
+			.cafile = k->cafile, .capath = k->capath,
+			.certfile = k->certfile, .keyfile = k->keyfile,
+			.version = k->tls_version[0] ? k->tls_version : NULL,
+			.alpn = k->alpn, .psk_identity = k->psk_identity,
+			.psk_hex = k->psk, .require_ocsp = k->require_ocsp,
+		};
+		b->tls = tls_client_new(&o, err, sizeof(err));
 		if (!b->tls) {
 			log_msg(KITE_LOG_ERR, "Bridge %s: TLS: %s", k->name, err);
 			free(b);

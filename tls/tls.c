@@ -55,6 +55,7 @@
 #include <openssl/kdf.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/ocsp.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -2166,58 +2167,179 @@ close_listener:
 
 struct tls_client {
 	SSL_CTX *ctx;
+	char *psk_identity;
+	uint8_t psk[PSK_MAX_PSK_LEN];
+	unsigned psk_len;
 };
 
-struct tls_client *tls_client_new(const char *cafile, const char *capath,
-				  const char *certfile, const char *keyfile,
-				  const char *version, const char *alpn,
-				  bool verify_host, char *err, size_t errlen)
+static int client_ex_index = -1;
+static pthread_once_t client_ex_once = PTHREAD_ONCE_INIT;
+
+static void client_ex_init(void)
 {
+	client_ex_index = SSL_CTX_get_ex_new_index(0, NULL, NULL, NULL, NULL);
+}
+
+static unsigned int psk_client_cb(SSL *ssl, const char *hint, char *identity,
+				  unsigned int max_identity_len,
+				  unsigned char *psk, unsigned int max_psk_len)
+{
+	(void)hint;
+	const struct tls_client *cl =
+		SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), client_ex_index);
+	if (!cl || !cl->psk_identity || cl->psk_len > max_psk_len ||
+	    strlen(cl->psk_identity) + 1 > max_identity_len)
+		return 0;
+	strcpy(identity, cl->psk_identity);
+	memcpy(psk, cl->psk, cl->psk_len);
+	return cl->psk_len;
+}
+
+/* bridge_require_ocsp: the stapled response must be signed for the
+ * remote's certificate by its issuer (or a responder the trust store
+ * vouches for) and say "good", within its validity. 1 accepts. */
+static int ocsp_status_cb(SSL *ssl, void *arg)
+{
+	(void)arg;
+	const unsigned char *p;
+	long len = SSL_get_tlsext_status_ocsp_resp(ssl, &p);
+	int ok = 0;
+	OCSP_RESPONSE *resp = NULL;
+	OCSP_BASICRESP *br = NULL;
+	OCSP_CERTID *id = NULL;
+	X509 *peer = SSL_get0_peer_certificate(ssl);
+	STACK_OF(X509) *chain = SSL_get_peer_cert_chain(ssl);
+	X509_STORE *store = SSL_CTX_get_cert_store(SSL_get_SSL_CTX(ssl));
+	if (len <= 0 || !p || !peer)
+		goto out; /* none stapled */
+	if (!(resp = d2i_OCSP_RESPONSE(NULL, &p, len)) ||
+	    OCSP_response_status(resp) != OCSP_RESPONSE_STATUS_SUCCESSFUL ||
+	    !(br = OCSP_response_get1_basic(resp)) ||
+	    OCSP_basic_verify(br, chain, store, 0) != 1)
+		goto out;
+	/* The issuer: in the chain the remote sent, or in our store. */
+	X509 *issuer = NULL;
+	for (int i = 0; chain && i < sk_X509_num(chain) && !issuer; i++) {
+		X509 *c = sk_X509_value(chain, i);
+		if (X509_check_issued(c, peer) == X509_V_OK)
+			issuer = c;
+	}
+	X509_STORE_CTX *sctx = NULL;
+	X509 *found = NULL;
+	if (!issuer && (sctx = X509_STORE_CTX_new()) &&
+	    X509_STORE_CTX_init(sctx, store, peer, chain) == 1 &&
+	    X509_STORE_CTX_get1_issuer(&found, sctx, peer) == 1)
+		issuer = found;
+	if (issuer)
+		id = OCSP_cert_to_id(NULL, peer, issuer);
+	X509_free(found);
+	X509_STORE_CTX_free(sctx);
+	int status, reason;
+	ASN1_GENERALIZEDTIME *rev, *thisupd, *nextupd;
+	if (id &&
+	    OCSP_resp_find_status(br, id, &status, &reason, &rev, &thisupd,
+				  &nextupd) == 1 &&
+	    status == V_OCSP_CERTSTATUS_GOOD &&
+	    OCSP_check_validity(thisupd, nextupd, 300, -1) == 1)
+		ok = 1;
+out:
+	OCSP_CERTID_free(id);
+	OCSP_BASICRESP_free(br);
+	OCSP_RESPONSE_free(resp);
+	return ok;
+}
+
+static bool hex_to_key(const char *hex, uint8_t *key, unsigned *len)
+{
+	size_t hl = strlen(hex);
+	if (hl == 0 || hl % 2 || hl / 2 > PSK_MAX_PSK_LEN)
+		return false;
+	for (size_t i = 0; i < hl / 2; i++) {
+		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return false;
+		key[i] = (uint8_t)(hi << 4 | lo);
+	}
+	*len = (unsigned)(hl / 2);
+	return true;
+}
+
+struct tls_client *tls_client_new(const struct tls_client_opts *o, char *err,
+				  size_t errlen)
+{
+	assert(o);
 	struct tls_client *cl = calloc(1, sizeof(*cl));
 	pthread_once(&bio_method_once, bio_method_init);
+	pthread_once(&client_ex_once, client_ex_init);
 	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
-	if (!cl || !ctx || !bio_method) {
+	const char *cafile = o->cafile && *o->cafile ? o->cafile : NULL;
+	const char *capath = o->capath && *o->capath ? o->capath : NULL;
+	bool psk = o->psk_identity && *o->psk_identity;
+	if (!cl || !ctx || !bio_method || client_ex_index < 0) {
 		errf(err, errlen, "out of memory");
 		goto fail;
 	}
 	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
-	if (version && !strcmp(version, "tlsv1.3"))
+	if (o->version && !strcmp(o->version, "tlsv1.3"))
 		SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
-	else if (version && !strcmp(version, "tlsv1.2"))
+	else if (o->version && !strcmp(o->version, "tlsv1.2"))
 		SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_TICKET);
-	if (SSL_CTX_load_verify_locations(ctx, *cafile ? cafile : NULL,
-					  *capath ? capath : NULL) != 1) {
-		errf(err, errlen, "cannot load CA %s", *cafile ? cafile : capath);
+	if (psk) {
+		/* As Mosquitto: PSK suites for TLS 1.2; TLS 1.3 takes the
+		 * same key as an external PSK through this callback. No CA:
+		 * a remote that refuses the PSK and offers a certificate
+		 * fails verification. */
+		if (!hex_to_key(o->psk_hex, cl->psk, &cl->psk_len) ||
+		    !(cl->psk_identity = strdup(o->psk_identity))) {
+			errf(err, errlen, "bad bridge_psk (hex digits) or out "
+			     "of memory");
+			goto fail;
+		}
+		if (SSL_CTX_set_cipher_list(ctx, "PSK") != 1) {
+			errf(err, errlen, "no PSK cipher suites in this OpenSSL");
+			goto fail;
+		}
+		SSL_CTX_set_ex_data(ctx, client_ex_index, cl);
+		SSL_CTX_set_psk_client_callback(ctx, psk_client_cb);
+	} else if (SSL_CTX_load_verify_locations(ctx, cafile, capath) != 1) {
+		errf(err, errlen, "cannot load CA %s", cafile ? cafile : capath);
 		goto fail;
 	}
 	SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, NULL);
-	if (*certfile &&
-	    (SSL_CTX_use_certificate_chain_file(ctx, certfile) != 1 ||
-	     SSL_CTX_use_PrivateKey_file(ctx, keyfile, SSL_FILETYPE_PEM) != 1 ||
+	if (o->certfile && *o->certfile &&
+	    (SSL_CTX_use_certificate_chain_file(ctx, o->certfile) != 1 ||
+	     SSL_CTX_use_PrivateKey_file(ctx, o->keyfile, SSL_FILETYPE_PEM) != 1 ||
 	     SSL_CTX_check_private_key(ctx) != 1)) {
-		errf(err, errlen, "cannot load certificate %s / key %s", certfile,
-		     keyfile);
+		errf(err, errlen, "cannot load certificate %s / key %s",
+		     o->certfile, o->keyfile);
 		goto fail;
 	}
-	if (alpn && *alpn) {
+	if (o->require_ocsp) {
+		SSL_CTX_set_tlsext_status_type(ctx, TLSEXT_STATUSTYPE_ocsp);
+		SSL_CTX_set_tlsext_status_cb(ctx, ocsp_status_cb);
+	}
+	if (o->alpn && *o->alpn) {
 		uint8_t wire[65];
-		size_t n = strlen(alpn);
+		size_t n = strlen(o->alpn);
 		if (n > 63) {
 			errf(err, errlen, "bridge_alpn too long");
 			goto fail;
 		}
 		wire[0] = (uint8_t)n;
-		memcpy(wire + 1, alpn, n);
+		memcpy(wire + 1, o->alpn, n);
 		SSL_CTX_set_alpn_protos(ctx, wire, (unsigned)n + 1);
 	}
 	cl->ctx = ctx;
-	(void)verify_host; /* per connection: tls_client_conn_new */
 	ERR_clear_error();
 	return cl;
 fail:
 	SSL_CTX_free(ctx);
-	free(cl);
+	if (cl) {
+		free(cl->psk_identity);
+		OPENSSL_cleanse(cl->psk, sizeof(cl->psk));
+		free(cl);
+	}
 	ERR_clear_error();
 	return NULL;
 }
@@ -2227,6 +2349,8 @@ void tls_client_free(struct tls_client *cl)
 	if (!cl)
 		return;
 	SSL_CTX_free(cl->ctx); /* live SSL objects hold their own reference */
+	free(cl->psk_identity);
+	OPENSSL_cleanse(cl->psk, sizeof(cl->psk));
 	free(cl);
 }
 

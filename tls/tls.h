@@ -255,10 +255,22 @@ enum tls_kernel_ktls tls_kernel_ktls_support(void);
  * (bridge_insecure turns that off). The connection then works as a
  * server one: tls_conn_feed, tls_conn_write, tls_conn_free. */
 struct tls_client;
-struct tls_client *tls_client_new(const char *cafile, const char *capath,
-				  const char *certfile, const char *keyfile,
-				  const char *version, const char *alpn,
-				  bool verify_host, char *err, size_t errlen);
+struct tls_client_opts {
+	const char *cafile, *capath;	 /* "" or NULL: none */
+	const char *certfile, *keyfile;	 /* both or neither */
+	const char *version;		 /* "tlsv1.2", "tlsv1.3" or NULL */
+	const char *alpn;
+	/* TLS-PSK instead of certificates (Mosquitto's bridge_identity and
+	 * bridge_psk, the key in hex): TLS 1.2 PSK suites and TLS 1.3
+	 * external PSK; no CA then. */
+	const char *psk_identity, *psk_hex;
+	/* bridge_require_ocsp: the remote must staple an OCSP response
+	 * that its CA (our trust store) signed, saying its certificate is
+	 * good; else the handshake fails. */
+	bool require_ocsp;
+};
+struct tls_client *tls_client_new(const struct tls_client_opts *o, char *err,
+				  size_t errlen);
 void tls_client_free(struct tls_client *cl);
 struct tls_conn *tls_client_conn_new(struct tls_client *cl, const char *host,
 				     bool verify_host);

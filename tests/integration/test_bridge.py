@@ -5,6 +5,7 @@ notifications; a TLS bridge with certificates."""
 
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 
@@ -352,6 +353,118 @@ def test_tls_bridge_refuses_a_wrong_ca(brokers, pki):
     assert "Bridge bad connected" not in local.output()
 
 
+PSK_KEY = "6b6974652d6272696467652d70736b2d3031"
+
+
+@pytest.mark.parametrize("version", ["tlsv1.2", "tlsv1.3"])
+@pytest.mark.parametrize("remote_kind", ["mosquitto", "kite"])
+def test_psk_bridge(brokers, tmp_path, version, remote_kind):
+    """bridge_identity / bridge_psk: TLS-PSK to a remote with psk_file,
+    no certificates on either side, with TLS 1.2 PSK suites and TLS 1.3
+    external PSK."""
+    if remote_kind == "mosquitto" and version == "tlsv1.3":
+        pytest.skip("Mosquitto 2.0.11's psk_file listener does TLS 1.2 PSK "
+                    "suites only (its TLS 1.3 handshake wants a certificate)")
+    pskf = tmp_path / "psk.txt"
+    pskf.write_text("edge-7:%s\n" % PSK_KEY)
+    os.chmod(tmp_path, 0o755)
+    os.chmod(pskf, 0o644)
+    tport = harness.free_port()
+    remote = brokers.start(remote_kind, (
+        "listener %d 127.0.0.1\npsk_hint kite-tests\npsk_file %s\n"
+        % (tport, pskf)))
+    local = brokers.start("kite", bridge_conf(
+        "pk", tport, ["p/# both 1"],
+        "bridge_identity edge-7\nbridge_psk %s\nbridge_tls_version %s\n"
+        % (PSK_KEY, version)))
+    wait_bridge_up(local.port)
+    rsub = Paho(remote.port)
+    rsub.subscribe("p/#", 1)
+    Paho(local.port).publish("p/secret", b"over-psk", qos=1)
+    assert rsub.get().payload == b"over-psk"
+    rsub.stop()
+
+
+def test_psk_bridge_with_a_wrong_key_does_not_connect(brokers, tmp_path):
+    pskf = tmp_path / "psk.txt"
+    pskf.write_text("edge-7:%s\n" % PSK_KEY)
+    tport = harness.free_port()
+    brokers.start("kite", "listener %d 127.0.0.1\npsk_hint h\npsk_file %s\n"
+                  % (tport, pskf))
+    local = brokers.start("kite", bridge_conf(
+        "pkw", tport, ["p/# out 1"],
+        "bridge_identity edge-7\nbridge_psk %s\n" % ("00" + PSK_KEY[2:])))
+    local.wait_output(r"TLS handshake .*failed", timeout=10)
+    time.sleep(1)
+    assert "Bridge pkw connected" not in local.output()
+
+
+def _ocsp_response(pki, d, status):
+    """A DER OCSP response for server.pem, signed by the test CA."""
+    serial = subprocess.run(["openssl", "x509", "-in", pki["server.pem"], "-noout",
+                             "-serial"], capture_output=True, text=True,
+                            check=True).stdout.strip().split("=", 1)[1]
+    subj = subprocess.run(["openssl", "x509", "-in", pki["server.pem"], "-noout",
+                           "-subject", "-nameopt", "compat"], capture_output=True,
+                          text=True, check=True).stdout.strip().split("=", 1)[1]
+    line = ("V\t301001010000Z\t\t%s\tunknown\t%s\n" if status == "good" else
+            "R\t301001010000Z\t240101000000Z\t%s\tunknown\t%s\n") % (serial, subj)
+    (d / "index.txt").write_text(line)
+    out = d / ("%s.der" % status)
+    subprocess.run(["openssl", "ocsp", "-index", str(d / "index.txt"),
+                    "-rsigner", pki["ca.pem"], "-rkey", pki["ca.key"],
+                    "-CA", pki["ca.pem"], "-issuer", pki["ca.pem"],
+                    "-cert", pki["server.pem"], "-respout", str(out),
+                    "-ndays", "1"], capture_output=True, check=True)
+    return out
+
+
+@pytest.mark.parametrize("staple", ["good", "revoked", "none"])
+def test_bridge_require_ocsp(brokers, pki, tmp_path, staple):
+    """bridge_require_ocsp: the remote (here openssl s_server, which can
+    staple) must staple a response its CA signed saying "good"; a revoked
+    one, or none, fails the handshake and no CONNECT leaves."""
+    import threading
+    tport = harness.free_port()
+    cmd = ["openssl", "s_server", "-accept", "127.0.0.1:%d" % tport,
+           "-cert", pki["server.pem"], "-key", pki["server.key"]]
+    if staple != "none":
+        cmd += ["-status_file", str(_ocsp_response(pki, tmp_path, staple))]
+    srv = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+    out = bytearray()
+    reader = threading.Thread(target=lambda: [out.extend(b) for b in
+                                              iter(lambda: srv.stdout.read1(4096), b"")],
+                              daemon=True)
+    reader.start()
+    try:
+        harness.wait_for(lambda: b"ACCEPT" in out, 10, what="s_server")
+        local = brokers.start("kite", bridge_conf(
+            "oc", tport, ["o/# out 1"],
+            "bridge_cafile %s\nbridge_require_ocsp true\n" % pki["ca.pem"]))
+        if staple == "good":
+            # The bridge's CONNECT, decrypted by s_server.
+            harness.wait_for(lambda: b"MQTT" in out, 10, what="the CONNECT")
+        else:
+            # OpenSSL's words for a refused (or missing) stapled response.
+            local.wait_output(r"TLS handshake .*failed: .*invalid status response",
+                              timeout=10)
+            time.sleep(0.5)
+            assert b"MQTT" not in out
+    finally:
+        srv.kill()
+        srv.wait()
+
+
+def _port_open(port):
+    import socket
+    try:
+        socket.create_connection(("127.0.0.1", port), 0.2).close()
+        return True
+    except OSError:
+        return False
+
+
 @pytest.mark.parametrize("conf,why", [
     ("connection x\ntopic a out\n", "has no address"),
     ("connection x\naddress 127.0.0.1\n", "has no topic"),
@@ -362,6 +475,14 @@ def test_tls_bridge_refuses_a_wrong_ca(brokers, pki):
     ("connection x\naddress 127.0.0.1\ntopic a\nrestart_timeout 10 5\n", "base"),
     ("connection x\naddress 127.0.0.1\ntopic a\nbridge_protocol_version mqttv6\n",
      "mqttv50"),
+    ("connection x\naddress 127.0.0.1\ntopic a\nbridge_identity me\n",
+     "needs both bridge_identity and bridge_psk"),
+    ("connection x\naddress 127.0.0.1\ntopic a\nbridge_identity me\nbridge_psk abc\n",
+     "hexadecimal"),
+    ("connection x\naddress 127.0.0.1\ntopic a\nbridge_identity me\nbridge_psk ab\n"
+     "bridge_cafile /etc/ssl/certs/ca-certificates.crt\n", "only one of them"),
+    ("connection x\naddress 127.0.0.1\ntopic a\nbridge_require_ocsp true\n",
+     "bridge_require_ocsp without certificate TLS"),
 ])
 def test_bad_bridge_config_is_refused(tmp_path, conf, why):
     p = tmp_path / "k.conf"

@@ -781,21 +781,29 @@ TEST(config_log_options)
 		  "journal, got 'xml'");
 }
 
-TEST(config_bridge_psk_and_ocsp_are_not_supported_yet)
+TEST(config_bridge_psk_and_ocsp)
 {
-	static const char *const names[] = {
-		"bridge_psk 0a0b", "bridge_identity id", "bridge_require_ocsp true",
-	};
-	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-		char text[160], want[200], name[64];
-		snprintf(text, sizeof(text),
-			 "connection b\naddress 127.0.0.1\n%s\n", names[i]);
-		sscanf(names[i], "%63s", name);
-		snprintf(want, sizeof(want),
-			 "t.conf:3: option '%s' is not supported yet (bridges "
-			 "work, without PSK or OCSP)", name);
-		CHECK_STR(load_err(text), want);
-	}
+	CHECK_STR(load_err("connection b\naddress 127.0.0.1\ntopic a\n"
+			   "bridge_identity edge\nbridge_psk 0a0B\n"
+			   "bridge_tls_version tlsv1.3\n"), "");
+	CHECK_STR(cfg_g.bridges[0].psk_identity, "edge");
+	CHECK_STR(cfg_g.bridges[0].psk, "0a0B");
+	CHECK_STR(load_err("connection b\naddress 127.0.0.1\ntopic a\n"
+			   "bridge_cafile /c.pem\nbridge_require_ocsp true\n"),
+		  "");
+	CHECK(cfg_g.bridges[0].require_ocsp);
+	CHECK_STR(load_err("connection b\naddress 127.0.0.1\ntopic a\n"
+			   "bridge_psk 0a0b\n"),
+		  "t.conf:1: bridge 'b' needs both bridge_identity and "
+		  "bridge_psk");
+	CHECK_STR(load_err("connection b\naddress 127.0.0.1\ntopic a\n"
+			   "bridge_identity e\nbridge_psk 0x0a\n"),
+		  "t.conf:1: bridge 'b' has a bridge_psk that is not an even "
+		  "number of hexadecimal digits (without 0x)");
+	CHECK_STR(load_err("connection b\naddress 127.0.0.1\ntopic a\n"
+			   "bridge_nonsense 1\n"),
+		  "t.conf:4: unknown option 'bridge_nonsense' (not a bridge "
+		  "option of Mosquitto 2.0's)");
 }
 
 TEST(config_plugin_lines_name_the_plugin_and_the_alternative)
