@@ -596,13 +596,9 @@ static void psk_free(struct tls_psk *psk, size_t n)
 }
 
 /* One "identity:hexkey" line into e; false if malformed. */
-static bool psk_parse_line(char *line, struct tls_psk *e)
+/* A PSK in hex (psk_file entries, bridge_psk): 1 to PSK_MAX_PSK_LEN bytes. */
+static bool hex_to_key(const char *hex, uint8_t *key, unsigned *len)
 {
-	char *colon = strchr(line, ':');
-	if (!colon || colon == line || colon - line > TLS_PSK_IDENTITY_MAX)
-		return false;
-	*colon = '\0';
-	const char *hex = colon + 1;
 	size_t hl = strlen(hex);
 	if (hl == 0 || hl % 2 || hl / 2 > PSK_MAX_PSK_LEN)
 		return false;
@@ -610,9 +606,20 @@ static bool psk_parse_line(char *line, struct tls_psk *e)
 		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
 		if (hi < 0 || lo < 0)
 			return false;
-		e->key[i] = (uint8_t)(hi << 4 | lo);
+		key[i] = (uint8_t)(hi << 4 | lo);
 	}
-	e->key_len = (unsigned)(hl / 2);
+	*len = (unsigned)(hl / 2);
+	return true;
+}
+
+static bool psk_parse_line(char *line, struct tls_psk *e)
+{
+	char *colon = strchr(line, ':');
+	if (!colon || colon == line || colon - line > TLS_PSK_IDENTITY_MAX)
+		return false;
+	*colon = '\0';
+	if (!hex_to_key(colon + 1, e->key, &e->key_len))
+		return false;
 	e->identity = strdup(line);
 	return e->identity != NULL;
 }
@@ -2249,20 +2256,6 @@ out:
 	return ok;
 }
 
-static bool hex_to_key(const char *hex, uint8_t *key, unsigned *len)
-{
-	size_t hl = strlen(hex);
-	if (hl == 0 || hl % 2 || hl / 2 > PSK_MAX_PSK_LEN)
-		return false;
-	for (size_t i = 0; i < hl / 2; i++) {
-		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			return false;
-		key[i] = (uint8_t)(hi << 4 | lo);
-	}
-	*len = (unsigned)(hl / 2);
-	return true;
-}
 
 struct tls_client *tls_client_new(const struct tls_client_opts *o, char *err,
 				  size_t errlen)
