@@ -582,7 +582,7 @@ void bridge_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 			   : NULL;
 	free(o);
 	if (!mm) {
-		stats_drop(ss->shard, DROP_NO_MEMORY, 1);
+		shard_stats_drop(ss->shard, DROP_NO_MEMORY, 1);
 		return;
 	}
 	mm->origin = m->origin;

@@ -290,7 +290,7 @@ static struct msg *msg_of_envelope(struct cluster *cl, const char *topic,
 		return NULL;
 	}
 	m->expiry_s = e->expiry_s;
-	m->created_ms = now_monotonic_ms();
+	m->created_ms = shard_clock_ms();
 	return m;
 }
 
@@ -434,7 +434,7 @@ static void cluster_retain_cb(natsConnection *nc, natsSubscription *sub,
 		/* Its expiry counts from now: the stream does not say how
 		 * long it was stored (documented). */
 		m->expiry_s = e.expiry_s;
-		m->created_ms = now_monotonic_ms();
+		m->created_ms = shard_clock_ms();
 		pthread_mutex_lock(&cl->in_lock);
 		unsigned d = (unsigned)(hash_bytes(topic, (size_t)tlen) %
 					cl->b->nshards);
@@ -573,7 +573,7 @@ static void pend_retry_later(struct cluster *cl, struct js_pend *p,
 			     natsMsg *nm)
 {
 	p->retry = nm;
-	p->retry_at_ms = now_monotonic_ms() + CLUSTER_JS_RETRY_MS;
+	p->retry_at_ms = shard_clock_ms() + CLUSTER_JS_RETRY_MS;
 	p->next_retry = cl->retry_head;
 	cl->retry_head = p;
 }
@@ -662,7 +662,7 @@ static void js_publish(struct cluster *cl, const char *subj,
 	if (st == NATS_OK) {
 		p->seq = seq;
 		p->t = t;
-		p->give_up_ms = now_monotonic_ms() + CLUSTER_JS_GIVE_UP_MS;
+		p->give_up_ms = shard_clock_ms() + CLUSTER_JS_GIVE_UP_MS;
 		pthread_mutex_lock(&cl->pend_lock);
 		if (htab_insert(&cl->pend, &p->link, pend_hash(seq)) < 0)
 			st = NATS_NO_MEMORY;
@@ -701,7 +701,7 @@ static void js_publish(struct cluster *cl, const char *subj,
  * gives up on what waited too long. */
 static void js_retry_tick(struct cluster *cl)
 {
-	uint64_t now = now_monotonic_ms();
+	uint64_t now = shard_clock_ms();
 	struct js_pend *given_up = NULL;
 	uint32_t sent = 0;
 	bool sent_out = false;
@@ -1146,7 +1146,7 @@ static void replay_tick(struct cluster *cl)
 {
 	if (cl->replay_sub &&
 	    (atomic_load(&cl->replay_caught_up) ||
-	     now_monotonic_ms() > cl->replay_deadline_ms)) {
+	     shard_clock_ms() > cl->replay_deadline_ms)) {
 		natsSubscription_Unsubscribe(cl->replay_sub);
 		natsSubscription_Destroy(cl->replay_sub);
 		cl->replay_sub = NULL;
@@ -1189,7 +1189,7 @@ static void replay_tick(struct cluster *cl)
 	so.Config.OptStartTime = (int64_t)from * 1000;
 	cl->replay_end_seq = last;
 	cl->replay_start_us = from;
-	cl->replay_deadline_ms = now_monotonic_ms() + CLUSTER_REPLAY_MAX_MS;
+	cl->replay_deadline_ms = shard_clock_ms() + CLUSTER_REPLAY_MAX_MS;
 	atomic_store(&cl->replay_caught_up, false);
 	if (st == NATS_OK)
 		st = js_Subscribe(&cl->replay_sub, cl->js,

@@ -479,7 +479,7 @@ void conn_on_data(struct conn *c, const uint8_t *data, size_t len)
 		conn_close(c, "closed by client (TLS close_notify)", true);
 	}
 	else
-		conn_ktls_begin(c); /* no-op unless due */
+		ktls_begin(c); /* no-op unless due */
 }
 
 /* ---- output ------------------------------------------------------------ */
@@ -1037,7 +1037,7 @@ static void conn_flush_tls(struct conn *c)
 {
 	uint8_t *buf = c->shard->tls_scratch;
 	/* Moving to kernel TLS: OpenSSL's own output (the handshake's
-	 * tail) goes, MQTT bytes wait for the kernel (conn_ktls_try). */
+	 * tail) goes, MQTT bytes wait for the kernel (ktls_try). */
 	bool for_kernel = c->ktls == KTLS_STOPPING && c->state == CONN_ACTIVE;
 	/* Before the handshake, WebSocket bytes wait (there are none). */
 	if (c->ws && !for_kernel && tls_conn_handshake_done(c->tls))
@@ -1065,7 +1065,7 @@ static void conn_flush_tls(struct conn *c)
 		if (c->state == CONN_CLOSING)
 			conn_on_closed(c);
 		else if (for_kernel)
-			conn_ktls_try(c);
+			ktls_try(c);
 		return;
 	}
 	conn_send_taken(c, c->tls, conn_tls_take);
@@ -1121,7 +1121,7 @@ void conn_flush(struct conn *c)
 		conn_flush_tls(c);
 		return;
 	}
-	if ((c->tls_flags & CONN_TLS_OWED) && conn_ktls_send_control(c))
+	if ((c->tls_flags & CONN_TLS_OWED) && ktls_send_control(c))
 		return;
 	if (c->ws) {
 		conn_flush_ws(c);
@@ -1194,7 +1194,7 @@ void conn_on_send_done(struct conn *c, int res)
 	free(ctx->owned);
 	send_ctx_put(c->shard, ctx);
 	if (record_type) {
-		conn_ktls_control_sent(c, record_type, res);
+		ktls_control_sent(c, record_type, res);
 		if (c->state == CONN_CLOSING)
 			conn_on_closed(c);
 		else if (conn_has_output(c))
@@ -1219,7 +1219,7 @@ void conn_on_send_done(struct conn *c, int res)
 		return;
 	}
 	if (c->ktls == KTLS_STOPPING)
-		conn_ktls_try(c);
+		ktls_try(c);
 	if (conn_has_output(c))
 		conn_mark_dirty(c);
 }
@@ -1244,8 +1244,8 @@ struct held_ack {
 	uint8_t bytes[];
 };
 
-bool held_ack_retained(struct held_ack *h, const char *filter, uint16_t len,
-		       uint8_t granted_qos, uint32_t sub_id)
+bool conn_held_ack_retained(struct held_ack *h, const char *filter,
+			    uint16_t len, uint8_t granted_qos, uint32_t sub_id)
 {
 	struct held_retained *r = malloc(sizeof(*r) + len);
 	if (!r)
@@ -1286,12 +1286,12 @@ struct held_ack *conn_hold_ack(struct conn *c, size_t cap)
 	return h;
 }
 
-void held_ack_expect(struct held_ack *h)
+void conn_held_ack_expect(struct held_ack *h)
 {
 	h->pending++;
 }
 
-void held_ack_set(struct held_ack *h, const uint8_t *bytes, size_t len)
+void conn_held_ack_set(struct held_ack *h, const uint8_t *bytes, size_t len)
 {
 	memcpy(h->bytes, bytes, len);
 	h->len = (uint32_t)len;
@@ -1322,7 +1322,7 @@ void conn_queue_ack(struct conn *c, const uint8_t *bytes, size_t len)
 		conn_queue_ctrl(c, bytes, len);
 		return;
 	}
-	held_ack_set(h, bytes, len);
+	conn_held_ack_set(h, bytes, len);
 	conn_release_ack(c, h);
 }
 
@@ -1330,7 +1330,7 @@ void conn_send_ack(struct conn *c, struct held_ack *held, const uint8_t *bytes,
 		   size_t len)
 {
 	if (held) {
-		held_ack_set(held, bytes, len);
+		conn_held_ack_set(held, bytes, len);
 		conn_release_ack(c, held);
 	} else if (len) {
 		conn_queue_ack(c, bytes, len);

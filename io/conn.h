@@ -94,15 +94,16 @@ void conn_protocol_error(struct conn *c, uint8_t rc, const char *why);
 
 /* A SUBACK/UNSUBACK that leaves only when every home shard it waits for
  * confirmed (conn.c). conn_hold_ack queues one (waiting for its caller);
- * held_ack_expect adds a confirmation to wait for; held_ack_set gives the
- * packet; conn_release_ack counts one confirmation down. */
+ * conn_held_ack_expect adds a confirmation to wait for;
+ * conn_held_ack_set gives the packet; conn_release_ack counts one
+ * confirmation down. */
 struct held_ack *conn_hold_ack(struct conn *c, size_t cap);
-void held_ack_expect(struct held_ack *h);
-void held_ack_set(struct held_ack *h, const uint8_t *bytes, size_t len);
+void conn_held_ack_expect(struct held_ack *h);
+void conn_held_ack_set(struct held_ack *h, const uint8_t *bytes, size_t len);
 /* Retained messages for filter, to be looked up right after h's SUBACK
  * leaves; false when out of memory. */
-bool held_ack_retained(struct held_ack *h, const char *filter, uint16_t len,
-		       uint8_t granted_qos, uint32_t sub_id);
+bool conn_held_ack_retained(struct held_ack *h, const char *filter,
+			    uint16_t len, uint8_t granted_qos, uint32_t sub_id);
 void conn_release_ack(struct conn *c, struct held_ack *h);
 /* The ack of a SUBSCRIBE/UNSUBSCRIBE: through `held` if it waits, else
  * straight onto the wire. */

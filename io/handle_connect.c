@@ -261,7 +261,7 @@ void connect_adopt(struct shard *s, struct conn *c)
 		conn_on_plain(c, data, len); /* decrypted on the accepting shard */
 		free(data);
 	}
-	conn_ktls_begin(c); /* before the CONNACK leaves, as on any shard */
+	ktls_begin(c); /* before the CONNACK leaves, as on any shard */
 }
 
 /* ---- the packet ------------------------------------------------------------- */

@@ -110,7 +110,7 @@ int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	/* Retained messages go after the SUBACK: a held SUBACK takes the
 	 * lookups with it (they run when it leaves), so none overtakes it. */
 	if (held)
-		held_ack_set(held, out, n);
+		conn_held_ack_set(held, out, n);
 	else if (n)
 		conn_queue_ctrl(c, out, n);
 	cur = i = 0;
@@ -123,7 +123,8 @@ int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 		uint16_t flen = (uint16_t)e.filter.len;
 		if (!held)
 			route_retained(c->shard, c->session, f, flen, reasons[i], sub_id);
-		else if (!held_ack_retained(held, f, flen, reasons[i], sub_id))
+		else if (!conn_held_ack_retained(held, f, flen, reasons[i],
+						 sub_id))
 			log_msg(KITE_LOG_WARNING, "out of memory: retained "
 				"messages for %.*s not sent", (int)flen, f);
 		free(mounted);

@@ -8,7 +8,7 @@
  * wiped on every path.
  *
  * Once ON, records that are not application data come up through
- * conn_ktls_control_record: close_notify is answered in kind, a TLS 1.3
+ * ktls_control_record: close_notify is answered in kind, a TLS 1.3
  * KeyUpdate moves the RX key on (and ours too when asked), a TLS 1.2
  * renegotiation gets a no_renegotiation warning as OpenSSL would give
  * it. Key updates need Linux 6.14 or later; on older kernels a KeyUpdate
@@ -33,7 +33,7 @@ _Static_assert(sizeof(struct tls12_crypto_info_aes_gcm_256) == 56,
 	       "kernel ABI: aes_gcm_256 crypto info");
 
 /* After a finished handshake on an active connection: start the move. */
-void conn_ktls_begin(struct conn *c)
+void ktls_begin(struct conn *c)
 {
 	/* A bridge's client side stays in userspace: the key hand-off
 	 * takes the server's view of the traffic secrets. */
@@ -43,7 +43,7 @@ void conn_ktls_begin(struct conn *c)
 		return;
 	c->ktls = KTLS_STOPPING;
 	if (!(c->flags & CONN_RECV_ARMED)) {
-		conn_ktls_try(c);
+		ktls_try(c);
 		return;
 	}
 	struct io_uring_sqe *sqe = shard_sqe(c->shard);
@@ -101,7 +101,7 @@ static void ktls_stay_userspace(struct conn *c, enum conn_ktls next)
  * MQTT bytes queued meanwhile (the CONNACK) wait in the wire queue and go
  * out through the kernel: a client that publishes and closes as soon as
  * it has its CONNACK then finds its socket already moved. */
-void conn_ktls_try(struct conn *c)
+void ktls_try(struct conn *c)
 {
 	const uint8_t *p;
 	if (c->ktls != KTLS_STOPPING || (c->flags & CONN_RECV_ARMED))
@@ -276,7 +276,7 @@ static void ktls_handshake_message(struct conn *c, const uint8_t *m, size_t n)
 /* With TLS_RX on, a record that is not application data makes recv fail
  * with EIO; read it (a whole record, up to 16 KiB) with its type
  * (TLS_GET_RECORD_TYPE) and act on it. */
-void conn_ktls_control_record(struct conn *c)
+void ktls_control_record(struct conn *c)
 {
 	uint8_t *data = c->shard->tls_scratch;
 	char cbuf[CMSG_SPACE(sizeof(unsigned char))];
@@ -327,7 +327,7 @@ void conn_ktls_control_record(struct conn *c)
 	conn_close(c, why, true);
 }
 
-bool conn_ktls_send_control(struct conn *c)
+bool ktls_send_control(struct conn *c)
 {
 	static const uint8_t no_renegotiation[2] = {1, 100};
 	static const uint8_t key_update[5] = {24, 0, 0, 1, 0}; /* not requested */
@@ -354,7 +354,7 @@ bool conn_ktls_send_control(struct conn *c)
 
 /* Our KeyUpdate went out under the old key: only now may the kernel
  * switch TX to the next one. */
-void conn_ktls_control_sent(struct conn *c, uint8_t record_type, int res)
+void ktls_control_sent(struct conn *c, uint8_t record_type, int res)
 {
 	char why[96];
 	if (res <= 0) {

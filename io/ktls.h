@@ -8,12 +8,12 @@
 
 #include "io/conn-t.h"
 
-void conn_ktls_begin(struct conn *c);
-void conn_ktls_try(struct conn *c);
-void conn_ktls_control_record(struct conn *c);
+void ktls_begin(struct conn *c);
+void ktls_try(struct conn *c);
+void ktls_control_record(struct conn *c);
 /* conn_flush: submits the next owed control record; false if none is
  * due now. conn_on_send_done reports its completion. */
-bool conn_ktls_send_control(struct conn *c);
-void conn_ktls_control_sent(struct conn *c, uint8_t record_type, int res);
+bool ktls_send_control(struct conn *c);
+void ktls_control_sent(struct conn *c, uint8_t record_type, int res);
 
 #endif

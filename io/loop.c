@@ -169,7 +169,7 @@ static void shard_drain_rings(struct shard *s)
 	for (unsigned src = 0; src <= s->b->nshards; src++) {
 		if (src == s->idx)
 			continue;
-		struct xring *r = xring_of(s->b, src, s->idx);
+		struct xring *r = shard_xring(s->b, src, s->idx);
 		uint32_t head = atomic_load_explicit(&r->head,
 						     memory_order_relaxed);
 		uint32_t tail = atomic_load_explicit(&r->tail,
@@ -619,7 +619,7 @@ static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
 		conn_close(c, "closed by client", true);
 	else if (cqe->res == -EIO && c->ktls == KTLS_ON &&
 		 c->state != CONN_CLOSING)
-		conn_ktls_control_record(c);
+		ktls_control_record(c);
 	else if (cqe->res < 0 && cqe->res != -ENOBUFS &&
 		 /* Only kite cancels a receive (pause, park, kTLS, hand-off),
 		  * and it may have resumed before the cancel completed. */
@@ -627,7 +627,7 @@ static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
 		 c->state != CONN_CLOSING && c->state != CONN_HANDOFF)
 		conn_close(c, strerror(-cqe->res), true);
 	else if (!more && c->ktls == KTLS_STOPPING && c->state == CONN_ACTIVE)
-		conn_ktls_try(c); /* recv stopped: install the keys */
+		ktls_try(c); /* recv stopped: install the keys */
 	else if (!more && c->state == CONN_HANDOFF)
 		connect_handoff_ready(s, c); /* recv stopped: move it */
 	else if (!more && c->state != CONN_CLOSING)
@@ -636,7 +636,7 @@ static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
 		conn_on_closed(c);
 }
 
-static void shard_handle_cqe(struct shard *s, struct io_uring_cqe *cqe)
+void loop_complete(struct shard *s, struct io_uring_cqe *cqe)
 {
 	uint64_t ud = cqe->user_data;
 	struct conn *c;
@@ -769,7 +769,7 @@ static uint64_t shard_heap_in_use(void)
 	return (uint64_t)mi.uordblks + mi.hblkhd;
 }
 
-static void shard_on_tick(struct shard *s)
+void loop_tick(struct shard *s)
 {
 	if (s->idx == 0 && s->cfg->memory_limit) {
 		/* Measuring walks the allocator's arenas under their locks:
@@ -820,7 +820,7 @@ static void shard_stop_all(struct shard *s)
 					    "broker shutting down");
 }
 
-static void shard_flush_dirty(struct shard *s)
+void loop_flush_dirty(struct shard *s)
 {
 	while (s->dirty) {
 		struct conn *c = s->dirty;
@@ -835,12 +835,12 @@ static void shard_turn(struct shard *s, bool *tick)
 {
 	struct io_uring_cqe *cqes[CQE_BATCH];
 	unsigned n = io_uring_peek_batch_cqe(&s->ring, cqes, CQE_BATCH);
-	s->now_ms = now_monotonic_ms();
+	s->now_ms = s->clock_ms();
 	s->recv_bufs_used = 0;
 	for (unsigned i = 0; i < n; i++) {
 		if (ud_op(cqes[i]->user_data) == UD_TICK)
 			*tick = true;
-		shard_handle_cqe(s, cqes[i]);
+		loop_complete(s, cqes[i]);
 		conn_settle(s);
 	}
 	io_uring_cq_advance(&s->ring, n);
@@ -918,7 +918,7 @@ static void *shard_main(void *arg)
 		abort();
 	}
 	rcu_register_thread();
-	s->now_ms = now_monotonic_ms();
+	s->now_ms = s->clock_ms();
 	/* $SYS is retained before anyone can subscribe, as in Mosquitto. */
 	s->last_sys_ms = s->now_ms;
 	if (s->idx == 0 && s->cfg->sys_interval_s)
@@ -933,7 +933,7 @@ static void *shard_main(void *arg)
 	bridge_start(s);
 	uint64_t stop_deadline = 0;
 	for (;;) {
-		shard_flush_dirty(s);
+		loop_flush_dirty(s);
 		persist_turn_end(s);
 		bool backlog = shard_flush_overflow(s);
 		if (s->input_paused)
@@ -954,7 +954,7 @@ static void *shard_main(void *arg)
 		 * acknowledged) before a client here published is delivered
 		 * before that client's, even when both wait in one gathered
 		 * turn. */
-		s->now_ms = now_monotonic_ms();
+		s->now_ms = s->clock_ms();
 		shard_drain_rings(s);
 		shard_turn(s, &tick);
 		shard_drain_rings(s);
@@ -972,7 +972,7 @@ static void *shard_main(void *arg)
 			shard_stop_all(s);
 		}
 		if (tick) {
-			shard_on_tick(s);
+			loop_tick(s);
 			conn_settle(s);
 			shard_arm_tick(s);
 		}
@@ -1039,6 +1039,7 @@ int loop_init(struct shard *s, struct broker *b, unsigned idx)
 	memset(s, 0, sizeof(*s));
 	s->idx = idx;
 	s->b = b;
+	s->clock_ms = shard_clock_ms;
 	s->spare_fd = -1;
 	s->accept_ep = -1;
 	for (unsigned i = 0; i < KITE_LISTENERS_MAX; i++)
@@ -1123,7 +1124,7 @@ void loop_discard_pending(struct broker *b)
 	}
 	for (unsigned src = 0; src <= b->nshards; src++) {
 		for (unsigned dst = 0; dst < b->nshards; dst++) {
-			struct xring *r = xring_of(b, src, dst);
+			struct xring *r = shard_xring(b, src, dst);
 			uint32_t head = atomic_load(&r->head);
 			uint32_t tail = atomic_load(&r->tail);
 			for (; head != tail; head++)

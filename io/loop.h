@@ -14,4 +14,14 @@ void loop_fini(struct shard *s);
  * (posted to a shard that had already exited) give back what they hold. */
 void loop_discard_pending(struct broker *b);
 
+/* The pieces of a turn (shard_main), for a test that stands where the
+ * kernel stands (tests/io/harness.c). loop_complete gives one completion
+ * to the unit that owns it; loop_flush_dirty sends what the turn queued
+ * for each connection; loop_tick is the 250 ms tick's work (keepalive and
+ * CONNECT deadlines, session expiry, delayed wills, $SYS) at s->now_ms. */
+struct io_uring_cqe;
+void loop_complete(struct shard *s, struct io_uring_cqe *cqe);
+void loop_flush_dirty(struct shard *s);
+void loop_tick(struct shard *s);
+
 #endif

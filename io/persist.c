@@ -337,7 +337,7 @@ static void ticket_hold_ack(struct persist_ticket *t, struct conn *c,
 			conn_queue_ack(c, bytes, len); /* out of memory */
 		return;
 	}
-	held_ack_set(h, bytes, len);
+	conn_held_ack_set(h, bytes, len);
 	t->held = h;
 	t->conn_id = c->id;
 	t->conn_gen = c->gen;
@@ -370,7 +370,7 @@ void persist_hold(struct conn *c, struct held_ack *h)
 	struct persist_ticket *t = ticket_new(s, NULL);
 	if (!t)
 		return;
-	held_ack_expect(h);
+	conn_held_ack_expect(h);
 	t->held = h;
 	t->conn_id = c->id;
 	t->conn_gen = c->gen;

@@ -210,7 +210,7 @@ void route_local(struct shard *s, struct msg *m, struct persist_ticket *t)
 	for (uint32_t i = 0; i < col.ngroups; i++)
 		share_route(s, col.groups[i], m, t);
 	if (col.lost) {
-		stats_drop(s, DROP_NO_MEMORY, col.lost);
+		shard_stats_drop(s, DROP_NO_MEMORY, col.lost);
 		log_msg(KITE_LOG_ERR, "Out of memory routing a message on '%.*s': "
 			"%u deliveries dropped", (int)m->topic_len, msg_topic(m),
 			col.lost);
@@ -275,7 +275,7 @@ void route_retained(struct shard *s, struct session *ss, const char *filter,
 	}
 	free(rb.m);
 	if (rb.lost) {
-		stats_drop(s, DROP_NO_MEMORY, rb.lost);
+		shard_stats_drop(s, DROP_NO_MEMORY, rb.lost);
 		log_msg(KITE_LOG_ERR, "Out of memory sending retained messages "
 			"to %s: %u dropped", ss->client_id, rb.lost);
 	}

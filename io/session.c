@@ -462,7 +462,7 @@ static void session_send_new(struct session *ss, struct msg *m,
 	    !conn_queue_publish(ss->conn, m, d, false, pid)) {
 		if (!queued)
 			ss->next_pid = before;
-		stats_drop(ss->shard, DROP_UNDELIVERABLE, 1);
+		shard_stats_drop(ss->shard, DROP_UNDELIVERABLE, 1);
 		if (ss->logged)
 			persist_done(ss, persist_msg_id(ss->shard, m));
 		return;
@@ -529,13 +529,13 @@ void session_deliver_as_is(struct session *ss, struct msg *m,
 		if (!session_online(ss) && ss->persistent &&
 		    s->cfg->queue_qos0_messages) {
 			if (session_queue_push(ss, m, d) < 0)
-				stats_drop(s, DROP_QUEUE_FULL, 1);
+				shard_stats_drop(s, DROP_QUEUE_FULL, 1);
 			return;
 		}
 		if (!session_online(ss))
-			stats_drop(s, DROP_OFFLINE, 1);
+			shard_stats_drop(s, DROP_OFFLINE, 1);
 		else if (!conn_queue_publish(ss->conn, m, d, false, 0))
-			stats_drop(s, ss->conn->flags & CONN_DROPPING
+			shard_stats_drop(s, ss->conn->flags & CONN_DROPPING
 					      ? DROP_QUEUE_FULL
 					      : DROP_UNDELIVERABLE, 1);
 		return;
@@ -549,7 +549,7 @@ void session_deliver_as_is(struct session *ss, struct msg *m,
 	if (!ss->persistent && !session_online(ss))
 		return;
 	if (session_queue_push(ss, m, d) < 0)
-		stats_drop(s, DROP_QUEUE_FULL, 1);
+		shard_stats_drop(s, DROP_QUEUE_FULL, 1);
 	else
 		persist_queue(ss, m, d);
 	if (session_held(m, d) && ss->q_count == 1)

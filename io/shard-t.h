@@ -315,6 +315,10 @@ struct shard {
 	int refuse_err;
 	struct log_limit accept_log, max_conn_log;
 
+	/* The shard's clock: the loop reads it once per turn into now_ms,
+	 * which every handler and timer reads. A test drives a shard with
+	 * its own clock (tests/io/harness.c). */
+	uint64_t (*clock_ms)(void);
 	uint64_t now_ms;
 	uint64_t last_sys_ms;
 	/* Earliest session expiry or delayed will on this shard (0: none),

@@ -17,14 +17,14 @@
 #include "io/shard.h"
 
 
-uint64_t now_monotonic_ms(void)
+uint64_t shard_clock_ms(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
 
-struct xring *xring_of(struct broker *b, unsigned src, unsigned dst)
+struct xring *shard_xring(struct broker *b, unsigned src, unsigned dst)
 {
 	assert(src <= b->nshards && dst < b->nshards);
 	return &b->xrings[(size_t)src * b->nshards + dst];
@@ -95,7 +95,7 @@ static void shard_post_failed(struct shard *s, unsigned dst, struct xitem it)
 			"%u: a %s was lost", s->idx, dst,
 			it.kind == XK_DELIVER ? "message" : "control item");
 	if (it.kind == XK_DELIVER)
-		stats_drop(s, DROP_NO_MEMORY, 1);
+		shard_stats_drop(s, DROP_NO_MEMORY, 1);
 	item_discard(it);
 }
 
@@ -105,7 +105,7 @@ void shard_post(struct shard *s, unsigned dst, struct xitem it)
 	struct xoverflow *o = &s->overflow[dst];
 	s->wake_mask |= 1ull << dst;
 	/* Keep order: once something overflowed, everything queues behind. */
-	if (!o->count && xring_push(xring_of(s->b, s->idx, dst), it))
+	if (!o->count && xring_push(shard_xring(s->b, s->idx, dst), it))
 		return;
 	if (o->count >= XOVERFLOW_MAX_ITEMS && it.kind == XK_DELIVER &&
 	    ((struct msg *)it.ptr)->qos == 0) {
@@ -159,7 +159,7 @@ bool shard_flush_overflow(struct shard *s)
 	bool pending = false, backlogged = false;
 	for (unsigned d = 0; d < s->b->nshards; d++) {
 		struct xoverflow *o = &s->overflow[d];
-		struct xring *r = xring_of(s->b, s->idx, d);
+		struct xring *r = shard_xring(s->b, s->idx, d);
 		while (o->count && xring_push(r, o->items[o->head])) {
 			o->head = (o->head + 1) % o->cap;
 			o->count--;
@@ -191,7 +191,7 @@ void shard_send_wakeups(struct shard *s)
 void shard_post_from_main(struct broker *b, unsigned dst, struct xitem it)
 {
 	pthread_mutex_lock(&b->ctl_lock);
-	struct xring *r = xring_of(b, b->nshards, dst);
+	struct xring *r = shard_xring(b, b->nshards, dst);
 	while (!xring_push(r, it))
 		usleep(1000); /* control items are rare; the shard drains */
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&b->ctl_ring);
@@ -275,7 +275,7 @@ void shard_arm_recv(struct shard *s, struct conn *c)
 	c->flags |= CONN_RECV_ARMED;
 }
 
-void stats_drop(struct shard *s, enum drop_reason why, uint64_t n)
+void shard_stats_drop(struct shard *s, enum drop_reason why, uint64_t n)
 {
 	assert(why < DROP_REASONS);
 	stat_add(&s->stats.dropped[why], n);

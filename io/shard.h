@@ -11,8 +11,9 @@
 
 #include "io/shard-t.h"
 
-uint64_t now_monotonic_ms(void);
-struct xring *xring_of(struct broker *b, unsigned src, unsigned dst);
+/* CLOCK_MONOTONIC in milliseconds: every shard's clock but in tests. */
+uint64_t shard_clock_ms(void);
+struct xring *shard_xring(struct broker *b, unsigned src, unsigned dst);
 /* Hands an item to shard dst; wakes it at the end of this loop turn. */
 void shard_post(struct shard *s, unsigned dst, struct xitem it);
 /* From the main thread (src row nshards), serialised by ctl_lock. */
@@ -58,6 +59,6 @@ int shard_session_index(struct shard *s, struct session *ss);
 void shard_session_unindex(struct shard *s, struct session *ss);
 struct session *shard_session_by_id(struct shard *s, uint64_t id);
 /* A drop of n deliveries on s, counted by reason and in the total. */
-void stats_drop(struct shard *s, enum drop_reason why, uint64_t n);
+void shard_stats_drop(struct shard *s, enum drop_reason why, uint64_t n);
 
 #endif

@@ -219,7 +219,7 @@ static bool share_post(struct shard *s, struct share_op *op, uint8_t kind,
 		op->held = held;
 		op->conn_id = ss->conn->id;
 		op->conn_gen = ss->conn->gen;
-		held_ack_expect(held);
+		conn_held_ack_expect(held);
 	}
 	shard_post(s, home, (struct xitem){kind, op});
 	return op->held != NULL;

@@ -11,9 +11,10 @@ document still says so. A file may include:
     include io/ (core/ includes only core/).
 It fails on an include that goes up, on a file of io/ that belongs to no
 unit (a new unit is placed in the order first), on any cycle in the
-graph of files or of units, and on a function that a unit's header
+graph of files or of units, on a function that a unit's header
 declares but another unit defines (each header is its own unit's whole
-interface, so an include names whom a file calls). Exit 0 when clean, 1
+interface, so an include names whom a file calls), and on a function
+of io/STEM.c not named STEM_* (handle_Y.c: handle_* or Y_*). Exit 0 when clean, 1
 with one line per fault.
 """
 import os
@@ -230,6 +231,19 @@ def check(root):
                               f"defines: a unit's header declares only "
                               f"its own functions")
 
+    # A function lives in the file its prefix names: io/STEM.c defines
+    # only STEM_* (io/handle_Y.c: handle_* or Y_*), so a name says which
+    # file to open.
+    for name, src in sorted(defined.items()):
+        stem = src[3:-2]
+        prefixes = [stem + "_"]
+        if stem.startswith("handle_"):
+            prefixes += ["handle_", stem[len("handle_"):] + "_"]
+        if stem == "main" or name.startswith(tuple(prefixes)):
+            continue
+        faults.append(f"{src}: defines {name}: a function of io/{stem}.c "
+                      f"is named {' or '.join(p + '*' for p in prefixes)}")
+
     c = find_cycle(file_graph)
     if c:
         faults.append("include cycle: " + " -> ".join(c))
@@ -264,6 +278,9 @@ def self_test(root):
          '#include "io/msg.h"\n#include', "core/ may include only"),
         ("an order the document does not state", DOC, "`version < msg <",
          "`msg < version <", "says the layers are"),
+        ("a function outside the file its prefix names", "io/shard.c",
+         "uint64_t shard_clock_ms(void)", "uint64_t clock_ms_now(void)",
+         "defines clock_ms_now"),
     ]
     failed = 0
     with tempfile.TemporaryDirectory() as tmp:

@@ -11,6 +11,27 @@
 #include "core/log.h"
 
 /* What broker_start allocates, for one shard and without listeners. */
+/* The clock every harness shard reads (one test thread, one shard). */
+static uint64_t harness_now_ms;
+
+static uint64_t harness_clock(void)
+{
+	return harness_now_ms;
+}
+
+void harness_set_now(struct harness *h, uint64_t now_ms)
+{
+	harness_now_ms = now_ms;
+	h->s->now_ms = h->s->clock_ms(); /* as a turn starts */
+}
+
+void harness_tick(struct harness *h)
+{
+	h->s->now_ms = h->s->clock_ms();
+	loop_tick(h->s);
+	conn_settle(h->s);
+}
+
 static int harness_broker(struct harness *h, char *err, size_t errlen)
 {
 	struct broker *b = &h->b;
@@ -63,7 +84,8 @@ int harness_init(struct harness *h, const char *config_text, char *err,
 			 ring_fd > 0 ? "" : " (io_uring_queue_init failed)");
 		return ring_fd > 0 ? -1 : 1;
 	}
-	h->s->now_ms = 1000000; /* any start: tests move it */
+	h->s->clock_ms = harness_clock;
+	harness_set_now(h, 1000000); /* any start: tests move it */
 	return 0;
 }
 
@@ -203,32 +225,12 @@ static bool harness_complete(struct harness *h)
 	}
 	sq->sqe_tail = sq->sqe_head;
 	for (unsigned i = 0; i < nd; i++) {
-		struct conn *c = shard_conn_lookup(h->s, ud_id(ud_done[i]),
-						   ud_gen(ud_done[i]));
-		if (!c)
-			continue;
-		if (ud_op(ud_done[i]) == UD_SEND) {
-			conn_on_send_done(c, res_done[i]);
-		} else {
-			c->flags &= (uint8_t)~CONN_SHUTDOWN_BUSY;
-			if (c->state == CONN_CLOSING)
-				conn_on_closed(c);
-		}
+		struct io_uring_cqe cqe = {.user_data = ud_done[i],
+					   .res = res_done[i]};
+		loop_complete(h->s, &cqe);
+		conn_settle(h->s);
 	}
-	conn_settle(h->s);
 	return nd > 0;
-}
-
-/* shard_flush_dirty, as the loop runs it at the end of a turn. */
-static void harness_flush_dirty(struct shard *s)
-{
-	while (s->dirty) {
-		struct conn *c = s->dirty;
-		s->dirty = c->dirty_next;
-		c->dirty_next = NULL;
-		c->flags &= (uint8_t)~CONN_DIRTY;
-		conn_flush(c);
-	}
 }
 
 size_t harness_output(struct harness *h, struct hconn *hc,
@@ -237,7 +239,7 @@ size_t harness_output(struct harness *h, struct hconn *hc,
 	/* A completion can queue more (the rest of the queue, a held
 	 * SUBACK's retained messages): turns until nothing moves. */
 	for (int turns = 0; turns < 64; turns++) {
-		harness_flush_dirty(h->s);
+		loop_flush_dirty(h->s);
 		if (!harness_complete(h) && !h->s->dirty)
 			break;
 	}

@@ -13,8 +13,10 @@
  * as a loop turn ends, then takes every SQE the shard prepared before the
  * kernel sees it, copies the bytes of each send, answers each send and
  * shutdown with a scripted completion (all bytes sent; shutdown done) and
- * drops the rest. The shard's clock is its now_ms field, which every
- * handler reads and only the loop writes: harness_set_now injects it. */
+ * drops the rest, and hands the completions to the loop's dispatch
+ * (loop_complete). The shard's clock is injected: the harness gives the
+ * shard its own clock_ms, which harness_set_now moves, and harness_tick
+ * runs the loop's tick at that time. */
 #ifndef KITE_TESTS_IO_HARNESS_H
 #define KITE_TESTS_IO_HARNESS_H
 
@@ -79,9 +81,12 @@ void harness_input(struct harness *h, struct hconn *hc, const void *bytes,
 size_t harness_output(struct harness *h, struct hconn *hc,
 		      const uint8_t **bytes);
 
-static inline void harness_set_now(struct harness *h, uint64_t now_ms)
-{
-	h->s->now_ms = now_ms;
-}
+/* The shard's clock (s->clock_ms) reads now_ms from here on; a turn
+ * starts at it. */
+void harness_set_now(struct harness *h, uint64_t now_ms);
+
+/* The 250 ms tick runs once at the clock's time: keepalive and CONNECT
+ * deadlines, session expiry, delayed wills. */
+void harness_tick(struct harness *h);
 
 #endif

@@ -303,3 +303,44 @@ TEST(io_will_is_published_on_a_protocol_error_not_after_disconnect)
 		harness_fini(&h);
 	}
 }
+
+/* Keepalive runs on the shard's clock and its tick: a client with a
+ * 10 s keepalive is served until 1.5 times that passes without a packet
+ * from it (MQTT 3.1.2.10), each packet starting the wait again; then an
+ * MQTT 5 client gets DISCONNECT 0x8D (keep alive timeout), its will goes
+ * out, and the connection closes. */
+TEST(io_keepalive_expires_on_the_shard_clock_with_its_will)
+{
+	static const uint8_t connect_ka10_will[] = {
+		0x10, 25, 0, 4, 'M', 'Q', 'T', 'T', 5, 0x06, 0, 10, 0, /* will */
+		0, 2, 'k', 'a', 0, 0, 3, 'a', '/', 'k', 0, 2, 'g', 'o'};
+	static struct harness h;
+	struct hconn *sub, *pub;
+	HARNESS_START(&h, config);
+	uint64_t t0 = 7000000;
+	harness_set_now(&h, t0);
+	sub_and_pub(&h, &sub, &pub, 0);
+	struct hconn *k = harness_connect(&h);
+	harness_input(&h, k, connect_ka10_will, sizeof(connect_ka10_will));
+	const uint8_t *out;
+	size_t n = harness_output(&h, k, &out);
+	CHECK(n >= 4 && out[0] == 0x20 && out[3] == 0); /* CONNACK success */
+
+	harness_set_now(&h, t0 + 14000);
+	harness_tick(&h);
+	OUT_NONE(&h, k);
+	IN(&h, k, 0xc0, 0x00); /* PINGREQ at 14 s: the wait starts again */
+	OUT_IS(&h, k, 0xd0, 0x00);
+	harness_set_now(&h, t0 + 28000);
+	harness_tick(&h);
+	OUT_NONE(&h, k);
+	CHECK(harness_conn(&h, k) != NULL);
+	OUT_NONE(&h, sub);
+
+	harness_set_now(&h, t0 + 29001); /* 15.001 s after the PINGREQ */
+	harness_tick(&h);
+	OUT_IS(&h, k, 0xe0, 0x01, 0x8d); /* no properties: length omitted */
+	CHECK(harness_conn(&h, k) == NULL);
+	OUT_IS(&h, sub, 0x30, 0x07, 0x00, 0x03, 'a', '/', 'k', 'g', 'o');
+	harness_fini(&h);
+}
