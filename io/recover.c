@@ -637,6 +637,7 @@ static bool rsess_id_eq_cb(const struct htab_link *l, const void *key,
  * sets the identity anyway). */
 struct mimport {
 	struct recovery *rc;
+	const struct kite_config *cfg;
 	struct htab by_id; /* client id -> rsess */
 	uint64_t now_wall;
 	uint32_t msgs, retained, clients, subs, queued, skipped;
@@ -665,7 +666,29 @@ static int mimport_msg_cb(void *ctx, const struct mosqdb_msg *m)
 		r.msg.expiry_s = left > 0 ? (uint32_t)left : 1;
 	}
 	mi->msgs++;
-	return apply_msg(mi->rc, &r);
+	if (apply_msg(mi->rc, &r) < 0)
+		return -1;
+	/* The publisher, which check_retain_source asks about a retained
+	 * message: Mosquitto keeps it with every stored message, on the
+	 * listener of the port it came in on. */
+	struct rmsg *e = m->retain && m->source_id.len ? mi->rc->last_msg
+						       : NULL;
+	if (e && !e->m->source) {
+		uint8_t li = 0;
+		for (unsigned i = 0; i < mi->cfg->listener_count; i++)
+			if (mi->cfg->listeners[i].port == m->source_port) {
+				li = (uint8_t)i;
+				break;
+			}
+		e->m->source = msg_source_new(
+			li, (const char *)m->source_id.ptr, m->source_id.len,
+			m->source_username.len
+				? (const char *)m->source_username.ptr : NULL,
+			m->source_username.len);
+		if (!e->m->source)
+			return -1;
+	}
+	return 0;
 }
 
 static int mimport_retain_cb(void *ctx, const struct mosqdb_retain *m)
@@ -811,7 +834,8 @@ static int import_mosquitto(struct recovery *rc, const struct kite_config *cfg)
 	close(fd);
 	if (!buf)
 		return -1;
-	struct mimport mi = {.rc = rc, .now_wall = persist_wall_ms()};
+	struct mimport mi = {.rc = rc, .cfg = cfg,
+			     .now_wall = persist_wall_ms()};
 	struct mosqdb_visitor v = {
 		.msg_cb = mimport_msg_cb,
 		.retain_cb = mimport_retain_cb,

@@ -445,6 +445,45 @@ def test_mosquitto_database_is_imported_on_first_start(request, broker_factory, 
     assert (db.stat().st_size, db.stat().st_mtime_ns, db.read_bytes()) == before
 
 
+@pytest.mark.kite_only("kite importing Mosquitto's database")
+def test_imported_retained_message_keeps_its_publisher_for_check_retain_source(
+        request, broker_factory, tmp_path):
+    """Mosquitto's database keeps who published each retained message;
+    after the import, check_retain_source still knows it: once the
+    publisher lost write access the message is not sent, and it is sent
+    again when the access comes back."""
+    import test_mosqdb_import as mdb
+    if not os.access(mdb.MOSQUITTO, os.X_OK):
+        pytest.skip("no Mosquitto at %s" % mdb.MOSQUITTO)
+    work = tmp_path / "mosq"
+    work.mkdir()
+    port = harness.free_port()
+    mosq = mdb.start_mosquitto(request, work, port)
+    p, _ = _client(port, "writer", clean=True, username="alice")
+    p.publish("rs/t", b"kept", qos=1, retain=True, pid=1)
+    p.send(mqttraw.disconnect())
+    p.close()
+    assert mosq.stop() == 0
+    assert (work / "mosquitto.db").exists()
+    acl = tmp_path / "acl"
+    acl.write_text("user alice\ntopic read rs/t\n")
+    conf = ("allow_anonymous true\npersistence true\npersistence_location %s/\n"
+            "check_retain_source true\nacl_file %s\n%s" % (work, acl, LOG))
+    kport = harness.free_port()
+    b = broker_factory(conf, port=kport)
+    b.wait_output(r"imported Mosquitto's .*: 1 messages, 1 retained", timeout=5)
+    c, _ = _client(kport, "reader", clean=True, username="alice")
+    assert c.subscribe([("rs/t", 0)]) == [0]
+    c.expect_silence(0.5, ping=True)
+    c.close()
+    b.stop(signal.SIGTERM)
+    acl.write_text("user alice\ntopic readwrite rs/t\n")
+    b = broker_factory(conf, port=kport)
+    c, _ = _client(kport, "reader", clean=True, username="alice")
+    assert c.subscribe([("rs/t", 0)]) == [0]
+    assert c.expect_publish(3).payload == b"kept"
+
+
 @pytest.mark.kite_only("kite's compaction (autosave_interval) under load")
 @pytest.mark.timeout(60)
 def test_compaction_keeps_everything_and_bounds_the_files(broker_factory, tmp_path):
