@@ -365,35 +365,17 @@ static int verify_cb(int ok, X509_STORE_CTX *x)
 	return ok;
 }
 
-static int hexval(char ch)
-{
-	if (ch >= '0' && ch <= '9')
-		return ch - '0';
-	if (ch >= 'a' && ch <= 'f')
-		return ch - 'a' + 10;
-	if (ch >= 'A' && ch <= 'F')
-		return ch - 'A' + 10;
-	return -1;
-}
-
 /* Decodes the secret (last field) of a keylog line; returns its length. */
 static size_t keylog_secret(const char *line, uint8_t *out, size_t max)
 {
 	const char *hex = strrchr(line, ' ');
 	size_t n = 0;
 
-	if (!hex)
+	if (!hex || !OPENSSL_hexstr2buf_ex(out, max, &n, hex + 1, '\0')) {
+		ERR_clear_error(); /* not the handshake's error */
 		return 0;
-	hex++;
-	while (hex[0] && hex[1] && n < max) {
-		int hi = hexval(hex[0]), lo = hexval(hex[1]);
-
-		if (hi < 0 || lo < 0)
-			return 0;
-		out[n++] = (uint8_t)(hi << 4 | lo);
-		hex += 2;
 	}
-	return hex[0] ? 0 : n;
+	return n;
 }
 
 /* Captures the TLS 1.3 application traffic secrets for kTLS. We are the
@@ -595,23 +577,19 @@ static void psk_free(struct tls_psk *psk, size_t n)
 	free(psk);
 }
 
-/* One "identity:hexkey" line into e; false if malformed. */
 /* A PSK in hex (psk_file entries, bridge_psk): 1 to PSK_MAX_PSK_LEN bytes. */
 static bool hex_to_key(const char *hex, uint8_t *key, unsigned *len)
 {
-	size_t hl = strlen(hex);
-	if (hl == 0 || hl % 2 || hl / 2 > PSK_MAX_PSK_LEN)
+	size_t n = 0;
+	if (!*hex || !OPENSSL_hexstr2buf_ex(key, PSK_MAX_PSK_LEN, &n, hex, '\0')) {
+		ERR_clear_error(); /* reported as a bad line, not left queued */
 		return false;
-	for (size_t i = 0; i < hl / 2; i++) {
-		int hi = hexval(hex[2 * i]), lo = hexval(hex[2 * i + 1]);
-		if (hi < 0 || lo < 0)
-			return false;
-		key[i] = (uint8_t)(hi << 4 | lo);
 	}
-	*len = (unsigned)(hl / 2);
+	*len = (unsigned)n;
 	return true;
 }
 
+/* One "identity:hexkey" line into e; false if malformed. */
 static bool psk_parse_line(char *line, struct tls_psk *e)
 {
 	char *colon = strchr(line, ':');

@@ -184,14 +184,6 @@ static void key_accept(const uint8_t *key, char out[32])
 	EVP_EncodeBlock((unsigned char *)out, md, (int)mdlen); /* 28 + NUL */
 }
 
-static int hexval(uint8_t c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	c = (uint8_t)(c | 0x20);
-	return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-}
-
 /* The target of a file GET as a path below the served directory. */
 static int target_path(const uint8_t *t, size_t n, struct ws_http_req *req)
 {
@@ -208,7 +200,8 @@ static int target_path(const uint8_t *t, size_t n, struct ws_http_req *req)
 			c = '/';
 		}
 		if (c == '%' && i + 2 < n) {
-			int h = hexval(t[i + 1]), l = hexval(t[i + 2]);
+			int h = OPENSSL_hexchar2int(t[i + 1]),
+			    l = OPENSSL_hexchar2int(t[i + 2]);
 			if (h < 0 || l < 0) {
 				req->why = "bad percent-encoding in the path";
 				return 400;
