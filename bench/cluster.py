@@ -16,11 +16,19 @@ per million deliveries: kite's (both nodes) and nats-server's. The whole
 kite-bench run is counted (connects, warm-up, drain), against every
 delivery it received.
 
+With --pairs N it runs N point-to-point pairs instead (one publisher and
+one subscriber per pair, the rate spread over them; kite-bench puts
+connection i on port i % nports, subscribers first):
+
+  alone   every pair on the third kite
+  local   pairs spread over nodes A and B, each pair on one node (N even)
+  cross   the same with N + 1 pairs (odd): every pair crosses nodes
+
 Everything shares the machine (no pinning): CPU per delivery is the
 figure, not throughput, and nothing here says how a cluster scales.
 
     /usr/bin/python3 bench/cluster.py --kite build/x/kite \\
-        --gen build/x/bench/kite-bench [--rate 10000] [--duration 5]
+        --gen build/x/bench/kite-bench [--rate 10000] [--duration 5] [--pairs 500]
 """
 
 import argparse
@@ -107,16 +115,26 @@ def start_node(kite, tmp, name, nats_port):
 
 
 def run(args, nodes, nats, where, qos, subs):
+    """One row; subs is the number of subscribers (fan-out) or, with
+    --pairs, of pairs."""
     a, b, alone = nodes
-    pub_port = alone.port if where == "alone" else a.port
-    sub_port = b.port if where == "cross" else pub_port
-    # kite-bench puts connection i on ports[i % n]: subscribers first,
-    # then the publisher.
-    ports = [sub_port] * subs + [pub_port]
-    name = "%s-q%d-%dsub" % (where, qos, subs)
-    cmd = [args.gen, "--port", ",".join(map(str, ports)), "--topology", "fanout",
-           "--pubs", "1", "--subs", str(subs), "--qos", str(qos),
-           "--rate", str(args.rate), "--window", "256",
+    if args.pairs:
+        ports = [alone.port] if where == "alone" else [a.port, b.port]
+        if where == "cross":
+            subs += 1  # odd: connection i and i + pairs on different nodes
+        name = "%s-q%d-%dpairs" % (where, qos, subs)
+        shape = ["--topology", "p2p", "--pairs", str(subs)]
+    else:
+        pub_port = alone.port if where == "alone" else a.port
+        sub_port = b.port if where == "cross" else pub_port
+        # kite-bench puts connection i on ports[i % n]: subscribers
+        # first, then the publisher.
+        ports = [sub_port] * subs + [pub_port]
+        name = "%s-q%d-%dsub" % (where, qos, subs)
+        shape = ["--topology", "fanout", "--pubs", "1", "--subs", str(subs),
+                 "--window", "256"]
+    cmd = [args.gen, "--port", ",".join(map(str, ports))] + shape + [
+           "--qos", str(qos), "--rate", str(args.rate),
            "--warmup", "1", "--duration", str(args.duration), "--drain", "10",
            "--name", name, "--quiet"]
     pids = {"node A": (alone if where == "alone" else a).p.pid, "node B": b.p.pid,
@@ -156,6 +174,9 @@ def main():
     ap.add_argument("--rate", type=int, default=10000, help="publishes/s (10000)")
     ap.add_argument("--duration", type=int, default=5, help="seconds measured (5)")
     ap.add_argument("--subs", default="1,4", help="subscriber counts (1,4)")
+    ap.add_argument("--pairs", type=int, default=0,
+                    help="point-to-point pairs instead of fan-out (even; "
+                         "cross runs one more)")
     ap.add_argument("--qos", default="0,1", help="QoS levels (0,1)")
     ap.add_argument("--no-jetstream", action="store_true",
                     help="nats-server without -js: QoS 1 crosses at most once")
@@ -183,7 +204,9 @@ def main():
             wait_for(lambda: want in n.output(), 20, "'%s' from a node" % want)
         rows = []
         for qos in map(int, args.qos.split(",")):
-            for subs in map(int, args.subs.split(",")):
+            counts = ([args.pairs + args.pairs % 2] if args.pairs
+                      else map(int, args.subs.split(",")))
+            for subs in counts:
                 for where in ("alone", "local", "cross"):
                     rows.append(run(args, nodes, nats, where, qos, subs))
         if args.out:
