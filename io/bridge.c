@@ -49,6 +49,7 @@ struct bridge {
 	struct sockaddr_storage sa;
 	socklen_t sa_len;
 	struct tls_client *tls;
+	bool local_clean; /* local_cleansession (or cleansession) true */
 };
 
 /* ---- helpers --------------------------------------------------------------- */
@@ -354,12 +355,16 @@ static void bridge_subscribe_remote(struct bridge *b)
 			.no_local = k->protocol == MQTT_V5,
 			.retain_as_published = k->protocol == MQTT_V5,
 		};
-		uint16_t pid = session_next_pid(b->ss);
+		/* An id only for a packet sent: a message queued while the
+		 * remote was away then goes out with the id Mosquitto gives
+		 * it (1 for the first), Mosquitto numbering it when queued. */
 		size_t n = 0;
 		if (t->dir & BRIDGE_IN) {
 			n = mqtt_encode_subscribe(buf, sizeof(buf), k->protocol,
-						  pid, &e, 1, NULL);
+						  session_next_pid(b->ss), &e,
+						  1, NULL);
 		} else if (k->attempt_unsubscribe) {
+			uint16_t pid = session_next_pid(b->ss);
 			/* An out topic: drop what an earlier in topic of the
 			 * same name left on a persistent remote session. */
 			uint8_t *p = buf;
@@ -477,6 +482,10 @@ bool bridge_on_packet(struct conn *c, const struct mqtt_fixed_header *h,
 	case MQTT_PUBREC:
 	case MQTT_PUBREL:
 	case MQTT_PUBCOMP:
+	/* A server sends no PINGREQ (spec 3.12), but Mosquitto's bridge
+	 * answers one and stays up; a PINGRESP costs nothing, and closing
+	 * would drop a working bridge over a harmless packet. */
+	case MQTT_PINGREQ:
 		rc = conn_handle(c, h, body, len);
 		break;
 	case MQTT_SUBACK:
@@ -557,6 +566,14 @@ void bridge_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 	struct bridge *b = ss->bridge;
 	const char *t = msg_topic(m);
 	const struct kite_bridge_topic *bt = NULL;
+	if (b->local_clean && !b->conn && b->state != BRIDGE_CONNECTING) {
+		/* A clean local session keeps nothing for a remote it is
+		 * not connected to: Mosquitto drops such messages (its
+		 * 06-bridge-clean-session test), and a lazy bridge is not
+		 * woken by them either. */
+		stats_drop(ss->shard, DROP_OFFLINE, 1);
+		return;
+	}
 	b->last_msg_ms = b->s->now_ms;
 	for (unsigned i = 0; i < b->cfg.topic_count && !bt; i++) {
 		const struct kite_bridge_topic *x = &b->cfg.topics[i];
@@ -649,9 +666,9 @@ static struct bridge *bridge_new(struct shard *s, unsigned idx,
 	b->ss->bridge = b;
 	b->ss->of_bridge = true;
 	b->ss->protocol = k->protocol;
-	bool clean = k->local_cleansession < 0 ? k->cleansession
-					       : k->local_cleansession;
-	if (!clean)
+	b->local_clean = k->local_cleansession < 0 ? k->cleansession
+						   : k->local_cleansession;
+	if (!b->local_clean)
 		persist_session(b->ss);
 	for (unsigned i = 0; i < k->topic_count; i++) {
 		const struct kite_bridge_topic *t = &k->topics[i];

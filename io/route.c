@@ -268,8 +268,12 @@ void route_retained(struct shard *s, struct session *ss, const char *filter,
 			.nsub = sub_id ? 1 : 0,
 			.sub = {sub_id},
 		};
-		if (ss->conn && session_may(ss, msg_topic(rb.m[i]),
-					    rb.m[i]->topic_len, ACL_READ))
+		/* A bridge's local session subscribes at start, before its
+		 * remote is connected: what is retained then is queued for
+		 * the remote, as Mosquitto does. */
+		if ((ss->conn || ss->bridge) &&
+		    session_may(ss, msg_topic(rb.m[i]), rb.m[i]->topic_len,
+				ACL_READ))
 			session_deliver(ss, rb.m[i], &d);
 		msg_unref(rb.m[i]);
 	}

@@ -147,7 +147,8 @@ struct xoverflow {
 
 /* Why a delivery was dropped (kite_messages_dropped_total{reason}). */
 enum drop_reason {
-	DROP_OFFLINE,	    /* QoS 0 to a session without a connection */
+	DROP_OFFLINE,	    /* QoS 0 to a session without a connection, or any
+			       QoS to a clean bridge whose remote is away */
 	DROP_QUEUE_FULL,    /* a slow consumer: wire queue or session queue
 			       at its bound */
 	DROP_UNDELIVERABLE, /* expired, or over the client's packet size */
