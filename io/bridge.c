@@ -571,7 +571,7 @@ void bridge_deliver(struct session *ss, struct msg *m, const struct deliv *d)
 		 * not connected to: Mosquitto drops such messages (its
 		 * 06-bridge-clean-session test), and a lazy bridge is not
 		 * woken by them either. */
-		stats_drop(ss->shard, DROP_OFFLINE, 1);
+		shard_stats_drop(ss->shard, DROP_OFFLINE, 1);
 		return;
 	}
 	b->last_msg_ms = b->s->now_ms;
