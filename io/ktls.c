@@ -13,7 +13,11 @@
  * renegotiation gets a no_renegotiation warning as OpenSSL would give
  * it. Key updates need Linux 6.14 or later; on older kernels a KeyUpdate
  * ends the connection with that reason (the TLS secrets are then not
- * kept at all). */
+ * kept at all).
+ *
+ * A bridge's connection (kite the TLS client) moves the same way once the
+ * remote's CONNACK is in; the remote may also send session tickets
+ * (dropped) or a TLS 1.2 HelloRequest (refused like a ClientHello). */
 #include <assert.h>
 #include <errno.h>
 #include <linux/tls.h>

@@ -14,7 +14,8 @@
  * SSL3_RT_HEADER event per record): received ones from the end of the
  * handshake, sent ones (TLS 1.3) from the moment our application traffic
  * key is installed, since the NewSessionTicket goes out under it before
- * the handshake ends.
+ * the handshake ends. A bridge's client side exports the same way, the
+ * directions mirrored; the tickets it receives are counted, not fatal.
  *
  * Session resumption: stateless tickets (RFC 5077, RFC 8446 4.6.1), no
  * server-side cache. A listener's tls_server holds a random ticket
