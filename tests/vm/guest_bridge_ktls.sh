@@ -9,7 +9,9 @@
 # uses kernel TLS), TlsCurrTxSw/RxSw that high while it is up, the local
 # kite's log says "kernel TLS on", no decrypt error, and the local kite
 # stops with exit 0. Mosquitto over TLS 1.3 sends session tickets right
-# after the handshake: they must not keep the bridge in userspace.
+# after the handshake: they must not keep the bridge in userspace. Last,
+# a remote (bridge_late_ticket_remote) sends a ticket after the move: the
+# bridge drops it and goes on, both ways.
 # Prints "PASS|FAIL <case>" lines and "bridge: N passed, N failed".
 D=/etc/kite-vm/bridge
 PKI=$D/pki
@@ -146,6 +148,61 @@ CONF
     [ $failed = $f0 ] || { echo "--- local kite log (tail)"; tail -30 $LLOG;
                          echo "--- remote log (tail)"; tail -15 $RLOG; }
 done < $D/matrix
+
+# A session ticket after the move: the kernel hands kite a handshake
+# record, which a bridge drops; messages go on both ways.
+TPORT=8884
+name="late ticket"
+f0=$failed
+if [ ! -e $D/matrix-only ]; then
+    bridge_late_ticket_remote $TPORT $PKI/server.pem $PKI/server.key in/late after-ticket 2500 \
+        > /tmp/ticket.out 2> /tmp/ticket.err &
+    tpid=$!
+    wait_listening $TPORT
+    cat > /tmp/local.conf <<CONF
+log_dest stderr
+log_type all
+allow_anonymous true
+listener $LOCAL 127.0.0.1
+connection rt
+address 127.0.0.1:$TPORT
+cleansession true
+topic out/# out 0
+topic in/# in 0
+bridge_cafile $PKI/ca.pem
+bridge_tls_version tlsv1.3
+CONF
+    kite -c /tmp/local.conf > $LLOG 2>&1 &
+    lpid=$!
+    wait_listening $LOCAL
+    mosquitto_sub -h 127.0.0.1 -p $LOCAL -t 'in/#' -N -C 1 -W 30 > /tmp/got-late 2>/tmp/sub-late.err &
+    sipid=$!
+    i=0
+    while ! grep -q 'kernel TLS on for' $LLOG && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
+    ! grep -q 'ticket sent' /tmp/ticket.err && grep -q 'kernel TLS on for' $LLOG
+    check "$name: the bridge moved to kernel TLS before the ticket came" $? \
+        "$(cat /tmp/ticket.err; grep -i 'tls\|bridge' $LLOG | tail -5)"
+    wait $sipid
+    [ "$(cat /tmp/got-late)" = after-ticket ]
+    check "$name: the remote's PUBLISH after its ticket arrived" $? \
+        "got '$(cat /tmp/got-late)' $(cat /tmp/sub-late.err; cat /tmp/ticket.err)"
+    mosquitto_pub -h 127.0.0.1 -p $LOCAL -t out/back -m back-after-ticket
+    i=0
+    while kill -0 $tpid 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
+    [ "$(cat /tmp/ticket.out)" = "got out/back back-after-ticket" ]
+    check "$name: the bridge's PUBLISH reached the remote after the ticket" $? \
+        "$(cat /tmp/ticket.out /tmp/ticket.err)"
+    [ "$(grep -c 'Connecting bridge rt' $LLOG)" = 1 ] && ! grep -q 'unexpected TLS handshake' $LLOG
+    check "$name: the bridge stayed up (one connection)" $? "$(grep -i 'bridge rt\|TLS' $LLOG | tail -5)"
+    kill $tpid 2>/dev/null
+    kill -TERM $lpid 2>/dev/null
+    wait $lpid
+    rc=$?
+    check "$name: local kite stops cleanly" $rc "exit $rc"
+    ! grep -q "Sanitizer\|Assertion" $LLOG
+    check "$name: no assertion or sanitizer report" $? "$(grep -A20 'Sanitizer\|Assertion' $LLOG | head -40)"
+    [ $failed = $f0 ] || { echo "--- local kite log (tail)"; tail -30 $LLOG; }
+fi
 
 echo "bridge: $passed passed, $failed failed"
 [ $failed = 0 ]

@@ -2,7 +2,9 @@
 # A bridge over TLS with kernel TLS, on a kernel that has it (Debian 12's,
 # in qemu): a local kite bridges to a remote kite and to Mosquitto 2.0.11
 # over TLS 1.2 and 1.3 (AES-GCM and ChaCha20-Poly1305); messages both ways,
-# small and large. See guest_bridge_ktls.sh for what is asserted.
+# small and large; and a session ticket that comes after the move
+# (bridge_late_ticket_remote.c). See guest_bridge_ktls.sh for what is
+# asserted.
 #
 #   tests/vm/test_bridge_ktls_vm.sh
 #   Env: KITE (default build/asan/kite, else build/kite), VM_TIMEOUT (300 s),
@@ -29,6 +31,10 @@ skip() { echo "test_bridge_ktls_vm: SKIP: $*"; exit 77; }
 
 rm -rf "$W"
 mkdir -p "$W"
+TICKET=$VM_BUILD_DIR/bridge_late_ticket_remote
+${CC:-cc} -std=c17 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
+    -o "$TICKET" "$HERE/bridge_late_ticket_remote.c" -lssl -lcrypto ||
+    fail "cannot build bridge_late_ticket_remote"
 {
     "$KITE" cert ca --dir "$W/pki" &&
     "$KITE" cert server 127.0.0.1 localhost --dir "$W/pki"
@@ -42,6 +48,7 @@ head -c 30000 /dev/urandom | base64 -w0 > "$W/big2"  # 40000 bytes
 # MATRIX="mosquitto tlsv1.3 TLS_AES_128_GCM_SHA256" runs just that line.
 if [ -n "${MATRIX:-}" ]; then
     printf '%s\n' "$MATRIX" > "$W/matrix"
+    touch "$W/matrix-only" # and not the late ticket
 else cat > "$W/matrix" <<'MATRIX'
 kite tlsv1.2 ECDHE-ECDSA-AES128-GCM-SHA256
 kite tlsv1.3 TLS_AES_256_GCM_SHA384
@@ -55,6 +62,7 @@ fi
 "$HERE/build-initramfs.sh" -o "$IMAGE" \
     -f "$KITE:/bin/kite" -f "$MOSQUITTO:/bin/mosquitto" -f "$W:/etc/kite-vm/bridge" \
     -f "$HERE/guest_bridge_ktls.sh:/bin/guest_bridge_ktls.sh" \
+    -f "$TICKET:/bin/bridge_late_ticket_remote" \
     /usr/bin/mosquitto_pub /usr/bin/mosquitto_sub >/dev/null
 rc=$?
 [ $rc = 77 ] && skip "cannot build the VM"
