@@ -1362,20 +1362,32 @@ static int conn_pump(struct tls_conn *from, struct tls_conn *to, struct tls_buf 
  * The client's TX must be the server's RX and the other way round, record
  * sequence numbers included; the server's export is proven against
  * OpenSSL above. Then one TLS 1.3 key update each way, from the kept
- * secrets. */
+ * secrets. Certificates, or TLS-PSK (server "psk"). */
 static void bridge_ktls_case(int *test_failed_, const struct ktls_case *kc)
 {
 	struct tls_listener_opts o = opts_ec(false);
 	bool v13 = kc->version == TLS1_3_VERSION;
+	bool psk = !strcmp(kc->server, "psk"); /* bridge_identity/bridge_psk */
 	char err[256];
+	static const char key[] = "00112233445566778899aabbccddeeff";
 
+	if (psk) {
+		FILE *f = fopen(pki("bridge.psk"), "w");
+		CHECK(f && fprintf(f, "edge-7:%s\n", key) > 0);
+		if (f)
+			fclose(f);
+		o = (struct tls_listener_opts){.psk_hint = "kite",
+					       .psk_file = pki("bridge.psk")};
+	}
 	if (v13)
 		o.ciphers_tls13 = kc->cipher;
 	else
 		o.ciphers = kc->cipher;
 	struct tls_server *s = server(&o);
 	struct tls_client *cl = tls_client_new(&(struct tls_client_opts){
-		.cafile = pki("ca.crt"), .version = v13 ? "tlsv1.3" : "tlsv1.2"},
+		.cafile = psk ? NULL : pki("ca.crt"),
+		.psk_identity = psk ? "edge-7" : NULL, .psk_hex = psk ? key : NULL,
+		.version = v13 ? "tlsv1.3" : "tlsv1.2"},
 		err, sizeof(err));
 	CHECK(s && cl);
 	if (!s || !cl)
@@ -1447,6 +1459,8 @@ TEST(tls_bridge_client_ktls_keys_are_the_servers_mirrored)
 		 TLS_CIPHER_AES_GCM_256},
 		{TLS1_2_VERSION, "ECDHE-ECDSA-CHACHA20-POLY1305", "server-ec",
 		 TLS_CIPHER_CHACHA20_POLY1305},
+		{TLS1_2_VERSION, "PSK-AES128-GCM-SHA256", "psk", TLS_CIPHER_AES_GCM_128},
+		{TLS1_3_VERSION, "TLS_AES_128_GCM_SHA256", "psk", TLS_CIPHER_AES_GCM_128},
 	};
 
 	CHECK(pki_init());
@@ -1455,7 +1469,8 @@ TEST(tls_bridge_client_ktls_keys_are_the_servers_mirrored)
 
 		bridge_ktls_case(test_failed_, &cases[i]);
 		if (*test_failed_ && !before)
-			fprintf(stderr, "  ^ case %s\n", cases[i].cipher);
+			fprintf(stderr, "  ^ case %s %s\n", cases[i].cipher,
+				cases[i].server);
 	}
 }
 
