@@ -2,7 +2,8 @@
 # Runs INSIDE the VM (busybox sh), put there by test_bridge_ktls_vm.sh.
 # A local kite (no TLS listener) bridges over TLS to a remote broker,
 # kite or Mosquitto 2.0.11, for each line of the matrix (remote, TLS
-# version, cipher). Messages go both ways through the bridge, small and
+# version, cipher; a remote named *-psk uses TLS-PSK instead of
+# certificates). Messages go both ways through the bridge, small and
 # large ones (150 KB and 40 KB: many TLS records). The bridge's socket
 # must have moved to kernel TLS both ways: TlsTxSw/TlsRxSw +1 from the
 # bridge, plus +1 from a remote kite (its listener side; Mosquitto never
@@ -41,18 +42,28 @@ while read remote ver cipher; do
     name="$remote $ver $cipher"
     f0=$failed
     if [ $ver = tlsv1.3 ]; then copt="ciphers_tls1.3 $cipher"; else copt="ciphers $cipher"; fi
+    # "kite-psk", "mosquitto-psk": TLS-PSK (psk_hint/psk_file; the bridge's
+    # bridge_identity/bridge_psk) instead of certificates.
+    case $remote in
+    *-psk) ropt="psk_hint kite
+psk_file $D/psk"
+           bopt="bridge_identity edge-7
+bridge_psk $(cut -d: -f2 $D/psk)" ;;
+    *) ropt="cafile $PKI/ca.pem
+certfile $PKI/server.pem
+keyfile $PKI/server.key"
+       bopt="bridge_cafile $PKI/ca.pem" ;;
+    esac
     cat > /tmp/remote.conf <<CONF
 log_dest stderr
 log_type all
 allow_anonymous true
 listener $RPLAIN 127.0.0.1
 listener $RTLS 127.0.0.1
-cafile $PKI/ca.pem
-certfile $PKI/server.pem
-keyfile $PKI/server.key
+$ropt
 $copt
 CONF
-    if [ $remote = mosquitto ]; then
+    if [ ${remote%-psk} = mosquitto ]; then
         echo "user root" >> /tmp/remote.conf
         mosquitto -c /tmp/remote.conf > $RLOG 2>&1 &
         rmine=0
@@ -74,7 +85,7 @@ address 127.0.0.1:$RTLS
 cleansession true
 topic out/# out 1
 topic in/# in 1
-bridge_cafile $PKI/ca.pem
+$bopt
 bridge_tls_version $ver
 CONF
     tx0=$(stat_of TlsTxSw); rx0=$(stat_of TlsRxSw); de0=$(stat_of TlsDecryptError)

@@ -1,7 +1,8 @@
 #!/bin/bash
 # A bridge over TLS with kernel TLS, on a kernel that has it (Debian 12's,
 # in qemu): a local kite bridges to a remote kite and to Mosquitto 2.0.11
-# over TLS 1.2 and 1.3 (AES-GCM and ChaCha20-Poly1305); messages both ways,
+# over TLS 1.2 and 1.3 (AES-GCM and ChaCha20-Poly1305; certificates and
+# TLS-PSK); messages both ways,
 # small and large; and a session ticket that comes after the move
 # (bridge_late_ticket_remote.c). See guest_bridge_ktls.sh for what is
 # asserted.
@@ -40,6 +41,7 @@ ${CC:-cc} -std=c17 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wno-unused-parame
     "$KITE" cert server 127.0.0.1 localhost --dir "$W/pki"
 } >/dev/null 2>&1 || fail "kite cert"
 chmod -R a+rX "$W/pki"
+echo "edge-7:00112233445566778899aabbccddeeff" > "$W/psk"
 # Printable payloads (mosquitto_sub -N prints them as they are), many
 # TLS records each.
 head -c 112500 /dev/urandom | base64 -w0 > "$W/big1" # 150000 bytes
@@ -56,6 +58,9 @@ kite tlsv1.3 TLS_CHACHA20_POLY1305_SHA256
 mosquitto tlsv1.2 ECDHE-ECDSA-CHACHA20-POLY1305
 mosquitto tlsv1.3 TLS_AES_128_GCM_SHA256
 mosquitto tlsv1.3 TLS_AES_256_GCM_SHA384
+kite-psk tlsv1.2 PSK-AES128-GCM-SHA256
+kite-psk tlsv1.3 TLS_AES_128_GCM_SHA256
+mosquitto-psk tlsv1.2 PSK-CHACHA20-POLY1305
 MATRIX
 fi
 
