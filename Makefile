@@ -210,6 +210,13 @@ test: deps
 	@rc=0; KITE=$(abspath build/asan/kite) VM_TIMEOUT=$(VM_TIMEOUT) \
 	 tests/vm/test_ktls_wss_vm.sh || rc=$$?; \
 	 if [ $$rc -eq 77 ]; then echo "ktls-wss-vm: skipped (see above)"; else exit $$rc; fi
+	@# A bridge over TLS (1.2, 1.3) to a remote kite and to Mosquitto:
+	@# the bridge's own socket moves to kernel TLS, messages both ways.
+	@# Nine cases and a late ticket, 1.5 min here: at least 300 s.
+	@rc=0; KITE=$(abspath build/asan/kite) \
+	 VM_TIMEOUT=$$(( $(VM_TIMEOUT) > 300 ? $(VM_TIMEOUT) : 300 )) \
+	 tests/vm/test_bridge_ktls_vm.sh || rc=$$?; \
+	 if [ $$rc -eq 77 ]; then echo "bridge-ktls-vm: skipped (see above)"; else exit $$rc; fi
 	@for k in stock rekey; do rc=0; KITE=$(abspath build/asan/kite) VM_MEM=1G VM_TIMEOUT=$(VM_TIMEOUT) \
 	 tests/vm/test_ktls_records_vm.sh $$k || rc=$$?; \
 	 if [ $$rc -eq 77 ]; then echo "ktls-records-vm ($$k): skipped (see above)"; \

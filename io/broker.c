@@ -65,6 +65,12 @@ static int broker_alloc(struct broker *b)
 	return io_uring_queue_init(8, &b->ctl_ring, 0) < 0 ? -1 : 0;
 }
 
+/* As bridge_new decides it: a CA or a PSK means TLS to the remote. */
+static bool broker_bridge_tls(const struct kite_bridge_cfg *k)
+{
+	return k->cafile[0] || k->capath[0] || k->psk[0];
+}
+
 static void broker_log_listeners(struct broker *b)
 {
 	const struct kite_config *cfg = b->cfg;
@@ -75,6 +81,8 @@ static void broker_log_listeners(struct broker *b)
 	enum tls_kernel_ktls support = TLS_KERNEL_NO_ULP;
 	for (unsigned i = 0; i < cfg->listener_count; i++)
 		any_tls |= config_listener_tls(&cfg->listeners[i]);
+	for (unsigned i = 0; i < cfg->bridge_count; i++)
+		any_tls |= broker_bridge_tls(&cfg->bridges[i]);
 	if (any_tls)
 		support = tls_kernel_ktls_support();
 	bool ktls = support != TLS_KERNEL_NO_ULP;
@@ -101,6 +109,14 @@ static void broker_log_listeners(struct broker *b)
 			l->bind_address[0] ? l->bind_address : "*", l->port,
 			mode, b->nshards);
 	}
+	/* Once here, not at every reconnection. */
+	for (unsigned i = 0; i < cfg->bridge_count; i++)
+		if (broker_bridge_tls(&cfg->bridges[i]))
+			log_msg(KITE_LOG_NOTICE, "Bridge %s: %s", cfg->bridges[i].name,
+				ktls ? "TLS: handshake in userspace (OpenSSL), "
+				       "records in the kernel (kTLS)"
+				     : "TLS in userspace (OpenSSL): this kernel "
+				       "has no TLS ULP, so no kTLS");
 }
 
 /* The XDP filter on the configured interfaces, for every listener port.

@@ -13,7 +13,11 @@
  * renegotiation gets a no_renegotiation warning as OpenSSL would give
  * it. Key updates need Linux 6.14 or later; on older kernels a KeyUpdate
  * ends the connection with that reason (the TLS secrets are then not
- * kept at all). */
+ * kept at all).
+ *
+ * A bridge's connection (kite the TLS client) moves the same way once the
+ * remote's CONNACK is in; the remote may also send session tickets
+ * (dropped) or a TLS 1.2 HelloRequest (refused like a ClientHello). */
 #include <assert.h>
 #include <errno.h>
 #include <linux/tls.h>
@@ -35,9 +39,7 @@ _Static_assert(sizeof(struct tls12_crypto_info_aes_gcm_256) == 56,
 /* After a finished handshake on an active connection: start the move. */
 void ktls_begin(struct conn *c)
 {
-	/* A bridge's client side stays in userspace: the key hand-off
-	 * takes the server's view of the traffic secrets. */
-	if (!c->shard->b->ktls || !c->tls || c->bridge ||
+	if (!c->shard->b->ktls || !c->tls ||
 	    c->ktls != KTLS_UNDECIDED ||
 	    c->state != CONN_ACTIVE || !tls_conn_handshake_done(c->tls))
 		return;
@@ -171,6 +173,13 @@ void ktls_try(struct conn *c)
 	shard_arm_recv(c->shard, c);
 }
 
+/* Who is at the other end, for the reasons a connection ends with: a
+ * listener's client, or the remote broker of a bridge (our client side). */
+static const char *ktls_peer(const struct conn *c)
+{
+	return c->bridge ? "the remote" : "client";
+}
+
 static void ktls_rearm(struct conn *c)
 {
 	if (c->state == CONN_ACTIVE && !(c->flags & CONN_RECV_ARMED))
@@ -202,10 +211,10 @@ static int ktls_next_key(struct conn *c, enum tls_ktls_dir dir)
 	return err;
 }
 
-/* The client's TLS 1.3 KeyUpdate: everything it sends from now on is
+/* The peer's TLS 1.3 KeyUpdate: everything it sends from now on is
  * under its next key, and the kernel holds further records until it has
  * that key (Linux 6.14+). */
-static void ktls_client_key_update(struct conn *c, bool update_requested)
+static void ktls_peer_key_update(struct conn *c, bool update_requested)
 {
 	uint16_t second = (uint16_t)(c->shard->now_ms / 1000);
 	if (second != c->key_update_second) {
@@ -214,31 +223,52 @@ static void ktls_client_key_update(struct conn *c, bool update_requested)
 	}
 	if (++c->key_updates > KTLS_KEY_UPDATES_PER_SECOND) {
 		char why[96];
-		snprintf(why, sizeof(why), "too many TLS KeyUpdates from client "
-			 "(more than %d in a second)", KTLS_KEY_UPDATES_PER_SECOND);
+		snprintf(why, sizeof(why), "too many TLS KeyUpdates from %s "
+			 "(more than %d in a second)", ktls_peer(c),
+			 KTLS_KEY_UPDATES_PER_SECOND);
 		conn_close(c, why, true);
 		return;
 	}
 	if (!c->ktls_rekey) {
-		conn_close(c, "TLS KeyUpdate from client: this kernel cannot "
-			      "replace kernel TLS keys (Linux 6.14 or later can)",
-			   true);
+		char why[112];
+		snprintf(why, sizeof(why), "TLS KeyUpdate from %s: this kernel "
+			 "cannot replace kernel TLS keys (Linux 6.14 or later "
+			 "can)", ktls_peer(c));
+		conn_close(c, why, true);
 		return;
 	}
 	int err = ktls_next_key(c, TLS_KTLS_RX);
 	if (err) {
 		char why[96];
-		snprintf(why, sizeof(why), "TLS KeyUpdate from client: cannot "
-					   "install its new key: %s", strerror(err));
+		snprintf(why, sizeof(why), "TLS KeyUpdate from %s: cannot "
+			 "install its new key: %s", ktls_peer(c), strerror(err));
 		conn_close(c, why, true);
 		return;
 	}
-	ktls_log(c, "key update", update_requested ? "client's, ours requested"
-						   : "client's");
+	ktls_log(c, "key update", update_requested ? "peer's, ours requested"
+						   : "peer's");
 	/* RFC 8446 4.6.3: ours goes before our next application data. */
 	if (update_requested)
 		ktls_owe(c, CONN_TLS_OWE_KEY_UPDATE);
 	ktls_rearm(c);
+}
+
+/* The record holds only whole NewSessionTicket messages (RFC 8446
+ * 4.6.1); one split across records is not expected of any server. */
+static bool ktls_all_tickets(const uint8_t *m, size_t n)
+{
+	if (!n)
+		return false;
+	while (n) {
+		if (n < 4 || m[0] != 4)
+			return false;
+		size_t len = 4 + ((size_t)m[1] << 16 | (size_t)m[2] << 8 | m[3]);
+		if (len > n)
+			return false;
+		m += len;
+		n -= len;
+	}
+	return true;
 }
 
 static void ktls_handshake_message(struct conn *c, const uint8_t *m, size_t n)
@@ -250,14 +280,23 @@ static void ktls_handshake_message(struct conn *c, const uint8_t *m, size_t n)
 	/* A KeyUpdate is the record's only message (the key changes right
 	 * after it: RFC 8446 5.1). */
 	if (tls13 && type == 24 && n == 5 && body == 1 && m[4] <= 1) {
-		ktls_client_key_update(c, m[4] == 1);
+		ktls_peer_key_update(c, m[4] == 1);
 		return;
 	}
-	if (!tls13 && type == 1 && n >= 4 && body == n - 4) {
-		/* ClientHello: a renegotiation, which kernel TLS cannot do
-		 * (and OpenSSL is told to refuse: SSL_OP_NO_RENEGOTIATION).
-		 * The warning lets the client carry on or give up. */
-		if (log_enabled(KITE_LOG_INFO)) {
+	/* A remote may give a bridge session tickets at any time; they
+	 * change no key, and a bridge does not resume (SSL_OP_NO_TICKET). */
+	if (c->bridge && tls13 && ktls_all_tickets(m, n)) {
+		ktls_rearm(c);
+		return;
+	}
+	if (!tls13 && type == (c->bridge ? 0u : 1u) && n >= 4 && body == n - 4) {
+		/* ClientHello (or a server's HelloRequest to a bridge): a
+		 * renegotiation, which kernel TLS cannot do (and OpenSSL is
+		 * told to refuse: SSL_OP_NO_RENEGOTIATION). The warning lets
+		 * the peer carry on or give up. */
+		if (c->bridge)
+			ktls_log(c, "renegotiation refused", "no_renegotiation alert");
+		else if (log_enabled(KITE_LOG_INFO)) {
 			char peer[64];
 			log_msg(KITE_LOG_INFO, "Client %s %s: TLS renegotiation "
 				"refused (no_renegotiation alert)",
@@ -306,24 +345,28 @@ void ktls_control_record(struct conn *c)
 	}
 	if (type == 21 && n == 2 && data[1] == 0) { /* close_notify */
 		c->flags |= CONN_CLOSE_AFTER_FLUSH; /* answered in kind */
-		conn_close(c, "closed by client (TLS close_notify)", true);
+		snprintf(why, sizeof(why), "closed by %s (TLS close_notify)",
+			 ktls_peer(c));
+		conn_close(c, why, true);
 		return;
 	}
 	/* A warning other than close_notify (TLS 1.2; in TLS 1.3 only
 	 * user_canceled, 90, is one) changes nothing. */
 	if (type == 21 && n == 2 && data[0] == 1 &&
 	    (!(c->tls_flags & CONN_TLS13) || data[1] == 90)) {
-		ktls_log(c, "warning alert from client ignored", NULL);
+		ktls_log(c, "warning alert ignored", NULL);
 		ktls_rearm(c);
 		return;
 	}
 	if (type == 21 && n == 2)
-		snprintf(why, sizeof(why), "TLS alert %u from client", data[1]);
+		snprintf(why, sizeof(why), "TLS alert %u from %s", data[1],
+			 ktls_peer(c));
 	else if (type == 21)
-		snprintf(why, sizeof(why), "malformed TLS alert from client");
+		snprintf(why, sizeof(why), "malformed TLS alert from %s",
+			 ktls_peer(c));
 	else
-		snprintf(why, sizeof(why), "TLS record of type %u from client "
-					   "after the handshake", type);
+		snprintf(why, sizeof(why), "TLS record of type %u from %s "
+			 "after the handshake", type, ktls_peer(c));
 	conn_close(c, why, true);
 }
 

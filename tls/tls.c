@@ -14,7 +14,8 @@
  * SSL3_RT_HEADER event per record): received ones from the end of the
  * handshake, sent ones (TLS 1.3) from the moment our application traffic
  * key is installed, since the NewSessionTicket goes out under it before
- * the handshake ends.
+ * the handshake ends. A bridge's client side exports the same way, the
+ * directions mirrored; the tickets it receives are counted, not fatal.
  *
  * Session resumption: stateless tickets (RFC 5077, RFC 8446 4.6.1), no
  * server-side cache. A listener's tls_server holds a random ticket
@@ -378,22 +379,26 @@ static size_t keylog_secret(const char *line, uint8_t *out, size_t max)
 	return n;
 }
 
-/* Captures the TLS 1.3 application traffic secrets for kTLS. We are the
- * server: SERVER_* is our TX, CLIENT_* our RX. OpenSSL wipes the line. */
+/* Captures the TLS 1.3 application traffic secrets for kTLS. A server
+ * (listener) sends with SERVER_* and receives with CLIENT_*; a bridge's
+ * client side the other way round. OpenSSL wipes the line. */
 static void keylog_cb(const SSL *ssl, const char *line)
 {
-	static const char tx[] = "SERVER_TRAFFIC_SECRET_0 ";
-	static const char rx[] = "CLIENT_TRAFFIC_SECRET_0 ";
+	static const char srv[] = "SERVER_TRAFFIC_SECRET_0 ";
+	static const char cli[] = "CLIENT_TRAFFIC_SECRET_0 ";
 	struct tls_conn *c = conn_of_ssl(ssl);
+	bool server = SSL_is_server(ssl);
+	const char *tx = server ? srv : cli, *rx = server ? cli : srv;
 
+	_Static_assert(sizeof(srv) == sizeof(cli), "one prefix length");
 	if (!c)
 		return;
-	if (!strncmp(line, tx, sizeof(tx) - 1)) {
+	if (!strncmp(line, tx, sizeof(srv) - 1)) {
 		c->secret_tx_len = (uint8_t)keylog_secret(line, c->secret_tx,
 							  sizeof(c->secret_tx));
 		c->tx_app_keys = true;
 	}
-	else if (!strncmp(line, rx, sizeof(rx) - 1))
+	else if (!strncmp(line, rx, sizeof(srv) - 1))
 		c->secret_rx_len = (uint8_t)keylog_secret(line, c->secret_rx,
 							  sizeof(c->secret_rx));
 }
@@ -419,7 +424,11 @@ static void msg_cb(int write_p, int version, int content_type, const void *buf,
 			c->tx_records++;
 		else
 			c->rx_records++;
-	} else if (content_type == SSL3_RT_HANDSHAKE && c->hs_done) {
+	} else if (content_type == SSL3_RT_HANDSHAKE && c->hs_done &&
+		   !(!write_p && !SSL_is_server(ssl) && len &&
+		     ((const uint8_t *)buf)[0] == SSL3_MT_NEWSESSION_TICKET)) {
+		/* A session ticket for a bridge changes no key: its
+		 * record is counted above and the handoff may go on. */
 		c->post_hs_message = true;
 	}
 }
@@ -1861,11 +1870,13 @@ static int ktls_tls12(struct tls_conn *c, const EVP_MD *md, struct ktls_material
 	params[4] = OSSL_PARAM_construct_end();
 	if (EVP_KDF_derive(kctx, block, block_len, params) != 1)
 		goto out;
-	/* We are the server: TX uses the server's half. */
-	memcpy(m->rx_key, block, m->key_len);
-	memcpy(m->tx_key, block + m->key_len, m->key_len);
-	memcpy(m->rx_iv, block + 2 * m->key_len, m->iv_len);
-	memcpy(m->tx_iv, block + 2 * m->key_len + m->iv_len, m->iv_len);
+	/* A server sends with the server's half, a bridge's client side
+	 * with the client's. */
+	size_t tx_half = SSL_is_server(c->ssl) ? 1 : 0, rx_half = 1 - tx_half;
+	memcpy(m->rx_key, block + rx_half * m->key_len, m->key_len);
+	memcpy(m->tx_key, block + tx_half * m->key_len, m->key_len);
+	memcpy(m->rx_iv, block + 2 * m->key_len + rx_half * m->iv_len, m->iv_len);
+	memcpy(m->tx_iv, block + 2 * m->key_len + tx_half * m->iv_len, m->iv_len);
 	rc = 0;
 out:
 	OPENSSL_cleanse(master, sizeof(master));
@@ -2256,6 +2267,8 @@ struct tls_client *tls_client_new(const struct tls_client_opts *o, char *err,
 	else if (o->version && !strcmp(o->version, "tlsv1.2"))
 		SSL_CTX_set_max_proto_version(ctx, TLS1_2_VERSION);
 	SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_TICKET);
+	/* The TLS 1.3 traffic secrets, for the kernel TLS handoff. */
+	SSL_CTX_set_keylog_callback(ctx, keylog_cb);
 	if (psk) {
 		/* As Mosquitto: PSK suites for TLS 1.2; TLS 1.3 takes the
 		 * same key as an external PSK through this callback. No CA:
@@ -2332,6 +2345,8 @@ struct tls_conn *tls_client_conn_new(struct tls_client *cl, const char *host,
 	struct tls_conn *c = tls_conn_alloc(cl->ctx);
 	if (!c)
 		return NULL;
+	SSL_set_msg_callback(c->ssl, msg_cb); /* kTLS sequence numbers */
+	SSL_set_msg_callback_arg(c->ssl, c);
 	SSL_set_connect_state(c->ssl);
 	unsigned char ip[16];
 	bool literal = inet_pton(AF_INET, host, ip) == 1 ||

@@ -253,7 +253,9 @@ enum tls_kernel_ktls tls_kernel_ktls_support(void);
  * starts its handshake at once (the ClientHello is pending output).
  * verify_host checks the remote's certificate names `host`
  * (bridge_insecure turns that off). The connection then works as a
- * server one: tls_conn_feed, tls_conn_write, tls_conn_free. */
+ * server one: tls_conn_feed, tls_conn_write, tls_conn_export_ktls (TX
+ * is the client's key; session tickets already read do not block it),
+ * tls_conn_free. No tls_conn_shed. */
 struct tls_client;
 struct tls_client_opts {
 	const char *cafile, *capath;	 /* "" or NULL: none */

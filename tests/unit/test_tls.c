@@ -1340,6 +1340,140 @@ TEST(tls_ktls_export_refuses_cbc_and_unfinished)
 	tls_server_unref(s);
 }
 
+/* ---- a bridge's client side (tls_client) and kernel TLS ------------------- */
+
+/* Moves from's pending ciphertext into to; to's plaintext lands in plain. */
+static int conn_pump(struct tls_conn *from, struct tls_conn *to, struct tls_buf *plain)
+{
+	const uint8_t *p;
+	size_t n = tls_conn_pending_out(from, &p);
+	int rc = TLS_WANT_MORE;
+
+	if (n) {
+		rc = tls_conn_feed(to, p, n, plain);
+		tls_conn_consume_out(from, n);
+	}
+	return rc;
+}
+
+/* kite's client (a bridge) against kite's server, both in memory: traffic
+ * both ways in userspace (the server's TLS 1.3 session ticket included,
+ * which the client reads before the handoff), then each exports its keys.
+ * The client's TX must be the server's RX and the other way round, record
+ * sequence numbers included; the server's export is proven against
+ * OpenSSL above. Then one TLS 1.3 key update each way, from the kept
+ * secrets. Certificates, or TLS-PSK (server "psk"). */
+static void bridge_ktls_case(int *test_failed_, const struct ktls_case *kc)
+{
+	struct tls_listener_opts o = opts_ec(false);
+	bool v13 = kc->version == TLS1_3_VERSION;
+	bool psk = !strcmp(kc->server, "psk"); /* bridge_identity/bridge_psk */
+	char err[256];
+	static const char key[] = "00112233445566778899aabbccddeeff";
+
+	if (psk) {
+		FILE *f = fopen(pki("bridge.psk"), "w");
+		CHECK(f && fprintf(f, "edge-7:%s\n", key) > 0);
+		if (f)
+			fclose(f);
+		o = (struct tls_listener_opts){.psk_hint = "kite",
+					       .psk_file = pki("bridge.psk")};
+	}
+	if (v13)
+		o.ciphers_tls13 = kc->cipher;
+	else
+		o.ciphers = kc->cipher;
+	struct tls_server *s = server(&o);
+	struct tls_client *cl = tls_client_new(&(struct tls_client_opts){
+		.cafile = psk ? NULL : pki("ca.crt"),
+		.psk_identity = psk ? "edge-7" : NULL, .psk_hex = psk ? key : NULL,
+		.version = v13 ? "tlsv1.3" : "tlsv1.2"},
+		err, sizeof(err));
+	CHECK(s && cl);
+	if (!s || !cl)
+		return;
+	struct tls_conn *cc = tls_client_conn_new(cl, "localhost", true);
+	struct tls_conn *sc = tls_conn_new(s);
+	struct tls_buf cplain = {0}, splain = {0};
+	struct tls_ktls_keys ck, sk;
+	const uint8_t *p;
+
+	for (int i = 0; i < 8; i++) {
+		CHECK(conn_pump(cc, sc, &splain) != TLS_ERROR);
+		CHECK(conn_pump(sc, cc, &cplain) != TLS_ERROR);
+	}
+	CHECK(tls_conn_handshake_done(cc) && tls_conn_handshake_done(sc));
+	CHECK_EQ(tls_conn_write(cc, (const uint8_t *)"CONNECT", 7), TLS_OK);
+	CHECK_EQ(conn_pump(cc, sc, &splain), TLS_OK);
+	CHECK_EQ(tls_conn_write(sc, (const uint8_t *)"CONNACK", 7), TLS_OK);
+	CHECK_EQ(tls_conn_write(sc, (const uint8_t *)"SUBACK", 6), TLS_OK);
+	CHECK_EQ(conn_pump(sc, cc, &cplain), TLS_OK);
+	CHECK(splain.len == 7 && !memcmp(splain.data, "CONNECT", 7));
+	CHECK(cplain.len == 13 && !memcmp(cplain.data, "CONNACKSUBACK", 13));
+	CHECK(!tls_conn_pending_out(cc, &p) && !tls_conn_pending_out(sc, &p));
+
+	CHECK_EQ(tls_conn_export_ktls(cc, &ck, TLS_KTLS_KEEP_SECRETS), TLS_KTLS_OK);
+	CHECK_EQ(tls_conn_export_ktls(sc, &sk, TLS_KTLS_KEEP_SECRETS), TLS_KTLS_OK);
+	CHECK_EQ(ck.cipher_type, kc->cipher_type);
+	CHECK_EQ(ck.version, sk.version);
+	CHECK_EQ(ck.tx_len, sk.rx_len);
+	CHECK_EQ(ck.rx_len, sk.tx_len);
+	CHECK(!memcmp(&ck.tx, &sk.rx, ck.tx_len));
+	CHECK(!memcmp(&ck.rx, &sk.tx, ck.rx_len));
+	CHECK_EQ(ck.rekey != NULL, v13);
+	if (ck.rekey && sk.rekey) {
+		union tls_ktls_crypto_info a, b;
+		size_t alen, blen;
+
+		CHECK_EQ(tls_ktls_rekey_next(ck.rekey, TLS_KTLS_TX, &a, &alen), 0);
+		CHECK_EQ(tls_ktls_rekey_next(sk.rekey, TLS_KTLS_RX, &b, &blen), 0);
+		CHECK(alen == blen && !memcmp(&a, &b, alen));
+		CHECK_EQ(tls_ktls_rekey_next(ck.rekey, TLS_KTLS_RX, &a, &alen), 0);
+		CHECK_EQ(tls_ktls_rekey_next(sk.rekey, TLS_KTLS_TX, &b, &blen), 0);
+		CHECK(alen == blen && !memcmp(&a, &b, alen));
+		OPENSSL_cleanse(&a, sizeof(a));
+		OPENSSL_cleanse(&b, sizeof(b));
+	}
+	tls_ktls_rekey_free(ck.rekey);
+	tls_ktls_rekey_free(sk.rekey);
+	tls_ktls_keys_wipe(&ck);
+	tls_ktls_keys_wipe(&sk);
+	tls_buf_free(&cplain);
+	tls_buf_free(&splain);
+	tls_conn_free(cc);
+	tls_conn_free(sc);
+	tls_client_free(cl);
+	tls_server_unref(s);
+}
+
+TEST(tls_bridge_client_ktls_keys_are_the_servers_mirrored)
+{
+	static const struct ktls_case cases[] = {
+		{TLS1_3_VERSION, "TLS_AES_128_GCM_SHA256", "server-ec", TLS_CIPHER_AES_GCM_128},
+		{TLS1_3_VERSION, "TLS_AES_256_GCM_SHA384", "server-ec", TLS_CIPHER_AES_GCM_256},
+		{TLS1_3_VERSION, "TLS_CHACHA20_POLY1305_SHA256", "server-ec",
+		 TLS_CIPHER_CHACHA20_POLY1305},
+		{TLS1_2_VERSION, "ECDHE-ECDSA-AES128-GCM-SHA256", "server-ec",
+		 TLS_CIPHER_AES_GCM_128},
+		{TLS1_2_VERSION, "ECDHE-ECDSA-AES256-GCM-SHA384", "server-ec",
+		 TLS_CIPHER_AES_GCM_256},
+		{TLS1_2_VERSION, "ECDHE-ECDSA-CHACHA20-POLY1305", "server-ec",
+		 TLS_CIPHER_CHACHA20_POLY1305},
+		{TLS1_2_VERSION, "PSK-AES128-GCM-SHA256", "psk", TLS_CIPHER_AES_GCM_128},
+		{TLS1_3_VERSION, "TLS_AES_128_GCM_SHA256", "psk", TLS_CIPHER_AES_GCM_128},
+	};
+
+	CHECK(pki_init());
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int before = *test_failed_;
+
+		bridge_ktls_case(test_failed_, &cases[i]);
+		if (*test_failed_ && !before)
+			fprintf(stderr, "  ^ case %s %s\n", cases[i].cipher,
+				cases[i].server);
+	}
+}
+
 TEST(tls_kernel_ktls_probe)
 {
 	bool has = tls_kernel_ktls_support() != TLS_KERNEL_NO_ULP;
