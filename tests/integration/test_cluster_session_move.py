@@ -236,3 +236,28 @@ def test_reconnect_when_the_old_node_is_gone_or_silent_waits_a_bounded_time(node
     again.ack(pkt)
     if how == "frozen":
         os.kill(a.pid, signal.SIGCONT)
+
+
+def test_a_client_still_connected_on_the_old_node_moves_with_its_window(nodes):
+    """The client connects to b while its connection to a is still open
+    (a half-open socket, a NAT timeout): a closes it and hands the
+    messages in flight on it to b."""
+    cl, (a, b, c) = nodes
+    sub = persistent_subscriber(a, "mover5", "mv5/#", 1)
+    pub = raw(c)
+    assert pub.connect("pub5").rc == 0
+    await_route(pub, sub, "mv5/probe", 1)
+    for i in range(3):
+        pub.publish("mv5/t", b"%d" % i, qos=1, pid=i + 1)
+    inflight = [sub.expect(PUBLISH) for _ in range(3)]  # never acked
+    time.sleep(0.5)
+    again = raw(b)
+    ack = again.connect("mover5", clean=False)
+    assert ack.rc == 0 and ack.session_present
+    sub.expect_closed(timeout=5)
+    pkts = [again.expect(PUBLISH) for _ in range(3)]
+    assert [(p.payload, p.dup, p.pid) for p in pkts] == \
+        [(p.payload, True, p.pid) for p in inflight]
+    for p in pkts:
+        again.ack(p)
+    again.expect_silence(1.0)
