@@ -69,6 +69,10 @@
  * had it (docs/CLUSTER.md, "Sessions"); a dead node's NATS subscription
  * is gone, so NATS answers "no responders" at once and nobody waits. */
 #define CLUSTER_HANDOVER_WAIT_MS 2500
+/* An answer that comes after that (a node frozen or cut off for a while)
+ * is still taken, into the session as queued messages, up to this long
+ * after the ask; later ones are dropped. */
+#define CLUSTER_HANDOVER_LATE_MS 30000
 /* One hand-over's answer held in memory at most: past it the rest is
  * dropped (logged). A session's queue is bounded by max_queued_messages
  * and max_queued_bytes on the node that sends it. */
@@ -108,7 +112,10 @@ struct handover {
 	uint64_t req, owner, session_key, deadline_ms;
 	unsigned shard;
 	uint32_t conn_id, conn_gen;
-	bool ended, no_owner, timed_out, cut;
+	/* timed_out: the connection went on without the answer; the ask
+	 * waits for a late one (CLUSTER_HANDOVER_LATE_MS). notice: only
+	 * tells the shard so (the ask itself still waits). */
+	bool ended, no_owner, timed_out, notice, cut;
 	uint32_t count; /* the end marker's */
 	uint32_t nmsgs, cap;
 	size_t bytes;
@@ -1198,7 +1205,8 @@ static void cluster_answer_cb(natsConnection *nc, natsSubscription *sub,
 	uint8_t flags = 0;
 	uint32_t count = 0;
 	if (!h) {
-		/* Late (timed out): what it brings is lost (docs). */
+		/* Past CLUSTER_HANDOVER_LATE_MS: what it brings is lost
+		 * (docs). */
 	} else if (natsMsg_IsNoResponders(nm)) {
 		h->no_owner = h->ended = true;
 	} else if (cluster_handover_chunk_parse(d, (size_t)len, &flags,
@@ -1241,22 +1249,40 @@ static void cluster_answer_cb(natsConnection *nc, natsSubscription *sub,
 static void handover_tick(struct cluster *cl)
 {
 	uint64_t now = shard_clock_ms();
-	struct handover *late = NULL;
+	struct handover *notices = NULL, *dropped = NULL;
 	pthread_mutex_lock(&cl->ho_lock);
 	for (struct handover *h = cl->ho_list, *next; h; h = next) {
 		next = h->next;
 		if (now < h->deadline_ms)
 			continue;
-		handover_unwait(cl, h);
+		if (h->timed_out) { /* no late answer either */
+			handover_unwait(cl, h);
+			h->next = dropped;
+			dropped = h;
+			continue;
+		}
 		h->timed_out = true;
-		h->next = late;
-		late = h;
+		h->deadline_ms = now + CLUSTER_HANDOVER_LATE_MS;
+		struct handover *n = calloc(1, sizeof(*n));
+		if (!n)
+			continue; /* the connection waits for the late answer */
+		*n = (struct handover){.req = h->req, .owner = h->owner,
+				       .session_key = h->session_key,
+				       .shard = h->shard, .conn_id = h->conn_id,
+				       .conn_gen = h->conn_gen, .timed_out = true,
+				       .notice = true, .next = notices};
+		notices = n;
 	}
 	pthread_mutex_unlock(&cl->ho_lock);
-	while (late) {
-		struct handover *h = late;
-		late = h->next;
+	while (notices) {
+		struct handover *h = notices;
+		notices = h->next;
 		handover_deliver(cl, h);
+	}
+	while (dropped) {
+		struct handover *h = dropped;
+		dropped = h->next;
+		handover_free(h);
 	}
 }
 
@@ -1447,7 +1473,8 @@ static void handover_answer(struct shard *s, struct handover_ask *a)
 
 /* One item into the session; false when it could not be taken. */
 static bool handover_restore_item(struct shard *s, struct session *ss,
-				  const struct cluster_handover_item *it)
+				  const struct cluster_handover_item *it,
+				  bool late)
 {
 	struct deliv d = {.qos = it->dqos, .retain = it->dretain,
 			  .nsub = it->nsub < DELIV_SUBIDS_MAX ? it->nsub
@@ -1465,7 +1492,12 @@ static bool handover_restore_item(struct shard *s, struct session *ss,
 		m->created_ms = s->now_ms;
 	}
 	int rc = -1;
-	if (it->kind == HANDOVER_QUEUED && m)
+	/* Late, the session went on with packet ids of its own here: what
+	 * was in flight there is queued again (a PUBREL left to send is
+	 * dropped: the client has the message). */
+	if (late && it->kind == HANDOVER_INFLIGHT)
+		rc = m ? session_restore_msg(ss, m, 0, &d, 0, 0) : 0;
+	else if (it->kind == HANDOVER_QUEUED && m)
 		rc = session_restore_msg(ss, m, 0, &d, 0, 0);
 	else if (it->kind == HANDOVER_INFLIGHT && it->pid && d.qos &&
 		 it->state < INFLIGHT_DONE &&
@@ -1497,13 +1529,22 @@ static void handover_restore(struct shard *s, struct handover *h)
 				break;
 			}
 			off += (size_t)n;
-			if (handover_restore_item(s, ss, &it))
+			if (handover_restore_item(s, ss, &it, h->timed_out))
 				got++;
 			else
 				lost++;
 		}
 	}
 	const char *id = ss ? ss->client_id : "?";
+	if (h->timed_out && !h->notice) {
+		log_msg(KITE_LOG_WARNING, "cluster: client %s: node %016" PRIx64
+			" handed its session over late: %u of %u messages queued",
+			id, h->owner, got, h->count);
+		handover_free(h);
+		if (ss && ss->conn && ss->conn->state == CONN_ACTIVE)
+			session_pump(ss);
+		return;
+	}
 	if (h->timed_out) {
 		if ((atomic_fetch_add(&cl->ho_timeouts, 1) & 1023) == 0)
 			log_msg(KITE_LOG_WARNING, "cluster: client %s: node "
