@@ -276,3 +276,30 @@ def test_a_client_still_connected_on_the_old_node_moves_with_its_window(nodes):
     for p in pkts:
         again.ack(p)
     again.expect_silence(1.0)
+
+
+def test_a_queue_larger_than_a_nats_message_moves_in_chunks(nodes):
+    """40 messages of 64 KiB (2.5 MiB) do not fit NATS's max_payload
+    (1 MiB by default): the answer goes in several chunks, in order."""
+    cl, (a, b, c) = nodes
+    sub = persistent_subscriber(a, "mover6", "mv6/#", 1)
+    pub = raw(c)
+    assert pub.connect("pub6").rc == 0
+    await_route(pub, sub, "mv6/probe", 1)
+    leave(sub)
+    time.sleep(1.0)
+    body = lambda i: (b"%03d" % i) * (64 * 1024 // 3)
+    for i in range(40):
+        pub.publish("mv6/t", body(i), qos=1, pid=i + 1)
+    time.sleep(1.0)
+    mark = b.mark()
+    again = raw(b, timeout=10)
+    ack = again.connect("mover6", clean=False)
+    assert ack.rc == 0 and ack.session_present
+    for i in range(40):
+        pkt = again.expect(PUBLISH)
+        assert pkt.payload == body(i), i
+        again.ack(pkt)
+    again.expect_silence(1.0)
+    b.wait_output(r"Client mover6: 40 messages of its session taken over",
+                  since=mark)
