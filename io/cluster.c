@@ -1581,8 +1581,10 @@ static void handover_restore(struct shard *s, struct handover *h)
 		conn_close(c, "session taken over", false);
 	}
 	if (ss && !ss->conn) {
-		/* Its connection is gone: the session waits offline. */
+		/* Its connection is gone: the session waits offline, here
+		 * (its record, written now, names this node). */
 		cluster_session_restore(s, ss);
+		ss->connect_wall_us = wall_us();
 		session_on_disconnect(s, ss);
 	}
 }
