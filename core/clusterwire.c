@@ -293,7 +293,7 @@ long cluster_handover_item_parse(const uint8_t *data, size_t len,
 	it->dretain = data[5] != 0;
 	it->nsub = data[6];
 	if (it->kind < HANDOVER_QUEUED || it->kind > HANDOVER_QOS2_IN ||
-	    it->dqos > 2 || it->nsub > CLUSTER_HANDOVER_SUBIDS_MAX ||
+	    it->dqos > 2 || data[5] > 1 || it->nsub > CLUSTER_HANDOVER_SUBIDS_MAX ||
 	    len < HANDOVER_FIXED + 4u * it->nsub)
 		return -1;
 	const uint8_t *p = data + 7;
