@@ -1140,8 +1140,10 @@ bool cluster_session_fetch(struct shard *s, struct conn *c,
 	     now_us < r->at_wall_us + (uint64_t)r->expiry_s * 1000000u))
 		owner = r->owner;
 	pthread_mutex_unlock(&cl->sess_lock);
-	if (!owner)
-		return false; /* no other node has it: never wait */
+	/* No other node has it: never wait. Without a NATS link the ask
+	 * would only wait in libnats's buffer: go on at once too. */
+	if (!owner || natsConnection_Status(cl->nc) != NATS_CONN_STATUS_CONNECTED)
+		return false;
 	size_t n = 8u + ss->client_id_len;
 	struct handover *h = calloc(1, sizeof(*h));
 	uint8_t *buf = h ? scratch_get(n) : NULL;
