@@ -1,6 +1,8 @@
 /* MQTT topics as NATS subjects and the message envelope (clusterwire.h). */
 #include "core/clusterwire.h"
 
+#include <assert.h>
+
 #include <string.h>
 
 static const char hexd[] = "0123456789ABCDEF";
@@ -228,5 +230,109 @@ int cluster_envelope_parse(const uint8_t *data, size_t len,
 	e->props = data + CLUSTER_ENVELOPE_HEADER;
 	e->payload = e->props + e->props_len;
 	e->payload_len = (uint32_t)(rest - e->props_len);
+	return 0;
+}
+
+/* ---- session hand-over ----------------------------------------------------
+ * kind, state, pid (u16), delivery QoS, delivery retain, nsub, nsub
+ * subscription ids (u32), flags (bit 0: a message, bit 1: retain),
+ * QoS, expiry (u32), topic length (u16), properties length (u32),
+ * payload length (u32), then topic, properties, payload: little endian. */
+#define HANDOVER_FIXED 23
+
+static void put_u16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+size_t cluster_handover_item_size(const struct cluster_handover_item *it)
+{
+	return HANDOVER_FIXED + 4u * it->nsub + it->topic_len +
+	       (size_t)it->props_len + it->payload_len;
+}
+
+void cluster_handover_item_write(const struct cluster_handover_item *it,
+				 uint8_t *out)
+{
+	assert(it->nsub <= CLUSTER_HANDOVER_SUBIDS_MAX);
+	out[0] = it->kind;
+	out[1] = it->state;
+	put_u16(out + 2, it->pid);
+	out[4] = it->dqos;
+	out[5] = it->dretain;
+	out[6] = it->nsub;
+	uint8_t *p = out + 7;
+	for (unsigned i = 0; i < it->nsub; i++, p += 4)
+		put_u32(p, it->sub[i]);
+	p[0] = (uint8_t)((it->has_msg ? 1 : 0) | (it->retain ? 2 : 0));
+	p[1] = it->qos;
+	put_u32(p + 2, it->expiry_s);
+	put_u16(p + 6, it->topic_len);
+	put_u32(p + 8, it->props_len);
+	put_u32(p + 12, it->payload_len);
+	p += 16;
+	memcpy(p, it->topic, it->topic_len);
+	p += it->topic_len;
+	if (it->props_len)
+		memcpy(p, it->props, it->props_len);
+	p += it->props_len;
+	if (it->payload_len)
+		memcpy(p, it->payload, it->payload_len);
+}
+
+long cluster_handover_item_parse(const uint8_t *data, size_t len,
+				 struct cluster_handover_item *it)
+{
+	if (len < HANDOVER_FIXED)
+		return -1;
+	it->kind = data[0];
+	it->state = data[1];
+	it->pid = (uint16_t)(data[2] | data[3] << 8);
+	it->dqos = data[4];
+	it->dretain = data[5] != 0;
+	it->nsub = data[6];
+	if (it->kind < HANDOVER_QUEUED || it->kind > HANDOVER_QOS2_IN ||
+	    it->dqos > 2 || data[5] > 1 || it->nsub > CLUSTER_HANDOVER_SUBIDS_MAX ||
+	    len < HANDOVER_FIXED + 4u * it->nsub)
+		return -1;
+	const uint8_t *p = data + 7;
+	for (unsigned i = 0; i < it->nsub; i++, p += 4)
+		it->sub[i] = get_u32(p);
+	it->has_msg = p[0] & 1;
+	it->retain = p[0] & 2;
+	it->qos = p[1];
+	it->expiry_s = get_u32(p + 2);
+	it->topic_len = (uint16_t)(p[6] | p[7] << 8);
+	it->props_len = get_u32(p + 8);
+	it->payload_len = get_u32(p + 12);
+	p += 16;
+	size_t rest = len - (size_t)(p - data);
+	size_t need = (size_t)it->topic_len + it->props_len + it->payload_len;
+	if ((p[-16] & ~3u) || it->qos > 2 || need > rest ||
+	    (!it->has_msg && need) || (it->has_msg && !it->topic_len))
+		return -1;
+	it->topic = p;
+	it->props = p + it->topic_len;
+	it->payload = it->props + it->props_len;
+	return (long)((size_t)(p - data) + need);
+}
+
+void cluster_handover_chunk_header(uint8_t *hdr, uint8_t flags, uint32_t count)
+{
+	hdr[0] = CLUSTER_HANDOVER_VERSION;
+	hdr[1] = flags;
+	put_u32(hdr + 2, count);
+}
+
+int cluster_handover_chunk_parse(const uint8_t *data, size_t len,
+				 uint8_t *flags, uint32_t *count)
+{
+	if (len < CLUSTER_HANDOVER_CHUNK_HEADER ||
+	    data[0] != CLUSTER_HANDOVER_VERSION ||
+	    (data[1] & ~(unsigned)CLUSTER_HANDOVER_END))
+		return -1;
+	*flags = data[1];
+	*count = get_u32(data + 2);
 	return 0;
 }

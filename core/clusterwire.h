@@ -27,6 +27,11 @@
 /* A persistent session's subscriptions, by client id (JetStream stream
  * KITE_SESSIONS, the last record per client). */
 #define CLUSTER_PREFIX_SESSION "kite.s"
+/* Session hand-over (docs/CLUSTER.md, "Sessions"): each node listens on
+ * "kite.n.<node id, 16 hex digits>" for requests for a session it owns,
+ * and gets the answers on "kite.h.<its node id>.<request number>". */
+#define CLUSTER_PREFIX_NODE "kite.n"
+#define CLUSTER_PREFIX_HANDOVER "kite.h"
 
 /* prefix + "." + the topic, one NATS token per MQTT level, NUL terminated
  * in out[cap]. Bytes NATS reserves ('.', '*', '>', '%', space, control
@@ -72,5 +77,58 @@ void cluster_envelope_header(const struct cluster_envelope *e, uint8_t *hdr);
  * payload point into data). */
 int cluster_envelope_parse(const uint8_t *data, size_t len,
 			   struct cluster_envelope *e);
+
+/* A session's outgoing state moving to the node its client connected
+ * to: one answer message is a chunk header (version, flags, count: u32)
+ * and items. The last chunk has HANDOVER_END and its count is the number
+ * of items of the whole answer; other chunks count their own items. */
+#define CLUSTER_HANDOVER_VERSION 1
+#define CLUSTER_HANDOVER_CHUNK_HEADER 6
+#define CLUSTER_HANDOVER_END 1
+
+enum cluster_handover_kind {
+	HANDOVER_QUEUED = 1,   /* not sent yet: pid 0 */
+	HANDOVER_INFLIGHT = 2, /* sent, not acknowledged: pid, state */
+	HANDOVER_QOS2_IN = 3,  /* received at QoS 2, its PUBREL awaited */
+};
+
+#define CLUSTER_HANDOVER_SUBIDS_MAX 4
+
+/* One message of a session (no message: an outgoing QoS 2 flow past
+ * PUBREC, only PUBCOMP left). */
+struct cluster_handover_item {
+	uint8_t kind;  /* enum cluster_handover_kind */
+	uint8_t state; /* HANDOVER_INFLIGHT: enum inflight_state */
+	uint16_t pid;
+	uint8_t dqos; /* the delivery's QoS, retain, subscription ids */
+	bool dretain;
+	uint8_t nsub;
+	uint32_t sub[CLUSTER_HANDOVER_SUBIDS_MAX];
+	bool has_msg;
+	uint8_t qos; /* the message as published */
+	bool retain;
+	uint32_t expiry_s; /* left; 0: none */
+	const uint8_t *topic;
+	uint16_t topic_len;
+	const uint8_t *props;
+	uint32_t props_len;
+	const uint8_t *payload;
+	uint32_t payload_len;
+};
+
+/* Bytes it takes on the wire. */
+size_t cluster_handover_item_size(const struct cluster_handover_item *it);
+/* Writes it into out[cluster_handover_item_size(it)]. */
+void cluster_handover_item_write(const struct cluster_handover_item *it,
+				 uint8_t *out);
+/* One item at data[len]: the bytes it took, or -1 for bytes that are not
+ * one (topic, props and payload point into data). */
+long cluster_handover_item_parse(const uint8_t *data, size_t len,
+				 struct cluster_handover_item *it);
+void cluster_handover_chunk_header(uint8_t *hdr, uint8_t flags,
+				   uint32_t count);
+/* 0, or -1 when data is not a chunk of a known version. */
+int cluster_handover_chunk_parse(const uint8_t *data, size_t len,
+				 uint8_t *flags, uint32_t *count);
 
 #endif

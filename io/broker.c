@@ -398,8 +398,13 @@ static const struct route_upcalls route_up = {
 	.cluster_publish = cluster_publish,
 };
 
+static const struct cluster_upcalls cluster_up = {
+	.connect_resume = loop_connect_resume,
+};
+
 void broker_wire(void)
 {
+	cluster_set_upcalls(&cluster_up);
 	conn_set_upcalls(&conn_up);
 	persist_set_upcalls(&persist_up);
 	share_set_upcalls(&share_up);

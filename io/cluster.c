@@ -65,6 +65,20 @@
 #define CLUSTER_JS_REQUEST_WAIT_MS 2000
 /* The JetStream thread's turn: retries and replays. */
 #define CLUSTER_TICK_MS 50
+/* How long a CONNACK waits for a session's messages from the node that
+ * had it (docs/CLUSTER.md, "Sessions"); a dead node's NATS subscription
+ * is gone, so NATS answers "no responders" at once and nobody waits. */
+#define CLUSTER_HANDOVER_WAIT_MS 2500
+/* An answer that comes after that (a node frozen or cut off for a while)
+ * is still taken, into the session as queued messages, up to this long
+ * after the ask; later ones are dropped. */
+#define CLUSTER_HANDOVER_LATE_MS 30000
+/* One hand-over's answer held in memory at most: past it the rest is
+ * dropped (logged). A session's queue is bounded by max_queued_messages
+ * and max_queued_bytes on the node that sends it. */
+#define CLUSTER_HANDOVER_BYTES_MAX (512ull << 20)
+/* An answer's chunk when the NATS server did not say its max_payload. */
+#define CLUSTER_HANDOVER_CHUNK_DEFAULT (1 << 20)
 
 _Static_assert((CLUSTER_RING_SLOTS & (CLUSTER_RING_SLOTS - 1)) == 0, "pow2");
 _Static_assert((CLUSTER_SEEN_SLOTS & (CLUSTER_SEEN_SLOTS - 1)) == 0, "pow2");
@@ -76,6 +90,36 @@ enum cin_kind {
 			(an empty payload clears it) */
 	CIN_SHARE,   /* ptr: struct share_in *, for a shared subscription */
 	CIN_TICKET,  /* ptr: struct persist_ticket *, JetStream's hold ends */
+	CIN_ASK,     /* ptr: struct handover_ask *, another node asks for
+			the session it takes over */
+	CIN_HANDOVER, /* ptr: struct handover *, the answer to our ask (or
+			 its timeout) */
+};
+
+/* Another node asks for a session of ours (its client connected there). */
+struct handover_ask {
+	uint64_t at_wall_us;
+	char reply[64];
+	uint16_t len;
+	char id[];
+};
+
+/* Our ask for a session another node owns, waiting for its answer: the
+ * chunks (natsMsg) as they came, until the end marker. */
+struct handover {
+	struct htab_link link;
+	struct handover *prev, *next; /* the waiting ones, for timeouts */
+	uint64_t req, owner, session_key, deadline_ms;
+	unsigned shard;
+	uint32_t conn_id, conn_gen;
+	/* timed_out: the connection went on without the answer; the ask
+	 * waits for a late one (CLUSTER_HANDOVER_LATE_MS). notice: only
+	 * tells the shard so (the ask itself still waits). */
+	bool ended, no_owner, timed_out, notice, cut;
+	uint32_t count; /* the end marker's */
+	uint32_t nmsgs, cap;
+	size_t bytes;
+	natsMsg **msgs;
 };
 
 /* A QoS 1/2 publish JetStream has not confirmed yet, by its seq. */
@@ -154,6 +198,7 @@ struct seen {
 struct sess_rec {
 	struct htab_link link;
 	uint64_t epoch, at_wall_us;
+	uint64_t owner; /* the node that wrote it */
 	bool gone;
 	uint32_t expiry_s; /* UINT32_MAX: never */
 	uint32_t body_len;
@@ -197,6 +242,14 @@ struct cluster {
 	natsSubscription *session_sub;
 	pthread_mutex_t sess_lock;
 	struct htab sessions;
+	/* Session hand-over: asks to this node ("kite.n.<id>"), answers
+	 * to ours ("kite.h.<id>.*"), our asks waiting (ho_wait, also
+	 * listed for timeouts). */
+	natsSubscription *ask_sub, *answer_sub;
+	pthread_mutex_t ho_lock;
+	struct htab ho_wait;
+	struct handover *ho_list;
+	_Atomic uint64_t ho_seq, ho_timeouts, ho_moved;
 	_Atomic bool replay_caught_up;
 	_Atomic uint64_t js_stored, js_retries, js_refused, replayed;
 	uint64_t node_id;
@@ -478,6 +531,9 @@ static void cluster_takeover_cb(natsConnection *nc, natsSubscription *sub,
 	natsMsg_Destroy(nm);
 }
 
+static void handover_answer(struct shard *s, struct handover_ask *a);
+static void handover_restore(struct shard *s, struct handover *h);
+
 void cluster_drain(struct shard *s)
 {
 	struct cin_ring *r = &s->b->cluster->rings[s->idx];
@@ -499,6 +555,11 @@ void cluster_drain(struct shard *s)
 				free(in);
 			} else if (it.kind == CIN_TICKET) {
 				persist_ticket_settle(s, it.ptr);
+			} else if (it.kind == CIN_ASK) {
+				handover_answer(s, it.ptr);
+				free(it.ptr);
+			} else if (it.kind == CIN_HANDOVER) {
+				handover_restore(s, it.ptr);
 			} else if (it.kind == CIN_RETAIN) {
 				struct msg *m = it.ptr;
 				if (!m->payload_len ||
@@ -866,6 +927,7 @@ static void cluster_session_cb(natsConnection *nc, natsSubscription *sub,
 	for (int i = 0; i < 8; i++)
 		r->epoch = r->epoch << 8 | d[i];
 	r->at_wall_us = e.seq;
+	r->owner = e.origin;
 	r->gone = gone;
 	r->expiry_s = gone ? 0 : (uint32_t)d[8] << 24 | (uint32_t)d[9] << 16 |
 					 (uint32_t)d[10] << 8 | d[11];
@@ -1002,6 +1064,531 @@ bool cluster_session_restore(struct shard *s, struct session *ss)
 			"another node of the cluster, %u subscriptions",
 			ss->client_id, ss->sub_count);
 	return true;
+}
+
+/* ---- sessions across nodes: the hand-over of their messages ---------------
+ * The node a client connects to asks the owner named by the session's
+ * record (a NATS request to "kite.n.<owner>", answered on our
+ * "kite.h.<us>.<req>"). The owner closes the old connection, sends the
+ * session's outgoing state in order (in flight, QoS 2 received, queued),
+ * in chunks under NATS's max_payload with an end marker carrying the
+ * count, and forgets the session only once it is all sent. */
+
+static const struct cluster_upcalls *cup;
+
+void cluster_set_upcalls(const struct cluster_upcalls *up)
+{
+	cup = up;
+}
+
+static bool ho_eq_cb(const struct htab_link *l, const void *key, size_t len)
+{
+	(void)len;
+	return htab_entry(l, const struct handover, link)->req ==
+	       *(const uint64_t *)key;
+}
+
+static void handover_free(struct handover *h)
+{
+	for (uint32_t i = 0; i < h->nmsgs; i++)
+		natsMsg_Destroy(h->msgs[i]);
+	free(h->msgs);
+	free(h);
+}
+
+/* Under ho_lock: no longer waiting; it goes to its shard. */
+static void handover_unwait(struct cluster *cl, struct handover *h)
+{
+	htab_remove(&cl->ho_wait, &h->link);
+	if (h->prev)
+		h->prev->next = h->next;
+	else
+		cl->ho_list = h->next;
+	if (h->next)
+		h->next->prev = h->prev;
+}
+
+static void handover_deliver(struct cluster *cl, struct handover *h)
+{
+	pthread_mutex_lock(&cl->in_lock);
+	if (atomic_load(&cl->closing)) {
+		handover_free(h);
+	} else {
+		cin_push(cl, h->shard, (struct cin_item){CIN_HANDOVER, h});
+	}
+	pthread_mutex_unlock(&cl->in_lock);
+}
+
+static void node_subject(char *out, size_t cap, const char *prefix,
+			 uint64_t node)
+{
+	snprintf(out, cap, "%s.%016" PRIx64, prefix, node);
+}
+
+bool cluster_session_fetch(struct shard *s, struct conn *c,
+			   struct session *ss)
+{
+	struct cluster *cl = s->b->cluster;
+	if (!atomic_load_explicit(&cl->js_sessions, memory_order_acquire) ||
+	    ss->bridge)
+		return false;
+	uint64_t now_us = wall_us(), owner = 0;
+	pthread_mutex_lock(&cl->sess_lock);
+	const struct sess_rec *r = sess_find(cl, ss->client_id, ss->client_id_len);
+	if (r && !r->gone && r->owner != cl->node_id &&
+	    (r->expiry_s == UINT32_MAX ||
+	     now_us < r->at_wall_us + (uint64_t)r->expiry_s * 1000000u))
+		owner = r->owner;
+	pthread_mutex_unlock(&cl->sess_lock);
+	/* No other node has it: never wait. Without a NATS link the ask
+	 * would only wait in libnats's buffer: go on at once too. */
+	if (!owner || natsConnection_Status(cl->nc) != NATS_CONN_STATUS_CONNECTED)
+		return false;
+	size_t n = 8u + ss->client_id_len;
+	struct handover *h = calloc(1, sizeof(*h));
+	uint8_t *buf = h ? scratch_get(n) : NULL;
+	if (!buf) {
+		free(h);
+		return false;
+	}
+	h->req = atomic_fetch_add(&cl->ho_seq, 1) + 1;
+	h->owner = owner;
+	h->session_key = ss->id;
+	h->shard = s->idx;
+	h->conn_id = c->id;
+	h->conn_gen = c->gen;
+	h->deadline_ms = shard_clock_ms() + CLUSTER_HANDOVER_WAIT_MS;
+	put_be(buf, now_us, 8);
+	memcpy(buf + 8, ss->client_id, ss->client_id_len);
+	char subj[64], reply[96];
+	node_subject(subj, sizeof(subj), CLUSTER_PREFIX_NODE, owner);
+	node_subject(reply, sizeof(reply), CLUSTER_PREFIX_HANDOVER, cl->node_id);
+	snprintf(reply + strlen(reply), sizeof(reply) - strlen(reply),
+		 ".%" PRIu64, h->req);
+	pthread_mutex_lock(&cl->ho_lock);
+	bool in = htab_insert(&cl->ho_wait, &h->link, pend_hash(h->req)) == 0;
+	if (in) {
+		h->next = cl->ho_list;
+		if (h->next)
+			h->next->prev = h;
+		cl->ho_list = h;
+	}
+	pthread_mutex_unlock(&cl->ho_lock);
+	natsStatus st = in ? natsConnection_PublishRequest(cl->nc, subj, reply,
+							   buf, (int)n)
+			   : NATS_NO_MEMORY;
+	if (st == NATS_OK)
+		return true;
+	if (in) {
+		pthread_mutex_lock(&cl->ho_lock);
+		handover_unwait(cl, h);
+		pthread_mutex_unlock(&cl->ho_lock);
+	}
+	free(h);
+	cluster_fail(cl, "the request for the session of", ss->client_id,
+		     ss->client_id_len, st);
+	return false;
+}
+
+/* Delivery thread: a chunk of an answer to one of our asks, or NATS's
+ * "no responders" (the owner is gone: nothing to wait for). */
+static void cluster_answer_cb(natsConnection *nc, natsSubscription *sub,
+			      natsMsg *nm, void *closure)
+{
+	struct cluster *cl = closure;
+	const char *subj = natsMsg_GetSubject(nm), *dot = strrchr(subj, '.');
+	uint64_t req = dot ? strtoull(dot + 1, NULL, 10) : 0;
+	const uint8_t *d = (const uint8_t *)natsMsg_GetData(nm);
+	int len = natsMsg_GetDataLength(nm);
+	pthread_mutex_lock(&cl->ho_lock);
+	struct handover *h = htab_entry(htab_find(&cl->ho_wait, pend_hash(req),
+						  &req, sizeof(req), ho_eq_cb),
+					struct handover, link);
+	uint8_t flags = 0;
+	uint32_t count = 0;
+	if (!h) {
+		/* Past CLUSTER_HANDOVER_LATE_MS: what it brings is lost
+		 * (docs). */
+	} else if (natsMsg_IsNoResponders(nm)) {
+		h->no_owner = h->ended = true;
+	} else if (cluster_handover_chunk_parse(d, (size_t)len, &flags,
+						&count) < 0) {
+		atomic_fetch_add(&cl->failures, 1);
+		h->cut = h->ended = true;
+	} else {
+		if (h->nmsgs == h->cap && !h->cut) {
+			uint32_t cap = h->cap ? 2 * h->cap : 4;
+			natsMsg **m = realloc(h->msgs, sizeof(*m) * cap);
+			if (m) {
+				h->msgs = m;
+				h->cap = cap;
+			}
+		}
+		if (h->cut || h->nmsgs == h->cap ||
+		    h->bytes + (size_t)len > CLUSTER_HANDOVER_BYTES_MAX) {
+			h->cut = true; /* the rest is dropped (logged) */
+		} else {
+			h->msgs[h->nmsgs++] = nm;
+			h->bytes += (size_t)len;
+			nm = NULL;
+		}
+		if (flags & CLUSTER_HANDOVER_END) {
+			h->count = count;
+			h->ended = true;
+		}
+	}
+	if (h && h->ended)
+		handover_unwait(cl, h);
+	else
+		h = NULL;
+	pthread_mutex_unlock(&cl->ho_lock);
+	natsMsg_Destroy(nm);
+	if (h)
+		handover_deliver(cl, h);
+}
+
+/* JetStream thread: asks not answered in time go on without. */
+static void handover_tick(struct cluster *cl)
+{
+	uint64_t now = shard_clock_ms();
+	struct handover *notices = NULL, *dropped = NULL;
+	pthread_mutex_lock(&cl->ho_lock);
+	for (struct handover *h = cl->ho_list, *next; h; h = next) {
+		next = h->next;
+		if (now < h->deadline_ms)
+			continue;
+		if (h->timed_out) { /* no late answer either */
+			handover_unwait(cl, h);
+			h->next = dropped;
+			dropped = h;
+			continue;
+		}
+		h->timed_out = true;
+		h->deadline_ms = now + CLUSTER_HANDOVER_LATE_MS;
+		struct handover *n = calloc(1, sizeof(*n));
+		if (!n)
+			continue; /* the connection waits for the late answer */
+		*n = (struct handover){.req = h->req, .owner = h->owner,
+				       .session_key = h->session_key,
+				       .shard = h->shard, .conn_id = h->conn_id,
+				       .conn_gen = h->conn_gen, .timed_out = true,
+				       .notice = true, .next = notices};
+		notices = n;
+	}
+	pthread_mutex_unlock(&cl->ho_lock);
+	while (notices) {
+		struct handover *h = notices;
+		notices = h->next;
+		handover_deliver(cl, h);
+	}
+	while (dropped) {
+		struct handover *h = dropped;
+		dropped = h->next;
+		handover_free(h);
+	}
+}
+
+/* Delivery thread: another node asks for a session; its home shard
+ * answers (or we do at once: no such session here). */
+static void handover_send_end(struct cluster *cl, const char *reply,
+			      uint32_t count);
+
+static void cluster_ask_cb(natsConnection *nc, natsSubscription *sub,
+			   natsMsg *nm, void *closure)
+{
+	struct cluster *cl = closure;
+	const char *reply = natsMsg_GetReply(nm);
+	const uint8_t *d = (const uint8_t *)natsMsg_GetData(nm);
+	int len = natsMsg_GetDataLength(nm);
+	if (!reply || strlen(reply) >= sizeof(((struct handover_ask *)0)->reply) ||
+	    len <= 8 || len - 8 > CLIENT_ID_MAX) {
+		atomic_fetch_add(&cl->failures, 1);
+		natsMsg_Destroy(nm);
+		return;
+	}
+	uint16_t idlen = (uint16_t)(len - 8);
+	int home = session_home(cl->b, (const char *)d + 8, idlen);
+	struct handover_ask *a = home < 0 ? NULL : malloc(sizeof(*a) + idlen);
+	if (!a) {
+		handover_send_end(cl, reply, 0);
+		natsMsg_Destroy(nm);
+		return;
+	}
+	a->at_wall_us = 0;
+	for (int i = 0; i < 8; i++)
+		a->at_wall_us = a->at_wall_us << 8 | d[i];
+	snprintf(a->reply, sizeof(a->reply), "%s", reply);
+	a->len = idlen;
+	memcpy(a->id, d + 8, idlen);
+	natsMsg_Destroy(nm);
+	pthread_mutex_lock(&cl->in_lock);
+	if (atomic_load(&cl->closing))
+		free(a);
+	else
+		cin_push(cl, (unsigned)home, (struct cin_item){CIN_ASK, a});
+	pthread_mutex_unlock(&cl->in_lock);
+}
+
+/* An answer being written: chunks go out as they fill. */
+struct handover_out {
+	struct cluster *cl;
+	const char *reply;
+	uint8_t *buf;
+	size_t len, cap, max;
+	uint32_t in_chunk, count, skipped;
+};
+
+static void handover_flush(struct handover_out *o, bool end)
+{
+	if (!o->buf)
+		return;
+	cluster_handover_chunk_header(o->buf, end ? CLUSTER_HANDOVER_END : 0,
+				      end ? o->count : o->in_chunk);
+	natsStatus st = natsConnection_Publish(o->cl->nc, o->reply, o->buf,
+					       (int)o->len);
+	if (st != NATS_OK)
+		cluster_fail(o->cl, "a session's messages to", o->reply,
+			     strlen(o->reply), st);
+	o->len = CLUSTER_HANDOVER_CHUNK_HEADER;
+	o->in_chunk = 0;
+}
+
+static void handover_put(struct handover_out *o,
+			 const struct cluster_handover_item *it)
+{
+	size_t n = cluster_handover_item_size(it);
+	if (n + CLUSTER_HANDOVER_CHUNK_HEADER > o->max) {
+		o->skipped++; /* larger than NATS carries: as between nodes */
+		return;
+	}
+	if (o->len + n > o->max)
+		handover_flush(o, false);
+	if (o->len + n > o->cap) {
+		size_t cap = o->cap ? o->cap : 4096;
+		while (cap < o->len + n)
+			cap *= 2;
+		uint8_t *b = realloc(o->buf, cap);
+		if (!b) {
+			o->skipped++;
+			return;
+		}
+		o->buf = b;
+		o->cap = cap;
+	}
+	cluster_handover_item_write(it, o->buf + o->len);
+	o->len += n;
+	o->in_chunk++;
+	o->count++;
+}
+
+static void handover_send_end(struct cluster *cl, const char *reply,
+			      uint32_t count)
+{
+	uint8_t hdr[CLUSTER_HANDOVER_CHUNK_HEADER];
+	cluster_handover_chunk_header(hdr, CLUSTER_HANDOVER_END, count);
+	natsStatus st = natsConnection_Publish(cl->nc, reply, hdr, sizeof(hdr));
+	if (st != NATS_OK)
+		cluster_fail(cl, "a session's messages to", reply, strlen(reply), st);
+}
+
+/* An item for one message of a session (m NULL: PUBREL sent). False:
+ * expired, nothing to move. */
+static bool handover_item(struct cluster_handover_item *it, uint8_t kind,
+			  uint8_t state, uint16_t pid, const struct deliv *d,
+			  const struct msg *m, uint64_t now_ms)
+{
+	*it = (struct cluster_handover_item){
+		.kind = kind, .state = state, .pid = pid, .dqos = d->qos,
+		.dretain = d->retain,
+		.nsub = d->nsub < CLUSTER_HANDOVER_SUBIDS_MAX
+				? d->nsub : CLUSTER_HANDOVER_SUBIDS_MAX};
+	for (unsigned i = 0; i < it->nsub; i++)
+		it->sub[i] = d->sub[i];
+	if (!m)
+		return true;
+	uint32_t left = msg_expiry_left(m, now_ms);
+	if (!left)
+		return false;
+	it->has_msg = true;
+	it->qos = m->qos;
+	it->retain = m->retain;
+	it->expiry_s = left == UINT32_MAX ? 0 : left;
+	it->topic = (const uint8_t *)msg_topic(m);
+	it->topic_len = m->topic_len;
+	it->props = msg_payload(m) + m->payload_len;
+	it->props_len = m->props_len;
+	it->payload = msg_payload(m);
+	it->payload_len = m->payload_len;
+	return true;
+}
+
+/* On the session's home shard: the session goes to the asking node. */
+static void handover_answer(struct shard *s, struct handover_ask *a)
+{
+	struct cluster *cl = s->b->cluster;
+	struct session *ss = session_take_remote(s, a->id, a->len, a->at_wall_us);
+	if (!ss) {
+		handover_send_end(cl, a->reply, 0);
+		return;
+	}
+	/* The session goes on there: no will, as on a local takeover of a
+	 * persistent session. */
+	session_detach_conn(ss, "session taken over", false);
+	int64_t max = natsConnection_GetMaxPayload(cl->nc);
+	struct handover_out o = {
+		.cl = cl, .reply = a->reply, .len = CLUSTER_HANDOVER_CHUNK_HEADER,
+		.max = max > 4096 ? (size_t)max : CLUSTER_HANDOVER_CHUNK_DEFAULT};
+	struct cluster_handover_item it;
+	for (uint32_t i = ss->if_head; i != ss->if_tail; i++) {
+		const struct inflight *f = session_inflight_at(ss, i);
+		if (f->state != INFLIGHT_DONE &&
+		    handover_item(&it, HANDOVER_INFLIGHT, f->state, f->pid,
+				  &f->d, f->msg, s->now_ms))
+			handover_put(&o, &it);
+	}
+	for (uint32_t i = 0; i < ss->qos2_in_count; i++) {
+		const struct deliv d = {.qos = 2};
+		if (handover_item(&it, HANDOVER_QOS2_IN, 0, ss->qos2_in[i].pid,
+				  &d, ss->qos2_in[i].msg, s->now_ms))
+			handover_put(&o, &it);
+	}
+	for (uint32_t i = 0; i < ss->q_count; i++) {
+		const struct queued *q = &ss->queue[(ss->q_head + i) % ss->q_cap];
+		if (handover_item(&it, HANDOVER_QUEUED, 0, 0, &q->d, q->msg,
+				  s->now_ms))
+			handover_put(&o, &it);
+	}
+	if (!o.buf) {
+		handover_send_end(cl, a->reply, 0);
+	} else {
+		handover_flush(&o, true);
+		free(o.buf);
+	}
+	if (s->cfg->connection_messages || o.skipped)
+		log_msg(o.skipped ? KITE_LOG_WARNING : KITE_LOG_NOTICE,
+			"Client %s: session handed over to another node of the "
+			"cluster, %u messages (%u too large for NATS, dropped)",
+			ss->client_id, o.count, o.skipped);
+	/* Sent (libnats has copied it): forgotten here only now. */
+	session_destroy(ss);
+}
+
+/* One item into the session; false when it could not be taken. */
+static bool handover_restore_item(struct shard *s, struct session *ss,
+				  const struct cluster_handover_item *it,
+				  bool late)
+{
+	struct deliv d = {.qos = it->dqos, .retain = it->dretain,
+			  .nsub = it->nsub < DELIV_SUBIDS_MAX ? it->nsub
+							      : DELIV_SUBIDS_MAX};
+	for (unsigned i = 0; i < d.nsub; i++)
+		d.sub[i] = it->sub[i];
+	struct msg *m = NULL;
+	if (it->has_msg) {
+		m = msg_new(it->topic, it->topic_len, it->payload,
+			    it->payload_len, it->qos, it->retain,
+			    it->props_len ? it->props : NULL, it->props_len);
+		if (!m)
+			return false;
+		m->expiry_s = it->expiry_s;
+		m->created_ms = s->now_ms;
+	}
+	int rc = -1;
+	/* Late, the session went on with packet ids of its own here: what
+	 * was in flight there is queued again (a PUBREL left to send is
+	 * dropped: the client has the message). */
+	if (late && it->kind == HANDOVER_INFLIGHT)
+		rc = m ? session_restore_msg(ss, m, 0, &d, 0, 0) : 0;
+	else if (it->kind == HANDOVER_QUEUED && m)
+		rc = session_restore_msg(ss, m, 0, &d, 0, 0);
+	else if (it->kind == HANDOVER_INFLIGHT && it->pid && d.qos &&
+		 it->state < INFLIGHT_DONE &&
+		 (m || it->state == INFLIGHT_WAIT_PUBCOMP))
+		rc = session_restore_msg(ss, m, 0, &d, it->pid, it->state);
+	else if (it->kind == HANDOVER_QOS2_IN && it->pid && m &&
+		 !session_qos2_seen(ss, it->pid))
+		rc = session_qos2_add(ss, it->pid, msg_ref(m));
+	if (rc < 0 && it->kind == HANDOVER_QOS2_IN && m)
+		msg_unref(m); /* the reference qos2_add did not take */
+	msg_unref(m);
+	return rc == 0;
+}
+
+/* On the shard of the waiting connection: the answer (or none). */
+static void handover_restore(struct shard *s, struct handover *h)
+{
+	struct cluster *cl = s->b->cluster;
+	struct session *ss = shard_session_by_id(s, h->session_key);
+	uint32_t got = 0, lost = 0;
+	for (uint32_t i = 0; i < h->nmsgs && ss; i++) {
+		const uint8_t *d = (const uint8_t *)natsMsg_GetData(h->msgs[i]);
+		size_t len = (size_t)natsMsg_GetDataLength(h->msgs[i]);
+		for (size_t off = CLUSTER_HANDOVER_CHUNK_HEADER; off < len;) {
+			struct cluster_handover_item it;
+			long n = cluster_handover_item_parse(d + off, len - off, &it);
+			if (n < 0) {
+				atomic_fetch_add(&cl->failures, 1);
+				break;
+			}
+			off += (size_t)n;
+			if (handover_restore_item(s, ss, &it, h->timed_out))
+				got++;
+			else
+				lost++;
+		}
+	}
+	const char *id = ss ? ss->client_id : "?";
+	if (h->timed_out && !h->notice) {
+		log_msg(KITE_LOG_WARNING, "cluster: client %s: node %016" PRIx64
+			" handed its session over late: %u of %u messages queued",
+			id, h->owner, got, h->count);
+		handover_free(h);
+		if (ss && ss->conn && ss->conn->state == CONN_ACTIVE)
+			session_pump(ss);
+		return;
+	}
+	if (h->timed_out) {
+		if ((atomic_fetch_add(&cl->ho_timeouts, 1) & 1023) == 0)
+			log_msg(KITE_LOG_WARNING, "cluster: client %s: node "
+				"%016" PRIx64 " did not hand its session over within "
+				"%d ms; going on without its messages", id, h->owner,
+				CLUSTER_HANDOVER_WAIT_MS);
+	} else if (h->no_owner) {
+		if (s->cfg->connection_messages)
+			log_msg(KITE_LOG_NOTICE, "Client %s: the node that had "
+				"its session is gone; its messages with it", id);
+	} else {
+		atomic_fetch_add(&cl->ho_moved, 1);
+		if (h->cut || got + lost != h->count || lost)
+			log_msg(KITE_LOG_WARNING, "cluster: client %s: %u of %u "
+				"messages of its session taken over", id, got,
+				h->count);
+		else if (s->cfg->connection_messages)
+			log_msg(KITE_LOG_NOTICE, "Client %s: %u messages of its "
+				"session taken over from another node of the "
+				"cluster", id, got);
+	}
+	struct conn *c = shard_conn_lookup(s, h->conn_id, h->conn_gen);
+	handover_free(h);
+	if (c && !(c->parked & PARK_CLUSTER))
+		c = NULL;
+	if (c && ss && !ss->conn && c->state == CONN_AWAIT_CONNECT) {
+		cup->connect_resume(s, c, ss);
+		return;
+	}
+	if (c) {
+		/* The session went on without it (another connection of the
+		 * client took it meanwhile). */
+		c->parked &= (uint8_t)~PARK_CLUSTER;
+		conn_close(c, "session taken over", false);
+	}
+	if (ss && !ss->conn) {
+		/* Its connection is gone: the session waits offline, here
+		 * (its record, written now, names this node). */
+		cluster_session_restore(s, ss);
+		ss->connect_wall_us = wall_us();
+		session_on_disconnect(s, ss);
+	}
 }
 
 /* ---- JetStream: retained messages ----------------------------------------- */
@@ -1223,8 +1810,10 @@ static void *cluster_js_main(void *arg)
 					retained = cluster_setup_retained(cl);
 			}
 			if (msgs < 0 || retained < 0) {
-				for (int i = 0; i < 10 && !atomic_load(&cl->closing); i++)
+				for (int i = 0; i < 10 && !atomic_load(&cl->closing); i++) {
+					handover_tick(cl);
 					usleep(100 * 1000);
+				}
 				continue;
 			}
 		}
@@ -1232,6 +1821,7 @@ static void *cluster_js_main(void *arg)
 			js_retry_tick(cl);
 			replay_tick(cl);
 		}
+		handover_tick(cl);
 		usleep(CLUSTER_TICK_MS * 1000);
 	}
 	return NULL;
@@ -1559,6 +2149,7 @@ int cluster_start(struct broker *b)
 	pthread_mutex_init(&cl->in_lock, NULL);
 	pthread_mutex_init(&cl->pend_lock, NULL);
 	pthread_mutex_init(&cl->sess_lock, NULL);
+	pthread_mutex_init(&cl->ho_lock, NULL);
 	if (cfg->cluster_node_name[0]) {
 		snprintf(cl->node, sizeof(cl->node), "%s", cfg->cluster_node_name);
 	} else {
@@ -1600,6 +2191,20 @@ int cluster_start(struct broker *b)
 	st = natsConnection_Subscribe(&cl->takeover_sub, cl->nc,
 				      CLUSTER_PREFIX_TAKEOVER,
 				      cluster_takeover_cb, cl);
+	/* Sessions handed over: asks for ours, answers to our asks. */
+	char subj[96];
+	node_subject(subj, sizeof(subj), CLUSTER_PREFIX_NODE, cl->node_id);
+	if (st == NATS_OK)
+		st = natsConnection_Subscribe(&cl->ask_sub, cl->nc, subj,
+					      cluster_ask_cb, cl);
+	node_subject(subj, sizeof(subj), CLUSTER_PREFIX_HANDOVER, cl->node_id);
+	strcat(subj, ".*");
+	if (st == NATS_OK)
+		st = natsConnection_Subscribe(&cl->answer_sub, cl->nc, subj,
+					      cluster_answer_cb, cl);
+	if (st == NATS_OK)
+		natsSubscription_SetPendingLimits(cl->answer_sub, 1 << 20,
+						  1 << 30);
 	if (st != NATS_OK) {
 		log_msg(KITE_LOG_ERR, "Error: cluster: %s", natsStatus_GetText(st));
 		return -1;
@@ -1641,6 +2246,11 @@ static void interest_free_cb(struct htab_link *l)
 	interest_free(htab_entry(l, struct interest, link));
 }
 
+static void ho_free_cb(struct htab_link *l)
+{
+	handover_free(htab_entry(l, struct handover, link));
+}
+
 /* Stopping: a hold JetStream never answered. */
 static void pend_free_cb(struct htab_link *l)
 {
@@ -1668,6 +2278,8 @@ void cluster_free(struct broker *b)
 				struct persist_ticket *t = it.ptr;
 				if (atomic_fetch_sub(&t->pending, 1) == 1)
 					persist_ticket_discard(t);
+			} else if (it.kind == CIN_HANDOVER) {
+				handover_free(it.ptr);
 			} else if (it.kind != CIN_MSG && it.kind != CIN_RETAIN) {
 				free(it.ptr);
 			}
@@ -1677,6 +2289,11 @@ void cluster_free(struct broker *b)
 	htab_fini(&cl->shares, share_free_cb);
 	htab_fini(&cl->pend, pend_free_cb);
 	htab_fini(&cl->sessions, sess_free_cb);
+	htab_fini(&cl->ho_wait, ho_free_cb);
+	if (cl->ask_sub)
+		natsSubscription_Destroy(cl->ask_sub);
+	if (cl->answer_sub)
+		natsSubscription_Destroy(cl->answer_sub);
 	if (cl->takeover_sub)
 		natsSubscription_Destroy(cl->takeover_sub);
 	if (cl->retain_sub)

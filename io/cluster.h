@@ -58,6 +58,23 @@ void cluster_session_save(struct shard *s, const struct session *ss,
  * owner recorded, if that session has not expired, are subscribed again
  * (those the client may still subscribe to). True when it did. */
 bool cluster_session_restore(struct shard *s, struct session *ss);
+/* A persistent session new on this node whose record names another
+ * live node as its owner: that node is asked for the session's messages
+ * (queued, in flight, QoS 2 state). True when the answer is awaited:
+ * the CONNACK of c waits (c is parked by the caller) until it came, or
+ * CLUSTER_HANDOVER_WAIT_MS passed, and then connect_resume runs. False:
+ * nothing to wait for. Shard threads. */
+struct conn;
+bool cluster_session_fetch(struct shard *s, struct conn *c,
+			   struct session *ss);
+/* What the cluster asks of the layers above, registered by the broker
+ * before the shards run: the connection waiting for its session's
+ * messages goes on (they are in ss now, or did not come). */
+struct cluster_upcalls {
+	void (*connect_resume)(struct shard *s, struct conn *c,
+			       struct session *ss);
+};
+void cluster_set_upcalls(const struct cluster_upcalls *up);
 /* Each loop turn: what NATS brought for this shard. */
 void cluster_drain(struct shard *s);
 

@@ -161,6 +161,8 @@ struct conn_v5 {
 enum conn_park {
 	PARK_RELOAD = 1,   /* a SIGHUP's reload is coming */
 	PARK_TAKEOVER = 2, /* the old connection's shard has not kicked it */
+	PARK_CLUSTER = 4,  /* its session's messages come from another node
+			      (cluster.c): CONNACK waits */
 };
 
 enum conn_input_charge {

@@ -39,5 +39,9 @@ void publish_route(struct conn *c, struct msg *m, uint8_t ack, uint16_t pid);
 void connect_adopt(struct shard *s, struct conn *c);
 /* On the accepting shard: its recv has stopped, hand the conn over. */
 void connect_handoff_ready(struct shard *s, struct conn *c);
+/* Cluster: c's CONNACK waited for its session's messages from another
+ * node (cluster_session_fetch); they are in ss now, or did not come. */
+struct session;
+void connect_resume(struct shard *s, struct conn *c, struct session *ss);
 
 #endif

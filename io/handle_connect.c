@@ -107,8 +107,8 @@ static void connect_send_connack(struct conn *c, bool present, uint8_t rc)
 	free(dyn);
 }
 
-static void connect_accept(struct shard *s, struct conn *c,
-			   struct session *ss, bool present)
+static void connect_accept_now(struct shard *s, struct conn *c,
+			       struct session *ss, bool present)
 {
 	c->session = ss;
 	ss->conn = c;
@@ -118,9 +118,11 @@ static void connect_accept(struct shard *s, struct conn *c,
 	 * as they go out (the username may have changed). */
 	session_set_identity(ss, c->listener, c->username);
 	session_cancel_will(ss); /* back in time */
-	/* New here: it may have lived on another node of the cluster. */
+	/* New here: it may have lived on another node of the cluster
+	 * (whose messages, if any, it has now: connect_accept). */
 	if (!present && !ss->subs && ss->persistent && s->b->cluster)
-		present = cluster_session_restore(s, ss);
+		present = cluster_session_restore(s, ss) ||
+			  ss->inflight_count || ss->q_count;
 	c->state = CONN_ACTIVE;
 	c->flags |= CONN_COUNTED;
 	stat_add(&s->stats.clients_connected, 1);
@@ -149,6 +151,27 @@ static void connect_accept(struct shard *s, struct conn *c,
 	persist_session(ss); /* before its subscriptions and messages */
 	if (present && ss->conn == c) /* not closed: CONNACK out of memory */
 		session_resume(ss);
+}
+
+static void connect_accept(struct shard *s, struct conn *c,
+			   struct session *ss, bool present)
+{
+	/* New here, it may have lived on another node of the cluster: that
+	 * node hands its queued and in-flight messages over first. The
+	 * CONNACK waits for them (bounded, the connection parked; the shard
+	 * goes on), and connect_resume runs when they came. */
+	if (!present && !ss->subs && ss->persistent && s->b->cluster &&
+	    cluster_session_fetch(s, c, ss)) {
+		shard_park_input(s, c, PARK_CLUSTER);
+		return;
+	}
+	connect_accept_now(s, c, ss, present);
+}
+
+void connect_resume(struct shard *s, struct conn *c, struct session *ss)
+{
+	assert(c->state == CONN_AWAIT_CONNECT && c->pending && !ss->conn);
+	connect_accept_now(s, c, ss, false);
 }
 
 static void connect_start_handoff(struct shard *s, struct conn *c,
@@ -238,7 +261,7 @@ static void connect_complete(struct shard *s, struct conn *c)
 	/* What the client sends next waits until the old connection's shard
 	 * has served what that one sent before this CONNECT, and closed it
 	 * (Mosquitto's one loop reads in arrival order). */
-	if (t && c->state == CONN_ACTIVE)
+	if (t && (c->state == CONN_ACTIVE || (c->parked & PARK_CLUSTER)))
 		shard_park_input(s, c, PARK_TAKEOVER);
 }
 

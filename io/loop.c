@@ -81,6 +81,14 @@ static void shard_unpark_conn(struct shard *s, struct conn *c, uint8_t why)
 	}
 }
 
+/* Cluster (the upcall cluster.c makes): a connection's session came from
+ * another node; its CONNACK goes out and what it sent meanwhile runs. */
+void loop_connect_resume(struct shard *s, struct conn *c, struct session *ss)
+{
+	connect_resume(s, c, ss);
+	shard_unpark_conn(s, c, PARK_CLUSTER);
+}
+
 /* After this shard switched to the reloaded configuration (or the reload
  * failed): what the parked connections sent runs under it, and they are
  * read again. A SIGHUP that came meanwhile parks them once more. */

@@ -24,4 +24,9 @@ void loop_complete(struct shard *s, struct io_uring_cqe *cqe);
 void loop_flush_dirty(struct shard *s);
 void loop_tick(struct shard *s);
 
+/* Registered with the cluster (cluster_upcalls.connect_resume). */
+struct conn;
+struct session;
+void loop_connect_resume(struct shard *s, struct conn *c, struct session *ss);
+
 #endif

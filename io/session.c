@@ -926,8 +926,8 @@ int session_home(struct broker *b, const char *id, uint16_t len)
 	return home;
 }
 
-void session_kick_remote(struct shard *s, const char *id, uint16_t len,
-			 uint64_t at_wall_us)
+struct session *session_take_remote(struct shard *s, const char *id,
+				    uint16_t len, uint64_t at_wall_us)
 {
 	struct broker *b = s->b;
 	uint64_t h = hash_bytes(id, len);
@@ -943,13 +943,21 @@ void session_kick_remote(struct shard *s, const char *id, uint16_t len,
 		ss = NULL;
 	pthread_mutex_unlock(&b->reg_lock);
 	if (!ss)
-		return;
+		return NULL;
 	free(e);
-	if (s->cfg->connection_messages)
+	if (s->cfg->connection_messages && ss->conn)
 		log_msg(KITE_LOG_NOTICE, "Client %s connected to another node "
 			"of the cluster, closing its connection here.",
 			ss->client_id);
-	session_kick(s, ss);
+	return ss;
+}
+
+void session_kick_remote(struct shard *s, const char *id, uint16_t len,
+			 uint64_t at_wall_us)
+{
+	struct session *ss = session_take_remote(s, id, len, at_wall_us);
+	if (ss)
+		session_kick(s, ss);
 }
 
 void session_kick(struct shard *s, struct session *ss)

@@ -104,6 +104,11 @@ int session_home(struct broker *b, const char *id, uint16_t len);
  * that id (on s) ends and its connection is closed (0x8E). */
 void session_kick_remote(struct shard *s, const char *id, uint16_t len,
 			 uint64_t at_wall_us);
+/* The same, except that the session is handed to the caller (out of the
+ * registry, its connection still attached) to move to the other node;
+ * NULL when this node has none older than at_wall_us. */
+struct session *session_take_remote(struct shard *s, const char *id,
+				    uint16_t len, uint64_t at_wall_us);
 
 const struct acl_identity *session_acl(struct session *ss);
 bool session_may(struct session *ss, const char *topic, size_t len,

@@ -92,3 +92,56 @@ TEST(cluster_envelope_round_trip_and_garbage)
 	buf[22] = 0xff; /* properties longer than the message */
 	CHECK_EQ(cluster_envelope_parse(buf, CLUSTER_ENVELOPE_HEADER + 6, &d), -1);
 }
+
+TEST(cluster_handover_items_round_trip_and_refuse_garbage)
+{
+	struct cluster_handover_item it = {
+		.kind = HANDOVER_INFLIGHT, .state = 1, .pid = 0x1234, .dqos = 2,
+		.dretain = true, .nsub = 2, .sub = {7, 0x10203},
+		.has_msg = true, .qos = 2, .retain = false, .expiry_s = 60,
+		.topic = (const uint8_t *)"a/b", .topic_len = 3,
+		.props = (const uint8_t *)"\x01\x01", .props_len = 2,
+		.payload = (const uint8_t *)"hello", .payload_len = 5};
+	uint8_t buf[128];
+	size_t n = cluster_handover_item_size(&it);
+	CHECK(n < sizeof(buf));
+	cluster_handover_item_write(&it, buf);
+	struct cluster_handover_item d;
+	CHECK_EQ(cluster_handover_item_parse(buf, n, &d), (long)n);
+	CHECK_EQ(d.kind, HANDOVER_INFLIGHT);
+	CHECK_EQ(d.state, 1);
+	CHECK_EQ(d.pid, 0x1234);
+	CHECK_EQ(d.dqos, 2);
+	CHECK(d.dretain);
+	CHECK_EQ(d.nsub, 2);
+	CHECK_EQ(d.sub[1], 0x10203u);
+	CHECK(d.has_msg);
+	CHECK_EQ(d.expiry_s, 60u);
+	CHECK(!memcmp(d.topic, "a/b", 3));
+	CHECK(!memcmp(d.props, "\x01\x01", 2));
+	CHECK_EQ(d.payload_len, 5u);
+	CHECK(!memcmp(d.payload, "hello", 5));
+	/* Every cut is refused, never read past. */
+	for (size_t cut = 0; cut < n; cut++)
+		CHECK_EQ(cluster_handover_item_parse(buf, cut, &d), -1);
+	buf[6] = 9; /* more subscription ids than a delivery has */
+	CHECK_EQ(cluster_handover_item_parse(buf, n, &d), -1);
+	/* PUBREL sent, only PUBCOMP left: no message. */
+	struct cluster_handover_item rel = {.kind = HANDOVER_INFLIGHT, .state = 2,
+					    .pid = 9, .dqos = 2};
+	n = cluster_handover_item_size(&rel);
+	cluster_handover_item_write(&rel, buf);
+	CHECK_EQ(cluster_handover_item_parse(buf, n, &d), (long)n);
+	CHECK(!d.has_msg);
+	uint8_t flags;
+	uint32_t count;
+	cluster_handover_chunk_header(buf, CLUSTER_HANDOVER_END, 50);
+	CHECK_EQ(cluster_handover_chunk_parse(buf, CLUSTER_HANDOVER_CHUNK_HEADER,
+					      &flags, &count), 0);
+	CHECK_EQ(flags, CLUSTER_HANDOVER_END);
+	CHECK_EQ(count, 50u);
+	CHECK_EQ(cluster_handover_chunk_parse(buf, 3, &flags, &count), -1);
+	buf[0] = 7;
+	CHECK_EQ(cluster_handover_chunk_parse(buf, CLUSTER_HANDOVER_CHUNK_HEADER,
+					      &flags, &count), -1);
+}
