@@ -1497,15 +1497,29 @@ static bool handover_restore_item(struct shard *s, struct session *ss,
 	/* Late, the session went on with packet ids of its own here: what
 	 * was in flight there is queued again (a PUBREL left to send is
 	 * dropped: the client has the message). */
-	if (late && it->kind == HANDOVER_INFLIGHT)
+	/* A session already in this node's log (a late answer) logs each
+	 * message as it takes it; a new one is logged whole when accepted
+	 * (persist_session). */
+	if ((late && it->kind == HANDOVER_INFLIGHT) ||
+	    (it->kind == HANDOVER_QUEUED && m)) {
 		rc = m ? session_restore_msg(ss, m, 0, &d, 0, 0) : 0;
-	else if (it->kind == HANDOVER_QUEUED && m)
-		rc = session_restore_msg(ss, m, 0, &d, 0, 0);
-	else if (it->kind == HANDOVER_INFLIGHT && it->pid && d.qos &&
-		 it->state < INFLIGHT_DONE &&
-		 (m || it->state == INFLIGHT_WAIT_PUBCOMP))
-		rc = session_restore_msg(ss, m, 0, &d, it->pid, it->state);
-	else if (it->kind == HANDOVER_QOS2_IN && it->pid && m &&
+		if (rc == 0 && m)
+			persist_queue(ss, m, &d);
+	} else if (it->kind == HANDOVER_INFLIGHT && it->pid && d.qos &&
+		   it->state < INFLIGHT_DONE &&
+		   (m || it->state == INFLIGHT_WAIT_PUBCOMP)) {
+		uint64_t mid = ss->logged && m ? persist_msg_id(s, m) : 0;
+		if (mid)
+			persist_queue(ss, m, &d);
+		rc = session_restore_msg(ss, m, mid, &d, it->pid, it->state);
+		if (rc == 0 && mid)
+			persist_out(ss, mid, it->pid,
+				    it->state == INFLIGHT_WAIT_PUBACK
+					    ? JOURNAL_WAIT_PUBACK
+				    : it->state == INFLIGHT_WAIT_PUBREC
+					    ? JOURNAL_WAIT_PUBREC
+					    : JOURNAL_WAIT_PUBCOMP);
+	} else if (it->kind == HANDOVER_QOS2_IN && it->pid && m &&
 		 !session_qos2_seen(ss, it->pid))
 		rc = session_qos2_add(ss, it->pid, msg_ref(m));
 	if (rc < 0 && it->kind == HANDOVER_QOS2_IN && m)

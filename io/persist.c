@@ -494,6 +494,8 @@ static void log_session(struct shard *s, const struct session *ss)
 	free(bid);
 }
 
+static void snapshot_session(struct shard *s, struct session *ss);
+
 void persist_session(struct session *ss)
 {
 	if (!persist_on(ss->shard))
@@ -506,7 +508,13 @@ void persist_session(struct session *ss)
 		ss->protocol = ss->conn->version;
 	/* Expiry counts from the disconnect, across restarts too. */
 	ss->offline_wall_ms = ss->conn ? 0 : persist_wall_ms();
-	log_session(ss->shard, ss);
+	if (!ss->logged && (ss->subs || ss->q_count || ss->inflight_count ||
+			    ss->qos2_in_count))
+		/* First logged here with state from elsewhere (another node
+		 * of the cluster handed it over): all of it, at once. */
+		snapshot_session(ss->shard, ss);
+	else
+		log_session(ss->shard, ss);
 	ss->logged = true;
 }
 
