@@ -1218,6 +1218,16 @@ void conn_on_send_done(struct conn *c, int res)
 		conn_on_closed(c);
 		return;
 	}
+	if (c->outq_once) {
+		/* The CONNACK went out: a client that now stays silent keeps
+		 * no wire queue, and a burst of logins reuses one. */
+		c->outq_once = false;
+		if (!c->out_count && !c->outq_keep) {
+			free(c->outq);
+			c->outq = NULL;
+			c->out_cap = c->out_head = 0;
+		}
+	}
 	if (c->ktls == KTLS_STOPPING)
 		conn_ktls_try(c);
 	if (conn_has_output(c))
