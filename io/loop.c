@@ -585,6 +585,14 @@ static void shard_on_accept_cqe(struct shard *s, uint32_t id,
 	shard_accept_sweep(s);
 }
 
+/* liburing 2.3's headers predate incremental buffer consumption. */
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2
+#endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
+
 static void shard_recycle_buf(struct shard *s, unsigned bid)
 {
 	assert(bid < SHARD_RECV_BUFS);
@@ -600,14 +608,23 @@ static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
 	bool more = cqe->flags & IORING_CQE_F_MORE;
 	if (cqe->flags & IORING_CQE_F_BUFFER) {
 		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+		assert(bid < SHARD_RECV_BUFS);
+		unsigned off = s->recv_off[bid];
+		if (cqe->res > 0) {
+			assert(off + (unsigned)cqe->res <= SHARD_RECV_BUF_SIZE);
+			s->recv_off[bid] = (uint16_t)(off + (unsigned)cqe->res);
+		}
 		if (c && cqe->res > 0) {
-			assert((unsigned)cqe->res <= SHARD_RECV_BUF_SIZE);
 			stat_add(&s->stats.bytes_received, (uint64_t)cqe->res);
 			conn_on_data(c, s->recv_bufs +
-					       (size_t)bid * SHARD_RECV_BUF_SIZE,
+					       (size_t)bid * SHARD_RECV_BUF_SIZE + off,
 				     (size_t)cqe->res);
 		}
-		shard_recycle_buf(s, bid);
+		/* Incremental: the kernel keeps filling the rest of it. */
+		if (!(cqe->flags & IORING_CQE_F_BUF_MORE)) {
+			s->recv_off[bid] = 0;
+			shard_recycle_buf(s, bid);
+		}
 	}
 	if (!c)
 		return;
@@ -1020,8 +1037,14 @@ static int shard_setup_ring(struct shard *s)
 		.ring_addr = (unsigned long)s->br,
 		.ring_entries = SHARD_RECV_BUFS,
 		.bgid = 0,
+		.pad = IOU_PBUF_RING_INC, /* the flags field of newer headers */
 	};
 	ret = io_uring_register_buf_ring(&s->ring, &reg, 0);
+	if (ret == -EINVAL) {
+		/* Before Linux 6.12: one receive, one whole buffer. */
+		reg.pad = 0;
+		ret = io_uring_register_buf_ring(&s->ring, &reg, 0);
+	}
 	if (ret < 0)
 		return ret;
 	s->recv_bufs_used = 0;
