@@ -528,7 +528,7 @@ static void shard_on_accept(struct shard *s, unsigned li, int fd)
 	c->fd = fd;
 	c->listener = (uint8_t)li;
 	c->state = CONN_AWAIT_CONNECT;
-	c->created_ms = c->last_rx_ms = s->now_ms;
+	c->created_ms = c->last_rx_ms = (uint32_t)s->now_ms;
 	c->proxy_await = (uint8_t)l->proxy_protocol;
 	shard_peer(fd, &c->peer);
 	/* kite writes a turn's packets in one send, so Nagle only delays
@@ -721,16 +721,16 @@ static void shard_check_timeouts(struct shard *s)
 			continue;
 		if (c->state == CONN_CLOSING) {
 			/* Last words that the client will not read. */
-			if (s->now_ms - c->last_rx_ms > 2000)
+			if (conn_ms_since(s->now_ms, c->last_rx_ms) > 2000)
 				conn_shutdown(c);
 			continue;
 		}
 		if (c->state == CONN_AWAIT_CONNECT) {
-			if (c->proxy_await &&
-			    s->now_ms - c->created_ms > CONN_PROXY_TIMEOUT_MS) {
+			uint32_t age = conn_ms_since(s->now_ms, c->created_ms);
+			if (c->proxy_await && age > CONN_PROXY_TIMEOUT_MS) {
 				conn_strike(c);
 				conn_close(c, "no PROXY header in time", false);
-			} else if (s->now_ms - c->created_ms > CONN_CONNECT_TIMEOUT_MS) {
+			} else if (age > CONN_CONNECT_TIMEOUT_MS) {
 				conn_strike(c);
 				if (c->tls && !tls_conn_handshake_done(c->tls))
 					stat_add(&s->stats.tls_handshakes[TLS_HS_TIMEOUT], 1);
@@ -743,9 +743,10 @@ static void shard_check_timeouts(struct shard *s)
 			continue;
 		}
 		if (c->in_paused || c->parked)
-			c->last_rx_ms = s->now_ms; /* kite is not reading it */
+			c->last_rx_ms = (uint32_t)s->now_ms; /* kite is not reading it */
 		if (c->keepalive_s &&
-		    s->now_ms - c->last_rx_ms > (uint64_t)c->keepalive_s * 1500u) {
+		    conn_ms_since(s->now_ms, c->last_rx_ms) >
+			    (uint32_t)c->keepalive_s * 1500u) {
 			conn_protocol_error(c, MQTT_RC_KEEP_ALIVE_TIMEOUT,
 					    "exceeded timeout");
 			continue;
