@@ -8,7 +8,7 @@ all in and the broker went quiet; the growth divided by the clients is
 bounded. On kite before the fix this was 1.2 KiB per client for 3000
 clients (the shard's 1 MiB receive ring touched by the logins, a wire
 queue per client until the next tick, struct conn and struct session in
-jemalloc's 320-byte class); after it 0.7 KiB."""
+jemalloc's 320-byte class); after it about 0.7 KiB."""
 
 import socket
 import time
