@@ -267,7 +267,7 @@ static void bridge_on_connected(struct bridge *b, int fd)
 	c->bridge = b;
 	c->state = CONN_AWAIT_CONNECT;
 	c->version = b->cfg.protocol;
-	c->created_ms = c->last_rx_ms = s->now_ms;
+	c->created_ms = c->last_rx_ms = (uint32_t)s->now_ms;
 	bridge_peer(b, &c->peer);
 	b->conn = c;
 	b->state = BRIDGE_HANDSHAKE;

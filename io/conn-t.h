@@ -171,29 +171,49 @@ enum conn_input_charge {
 	INPUT_ACTIVE,	 /* shard->input_active */
 };
 
+/* The whole connection fits jemalloc's 256-byte size class (an idle
+ * connection's cost, issue 15: the next class is 320). The fields a
+ * delivery and a flush touch come first; what only TLS, proxies, bridges,
+ * the login or the close read comes last. */
 struct conn {
 	struct shard *shard;
 	struct session *session;
-	struct will *will;
 	int fd;
 	uint32_t id, gen;
 	uint8_t state;
 	uint8_t flags;
 	uint8_t version;
 	uint8_t listener;
+	/* Wire queue: ring of entries in send order. */
+	struct out_entry *outq;
+	uint32_t out_head, out_count, out_cap;
+	uint32_t head_off; /* bytes of outq[out_head] already sent */
+	struct send_ctx *send;
+	uint64_t out_bytes;
+	/* Nothing is sent before the shard's log is durable up to here (a
+	 * QoS 2 PUBLISH to a persistent session: persist_gate). */
+	uint64_t gate_lsn;
+	struct conn *dirty_next;
+	struct conn_v5 *v5;
+	/* Userspace TLS (OpenSSL over memory buffers); NULL on plain TCP
+	 * and once kernel TLS took over (ktls == KTLS_ON). */
+	struct tls_conn *tls;
+	/* WebSockets listeners: the layer between the transport (plain,
+	 * TLS or kernel TLS) and MQTT framing; NULL otherwise. */
+	struct ws_conn *ws;
+	/* A packet split across receives, or what a parked connection
+	 * sent (parked), is buffered here. */
+	uint8_t *in_buf;
+	uint32_t in_len, in_cap;
+	/* Shard clock (now_ms) when it last sent anything, low 32 bits:
+	 * compared by conn_ms_since, which holds for 49 days, and a client
+	 * silent for 1.5 times its keepalive (27 hours at most) is closed
+	 * long before. */
+	uint32_t last_rx_ms;
 	uint16_t keepalive_s;
 	uint8_t ktls;	    /* enum conn_ktls */
 	uint8_t ktls_tries;
 	uint8_t tls_flags;  /* enum conn_tls_flag */
-	/* Kernel TLS key updates from the client in the current second
-	 * (ktls.c caps them: each costs kite far more than the client). */
-	uint8_t key_updates;
-	uint16_t key_update_second;
-	/* enable_proxy_protocol: the header version still awaited (0 once
-	 * read); a header split across receives waits in proxy_buf
-	 * (PROXY_HEADER_MAX bytes, allocated only then). */
-	uint8_t proxy_await;
-	uint16_t proxy_len;
 	/* Which budget in_cap is charged to (enum conn_input_charge). */
 	uint8_t in_charge;
 	/* Not read while the shard's queues to other shards drain: a
@@ -208,51 +228,63 @@ struct conn {
 	bool recv_fresh;
 	/* Ticks an empty wire queue is kept after a PUBLISH went through it
 	 * (shard_check_timeouts): a subscriber getting a message every
-	 * second or so reuses it instead of a malloc and free per delivery;
-	 * a connection that only got its CONNACK gives it back at once. */
+	 * second or so reuses it instead of a malloc and free per delivery. */
 	uint8_t outq_keep;
-	uint64_t last_rx_ms;
-	uint64_t created_ms;
-	/* A packet split across receives, or what a parked connection
-	 * sent (parked), is buffered here. */
-	uint8_t *in_buf;
-	uint32_t in_len, in_cap;
-	/* Wire queue: ring of entries in send order. */
-	struct out_entry *outq;
-	uint32_t out_head, out_count, out_cap;
-	uint32_t head_off; /* bytes of outq[out_head] already sent */
-	uint64_t out_bytes;
-	/* Nothing is sent before the shard's log is durable up to here (a
-	 * QoS 2 PUBLISH to a persistent session: persist_gate). */
-	uint64_t gate_lsn;
-	struct send_ctx *send;
-	struct conn *dirty_next;
-	uint8_t *proxy_buf;
-	/* The peer; an IPv4 peer is kept as a v4-mapped address (28 bytes,
-	 * not the 128 of sockaddr_storage: this is per connection). */
-	struct sockaddr_in6 peer;
-	char *username;
-	/* The CONNECT being completed when the conn moves between shards. */
-	struct pending_connect *pending;
-	struct conn_v5 *v5;
-	/* SUBACK/UNSUBACKs held until the home shards of the shared
-	 * subscriptions they name confirmed (share.c), in packet order. */
-	struct held_ack *held_acks;
-	/* Userspace TLS (OpenSSL over memory buffers); NULL on plain TCP
-	 * and once kernel TLS took over (ktls == KTLS_ON). */
-	struct tls_conn *tls;
-	/* Kernel TLS 1.3 where the kernel can re-key: the traffic secrets
-	 * that follow the client's KeyUpdates; NULL otherwise. */
-	struct tls_ktls_rekey *ktls_rekey;
-	/* WebSockets listeners: the layer between the transport (plain,
-	 * TLS or kernel TLS) and MQTT framing; NULL otherwise. */
-	struct ws_conn *ws;
-	/* A bridge's outgoing connection to a remote broker. */
-	struct bridge *bridge;
+	/* The wire queue was made for the CONNACK: it is given back as soon
+	 * as that is sent (conn_on_send_done), so that a burst of logins
+	 * does not hold one queue per client until the next tick. */
+	bool outq_once;
 	/* The client is a Mosquitto bridge (3.x level | 0x80): its
 	 * subscriptions are no-local and retain-as-published. */
 	bool peer_bridge;
+	/* enable_proxy_protocol: the header version still awaited (0 once
+	 * read); a header split across receives waits in rare->proxy_buf. */
+	uint8_t proxy_await;
+	/* The peer; an IPv4 peer is kept as a v4-mapped address (28 bytes,
+	 * not the 128 of sockaddr_storage: this is per connection). */
+	struct sockaddr_in6 peer;
+	/* Accepted at (shard clock, low 32 bits, as last_rx_ms): the
+	 * PROXY header and CONNECT deadlines. */
+	uint32_t created_ms;
+	struct will *will;
+	char *username;
+	/* The CONNECT being completed when the conn moves between shards. */
+	struct pending_connect *pending;
+	struct conn_rare *rare; /* NULL until needed (conn_rare) */
+	/* A bridge's outgoing connection to a remote broker. */
+	struct bridge *bridge;
 };
+/* One per client: a field more that crosses 224 bytes costs every idle
+ * connection 32 bytes (jemalloc's classes go 224, 256, 320; bench rows
+ * idle-*). Rarely used state goes to struct conn_rare instead. */
+_Static_assert(sizeof(struct conn) <= 224, "struct conn outgrew 224 bytes");
+
+/* What few connections need, allocated on first use (conn_rare) and
+ * kept until the connection is freed. */
+struct conn_rare {
+	/* enable_proxy_protocol: a PROXY header split across receives
+	 * (PROXY_HEADER_MAX bytes, allocated only then), proxy_len of it
+	 * read. */
+	uint8_t *proxy_buf;
+	uint16_t proxy_len;
+	/* Kernel TLS key updates from the client in the current second
+	 * (ktls.c caps them: each costs kite far more than the client). */
+	uint8_t key_updates;
+	uint16_t key_update_second;
+	/* SUBACK/UNSUBACKs held until the home shards of the shared
+	 * subscriptions they name confirmed (share.c), in packet order. */
+	struct held_ack *held_acks;
+	/* Kernel TLS 1.3 where the kernel can re-key: the traffic secrets
+	 * that follow the client's KeyUpdates; NULL otherwise. */
+	struct tls_ktls_rekey *ktls_rekey;
+};
+
+/* Milliseconds from `then` (a conn's last_rx_ms or created_ms) to now_ms,
+ * right while they are less than 49 days apart. */
+static inline uint32_t conn_ms_since(uint64_t now_ms, uint32_t then)
+{
+	return (uint32_t)now_ms - then;
+}
 
 /* A packet handler (io/handle.h), dispatched by type from conn.c. It gets
  * the fixed header and the body; returns 0, or -1 when it closed c. */

@@ -147,7 +147,7 @@ static uint32_t conn_max_packet(const struct conn *c)
 static bool conn_dispatch(struct conn *c, const struct mqtt_fixed_header *h,
 			  const uint8_t *body)
 {
-	c->last_rx_ms = c->shard->now_ms;
+	c->last_rx_ms = (uint32_t)c->shard->now_ms;
 	stat_add(&c->shard->stats.msgs_received, 1);
 	if (c->bridge)
 		return up->bridge_on_packet(c, h, body);
@@ -1218,6 +1218,16 @@ void conn_on_send_done(struct conn *c, int res)
 		conn_on_closed(c);
 		return;
 	}
+	if (c->outq_once) {
+		/* The CONNACK went out: a client that now stays silent keeps
+		 * no wire queue, and a burst of logins reuses one. */
+		c->outq_once = false;
+		if (!c->out_count && !c->outq_keep) {
+			free(c->outq);
+			c->outq = NULL;
+			c->out_cap = c->out_head = 0;
+		}
+	}
 	if (c->ktls == KTLS_STOPPING)
 		ktls_try(c);
 	if (conn_has_output(c))
@@ -1269,9 +1279,17 @@ static void held_retained_free(struct held_ack *h)
 	}
 }
 
+struct conn_rare *conn_rare(struct conn *c)
+{
+	if (!c->rare)
+		c->rare = calloc(1, sizeof(*c->rare));
+	return c->rare;
+}
+
 struct held_ack *conn_hold_ack(struct conn *c, size_t cap)
 {
-	struct held_ack *h = malloc(sizeof(*h) + cap);
+	struct conn_rare *rare = conn_rare(c);
+	struct held_ack *h = rare ? malloc(sizeof(*h) + cap) : NULL;
 	if (!h)
 		return NULL;
 	h->next = NULL;
@@ -1279,7 +1297,7 @@ struct held_ack *conn_hold_ack(struct conn *c, size_t cap)
 	h->retained_tail = &h->retained;
 	h->pending = 1; /* the handler's own, released once the ack is set */
 	h->len = 0;
-	struct held_ack **pp = &c->held_acks;
+	struct held_ack **pp = &rare->held_acks;
 	while (*pp)
 		pp = &(*pp)->next;
 	*pp = h;
@@ -1300,11 +1318,11 @@ void conn_held_ack_set(struct held_ack *h, const uint8_t *bytes, size_t len)
 /* One confirmation for h; acks leave strictly in packet order. */
 void conn_release_ack(struct conn *c, struct held_ack *h)
 {
-	assert(h->pending > 0);
+	assert(h->pending > 0 && c->rare);
 	h->pending--;
-	while (c->held_acks && !c->held_acks->pending) {
-		struct held_ack *head = c->held_acks;
-		c->held_acks = head->next;
+	while (c->rare->held_acks && !c->rare->held_acks->pending) {
+		struct held_ack *head = c->rare->held_acks;
+		c->rare->held_acks = head->next;
 		conn_queue_ctrl(c, head->bytes, head->len);
 		for (struct held_retained *r = head->retained; r && c->session;
 		     r = r->next)
@@ -1318,7 +1336,7 @@ void conn_release_ack(struct conn *c, struct held_ack *h)
 void conn_queue_ack(struct conn *c, const uint8_t *bytes, size_t len)
 {
 	struct held_ack *h;
-	if (!c->held_acks || !(h = conn_hold_ack(c, len))) {
+	if (!conn_holds_acks(c) || !(h = conn_hold_ack(c, len))) {
 		conn_queue_ctrl(c, bytes, len);
 		return;
 	}
@@ -1337,14 +1355,21 @@ void conn_send_ack(struct conn *c, struct held_ack *held, const uint8_t *bytes,
 	}
 }
 
-static void conn_free_held_acks(struct conn *c)
+static void conn_free_rare(struct conn *c)
 {
-	while (c->held_acks) {
-		struct held_ack *h = c->held_acks;
-		c->held_acks = h->next;
+	struct conn_rare *rare = c->rare;
+	if (!rare)
+		return;
+	while (rare->held_acks) {
+		struct held_ack *h = rare->held_acks;
+		rare->held_acks = h->next;
 		held_retained_free(h);
 		free(h);
 	}
+	free(rare->proxy_buf);
+	tls_ktls_rekey_free(rare->ktls_rekey);
+	free(rare);
+	c->rare = NULL;
 }
 
 /* ---- closing ------------------------------------------------------------ */
@@ -1366,10 +1391,8 @@ void conn_free(struct conn *c)
 	free(conn_take_input(c, &in_len));
 	free(c->username);
 	free(c->pending);
-	free(c->proxy_buf);
-	conn_free_held_acks(c);
+	conn_free_rare(c);
 	tls_conn_free(c->tls);
-	tls_ktls_rekey_free(c->ktls_rekey);
 	ws_conn_free(c->ws);
 	if (c->v5) {
 		for (unsigned i = 0; i < c->v5->alias_cap; i++)
@@ -1437,7 +1460,7 @@ void conn_close(struct conn *c, const char *reason, bool send_will)
 	conn_log_close(c, reason);
 	bool was_active = c->state == CONN_ACTIVE;
 	c->state = CONN_CLOSING;
-	c->last_rx_ms = s->now_ms; /* closing deadline starts now */
+	c->last_rx_ms = (uint32_t)s->now_ms; /* closing deadline starts now */
 	if (c->flags & CONN_COUNTED) {
 		c->flags &= (uint8_t)~CONN_COUNTED;
 		stat_sub(&s->stats.clients_connected, 1);

@@ -92,6 +92,16 @@ bool conn_blocked(struct conn *c);
  * reason; MQTT 5 clients first get DISCONNECT with the reason code. */
 void conn_protocol_error(struct conn *c, uint8_t rc, const char *why);
 
+/* c's rarely needed part (struct conn_rare), allocated on first use;
+ * NULL when out of memory. */
+struct conn_rare *conn_rare(struct conn *c);
+
+/* True while a SUBACK/UNSUBACK of c waits (an ack after it waits too). */
+static inline bool conn_holds_acks(const struct conn *c)
+{
+	return c->rare && c->rare->held_acks;
+}
+
 /* A SUBACK/UNSUBACK that leaves only when every home shard it waits for
  * confirmed (conn.c). conn_hold_ack queues one (waiting for its caller);
  * conn_held_ack_expect adds a confirmation to wait for;

@@ -104,6 +104,8 @@ static void connect_send_connack(struct conn *c, bool present, uint8_t rc)
 		return;
 	}
 	conn_queue_ctrl(c, out, n);
+	/* Alone in a queue made for it: given back once it is sent. */
+	c->outq_once = c->out_count == 1;
 	free(dyn);
 }
 

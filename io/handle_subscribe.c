@@ -88,7 +88,7 @@ int handle_subscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	/* A shared subscription whose group lives on another shard is in
 	 * place only when that shard says so: the SUBACK waits for it (and
 	 * every later ack waits behind it, to keep them in order). */
-	bool any_shared = c->held_acks != NULL || persist_pending(c);
+	bool any_shared = conn_holds_acks(c) || persist_pending(c);
 	while (mqtt_subscribe_next(&sub, &cur, &e))
 		any_shared |= sub_is_shared(&e.filter);
 	struct held_ack *held = any_shared ? conn_hold_ack(c, (size_t)sub.count + 16)

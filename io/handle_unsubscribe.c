@@ -29,7 +29,7 @@ int handle_unsubscribe(struct conn *c, const struct mqtt_fixed_header *h,
 	struct mqtt_bytes f;
 	/* As for SUBACK: an UNSUBACK naming a shared subscription homed on
 	 * another shard leaves once that shard removed the member. */
-	bool any_shared = c->held_acks != NULL || persist_pending(c);
+	bool any_shared = conn_holds_acks(c) || persist_pending(c);
 	const char *key;
 	uint16_t klen;
 	while (mqtt_unsubscribe_next(&un, &cur, &f))

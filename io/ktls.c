@@ -158,7 +158,13 @@ void ktls_try(struct conn *c)
 		return;
 	}
 	ktls_log(c, "on", NULL);
-	c->ktls_rekey = k.rekey;
+	/* Out of memory here, the connection ends at the client's first
+	 * KeyUpdate, as on a kernel that cannot re-key. */
+	struct conn_rare *rare = k.rekey ? conn_rare(c) : NULL;
+	if (rare)
+		rare->ktls_rekey = k.rekey;
+	else
+		tls_ktls_rekey_free(k.rekey);
 	if (tls13)
 		c->tls_flags |= CONN_TLS13;
 	stat_add(&c->shard->stats.ktls_connections, 1);
@@ -203,8 +209,8 @@ static int ktls_next_key(struct conn *c, enum tls_ktls_dir dir)
 	union tls_ktls_crypto_info ci;
 	size_t len;
 	int err = EOPNOTSUPP;
-	if (c->ktls_rekey &&
-	    tls_ktls_rekey_next(c->ktls_rekey, dir, &ci, &len) == 0)
+	if (c->rare && c->rare->ktls_rekey &&
+	    tls_ktls_rekey_next(c->rare->ktls_rekey, dir, &ci, &len) == 0)
 		err = setsockopt(c->fd, SOL_TLS, dir == TLS_KTLS_TX ? TLS_TX : TLS_RX,
 				 &ci, (socklen_t)len) == 0 ? 0 : errno;
 	explicit_bzero(&ci, sizeof(ci));
@@ -216,24 +222,25 @@ static int ktls_next_key(struct conn *c, enum tls_ktls_dir dir)
  * that key (Linux 6.14+). */
 static void ktls_peer_key_update(struct conn *c, bool update_requested)
 {
-	uint16_t second = (uint16_t)(c->shard->now_ms / 1000);
-	if (second != c->key_update_second) {
-		c->key_update_second = second;
-		c->key_updates = 0;
-	}
-	if (++c->key_updates > KTLS_KEY_UPDATES_PER_SECOND) {
-		char why[96];
-		snprintf(why, sizeof(why), "too many TLS KeyUpdates from %s "
-			 "(more than %d in a second)", ktls_peer(c),
-			 KTLS_KEY_UPDATES_PER_SECOND);
-		conn_close(c, why, true);
-		return;
-	}
-	if (!c->ktls_rekey) {
+	struct conn_rare *rare = c->rare;
+	if (!rare || !rare->ktls_rekey) {
 		char why[112];
 		snprintf(why, sizeof(why), "TLS KeyUpdate from %s: this kernel "
 			 "cannot replace kernel TLS keys (Linux 6.14 or later "
 			 "can)", ktls_peer(c));
+		conn_close(c, why, true);
+		return;
+	}
+	uint16_t second = (uint16_t)(c->shard->now_ms / 1000);
+	if (second != rare->key_update_second) {
+		rare->key_update_second = second;
+		rare->key_updates = 0;
+	}
+	if (++rare->key_updates > KTLS_KEY_UPDATES_PER_SECOND) {
+		char why[96];
+		snprintf(why, sizeof(why), "too many TLS KeyUpdates from %s "
+			 "(more than %d in a second)", ktls_peer(c),
+			 KTLS_KEY_UPDATES_PER_SECOND);
 		conn_close(c, why, true);
 		return;
 	}

@@ -536,7 +536,7 @@ static void shard_on_accept(struct shard *s, unsigned li, int fd)
 	c->fd = fd;
 	c->listener = (uint8_t)li;
 	c->state = CONN_AWAIT_CONNECT;
-	c->created_ms = c->last_rx_ms = s->now_ms;
+	c->created_ms = c->last_rx_ms = (uint32_t)s->now_ms;
 	c->proxy_await = (uint8_t)l->proxy_protocol;
 	shard_peer(fd, &c->peer);
 	/* kite writes a turn's packets in one send, so Nagle only delays
@@ -593,6 +593,14 @@ static void shard_on_accept_cqe(struct shard *s, uint32_t id,
 	shard_accept_sweep(s);
 }
 
+/* liburing 2.3's headers predate incremental buffer consumption. */
+#ifndef IOU_PBUF_RING_INC
+#define IOU_PBUF_RING_INC 2
+#endif
+#ifndef IORING_CQE_F_BUF_MORE
+#define IORING_CQE_F_BUF_MORE (1U << 4)
+#endif
+
 static void shard_recycle_buf(struct shard *s, unsigned bid)
 {
 	assert(bid < SHARD_RECV_BUFS);
@@ -608,14 +616,23 @@ static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
 	bool more = cqe->flags & IORING_CQE_F_MORE;
 	if (cqe->flags & IORING_CQE_F_BUFFER) {
 		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+		assert(bid < SHARD_RECV_BUFS);
+		unsigned off = s->recv_off[bid];
+		if (cqe->res > 0) {
+			assert(off + (unsigned)cqe->res <= SHARD_RECV_BUF_SIZE);
+			s->recv_off[bid] = (uint16_t)(off + (unsigned)cqe->res);
+		}
 		if (c && cqe->res > 0) {
-			assert((unsigned)cqe->res <= SHARD_RECV_BUF_SIZE);
 			stat_add(&s->stats.bytes_received, (uint64_t)cqe->res);
 			conn_on_data(c, s->recv_bufs +
-					       (size_t)bid * SHARD_RECV_BUF_SIZE,
+					       (size_t)bid * SHARD_RECV_BUF_SIZE + off,
 				     (size_t)cqe->res);
 		}
-		shard_recycle_buf(s, bid);
+		/* Incremental: the kernel keeps filling the rest of it. */
+		if (!(cqe->flags & IORING_CQE_F_BUF_MORE)) {
+			s->recv_off[bid] = 0;
+			shard_recycle_buf(s, bid);
+		}
 	}
 	if (!c)
 		return;
@@ -712,16 +729,16 @@ static void shard_check_timeouts(struct shard *s)
 			continue;
 		if (c->state == CONN_CLOSING) {
 			/* Last words that the client will not read. */
-			if (s->now_ms - c->last_rx_ms > 2000)
+			if (conn_ms_since(s->now_ms, c->last_rx_ms) > 2000)
 				conn_shutdown(c);
 			continue;
 		}
 		if (c->state == CONN_AWAIT_CONNECT) {
-			if (c->proxy_await &&
-			    s->now_ms - c->created_ms > CONN_PROXY_TIMEOUT_MS) {
+			uint32_t age = conn_ms_since(s->now_ms, c->created_ms);
+			if (c->proxy_await && age > CONN_PROXY_TIMEOUT_MS) {
 				conn_strike(c);
 				conn_close(c, "no PROXY header in time", false);
-			} else if (s->now_ms - c->created_ms > CONN_CONNECT_TIMEOUT_MS) {
+			} else if (age > CONN_CONNECT_TIMEOUT_MS) {
 				conn_strike(c);
 				if (c->tls && !tls_conn_handshake_done(c->tls))
 					stat_add(&s->stats.tls_handshakes[TLS_HS_TIMEOUT], 1);
@@ -734,9 +751,10 @@ static void shard_check_timeouts(struct shard *s)
 			continue;
 		}
 		if (c->in_paused || c->parked)
-			c->last_rx_ms = s->now_ms; /* kite is not reading it */
+			c->last_rx_ms = (uint32_t)s->now_ms; /* kite is not reading it */
 		if (c->keepalive_s &&
-		    s->now_ms - c->last_rx_ms > (uint64_t)c->keepalive_s * 1500u) {
+		    conn_ms_since(s->now_ms, c->last_rx_ms) >
+			    (uint32_t)c->keepalive_s * 1500u) {
 			conn_protocol_error(c, MQTT_RC_KEEP_ALIVE_TIMEOUT,
 					    "exceeded timeout");
 			continue;
@@ -1028,8 +1046,14 @@ static int shard_setup_ring(struct shard *s)
 		.ring_addr = (unsigned long)s->br,
 		.ring_entries = SHARD_RECV_BUFS,
 		.bgid = 0,
+		.pad = IOU_PBUF_RING_INC, /* the flags field of newer headers */
 	};
 	ret = io_uring_register_buf_ring(&s->ring, &reg, 0);
+	if (ret == -EINVAL) {
+		/* Before Linux 6.12: one receive, one whole buffer. */
+		reg.pad = 0;
+		ret = io_uring_register_buf_ring(&s->ring, &reg, 0);
+	}
 	if (ret < 0)
 		return ret;
 	s->recv_bufs_used = 0;

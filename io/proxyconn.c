@@ -18,14 +18,22 @@
 #include "io/conn.h"
 #include "io/proxyconn.h"
 
-_Static_assert(PROXY_HEADER_MAX <= UINT16_MAX, "conn.proxy_len holds it");
+_Static_assert(PROXY_HEADER_MAX <= UINT16_MAX, "conn_rare.proxy_len holds it");
+
+/* The header is read or refused: its split part goes. */
+static void proxyconn_done(struct conn *c)
+{
+	if (c->rare) {
+		free(c->rare->proxy_buf);
+		c->rare->proxy_buf = NULL;
+		c->rare->proxy_len = 0;
+	}
+	c->proxy_await = 0;
+}
 
 static void proxyconn_refuse(struct conn *c, const char *why)
 {
-	free(c->proxy_buf);
-	c->proxy_buf = NULL;
-	c->proxy_len = 0;
-	c->proxy_await = 0;
+	proxyconn_done(c);
 	conn_strike(c);
 	conn_close(c, why, false);
 }
@@ -62,13 +70,13 @@ static void proxyconn_apply(struct conn *c, const struct proxy_info *pi)
 bool proxyconn_on_data(struct conn *c, const uint8_t **data, size_t *len)
 {
 	const uint8_t *p = *data;
-	size_t n = *len, had = c->proxy_len;
+	size_t n = *len, had = c->rare ? c->rare->proxy_len : 0;
 	if (had) {
 		size_t take = PROXY_HEADER_MAX - had;
 		if (take > n)
 			take = n;
-		memcpy(c->proxy_buf + had, p, take);
-		p = c->proxy_buf;
+		memcpy(c->rare->proxy_buf + had, p, take);
+		p = c->rare->proxy_buf;
 		n = had + take;
 	}
 	struct proxy_info pi;
@@ -82,20 +90,19 @@ bool proxyconn_on_data(struct conn *c, const uint8_t **data, size_t *len)
 		/* A header split across receives: rare (proxies send it in
 		 * one write), so the room is taken only then, and it is
 		 * bounded by the parser (0 only below PROXY_HEADER_MAX). */
-		if (!c->proxy_buf && !(c->proxy_buf = malloc(PROXY_HEADER_MAX))) {
+		struct conn_rare *rare = conn_rare(c);
+		if (!rare || (!rare->proxy_buf &&
+			      !(rare->proxy_buf = malloc(PROXY_HEADER_MAX)))) {
 			proxyconn_refuse(c, "out of memory for the PROXY header");
 			return false;
 		}
 		if (!had)
-			memcpy(c->proxy_buf, p, n);
-		c->proxy_len = (uint16_t)n;
+			memcpy(rare->proxy_buf, p, n);
+		rare->proxy_len = (uint16_t)n;
 		return false;
 	}
 	size_t used = (size_t)hl - had; /* from this receive */
-	free(c->proxy_buf);
-	c->proxy_buf = NULL;
-	c->proxy_len = 0;
-	c->proxy_await = 0;
+	proxyconn_done(c);
 	proxyconn_apply(c, &pi);
 	if (pi.family != PROXY_KEEP_SOCKET && conn_blocked(c)) {
 		conn_close(c, "blocked by the flood filter", false);

@@ -83,26 +83,41 @@ struct acl_identity;
 struct bridge;
 struct msg;
 
+/* One per client, like struct conn: it fits jemalloc's 256-byte size
+ * class (issue 15; the next class is 320), hence the one-bit flags. What
+ * a fan-out reads of every matched session comes first. */
 struct session {
 	struct shard *shard;
 	struct conn *conn; /* NULL while offline */
-	struct session *prev, *next; /* the shard's sessions */
-	struct htab_link id_link;    /* the shard's by-id table */
 	uint64_t id;	  /* unique in this broker's life: no local, shares */
-	char *client_id;
+	/* Fan-out merge of overlapping subscriptions: one delivery per
+	 * session per message, at the highest granted QoS. */
+	uint32_t match_gen;
+	uint32_t match_slot;
+	/* Access control: the identity that connected last and its
+	 * compiled rules under the security snapshot acl_gen. */
+	struct acl_identity *acl;
+	uint32_t acl_gen;
+	uint16_t next_pid;
+	uint8_t listener;
+	uint8_t protocol; /* of its last connection (logged with it) */
+	bool persistent : 1;  /* expiry_s != 0: outlives its connection */
+	bool zombie : 1;	  /* taken over by another shard; freed on its kick */
+	bool pump_deferred : 1; /* its queue waits for a reload (session_pump) */
+	/* Lost its connection during this event; ended (or kept offline)
+	 * by conn_settle once nothing walks the shard's sessions. */
+	bool ending : 1;
+	bool logged : 1; /* its SESSION record is in the shard's log */
+	bool q2_waiting : 1; /* in shard->q2_waiters */
+	/* A bridge's local session, from its start or from the logs before
+	 * its bridge adopts it: logged under a client id no client can
+	 * have (persist.c), never in the client-id registry. */
+	bool of_bridge : 1;
 	uint16_t client_id_len;
-	bool persistent;  /* expiry_s != 0: outlives its connection */
 	/* Session expiry interval (MQTT 5); 3.1.1: 0 for a clean session,
 	 * UINT32_MAX (never) otherwise. */
 	uint32_t expiry_s;
-	uint64_t expire_at_ms; /* offline deadline; 0 = none */
-	struct will *delayed_will; /* MQTT 5 will delay pending */
-	uint64_t will_at_ms;
-	bool zombie;	  /* taken over by another shard; freed on its kick */
-	bool pump_deferred; /* its queue waits for a reload (session_pump) */
-	uint16_t next_pid;
-	struct sub_entry *subs;
-	uint32_t sub_count;
+	struct bridge *bridge; /* the local side of a bridge (bridge.c) */
 	/* The inflight window: a ring in send order (a resumed session
 	 * resends in that order), positions if_head..if_tail (free-running;
 	 * slot = position & (inflight_cap - 1)); an entry acked out of order
@@ -111,43 +126,33 @@ struct session {
 	 * id's slot (open addressing, 2 x inflight_cap cells of slot + 1,
 	 * 0 empty), so an ack costs no scan whatever the window. */
 	struct inflight *inflight;
+	uint32_t *if_index;
 	uint32_t inflight_count, inflight_cap;
 	uint32_t if_head, if_tail;
-	uint32_t *if_index;
 	uint64_t inflight_bytes; /* payload bytes in flight (max_inflight_bytes) */
 	struct queued *queue;	/* ring */
 	uint32_t q_head, q_count, q_cap;
+	uint32_t sub_count;
 	uint64_t q_bytes;	/* payload bytes queued (max_queued_bytes) */
 	struct qos2_in *qos2_in; /* QoS 2 received, awaiting PUBREL */
 	uint32_t qos2_in_count, qos2_in_cap;
-	/* Access control: the identity that connected last and its
-	 * compiled rules under the security snapshot acl_gen. */
+	struct sub_entry *subs;
+	struct session *prev, *next; /* the shard's sessions */
+	struct htab_link id_link;    /* the shard's by-id table */
+	char *client_id;
 	char *username;
-	uint8_t listener;
-	uint32_t acl_gen;
-	struct acl_identity *acl;
-	/* Fan-out merge of overlapping subscriptions: one delivery per
-	 * session per message, at the highest granted QoS. */
-	uint32_t match_gen;
-	uint32_t match_slot;
-	/* Lost its connection during this event; ended (or kept offline)
-	 * by conn_settle once nothing walks the shard's sessions. */
-	bool ending;
+	uint64_t expire_at_ms; /* offline deadline; 0 = none */
+	struct will *delayed_will; /* MQTT 5 will delay pending */
+	uint64_t will_at_ms;
 	struct session *ending_next;
-	bool logged; /* its SESSION record is in the shard's log */
-	uint8_t protocol; /* of its last connection (logged with it) */
 	uint64_t offline_wall_ms; /* logged: offline since (0: online) */
-	bool q2_waiting; /* in shard->q2_waiters */
-	struct bridge *bridge; /* the local side of a bridge (bridge.c) */
-	/* A bridge's local session, from its start or from the logs before
-	 * its bridge adopts it: logged under a client id no client can
-	 * have (persist.c), never in the client-id registry. */
-	bool of_bridge;
 	/* Cluster: when its connection was accepted (wall clock, µs): a
 	 * takeover announced by another node for an older connection than
 	 * this one is ignored. */
 	uint64_t connect_wall_us;
 };
+_Static_assert(sizeof(struct session) <= 256,
+	       "struct session outgrew 256 bytes");
 
 enum ack_result {
 	ACK_DONE,    /* the packet id's flow moved on */

@@ -20,7 +20,8 @@
 /* ---- limits -------------------------------------------------------------- */
 
 /* Provided receive buffers per shard: what a multishot recv fills. An idle
- * connection holds none of them. */
+ * connection holds none of them; the pages of the ring are touched as
+ * bytes arrive (shard.recv_inc), not one page per receive. */
 #define SHARD_RECV_BUFS 256
 #define SHARD_RECV_BUF_SIZE 4096
 #define SHARD_RING_ENTRIES 4096
@@ -69,6 +70,7 @@ _Static_assert(KITE_SHARDS_MAX <= 64, "shard masks are 64-bit");
 _Static_assert((XRING_SLOTS & (XRING_SLOTS - 1)) == 0, "power of two");
 _Static_assert((SHARD_RECV_BUFS & (SHARD_RECV_BUFS - 1)) == 0,
 	       "buffer ring size must be a power of two");
+_Static_assert(SHARD_RECV_BUF_SIZE <= UINT16_MAX, "shard.recv_off is 16-bit");
 
 /* ---- io_uring user_data: the operation and its owner, no lookup ---------- */
 
@@ -238,6 +240,13 @@ struct shard {
 	struct io_uring ring;
 	struct io_uring_buf_ring *br;
 	uint8_t *recv_bufs;
+	/* Incremental consumption (IOU_PBUF_RING_INC, Linux 6.12): a
+	 * receive takes only the bytes it got from the ring's head buffer,
+	 * the next one continues after them, and recv_off[bid] is where that
+	 * is (always 0 on older kernels). Small receives (logins, acks,
+	 * pings) then share pages: a burst of idle logins touches a few
+	 * pages of the ring, not all 1 MiB. */
+	uint16_t recv_off[SHARD_RECV_BUFS];
 	int listen_fds[KITE_LISTENERS_MAX];
 	struct __kernel_timespec tick_ts;
 	/* The kernel takes a minimum wait (IORING_FEAT_MIN_TIMEOUT, 6.12),
