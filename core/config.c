@@ -1475,17 +1475,22 @@ static int bridges_finalize(struct kite_config *cfg, char *err, size_t errlen)
 				 b->line, b->name, why);
 			return -1;
 		}
-		if (!b->remote_clientid[0])
-			snprintf(b->remote_clientid, sizeof(b->remote_clientid),
-				 "%.120s.%.120s", host, b->name);
+		/* Built from a copy: the fields share *cfg, and gcc's
+		 * -Wrestrict cannot tell they do not overlap. */
+		char rid[sizeof(b->remote_clientid)];
+		if (!b->remote_clientid[0]) {
+			snprintf(rid, sizeof(rid), "%.120s.%.120s", host,
+				 b->name);
+			memcpy(b->remote_clientid, rid, sizeof(rid));
+		}
+		memcpy(rid, b->remote_clientid, sizeof(rid));
 		if (!b->local_clientid[0])
 			snprintf(b->local_clientid, sizeof(b->local_clientid),
-				 "local.%.240s", b->remote_clientid);
+				 "local.%.240s", rid);
 		if (!b->notification_topic[0])
 			snprintf(b->notification_topic,
 				 sizeof(b->notification_topic),
-				 "$SYS/broker/connection/%.200s/state",
-				 b->remote_clientid);
+				 "$SYS/broker/connection/%.200s/state", rid);
 		if (b->local_cleansession < 0)
 			b->local_cleansession = b->cleansession;
 	}
