@@ -32,14 +32,15 @@
 
 struct send_ctx {
 	struct send_ctx *pool_next; /* in shard->ctx_pool */
-	uint32_t iov_cap; /* SEND_CTX_SMALL_IOV or SEND_IOV_MAX: pooled */
+	uint8_t pool_cls; /* enum send_ctx_class, or SEND_CTX_UNPOOLED */
 	struct msghdr mh;
 	struct out_entry *retired; /* outq array the iovecs point into */
-	/* TLS records or WebSocket frames: bytes the send owns (owned, freed
-	 * when it completes), tls_off of tls_len already sent. */
+	/* Bytes the send holds, no longer in the wire queue (TLS records,
+	 * WebSocket frames, or packets copied out of the queue), of which
+	 * bytes_off of bytes_len are sent; owned is freed when it completes. */
 	uint8_t *owned;
-	uint8_t *tls_bytes;
-	size_t tls_len, tls_off;
+	uint8_t *bytes;
+	size_t bytes_len, bytes_off;
 	/* Kernel TLS: a record other than application data (alert 21,
 	 * handshake 22) and its TLS_SET_RECORD_TYPE message; 0 otherwise. */
 	uint8_t record_type;
@@ -856,31 +857,40 @@ static unsigned conn_out_iov(struct conn *c, struct iovec *iov, unsigned max,
 	return k;
 }
 
-/* A context for up to max_iov iovecs from the shard's pool: a busy
- * connection sends every turn, and a malloc and free per send would be
- * per delivery for a subscriber that gets one message at a time. */
-static struct send_ctx *send_ctx_get(struct shard *s, unsigned max_iov)
+/* A context of one class from the shard's pool: a busy connection
+ * sends every turn, and a malloc and free per send would be per delivery
+ * for a subscriber that gets one message at a time. SEND_CTX_SMALL and
+ * SEND_CTX_LARGE hold up to SEND_CTX_SMALL_IOV and SEND_IOV_MAX iovecs;
+ * SEND_CTX_COPY one iovec over SEND_COPY_BYTES bytes of its own. */
+static struct send_ctx *send_ctx_get(struct shard *s, unsigned cls)
 {
-	unsigned cls = max_iov > SEND_CTX_SMALL_IOV;
+	static const uint32_t iov_cap[SEND_CTX_CLASSES] = {
+		[SEND_CTX_SMALL] = SEND_CTX_SMALL_IOV,
+		[SEND_CTX_LARGE] = SEND_IOV_MAX,
+		[SEND_CTX_COPY] = 1,
+	};
 	struct send_ctx *ctx = s->ctx_pool[cls];
 	if (ctx) {
 		s->ctx_pool[cls] = ctx->pool_next;
 		s->ctx_pool_n[cls]--;
 		return ctx;
 	}
-	uint32_t cap = cls ? SEND_IOV_MAX : SEND_CTX_SMALL_IOV;
-	ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) * cap);
+	size_t extra = cls == SEND_CTX_COPY ? SEND_COPY_BYTES : 0;
+	ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) * iov_cap[cls] + extra);
 	if (ctx)
-		ctx->iov_cap = cap;
+		ctx->pool_cls = (uint8_t)cls;
 	return ctx;
 }
 
 static void send_ctx_put(struct shard *s, struct send_ctx *ctx)
 {
-	unsigned cls = ctx->iov_cap == SEND_IOV_MAX;
-	uint32_t max = cls ? SEND_CTX_POOL_LARGE : SEND_CTX_POOL_SMALL;
-	if ((ctx->iov_cap != SEND_CTX_SMALL_IOV && !cls) ||
-	    s->ctx_pool_n[cls] >= max) {
+	static const uint32_t pool_max[SEND_CTX_CLASSES] = {
+		[SEND_CTX_SMALL] = SEND_CTX_POOL_SMALL,
+		[SEND_CTX_LARGE] = SEND_CTX_POOL_LARGE,
+		[SEND_CTX_COPY] = SEND_CTX_POOL_COPY,
+	};
+	unsigned cls = ctx->pool_cls;
+	if (cls >= SEND_CTX_CLASSES || s->ctx_pool_n[cls] >= pool_max[cls]) {
 		free(ctx);
 		return;
 	}
@@ -891,7 +901,7 @@ static void send_ctx_put(struct shard *s, struct send_ctx *ctx)
 
 void conn_pools_free(struct shard *s)
 {
-	for (unsigned cls = 0; cls < 2; cls++) {
+	for (unsigned cls = 0; cls < SEND_CTX_CLASSES; cls++) {
 		while (s->ctx_pool[cls]) {
 			struct send_ctx *ctx = s->ctx_pool[cls];
 			s->ctx_pool[cls] = ctx->pool_next;
@@ -927,7 +937,8 @@ static struct send_ctx *send_ctx_copy(struct conn *c, const uint8_t *bytes,
 		conn_close(c, "out of memory", false);
 		return NULL;
 	}
-	memset(ctx, 0, sizeof(*ctx)); /* iov_cap 0: never pooled */
+	memset(ctx, 0, sizeof(*ctx));
+	ctx->pool_cls = SEND_CTX_UNPOOLED;
 	uint8_t *copy = (uint8_t *)(ctx->iov + 1);
 	memcpy(copy, bytes, len);
 	ctx->iov[0] = (struct iovec){copy, len};
@@ -963,11 +974,11 @@ static uint8_t *conn_ws_take(void *layer, size_t *off, size_t *len)
 }
 
 /* The send tail both byte layers share: one buffer, one send (a partial
- * send goes on from where it stopped, conn_tls_resend). */
+ * send goes on from where it stopped, conn_resend_rest). */
 static void conn_send_taken(struct conn *c, void *layer, conn_take_fn take)
 {
 	size_t off, len;
-	struct send_ctx *ctx = send_ctx_get(c->shard, 1);
+	struct send_ctx *ctx = send_ctx_get(c->shard, SEND_CTX_SMALL);
 	uint8_t *b = ctx ? take(layer, &off, &len) : NULL;
 	if (!b) {
 		if (ctx)
@@ -982,9 +993,9 @@ static void conn_send_taken(struct conn *c, void *layer, conn_take_fn take)
 	ctx->mh.msg_iovlen = 1;
 	ctx->retired = NULL;
 	ctx->owned = b;
-	ctx->tls_bytes = b + off;
-	ctx->tls_len = len;
-	ctx->tls_off = 0;
+	ctx->bytes = b + off;
+	ctx->bytes_len = len;
+	ctx->bytes_off = 0;
 	ctx->record_type = 0;
 	conn_submit_send(c, ctx);
 }
@@ -1111,6 +1122,55 @@ static void conn_flush_ws(struct conn *c)
 	conn_send_taken(c, c->ws, conn_ws_take);
 }
 
+/* The head of the wire queue as one send context. Up to SEND_COPY_BYTES
+ * are copied into the context and leave the queue at once: the kernel
+ * takes one buffer as a plain send (it neither imports an iovec array
+ * nor copies a QoS 1 delivery's four pieces one by one), and each
+ * message is released now, while it is in the cache, not when the send
+ * completes. A larger backlog goes as iovecs into the entries, which
+ * leave the queue as the kernel takes them. NULL when out of memory. */
+static struct send_ctx *conn_flush_gather(struct conn *c)
+{
+	struct send_ctx *ctx;
+	if (c->out_bytes <= SEND_COPY_BYTES) {
+		if (!(ctx = send_ctx_get(c->shard, SEND_CTX_COPY)))
+			return NULL;
+		uint8_t *buf = (uint8_t *)(ctx->iov + 1);
+		size_t n = conn_out_copy(c, buf, SEND_COPY_BYTES);
+		assert(n == c->out_bytes && n > 0);
+		conn_out_consume(c, n);
+		ctx->iov[0] = (struct iovec){buf, n};
+		memset(&ctx->mh, 0, sizeof(ctx->mh));
+		ctx->mh.msg_iov = ctx->iov;
+		ctx->mh.msg_iovlen = 1;
+		ctx->bytes = buf;
+		ctx->bytes_len = n;
+		return ctx;
+	}
+	unsigned max_iov = c->out_count * OUT_ENTRY_IOV_MAX < SEND_IOV_MAX
+				   ? c->out_count * OUT_ENTRY_IOV_MAX
+				   : SEND_IOV_MAX;
+	ctx = send_ctx_get(c->shard, max_iov > SEND_CTX_SMALL_IOV
+					     ? SEND_CTX_LARGE : SEND_CTX_SMALL);
+	if (!ctx)
+		return NULL;
+	unsigned niov = 0;
+	size_t skip = c->head_off;
+	for (uint32_t i = 0; i < c->out_count && niov + OUT_ENTRY_IOV_MAX <= max_iov;
+	     i++) {
+		struct out_entry *e = &c->outq[(c->out_head + i) & (c->out_cap - 1)];
+		niov += out_entry_iov(e, skip, ctx->iov + niov);
+		skip = 0;
+	}
+	assert(niov > 0 && niov <= max_iov);
+	memset(&ctx->mh, 0, sizeof(ctx->mh));
+	ctx->mh.msg_iov = ctx->iov;
+	ctx->mh.msg_iovlen = niov;
+	ctx->bytes = NULL;
+	ctx->bytes_len = 0;
+	return ctx;
+}
+
 void conn_flush(struct conn *c)
 {
 	if (c->flags & CONN_SEND_BUSY)
@@ -1136,45 +1196,31 @@ void conn_flush(struct conn *c)
 			conn_shutdown(c);
 		return;
 	}
-	unsigned max_iov = c->out_count * OUT_ENTRY_IOV_MAX < SEND_IOV_MAX
-				   ? c->out_count * OUT_ENTRY_IOV_MAX
-				   : SEND_IOV_MAX;
-	struct send_ctx *ctx = send_ctx_get(c->shard, max_iov);
+	struct send_ctx *ctx = conn_flush_gather(c);
 	if (!ctx) {
 		conn_close(c, "out of memory", false);
 		return;
 	}
-	unsigned niov = 0;
-	size_t skip = c->head_off;
-	for (uint32_t i = 0; i < c->out_count && niov + OUT_ENTRY_IOV_MAX <= max_iov;
-	     i++) {
-		struct out_entry *e = &c->outq[(c->out_head + i) & (c->out_cap - 1)];
-		niov += out_entry_iov(e, skip, ctx->iov + niov);
-		skip = 0;
-	}
-	assert(niov > 0 && niov <= max_iov);
-	memset(&ctx->mh, 0, sizeof(ctx->mh));
-	ctx->mh.msg_iov = ctx->iov;
-	ctx->mh.msg_iovlen = niov;
 	ctx->retired = NULL;
 	ctx->owned = NULL;
-	ctx->tls_bytes = NULL;
-	ctx->tls_len = ctx->tls_off = 0;
+	ctx->bytes_off = 0;
 	ctx->record_type = 0;
 	conn_submit_send(c, ctx);
 }
 
-/* A partial TLS send goes on from where the kernel stopped. */
-static bool conn_tls_resend(struct conn *c, struct send_ctx *ctx, int res)
+/* A partial send of bytes the send holds goes on from where the kernel
+ * stopped; a closing connection only finishes what it must flush. */
+static bool conn_resend_rest(struct conn *c, struct send_ctx *ctx, int res)
 {
-	if (!ctx->tls_bytes || res <= 0)
+	if (!ctx->bytes || res < 0)
 		return false;
 	stat_add(&c->shard->stats.bytes_sent, (uint64_t)res);
-	ctx->tls_off += (size_t)res;
-	if (ctx->tls_off >= ctx->tls_len || c->state == CONN_CLOSING)
+	ctx->bytes_off += (size_t)res; /* 0: the plain path sent again too */
+	if (ctx->bytes_off >= ctx->bytes_len ||
+	    (c->state == CONN_CLOSING && !(c->flags & CONN_CLOSE_AFTER_FLUSH)))
 		return false;
-	ctx->iov[0] = (struct iovec){ctx->tls_bytes + ctx->tls_off,
-				     ctx->tls_len - ctx->tls_off};
+	ctx->iov[0] = (struct iovec){ctx->bytes + ctx->bytes_off,
+				     ctx->bytes_len - ctx->bytes_off};
 	c->flags &= (uint8_t)~CONN_SEND_BUSY;
 	conn_submit_send(c, ctx);
 	return true;
@@ -1184,9 +1230,9 @@ void conn_on_send_done(struct conn *c, int res)
 {
 	struct send_ctx *ctx = c->send;
 	assert(ctx && (c->flags & CONN_SEND_BUSY));
-	if (conn_tls_resend(c, ctx, res))
+	if (conn_resend_rest(c, ctx, res))
 		return;
-	bool tls = ctx->tls_bytes != NULL;
+	bool held = ctx->bytes != NULL; /* out of the queue already */
 	uint8_t record_type = ctx->record_type;
 	c->send = NULL;
 	c->flags &= (uint8_t)~CONN_SEND_BUSY;
@@ -1201,7 +1247,7 @@ void conn_on_send_done(struct conn *c, int res)
 			conn_mark_dirty(c);
 		return;
 	}
-	if (res > 0 && !tls) {
+	if (res > 0 && !held) {
 		stat_add(&c->shard->stats.bytes_sent, (uint64_t)res);
 		conn_out_consume(c, (size_t)res);
 	}
