@@ -35,6 +35,10 @@
 #define SEND_CTX_POOL_SMALL 1024
 #define SEND_CTX_POOL_LARGE 32
 #define SEND_CTX_POOL_COPY 1024
+/* A fan-out's QoS 0 packets are gathered once per turn for all its
+ * subscribers (conn.c, struct fan_cache) when a queue holds at most this
+ * many. */
+#define FAN_CACHE_MSGS 64
 /* A connection that has not completed CONNECT by then is closed. */
 #define CONN_CONNECT_TIMEOUT_MS 10000
 /* On an enable_proxy_protocol listener, a connection whose PROXY header

@@ -39,6 +39,7 @@ struct send_ctx {
 	 * WebSocket frames, or packets copied out of the queue), of which
 	 * bytes_off of bytes_len are sent; owned is freed when it completes. */
 	uint8_t *owned;
+	struct fan_buf *fan; /* bytes is its data: a reference to drop */
 	uint8_t *bytes;
 	size_t bytes_len, bytes_off;
 	/* Kernel TLS: a record other than application data (alert 21,
@@ -46,6 +47,23 @@ struct send_ctx {
 	uint8_t record_type;
 	_Alignas(struct cmsghdr) char cmsg[CMSG_SPACE(sizeof(uint8_t))];
 	struct iovec iov[];
+};
+
+/* A turn's QoS 0 packets as one fan-out leaves them: every subscriber
+ * whose queue holds the same messages sends these same bytes. Only its
+ * shard touches it: a plain count. */
+struct fan_buf {
+	uint32_t refs;
+	uint32_t len;
+	uint8_t data[];
+};
+
+/* The last fan_buf built, and the messages it holds, each referenced so
+ * that a pointer seen again is the same message. */
+struct fan_cache {
+	struct fan_buf *buf;
+	uint32_t n;
+	struct msg *msg[FAN_CACHE_MSGS];
 };
 
 /* Largest plaintext handed to OpenSSL at once: one full TLS record. */
@@ -877,8 +895,12 @@ static struct send_ctx *send_ctx_get(struct shard *s, unsigned cls)
 	}
 	size_t extra = cls == SEND_CTX_COPY ? SEND_COPY_BYTES : 0;
 	ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) * iov_cap[cls] + extra);
-	if (ctx)
+	if (ctx) {
 		ctx->pool_cls = (uint8_t)cls;
+		ctx->retired = NULL;
+		ctx->owned = NULL;
+		ctx->fan = NULL;
+	}
 	return ctx;
 }
 
@@ -899,8 +921,39 @@ static void send_ctx_put(struct shard *s, struct send_ctx *ctx)
 	s->ctx_pool_n[cls]++;
 }
 
+static void fan_buf_unref(struct fan_buf *b)
+{
+	if (b && !--b->refs)
+		free(b);
+}
+
+static void fan_cache_clear(struct fan_cache *fc)
+{
+	for (uint32_t i = 0; i < fc->n; i++)
+		msg_unref(fc->msg[i]);
+	fc->n = 0;
+	fan_buf_unref(fc->buf);
+	fc->buf = NULL;
+}
+
+/* What a send context holds besides itself. */
+static void send_ctx_drop_bufs(struct send_ctx *ctx)
+{
+	free(ctx->retired);
+	free(ctx->owned);
+	fan_buf_unref(ctx->fan);
+	ctx->retired = NULL;
+	ctx->owned = NULL;
+	ctx->fan = NULL;
+}
+
 void conn_pools_free(struct shard *s)
 {
+	if (s->fan_cache) {
+		fan_cache_clear(s->fan_cache);
+		free(s->fan_cache);
+		s->fan_cache = NULL;
+	}
 	for (unsigned cls = 0; cls < SEND_CTX_CLASSES; cls++) {
 		while (s->ctx_pool[cls]) {
 			struct send_ctx *ctx = s->ctx_pool[cls];
@@ -1122,6 +1175,59 @@ static void conn_flush_ws(struct conn *c)
 	conn_send_taken(c, c->ws, conn_ws_take);
 }
 
+/* Whether c's whole queue is a fan-out's QoS 0 packets (3.1.1, as
+ * prebuilt in each message) that other queues hold too. */
+static bool conn_out_shared_q0(const struct conn *c)
+{
+	if (c->head_off || c->out_count > FAN_CACHE_MSGS ||
+	    c->out_bytes > SEND_COPY_BYTES)
+		return false;
+	for (uint32_t i = 0; i < c->out_count; i++) {
+		const struct out_entry *e =
+			&c->outq[(c->out_head + i) & (c->out_cap - 1)];
+		if (e->kind != OUT_PUB_Q0V3)
+			return false;
+	}
+	/* Another queue holds it too (this queue's reference and one
+	 * more): else nobody would reuse the bytes. */
+	const struct msg *m = c->outq[c->out_head].msg;
+	return atomic_load_explicit(&m->refs, memory_order_relaxed) > 1;
+}
+
+/* c's queue as one shared buffer, with a reference for the caller: the
+ * one the previous subscriber's flush built when it holds the same
+ * messages (a fan-out's subscribers are flushed one after another), else
+ * a new one, which the shard keeps for the next. NULL when c's queue is
+ * not such a queue or memory is short (the caller copies instead). */
+static struct fan_buf *conn_fan_buf(struct conn *c)
+{
+	if (!conn_out_shared_q0(c))
+		return NULL;
+	struct shard *s = c->shard;
+	struct fan_cache *fc = s->fan_cache;
+	if (!fc && !(fc = s->fan_cache = calloc(1, sizeof(*fc))))
+		return NULL;
+	bool same = fc->buf && fc->n == c->out_count;
+	for (uint32_t i = 0; same && i < fc->n; i++)
+		same = fc->msg[i] == c->outq[(c->out_head + i) & (c->out_cap - 1)].msg;
+	if (!same) {
+		struct fan_buf *b = malloc(sizeof(*b) + c->out_bytes);
+		if (!b)
+			return NULL;
+		fan_cache_clear(fc);
+		b->refs = 1;
+		b->len = (uint32_t)conn_out_copy(c, b->data, c->out_bytes);
+		assert(b->len == c->out_bytes);
+		for (uint32_t i = 0; i < c->out_count; i++)
+			fc->msg[i] = msg_ref(
+				c->outq[(c->out_head + i) & (c->out_cap - 1)].msg);
+		fc->n = c->out_count;
+		fc->buf = b;
+	}
+	fc->buf->refs++;
+	return fc->buf;
+}
+
 /* The head of the wire queue as one send context. Up to SEND_COPY_BYTES
  * are copied into the context and leave the queue at once: the kernel
  * takes one buffer as a plain send (it neither imports an iovec array
@@ -1132,6 +1238,22 @@ static void conn_flush_ws(struct conn *c)
 static struct send_ctx *conn_flush_gather(struct conn *c)
 {
 	struct send_ctx *ctx;
+	struct fan_buf *fan = conn_fan_buf(c);
+	if (fan) {
+		if (!(ctx = send_ctx_get(c->shard, SEND_CTX_SMALL))) {
+			fan_buf_unref(fan);
+			return NULL;
+		}
+		conn_out_consume(c, fan->len);
+		ctx->iov[0] = (struct iovec){fan->data, fan->len};
+		memset(&ctx->mh, 0, sizeof(ctx->mh));
+		ctx->mh.msg_iov = ctx->iov;
+		ctx->mh.msg_iovlen = 1;
+		ctx->fan = fan;
+		ctx->bytes = fan->data;
+		ctx->bytes_len = fan->len;
+		return ctx;
+	}
 	if (c->out_bytes <= SEND_COPY_BYTES) {
 		if (!(ctx = send_ctx_get(c->shard, SEND_CTX_COPY)))
 			return NULL;
@@ -1145,6 +1267,7 @@ static struct send_ctx *conn_flush_gather(struct conn *c)
 		ctx->mh.msg_iovlen = 1;
 		ctx->bytes = buf;
 		ctx->bytes_len = n;
+		ctx->fan = NULL;
 		return ctx;
 	}
 	unsigned max_iov = c->out_count * OUT_ENTRY_IOV_MAX < SEND_IOV_MAX
@@ -1168,6 +1291,7 @@ static struct send_ctx *conn_flush_gather(struct conn *c)
 	ctx->mh.msg_iovlen = niov;
 	ctx->bytes = NULL;
 	ctx->bytes_len = 0;
+	ctx->fan = NULL;
 	return ctx;
 }
 
@@ -1236,8 +1360,7 @@ void conn_on_send_done(struct conn *c, int res)
 	uint8_t record_type = ctx->record_type;
 	c->send = NULL;
 	c->flags &= (uint8_t)~CONN_SEND_BUSY;
-	free(ctx->retired);
-	free(ctx->owned);
+	send_ctx_drop_bufs(ctx);
 	send_ctx_put(c->shard, ctx);
 	if (record_type) {
 		conn_ktls_control_sent(c, record_type, res);
@@ -1400,8 +1523,7 @@ void conn_free(struct conn *c)
 	conn_out_drop_all(c);
 	free(c->outq);
 	if (c->send) {
-		free(c->send->retired);
-		free(c->send->owned);
+		send_ctx_drop_bufs(c->send);
 		free(c->send);
 	}
 	if (c->will) {

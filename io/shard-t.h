@@ -228,6 +228,7 @@ struct trie;
 struct flood_filter;
 
 /* The pools of send contexts a shard keeps (io/conn.c). */
+struct fan_cache;
 enum send_ctx_class {
 	SEND_CTX_SMALL,
 	SEND_CTX_LARGE,
@@ -292,6 +293,7 @@ struct shard {
 	/* Finished send contexts for reuse, by class (conn.c). */
 	struct send_ctx *ctx_pool[SEND_CTX_CLASSES];
 	uint32_t ctx_pool_n[SEND_CTX_CLASSES];
+	struct fan_cache *fan_cache; /* conn.c: the last fan-out's bytes */
 
 	struct delivery *scratch;
 	uint32_t scratch_len, scratch_cap;

@@ -361,3 +361,53 @@ TEST(io_partial_sends_deliver_every_byte_in_order)
 			harness_fini(&h);
 		}
 }
+
+/* QoS 0 fan-out: subscribers whose queues hold the same messages send
+ * one buffer gathered once; one whose queue differs (an extra message)
+ * gets its own, and a subscriber whose socket takes a few bytes at a
+ * time still reads every packet whole while the others share it. */
+TEST(io_fanout_subscribers_each_get_their_own_queue_whole)
+{
+	static struct harness h;
+	static const uint8_t sub_a[] = {0x82, 0x08, 0x00, 0x01, 0x00, 0x03,
+					'a', '/', '#', 0x00};
+	static const uint8_t sub_all[] = {0x82, 0x06, 0x00, 0x01, 0x00, 0x01,
+					  '#', 0x00};
+	const uint8_t *out;
+	HARNESS_START(&h, config);
+	struct hconn *s[3];
+	for (unsigned i = 0; i < 3; i++) {
+		s[i] = harness_connect(&h);
+		connect311(&h, s[i], (char)('1' + i));
+		if (i < 2)
+			harness_input(&h, s[i], sub_a, sizeof(sub_a));
+		else
+			harness_input(&h, s[i], sub_all, sizeof(sub_all));
+		(void)harness_output(&h, s[i], &out); /* CONNACK, SUBACK */
+	}
+	s[1]->send_max = 3;
+	struct hconn *pub = harness_connect(&h);
+	connect311(&h, pub, 'p');
+	(void)harness_output(&h, pub, &out);
+	/* "a/b" x, "a/b" y, "z" w in one receive */
+	IN(&h, pub, 0x30, 0x06, 0x00, 0x03, 'a', '/', 'b', 'x',
+	   0x30, 0x06, 0x00, 0x03, 'a', '/', 'b', 'y',
+	   0x30, 0x04, 0x00, 0x01, 'z', 'w');
+	OUT_IS(&h, s[0], 0x30, 0x06, 0x00, 0x03, 'a', '/', 'b', 'x',
+	       0x30, 0x06, 0x00, 0x03, 'a', '/', 'b', 'y');
+	OUT_IS(&h, s[1], 0x30, 0x06, 0x00, 0x03, 'a', '/', 'b', 'x',
+	       0x30, 0x06, 0x00, 0x03, 'a', '/', 'b', 'y');
+	OUT_IS(&h, s[2], 0x30, 0x06, 0x00, 0x03, 'a', '/', 'b', 'x',
+	       0x30, 0x06, 0x00, 0x03, 'a', '/', 'b', 'y',
+	       0x30, 0x04, 0x00, 0x01, 'z', 'w');
+	/* the next turn: as many messages as the last buffer built, other
+	 * ones, other bytes */
+	IN(&h, pub, 0x30, 0x06, 0x00, 0x03, 'a', '/', 'c', 'q',
+	   0x30, 0x06, 0x00, 0x03, 'a', '/', 'c', 'r',
+	   0x30, 0x06, 0x00, 0x03, 'a', '/', 'c', 't');
+	for (unsigned i = 0; i < 3; i++)
+		OUT_IS(&h, s[i], 0x30, 0x06, 0x00, 0x03, 'a', '/', 'c', 'q',
+		       0x30, 0x06, 0x00, 0x03, 'a', '/', 'c', 'r',
+		       0x30, 0x06, 0x00, 0x03, 'a', '/', 'c', 't');
+	harness_fini(&h);
+}
