@@ -63,6 +63,10 @@ struct fan_buf {
 struct fan_cache {
 	struct fan_buf *buf;
 	uint32_t n;
+	/* References handed over by the wire queues that sent buf: each
+	 * message's are dropped at once when the cache moves on (one
+	 * atomic per message, not one per subscriber). */
+	uint32_t owed;
 	struct msg *msg[FAN_CACHE_MSGS];
 };
 
@@ -930,8 +934,9 @@ static void fan_buf_unref(struct fan_buf *b)
 static void fan_cache_clear(struct fan_cache *fc)
 {
 	for (uint32_t i = 0; i < fc->n; i++)
-		msg_unref(fc->msg[i]);
+		msg_unref_n(fc->msg[i], fc->owed + 1);
 	fc->n = 0;
+	fc->owed = 0;
 	fan_buf_unref(fc->buf);
 	fc->buf = NULL;
 }
@@ -1194,6 +1199,17 @@ static bool conn_out_shared_q0(const struct conn *c)
 	return atomic_load_explicit(&m->refs, memory_order_relaxed) > 1;
 }
 
+/* Empties c's queue, whose messages are those of fc, into fc: their
+ * references are now its to drop. */
+static void conn_out_hand_over(struct conn *c, struct fan_cache *fc)
+{
+	assert(c->out_count == fc->n && !c->head_off);
+	c->out_head = (c->out_head + c->out_count) & (c->out_cap - 1);
+	c->out_count = 0;
+	c->out_bytes = 0;
+	fc->owed++;
+}
+
 /* c's queue as one shared buffer, with a reference for the caller: the
  * one the previous subscriber's flush built when it holds the same
  * messages (a fan-out's subscribers are flushed one after another), else
@@ -1244,7 +1260,7 @@ static struct send_ctx *conn_flush_gather(struct conn *c)
 			fan_buf_unref(fan);
 			return NULL;
 		}
-		conn_out_consume(c, fan->len);
+		conn_out_hand_over(c, c->shard->fan_cache);
 		ctx->iov[0] = (struct iovec){fan->data, fan->len};
 		memset(&ctx->mh, 0, sizeof(ctx->mh));
 		ctx->mh.msg_iov = ctx->iov;
