@@ -817,6 +817,10 @@ static void conn_out_consume(struct conn *c, size_t bytes)
 		c->out_count--;
 		c->head_off = 0;
 	}
+	/* An empty ring starts over at its first slots, which the next
+	 * turn then writes while they are still in the cache. */
+	if (!c->out_count)
+		c->out_head = 0;
 }
 
 static void conn_out_drop_all(struct conn *c)
@@ -1204,7 +1208,7 @@ static bool conn_out_shared_q0(const struct conn *c)
 static void conn_out_hand_over(struct conn *c, struct fan_cache *fc)
 {
 	assert(c->out_count == fc->n && !c->head_off);
-	c->out_head = (c->out_head + c->out_count) & (c->out_cap - 1);
+	c->out_head = 0; /* as conn_out_consume: the first slots again */
 	c->out_count = 0;
 	c->out_bytes = 0;
 	fc->owed++;
