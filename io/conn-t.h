@@ -28,13 +28,16 @@
 /* Send contexts each shard keeps for reuse (conn.c): small ones (up to
  * SEND_CTX_SMALL_IOV iovecs: a lone packet, TLS records), full-size ones
  * (a backlog as iovecs) and copy ones (a turn's packets gathered into
- * SEND_COPY_BYTES of their own); beyond these counts a finished context
- * is freed. */
+ * bytes of their own: up to SEND_COPY_SMALL_BYTES, what a turn usually
+ * brings, or SEND_COPY_BYTES); beyond these counts a finished context is
+ * freed, so the pools hold at most about 3 MiB per shard. */
 #define SEND_CTX_SMALL_IOV 16
+#define SEND_COPY_SMALL_BYTES 2048
 #define SEND_COPY_BYTES (16u << 10)
 #define SEND_CTX_POOL_SMALL 1024
 #define SEND_CTX_POOL_LARGE 32
-#define SEND_CTX_POOL_COPY 1024
+#define SEND_CTX_POOL_COPY_SMALL 1024
+#define SEND_CTX_POOL_COPY 64
 /* A fan-out's QoS 0 packets are gathered once per turn for all its
  * subscribers (conn.c, struct fan_cache) when a queue holds at most this
  * many. */

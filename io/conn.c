@@ -887,12 +887,14 @@ static unsigned conn_out_iov(struct conn *c, struct iovec *iov, unsigned max,
  * sends every turn, and a malloc and free per send would be per delivery
  * for a subscriber that gets one message at a time. SEND_CTX_SMALL and
  * SEND_CTX_LARGE hold up to SEND_CTX_SMALL_IOV and SEND_IOV_MAX iovecs;
- * SEND_CTX_COPY one iovec over SEND_COPY_BYTES bytes of its own. */
+ * SEND_CTX_COPY_SMALL and SEND_CTX_COPY one iovec over
+ * SEND_COPY_SMALL_BYTES or SEND_COPY_BYTES bytes of their own. */
 static struct send_ctx *send_ctx_get(struct shard *s, unsigned cls)
 {
 	static const uint32_t iov_cap[SEND_CTX_CLASSES] = {
 		[SEND_CTX_SMALL] = SEND_CTX_SMALL_IOV,
 		[SEND_CTX_LARGE] = SEND_IOV_MAX,
+		[SEND_CTX_COPY_SMALL] = 1,
 		[SEND_CTX_COPY] = 1,
 	};
 	struct send_ctx *ctx = s->ctx_pool[cls];
@@ -901,7 +903,9 @@ static struct send_ctx *send_ctx_get(struct shard *s, unsigned cls)
 		s->ctx_pool_n[cls]--;
 		return ctx;
 	}
-	size_t extra = cls == SEND_CTX_COPY ? SEND_COPY_BYTES : 0;
+	size_t extra = cls == SEND_CTX_COPY	  ? SEND_COPY_BYTES
+		       : cls == SEND_CTX_COPY_SMALL ? SEND_COPY_SMALL_BYTES
+						    : 0;
 	ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) * iov_cap[cls] + extra);
 	if (ctx) {
 		ctx->pool_cls = (uint8_t)cls;
@@ -917,6 +921,7 @@ static void send_ctx_put(struct shard *s, struct send_ctx *ctx)
 	static const uint32_t pool_max[SEND_CTX_CLASSES] = {
 		[SEND_CTX_SMALL] = SEND_CTX_POOL_SMALL,
 		[SEND_CTX_LARGE] = SEND_CTX_POOL_LARGE,
+		[SEND_CTX_COPY_SMALL] = SEND_CTX_POOL_COPY_SMALL,
 		[SEND_CTX_COPY] = SEND_CTX_POOL_COPY,
 	};
 	unsigned cls = ctx->pool_cls;
@@ -1275,10 +1280,12 @@ static struct send_ctx *conn_flush_gather(struct conn *c)
 		return ctx;
 	}
 	if (c->out_bytes <= SEND_COPY_BYTES) {
-		if (!(ctx = send_ctx_get(c->shard, SEND_CTX_COPY)))
+		bool small = c->out_bytes <= SEND_COPY_SMALL_BYTES;
+		if (!(ctx = send_ctx_get(c->shard, small ? SEND_CTX_COPY_SMALL
+							 : SEND_CTX_COPY)))
 			return NULL;
 		uint8_t *buf = (uint8_t *)(ctx->iov + 1);
-		size_t n = conn_out_copy(c, buf, SEND_COPY_BYTES);
+		size_t n = conn_out_copy(c, buf, c->out_bytes);
 		assert(n == c->out_bytes && n > 0);
 		conn_out_consume(c, n);
 		ctx->iov[0] = (struct iovec){buf, n};

@@ -232,6 +232,7 @@ struct fan_cache;
 enum send_ctx_class {
 	SEND_CTX_SMALL,
 	SEND_CTX_LARGE,
+	SEND_CTX_COPY_SMALL,
 	SEND_CTX_COPY,
 	SEND_CTX_CLASSES,
 	SEND_CTX_UNPOOLED = 0xff,

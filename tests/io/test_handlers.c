@@ -328,12 +328,13 @@ static size_t publish311(uint8_t *b, uint8_t qos, uint16_t pid,
 
 /* A socket that takes only part of a send: what the kernel did not take
  * goes out next, so the subscriber reads every packet whole and in
- * order, whether the turn's packets were copied into one buffer (a few
- * KiB) or sent from the wire queue as iovecs (a larger backlog). */
+ * order, whether the turn's packets were copied into one buffer (up to
+ * 2 KiB, up to 16 KiB) or sent from the wire queue as iovecs (a larger
+ * backlog). */
 TEST(io_partial_sends_deliver_every_byte_in_order)
 {
 	static const size_t send_max[] = {0, 1, 3, 1000, 7001};
-	static const size_t payload[] = {1, 200, 9000};
+	static const size_t payload[] = {1, 200, 3000, 9000};
 	static uint8_t in[3 * 9100], want[3 * 9100];
 	for (unsigned i = 0; i < sizeof(send_max) / sizeof(send_max[0]); i++)
 		for (unsigned j = 0; j < sizeof(payload) / sizeof(payload[0]); j++) {
