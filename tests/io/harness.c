@@ -115,6 +115,7 @@ struct hconn *harness_connect(struct harness *h)
 	c->peer.sin6_family = AF_INET6;
 	hc->used = true;
 	hc->shutdown = false;
+	hc->send_max = 0;
 	hc->len = 0;
 	hc->id = c->id;
 	hc->gen = c->gen;
