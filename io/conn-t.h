@@ -26,11 +26,22 @@
 /* How long (in ticks) a subscriber's empty wire queue is kept. */
 #define CONN_OUTQ_KEEP_TICKS 8
 /* Send contexts each shard keeps for reuse (conn.c): small ones (up to
- * SEND_CTX_SMALL_IOV iovecs: a turn's one or two packets) and full-size
- * ones; beyond these counts a finished context is freed. */
+ * SEND_CTX_SMALL_IOV iovecs: a lone packet, TLS records), full-size ones
+ * (a backlog as iovecs) and copy ones (a turn's packets gathered into
+ * bytes of their own: up to SEND_COPY_SMALL_BYTES, what a turn usually
+ * brings, or SEND_COPY_BYTES); beyond these counts a finished context is
+ * freed, so the pools hold at most about 3 MiB per shard. */
 #define SEND_CTX_SMALL_IOV 16
+#define SEND_COPY_SMALL_BYTES 2048
+#define SEND_COPY_BYTES (16u << 10)
 #define SEND_CTX_POOL_SMALL 1024
 #define SEND_CTX_POOL_LARGE 32
+#define SEND_CTX_POOL_COPY_SMALL 1024
+#define SEND_CTX_POOL_COPY 64
+/* A fan-out's QoS 0 packets are gathered once per turn for all its
+ * subscribers (conn.c, struct fan_cache) when a queue holds at most this
+ * many. */
+#define FAN_CACHE_MSGS 64
 /* A connection that has not completed CONNECT by then is closed. */
 #define CONN_CONNECT_TIMEOUT_MS 10000
 /* On an enable_proxy_protocol listener, a connection whose PROXY header

@@ -32,19 +32,42 @@
 
 struct send_ctx {
 	struct send_ctx *pool_next; /* in shard->ctx_pool */
-	uint32_t iov_cap; /* SEND_CTX_SMALL_IOV or SEND_IOV_MAX: pooled */
+	uint8_t pool_cls; /* enum send_ctx_class, or SEND_CTX_UNPOOLED */
 	struct msghdr mh;
 	struct out_entry *retired; /* outq array the iovecs point into */
-	/* TLS records or WebSocket frames: bytes the send owns (owned, freed
-	 * when it completes), tls_off of tls_len already sent. */
+	/* Bytes the send holds, no longer in the wire queue (TLS records,
+	 * WebSocket frames, or packets copied out of the queue), of which
+	 * bytes_off of bytes_len are sent; owned is freed when it completes. */
 	uint8_t *owned;
-	uint8_t *tls_bytes;
-	size_t tls_len, tls_off;
+	struct fan_buf *fan; /* bytes is its data: a reference to drop */
+	uint8_t *bytes;
+	size_t bytes_len, bytes_off;
 	/* Kernel TLS: a record other than application data (alert 21,
 	 * handshake 22) and its TLS_SET_RECORD_TYPE message; 0 otherwise. */
 	uint8_t record_type;
 	_Alignas(struct cmsghdr) char cmsg[CMSG_SPACE(sizeof(uint8_t))];
 	struct iovec iov[];
+};
+
+/* A turn's QoS 0 packets as one fan-out leaves them: every subscriber
+ * whose queue holds the same messages sends these same bytes. Only its
+ * shard touches it: a plain count. */
+struct fan_buf {
+	uint32_t refs;
+	uint32_t len;
+	uint8_t data[];
+};
+
+/* The last fan_buf built, and the messages it holds, each referenced so
+ * that a pointer seen again is the same message. */
+struct fan_cache {
+	struct fan_buf *buf;
+	uint32_t n;
+	/* References handed over by the wire queues that sent buf: each
+	 * message's are dropped at once when the cache moves on (one
+	 * atomic per message, not one per subscriber). */
+	uint32_t owed;
+	struct msg *msg[FAN_CACHE_MSGS];
 };
 
 /* Largest plaintext handed to OpenSSL at once: one full TLS record. */
@@ -794,6 +817,10 @@ static void conn_out_consume(struct conn *c, size_t bytes)
 		c->out_count--;
 		c->head_off = 0;
 	}
+	/* An empty ring starts over at its first slots, which the next
+	 * turn then writes while they are still in the cache. */
+	if (!c->out_count)
+		c->out_head = 0;
 }
 
 static void conn_out_drop_all(struct conn *c)
@@ -856,31 +883,49 @@ static unsigned conn_out_iov(struct conn *c, struct iovec *iov, unsigned max,
 	return k;
 }
 
-/* A context for up to max_iov iovecs from the shard's pool: a busy
- * connection sends every turn, and a malloc and free per send would be
- * per delivery for a subscriber that gets one message at a time. */
-static struct send_ctx *send_ctx_get(struct shard *s, unsigned max_iov)
+/* A context of one class from the shard's pool: a busy connection
+ * sends every turn, and a malloc and free per send would be per delivery
+ * for a subscriber that gets one message at a time. SEND_CTX_SMALL and
+ * SEND_CTX_LARGE hold up to SEND_CTX_SMALL_IOV and SEND_IOV_MAX iovecs;
+ * SEND_CTX_COPY_SMALL and SEND_CTX_COPY one iovec over
+ * SEND_COPY_SMALL_BYTES or SEND_COPY_BYTES bytes of their own. */
+static struct send_ctx *send_ctx_get(struct shard *s, unsigned cls)
 {
-	unsigned cls = max_iov > SEND_CTX_SMALL_IOV;
+	static const uint32_t iov_cap[SEND_CTX_CLASSES] = {
+		[SEND_CTX_SMALL] = SEND_CTX_SMALL_IOV,
+		[SEND_CTX_LARGE] = SEND_IOV_MAX,
+		[SEND_CTX_COPY_SMALL] = 1,
+		[SEND_CTX_COPY] = 1,
+	};
 	struct send_ctx *ctx = s->ctx_pool[cls];
 	if (ctx) {
 		s->ctx_pool[cls] = ctx->pool_next;
 		s->ctx_pool_n[cls]--;
 		return ctx;
 	}
-	uint32_t cap = cls ? SEND_IOV_MAX : SEND_CTX_SMALL_IOV;
-	ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) * cap);
-	if (ctx)
-		ctx->iov_cap = cap;
+	size_t extra = cls == SEND_CTX_COPY	  ? SEND_COPY_BYTES
+		       : cls == SEND_CTX_COPY_SMALL ? SEND_COPY_SMALL_BYTES
+						    : 0;
+	ctx = malloc(sizeof(*ctx) + sizeof(struct iovec) * iov_cap[cls] + extra);
+	if (ctx) {
+		ctx->pool_cls = (uint8_t)cls;
+		ctx->retired = NULL;
+		ctx->owned = NULL;
+		ctx->fan = NULL;
+	}
 	return ctx;
 }
 
 static void send_ctx_put(struct shard *s, struct send_ctx *ctx)
 {
-	unsigned cls = ctx->iov_cap == SEND_IOV_MAX;
-	uint32_t max = cls ? SEND_CTX_POOL_LARGE : SEND_CTX_POOL_SMALL;
-	if ((ctx->iov_cap != SEND_CTX_SMALL_IOV && !cls) ||
-	    s->ctx_pool_n[cls] >= max) {
+	static const uint32_t pool_max[SEND_CTX_CLASSES] = {
+		[SEND_CTX_SMALL] = SEND_CTX_POOL_SMALL,
+		[SEND_CTX_LARGE] = SEND_CTX_POOL_LARGE,
+		[SEND_CTX_COPY_SMALL] = SEND_CTX_POOL_COPY_SMALL,
+		[SEND_CTX_COPY] = SEND_CTX_POOL_COPY,
+	};
+	unsigned cls = ctx->pool_cls;
+	if (cls >= SEND_CTX_CLASSES || s->ctx_pool_n[cls] >= pool_max[cls]) {
 		free(ctx);
 		return;
 	}
@@ -889,9 +934,41 @@ static void send_ctx_put(struct shard *s, struct send_ctx *ctx)
 	s->ctx_pool_n[cls]++;
 }
 
+static void fan_buf_unref(struct fan_buf *b)
+{
+	if (b && !--b->refs)
+		free(b);
+}
+
+static void fan_cache_clear(struct fan_cache *fc)
+{
+	for (uint32_t i = 0; i < fc->n; i++)
+		msg_unref_n(fc->msg[i], fc->owed + 1);
+	fc->n = 0;
+	fc->owed = 0;
+	fan_buf_unref(fc->buf);
+	fc->buf = NULL;
+}
+
+/* What a send context holds besides itself. */
+static void send_ctx_drop_bufs(struct send_ctx *ctx)
+{
+	free(ctx->retired);
+	free(ctx->owned);
+	fan_buf_unref(ctx->fan);
+	ctx->retired = NULL;
+	ctx->owned = NULL;
+	ctx->fan = NULL;
+}
+
 void conn_pools_free(struct shard *s)
 {
-	for (unsigned cls = 0; cls < 2; cls++) {
+	if (s->fan_cache) {
+		fan_cache_clear(s->fan_cache);
+		free(s->fan_cache);
+		s->fan_cache = NULL;
+	}
+	for (unsigned cls = 0; cls < SEND_CTX_CLASSES; cls++) {
 		while (s->ctx_pool[cls]) {
 			struct send_ctx *ctx = s->ctx_pool[cls];
 			s->ctx_pool[cls] = ctx->pool_next;
@@ -927,7 +1004,8 @@ static struct send_ctx *send_ctx_copy(struct conn *c, const uint8_t *bytes,
 		conn_close(c, "out of memory", false);
 		return NULL;
 	}
-	memset(ctx, 0, sizeof(*ctx)); /* iov_cap 0: never pooled */
+	memset(ctx, 0, sizeof(*ctx));
+	ctx->pool_cls = SEND_CTX_UNPOOLED;
 	uint8_t *copy = (uint8_t *)(ctx->iov + 1);
 	memcpy(copy, bytes, len);
 	ctx->iov[0] = (struct iovec){copy, len};
@@ -963,11 +1041,11 @@ static uint8_t *conn_ws_take(void *layer, size_t *off, size_t *len)
 }
 
 /* The send tail both byte layers share: one buffer, one send (a partial
- * send goes on from where it stopped, conn_tls_resend). */
+ * send goes on from where it stopped, conn_resend_rest). */
 static void conn_send_taken(struct conn *c, void *layer, conn_take_fn take)
 {
 	size_t off, len;
-	struct send_ctx *ctx = send_ctx_get(c->shard, 1);
+	struct send_ctx *ctx = send_ctx_get(c->shard, SEND_CTX_SMALL);
 	uint8_t *b = ctx ? take(layer, &off, &len) : NULL;
 	if (!b) {
 		if (ctx)
@@ -982,9 +1060,9 @@ static void conn_send_taken(struct conn *c, void *layer, conn_take_fn take)
 	ctx->mh.msg_iovlen = 1;
 	ctx->retired = NULL;
 	ctx->owned = b;
-	ctx->tls_bytes = b + off;
-	ctx->tls_len = len;
-	ctx->tls_off = 0;
+	ctx->bytes = b + off;
+	ctx->bytes_len = len;
+	ctx->bytes_off = 0;
 	ctx->record_type = 0;
 	conn_submit_send(c, ctx);
 }
@@ -1111,6 +1189,139 @@ static void conn_flush_ws(struct conn *c)
 	conn_send_taken(c, c->ws, conn_ws_take);
 }
 
+/* Whether c's whole queue is a fan-out's QoS 0 packets (3.1.1, as
+ * prebuilt in each message) that other queues hold too. */
+static bool conn_out_shared_q0(const struct conn *c)
+{
+	if (c->head_off || c->out_count > FAN_CACHE_MSGS ||
+	    c->out_bytes > SEND_COPY_BYTES)
+		return false;
+	for (uint32_t i = 0; i < c->out_count; i++) {
+		const struct out_entry *e =
+			&c->outq[(c->out_head + i) & (c->out_cap - 1)];
+		if (e->kind != OUT_PUB_Q0V3)
+			return false;
+	}
+	/* Another queue holds it too (this queue's reference and one
+	 * more): else nobody would reuse the bytes. */
+	const struct msg *m = c->outq[c->out_head].msg;
+	return atomic_load_explicit(&m->refs, memory_order_relaxed) > 1;
+}
+
+/* Empties c's queue, whose messages are those of fc, into fc: their
+ * references are now its to drop. */
+static void conn_out_hand_over(struct conn *c, struct fan_cache *fc)
+{
+	assert(c->out_count == fc->n && !c->head_off);
+	c->out_head = 0; /* as conn_out_consume: the first slots again */
+	c->out_count = 0;
+	c->out_bytes = 0;
+	fc->owed++;
+}
+
+/* c's queue as one shared buffer, with a reference for the caller: the
+ * one the previous subscriber's flush built when it holds the same
+ * messages (a fan-out's subscribers are flushed one after another), else
+ * a new one, which the shard keeps for the next. NULL when c's queue is
+ * not such a queue or memory is short (the caller copies instead). */
+static struct fan_buf *conn_fan_buf(struct conn *c)
+{
+	if (!conn_out_shared_q0(c))
+		return NULL;
+	struct shard *s = c->shard;
+	struct fan_cache *fc = s->fan_cache;
+	if (!fc && !(fc = s->fan_cache = calloc(1, sizeof(*fc))))
+		return NULL;
+	bool same = fc->buf && fc->n == c->out_count;
+	for (uint32_t i = 0; same && i < fc->n; i++)
+		same = fc->msg[i] == c->outq[(c->out_head + i) & (c->out_cap - 1)].msg;
+	if (!same) {
+		struct fan_buf *b = malloc(sizeof(*b) + c->out_bytes);
+		if (!b)
+			return NULL;
+		fan_cache_clear(fc);
+		b->refs = 1;
+		b->len = (uint32_t)conn_out_copy(c, b->data, c->out_bytes);
+		assert(b->len == c->out_bytes);
+		for (uint32_t i = 0; i < c->out_count; i++)
+			fc->msg[i] = msg_ref(
+				c->outq[(c->out_head + i) & (c->out_cap - 1)].msg);
+		fc->n = c->out_count;
+		fc->buf = b;
+	}
+	fc->buf->refs++;
+	return fc->buf;
+}
+
+/* The head of the wire queue as one send context. Up to SEND_COPY_BYTES
+ * are copied into the context and leave the queue at once: the kernel
+ * takes one buffer as a plain send (it neither imports an iovec array
+ * nor copies a QoS 1 delivery's four pieces one by one), and each
+ * message is released now, while it is in the cache, not when the send
+ * completes. A larger backlog goes as iovecs into the entries, which
+ * leave the queue as the kernel takes them. NULL when out of memory. */
+static struct send_ctx *conn_flush_gather(struct conn *c)
+{
+	struct send_ctx *ctx;
+	struct fan_buf *fan = conn_fan_buf(c);
+	if (fan) {
+		if (!(ctx = send_ctx_get(c->shard, SEND_CTX_SMALL))) {
+			fan_buf_unref(fan);
+			return NULL;
+		}
+		conn_out_hand_over(c, c->shard->fan_cache);
+		ctx->iov[0] = (struct iovec){fan->data, fan->len};
+		memset(&ctx->mh, 0, sizeof(ctx->mh));
+		ctx->mh.msg_iov = ctx->iov;
+		ctx->mh.msg_iovlen = 1;
+		ctx->fan = fan;
+		ctx->bytes = fan->data;
+		ctx->bytes_len = fan->len;
+		return ctx;
+	}
+	if (c->out_bytes <= SEND_COPY_BYTES) {
+		bool small = c->out_bytes <= SEND_COPY_SMALL_BYTES;
+		if (!(ctx = send_ctx_get(c->shard, small ? SEND_CTX_COPY_SMALL
+							 : SEND_CTX_COPY)))
+			return NULL;
+		uint8_t *buf = (uint8_t *)(ctx->iov + 1);
+		size_t n = conn_out_copy(c, buf, c->out_bytes);
+		assert(n == c->out_bytes && n > 0);
+		conn_out_consume(c, n);
+		ctx->iov[0] = (struct iovec){buf, n};
+		memset(&ctx->mh, 0, sizeof(ctx->mh));
+		ctx->mh.msg_iov = ctx->iov;
+		ctx->mh.msg_iovlen = 1;
+		ctx->bytes = buf;
+		ctx->bytes_len = n;
+		ctx->fan = NULL;
+		return ctx;
+	}
+	unsigned max_iov = c->out_count * OUT_ENTRY_IOV_MAX < SEND_IOV_MAX
+				   ? c->out_count * OUT_ENTRY_IOV_MAX
+				   : SEND_IOV_MAX;
+	ctx = send_ctx_get(c->shard, max_iov > SEND_CTX_SMALL_IOV
+					     ? SEND_CTX_LARGE : SEND_CTX_SMALL);
+	if (!ctx)
+		return NULL;
+	unsigned niov = 0;
+	size_t skip = c->head_off;
+	for (uint32_t i = 0; i < c->out_count && niov + OUT_ENTRY_IOV_MAX <= max_iov;
+	     i++) {
+		struct out_entry *e = &c->outq[(c->out_head + i) & (c->out_cap - 1)];
+		niov += out_entry_iov(e, skip, ctx->iov + niov);
+		skip = 0;
+	}
+	assert(niov > 0 && niov <= max_iov);
+	memset(&ctx->mh, 0, sizeof(ctx->mh));
+	ctx->mh.msg_iov = ctx->iov;
+	ctx->mh.msg_iovlen = niov;
+	ctx->bytes = NULL;
+	ctx->bytes_len = 0;
+	ctx->fan = NULL;
+	return ctx;
+}
+
 void conn_flush(struct conn *c)
 {
 	if (c->flags & CONN_SEND_BUSY)
@@ -1136,45 +1347,31 @@ void conn_flush(struct conn *c)
 			conn_shutdown(c);
 		return;
 	}
-	unsigned max_iov = c->out_count * OUT_ENTRY_IOV_MAX < SEND_IOV_MAX
-				   ? c->out_count * OUT_ENTRY_IOV_MAX
-				   : SEND_IOV_MAX;
-	struct send_ctx *ctx = send_ctx_get(c->shard, max_iov);
+	struct send_ctx *ctx = conn_flush_gather(c);
 	if (!ctx) {
 		conn_close(c, "out of memory", false);
 		return;
 	}
-	unsigned niov = 0;
-	size_t skip = c->head_off;
-	for (uint32_t i = 0; i < c->out_count && niov + OUT_ENTRY_IOV_MAX <= max_iov;
-	     i++) {
-		struct out_entry *e = &c->outq[(c->out_head + i) & (c->out_cap - 1)];
-		niov += out_entry_iov(e, skip, ctx->iov + niov);
-		skip = 0;
-	}
-	assert(niov > 0 && niov <= max_iov);
-	memset(&ctx->mh, 0, sizeof(ctx->mh));
-	ctx->mh.msg_iov = ctx->iov;
-	ctx->mh.msg_iovlen = niov;
 	ctx->retired = NULL;
 	ctx->owned = NULL;
-	ctx->tls_bytes = NULL;
-	ctx->tls_len = ctx->tls_off = 0;
+	ctx->bytes_off = 0;
 	ctx->record_type = 0;
 	conn_submit_send(c, ctx);
 }
 
-/* A partial TLS send goes on from where the kernel stopped. */
-static bool conn_tls_resend(struct conn *c, struct send_ctx *ctx, int res)
+/* A partial send of bytes the send holds goes on from where the kernel
+ * stopped; a closing connection only finishes what it must flush. */
+static bool conn_resend_rest(struct conn *c, struct send_ctx *ctx, int res)
 {
-	if (!ctx->tls_bytes || res <= 0)
+	if (!ctx->bytes || res < 0)
 		return false;
 	stat_add(&c->shard->stats.bytes_sent, (uint64_t)res);
-	ctx->tls_off += (size_t)res;
-	if (ctx->tls_off >= ctx->tls_len || c->state == CONN_CLOSING)
+	ctx->bytes_off += (size_t)res; /* 0: the plain path sent again too */
+	if (ctx->bytes_off >= ctx->bytes_len ||
+	    (c->state == CONN_CLOSING && !(c->flags & CONN_CLOSE_AFTER_FLUSH)))
 		return false;
-	ctx->iov[0] = (struct iovec){ctx->tls_bytes + ctx->tls_off,
-				     ctx->tls_len - ctx->tls_off};
+	ctx->iov[0] = (struct iovec){ctx->bytes + ctx->bytes_off,
+				     ctx->bytes_len - ctx->bytes_off};
 	c->flags &= (uint8_t)~CONN_SEND_BUSY;
 	conn_submit_send(c, ctx);
 	return true;
@@ -1184,14 +1381,13 @@ void conn_on_send_done(struct conn *c, int res)
 {
 	struct send_ctx *ctx = c->send;
 	assert(ctx && (c->flags & CONN_SEND_BUSY));
-	if (conn_tls_resend(c, ctx, res))
+	if (conn_resend_rest(c, ctx, res))
 		return;
-	bool tls = ctx->tls_bytes != NULL;
+	bool held = ctx->bytes != NULL; /* out of the queue already */
 	uint8_t record_type = ctx->record_type;
 	c->send = NULL;
 	c->flags &= (uint8_t)~CONN_SEND_BUSY;
-	free(ctx->retired);
-	free(ctx->owned);
+	send_ctx_drop_bufs(ctx);
 	send_ctx_put(c->shard, ctx);
 	if (record_type) {
 		ktls_control_sent(c, record_type, res);
@@ -1201,7 +1397,7 @@ void conn_on_send_done(struct conn *c, int res)
 			conn_mark_dirty(c);
 		return;
 	}
-	if (res > 0 && !tls) {
+	if (res > 0 && !held) {
 		stat_add(&c->shard->stats.bytes_sent, (uint64_t)res);
 		conn_out_consume(c, (size_t)res);
 	}
@@ -1379,8 +1575,7 @@ void conn_free(struct conn *c)
 	conn_out_drop_all(c);
 	free(c->outq);
 	if (c->send) {
-		free(c->send->retired);
-		free(c->send->owned);
+		send_ctx_drop_bufs(c->send);
 		free(c->send);
 	}
 	if (c->will) {

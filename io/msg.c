@@ -79,14 +79,37 @@ struct msg *msg_new(const uint8_t *topic, uint16_t topic_len,
 	return m;
 }
 
+_Thread_local struct msg_ref_bank msg_bank;
+
+void msg_bank_open(struct msg *m, uint32_t n)
+{
+	assert(!msg_bank.m && atomic_load_explicit(&m->refs, memory_order_relaxed));
+	atomic_fetch_add_explicit(&m->refs, n, memory_order_relaxed);
+	msg_bank = (struct msg_ref_bank){m, n};
+}
+
+void msg_bank_close(void)
+{
+	struct msg_ref_bank b = msg_bank;
+	msg_bank = (struct msg_ref_bank){0};
+	/* The opener's own reference keeps it above zero. */
+	if (b.n)
+		msg_unref_n(b.m, b.n);
+}
+
 void msg_unref(struct msg *m)
 {
-	if (!m)
-		return;
-	uint32_t old = atomic_fetch_sub_explicit(&m->refs, 1,
+	if (m)
+		msg_unref_n(m, 1);
+}
+
+void msg_unref_n(struct msg *m, uint32_t n)
+{
+	assert(n > 0);
+	uint32_t old = atomic_fetch_sub_explicit(&m->refs, n,
 						 memory_order_acq_rel);
-	assert(old > 0);
-	if (old == 1) {
+	assert(old >= n);
+	if (old == n) {
 		msg_live_add(-1);
 		if (m->source)
 			free(m->source->username);

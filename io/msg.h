@@ -75,13 +75,32 @@ struct msg *msg_new(const uint8_t *topic, uint16_t topic_len,
  * when it has no expiry. */
 uint32_t msg_expiry_left(const struct msg *m, uint64_t now_ms);
 
+/* References to one message taken in advance by one atomic add, for a
+ * fan-out that takes one per subscriber: a locked add per delivery also
+ * waits for the stores before it (the wire entry just written). Per
+ * thread; msg_bank_open(m, n) needs a reference of the caller's to m,
+ * msg_bank_close gives back what was not taken. */
+struct msg_ref_bank {
+	struct msg *m;
+	uint32_t n;
+};
+extern _Thread_local struct msg_ref_bank msg_bank;
+void msg_bank_open(struct msg *m, uint32_t n);
+void msg_bank_close(void);
+
 static inline struct msg *msg_ref(struct msg *m)
 {
+	if (m == msg_bank.m && msg_bank.n) {
+		msg_bank.n--;
+		return m;
+	}
 	atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
 	return m;
 }
 
 void msg_unref(struct msg *m);
+/* n references at once (n > 0). */
+void msg_unref_n(struct msg *m, uint32_t n);
 /* Same, typed for callbacks that hold messages as void * (retain store). */
 void msg_release_cb(void *m);
 

@@ -201,12 +201,19 @@ void route_local(struct shard *s, struct msg *m, struct persist_ticket *t)
 		s->match_gen = 1;
 	trie_match(s->trie, msg_topic(m), m->topic_len, route_collect_cb, &col);
 	bool upgrade = s->cfg->upgrade_outgoing_qos;
+	/* A delivery takes a reference for the wire queue, and a QoS 1/2
+	 * one another for the inflight window or the session's queue: all
+	 * in one add (m is the caller's until this returns). */
+	if (col.len > 1)
+		msg_bank_open(m, col.len * (m->qos ? 2u : 1u));
 	for (uint32_t i = 0; i < col.len; i++) {
 		struct deliv *d = &col.d[i].d;
 		if (d->qos > m->qos && !upgrade)
 			d->qos = m->qos;
 		session_deliver(col.d[i].ss, m, d);
 	}
+	if (col.len > 1)
+		msg_bank_close();
 	for (uint32_t i = 0; i < col.ngroups; i++)
 		share_route(s, col.groups[i], m, t);
 	if (col.lost) {

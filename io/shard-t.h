@@ -230,6 +230,17 @@ struct retain_store;
 struct trie;
 struct flood_filter;
 
+/* The pools of send contexts a shard keeps (io/conn.c). */
+struct fan_cache;
+enum send_ctx_class {
+	SEND_CTX_SMALL,
+	SEND_CTX_LARGE,
+	SEND_CTX_COPY_SMALL,
+	SEND_CTX_COPY,
+	SEND_CTX_CLASSES,
+	SEND_CTX_UNPOOLED = 0xff,
+};
+
 struct shard {
 	unsigned idx;
 	struct broker *b;
@@ -290,9 +301,10 @@ struct shard {
 	 * by Mosquitto's one loop. */
 	struct takeover *takeovers, **takeovers_tail;
 
-	/* Finished send contexts for reuse: [0] small, [1] full-size. */
-	struct send_ctx *ctx_pool[2];
-	uint32_t ctx_pool_n[2];
+	/* Finished send contexts for reuse, by class (conn.c). */
+	struct send_ctx *ctx_pool[SEND_CTX_CLASSES];
+	uint32_t ctx_pool_n[SEND_CTX_CLASSES];
+	struct fan_cache *fan_cache; /* conn.c: the last fan-out's bytes */
 
 	struct delivery *scratch;
 	uint32_t scratch_len, scratch_cap;

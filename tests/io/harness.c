@@ -137,6 +137,7 @@ struct hconn *harness_connect(struct harness *h)
 	c->peer.sin6_family = AF_INET6;
 	hc->used = true;
 	hc->shutdown = false;
+	hc->send_max = 0;
 	hc->len = 0;
 	hc->id = c->id;
 	hc->gen = c->gen;
@@ -181,14 +182,17 @@ static size_t harness_take_send(struct hconn *hc,
 		iov = mh->msg_iov;
 		n = mh->msg_iovlen;
 	}
-	for (size_t i = 0; i < n; i++) {
+	size_t limit = hc && hc->send_max ? hc->send_max : SIZE_MAX;
+	for (size_t i = 0; i < n && total < limit; i++) {
+		size_t part = iov[i].iov_len < limit - total ? iov[i].iov_len
+							     : limit - total;
 		size_t room = hc ? HARNESS_OUT_MAX - hc->len : 0;
-		size_t take = iov[i].iov_len < room ? iov[i].iov_len : room;
+		size_t take = part < room ? part : room;
 		if (take) {
 			memcpy(hc->out + hc->len, iov[i].iov_base, take);
 			hc->len += take;
 		}
-		total += iov[i].iov_len;
+		total += part;
 	}
 	return total;
 }
@@ -237,8 +241,9 @@ size_t harness_output(struct harness *h, struct hconn *hc,
 		      const uint8_t **bytes)
 {
 	/* A completion can queue more (the rest of the queue, a held
-	 * SUBACK's retained messages): turns until nothing moves. */
-	for (int turns = 0; turns < 64; turns++) {
+	 * SUBACK's retained messages, what a partial send left): turns
+	 * until nothing moves. */
+	for (int turns = 0; turns < 1 << 16; turns++) {
 		loop_flush_dirty(h->s);
 		if (!harness_complete(h) && !h->s->dirty)
 			break;

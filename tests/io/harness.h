@@ -12,11 +12,11 @@
  * submission queue: harness_output flushes the shard's dirty connections
  * as a loop turn ends, then takes every SQE the shard prepared before the
  * kernel sees it, copies the bytes of each send, answers each send and
- * shutdown with a scripted completion (all bytes sent; shutdown done) and
- * drops the rest, and hands the completions to the loop's dispatch
- * (loop_complete). The shard's clock is injected: the harness gives the
- * shard its own clock_ms, which harness_set_now moves, and harness_tick
- * runs the loop's tick at that time. */
+ * shutdown with a scripted completion (all bytes sent, or send_max of
+ * them; shutdown done) and drops the rest, and hands the completions to
+ * the loop's dispatch (loop_complete). The shard's clock is injected: the
+ * harness gives the shard its own clock_ms, which harness_set_now moves,
+ * and harness_tick runs the loop's tick at that time. */
 #ifndef KITE_TESTS_IO_HARNESS_H
 #define KITE_TESTS_IO_HARNESS_H
 
@@ -44,6 +44,9 @@ struct hconn {
 	bool used;
 	uint32_t id, gen;
 	bool shutdown; /* the shard shut the socket down */
+	/* The most bytes the "kernel" takes of one send (0: all), as a
+	 * full socket buffer takes part of a send. */
+	size_t send_max;
 	size_t len;    /* bytes sent and not yet read by harness_output */
 	uint8_t out[HARNESS_OUT_MAX];
 };
