@@ -49,11 +49,14 @@
 #define SOL_TLS 282
 #endif
 
+#include <openssl/core_dispatch.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
+#include <openssl/params.h>
 #include <openssl/pem.h>
+#include <openssl/provider.h>
 #include <openssl/rand.h>
 #include <openssl/ocsp.h>
 #include <openssl/ssl.h>
@@ -831,19 +834,31 @@ static const struct ticket_keys *ticket_keys(const struct tls_server *s,
  * through the provider decoders and cost more than the rest of a resumed
  * handshake together. Nothing needs the certificate after the handshake
  * (it was verified, and the identity kite derives from it travels in the
- * ticket's app data), so the ticket leaves it out: this cipher drops the
- * SSL_SESSION's peer field ([3], RFC-less OpenSSL layout, checked) before
- * encrypting. Authenticity is OpenSSL's HMAC over the ciphertext. */
+ * ticket's app data), so the ticket leaves it out.
+ *
+ * OpenSSL 3.0 has no way to drop a session's peer certificate or to see
+ * the DER it seals (the ticket callbacks see the SSL_SESSION before
+ * encoding and after decoding; there is no setter for the peer), so the
+ * certificate is dropped where the DER passes through: the cipher. The
+ * cipher comes from a built-in provider (OSSL_PROVIDER_add_builtin, the
+ * supported replacement for the deprecated EVP_CIPHER_meth_* API): its
+ * encryption drops the SSL_SESSION's peer field ([3], OpenSSL's layout,
+ * checked) and runs AES-256-CBC from the default provider; decryption is
+ * plain AES-256-CBC. Authenticity is OpenSSL's HMAC over the ciphertext. */
+#define TICKET_PROVIDER "kite-ticket"
+#define TICKET_CIPHER_NAME "KITE-TICKET-AES-256-CBC"
+
 struct ticket_cipher_ctx {
 	EVP_CIPHER_CTX *aes;
-	/* Sealing: the last block, given out by the final call (OpenSSL
-	 * reserves no room for an empty final). */
+	int enc;
+	/* Sealing: the last block, given out by the final call (OpenSSL's
+	 * ticket code cannot take an empty final: a zero-length WPACKET
+	 * allocation fails). */
 	uint8_t tail[16];
-	int tail_len;
 };
 
 static EVP_CIPHER *ticket_aes;     /* fetched once */
-static EVP_CIPHER *ticket_cipher;  /* the wrapper; NULL: plain ticket_aes */
+static EVP_CIPHER *ticket_cipher;  /* the provider's; NULL: plain ticket_aes */
 static pthread_once_t ticket_cipher_once = PTHREAD_ONCE_INIT;
 
 /* DER length at p (after the tag byte); 0 if malformed. */
@@ -864,9 +879,9 @@ static size_t der_len(const uint8_t *p, size_t avail, size_t *hdr)
 	return n;
 }
 
-/* Copies the SSL_SESSION DER in to out (room for len + 4) without its [3]
- * peer certificate; returns the new length, or 0 to keep the DER as it
- * is (no certificate, or not the layout expected). */
+/* Copies the SSL_SESSION DER in to out (room for len + 4, not
+ * overlapping) without its [3] peer certificate; returns the new length,
+ * or 0 to keep the DER as it is. */
 static size_t session_der_strip_peer(const uint8_t *in, size_t len, uint8_t *out)
 {
 	size_t hdr, body;
@@ -886,7 +901,7 @@ static size_t session_der_strip_peer(const uint8_t *in, size_t len, uint8_t *out
 		if (p[0] == 0xa3)
 			found = true;
 		else {
-			memmove(w, p, tlv);
+			memcpy(w, p, tlv);
 			w += tlv;
 		}
 		p += tlv;
@@ -912,91 +927,195 @@ static size_t session_der_strip_peer(const uint8_t *in, size_t len, uint8_t *out
 	return hl + nb;
 }
 
-static int ticket_cipher_init(EVP_CIPHER_CTX *ctx, const unsigned char *key,
-			      const unsigned char *iv, int enc)
+static void *tc_newctx(void *provctx)
 {
-	struct ticket_cipher_ctx *t = EVP_CIPHER_CTX_get_cipher_data(ctx);
-	if (!key || !iv)
-		return 1; /* set up in one call by ticket_key_cb */
-	if (!t->aes && !(t->aes = EVP_CIPHER_CTX_new()))
-		return 0;
-	return EVP_CipherInit_ex(t->aes, ticket_aes, NULL, key, iv, enc);
+	(void)provctx;
+	struct ticket_cipher_ctx *t = calloc(1, sizeof(*t));
+	if (t && !(t->aes = EVP_CIPHER_CTX_new())) {
+		free(t);
+		t = NULL;
+	}
+	return t;
 }
 
-/* One call with the whole ticket (OpenSSL's ticket code passes it at
- * once), then a final call with in NULL. Returns the bytes written. */
-static int ticket_cipher_do(EVP_CIPHER_CTX *ctx, unsigned char *out,
-			    const unsigned char *in, size_t len)
+static void tc_freectx(void *vctx)
 {
-	struct ticket_cipher_ctx *t = EVP_CIPHER_CTX_get_cipher_data(ctx);
-	int n = 0, fin = 0;
-	if (!in) {
-		n = t->tail_len;
-		memcpy(out, t->tail, (size_t)n);
-		t->tail_len = 0;
-		return n;
-	}
-	if (!t->aes || len > INT_MAX - 32)
-		return -1;
-	if (EVP_CIPHER_CTX_is_encrypting(ctx)) {
-		uint8_t *lean = malloc(len + 4);
-		size_t ln = lean ? session_der_strip_peer(in, len, lean) : 0;
-		const uint8_t *src = ln ? lean : in;
-		int ok = EVP_EncryptUpdate(t->aes, out, &n, src, (int)(ln ? ln : len)) == 1 &&
-			 EVP_EncryptFinal_ex(t->aes, out + n, &fin) == 1 &&
-			 n + fin >= (int)sizeof(t->tail);
-		if (lean)
-			OPENSSL_clear_free(lean, len + 4);
-		if (!ok)
-			return -1;
-		/* CBC padding makes the ciphertext at least one block. */
-		t->tail_len = (int)sizeof(t->tail);
-		memcpy(t->tail, out + n + fin - t->tail_len, sizeof(t->tail));
-		return n + fin - t->tail_len;
-	}
-	if (EVP_DecryptUpdate(t->aes, out, &n, in, (int)len) != 1 ||
-	    EVP_DecryptFinal_ex(t->aes, out + n, &fin) != 1)
-		return -1;
-	return n + fin;
-}
-
-static int ticket_cipher_cleanup(EVP_CIPHER_CTX *ctx)
-{
-	struct ticket_cipher_ctx *t = EVP_CIPHER_CTX_get_cipher_data(ctx);
-	if (t) {
+	struct ticket_cipher_ctx *t = vctx;
+	if (t)
 		EVP_CIPHER_CTX_free(t->aes);
-		t->aes = NULL;
+	free(t);
+}
+
+static int tc_init(struct ticket_cipher_ctx *t, const unsigned char *key,
+		   size_t keylen, const unsigned char *iv, size_t ivlen, int enc)
+{
+	if ((key && keylen != 32) || (iv && ivlen != 16))
+		return 0;
+	t->enc = enc;
+	return EVP_CipherInit_ex(t->aes, ticket_aes, NULL, key, iv, enc) == 1;
+}
+
+static int tc_einit(void *vctx, const unsigned char *key, size_t keylen,
+		    const unsigned char *iv, size_t ivlen, const OSSL_PARAM params[])
+{
+	(void)params;
+	return tc_init(vctx, key, keylen, iv, ivlen, 1);
+}
+
+static int tc_dinit(void *vctx, const unsigned char *key, size_t keylen,
+		    const unsigned char *iv, size_t ivlen, const OSSL_PARAM params[])
+{
+	(void)params;
+	return tc_init(vctx, key, keylen, iv, ivlen, 0);
+}
+
+/* OpenSSL's ticket code passes the whole session in one update (then a
+ * final): sealing strips and encrypts it all, padding included, here,
+ * into out (room for len + the block size, as EVP promises), and keeps
+ * the last block for the final. */
+static int tc_update(void *vctx, unsigned char *out, size_t *outl,
+		     size_t outsize, const unsigned char *in, size_t len)
+{
+	struct ticket_cipher_ctx *t = vctx;
+	int n = 0, fin = 0;
+	if (len > INT_MAX - 32 || outsize < len + 16)
+		return 0;
+	if (!t->enc) {
+		if (EVP_DecryptUpdate(t->aes, out, &n, in, (int)len) != 1)
+			return 0;
+		*outl = (size_t)n;
+		return 1;
 	}
+	/* The stripped DER is written to out and encrypted in place. */
+	size_t ln = out + len + 4 <= in || in + len <= out
+			    ? session_der_strip_peer(in, len, out) : 0;
+	const uint8_t *src = ln ? out : in;
+	if (EVP_EncryptUpdate(t->aes, out, &n, src, (int)(ln ? ln : len)) != 1 ||
+	    EVP_EncryptFinal_ex(t->aes, out + n, &fin) != 1 ||
+	    n + fin < (int)sizeof(t->tail)) /* CBC padding: a block at least */
+		return 0;
+	*outl = (size_t)(n + fin) - sizeof(t->tail);
+	memcpy(t->tail, out + *outl, sizeof(t->tail));
 	return 1;
 }
 
-/* The legacy EVP_CIPHER method API is deprecated in OpenSSL 3.0 but is
- * the one way to wrap the ticket encryption; without it tickets carry
- * the certificate (correct, only slower to open). */
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static int tc_final(void *vctx, unsigned char *out, size_t *outl, size_t outsize)
+{
+	struct ticket_cipher_ctx *t = vctx;
+	int n = 0;
+	*outl = 0;
+	if (outsize < sizeof(t->tail))
+		return 0;
+	if (t->enc) {
+		memcpy(out, t->tail, sizeof(t->tail));
+		*outl = sizeof(t->tail);
+		return 1;
+	}
+	if (EVP_DecryptFinal_ex(t->aes, out, &n) != 1)
+		return 0;
+	*outl = (size_t)n;
+	return 1;
+}
+
+static int tc_get_params(OSSL_PARAM params[])
+{
+	OSSL_PARAM *p;
+	if (((p = OSSL_PARAM_locate(params, OSSL_CIPHER_PARAM_MODE)) &&
+	     !OSSL_PARAM_set_uint(p, EVP_CIPH_CBC_MODE)) ||
+	    ((p = OSSL_PARAM_locate(params, OSSL_CIPHER_PARAM_KEYLEN)) &&
+	     !OSSL_PARAM_set_size_t(p, 32)) ||
+	    ((p = OSSL_PARAM_locate(params, OSSL_CIPHER_PARAM_IVLEN)) &&
+	     !OSSL_PARAM_set_size_t(p, 16)) ||
+	    ((p = OSSL_PARAM_locate(params, OSSL_CIPHER_PARAM_BLOCK_SIZE)) &&
+	     !OSSL_PARAM_set_size_t(p, 16)))
+		return 0;
+	return 1;
+}
+
+static int tc_get_ctx_params(void *vctx, OSSL_PARAM params[])
+{
+	(void)vctx;
+	return tc_get_params(params);
+}
+
+static const OSSL_PARAM *tc_gettable(void *provctx)
+{
+	static const OSSL_PARAM p[] = {
+		OSSL_PARAM_uint(OSSL_CIPHER_PARAM_MODE, NULL),
+		OSSL_PARAM_size_t(OSSL_CIPHER_PARAM_KEYLEN, NULL),
+		OSSL_PARAM_size_t(OSSL_CIPHER_PARAM_IVLEN, NULL),
+		OSSL_PARAM_size_t(OSSL_CIPHER_PARAM_BLOCK_SIZE, NULL),
+		OSSL_PARAM_END,
+	};
+	(void)provctx;
+	return p;
+}
+
+static const OSSL_PARAM *tc_gettable_ctx(void *vctx, void *provctx)
+{
+	(void)vctx;
+	return tc_gettable(provctx);
+}
+
+/* Function pointers of other types, as OSSL_DISPATCH requires. */
+#define TC_FN(f) ((void (*)(void))(f))
+static const OSSL_DISPATCH ticket_cipher_fns[] = {
+	{OSSL_FUNC_CIPHER_NEWCTX, TC_FN(tc_newctx)},
+	{OSSL_FUNC_CIPHER_FREECTX, TC_FN(tc_freectx)},
+	{OSSL_FUNC_CIPHER_ENCRYPT_INIT, TC_FN(tc_einit)},
+	{OSSL_FUNC_CIPHER_DECRYPT_INIT, TC_FN(tc_dinit)},
+	{OSSL_FUNC_CIPHER_UPDATE, TC_FN(tc_update)},
+	{OSSL_FUNC_CIPHER_FINAL, TC_FN(tc_final)},
+	{OSSL_FUNC_CIPHER_GET_PARAMS, TC_FN(tc_get_params)},
+	{OSSL_FUNC_CIPHER_GET_CTX_PARAMS, TC_FN(tc_get_ctx_params)},
+	{OSSL_FUNC_CIPHER_GETTABLE_PARAMS, TC_FN(tc_gettable)},
+	{OSSL_FUNC_CIPHER_GETTABLE_CTX_PARAMS, TC_FN(tc_gettable_ctx)},
+	{0, NULL},
+};
+
+static const OSSL_ALGORITHM ticket_provider_ciphers[] = {
+	{TICKET_CIPHER_NAME, "provider=" TICKET_PROVIDER, ticket_cipher_fns,
+	 "AES-256-CBC over an SSL_SESSION without its peer certificate"},
+	{NULL, NULL, NULL, NULL},
+};
+
+static const OSSL_ALGORITHM *ticket_provider_query(void *provctx, int op,
+						   int *no_cache)
+{
+	(void)provctx;
+	*no_cache = 0;
+	return op == OSSL_OP_CIPHER ? ticket_provider_ciphers : NULL;
+}
+
+static const OSSL_DISPATCH ticket_provider_fns[] = {
+	{OSSL_FUNC_PROVIDER_QUERY_OPERATION, TC_FN(ticket_provider_query)},
+	{0, NULL},
+};
+
+static int ticket_provider_init(const OSSL_CORE_HANDLE *handle,
+				const OSSL_DISPATCH *in, const OSSL_DISPATCH **out,
+				void **provctx)
+{
+	(void)in;
+	*out = ticket_provider_fns;
+	*provctx = (void *)handle;
+	return 1;
+}
+
+/* Without the provider tickets carry the certificate (correct, only
+ * slower to open). retain_fallbacks: loading a provider must not stop
+ * the default one from loading. */
 static void ticket_cipher_make(void)
 {
 	ticket_aes = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
-	if (!ticket_aes)
+	if (!ticket_aes ||
+	    OSSL_PROVIDER_add_builtin(NULL, TICKET_PROVIDER, ticket_provider_init) != 1 ||
+	    !OSSL_PROVIDER_try_load(NULL, TICKET_PROVIDER, 1))
 		return;
-	EVP_CIPHER *c = EVP_CIPHER_meth_new(NID_undef, 1, 32);
-	if (!c)
-		return;
-	if (!EVP_CIPHER_meth_set_iv_length(c, 16) ||
-	    !EVP_CIPHER_meth_set_flags(c, EVP_CIPH_FLAG_CUSTOM_CIPHER |
-					      EVP_CIPH_ALWAYS_CALL_INIT |
-					      EVP_CIPH_CBC_MODE) ||
-	    !EVP_CIPHER_meth_set_init(c, ticket_cipher_init) ||
-	    !EVP_CIPHER_meth_set_do_cipher(c, ticket_cipher_do) ||
-	    !EVP_CIPHER_meth_set_cleanup(c, ticket_cipher_cleanup) ||
-	    !EVP_CIPHER_meth_set_impl_ctx_size(c, sizeof(struct ticket_cipher_ctx))) {
-		EVP_CIPHER_meth_free(c);
-		return;
-	}
-	ticket_cipher = c;
+	ticket_cipher = EVP_CIPHER_fetch(NULL, TICKET_CIPHER_NAME,
+					 "provider=" TICKET_PROVIDER);
+	ERR_clear_error();
 }
-#pragma GCC diagnostic pop
 
 /* Before each ticket is sealed: the identity goes into its app data. */
 static int ticket_gen_cb(SSL *ssl, void *arg)
