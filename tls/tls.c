@@ -96,6 +96,11 @@ _Static_assert(sizeof(struct tls12_crypto_info_chacha20_poly1305) == 4 + 12 + 32
 /* Client KeyUpdates a second a connection may ask for (io/ktls.c has the
  * same bound for kTLS connections). */
 #define TLS_KEY_UPDATES_PER_S 8
+/* Records in a row that carry no application data (empty ones, warning
+ * and user_canceled alerts, declined renegotiations) a userspace
+ * connection takes: each costs a decryption and may cost an answer, for
+ * nothing. OpenSSL's own bound on empty records (MAX_EMPTY_RECORDS). */
+#define TLS_IDLE_RECORDS_MAX 32
 
 struct tls_psk {
 	char *identity;
@@ -143,7 +148,9 @@ struct tls_conn {
 	bool shed_wanted;
 	bool resumed;
 	uint8_t key_updates;	 /* in the second since key_update_s */
+	uint8_t idle_records;	 /* in a row, see TLS_IDLE_RECORDS_MAX */
 	uint64_t key_update_s;
+	bool close_sent;	 /* our close_notify is sealed: no more data */
 	const char *version_str, *cipher_str; /* OpenSSL's static names */
 	bool hs_done;
 	bool closed;
@@ -1495,18 +1502,31 @@ static int rec_fail(struct tls_conn *c, uint8_t alert, const char *why)
 	return TLS_ERROR;
 }
 
+/* A record that brought no application data; too many in a row end the
+ * connection. */
+static int rec_idle(struct tls_conn *c)
+{
+	if (++c->idle_records > TLS_IDLE_RECORDS_MAX)
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+				"too many records without data");
+	return TLS_WANT_MORE;
+}
+
 static int rec_alert(struct tls_conn *c, const uint8_t *a, size_t n)
 {
 	if (n != 2)
 		return rec_fail(c, SSL_AD_DECODE_ERROR, "malformed alert");
+	if (a[0] != SSL3_AL_WARNING && a[0] != SSL3_AL_FATAL)
+		return rec_fail(c, SSL_AD_ILLEGAL_PARAMETER, "alert of unknown level");
 	if (a[1] == SSL_AD_CLOSE_NOTIFY) {
 		c->closed = true;
 		return TLS_CLOSED;
 	}
-	/* user_canceled, and TLS 1.2 warnings, are not the end. */
+	/* user_canceled, and TLS 1.2 warnings, are not the end (RFC 8446
+	 * 6.1, 6.2: in TLS 1.3 every other alert is). */
 	if (a[1] == SSL_AD_USER_CANCELLED ||
 	    (a[0] == SSL3_AL_WARNING && !tls_rec_is_tls13(c->rec)))
-		return TLS_WANT_MORE;
+		return rec_idle(c);
 	conn_fail(c, "TLS alert from the client: %s",
 		  SSL_alert_desc_string_long(a[1]));
 	return TLS_ERROR;
@@ -1514,45 +1534,57 @@ static int rec_alert(struct tls_conn *c, const uint8_t *a, size_t n)
 
 /* Handshake messages after the handshake: TLS 1.3 KeyUpdate (each in one
  * record, as every stack sends it); a TLS 1.2 renegotiation is declined
- * as OpenSSL does with SSL_OP_NO_RENEGOTIATION: a warning, no handshake. */
+ * as OpenSSL does with SSL_OP_NO_RENEGOTIATION: a warning, no handshake
+ * (and, counted as a record without data, not forever). */
 static int rec_handshake(struct tls_conn *c, const uint8_t *m, size_t n)
 {
 	static const uint8_t no_reneg[2] = {SSL3_AL_WARNING, SSL_AD_NO_RENEGOTIATION};
 	static const uint8_t key_update[5] = {SSL3_MT_KEY_UPDATE, 0, 0, 1, 0};
 
-	if (!tls_rec_is_tls13(c->rec))
+	if (!tls_rec_is_tls13(c->rec)) {
+		if (rec_idle(c) != TLS_WANT_MORE)
+			return TLS_ERROR;
 		return rec_seal_out(c, TLS_REC_ALERT, no_reneg, 2) ? TLS_ERROR
 								 : TLS_WANT_MORE;
-	while (n) {
-		size_t len = n >= 4 ? (size_t)m[1] << 16 | (size_t)m[2] << 8 | m[3] : 0;
-		if (n < 4 || len > n - 4)
-			return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
-					"handshake message split across records");
-		if (m[0] != SSL3_MT_KEY_UPDATE || len != 1 || m[4] > 1)
-			return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
-					"unexpected post-handshake message");
-		/* Each costs us HKDF expansions and a key set-up for the
-		 * client's 5 bytes: as with kTLS (and GnuTLS), more than
-		 * TLS_KEY_UPDATES_PER_S a second end the connection. */
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		if ((uint64_t)ts.tv_sec != c->key_update_s) {
-			c->key_update_s = (uint64_t)ts.tv_sec;
-			c->key_updates = 0;
-		}
-		if (++c->key_updates > TLS_KEY_UPDATES_PER_S)
-			return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
-					"more than 8 key updates in a second");
-		if (tls_rec_rekey(c->rec, TLS_KTLS_RX))
-			return rec_fail(c, SSL_AD_INTERNAL_ERROR, "key update failed");
-		/* update_requested: ours goes under the old key. */
-		if (m[4] == 1 && (rec_seal_out(c, TLS_REC_HANDSHAKE, key_update,
-					       sizeof(key_update)) ||
-				  tls_rec_rekey(c->rec, TLS_KTLS_TX)))
-			return rec_fail(c, SSL_AD_INTERNAL_ERROR, "key update failed");
-		m += 4 + len;
-		n -= 4 + len;
 	}
+	/* One whole KeyUpdate: nothing else comes after the handshake (no
+	 * post-handshake authentication was asked for); a message split
+	 * across records, or followed by more in its record, is refused. A
+	 * key change must end its record (RFC 8446 5.1): what followed it
+	 * went under the old key. */
+	size_t len = n >= 4 ? (size_t)m[1] << 16 | (size_t)m[2] << 8 | m[3] : 0;
+	if (n < 4 || len > n - 4)
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+				"handshake message split across records");
+	if (m[0] != SSL3_MT_KEY_UPDATE || len != 1)
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+				"unexpected post-handshake message");
+	if (n != 5)
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+				"key update not at the end of its record");
+	if (m[4] > 1)
+		return rec_fail(c, SSL_AD_ILLEGAL_PARAMETER,
+				"key update with a bad request_update");
+	/* Each costs us HKDF expansions and a key set-up for the client's
+	 * 5 bytes: as with kTLS (and GnuTLS), more than
+	 * TLS_KEY_UPDATES_PER_S a second end the connection. */
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	if ((uint64_t)ts.tv_sec != c->key_update_s) {
+		c->key_update_s = (uint64_t)ts.tv_sec;
+		c->key_updates = 0;
+	}
+	if (++c->key_updates > TLS_KEY_UPDATES_PER_S)
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+				"more than 8 key updates in a second");
+	if (tls_rec_rekey(c->rec, TLS_KTLS_RX))
+		return rec_fail(c, SSL_AD_INTERNAL_ERROR, "key update failed");
+	/* update_requested: ours goes under the old key (none once our
+	 * close_notify is out: nothing more will be sent). */
+	if (m[4] == 1 && !c->close_sent &&
+	    (rec_seal_out(c, TLS_REC_HANDSHAKE, key_update, sizeof(key_update)) ||
+	     tls_rec_rekey(c->rec, TLS_KTLS_TX)))
+		return rec_fail(c, SSL_AD_INTERNAL_ERROR, "key update failed");
 	return TLS_WANT_MORE;
 }
 
@@ -1582,11 +1614,28 @@ static int rec_one(struct tls_conn *c, const uint8_t *r, size_t len,
 		return TLS_ERROR;
 	uint8_t *pt = plain->data + plain->len;
 	int n = tls_rec_open(c->rec, r, len, pt, &type);
-	if (n < 0)
-		return rec_fail(c, SSL_AD_BAD_RECORD_MAC,
-				"decryption failed or bad record mac");
+	switch (-n) {
+	case 0:
+		break;
+	case TLS_REC_AD_RECORD_OVERFLOW:
+		return rec_fail(c, SSL_AD_RECORD_OVERFLOW, "record too long");
+	case TLS_REC_AD_UNEXPECTED_MESSAGE:
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+				"unexpected record type or no content type");
+	case TLS_REC_AD_INTERNAL_ERROR:
+		return rec_fail(c, SSL_AD_INTERNAL_ERROR, "record sequence number exhausted");
+	default:
+		if (n < 0)
+			return rec_fail(c, SSL_AD_BAD_RECORD_MAC,
+					"decryption failed or bad record mac");
+	}
 	switch (type) {
 	case TLS_REC_DATA:
+		if (!n) { /* legal (traffic analysis padding), but not many */
+			n = rec_idle(c);
+			return n == TLS_WANT_MORE ? rc : n;
+		}
+		c->idle_records = 0;
 		plain->len += (size_t)n;
 		return rc == TLS_WANT_MORE ? TLS_OK : rc;
 	case TLS_REC_ALERT:
@@ -1609,6 +1658,24 @@ static size_t rec_total(const uint8_t *h)
 	return TLS_REC_HEADER + body;
 }
 
+/* A header's verdict before its record is waited for (up to 16 KiB
+ * buffered): its length, or 0 after failing the connection. TLS 1.3
+ * records are all application data outside; TLS 1.2 has no
+ * ChangeCipherSpec after the handshake (RFC 8446 5, RFC 5246 7.1). */
+static size_t rec_header(struct tls_conn *c, const uint8_t *h)
+{
+	size_t total = rec_total(h);
+	bool v13 = tls_rec_is_tls13(c->rec);
+	if (v13 ? h[0] != TLS_REC_DATA
+		: h[0] < TLS_REC_ALERT || h[0] > TLS_REC_DATA)
+		rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE, "unexpected record type");
+	else if (!total)
+		rec_fail(c, SSL_AD_RECORD_OVERFLOW, "record too long");
+	else
+		return total;
+	return 0;
+}
+
 /* Keeps the unfinished record's bytes; part is sized to the record (or
  * the header, until it is known), and freed as soon as it is whole. */
 static int rec_stash(struct tls_conn *c, const uint8_t *in, size_t n)
@@ -1620,8 +1687,8 @@ static int rec_stash(struct tls_conn *c, const uint8_t *in, size_t n)
 		if (k)
 			memcpy(h, c->part, k);
 		memcpy(h + k, in, TLS_REC_HEADER - k);
-		if (!(want = rec_total(h)))
-			return rec_fail(c, SSL_AD_RECORD_OVERFLOW, "record too long"), -1;
+		if (!(want = rec_header(c, h)))
+			return -1;
 	}
 	uint8_t *p = realloc(c->part, want);
 	if (!p) {
@@ -1664,9 +1731,9 @@ static int rec_feed(struct tls_conn *c, const uint8_t *in, size_t len,
 			c->part_len = 0;
 			continue;
 		}
-		size_t total = len >= TLS_REC_HEADER ? rec_total(in) : 0;
+		size_t total = len >= TLS_REC_HEADER ? rec_header(c, in) : 0;
 		if (len >= TLS_REC_HEADER && !total)
-			return rec_fail(c, SSL_AD_RECORD_OVERFLOW, "record too long");
+			return TLS_ERROR;
 		if (len < TLS_REC_HEADER || len < total) {
 			if (rec_stash(c, in, len))
 				return TLS_ERROR;
@@ -1761,7 +1828,7 @@ int tls_conn_write(struct tls_conn *c, const uint8_t *plain, size_t len)
 	int r;
 
 	assert(c && (plain || !len) && !c->exported);
-	if (c->failed || !c->hs_done || c->closed)
+	if (c->failed || !c->hs_done || c->closed || c->close_sent)
 		return TLS_ERROR;
 	if (!len)
 		return TLS_OK;
@@ -1798,7 +1865,7 @@ int tls_conn_writev(struct tls_conn *c, const struct iovec *iov, unsigned n,
 		}
 		return tls_conn_write(c, scratch, len);
 	}
-	if (c->failed || c->closed)
+	if (c->failed || c->closed || c->close_sent)
 		return TLS_ERROR;
 	if (!len)
 		return TLS_OK;
@@ -1825,6 +1892,9 @@ int tls_conn_close_notify(struct tls_conn *c)
 	if (c->rec) {
 		static const uint8_t close_notify[2] = {SSL3_AL_WARNING,
 							SSL_AD_CLOSE_NOTIFY};
+		if (c->close_sent)
+			return TLS_OK;
+		c->close_sent = true;
 		return rec_seal_out(c, TLS_REC_ALERT, close_notify, 2) ? TLS_ERROR
 									: TLS_OK;
 	}
