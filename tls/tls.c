@@ -1552,6 +1552,8 @@ static int rec_handshake(struct tls_conn *c, const uint8_t *m, size_t n)
 	 * across records, or followed by more in its record, is refused. A
 	 * key change must end its record (RFC 8446 5.1): what followed it
 	 * went under the old key. */
+	if (!n) /* RFC 8446 5.1: no zero-length handshake fragments */
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE, "empty handshake record");
 	size_t len = n >= 4 ? (size_t)m[1] << 16 | (size_t)m[2] << 8 | m[3] : 0;
 	if (n < 4 || len > n - 4)
 		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
