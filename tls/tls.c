@@ -1496,7 +1496,7 @@ static int rec_seal_out(struct tls_conn *c, uint8_t type, const uint8_t *p,
 static int rec_fail(struct tls_conn *c, uint8_t alert, const char *why)
 {
 	const uint8_t a[2] = {2, alert};
-	if (!c->failed)
+	if (!c->failed && !c->close_sent)
 		rec_seal_out(c, TLS_REC_ALERT, a, sizeof(a));
 	conn_fail(c, "TLS error: %s", why);
 	return TLS_ERROR;
