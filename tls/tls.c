@@ -1996,31 +1996,41 @@ struct ktls_material {
 	size_t key_len, iv_len; /* iv_len: 4 (TLS 1.2 GCM) or 12 */
 };
 
-/* Fetched once: an OpenSSL 3 fetch is a locked name lookup, and every
- * TLS 1.3 handoff and key update expands several labels. EVP_KDF objects
- * may be shared by threads; each call gets its own context. */
-static EVP_KDF *hkdf;
+/* The two digests of the TLS 1.3 suites, fetched once: EVP_sha256() and
+ * the digest OpenSSL names for a suite are not fetched, so every use
+ * would fetch again (a locked lookup). */
+static EVP_MD *hkdf_sha256, *hkdf_sha384;
 static pthread_once_t hkdf_once = PTHREAD_ONCE_INIT;
 
 static void hkdf_fetch(void)
 {
-	hkdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+	hkdf_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	hkdf_sha384 = EVP_MD_fetch(NULL, "SHA384", NULL);
 }
 
-/* HKDF-Expand-Label(secret, label, "", len), RFC 8446 7.1. */
+/* HKDF-Expand-Label(secret, label, "", len), RFC 8446 7.1, for len up to
+ * the hash's size: HKDF-Expand's first block, T(1) = HMAC(secret,
+ * HkdfLabel || 0x01) (RFC 5869 2.3), with HMAC spelled out (RFC 2104)
+ * over the fetched digest. Through EVP_KDF each call cost ~20,000
+ * instructions (a digest fetch by name, an HMAC context built and freed);
+ * four per connection moving out of OpenSSL. */
 static int hkdf_expand_label(const EVP_MD *md, const uint8_t *secret,
 			     size_t secret_len, const char *label,
 			     uint8_t *out, size_t len)
 {
-	uint8_t info[2 + 1 + 255 + 1];
+	enum { BLOCK_MAX = 128 }; /* SHA-384's block */
+	uint8_t info[2 + 1 + 255 + 1 + 1], pad[BLOCK_MAX], inner[EVP_MAX_MD_SIZE];
 	size_t label_len = strlen(label), n = 0;
-	int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY, ok;
-	EVP_KDF_CTX *kctx;
-	OSSL_PARAM params[5];
+	unsigned inner_len = 0, out_len = 0;
+	uint8_t t[EVP_MAX_MD_SIZE];
 
 	pthread_once(&hkdf_once, hkdf_fetch);
-	kctx = hkdf ? EVP_KDF_CTX_new(hkdf) : NULL;
-
+	const EVP_MD *d = EVP_MD_get_type(md) == NID_sha384 ? hkdf_sha384 :
+			  EVP_MD_get_type(md) == NID_sha256 ? hkdf_sha256 : NULL;
+	size_t block = d ? (size_t)EVP_MD_get_block_size(d) : 0;
+	if (!d || block > BLOCK_MAX || secret_len > block ||
+	    len > (size_t)EVP_MD_get_size(d))
+		return -1;
 	assert(label_len + 6 <= 255);
 	info[n++] = (uint8_t)(len >> 8);
 	info[n++] = (uint8_t)len;
@@ -2030,15 +2040,29 @@ static int hkdf_expand_label(const EVP_MD *md, const uint8_t *secret,
 	memcpy(info + n, label, label_len);
 	n += label_len;
 	info[n++] = 0; /* empty context */
-	params[0] = OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode);
-	params[1] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST,
-						     (char *)EVP_MD_get0_name(md), 0);
-	params[2] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY,
-						      (void *)secret, secret_len);
-	params[3] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, n);
-	params[4] = OSSL_PARAM_construct_end();
-	ok = kctx && EVP_KDF_derive(kctx, out, len, params) == 1;
-	EVP_KDF_CTX_free(kctx);
+	info[n++] = 1; /* HKDF-Expand's block counter */
+
+	EVP_MD_CTX *x = EVP_MD_CTX_new();
+	memset(pad, 0x36, block);
+	for (size_t i = 0; i < secret_len; i++)
+		pad[i] ^= secret[i];
+	int ok = x && EVP_DigestInit_ex(x, d, NULL) == 1 &&
+		 EVP_DigestUpdate(x, pad, block) == 1 &&
+		 EVP_DigestUpdate(x, info, n) == 1 &&
+		 EVP_DigestFinal_ex(x, inner, &inner_len) == 1;
+	memset(pad, 0x5c, block);
+	for (size_t i = 0; i < secret_len; i++)
+		pad[i] ^= secret[i];
+	ok = ok && EVP_DigestInit_ex(x, d, NULL) == 1 &&
+	     EVP_DigestUpdate(x, pad, block) == 1 &&
+	     EVP_DigestUpdate(x, inner, inner_len) == 1 &&
+	     EVP_DigestFinal_ex(x, t, &out_len) == 1 && out_len >= len;
+	if (ok)
+		memcpy(out, t, len);
+	EVP_MD_CTX_free(x);
+	OPENSSL_cleanse(pad, sizeof(pad));
+	OPENSSL_cleanse(inner, sizeof(inner));
+	OPENSSL_cleanse(t, sizeof(t));
 	return ok ? 0 : -1;
 }
 
