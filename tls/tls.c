@@ -1538,10 +1538,11 @@ static int rec_alert(struct tls_conn *c, const uint8_t *a, size_t n)
 		c->closed = true;
 		return TLS_CLOSED;
 	}
-	/* user_canceled, and TLS 1.2 warnings, are not the end (RFC 8446
-	 * 6.1, 6.2: in TLS 1.3 every other alert is). */
-	if (a[1] == SSL_AD_USER_CANCELLED ||
-	    (a[0] == SSL3_AL_WARNING && !tls_rec_is_tls13(c->rec)))
+	/* A warning user_canceled, and TLS 1.2 warnings, are not the end
+	 * (RFC 8446 6.1, 6.2: in TLS 1.3 every other alert is); a fatal
+	 * level always is. */
+	if (a[0] == SSL3_AL_WARNING &&
+	    (a[1] == SSL_AD_USER_CANCELLED || !tls_rec_is_tls13(c->rec)))
 		return rec_idle(c);
 	conn_fail(c, "TLS alert from the client: %s",
 		  SSL_alert_desc_string_long(a[1]));

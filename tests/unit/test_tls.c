@@ -1670,12 +1670,23 @@ TEST(tls_shed_refuses_crafted_tls13_records_with_the_right_alert)
 		 SSL_AD_ILLEGAL_PARAMETER, "request_update"},
 		{"ChangeCipherSpec inside", {1, 20}, 2,
 		 SSL_AD_UNEXPECTED_MESSAGE, "unexpected record type"},
+		{"alert of level 3", {3, 90, 21}, 3,
+		 SSL_AD_ILLEGAL_PARAMETER, "unknown level"},
 	};
 	CHECK(pki_init());
 	struct tls_listener_opts o = opts_ec(true);
 	struct tls_server *s = server(&o);
 	uint8_t rec[64];
 	struct rec_keys cw;
+	/* A fatal user_canceled ends it, without an answer. */
+	{
+		struct pair p;
+		CHECK(crafted_pair(&p, s, &cw));
+		size_t n = crafted_seal(&cw, (const uint8_t *)"\x02\x5a\x15", 3, rec);
+		CHECK_EQ(tls_conn_feed(p.sv, rec, n, &p.plain), TLS_ERROR);
+		CHECK(error_has(p.sv, "alert from the client"));
+		pair_free(&p);
+	}
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		struct pair p;
 		int before = *test_failed_;
