@@ -8,6 +8,7 @@
 #include <assert.h>
 #include <pthread.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -156,6 +157,9 @@ size_t tls_rec_sealv(struct tls_rec *r, uint8_t type, const struct iovec *iov,
 		     unsigned niov, size_t n, uint8_t *out)
 {
 	assert(r && n <= TLS_REC_PLAIN_MAX && (iov || !niov));
+	/* A wrapped sequence number would reuse a nonce. */
+	if (r->tx.seq == UINT64_MAX)
+		return 0;
 	bool v13 = r->version == TLS_1_3_VERSION;
 	size_t expl = explicit_nonce(r) ? EXPLICIT_NONCE_LEN : 0;
 	size_t body = expl + n + (v13 ? 1 : 0) + TAG_LEN;
@@ -221,10 +225,16 @@ int tls_rec_open(struct tls_rec *r, const uint8_t *rec, size_t len,
 	int outl;
 
 	assert(((size_t)rec[3] << 8 | rec[4]) == body);
-	if (body < expl + TAG_LEN + (v13 ? 1 : 0) || body > TLS_REC_CIPHER_MAX)
-		return -1;
 	if (v13 && rec[0] != TLS_REC_DATA)
-		return -1;
+		return -TLS_REC_AD_UNEXPECTED_MESSAGE;
+	if (body < expl + TAG_LEN + (v13 ? 1 : 0))
+		return -TLS_REC_AD_BAD_RECORD_MAC; /* cannot authenticate */
+	/* Too long to be a record of ours to open: refused before any
+	 * decryption work (RFC 8446 5.2, 5.4; RFC 5246 6.2.3). */
+	if (body - expl - TAG_LEN > TLS_REC_PLAIN_MAX + (v13 ? 1 : 0))
+		return -TLS_REC_AD_RECORD_OVERFLOW;
+	if (r->rx.seq == UINT64_MAX)
+		return -TLS_REC_AD_INTERNAL_ERROR;
 	size_t n = body - expl - TAG_LEN;
 	nonce_make(r, &r->rx, nonce);
 	if (expl)
@@ -249,19 +259,18 @@ int tls_rec_open(struct tls_rec *r, const uint8_t *rec, size_t len,
 	    (n && EVP_DecryptUpdate(x, out, &outl, c, (int)n) != 1) ||
 	    EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_SET_TAG, TAG_LEN, tag) != 1 ||
 	    EVP_DecryptFinal_ex(x, out + n, &outl) != 1)
-		return -1;
+		return -TLS_REC_AD_BAD_RECORD_MAC;
 	r->rx.seq++;
 	if (!v13) {
-		if (n > TLS_REC_PLAIN_MAX)
-			return -1;
 		*type = rec[0];
 		return (int)n;
 	}
-	/* TLSInnerPlaintext: content, type, zero padding. */
+	/* TLSInnerPlaintext: content, type, zero padding; no type at all
+	 * (all zeros) is unexpected_message (RFC 8446 5.4). */
 	while (n && out[n - 1] == 0)
 		n--;
-	if (!n || n - 1 > TLS_REC_PLAIN_MAX)
-		return -1;
+	if (!n)
+		return -TLS_REC_AD_UNEXPECTED_MESSAGE;
 	*type = out[n - 1];
 	return (int)(n - 1);
 }

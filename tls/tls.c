@@ -50,11 +50,14 @@
 #define SOL_TLS 282
 #endif
 
+#include <openssl/core_dispatch.h>
 #include <openssl/core_names.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
+#include <openssl/params.h>
 #include <openssl/pem.h>
+#include <openssl/provider.h>
 #include <openssl/rand.h>
 #include <openssl/ocsp.h>
 #include <openssl/ssl.h>
@@ -79,6 +82,10 @@ _Static_assert(sizeof(struct tls12_crypto_info_chacha20_poly1305) == 4 + 12 + 32
 #define TLS_OUT_KEEP_MAX 0
 #define TLS_RECORD_HEADER_LEN 5
 
+/* TLS 1.3 suites when ciphers_tls1.3 is not given (see server_ciphers). */
+#define TLS13_SUITES_DEFAULT \
+	"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
 /* Bounds on a psk_file: entries, identity length (the TLS maximum). */
 #define TLS_PSK_ENTRIES_MAX 65536
 #define TLS_PSK_IDENTITY_MAX 256
@@ -94,6 +101,11 @@ _Static_assert(sizeof(struct tls12_crypto_info_chacha20_poly1305) == 4 + 12 + 32
 /* Client KeyUpdates a second a connection may ask for (io/ktls.c has the
  * same bound for kTLS connections). */
 #define TLS_KEY_UPDATES_PER_S 8
+/* Records in a row that carry no application data (empty ones, warning
+ * and user_canceled alerts, declined renegotiations) a userspace
+ * connection takes: each costs a decryption and may cost an answer, for
+ * nothing. OpenSSL's own bound on empty records (MAX_EMPTY_RECORDS). */
+#define TLS_IDLE_RECORDS_MAX 32
 
 struct tls_psk {
 	char *identity;
@@ -141,7 +153,9 @@ struct tls_conn {
 	bool shed_wanted;
 	bool resumed;
 	uint8_t key_updates;	 /* in the second since key_update_s */
+	uint8_t idle_records;	 /* in a row, see TLS_IDLE_RECORDS_MAX */
 	uint64_t key_update_s;
+	bool close_sent;	 /* our close_notify is sealed: no more data */
 	const char *version_str, *cipher_str; /* OpenSSL's static names */
 	bool hs_done;
 	bool closed;
@@ -548,6 +562,18 @@ static int server_ciphers(SSL_CTX *ctx, const struct tls_listener_opts *o,
 		errf(err, errlen, "ciphers_tls1.3 %s: %s", o->ciphers_tls13, ossl_reason());
 		return -1;
 	}
+	/* OpenSSL's default puts TLS_AES_256_GCM_SHA384 first, and the
+	 * server's order decides. Its key schedule runs on SHA-384, which
+	 * no x86 or Arm CPU accelerates (SHA-256 has SHA-NI / the Armv8
+	 * SHA extensions); the HKDF steps of a TLS 1.3 handshake are about a
+	 * tenth of a resumed one. AES-128-GCM is TLS 1.3's mandatory suite
+	 * and ~30% cheaper per record than AES-256. Same suites, AES-128
+	 * first; ciphers_tls1.3 still decides when given. */
+	if (!o->ciphers_tls13 &&
+	    SSL_CTX_set_ciphersuites(ctx, TLS13_SUITES_DEFAULT) != 1) {
+		errf(err, errlen, "TLS 1.3 suites: %s", ossl_reason());
+		return -1;
+	}
 	if (!o->dhparamfile)
 		return 0;
 	bio = BIO_new_file(o->dhparamfile, "r");
@@ -818,19 +844,31 @@ static const struct ticket_keys *ticket_keys(const struct tls_server *s,
  * through the provider decoders and cost more than the rest of a resumed
  * handshake together. Nothing needs the certificate after the handshake
  * (it was verified, and the identity kite derives from it travels in the
- * ticket's app data), so the ticket leaves it out: this cipher drops the
- * SSL_SESSION's peer field ([3], RFC-less OpenSSL layout, checked) before
- * encrypting. Authenticity is OpenSSL's HMAC over the ciphertext. */
+ * ticket's app data), so the ticket leaves it out.
+ *
+ * OpenSSL 3.0 has no way to drop a session's peer certificate or to see
+ * the DER it seals (the ticket callbacks see the SSL_SESSION before
+ * encoding and after decoding; there is no setter for the peer), so the
+ * certificate is dropped where the DER passes through: the cipher. The
+ * cipher comes from a built-in provider (OSSL_PROVIDER_add_builtin, the
+ * supported replacement for the deprecated EVP_CIPHER_meth_* API): its
+ * encryption drops the SSL_SESSION's peer field ([3], OpenSSL's layout,
+ * checked) and runs AES-256-CBC from the default provider; decryption is
+ * plain AES-256-CBC. Authenticity is OpenSSL's HMAC over the ciphertext. */
+#define TICKET_PROVIDER "kite-ticket"
+#define TICKET_CIPHER_NAME "KITE-TICKET-AES-256-CBC"
+
 struct ticket_cipher_ctx {
 	EVP_CIPHER_CTX *aes;
-	/* Sealing: the last block, given out by the final call (OpenSSL
-	 * reserves no room for an empty final). */
+	int enc;
+	/* Sealing: the last block, given out by the final call (OpenSSL's
+	 * ticket code cannot take an empty final: a zero-length WPACKET
+	 * allocation fails). */
 	uint8_t tail[16];
-	int tail_len;
 };
 
 static EVP_CIPHER *ticket_aes;     /* fetched once */
-static EVP_CIPHER *ticket_cipher;  /* the wrapper; NULL: plain ticket_aes */
+static EVP_CIPHER *ticket_cipher;  /* the provider's; NULL: plain ticket_aes */
 static pthread_once_t ticket_cipher_once = PTHREAD_ONCE_INIT;
 
 /* DER length at p (after the tag byte); 0 if malformed. */
@@ -851,9 +889,9 @@ static size_t der_len(const uint8_t *p, size_t avail, size_t *hdr)
 	return n;
 }
 
-/* Copies the SSL_SESSION DER in to out (room for len + 4) without its [3]
- * peer certificate; returns the new length, or 0 to keep the DER as it
- * is (no certificate, or not the layout expected). */
+/* Copies the SSL_SESSION DER in to out (room for len + 4, not
+ * overlapping) without its [3] peer certificate; returns the new length,
+ * or 0 to keep the DER as it is. */
 static size_t session_der_strip_peer(const uint8_t *in, size_t len, uint8_t *out)
 {
 	size_t hdr, body;
@@ -873,7 +911,7 @@ static size_t session_der_strip_peer(const uint8_t *in, size_t len, uint8_t *out
 		if (p[0] == 0xa3)
 			found = true;
 		else {
-			memmove(w, p, tlv);
+			memcpy(w, p, tlv);
 			w += tlv;
 		}
 		p += tlv;
@@ -899,91 +937,195 @@ static size_t session_der_strip_peer(const uint8_t *in, size_t len, uint8_t *out
 	return hl + nb;
 }
 
-static int ticket_cipher_init(EVP_CIPHER_CTX *ctx, const unsigned char *key,
-			      const unsigned char *iv, int enc)
+static void *tc_newctx(void *provctx)
 {
-	struct ticket_cipher_ctx *t = EVP_CIPHER_CTX_get_cipher_data(ctx);
-	if (!key || !iv)
-		return 1; /* set up in one call by ticket_key_cb */
-	if (!t->aes && !(t->aes = EVP_CIPHER_CTX_new()))
-		return 0;
-	return EVP_CipherInit_ex(t->aes, ticket_aes, NULL, key, iv, enc);
+	(void)provctx;
+	struct ticket_cipher_ctx *t = calloc(1, sizeof(*t));
+	if (t && !(t->aes = EVP_CIPHER_CTX_new())) {
+		free(t);
+		t = NULL;
+	}
+	return t;
 }
 
-/* One call with the whole ticket (OpenSSL's ticket code passes it at
- * once), then a final call with in NULL. Returns the bytes written. */
-static int ticket_cipher_do(EVP_CIPHER_CTX *ctx, unsigned char *out,
-			    const unsigned char *in, size_t len)
+static void tc_freectx(void *vctx)
 {
-	struct ticket_cipher_ctx *t = EVP_CIPHER_CTX_get_cipher_data(ctx);
-	int n = 0, fin = 0;
-	if (!in) {
-		n = t->tail_len;
-		memcpy(out, t->tail, (size_t)n);
-		t->tail_len = 0;
-		return n;
-	}
-	if (!t->aes || len > INT_MAX - 32)
-		return -1;
-	if (EVP_CIPHER_CTX_is_encrypting(ctx)) {
-		uint8_t *lean = malloc(len + 4);
-		size_t ln = lean ? session_der_strip_peer(in, len, lean) : 0;
-		const uint8_t *src = ln ? lean : in;
-		int ok = EVP_EncryptUpdate(t->aes, out, &n, src, (int)(ln ? ln : len)) == 1 &&
-			 EVP_EncryptFinal_ex(t->aes, out + n, &fin) == 1 &&
-			 n + fin >= (int)sizeof(t->tail);
-		if (lean)
-			OPENSSL_clear_free(lean, len + 4);
-		if (!ok)
-			return -1;
-		/* CBC padding makes the ciphertext at least one block. */
-		t->tail_len = (int)sizeof(t->tail);
-		memcpy(t->tail, out + n + fin - t->tail_len, sizeof(t->tail));
-		return n + fin - t->tail_len;
-	}
-	if (EVP_DecryptUpdate(t->aes, out, &n, in, (int)len) != 1 ||
-	    EVP_DecryptFinal_ex(t->aes, out + n, &fin) != 1)
-		return -1;
-	return n + fin;
-}
-
-static int ticket_cipher_cleanup(EVP_CIPHER_CTX *ctx)
-{
-	struct ticket_cipher_ctx *t = EVP_CIPHER_CTX_get_cipher_data(ctx);
-	if (t) {
+	struct ticket_cipher_ctx *t = vctx;
+	if (t)
 		EVP_CIPHER_CTX_free(t->aes);
-		t->aes = NULL;
+	free(t);
+}
+
+static int tc_init(struct ticket_cipher_ctx *t, const unsigned char *key,
+		   size_t keylen, const unsigned char *iv, size_t ivlen, int enc)
+{
+	if ((key && keylen != 32) || (iv && ivlen != 16))
+		return 0;
+	t->enc = enc;
+	return EVP_CipherInit_ex(t->aes, ticket_aes, NULL, key, iv, enc) == 1;
+}
+
+static int tc_einit(void *vctx, const unsigned char *key, size_t keylen,
+		    const unsigned char *iv, size_t ivlen, const OSSL_PARAM params[])
+{
+	(void)params;
+	return tc_init(vctx, key, keylen, iv, ivlen, 1);
+}
+
+static int tc_dinit(void *vctx, const unsigned char *key, size_t keylen,
+		    const unsigned char *iv, size_t ivlen, const OSSL_PARAM params[])
+{
+	(void)params;
+	return tc_init(vctx, key, keylen, iv, ivlen, 0);
+}
+
+/* OpenSSL's ticket code passes the whole session in one update (then a
+ * final): sealing strips and encrypts it all, padding included, here,
+ * into out (room for len + the block size, as EVP promises), and keeps
+ * the last block for the final. */
+static int tc_update(void *vctx, unsigned char *out, size_t *outl,
+		     size_t outsize, const unsigned char *in, size_t len)
+{
+	struct ticket_cipher_ctx *t = vctx;
+	int n = 0, fin = 0;
+	if (len > INT_MAX - 32 || outsize < len + 16)
+		return 0;
+	if (!t->enc) {
+		if (EVP_DecryptUpdate(t->aes, out, &n, in, (int)len) != 1)
+			return 0;
+		*outl = (size_t)n;
+		return 1;
 	}
+	/* The stripped DER is written to out and encrypted in place. */
+	size_t ln = out + len + 4 <= in || in + len <= out
+			    ? session_der_strip_peer(in, len, out) : 0;
+	const uint8_t *src = ln ? out : in;
+	if (EVP_EncryptUpdate(t->aes, out, &n, src, (int)(ln ? ln : len)) != 1 ||
+	    EVP_EncryptFinal_ex(t->aes, out + n, &fin) != 1 ||
+	    n + fin < (int)sizeof(t->tail)) /* CBC padding: a block at least */
+		return 0;
+	*outl = (size_t)(n + fin) - sizeof(t->tail);
+	memcpy(t->tail, out + *outl, sizeof(t->tail));
 	return 1;
 }
 
-/* The legacy EVP_CIPHER method API is deprecated in OpenSSL 3.0 but is
- * the one way to wrap the ticket encryption; without it tickets carry
- * the certificate (correct, only slower to open). */
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+static int tc_final(void *vctx, unsigned char *out, size_t *outl, size_t outsize)
+{
+	struct ticket_cipher_ctx *t = vctx;
+	int n = 0;
+	*outl = 0;
+	if (outsize < sizeof(t->tail))
+		return 0;
+	if (t->enc) {
+		memcpy(out, t->tail, sizeof(t->tail));
+		*outl = sizeof(t->tail);
+		return 1;
+	}
+	if (EVP_DecryptFinal_ex(t->aes, out, &n) != 1)
+		return 0;
+	*outl = (size_t)n;
+	return 1;
+}
+
+static int tc_get_params(OSSL_PARAM params[])
+{
+	OSSL_PARAM *p;
+	if (((p = OSSL_PARAM_locate(params, OSSL_CIPHER_PARAM_MODE)) &&
+	     !OSSL_PARAM_set_uint(p, EVP_CIPH_CBC_MODE)) ||
+	    ((p = OSSL_PARAM_locate(params, OSSL_CIPHER_PARAM_KEYLEN)) &&
+	     !OSSL_PARAM_set_size_t(p, 32)) ||
+	    ((p = OSSL_PARAM_locate(params, OSSL_CIPHER_PARAM_IVLEN)) &&
+	     !OSSL_PARAM_set_size_t(p, 16)) ||
+	    ((p = OSSL_PARAM_locate(params, OSSL_CIPHER_PARAM_BLOCK_SIZE)) &&
+	     !OSSL_PARAM_set_size_t(p, 16)))
+		return 0;
+	return 1;
+}
+
+static int tc_get_ctx_params(void *vctx, OSSL_PARAM params[])
+{
+	(void)vctx;
+	return tc_get_params(params);
+}
+
+static const OSSL_PARAM *tc_gettable(void *provctx)
+{
+	static const OSSL_PARAM p[] = {
+		OSSL_PARAM_uint(OSSL_CIPHER_PARAM_MODE, NULL),
+		OSSL_PARAM_size_t(OSSL_CIPHER_PARAM_KEYLEN, NULL),
+		OSSL_PARAM_size_t(OSSL_CIPHER_PARAM_IVLEN, NULL),
+		OSSL_PARAM_size_t(OSSL_CIPHER_PARAM_BLOCK_SIZE, NULL),
+		OSSL_PARAM_END,
+	};
+	(void)provctx;
+	return p;
+}
+
+static const OSSL_PARAM *tc_gettable_ctx(void *vctx, void *provctx)
+{
+	(void)vctx;
+	return tc_gettable(provctx);
+}
+
+/* Function pointers of other types, as OSSL_DISPATCH requires. */
+#define TC_FN(f) ((void (*)(void))(f))
+static const OSSL_DISPATCH ticket_cipher_fns[] = {
+	{OSSL_FUNC_CIPHER_NEWCTX, TC_FN(tc_newctx)},
+	{OSSL_FUNC_CIPHER_FREECTX, TC_FN(tc_freectx)},
+	{OSSL_FUNC_CIPHER_ENCRYPT_INIT, TC_FN(tc_einit)},
+	{OSSL_FUNC_CIPHER_DECRYPT_INIT, TC_FN(tc_dinit)},
+	{OSSL_FUNC_CIPHER_UPDATE, TC_FN(tc_update)},
+	{OSSL_FUNC_CIPHER_FINAL, TC_FN(tc_final)},
+	{OSSL_FUNC_CIPHER_GET_PARAMS, TC_FN(tc_get_params)},
+	{OSSL_FUNC_CIPHER_GET_CTX_PARAMS, TC_FN(tc_get_ctx_params)},
+	{OSSL_FUNC_CIPHER_GETTABLE_PARAMS, TC_FN(tc_gettable)},
+	{OSSL_FUNC_CIPHER_GETTABLE_CTX_PARAMS, TC_FN(tc_gettable_ctx)},
+	{0, NULL},
+};
+
+static const OSSL_ALGORITHM ticket_provider_ciphers[] = {
+	{TICKET_CIPHER_NAME, "provider=" TICKET_PROVIDER, ticket_cipher_fns,
+	 "AES-256-CBC over an SSL_SESSION without its peer certificate"},
+	{NULL, NULL, NULL, NULL},
+};
+
+static const OSSL_ALGORITHM *ticket_provider_query(void *provctx, int op,
+						   int *no_cache)
+{
+	(void)provctx;
+	*no_cache = 0;
+	return op == OSSL_OP_CIPHER ? ticket_provider_ciphers : NULL;
+}
+
+static const OSSL_DISPATCH ticket_provider_fns[] = {
+	{OSSL_FUNC_PROVIDER_QUERY_OPERATION, TC_FN(ticket_provider_query)},
+	{0, NULL},
+};
+
+static int ticket_provider_init(const OSSL_CORE_HANDLE *handle,
+				const OSSL_DISPATCH *in, const OSSL_DISPATCH **out,
+				void **provctx)
+{
+	(void)in;
+	*out = ticket_provider_fns;
+	*provctx = (void *)handle;
+	return 1;
+}
+
+/* Without the provider tickets carry the certificate (correct, only
+ * slower to open). retain_fallbacks: loading a provider must not stop
+ * the default one from loading. */
 static void ticket_cipher_make(void)
 {
 	ticket_aes = EVP_CIPHER_fetch(NULL, "AES-256-CBC", NULL);
-	if (!ticket_aes)
+	if (!ticket_aes ||
+	    OSSL_PROVIDER_add_builtin(NULL, TICKET_PROVIDER, ticket_provider_init) != 1 ||
+	    !OSSL_PROVIDER_try_load(NULL, TICKET_PROVIDER, 1))
 		return;
-	EVP_CIPHER *c = EVP_CIPHER_meth_new(NID_undef, 1, 32);
-	if (!c)
-		return;
-	if (!EVP_CIPHER_meth_set_iv_length(c, 16) ||
-	    !EVP_CIPHER_meth_set_flags(c, EVP_CIPH_FLAG_CUSTOM_CIPHER |
-					      EVP_CIPH_ALWAYS_CALL_INIT |
-					      EVP_CIPH_CBC_MODE) ||
-	    !EVP_CIPHER_meth_set_init(c, ticket_cipher_init) ||
-	    !EVP_CIPHER_meth_set_do_cipher(c, ticket_cipher_do) ||
-	    !EVP_CIPHER_meth_set_cleanup(c, ticket_cipher_cleanup) ||
-	    !EVP_CIPHER_meth_set_impl_ctx_size(c, sizeof(struct ticket_cipher_ctx))) {
-		EVP_CIPHER_meth_free(c);
-		return;
-	}
-	ticket_cipher = c;
+	ticket_cipher = EVP_CIPHER_fetch(NULL, TICKET_CIPHER_NAME,
+					 "provider=" TICKET_PROVIDER);
+	ERR_clear_error();
 }
-#pragma GCC diagnostic pop
 
 /* Before each ticket is sealed: the identity goes into its app data. */
 static int ticket_gen_cb(SSL *ssl, void *arg)
@@ -1357,24 +1499,38 @@ static int rec_seal_out(struct tls_conn *c, uint8_t type, const uint8_t *p,
 static int rec_fail(struct tls_conn *c, uint8_t alert, const char *why)
 {
 	const uint8_t a[2] = {2, alert};
-	if (!c->failed)
+	if (!c->failed && !c->close_sent)
 		rec_seal_out(c, TLS_REC_ALERT, a, sizeof(a));
 	conn_fail(c, "TLS error: %s", why);
 	return TLS_ERROR;
+}
+
+/* A record that brought no application data; too many in a row end the
+ * connection. */
+static int rec_idle(struct tls_conn *c)
+{
+	if (++c->idle_records > TLS_IDLE_RECORDS_MAX)
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+				"too many records without data");
+	return TLS_WANT_MORE;
 }
 
 static int rec_alert(struct tls_conn *c, const uint8_t *a, size_t n)
 {
 	if (n != 2)
 		return rec_fail(c, SSL_AD_DECODE_ERROR, "malformed alert");
+	if (a[0] != SSL3_AL_WARNING && a[0] != SSL3_AL_FATAL)
+		return rec_fail(c, SSL_AD_ILLEGAL_PARAMETER, "alert of unknown level");
 	if (a[1] == SSL_AD_CLOSE_NOTIFY) {
 		c->closed = true;
 		return TLS_CLOSED;
 	}
-	/* user_canceled, and TLS 1.2 warnings, are not the end. */
-	if (a[1] == SSL_AD_USER_CANCELLED ||
-	    (a[0] == SSL3_AL_WARNING && !tls_rec_is_tls13(c->rec)))
-		return TLS_WANT_MORE;
+	/* A warning user_canceled, and TLS 1.2 warnings, are not the end
+	 * (RFC 8446 6.1, 6.2: in TLS 1.3 every other alert is); a fatal
+	 * level always is. */
+	if (a[0] == SSL3_AL_WARNING &&
+	    (a[1] == SSL_AD_USER_CANCELLED || !tls_rec_is_tls13(c->rec)))
+		return rec_idle(c);
 	conn_fail(c, "TLS alert from the client: %s",
 		  SSL_alert_desc_string_long(a[1]));
 	return TLS_ERROR;
@@ -1382,45 +1538,59 @@ static int rec_alert(struct tls_conn *c, const uint8_t *a, size_t n)
 
 /* Handshake messages after the handshake: TLS 1.3 KeyUpdate (each in one
  * record, as every stack sends it); a TLS 1.2 renegotiation is declined
- * as OpenSSL does with SSL_OP_NO_RENEGOTIATION: a warning, no handshake. */
+ * as OpenSSL does with SSL_OP_NO_RENEGOTIATION: a warning, no handshake
+ * (and, counted as a record without data, not forever). */
 static int rec_handshake(struct tls_conn *c, const uint8_t *m, size_t n)
 {
 	static const uint8_t no_reneg[2] = {SSL3_AL_WARNING, SSL_AD_NO_RENEGOTIATION};
 	static const uint8_t key_update[5] = {SSL3_MT_KEY_UPDATE, 0, 0, 1, 0};
 
-	if (!tls_rec_is_tls13(c->rec))
+	if (!tls_rec_is_tls13(c->rec)) {
+		if (rec_idle(c) != TLS_WANT_MORE)
+			return TLS_ERROR;
 		return rec_seal_out(c, TLS_REC_ALERT, no_reneg, 2) ? TLS_ERROR
 								 : TLS_WANT_MORE;
-	while (n) {
-		size_t len = n >= 4 ? (size_t)m[1] << 16 | (size_t)m[2] << 8 | m[3] : 0;
-		if (n < 4 || len > n - 4)
-			return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
-					"handshake message split across records");
-		if (m[0] != SSL3_MT_KEY_UPDATE || len != 1 || m[4] > 1)
-			return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
-					"unexpected post-handshake message");
-		/* Each costs us HKDF expansions and a key set-up for the
-		 * client's 5 bytes: as with kTLS (and GnuTLS), more than
-		 * TLS_KEY_UPDATES_PER_S a second end the connection. */
-		struct timespec ts;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
-		if ((uint64_t)ts.tv_sec != c->key_update_s) {
-			c->key_update_s = (uint64_t)ts.tv_sec;
-			c->key_updates = 0;
-		}
-		if (++c->key_updates > TLS_KEY_UPDATES_PER_S)
-			return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
-					"more than 8 key updates in a second");
-		if (tls_rec_rekey(c->rec, TLS_KTLS_RX))
-			return rec_fail(c, SSL_AD_INTERNAL_ERROR, "key update failed");
-		/* update_requested: ours goes under the old key. */
-		if (m[4] == 1 && (rec_seal_out(c, TLS_REC_HANDSHAKE, key_update,
-					       sizeof(key_update)) ||
-				  tls_rec_rekey(c->rec, TLS_KTLS_TX)))
-			return rec_fail(c, SSL_AD_INTERNAL_ERROR, "key update failed");
-		m += 4 + len;
-		n -= 4 + len;
 	}
+	/* One whole KeyUpdate: nothing else comes after the handshake (no
+	 * post-handshake authentication was asked for); a message split
+	 * across records, or followed by more in its record, is refused. A
+	 * key change must end its record (RFC 8446 5.1): what followed it
+	 * went under the old key. */
+	if (!n) /* RFC 8446 5.1: no zero-length handshake fragments */
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE, "empty handshake record");
+	size_t len = n >= 4 ? (size_t)m[1] << 16 | (size_t)m[2] << 8 | m[3] : 0;
+	if (n < 4 || len > n - 4)
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+				"handshake message split across records");
+	if (m[0] != SSL3_MT_KEY_UPDATE || len != 1)
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+				"unexpected post-handshake message");
+	if (n != 5)
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+				"key update not at the end of its record");
+	if (m[4] > 1)
+		return rec_fail(c, SSL_AD_ILLEGAL_PARAMETER,
+				"key update with a bad request_update");
+	/* Each costs us HKDF expansions and a key set-up for the client's
+	 * 5 bytes: as with kTLS (and GnuTLS), more than
+	 * TLS_KEY_UPDATES_PER_S a second end the connection. */
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	if ((uint64_t)ts.tv_sec != c->key_update_s) {
+		c->key_update_s = (uint64_t)ts.tv_sec;
+		c->key_updates = 0;
+	}
+	if (++c->key_updates > TLS_KEY_UPDATES_PER_S)
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+				"more than 8 key updates in a second");
+	if (tls_rec_rekey(c->rec, TLS_KTLS_RX))
+		return rec_fail(c, SSL_AD_INTERNAL_ERROR, "key update failed");
+	/* update_requested: ours goes under the old key (none once our
+	 * close_notify is out: nothing more will be sent). */
+	if (m[4] == 1 && !c->close_sent &&
+	    (rec_seal_out(c, TLS_REC_HANDSHAKE, key_update, sizeof(key_update)) ||
+	     tls_rec_rekey(c->rec, TLS_KTLS_TX)))
+		return rec_fail(c, SSL_AD_INTERNAL_ERROR, "key update failed");
 	return TLS_WANT_MORE;
 }
 
@@ -1450,11 +1620,28 @@ static int rec_one(struct tls_conn *c, const uint8_t *r, size_t len,
 		return TLS_ERROR;
 	uint8_t *pt = plain->data + plain->len;
 	int n = tls_rec_open(c->rec, r, len, pt, &type);
-	if (n < 0)
-		return rec_fail(c, SSL_AD_BAD_RECORD_MAC,
-				"decryption failed or bad record mac");
+	switch (-n) {
+	case 0:
+		break;
+	case TLS_REC_AD_RECORD_OVERFLOW:
+		return rec_fail(c, SSL_AD_RECORD_OVERFLOW, "record too long");
+	case TLS_REC_AD_UNEXPECTED_MESSAGE:
+		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
+				"unexpected record type or no content type");
+	case TLS_REC_AD_INTERNAL_ERROR:
+		return rec_fail(c, SSL_AD_INTERNAL_ERROR, "record sequence number exhausted");
+	default:
+		if (n < 0)
+			return rec_fail(c, SSL_AD_BAD_RECORD_MAC,
+					"decryption failed or bad record mac");
+	}
 	switch (type) {
 	case TLS_REC_DATA:
+		if (!n) { /* legal (traffic analysis padding), but not many */
+			n = rec_idle(c);
+			return n == TLS_WANT_MORE ? rc : n;
+		}
+		c->idle_records = 0;
 		plain->len += (size_t)n;
 		return rc == TLS_WANT_MORE ? TLS_OK : rc;
 	case TLS_REC_ALERT:
@@ -1477,6 +1664,24 @@ static size_t rec_total(const uint8_t *h)
 	return TLS_REC_HEADER + body;
 }
 
+/* A header's verdict before its record is waited for (up to 16 KiB
+ * buffered): its length, or 0 after failing the connection. TLS 1.3
+ * records are all application data outside; TLS 1.2 has no
+ * ChangeCipherSpec after the handshake (RFC 8446 5, RFC 5246 7.1). */
+static size_t rec_header(struct tls_conn *c, const uint8_t *h)
+{
+	size_t total = rec_total(h);
+	bool v13 = tls_rec_is_tls13(c->rec);
+	if (v13 ? h[0] != TLS_REC_DATA
+		: h[0] < TLS_REC_ALERT || h[0] > TLS_REC_DATA)
+		rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE, "unexpected record type");
+	else if (!total)
+		rec_fail(c, SSL_AD_RECORD_OVERFLOW, "record too long");
+	else
+		return total;
+	return 0;
+}
+
 /* Keeps the unfinished record's bytes; part is sized to the record (or
  * the header, until it is known), and freed as soon as it is whole. */
 static int rec_stash(struct tls_conn *c, const uint8_t *in, size_t n)
@@ -1488,8 +1693,8 @@ static int rec_stash(struct tls_conn *c, const uint8_t *in, size_t n)
 		if (k)
 			memcpy(h, c->part, k);
 		memcpy(h + k, in, TLS_REC_HEADER - k);
-		if (!(want = rec_total(h)))
-			return rec_fail(c, SSL_AD_RECORD_OVERFLOW, "record too long"), -1;
+		if (!(want = rec_header(c, h)))
+			return -1;
 	}
 	uint8_t *p = realloc(c->part, want);
 	if (!p) {
@@ -1532,9 +1737,9 @@ static int rec_feed(struct tls_conn *c, const uint8_t *in, size_t len,
 			c->part_len = 0;
 			continue;
 		}
-		size_t total = len >= TLS_REC_HEADER ? rec_total(in) : 0;
+		size_t total = len >= TLS_REC_HEADER ? rec_header(c, in) : 0;
 		if (len >= TLS_REC_HEADER && !total)
-			return rec_fail(c, SSL_AD_RECORD_OVERFLOW, "record too long");
+			return TLS_ERROR;
 		if (len < TLS_REC_HEADER || len < total) {
 			if (rec_stash(c, in, len))
 				return TLS_ERROR;
@@ -1629,7 +1834,7 @@ int tls_conn_write(struct tls_conn *c, const uint8_t *plain, size_t len)
 	int r;
 
 	assert(c && (plain || !len) && !c->exported);
-	if (c->failed || !c->hs_done || c->closed)
+	if (c->failed || !c->hs_done || c->closed || c->close_sent)
 		return TLS_ERROR;
 	if (!len)
 		return TLS_OK;
@@ -1666,7 +1871,7 @@ int tls_conn_writev(struct tls_conn *c, const struct iovec *iov, unsigned n,
 		}
 		return tls_conn_write(c, scratch, len);
 	}
-	if (c->failed || c->closed)
+	if (c->failed || c->closed || c->close_sent)
 		return TLS_ERROR;
 	if (!len)
 		return TLS_OK;
@@ -1693,6 +1898,9 @@ int tls_conn_close_notify(struct tls_conn *c)
 	if (c->rec) {
 		static const uint8_t close_notify[2] = {SSL3_AL_WARNING,
 							SSL_AD_CLOSE_NOTIFY};
+		if (c->close_sent)
+			return TLS_OK;
+		c->close_sent = true;
 		return rec_seal_out(c, TLS_REC_ALERT, close_notify, 2) ? TLS_ERROR
 									: TLS_OK;
 	}
@@ -1776,31 +1984,41 @@ struct ktls_material {
 	size_t key_len, iv_len; /* iv_len: 4 (TLS 1.2 GCM) or 12 */
 };
 
-/* Fetched once: an OpenSSL 3 fetch is a locked name lookup, and every
- * TLS 1.3 handoff and key update expands several labels. EVP_KDF objects
- * may be shared by threads; each call gets its own context. */
-static EVP_KDF *hkdf;
+/* The two digests of the TLS 1.3 suites, fetched once: EVP_sha256() and
+ * the digest OpenSSL names for a suite are not fetched, so every use
+ * would fetch again (a locked lookup). */
+static EVP_MD *hkdf_sha256, *hkdf_sha384;
 static pthread_once_t hkdf_once = PTHREAD_ONCE_INIT;
 
 static void hkdf_fetch(void)
 {
-	hkdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+	hkdf_sha256 = EVP_MD_fetch(NULL, "SHA256", NULL);
+	hkdf_sha384 = EVP_MD_fetch(NULL, "SHA384", NULL);
 }
 
-/* HKDF-Expand-Label(secret, label, "", len), RFC 8446 7.1. */
+/* HKDF-Expand-Label(secret, label, "", len), RFC 8446 7.1, for len up to
+ * the hash's size: HKDF-Expand's first block, T(1) = HMAC(secret,
+ * HkdfLabel || 0x01) (RFC 5869 2.3), with HMAC spelled out (RFC 2104)
+ * over the fetched digest. Through EVP_KDF each call cost ~20,000
+ * instructions (a digest fetch by name, an HMAC context built and freed);
+ * four per connection moving out of OpenSSL. */
 static int hkdf_expand_label(const EVP_MD *md, const uint8_t *secret,
 			     size_t secret_len, const char *label,
 			     uint8_t *out, size_t len)
 {
-	uint8_t info[2 + 1 + 255 + 1];
+	enum { BLOCK_MAX = 128 }; /* SHA-384's block */
+	uint8_t info[2 + 1 + 255 + 1 + 1], pad[BLOCK_MAX], inner[EVP_MAX_MD_SIZE];
 	size_t label_len = strlen(label), n = 0;
-	int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY, ok;
-	EVP_KDF_CTX *kctx;
-	OSSL_PARAM params[5];
+	unsigned inner_len = 0, out_len = 0;
+	uint8_t t[EVP_MAX_MD_SIZE];
 
 	pthread_once(&hkdf_once, hkdf_fetch);
-	kctx = hkdf ? EVP_KDF_CTX_new(hkdf) : NULL;
-
+	const EVP_MD *d = EVP_MD_get_type(md) == NID_sha384 ? hkdf_sha384 :
+			  EVP_MD_get_type(md) == NID_sha256 ? hkdf_sha256 : NULL;
+	size_t block = d ? (size_t)EVP_MD_get_block_size(d) : 0;
+	if (!d || block > BLOCK_MAX || secret_len > block ||
+	    len > (size_t)EVP_MD_get_size(d))
+		return -1;
 	assert(label_len + 6 <= 255);
 	info[n++] = (uint8_t)(len >> 8);
 	info[n++] = (uint8_t)len;
@@ -1810,15 +2028,29 @@ static int hkdf_expand_label(const EVP_MD *md, const uint8_t *secret,
 	memcpy(info + n, label, label_len);
 	n += label_len;
 	info[n++] = 0; /* empty context */
-	params[0] = OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode);
-	params[1] = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST,
-						     (char *)EVP_MD_get0_name(md), 0);
-	params[2] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY,
-						      (void *)secret, secret_len);
-	params[3] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info, n);
-	params[4] = OSSL_PARAM_construct_end();
-	ok = kctx && EVP_KDF_derive(kctx, out, len, params) == 1;
-	EVP_KDF_CTX_free(kctx);
+	info[n++] = 1; /* HKDF-Expand's block counter */
+
+	EVP_MD_CTX *x = EVP_MD_CTX_new();
+	memset(pad, 0x36, block);
+	for (size_t i = 0; i < secret_len; i++)
+		pad[i] ^= secret[i];
+	int ok = x && EVP_DigestInit_ex(x, d, NULL) == 1 &&
+		 EVP_DigestUpdate(x, pad, block) == 1 &&
+		 EVP_DigestUpdate(x, info, n) == 1 &&
+		 EVP_DigestFinal_ex(x, inner, &inner_len) == 1;
+	memset(pad, 0x5c, block);
+	for (size_t i = 0; i < secret_len; i++)
+		pad[i] ^= secret[i];
+	ok = ok && EVP_DigestInit_ex(x, d, NULL) == 1 &&
+	     EVP_DigestUpdate(x, pad, block) == 1 &&
+	     EVP_DigestUpdate(x, inner, inner_len) == 1 &&
+	     EVP_DigestFinal_ex(x, t, &out_len) == 1 && out_len >= len;
+	if (ok)
+		memcpy(out, t, len);
+	EVP_MD_CTX_free(x);
+	OPENSSL_cleanse(pad, sizeof(pad));
+	OPENSSL_cleanse(inner, sizeof(inner));
+	OPENSSL_cleanse(t, sizeof(t));
 	return ok ? 0 : -1;
 }
 

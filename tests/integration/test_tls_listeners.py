@@ -350,6 +350,26 @@ def test_ciphers_and_ciphers_tls13_options(broker_factory, P):
     assert not tlsutil.s_client_handshake_ok(r), r.out
 
 
+def test_tls13_prefers_aes128_sha256_unless_ciphers_tls13_says(broker_factory, P):
+    """Without ciphers_tls1.3 a TLS 1.3 client offering OpenSSL's default
+    suites (AES-256-GCM-SHA384 first) gets TLS_AES_128_GCM_SHA256: the
+    server's order, for the SHA-256 key schedule; the other suites still
+    work for a client that offers only them."""
+    b, (port,) = tlsutil.start(broker_factory, tls_listener(
+        extra="allow_anonymous true\n") + LOG)
+    r = tlsutil.s_client(port, ["-CAfile", P["ca.pem"], "-tls1_3"])
+    assert re.search(r"Cipher is TLS_AES_128_GCM_SHA256", r.out), r.out
+    for suite in ("TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"):
+        r = tlsutil.s_client(port, ["-CAfile", P["ca.pem"], "-tls1_3",
+                                    "-ciphersuites", suite])
+        assert re.search(r"Cipher is " + suite, r.out), r.out
+    b2, (port2,) = tlsutil.start(broker_factory, tls_listener(
+        extra="ciphers_tls1.3 TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256\n"
+              "allow_anonymous true\n") + LOG)
+    r = tlsutil.s_client(port2, ["-CAfile", P["ca.pem"], "-tls1_3"])
+    assert re.search(r"Cipher is TLS_AES_256_GCM_SHA384", r.out), r.out
+
+
 # --- server key types, s_client view -------------------------------------------
 
 @pytest.mark.parametrize("kind", ["rsa", "ecdsa"])
