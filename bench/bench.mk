@@ -67,11 +67,20 @@ endif
 bench: bench-deps $(BENCH_GEN) bench-kite bench-flashmq
 	$(BENCH_RUN) --profile full
 
+# A full and a resumed TLS handshake through kite's TLS code, in memory
+# (bench/tls_handshake_bench.c says how to run it); built by bench-smoke so
+# it keeps compiling.
+BENCH_TLS_HS  := $(BENCH_BUILD)/tls-handshake-bench
+$(BENCH_TLS_HS): bench/tls_handshake_bench.c tls/tls.c tls/rec.c tls/tls.h tls/rec.h
+	@mkdir -p $(BENCH_BUILD)
+	gcc $(BENCH_CFLAGS) -Wno-unused-parameter -o $@ bench/tls_handshake_bench.c \
+		tls/tls.c tls/rec.c -lssl -lcrypto -lpthread
+
 bench-quick: bench-deps $(BENCH_GEN) bench-kite bench-flashmq
 	$(BENCH_RUN) --profile quick
 
 # Inside `make test`: correctness only (counts, no loss), never speed.
-bench-smoke: $(BENCH_GEN) bench-kite
+bench-smoke: $(BENCH_GEN) $(BENCH_TLS_HS) bench-kite
 	$(BENCH_RUN) --profile smoke --no-plots
 
 # Durable state (bench/README.md, "Durable state"): persist-* rows only,

@@ -8,6 +8,7 @@
  * from `kite cert`, as bench/run.py makes them); resumed handshakes offer
  * the ticket of the first one (a ticket of this hour is not renewed).
  *
+ *   make build/bench/tls-handshake-bench     # or by hand:
  *   gcc -O2 -std=c17 -D_GNU_SOURCE -I. -o /tmp/tls_handshake_bench \
  *       bench/tls_handshake_bench.c tls/tls.c tls/rec.c -lssl -lcrypto -lpthread
  *   taskset -c 1 /tmp/tls_handshake_bench build/bench/pki 500
