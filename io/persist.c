@@ -83,6 +83,7 @@ struct shard_log {
 	struct log_limit err_log;
 	/* Until then writes go through io_uring (a slow page-cache write). */
 	uint64_t async_until_ms;
+	uint32_t slow_writes;	 /* in a row */
 	struct log_limit slow_log;
 };
 
@@ -730,11 +731,15 @@ void persist_on_retained(struct shard *s, struct persist_ticket *t)
  * leave in the same turn rather than one io_uring round trip later.
  * fdatasync, which waits for the disk, stays on io_uring. Such a write
  * blocks only while the kernel throttles writers (dirty pages over its
- * limit on a slow disk: pauses of at most 200 ms each). One that took
- * longer than this hands the shard's writes to io_uring (its workers
- * block instead of the shard) for LOG_ASYNC_MS, so that the shard's
- * other clients are served meanwhile. */
-#define LOG_SLOW_WRITE_NS (5u * 1000u * 1000u)
+ * limit on a slow disk: pauses of at most 200 ms each). LOG_SLOW_WRITES
+ * writes in a row that took longer than LOG_SLOW_WRITE_NS hand the
+ * shard's writes to io_uring (its workers block instead of the shard)
+ * for LOG_ASYNC_MS, so that the shard's other clients are served
+ * meanwhile. One slow write is not enough: on a busy machine the shard
+ * is preempted for as long now and then, which the kernel's workers
+ * would not avoid. */
+#define LOG_SLOW_WRITE_NS (10u * 1000u * 1000u)
+#define LOG_SLOW_WRITES 3u
 #define LOG_ASYNC_MS 1000u
 /* Records that settling causes (a QoS 2 release logged once its
  * destinations have the message, the sends of a queue it unblocked) are
@@ -834,14 +839,17 @@ static void log_write_now(struct shard *s)
 	else
 		stat_add(&s->stats.persist_bytes_written, len);
 	log_buf_done(&l->cur);
-	if (took_ns > LOG_SLOW_WRITE_NS) {
+	l->slow_writes = took_ns > LOG_SLOW_WRITE_NS ? l->slow_writes + 1 : 0;
+	if (l->slow_writes >= LOG_SLOW_WRITES) {
 		uint32_t left_out;
+		l->slow_writes = 0;
 		l->async_until_ms = s->now_ms + LOG_ASYNC_MS;
 		if (log_limit_take(&l->slow_log, s->now_ms, 1, &left_out))
 			log_msg(KITE_LOG_WARNING, "Persistence: writing %llu "
-				"bytes to %s took %llu ms (the kernel is "
-				"throttling writes to this disk): shard %u "
-				"writes through io_uring for a while",
+				"bytes to %s took %llu ms, the third slow write "
+				"in a row (the kernel is throttling writes to "
+				"this disk?): shard %u writes through io_uring "
+				"for a second",
 				(unsigned long long)len, l->path,
 				(unsigned long long)(took_ns / 1000000u), s->idx);
 	}
