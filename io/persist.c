@@ -942,10 +942,15 @@ static void log_on_sync(struct shard *s, int res)
 	struct shard_log *l = s->log;
 	l->sync_busy = false;
 	l->last_sync_ms = s->now_ms;
-	if (res < 0)
+	if (res < 0) {
 		log_write_failed(s, -res, l->sync_target - l->synced);
-	else
+		/* A compaction under `always` waits for the old file to be
+		 * synced: not behind a disk that fails (records would pile
+		 * up in `cur`). It is wanted again at a later tick. */
+		l->compact_due = false;
+	} else {
 		l->synced = l->sync_target;
+	}
 	if (sync_always(s)) {
 		if (l->durable < l->sync_target)
 			l->durable = l->sync_target;
