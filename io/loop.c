@@ -959,9 +959,11 @@ static void *shard_main(void *arg)
 	bridge_start(s);
 	uint64_t stop_deadline = 0;
 	for (;;) {
+		/* The log first: the acknowledgements its write releases
+		 * leave with this turn's sends. */
+		bool unwritten = persist_turn_end(s);
 		loop_flush_dirty(s);
-		persist_turn_end(s);
-		bool backlog = shard_flush_overflow(s);
+		bool backlog = shard_flush_overflow(s) || unwritten;
 		if (s->input_paused)
 			shard_resume_input(s);
 		shard_send_wakeups(s);

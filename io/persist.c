@@ -2,10 +2,12 @@
  * recovery at startup (docs/PERSISTENCE.md).
  *
  * A shard appends records to `cur` as things change. At the end of each
- * loop turn `cur` becomes one write (with a linked fdatasync under
- * `persistence_sync always`); its completion moves `durable` on and
- * settles the tickets waiting for it, in append order. Positions are byte
- * offsets in the shard's current file ("LSN"). */
+ * loop turn `cur` becomes one pwrite into the page cache, which moves
+ * `durable` on and settles the tickets waiting for it, in append order,
+ * before the turn's sends; under `persistence_sync always` an fdatasync
+ * through io_uring does that instead, one at a time, each covering every
+ * write made before it started (group commit). Positions count record
+ * bytes since startup ("LSN"). */
 #include <assert.h>
 #include <dirent.h>
 #include <errno.h>
@@ -43,7 +45,7 @@ struct shard_log {
 	char path[PERSIST_LOG_PATH_MAX];
 	uint64_t generation;
 	struct journal_buf cur;	 /* this turn's records */
-	struct journal_buf wbuf; /* being written */
+	struct journal_buf wbuf; /* being written by io_uring (slow disk) */
 	/* Positions count record bytes since startup, across generations;
 	 * the current file holds those from file_base on (after its
 	 * header). */
@@ -79,6 +81,10 @@ struct shard_log {
 	uint64_t next_msg;	  /* this shard's message counter */
 	uint64_t failed_writes;
 	struct log_limit err_log;
+	/* Until then writes go through io_uring (a slow page-cache write). */
+	uint64_t async_until_ms;
+	uint32_t slow_writes;	 /* in a row */
+	struct log_limit slow_log;
 };
 
 uint64_t persist_wall_ms(void)
@@ -727,6 +733,35 @@ void persist_on_retained(struct shard *s, struct persist_ticket *t)
 
 /* ---- writing ---------------------------------------------------------------- */
 
+/* A turn's records go into the page cache with pwrite at the turn's
+ * end: a killed process loses nothing the kernel took, which is all that
+ * `persistence_sync N` and `never` promise, so their acknowledgements
+ * leave in the same turn rather than one io_uring round trip later.
+ * fdatasync, which waits for the disk, stays on io_uring. Such a write
+ * blocks only while the kernel throttles writers (dirty pages over its
+ * limit on a slow disk: pauses of at most 200 ms each). LOG_SLOW_WRITES
+ * writes in a row that took longer than LOG_SLOW_WRITE_NS hand the
+ * shard's writes to io_uring (its workers block instead of the shard)
+ * for LOG_ASYNC_MS, so that the shard's other clients are served
+ * meanwhile. One slow write is not enough: on a busy machine the shard
+ * is preempted for as long now and then, which the kernel's workers
+ * would not avoid. */
+#define LOG_SLOW_WRITE_NS (10u * 1000u * 1000u)
+#define LOG_SLOW_WRITES 3u
+#define LOG_ASYNC_MS 1000u
+/* Records that settling causes (a QoS 2 release logged once its
+ * destinations have the message, the sends of a queue it unblocked) are
+ * written in the same turn end, up to this many writes; more is left
+ * for the next turn, which then does not sleep. */
+#define LOG_TURN_WRITES 4
+
+static uint64_t mono_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static void log_submit_sync(struct shard *s, uint64_t target)
 {
 	struct shard_log *l = s->log;
@@ -750,28 +785,7 @@ static void log_submit_write(struct shard *s)
 static void compact_start(struct shard *s);
 static void snapshot_slice(struct shard *s);
 
-void persist_turn_end(struct shard *s)
-{
-	struct shard_log *l = s->log;
-	if (l && l->compact_due && !l->write_busy && !l->sync_busy)
-		compact_start(s);
-	if (l && l->snapshotting)
-		snapshot_slice(s);
-	/* With `always` a write and its fdatasync are one step. */
-	if (!l || l->write_busy || (sync_always(s) && l->sync_busy) ||
-	    !l->cur.len)
-		return;
-	/* The turn's records become one write; the next turn fills a
-	 * fresh buffer meanwhile. */
-	struct journal_buf t = l->wbuf;
-	l->wbuf = l->cur;
-	l->cur = t;
-	l->cur.len = 0;
-	l->w_lsn = l->appended - l->wbuf.len;
-	log_submit_write(s);
-}
-
-static void log_write_failed(struct shard *s, int err)
+static void log_write_failed(struct shard *s, int err, uint64_t len)
 {
 	struct shard_log *l = s->log;
 	uint32_t left_out;
@@ -779,9 +793,10 @@ static void log_write_failed(struct shard *s, int err)
 	stat_add(&s->stats.persist_write_errors, 1);
 	if (log_limit_take(&l->err_log, s->now_ms, 1, &left_out))
 		log_msg(KITE_LOG_ERR, "Persistence: writing %s failed: %s; "
-			"%zu bytes of changes are not durable (%llu failed "
+			"%llu bytes of changes are not durable (%llu failed "
 			"writes so far); %s", l->path, strerror(err),
-			l->wbuf.len, (unsigned long long)l->failed_writes,
+			(unsigned long long)len,
+			(unsigned long long)l->failed_writes,
 			sync_always(s) ? "their acknowledgements are withheld "
 					 "(persistence_sync always)"
 				       : "acknowledgements go on");
@@ -790,9 +805,127 @@ static void log_write_failed(struct shard *s, int err)
 /* Log buffers larger than this are freed once written. */
 #define LOG_BUF_KEEP (4u << 20)
 
+/* A snapshot's retained store or a burst can grow a buffer to many MiB;
+ * keeping that capacity would hold it resident for good. */
+static void log_buf_done(struct journal_buf *b)
+{
+	b->len = 0;
+	if (b->cap > LOG_BUF_KEEP)
+		journal_buf_free(b);
+}
+
+/* Everything before `end` is written (err: the last write failed). A
+ * failed write is not retried: its records are gone from memory
+ * already. What waits on it is released, marked failed
+ * (persist_ticket_done decides what that costs the client); under
+ * `always` that may include waiters of earlier writes whose fdatasync
+ * is still running: withheld, they are sent again, never lost. */
+static void log_written(struct shard *s, uint64_t end, int err)
+{
+	struct shard_log *l = s->log;
+	l->written = end;
+	if (!err && sync_always(s))
+		return; /* the turn end's fdatasync covers it */
+	if (l->durable < end)
+		l->durable = end;
+	log_settle_waiters_as(s, err != 0);
+}
+
+/* The turn's records, written now into the page cache. */
+static void log_write_now(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	uint64_t len = l->cur.len;
+	uint64_t start_ns = mono_ns();
+	int err = 0;
+	if (persist_write_all(l->fd, l->cur.data, l->cur.len,
+			      file_off(l, l->appended - len)) < 0)
+		err = errno;
+	uint64_t took_ns = mono_ns() - start_ns;
+	if (err)
+		log_write_failed(s, err, len);
+	else
+		stat_add(&s->stats.persist_bytes_written, len);
+	log_buf_done(&l->cur);
+	l->slow_writes = took_ns > LOG_SLOW_WRITE_NS ? l->slow_writes + 1 : 0;
+	if (l->slow_writes >= LOG_SLOW_WRITES) {
+		uint32_t left_out;
+		l->slow_writes = 0;
+		l->async_until_ms = s->now_ms + LOG_ASYNC_MS;
+		if (log_limit_take(&l->slow_log, s->now_ms, 1, &left_out))
+			log_msg(KITE_LOG_WARNING, "Persistence: writing %llu "
+				"bytes to %s took %llu ms, the third slow write "
+				"in a row (the kernel is throttling writes to "
+				"this disk?): shard %u writes through io_uring "
+				"for a second",
+				(unsigned long long)len, l->path,
+				(unsigned long long)(took_ns / 1000000u), s->idx);
+	}
+	log_written(s, l->appended, err);
+}
+
+/* The turn's records, handed to io_uring: the next turn fills a fresh
+ * buffer meanwhile. */
+static void log_write_async(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	struct journal_buf t = l->wbuf;
+	l->wbuf = l->cur;
+	l->cur = t;
+	l->cur.len = 0;
+	l->w_lsn = l->appended - l->wbuf.len;
+	log_submit_write(s);
+}
+
+/* Whether the turn's records may be written now. Under `always` a
+ * compaction closes the old file, so everything written to it must be
+ * synced first: while a compaction waits for that, new records wait in
+ * `cur` (they go to the new file). */
+static bool log_may_write(const struct shard *s)
+{
+	const struct shard_log *l = s->log;
+	if (!l->cur.len || l->write_busy)
+		return false;
+	return !(l->compact_due && sync_always(s));
+}
+
+/* Writes what is in `cur`, again while settling adds records; true when
+ * some are left for the next turn, which should not sleep. */
+static bool log_flush(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	for (unsigned i = 0; i < LOG_TURN_WRITES && log_may_write(s); i++) {
+		if (s->now_ms < l->async_until_ms) {
+			log_write_async(s);
+			break;
+		}
+		log_write_now(s);
+	}
+	/* Group commit: one fdatasync covers every write before it; those
+	 * made while it runs wait for the next one. */
+	if (sync_always(s) && !l->sync_busy && l->synced < l->written)
+		log_submit_sync(s, l->written);
+	return log_may_write(s);
+}
+
+bool persist_turn_end(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	if (!l)
+		return false;
+	if (l->compact_due && !l->write_busy && !l->sync_busy &&
+	    (!sync_always(s) || l->synced >= l->written))
+		compact_start(s);
+	if (l->snapshotting)
+		snapshot_slice(s);
+	return log_flush(s);
+}
+
 static void log_on_write(struct shard *s, int res)
 {
 	struct shard_log *l = s->log;
+	if (res == 0 && l->wbuf.len)
+		res = -ENOSPC; /* nothing taken: as good as a full disk */
 	if (res > 0 && (size_t)res < l->wbuf.len) {
 		/* Short write (a signal, a full disk on the way): the
 		 * rest goes again at its own offset. */
@@ -803,25 +936,13 @@ static void log_on_write(struct shard *s, int res)
 		return;
 	}
 	if (res < 0)
-		log_write_failed(s, -res);
+		log_write_failed(s, -res, l->wbuf.len);
 	else
 		stat_add(&s->stats.persist_bytes_written, l->wbuf.len);
 	l->write_busy = false;
-	l->written = l->w_lsn + l->wbuf.len;
-	l->wbuf.len = 0;
-	/* A snapshot's retained store or a burst can grow a buffer to many
-	 * MiB; keeping that capacity would hold it resident for good. */
-	if (l->wbuf.cap > LOG_BUF_KEEP)
-		journal_buf_free(&l->wbuf);
-	if (sync_always(s) && res >= 0) {
-		log_submit_sync(s, l->written);
-		return;
-	}
-	/* A failed write is not retried: its records are gone from
-	 * memory already. What waits on it is released, marked failed
-	 * (persist_ticket_done decides what that costs the client). */
-	l->durable = l->written;
-	log_settle_waiters_as(s, res < 0);
+	uint64_t end = l->w_lsn + l->wbuf.len;
+	log_buf_done(&l->wbuf);
+	log_written(s, end, res < 0 ? -res : 0);
 }
 
 static void log_on_sync(struct shard *s, int res)
@@ -829,12 +950,18 @@ static void log_on_sync(struct shard *s, int res)
 	struct shard_log *l = s->log;
 	l->sync_busy = false;
 	l->last_sync_ms = s->now_ms;
-	if (res < 0)
-		log_write_failed(s, -res);
-	else
+	if (res < 0) {
+		log_write_failed(s, -res, l->sync_target - l->synced);
+		/* A compaction under `always` waits for the old file to be
+		 * synced: not behind a disk that fails (records would pile
+		 * up in `cur`). It is wanted again at a later tick. */
+		l->compact_due = false;
+	} else {
 		l->synced = l->sync_target;
+	}
 	if (sync_always(s)) {
-		l->durable = l->sync_target;
+		if (l->durable < l->sync_target)
+			l->durable = l->sync_target;
 		log_settle_waiters_as(s, res < 0);
 	}
 }
@@ -1073,6 +1200,8 @@ int persist_write_all(int fd, const uint8_t *buf, size_t len, uint64_t off)
 		ssize_t n = pwrite(fd, buf, len, (off_t)off);
 		if (n < 0 && errno == EINTR)
 			continue;
+		if (n == 0)
+			errno = ENOSPC; /* nothing taken: as good as a full disk */
 		if (n <= 0)
 			return -1;
 		buf += n;

@@ -1,6 +1,7 @@
 /* Durable state (docs/PERSISTENCE.md): each shard logs the changes to what
- * it owns into its own file, through its own io_uring, one write per loop
- * turn; acknowledgements wait for the records they acknowledge.
+ * it owns into its own file, one write per loop turn (fdatasync through
+ * its own io_uring); acknowledgements wait for the records they
+ * acknowledge.
  *
  * Every function is a no-op (or answers at once) when `persistence` is
  * off: the broker without it pays one branch per hook. */
@@ -160,8 +161,13 @@ bool persist_gated(const struct conn *c);
 
 /* ---- the loop ------------------------------------------------------------- */
 
-/* At the end of every turn: this turn's records go out in one write. */
-void persist_turn_end(struct shard *s);
+/* At the end of every turn, before the connections are flushed: this
+ * turn's records go into the page cache in one write, and the
+ * acknowledgements that waited for them are released to leave in this
+ * turn's sends (under `persistence_sync always` they wait for the
+ * fdatasync it starts). True when records are left that the next turn
+ * should write without sleeping first. */
+bool persist_turn_end(struct shard *s);
 /* UD_PERSIST completions. */
 void persist_on_cqe(struct shard *s, uint32_t what, int res);
 /* Every tick: the periodic sync (persistence_sync N). */
