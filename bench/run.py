@@ -232,6 +232,14 @@ def scenario_list(profile, fd_limit=1 << 20):
     add("p2p-q1", "sat", f"{pairs} pairs, publisher i -> p2p/i -> "
         "subscriber i, QoS 1", f"--topology p2p --pairs {pairs} --qos 1 "
         "--window 16 --burst 4 --max-outstanding 8192")
+    # A client that waits for each answer before it sends again (a QoS 1
+    # publish at a time, request and response): what it gets is set by
+    # how soon the broker answers, not by its CPU per message.
+    add("sync-p2p-q1", "sat", "1 pair, QoS 1, one message at a time: the "
+        "publisher waits for each PUBACK, the subscriber acks each delivery",
+        "--topology p2p --pairs 1 --qos 1 --window 1")
+    add("sync10-p2p-q1", "sat", "10 pairs, QoS 1, one message at a time "
+        "each", "--topology p2p --pairs 10 --qos 1 --window 1")
     add(f"idle-{idle1 // 1000}k", "idle", f"{idle1} idle connections",
         f"--topology idle --conns {idle1}", ports=1, size_note=note1)
     if idle2 != idle1:

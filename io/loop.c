@@ -623,6 +623,11 @@ static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
 			s->recv_off[bid] = (uint16_t)(off + (unsigned)cqe->res);
 		}
 		if (c && cqe->res > 0) {
+			uint16_t ago = (uint16_t)(s->turn_ns / SHARD_SENT_UNIT_NS -
+				  s->sent_at[c->id % SHARD_SENT_SLOTS]);
+			s->turn_recvs++;
+			s->turn_answered += ago <= SHARD_GATHER_BUSY_US * 1000ull /
+							   SHARD_SENT_UNIT_NS;
 			stat_add(&s->stats.bytes_received, (uint64_t)cqe->res);
 			conn_on_data(c, s->recv_bufs +
 					       (size_t)bid * SHARD_RECV_BUF_SIZE + off,
@@ -848,8 +853,10 @@ static void shard_stop_all(struct shard *s)
 
 void loop_flush_dirty(struct shard *s)
 {
+	uint16_t now = (uint16_t)(s->turn_ns / SHARD_SENT_UNIT_NS);
 	while (s->dirty) {
 		struct conn *c = s->dirty;
+		s->sent_at[c->id % SHARD_SENT_SLOTS] = now;
 		s->dirty = c->dirty_next;
 		c->dirty_next = NULL;
 		c->flags &= (uint8_t)~CONN_DIRTY;
@@ -893,7 +900,12 @@ static void shard_wait(struct shard *s, bool backlog)
 		__atomic_store_n(sq->ktail, sq->sqe_tail, __ATOMIC_RELEASE);
 	}
 	unsigned submit = *sq->ktail - *sq->khead;
-	bool gather = s->min_wait_ok && !backlog &&
+	/* A turn with data decides: mostly from clients kite had just
+	 * answered (they wait for it), or mostly on their own clock. */
+	if (s->turn_recvs)
+		s->clients_wait = s->turn_answered * 2 >= s->turn_recvs;
+	s->turn_recvs = s->turn_answered = 0;
+	bool gather = s->min_wait_ok && !backlog && !s->clients_wait &&
 		      s->last_wait_ns < SHARD_GATHER_BUSY_US * 1000ull;
 	uint64_t start = now_monotonic_ns();
 	/* The general timeout only bounds the wait (the tick wakes the
@@ -914,7 +926,8 @@ static void shard_wait(struct shard *s, bool backlog)
 		/* A kernel that advertises it yet refuses: no more tries. */
 		s->min_wait_ok = false;
 	}
-	s->last_wait_ns = now_monotonic_ns() - start;
+	s->turn_ns = now_monotonic_ns();
+	s->last_wait_ns = s->turn_ns - start;
 }
 
 static void *shard_main(void *arg)

@@ -53,6 +53,17 @@
 #define SHARD_GATHER_US 1000
 #define SHARD_GATHER_NR 64
 #define SHARD_GATHER_BUSY_US 2000
+/* Gathering only helps clients that send on their own clock (devices
+ * reporting, a publisher at a rate). A client that waits for kite's
+ * answer before it sends again (a QoS 1 publish at a time, a request
+ * and its response) would wait the whole gathering wait on every round
+ * trip: one message a millisecond instead of tens of thousands a second.
+ * So the shard notes when it last sent to each connection slot (in
+ * SHARD_SENT_UNIT_NS units, slots folded onto SHARD_SENT_SLOTS), and a
+ * turn whose data came mostly from connections answered less than
+ * SHARD_GATHER_BUSY_US before does not gather for its next wait. */
+#define SHARD_SENT_SLOTS 4096
+#define SHARD_SENT_UNIT_NS 16384
 /* Concurrent scrapes per listener; each holds at most a request and one
  * answer. */
 #define METRICS_SCRAPES_MAX 8
@@ -264,6 +275,14 @@ struct shard {
 	 * and how long the last wait slept (ns). */
 	bool min_wait_ok;
 	uint64_t last_wait_ns;
+	/* When the turn began (ns); what the shard last sent to each slot
+	 * (loop_flush_dirty); this turn's data receives and how many came
+	 * from a connection answered just before; and the verdict: clients
+	 * are waiting for kite, do not gather. */
+	uint64_t turn_ns;
+	uint16_t sent_at[SHARD_SENT_SLOTS];
+	uint32_t turn_recvs, turn_answered;
+	bool clients_wait;
 
 	struct conn **conns; /* by id */
 	uint32_t conns_cap, conns_used;
