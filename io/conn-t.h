@@ -26,7 +26,8 @@
 /* How long (in ticks) a subscriber's empty wire queue is kept. */
 #define CONN_OUTQ_KEEP_TICKS 8
 /* Send contexts each shard keeps for reuse (conn.c): small ones (up to
- * SEND_CTX_SMALL_IOV iovecs: a lone packet, TLS records), full-size ones
+ * SEND_CTX_SMALL_IOV iovecs: a lone packet, TLS records; or, in their
+ * iovec space, a copy of up to 240 bytes: acks, a CONNACK), full-size ones
  * (a backlog as iovecs) and copy ones (a turn's packets gathered into
  * bytes of their own: up to SEND_COPY_SMALL_BYTES, what a turn usually
  * brings, or SEND_COPY_BYTES); beyond these counts a finished context is

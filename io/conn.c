@@ -900,7 +900,8 @@ static struct send_ctx *send_ctx_get(struct shard *s, unsigned cls)
 	struct send_ctx *ctx = s->ctx_pool[cls];
 	if (ctx) {
 		s->ctx_pool[cls] = ctx->pool_next;
-		s->ctx_pool_n[cls]--;
+		if (--s->ctx_pool_n[cls] < s->ctx_pool_low[cls])
+			s->ctx_pool_low[cls] = s->ctx_pool_n[cls];
 		return ctx;
 	}
 	size_t extra = cls == SEND_CTX_COPY	  ? SEND_COPY_BYTES
@@ -959,6 +960,22 @@ static void send_ctx_drop_bufs(struct send_ctx *ctx)
 	ctx->retired = NULL;
 	ctx->owned = NULL;
 	ctx->fan = NULL;
+}
+
+void conn_pools_trim(struct shard *s)
+{
+	/* A burst (thousands of logins, each CONNACK a copy context) fills
+	 * the pools to their bounds; what then sits unused for a tick goes
+	 * back, so idle connections do not keep a burst's buffers. */
+	for (unsigned cls = 0; cls < SEND_CTX_CLASSES; cls++) {
+		for (uint32_t n = s->ctx_pool_low[cls]; n && s->ctx_pool[cls]; n--) {
+			struct send_ctx *ctx = s->ctx_pool[cls];
+			s->ctx_pool[cls] = ctx->pool_next;
+			s->ctx_pool_n[cls]--;
+			free(ctx);
+		}
+		s->ctx_pool_low[cls] = s->ctx_pool_n[cls];
+	}
 }
 
 void conn_pools_free(struct shard *s)
@@ -1260,6 +1277,9 @@ static struct fan_buf *conn_fan_buf(struct conn *c)
  * message is released now, while it is in the cache, not when the send
  * completes. A larger backlog goes as iovecs into the entries, which
  * leave the queue as the kernel takes them. NULL when out of memory. */
+/* Bytes a SEND_CTX_SMALL context holds after its first iovec. */
+#define SEND_COPY_TINY_BYTES ((SEND_CTX_SMALL_IOV - 1) * sizeof(struct iovec))
+
 static struct send_ctx *conn_flush_gather(struct conn *c)
 {
 	struct send_ctx *ctx;
@@ -1280,9 +1300,14 @@ static struct send_ctx *conn_flush_gather(struct conn *c)
 		return ctx;
 	}
 	if (c->out_bytes <= SEND_COPY_BYTES) {
-		bool small = c->out_bytes <= SEND_COPY_SMALL_BYTES;
-		if (!(ctx = send_ctx_get(c->shard, small ? SEND_CTX_COPY_SMALL
-							 : SEND_CTX_COPY)))
+		/* A few acks or a CONNACK fit where a small context keeps its
+		 * iovecs: a burst of logins then holds ~400 bytes per send in
+		 * flight, not a 2 KiB buffer each. */
+		unsigned cls = c->out_bytes <= SEND_COPY_TINY_BYTES ? SEND_CTX_SMALL
+			       : c->out_bytes <= SEND_COPY_SMALL_BYTES
+				       ? SEND_CTX_COPY_SMALL
+				       : SEND_CTX_COPY;
+		if (!(ctx = send_ctx_get(c->shard, cls)))
 			return NULL;
 		uint8_t *buf = (uint8_t *)(ctx->iov + 1);
 		size_t n = conn_out_copy(c, buf, c->out_bytes);

@@ -61,8 +61,10 @@ bool conn_queue_publish(struct conn *c, struct msg *m, const struct deliv *d,
 			bool dup, uint16_t pid);
 void conn_mark_dirty(struct conn *c);
 void conn_flush(struct conn *c);
-/* Frees the shard's pooled send contexts (shard teardown). */
+/* Frees the shard's pooled send contexts (shard teardown); _trim, at
+ * each tick, those that sat unused since the last one. */
 void conn_pools_free(struct shard *s);
+void conn_pools_trim(struct shard *s);
 void conn_on_send_done(struct conn *c, int res);
 /* Closes: reason for the log; send_will decides the will message. */
 void conn_close(struct conn *c, const char *reason, bool send_will);

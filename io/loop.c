@@ -813,6 +813,7 @@ void loop_tick(struct shard *s)
 	session_pump_deferred(s); /* after a reload that failed */
 	shard_unpark_input(s);
 	shard_check_timeouts(s);
+	conn_pools_trim(s);
 	metrics_tick(s);
 	persist_tick(s);
 	session_check_timers(s); /* returns at once unless one is due */

@@ -323,6 +323,9 @@ struct shard {
 	/* Finished send contexts for reuse, by class (conn.c). */
 	struct send_ctx *ctx_pool[SEND_CTX_CLASSES];
 	uint32_t ctx_pool_n[SEND_CTX_CLASSES];
+	/* The fewest each pool held since the last tick: that many sat
+	 * unused for a whole tick, and the tick frees them. */
+	uint32_t ctx_pool_low[SEND_CTX_CLASSES];
 	struct fan_cache *fan_cache; /* conn.c: the last fan-out's bytes */
 
 	struct delivery *scratch;
