@@ -1455,6 +1455,24 @@ static int conn_read_all(struct tls_conn *c, struct tls_buf *plain, int rc)
 	}
 }
 
+static size_t rec_total(const uint8_t *h);
+
+/* How many of n bytes are whole records; n when they cannot be records
+ * (OpenSSL then says what is wrong). */
+static size_t whole_records(const uint8_t *p, size_t n)
+{
+	size_t off = 0;
+	while (n - off >= TLS_REC_HEADER) {
+		size_t t = rec_total(p + off);
+		if (!t)
+			return n;
+		if (t > n - off)
+			break;
+		off += t;
+	}
+	return off;
+}
+
 static int conn_feed(struct tls_conn *c, struct tls_buf *plain)
 {
 	int rc = TLS_WANT_MORE, r, e;
@@ -1471,7 +1489,26 @@ static int conn_feed(struct tls_conn *c, struct tls_buf *plain)
 		conn_handshake_done(c);
 		rc = TLS_HANDSHAKE_DONE;
 	}
-	return conn_read_all(c, plain, rc);
+	/* After the handshake OpenSSL gets whole records only; the rest
+	 * waits in part for the next feed. A record OpenSSL had begun would
+	 * be lost when the records move out of it (tls_conn_shed, kTLS):
+	 * once it has taken a record's header and none of its body,
+	 * SSL_has_pending says nothing is buffered. */
+	size_t whole = whole_records(c->in, c->in_len);
+	const uint8_t *tail = c->in + whole;
+	size_t tail_len = c->in_len - whole;
+	c->in_len = whole;
+	rc = conn_read_all(c, plain, rc);
+	if (tail_len && rc != TLS_ERROR && rc != TLS_CLOSED) {
+		assert(!c->part_len);
+		if (!(c->part = malloc(tail_len))) {
+			conn_fail(c, "TLS: out of memory");
+			return TLS_ERROR;
+		}
+		memcpy(c->part, tail, tail_len);
+		c->part_len = tail_len;
+	}
+	return rc;
 }
 
 /* ---- records without OpenSSL (after tls_conn_shed) ------------------- */
@@ -1813,6 +1850,21 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *in, size_t len,
 			return TLS_ERROR;
 		}
 	}
+	uint8_t *joined = NULL;
+	if (c->part_len) { /* the start of a record, from the last feed */
+		if (!(joined = malloc(c->part_len + len))) {
+			conn_fail(c, "TLS: out of memory");
+			return TLS_ERROR;
+		}
+		memcpy(joined, c->part, c->part_len);
+		if (len)
+			memcpy(joined + c->part_len, in, len);
+		len += c->part_len;
+		in = joined;
+		free(c->part);
+		c->part = NULL;
+		c->part_len = 0;
+	}
 	ERR_clear_error();
 	c->in = in;
 	c->in_len = len;
@@ -1822,6 +1874,7 @@ int tls_conn_feed(struct tls_conn *c, const uint8_t *in, size_t len,
 	assert(c->in_len == 0 || rc == TLS_CLOSED || rc == TLS_ERROR);
 	c->in = NULL;
 	c->in_len = 0;
+	free(joined);
 	ERR_clear_error();
 	if (rc != TLS_ERROR && rc != TLS_CLOSED)
 		conn_shed_try(c);
@@ -2292,7 +2345,8 @@ static int conn_export(struct tls_conn *c, struct tls_ktls_keys *out,
 		return TLS_KTLS_UNSUPPORTED;
 	/* Bytes already taken off the socket but not yet a whole record
 	 * cannot be handed to the kernel; unsent output would be lost. */
-	if (SSL_has_pending(c->ssl) || (!keep_out && c->out_len != c->out_head))
+	if (SSL_has_pending(c->ssl) || (!keep_out && c->part_len) ||
+	    (!keep_out && c->out_len != c->out_head))
 		return TLS_KTLS_AGAIN;
 	ciph = SSL_get_current_cipher(c->ssl);
 	md = ciph ? SSL_CIPHER_get_handshake_digest(ciph) : NULL;
