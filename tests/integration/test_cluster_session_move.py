@@ -121,7 +121,11 @@ def test_in_flight_qos1_messages_come_again_with_dup_on_the_new_node(nodes):
         pub.publish("mv2/t", b"%d" % i, qos=1, pid=i + 1)
     inflight = [sub.expect(PUBLISH) for _ in range(5)]  # never acked
     assert [int(p.payload) for p in inflight] == list(range(5))
+    mark = a.mark()
     leave(sub)
+    # Node a must have seen the client go before the next five arrive
+    # (else they are sent, and in flight too, when it moves).
+    a.wait_output(r"Client mover2 .*disconnected", since=mark)
     for i in range(5, 10):
         pub.publish("mv2/t", b"%d" % i, qos=1, pid=i + 1)
     time.sleep(1.0)
