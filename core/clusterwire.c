@@ -272,7 +272,8 @@ void cluster_handover_item_write(const struct cluster_handover_item *it,
 	put_u32(p + 8, it->props_len);
 	put_u32(p + 12, it->payload_len);
 	p += 16;
-	memcpy(p, it->topic, it->topic_len);
+	if (it->topic_len) /* none without a message (a PUBREL to send) */
+		memcpy(p, it->topic, it->topic_len);
 	p += it->topic_len;
 	if (it->props_len)
 		memcpy(p, it->props, it->props_len);
