@@ -623,7 +623,7 @@ static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
 			s->recv_off[bid] = (uint16_t)(off + (unsigned)cqe->res);
 		}
 		if (c && cqe->res > 0) {
-			uint16_t ago = (uint16_t)(s->turn_ns / SHARD_SENT_UNIT_NS -
+			uint16_t ago = (uint16_t)(s->turn_stamp -
 				  s->sent_at[c->id % SHARD_SENT_SLOTS]);
 			s->turn_recvs++;
 			s->turn_answered += ago <= SHARD_GATHER_BUSY_US * 1000ull /
@@ -854,10 +854,9 @@ static void shard_stop_all(struct shard *s)
 
 void loop_flush_dirty(struct shard *s)
 {
-	uint16_t now = (uint16_t)(s->turn_ns / SHARD_SENT_UNIT_NS);
 	while (s->dirty) {
 		struct conn *c = s->dirty;
-		s->sent_at[c->id % SHARD_SENT_SLOTS] = now;
+		s->sent_at[c->id % SHARD_SENT_SLOTS] = s->turn_stamp;
 		s->dirty = c->dirty_next;
 		c->dirty_next = NULL;
 		c->flags &= (uint8_t)~CONN_DIRTY;
@@ -927,8 +926,9 @@ static void shard_wait(struct shard *s, bool backlog)
 		/* A kernel that advertises it yet refuses: no more tries. */
 		s->min_wait_ok = false;
 	}
-	s->turn_ns = now_monotonic_ns();
-	s->last_wait_ns = s->turn_ns - start;
+	uint64_t end = now_monotonic_ns();
+	s->turn_stamp = (uint16_t)(end / SHARD_SENT_UNIT_NS);
+	s->last_wait_ns = end - start;
 }
 
 static void *shard_main(void *arg)

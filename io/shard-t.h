@@ -275,11 +275,12 @@ struct shard {
 	 * and how long the last wait slept (ns). */
 	bool min_wait_ok;
 	uint64_t last_wait_ns;
-	/* When the turn began (ns); what the shard last sent to each slot
-	 * (loop_flush_dirty); this turn's data receives and how many came
-	 * from a connection answered just before; and the verdict: clients
-	 * are waiting for kite, do not gather. */
-	uint64_t turn_ns;
+	/* When the turn began and what the shard last sent to each slot
+	 * (loop_flush_dirty), in SHARD_SENT_UNIT_NS units; this turn's data
+	 * receives and how many came from a connection answered just
+	 * before; and the verdict: clients are waiting for kite, do not
+	 * gather. */
+	uint16_t turn_stamp;
 	uint16_t sent_at[SHARD_SENT_SLOTS];
 	uint32_t turn_recvs, turn_answered;
 	bool clients_wait;
