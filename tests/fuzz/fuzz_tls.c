@@ -32,12 +32,12 @@
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/kdf.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
 #include "tls/tls.h"
+#include "tests/tools/tls13_craft.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -89,80 +89,12 @@ static void write_cert(void)
 }
 
 /* The TLS 1.3 client's application traffic secret (its keylog). */
-static uint8_t client_secret[32];
-static size_t client_secret_len;
+static struct tls13_craft_secret client_secret;
 
 static void client_keylog_cb(const SSL *ssl, const char *line)
 {
-	static const char tag[] = "CLIENT_TRAFFIC_SECRET_0 ";
-	const char *hex = strrchr(line, ' ');
-	unsigned v;
-
 	(void)ssl;
-	if (strncmp(line, tag, sizeof(tag) - 1) || !hex)
-		return;
-	client_secret_len = 0;
-	while (hex[1] && hex[2] && client_secret_len < sizeof(client_secret) &&
-	       sscanf(hex + 1, "%2x", &v) == 1) {
-		client_secret[client_secret_len++] = (uint8_t)v;
-		hex += 2;
-	}
-}
-
-/* HKDF-Expand-Label(client_secret, label, "", len), SHA-256. */
-static bool client_expand(const char *label, uint8_t *out, size_t len)
-{
-	uint8_t info[32];
-	size_t n = 0, l = strlen(label);
-	int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
-
-	info[n++] = 0;
-	info[n++] = (uint8_t)len;
-	info[n++] = (uint8_t)(6 + l);
-	memcpy(info + n, "tls13 ", 6);
-	memcpy(info + n + 6, label, l);
-	n += 6 + l;
-	info[n++] = 0;
-	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-	EVP_KDF_CTX *kc = kdf ? EVP_KDF_CTX_new(kdf) : NULL;
-	OSSL_PARAM params[] = {
-		OSSL_PARAM_construct_int("mode", &mode),
-		OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0),
-		OSSL_PARAM_construct_octet_string("key", client_secret, client_secret_len),
-		OSSL_PARAM_construct_octet_string("info", info, n),
-		OSSL_PARAM_construct_end(),
-	};
-	bool ok = kc && EVP_KDF_derive(kc, out, len, params) == 1;
-	EVP_KDF_CTX_free(kc);
-	EVP_KDF_free(kdf);
-	return ok;
-}
-
-/* inner (TLSInnerPlaintext as given) as the client's TLS 1.3 record
- * number seq under TLS_AES_128_GCM_SHA256; returns its length or 0. */
-static size_t client_seal13(uint64_t seq, const uint8_t *inner, size_t n,
-			    uint8_t *out)
-{
-	uint8_t key[16], iv[12];
-	int len;
-
-	if (client_secret_len != 32 || !client_expand("key", key, 16) ||
-	    !client_expand("iv", iv, 12))
-		return 0;
-	for (int i = 0; i < 8; i++)
-		iv[4 + i] ^= (uint8_t)(seq >> (56 - 8 * i));
-	out[0] = 23;
-	out[1] = out[2] = 3;
-	out[3] = (uint8_t)((n + 16) >> 8);
-	out[4] = (uint8_t)(n + 16);
-	EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
-	bool ok = x && EVP_EncryptInit_ex(x, EVP_aes_128_gcm(), NULL, key, iv) == 1 &&
-		  EVP_EncryptUpdate(x, NULL, &len, out, 5) == 1 &&
-		  (!n || EVP_EncryptUpdate(x, out + 5, &len, inner, (int)n) == 1) &&
-		  EVP_EncryptFinal_ex(x, out + 5 + n, &len) == 1 &&
-		  EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_AEAD_GET_TAG, 16, out + 5 + n) == 1;
-	EVP_CIPHER_CTX_free(x);
-	return ok ? 5 + n + 16 : 0;
+	tls13_craft_keylog(line, &client_secret);
 }
 
 static SSL *client_new(int version, BIO **to_client, BIO **from_client)
@@ -380,7 +312,7 @@ static void fuzz_shed(int version, const uint8_t *d, size_t n)
 	uint64_t crafted = 0;	/* crafted records sent (their seq) */
 	int rc = TLS_OK;
 
-	client_secret_len = 0;
+	client_secret.len = 0;
 	FUZZ_ASSERT(handshake(cl, to_client, from_client, c, &plain, &fed));
 	drop_out(c);
 	/* The client reads the server's tickets, as a real one would. */
@@ -439,9 +371,13 @@ static void fuzz_shed(int version, const uint8_t *d, size_t n)
 			break;
 		default: { /* TLS 1.3: the bytes as a whole inner plaintext */
 			uint8_t rec[5 + 128 + 16];
+			struct tls13_craft_keys ck;
 			size_t w;
 			if (version != TLS1_3_VERSION || real_sent ||
-			    !(w = client_seal13(crafted, d, k, rec)))
+			    !tls13_craft_keys(&client_secret, &ck))
+				break;
+			ck.seq = crafted;
+			if (!(w = tls13_craft_seal(&ck, d, k, rec)))
 				break;
 			crafted++;
 			rc = feed(c, rec, w, &plain, &fed);

@@ -20,7 +20,6 @@
 
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/kdf.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
@@ -28,6 +27,7 @@
 
 #include "runner.h"
 #include "tls/tls.h"
+#include "tests/tools/tls13_craft.h"
 
 /* ---- PKI fixture ------------------------------------------------------ */
 
@@ -1678,59 +1678,20 @@ TEST(tls_shed_bad_records_end_the_connection)
 /* ---- crafted TLS 1.3 records after the shed ---------------------------- */
 
 /* The client's application traffic secret, from its keylog. */
-static uint8_t crafted_secret[48];
-static size_t crafted_secret_len;
+static struct tls13_craft_secret crafted_secret;
 
 static void crafted_keylog_cb(const SSL *ssl, const char *line)
 {
-	static const char tag[] = "CLIENT_TRAFFIC_SECRET_0 ";
 	(void)ssl;
-	if (strncmp(line, tag, sizeof(tag) - 1))
-		return;
-	const char *hex = strchr(line + sizeof(tag) - 1, ' ');
-	crafted_secret_len = 0;
-	while (hex && hex[1] && hex[2] && crafted_secret_len < sizeof(crafted_secret)) {
-		unsigned v;
-		if (sscanf(hex + 1, "%2x", &v) != 1)
-			break;
-		crafted_secret[crafted_secret_len++] = (uint8_t)v;
-		hex += 2;
-	}
-}
-
-/* HKDF-Expand-Label(secret, label, "", len) with SHA-256 (RFC 8446 7.1). */
-static bool expand_label(const char *label, uint8_t *out, size_t len)
-{
-	uint8_t info[64];
-	size_t n = 0, l = strlen(label);
-	info[n++] = 0;
-	info[n++] = (uint8_t)len;
-	info[n++] = (uint8_t)(6 + l);
-	memcpy(info + n, "tls13 ", 6);
-	memcpy(info + n + 6, label, l);
-	n += 6 + l;
-	info[n++] = 0;
-	EVP_KDF *kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
-	EVP_KDF_CTX *kc = EVP_KDF_CTX_new(kdf);
-	int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
-	OSSL_PARAM params[] = {
-		OSSL_PARAM_construct_int("mode", &mode),
-		OSSL_PARAM_construct_utf8_string("digest", (char *)"SHA256", 0),
-		OSSL_PARAM_construct_octet_string("key", crafted_secret, crafted_secret_len),
-		OSSL_PARAM_construct_octet_string("info", info, n),
-		OSSL_PARAM_construct_end(),
-	};
-	bool ok = kc && EVP_KDF_derive(kc, out, len, params) == 1;
-	EVP_KDF_CTX_free(kc);
-	EVP_KDF_free(kdf);
-	return ok;
+	tls13_craft_keylog(line, &crafted_secret);
 }
 
 /* A TLS 1.3 (TLS_AES_128_GCM_SHA256) pair whose server records left
  * OpenSSL, and the client's keys to seal what no stack would send. */
-static bool crafted_pair(struct pair *p, struct tls_server *s, struct rec_keys *cw)
+static bool crafted_pair(struct pair *p, struct tls_server *s,
+			 struct tls13_craft_keys *cw)
 {
-	crafted_secret_len = 0;
+	crafted_secret.len = 0;
 	if (!pair_init(p, s, &(struct client_opts){.min_version = TLS1_3_VERSION,
 						   .suites = "TLS_AES_128_GCM_SHA256",
 						   .cert = "client"}))
@@ -1739,29 +1700,7 @@ static bool crafted_pair(struct pair *p, struct tls_server *s, struct rec_keys *
 	if (!pump(p, 0))
 		return false;
 	tls_conn_shed(p->sv);
-	memset(cw, 0, sizeof(*cw));
-	cw->cipher = EVP_aes_128_gcm();
-	cw->version = TLS_1_3_VERSION;
-	return crafted_secret_len == 32 && expand_label("key", cw->key, 16) &&
-	       expand_label("iv", cw->iv, 12);
-}
-
-/* Seals inner (TLSInnerPlaintext as it is: content, type, padding) as
- * one TLS 1.3 record into out; returns its length. */
-static size_t crafted_seal(struct rec_keys *r, const uint8_t *inner, size_t n,
-			   uint8_t *out)
-{
-	uint8_t nonce[12];
-	size_t body = n + 16;
-	out[0] = 23;
-	out[1] = 3;
-	out[2] = 3;
-	out[3] = (uint8_t)(body >> 8);
-	out[4] = (uint8_t)body;
-	nonce_for(r, NULL, nonce);
-	aead(r, true, nonce, out, 5, inner, n, out + 5, out + 5 + n);
-	r->seq++;
-	return 5 + body;
+	return tls13_craft_keys(&crafted_secret, cw);
 }
 
 static bool error_has(const struct tls_conn *c, const char *what)
@@ -1811,12 +1750,12 @@ TEST(tls_shed_refuses_crafted_tls13_records_with_the_right_alert)
 	struct tls_listener_opts o = opts_ec(true);
 	struct tls_server *s = server(&o);
 	uint8_t rec[64];
-	struct rec_keys cw;
+	struct tls13_craft_keys cw;
 	/* A fatal user_canceled ends it, without an answer. */
 	{
 		struct pair p;
 		CHECK(crafted_pair(&p, s, &cw));
-		size_t n = crafted_seal(&cw, (const uint8_t *)"\x02\x5a\x15", 3, rec);
+		size_t n = tls13_craft_seal(&cw, (const uint8_t *)"\x02\x5a\x15", 3, rec);
 		CHECK_EQ(tls_conn_feed(p.sv, rec, n, &p.plain), TLS_ERROR);
 		CHECK(error_has(p.sv, "alert from the client"));
 		pair_free(&p);
@@ -1825,7 +1764,7 @@ TEST(tls_shed_refuses_crafted_tls13_records_with_the_right_alert)
 		struct pair p;
 		int before = *test_failed_;
 		CHECK(crafted_pair(&p, s, &cw));
-		size_t n = crafted_seal(&cw, cases[i].inner, cases[i].n, rec);
+		size_t n = tls13_craft_seal(&cw, cases[i].inner, cases[i].n, rec);
 		CHECK_EQ(tls_conn_feed(p.sv, rec, n, &p.plain), TLS_ERROR);
 		const char *err = tls_conn_error(p.sv);
 		CHECK(err && strstr(err, cases[i].error));
@@ -1842,11 +1781,11 @@ TEST(tls_shed_refuses_crafted_tls13_records_with_the_right_alert)
 	CHECK(crafted_pair(&p, s, &cw));
 	memset(inner, 0, sizeof(inner));
 	memcpy(inner, "hi\x17", 3);
-	size_t n = crafted_seal(&cw, inner, 3 + 100, big);
+	size_t n = tls13_craft_seal(&cw, inner, 3 + 100, big);
 	CHECK_EQ(tls_conn_feed(p.sv, big, n, &p.plain), TLS_OK);
 	CHECK(p.plain.len == 2 && !memcmp(p.plain.data, "hi", 2));
 	inner[sizeof(inner) - 1] = 23; /* 16385 bytes of data and the type */
-	n = crafted_seal(&cw, inner, sizeof(inner), big);
+	n = tls13_craft_seal(&cw, inner, sizeof(inner), big);
 	CHECK_EQ(tls_conn_feed(p.sv, big, n, &p.plain), TLS_ERROR);
 	CHECK(error_has(p.sv, "record too long"));
 	CHECK_EQ(client_alert(&p), SSL_AD_RECORD_OVERFLOW);
@@ -1868,14 +1807,14 @@ TEST(tls_shed_refuses_crafted_tls13_records_with_the_right_alert)
 		CHECK(crafted_pair(&p, s, &cw));
 		int rc = TLS_WANT_MORE;
 		for (int i = 0; i < 32 && rc == TLS_WANT_MORE; i++) {
-			n = crafted_seal(&cw, alerts ? cancel : empty, alerts ? 3 : 1, rec);
+			n = tls13_craft_seal(&cw, alerts ? cancel : empty, alerts ? 3 : 1, rec);
 			rc = tls_conn_feed(p.sv, rec, n, &p.plain);
 		}
 		CHECK_EQ(rc, TLS_WANT_MORE);
-		n = crafted_seal(&cw, (const uint8_t *)"x\x17", 2, rec);
+		n = tls13_craft_seal(&cw, (const uint8_t *)"x\x17", 2, rec);
 		CHECK_EQ(tls_conn_feed(p.sv, rec, n, &p.plain), TLS_OK);
 		for (int i = 0; i < 33 && rc == TLS_WANT_MORE; i++) {
-			n = crafted_seal(&cw, alerts ? cancel : empty, alerts ? 3 : 1, rec);
+			n = tls13_craft_seal(&cw, alerts ? cancel : empty, alerts ? 3 : 1, rec);
 			rc = tls_conn_feed(p.sv, rec, n, &p.plain);
 		}
 		CHECK_EQ(rc, TLS_ERROR);
