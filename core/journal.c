@@ -70,6 +70,68 @@ static void wbytes(struct wr *w, struct journal_bytes b)
 	w->p += b.len;
 }
 
+/* LEB128: 7 bits a byte, low first; the high bit says more follow. */
+static size_t varint_len(uint64_t v)
+{
+	size_t n = 1;
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
+
+static size_t varint_put(uint8_t *p, uint64_t v)
+{
+	size_t n = 0;
+	while (v >= 0x80) {
+		p[n++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	p[n++] = (uint8_t)v;
+	return n;
+}
+
+static void wvar(struct wr *w, uint64_t v)
+{
+	w->p += varint_put(w->p, v);
+}
+
+/* Signed differences as small unsigned numbers: 0, -1, 1, -2 ... */
+static uint64_t zigzag(uint64_t d)
+{
+	return d << 1 ^ (0 - (d >> 63));
+}
+
+static uint64_t unzigzag(uint64_t z)
+{
+	return z >> 1 ^ (0 - (z & 1));
+}
+
+size_t journal_ack_encode(uint8_t *out, struct journal_ack *prev,
+			  uint64_t key, uint64_t msg_id)
+{
+	size_t n = varint_put(out, zigzag(key - prev->key));
+	n += varint_put(out + n, zigzag(msg_id - prev->msg_id));
+	prev->key = key;
+	prev->msg_id = msg_id;
+	return n;
+}
+
+/* SENT's flags byte: QoS in bits 0-1, retain in bit 2, the number of
+ * subscription ids in bits 3-5; bits 6-7 are 0. */
+#define SENT_RETAIN 0x04u
+#define SENT_NSUB_SHIFT 3
+#define SENT_FLAGS_ZERO 0xc0u
+
+static size_t sent_len(const struct journal_record *r)
+{
+	size_t n = varint_len(r->sent.key) + 8 + 1 + 2;
+	for (unsigned i = 0; i < r->sent.nsub; i++)
+		n += varint_len(r->sent.sub[i]);
+	return n;
+}
+
 /* The body's size, from the same fields encode_body writes. */
 static size_t body_len(const struct journal_record *r)
 {
@@ -106,6 +168,10 @@ static size_t body_len(const struct journal_record *r)
 		return 8 + 8 + 8;
 	case JOURNAL_SNAPSHOT_END:
 		return 0;
+	case JOURNAL_SENT:
+		return sent_len(r);
+	case JOURNAL_ACKS:
+		return varint_len(r->acks.n) + r->acks.list.len;
 	default:
 		return 0;
 	}
@@ -195,6 +261,21 @@ static void encode_body(struct wr *w, const struct journal_record *r)
 		w64(w, r->will.msg_id);
 		w64(w, r->will.at_wall_ms);
 		break;
+	case JOURNAL_SENT:
+		wvar(w, r->sent.key);
+		w64(w, r->sent.msg_id);
+		w8(w, (uint8_t)(r->sent.qos | (r->sent.retain ? SENT_RETAIN : 0) |
+				r->sent.nsub << SENT_NSUB_SHIFT));
+		w16(w, r->sent.pid);
+		for (unsigned i = 0; i < r->sent.nsub; i++)
+			wvar(w, r->sent.sub[i]);
+		break;
+	case JOURNAL_ACKS:
+		wvar(w, r->acks.n);
+		if (r->acks.list.len)
+			memcpy(w->p, r->acks.list.ptr, r->acks.list.len);
+		w->p += r->acks.list.len;
+		break;
 	}
 }
 
@@ -202,6 +283,11 @@ int journal_put(struct journal_buf *b, const struct journal_record *r)
 {
 	assert(r->type >= JOURNAL_SESSION && r->type <= JOURNAL_TYPE_MAX);
 	assert(r->type != JOURNAL_QUEUE || r->queue.nsub <= JOURNAL_SUBIDS_MAX);
+	assert(r->type != JOURNAL_SENT ||
+	       (r->sent.nsub <= JOURNAL_SUBIDS_MAX && r->sent.qos >= 1 &&
+		r->sent.qos <= 2 && r->sent.pid));
+	assert(r->type != JOURNAL_ACKS ||
+	       (r->acks.n >= 1 && r->acks.n <= JOURNAL_ACKS_MAX));
 	size_t body = body_len(r);
 	size_t need = JOURNAL_FRAME_LEN + 1 + body;
 	assert(need - JOURNAL_FRAME_LEN <= JOURNAL_RECORD_MAX);
@@ -251,7 +337,8 @@ int journal_header_check(const uint8_t *buf, size_t len, uint32_t *shard,
 		*why = "not a kite persistence log (bad magic)";
 		return -1;
 	}
-	if (rd32(buf + 8) != JOURNAL_VERSION) {
+	uint32_t version = rd32(buf + 8);
+	if (version < JOURNAL_VERSION_MIN || version > JOURNAL_VERSION) {
 		*why = "written by another version of kite (unknown format version)";
 		return -1;
 	}
@@ -326,12 +413,95 @@ static struct journal_bytes rbytes(struct rdc *c)
 	return b;
 }
 
+/* Only the shortest encoding parses: a record reads back to the bytes it
+ * came from. */
+static uint64_t rvar(struct rdc *c)
+{
+	uint64_t v = 0;
+	for (unsigned shift = 0; shift < 64; shift += 7) {
+		uint8_t b = r8(c);
+		if (!c->ok)
+			return 0;
+		if (shift == 63 && b > 1)
+			break; /* more than 64 bits */
+		v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80)) {
+			if (!b && shift)
+				break; /* a needless 0 byte */
+			return v;
+		}
+	}
+	c->ok = false;
+	return 0;
+}
+
 static bool rbool(struct rdc *c)
 {
 	uint8_t v = r8(c);
 	if (v > 1)
 		c->ok = false;
 	return v == 1;
+}
+
+static void decode_sent(struct rdc *c, struct journal_record *r)
+{
+	r->sent.key = rvar(c);
+	r->sent.msg_id = r64(c);
+	uint8_t f = r8(c);
+	r->sent.pid = r16(c);
+	r->sent.qos = f & 3u;
+	r->sent.retain = f & SENT_RETAIN;
+	r->sent.nsub = (uint8_t)((f & ~SENT_FLAGS_ZERO) >> SENT_NSUB_SHIFT);
+	if ((f & SENT_FLAGS_ZERO) || r->sent.qos < 1 || r->sent.qos > 2 ||
+	    r->sent.nsub > JOURNAL_SUBIDS_MAX || !r->sent.pid) {
+		c->ok = false;
+		return;
+	}
+	for (unsigned i = 0; i < r->sent.nsub; i++) {
+		uint64_t v = rvar(c);
+		if (v > UINT32_MAX)
+			c->ok = false;
+		r->sent.sub[i] = (uint32_t)v;
+	}
+}
+
+/* One list entry: false (and c->ok false) when it does not parse. */
+static bool ack_read(struct rdc *c, struct journal_ack *prev)
+{
+	uint64_t dk = rvar(c), dm = rvar(c);
+	if (!c->ok)
+		return false;
+	prev->key += unzigzag(dk);
+	prev->msg_id += unzigzag(dm);
+	return true;
+}
+
+static void decode_acks(struct rdc *c, struct journal_record *r)
+{
+	uint64_t n = rvar(c);
+	if (!c->ok || n < 1 || n > JOURNAL_ACKS_MAX) {
+		c->ok = false;
+		return;
+	}
+	r->acks.n = (uint32_t)n;
+	r->acks.list.ptr = c->p;
+	struct journal_ack prev = {0};
+	for (uint64_t i = 0; i < n; i++)
+		if (!ack_read(c, &prev))
+			return;
+	r->acks.list.len = (uint32_t)(c->p - r->acks.list.ptr);
+}
+
+bool journal_ack_next(struct journal_bytes *list, struct journal_ack *prev)
+{
+	if (!list->len)
+		return false;
+	struct rdc c = {list->ptr, list->ptr + list->len, true};
+	if (!ack_read(&c, prev))
+		return false;
+	list->len -= (uint32_t)(c.p - list->ptr);
+	list->ptr = c.p;
+	return true;
 }
 
 static void decode_body(struct rdc *c, struct journal_record *r)
@@ -441,6 +611,12 @@ static void decode_body(struct rdc *c, struct journal_record *r)
 		r->will.at_wall_ms = r64(c);
 		break;
 	case JOURNAL_SNAPSHOT_END:
+		break;
+	case JOURNAL_SENT:
+		decode_sent(c, r);
+		break;
+	case JOURNAL_ACKS:
+		decode_acks(c, r);
 		break;
 	default:
 		c->ok = false;

@@ -11,7 +11,11 @@
 #include <stdint.h>
 
 #define JOURNAL_MAGIC "KITELOG"
-#define JOURNAL_VERSION 1u
+/* Version 2 added SENT and ACKS; a version 1 log (no such records) reads
+ * the same, so both are accepted. An older kite refuses a version 2 file
+ * as a whole rather than skip its new records one by one as damage. */
+#define JOURNAL_VERSION 2u
+#define JOURNAL_VERSION_MIN 1u
 #define JOURNAL_HEADER_LEN 24u /* magic 8, version 4, shard 4, generation 8 */
 /* Framing: u32 length (of type and body), u32 CRC32C (of the same). */
 #define JOURNAL_FRAME_LEN 8u
@@ -19,6 +23,10 @@
  * 256 MiB, plus its topic and properties. */
 #define JOURNAL_RECORD_MAX ((1u << 28) + (1u << 20))
 #define JOURNAL_SUBIDS_MAX 4
+/* An ACKS record lists at most this many finished deliveries, each at
+ * most JOURNAL_ACK_LEN_MAX bytes (two varints). */
+#define JOURNAL_ACKS_MAX 256u
+#define JOURNAL_ACK_LEN_MAX 20u
 
 enum journal_type {
 	JOURNAL_SESSION = 1, /* a persistent session, created or changed */
@@ -34,7 +42,11 @@ enum journal_type {
 	JOURNAL_RETAIN,	  /* a topic's retained message (shard 0) */
 	JOURNAL_WILL,	  /* a session's pending delayed will */
 	JOURNAL_SNAPSHOT_END, /* everything before it restates the state */
-	JOURNAL_TYPE_MAX = JOURNAL_SNAPSHOT_END,
+	/* Version 2: the common path of a delivery in two small records
+	 * instead of QUEUE, OUT and DONE (about 25 bytes, not 80). */
+	JOURNAL_SENT, /* QUEUE and OUT in one: queued, sent at once */
+	JOURNAL_ACKS, /* DONE for a list of (session, message) */
+	JOURNAL_TYPE_MAX = JOURNAL_ACKS,
 };
 
 /* Bytes inside a record being read (pointer into the caller's buffer). */
@@ -126,6 +138,23 @@ struct journal_record {
 			uint64_t key, msg_id;
 			uint64_t at_wall_ms; /* when it is due */
 		} will;
+		/* Waits for its first acknowledgement: PUBACK (QoS 1) or
+		 * PUBREC (QoS 2). Key and sub ids are varints. */
+		struct {
+			uint64_t key, msg_id;
+			uint8_t qos; /* 1 or 2 */
+			bool retain;
+			uint8_t nsub;
+			uint16_t pid;
+			uint32_t sub[JOURNAL_SUBIDS_MAX];
+		} sent;
+		/* n entries (1..JOURNAL_ACKS_MAX), each as DONE; the list
+		 * is read with journal_ack_next, written with
+		 * journal_ack_encode. */
+		struct {
+			uint32_t n;
+			struct journal_bytes list;
+		} acks;
 	};
 };
 
@@ -143,6 +172,18 @@ void journal_header(uint8_t out[JOURNAL_HEADER_LEN], uint32_t shard,
 		    uint64_t generation);
 /* Appends one framed record. 0, or -1 when out of memory (b unchanged). */
 int journal_put(struct journal_buf *b, const struct journal_record *r);
+
+/* An ACKS list entry is (session key, message id), each a zigzag varint
+ * of its difference from the entry before (from 0 for the first): the
+ * acks of one turn are mostly many sessions' for the same message, so an
+ * entry is about 3 bytes. `prev` starts zeroed and follows the list. */
+struct journal_ack {
+	uint64_t key, msg_id;
+};
+/* Writes one entry (at most JOURNAL_ACK_LEN_MAX bytes) at out; its
+ * length. */
+size_t journal_ack_encode(uint8_t *out, struct journal_ack *prev,
+			  uint64_t key, uint64_t msg_id);
 
 /* ---- reading ------------------------------------------------------------ */
 
@@ -167,6 +208,10 @@ void journal_reader_init(struct journal_reader *rd, const uint8_t *buf,
 /* The next good record: 1, or 0 at the end (a torn tail ends it too).
  * Pointers in *r point into the reader's buffer. */
 int journal_next(struct journal_reader *rd, struct journal_record *r);
+
+/* The next entry of a decoded ACKS list (into *prev); false at its end.
+ * `list` is consumed. The decoder checked every entry already. */
+bool journal_ack_next(struct journal_bytes *list, struct journal_ack *prev);
 
 /* Decodes one record's type and body (no framing); false if it does not
  * parse. Exposed for the fuzzer. */

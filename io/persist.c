@@ -78,6 +78,14 @@ struct shard_log {
 	uint64_t last_compact_ms;
 	char old_path[PERSIST_LOG_PATH_MAX];
 	uint64_t last_logged_msg; /* a MSG record goes once per run of uses */
+	/* Finished deliveries (DONE) gathered into one ACKS record, written
+	 * before the next record they must precede (log_put) and at the
+	 * turn's end. `ack_bloom` has a bit per (session, message) listed,
+	 * so that a delivery logged meanwhile rarely needs the list read. */
+	uint32_t ack_n, ack_len;
+	uint64_t ack_bloom;
+	struct journal_ack ack_prev;
+	uint8_t ack_list[JOURNAL_ACKS_MAX * 4];
 	uint64_t next_msg;	  /* this shard's message counter */
 	uint64_t failed_writes;
 	struct log_limit err_log;
@@ -401,7 +409,79 @@ void persist_ack(struct conn *c, const uint8_t *bytes, size_t len)
 
 /* ---- appending records -------------------------------------------------- */
 
+static void log_append(struct shard *s, const struct journal_record *r);
+
+static void log_acks_flush(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	if (!l->ack_n)
+		return;
+	struct journal_record r = {.type = JOURNAL_ACKS};
+	r.acks.n = l->ack_n;
+	r.acks.list = persist_jb(l->ack_list, l->ack_len);
+	l->ack_n = l->ack_len = 0;
+	l->ack_bloom = 0;
+	l->ack_prev = (struct journal_ack){0};
+	log_append(s, &r);
+}
+
+static uint64_t ack_bit(uint64_t key, uint64_t msg_id)
+{
+	return 1ull << ((key * 0x9e3779b97f4a7c15ull ^ msg_id) *
+				0xff51afd7ed558ccdull >> 58);
+}
+
+/* Whether (key, msg_id) is in the pending ACKS list. */
+static bool acks_have(const struct shard_log *l, uint64_t key, uint64_t msg_id)
+{
+	if (!(l->ack_bloom & ack_bit(key, msg_id)))
+		return false;
+	struct journal_bytes list = persist_jb(l->ack_list, l->ack_len);
+	struct journal_ack a = {0};
+	while (journal_ack_next(&list, &a))
+		if (a.key == key && a.msg_id == msg_id)
+			return true;
+	return false;
+}
+
+/* A DONE waits in the ACKS list while the records logged after it cannot
+ * be changed by it coming later: a DONE only removes its (session,
+ * message) from that session's queue, so it may pass messages, retained
+ * messages, incoming QoS 2 and wills, and deliveries of other messages or
+ * to other sessions. It may not pass a record that queues its own
+ * (session, message) again, nor anything else about sessions: their
+ * start and end, subscriptions, a snapshot. */
 static void log_put(struct shard *s, const struct journal_record *r)
+{
+	struct shard_log *l = s->log;
+	if (l->ack_n) {
+		switch (r->type) {
+		case JOURNAL_MSG:
+		case JOURNAL_RETAIN:
+		case JOURNAL_QOS2_IN:
+		case JOURNAL_QOS2_REL:
+		case JOURNAL_WILL:
+			break;
+		case JOURNAL_SENT:
+			if (acks_have(l, r->sent.key, r->sent.msg_id))
+				log_acks_flush(s);
+			break;
+		case JOURNAL_QUEUE:
+			if (acks_have(l, r->queue.key, r->queue.msg_id))
+				log_acks_flush(s);
+			break;
+		case JOURNAL_OUT:
+			if (acks_have(l, r->out.key, r->out.msg_id))
+				log_acks_flush(s);
+			break;
+		default:
+			log_acks_flush(s);
+		}
+	}
+	log_append(s, r);
+}
+
+static void log_append(struct shard *s, const struct journal_record *r)
 {
 	struct shard_log *l = s->log;
 	size_t before = l->cur.len;
@@ -414,7 +494,7 @@ static void log_put(struct shard *s, const struct journal_record *r)
 		return;
 	}
 	l->appended += l->cur.len - before;
-	l->changes++;
+	l->changes += r->type == JOURNAL_ACKS ? r->acks.n : 1;
 }
 
 
@@ -600,14 +680,37 @@ void persist_out(struct session *ss, uint64_t msg_id, uint16_t pid,
 		log_out(ss->shard, ss->id, msg_id, pid, state);
 }
 
+void persist_sent(struct session *ss, struct msg *m, const struct deliv *d,
+		  uint16_t pid)
+{
+	if (!logs(ss))
+		return;
+	struct shard *s = ss->shard;
+	struct journal_record r = {.type = JOURNAL_SENT};
+	r.sent.msg_id = log_msg_ref(s, m);
+	r.sent.key = ss->id;
+	r.sent.qos = d->qos;
+	r.sent.retain = d->retain;
+	r.sent.nsub = d->nsub;
+	r.sent.pid = pid;
+	memcpy(r.sent.sub, d->sub, sizeof(r.sent.sub));
+	log_put(s, &r);
+}
+
 void persist_done(struct session *ss, uint64_t msg_id)
 {
 	if (!logs(ss))
 		return;
-	struct journal_record r = {.type = JOURNAL_DONE};
-	r.done.key = ss->id;
-	r.done.msg_id = msg_id;
-	log_put(ss->shard, &r);
+	struct shard_log *l = ss->shard->log;
+	_Static_assert(sizeof(l->ack_list) >= 2 * JOURNAL_ACK_LEN_MAX,
+		       "room for an entry");
+	if (l->ack_n == JOURNAL_ACKS_MAX ||
+	    sizeof(l->ack_list) - l->ack_len < JOURNAL_ACK_LEN_MAX)
+		log_acks_flush(ss->shard);
+	l->ack_len += (uint32_t)journal_ack_encode(l->ack_list + l->ack_len,
+						   &l->ack_prev, ss->id, msg_id);
+	l->ack_n++;
+	l->ack_bloom |= ack_bit(ss->id, msg_id);
 }
 
 static void log_qos2_in(struct shard *s, uint64_t key, uint16_t pid,
@@ -913,6 +1016,7 @@ bool persist_turn_end(struct shard *s)
 	struct shard_log *l = s->log;
 	if (!l)
 		return false;
+	log_acks_flush(s);
 	if (l->compact_due && !l->write_busy && !l->sync_busy &&
 	    (!sync_always(s) || l->synced >= l->written))
 		compact_start(s);
@@ -1041,6 +1145,13 @@ static void snapshot_session(struct shard *s, struct session *ss)
 		struct inflight *f = session_inflight_at(ss, i);
 		if (f->state == INFLIGHT_DONE)
 			continue;
+		if (f->msg && (f->state == INFLIGHT_WAIT_PUBACK ||
+			       f->state == INFLIGHT_WAIT_PUBREC) &&
+		    f->d.qos == (f->state == INFLIGHT_WAIT_PUBACK ? 1 : 2)) {
+			persist_sent(ss, f->msg, &f->d, f->pid);
+			f->msg_id = persist_msg_id(s, f->msg);
+			continue;
+		}
 		if (f->msg) {
 			f->msg_id = log_msg_ref(s, f->msg);
 			log_queue(s, ss->id, f->msg_id, &f->d);
@@ -1309,6 +1420,7 @@ void persist_shard_stop(struct shard *s)
 	struct shard_log *l = s->log;
 	if (!l)
 		return;
+	log_acks_flush(s);
 	/* A write still in flight may be cancelled with the ring: its
 	 * bytes (still in wbuf) go again, synchronously, at their offset;
 	 * then what this turn added. */

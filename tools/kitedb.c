@@ -24,14 +24,17 @@ static const char *const type_names[] = {
 	[JOURNAL_QOS2_IN] = "qos2_in",	 [JOURNAL_QOS2_REL] = "qos2_rel",
 	[JOURNAL_RETAIN] = "retain",	 [JOURNAL_WILL] = "will",
 	[JOURNAL_SNAPSHOT_END] = "snapshot_end",
+	[JOURNAL_SENT] = "sent",	 [JOURNAL_ACKS] = "acks",
 };
+_Static_assert(sizeof(type_names) / sizeof(type_names[0]) ==
+		       JOURNAL_TYPE_MAX + 1, "a name for every record type");
 
 /* What the records add up to: live sessions and their queues, retained
  * topics, and references to things no record introduced. */
 struct key_entry {
 	struct htab_link link;
 	uint64_t key;
-	int64_t queued; /* QUEUE minus DONE */
+	int64_t queued; /* QUEUE and SENT minus DONE and ACKS entries */
 	uint32_t subs;
 };
 
@@ -115,6 +118,7 @@ static uint64_t record_key(const struct journal_record *r)
 	case JOURNAL_UNSUB: return r->unsub.key;
 	case JOURNAL_QUEUE: return r->queue.key;
 	case JOURNAL_OUT: return r->out.key;
+	case JOURNAL_SENT: return r->sent.key;
 	case JOURNAL_DONE: return r->done.key;
 	case JOURNAL_QOS2_IN: return r->qos2_in.key;
 	case JOURNAL_QOS2_REL: return r->qos2_rel.key;
@@ -143,6 +147,18 @@ static void tally_record(struct tally *t, const struct journal_record *r)
 		return;
 	case JOURNAL_SNAPSHOT_END:
 		return;
+	case JOURNAL_ACKS: {
+		struct journal_bytes list = r->acks.list;
+		struct journal_ack a = {0};
+		while (journal_ack_next(&list, &a)) {
+			struct key_entry *s = key_get(&t->sessions, a.key, false);
+			if (s)
+				s->queued--;
+			else
+				t->dangling++;
+		}
+		return;
+	}
 	}
 	struct key_entry *s = key_get(&t->sessions, record_key(r), false);
 	if (!s) {
@@ -151,9 +167,11 @@ static void tally_record(struct tally *t, const struct journal_record *r)
 		t->dangling++;
 		return;
 	}
-	if (r->type == JOURNAL_QUEUE) {
+	if (r->type == JOURNAL_QUEUE || r->type == JOURNAL_SENT) {
 		s->queued++;
-		if (!key_get(&t->msgs, r->queue.msg_id, false))
+		if (!key_get(&t->msgs, r->type == JOURNAL_QUEUE ? r->queue.msg_id
+								: r->sent.msg_id,
+			     false))
 			t->dangling++;
 	} else if (r->type == JOURNAL_DONE) {
 		s->queued--;
