@@ -80,10 +80,13 @@ struct shard_log {
 	uint64_t last_logged_msg; /* a MSG record goes once per run of uses */
 	/* Finished deliveries (DONE) gathered into one ACKS record, written
 	 * before the next record they must precede (log_put) and at the
-	 * turn's end. `ack_bloom` has a bit per (session, message) listed,
-	 * so that a delivery logged meanwhile rarely needs the list read. */
+	 * turn's end. `ack_bits` has a bit per (session, message) listed,
+	 * so that a delivery logged meanwhile rarely needs the list read: a
+	 * fan-out logs a SENT for every subscriber while the list is full of
+	 * the acks of the message before; 8192 bits for at most 256 entries
+	 * send about one in 32 SENTs to the list. */
 	uint32_t ack_n, ack_len;
-	uint64_t ack_bloom;
+	uint64_t ack_bits[JOURNAL_ACKS_MAX / 2];
 	struct journal_ack ack_prev;
 	uint8_t ack_list[JOURNAL_ACKS_MAX * 4];
 	uint64_t next_msg;	  /* this shard's message counter */
@@ -420,21 +423,26 @@ static void log_acks_flush(struct shard *s)
 	r.acks.n = l->ack_n;
 	r.acks.list = persist_jb(l->ack_list, l->ack_len);
 	l->ack_n = l->ack_len = 0;
-	l->ack_bloom = 0;
+	memset(l->ack_bits, 0, sizeof(l->ack_bits));
 	l->ack_prev = (struct journal_ack){0};
 	log_append(s, &r);
 }
 
-static uint64_t ack_bit(uint64_t key, uint64_t msg_id)
+#define ACK_BITS_SHIFT 51 /* 64 - log2(8192) */
+_Static_assert(sizeof(((struct shard_log *)0)->ack_bits) * 8 ==
+		       1u << (64 - ACK_BITS_SHIFT), "one bit per hash value");
+
+static uint32_t ack_hash(uint64_t key, uint64_t msg_id)
 {
-	return 1ull << ((key * 0x9e3779b97f4a7c15ull ^ msg_id) *
-				0xff51afd7ed558ccdull >> 58);
+	return (uint32_t)((key * 0x9e3779b97f4a7c15ull ^ msg_id) *
+				  0xff51afd7ed558ccdull >> ACK_BITS_SHIFT);
 }
 
 /* Whether (key, msg_id) is in the pending ACKS list. */
 static bool acks_have(const struct shard_log *l, uint64_t key, uint64_t msg_id)
 {
-	if (!(l->ack_bloom & ack_bit(key, msg_id)))
+	uint32_t h = ack_hash(key, msg_id);
+	if (!(l->ack_bits[h / 64] & 1ull << h % 64))
 		return false;
 	struct journal_bytes list = persist_jb(l->ack_list, l->ack_len);
 	struct journal_ack a = {0};
@@ -710,7 +718,8 @@ void persist_done(struct session *ss, uint64_t msg_id)
 	l->ack_len += (uint32_t)journal_ack_encode(l->ack_list + l->ack_len,
 						   &l->ack_prev, ss->id, msg_id);
 	l->ack_n++;
-	l->ack_bloom |= ack_bit(ss->id, msg_id);
+	uint32_t h = ack_hash(ss->id, msg_id);
+	l->ack_bits[h / 64] |= 1ull << h % 64;
 }
 
 static void log_qos2_in(struct shard *s, uint64_t key, uint16_t pid,
