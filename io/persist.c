@@ -40,6 +40,11 @@ struct log_waiter {
 	struct persist_ticket *t;
 };
 
+/* Acks gathered into one ACKS record: at about 3 bytes an entry, more
+ * would save little and make the list slower to search. */
+#define LOG_ACKS 64u
+_Static_assert(LOG_ACKS <= JOURNAL_ACKS_MAX, "an ACKS record holds them");
+
 struct shard_log {
 	int fd;
 	char path[PERSIST_LOG_PATH_MAX];
@@ -83,12 +88,12 @@ struct shard_log {
 	 * turn's end. `ack_bits` has a bit per (session, message) listed,
 	 * so that a delivery logged meanwhile rarely needs the list read: a
 	 * fan-out logs a SENT for every subscriber while the list is full of
-	 * the acks of the message before; 8192 bits for at most 256 entries
-	 * send about one in 32 SENTs to the list. */
+	 * the acks of the message before; 8192 bits for at most LOG_ACKS
+	 * entries send fewer than one in a hundred SENTs to the list. */
 	uint32_t ack_n, ack_len;
-	uint64_t ack_bits[JOURNAL_ACKS_MAX / 2];
+	uint64_t ack_bits[128];
 	struct journal_ack ack_prev;
-	uint8_t ack_list[JOURNAL_ACKS_MAX * 4];
+	uint8_t ack_list[LOG_ACKS * JOURNAL_ACK_LEN_MAX];
 	uint64_t next_msg;	  /* this shard's message counter */
 	uint64_t failed_writes;
 	struct log_limit err_log;
@@ -710,10 +715,7 @@ void persist_done(struct session *ss, uint64_t msg_id)
 	if (!logs(ss))
 		return;
 	struct shard_log *l = ss->shard->log;
-	_Static_assert(sizeof(l->ack_list) >= 2 * JOURNAL_ACK_LEN_MAX,
-		       "room for an entry");
-	if (l->ack_n == JOURNAL_ACKS_MAX ||
-	    sizeof(l->ack_list) - l->ack_len < JOURNAL_ACK_LEN_MAX)
+	if (l->ack_n == LOG_ACKS)
 		log_acks_flush(ss->shard);
 	l->ack_len += (uint32_t)journal_ack_encode(l->ack_list + l->ack_len,
 						   &l->ack_prev, ss->id, msg_id);
