@@ -124,9 +124,23 @@ size_t journal_ack_encode(uint8_t *out, struct journal_ack *prev,
 #define SENT_NSUB_SHIFT 3
 #define SENT_FLAGS_ZERO 0xc0u
 
+/* A message id is its origin shard + 1 in the top byte over that shard's
+ * counter: rotated so the counter comes first, it is a varint of about 4
+ * bytes instead of 8. */
+static uint64_t id_rotl8(uint64_t id)
+{
+	return id << 8 | id >> 56;
+}
+
+static uint64_t id_rotr8(uint64_t v)
+{
+	return v >> 8 | v << 56;
+}
+
 static size_t sent_len(const struct journal_record *r)
 {
-	size_t n = varint_len(r->sent.key) + 8 + 1 + 2;
+	size_t n = varint_len(r->sent.key) +
+		   varint_len(id_rotl8(r->sent.msg_id)) + 1 + 2;
 	for (unsigned i = 0; i < r->sent.nsub; i++)
 		n += varint_len(r->sent.sub[i]);
 	return n;
@@ -263,7 +277,7 @@ static void encode_body(struct wr *w, const struct journal_record *r)
 		break;
 	case JOURNAL_SENT:
 		wvar(w, r->sent.key);
-		w64(w, r->sent.msg_id);
+		wvar(w, id_rotl8(r->sent.msg_id));
 		w8(w, (uint8_t)(r->sent.qos | (r->sent.retain ? SENT_RETAIN : 0) |
 				r->sent.nsub << SENT_NSUB_SHIFT));
 		w16(w, r->sent.pid);
@@ -446,7 +460,7 @@ static bool rbool(struct rdc *c)
 static void decode_sent(struct rdc *c, struct journal_record *r)
 {
 	r->sent.key = rvar(c);
-	r->sent.msg_id = r64(c);
+	r->sent.msg_id = id_rotr8(rvar(c));
 	uint8_t f = r8(c);
 	r->sent.pid = r16(c);
 	r->sent.qos = f & 3u;

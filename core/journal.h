@@ -139,7 +139,8 @@ struct journal_record {
 			uint64_t at_wall_ms; /* when it is due */
 		} will;
 		/* Waits for its first acknowledgement: PUBACK (QoS 1) or
-		 * PUBREC (QoS 2). Key and sub ids are varints. */
+		 * PUBREC (QoS 2). Key, message id (its top byte moved to
+		 * the bottom) and sub ids are varints. */
 		struct {
 			uint64_t key, msg_id;
 			uint8_t qos; /* 1 or 2 */

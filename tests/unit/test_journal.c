@@ -424,38 +424,38 @@ TEST(journal_sent_and_ack_are_small)
 	r.sent.pid = 4242;
 	struct journal_buf b = {0};
 	CHECK_EQ(journal_put(&b, &r), 0);
-	CHECK_EQ(b.len, JOURNAL_FRAME_LEN + 1 + 2 + 8 + 1 + 2);
+	/* key 2 bytes, id (counter 0x12345, shard 1: 25 bits) 4, flags, pid. */
+	CHECK_EQ(b.len, JOURNAL_FRAME_LEN + 1 + 2 + 4 + 1 + 2);
 	journal_buf_free(&b);
 }
 
 TEST(journal_decode_refuses_bad_sent_and_acks)
 {
 	struct journal_record r;
-	/* SENT: key 1, id, flags, pid 7. */
-	uint8_t s[1 + 1 + 8 + 1 + 2] = {JOURNAL_SENT, 1};
-	s[11] = 7;
-	s[10] = 1;
+	/* SENT: key 1, id 0x0100000000000000 (rotated: 1), flags, pid 7. */
+	uint8_t s[1 + 1 + 1 + 1 + 2] = {JOURNAL_SENT, 1, 1};
+	s[4] = 7;
+	s[3] = 1;
 	CHECK(journal_decode(s, sizeof(s), &r));
 	CHECK_EQ(r.sent.qos, 1);
-	s[10] = 0; /* QoS 0 is never logged */
+	CHECK_EQ(r.sent.msg_id, 0x0100000000000000ull);
+	s[3] = 0; /* QoS 0 is never logged */
 	CHECK(!journal_decode(s, sizeof(s), &r));
-	s[10] = 3;
+	s[3] = 3;
 	CHECK(!journal_decode(s, sizeof(s), &r));
-	s[10] = 0x41; /* a reserved bit */
+	s[3] = 0x41; /* a reserved bit */
 	CHECK(!journal_decode(s, sizeof(s), &r));
-	s[10] = 1 | 5 << 3; /* five subscription ids */
+	s[3] = 1 | 5 << 3; /* five subscription ids */
 	CHECK(!journal_decode(s, sizeof(s), &r));
-	s[10] = 1;
-	s[11] = 0; /* packet id 0 */
+	s[3] = 1;
+	s[4] = 0; /* packet id 0 */
 	CHECK(!journal_decode(s, sizeof(s), &r));
 	/* A varint with a needless zero byte (0x81 0x00 is 1). */
-	uint8_t s2[1 + 2 + 8 + 1 + 2] = {JOURNAL_SENT, 0x81, 0x00};
-	s2[11] = 1;
-	s2[12] = 7;
+	uint8_t s2[] = {JOURNAL_SENT, 0x81, 0x00, 1, 1, 7, 0};
 	CHECK(!journal_decode(s2, sizeof(s2), &r));
-	s2[1] = 0x01; /* shortest form: then the record is a byte short */
-	CHECK(!journal_decode(s2, sizeof(s2) - 1, &r) ||
-	      r.sent.key == 1);
+	uint8_t s3[] = {JOURNAL_SENT, 0x01, 1, 1, 7, 0};
+	CHECK(journal_decode(s3, sizeof(s3), &r));
+	CHECK_EQ(r.sent.key, 1);
 	/* More than 64 bits. */
 	uint8_t big[1 + 11] = {JOURNAL_ACKS, 1};
 	memset(big + 2, 0xff, 9);
