@@ -118,7 +118,7 @@ size_t journal_ack_encode(uint8_t *out, struct journal_ack *prev,
 	return n;
 }
 
-/* SENT's flags byte: QoS in bits 0-1, retain in bit 2, the number of
+/* A SENT entry's flags byte: QoS in bits 0-1, retain in bit 2, the number of
  * subscription ids in bits 3-5; bits 6-7 are 0. */
 #define SENT_RETAIN 0x04u
 #define SENT_NSUB_SHIFT 3
@@ -137,12 +137,19 @@ static uint64_t id_rotr8(uint64_t v)
 	return v >> 8 | v << 56;
 }
 
-static size_t sent_len(const struct journal_record *r)
+size_t journal_sent_encode(uint8_t *out, uint64_t *prev_key,
+			   const struct journal_sent *e)
 {
-	size_t n = varint_len(r->sent.key) +
-		   varint_len(id_rotl8(r->sent.msg_id)) + 1 + 2;
-	for (unsigned i = 0; i < r->sent.nsub; i++)
-		n += varint_len(r->sent.sub[i]);
+	assert(e->qos >= 1 && e->qos <= 2 && e->nsub <= JOURNAL_SUBIDS_MAX &&
+	       e->pid);
+	size_t n = varint_put(out, zigzag(e->key - *prev_key));
+	*prev_key = e->key;
+	out[n++] = (uint8_t)(e->qos | (e->retain ? SENT_RETAIN : 0) |
+			     e->nsub << SENT_NSUB_SHIFT);
+	out[n++] = (uint8_t)e->pid;
+	out[n++] = (uint8_t)(e->pid >> 8);
+	for (unsigned i = 0; i < e->nsub; i++)
+		n += varint_put(out + n, e->sub[i]);
 	return n;
 }
 
@@ -183,7 +190,8 @@ static size_t body_len(const struct journal_record *r)
 	case JOURNAL_SNAPSHOT_END:
 		return 0;
 	case JOURNAL_SENT:
-		return sent_len(r);
+		return varint_len(id_rotl8(r->sent.msg_id)) +
+		       varint_len(r->sent.n) + r->sent.list.len;
 	case JOURNAL_ACKS:
 		return varint_len(r->acks.n) + r->acks.list.len;
 	default:
@@ -276,13 +284,11 @@ static void encode_body(struct wr *w, const struct journal_record *r)
 		w64(w, r->will.at_wall_ms);
 		break;
 	case JOURNAL_SENT:
-		wvar(w, r->sent.key);
 		wvar(w, id_rotl8(r->sent.msg_id));
-		w8(w, (uint8_t)(r->sent.qos | (r->sent.retain ? SENT_RETAIN : 0) |
-				r->sent.nsub << SENT_NSUB_SHIFT));
-		w16(w, r->sent.pid);
-		for (unsigned i = 0; i < r->sent.nsub; i++)
-			wvar(w, r->sent.sub[i]);
+		wvar(w, r->sent.n);
+		if (r->sent.list.len)
+			memcpy(w->p, r->sent.list.ptr, r->sent.list.len);
+		w->p += r->sent.list.len;
 		break;
 	case JOURNAL_ACKS:
 		wvar(w, r->acks.n);
@@ -298,8 +304,7 @@ int journal_put(struct journal_buf *b, const struct journal_record *r)
 	assert(r->type >= JOURNAL_SESSION && r->type <= JOURNAL_TYPE_MAX);
 	assert(r->type != JOURNAL_QUEUE || r->queue.nsub <= JOURNAL_SUBIDS_MAX);
 	assert(r->type != JOURNAL_SENT ||
-	       (r->sent.nsub <= JOURNAL_SUBIDS_MAX && r->sent.qos >= 1 &&
-		r->sent.qos <= 2 && r->sent.pid));
+	       (r->sent.n >= 1 && r->sent.n <= JOURNAL_SENT_MAX));
 	assert(r->type != JOURNAL_ACKS ||
 	       (r->acks.n >= 1 && r->acks.n <= JOURNAL_ACKS_MAX));
 	size_t body = body_len(r);
@@ -457,26 +462,57 @@ static bool rbool(struct rdc *c)
 	return v == 1;
 }
 
-static void decode_sent(struct rdc *c, struct journal_record *r)
+/* One SENT list entry: false (and c->ok false) when it does not parse. */
+static bool sent_read(struct rdc *c, uint64_t *prev_key, struct journal_sent *e)
 {
-	r->sent.key = rvar(c);
-	r->sent.msg_id = id_rotr8(rvar(c));
+	*prev_key += unzigzag(rvar(c));
+	e->key = *prev_key;
 	uint8_t f = r8(c);
-	r->sent.pid = r16(c);
-	r->sent.qos = f & 3u;
-	r->sent.retain = f & SENT_RETAIN;
-	r->sent.nsub = (uint8_t)((f & ~SENT_FLAGS_ZERO) >> SENT_NSUB_SHIFT);
-	if ((f & SENT_FLAGS_ZERO) || r->sent.qos < 1 || r->sent.qos > 2 ||
-	    r->sent.nsub > JOURNAL_SUBIDS_MAX || !r->sent.pid) {
+	e->pid = r16(c);
+	e->qos = f & 3u;
+	e->retain = f & SENT_RETAIN;
+	e->nsub = (uint8_t)((f & ~SENT_FLAGS_ZERO) >> SENT_NSUB_SHIFT);
+	if ((f & SENT_FLAGS_ZERO) || e->qos < 1 || e->qos > 2 ||
+	    e->nsub > JOURNAL_SUBIDS_MAX || !e->pid)
 		c->ok = false;
-		return;
-	}
-	for (unsigned i = 0; i < r->sent.nsub; i++) {
+	for (unsigned i = 0; c->ok && i < e->nsub; i++) {
 		uint64_t v = rvar(c);
 		if (v > UINT32_MAX)
 			c->ok = false;
-		r->sent.sub[i] = (uint32_t)v;
+		e->sub[i] = (uint32_t)v;
 	}
+	return c->ok;
+}
+
+static void decode_sent(struct rdc *c, struct journal_record *r)
+{
+	r->sent.msg_id = id_rotr8(rvar(c));
+	uint64_t n = rvar(c);
+	if (!c->ok || n < 1 || n > JOURNAL_SENT_MAX) {
+		c->ok = false;
+		return;
+	}
+	r->sent.n = (uint32_t)n;
+	r->sent.list.ptr = c->p;
+	uint64_t key = 0;
+	struct journal_sent e;
+	for (uint64_t i = 0; i < n; i++)
+		if (!sent_read(c, &key, &e))
+			return;
+	r->sent.list.len = (uint32_t)(c->p - r->sent.list.ptr);
+}
+
+bool journal_sent_next(struct journal_bytes *list, uint64_t *prev_key,
+		       struct journal_sent *e)
+{
+	if (!list->len)
+		return false;
+	struct rdc c = {list->ptr, list->ptr + list->len, true};
+	if (!sent_read(&c, prev_key, e))
+		return false;
+	list->len -= (uint32_t)(c.p - list->ptr);
+	list->ptr = c.p;
+	return true;
 }
 
 /* One list entry: false (and c->ok false) when it does not parse. */

@@ -27,6 +27,10 @@
  * most JOURNAL_ACK_LEN_MAX bytes (two varints). */
 #define JOURNAL_ACKS_MAX 256u
 #define JOURNAL_ACK_LEN_MAX 20u
+/* A SENT record lists at most this many deliveries of its message, each
+ * at most JOURNAL_SENT_LEN_MAX bytes. */
+#define JOURNAL_SENT_MAX 4096u
+#define JOURNAL_SENT_LEN_MAX (10u + 1 + 2 + 5 * JOURNAL_SUBIDS_MAX)
 
 enum journal_type {
 	JOURNAL_SESSION = 1, /* a persistent session, created or changed */
@@ -42,9 +46,9 @@ enum journal_type {
 	JOURNAL_RETAIN,	  /* a topic's retained message (shard 0) */
 	JOURNAL_WILL,	  /* a session's pending delayed will */
 	JOURNAL_SNAPSHOT_END, /* everything before it restates the state */
-	/* Version 2: the common path of a delivery in two small records
-	 * instead of QUEUE, OUT and DONE (about 25 bytes, not 80). */
-	JOURNAL_SENT, /* QUEUE and OUT in one: queued, sent at once */
+	/* Version 2: the common path of a delivery in list entries of two
+	 * records instead of QUEUE, OUT and DONE (about 8 bytes, not 81). */
+	JOURNAL_SENT, /* QUEUE and OUT in one, for a list of sessions */
 	JOURNAL_ACKS, /* DONE for a list of (session, message) */
 	JOURNAL_TYPE_MAX = JOURNAL_ACKS,
 };
@@ -138,16 +142,15 @@ struct journal_record {
 			uint64_t key, msg_id;
 			uint64_t at_wall_ms; /* when it is due */
 		} will;
-		/* Waits for its first acknowledgement: PUBACK (QoS 1) or
-		 * PUBREC (QoS 2). Key, message id (its top byte moved to
-		 * the bottom) and sub ids are varints. */
+		/* One message sent at once to n sessions (1..
+		 * JOURNAL_SENT_MAX), each delivery waiting for its first
+		 * acknowledgement: PUBACK (QoS 1) or PUBREC (QoS 2). The
+		 * list is read with journal_sent_next, written with
+		 * journal_sent_encode. */
 		struct {
-			uint64_t key, msg_id;
-			uint8_t qos; /* 1 or 2 */
-			bool retain;
-			uint8_t nsub;
-			uint16_t pid;
-			uint32_t sub[JOURNAL_SUBIDS_MAX];
+			uint64_t msg_id;
+			uint32_t n;
+			struct journal_bytes list;
 		} sent;
 		/* n entries (1..JOURNAL_ACKS_MAX), each as DONE; the list
 		 * is read with journal_ack_next, written with
@@ -186,6 +189,23 @@ struct journal_ack {
 size_t journal_ack_encode(uint8_t *out, struct journal_ack *prev,
 			  uint64_t key, uint64_t msg_id);
 
+/* A SENT list entry: the session (a zigzag varint of its key's
+ * difference from the entry before, from 0 for the first), a flags byte
+ * (QoS, retain, the number of subscription ids), the packet id (u16),
+ * the subscription ids (varints): about 5 bytes a delivery. */
+struct journal_sent {
+	uint64_t key;
+	uint8_t qos; /* 1 or 2 */
+	bool retain;
+	uint8_t nsub;
+	uint16_t pid;
+	uint32_t sub[JOURNAL_SUBIDS_MAX];
+};
+/* Writes one entry (at most JOURNAL_SENT_LEN_MAX bytes) at out; its
+ * length. *prev_key starts at 0 and follows the list. */
+size_t journal_sent_encode(uint8_t *out, uint64_t *prev_key,
+			   const struct journal_sent *e);
+
 /* ---- reading ------------------------------------------------------------ */
 
 /* Checks a file header: 0, or -1 with *why set. */
@@ -213,6 +233,10 @@ int journal_next(struct journal_reader *rd, struct journal_record *r);
 /* The next entry of a decoded ACKS list (into *prev); false at its end.
  * `list` is consumed. The decoder checked every entry already. */
 bool journal_ack_next(struct journal_bytes *list, struct journal_ack *prev);
+
+/* The next entry of a decoded SENT list; false at its end. */
+bool journal_sent_next(struct journal_bytes *list, uint64_t *prev_key,
+		       struct journal_sent *e);
 
 /* Decodes one record's type and body (no framing); false if it does not
  * parse. Exposed for the fuzzer. */

@@ -118,7 +118,6 @@ static uint64_t record_key(const struct journal_record *r)
 	case JOURNAL_UNSUB: return r->unsub.key;
 	case JOURNAL_QUEUE: return r->queue.key;
 	case JOURNAL_OUT: return r->out.key;
-	case JOURNAL_SENT: return r->sent.key;
 	case JOURNAL_DONE: return r->done.key;
 	case JOURNAL_QOS2_IN: return r->qos2_in.key;
 	case JOURNAL_QOS2_REL: return r->qos2_rel.key;
@@ -147,6 +146,20 @@ static void tally_record(struct tally *t, const struct journal_record *r)
 		return;
 	case JOURNAL_SNAPSHOT_END:
 		return;
+	case JOURNAL_SENT: {
+		bool known = key_get(&t->msgs, r->sent.msg_id, false);
+		struct journal_bytes list = r->sent.list;
+		uint64_t key = 0;
+		struct journal_sent e;
+		while (journal_sent_next(&list, &key, &e)) {
+			struct key_entry *s = key_get(&t->sessions, e.key, false);
+			if (s)
+				s->queued++;
+			if (!s || !known)
+				t->dangling++;
+		}
+		return;
+	}
 	case JOURNAL_ACKS: {
 		struct journal_bytes list = r->acks.list;
 		struct journal_ack a = {0};
@@ -167,11 +180,9 @@ static void tally_record(struct tally *t, const struct journal_record *r)
 		t->dangling++;
 		return;
 	}
-	if (r->type == JOURNAL_QUEUE || r->type == JOURNAL_SENT) {
+	if (r->type == JOURNAL_QUEUE) {
 		s->queued++;
-		if (!key_get(&t->msgs, r->type == JOURNAL_QUEUE ? r->queue.msg_id
-								: r->sent.msg_id,
-			     false))
+		if (!key_get(&t->msgs, r->queue.msg_id, false))
 			t->dangling++;
 	} else if (r->type == JOURNAL_DONE) {
 		s->queued--;

@@ -54,6 +54,24 @@ static struct journal_bytes persist_acks3(void)
 	return (struct journal_bytes){list, (uint32_t)n};
 }
 
+/* A SENT list: a QoS 2 retained delivery with four subscription ids to a
+ * session whose key is a two-byte varint, then a plain one to a lower
+ * key. */
+static const struct journal_sent sent2_v[2] = {
+	{.key = 300, .qos = 2, .retain = true, .nsub = 4, .pid = 65535,
+	 .sub = {1, 127, 128, UINT32_MAX}},
+	{.key = 7, .qos = 1, .pid = 1},
+};
+
+static struct journal_bytes sent2(void)
+{
+	static uint8_t list[2 * JOURNAL_SENT_LEN_MAX];
+	uint64_t prev = 0;
+	size_t n = journal_sent_encode(list, &prev, &sent2_v[0]);
+	n += journal_sent_encode(list + n, &prev, &sent2_v[1]);
+	return (struct journal_bytes){list, (uint32_t)n};
+}
+
 /* One record of every type, with distinct values. */
 static int sample(struct journal_record *out)
 {
@@ -127,16 +145,9 @@ static int sample(struct journal_record *out)
 	r[12].retain.source_client_id = B("sensor-1");
 	r[12].retain.source_username = B("alice");
 	r[13].type = JOURNAL_SENT;
-	r[13].sent.key = 300; /* a two-byte varint */
 	r[13].sent.msg_id = 0x0200000000000001ull;
-	r[13].sent.qos = 2;
-	r[13].sent.retain = true;
-	r[13].sent.nsub = 4;
-	r[13].sent.pid = 65535;
-	r[13].sent.sub[0] = 1;
-	r[13].sent.sub[1] = 127;
-	r[13].sent.sub[2] = 128;
-	r[13].sent.sub[3] = UINT32_MAX;
+	r[13].sent.n = 2;
+	r[13].sent.list = sent2();
 	r[14].type = JOURNAL_ACKS;
 	r[14].acks.n = 3;
 	r[14].acks.list = persist_acks3();
@@ -211,7 +222,8 @@ static bool record_eq(const struct journal_record *a,
 	case JOURNAL_SESSION_END:
 		return a->session_end.key == b->session_end.key;
 	case JOURNAL_SENT:
-		return !memcmp(&a->sent, &b->sent, sizeof(a->sent));
+		return a->sent.msg_id == b->sent.msg_id && a->sent.n == b->sent.n &&
+		       bytes_eq(a->sent.list, b->sent.list);
 	case JOURNAL_ACKS:
 		return a->acks.n == b->acks.n && bytes_eq(a->acks.list, b->acks.list);
 	}
@@ -413,49 +425,72 @@ TEST(journal_ack_list_round_trips_any_values)
 	journal_buf_free(&b);
 }
 
-/* A delivery sent at once and acked costs two small records, not the
- * 81 bytes of QUEUE, OUT and DONE. */
-TEST(journal_sent_and_ack_are_small)
+/* A fan-out's deliveries read back from one SENT record, entry by
+ * entry; each costs a few bytes, not the 56 of QUEUE and OUT. */
+TEST(journal_sent_list_round_trips_and_is_small)
 {
-	struct journal_record r = {.type = JOURNAL_SENT};
-	r.sent.key = 1000;
-	r.sent.msg_id = 0x0100000000012345ull;
-	r.sent.qos = 1;
-	r.sent.pid = 4242;
+	struct journal_record in[NSAMPLE], got;
+	sample(in);
 	struct journal_buf b = {0};
-	CHECK_EQ(journal_put(&b, &r), 0);
-	/* key 2 bytes, id (counter 0x12345, shard 1: 25 bits) 4, flags, pid. */
-	CHECK_EQ(b.len, JOURNAL_FRAME_LEN + 1 + 2 + 4 + 1 + 2);
+	CHECK_EQ(journal_put(&b, &in[13]), 0);
+	struct journal_reader rd;
+	journal_reader_init(&rd, b.data, b.len);
+	CHECK_EQ(journal_next(&rd, &got), 1);
+	CHECK_EQ(got.sent.msg_id, 0x0200000000000001ull);
+	struct journal_bytes l = got.sent.list;
+	uint64_t key = 0;
+	struct journal_sent e;
+	for (int i = 0; i < 2; i++) {
+		const struct journal_sent *w = &sent2_v[i];
+		CHECK(journal_sent_next(&l, &key, &e));
+		CHECK(e.key == w->key && e.qos == w->qos &&
+		      e.retain == w->retain && e.nsub == w->nsub &&
+		      e.pid == w->pid);
+		for (unsigned j = 0; j < w->nsub; j++)
+			CHECK_EQ(e.sub[j], w->sub[j]);
+	}
+	CHECK(!journal_sent_next(&l, &key, &e));
 	journal_buf_free(&b);
+	/* 1000 sessions, keys 1000 apart: 5 bytes each (key delta 2,
+	 * flags, packet id). */
+	uint8_t list[1000 * 5];
+	size_t len = 0;
+	key = 0;
+	for (uint32_t i = 0; i < 1000; i++) {
+		struct journal_sent x = {.key = 1000u * (i + 1), .qos = 1,
+					 .pid = (uint16_t)(i + 1)};
+		len += journal_sent_encode(list + len, &key, &x);
+	}
+	CHECK_EQ(len, 5000);
 }
 
 TEST(journal_decode_refuses_bad_sent_and_acks)
 {
 	struct journal_record r;
-	/* SENT: key 1, id 0x0100000000000000 (rotated: 1), flags, pid 7. */
-	uint8_t s[1 + 1 + 1 + 1 + 2] = {JOURNAL_SENT, 1, 1};
-	s[4] = 7;
-	s[3] = 1;
+	/* SENT: id 0x0100000000000000 (rotated: 1), n 1, key 1, flags, pid 7. */
+	uint8_t s[] = {JOURNAL_SENT, 1, 1, 2, 1, 7, 0};
 	CHECK(journal_decode(s, sizeof(s), &r));
-	CHECK_EQ(r.sent.qos, 1);
 	CHECK_EQ(r.sent.msg_id, 0x0100000000000000ull);
-	s[3] = 0; /* QoS 0 is never logged */
+	CHECK_EQ(r.sent.n, 1);
+	s[4] = 0; /* QoS 0 is never logged */
 	CHECK(!journal_decode(s, sizeof(s), &r));
-	s[3] = 3;
+	s[4] = 3;
 	CHECK(!journal_decode(s, sizeof(s), &r));
-	s[3] = 0x41; /* a reserved bit */
+	s[4] = 0x41; /* a reserved bit */
 	CHECK(!journal_decode(s, sizeof(s), &r));
-	s[3] = 1 | 5 << 3; /* five subscription ids */
+	s[4] = 1 | 5 << 3; /* five subscription ids */
 	CHECK(!journal_decode(s, sizeof(s), &r));
-	s[3] = 1;
-	s[4] = 0; /* packet id 0 */
+	s[4] = 1;
+	s[5] = 0; /* packet id 0 */
+	CHECK(!journal_decode(s, sizeof(s), &r));
+	s[5] = 7;
+	s[2] = 0; /* no entries */
+	CHECK(!journal_decode(s, sizeof(s), &r));
+	s[2] = 2; /* more than there are */
 	CHECK(!journal_decode(s, sizeof(s), &r));
 	/* A varint with a needless zero byte (0x81 0x00 is 1). */
-	uint8_t s2[] = {JOURNAL_SENT, 0x81, 0x00, 1, 1, 7, 0};
+	uint8_t s2[] = {JOURNAL_SENT, 0x81, 0x00, 1, 2, 1, 7, 0};
 	CHECK(!journal_decode(s2, sizeof(s2), &r));
-	uint8_t s3[] = {JOURNAL_SENT, 0x01, 1, 1, 7, 0};
-	CHECK(journal_decode(s3, sizeof(s3), &r));
-	CHECK_EQ(r.sent.key, 1);
 	/* More than 64 bits. */
 	uint8_t big[1 + 11] = {JOURNAL_ACKS, 1};
 	memset(big + 2, 0xff, 9);
