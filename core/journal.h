@@ -38,9 +38,10 @@ enum journal_type {
 	JOURNAL_SUB,
 	JOURNAL_UNSUB,
 	JOURNAL_MSG,	  /* a message, before records that refer to it */
-	JOURNAL_QUEUE,	  /* message queued (or sent) to a session */
+	JOURNAL_QUEUE,	  /* message queued (version 1: or sent) to a session */
 	JOURNAL_OUT,	  /* outgoing QoS 1/2: packet id and state */
-	JOURNAL_DONE,	  /* outgoing message finished or dropped */
+	JOURNAL_DONE,	  /* outgoing message finished or dropped (version 1;
+			   * version 2 writes ACKS) */
 	JOURNAL_QOS2_IN,  /* incoming QoS 2 held until PUBREL */
 	JOURNAL_QOS2_REL, /* ... released */
 	JOURNAL_RETAIN,	  /* a topic's retained message (shard 0) */
