@@ -70,6 +70,89 @@ static void wbytes(struct wr *w, struct journal_bytes b)
 	w->p += b.len;
 }
 
+/* LEB128: 7 bits a byte, low first; the high bit says more follow. */
+static size_t varint_len(uint64_t v)
+{
+	size_t n = 1;
+	while (v >= 0x80) {
+		v >>= 7;
+		n++;
+	}
+	return n;
+}
+
+static size_t varint_put(uint8_t *p, uint64_t v)
+{
+	size_t n = 0;
+	while (v >= 0x80) {
+		p[n++] = (uint8_t)(v | 0x80);
+		v >>= 7;
+	}
+	p[n++] = (uint8_t)v;
+	return n;
+}
+
+static void wvar(struct wr *w, uint64_t v)
+{
+	w->p += varint_put(w->p, v);
+}
+
+/* Signed differences as small unsigned numbers: 0, -1, 1, -2 ... */
+static uint64_t zigzag(uint64_t d)
+{
+	return d << 1 ^ (0 - (d >> 63));
+}
+
+static uint64_t unzigzag(uint64_t z)
+{
+	return z >> 1 ^ (0 - (z & 1));
+}
+
+size_t journal_ack_encode(uint8_t *out, struct journal_ack *prev,
+			  uint64_t key, uint64_t msg_id)
+{
+	size_t n = varint_put(out, zigzag(key - prev->key));
+	n += varint_put(out + n, zigzag(msg_id - prev->msg_id));
+	prev->key = key;
+	prev->msg_id = msg_id;
+	return n;
+}
+
+/* A SENT entry's flags byte: QoS in bits 0-1, retain in bit 2, the number of
+ * subscription ids in bits 3-5; bits 6-7 are 0. */
+#define SENT_RETAIN 0x04u
+#define SENT_NSUB_SHIFT 3
+#define SENT_FLAGS_ZERO 0xc0u
+
+/* A message id is its origin shard + 1 in the top byte over that shard's
+ * counter: rotated so the counter comes first, it is a varint of about 4
+ * bytes instead of 8. */
+static uint64_t id_rotl8(uint64_t id)
+{
+	return id << 8 | id >> 56;
+}
+
+static uint64_t id_rotr8(uint64_t v)
+{
+	return v >> 8 | v << 56;
+}
+
+size_t journal_sent_encode(uint8_t *out, uint64_t *prev_key,
+			   const struct journal_sent *e)
+{
+	assert(e->qos >= 1 && e->qos <= 2 && e->nsub <= JOURNAL_SUBIDS_MAX &&
+	       e->pid);
+	size_t n = varint_put(out, zigzag(e->key - *prev_key));
+	*prev_key = e->key;
+	out[n++] = (uint8_t)(e->qos | (e->retain ? SENT_RETAIN : 0) |
+			     e->nsub << SENT_NSUB_SHIFT);
+	out[n++] = (uint8_t)e->pid;
+	out[n++] = (uint8_t)(e->pid >> 8);
+	for (unsigned i = 0; i < e->nsub; i++)
+		n += varint_put(out + n, e->sub[i]);
+	return n;
+}
+
 /* The body's size, from the same fields encode_body writes. */
 static size_t body_len(const struct journal_record *r)
 {
@@ -106,6 +189,11 @@ static size_t body_len(const struct journal_record *r)
 		return 8 + 8 + 8;
 	case JOURNAL_SNAPSHOT_END:
 		return 0;
+	case JOURNAL_SENT:
+		return varint_len(id_rotl8(r->sent.msg_id)) +
+		       varint_len(r->sent.n) + r->sent.list.len;
+	case JOURNAL_ACKS:
+		return varint_len(r->acks.n) + r->acks.list.len;
 	default:
 		return 0;
 	}
@@ -195,6 +283,19 @@ static void encode_body(struct wr *w, const struct journal_record *r)
 		w64(w, r->will.msg_id);
 		w64(w, r->will.at_wall_ms);
 		break;
+	case JOURNAL_SENT:
+		wvar(w, id_rotl8(r->sent.msg_id));
+		wvar(w, r->sent.n);
+		if (r->sent.list.len)
+			memcpy(w->p, r->sent.list.ptr, r->sent.list.len);
+		w->p += r->sent.list.len;
+		break;
+	case JOURNAL_ACKS:
+		wvar(w, r->acks.n);
+		if (r->acks.list.len)
+			memcpy(w->p, r->acks.list.ptr, r->acks.list.len);
+		w->p += r->acks.list.len;
+		break;
 	}
 }
 
@@ -202,6 +303,10 @@ int journal_put(struct journal_buf *b, const struct journal_record *r)
 {
 	assert(r->type >= JOURNAL_SESSION && r->type <= JOURNAL_TYPE_MAX);
 	assert(r->type != JOURNAL_QUEUE || r->queue.nsub <= JOURNAL_SUBIDS_MAX);
+	assert(r->type != JOURNAL_SENT ||
+	       (r->sent.n >= 1 && r->sent.n <= JOURNAL_SENT_MAX));
+	assert(r->type != JOURNAL_ACKS ||
+	       (r->acks.n >= 1 && r->acks.n <= JOURNAL_ACKS_MAX));
 	size_t body = body_len(r);
 	size_t need = JOURNAL_FRAME_LEN + 1 + body;
 	assert(need - JOURNAL_FRAME_LEN <= JOURNAL_RECORD_MAX);
@@ -251,7 +356,8 @@ int journal_header_check(const uint8_t *buf, size_t len, uint32_t *shard,
 		*why = "not a kite persistence log (bad magic)";
 		return -1;
 	}
-	if (rd32(buf + 8) != JOURNAL_VERSION) {
+	uint32_t version = rd32(buf + 8);
+	if (version < JOURNAL_VERSION_MIN || version > JOURNAL_VERSION) {
 		*why = "written by another version of kite (unknown format version)";
 		return -1;
 	}
@@ -326,12 +432,126 @@ static struct journal_bytes rbytes(struct rdc *c)
 	return b;
 }
 
+/* Only the shortest encoding parses: a record reads back to the bytes it
+ * came from. */
+static uint64_t rvar(struct rdc *c)
+{
+	uint64_t v = 0;
+	for (unsigned shift = 0; shift < 64; shift += 7) {
+		uint8_t b = r8(c);
+		if (!c->ok)
+			return 0;
+		if (shift == 63 && b > 1)
+			break; /* more than 64 bits */
+		v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80)) {
+			if (!b && shift)
+				break; /* a needless 0 byte */
+			return v;
+		}
+	}
+	c->ok = false;
+	return 0;
+}
+
 static bool rbool(struct rdc *c)
 {
 	uint8_t v = r8(c);
 	if (v > 1)
 		c->ok = false;
 	return v == 1;
+}
+
+/* One SENT list entry: false (and c->ok false) when it does not parse. */
+static bool sent_read(struct rdc *c, uint64_t *prev_key, struct journal_sent *e)
+{
+	*prev_key += unzigzag(rvar(c));
+	e->key = *prev_key;
+	uint8_t f = r8(c);
+	e->pid = r16(c);
+	e->qos = f & 3u;
+	e->retain = f & SENT_RETAIN;
+	e->nsub = (uint8_t)((f & ~SENT_FLAGS_ZERO) >> SENT_NSUB_SHIFT);
+	if ((f & SENT_FLAGS_ZERO) || e->qos < 1 || e->qos > 2 ||
+	    e->nsub > JOURNAL_SUBIDS_MAX || !e->pid)
+		c->ok = false;
+	for (unsigned i = 0; c->ok && i < e->nsub; i++) {
+		uint64_t v = rvar(c);
+		if (v > UINT32_MAX)
+			c->ok = false;
+		e->sub[i] = (uint32_t)v;
+	}
+	return c->ok;
+}
+
+static void decode_sent(struct rdc *c, struct journal_record *r)
+{
+	r->sent.msg_id = id_rotr8(rvar(c));
+	uint64_t n = rvar(c);
+	if (!c->ok || n < 1 || n > JOURNAL_SENT_MAX) {
+		c->ok = false;
+		return;
+	}
+	r->sent.n = (uint32_t)n;
+	r->sent.list.ptr = c->p;
+	uint64_t key = 0;
+	struct journal_sent e;
+	for (uint64_t i = 0; i < n; i++)
+		if (!sent_read(c, &key, &e))
+			return;
+	r->sent.list.len = (uint32_t)(c->p - r->sent.list.ptr);
+}
+
+bool journal_sent_next(struct journal_bytes *list, uint64_t *prev_key,
+		       struct journal_sent *e)
+{
+	if (!list->len)
+		return false;
+	struct rdc c = {list->ptr, list->ptr + list->len, true};
+	if (!sent_read(&c, prev_key, e))
+		return false;
+	list->len -= (uint32_t)(c.p - list->ptr);
+	list->ptr = c.p;
+	return true;
+}
+
+/* One list entry: false (and c->ok false) when it does not parse. */
+static bool ack_read(struct rdc *c, struct journal_ack *prev)
+{
+	uint64_t dk = rvar(c), dm = rvar(c);
+	if (!c->ok)
+		return false;
+	prev->key += unzigzag(dk);
+	prev->msg_id += unzigzag(dm);
+	return true;
+}
+
+static void decode_acks(struct rdc *c, struct journal_record *r)
+{
+	uint64_t n = rvar(c);
+	if (!c->ok || n < 1 || n > JOURNAL_ACKS_MAX) {
+		c->ok = false;
+		return;
+	}
+	r->acks.n = (uint32_t)n;
+	r->acks.list.ptr = c->p;
+	struct journal_ack prev = {0};
+	for (uint64_t i = 0; i < n; i++)
+		if (!ack_read(c, &prev))
+			return;
+	r->acks.list.len = (uint32_t)(c->p - r->acks.list.ptr);
+}
+
+bool journal_ack_next(struct journal_bytes *list, struct journal_ack *prev)
+{
+	if (!list->len)
+		return false;
+	struct rdc c = {list->ptr, list->ptr + list->len, true};
+	if (!ack_read(&c, prev))
+		return false;
+	list->len -= (uint32_t)(c.p - list->ptr);
+	list->ptr = c.p;
+	return true;
 }
 
 static void decode_body(struct rdc *c, struct journal_record *r)
@@ -441,6 +661,12 @@ static void decode_body(struct rdc *c, struct journal_record *r)
 		r->will.at_wall_ms = r64(c);
 		break;
 	case JOURNAL_SNAPSHOT_END:
+		break;
+	case JOURNAL_SENT:
+		decode_sent(c, r);
+		break;
+	case JOURNAL_ACKS:
+		decode_acks(c, r);
 		break;
 	default:
 		c->ok = false;

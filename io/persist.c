@@ -40,6 +40,16 @@ struct log_waiter {
 	struct persist_ticket *t;
 };
 
+/* Acks gathered into one ACKS record: at about 3 bytes an entry, more
+ * would save little and make the list slower to search. */
+#define LOG_ACKS 64u
+_Static_assert(LOG_ACKS <= JOURNAL_ACKS_MAX, "an ACKS record holds them");
+
+/* Room for a SENT list: about 3,000 deliveries of a message without
+ * subscription ids. */
+#define LOG_SENT_BYTES (16u << 10)
+_Static_assert(LOG_SENT_BYTES >= JOURNAL_SENT_LEN_MAX, "room for one");
+
 struct shard_log {
 	int fd;
 	char path[PERSIST_LOG_PATH_MAX];
@@ -78,6 +88,25 @@ struct shard_log {
 	uint64_t last_compact_ms;
 	char old_path[PERSIST_LOG_PATH_MAX];
 	uint64_t last_logged_msg; /* a MSG record goes once per run of uses */
+	/* Finished deliveries (DONE) gathered into one ACKS record, written
+	 * before the next record they must precede (log_put) and at the
+	 * turn's end. `ack_bits` has a bit per (session, message) listed,
+	 * so that a delivery logged meanwhile rarely needs the list read: a
+	 * fan-out logs a SENT for every subscriber while the list is full of
+	 * the acks of the message before; 8192 bits for at most LOG_ACKS
+	 * entries send fewer than one in a hundred SENTs to the list. */
+	uint32_t ack_n, ack_len;
+	uint64_t ack_bits[128];
+	struct journal_ack ack_prev;
+	uint8_t ack_list[LOG_ACKS * JOURNAL_ACK_LEN_MAX];
+	/* Deliveries of one message sent at once, gathered into one SENT
+	 * record: written before anything waits for the log (so what an
+	 * acknowledgement waits for includes them), before another
+	 * message's deliveries, and before the records they must precede
+	 * (log_put). A fan-out's message is one record. */
+	uint32_t sent_n, sent_len;
+	uint64_t sent_msg, sent_prev_key;
+	uint8_t sent_list[LOG_SENT_BYTES];
 	uint64_t next_msg;	  /* this shard's message counter */
 	uint64_t failed_writes;
 	struct log_limit err_log;
@@ -214,10 +243,20 @@ void persist_wait_release(struct session *ss)
 	ss->q2_waiting = true;
 }
 
+static void log_sent_flush(struct shard *s);
+
+/* Where the log ends, for what waits on it: gathered deliveries are
+ * appended first, so that the wait covers them. */
+static uint64_t log_end(struct shard *s)
+{
+	log_sent_flush(s);
+	return s->log->appended;
+}
+
 void persist_gate(struct conn *c)
 {
 	struct shard *s = c->shard;
-	if (!persist_on(s) || s->log->durable >= s->log->appended)
+	if (!persist_on(s) || s->log->durable >= log_end(s))
 		return;
 	c->gate_lsn = s->log->appended;
 	struct persist_ticket *t = calloc(1, sizeof(*t));
@@ -260,7 +299,7 @@ static void ticket_put(struct shard *s, struct persist_ticket *t)
 static void log_wait(struct shard *s, struct persist_ticket *t)
 {
 	struct shard_log *l = s->log;
-	if (!l || l->durable >= l->appended) {
+	if (!l || l->durable >= log_end(s)) {
 		ticket_put(s, t);
 		return;
 	}
@@ -371,7 +410,7 @@ bool persist_pending(const struct conn *c)
 void persist_hold(struct conn *c, struct held_ack *h)
 {
 	struct shard *s = c->shard;
-	if (!persist_on(s) || s->log->durable >= s->log->appended)
+	if (!persist_on(s) || s->log->durable >= log_end(s))
 		return;
 	struct persist_ticket *t = ticket_new(s, NULL);
 	if (!t)
@@ -386,7 +425,7 @@ void persist_hold(struct conn *c, struct held_ack *h)
 void persist_ack(struct conn *c, const uint8_t *bytes, size_t len)
 {
 	struct shard *s = c->shard;
-	if (!persist_on(s) || s->log->durable >= s->log->appended) {
+	if (!persist_on(s) || s->log->durable >= log_end(s)) {
 		conn_queue_ack(c, bytes, len);
 		return;
 	}
@@ -401,7 +440,100 @@ void persist_ack(struct conn *c, const uint8_t *bytes, size_t len)
 
 /* ---- appending records -------------------------------------------------- */
 
+static void log_append(struct shard *s, const struct journal_record *r);
+
+static void log_acks_flush(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	if (!l->ack_n)
+		return;
+	struct journal_record r = {.type = JOURNAL_ACKS};
+	r.acks.n = l->ack_n;
+	r.acks.list = persist_jb(l->ack_list, l->ack_len);
+	l->ack_n = l->ack_len = 0;
+	memset(l->ack_bits, 0, sizeof(l->ack_bits));
+	l->ack_prev = (struct journal_ack){0};
+	log_append(s, &r);
+}
+
+#define ACK_BITS_SHIFT 51 /* 64 - log2(8192) */
+_Static_assert(sizeof(((struct shard_log *)0)->ack_bits) * 8 ==
+		       1u << (64 - ACK_BITS_SHIFT), "one bit per hash value");
+
+static uint32_t ack_hash(uint64_t key, uint64_t msg_id)
+{
+	return (uint32_t)((key * 0x9e3779b97f4a7c15ull ^ msg_id) *
+				  0xff51afd7ed558ccdull >> ACK_BITS_SHIFT);
+}
+
+/* Whether (key, msg_id) is in the pending ACKS list. */
+static bool acks_have(const struct shard_log *l, uint64_t key, uint64_t msg_id)
+{
+	uint32_t h = ack_hash(key, msg_id);
+	if (!l->ack_n || !(l->ack_bits[h / 64] & 1ull << h % 64))
+		return false;
+	struct journal_bytes list = persist_jb(l->ack_list, l->ack_len);
+	struct journal_ack a = {0};
+	while (journal_ack_next(&list, &a))
+		if (a.key == key && a.msg_id == msg_id)
+			return true;
+	return false;
+}
+
+static void log_sent_flush(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	if (!l->sent_n)
+		return;
+	struct journal_record r = {.type = JOURNAL_SENT};
+	r.sent.msg_id = l->sent_msg;
+	r.sent.n = l->sent_n;
+	r.sent.list = persist_jb(l->sent_list, l->sent_len);
+	l->sent_n = l->sent_len = 0;
+	l->sent_prev_key = 0;
+	log_append(s, &r);
+}
+
+/* Gathered records (the SENT and ACKS lists) wait while the records
+ * logged after them cannot be changed by their coming later. Both only
+ * touch their (session, message) pairs in their sessions' queues, so they
+ * pass messages, retained messages, incoming QoS 2 and wills. An ack may
+ * not pass a record that queues its own pair again; a SENT may not pass
+ * an OUT of its message (a later state). A QUEUE of a pair a SENT lists
+ * replays the same either way (the first adds it, the second keeps it).
+ * The two lists never hold the same pair (persist_sent, persist_done
+ * write the other list first). Nothing else about sessions passes them:
+ * their start and end, subscriptions, a snapshot. */
 static void log_put(struct shard *s, const struct journal_record *r)
+{
+	struct shard_log *l = s->log;
+	if (l->sent_n || l->ack_n) {
+		switch (r->type) {
+		case JOURNAL_MSG:
+		case JOURNAL_RETAIN:
+		case JOURNAL_QOS2_IN:
+		case JOURNAL_QOS2_REL:
+		case JOURNAL_WILL:
+			break;
+		case JOURNAL_QUEUE:
+			if (acks_have(l, r->queue.key, r->queue.msg_id))
+				log_acks_flush(s);
+			break;
+		case JOURNAL_OUT:
+			if (l->sent_n && r->out.msg_id == l->sent_msg)
+				log_sent_flush(s);
+			if (acks_have(l, r->out.key, r->out.msg_id))
+				log_acks_flush(s);
+			break;
+		default:
+			log_sent_flush(s);
+			log_acks_flush(s);
+		}
+	}
+	log_append(s, r);
+}
+
+static void log_append(struct shard *s, const struct journal_record *r)
 {
 	struct shard_log *l = s->log;
 	size_t before = l->cur.len;
@@ -414,7 +546,7 @@ static void log_put(struct shard *s, const struct journal_record *r)
 		return;
 	}
 	l->appended += l->cur.len - before;
-	l->changes++;
+	l->changes += r->type == JOURNAL_ACKS ? r->acks.n : 1;
 }
 
 
@@ -600,14 +732,49 @@ void persist_out(struct session *ss, uint64_t msg_id, uint16_t pid,
 		log_out(ss->shard, ss->id, msg_id, pid, state);
 }
 
+void persist_sent(struct session *ss, struct msg *m, const struct deliv *d,
+		  uint16_t pid)
+{
+	if (!logs(ss))
+		return;
+	struct shard *s = ss->shard;
+	struct shard_log *l = s->log;
+	uint64_t id = persist_msg_id(s, m);
+	if (l->sent_n && (l->sent_msg != id || l->sent_n == JOURNAL_SENT_MAX ||
+			  sizeof(l->sent_list) - l->sent_len <
+				  JOURNAL_SENT_LEN_MAX))
+		log_sent_flush(s);
+	log_msg_ref(s, m); /* before the SENT record, which follows it */
+	if (acks_have(l, ss->id, id))
+		log_acks_flush(s); /* the ack of an earlier copy goes first */
+	struct journal_sent e = {
+		.key = ss->id,
+		.qos = d->qos,
+		.retain = d->retain,
+		.nsub = d->nsub,
+		.pid = pid,
+	};
+	memcpy(e.sub, d->sub, sizeof(e.sub));
+	l->sent_msg = id;
+	l->sent_len += (uint32_t)journal_sent_encode(
+		l->sent_list + l->sent_len, &l->sent_prev_key, &e);
+	l->sent_n++;
+}
+
 void persist_done(struct session *ss, uint64_t msg_id)
 {
 	if (!logs(ss))
 		return;
-	struct journal_record r = {.type = JOURNAL_DONE};
-	r.done.key = ss->id;
-	r.done.msg_id = msg_id;
-	log_put(ss->shard, &r);
+	struct shard_log *l = ss->shard->log;
+	if (l->sent_n && l->sent_msg == msg_id)
+		log_sent_flush(ss->shard); /* the delivery goes before its end */
+	if (l->ack_n == LOG_ACKS)
+		log_acks_flush(ss->shard);
+	l->ack_len += (uint32_t)journal_ack_encode(l->ack_list + l->ack_len,
+						   &l->ack_prev, ss->id, msg_id);
+	l->ack_n++;
+	uint32_t h = ack_hash(ss->id, msg_id);
+	l->ack_bits[h / 64] |= 1ull << h % 64;
 }
 
 static void log_qos2_in(struct shard *s, uint64_t key, uint16_t pid,
@@ -913,6 +1080,8 @@ bool persist_turn_end(struct shard *s)
 	struct shard_log *l = s->log;
 	if (!l)
 		return false;
+	log_sent_flush(s);
+	log_acks_flush(s);
 	if (l->compact_due && !l->write_busy && !l->sync_busy &&
 	    (!sync_always(s) || l->synced >= l->written))
 		compact_start(s);
@@ -1041,6 +1210,13 @@ static void snapshot_session(struct shard *s, struct session *ss)
 		struct inflight *f = session_inflight_at(ss, i);
 		if (f->state == INFLIGHT_DONE)
 			continue;
+		if (f->msg && (f->state == INFLIGHT_WAIT_PUBACK ||
+			       f->state == INFLIGHT_WAIT_PUBREC) &&
+		    f->d.qos == (f->state == INFLIGHT_WAIT_PUBACK ? 1 : 2)) {
+			persist_sent(ss, f->msg, &f->d, f->pid);
+			f->msg_id = persist_msg_id(s, f->msg);
+			continue;
+		}
 		if (f->msg) {
 			f->msg_id = log_msg_ref(s, f->msg);
 			log_queue(s, ss->id, f->msg_id, &f->d);
@@ -1309,6 +1485,8 @@ void persist_shard_stop(struct shard *s)
 	struct shard_log *l = s->log;
 	if (!l)
 		return;
+	log_sent_flush(s);
+	log_acks_flush(s);
 	/* A write still in flight may be cancelled with the ring: its
 	 * bytes (still in wbuf) go again, synchronously, at their offset;
 	 * then what this turn added. */

@@ -93,6 +93,10 @@ void persist_sub(struct session *ss, const char *filter, uint16_t len,
 void persist_unsub(struct session *ss, const char *filter, uint16_t len);
 /* m reached the session at QoS 1/2 (queued, or sent at once). */
 void persist_queue(struct session *ss, struct msg *m, const struct deliv *d);
+/* m reached the session at QoS 1/2 and was sent at once under pid: the
+ * two records above in one. */
+void persist_sent(struct session *ss, struct msg *m, const struct deliv *d,
+		  uint16_t pid);
 /* state: enum journal_out_state. */
 void persist_out(struct session *ss, uint64_t msg_id, uint16_t pid,
 		 uint8_t state);

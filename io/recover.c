@@ -375,6 +375,30 @@ static int apply_out(struct recovery *rc, struct rsess *rs,
 	return 0;
 }
 
+/* QUEUE then OUT, in one entry: a copy queued already (a snapshot
+ * restating it) keeps its place, as QUEUE does, and takes the packet id. */
+static int apply_sent(struct recovery *rc, struct rsess *rs, uint64_t msg_id,
+		      const struct journal_sent *e)
+{
+	rs->last_pid = e->pid;
+	struct rout *o = msg_id <= rs->top_out ? rout_find(rc, rs, msg_id) : NULL;
+	if (!o) {
+		if (!(o = calloc(1, sizeof(*o))))
+			return -1;
+		o->msg_id = msg_id;
+		o->rm = last_msg_if(rc, msg_id);
+		o->d.qos = e->qos;
+		o->d.retain = e->retain;
+		o->d.nsub = e->nsub;
+		memcpy(o->d.sub, e->sub, sizeof(o->d.sub));
+		if (rout_append(rc, rs, o) < 0)
+			return -1;
+	}
+	o->pid = e->pid;
+	o->state = e->qos == 1 ? JOURNAL_WAIT_PUBACK : JOURNAL_WAIT_PUBREC;
+	return 0;
+}
+
 static void apply_done(struct recovery *rc, struct rsess *rs, uint64_t msg_id)
 {
 	struct rout *o = rout_find(rc, rs, msg_id);
@@ -452,6 +476,43 @@ static int apply_retain(struct recovery *rc, const struct journal_record *r)
 	return 0;
 }
 
+static struct rsess *rsess_of(struct recovery *rc, uint64_t key)
+{
+	struct rsess *rs = rc->last_sess && rc->last_sess->key == key
+				   ? rc->last_sess : rsess_find(rc, key);
+	if (!rs)
+		rc->unresolved++;
+	else
+		rc->last_sess = rs;
+	return rs;
+}
+
+/* Each entry as QUEUE then OUT; an unknown session's are dropped. */
+static int apply_sents(struct recovery *rc, const struct journal_record *r)
+{
+	struct journal_bytes list = r->sent.list;
+	uint64_t key = 0;
+	struct journal_sent e;
+	while (journal_sent_next(&list, &key, &e)) {
+		struct rsess *rs = rsess_of(rc, e.key);
+		if (rs && apply_sent(rc, rs, r->sent.msg_id, &e) < 0)
+			return -1;
+	}
+	return 0;
+}
+
+/* Each entry as a DONE record; an unknown session's are dropped. */
+static void apply_acks(struct recovery *rc, const struct journal_record *r)
+{
+	struct journal_bytes list = r->acks.list;
+	struct journal_ack a = {0};
+	while (journal_ack_next(&list, &a)) {
+		struct rsess *rs = rsess_of(rc, a.key);
+		if (rs)
+			apply_done(rc, rs, a.msg_id);
+	}
+}
+
 /* One record; records about a session that is not (yet) known are
  * dropped: a snapshot of it further on restates them. */
 static int apply(struct recovery *rc, const struct journal_record *r)
@@ -466,6 +527,11 @@ static int apply(struct recovery *rc, const struct journal_record *r)
 		return apply_retain(rc, r);
 	case JOURNAL_SNAPSHOT_END:
 		return 0;
+	case JOURNAL_ACKS:
+		apply_acks(rc, r);
+		return 0;
+	case JOURNAL_SENT:
+		return apply_sents(rc, r);
 	case JOURNAL_SESSION_END: key = r->session_end.key; break;
 	case JOURNAL_SUB: key = r->sub.key; break;
 	case JOURNAL_UNSUB: key = r->unsub.key; break;

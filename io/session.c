@@ -387,8 +387,10 @@ uint16_t session_next_pid(struct session *ss)
 static int session_queue_push(struct session *ss, struct msg *m,
 			      const struct deliv *d);
 
+/* queued: m's QUEUE record is in the log already; else it was not logged
+ * yet and one SENT record says both. */
 static int session_inflight_add(struct session *ss, struct msg *m,
-				const struct deliv *d, uint16_t pid)
+				const struct deliv *d, uint16_t pid, bool queued)
 {
 	struct inflight *f = session_inflight_push(ss, pid);
 	if (!f)
@@ -403,8 +405,12 @@ static int session_inflight_add(struct session *ss, struct msg *m,
 	ss->inflight_bytes += m->payload_len;
 	if (ss->logged) {
 		f->msg_id = persist_msg_id(ss->shard, m);
-		persist_out(ss, f->msg_id, pid, d->qos == 1 ? JOURNAL_WAIT_PUBACK
-							    : JOURNAL_WAIT_PUBREC);
+		if (!queued)
+			persist_sent(ss, m, d, pid);
+		else
+			persist_out(ss, f->msg_id, pid,
+				    d->qos == 1 ? JOURNAL_WAIT_PUBACK
+						: JOURNAL_WAIT_PUBREC);
 	}
 	return 0;
 }
@@ -463,13 +469,17 @@ static void session_send_new(struct session *ss, struct msg *m,
 		if (!queued)
 			ss->next_pid = before;
 		shard_stats_drop(ss->shard, DROP_UNDELIVERABLE, 1);
-		if (ss->logged)
+		/* One sent at once was not logged: nothing to undo. */
+		if (ss->logged && queued)
 			persist_done(ss, persist_msg_id(ss->shard, m));
 		return;
 	}
-	if (session_inflight_add(ss, m, d, pid) < 0)
+	if (session_inflight_add(ss, m, d, pid, queued) < 0) {
+		/* Kept for the restart, as when it was queued. */
+		if (!queued)
+			persist_queue(ss, m, d);
 		conn_close(ss->conn, "out of memory", false);
-	else if (d->qos == 2 && ss->logged)
+	} else if (d->qos == 2 && ss->logged)
 		persist_gate(ss->conn); /* its packet id is durable first */
 }
 
@@ -542,8 +552,7 @@ void session_deliver_as_is(struct session *ss, struct msg *m,
 	}
 	if (session_online(ss) && !ss->q_count && session_window_open(ss) &&
 	    !session_held(m, d)) {
-		persist_queue(ss, m, d);
-		session_send_new(ss, m, d, false);
+		session_send_new(ss, m, d, false); /* logs it if it goes */
 		return;
 	}
 	if (!ss->persistent && !session_online(ss))

@@ -24,14 +24,17 @@ static const char *const type_names[] = {
 	[JOURNAL_QOS2_IN] = "qos2_in",	 [JOURNAL_QOS2_REL] = "qos2_rel",
 	[JOURNAL_RETAIN] = "retain",	 [JOURNAL_WILL] = "will",
 	[JOURNAL_SNAPSHOT_END] = "snapshot_end",
+	[JOURNAL_SENT] = "sent",	 [JOURNAL_ACKS] = "acks",
 };
+_Static_assert(sizeof(type_names) / sizeof(type_names[0]) ==
+		       JOURNAL_TYPE_MAX + 1, "a name for every record type");
 
 /* What the records add up to: live sessions and their queues, retained
  * topics, and references to things no record introduced. */
 struct key_entry {
 	struct htab_link link;
 	uint64_t key;
-	int64_t queued; /* QUEUE minus DONE */
+	int64_t queued; /* QUEUE and SENT minus DONE and ACKS entries */
 	uint32_t subs;
 };
 
@@ -143,6 +146,32 @@ static void tally_record(struct tally *t, const struct journal_record *r)
 		return;
 	case JOURNAL_SNAPSHOT_END:
 		return;
+	case JOURNAL_SENT: {
+		bool known = key_get(&t->msgs, r->sent.msg_id, false);
+		struct journal_bytes list = r->sent.list;
+		uint64_t key = 0;
+		struct journal_sent e;
+		while (journal_sent_next(&list, &key, &e)) {
+			struct key_entry *s = key_get(&t->sessions, e.key, false);
+			if (s)
+				s->queued++;
+			if (!s || !known)
+				t->dangling++;
+		}
+		return;
+	}
+	case JOURNAL_ACKS: {
+		struct journal_bytes list = r->acks.list;
+		struct journal_ack a = {0};
+		while (journal_ack_next(&list, &a)) {
+			struct key_entry *s = key_get(&t->sessions, a.key, false);
+			if (s)
+				s->queued--;
+			else
+				t->dangling++;
+		}
+		return;
+	}
 	}
 	struct key_entry *s = key_get(&t->sessions, record_key(r), false);
 	if (!s) {

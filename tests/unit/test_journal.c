@@ -41,10 +41,41 @@ static struct journal_bytes B(const char *s)
 	return (struct journal_bytes){(const uint8_t *)s, (uint32_t)strlen(s)};
 }
 
+#define NSAMPLE 15
+
+/* An ACKS list: two sessions' acks of one message, then an older one. */
+static struct journal_bytes persist_acks3(void)
+{
+	static uint8_t list[3 * JOURNAL_ACK_LEN_MAX];
+	struct journal_ack prev = {0};
+	size_t n = journal_ack_encode(list, &prev, 9, 0x0100000000000077ull);
+	n += journal_ack_encode(list + n, &prev, 12, 0x0100000000000077ull);
+	n += journal_ack_encode(list + n, &prev, 3, 0x0100000000000070ull);
+	return (struct journal_bytes){list, (uint32_t)n};
+}
+
+/* A SENT list: a QoS 2 retained delivery with four subscription ids to a
+ * session whose key is a two-byte varint, then a plain one to a lower
+ * key. */
+static const struct journal_sent sent2_v[2] = {
+	{.key = 300, .qos = 2, .retain = true, .nsub = 4, .pid = 65535,
+	 .sub = {1, 127, 128, UINT32_MAX}},
+	{.key = 7, .qos = 1, .pid = 1},
+};
+
+static struct journal_bytes sent2(void)
+{
+	static uint8_t list[2 * JOURNAL_SENT_LEN_MAX];
+	uint64_t prev = 0;
+	size_t n = journal_sent_encode(list, &prev, &sent2_v[0]);
+	n += journal_sent_encode(list + n, &prev, &sent2_v[1]);
+	return (struct journal_bytes){list, (uint32_t)n};
+}
+
 /* One record of every type, with distinct values. */
 static int sample(struct journal_record *out)
 {
-	struct journal_record r[13];
+	struct journal_record r[NSAMPLE];
 	memset(r, 0, sizeof(r));
 	r[0].type = JOURNAL_SESSION;
 	r[0].session.key = 0x0102030405060708ull;
@@ -113,8 +144,15 @@ static int sample(struct journal_record *out)
 	r[12].retain.source_has_username = true;
 	r[12].retain.source_client_id = B("sensor-1");
 	r[12].retain.source_username = B("alice");
+	r[13].type = JOURNAL_SENT;
+	r[13].sent.msg_id = 0x0200000000000001ull;
+	r[13].sent.n = 2;
+	r[13].sent.list = sent2();
+	r[14].type = JOURNAL_ACKS;
+	r[14].acks.n = 3;
+	r[14].acks.list = persist_acks3();
 	memcpy(out, r, sizeof(r));
-	return 13;
+	return NSAMPLE;
 }
 
 static bool bytes_eq(struct journal_bytes a, struct journal_bytes b)
@@ -183,13 +221,18 @@ static bool record_eq(const struct journal_record *a,
 		       bytes_eq(a->unsub.filter, b->unsub.filter);
 	case JOURNAL_SESSION_END:
 		return a->session_end.key == b->session_end.key;
+	case JOURNAL_SENT:
+		return a->sent.msg_id == b->sent.msg_id && a->sent.n == b->sent.n &&
+		       bytes_eq(a->sent.list, b->sent.list);
+	case JOURNAL_ACKS:
+		return a->acks.n == b->acks.n && bytes_eq(a->acks.list, b->acks.list);
 	}
 	return false;
 }
 
 TEST(journal_every_record_round_trips)
 {
-	struct journal_record in[13], got;
+	struct journal_record in[NSAMPLE], got;
 	int n = sample(in);
 	struct journal_buf b = {0};
 	for (int i = 0; i < n; i++)
@@ -229,10 +272,10 @@ TEST(journal_header_checks_magic_and_version)
  * the cut one and nothing after it, and the reader says where. */
 TEST(journal_torn_tail_at_every_offset)
 {
-	struct journal_record in[13], got;
+	struct journal_record in[NSAMPLE], got;
 	int n = sample(in);
 	struct journal_buf b = {0};
-	size_t ends[13];
+	size_t ends[NSAMPLE];
 	for (int i = 0; i < n; i++) {
 		CHECK_EQ(journal_put(&b, &in[i]), 0);
 		ends[i] = b.len;
@@ -265,10 +308,10 @@ TEST(journal_torn_tail_at_every_offset)
  * is skipped, the others are read. A flipped length tears the tail. */
 TEST(journal_flipped_bytes_skip_only_that_record)
 {
-	struct journal_record in[13], got;
+	struct journal_record in[NSAMPLE], got;
 	int n = sample(in);
 	struct journal_buf b = {0};
-	size_t starts[13];
+	size_t starts[NSAMPLE];
 	for (int i = 0; i < n; i++) {
 		starts[i] = b.len;
 		CHECK_EQ(journal_put(&b, &in[i]), 0);
@@ -320,4 +363,151 @@ TEST(journal_decode_refuses_trailing_or_bad_fields)
 	u[9] = 0xff;
 	u[12] = 0x7f;
 	CHECK(!journal_decode(u, sizeof(u), &r));
+}
+
+/* Every version a kite wrote is read: version 1 logs (before SENT and
+ * ACKS) are the same records. */
+TEST(journal_header_reads_version_1)
+{
+	uint8_t h[JOURNAL_HEADER_LEN];
+	uint32_t shard;
+	uint64_t gen;
+	const char *why = NULL;
+	journal_header(h, 1, 7);
+	CHECK_EQ(h[8], JOURNAL_VERSION);
+	h[8] = 1;
+	CHECK_EQ(journal_header_check(h, sizeof(h), &shard, &gen, &why), 0);
+	h[8] = 0;
+	CHECK_EQ(journal_header_check(h, sizeof(h), &shard, &gen, &why), -1);
+	h[8] = JOURNAL_VERSION + 1;
+	CHECK_EQ(journal_header_check(h, sizeof(h), &shard, &gen, &why), -1);
+}
+
+/* Deltas both ways and at the ends of the range come back exact. */
+TEST(journal_ack_list_round_trips_any_values)
+{
+	static const struct journal_ack v[] = {
+		{1, 0x0100000000000001ull}, {1, 0x0100000000000001ull},
+		{0, 0},			     {UINT64_MAX, UINT64_MAX},
+		{0, 1},			     {5, 0x7f00000000000000ull},
+		{4, 0x0100000000000000ull},
+	};
+	enum { N = sizeof(v) / sizeof(v[0]) };
+	uint8_t list[N * JOURNAL_ACK_LEN_MAX];
+	struct journal_ack prev = {0};
+	size_t len = 0;
+	for (int i = 0; i < N; i++) {
+		size_t n = journal_ack_encode(list + len, &prev, v[i].key,
+					      v[i].msg_id);
+		CHECK(n >= 2 && n <= JOURNAL_ACK_LEN_MAX);
+		len += n;
+	}
+	/* The same message again to a nearby session: 2 bytes. */
+	uint8_t one[JOURNAL_ACK_LEN_MAX];
+	CHECK_EQ(journal_ack_encode(one, &(struct journal_ack){7, 99}, 8, 99), 2);
+	struct journal_record r = {.type = JOURNAL_ACKS}, got;
+	r.acks.n = N;
+	r.acks.list = (struct journal_bytes){list, (uint32_t)len};
+	struct journal_buf b = {0};
+	CHECK_EQ(journal_put(&b, &r), 0);
+	struct journal_reader rd;
+	journal_reader_init(&rd, b.data, b.len);
+	CHECK_EQ(journal_next(&rd, &got), 1);
+	CHECK_EQ(got.acks.n, N);
+	struct journal_bytes l = got.acks.list;
+	struct journal_ack a = {0};
+	for (int i = 0; i < N; i++) {
+		CHECK(journal_ack_next(&l, &a));
+		CHECK_EQ(a.key, v[i].key);
+		CHECK_EQ(a.msg_id, v[i].msg_id);
+	}
+	CHECK(!journal_ack_next(&l, &a));
+	journal_buf_free(&b);
+}
+
+/* A fan-out's deliveries read back from one SENT record, entry by
+ * entry; each costs a few bytes, not the 56 of QUEUE and OUT. */
+TEST(journal_sent_list_round_trips_and_is_small)
+{
+	struct journal_record in[NSAMPLE], got;
+	sample(in);
+	struct journal_buf b = {0};
+	CHECK_EQ(journal_put(&b, &in[13]), 0);
+	struct journal_reader rd;
+	journal_reader_init(&rd, b.data, b.len);
+	CHECK_EQ(journal_next(&rd, &got), 1);
+	CHECK_EQ(got.sent.msg_id, 0x0200000000000001ull);
+	struct journal_bytes l = got.sent.list;
+	uint64_t key = 0;
+	struct journal_sent e;
+	for (int i = 0; i < 2; i++) {
+		const struct journal_sent *w = &sent2_v[i];
+		CHECK(journal_sent_next(&l, &key, &e));
+		CHECK(e.key == w->key && e.qos == w->qos &&
+		      e.retain == w->retain && e.nsub == w->nsub &&
+		      e.pid == w->pid);
+		for (unsigned j = 0; j < w->nsub; j++)
+			CHECK_EQ(e.sub[j], w->sub[j]);
+	}
+	CHECK(!journal_sent_next(&l, &key, &e));
+	journal_buf_free(&b);
+	/* 1000 sessions, keys 1000 apart: 5 bytes each (key delta 2,
+	 * flags, packet id). */
+	uint8_t list[1000 * 5];
+	size_t len = 0;
+	key = 0;
+	for (uint32_t i = 0; i < 1000; i++) {
+		struct journal_sent x = {.key = 1000u * (i + 1), .qos = 1,
+					 .pid = (uint16_t)(i + 1)};
+		len += journal_sent_encode(list + len, &key, &x);
+	}
+	CHECK_EQ(len, 5000);
+}
+
+TEST(journal_decode_refuses_bad_sent_and_acks)
+{
+	struct journal_record r;
+	/* SENT: id 0x0100000000000000 (rotated: 1), n 1, key 1, flags, pid 7. */
+	uint8_t s[] = {JOURNAL_SENT, 1, 1, 2, 1, 7, 0};
+	CHECK(journal_decode(s, sizeof(s), &r));
+	CHECK_EQ(r.sent.msg_id, 0x0100000000000000ull);
+	CHECK_EQ(r.sent.n, 1);
+	s[4] = 0; /* QoS 0 is never logged */
+	CHECK(!journal_decode(s, sizeof(s), &r));
+	s[4] = 3;
+	CHECK(!journal_decode(s, sizeof(s), &r));
+	s[4] = 0x41; /* a reserved bit */
+	CHECK(!journal_decode(s, sizeof(s), &r));
+	s[4] = 1 | 5 << 3; /* five subscription ids */
+	CHECK(!journal_decode(s, sizeof(s), &r));
+	s[4] = 1;
+	s[5] = 0; /* packet id 0 */
+	CHECK(!journal_decode(s, sizeof(s), &r));
+	s[5] = 7;
+	s[2] = 0; /* no entries */
+	CHECK(!journal_decode(s, sizeof(s), &r));
+	s[2] = 2; /* more than there are */
+	CHECK(!journal_decode(s, sizeof(s), &r));
+	/* A varint with a needless zero byte (0x81 0x00 is 1). */
+	uint8_t s2[] = {JOURNAL_SENT, 0x81, 0x00, 1, 2, 1, 7, 0};
+	CHECK(!journal_decode(s2, sizeof(s2), &r));
+	/* More than 64 bits. */
+	uint8_t big[1 + 11] = {JOURNAL_ACKS, 1};
+	memset(big + 2, 0xff, 9);
+	big[11] = 0x02;
+	CHECK(!journal_decode(big, sizeof(big), &r));
+	big[11] = 0x01; /* exactly 64 bits, then no id */
+	CHECK(!journal_decode(big, sizeof(big), &r));
+	/* ACKS: none listed, more than allowed, fewer than said, more. */
+	uint8_t a0[] = {JOURNAL_ACKS, 0};
+	CHECK(!journal_decode(a0, sizeof(a0), &r));
+	uint8_t a1[] = {JOURNAL_ACKS, 1, 2, 4};
+	CHECK(journal_decode(a1, sizeof(a1), &r));
+	CHECK_EQ(r.acks.n, 1);
+	uint8_t a2[] = {JOURNAL_ACKS, 2, 2, 4};
+	CHECK(!journal_decode(a2, sizeof(a2), &r));
+	uint8_t a3[] = {JOURNAL_ACKS, 1, 2, 4, 0};
+	CHECK(!journal_decode(a3, sizeof(a3), &r));
+	uint8_t many[] = {JOURNAL_ACKS, 0x81, 0x02}; /* 257 */
+	CHECK(!journal_decode(many, sizeof(many), &r));
 }
