@@ -264,7 +264,6 @@ static void bridge_on_connected(struct bridge *b, int fd)
 		return;
 	}
 	c->fd = fd;
-	shard_conn_file_install(s, c);
 	c->bridge = b;
 	c->state = CONN_AWAIT_CONNECT;
 	c->version = b->cfg.protocol;

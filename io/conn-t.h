@@ -252,9 +252,6 @@ struct conn {
 	/* enable_proxy_protocol: the header version still awaited (0 once
 	 * read); a header split across receives waits in rare->proxy_buf. */
 	uint8_t proxy_await;
-	/* c->fd is also in the ring's file table, at slot id
-	 * (shard_conn_file_install): io_uring operations use the slot. */
-	bool fixed_file;
 	/* The peer; an IPv4 peer is kept as a v4-mapped address (28 bytes,
 	 * not the 128 of sockaddr_storage: this is per connection). */
 	struct sockaddr_in6 peer;

@@ -797,7 +797,6 @@ void conn_shutdown(struct conn *c)
 	c->flags |= CONN_SHUTDOWN_SENT | CONN_SHUTDOWN_BUSY;
 	struct io_uring_sqe *sqe = shard_sqe(c->shard);
 	io_uring_prep_shutdown(sqe, c->fd, SHUT_RDWR);
-	shard_sqe_conn_file(sqe, c);
 	io_uring_sqe_set_data64(sqe, ud_pack(UD_SHUTDOWN, c->id, c->gen));
 }
 
@@ -1008,7 +1007,6 @@ static void conn_submit_send(struct conn *c, struct send_ctx *ctx)
 				   ctx->iov[0].iov_len, MSG_NOSIGNAL);
 	else
 		io_uring_prep_sendmsg(sqe, c->fd, &ctx->mh, MSG_NOSIGNAL);
-	shard_sqe_conn_file(sqe, c);
 	io_uring_sqe_set_data64(sqe, ud_pack(UD_SEND, c->id, c->gen));
 }
 

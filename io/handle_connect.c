@@ -276,7 +276,6 @@ void connect_adopt(struct shard *s, struct conn *c)
 		conn_free(c);
 		return;
 	}
-	shard_conn_file_install(s, c);
 	c->state = CONN_AWAIT_CONNECT;
 	shard_arm_recv(s, c);
 	connect_complete(s, c);

@@ -15,7 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/resource.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -535,7 +534,6 @@ static void shard_on_accept(struct shard *s, unsigned li, int fd)
 		return;
 	}
 	c->fd = fd;
-	shard_conn_file_install(s, c);
 	c->listener = (uint8_t)li;
 	c->state = CONN_AWAIT_CONNECT;
 	c->created_ms = c->last_rx_ms = (uint32_t)s->now_ms;
@@ -920,11 +918,9 @@ static void shard_wait(struct shard *s, bool backlog)
 		.pad = gather ? SHARD_GATHER_US : 0, /* min_wait_usec */
 		.ts = (uint64_t)(uintptr_t)&ts,
 	};
-	unsigned flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG;
-	if (s->ring_registered)
-		flags |= IORING_ENTER_REGISTERED_RING;
-	long ret = syscall(__NR_io_uring_enter, s->ring.enter_ring_fd, submit,
-			   gather ? SHARD_GATHER_NR : 1u, flags, &arg,
+	long ret = syscall(__NR_io_uring_enter, s->ring.ring_fd, submit,
+			   gather ? SHARD_GATHER_NR : 1u,
+			   IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG, &arg,
 			   sizeof(arg));
 	if (ret < 0 && errno == EINVAL && gather) {
 		/* A kernel that advertises it yet refuses: no more tries. */
@@ -961,12 +957,6 @@ static void *shard_main(void *arg)
 			s->idx, strerror(errno));
 		abort();
 	}
-	/* The ring's descriptor registered with this thread (Linux 5.18):
-	 * each io_uring_enter then skips the descriptor lookup, which in a
-	 * threaded process takes and drops a reference. liburing's own
-	 * calls switch to it; shard_wait passes the flag itself. The real
-	 * descriptor stays: other shards' MSG_RING posts need it. */
-	s->ring_registered = io_uring_register_ring_fd(&s->ring) == 1;
 	rcu_register_thread();
 	s->now_ms = s->clock_ms();
 	/* $SYS is retained before anyone can subscribe, as in Mosquitto. */
@@ -1032,10 +1022,6 @@ static void *shard_main(void *arg)
 	}
 	persist_shard_stop(s);
 	bridge_free_all(s);
-	/* Registered for this thread only: loop_fini runs in another. */
-	if (s->ring_registered)
-		io_uring_unregister_ring_fd(&s->ring);
-	s->ring_registered = false;
 	rcu_unregister_thread();
 	return NULL;
 }
@@ -1093,39 +1079,6 @@ static int shard_setup_ring(struct shard *s)
 	return 0;
 }
 
-/* The ring's file table: a slot per connection id below file_slots
- * (shard_conn_file_install), then SHARD_REFUSE_SLOTS to refuse clients
- * into at the file limit (shard_arm_refuse), which the kernel's slot
- * allocation is kept to. A registered socket costs each receive and
- * send no descriptor lookup (fget and fput: about 2% of a fan-out's
- * CPU). A shard with more connections than SHARD_FILE_SLOTS_MAX gives
- * the rest their descriptors. Sparse slots need Linux 5.19, the
- * allocation range 6.0: with 5.19 only the refuse slots. */
-static void shard_setup_files(struct shard *s)
-{
-	struct rlimit r;
-	uint64_t want = SHARD_FILE_SLOTS_MAX;
-	/* The kernel takes no bigger table than RLIMIT_NOFILE. */
-	if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur != RLIM_INFINITY)
-		want = r.rlim_cur > SHARD_REFUSE_SLOTS ?
-			       r.rlim_cur - SHARD_REFUSE_SLOTS : 0;
-	if (want > SHARD_FILE_SLOTS_MAX)
-		want = SHARD_FILE_SLOTS_MAX;
-	unsigned n = (unsigned)want;
-	if (n && io_uring_register_files_sparse(&s->ring,
-						 n + SHARD_REFUSE_SLOTS) == 0) {
-		if (io_uring_register_file_alloc_range(&s->ring, n,
-						       SHARD_REFUSE_SLOTS) == 0) {
-			s->file_slots = n;
-			s->refuse_slots = true;
-			return;
-		}
-		io_uring_unregister_files(&s->ring);
-	}
-	s->refuse_slots =
-		io_uring_register_files_sparse(&s->ring, SHARD_REFUSE_SLOTS) == 0;
-}
-
 static void xitem_discard(struct xitem it);
 
 int loop_init(struct shard *s, struct broker *b, unsigned idx)
@@ -1150,7 +1103,10 @@ int loop_init(struct shard *s, struct broker *b, unsigned idx)
 	s->accept_ep = epoll_create1(EPOLL_CLOEXEC);
 	if (!s->trie || !s->tls_scratch || s->accept_ep < 0)
 		return -1;
-	shard_setup_files(s);
+	/* Sparse slots (Linux 5.19) to refuse clients into at the file
+	 * limit; their number is bounded by RLIMIT_NOFILE too. */
+	s->refuse_slots =
+		io_uring_register_files_sparse(&s->ring, SHARD_REFUSE_SLOTS) == 0;
 	if (!s->refuse_slots &&
 	    (s->spare_fd = open("/dev/null", O_RDONLY | O_CLOEXEC)) < 0)
 		return -1;

@@ -73,9 +73,6 @@
  * only to be closed at once when the process is out of descriptors: a
  * burst beyond it waits for the closes already queued, then goes on. */
 #define SHARD_REFUSE_SLOTS 32
-/* Connection slots of a shard's file table (loop.c, shard_setup_files):
- * 8 bytes of kernel memory each, taken at startup. */
-#define SHARD_FILE_SLOTS_MAX 65536
 /* Clients accepted from one listener before the shard's other work
  * gets a turn. */
 #define SHARD_ACCEPT_BATCH 256
@@ -351,12 +348,6 @@ struct shard {
 	 * cancelled can arrive after the next one is armed. */
 	bool refuse_slots;
 	int spare_fd;
-	/* Connection ids below it have a slot in the ring's file table
-	 * (shard_conn_file_install). */
-	uint32_t file_slots;
-	/* The ring's descriptor is registered with the shard's thread
-	 * (shard_main): io_uring_enter goes through ring.enter_ring_fd. */
-	bool ring_registered;
 	uint64_t refusing, refuse_progress, accept_paused;
 	/* Listening sockets are watched through an epoll set (accept_ep),
 	 * whose readiness one multishot poll reports (shard.c,

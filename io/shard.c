@@ -241,32 +241,9 @@ int shard_conn_attach(struct shard *s, struct conn *c)
 void shard_conn_detach(struct shard *s, struct conn *c)
 {
 	assert(s->conns[c->id] == c);
-	if (c->fixed_file) {
-		/* Now, not later: the slot holds the socket open (no FIN at
-		 * close) and is the next connection's with this id. */
-		int none = -1;
-		io_uring_register_files_update(&s->ring, c->id, &none, 1);
-		c->fixed_file = false;
-	}
 	s->conns[c->id] = NULL;
 	s->free_ids[s->free_count++] = c->id;
 	s->conns_used--;
-}
-
-void shard_conn_file_install(struct shard *s, struct conn *c)
-{
-	assert(s->conns[c->id] == c && c->fd >= 0 && !c->fixed_file);
-	if (c->id < s->file_slots)
-		c->fixed_file =
-			io_uring_register_files_update(&s->ring, c->id, &c->fd, 1) == 1;
-}
-
-void shard_sqe_conn_file(struct io_uring_sqe *sqe, const struct conn *c)
-{
-	if (c->fixed_file) {
-		sqe->fd = (int)c->id;
-		sqe->flags |= IOSQE_FIXED_FILE;
-	}
 }
 
 struct conn *shard_conn_lookup(struct shard *s, uint32_t id, uint32_t gen)
@@ -292,7 +269,6 @@ void shard_arm_recv(struct shard *s, struct conn *c)
 		return;
 	struct io_uring_sqe *sqe = shard_sqe(s);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
-	shard_sqe_conn_file(sqe, c);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = 0;
 	io_uring_sqe_set_data64(sqe, ud_pack(UD_RECV, c->id, c->gen));

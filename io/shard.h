@@ -48,16 +48,7 @@ void shard_park_input(struct shard *s, struct conn *c, uint8_t why);
  * is parked and has not run what it sent). */
 void shard_queue_takeover(struct shard *s, struct takeover *t);
 int shard_conn_attach(struct shard *s, struct conn *c);
-/* Detaching also empties c's slot of the ring's file table. */
 void shard_conn_detach(struct shard *s, struct conn *c);
-/* Puts c->fd (open) into the ring's file table at slot c->id when the
- * table has that slot, so that c's receives and sends skip the kernel's
- * descriptor lookup (shard_sqe_conn_file). c->fd stays c's descriptor
- * for what needs one (kernel TLS setsockopt, close). Without the slot,
- * or when the kernel refuses, c goes on with c->fd. */
-void shard_conn_file_install(struct shard *s, struct conn *c);
-/* An SQE just prepared on c->fd is pointed at c's slot, if it has one. */
-void shard_sqe_conn_file(struct io_uring_sqe *sqe, const struct conn *c);
 struct conn *shard_conn_lookup(struct shard *s, uint32_t id, uint32_t gen);
 /* The connection a completion is for (user_data), or NULL when its slot
  * was reused since. */
