@@ -117,6 +117,9 @@ enum conn_flag {
 	CONN_DIRTY = 1 << 3,
 	CONN_SHUTDOWN_SENT = 1 << 4,
 	CONN_COUNTED = 1 << 5, /* counted in clients connected */
+	/* The SHUTDOWN request is not back yet: the fd must stay open, or
+	 * its number could be reused and the late shutdown hit a stranger. */
+	CONN_SHUTDOWN_BUSY = 1 << 6,
 	/* QoS 0 to it is being dropped (said once in the log, until its
 	 * wire queue drained). */
 	CONN_DROPPING = 1 << 7,

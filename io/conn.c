@@ -790,26 +790,14 @@ static unsigned out_entry_iov(struct out_entry *e, size_t skip,
 	return out;
 }
 
-/* A direct shutdown(2), not an io_uring SHUTDOWN: the kernel has no
- * non-blocking form of that one and hands each to an io-wq worker thread
- * (a wake-up, two context switches and a completion posted back per
- * closed connection: a sixth of a TCP connection storm's CPU went to
- * those threads). A socket's shutdown does not block. */
-static bool conn_shutdown_now(struct conn *c)
-{
-	if (c->flags & CONN_SHUTDOWN_SENT)
-		return false;
-	c->flags |= CONN_SHUTDOWN_SENT;
-	shutdown(c->fd, SHUT_RDWR);
-	return true;
-}
-
 void conn_shutdown(struct conn *c)
 {
-	/* No completion follows: the next flush frees c (conn_on_closed)
-	 * once nothing is pending on it. */
-	if (conn_shutdown_now(c))
-		conn_mark_dirty(c);
+	if (c->flags & CONN_SHUTDOWN_SENT)
+		return;
+	c->flags |= CONN_SHUTDOWN_SENT | CONN_SHUTDOWN_BUSY;
+	struct io_uring_sqe *sqe = shard_sqe(c->shard);
+	io_uring_prep_shutdown(sqe, c->fd, SHUT_RDWR);
+	io_uring_sqe_set_data64(sqe, ud_pack(UD_SHUTDOWN, c->id, c->gen));
 }
 
 static void conn_out_consume(struct conn *c, size_t bytes)
@@ -1209,8 +1197,10 @@ static void conn_flush_ws(struct conn *c)
 	if (!len) {
 		if (c->state != CONN_CLOSING)
 			return;
-		/* Shut down if not yet; freed once nothing is pending. */
-		conn_on_closed(c);
+		if (c->flags & CONN_SHUTDOWN_SENT)
+			conn_on_closed(c);
+		else
+			conn_shutdown(c);
 		return;
 	}
 	conn_send_taken(c, c->ws, conn_ws_take);
@@ -1361,13 +1351,6 @@ void conn_flush(struct conn *c)
 {
 	if (c->flags & CONN_SEND_BUSY)
 		return;
-	if (c->flags & CONN_SHUTDOWN_SENT) {
-		/* Nothing can leave a shut socket: what is queued goes with c
-		 * (conn_shutdown's revisit). */
-		if (c->state == CONN_CLOSING)
-			conn_on_closed(c);
-		return;
-	}
 	if (c->gate_lsn && up->persist_gated(c))
 		return; /* persist_gate's ticket flushes it */
 	if (c->tls) {
@@ -1383,8 +1366,10 @@ void conn_flush(struct conn *c)
 	if (!c->out_count) {
 		if (c->state != CONN_CLOSING)
 			return;
-		/* Shut down if not yet; freed once nothing is pending. */
-		conn_on_closed(c);
+		if (c->flags & CONN_SHUTDOWN_SENT)
+			conn_on_closed(c);
+		else
+			conn_shutdown(c);
 		return;
 	}
 	struct send_ctx *ctx = conn_flush_gather(c);
@@ -1652,8 +1637,9 @@ void conn_on_closed(struct conn *c)
 			conn_mark_dirty(c);
 		return;
 	}
-	conn_shutdown_now(c);
-	if (c->flags & (CONN_RECV_ARMED | CONN_SEND_BUSY | CONN_DIRTY))
+	conn_shutdown(c);
+	if (c->flags & (CONN_RECV_ARMED | CONN_SEND_BUSY | CONN_DIRTY |
+			CONN_SHUTDOWN_BUSY))
 		return;
 	struct shard *s = c->shard;
 	shard_conn_detach(s, c);

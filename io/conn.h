@@ -76,9 +76,7 @@ void conn_settle(struct shard *s);
 /* A session about to be freed leaves the ending list. */
 void conn_forget_ending(struct session *ss);
 void conn_on_closed(struct conn *c);
-/* Shuts the socket down both ways (at once, a plain syscall); requests
- * on it then complete, and the next flush of the closing c frees it
- * once none is left. */
+/* Shuts the socket down both ways; requests on it then complete. */
 void conn_shutdown(struct conn *c);
 void conn_send_record(struct conn *c, uint8_t record_type,
 		      const uint8_t *bytes, size_t len);

@@ -681,6 +681,13 @@ void loop_complete(struct shard *s, struct io_uring_cqe *cqe)
 		if ((c = shard_conn_get(s, ud)))
 			conn_on_send_done(c, cqe->res);
 		break;
+	case UD_SHUTDOWN:
+		if ((c = shard_conn_get(s, ud))) {
+			c->flags &= (uint8_t)~CONN_SHUTDOWN_BUSY;
+			if (c->state == CONN_CLOSING)
+				conn_on_closed(c);
+		}
+		break;
 	case UD_CANCEL:
 	case UD_CLOSE:
 		break;

@@ -89,6 +89,7 @@ enum ud_op {
 	UD_ACCEPT = 1, /* id: 0 the poll of accept_ep, 1 a sweep to go on */
 	UD_RECV,
 	UD_SEND,
+	UD_SHUTDOWN,
 	UD_CLOSE,
 	UD_CANCEL,
 	UD_TICK,

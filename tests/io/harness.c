@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
-#include <unistd.h>
 #include <urcu-qsbr.h>
 
 #include "core/log.h"
@@ -100,18 +99,6 @@ void harness_fini(struct harness *h)
 {
 	struct broker *b = &h->b;
 
-	for (unsigned i = 0; i < HARNESS_CONNS_MAX; i++)
-		if (h->conns[i].used && h->conns[i].peer_fd >= 0)
-			close(h->conns[i].peer_fd);
-	/* Connections the shard has not freed: loop_fini frees them
-	 * without closing their descriptors. */
-	for (uint32_t i = 0; h->s && i < h->s->conns_cap; i++) {
-		struct conn *c = h->s->conns[i];
-		if (c && c->fd >= 0) {
-			close(c->fd);
-			c->fd = -1;
-		}
-	}
 	if (h->s && h->s->ring.ring_fd > 0)
 		loop_fini(h->s);
 	loop_discard_pending(b);
@@ -143,16 +130,7 @@ struct hconn *harness_connect(struct harness *h)
 		return NULL;
 	}
 	atomic_fetch_add(&h->b.listener_conns[0], 1);
-	/* A socket pair, so that the shard's shutdown (a plain syscall)
-	 * shows at the client's end; nothing else reaches it. */
-	int sv[2];
-	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
-		shard_conn_detach(s, c);
-		free(c);
-		return NULL;
-	}
-	c->fd = sv[0];
-	hc->peer_fd = sv[1];
+	c->fd = -1;
 	c->listener = 0;
 	c->state = CONN_AWAIT_CONNECT;
 	c->created_ms = c->last_rx_ms = s->now_ms;
@@ -237,6 +215,10 @@ static bool harness_complete(struct harness *h)
 
 		if (ud_op(ud) == UD_SEND) {
 			res = (int32_t)harness_take_send(hc, sqe);
+		} else if (ud_op(ud) == UD_SHUTDOWN) {
+			res = 0;
+			if (hc)
+				hc->shutdown = true;
 		} else {
 			continue; /* receive arming, cancels, closes: dropped */
 		}
@@ -255,19 +237,6 @@ static bool harness_complete(struct harness *h)
 	return nd > 0;
 }
 
-/* The shard shut a connection down when the client's end of its socket
- * pair reads the end of the stream (shut down, or closed after). */
-static void harness_note_shutdowns(struct harness *h)
-{
-	for (unsigned i = 0; i < HARNESS_CONNS_MAX; i++) {
-		struct hconn *hc = &h->conns[i];
-		char byte;
-		if (hc->used && !hc->shutdown && hc->peer_fd >= 0 &&
-		    recv(hc->peer_fd, &byte, 1, MSG_DONTWAIT | MSG_PEEK) == 0)
-			hc->shutdown = true;
-	}
-}
-
 size_t harness_output(struct harness *h, struct hconn *hc,
 		      const uint8_t **bytes)
 {
@@ -279,7 +248,6 @@ size_t harness_output(struct harness *h, struct hconn *hc,
 		if (!harness_complete(h) && !h->s->dirty)
 			break;
 	}
-	harness_note_shutdowns(h);
 	*bytes = hc->out;
 	size_t n = hc->len;
 	hc->len = 0;
@@ -294,7 +262,5 @@ void harness_close(struct harness *h, struct hconn *hc)
 	if (c)
 		conn_close(c, "closed by the test", false);
 	(void)harness_output(h, hc, &bytes);
-	close(hc->peer_fd);
-	hc->peer_fd = -1;
 	hc->used = false;
 }

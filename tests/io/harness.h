@@ -1,22 +1,20 @@
-/* Drives one shard's packet handlers without a network or threads: the
+/* Drives one shard's packet handlers without sockets or threads: the
  * harness stands where the kernel and the loop stand.
  *
  * A harness holds a broker of one shard, built from a config text as
  * kite builds it (config, security snapshot, shard_init with its
  * io_uring), but never started: no listener, no thread, no tick. The test
  * thread is the shard's thread. A connection is a struct conn on listener
- * 0 whose descriptor is one end of a socket pair: only the shard's
- * shutdown (a plain syscall) reaches it, and the test reads that at the
- * other end (hconn.shutdown).
+ * 0 whose descriptor is -1: nothing ever reaches a socket.
  *
  * Input is a scripted receive completion (harness_input: the bytes go to
  * conn_on_data, as shard_on_recv hands them). Output is read from the
  * submission queue: harness_output flushes the shard's dirty connections
  * as a loop turn ends, then takes every SQE the shard prepared before the
- * kernel sees it, copies the bytes of each send, answers each send with
- * a scripted completion (all bytes sent, or send_max of them) and drops
- * the rest, and hands the completions to the loop's dispatch
- * (loop_complete). The shard's clock is injected: the
+ * kernel sees it, copies the bytes of each send, answers each send and
+ * shutdown with a scripted completion (all bytes sent, or send_max of
+ * them; shutdown done) and drops the rest, and hands the completions to
+ * the loop's dispatch (loop_complete). The shard's clock is injected: the
  * harness gives the shard its own clock_ms, which harness_set_now moves,
  * and harness_tick runs the loop's tick at that time. */
 #ifndef KITE_TESTS_IO_HARNESS_H
@@ -46,7 +44,6 @@ struct hconn {
 	bool used;
 	uint32_t id, gen;
 	bool shutdown; /* the shard shut the socket down */
-	int peer_fd;   /* the client's end of the socket pair */
 	/* The most bytes the "kernel" takes of one send (0: all), as a
 	 * full socket buffer takes part of a send. */
 	size_t send_max;
