@@ -250,7 +250,9 @@ static void connect_complete(struct shard *s, struct conn *c)
 	if (local && !(old->conn && (old->conn->parked || old->conn->recv_fresh)))
 		session_kick(s, old);
 	else if (old && (t = malloc(sizeof(*t)))) {
-		*t = (struct takeover){NULL, old, c->id, c->gen, (uint8_t)s->idx};
+		*t = (struct takeover){.old = old, .conn_id = c->id,
+					.conn_gen = c->gen,
+					.from = (uint8_t)s->idx};
 		if (local)
 			shard_queue_takeover(s, t);
 		else

@@ -217,7 +217,11 @@ static void shard_run_takeovers(struct shard *s)
 		bool fresh = oc && oc->recv_fresh;
 		if (oc)
 			oc->recv_fresh = false;
-		if (oc && (oc->parked || fresh)) {
+		/* Queued since this turn's wait: bytes the old client sent
+		 * before the new CONNECT may sit in the socket, their receive
+		 * deferred to the next enter (a loaded shard). */
+		bool unseen = t->queued_at == s->waits;
+		if (oc && (oc->parked || fresh || unseen)) {
 			t->next = NULL;
 			*tail = t;
 			tail = &t->next;
@@ -977,7 +981,8 @@ static void *shard_main(void *arg)
 		 * leave with this turn's sends. */
 		bool unwritten = persist_turn_end(s);
 		loop_flush_dirty(s);
-		bool backlog = shard_flush_overflow(s) || unwritten;
+		bool backlog = shard_flush_overflow(s) || unwritten ||
+			       s->takeovers;
 		if (s->input_paused)
 			shard_resume_input(s);
 		shard_send_wakeups(s);
@@ -989,6 +994,7 @@ static void *shard_main(void *arg)
 		}
 		rcu_thread_offline();
 		shard_wait(s, backlog);
+		s->waits++;
 		rcu_thread_online();
 		bool tick = false;
 		/* What other shards posted before this turn's completions

@@ -148,6 +148,11 @@ struct takeover {
 	struct takeover *next;
 	struct session *old;
 	uint32_t conn_id, conn_gen;
+	/* The shard's wait count when it was queued: it runs after the next
+	 * wait, whose deferred task work completes the receives of what the
+	 * old connection had already sent (DEFER_TASKRUN runs them only in
+	 * io_uring_enter). */
+	uint32_t queued_at;
 	uint8_t from;
 };
 
@@ -320,6 +325,7 @@ struct shard {
 	 * connection sent before the new one's CONNECT is served first, as
 	 * by Mosquitto's one loop. */
 	struct takeover *takeovers, **takeovers_tail;
+	uint32_t waits; /* io_uring waits so far (takeover.queued_at) */
 
 	/* Finished send contexts for reuse, by class (conn.c). */
 	struct send_ctx *ctx_pool[SEND_CTX_CLASSES];

@@ -346,6 +346,7 @@ void shard_park_input(struct shard *s, struct conn *c, uint8_t why)
 void shard_queue_takeover(struct shard *s, struct takeover *t)
 {
 	t->next = NULL;
+	t->queued_at = s->waits;
 	if (!s->takeovers)
 		s->takeovers_tail = &s->takeovers;
 	*s->takeovers_tail = t;
