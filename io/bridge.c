@@ -278,6 +278,19 @@ static void bridge_on_connected(struct bridge *b, int fd)
 		bridge_send_connect(b);
 }
 
+/* A clean local session keeps nothing for a remote it could not reach:
+ * what was published while it tried (kept in case the link came up) goes
+ * with the attempt, as what comes while it waits is dropped at once. */
+static void bridge_drop_unsent(struct bridge *b)
+{
+	if (b->local_clean && b->ss && b->ss->q_count) {
+		log_msg(KITE_LOG_INFO, "Bridge %s: %u messages for the remote "
+			"dropped (local_cleansession: the link did not come up)",
+			b->cfg.name, b->ss->q_count);
+		session_drop_queue(b->ss);
+	}
+}
+
 void bridge_on_connect_cqe(struct shard *s, uint32_t id, uint32_t gen, int res)
 {
 	if (id >= s->bridge_count)
@@ -294,6 +307,7 @@ void bridge_on_connect_cqe(struct shard *s, uint32_t id, uint32_t gen, int res)
 		log_msg(KITE_LOG_NOTICE, "Bridge %s: connecting to %s:%u failed: %s",
 			b->cfg.name, b->cfg.addrs[b->addr].host,
 			b->cfg.addrs[b->addr].port, strerror(-res));
+		bridge_drop_unsent(b);
 		/* Failover: the next address at once, the first again after
 		 * the back-off. */
 		b->addr = (b->addr + 1) % b->cfg.addr_count;
@@ -329,8 +343,10 @@ void bridge_on_close(struct conn *c)
 		b->state = BRIDGE_STOPPED;
 		return;
 	}
-	if (!was_up)
+	if (!was_up) {
+		bridge_drop_unsent(b);
 		b->addr = (b->addr + 1) % b->cfg.addr_count;
+	}
 	else
 		b->backoff_s = 0;
 	/* A failed attempt tries the next address at once; a connection

@@ -573,6 +573,17 @@ static void session_defer_pump(struct session *ss)
 	}
 }
 
+void session_drop_queue(struct session *ss)
+{
+	assert(!ss->logged); /* a clean local session: nothing on disk */
+	for (uint32_t i = 0; i < ss->q_count; i++)
+		msg_unref(ss->queue[(ss->q_head + i) % ss->q_cap].msg);
+	stat_sub(&ss->shard->stats.queued, ss->q_count);
+	shard_stats_drop(ss->shard, DROP_OFFLINE, ss->q_count);
+	ss->q_count = ss->q_head = 0;
+	ss->q_bytes = 0;
+}
+
 void session_pump(struct session *ss)
 {
 	if (ss->q_count && shard_reload_pending(ss->shard)) {

@@ -71,6 +71,9 @@ enum ack_result session_on_pubcomp(struct session *ss, uint16_t pid);
 uint16_t session_next_pid(struct session *ss);
 /* Reconnect: resend the inflight window with DUP, then queued messages. */
 void session_resume(struct session *ss);
+/* Drops what waits in the queue, never sent (a bridge's clean local
+ * session whose link failed before it was up). */
+void session_drop_queue(struct session *ss);
 /* Moves queued messages into the inflight window while it has room. */
 void session_pump(struct session *ss);
 /* Pumps the queues that waited for a reload, once none is pending. */
