@@ -65,6 +65,10 @@ struct shard_log {
 	 * snapshot is written a slice per turn behind the live records; the
 	 * old file goes once the snapshot's end is synced. */
 	bool compact_due, snapshotting, old_pending;
+	/* This generation's first snapshot, written behind the live records
+	 * after a start, is not durable yet: the previous run's files are
+	 * what recovery needs until it is (persist_start_retire). */
+	bool start_snap;
 	struct session *snap_next; /* next session to restate */
 	/* Shard 0's compaction restates the retained store too: the messages
 	 * are gathered (a reference each) in one turn, their topics' current
@@ -112,6 +116,60 @@ static const struct persist_upcalls *up;
 void persist_set_upcalls(const struct persist_upcalls *u)
 {
 	up = u;
+}
+
+/* ---- the previous run's files --------------------------------------------- */
+
+/* Kept after a start until every shard's first snapshot is durable
+ * (persist_start_retire): set before the shards start, then touched only
+ * by the shard that brings `left` to zero. */
+static struct {
+	char (*names)[PERSIST_NAME_MAX];
+	size_t n;
+	_Atomic unsigned left;	/* shards whose start snapshot is pending */
+	_Atomic bool abandoned; /* one stopped before its snapshot was durable */
+	uint64_t start_ms;
+} start_old;
+
+void persist_start_retire(char (*names)[PERSIST_NAME_MAX], size_t n,
+			  unsigned nshards)
+{
+	start_old.names = names;
+	start_old.n = n;
+	start_old.start_ms = persist_wall_ms();
+	atomic_store(&start_old.abandoned, false);
+	atomic_store_explicit(&start_old.left, nshards, memory_order_release);
+}
+
+/* Shard s's start snapshot is durable (done) or never will be: the last
+ * shard removes the old files, only when every snapshot is durable. */
+static void start_part_done(bool done)
+{
+	if (!done)
+		atomic_store(&start_old.abandoned, true);
+	if (atomic_fetch_sub_explicit(&start_old.left, 1, memory_order_acq_rel) != 1)
+		return;
+	if (!atomic_load(&start_old.abandoned)) {
+		/* The new files' names durable before the old ones go. */
+		persist_fsync_dir();
+		char path[PERSIST_LOG_PATH_MAX];
+		for (size_t i = 0; i < start_old.n; i++) {
+			snprintf(path, sizeof(path), "%s/%s", persist_dir,
+				 start_old.names[i]);
+			if (unlink(path) < 0 && errno != ENOENT)
+				log_msg(KITE_LOG_WARNING, "Persistence: cannot "
+					"remove %s: %s", path, strerror(errno));
+		}
+		persist_fsync_dir();
+		log_msg(KITE_LOG_NOTICE, "Persistence: the new generation's "
+			"snapshots are durable (%llu ms after the start); the "
+			"previous %zu files are removed.",
+			(unsigned long long)(persist_wall_ms() - start_old.start_ms),
+			start_old.n);
+	}
+	free(start_old.names);
+	start_old.names = NULL;
+	start_old.n = 0;
 }
 
 /* ---- tickets ---------------------------------------------------------------- */
@@ -918,7 +976,10 @@ bool persist_turn_end(struct shard *s)
 		compact_start(s);
 	if (l->snapshotting)
 		snapshot_slice(s);
-	return log_flush(s);
+	/* The start's snapshot goes on at every turn, not one slice per
+	 * tick while idle: until it is durable, a restart reads both
+	 * generations. */
+	return log_flush(s) || (l->start_snap && l->snapshotting);
 }
 
 static void log_on_write(struct shard *s, int res)
@@ -985,6 +1046,11 @@ static bool compact_wanted(const struct shard *s)
 	const struct kite_config *cfg = s->cfg;
 	if (l->snapshotting || l->old_pending || l->compact_due)
 		return false;
+	/* A compaction drops this shard's history (a DONE, an UNSUB) while
+	 * the previous run's files may still restate the same sessions (on
+	 * another shard now): not before those are gone. */
+	if (atomic_load_explicit(&start_old.left, memory_order_acquire))
+		return false;
 	if (l->appended - l->file_base > 2 * l->snap_bytes + COMPACT_SLACK_BYTES)
 		return true;
 	/* Mosquitto's autosave: seconds (or changes) between saves. */
@@ -1005,9 +1071,13 @@ void persist_tick(struct shard *s)
 		l->compact_due = true;
 	if (l->old_pending && l->synced >= l->snap_end) {
 		/* The new generation stands on its own: the old one goes. */
-		if (unlink(l->old_path) < 0 && errno != ENOENT)
+		if (l->start_snap) {
+			l->start_snap = false;
+			start_part_done(true);
+		} else if (unlink(l->old_path) < 0 && errno != ENOENT) {
 			log_msg(KITE_LOG_WARNING, "Persistence: cannot remove %s: %s",
 				l->old_path, strerror(errno));
+		}
 		l->old_pending = false;
 	}
 	uint32_t ms = s->cfg->persistence_sync_ms;
@@ -1220,9 +1290,48 @@ void persist_fsync_dir(void)
 	}
 }
 
+/* The start's snapshot in the background: the file has its header, the
+ * snapshot follows a slice per turn behind the live records, as a
+ * compaction's does. The sessions recovered are logged from now on (their
+ * state is in the previous run's files, kept until the snapshot is
+ * durable). */
+static int log_open_background(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	for (struct session *ss = s->sessions; ss; ss = ss->next)
+		if (ss->persistent)
+			ss->logged = true;
+	l->snap_next = s->sessions;
+	l->snapshotting = true;
+	l->start_snap = true;
+	return 0;
+}
+
+/* At startup nothing else runs: the snapshot in one go, durable. */
+static int log_open_sync(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	snapshot_shard(s);
+	l->snap_bytes = l->cur.len;
+	int rc = persist_write_all(l->fd, l->cur.data, l->cur.len,
+				   JOURNAL_HEADER_LEN);
+	if (rc == 0)
+		rc = fdatasync(l->fd);
+	if (rc < 0)
+		return -1;
+	/* Positions count from the file's start. */
+	l->appended = l->cur.len;
+	l->written = l->synced = l->durable = l->appended;
+	/* The whole shard's snapshot: hundreds of MiB for a large state. */
+	journal_buf_free(&l->cur);
+	l->last_logged_msg = 0;
+	return 0;
+}
+
 /* A new log generation for s, opened and holding a snapshot of what s
- * owns, durable. */
-int persist_log_open(struct shard *s, uint64_t gen, uint64_t next_msg)
+ * owns: durable on return, or (background) written while s runs. */
+int persist_log_open(struct shard *s, uint64_t gen, uint64_t next_msg,
+		     bool background)
 {
 	struct shard_log *l = calloc(1, sizeof(*l));
 	if (!l)
@@ -1237,29 +1346,18 @@ int persist_log_open(struct shard *s, uint64_t gen, uint64_t next_msg)
 	}
 	l->generation = gen;
 	l->next_msg = next_msg;
+	l->last_sync_ms = l->last_compact_ms = s->now_ms;
 	uint8_t hdr[JOURNAL_HEADER_LEN];
 	journal_header(hdr, s->idx, gen);
 	s->log = l;
-	snapshot_shard(s);
-	l->snap_bytes = l->cur.len;
 	int rc = persist_write_all(l->fd, hdr, sizeof(hdr), 0);
 	if (rc == 0)
-		rc = persist_write_all(l->fd, l->cur.data, l->cur.len, sizeof(hdr));
-	if (rc == 0)
-		rc = fdatasync(l->fd);
+		rc = background ? log_open_background(s) : log_open_sync(s);
 	if (rc < 0) {
 		log_msg(KITE_LOG_ERR, "Error: persistence: writing %s: %s",
 			l->path, strerror(errno));
 		return -1;
 	}
-	/* Positions count from the file's start. */
-	l->appended = l->cur.len;
-	l->written = l->synced = l->durable = l->appended;
-	/* The whole shard's snapshot: hundreds of MiB for a large state. */
-	journal_buf_free(&l->cur);
-	l->last_logged_msg = 0;
-	l->last_sync_ms = l->last_compact_ms = s->now_ms;
-	l->changes = 0;
 	return 0;
 }
 
@@ -1325,6 +1423,8 @@ void persist_shard_stop(struct shard *s)
 		log_msg(KITE_LOG_ERR, "Persistence: syncing %s at shutdown: %s",
 			l->path, strerror(errno));
 	close(l->fd);
+	if (l->start_snap) /* the previous run's files stay */
+		start_part_done(false);
 	/* Written and synced now: what waited is released (a holder on
 	 * another shard, or shutdown's discard, frees each ticket). */
 	l->durable = l->appended;

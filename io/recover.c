@@ -575,18 +575,23 @@ static int recover_file(struct recovery *rc, const char *path)
 struct log_file {
 	unsigned shard;
 	uint64_t gen;
-	char name[64];
+	char name[PERSIST_NAME_MAX];
 };
 
+/* Generation first: a session lives on one shard for a run, but may live
+ * on another the next run (the client id's hash is keyed per process),
+ * and a start whose background snapshot did not finish leaves the
+ * previous run's files beside the new generation's, which must be read
+ * after them. Within one run the shards' files are independent. */
 static int log_file_cmp(const void *a, const void *b)
 {
 	const struct log_file *x = a, *y = b;
-	if (x->shard != y->shard)
-		return x->shard < y->shard ? -1 : 1;
-	return x->gen < y->gen ? -1 : x->gen > y->gen;
+	if (x->gen != y->gen)
+		return x->gen < y->gen ? -1 : 1;
+	return x->shard < y->shard ? -1 : x->shard > y->shard;
 }
 
-/* kite's logs in the directory, by shard then generation. */
+/* kite's logs in the directory, by generation then shard. */
 static int list_logs(struct log_file **out, size_t *n, uint64_t *max_gen)
 {
 	DIR *d = opendir(persist_dir);
@@ -602,7 +607,7 @@ static int list_logs(struct log_file **out, size_t *n, uint64_t *max_gen)
 		unsigned long long gen;
 		char tail[8];
 		if (sscanf(de->d_name, "shard-%u.%llu.%7s", &shard, &gen, tail) != 3 ||
-		    strcmp(tail, "log") || strlen(de->d_name) >= 64)
+		    strcmp(tail, "log") || strlen(de->d_name) >= PERSIST_NAME_MAX)
 			continue;
 		if (*n == cap) {
 			size_t ncap = cap ? cap * 2 : 16;
@@ -1250,6 +1255,20 @@ static int persist_reset_if_file_gone(const struct kite_config *cfg,
 	return 0;
 }
 
+/* The previous run's files, removed by the shards once the new
+ * generation is durable. */
+static int retire_old_files(const struct log_file *files, size_t n,
+			    unsigned nshards)
+{
+	char (*names)[PERSIST_NAME_MAX] = malloc(n * sizeof(*names));
+	if (!names)
+		return -1;
+	for (size_t i = 0; i < n; i++)
+		memcpy(names[i], files[i].name, PERSIST_NAME_MAX);
+	persist_start_retire(names, n, nshards);
+	return 0;
+}
+
 /* jemalloc (release builds) returns freed pages to the system only as
  * later allocations pass its decay clock, which an idle broker never
  * does. Weak: absent under sanitizers and other allocators. */
@@ -1321,9 +1340,17 @@ int recover_start(struct broker *b)
 	htab_fini(&rc.sessions, rsess_free);
 	htab_fini(&rc.msgs, rmsg_free);
 	htab_fini(&rc.retained, rretain_free);
+	/* Over kite's own files, the new generation's snapshots are written
+	 * while the shards serve: the old files hold the same state until
+	 * they are durable. An import's data are nowhere else in kite's
+	 * format: written before serving. */
+	bool background = nfiles > 0;
+	if (background)
+		rcode = retire_old_files(files, nfiles, b->nshards);
 	for (unsigned i = 0; i < b->nshards && rcode == 0; i++) {
 		b->shards[i].now_ms = bd.now_mono;
-		rcode = persist_log_open(&b->shards[i], max_gen + 1, rc.max_msg);
+		rcode = persist_log_open(&b->shards[i], max_gen + 1, rc.max_msg,
+					 background);
 	}
 	rcu_unregister_thread();
 	release_recovery_heap();
@@ -1333,13 +1360,14 @@ int recover_start(struct broker *b)
 	}
 	persist_fsync_dir();
 	/* The new generation is durable: the old files go. */
-	for (size_t i = 0; i < nfiles; i++) {
+	for (size_t i = 0; !background && i < nfiles; i++) {
 		snprintf(path, sizeof(path), "%s/%s", persist_dir, files[i].name);
 		if (unlink(path) < 0)
 			log_msg(KITE_LOG_WARNING, "Persistence: cannot remove %s: %s",
 				path, strerror(errno));
 	}
-	persist_fsync_dir();
+	if (!background)
+		persist_fsync_dir();
 	free(files);
 	struct timespec t1;
 	clock_gettime(CLOCK_MONOTONIC, &t1);
