@@ -1407,24 +1407,42 @@ void persist_shard_stop(struct shard *s)
 	struct shard_log *l = s->log;
 	if (!l)
 		return;
+	bool ok = true;
 	/* A write still in flight may be cancelled with the ring: its
 	 * bytes (still in wbuf) go again, synchronously, at their offset;
 	 * then what this turn added. */
 	if (l->write_busy && l->wbuf.len &&
-	    persist_write_all(l->fd, l->wbuf.data, l->wbuf.len, file_off(l, l->w_lsn)) < 0)
+	    persist_write_all(l->fd, l->wbuf.data, l->wbuf.len, file_off(l, l->w_lsn)) < 0) {
 		log_msg(KITE_LOG_ERR, "Persistence: writing %s at shutdown: %s",
 			l->path, strerror(errno));
-	if (l->cur.len &&
-	    persist_write_all(l->fd, l->cur.data, l->cur.len,
-		      file_off(l, l->appended - l->cur.len)) < 0)
-		log_msg(KITE_LOG_ERR, "Persistence: writing %s at shutdown: %s",
-			l->path, strerror(errno));
-	if (fdatasync(l->fd) < 0)
+		ok = false;
+	}
+	/* A stop during the start's snapshot finishes it (a slice, then its
+	 * write, so that memory stays at a slice): the next start then
+	 * reads one generation, not two. */
+	for (;;) {
+		if (l->cur.len &&
+		    persist_write_all(l->fd, l->cur.data, l->cur.len,
+				      file_off(l, l->appended - l->cur.len)) < 0) {
+			log_msg(KITE_LOG_ERR, "Persistence: writing %s at "
+				"shutdown: %s", l->path, strerror(errno));
+			ok = false;
+			break;
+		}
+		l->cur.len = 0;
+		if (!l->start_snap || !l->snapshotting)
+			break;
+		snapshot_slice(s);
+	}
+	if (fdatasync(l->fd) < 0) {
 		log_msg(KITE_LOG_ERR, "Persistence: syncing %s at shutdown: %s",
 			l->path, strerror(errno));
+		ok = false;
+	}
 	close(l->fd);
-	if (l->start_snap) /* the previous run's files stay */
-		start_part_done(false);
+	/* Otherwise the previous run's files stay. */
+	if (l->start_snap)
+		start_part_done(ok && !l->snapshotting);
 	/* Written and synced now: what waited is released (a holder on
 	 * another shard, or shutdown's discard, frees each ticket). */
 	l->durable = l->appended;

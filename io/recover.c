@@ -1284,6 +1284,14 @@ static void release_recovery_heap(void)
 		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
 }
 
+static double ms_since(const struct timespec *t0)
+{
+	struct timespec t1;
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	return (double)(t1.tv_sec - t0->tv_sec) * 1e3 +
+	       (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
 int recover_start(struct broker *b)
 {
 	const struct kite_config *cfg = b->cfg;
@@ -1326,6 +1334,7 @@ int recover_start(struct broker *b)
 		free(files);
 		return -1;
 	}
+	double read_ms = ms_since(&t0);
 	/* Main builds the shards' state before they run; the tries and
 	 * the retained store want an RCU reader (writer) thread. */
 	rcu_register_thread();
@@ -1335,6 +1344,7 @@ int recover_start(struct broker *b)
 	bd.now_mono = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 	atomic_store(&b->next_session_id, rc.max_key);
 	build_all(&bd);
+	double build_ms = ms_since(&t0) - read_ms;
 	/* The queues' index first: the sessions free the entries. */
 	htab_fini(&rc.outs, rout_unindex);
 	htab_fini(&rc.sessions, rsess_free);
@@ -1369,18 +1379,16 @@ int recover_start(struct broker *b)
 	if (!background)
 		persist_fsync_dir();
 	free(files);
-	struct timespec t1;
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
-		    (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+	double ms = ms_since(&t0);
 	char every[48];
 	snprintf(every, sizeof(every), "every %u ms",
 		 (unsigned)cfg->persistence_sync_ms);
 	log_msg(KITE_LOG_NOTICE, "Persistence: %s: %u records from %u files, "
 		"%u sessions (%u expired, %u superseded), %u queued messages, "
-		"%zu retained, in %.0f ms; syncing %s.", persist_dir, rc.records,
+		"%zu retained, in %.0f ms (reading %.0f, rebuilding %.0f); "
+		"syncing %s.", persist_dir, rc.records,
 		rc.files, bd.sessions, bd.dropped_expired, bd.dropped_dup,
-		bd.messages, retain_count(b->retained), ms,
+		bd.messages, retain_count(b->retained), ms, read_ms, build_ms,
 		cfg->persistence_sync_ms == KITE_PERSISTENCE_SYNC_ALWAYS
 			? "before every acknowledgement"
 		: cfg->persistence_sync_ms == KITE_PERSISTENCE_SYNC_NEVER
