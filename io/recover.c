@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1284,12 +1285,62 @@ static void release_recovery_heap(void)
 		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
 }
 
-static double ms_since(const struct timespec *t0)
+/* Freeing the recovery tables (millions of cache-cold entries) is a
+ * thread's work while the shards serve: they are recovery's own, and
+ * its message references are atomic like every other. */
+static pthread_t free_thread;
+static bool free_running;
+
+static void recovery_free_tables(struct recovery *rc)
+{
+	/* The queues' index first: the sessions free the entries. */
+	htab_fini(&rc->outs, rout_unindex);
+	htab_fini(&rc->sessions, rsess_free);
+	htab_fini(&rc->msgs, rmsg_free);
+	htab_fini(&rc->retained, rretain_free);
+}
+
+static void *recovery_free_main(void *arg)
+{
+	recovery_free_tables(arg);
+	free(arg);
+	release_recovery_heap();
+	return NULL;
+}
+
+static void recovery_free_later(struct recovery *rc)
+{
+	struct recovery *own = malloc(sizeof(*own));
+	if (own) {
+		*own = *rc;
+		free_running = pthread_create(&free_thread, NULL,
+					      recovery_free_main, own) == 0;
+		if (free_running)
+			return;
+		free(own);
+	}
+	recovery_free_tables(rc);
+	release_recovery_heap();
+}
+
+void recover_stop(void)
+{
+	if (free_running)
+		pthread_join(free_thread, NULL);
+	free_running = false;
+}
+
+static double ms_since_on(clockid_t clk, const struct timespec *t0)
 {
 	struct timespec t1;
-	clock_gettime(CLOCK_MONOTONIC, &t1);
+	clock_gettime(clk, &t1);
 	return (double)(t1.tv_sec - t0->tv_sec) * 1e3 +
 	       (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+static double ms_since(const struct timespec *t0)
+{
+	return ms_since_on(CLOCK_MONOTONIC, t0);
 }
 
 int recover_start(struct broker *b)
@@ -1297,8 +1348,10 @@ int recover_start(struct broker *b)
 	const struct kite_config *cfg = b->cfg;
 	if (!cfg->persistence)
 		return 0;
-	struct timespec t0;
+	/* The CPU time too: on a busy machine the wall time says little. */
+	struct timespec t0, cpu0;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu0);
 	bool moved, created;
 	if (persist_mkdir(cfg, &moved) < 0)
 		return -1;
@@ -1345,11 +1398,7 @@ int recover_start(struct broker *b)
 	atomic_store(&b->next_session_id, rc.max_key);
 	build_all(&bd);
 	double build_ms = ms_since(&t0) - read_ms;
-	/* The queues' index first: the sessions free the entries. */
-	htab_fini(&rc.outs, rout_unindex);
-	htab_fini(&rc.sessions, rsess_free);
-	htab_fini(&rc.msgs, rmsg_free);
-	htab_fini(&rc.retained, rretain_free);
+	recovery_free_later(&rc);
 	/* Over kite's own files, the new generation's snapshots are written
 	 * while the shards serve: the old files hold the same state until
 	 * they are durable. An import's data are nowhere else in kite's
@@ -1363,7 +1412,6 @@ int recover_start(struct broker *b)
 					 background);
 	}
 	rcu_unregister_thread();
-	release_recovery_heap();
 	if (rcode < 0) {
 		free(files);
 		return -1;
@@ -1380,15 +1428,17 @@ int recover_start(struct broker *b)
 		persist_fsync_dir();
 	free(files);
 	double ms = ms_since(&t0);
+	double cpu_ms = ms_since_on(CLOCK_THREAD_CPUTIME_ID, &cpu0);
 	char every[48];
 	snprintf(every, sizeof(every), "every %u ms",
 		 (unsigned)cfg->persistence_sync_ms);
 	log_msg(KITE_LOG_NOTICE, "Persistence: %s: %u records from %u files, "
 		"%u sessions (%u expired, %u superseded), %u queued messages, "
-		"%zu retained, in %.0f ms (reading %.0f, rebuilding %.0f); "
-		"syncing %s.", persist_dir, rc.records,
+		"%zu retained, in %.0f ms (reading %.0f, rebuilding %.0f; "
+		"CPU %.0f ms); syncing %s.", persist_dir, rc.records,
 		rc.files, bd.sessions, bd.dropped_expired, bd.dropped_dup,
 		bd.messages, retain_count(b->retained), ms, read_ms, build_ms,
+		cpu_ms,
 		cfg->persistence_sync_ms == KITE_PERSISTENCE_SYNC_ALWAYS
 			? "before every acknowledgement"
 		: cfg->persistence_sync_ms == KITE_PERSISTENCE_SYNC_NEVER
