@@ -1256,6 +1256,28 @@ static int persist_reset_if_file_gone(const struct kite_config *cfg,
 	return 0;
 }
 
+/* The tables sized for what the files may hold (records are 30-100
+ * bytes; a message's at least its topic and payload): growing them by
+ * doubling moves every entry again, a cache miss each. A guess too high
+ * costs only buckets, freed after recovery. */
+static void recovery_reserve(struct recovery *rc, const struct log_file *files,
+			     size_t n)
+{
+	uint64_t bytes = 0;
+	char path[sizeof(persist_dir) + 72];
+	for (size_t i = 0; i < n; i++) {
+		struct stat st;
+		snprintf(path, sizeof(path), "%s/%s", persist_dir, files[i].name);
+		if (stat(path, &st) == 0)
+			bytes += (uint64_t)st.st_size;
+	}
+	/* Out of memory here only means growing as before. */
+	(void)htab_reserve(&rc->msgs, (size_t)(bytes / 128));
+	(void)htab_reserve(&rc->outs, (size_t)(bytes / 256));
+	(void)htab_reserve(&rc->retained, (size_t)(bytes / 256));
+	(void)htab_reserve(&rc->sessions, (size_t)(bytes / 2048));
+}
+
 /* The previous run's files, removed by the shards once the new
  * generation is durable. */
 static int retire_old_files(const struct log_file *files, size_t n,
@@ -1370,6 +1392,7 @@ int recover_start(struct broker *b)
 	struct recovery rc = {0};
 	int rcode = 0;
 	char path[sizeof(persist_dir) + 72];
+	recovery_reserve(&rc, files, nfiles);
 	for (size_t i = 0; i < nfiles && rcode == 0; i++) {
 		snprintf(path, sizeof(path), "%s/%s", persist_dir, files[i].name);
 		rcode = recover_file(&rc, path);
