@@ -108,7 +108,19 @@ struct recovery {
 	uint64_t top_msg;
 	uint64_t max_key, max_msg;
 	uint32_t records, files, unresolved;
+	/* One instant on both clocks: a message's creation time (wall, in
+	 * the files) becomes monotonic as it is read. */
+	uint64_t now_mono, now_wall;
 };
+
+static uint64_t mono_from_wall(uint64_t now_mono, uint64_t now_wall,
+			       uint64_t wall)
+{
+	if (wall >= now_wall)
+		return now_mono + (wall - now_wall);
+	uint64_t ago = now_wall - wall;
+	return ago < now_mono ? now_mono - ago : 0;
+}
 
 static bool u64_eq_cb(const struct htab_link *l, const void *key, size_t len)
 {
@@ -288,6 +300,8 @@ static int apply_msg(struct recovery *rc, const struct journal_record *r)
 		return -1;
 	}
 	e->m->expiry_s = r->msg.expiry_s;
+	e->m->created_ms = mono_from_wall(rc->now_mono, rc->now_wall,
+					  e->created_wall_ms);
 	atomic_store(&e->m->log_id, e->id);
 	rc->last_msg = e;
 	if ((e->id & ((1ull << 56) - 1)) > rc->max_msg)
@@ -868,15 +882,6 @@ static int import_mosquitto(struct recovery *rc, const struct kite_config *cfg)
 
 /* ---- from recovery to the running broker ---------------------------------- */
 
-static uint64_t mono_from_wall(uint64_t now_mono, uint64_t now_wall,
-			       uint64_t wall)
-{
-	if (wall >= now_wall)
-		return now_mono + (wall - now_wall);
-	uint64_t ago = now_wall - wall;
-	return ago < now_mono ? now_mono - ago : 0;
-}
-
 /* Whether a session the files hold has ended while kite was down. */
 static bool rsess_expired(const struct broker *b, const struct rsess *rs,
 			  uint64_t now_wall, uint64_t *left_ms)
@@ -945,17 +950,22 @@ static void held_id_free(struct htab_link *l)
 	free(htab_entry(l, struct held_id, link));
 }
 
-static struct msg *build_msg(struct build *bd, uint64_t id,
-			     struct rmsg *hint)
+/* unresolved: the caller's count (the retained store is built by a
+ * thread of its own). */
+static struct msg *build_msg_counted(struct recovery *rc, uint64_t id,
+				     struct rmsg *hint, uint32_t *unresolved)
 {
-	struct rmsg *e = hint ? hint : rmsg_find(bd->rc, id);
+	struct rmsg *e = hint ? hint : rmsg_find(rc, id);
 	if (!e) {
-		bd->rc->unresolved++;
+		(*unresolved)++;
 		return NULL;
 	}
-	e->m->created_ms = mono_from_wall(bd->now_mono, bd->now_wall,
-					  e->created_wall_ms);
 	return e->m;
+}
+
+static struct msg *build_msg(struct build *bd, uint64_t id, struct rmsg *hint)
+{
+	return build_msg_counted(bd->rc, id, hint, &bd->rc->unresolved);
 }
 
 static void build_will(struct build *bd, struct session *ss,
@@ -1112,14 +1122,52 @@ static void build_all(struct build *bd)
 		}
 	htab_fini(&by_id, unlink_cb);
 	htab_fini(&bd->held, held_id_free);
+}
+
+/* The retained store, built beside the sessions: it has a writer lock of
+ * its own, and nothing else either side writes is shared (the tables
+ * are only read now; messages' references are atomic). */
+struct retained_build {
+	struct broker *b;
+	struct recovery *rc;
+	uint32_t unresolved;
+};
+
+static void build_retained(struct retained_build *rb)
+{
+	struct recovery *rc = rb->rc;
 	for (size_t i = 0; rc->retained.bucket && i <= rc->retained.mask; i++)
 		for (struct htab_link *l = rc->retained.bucket[i]; l; l = l->next) {
 			struct rretain *r = htab_entry(l, struct rretain, link);
-			struct msg *m = build_msg(bd, r->msg_id, r->rm);
-			if (m && retain_set(bd->b->retained, r->topic, r->len,
+			struct msg *m = build_msg_counted(rc, r->msg_id, r->rm,
+							  &rb->unresolved);
+			if (m && retain_set(rb->b->retained, r->topic, r->len,
 					    msg_ref(m)) < 0)
 				msg_unref(m);
 		}
+}
+
+static void *build_retained_main(void *arg)
+{
+	rcu_register_thread();
+	build_retained(arg);
+	rcu_unregister_thread();
+	return NULL;
+}
+
+/* Sessions on this thread, the retained store on another. */
+static void build_everything(struct build *bd)
+{
+	struct retained_build rb = {.b = bd->b, .rc = bd->rc};
+	pthread_t t;
+	bool threaded = bd->rc->retained.count &&
+			pthread_create(&t, NULL, build_retained_main, &rb) == 0;
+	build_all(bd);
+	if (threaded)
+		pthread_join(t, NULL);
+	else
+		build_retained(&rb);
+	bd->rc->unresolved += rb.unresolved;
 }
 
 /* An empty Mosquitto 2.0 database (format 6, a CFG chunk and nothing
@@ -1389,7 +1437,9 @@ int recover_start(struct broker *b)
 		free(files);
 		return -1;
 	}
-	struct recovery rc = {0};
+	struct recovery rc = {.now_wall = persist_wall_ms(),
+			      .now_mono = (uint64_t)t0.tv_sec * 1000u +
+					  (uint64_t)t0.tv_nsec / 1000000u};
 	int rcode = 0;
 	char path[sizeof(persist_dir) + 72];
 	recovery_reserve(&rc, files, nfiles);
@@ -1414,12 +1464,10 @@ int recover_start(struct broker *b)
 	/* Main builds the shards' state before they run; the tries and
 	 * the retained store want an RCU reader (writer) thread. */
 	rcu_register_thread();
-	struct build bd = {.b = b, .rc = &rc, .now_wall = persist_wall_ms()};
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	bd.now_mono = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	struct build bd = {.b = b, .rc = &rc, .now_wall = rc.now_wall,
+			   .now_mono = rc.now_mono};
 	atomic_store(&b->next_session_id, rc.max_key);
-	build_all(&bd);
+	build_everything(&bd);
 	double build_ms = ms_since(&t0) - read_ms;
 	recovery_free_later(&rc);
 	/* Over kite's own files, the new generation's snapshots are written
