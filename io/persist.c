@@ -843,6 +843,23 @@ static void log_submit_write(struct shard *s)
 static void compact_start(struct shard *s);
 static void snapshot_slice(struct shard *s);
 
+/* Once a finished snapshot is synced, the new generation stands on its
+ * own: the old one goes. */
+static void old_gen_check(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	if (!l->old_pending || l->synced < l->snap_end)
+		return;
+	if (l->start_snap) {
+		l->start_snap = false;
+		start_part_done(true);
+	} else if (unlink(l->old_path) < 0 && errno != ENOENT) {
+		log_msg(KITE_LOG_WARNING, "Persistence: cannot remove %s: %s",
+			l->old_path, strerror(errno));
+	}
+	l->old_pending = false;
+}
+
 static void log_write_failed(struct shard *s, int err, uint64_t len)
 {
 	struct shard_log *l = s->log;
@@ -979,7 +996,13 @@ bool persist_turn_end(struct shard *s)
 	/* The start's snapshot goes on at every turn, not one slice per
 	 * tick while idle: until it is durable, a restart reads both
 	 * generations. */
-	return log_flush(s) || (l->start_snap && l->snapshotting);
+	bool more = log_flush(s);
+	/* The start's snapshot is synced as soon as it is written, not at
+	 * the next tick: until then a restart reads both generations. */
+	if (l->start_snap && l->old_pending && !l->sync_busy &&
+	    !l->write_busy && l->written >= l->snap_end && l->synced < l->snap_end)
+		log_submit_sync(s, l->written);
+	return more || (l->start_snap && l->snapshotting);
 }
 
 static void log_on_write(struct shard *s, int res)
@@ -1025,6 +1048,8 @@ static void log_on_sync(struct shard *s, int res)
 			l->durable = l->sync_target;
 		log_settle_waiters_as(s, res < 0);
 	}
+	if (l->start_snap)
+		old_gen_check(s);
 }
 
 void persist_on_cqe(struct shard *s, uint32_t what, int res)
@@ -1069,17 +1094,7 @@ void persist_tick(struct shard *s)
 		return;
 	if (compact_wanted(s))
 		l->compact_due = true;
-	if (l->old_pending && l->synced >= l->snap_end) {
-		/* The new generation stands on its own: the old one goes. */
-		if (l->start_snap) {
-			l->start_snap = false;
-			start_part_done(true);
-		} else if (unlink(l->old_path) < 0 && errno != ENOENT) {
-			log_msg(KITE_LOG_WARNING, "Persistence: cannot remove %s: %s",
-				l->old_path, strerror(errno));
-		}
-		l->old_pending = false;
-	}
+	old_gen_check(s);
 	uint32_t ms = s->cfg->persistence_sync_ms;
 	if (l->sync_busy || l->synced >= l->written ||
 	    ms == KITE_PERSISTENCE_SYNC_ALWAYS)
