@@ -993,12 +993,10 @@ bool persist_turn_end(struct shard *s)
 		compact_start(s);
 	if (l->snapshotting)
 		snapshot_slice(s);
-	/* The start's snapshot goes on at every turn, not one slice per
-	 * tick while idle: until it is durable, a restart reads both
-	 * generations. */
 	bool more = log_flush(s);
-	/* The start's snapshot is synced as soon as it is written, not at
-	 * the next tick: until then a restart reads both generations. */
+	/* Until the start's snapshot is durable a restart reads both
+	 * generations: it goes on at every turn (not a slice per tick while
+	 * idle), and is synced as soon as it is written (not at a tick). */
 	if (l->start_snap && l->old_pending && !l->sync_busy &&
 	    !l->write_busy && l->written >= l->snap_end && l->synced < l->snap_end)
 		log_submit_sync(s, l->written);
@@ -1340,6 +1338,7 @@ static int log_open_sync(struct shard *s)
 	/* The whole shard's snapshot: hundreds of MiB for a large state. */
 	journal_buf_free(&l->cur);
 	l->last_logged_msg = 0;
+	l->changes = 0; /* autosave_on_changes counts from here */
 	return 0;
 }
 
