@@ -120,6 +120,10 @@ void persist_set_upcalls(const struct persist_upcalls *u)
 
 /* ---- the previous run's files --------------------------------------------- */
 
+/* jemalloc's (release builds); absent under sanitizers. */
+extern int mallctl(const char *name, void *oldp, size_t *oldlenp,
+		   void *newp, size_t newlen) __attribute__((weak));
+
 /* Kept after a start until every shard's first snapshot is durable
  * (persist_start_retire): set before the shards start, then touched only
  * by the shard that brings `left` to zero. */
@@ -170,6 +174,11 @@ static void start_part_done(bool done)
 	free(start_old.names);
 	start_old.names = NULL;
 	start_old.n = 0;
+	/* The snapshot's slices and the retained store's gathering are given
+	 * back (jemalloc keeps freed pages until later allocations pass its
+	 * decay clock, which an idle broker never does). */
+	if (mallctl)
+		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
 }
 
 /* ---- tickets ---------------------------------------------------------------- */
@@ -991,16 +1000,20 @@ bool persist_turn_end(struct shard *s)
 	if (l->compact_due && !l->write_busy && !l->sync_busy &&
 	    (!sync_always(s) || l->synced >= l->written))
 		compact_start(s);
-	if (l->snapshotting)
-		snapshot_slice(s);
-	bool more = log_flush(s);
 	/* Until the start's snapshot is durable a restart reads both
 	 * generations: it goes on at every turn (not a slice per tick while
-	 * idle), and is synced as soon as it is written (not at a tick). */
+	 * idle), and is synced as soon as it is written (not at a tick). A
+	 * slice waits for the write of the one before (io_uring's, on a slow
+	 * disk): turns that do not sleep would pile slices up in `cur`, and
+	 * every acknowledgement waits for all of `cur` to be written. */
+	bool paced = l->start_snap && l->write_busy;
+	if (l->snapshotting && !paced)
+		snapshot_slice(s);
+	bool more = log_flush(s);
 	if (l->start_snap && l->old_pending && !l->sync_busy &&
 	    !l->write_busy && l->written >= l->snap_end && l->synced < l->snap_end)
 		log_submit_sync(s, l->written);
-	return more || (l->start_snap && l->snapshotting);
+	return more || (l->start_snap && l->snapshotting && !l->write_busy);
 }
 
 static void log_on_write(struct shard *s, int res)
