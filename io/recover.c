@@ -1385,12 +1385,17 @@ static void recovery_free_later(struct recovery *rc)
 		*own = *rc;
 		free_running = pthread_create(&free_thread, NULL,
 					      recovery_free_main, own) == 0;
-		if (free_running)
-			return;
-		free(own);
+		if (!free_running)
+			free(own);
 	}
-	recovery_free_tables(rc);
-	release_recovery_heap();
+	if (!free_running) {
+		recovery_free_tables(rc);
+		release_recovery_heap();
+	}
+	/* The thread's now: only the counts stay readable here. */
+	rc->msgs = rc->sessions = rc->retained = rc->outs = (struct htab){0};
+	rc->last_msg = NULL;
+	rc->last_sess = NULL;
 }
 
 void recover_stop(void)
