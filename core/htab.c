@@ -22,10 +22,10 @@ struct htab_link *htab_find(const struct htab *t, uint64_t hash,
 	return l;
 }
 
-/* Doubles the buckets; the stored hashes spare hashing the keys again. */
-static int htab_grow(struct htab *t)
+/* n buckets (a power of two, more than now); the stored hashes spare
+ * hashing the keys again. */
+static int htab_resize(struct htab *t, size_t n)
 {
-	size_t n = t->bucket ? (t->mask + 1) * 2 : HTAB_BUCKETS_MIN;
 	struct htab_link **b = n > SIZE_MAX / sizeof(*b) ? NULL
 							 : calloc(n, sizeof(*b));
 
@@ -44,6 +44,22 @@ static int htab_grow(struct htab *t)
 	t->bucket = b;
 	t->mask = n - 1;
 	return 0;
+}
+
+static int htab_grow(struct htab *t)
+{
+	return htab_resize(t, t->bucket ? (t->mask + 1) * 2 : HTAB_BUCKETS_MIN);
+}
+
+int htab_reserve(struct htab *t, size_t n)
+{
+	assert(t);
+	size_t want = HTAB_BUCKETS_MIN;
+	while (want < n && want <= SIZE_MAX / 2)
+		want *= 2;
+	if (t->bucket && want <= t->mask + 1)
+		return 0;
+	return htab_resize(t, want);
 }
 
 int htab_insert(struct htab *t, struct htab_link *l, uint64_t hash)

@@ -47,6 +47,11 @@ struct htab_link *htab_find(const struct htab *t, uint64_t hash,
  * memory (nothing changed). */
 int htab_insert(struct htab *t, struct htab_link *l, uint64_t hash);
 
+/* At least n buckets now (a table about to take about n entries skips
+ * the doublings and their rehashing, a cache miss per entry each). 0, or
+ * -1 when out of memory (nothing changed). */
+int htab_reserve(struct htab *t, size_t n);
+
 /* Unlinks l, which must be in t. */
 void htab_remove(struct htab *t, struct htab_link *l);
 

@@ -459,6 +459,7 @@ void broker_stop(struct broker *b)
 		shard_post_from_main(b, i, (struct xitem){XK_STOP, NULL});
 	for (unsigned i = 0; i < b->nshards; i++)
 		pthread_join(b->shards[i].thread, NULL);
+	recover_stop();
 	/* Tearing sessions down updates the global trie, whose writers must
 	 * be registered RCU threads; no shard is left to read it. */
 	rcu_register_thread();

@@ -75,6 +75,10 @@ struct shard_log {
 	 * snapshot is written a slice per turn behind the live records; the
 	 * old file goes once the snapshot's end is synced. */
 	bool compact_due, snapshotting, old_pending;
+	/* This generation's first snapshot, written behind the live records
+	 * after a start, is not durable yet: the previous run's files are
+	 * what recovery needs until it is (persist_start_retire). */
+	bool start_snap;
 	struct session *snap_next; /* next session to restate */
 	/* Shard 0's compaction restates the retained store too: the messages
 	 * are gathered (a reference each) in one turn, their topics' current
@@ -141,6 +145,69 @@ static const struct persist_upcalls *up;
 void persist_set_upcalls(const struct persist_upcalls *u)
 {
 	up = u;
+}
+
+/* ---- the previous run's files --------------------------------------------- */
+
+/* jemalloc's (release builds); absent under sanitizers. */
+extern int mallctl(const char *name, void *oldp, size_t *oldlenp,
+		   void *newp, size_t newlen) __attribute__((weak));
+
+/* Kept after a start until every shard's first snapshot is durable
+ * (persist_start_retire): set before the shards start, then touched only
+ * by the shard that brings `left` to zero. */
+static struct {
+	char (*names)[PERSIST_NAME_MAX];
+	size_t n;
+	_Atomic unsigned left;	/* shards whose start snapshot is pending */
+	_Atomic bool abandoned; /* one stopped before its snapshot was durable */
+	uint64_t start_ms;
+} start_old;
+
+void persist_start_retire(char (*names)[PERSIST_NAME_MAX], size_t n,
+			  unsigned nshards)
+{
+	start_old.names = names;
+	start_old.n = n;
+	start_old.start_ms = persist_wall_ms();
+	atomic_store(&start_old.abandoned, false);
+	atomic_store_explicit(&start_old.left, nshards, memory_order_release);
+}
+
+/* Shard s's start snapshot is durable (done) or never will be: the last
+ * shard removes the old files, only when every snapshot is durable. */
+static void start_part_done(bool done)
+{
+	if (!done)
+		atomic_store(&start_old.abandoned, true);
+	if (atomic_fetch_sub_explicit(&start_old.left, 1, memory_order_acq_rel) != 1)
+		return;
+	if (!atomic_load(&start_old.abandoned)) {
+		/* The new files' names durable before the old ones go. */
+		persist_fsync_dir();
+		char path[PERSIST_LOG_PATH_MAX];
+		for (size_t i = 0; i < start_old.n; i++) {
+			snprintf(path, sizeof(path), "%s/%s", persist_dir,
+				 start_old.names[i]);
+			if (unlink(path) < 0 && errno != ENOENT)
+				log_msg(KITE_LOG_WARNING, "Persistence: cannot "
+					"remove %s: %s", path, strerror(errno));
+		}
+		persist_fsync_dir();
+		log_msg(KITE_LOG_NOTICE, "Persistence: the new generation's "
+			"snapshots are durable (%llu ms after the start); the "
+			"previous %zu files are removed.",
+			(unsigned long long)(persist_wall_ms() - start_old.start_ms),
+			start_old.n);
+	}
+	free(start_old.names);
+	start_old.names = NULL;
+	start_old.n = 0;
+	/* The snapshot's slices and the retained store's gathering are given
+	 * back (jemalloc keeps freed pages until later allocations pass its
+	 * decay clock, which an idle broker never does). */
+	if (mallctl)
+		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
 }
 
 /* ---- tickets ---------------------------------------------------------------- */
@@ -952,6 +1019,23 @@ static void log_submit_write(struct shard *s)
 static void compact_start(struct shard *s);
 static void snapshot_slice(struct shard *s);
 
+/* Once a finished snapshot is synced, the new generation stands on its
+ * own: the old one goes. */
+static void old_gen_check(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	if (!l->old_pending || l->synced < l->snap_end)
+		return;
+	if (l->start_snap) {
+		l->start_snap = false;
+		start_part_done(true);
+	} else if (unlink(l->old_path) < 0 && errno != ENOENT) {
+		log_msg(KITE_LOG_WARNING, "Persistence: cannot remove %s: %s",
+			l->old_path, strerror(errno));
+	}
+	l->old_pending = false;
+}
+
 static void log_write_failed(struct shard *s, int err, uint64_t len)
 {
 	struct shard_log *l = s->log;
@@ -1085,9 +1169,20 @@ bool persist_turn_end(struct shard *s)
 	if (l->compact_due && !l->write_busy && !l->sync_busy &&
 	    (!sync_always(s) || l->synced >= l->written))
 		compact_start(s);
-	if (l->snapshotting)
+	/* Until the start's snapshot is durable a restart reads both
+	 * generations: it goes on at every turn (not a slice per tick while
+	 * idle), and is synced as soon as it is written (not at a tick). A
+	 * slice waits for the write of the one before (io_uring's, on a slow
+	 * disk): turns that do not sleep would pile slices up in `cur`, and
+	 * every acknowledgement waits for all of `cur` to be written. */
+	bool paced = l->start_snap && l->write_busy;
+	if (l->snapshotting && !paced)
 		snapshot_slice(s);
-	return log_flush(s);
+	bool more = log_flush(s);
+	if (l->start_snap && l->old_pending && !l->sync_busy &&
+	    !l->write_busy && l->written >= l->snap_end && l->synced < l->snap_end)
+		log_submit_sync(s, l->written);
+	return more || (l->start_snap && l->snapshotting && !l->write_busy);
 }
 
 static void log_on_write(struct shard *s, int res)
@@ -1133,6 +1228,8 @@ static void log_on_sync(struct shard *s, int res)
 			l->durable = l->sync_target;
 		log_settle_waiters_as(s, res < 0);
 	}
+	if (l->start_snap)
+		old_gen_check(s);
 }
 
 void persist_on_cqe(struct shard *s, uint32_t what, int res)
@@ -1154,6 +1251,11 @@ static bool compact_wanted(const struct shard *s)
 	const struct kite_config *cfg = s->cfg;
 	if (l->snapshotting || l->old_pending || l->compact_due)
 		return false;
+	/* A compaction drops this shard's history (a DONE, an UNSUB) while
+	 * the previous run's files may still restate the same sessions (on
+	 * another shard now): not before those are gone. */
+	if (atomic_load_explicit(&start_old.left, memory_order_acquire))
+		return false;
 	if (l->appended - l->file_base > 2 * l->snap_bytes + COMPACT_SLACK_BYTES)
 		return true;
 	/* Mosquitto's autosave: seconds (or changes) between saves. */
@@ -1172,13 +1274,7 @@ void persist_tick(struct shard *s)
 		return;
 	if (compact_wanted(s))
 		l->compact_due = true;
-	if (l->old_pending && l->synced >= l->snap_end) {
-		/* The new generation stands on its own: the old one goes. */
-		if (unlink(l->old_path) < 0 && errno != ENOENT)
-			log_msg(KITE_LOG_WARNING, "Persistence: cannot remove %s: %s",
-				l->old_path, strerror(errno));
-		l->old_pending = false;
-	}
+	old_gen_check(s);
 	uint32_t ms = s->cfg->persistence_sync_ms;
 	if (l->sync_busy || l->synced >= l->written ||
 	    ms == KITE_PERSISTENCE_SYNC_ALWAYS)
@@ -1396,9 +1492,49 @@ void persist_fsync_dir(void)
 	}
 }
 
+/* The start's snapshot in the background: the file has its header, the
+ * snapshot follows a slice per turn behind the live records, as a
+ * compaction's does. The sessions recovered are logged from now on (their
+ * state is in the previous run's files, kept until the snapshot is
+ * durable). */
+static int log_open_background(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	for (struct session *ss = s->sessions; ss; ss = ss->next)
+		if (ss->persistent)
+			ss->logged = true;
+	l->snap_next = s->sessions;
+	l->snapshotting = true;
+	l->start_snap = true;
+	return 0;
+}
+
+/* At startup nothing else runs: the snapshot in one go, durable. */
+static int log_open_sync(struct shard *s)
+{
+	struct shard_log *l = s->log;
+	snapshot_shard(s);
+	l->snap_bytes = l->cur.len;
+	int rc = persist_write_all(l->fd, l->cur.data, l->cur.len,
+				   JOURNAL_HEADER_LEN);
+	if (rc == 0)
+		rc = fdatasync(l->fd);
+	if (rc < 0)
+		return -1;
+	/* Positions count from the file's start. */
+	l->appended = l->cur.len;
+	l->written = l->synced = l->durable = l->appended;
+	/* The whole shard's snapshot: hundreds of MiB for a large state. */
+	journal_buf_free(&l->cur);
+	l->last_logged_msg = 0;
+	l->changes = 0; /* autosave_on_changes counts from here */
+	return 0;
+}
+
 /* A new log generation for s, opened and holding a snapshot of what s
- * owns, durable. */
-int persist_log_open(struct shard *s, uint64_t gen, uint64_t next_msg)
+ * owns: durable on return, or (background) written while s runs. */
+int persist_log_open(struct shard *s, uint64_t gen, uint64_t next_msg,
+		     bool background)
 {
 	struct shard_log *l = calloc(1, sizeof(*l));
 	if (!l)
@@ -1413,29 +1549,18 @@ int persist_log_open(struct shard *s, uint64_t gen, uint64_t next_msg)
 	}
 	l->generation = gen;
 	l->next_msg = next_msg;
+	l->last_sync_ms = l->last_compact_ms = s->now_ms;
 	uint8_t hdr[JOURNAL_HEADER_LEN];
 	journal_header(hdr, s->idx, gen);
 	s->log = l;
-	snapshot_shard(s);
-	l->snap_bytes = l->cur.len;
 	int rc = persist_write_all(l->fd, hdr, sizeof(hdr), 0);
 	if (rc == 0)
-		rc = persist_write_all(l->fd, l->cur.data, l->cur.len, sizeof(hdr));
-	if (rc == 0)
-		rc = fdatasync(l->fd);
+		rc = background ? log_open_background(s) : log_open_sync(s);
 	if (rc < 0) {
 		log_msg(KITE_LOG_ERR, "Error: persistence: writing %s: %s",
 			l->path, strerror(errno));
 		return -1;
 	}
-	/* Positions count from the file's start. */
-	l->appended = l->cur.len;
-	l->written = l->synced = l->durable = l->appended;
-	/* The whole shard's snapshot: hundreds of MiB for a large state. */
-	journal_buf_free(&l->cur);
-	l->last_logged_msg = 0;
-	l->last_sync_ms = l->last_compact_ms = s->now_ms;
-	l->changes = 0;
 	return 0;
 }
 
@@ -1487,22 +1612,42 @@ void persist_shard_stop(struct shard *s)
 		return;
 	log_sent_flush(s);
 	log_acks_flush(s);
+	bool ok = true;
 	/* A write still in flight may be cancelled with the ring: its
 	 * bytes (still in wbuf) go again, synchronously, at their offset;
 	 * then what this turn added. */
 	if (l->write_busy && l->wbuf.len &&
-	    persist_write_all(l->fd, l->wbuf.data, l->wbuf.len, file_off(l, l->w_lsn)) < 0)
+	    persist_write_all(l->fd, l->wbuf.data, l->wbuf.len, file_off(l, l->w_lsn)) < 0) {
 		log_msg(KITE_LOG_ERR, "Persistence: writing %s at shutdown: %s",
 			l->path, strerror(errno));
-	if (l->cur.len &&
-	    persist_write_all(l->fd, l->cur.data, l->cur.len,
-		      file_off(l, l->appended - l->cur.len)) < 0)
-		log_msg(KITE_LOG_ERR, "Persistence: writing %s at shutdown: %s",
-			l->path, strerror(errno));
-	if (fdatasync(l->fd) < 0)
+		ok = false;
+	}
+	/* A stop during the start's snapshot finishes it (a slice, then its
+	 * write, so that memory stays at a slice): the next start then
+	 * reads one generation, not two. */
+	for (;;) {
+		if (l->cur.len &&
+		    persist_write_all(l->fd, l->cur.data, l->cur.len,
+				      file_off(l, l->appended - l->cur.len)) < 0) {
+			log_msg(KITE_LOG_ERR, "Persistence: writing %s at "
+				"shutdown: %s", l->path, strerror(errno));
+			ok = false;
+			break;
+		}
+		l->cur.len = 0;
+		if (!l->start_snap || !l->snapshotting)
+			break;
+		snapshot_slice(s);
+	}
+	if (fdatasync(l->fd) < 0) {
 		log_msg(KITE_LOG_ERR, "Persistence: syncing %s at shutdown: %s",
 			l->path, strerror(errno));
+		ok = false;
+	}
 	close(l->fd);
+	/* Otherwise the previous run's files stay. */
+	if (l->start_snap)
+		start_part_done(ok && !l->snapshotting);
 	/* Written and synced now: what waited is released (a holder on
 	 * another shard, or shutdown's discard, frees each ticket). */
 	l->durable = l->appended;

@@ -76,7 +76,17 @@ extern char persist_dir[PERSIST_DIR_MAX];
 uint64_t persist_wall_ms(void);
 int persist_write_all(int fd, const uint8_t *buf, size_t len, uint64_t off);
 void persist_fsync_dir(void);
-int persist_log_open(struct shard *s, uint64_t gen, uint64_t next_msg);
+/* background: the snapshot of what s owns is written while s serves
+ * (the previous run's files must stay until persist_start_retire says). */
+int persist_log_open(struct shard *s, uint64_t gen, uint64_t next_msg,
+		     bool background);
+/* A log file's name in persist_dir ("shard-N.G.log"). */
+#define PERSIST_NAME_MAX 64
+/* After a start with background snapshots: these files (names in
+ * persist_dir, malloc'ed, taken) are removed once every shard's snapshot
+ * is durable, never if one stops before. */
+void persist_start_retire(char (*names)[PERSIST_NAME_MAX], size_t n,
+			  unsigned nshards);
 static inline struct journal_bytes persist_jb(const void *p, size_t len)
 {
 	return (struct journal_bytes){p, (uint32_t)len};

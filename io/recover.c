@@ -8,6 +8,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,7 +108,19 @@ struct recovery {
 	uint64_t top_msg;
 	uint64_t max_key, max_msg;
 	uint32_t records, files, unresolved;
+	/* One instant on both clocks: a message's creation time (wall, in
+	 * the files) becomes monotonic as it is read. */
+	uint64_t now_mono, now_wall;
 };
+
+static uint64_t mono_from_wall(uint64_t now_mono, uint64_t now_wall,
+			       uint64_t wall)
+{
+	if (wall >= now_wall)
+		return now_mono + (wall - now_wall);
+	uint64_t ago = now_wall - wall;
+	return ago < now_mono ? now_mono - ago : 0;
+}
 
 static bool u64_eq_cb(const struct htab_link *l, const void *key, size_t len)
 {
@@ -287,6 +300,8 @@ static int apply_msg(struct recovery *rc, const struct journal_record *r)
 		return -1;
 	}
 	e->m->expiry_s = r->msg.expiry_s;
+	e->m->created_ms = mono_from_wall(rc->now_mono, rc->now_wall,
+					  e->created_wall_ms);
 	atomic_store(&e->m->log_id, e->id);
 	rc->last_msg = e;
 	if ((e->id & ((1ull << 56) - 1)) > rc->max_msg)
@@ -641,18 +656,23 @@ static int recover_file(struct recovery *rc, const char *path)
 struct log_file {
 	unsigned shard;
 	uint64_t gen;
-	char name[64];
+	char name[PERSIST_NAME_MAX];
 };
 
+/* Generation first: a session lives on one shard for a run, but may live
+ * on another the next run (the client id's hash is keyed per process),
+ * and a start whose background snapshot did not finish leaves the
+ * previous run's files beside the new generation's, which must be read
+ * after them. Within one run the shards' files are independent. */
 static int log_file_cmp(const void *a, const void *b)
 {
 	const struct log_file *x = a, *y = b;
-	if (x->shard != y->shard)
-		return x->shard < y->shard ? -1 : 1;
-	return x->gen < y->gen ? -1 : x->gen > y->gen;
+	if (x->gen != y->gen)
+		return x->gen < y->gen ? -1 : 1;
+	return x->shard < y->shard ? -1 : x->shard > y->shard;
 }
 
-/* kite's logs in the directory, by shard then generation. */
+/* kite's logs in the directory, by generation then shard. */
 static int list_logs(struct log_file **out, size_t *n, uint64_t *max_gen)
 {
 	DIR *d = opendir(persist_dir);
@@ -668,7 +688,7 @@ static int list_logs(struct log_file **out, size_t *n, uint64_t *max_gen)
 		unsigned long long gen;
 		char tail[8];
 		if (sscanf(de->d_name, "shard-%u.%llu.%7s", &shard, &gen, tail) != 3 ||
-		    strcmp(tail, "log") || strlen(de->d_name) >= 64)
+		    strcmp(tail, "log") || strlen(de->d_name) >= PERSIST_NAME_MAX)
 			continue;
 		if (*n == cap) {
 			size_t ncap = cap ? cap * 2 : 16;
@@ -928,15 +948,6 @@ static int import_mosquitto(struct recovery *rc, const struct kite_config *cfg)
 
 /* ---- from recovery to the running broker ---------------------------------- */
 
-static uint64_t mono_from_wall(uint64_t now_mono, uint64_t now_wall,
-			       uint64_t wall)
-{
-	if (wall >= now_wall)
-		return now_mono + (wall - now_wall);
-	uint64_t ago = now_wall - wall;
-	return ago < now_mono ? now_mono - ago : 0;
-}
-
 /* Whether a session the files hold has ended while kite was down. */
 static bool rsess_expired(const struct broker *b, const struct rsess *rs,
 			  uint64_t now_wall, uint64_t *left_ms)
@@ -1005,17 +1016,22 @@ static void held_id_free(struct htab_link *l)
 	free(htab_entry(l, struct held_id, link));
 }
 
-static struct msg *build_msg(struct build *bd, uint64_t id,
-			     struct rmsg *hint)
+/* unresolved: the caller's count (the retained store is built by a
+ * thread of its own). */
+static struct msg *build_msg_counted(struct recovery *rc, uint64_t id,
+				     struct rmsg *hint, uint32_t *unresolved)
 {
-	struct rmsg *e = hint ? hint : rmsg_find(bd->rc, id);
+	struct rmsg *e = hint ? hint : rmsg_find(rc, id);
 	if (!e) {
-		bd->rc->unresolved++;
+		(*unresolved)++;
 		return NULL;
 	}
-	e->m->created_ms = mono_from_wall(bd->now_mono, bd->now_wall,
-					  e->created_wall_ms);
 	return e->m;
+}
+
+static struct msg *build_msg(struct build *bd, uint64_t id, struct rmsg *hint)
+{
+	return build_msg_counted(bd->rc, id, hint, &bd->rc->unresolved);
 }
 
 static void build_will(struct build *bd, struct session *ss,
@@ -1172,14 +1188,52 @@ static void build_all(struct build *bd)
 		}
 	htab_fini(&by_id, unlink_cb);
 	htab_fini(&bd->held, held_id_free);
+}
+
+/* The retained store, built beside the sessions: it has a writer lock of
+ * its own, and nothing else either side writes is shared (the tables
+ * are only read now; messages' references are atomic). */
+struct retained_build {
+	struct broker *b;
+	struct recovery *rc;
+	uint32_t unresolved;
+};
+
+static void build_retained(struct retained_build *rb)
+{
+	struct recovery *rc = rb->rc;
 	for (size_t i = 0; rc->retained.bucket && i <= rc->retained.mask; i++)
 		for (struct htab_link *l = rc->retained.bucket[i]; l; l = l->next) {
 			struct rretain *r = htab_entry(l, struct rretain, link);
-			struct msg *m = build_msg(bd, r->msg_id, r->rm);
-			if (m && retain_set(bd->b->retained, r->topic, r->len,
+			struct msg *m = build_msg_counted(rc, r->msg_id, r->rm,
+							  &rb->unresolved);
+			if (m && retain_set(rb->b->retained, r->topic, r->len,
 					    msg_ref(m)) < 0)
 				msg_unref(m);
 		}
+}
+
+static void *build_retained_main(void *arg)
+{
+	rcu_register_thread();
+	build_retained(arg);
+	rcu_unregister_thread();
+	return NULL;
+}
+
+/* Sessions on this thread, the retained store on another. */
+static void build_everything(struct build *bd)
+{
+	struct retained_build rb = {.b = bd->b, .rc = bd->rc};
+	pthread_t t;
+	bool threaded = bd->rc->retained.count &&
+			pthread_create(&t, NULL, build_retained_main, &rb) == 0;
+	build_all(bd);
+	if (threaded)
+		pthread_join(t, NULL);
+	else
+		build_retained(&rb);
+	bd->rc->unresolved += rb.unresolved;
 }
 
 /* An empty Mosquitto 2.0 database (format 6, a CFG chunk and nothing
@@ -1316,6 +1370,42 @@ static int persist_reset_if_file_gone(const struct kite_config *cfg,
 	return 0;
 }
 
+/* The tables sized for what the files may hold (records are 30-100
+ * bytes; a message's at least its topic and payload): growing them by
+ * doubling moves every entry again, a cache miss each. A guess too high
+ * costs only buckets, freed after recovery. */
+static void recovery_reserve(struct recovery *rc, const struct log_file *files,
+			     size_t n)
+{
+	uint64_t bytes = 0;
+	char path[sizeof(persist_dir) + 72];
+	for (size_t i = 0; i < n; i++) {
+		struct stat st;
+		snprintf(path, sizeof(path), "%s/%s", persist_dir, files[i].name);
+		if (stat(path, &st) == 0)
+			bytes += (uint64_t)st.st_size;
+	}
+	/* Out of memory here only means growing as before. */
+	(void)htab_reserve(&rc->msgs, (size_t)(bytes / 128));
+	(void)htab_reserve(&rc->outs, (size_t)(bytes / 256));
+	(void)htab_reserve(&rc->retained, (size_t)(bytes / 256));
+	(void)htab_reserve(&rc->sessions, (size_t)(bytes / 2048));
+}
+
+/* The previous run's files, removed by the shards once the new
+ * generation is durable. */
+static int retire_old_files(const struct log_file *files, size_t n,
+			    unsigned nshards)
+{
+	char (*names)[PERSIST_NAME_MAX] = malloc(n * sizeof(*names));
+	if (!names)
+		return -1;
+	for (size_t i = 0; i < n; i++)
+		memcpy(names[i], files[i].name, PERSIST_NAME_MAX);
+	persist_start_retire(names, n, nshards);
+	return 0;
+}
+
 /* jemalloc (release builds) returns freed pages to the system only as
  * later allocations pass its decay clock, which an idle broker never
  * does. Weak: absent under sanitizers and other allocators. */
@@ -1331,13 +1421,78 @@ static void release_recovery_heap(void)
 		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
 }
 
+/* Freeing the recovery tables (millions of cache-cold entries) is a
+ * thread's work while the shards serve: they are recovery's own, and
+ * its message references are atomic like every other. */
+static pthread_t free_thread;
+static bool free_running;
+
+static void recovery_free_tables(struct recovery *rc)
+{
+	/* The queues' index first: the sessions free the entries. */
+	htab_fini(&rc->outs, rout_unindex);
+	htab_fini(&rc->sessions, rsess_free);
+	htab_fini(&rc->msgs, rmsg_free);
+	htab_fini(&rc->retained, rretain_free);
+}
+
+static void *recovery_free_main(void *arg)
+{
+	recovery_free_tables(arg);
+	free(arg);
+	release_recovery_heap();
+	return NULL;
+}
+
+static void recovery_free_later(struct recovery *rc)
+{
+	struct recovery *own = malloc(sizeof(*own));
+	if (own) {
+		*own = *rc;
+		free_running = pthread_create(&free_thread, NULL,
+					      recovery_free_main, own) == 0;
+		if (!free_running)
+			free(own);
+	}
+	if (!free_running) {
+		recovery_free_tables(rc);
+		release_recovery_heap();
+	}
+	/* The thread's now: only the counts stay readable here. */
+	rc->msgs = rc->sessions = rc->retained = rc->outs = (struct htab){0};
+	rc->last_msg = NULL;
+	rc->last_sess = NULL;
+}
+
+void recover_stop(void)
+{
+	if (free_running)
+		pthread_join(free_thread, NULL);
+	free_running = false;
+}
+
+static double ms_since_on(clockid_t clk, const struct timespec *t0)
+{
+	struct timespec t1;
+	clock_gettime(clk, &t1);
+	return (double)(t1.tv_sec - t0->tv_sec) * 1e3 +
+	       (double)(t1.tv_nsec - t0->tv_nsec) / 1e6;
+}
+
+static double ms_since(const struct timespec *t0)
+{
+	return ms_since_on(CLOCK_MONOTONIC, t0);
+}
+
 int recover_start(struct broker *b)
 {
 	const struct kite_config *cfg = b->cfg;
 	if (!cfg->persistence)
 		return 0;
-	struct timespec t0;
+	/* The CPU time too: on a busy machine the wall time says little. */
+	struct timespec t0, cpu0;
 	clock_gettime(CLOCK_MONOTONIC, &t0);
+	clock_gettime(CLOCK_THREAD_CPUTIME_ID, &cpu0);
 	bool moved, created;
 	if (persist_mkdir(cfg, &moved) < 0)
 		return -1;
@@ -1353,9 +1508,12 @@ int recover_start(struct broker *b)
 		free(files);
 		return -1;
 	}
-	struct recovery rc = {0};
+	struct recovery rc = {.now_wall = persist_wall_ms(),
+			      .now_mono = (uint64_t)t0.tv_sec * 1000u +
+					  (uint64_t)t0.tv_nsec / 1000000u};
 	int rcode = 0;
 	char path[sizeof(persist_dir) + 72];
+	recovery_reserve(&rc, files, nfiles);
 	for (size_t i = 0; i < nfiles && rcode == 0; i++) {
 		snprintf(path, sizeof(path), "%s/%s", persist_dir, files[i].name);
 		rcode = recover_file(&rc, path);
@@ -1373,52 +1531,56 @@ int recover_start(struct broker *b)
 		free(files);
 		return -1;
 	}
+	double read_ms = ms_since(&t0);
 	/* Main builds the shards' state before they run; the tries and
 	 * the retained store want an RCU reader (writer) thread. */
 	rcu_register_thread();
-	struct build bd = {.b = b, .rc = &rc, .now_wall = persist_wall_ms()};
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	bd.now_mono = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+	struct build bd = {.b = b, .rc = &rc, .now_wall = rc.now_wall,
+			   .now_mono = rc.now_mono};
 	atomic_store(&b->next_session_id, rc.max_key);
-	build_all(&bd);
-	/* The queues' index first: the sessions free the entries. */
-	htab_fini(&rc.outs, rout_unindex);
-	htab_fini(&rc.sessions, rsess_free);
-	htab_fini(&rc.msgs, rmsg_free);
-	htab_fini(&rc.retained, rretain_free);
+	build_everything(&bd);
+	double build_ms = ms_since(&t0) - read_ms;
+	recovery_free_later(&rc);
+	/* Over kite's own files, the new generation's snapshots are written
+	 * while the shards serve: the old files hold the same state until
+	 * they are durable. An import's data are nowhere else in kite's
+	 * format: written before serving. */
+	bool background = nfiles > 0;
+	if (background)
+		rcode = retire_old_files(files, nfiles, b->nshards);
 	for (unsigned i = 0; i < b->nshards && rcode == 0; i++) {
 		b->shards[i].now_ms = bd.now_mono;
-		rcode = persist_log_open(&b->shards[i], max_gen + 1, rc.max_msg);
+		rcode = persist_log_open(&b->shards[i], max_gen + 1, rc.max_msg,
+					 background);
 	}
 	rcu_unregister_thread();
-	release_recovery_heap();
 	if (rcode < 0) {
 		free(files);
 		return -1;
 	}
 	persist_fsync_dir();
 	/* The new generation is durable: the old files go. */
-	for (size_t i = 0; i < nfiles; i++) {
+	for (size_t i = 0; !background && i < nfiles; i++) {
 		snprintf(path, sizeof(path), "%s/%s", persist_dir, files[i].name);
 		if (unlink(path) < 0)
 			log_msg(KITE_LOG_WARNING, "Persistence: cannot remove %s: %s",
 				path, strerror(errno));
 	}
-	persist_fsync_dir();
+	if (!background)
+		persist_fsync_dir();
 	free(files);
-	struct timespec t1;
-	clock_gettime(CLOCK_MONOTONIC, &t1);
-	double ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 +
-		    (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+	double ms = ms_since(&t0);
+	double cpu_ms = ms_since_on(CLOCK_THREAD_CPUTIME_ID, &cpu0);
 	char every[48];
 	snprintf(every, sizeof(every), "every %u ms",
 		 (unsigned)cfg->persistence_sync_ms);
 	log_msg(KITE_LOG_NOTICE, "Persistence: %s: %u records from %u files, "
 		"%u sessions (%u expired, %u superseded), %u queued messages, "
-		"%zu retained, in %.0f ms; syncing %s.", persist_dir, rc.records,
+		"%zu retained, in %.0f ms (reading %.0f, rebuilding %.0f; "
+		"CPU %.0f ms); syncing %s.", persist_dir, rc.records,
 		rc.files, bd.sessions, bd.dropped_expired, bd.dropped_dup,
-		bd.messages, retain_count(b->retained), ms,
+		bd.messages, retain_count(b->retained), ms, read_ms, build_ms,
+		cpu_ms,
 		cfg->persistence_sync_ms == KITE_PERSISTENCE_SYNC_ALWAYS
 			? "before every acknowledgement"
 		: cfg->persistence_sync_ms == KITE_PERSISTENCE_SYNC_NEVER

@@ -12,4 +12,8 @@
  * user asked to keep (the log says exactly why). */
 int recover_start(struct broker *b);
 
+/* Waits for what recovery still frees while the shards serve (its
+ * tables); before the broker frees the state they refer to. */
+void recover_stop(void);
+
 #endif

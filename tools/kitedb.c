@@ -259,12 +259,19 @@ static void free_cb(struct htab_link *l)
 	free(l); /* both entry types start with their link */
 }
 
+/* "shard-S.G.log": by generation, then shard, as recovery reads them. */
 static int cmp_names(const void *a, const void *b)
 {
-	return strcmp(*(char *const *)a, *(char *const *)b);
+	unsigned sa = 0, sb = 0;
+	unsigned long long ga = 0, gb = 0;
+	sscanf(*(char *const *)a, "shard-%u.%llu", &sa, &ga);
+	sscanf(*(char *const *)b, "shard-%u.%llu", &sb, &gb);
+	if (ga != gb)
+		return ga < gb ? -1 : 1;
+	return sa < sb ? -1 : sa > sb;
 }
 
-/* kite's logs in dir/kite, in name order (shard, then generation). */
+/* kite's logs in dir/kite, in recovery's order (generation, then shard). */
 static int list_logs(const char *dir, char ***names, size_t *n)
 {
 	DIR *d = opendir(dir);

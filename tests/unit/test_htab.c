@@ -121,6 +121,32 @@ TEST(htab_grows_by_doubling_and_keeps_every_entry)
 	free(v);
 }
 
+TEST(htab_reserve_sizes_once_and_keeps_entries)
+{
+	enum { N = 5000 };
+	struct htab t = {0};
+	struct item *v = items_new(N);
+	size_t lost = 0;
+
+	CHECK_EQ(htab_reserve(&t, 3000), 0);
+	CHECK_EQ(t.mask + 1, 4096);
+	CHECK_EQ(t.count, 0);
+	for (size_t i = 0; i < 1000; i++)
+		CHECK_EQ(htab_insert(&t, &v[i].link, item_hash(&v[i])), 0);
+	CHECK_EQ(t.mask + 1, 4096); /* no doubling below the reserve */
+	CHECK_EQ(htab_reserve(&t, 100), 0); /* never shrinks */
+	CHECK_EQ(t.mask + 1, 4096);
+	CHECK_EQ(htab_reserve(&t, 10000), 0); /* grows with what it holds */
+	CHECK_EQ(t.mask + 1, 16384);
+	for (size_t i = 1000; i < N; i++)
+		CHECK_EQ(htab_insert(&t, &v[i].link, item_hash(&v[i])), 0);
+	for (size_t i = 0; i < N; i++)
+		lost += item_find(&t, item_hash(&v[i]), v[i].key) != &v[i];
+	CHECK_EQ(lost, 0);
+	htab_fini(&t, item_free_cb);
+	free(v);
+}
+
 /* Keys whose hashes are all equal share one chain: found by key, removed
  * from its head, middle and tail, and still together after growing. */
 TEST(htab_equal_hashes_share_a_chain_and_compare_keys)
