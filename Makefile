@@ -183,8 +183,8 @@ build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_CORE_OBJ) $(FUZZ_IO_OBJ)
 
 -include $(FUZZ_CORE_OBJ:.o=.d) $(FUZZ_IO_OBJ:.o=.d) $(FUZZ_NAMES:%=build/fuzz/%.d)
 
-# The binaries are kept (make would delete them as intermediate files).
-.SECONDARY: $(FUZZ_NAMES:%=build/fuzz/%)
+# Kept: make would delete them as intermediate files.
+.SECONDARY: $(FUZZ_NAMES:%=build/fuzz/%) $(FUZZ_CORE_OBJ) $(FUZZ_IO_OBJ)
 
 # Not files: always run (a pattern rule, so .PHONY cannot name them).
 fuzz-run-%: build/fuzz/%
