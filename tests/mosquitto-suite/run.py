@@ -60,6 +60,13 @@ PREP_VERSION = "1"
 TIMEOUTS = {"06-bridge-clean-session.py": 240.0}
 # Ports of job N start at PORT + N * PORT_STRIDE (a test uses up to 3).
 PORT_STRIDE = 10
+# Run alone, after the parallel part: tests that lose kite's cross-shard
+# race (docs/MOSQUITTO-SUITE.md) when other tests load the CPUs: a client
+# publishes (or closes) and at once another connects, on the other shard,
+# which gets there first. Seen with --jobs 3 on 2 cores: 2 runs of 3
+# (04-...-diff-port), 1 of 3 (11-subscription-id).
+ALONE = {"04-retain-check-source-persist-diff-port.py", "11-subscription-id.py",
+         "03-publish-qos1-max-inflight-expire.py"}
 
 
 def log(msg):
@@ -442,7 +449,9 @@ def main():
 
     # The longest first (those with a timeout of their own), so that none
     # of them is what the other jobs wait for at the end.
-    queue = sorted(tests, key=lambda t: (-TIMEOUTS.get(t, 0), t))
+    queue = sorted((t for t in tests if jobs == 1 or t not in ALONE),
+                   key=lambda t: (-TIMEOUTS.get(t, 0), t))
+    alone = [t for t in tests if jobs > 1 and t in ALONE]
     mutex = threading.Lock()
 
     def job(j):
@@ -464,6 +473,10 @@ def main():
         th.start()
     for th in threads:
         th.join()
+    if alone:
+        log("mosquitto-suite: alone: %s" % " ".join(alone))
+        queue = alone
+        job(0)
     results.sort(key=lambda r: r.split()[1])
     regressions.sort()
 
