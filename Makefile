@@ -121,9 +121,27 @@ $(BUILD)/ktls-fault.so: tests/fault/ktls_fault.c
 	@mkdir -p $(dir $@)
 	$(CC) -std=c17 -shared -fPIC -O2 $(WARN) -o $@ $< -ldl -pthread
 
+# Compilers at once in `make test` and `make asan` (a plain `make` builds
+# one file at a time unless given -j).
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+ASAN_BINS := kite unit-tests io-unit-tests ktls-fault.so mosqdb-dump bench/kite-bench
+
+# The integration tests mostly wait (keep-alives, timeouts, a broker
+# starting), so TEST_JOBS of them run at once (pytest-xdist), each with
+# its own brokers on free ports; then the few marked `alone` (they lose a
+# race in kite under that load) by themselves. TEST_JOBS=1: all one by one.
+TEST_JOBS ?= 4
+INTEGRATION_ENV = KITE_BIN=$(abspath $(BUILD)/kite) KTLS_FAULT_SO=$(abspath $(BUILD)/ktls-fault.so) \
+	MOSQDB_DUMP=$(abspath $(BUILD)/mosqdb-dump)
+PYTEST = $(PYTHON) -m pytest -q -p no:cacheprovider
+
 integration: $(BUILD)/kite $(BUILD)/ktls-fault.so $(BUILD)/mosqdb-dump $(BUILD)/bench/kite-bench
-	KITE_BIN=$(abspath $(BUILD)/kite) KTLS_FAULT_SO=$(abspath $(BUILD)/ktls-fault.so) \
-	MOSQDB_DUMP=$(abspath $(BUILD)/mosqdb-dump) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration $(PYTEST_ARGS)
+ifeq ($(TEST_JOBS),1)
+	$(INTEGRATION_ENV) $(PYTEST) tests/integration $(PYTEST_ARGS)
+else
+	$(INTEGRATION_ENV) $(PYTEST) -n $(TEST_JOBS) -m "not alone" tests/integration $(PYTEST_ARGS)
+	$(INTEGRATION_ENV) $(PYTEST) -m alone tests/integration $(PYTEST_ARGS)
+endif
 
 # The include graph of io/ follows the layers docs/ENGINE.md gives, with
 # no cycle (tools/check_layers.py; no build needed). The self-test plants
@@ -135,7 +153,11 @@ check-layers:
 check-clang:
 	$(MAKE) --no-print-directory CC=clang BUILD=build/clang all
 
+# Built with JOBS compilers at once first: the tests themselves must not
+# run in parallel with each other as make targets.
 asan:
+	$(MAKE) --no-print-directory -j$(JOBS) CC=clang SAN=1 BUILD=build/asan \
+		$(addprefix build/asan/,$(ASAN_BINS))
 	$(MAKE) --no-print-directory CC=clang SAN=1 BUILD=build/asan unit integration
 
 # Each parser's libFuzzer target, for a short bounded time. kite's own
@@ -149,22 +171,35 @@ FUZZ_IO_OBJ := $(patsubst %.c,build/fuzz/obj/%.o,$(FUZZ_IO_SRC))
 
 build/fuzz/obj/%.o: %.c
 	@mkdir -p $(dir $@)
-	@clang $(FUZZ_CFLAGS) -c $< -o $@
+	@clang $(FUZZ_CFLAGS) -MMD -MP -c $< -o $@
 
-fuzz: $(FUZZ_CORE_OBJ) $(FUZZ_IO_OBJ)
-	@mkdir -p build/fuzz
-	@set -e; for f in $(FUZZ_SRC); do \
-		n=$$(basename $$f .c); \
-		case $$n in fuzz_handle_*) io="$(FUZZ_IO_OBJ) $(FUZZ_IO_LIBS)";; *) io=;; esac; \
-		clang $(FUZZ_CFLAGS) -fsanitize=fuzzer \
-			-o build/fuzz/$$n $$f $(FUZZ_CORE_OBJ) $$io -lurcu-qsbr -lurcu-cds -lssl -lcrypto -lwslay -lpthread; \
-		mkdir -p build/fuzz/$$n.corpus; \
-		echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
-		build/fuzz/$$n -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \
-			build/fuzz/$$n.corpus tests/fuzz/corpus/$$n 2>build/fuzz/$$n.log \
-			|| { tail -50 build/fuzz/$$n.log; exit 1; }; \
-		grep -E '^#[0-9]+.*DONE' build/fuzz/$$n.log | tail -1 || true; \
-	done
+# The targets run FUZZ_JOBS at a time (each is one process on one core):
+# with 2 cores the step takes half as long, and each target still runs
+# FUZZ_SECONDS. -O keeps each target's lines together.
+FUZZ_JOBS ?= 2
+FUZZ_NAMES := $(notdir $(FUZZ_SRC:.c=))
+
+fuzz:
+	@$(MAKE) --no-print-directory -O -j$(FUZZ_JOBS) $(FUZZ_NAMES:%=fuzz-run-%)
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_CORE_OBJ) $(FUZZ_IO_OBJ)
+	@case $* in handle_*) io="$(FUZZ_IO_OBJ) $(FUZZ_IO_LIBS)";; *) io=;; esac; \
+	clang $(FUZZ_CFLAGS) -MMD -MP -fsanitize=fuzzer -o $@ $< $(FUZZ_CORE_OBJ) $$io \
+		-lurcu-qsbr -lurcu-cds -lssl -lcrypto -lwslay -lpthread
+
+-include $(FUZZ_CORE_OBJ:.o=.d) $(FUZZ_IO_OBJ:.o=.d) $(FUZZ_NAMES:%=build/fuzz/%.d)
+
+# Kept: make would delete them as intermediate files.
+.SECONDARY: $(FUZZ_NAMES:%=build/fuzz/%) $(FUZZ_CORE_OBJ) $(FUZZ_IO_OBJ)
+
+# Not files: always run (a pattern rule, so .PHONY cannot name them).
+fuzz-run-%: build/fuzz/%
+	@mkdir -p build/fuzz/$*.corpus
+	@echo "fuzz: $* for $(FUZZ_SECONDS)s"
+	@build/fuzz/$* -max_total_time=$(FUZZ_SECONDS) -print_final_stats=0 \
+		build/fuzz/$*.corpus tests/fuzz/corpus/$* 2>build/fuzz/$*.log \
+		|| { tail -50 build/fuzz/$*.log; exit 1; }
+	@grep -E '^#[0-9]+.*DONE' build/fuzz/$*.log | tail -1 || true
 
 # The whole suite: gcc and clang builds without warnings, unit and
 # integration tests, the same under ASan+UBSan, every fuzz target, the
@@ -172,8 +207,8 @@ fuzz: $(FUZZ_CORE_OBJ) $(FUZZ_IO_OBJ)
 # and the kernel TLS tests in a VM (exit 77 there: could not run, skipped).
 test: deps
 	$(MAKE) --no-print-directory check-layers
-	$(MAKE) --no-print-directory all
-	$(MAKE) --no-print-directory check-clang
+	$(MAKE) --no-print-directory -j$(JOBS) all
+	$(MAKE) --no-print-directory -j$(JOBS) check-clang
 	$(MAKE) --no-print-directory unit
 	$(MAKE) --no-print-directory integration
 	$(MAKE) --no-print-directory mosquitto-suite

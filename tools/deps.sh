@@ -7,7 +7,7 @@
 set -eu
 PKGS="gcc clang make pkg-config libssl-dev liburing-dev libjemalloc-dev
 liburcu-dev libbpf-dev libclang-rt-14-dev mosquitto mosquitto-clients
-python3 python3-pytest python3-paho-mqtt openssl bpftool libelf-dev
+python3 python3-pytest python3-pytest-xdist python3-paho-mqtt openssl bpftool libelf-dev
 zlib1g-dev iproute2 libsystemd-dev libwslay-dev
 nodejs node-mqtt chromium libnats-dev nats-server haproxy"
 # The package: debhelper builds it, lintian checks it, systemd-analyze

@@ -46,6 +46,23 @@ def nodes(tmp_path):
         cl.stop()
 
 
+@pytest.fixture
+def moving(nodes):
+    """moving(n, qos=1) -> (a, b, c, sub, pub): the three nodes; client
+    mover<n> with a persistent session on node a, subscribed to mv<n>/#
+    at qos; client pub<n> on node c, whose messages are known to reach
+    it (probed)."""
+    _, (a, b, c) = nodes
+
+    def setup(n, qos=1):
+        sub = persistent_subscriber(a, "mover%d" % n, "mv%d/#" % n, qos)
+        pub = raw(c)
+        assert pub.connect("pub%d" % n).rc == 0
+        await_route(pub, sub, "mv%d/probe" % n, qos)
+        return a, b, c, sub, pub
+    return setup
+
+
 def raw(node, timeout=5.0):
     return mqttraw.RawClient(node.port, timeout=timeout)
 
@@ -81,12 +98,8 @@ def leave(c):
     c.close()
 
 
-def test_queued_qos1_messages_move_to_the_node_the_client_reconnects_to(nodes):
-    cl, (a, b, c) = nodes
-    sub = persistent_subscriber(a, "mover1", "mv1/#", 1)
-    pub = raw(c)
-    assert pub.connect("pub1").rc == 0
-    await_route(pub, sub, "mv1/probe", 1)
+def test_queued_qos1_messages_move_to_the_node_the_client_reconnects_to(moving):
+    a, b, c, sub, pub = moving(1)
     leave(sub)
     time.sleep(1.0)  # the record says a holds the session, offline
     for i in range(50):
@@ -111,12 +124,8 @@ def test_queued_qos1_messages_move_to_the_node_the_client_reconnects_to(nodes):
     assert again.expect(PUBLISH).payload == b"after"
 
 
-def test_in_flight_qos1_messages_come_again_with_dup_on_the_new_node(nodes):
-    cl, (a, b, c) = nodes
-    sub = persistent_subscriber(a, "mover2", "mv2/#", 1)
-    pub = raw(c)
-    assert pub.connect("pub2").rc == 0
-    await_route(pub, sub, "mv2/probe", 1)
+def test_in_flight_qos1_messages_come_again_with_dup_on_the_new_node(moving):
+    a, b, c, sub, pub = moving(2)
     for i in range(5):
         pub.publish("mv2/t", b"%d" % i, qos=1, pid=i + 1)
     inflight = [sub.expect(PUBLISH) for _ in range(5)]  # never acked
@@ -143,15 +152,11 @@ def test_in_flight_qos1_messages_come_again_with_dup_on_the_new_node(nodes):
     again.expect_silence(1.0)
 
 
-def test_qos2_state_moves_both_ways(nodes):
-    cl, (a, b, c) = nodes
-    sub = persistent_subscriber(a, "mover3", "mv3/#", 2)
-    pub = raw(c)
-    assert pub.connect("pub3").rc == 0
-    watcher = raw(c)
+def test_qos2_state_moves_both_ways(nodes, moving):
+    watcher = raw(nodes[1][2])  # on node c
     assert watcher.connect("watch3").rc == 0
     assert watcher.subscribe([("in3/x", 1)]) == [1]
-    await_route(pub, sub, "mv3/probe", 2)
+    a, b, c, sub, pub = moving(3, qos=2)
     for i in range(4):
         pub.publish("mv3/t", b"%d" % i, qos=2, pid=i + 1)
     first = [sub.expect(PUBLISH) for _ in range(4)]
@@ -194,16 +199,12 @@ def test_qos2_state_moves_both_ways(nodes):
 
 
 @pytest.mark.parametrize("how", ["killed", "frozen"])
-def test_reconnect_when_the_old_node_is_gone_or_silent_waits_a_bounded_time(nodes, how):
+def test_reconnect_when_the_old_node_is_gone_or_silent_waits_a_bounded_time(moving, how):
     """Node a dies (SIGKILL: NATS says nobody answers, b goes on at once)
     or stops answering (SIGSTOP: b waits its bound). Either way the client
     gets its session with its subscriptions. The messages queued on a die
     with it (documented); a frozen node's late answer is still taken."""
-    cl, (a, b, c) = nodes
-    sub = persistent_subscriber(a, "mover4", "mv4/#", 1)
-    pub = raw(c)
-    assert pub.connect("pub4").rc == 0
-    await_route(pub, sub, "mv4/probe", 1)
+    a, b, c, sub, pub = moving(4)
     leave(sub)
     time.sleep(1.0)
     pub.publish("mv4/t", b"queued on a", qos=1, pid=1)
@@ -257,15 +258,11 @@ def test_reconnect_when_the_old_node_is_gone_or_silent_waits_a_bounded_time(node
                       r"late: (\d+) of \1 messages queued", since=mark)
 
 
-def test_a_client_still_connected_on_the_old_node_moves_with_its_window(nodes):
+def test_a_client_still_connected_on_the_old_node_moves_with_its_window(moving):
     """The client connects to b while its connection to a is still open
     (a half-open socket, a NAT timeout): a closes it and hands the
     messages in flight on it to b."""
-    cl, (a, b, c) = nodes
-    sub = persistent_subscriber(a, "mover5", "mv5/#", 1)
-    pub = raw(c)
-    assert pub.connect("pub5").rc == 0
-    await_route(pub, sub, "mv5/probe", 1)
+    a, b, c, sub, pub = moving(5)
     for i in range(3):
         pub.publish("mv5/t", b"%d" % i, qos=1, pid=i + 1)
     inflight = [sub.expect(PUBLISH) for _ in range(3)]  # never acked
@@ -282,14 +279,10 @@ def test_a_client_still_connected_on_the_old_node_moves_with_its_window(nodes):
     again.expect_silence(1.0)
 
 
-def test_a_queue_larger_than_a_nats_message_moves_in_chunks(nodes):
+def test_a_queue_larger_than_a_nats_message_moves_in_chunks(moving):
     """40 messages of 64 KiB (2.5 MiB) do not fit NATS's max_payload
     (1 MiB by default): the answer goes in several chunks, in order."""
-    cl, (a, b, c) = nodes
-    sub = persistent_subscriber(a, "mover6", "mv6/#", 1)
-    pub = raw(c)
-    assert pub.connect("pub6").rc == 0
-    await_route(pub, sub, "mv6/probe", 1)
+    a, b, c, sub, pub = moving(6)
     leave(sub)
     time.sleep(1.0)
     body = lambda i: (b"%03d" % i) * (64 * 1024 // 3)

@@ -16,6 +16,7 @@ be built, or when XDP cannot be attached. Namespaces are always deleted.
 
 import contextlib
 import ctypes
+import fcntl
 import os
 import pathlib
 import random
@@ -46,6 +47,22 @@ def run(*cmd):
     subprocess.run(cmd, check=True, capture_output=True, timeout=10)
 
 
+def make_bpf(target):
+    """`make -f bpf/bpf.mk target` (under build/bpf/), one at a time: test
+    processes running in parallel (pytest-xdist) would otherwise build
+    there at once. Without the variables of a make that runs the tests
+    (`make BUILD=build/asan asan` would put the target elsewhere)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "MAKEOVERRIDES",
+                        "BUILD", "CC", "CFLAGS", "SAN")}
+    lock = REPO / "build" / "bpf-make.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        return subprocess.run(["make", "-s", "-f", "bpf/bpf.mk", target], env=env,
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
 @contextlib.contextmanager
 def netns(name):
     """Runs the body (this thread only) inside network namespace `name`."""
@@ -69,8 +86,7 @@ def driver_bin():
     path = os.environ.get("FLOOD_FILTER_DRIVER")
     if path:
         return path
-    r = subprocess.run(["make", "-s", "-f", "bpf/bpf.mk", "build/bpf/flood-filter-driver"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = make_bpf("build/bpf/flood-filter-driver")
     if r.returncode != 0:
         pytest.skip("cannot build the flood filter driver (bpftool/BTF/libbpf?): "
                     + (r.stderr or r.stdout)[-400:])
@@ -359,8 +375,7 @@ def test_xdp_verdict_fixture_table():
     """bpf/filter_test.c: packet fixtures through bpf_prog_test_run_opts."""
     if os.geteuid() != 0:
         pytest.skip("BPF needs root")
-    r = subprocess.run(["make", "-s", "-f", "bpf/bpf.mk", "build/bpf/filter-test"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = make_bpf("build/bpf/filter-test")
     if r.returncode != 0:
         pytest.skip("cannot build bpf/filter_test.c: " + (r.stderr or r.stdout)[-400:])
     r = subprocess.run([str(REPO / "build" / "bpf" / "filter-test")],
@@ -375,8 +390,7 @@ def test_xdp_syn_bucket_holds_across_cpus():
     more than burst + rate x elapsed through."""
     if os.geteuid() != 0:
         pytest.skip("BPF needs root")
-    r = subprocess.run(["make", "-s", "-f", "bpf/bpf.mk", "build/bpf/bucket-race-test"],
-                       cwd=REPO, capture_output=True, text=True, timeout=120)
+    r = make_bpf("build/bpf/bucket-race-test")
     if r.returncode != 0:
         pytest.skip("cannot build bpf/bucket_race_test.c: " + (r.stderr or r.stdout)[-400:])
     r = subprocess.run([str(REPO / "build" / "bpf" / "bucket-race-test")],

@@ -13,20 +13,15 @@
 #   Exit 0 pass, 1 fail, 77 VM unavailable.
 set -uo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-export VM_BUILD_DIR=${VM_BUILD_DIR:-$ROOT/build/vm}
+NAME=test_bridge_ktls_vm
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 export VM_MEM=${VM_MEM:-1G}
-KITE=${KITE:-$ROOT/build/asan/kite}
-[ -x "$KITE" ] || KITE=$ROOT/build/kite
+vm_kite "$ROOT/build/asan/kite"
 MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
 W=$VM_BUILD_DIR/bridge
 LOG=$VM_BUILD_DIR/bridge-console.log
-IMAGE=$VM_BUILD_DIR/bridge-initramfs.cpio.gz
-fail() { echo "test_bridge_ktls_vm: FAIL: $*"; exit 1; }
-skip() { echo "test_bridge_ktls_vm: SKIP: $*"; exit 77; }
 
-[ -x "$KITE" ] || fail "no kite binary (run make)"
 [ -x "$MOSQUITTO" ] || fail "no $MOSQUITTO (Debian package mosquitto, tools/deps.sh)"
 [ -x /usr/bin/mosquitto_pub ] || fail "no mosquitto_pub (Debian package mosquitto-clients)"
 
@@ -36,11 +31,7 @@ TICKET=$VM_BUILD_DIR/bridge_late_ticket_remote
 ${CC:-cc} -std=c17 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
     -o "$TICKET" "$HERE/bridge_late_ticket_remote.c" -lssl -lcrypto ||
     fail "cannot build bridge_late_ticket_remote"
-{
-    "$KITE" cert ca --dir "$W/pki" &&
-    "$KITE" cert server 127.0.0.1 localhost --dir "$W/pki"
-} >/dev/null 2>&1 || fail "kite cert"
-chmod -R a+rX "$W/pki"
+vm_kite_pki "$W"/pki
 echo "edge-7:00112233445566778899aabbccddeeff" > "$W/psk"
 # Printable payloads (mosquitto_sub -N prints them as they are), many
 # TLS records each.
@@ -64,20 +55,11 @@ mosquitto-psk tlsv1.2 PSK-CHACHA20-POLY1305
 MATRIX
 fi
 
-"$HERE/build-initramfs.sh" -o "$IMAGE" \
+vm_boot "$VM_BUILD_DIR/bridge-initramfs.cpio.gz" "$LOG" "${VM_TIMEOUT:-300}" \
+    'sh /bin/guest_bridge_ktls.sh' \
     -f "$KITE:/bin/kite" -f "$MOSQUITTO:/bin/mosquitto" -f "$W:/etc/kite-vm/bridge" \
     -f "$HERE/guest_bridge_ktls.sh:/bin/guest_bridge_ktls.sh" \
     -f "$TICKET:/bin/bridge_late_ticket_remote" \
-    /usr/bin/mosquitto_pub /usr/bin/mosquitto_sub >/dev/null
-rc=$?
-[ $rc = 77 ] && skip "cannot build the VM"
-[ $rc = 0 ] || fail "build-initramfs.sh exit $rc"
-
-"$HERE/run-vm.sh" -q -t "${VM_TIMEOUT:-300}" -i "$IMAGE" \
-    -l "$LOG" 'sh /bin/guest_bridge_ktls.sh'
-rc=$?
-[ $rc = 77 ] && skip "cannot run the VM"
-tr -d '\r' < "$LOG" | grep -aE '^(PASS|FAIL|bridge:|---|[0-9]+: )' | head -150
-grep -aq '^bridge: ' "$LOG" || echo "test_bridge_ktls_vm: FAIL: no report from the guest (console: $LOG)"
-if [ $rc = 0 ]; then echo "test_bridge_ktls_vm: PASS"; else echo "test_bridge_ktls_vm: FAIL"; fi
-exit $rc
+    /usr/bin/mosquitto_pub /usr/bin/mosquitto_sub
+vm_report "$LOG" bridge
+vm_verdict "$LOG" bridge

@@ -19,14 +19,13 @@
 #   VM_TIMEOUT (default 180 s). Exit 0 pass, 1 fail, 77 VM unavailable.
 set -uo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-export VM_BUILD_DIR=${VM_BUILD_DIR:-$ROOT/build/vm}
+NAME=test_broker_ktls_vm
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 BROKER=${BROKER:-$ROOT/build/kite}
 W=$VM_BUILD_DIR/broker
-skip() { echo "test_broker_ktls_vm: SKIP: $*"; exit 77; }
 
-[ -x "$BROKER" ] || { echo "test_broker_ktls_vm: FAIL: no broker binary $BROKER"; exit 1; }
+[ -x "$BROKER" ] || fail "no broker binary $BROKER"
 for p in mosquitto-clients openssl; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" ||
         DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y -q --no-install-recommends \
@@ -45,7 +44,7 @@ mkdir -p "$W/pki"
         -subj /CN=localhost -keyout server.key -out server.csr &&
     openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
         -extfile <(printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n') -out server.crt
-) >/dev/null 2>&1 || { echo "test_broker_ktls_vm: FAIL: certificate generation"; exit 1; }
+) >/dev/null 2>&1 || fail "certificate generation"
 chmod 644 "$W"/pki/*
 cat > "$W/matrix" <<'EOF'
 tlsv1.2 ECDHE-ECDSA-AES128-GCM-SHA256
@@ -71,6 +70,6 @@ fi
     /usr/bin/mosquitto_pub /usr/bin/mosquitto_sub "${PROXY_BINS[@]}" >/dev/null
 rc=$?
 [ $rc = 77 ] && skip "cannot build the VM"
-[ $rc = 0 ] || { echo "test_broker_ktls_vm: FAIL: build-initramfs.sh exit $rc"; exit 1; }
+[ $rc = 0 ] || fail "build-initramfs.sh exit $rc"
 "$HERE/run-vm.sh" -t "${VM_TIMEOUT:-180}" -i "$VM_BUILD_DIR/broker-initramfs.cpio.gz" \
     -l "$VM_BUILD_DIR/broker-console.log" 'sh /bin/guest_broker_ktls.sh'

@@ -18,17 +18,13 @@
 #   Exit 0 all cases pass, 1 fail, 77 VM (or the rekey kernel) unavailable.
 set -uo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-export VM_BUILD_DIR=${VM_BUILD_DIR:-$ROOT/build/vm}
-KITE=${KITE:-$ROOT/build/kite}
 KERNEL=${1:-stock}
+NAME="test_ktls_records_vm ($KERNEL)"
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 W=$VM_BUILD_DIR/records
 CLIENT=$VM_BUILD_DIR/ktls_records_client
 LOG=$VM_BUILD_DIR/records-$KERNEL-console.log
-IMAGE=$VM_BUILD_DIR/records-$KERNEL-initramfs.cpio.gz
-fail() { echo "test_ktls_records_vm ($KERNEL): FAIL: $*"; exit 1; }
-skip() { echo "test_ktls_records_vm ($KERNEL): SKIP: $*"; exit 77; }
 
 KOPT=()
 case $KERNEL in
@@ -42,35 +38,20 @@ case $KERNEL in
     *) echo "usage: $0 [stock|rekey]" >&2; exit 2 ;;
 esac
 
-[ -x "$KITE" ] || fail "no kite binary $KITE (run make)"
+vm_kite "$ROOT/build/kite"
 mkdir -p "$VM_BUILD_DIR"
 ${CC:-cc} -std=c17 -D_GNU_SOURCE -O2 -g -Wall -Wextra -Werror -Wno-unused-parameter \
     -o "$CLIENT" "$HERE/ktls_records_client.c" -lssl -lcrypto || fail "cannot build the client"
 
 rm -rf "$W"
 mkdir -p "$W"
-{
-    "$KITE" cert ca --dir "$W/pki" &&
-    "$KITE" cert server 127.0.0.1 localhost --dir "$W/pki" &&
-    "$KITE" cert client dev1 --dir "$W/pki"
-} >/dev/null 2>&1 || fail "kite cert"
-chmod -R a+rX "$W/pki"
-
-"$HERE/build-initramfs.sh" "${KOPT[@]+"${KOPT[@]}"}" -o "$IMAGE" \
+vm_kite_pki "$W/pki" dev1
+vm_boot "$VM_BUILD_DIR/records-$KERNEL-initramfs.cpio.gz" "$LOG" "${VM_TIMEOUT:-150}" \
+    'sh /bin/guest_ktls_records.sh' "${KOPT[@]+"${KOPT[@]}"}" \
     -f "$KITE:/bin/kite" -f "$CLIENT:/bin/ktls_records_client" \
     -f "$W:/etc/kite-vm/records" \
-    -f "$HERE/guest_ktls_records.sh:/bin/guest_ktls_records.sh" >/dev/null
-rc=$?
-[ $rc = 77 ] && skip "cannot build the VM"
-[ $rc = 0 ] || fail "build-initramfs.sh exit $rc"
-
-"$HERE/run-vm.sh" -q -t "${VM_TIMEOUT:-150}" -i "$IMAGE" \
-    -l "$LOG" 'sh /bin/guest_ktls_records.sh'
-rc=$?
-[ $rc = 77 ] && skip "cannot run the VM"
+    -f "$HERE/guest_ktls_records.sh:/bin/guest_ktls_records.sh"
 # The guest's report (PASS/FAIL lines, client and kite output), without
 # the boot noise.
 tr -d '\r' < "$LOG" | sed -n '/^kernel /,/^records: /p'
-grep -aq '^records: ' "$LOG" || echo "test_ktls_records_vm ($KERNEL): FAIL: no report from the guest (console: $LOG)"
-if [ $rc = 0 ]; then echo "test_ktls_records_vm ($KERNEL): PASS"; else echo "test_ktls_records_vm ($KERNEL): FAIL"; fi
-exit $rc
+vm_verdict "$LOG" records

@@ -11,60 +11,22 @@
 #   Exit 0 pass, 1 fail, 77 VM unavailable.
 set -uo pipefail
 
-HERE=$(cd "$(dirname "$0")" && pwd)
-ROOT=$(cd "$HERE/../.." && pwd)
-export VM_BUILD_DIR=${VM_BUILD_DIR:-$ROOT/build/vm}
+NAME=test_ktls_shortlived_vm
+# shellcheck source=lib.sh
+. "$(dirname "$0")/lib.sh"
 export VM_MEM=${VM_MEM:-1G}
-KITE=${KITE:-$ROOT/build/asan/kite}
-[ -x "$KITE" ] || KITE=$ROOT/build/kite
+vm_kite "$ROOT/build/asan/kite"
 W=$VM_BUILD_DIR/shortlived
 LOG=$VM_BUILD_DIR/shortlived-console.log
-IMAGE=$VM_BUILD_DIR/shortlived-initramfs.cpio.gz
-fail() { echo "test_ktls_shortlived_vm: FAIL: $*"; exit 1; }
-skip() { echo "test_ktls_shortlived_vm: SKIP: $*"; exit 77; }
-
-[ -x "$KITE" ] || fail "no kite binary (run make)"
-PY=$(readlink -f /usr/bin/python3)
-PYLIB=/usr/lib/$(basename "$PY")
-[ -d /usr/lib/python3/dist-packages/paho ] || fail "python3-paho-mqtt is not installed (tools/deps.sh)"
 
 rm -rf "$W"
-mkdir -p "$W/py"
-{
-    "$KITE" cert ca --dir "$W/pki" &&
-    "$KITE" cert server 127.0.0.1 localhost --dir "$W/pki" &&
-    "$KITE" cert client Device123 --dir "$W/pki" &&
-    "$KITE" cert client app1 --dir "$W/pki"
-} >/dev/null 2>&1 || fail "kite cert"
-chmod -R a+rX "$W/pki"
-# Python's standard library without what a client never imports (tests,
-# GUI, packaging): 38 of its 54 MB.
-tar -C "$(dirname "$PYLIB")" -cf - --exclude=test --exclude=idlelib --exclude=tkinter \
-    --exclude=lib2to3 --exclude=ensurepip --exclude=pydoc_data --exclude=turtledemo \
-    --exclude=config-3.\* "$(basename "$PYLIB")" | tar -C "$W/py" -xf - ||
-    fail "copying the Python library"
-PYSO=()
-for so in "$PYLIB"/lib-dynload/_ssl.*.so "$PYLIB"/lib-dynload/_hashlib.*.so; do
-    PYSO+=(-f "$so:$so")
-done
-
-"$HERE/build-initramfs.sh" -o "$IMAGE" \
-    -f "$KITE:/bin/kite" -f "$W/pki:/etc/kite-vm/shortlived/pki" \
-    -f "$W/py/$(basename "$PYLIB"):$PYLIB" \
-    -f "/usr/lib/python3/dist-packages/paho:/usr/lib/python3/dist-packages/paho" \
-    "${PYSO[@]}" -f "$PY:/usr/bin/python3" \
+vm_kite_pki "$W/pki" Device123 app1
+vm_python "$W/py"
+vm_boot "$VM_BUILD_DIR/shortlived-initramfs.cpio.gz" "$LOG" "${VM_TIMEOUT:-240}" \
+    'sh /bin/guest_ktls_shortlived.sh' \
+    -f "$KITE:/bin/kite" -f "$W/pki:/etc/kite-vm/shortlived/pki" "${PY_FILES[@]}" \
     -f "$HERE/paho_shortlived.py:/bin/paho_shortlived.py" \
     -f "$HERE/guest_ktls_shortlived.sh:/bin/guest_ktls_shortlived.sh" \
-    /usr/bin/mosquitto_pub /usr/bin/mosquitto_sub /usr/bin/openssl >/dev/null
-rc=$?
-[ $rc = 77 ] && skip "cannot build the VM"
-[ $rc = 0 ] || fail "build-initramfs.sh exit $rc"
-
-"$HERE/run-vm.sh" -q -t "${VM_TIMEOUT:-240}" -i "$IMAGE" \
-    -l "$LOG" 'sh /bin/guest_ktls_shortlived.sh'
-rc=$?
-[ $rc = 77 ] && skip "cannot run the VM"
-tr -d '\r' < "$LOG" | grep -aE '^(PASS|FAIL|  tlsv|shortlived:|---|[0-9]+: )' | head -120
-grep -aq '^shortlived: ' "$LOG" || echo "test_ktls_shortlived_vm: FAIL: no report from the guest (console: $LOG)"
-if [ $rc = 0 ]; then echo "test_ktls_shortlived_vm: PASS"; else echo "test_ktls_shortlived_vm: FAIL"; fi
-exit $rc
+    /usr/bin/mosquitto_pub /usr/bin/mosquitto_sub /usr/bin/openssl
+vm_report "$LOG" shortlived '  tlsv'
+vm_verdict "$LOG" shortlived
