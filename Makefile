@@ -128,8 +128,7 @@ ASAN_BINS := kite unit-tests io-unit-tests ktls-fault.so mosqdb-dump bench/kite-
 
 # The integration tests mostly wait (keep-alives, timeouts, a broker
 # starting), so TEST_JOBS of them run at once (pytest-xdist), each with
-# its own brokers on free ports; then the few marked `alone` (they lose a
-# race in kite under that load) by themselves. TEST_JOBS=1: all one by one.
+# its own brokers on free ports. TEST_JOBS=1: all one by one.
 TEST_JOBS ?= 4
 INTEGRATION_ENV = KITE_BIN=$(abspath $(BUILD)/kite) KTLS_FAULT_SO=$(abspath $(BUILD)/ktls-fault.so) \
 	MOSQDB_DUMP=$(abspath $(BUILD)/mosqdb-dump)
@@ -139,8 +138,7 @@ integration: $(BUILD)/kite $(BUILD)/ktls-fault.so $(BUILD)/mosqdb-dump $(BUILD)/
 ifeq ($(TEST_JOBS),1)
 	$(INTEGRATION_ENV) $(PYTEST) tests/integration $(PYTEST_ARGS)
 else
-	$(INTEGRATION_ENV) $(PYTEST) -n $(TEST_JOBS) -m "not alone" tests/integration $(PYTEST_ARGS)
-	$(INTEGRATION_ENV) $(PYTEST) -m alone tests/integration $(PYTEST_ARGS)
+	$(INTEGRATION_ENV) $(PYTEST) -n $(TEST_JOBS) tests/integration $(PYTEST_ARGS)
 endif
 
 # The include graph of io/ follows the layers docs/ENGINE.md gives, with

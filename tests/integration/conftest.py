@@ -44,9 +44,6 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "timeout(seconds): hard timeout of the test body (default %d)"
         % DEFAULT_TEST_TIMEOUT_S)
-    config.addinivalue_line(
-        "markers", "alone(reason): loses a race in kite when other tests load the "
-        "CPUs; `make integration` runs it after the parallel part, by itself")
 
 
 def pytest_report_header(config):

@@ -181,8 +181,6 @@ def test_qos1_across_a_remote_restart(brokers, tmp_path):
 
 
 @pytest.mark.timeout(60)
-@pytest.mark.alone("local_cleansession: a message published while the remote was away "
-                   "reached it, 1 run in 3 with four tests at a time on 2 cores")
 @pytest.mark.parametrize("local_clean", [False, True], ids=["persistent", "local_cleansession"])
 def test_queue_for_a_down_remote_survives_a_kill9(brokers, tmp_path, local_clean):
     """With persistence, what kite acknowledged for a remote that is down

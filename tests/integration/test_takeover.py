@@ -79,8 +79,6 @@ def test_takeover_across_shards(broker_factory):
 
 
 @pytest.mark.kite_only("shards: old and new connection on different shards")
-@pytest.mark.alone("lost its publish 1 run in 3 with four tests at a time on 2 cores: "
-                   "the new CONNECT's shard got there before the old one read it")
 def test_what_the_old_connection_sent_is_served_before_the_takeover(broker_factory):
     # The old connection publishes a retained message and closes; the
     # client reconnects at once under the same id (clean session, often on
