@@ -333,9 +333,11 @@ static bool conn_park_for_reload(struct conn *c, uint8_t type)
 }
 
 /* Completes a packet split across receives; returns bytes of data used,
- * or -1 when the connection stopped taking input. */
+ * or -1 when the connection closed. *go_on turns false when the packet
+ * stopped the input (a CONNECT whose session is on another shard): what
+ * follows the bytes used goes with the connection. */
 static long conn_finish_partial(struct conn *c, const uint8_t *data,
-				size_t len)
+				size_t len, bool *go_on)
 {
 	struct mqtt_fixed_header h;
 	bool have;
@@ -367,9 +369,9 @@ static long conn_finish_partial(struct conn *c, const uint8_t *data,
 		return (long)used;
 	uint32_t pkt_len;
 	uint8_t *pkt = conn_take_input(c, &pkt_len);
-	bool go_on = conn_dispatch(c, &h, pkt + h.header_len);
+	*go_on = conn_dispatch(c, &h, pkt + h.header_len);
 	free(pkt);
-	return go_on ? (long)used : -1;
+	return (long)used;
 }
 
 void conn_on_plain(struct conn *c, const uint8_t *data, size_t len)
@@ -381,11 +383,14 @@ void conn_on_plain(struct conn *c, const uint8_t *data, size_t len)
 		return;
 	}
 	if (c->in_len) {
-		long used = conn_finish_partial(c, data, len);
+		bool go_on = true;
+		long used = conn_finish_partial(c, data, len, &go_on);
 		if (used < 0)
-			goto stopped;
+			return;
 		data += used;
 		len -= (size_t)used;
+		if (!go_on)
+			goto stopped;
 	}
 	while (len) {
 		if (c->parked) { /* by the last packet (a takeover) */

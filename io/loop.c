@@ -637,8 +637,9 @@ static void shard_on_recv(struct shard *s, struct io_uring_cqe *cqe)
 					       (size_t)bid * SHARD_RECV_BUF_SIZE + off,
 				     (size_t)cqe->res);
 		}
-		/* Incremental: the kernel keeps filling the rest of it. */
-		if (!(cqe->flags & IORING_CQE_F_BUF_MORE)) {
+		/* Incremental: the kernel keeps filling the rest of it. An
+		 * end or an error consumed nothing of it. */
+		if (cqe->res > 0 && !(cqe->flags & IORING_CQE_F_BUF_MORE)) {
 			s->recv_off[bid] = 0;
 			shard_recycle_buf(s, bid);
 		}

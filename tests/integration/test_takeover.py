@@ -1,9 +1,12 @@
 """Session takeover: a second connection with the same client id (MQTT
 3.1.1 section 3.1.4, [MQTT-3.1.4-2])."""
 
+import time
+
 import pytest
 
-from mqttraw import RawClient
+import mqttraw
+from mqttraw import CONNACK, PINGRESP, PUBLISH, RawClient
 
 
 def test_takeover_closes_old_connection_and_keeps_session(broker):
@@ -95,3 +98,32 @@ def test_what_the_old_connection_sent_is_served_before_the_takeover(broker_facto
             assert new.subscribe([("again/%d" % i, 0)]) == [0]
             m = new.expect_publish(3)
             assert (m.topic, m.payload) == ("again/%d" % i, b"%d" % i), i
+
+
+@pytest.mark.kite_only("shards: the session is on the other shard half the time")
+def test_connect_in_two_pieces_moves_to_the_sessions_shard_whole(broker_factory):
+    # A CONNECT that arrives in two receives (a slow link) for a session
+    # held by the other shard: the connection moves there with what
+    # followed the CONNECT, and nothing of the CONNECT itself (its second
+    # piece once went along and was read as a packet: "malformed fixed
+    # header", no CONNACK, one reconnection in about 300).
+    b = broker_factory("allow_anonymous true\nshards 2\n")
+    with RawClient(b.port) as c:
+        assert c.connect("halves", clean=False).rc == 0
+        assert c.subscribe([("halves/t", 1)]) == [1]
+    with RawClient(b.port) as p:
+        p.connect("halves-pub")
+        p.publish("halves/t", b"kept", qos=1)
+    pkt = mqttraw.connect("halves", clean=False, keepalive=60)
+    for i in range(16):
+        with RawClient(b.port) as c:
+            c.send(pkt[:6])
+            time.sleep(0.05)  # its own receive
+            c.send(pkt[6:] + mqttraw.pingreq())
+            ack = c.expect(CONNACK)
+            assert ack.rc == 0 and ack.session_present, i
+            got = c.recv_all(0.3)
+            # Never acknowledged: sent again at every reconnection.
+            assert sorted((p.type, p.payload if p.type == PUBLISH else b"")
+                          for p in got) == [(PUBLISH, b"kept"), (PINGRESP, b"")], (i, got)
+            c.send(mqttraw.disconnect())
