@@ -1544,8 +1544,11 @@ int recover_start(struct broker *b)
 	/* Over kite's own files, the new generation's snapshots are written
 	 * while the shards serve: the old files hold the same state until
 	 * they are durable. An import's data are nowhere else in kite's
-	 * format: written before serving. */
-	bool background = nfiles > 0;
+	 * format: written before serving. So is a start after one whose
+	 * background snapshot did not finish (two generations read):
+	 * otherwise crash after crash would pile generations up, and every
+	 * start would read the history, not the state. */
+	bool background = nfiles > 0 && files[0].gen == files[nfiles - 1].gen;
 	if (background)
 		rcode = retire_old_files(files, nfiles, b->nshards);
 	for (unsigned i = 0; i < b->nshards && rcode == 0; i++) {
