@@ -1622,9 +1622,9 @@ void persist_shard_stop(struct shard *s)
 			l->path, strerror(errno));
 		ok = false;
 	}
-	/* A stop during the start's snapshot finishes it (a slice, then its
-	 * write, so that memory stays at a slice): the next start then
-	 * reads one generation, not two. */
+	/* A stop during the start's snapshot or a compaction finishes it
+	 * (a slice, then its write, so that memory stays at a slice): the
+	 * next start then reads one generation, not two. */
 	for (;;) {
 		if (l->cur.len &&
 		    persist_write_all(l->fd, l->cur.data, l->cur.len,
@@ -1635,7 +1635,7 @@ void persist_shard_stop(struct shard *s)
 			break;
 		}
 		l->cur.len = 0;
-		if (!l->start_snap || !l->snapshotting)
+		if (!l->snapshotting)
 			break;
 		snapshot_slice(s);
 	}
@@ -1648,6 +1648,11 @@ void persist_shard_stop(struct shard *s)
 	/* Otherwise the previous run's files stay. */
 	if (l->start_snap)
 		start_part_done(ok && !l->snapshotting);
+	else if (ok && l->old_pending && !l->snapshotting) {
+		l->synced = l->appended;
+		old_gen_check(s); /* the compacted generation goes */
+		persist_fsync_dir();
+	}
 	/* Written and synced now: what waited is released (a holder on
 	 * another shard, or shutdown's discard, frees each ticket). */
 	l->durable = l->appended;
