@@ -149,9 +149,30 @@ void persist_set_upcalls(const struct persist_upcalls *u)
 
 /* ---- the previous run's files --------------------------------------------- */
 
-/* jemalloc's (release builds); absent under sanitizers. */
+/* jemalloc (release builds) returns freed pages to the system only as
+ * later allocations pass its decay clock, which an idle broker never
+ * does. Weak: absent under sanitizers and other allocators. */
 extern int mallctl(const char *name, void *oldp, size_t *oldlenp,
 		   void *newp, size_t newlen) __attribute__((weak));
+
+void persist_release_heap(void)
+{
+	/* "arena.<MALLCTL_ARENAS_ALL>.purge": every arena. */
+	if (mallctl)
+		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
+}
+
+void persist_remove_logs(char (*names)[PERSIST_NAME_MAX], size_t n)
+{
+	char path[PERSIST_LOG_PATH_MAX];
+	for (size_t i = 0; i < n; i++) {
+		snprintf(path, sizeof(path), "%s/%s", persist_dir, names[i]);
+		if (unlink(path) < 0 && errno != ENOENT)
+			log_msg(KITE_LOG_WARNING, "Persistence: cannot remove "
+				"%s: %s", path, strerror(errno));
+	}
+	persist_fsync_dir();
+}
 
 /* Kept after a start until every shard's first snapshot is durable
  * (persist_start_retire): set before the shards start, then touched only
@@ -185,15 +206,7 @@ static void start_part_done(bool done)
 	if (!atomic_load(&start_old.abandoned)) {
 		/* The new files' names durable before the old ones go. */
 		persist_fsync_dir();
-		char path[PERSIST_LOG_PATH_MAX];
-		for (size_t i = 0; i < start_old.n; i++) {
-			snprintf(path, sizeof(path), "%s/%s", persist_dir,
-				 start_old.names[i]);
-			if (unlink(path) < 0 && errno != ENOENT)
-				log_msg(KITE_LOG_WARNING, "Persistence: cannot "
-					"remove %s: %s", path, strerror(errno));
-		}
-		persist_fsync_dir();
+		persist_remove_logs(start_old.names, start_old.n);
 		log_msg(KITE_LOG_NOTICE, "Persistence: the new generation's "
 			"snapshots are durable (%llu ms after the start); the "
 			"previous %zu files are removed.",
@@ -206,8 +219,7 @@ static void start_part_done(bool done)
 	/* The snapshot's slices and the retained store's gathering are given
 	 * back (jemalloc keeps freed pages until later allocations pass its
 	 * decay clock, which an idle broker never does). */
-	if (mallctl)
-		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
+	persist_release_heap();
 }
 
 /* ---- tickets ---------------------------------------------------------------- */
@@ -1020,20 +1032,23 @@ static void compact_start(struct shard *s);
 static void snapshot_slice(struct shard *s);
 
 /* Once a finished snapshot is synced, the new generation stands on its
- * own: the old one goes. */
-static void old_gen_check(struct shard *s)
+ * own: the old one goes. True when this shard removed a compacted file
+ * (a start's are removed by the last shard, start_part_done). */
+static bool old_gen_check(struct shard *s)
 {
 	struct shard_log *l = s->log;
 	if (!l->old_pending || l->synced < l->snap_end)
-		return;
+		return false;
+	l->old_pending = false;
 	if (l->start_snap) {
 		l->start_snap = false;
 		start_part_done(true);
-	} else if (unlink(l->old_path) < 0 && errno != ENOENT) {
+		return false;
+	}
+	if (unlink(l->old_path) < 0 && errno != ENOENT)
 		log_msg(KITE_LOG_WARNING, "Persistence: cannot remove %s: %s",
 			l->old_path, strerror(errno));
-	}
-	l->old_pending = false;
+	return true;
 }
 
 static void log_write_failed(struct shard *s, int err, uint64_t len)
@@ -1645,14 +1660,13 @@ void persist_shard_stop(struct shard *s)
 		ok = false;
 	}
 	close(l->fd);
-	/* Otherwise the previous run's files stay. */
-	if (l->start_snap)
-		start_part_done(ok && !l->snapshotting);
-	else if (ok && l->old_pending && !l->snapshotting) {
+	if (ok)
 		l->synced = l->appended;
-		old_gen_check(s); /* the compacted generation goes */
+	/* A finished snapshot is synced now: the generation before goes. */
+	if (old_gen_check(s))
 		persist_fsync_dir();
-	}
+	if (l->start_snap)
+		start_part_done(false); /* the previous run's files stay */
 	/* Written and synced now: what waited is released (a holder on
 	 * another shard, or shutdown's discard, frees each ticket). */
 	l->durable = l->appended;

@@ -87,6 +87,12 @@ int persist_log_open(struct shard *s, uint64_t gen, uint64_t next_msg,
  * is durable, never if one stops before. */
 void persist_start_retire(char (*names)[PERSIST_NAME_MAX], size_t n,
 			  unsigned nshards);
+/* Removes these files of persist_dir (their removal durable on return);
+ * the caller made what replaces them durable first. */
+void persist_remove_logs(char (*names)[PERSIST_NAME_MAX], size_t n);
+/* Gives freed memory back to the system now (jemalloc keeps it until
+ * later allocations, which an idle broker does not make). */
+void persist_release_heap(void);
 static inline struct journal_bytes persist_jb(const void *p, size_t len)
 {
 	return (struct journal_bytes){p, (uint32_t)len};

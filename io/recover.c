@@ -1392,33 +1392,14 @@ static void recovery_reserve(struct recovery *rc, const struct log_file *files,
 	(void)htab_reserve(&rc->sessions, (size_t)(bytes / 2048));
 }
 
-/* The previous run's files, removed by the shards once the new
- * generation is durable. */
-static int retire_old_files(const struct log_file *files, size_t n,
-			    unsigned nshards)
+/* The names of the previous run's files, which go once the new
+ * generation is durable (malloc'ed; NULL when out of memory). */
+static char (*log_names(const struct log_file *files, size_t n))[PERSIST_NAME_MAX]
 {
-	char (*names)[PERSIST_NAME_MAX] = malloc(n * sizeof(*names));
-	if (!names)
-		return -1;
-	for (size_t i = 0; i < n; i++)
+	char (*names)[PERSIST_NAME_MAX] = malloc((n ? n : 1) * sizeof(*names));
+	for (size_t i = 0; names && i < n; i++)
 		memcpy(names[i], files[i].name, PERSIST_NAME_MAX);
-	persist_start_retire(names, n, nshards);
-	return 0;
-}
-
-/* jemalloc (release builds) returns freed pages to the system only as
- * later allocations pass its decay clock, which an idle broker never
- * does. Weak: absent under sanitizers and other allocators. */
-extern int mallctl(const char *name, void *oldp, size_t *oldlenp,
-		   void *newp, size_t newlen) __attribute__((weak));
-
-static void release_recovery_heap(void)
-{
-	/* "arena.<MALLCTL_ARENAS_ALL>.purge": every arena. The recovery
-	 * tables and the first snapshot of a large state are hundreds of MiB
-	 * that would otherwise stay resident. */
-	if (mallctl)
-		(void)mallctl("arena.4096.purge", NULL, NULL, NULL, 0);
+	return names;
 }
 
 /* Freeing the recovery tables (millions of cache-cold entries) is a
@@ -1440,7 +1421,7 @@ static void *recovery_free_main(void *arg)
 {
 	recovery_free_tables(arg);
 	free(arg);
-	release_recovery_heap();
+	persist_release_heap();
 	return NULL;
 }
 
@@ -1456,7 +1437,7 @@ static void recovery_free_later(struct recovery *rc)
 	}
 	if (!free_running) {
 		recovery_free_tables(rc);
-		release_recovery_heap();
+		persist_release_heap();
 	}
 	/* The thread's now: only the counts stay readable here. */
 	rc->msgs = rc->sessions = rc->retained = rc->outs = (struct htab){0};
@@ -1549,29 +1530,28 @@ int recover_start(struct broker *b)
 	 * otherwise crash after crash would pile generations up, and every
 	 * start would read the history, not the state. */
 	bool background = nfiles > 0 && files[0].gen == files[nfiles - 1].gen;
-	if (background)
-		rcode = retire_old_files(files, nfiles, b->nshards);
+	char (*old_names)[PERSIST_NAME_MAX] = log_names(files, nfiles);
+	free(files);
+	if (!old_names)
+		rcode = -1;
+	else if (background)
+		persist_start_retire(old_names, nfiles, b->nshards); /* takes */
 	for (unsigned i = 0; i < b->nshards && rcode == 0; i++) {
 		b->shards[i].now_ms = bd.now_mono;
 		rcode = persist_log_open(&b->shards[i], max_gen + 1, rc.max_msg,
 					 background);
 	}
 	rcu_unregister_thread();
-	if (rcode < 0) {
-		free(files);
-		return -1;
-	}
-	persist_fsync_dir();
-	/* The new generation is durable: the old files go. */
-	for (size_t i = 0; !background && i < nfiles; i++) {
-		snprintf(path, sizeof(path), "%s/%s", persist_dir, files[i].name);
-		if (unlink(path) < 0)
-			log_msg(KITE_LOG_WARNING, "Persistence: cannot remove %s: %s",
-				path, strerror(errno));
+	if (rcode == 0) {
+		persist_fsync_dir();
+		/* The new generation is durable: the old files go. */
+		if (!background)
+			persist_remove_logs(old_names, nfiles);
 	}
 	if (!background)
-		persist_fsync_dir();
-	free(files);
+		free(old_names);
+	if (rcode < 0)
+		return -1;
 	double ms = ms_since(&t0);
 	double cpu_ms = ms_since_on(CLOCK_THREAD_CPUTIME_ID, &cpu0);
 	char every[48];

@@ -82,6 +82,14 @@ struct session *session_revive(struct shard *s, uint64_t key, const char *id,
 	return session_new(s, key, (const uint8_t *)id, len, expiry_s);
 }
 
+/* Lets go of every queued message (the queue's array stays). */
+static void session_queue_release(struct session *ss)
+{
+	for (uint32_t i = 0; i < ss->q_count; i++)
+		msg_unref(ss->queue[(ss->q_head + i) % ss->q_cap].msg);
+	stat_sub(&ss->shard->stats.queued, ss->q_count);
+}
+
 void session_destroy(struct session *ss)
 {
 	struct shard *s = ss->shard;
@@ -98,12 +106,10 @@ void session_destroy(struct session *ss)
 	for (uint32_t i = ss->if_head; i != ss->if_tail; i++)
 		if (session_inflight_at(ss, i)->state != INFLIGHT_DONE)
 			msg_unref(session_inflight_at(ss, i)->msg);
-	for (uint32_t i = 0; i < ss->q_count; i++)
-		msg_unref(ss->queue[(ss->q_head + i) % ss->q_cap].msg);
+	session_queue_release(ss);
 	for (uint32_t i = 0; i < ss->qos2_in_count; i++)
 		msg_unref(ss->qos2_in[i].msg);
 	stat_sub(&s->stats.inflight, ss->inflight_count);
-	stat_sub(&s->stats.queued, ss->q_count);
 	free(ss->inflight);
 	free(ss->if_index);
 	free(ss->queue);
@@ -576,9 +582,7 @@ static void session_defer_pump(struct session *ss)
 void session_drop_queue(struct session *ss)
 {
 	assert(!ss->logged); /* a clean local session: nothing on disk */
-	for (uint32_t i = 0; i < ss->q_count; i++)
-		msg_unref(ss->queue[(ss->q_head + i) % ss->q_cap].msg);
-	stat_sub(&ss->shard->stats.queued, ss->q_count);
+	session_queue_release(ss);
 	shard_stats_drop(ss->shard, DROP_OFFLINE, ss->q_count);
 	ss->q_count = ss->q_head = 0;
 	ss->q_bytes = 0;
