@@ -1,7 +1,10 @@
 /* kite: command line, config, signals. Usage follows mosquitto's:
  *   kite [-c FILE] [-p PORT] [-t] [-v] [--version] */
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
+#include <stdatomic.h>
+#include <sys/signalfd.h>
 #include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -158,6 +161,38 @@ static void log_config_warnings(const struct kite_config *cfg)
 		log_msg(KITE_LOG_WARNING, "Warning: %s", cfg->warnings[i]);
 }
 
+/* SIGHUP is counted in reload_started before it stops being pending: the
+ * shards look at both (shard_reload_coming), so no moment exists where a
+ * client reconnecting right after the signal could be served under the old
+ * ACL. sigwait would take the signal first, and a preemption on its way
+ * back from the kernel left that moment open; a signalfd can be polled
+ * without taking anything. */
+static int next_signal(struct broker *b, int sfd, const sigset_t *set,
+		       bool *announced)
+{
+	for (;;) {
+		struct pollfd p = {.fd = sfd, .events = POLLIN};
+		if (poll(&p, 1, -1) < 0)
+			continue;
+		sigset_t pending;
+		if (!*announced && sigpending(&pending) == 0 &&
+		    sigismember(&pending, SIGHUP) == 1) {
+			atomic_fetch_add_explicit(&b->reload_started, 1,
+						  memory_order_acq_rel);
+			*announced = true;
+		}
+		struct signalfd_siginfo si;
+		if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+			return (int)si.ssi_signo;
+		if (errno != EAGAIN && errno != EINTR) {
+			/* No signalfd to read: take it the old way. */
+			int sig;
+			if (sigwait(set, &sig) == 0)
+				return sig;
+		}
+	}
+}
+
 static void serve(struct broker *b, const struct options *o)
 {
 	sigset_t set;
@@ -165,20 +200,29 @@ static void serve(struct broker *b, const struct options *o)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGHUP);
+	int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+	bool announced = false;
 	for (;;) {
 		int sig;
-		if (sigwait(&set, &sig) != 0)
+		if (sfd >= 0) {
+			sig = next_signal(b, sfd, &set, &announced);
+		} else if (sigwait(&set, &sig) != 0) {
 			continue;
+		}
 		if (sig != SIGHUP) {
 			notify("STOPPING=1");
 			log_msg(KITE_LOG_NOTICE, "kite version %s terminating",
 				broker_version());
+			if (sfd >= 0)
+				close(sfd);
 			return;
 		}
-		/* At once, before the files are read: a client connecting
-		 * after the signal must not be served under the old ACL. */
-		atomic_fetch_add_explicit(&b->reload_started, 1,
-					  memory_order_acq_rel);
+		/* Before the files are read: a client connecting after the
+		 * signal must not be served under the old ACL. */
+		if (!announced)
+			atomic_fetch_add_explicit(&b->reload_started, 1,
+						  memory_order_acq_rel);
+		announced = false;
 		notify_reloading();
 		struct kite_config *next = malloc(sizeof(*next));
 		char err[KITE_CONFIG_ERR_MAX] = "configuration error";

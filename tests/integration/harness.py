@@ -53,8 +53,41 @@ def flavour(path):
     return "mosquitto" if os.path.basename(path) == "mosquitto" else "kite"
 
 
+def _port_band():
+    """Ports this test process hands out: below the kernel's ephemeral
+    range, which every outgoing connection (of any test process) draws its
+    local port from, and a band of its own per pytest-xdist worker, so two
+    workers never pick the same port between a check and the broker's
+    bind."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    n = int(worker[2:]) if worker[2:].isdigit() else 0
+    width = 1500
+    start = 10000 + (n % 12) * width
+    if start + width > low:
+        return None
+    return start, width
+
+
+_BAND = _port_band()
+_next_port = 0
+
+
 def free_port():
-    """A loopback port nobody listens on right now (bind to port 0)."""
+    """A loopback port nobody listens on right now, and no other test
+    process will hand out (see _port_band)."""
+    global _next_port
+    if _BAND is not None:
+        start, width = _BAND
+        for _ in range(width):
+            port = start + _next_port
+            _next_port = (_next_port + 1) % width
+            if port_is_free(port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
