@@ -32,11 +32,27 @@ static ssize_t read_small_file(const char *path, char *buf, size_t cap)
 	return n;
 }
 
-/* /proc/PID/stat: fields 14 and 15 (utime, stime) count every thread of
- * the process. The comm field may hold spaces and parentheses, so parsing
- * starts after the last ')'. */
+/* The process's CPU clock: every thread's run time, exited ones too, in
+ * nanoseconds. /proc/PID/stat's utime + stime are whole ticks (10 ms),
+ * and the kernel's split of the run time into them lags over short
+ * windows: a broker using 0.08 s of a 1 s window read 0.04-0.05 there. */
+static double cpu_clock_s(pid_t pid)
+{
+	clockid_t clk;
+	struct timespec ts;
+	if (clock_getcpuclockid(pid, &clk) != 0 || clock_gettime(clk, &ts) != 0)
+		return -1;
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Else /proc/PID/stat: fields 14 and 15 (utime, stime) count every thread
+ * of the process. The comm field may hold spaces and parentheses, so
+ * parsing starts after the last ')'. */
 double kb_proc_cpu_s(pid_t pid)
 {
+	double precise = cpu_clock_s(pid);
+	if (precise >= 0)
+		return precise;
 	char path[64], buf[1024];
 	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
 	if (read_small_file(path, buf, sizeof(buf)) < 0)
