@@ -1149,6 +1149,17 @@ def fmq_lines(doc, scs, runs):
             met = "–" if v is None else ("yes" if v else "**no**")
             if v is False:
                 short.append(sc["name"])
+        full = runs.get(("tls-storm", "kite"))
+        if "--tls-resume" in sc["args"] and k and k["ok"] and full and full["ok"]:
+            # The issue's target here is kite against itself: a resumed
+            # handshake at most a quarter of a full one.
+            fk = metric(full, key)
+            if kv and fk:
+                text = (f"≤ 0.25× kite's tls-storm "
+                        f"(here {kv / fk:.3g}×)")
+                met = "yes" if kv / fk <= 0.25 else "**no**"
+                if met != "yes":
+                    short.append(sc["name"])
         note = f"fmq: {flags(f)}; kite: {flags(k)}"
         if k and k.get("rate_from"):
             note += f"; rate: half of {k['rate_from']}'s saturation"
