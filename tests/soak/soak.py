@@ -4,6 +4,7 @@
     make soak                         # 10 minutes on build/kite
     SOAK_SECONDS=60 make soak         # shorter
     KITE_BIN=/usr/sbin/mosquitto SOAK_SECONDS=60 make soak   # for comparison
+    SOAK_EXTRA_CONF=$'persistence true\\npersistence_location /tmp/s/' make soak
 
 Starts $KITE_BIN (default build/kite) on 127.0.0.1 with a plain listener and
 a server-only TLS listener (certificates made here with openssl), then runs
@@ -139,6 +140,11 @@ def broker_config(d, plain, tls, mosquitto):
             "require_certificate false\n" % (plain, tls, d, d))
     if mosquitto and os.geteuid() == 0:
         text += "user root\n"
+    # More lines for the broker (e.g. persistence), as they would sit in
+    # its config file.
+    extra = os.environ.get("SOAK_EXTRA_CONF", "")
+    if extra:
+        text += extra.rstrip("\n") + "\n"
     return text
 
 
