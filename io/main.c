@@ -89,28 +89,16 @@ static int parse_args(int argc, char **argv, struct options *o)
  * startup: serving plaintext on a port configured for TLS, or everyone on
  * a port with an ACL, would be silent and unsafe. Each line goes when its
  * feature lands in the engine. */
-static int check_engine_support(const struct kite_config *cfg)
+/* The configuration the command line names, or the built-in one; on
+ * failure err says which file, line and what is wrong (at start it goes
+ * to stderr, on a reload to the broker's log). */
+static int load_config(const struct options *o, struct kite_config *cfg,
+		       char *err, size_t errlen)
 {
-	for (unsigned i = 0; i < cfg->listener_count; i++) {
-		const struct kite_listener_cfg *l = &cfg->listeners[i];
-		(void)l;
-	}
-	return 0;
-}
-
-static int load_config(const struct options *o, struct kite_config *cfg)
-{
-	char err[KITE_CONFIG_ERR_MAX];
 	config_defaults(cfg);
-	if (o->config_path && config_load(cfg, o->config_path, err, sizeof(err)) < 0) {
-		fprintf(stderr, "%s\n", err);
+	if (o->config_path && config_load(cfg, o->config_path, err, errlen) < 0)
 		return -1;
-	}
-	if (config_finalize(cfg, err, sizeof(err)) < 0) {
-		fprintf(stderr, "%s\n", err);
-		return -1;
-	}
-	if (check_engine_support(cfg) < 0)
+	if (config_finalize(cfg, err, errlen) < 0)
 		return -1;
 	/* Like mosquitto -p: without configured listeners the broker stays in
 	 * local-only mode, on that port. */
@@ -227,15 +215,15 @@ static void serve(struct broker *b, const struct options *o)
 		struct kite_config *next = malloc(sizeof(*next));
 		char err[KITE_CONFIG_ERR_MAX] = "configuration error";
 		struct security *sec = NULL;
-		if (next && load_config(o, next) == 0 &&
+		if (next && load_config(o, next, err, sizeof(err)) == 0 &&
 		    (sec = security_load(next, err, sizeof(err))))
 			broker_reload(b, next, sec);
-		else if (next && !sec)
+		else if (next)
 			log_msg(KITE_LOG_ERR, "Reload failed: %s; keeping the "
 				"running configuration.", err);
 		else
-			log_msg(KITE_LOG_ERR,
-				"Reload failed; keeping the running configuration.");
+			log_msg(KITE_LOG_ERR, "Reload failed: out of memory; "
+				"keeping the running configuration.");
 		/* Switched everywhere, or failed (the old files stay): nothing
 		 * waits any more; the shards' tick pumps what was deferred. */
 		atomic_store_explicit(&b->reload_done,
@@ -279,12 +267,13 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 1;
 	}
+	char err[KITE_CONFIG_ERR_MAX] = "out of memory";
 	struct kite_config *cfg = calloc(1, sizeof(*cfg));
-	if (!cfg || load_config(&o, cfg) < 0) {
+	if (!cfg || load_config(&o, cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr, "%s\n", err);
 		free(cfg);
 		return 1;
 	}
-	char err[KITE_CONFIG_ERR_MAX];
 	struct security *sec = security_load(cfg, err, sizeof(err));
 	if (!sec) {
 		fprintf(stderr, "%s\n", err);

@@ -1,6 +1,7 @@
 """Startup, command line and the config options of the broker core."""
 
 import re
+import signal
 import time
 
 import pytest
@@ -260,6 +261,31 @@ def test_log_dest_file_writes_timestamped_lines(broker_factory):
                      what="log file mentioning the client")
     lines = [l for l in path.read_text().splitlines() if l]
     assert lines and all(re.match(r"^\d+: ", l) for l in lines), lines[:5]
+
+
+@pytest.mark.kite_only("kite's reload log line")
+def test_a_broken_config_on_sighup_is_logged_with_file_line_and_reason(broker_factory):
+    # An operator who logs to a file (or syslog) must read there why a
+    # reload was refused, not only on a stderr nobody keeps.
+    b = broker_factory("allow_anonymous true\nlog_dest file {dir}/broker.log\n"
+                       "log_type error\nlog_type notice\n")
+    path = b.dir / "broker.log"
+    good = b.conf_path.read_text()
+    b.conf_path.write_text(good + "no_such_option 1\n")
+    line = good.count("\n") + 1
+    b.send_signal(signal.SIGHUP)
+    want = re.compile(r"Reload failed: %s:%d: .*no_such_option.*keeping the running"
+                      % (re.escape(str(b.conf_path)), line))
+    harness.wait_for(lambda: path.exists() and want.search(path.read_text()), 5,
+                     what="the refused reload in the log file, with its reason")
+    with RawClient(b.port) as c:
+        assert c.connect("after-refused-reload").rc == 0
+        c.ping()
+    # Fixed, the next SIGHUP goes through.
+    b.conf_path.write_text(good)
+    b.send_signal(signal.SIGHUP)
+    harness.wait_for(lambda: "Reloaded configuration from" in path.read_text(), 5,
+                     what="the reload after the fix")
 
 
 @pytest.mark.parametrize("enabled", [True, False])
