@@ -290,7 +290,7 @@ int main(int argc, char **argv)
 		return 0;
 	}
 	log_configure(cfg);
-	/* Signals go to the main thread's sigwait, never to a shard. */
+	/* Signals go to the main thread's signalfd, never to a shard. */
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGINT);

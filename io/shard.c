@@ -326,7 +326,8 @@ bool shard_reload_coming(const struct shard *s)
 	if (shard_reload_pending(s))
 		return true;
 	/* SIGHUP is blocked in every thread: until the main thread's
-	 * sigwait takes it, it waits as pending for the process. */
+	 * signalfd reads it (after counting it in reload_started), it waits
+	 * as pending for the process. */
 	sigset_t pending;
 	return sigpending(&pending) == 0 && sigismember(&pending, SIGHUP) == 1;
 }
