@@ -339,16 +339,28 @@ def add_persist(add, base, title, args, variants=tuple(PERSIST_VARIANTS)):
             conf=conf, families=tuple(conf))
 
 
+def scenario_opt(sc, name):
+    """The number after kite-bench option `name` in the scenario's
+    arguments, or None."""
+    a = sc["args"].split()
+    if name not in a or a.index(name) + 1 >= len(a):
+        return None
+    try:
+        return float(a[a.index(name) + 1])
+    except ValueError:
+        return None
+
+
 def tls_certs_needed(scs):
     """One client certificate per connection of the biggest TLS scenario
     (storms cycle through them)."""
     n = 100
     for s in scs:
-        if s.get("tls"):
-            a = s["args"].split()
+        if s.get("tls") and s["kind"] != "storm":
             for k in ("--conns", "--subs", "--pubs"):
-                if k in a and s["kind"] != "storm":
-                    n = max(n, int(a[a.index(k) + 1]))
+                v = scenario_opt(s, k)
+                if v is not None:
+                    n = max(n, int(v))
     return n + 2
 
 
@@ -506,17 +518,8 @@ QUICK_ACK_SEGMENTS = 16
 def warmup_s(sc, base, rate=None):
     """The profile's warm-up, or longer for a paced run: until every
     publisher has sent past TCP's quick ACKs, at most 6 s."""
-    words = sc["args"].split()
-
-    def opt(name):
-        if name in words and words.index(name) + 1 < len(words):
-            try:
-                return float(words[words.index(name) + 1])
-            except ValueError:
-                return None
-        return None
-    total = rate if rate is not None else opt("--rate")
-    pubs = opt("--pubs") or opt("--pairs")
+    total = rate if rate is not None else scenario_opt(sc, "--rate")
+    pubs = scenario_opt(sc, "--pubs") or scenario_opt(sc, "--pairs")
     if not total or not pubs:
         return base
     need = (QUICK_ACK_SEGMENTS + 4) * pubs / total
@@ -1149,8 +1152,9 @@ def fmq_lines(doc, scs, runs):
             met = "–" if v is None else ("yes" if v else "**no**")
             if v is False:
                 short.append(sc["name"])
-        full = runs.get(("tls-storm", "kite"))
-        if "--tls-resume" in sc["args"] and k and k["ok"] and full and full["ok"]:
+        full = ("--tls-resume" in sc["args"] and k and k["ok"]
+                and runs.get(("tls-storm", "kite")))
+        if full and full["ok"]:
             # The issue's target here is kite against itself: a resumed
             # handshake at most a quarter of a full one.
             fk = metric(full, key)

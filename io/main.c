@@ -85,10 +85,6 @@ static int parse_args(int argc, char **argv, struct options *o)
 	return 0;
 }
 
-/* Options the parser knows but the engine does not act on yet stop
- * startup: serving plaintext on a port configured for TLS, or everyone on
- * a port with an ACL, would be silent and unsafe. Each line goes when its
- * feature lands in the engine. */
 /* The configuration the command line names, or the built-in one; on
  * failure err says which file, line and what is wrong (at start it goes
  * to stderr, on a reload to the broker's log). */
@@ -149,35 +145,46 @@ static void log_config_warnings(const struct kite_config *cfg)
 		log_msg(KITE_LOG_WARNING, "Warning: %s", cfg->warnings[i]);
 }
 
-/* SIGHUP is counted in reload_started before it stops being pending: the
- * shards look at both (shard_reload_coming), so no moment exists where a
- * client reconnecting right after the signal could be served under the old
- * ACL. sigwait would take the signal first, and a preemption on its way
- * back from the kernel left that moment open; a signalfd can be polled
- * without taking anything. */
-static int next_signal(struct broker *b, int sfd, const sigset_t *set,
-		       bool *announced)
+static void reload_announce(struct broker *b)
 {
+	atomic_fetch_add_explicit(&b->reload_started, 1, memory_order_acq_rel);
+}
+
+/* The next SIGINT, SIGTERM or SIGHUP. A SIGHUP is counted in
+ * reload_started before it stops being pending: the shards look at both
+ * (shard_reload_coming), so no moment exists where a client reconnecting
+ * right after the signal could be served under the old ACL. sigwait takes
+ * the signal first, and a preemption on its way back from the kernel left
+ * that moment open; a signalfd can be polled without taking anything.
+ * sfd < 0 (no signalfd): sigwait, with that moment. */
+static int next_signal(struct broker *b, int sfd, const sigset_t *set)
+{
+	bool counted = false;
 	for (;;) {
-		struct pollfd p = {.fd = sfd, .events = POLLIN};
-		if (poll(&p, 1, -1) < 0)
-			continue;
-		sigset_t pending;
-		if (!*announced && sigpending(&pending) == 0 &&
-		    sigismember(&pending, SIGHUP) == 1) {
-			atomic_fetch_add_explicit(&b->reload_started, 1,
-						  memory_order_acq_rel);
-			*announced = true;
+		int sig;
+		if (sfd < 0) {
+			if (sigwait(set, &sig) != 0)
+				continue;
+		} else {
+			struct pollfd p = {.fd = sfd, .events = POLLIN};
+			if (poll(&p, 1, -1) < 0)
+				continue;
+			sigset_t pending;
+			if (!counted && sigpending(&pending) == 0 &&
+			    sigismember(&pending, SIGHUP) == 1) {
+				reload_announce(b);
+				counted = true;
+			}
+			struct signalfd_siginfo si;
+			if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
+				sig = (int)si.ssi_signo;
+			else if (errno == EAGAIN || errno == EINTR ||
+				 sigwait(set, &sig) != 0) /* unreadable */
+				continue;
 		}
-		struct signalfd_siginfo si;
-		if (read(sfd, &si, sizeof(si)) == (ssize_t)sizeof(si))
-			return (int)si.ssi_signo;
-		if (errno != EAGAIN && errno != EINTR) {
-			/* No signalfd to read: take it the old way. */
-			int sig;
-			if (sigwait(set, &sig) == 0)
-				return sig;
-		}
+		if (sig == SIGHUP && !counted)
+			reload_announce(b);
+		return sig;
 	}
 }
 
@@ -189,14 +196,11 @@ static void serve(struct broker *b, const struct options *o)
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGHUP);
 	int sfd = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-	bool announced = false;
 	for (;;) {
-		int sig;
-		if (sfd >= 0) {
-			sig = next_signal(b, sfd, &set, &announced);
-		} else if (sigwait(&set, &sig) != 0) {
-			continue;
-		}
+		/* A SIGHUP comes back counted, before the files are read: a
+		 * client connecting after the signal must not be served under
+		 * the old ACL. */
+		int sig = next_signal(b, sfd, &set);
 		if (sig != SIGHUP) {
 			notify("STOPPING=1");
 			log_msg(KITE_LOG_NOTICE, "kite version %s terminating",
@@ -205,12 +209,6 @@ static void serve(struct broker *b, const struct options *o)
 				close(sfd);
 			return;
 		}
-		/* Before the files are read: a client connecting after the
-		 * signal must not be served under the old ACL. */
-		if (!announced)
-			atomic_fetch_add_explicit(&b->reload_started, 1,
-						  memory_order_acq_rel);
-		announced = false;
 		notify_reloading();
 		struct kite_config *next = malloc(sizeof(*next));
 		char err[KITE_CONFIG_ERR_MAX] = "configuration error";
