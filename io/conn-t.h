@@ -10,6 +10,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "core/ratecap.h"
+
 #ifndef SOL_TLS
 #define SOL_TLS 282 /* linux/socket.h; older libc headers lack it */
 #endif
@@ -279,10 +281,9 @@ struct conn_rare {
 	 * read. */
 	uint8_t *proxy_buf;
 	uint16_t proxy_len;
-	/* Kernel TLS key updates from the client in the current second
-	 * (ktls.c caps them: each costs kite far more than the client). */
-	uint8_t key_updates;
-	uint16_t key_update_second;
+	/* When the client's last kernel TLS key updates came (ktls.c caps
+	 * them: each costs kite far more than the client). */
+	struct ratecap key_updates;
 	/* SUBACK/UNSUBACKs held until the home shards of the shared
 	 * subscriptions they name confirmed (share.c), in packet order. */
 	struct held_ack *held_acks;

@@ -200,7 +200,7 @@ static void ktls_owe(struct conn *c, uint8_t what)
 
 /* Ordinary clients update after gigabytes (or never); GnuTLS allows 8
  * per second too. */
-#define KTLS_KEY_UPDATES_PER_SECOND 8
+_Static_assert(RATECAP_EVENTS == 8, "the log line says 8 KeyUpdates");
 
 /* Moves one direction to its next TLS 1.3 key, in the kernel too.
  * 0, or an errno for the log (the key material is wiped either way). */
@@ -231,16 +231,10 @@ static void ktls_peer_key_update(struct conn *c, bool update_requested)
 		conn_close(c, why, true);
 		return;
 	}
-	uint16_t second = (uint16_t)(c->shard->now_ms / 1000);
-	if (second != rare->key_update_second) {
-		rare->key_update_second = second;
-		rare->key_updates = 0;
-	}
-	if (++rare->key_updates > KTLS_KEY_UPDATES_PER_SECOND) {
+	if (!ratecap_admit(&rare->key_updates, c->shard->now_ms, 1000)) {
 		char why[96];
 		snprintf(why, sizeof(why), "too many TLS KeyUpdates from %s "
-			 "(more than %d in a second)", ktls_peer(c),
-			 KTLS_KEY_UPDATES_PER_SECOND);
+			 "(more than 8 in a second)", ktls_peer(c));
 		conn_close(c, why, true);
 		return;
 	}

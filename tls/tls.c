@@ -28,6 +28,7 @@
  * revoked certificate (crlfile) or a changed CA is checked again in a
  * full handshake. */
 #include "tls/tls.h"
+#include "core/ratecap.h"
 #include "tls/rec.h"
 
 #include <arpa/inet.h>
@@ -100,7 +101,7 @@ _Static_assert(sizeof(struct tls12_crypto_info_chacha20_poly1305) == 4 + 12 + 32
 
 /* Client KeyUpdates a second a connection may ask for (io/ktls.c has the
  * same bound for kTLS connections). */
-#define TLS_KEY_UPDATES_PER_S 8
+_Static_assert(RATECAP_EVENTS == 8, "the error says 8 key updates");
 /* Records in a row that carry no application data (empty ones, warning
  * and user_canceled alerts, declined renegotiations) a userspace
  * connection takes: each costs a decryption and may cost an answer, for
@@ -152,9 +153,8 @@ struct tls_conn {
 	size_t part_len;
 	bool shed_wanted;
 	bool resumed;
-	uint8_t key_updates;	 /* in the second since key_update_s */
+	struct ratecap key_updates; /* when the last ones came */
 	uint8_t idle_records;	 /* in a row, see TLS_IDLE_RECORDS_MAX */
-	uint64_t key_update_s;
 	bool close_sent;	 /* our close_notify is sealed: no more data */
 	const char *version_str, *cipher_str; /* OpenSSL's static names */
 	bool hs_done;
@@ -1609,15 +1609,12 @@ static int rec_handshake(struct tls_conn *c, const uint8_t *m, size_t n)
 		return rec_fail(c, SSL_AD_ILLEGAL_PARAMETER,
 				"key update with a bad request_update");
 	/* Each costs us HKDF expansions and a key set-up for the client's
-	 * 5 bytes: as with kTLS (and GnuTLS), more than
-	 * TLS_KEY_UPDATES_PER_S a second end the connection. */
+	 * 5 bytes: as with kTLS (and GnuTLS), more than 8 in any second
+	 * end the connection. */
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	if ((uint64_t)ts.tv_sec != c->key_update_s) {
-		c->key_update_s = (uint64_t)ts.tv_sec;
-		c->key_updates = 0;
-	}
-	if (++c->key_updates > TLS_KEY_UPDATES_PER_S)
+	uint64_t now_ms = (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	if (!ratecap_admit(&c->key_updates, now_ms, 1000))
 		return rec_fail(c, SSL_AD_UNEXPECTED_MESSAGE,
 				"more than 8 key updates in a second");
 	if (tls_rec_rekey(c->rec, TLS_KTLS_RX))
