@@ -209,6 +209,7 @@ static void shard_run_takeovers(struct shard *s)
 {
 	struct takeover *t = s->takeovers, *waiting = NULL, **tail = &waiting;
 	s->takeovers = NULL;
+	s->takeover_next_turn = false;
 	while (t) {
 		struct takeover *next = t->next;
 		struct conn *oc = t->old->conn;
@@ -222,6 +223,11 @@ static void shard_run_takeovers(struct shard *s)
 		 * deferred to the next enter (a loaded shard). */
 		bool unseen = t->queued_at == s->waits;
 		if (oc && (oc->parked || fresh || unseen)) {
+			/* A parked one waits for its unpark (a reload's or a
+			 * hand-off's item wakes the shard), not for a turn: a
+			 * reload would otherwise keep the wait at 1 ms. */
+			if (!oc->parked)
+				s->takeover_next_turn = true;
 			t->next = NULL;
 			*tail = t;
 			tail = &t->next;
@@ -983,7 +989,7 @@ static void *shard_main(void *arg)
 		bool unwritten = persist_turn_end(s);
 		loop_flush_dirty(s);
 		bool backlog = shard_flush_overflow(s) || unwritten ||
-			       s->takeovers;
+			       s->takeover_next_turn;
 		if (s->input_paused)
 			shard_resume_input(s);
 		shard_send_wakeups(s);

@@ -325,6 +325,10 @@ struct shard {
 	 * connection sent before the new one's CONNECT is served first, as
 	 * by Mosquitto's one loop. */
 	struct takeover *takeovers, **takeovers_tail;
+	/* One of them waits only for the next turn, not for its old
+	 * connection to be unparked (whatever unparks it wakes the shard):
+	 * the shard's wait must not sleep. */
+	bool takeover_next_turn;
 	uint32_t waits; /* io_uring waits so far (takeover.queued_at) */
 
 	/* Finished send contexts for reuse, by class (conn.c). */

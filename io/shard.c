@@ -348,6 +348,7 @@ void shard_queue_takeover(struct shard *s, struct takeover *t)
 {
 	t->next = NULL;
 	t->queued_at = s->waits;
+	s->takeover_next_turn = true;
 	if (!s->takeovers)
 		s->takeovers_tail = &s->takeovers;
 	*s->takeovers_tail = t;
