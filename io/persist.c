@@ -663,13 +663,19 @@ static void log_msg_record(struct shard *s, struct msg *m, uint64_t id)
 }
 
 /* m's id, with its MSG record ahead of the record about to refer to it. */
-static uint64_t log_msg_ref(struct shard *s, struct msg *m)
+/* m's MSG record, unless it was the last one logged; m is named id. */
+static void log_msg_once(struct shard *s, struct msg *m, uint64_t id)
 {
-	uint64_t id = persist_msg_id(s, m);
 	if (s->log->last_logged_msg != id) {
 		log_msg_record(s, m, id);
 		s->log->last_logged_msg = id;
 	}
+}
+
+static uint64_t log_msg_ref(struct shard *s, struct msg *m)
+{
+	uint64_t id = persist_msg_id(s, m);
+	log_msg_once(s, m, id);
 	return id;
 }
 
@@ -811,11 +817,10 @@ void persist_out(struct session *ss, uint64_t msg_id, uint16_t pid,
 		log_out(ss->shard, ss->id, msg_id, pid, state);
 }
 
-void persist_sent(struct session *ss, struct msg *m, const struct deliv *d,
-		  uint16_t pid)
+/* persist_sent for a logged session; m's id. */
+static uint64_t log_sent(struct session *ss, struct msg *m,
+			 const struct deliv *d, uint16_t pid)
 {
-	if (!logs(ss))
-		return;
 	struct shard *s = ss->shard;
 	struct shard_log *l = s->log;
 	uint64_t id = persist_msg_id(s, m);
@@ -823,7 +828,7 @@ void persist_sent(struct session *ss, struct msg *m, const struct deliv *d,
 			  sizeof(l->sent_list) - l->sent_len <
 				  JOURNAL_SENT_LEN_MAX))
 		log_sent_flush(s);
-	log_msg_ref(s, m); /* before the SENT record, which follows it */
+	log_msg_once(s, m, id); /* before the SENT record, which follows it */
 	if (acks_have(l, ss->id, id))
 		log_acks_flush(s); /* the ack of an earlier copy goes first */
 	struct journal_sent e = {
@@ -838,6 +843,14 @@ void persist_sent(struct session *ss, struct msg *m, const struct deliv *d,
 	l->sent_len += (uint32_t)journal_sent_encode(
 		l->sent_list + l->sent_len, &l->sent_prev_key, &e);
 	l->sent_n++;
+	return id;
+}
+
+void persist_sent(struct session *ss, struct msg *m, const struct deliv *d,
+		  uint16_t pid)
+{
+	if (logs(ss))
+		log_sent(ss, m, d, pid);
 }
 
 void persist_done(struct session *ss, uint64_t msg_id)
@@ -1324,8 +1337,7 @@ static void snapshot_session(struct shard *s, struct session *ss)
 		if (f->msg && (f->state == INFLIGHT_WAIT_PUBACK ||
 			       f->state == INFLIGHT_WAIT_PUBREC) &&
 		    f->d.qos == (f->state == INFLIGHT_WAIT_PUBACK ? 1 : 2)) {
-			persist_sent(ss, f->msg, &f->d, f->pid);
-			f->msg_id = persist_msg_id(s, f->msg);
+			f->msg_id = log_sent(ss, f->msg, &f->d, f->pid);
 			continue;
 		}
 		if (f->msg) {
