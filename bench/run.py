@@ -1253,8 +1253,11 @@ def write_table(path, doc, scs):
     L.append(f"# kite vs Mosquitto — {doc['meta']['profile']} run, "
              f"{doc['meta']['date']}")
     L.append("")
-    L.append(f"Machine: {doc['meta']['cpus']} CPUs, kernel "
-             f"{doc['meta']['kernel']}. Broker pinned to CPU {BROKER_CPU}, "
+    L.append(f"Machine: {doc['meta']['cpus']} CPUs "
+             f"({doc['meta'].get('cpu_model', '?')}), kernel "
+             f"{doc['meta']['kernel']} (Meltdown: "
+             f"{doc['meta'].get('meltdown', '?')}; a getppid syscall "
+             f"{doc['meta'].get('syscall_ns', '?')} ns). Broker pinned to CPU {BROKER_CPU}, "
              f"kite-bench to CPU {GEN_CPU}. Mosquitto: "
              f"{doc['meta']['mosquitto_version']}.")
     if not kite_on:
@@ -1645,6 +1648,47 @@ def write_plots(outdir, doc, scs):
 
 # ---- main ----------------------------------------------------------------------
 
+def cpu_model():
+    """The CPU's name as /proc/cpuinfo gives it ("?" when it does not)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "?"
+
+
+def kernel_entry_mitigation():
+    """What the kernel does on every entry against Meltdown (PTI switches
+    page tables per syscall). It prices a syscall, so it moves brokers
+    that make many (Mosquitto, FlashMQ) more than kite, which batches
+    them in io_uring: tables from machines that differ here do not
+    compare."""
+    try:
+        with open("/sys/devices/system/cpu/vulnerabilities/meltdown") as f:
+            return f.read().strip()
+    except OSError:
+        return "?"
+
+
+def syscall_ns():
+    """Nanoseconds one trivial syscall (getppid) costs here, net of the
+    interpreter's loop: hosts differ tenfold (a VM with PTI pays ~1 us),
+    and brokers that make more syscalls per message pay it more."""
+    n = 200000
+    t = time.perf_counter()
+    for _ in range(n):
+        os.getppid()
+    sys_s = time.perf_counter() - t
+    t = time.perf_counter()
+    for _ in range(n):
+        os.getpid.__call__
+    loop_s = time.perf_counter() - t
+    return round(max(0.0, sys_s - loop_s) / n * 1e9)
+
+
 def mosquitto_version(binary):
     try:
         out = subprocess.run([binary, "-h"], capture_output=True, text=True,
@@ -1782,6 +1826,8 @@ def main():
                 loadavg_start=os.getloadavg(),
                 date=datetime.datetime.now().isoformat(timespec="seconds"),
                 kernel=platform.release(), cpus=os.cpu_count(),
+                cpu_model=cpu_model(), meltdown=kernel_entry_mitigation(),
+                syscall_ns=syscall_ns(),
                 mosquitto_version=mosquitto_version(args.mosquitto),
                 kite=args.kite, generator=args.gen, broker_cpu=BROKER_CPU,
                 generator_cpu=GEN_CPU, gen_bound_pct=args.gen_bound,
