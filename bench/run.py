@@ -1684,7 +1684,7 @@ def syscall_ns():
     sys_s = time.perf_counter() - t
     t = time.perf_counter()
     for _ in range(n):
-        os.getpid.__call__
+        abs(0)  # a call of the same shape that never enters the kernel
     loop_s = time.perf_counter() - t
     return round(max(0.0, sys_s - loop_s) / n * 1e9)
 

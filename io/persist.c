@@ -662,7 +662,6 @@ static void log_msg_record(struct shard *s, struct msg *m, uint64_t id)
 	log_put(s, &r);
 }
 
-/* m's id, with its MSG record ahead of the record about to refer to it. */
 /* m's MSG record, unless it was the last one logged; m is named id. */
 static void log_msg_once(struct shard *s, struct msg *m, uint64_t id)
 {
@@ -672,6 +671,7 @@ static void log_msg_once(struct shard *s, struct msg *m, uint64_t id)
 	}
 }
 
+/* m's id, with its MSG record ahead of the record about to refer to it. */
 static uint64_t log_msg_ref(struct shard *s, struct msg *m)
 {
 	uint64_t id = persist_msg_id(s, m);

@@ -99,8 +99,9 @@ _Static_assert(sizeof(struct tls12_crypto_info_chacha20_poly1305) == 4 + 12 + 32
 #define TLS_TICKET_SECRET_LEN 32
 #define TLS_TICKET_ID_LEN 8
 
-/* Client KeyUpdates a second a connection may ask for (io/ktls.c has the
- * same bound for kTLS connections). */
+/* A connection may ask for RATECAP_EVENTS client KeyUpdates in any
+ * second (io/ktls.c has the same bound for kTLS connections); the error
+ * names the number. */
 _Static_assert(RATECAP_EVENTS == 8, "the error says 8 key updates");
 /* Records in a row that carry no application data (empty ones, warning
  * and user_canceled alerts, declined renegotiations) a userspace
