@@ -5,6 +5,8 @@
     SOAK_SECONDS=60 make soak         # shorter
     KITE_BIN=/usr/sbin/mosquitto SOAK_SECONDS=60 make soak   # for comparison
     SOAK_EXTRA_CONF=$'persistence true\\npersistence_location /tmp/s/' make soak
+                                      # as root, kite runs as `mosquitto`:
+                                      # chown mosquitto /tmp/s first
 
 Starts $KITE_BIN (default build/kite) on 127.0.0.1 with a plain listener and
 a server-only TLS listener (certificates made here with openssl), then runs
@@ -620,6 +622,9 @@ def main():
             if len(failures) > 20:
                 print("  - ... %d more" % (len(failures) - 20))
             if crashed is not None:
+                # The head names what failed (a sanitizer's report, an
+                # assertion); a leak report after it can run to pages.
+                print("--- broker log head ---\n" + text[:6000])
                 print("--- broker log tail ---\n" + text[-3000:])
             return 1
         print("soak: passed")
