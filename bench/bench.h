@@ -177,6 +177,10 @@ struct kb_transport {
 	ssize_t (*recv)(struct kb_conn *c, uint8_t *buf, size_t len);
 	ssize_t (*send)(struct kb_conn *c, const uint8_t *buf, size_t len);
 	void (*close)(struct kb_conn *c);
+	/* NULL, or: turns wbuf[wseal, wlen) into what goes on the wire
+	 * (TLS records) in place, so every send sends wire bytes, and a
+	 * turn's sends can leave together through io_uring. -1: broken. */
+	int (*seal)(struct kb_conn *c);
 };
 
 extern const struct kb_transport kb_transport_plain;
@@ -200,12 +204,15 @@ struct kb_conn {
 	uint16_t port;
 	uint32_t role_idx; /* index into pubs[] or subs[] */
 	uint32_t tp_wants; /* epoll events a handshake waits for */
+	bool tp_more;	   /* the transport holds input: read again now */
+	bool tp_flush;	   /* the transport has output of its own to send */
 	/* Trailing partial packet from the last recv. */
 	uint8_t *rbuf;
 	uint32_t rlen;
-	/* Unsent bytes are wbuf[woff, wlen). */
+	/* Unsent bytes are wbuf[woff, wlen); with a sealing transport,
+	 * wbuf[wseal, wlen) is still plaintext. */
 	uint8_t *wbuf;
-	uint32_t woff, wlen, wcap;
+	uint32_t woff, wlen, wcap, wseal;
 	uint64_t last_tx_ns;
 	const struct kb_transport *tp;
 	void *tp_state;

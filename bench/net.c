@@ -141,7 +141,8 @@ void kb_conn_close(struct kb *kb, uint32_t idx, bool graceful)
 		c->state = KB_ST_CLOSED;
 		return;
 	}
-	if (graceful && kb_conn_pending(c))
+	if (graceful && kb_conn_pending(c) &&
+	    (!c->tp->seal || c->tp->seal(c) == 0))
 		(void)c->tp->send(c, c->wbuf + c->woff, kb_conn_pending(c));
 	c->tp->close(c);
 	if (!graceful) {
@@ -158,7 +159,7 @@ void kb_conn_close(struct kb *kb, uint32_t idx, bool graceful)
 	c->rlen = 0;
 	free(c->wbuf);
 	c->wbuf = NULL;
-	c->wlen = c->woff = c->wcap = 0;
+	c->wlen = c->woff = c->wcap = c->wseal = 0;
 	kb_ws_free(c);
 }
 
@@ -168,13 +169,14 @@ uint8_t *kb_wbuf_reserve_raw(struct kb *kb, struct kb_conn *c, size_t n)
 {
 	(void)kb;
 	if (c->woff == c->wlen)
-		c->woff = c->wlen = 0;
+		c->woff = c->wlen = c->wseal = 0;
 	if ((size_t)c->wlen + n <= c->wcap)
 		return c->wbuf + c->wlen;
 	if (c->woff > 0) {
 		/* Slide unsent bytes to the front before growing. */
 		memmove(c->wbuf, c->wbuf + c->woff, c->wlen - c->woff);
 		c->wlen -= c->woff;
+		c->wseal -= c->woff < c->wseal ? c->woff : c->wseal;
 		c->woff = 0;
 		if ((size_t)c->wlen + n <= c->wcap)
 			return c->wbuf + c->wlen;
@@ -244,7 +246,7 @@ static int conn_sent(struct kb *kb, uint32_t idx)
 		c->out_armed = want_out;
 	}
 	if (!want_out)
-		c->woff = c->wlen = 0;
+		c->woff = c->wlen = c->wseal = 0;
 	return 0;
 }
 
@@ -253,6 +255,8 @@ static int conn_sent(struct kb *kb, uint32_t idx)
 static int conn_flush(struct kb *kb, uint32_t idx)
 {
 	struct kb_conn *c = &kb->conns[idx];
+	if (c->tp->seal && c->tp->seal(c) != 0)
+		return -1;
 	while (kb_conn_pending(c)) {
 		ssize_t n = c->tp->send(c, c->wbuf + c->woff, kb_conn_pending(c));
 		kb->io_sends++;
@@ -303,8 +307,9 @@ static void reap_sends(struct kb *kb)
 	io_uring_cq_advance(&kb->ring, n);
 }
 
-/* Plain TCP: one IORING_OP_SEND per connection with bytes to send, all
- * submitted with one io_uring_enter. The sockets are non-blocking and the
+/* One IORING_OP_SEND per connection with bytes to send (TLS: records
+ * sealed here first, see kb_transport.seal), all submitted with one
+ * io_uring_enter. The sockets are non-blocking and the
  * sends carry MSG_DONTWAIT, so each completes during the submit (a full
  * socket answers -EAGAIN instead of arming a poll) and the turn sees every
  * result before it ends, as with send(2). A short send means the socket
@@ -322,9 +327,8 @@ static void flush_uring(struct kb *kb)
 			c->dirty = false;
 			if (c->fd < 0 || c->state == KB_ST_TCP)
 				continue;
-			if (c->tp != &kb_transport_plain) {
-				if (conn_flush(kb, idx) != 0)
-					conn_lost(kb, idx);
+			if (c->tp->seal && c->tp->seal(c) != 0) {
+				conn_lost(kb, idx);
 				continue;
 			}
 			if (!kb_conn_pending(c)) {
@@ -535,9 +539,17 @@ void kb_handle_event(struct kb *kb, uint32_t idx, uint32_t events,
 		return;
 	}
 	if (events & (EPOLLIN | EPOLLERR | EPOLLHUP)) {
-		if (conn_read(kb, idx, now) != 0) {
-			conn_lost(kb, idx);
-			return;
+		do {
+			if (conn_read(kb, idx, now) != 0) {
+				conn_lost(kb, idx);
+				return;
+			}
+		} while (c->tp_more && c->fd >= 0 && c->state != KB_ST_CLOSED);
+		if (c->tp_flush && c->fd >= 0) {
+			/* Records the reads made (an alert, a KeyUpdate's
+			 * answer) leave with this turn's sends. */
+			c->tp_flush = false;
+			kb_wbuf_commit_raw(kb, c, 0);
 		}
 	}
 	if ((events & EPOLLOUT) && c->fd >= 0 && !c->dirty) {

@@ -16,6 +16,7 @@
  * --tls-resume each client identity keeps the session (with its ticket) of
  * its last connection and the next connection under that identity offers
  * it (SSL_set_session): the fleet reconnecting after a network outage. */
+#include <assert.h>
 #include <dirent.h>
 #include <errno.h>
 #include <stdint.h>
@@ -23,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <openssl/err.h>
@@ -143,10 +145,14 @@ int kb_tls_init(const struct kb_opts *o, char *err, size_t errlen)
 					   (o->tls_resume ? 0 : SSL_OP_NO_TICKET));
 	T.resume = o->tls_resume;
 	/* The send buffer moves (realloc, memmove) between retries, and a
-	 * write may complete record by record. */
+	 * write may complete record by record. OpenSSL's buffers stay with
+	 * the connection (no RELEASE_BUFFERS): releasing them costs a
+	 * malloc and a free per record at every message rate. */
 	SSL_CTX_set_mode(T.ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
-					SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER |
-					SSL_MODE_RELEASE_BUFFERS);
+					SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+	/* One read(2) takes every record the socket holds, instead of one
+	 * for each record's header and another for its body. */
+	SSL_CTX_set_read_ahead(T.ctx, 1);
 	if (o->cafile) {
 		if (SSL_CTX_load_verify_locations(T.ctx, o->cafile, NULL) != 1) {
 			tls_err(o->cafile);
@@ -215,6 +221,65 @@ uint32_t kb_tls_identities(void)
 
 /* ---- transport ---------------------------------------------------------- */
 
+/* Moves the records OpenSSL wrote to memory to the end of c->wbuf, as
+ * bytes for the wire. Plaintext not yet sealed must not sit there. */
+static int wire_take(struct kb_conn *c)
+{
+	SSL *ssl = c->tp_state;
+	BIO *wbio = SSL_get_wbio(ssl);
+	size_t n = BIO_ctrl_pending(wbio);
+	assert(c->wseal == c->wlen);
+	if (!n)
+		return 0;
+	uint8_t *p = kb_wbuf_reserve_raw(NULL, c, n);
+	if (!p || BIO_read(wbio, p, (int)n) != (int)n)
+		return -1;
+	c->wlen += (uint32_t)n;
+	c->wseal = c->wlen;
+	return 0;
+}
+
+/* Sends what is sealed, directly (the handshake, close_notify). */
+static int wire_push(struct kb_conn *c)
+{
+	while (c->woff < c->wseal) {
+		ssize_t n = send(c->fd, c->wbuf + c->woff, c->wseal - c->woff,
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
+		if (n > 0) {
+			c->woff += (uint32_t)n;
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? 0
+									   : -1;
+	}
+	return 0;
+}
+
+/* Encrypts the plaintext queued since the last seal into records, in
+ * place of it: wbuf[wseal, wlen) becomes ciphertext. */
+static int tls_seal(struct kb_conn *c)
+{
+	SSL *ssl = c->tp_state;
+	uint32_t plain = c->wlen - c->wseal;
+	if (!plain && !BIO_ctrl_pending(SSL_get_wbio(ssl)))
+		return 0;
+	ERR_clear_error();
+	/* The memory BIO takes every record: SSL_write never waits. */
+	for (uint32_t done = 0; done < plain;) {
+		int n = SSL_write(ssl, c->wbuf + c->wseal + done,
+				  (int)(plain - done));
+		if (n <= 0) {
+			tls_err("SSL_write");
+			return -1;
+		}
+		done += (uint32_t)n;
+	}
+	c->wlen = c->wseal; /* the plaintext is in the records now */
+	return wire_take(c);
+}
+
 static int tls_start(struct kb_conn *c)
 {
 	SSL *ssl = c->tp_state;
@@ -240,12 +305,31 @@ static int tls_start(struct kb_conn *c)
 				return -1;
 			}
 		}
-		SSL_set_fd(ssl, c->fd);
+		/* Reads come from the socket; records written go to memory
+		 * and reach the socket with the plain bytes' sends
+		 * (tls_seal), so a turn's sends leave in one io_uring_enter
+		 * instead of a write(2) per record. */
+		BIO *wbio = BIO_new(BIO_s_mem());
+		if (!wbio || SSL_set_rfd(ssl, c->fd) != 1) {
+			BIO_free(wbio);
+			tls_err("BIO");
+			SSL_free(ssl);
+			return -1;
+		}
+		SSL_set0_wbio(ssl, wbio);
 		SSL_set_connect_state(ssl);
 		c->tp_state = ssl;
 	}
 	ERR_clear_error();
 	int rc = SSL_do_handshake(ssl);
+	/* The handshake's own records: at once, the socket is nearly
+	 * empty now; what it refuses waits for EPOLLOUT (or, once the
+	 * handshake is done, for the first flush). */
+	if (wire_take(c) != 0 || wire_push(c) != 0) {
+		tls_err("TLS handshake: send");
+		T.failures++;
+		return -1;
+	}
 	if (rc == 1) {
 		T.resumed += SSL_session_reused(ssl);
 		if (!T.handshakes++)
@@ -256,10 +340,8 @@ static int tls_start(struct kb_conn *c)
 	}
 	switch (SSL_get_error(ssl, rc)) {
 	case SSL_ERROR_WANT_READ:
-		c->tp_wants = EPOLLIN;
-		return 0;
 	case SSL_ERROR_WANT_WRITE:
-		c->tp_wants = EPOLLIN | EPOLLOUT;
+		c->tp_wants = EPOLLIN | (kb_conn_pending(c) ? EPOLLOUT : 0);
 		return 0;
 	default: {
 		long vr = SSL_get_verify_result(ssl);
@@ -297,15 +379,18 @@ static void session_keep(SSL *ssl)
 	SSL_set_app_data(ssl, (void *)(tag | 1));
 }
 
-/* Reads records while the buffer can take a whole one (16 KiB of
- * plaintext), so no decrypted bytes stay behind in OpenSSL where a
- * level-triggered epoll would not see them. */
-static ssize_t tls_recv(struct kb_conn *c, uint8_t *buf, size_t len)
+/* Reads records until OpenSSL wants the socket again. With read-ahead
+ * OpenSSL may hold bytes the socket no longer has, where a level-triggered
+ * epoll would not see them: when the buffer fills first, c->tp_more asks
+ * the loop to come back at once (the caller consumes whole packets, so
+ * each pass makes room). */
+static ssize_t tls_read_records(struct kb_conn *c, uint8_t *buf, size_t len)
 {
 	SSL *ssl = c->tp_state;
 	size_t got = 0;
 	ERR_clear_error();
-	while (got == 0 || len - got >= 16384 + 256) {
+	c->tp_more = false;
+	while (got < len) {
 		errno = 0;
 		int n = SSL_read(ssl, buf + got, (int)(len - got > INT32_MAX
 							 ? INT32_MAX
@@ -335,26 +420,25 @@ static ssize_t tls_recv(struct kb_conn *c, uint8_t *buf, size_t len)
 			errno = EIO;
 		return -1;
 	}
+	c->tp_more = true; /* full: OpenSSL may hold more */
 	return (ssize_t)got;
 }
 
+static ssize_t tls_recv(struct kb_conn *c, uint8_t *buf, size_t len)
+{
+	ssize_t n = tls_read_records(c, buf, len);
+	/* Records of its own the reading wrote (an alert, a KeyUpdate's
+	 * answer) leave at the next seal. */
+	if (BIO_ctrl_pending(SSL_get_wbio(c->tp_state)))
+		c->tp_flush = true;
+	return n;
+}
+
+/* Sends wire bytes: tls_seal made records of the plaintext first. */
 static ssize_t tls_send(struct kb_conn *c, const uint8_t *buf, size_t len)
 {
-	SSL *ssl = c->tp_state;
-	ERR_clear_error();
-	int n = SSL_write(ssl, buf, (int)(len > INT32_MAX ? INT32_MAX : len));
-	if (n > 0)
-		return n;
-	int e = SSL_get_error(ssl, n);
-	if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
-		errno = EAGAIN;
-		return -1;
-	}
-	if (e == SSL_ERROR_SSL)
-		tls_err("SSL_write");
-	if (!errno || errno == EAGAIN)
-		errno = EIO;
-	return -1;
+	assert(c->wseal == c->wlen);
+	return send(c->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
 }
 
 static void tls_close(struct kb_conn *c)
@@ -366,7 +450,10 @@ static void tls_close(struct kb_conn *c)
 	if (SSL_is_init_finished(ssl) && c->state != KB_ST_DISCONNECTING &&
 	    !(SSL_get_shutdown(ssl) & (SSL_SENT_SHUTDOWN |
 				       SSL_RECEIVED_SHUTDOWN)))
-		(void)SSL_shutdown(ssl); /* close_notify, best effort */
+		/* close_notify, best effort, after what is still queued */
+		if (tls_seal(c) == 0 && SSL_shutdown(ssl) >= 0 &&
+		    wire_take(c) == 0)
+			(void)wire_push(c);
 	ERR_clear_error();
 	SSL_free(ssl);
 	c->tp_state = NULL;
@@ -378,4 +465,5 @@ const struct kb_transport kb_transport_tls = {
 	.recv = tls_recv,
 	.send = tls_send,
 	.close = tls_close,
+	.seal = tls_seal,
 };
