@@ -144,10 +144,10 @@ int kb_tls_init(const struct kb_opts *o, char *err, size_t errlen)
 	SSL_CTX_set_options(T.ctx, SSL_OP_NO_COMPRESSION |
 					   (o->tls_resume ? 0 : SSL_OP_NO_TICKET));
 	T.resume = o->tls_resume;
-	/* The send buffer moves (realloc, memmove) between retries, and a
-	 * write may complete record by record. OpenSSL's buffers stay with
-	 * the connection (no RELEASE_BUFFERS): releasing them costs a
-	 * malloc and a free per record at every message rate. */
+	/* Writes go to a memory BIO (tls_seal) and never wait, so these
+	 * modes only keep a retry harmless. OpenSSL's buffers stay with the
+	 * connection (no RELEASE_BUFFERS): releasing them costs a malloc
+	 * and a free per record at every message rate. */
 	SSL_CTX_set_mode(T.ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
 					SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
 	/* One read(2) takes every record the socket holds, instead of one
@@ -449,11 +449,12 @@ static void tls_close(struct kb_conn *c)
 	/* A storm connection is closed after the broker closed it. */
 	if (SSL_is_init_finished(ssl) && c->state != KB_ST_DISCONNECTING &&
 	    !(SSL_get_shutdown(ssl) & (SSL_SENT_SHUTDOWN |
-				       SSL_RECEIVED_SHUTDOWN)))
+				       SSL_RECEIVED_SHUTDOWN))) {
 		/* close_notify, best effort, after what is still queued */
 		if (tls_seal(c) == 0 && SSL_shutdown(ssl) >= 0 &&
 		    wire_take(c) == 0)
 			(void)wire_push(c);
+	}
 	ERR_clear_error();
 	SSL_free(ssl);
 	c->tp_state = NULL;
