@@ -885,35 +885,56 @@ static bool ack_reason_known(uint8_t reason)
 	return false;
 }
 
-enum mqtt_rc mqtt_decode_ack(const uint8_t *body, size_t len, uint8_t version,
-			     struct mqtt_ack *out)
+/* props: where the properties go, or NULL to check them and drop them
+ * (then only a body that has some pays for a table). */
+static enum mqtt_rc decode_ack(const uint8_t *body, size_t len,
+			       uint8_t version, uint16_t *packet_id,
+			       uint8_t *reason, struct mqtt_props *props)
 {
-	assert(out && (body || len == 0));
+	assert(packet_id && reason && (body || len == 0));
 	assert_version(version);
-	memset(out, 0, sizeof(*out));
 	struct rd r = {body, len, 0};
 
-	if (!rd_u16(&r, &out->packet_id))
+	*packet_id = 0;
+	*reason = 0;
+	if (!rd_u16(&r, packet_id))
 		return MQTT_RC_MALFORMED_PACKET;
 	if (version < MQTT_V5 && len != 2)
 		return MQTT_RC_MALFORMED_PACKET;
 	/* Mosquitto (handle__pubackcomp) answers a zero id with a protocol
 	 * error. */
-	if (out->packet_id == 0)
+	if (*packet_id == 0)
 		return MQTT_RC_PROTOCOL_ERROR;
 	if (rd_left(&r) == 0)
 		return MQTT_RC_SUCCESS;
-	(void)rd_u8(&r, &out->reason);
+	(void)rd_u8(&r, reason);
 	if (rd_left(&r) > 0) {
+		struct mqtt_props dropped;
 		enum mqtt_rc rc = rd_props(&r, version, MQTT_PROPS_PUBACK,
-					   &out->props);
+					   props ? props : &dropped);
 		if (rc != MQTT_RC_SUCCESS)
 			return rc;
 		if (rd_left(&r) != 0)
 			return MQTT_RC_MALFORMED_PACKET;
 	}
-	return ack_reason_known(out->reason) ? MQTT_RC_SUCCESS
-					     : MQTT_RC_PROTOCOL_ERROR;
+	return ack_reason_known(*reason) ? MQTT_RC_SUCCESS
+					 : MQTT_RC_PROTOCOL_ERROR;
+}
+
+enum mqtt_rc mqtt_decode_ack(const uint8_t *body, size_t len, uint8_t version,
+			     struct mqtt_ack *out)
+{
+	assert(out);
+	memset(out, 0, sizeof(*out));
+	return decode_ack(body, len, version, &out->packet_id, &out->reason,
+			  &out->props);
+}
+
+enum mqtt_rc mqtt_decode_ack_id(const uint8_t *body, size_t len,
+				uint8_t version, uint16_t *packet_id,
+				uint8_t *reason)
+{
+	return decode_ack(body, len, version, packet_id, reason, NULL);
 }
 
 #define SUB_OPT_QOS 0x03

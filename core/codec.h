@@ -199,6 +199,12 @@ struct mqtt_ack {
 };
 enum mqtt_rc mqtt_decode_ack(const uint8_t *body, size_t len, uint8_t version,
 			     struct mqtt_ack *out);
+/* The same checks and answers, keeping only the packet id and reason: a
+ * broker handles one per delivery at QoS 1 and 2, and filling the
+ * property table (over 200 bytes) would cost more than the rest. */
+enum mqtt_rc mqtt_decode_ack_id(const uint8_t *body, size_t len,
+				uint8_t version, uint16_t *packet_id,
+				uint8_t *reason);
 
 /* SUBSCRIBE and UNSUBSCRIBE are decoded and fully validated in one pass
  * (at least one entry; every filter non-empty, valid UTF-8, wildcards

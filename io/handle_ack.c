@@ -15,8 +15,12 @@ static void ack_send(struct conn *c, uint8_t type, uint16_t pid, uint8_t rc)
 int handle_ack(struct conn *c, const struct mqtt_fixed_header *h,
 	       const uint8_t *body, size_t len)
 {
-	struct mqtt_ack a;
-	enum mqtt_rc rc = mqtt_decode_ack(body, len, c->version, &a);
+	struct {
+		uint16_t packet_id;
+		uint8_t reason;
+	} a;
+	enum mqtt_rc rc = mqtt_decode_ack_id(body, len, c->version,
+					     &a.packet_id, &a.reason);
 	if (rc != MQTT_RC_SUCCESS) {
 		conn_protocol_error(c, rc, "invalid acknowledgement");
 		return -1;

@@ -1526,6 +1526,41 @@ TEST(codec_ack_v5_short_and_long_forms_decode)
 	CHECK(bytes_eq(ack.props.reason_string, "full"));
 }
 
+TEST(codec_ack_id_answers_as_the_full_decoder)
+{
+	struct buf p = {.n = 0}, pp = {.n = 0};
+	put_u16(&p, 9);
+	put_u8(&p, MQTT_RC_QUOTA_EXCEEDED);
+	put_u8(&pp, MQTT_PROP_REASON_STRING), put_str(&pp, "full");
+	put_props(&p, &pp);
+	const uint8_t two[] = {0, 9}, zero[] = {0, 0}, one[] = {0};
+	const uint8_t three[] = {0, 9, MQTT_RC_NO_MATCHING_SUBSCRIBERS};
+	const uint8_t unknown[] = {0, 9, 0x81};
+	const uint8_t bad_props[] = {0, 9, 0, 3, 0x01};
+	const struct {
+		const uint8_t *b;
+		size_t n;
+	} in[] = {{two, 2}, {zero, 2}, {one, 1}, {three, 3}, {unknown, 3},
+		  {bad_props, 5}, {p.b, p.n}};
+	const uint8_t versions[] = {MQTT_V311, MQTT_V5};
+	for (size_t v = 0; v < ARRAY_LEN(versions); v++) {
+		for (size_t i = 0; i < ARRAY_LEN(in); i++) {
+			struct mqtt_ack ack;
+			uint16_t id;
+			uint8_t reason;
+			enum mqtt_rc rc = mqtt_decode_ack(in[i].b, in[i].n,
+							  versions[v], &ack);
+			CHECK_EQ(mqtt_decode_ack_id(in[i].b, in[i].n,
+						    versions[v], &id, &reason),
+				 rc);
+			if (rc == MQTT_RC_SUCCESS) {
+				CHECK_EQ(id, ack.packet_id);
+				CHECK_EQ(reason, ack.reason);
+			}
+		}
+	}
+}
+
 TEST(codec_ack_v5_reason_no_ack_may_carry_is_protocol_error)
 {
 	const uint8_t bad[] = {0x01, 0x04, 0x81, 0x82, 0x8e, 0x93, 0xff};
