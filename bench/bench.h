@@ -167,19 +167,19 @@ struct kb_ws;
 
 /* How bytes reach the socket. Plain TCP now; a TLS transport (OpenSSL over
  * the same non-blocking fd) plugs in here without touching the MQTT side.
- * recv/send return bytes moved, 0 for EOF (recv only), or -1 with errno
- * (EAGAIN when the socket is not ready). start returns 1 when the
+ * recv returns bytes moved, 0 for EOF, or -1 with errno (EAGAIN when the
+ * socket is not ready). start returns 1 when the
  * transport is ready for MQTT bytes, 0 while a handshake is in progress
  * (it then wants the events in c->tp_wants), -1 on failure. */
 struct kb_transport {
 	const char *name;
 	int (*start)(struct kb_conn *c);
 	ssize_t (*recv)(struct kb_conn *c, uint8_t *buf, size_t len);
-	ssize_t (*send)(struct kb_conn *c, const uint8_t *buf, size_t len);
 	void (*close)(struct kb_conn *c);
 	/* NULL, or: turns wbuf[wseal, wlen) into what goes on the wire
-	 * (TLS records) in place, so every send sends wire bytes, and a
-	 * turn's sends can leave together through io_uring. -1: broken. */
+	 * (TLS records) in place. Sends then move wire bytes only, the same
+	 * way for every transport, and a turn's sends leave together
+	 * through io_uring. -1: broken. */
 	int (*seal)(struct kb_conn *c);
 };
 
@@ -355,6 +355,10 @@ void kb_wbuf_commit(struct kb *kb, struct kb_conn *c, size_t n);
 /* The same without framing: bytes go to the socket as they are. */
 uint8_t *kb_wbuf_reserve_raw(struct kb *kb, struct kb_conn *c, size_t n);
 void kb_wbuf_commit_raw(struct kb *kb, struct kb_conn *c, size_t n);
+/* send(2)s wbuf[woff, wlen), which holds wire bytes only, until it is
+ * empty or the socket is full. Returns the calls made, -1 when the
+ * connection died. */
+int kb_conn_push(struct kb_conn *c);
 void kb_handle_event(struct kb *kb, uint32_t idx, uint32_t events,
 		     uint64_t now);
 void kb_flush_all(struct kb *kb);

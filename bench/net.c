@@ -33,11 +33,6 @@ static ssize_t plain_recv(struct kb_conn *c, uint8_t *buf, size_t len)
 	return recv(c->fd, buf, len, MSG_DONTWAIT);
 }
 
-static ssize_t plain_send(struct kb_conn *c, const uint8_t *buf, size_t len)
-{
-	return send(c->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-}
-
 static void plain_close(struct kb_conn *c)
 {
 	(void)c;
@@ -47,7 +42,6 @@ const struct kb_transport kb_transport_plain = {
 	.name = "tcp",
 	.start = plain_start,
 	.recv = plain_recv,
-	.send = plain_send,
 	.close = plain_close,
 };
 
@@ -143,7 +137,7 @@ void kb_conn_close(struct kb *kb, uint32_t idx, bool graceful)
 	}
 	if (graceful && kb_conn_pending(c) &&
 	    (!c->tp->seal || c->tp->seal(c) == 0))
-		(void)c->tp->send(c, c->wbuf + c->woff, kb_conn_pending(c));
+		(void)kb_conn_push(c);
 	c->tp->close(c);
 	if (!graceful) {
 		/* Reset instead of FIN: no TIME_WAIT left behind. */
@@ -250,16 +244,13 @@ static int conn_sent(struct kb *kb, uint32_t idx)
 	return 0;
 }
 
-/* Sends what is buffered; arms EPOLLOUT while the socket is full. Returns
- * -1 when the connection died. */
-static int conn_flush(struct kb *kb, uint32_t idx)
+int kb_conn_push(struct kb_conn *c)
 {
-	struct kb_conn *c = &kb->conns[idx];
-	if (c->tp->seal && c->tp->seal(c) != 0)
-		return -1;
+	int calls = 0;
 	while (kb_conn_pending(c)) {
-		ssize_t n = c->tp->send(c, c->wbuf + c->woff, kb_conn_pending(c));
-		kb->io_sends++;
+		ssize_t n = send(c->fd, c->wbuf + c->woff, kb_conn_pending(c),
+				 MSG_DONTWAIT | MSG_NOSIGNAL);
+		calls++;
 		if (n > 0) {
 			c->woff += (uint32_t)n;
 			continue;
@@ -270,6 +261,20 @@ static int conn_flush(struct kb *kb, uint32_t idx)
 			continue;
 		return -1;
 	}
+	return calls;
+}
+
+/* Sends what is buffered; arms EPOLLOUT while the socket is full. Returns
+ * -1 when the connection died. */
+static int conn_flush(struct kb *kb, uint32_t idx)
+{
+	struct kb_conn *c = &kb->conns[idx];
+	if (c->tp->seal && c->tp->seal(c) != 0)
+		return -1;
+	int calls = kb_conn_push(c);
+	if (calls < 0)
+		return -1;
+	kb->io_sends += (uint64_t)calls;
 	return conn_sent(kb, idx);
 }
 

@@ -24,7 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 
 #include <openssl/err.h>
@@ -239,24 +238,6 @@ static int wire_take(struct kb_conn *c)
 	return 0;
 }
 
-/* Sends what is sealed, directly (the handshake, close_notify). */
-static int wire_push(struct kb_conn *c)
-{
-	while (c->woff < c->wseal) {
-		ssize_t n = send(c->fd, c->wbuf + c->woff, c->wseal - c->woff,
-				 MSG_DONTWAIT | MSG_NOSIGNAL);
-		if (n > 0) {
-			c->woff += (uint32_t)n;
-			continue;
-		}
-		if (n < 0 && errno == EINTR)
-			continue;
-		return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) ? 0
-									   : -1;
-	}
-	return 0;
-}
-
 /* Encrypts the plaintext queued since the last seal into records, in
  * place of it: wbuf[wseal, wlen) becomes ciphertext. */
 static int tls_seal(struct kb_conn *c)
@@ -325,7 +306,7 @@ static int tls_start(struct kb_conn *c)
 	/* The handshake's own records: at once, the socket is nearly
 	 * empty now; what it refuses waits for EPOLLOUT (or, once the
 	 * handshake is done, for the first flush). */
-	if (wire_take(c) != 0 || wire_push(c) != 0) {
+	if (wire_take(c) != 0 || kb_conn_push(c) < 0) {
 		tls_err("TLS handshake: send");
 		T.failures++;
 		return -1;
@@ -434,13 +415,6 @@ static ssize_t tls_recv(struct kb_conn *c, uint8_t *buf, size_t len)
 	return n;
 }
 
-/* Sends wire bytes: tls_seal made records of the plaintext first. */
-static ssize_t tls_send(struct kb_conn *c, const uint8_t *buf, size_t len)
-{
-	assert(c->wseal == c->wlen);
-	return send(c->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-}
-
 static void tls_close(struct kb_conn *c)
 {
 	SSL *ssl = c->tp_state;
@@ -453,7 +427,7 @@ static void tls_close(struct kb_conn *c)
 		/* close_notify, best effort, after what is still queued */
 		if (tls_seal(c) == 0 && SSL_shutdown(ssl) >= 0 &&
 		    wire_take(c) == 0)
-			(void)wire_push(c);
+			(void)kb_conn_push(c);
 	}
 	ERR_clear_error();
 	SSL_free(ssl);
@@ -464,7 +438,6 @@ const struct kb_transport kb_transport_tls = {
 	.name = "tls",
 	.start = tls_start,
 	.recv = tls_recv,
-	.send = tls_send,
 	.close = tls_close,
 	.seal = tls_seal,
 };

@@ -15,12 +15,10 @@ static void ack_send(struct conn *c, uint8_t type, uint16_t pid, uint8_t rc)
 int handle_ack(struct conn *c, const struct mqtt_fixed_header *h,
 	       const uint8_t *body, size_t len)
 {
-	struct {
-		uint16_t packet_id;
-		uint8_t reason;
-	} a;
-	enum mqtt_rc rc = mqtt_decode_ack_id(body, len, c->version,
-					     &a.packet_id, &a.reason);
+	uint16_t pid;
+	uint8_t reason;
+	enum mqtt_rc rc = mqtt_decode_ack_id(body, len, c->version, &pid,
+					     &reason);
 	if (rc != MQTT_RC_SUCCESS) {
 		conn_protocol_error(c, rc, "invalid acknowledgement");
 		return -1;
@@ -29,30 +27,30 @@ int handle_ack(struct conn *c, const struct mqtt_fixed_header *h,
 	enum ack_result r = ACK_DONE;
 	switch (h->type) {
 	case MQTT_PUBACK:
-		r = session_on_puback(ss, a.packet_id);
+		r = session_on_puback(ss, pid);
 		break;
 	case MQTT_PUBREC:
-		r = session_on_pubrec(ss, a.packet_id, a.reason);
+		r = session_on_pubrec(ss, pid, reason);
 		/* A bridge's remote resends PUBRECs of a session older than
 		 * this broker's run: released, as Mosquitto does. */
 		if (r == ACK_UNKNOWN)
-			ack_send(c, MQTT_PUBREL, a.packet_id,
+			ack_send(c, MQTT_PUBREL, pid,
 				 c->bridge ? MQTT_RC_SUCCESS
 					   : MQTT_RC_PACKET_ID_NOT_FOUND);
 		break;
 	case MQTT_PUBREL: {
-		struct msg *m = session_qos2_release(ss, a.packet_id);
+		struct msg *m = session_qos2_release(ss, pid);
 		if (m)
-			publish_route(c, m, MQTT_PUBCOMP, a.packet_id);
+			publish_route(c, m, MQTT_PUBCOMP, pid);
 		else
 			/* Most often a PUBREL sent again after a reconnect,
 			 * whose PUBCOMP was lost: the message was released,
 			 * so answer success, as Mosquitto does. */
-			ack_send(c, MQTT_PUBCOMP, a.packet_id, MQTT_RC_SUCCESS);
+			ack_send(c, MQTT_PUBCOMP, pid, MQTT_RC_SUCCESS);
 		break;
 	}
 	case MQTT_PUBCOMP:
-		r = session_on_pubcomp(ss, a.packet_id);
+		r = session_on_pubcomp(ss, pid);
 		break;
 	}
 	if (r == ACK_WRONG) {
