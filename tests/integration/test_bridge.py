@@ -196,6 +196,19 @@ def test_queue_for_a_down_remote_survives_a_kill9(brokers, tmp_path, local_clean
     conf = ("persistence true\npersistence_location %s/\n" % data
             + bridge_conf("dq", rport, ["q/# out 1"],
                           "local_cleansession true\n" if local_clean else ""))
+    # rsub's subscription must exist before the bridge can reach the
+    # remote: Mosquitto drops what nobody is subscribed to, and a bridge
+    # retry between the remote's start and a later SUBSCRIBE would lose
+    # the queue for a reason that is not kite's. So the remote keeps
+    # rsub's session on disk across a stop, as an operator's would.
+    rdir = tmp_path / "remote"
+    rdir.mkdir()
+    rconf = "persistence true\npersistence_location %s/\n" % rdir
+    remote = brokers.start("mosquitto", rconf, port=rport, name="remote")
+    rsub = Paho(rport, client_id="rsub", clean=False)
+    rsub.subscribe("q/#", 1)
+    rsub.stop()
+    remote.stop()
     lport = harness.free_port()
     local = brokers.start("kite", conf, port=lport, name="local")
     pub = Paho(lport)
@@ -208,9 +221,8 @@ def test_queue_for_a_down_remote_survives_a_kill9(brokers, tmp_path, local_clean
     for i in range(100, 120):
         pub.publish("q/t", b"%d" % i, qos=1)
     pub.stop()
-    brokers.start("mosquitto", "", port=rport, name="remote")
-    rsub = Paho(rport, client_id="rsub")
-    rsub.subscribe("q/#", 1)
+    brokers.start("mosquitto", rconf, port=rport, name="remote")
+    rsub = Paho(rport, client_id="rsub", clean=False)
     want = list(range(120))
     if local_clean:
         wait_bridge_up(lport)
