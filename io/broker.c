@@ -49,20 +49,24 @@ static void reg_entry_free_cb(struct htab_link *l)
 
 static int broker_alloc(struct broker *b)
 {
+	for (unsigned li = 0; li < KITE_LISTENERS_MAX; li++)
+		b->listen_lock_fds[li] = -1;
+	pthread_mutex_init(&b->reg_lock, NULL);
+	pthread_mutex_init(&b->ctl_lock, NULL);
 	size_t rings = (size_t)(b->nshards + 1) * b->nshards;
 	b->xrings = aligned_alloc(64, sizeof(struct xring) * rings);
+	if (b->xrings)
+		for (size_t i = 0; i < rings; i++) {
+			atomic_init(&b->xrings[i].head, 0);
+			atomic_init(&b->xrings[i].tail, 0);
+		}
 	b->shards = calloc(b->nshards, sizeof(struct shard));
 	b->gtrie = gtrie_new();
 	b->retained = retain_new(msg_release_cb);
 	if (!b->xrings || !b->shards || !b->gtrie || !b->retained)
 		return -1;
-	for (size_t i = 0; i < rings; i++) {
-		atomic_init(&b->xrings[i].head, 0);
-		atomic_init(&b->xrings[i].tail, 0);
-	}
-	pthread_mutex_init(&b->reg_lock, NULL);
-	pthread_mutex_init(&b->ctl_lock, NULL);
-	return io_uring_queue_init(8, &b->ctl_ring, 0) < 0 ? -1 : 0;
+	b->ctl_ring_up = io_uring_queue_init(8, &b->ctl_ring, 0) == 0;
+	return b->ctl_ring_up ? 0 : -1;
 }
 
 /* As bridge_new decides it: a CA or a PSK means TLS to the remote. */
@@ -308,8 +312,6 @@ static int listener_claim(const struct kite_listener_cfg *l)
 
 static int broker_listen(struct broker *b)
 {
-	for (unsigned li = 0; li < KITE_LISTENERS_MAX; li++)
-		b->listen_lock_fds[li] = -1;
 	for (unsigned li = 0; li < b->cfg->listener_count; li++) {
 		const struct kite_listener_cfg *l = &b->cfg->listeners[li];
 		b->listen_lock_fds[li] = listener_claim(l);
@@ -412,36 +414,73 @@ void broker_wire(void)
 	route_set_upcalls(&route_up);
 }
 
+/* Gives back what broker_start built once no shard runs: after
+ * broker_stop, and after a start that failed part-way (`inited` shards
+ * had loop_init), so that a refused start (port taken, persistence
+ * unreadable) leaves nothing held, under a leak checker too. */
+static void broker_free(struct broker *b, unsigned inited)
+{
+	recover_stop();
+	/* Tearing sessions down updates the global trie, whose writers must
+	 * be registered RCU threads; no shard is left to read it. */
+	rcu_register_thread();
+	for (unsigned i = 0; i < inited; i++)
+		loop_fini(&b->shards[i]);
+	if (b->shards && b->xrings)
+		loop_discard_pending(b);
+	cluster_free(b);
+	rcu_barrier_qsbr();
+	retain_free(b->retained);
+	free(b->bridge_recovered);
+	gtrie_free(b->gtrie);
+	rcu_barrier_qsbr();
+	rcu_unregister_thread();
+	htab_fini(&b->reg, reg_entry_free_cb);
+	flood_filter_unload(b->flood);
+	for (unsigned li = 0; li < KITE_LISTENERS_MAX; li++)
+		if (b->listen_lock_fds[li] >= 0)
+			close(b->listen_lock_fds[li]);
+	free(b->shards);
+	free(b->xrings);
+	if (b->ctl_ring_up)
+		io_uring_queue_exit(&b->ctl_ring);
+}
+
 int broker_start(struct broker *b)
 {
 	broker_wire();
 	b->nshards = config_shard_count(b->cfg);
 	assert(b->nshards >= 1 && b->nshards <= KITE_SHARDS_MAX);
 	b->start_s = (uint64_t)time(NULL);
+	unsigned inited = 0;
 	if (broker_alloc(b) < 0) {
 		log_msg(KITE_LOG_ERR, "Error: out of memory at startup");
-		return -1;
+		goto fail;
 	}
 	broker_log_listeners(b);
-	for (unsigned i = 0; i < b->nshards; i++)
-		if (loop_init(&b->shards[i], b, i) < 0)
-			return -1;
+	for (; inited < b->nshards; inited++)
+		if (loop_init(&b->shards[inited], b, inited) < 0) {
+			inited++; /* loop_fini undoes a partial loop_init */
+			goto fail;
+		}
 	/* The port first: a second kite on the same config stops there,
 	 * before it touches the first one's persistence files. */
 	if (broker_listen(b) < 0)
-		return -1;
+		goto fail;
 	if (broker_load_flood_filter(b) < 0)
-		return -1;
+		goto fail;
 	/* Sockets bound, keys loaded, XDP attached: what needed root is done.
 	 * The persistence files are the user's (Mosquitto's order too). */
 	if (broker_drop_privileges(b->cfg) < 0)
-		return -1;
+		goto fail;
 	/* Before the sessions are revived: their subscriptions are the
 	 * node's interest on NATS. */
 	if (cluster_start(b) < 0)
-		return -1;
-	if (recover_start(b) < 0)
-		return -1;
+		goto fail;
+	if (recover_start(b) < 0) {
+		cluster_stop(b);
+		goto fail;
+	}
 	pthread_barrier_init(&b->started, NULL, b->nshards + 1);
 	for (unsigned i = 0; i < b->nshards; i++)
 		if (loop_start(&b->shards[i]) < 0) {
@@ -450,6 +489,9 @@ int broker_start(struct broker *b)
 		}
 	pthread_barrier_wait(&b->started);
 	return 0;
+fail:
+	broker_free(b, inited);
+	return -1;
 }
 
 void broker_stop(struct broker *b)
@@ -459,29 +501,8 @@ void broker_stop(struct broker *b)
 		shard_post_from_main(b, i, (struct xitem){XK_STOP, NULL});
 	for (unsigned i = 0; i < b->nshards; i++)
 		pthread_join(b->shards[i].thread, NULL);
-	recover_stop();
-	/* Tearing sessions down updates the global trie, whose writers must
-	 * be registered RCU threads; no shard is left to read it. */
-	rcu_register_thread();
-	for (unsigned i = 0; i < b->nshards; i++)
-		loop_fini(&b->shards[i]);
-	loop_discard_pending(b);
-	cluster_free(b);
-	rcu_barrier_qsbr();
-	retain_free(b->retained);
-	free(b->bridge_recovered);
-	gtrie_free(b->gtrie);
-	rcu_barrier_qsbr();
-	rcu_unregister_thread();
+	broker_free(b, b->nshards);
 	pthread_barrier_destroy(&b->started);
-	htab_fini(&b->reg, reg_entry_free_cb);
-	flood_filter_unload(b->flood);
-	for (unsigned li = 0; li < b->cfg->listener_count; li++)
-		if (b->listen_lock_fds[li] >= 0)
-			close(b->listen_lock_fds[li]);
-	free(b->shards);
-	free(b->xrings);
-	io_uring_queue_exit(&b->ctl_ring);
 }
 
 static bool listeners_equal(const struct kite_config *a,

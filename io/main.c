@@ -308,6 +308,9 @@ int main(int argc, char **argv)
 		log_msg(KITE_LOG_ERR, "Error: broker failed to start");
 		if (cfg->pid_file[0])
 			unlink(cfg->pid_file);
+		free(b.cfg);
+		security_free(b.sec);
+		log_close();
 		return 1;
 	}
 	/* Listening on every listener, shards running: clients may come. */

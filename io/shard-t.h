@@ -438,6 +438,7 @@ struct broker {
 	struct htab reg; /* client id -> struct client_entry */
 	/* Control ring for the main thread's MSG_RING wakeups. */
 	struct io_uring ctl_ring;
+	bool ctl_ring_up;
 	pthread_mutex_t ctl_lock;
 	_Atomic bool stop;
 	pthread_barrier_t started; /* shards and main, once rings are enabled */

@@ -181,6 +181,17 @@ def root_kept(text):
     return text + ("" if text.endswith("\n") or not text else "\n") + "user root\n"
 
 
+SANITIZER_REPORT = re.compile(r"ERROR: (?:Address|Leak)Sanitizer|runtime error:")
+
+
+def assert_no_sanitizer_report(out):
+    """A broker built with ASan/UBSan that exits may print a report and
+    still give the exit status the test expects (a refused start exits 1
+    with or without a leak report): the report is the failure."""
+    m = SANITIZER_REPORT.search(out)
+    assert not m, "sanitizer report in the broker's output:\n" + out[max(0, m.start() - 200):][:3000]
+
+
 class Broker:
     """One broker process. `log` is its stdout+stderr, captured to a file.
     `nofile` (optional) is the broker's RLIMIT_NOFILE, soft and hard, as
@@ -316,9 +327,14 @@ class Broker:
 
 
 def run_cmd(cmd, timeout=10, **kw):
-    """Runs a short-lived command; returns CompletedProcess (text)."""
-    return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          stdin=subprocess.DEVNULL, timeout=timeout, text=True, **kw)
+    """Runs a short-lived command; returns CompletedProcess (text). The
+    broker's own runs (config checks, refused starts, its subcommands)
+    must end without a sanitizer report."""
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       stdin=subprocess.DEVNULL, timeout=timeout, text=True, **kw)
+    if cmd and str(cmd[0]) == str(broker_bin()):
+        assert_no_sanitizer_report((r.stdout or "") + (r.stderr or ""))
+    return r
 
 
 def keepalive_close_window(flav, keepalive_s):

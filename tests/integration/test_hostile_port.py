@@ -114,6 +114,7 @@ def test_second_broker_on_same_port_refuses_to_start(broker):
     print(figures)
     assert rc is not None and rc != 0 and not alive, figures + "\n" + out[-1500:]
     assert re.search(r"Address already in use", out), out[-1500:]
+    harness.assert_no_sanitizer_report(out)
     assert reached == 10, figures
     good_round_trip(broker.port, "first-still-serves")
 

@@ -208,7 +208,9 @@ def run_broker_to_exit(binary, workdir, conf, timeout=5):
         p.kill()
         out, _ = p.communicate()
         return "still running after %ss" % timeout, out.decode(errors="replace")
-    return p.returncode, out.decode(errors="replace")
+    out = out.decode(errors="replace")
+    harness.assert_no_sanitizer_report(out)
+    return p.returncode, out
 
 
 def tls_listener(port="{port}", cafile=None, certfile=None, keyfile=None,
