@@ -254,6 +254,12 @@ test: deps
 	 tests/vm/test_ktls_records_vm.sh $$k || rc=$$?; \
 	 if [ $$rc -eq 77 ]; then echo "ktls-records-vm ($$k): skipped (see above)"; \
 	 elif [ $$rc -ne 0 ]; then exit $$rc; fi; done
+	@# The soak (tests/soak/soak.py) for a minute where TLS clients move
+	@# to kernel TLS: churn that vanishes, stalled handshakes, garbage,
+	@# slow readers, QoS 1/2 accounting, SIGHUPs; about 1.5 min.
+	@rc=0; KITE=$(abspath build/asan/kite) SOAK_SECONDS=60 \
+	 tests/vm/test_ktls_soak_vm.sh || rc=$$?; \
+	 if [ $$rc -eq 77 ]; then echo "ktls-soak-vm: skipped (see above)"; else exit $$rc; fi
 
 clean:
 	rm -rf build

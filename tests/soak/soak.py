@@ -81,7 +81,9 @@ PROBE_TIMEOUT = 5.0
 
 # Load (modest: the machine is shared).
 CHURN_PLAIN_PER_S = 20
-CHURN_TLS_PER_S = 2
+# SOAK_TLS_CHURN: more TLS clients, for the kernel-TLS run in the VM
+# (tests/vm/test_ktls_soak_vm.sh), where TLS is what is under test.
+CHURN_TLS_PER_S = float(os.environ.get("SOAK_TLS_CHURN", "2"))
 STALLED_AT_ONCE = 20
 GARBAGE_PER_S = 5
 SLOW_CONSUMERS = 4
