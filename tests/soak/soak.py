@@ -9,7 +9,9 @@
                                       # chown mosquitto /tmp/s first
 
 Starts $KITE_BIN (default build/kite) on 127.0.0.1 with a plain listener and
-a server-only TLS listener (certificates made here with openssl), then runs
+a server-only TLS listener (certificates made here with openssl; with
+SOAK_MTLS=1 the TLS listener requires a client certificate, takes its CN
+as the username and has an acl_file, as the seeds do), then runs
 at once, until SOAK_SECONDS have passed:
 
   churn       clients connect, publish and leave, plain and TLS; one in
@@ -84,6 +86,11 @@ CHURN_PLAIN_PER_S = 20
 # SOAK_TLS_CHURN: more TLS clients, for the kernel-TLS run in the VM
 # (tests/vm/test_ktls_soak_vm.sh), where TLS is what is under test.
 CHURN_TLS_PER_S = float(os.environ.get("SOAK_TLS_CHURN", "2"))
+# SOAK_MTLS=1: the TLS listener as the seeds have it (require_certificate,
+# use_identity_as_username, an acl_file naming the certificate's CN):
+# every TLS client, probe and stalled handshake presents a certificate.
+MTLS = os.environ.get("SOAK_MTLS", "") == "1"
+MTLS_CN = "soak-device"
 STALLED_AT_ONCE = 20
 GARBAGE_PER_S = 5
 SLOW_CONSUMERS = 4
@@ -135,6 +142,16 @@ def make_certs(d):
     run("openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey",
         "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2",
         "-extfile", "san.ext")
+    if MTLS:
+        run("openssl", "req", "-new", *ec, "-keyout", "client.key", "-out",
+            "client.csr", "-subj", "/CN=" + MTLS_CN)
+        run("openssl", "x509", "-req", "-in", "client.csr", "-CA", "ca.pem",
+            "-CAkey", "ca.key", "-CAcreateserial", "-out", "client.pem",
+            "-days", "2")
+        # Anonymous (the plain listener) and the certificate's CN may use
+        # the soak's topics, nothing else.
+        Path(d, "soak.acl").write_text(
+            "topic readwrite soak/#\n\nuser %s\ntopic readwrite soak/#\n" % MTLS_CN)
 
 
 def broker_config(d, plain, tls, mosquitto):
@@ -142,7 +159,10 @@ def broker_config(d, plain, tls, mosquitto):
             "log_dest stderr\nlog_type error\nlog_type warning\n"
             "listener %d 127.0.0.1\n"
             "listener %d 127.0.0.1\ncertfile %s/server.pem\nkeyfile %s/server.key\n"
-            "require_certificate false\n" % (plain, tls, d, d))
+            "require_certificate %s\n" % (plain, tls, d, d, "true" if MTLS else "false"))
+    if MTLS:
+        text += ("cafile %s/ca.pem\nuse_identity_as_username true\n"
+                 "acl_file %s/soak.acl\n" % (d, d))
     if mosquitto and os.geteuid() == 0:
         text += "user root\n"
     # More lines for the broker (e.g. persistence), as they would sit in
@@ -189,6 +209,11 @@ class Soak:
         self.failures = []
         self.flock = threading.Lock()
         self.tls_ctx = ssl.create_default_context(cafile=ca)
+        self.cert = None
+        if MTLS:
+            d = os.path.dirname(ca)
+            self.cert = (os.path.join(d, "client.pem"), os.path.join(d, "client.key"))
+            self.tls_ctx.load_cert_chain(*self.cert)
         self.threads = []
 
     def fail(self, what):
@@ -428,6 +453,7 @@ class Soak:
         for name, port, tls in (("plain", self.plain, False), ("tls", self.tls, True)):
             q = queue.Queue()
             c = paho(port, "probe-" + name, tls=self.ca if tls else None,
+                     cert=self.cert,
                      on_message=lambda cl, u, m, q=q: q.put(m.payload))
             c.subscribe("soak/probe/" + name, 1)
             probes[name] = (c, q)
@@ -463,10 +489,10 @@ class Soak:
                 c.loop_stop()
 
 
-def paho(port, client_id, clean=True, tls=None, on_message=None):
+def paho(port, client_id, clean=True, tls=None, on_message=None, cert=None):
     c = mqtt.Client(client_id=client_id, clean_session=clean, protocol=mqtt.MQTTv311)
     if tls:
-        c.tls_set(ca_certs=tls)
+        c.tls_set(ca_certs=tls, certfile=cert and cert[0], keyfile=cert and cert[1])
     connected = threading.Event()
     c.on_connect = lambda cl, u, f, rc: rc == 0 and connected.set()
     if on_message:
@@ -523,8 +549,9 @@ def main():
                 return 1
             time.sleep(0.02)
         pid = proc.pid
-        print("soak: %s (pid %d), plain :%d, TLS :%d, %.0f s (warm-up %.0f s)"
-              % (binary, pid, plain, tls, SECONDS, WARMUP))
+        print("soak: %s (pid %d), plain :%d, TLS :%d%s, %.0f s (warm-up %.0f s)"
+              % (binary, pid, plain, tls, " (client certificates, CN as "
+                 "username, acl_file)" if MTLS else "", SECONDS, WARMUP))
         before = sample(pid)
         print("  before load   %s" % fmt(before))
 

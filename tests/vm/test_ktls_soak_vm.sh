@@ -9,7 +9,8 @@
 #
 #   tests/vm/test_ktls_soak_vm.sh
 #   Env: KITE (default build/asan/kite, else build/kite), SOAK_SECONDS
-#   (120), SOAK_TLS_CHURN (TLS clients a second, 10), VM_TIMEOUT
+#   (120), SOAK_TLS_CHURN (TLS clients a second, 10), SOAK_MTLS (1: the
+#   seeds' mutual TLS, CN as username, an acl_file; 0: server-only TLS), VM_TIMEOUT
 #   (SOAK_SECONDS + 240). Exit 0 pass, 1 fail, 77 VM unavailable.
 set -uo pipefail
 
@@ -22,11 +23,12 @@ W=$VM_BUILD_DIR/soak
 LOG=$VM_BUILD_DIR/soak-console.log
 SECS=${SOAK_SECONDS:-120}
 CHURN=${SOAK_TLS_CHURN:-10}
+MTLS=${SOAK_MTLS:-1}
 
 rm -rf "$W"
 vm_python "$W/py"
 vm_boot "$VM_BUILD_DIR/soak-initramfs.cpio.gz" "$LOG" "${VM_TIMEOUT:-$((SECS + 240))}" \
-    "SOAK_SECONDS=$SECS SOAK_TLS_CHURN=$CHURN sh /bin/guest_ktls_soak.sh" \
+    "SOAK_SECONDS=$SECS SOAK_TLS_CHURN=$CHURN SOAK_MTLS=$MTLS sh /bin/guest_ktls_soak.sh" \
     -f "$KITE:/bin/kite" "${PY_FILES[@]}" \
     -f "$ROOT/tests/soak/soak.py:/opt/kite/tests/soak/soak.py" \
     -f "$ROOT/tests/integration/mqttraw.py:/opt/kite/tests/integration/mqttraw.py" \
