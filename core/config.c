@@ -1580,6 +1580,7 @@ static const struct typed_option typed_options[] = {
 	      .expects = "a file name"),
 	OPT_G("persistence_location", persistence_location, T_STR,
 	      .expects = "a directory"),
+	OPT_G("pin_shards", pin_shards, T_BOOL), /* kite's own */
 	OPT_G("queue_qos0_messages", queue_qos0_messages, T_BOOL),
 	OPT_G("retain_available", retain_available, T_BOOL),
 	OPT_G("set_tcp_nodelay", set_tcp_nodelay, T_BOOL),

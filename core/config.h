@@ -250,6 +250,10 @@ struct kite_config {
 	bool log_format_set; /* log_format given: no journald detection */
 	char pid_file[KITE_PATH_MAX];
 	unsigned shards; /* 0 = one per online CPU */
+	/* Each shard bound to one CPU of kite's affinity mask. Off by
+	 * default: a bound shard cannot leave a CPU another process keeps
+	 * busy, even when others are idle. */
+	bool pin_shards;
 
 	/* Mosquitto's general options, its defaults. */
 	char user[64];			/* default "mosquitto" (when root) */

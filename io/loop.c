@@ -945,11 +945,18 @@ static void shard_wait(struct shard *s, bool backlog)
 static void *shard_main(void *arg)
 {
 	struct shard *s = arg;
-	/* Shard i runs on the i-th CPU kite was allowed (taskset, cgroups),
-	 * never outside that set. */
+	/* pin_shards: shard i runs on the i-th CPU kite was allowed
+	 * (taskset, cgroups) and nowhere else. Otherwise the scheduler may
+	 * move a shard off a CPU that another process keeps busy: bound,
+	 * it waits there, and a client it serves falls behind clients of
+	 * other shards (a retained PUBLISH not yet stored when another
+	 * client, on an idle shard, subscribes). */
+	char name[16]; /* what top -H and /proc/PID/task/TID/comm show */
+	snprintf(name, sizeof(name), "kite shard %u", s->idx);
+	pthread_setname_np(pthread_self(), name);
 	cpu_set_t allowed, set;
 	CPU_ZERO(&set);
-	if (sched_getaffinity(0, sizeof(allowed), &allowed) == 0 &&
+	if (s->cfg->pin_shards && sched_getaffinity(0, sizeof(allowed), &allowed) == 0 &&
 	    CPU_COUNT(&allowed) > 0) {
 		unsigned want = s->idx % (unsigned)CPU_COUNT(&allowed), seen = 0;
 		for (unsigned cpu = 0; cpu < CPU_SETSIZE; cpu++) {
