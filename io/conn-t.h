@@ -177,6 +177,8 @@ enum conn_park {
 	PARK_TAKEOVER = 2, /* the old connection's shard has not kicked it */
 	PARK_CLUSTER = 4,  /* its session's messages come from another node
 			      (cluster.c): CONNACK waits */
+	PARK_BARRIER = 8,  /* a SUBSCRIBE waits for the other shards to serve
+			      what reached them first (shard_barrier_wait) */
 };
 
 enum conn_input_charge {
@@ -237,6 +239,9 @@ struct conn {
 	 * that parked it stays in in_buf, and nothing more is read, until
 	 * every reason is gone (shard_park_input). */
 	uint8_t parked;
+	/* Its SUBSCRIBE waited for a barrier round that has completed: the
+	 * next SUBSCRIBE runs without waiting again. */
+	bool barrier_passed;
 	/* Unparked and its receive armed again: what the client sent while
 	 * it was parked may still be in the socket (shard_run_takeovers). */
 	bool recv_fresh;

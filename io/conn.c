@@ -332,6 +332,27 @@ static bool conn_park_for_reload(struct conn *c, uint8_t type)
 	return true;
 }
 
+/* A SUBSCRIBE finds the retained messages of every PUBLISH that reached
+ * kite before it, whichever shard read that PUBLISH: with several
+ * shards it waits for a barrier round first (shard_barrier_wait). A
+ * client that published retained and closed, and another that
+ * subscribes at once on another shard, see Mosquitto's order. */
+static bool conn_park_for_barrier(struct conn *c, uint8_t type)
+{
+	if (c->bridge || type != MQTT_SUBSCRIBE || c->shard->b->nshards < 2)
+		return false;
+	if (c->barrier_passed) {
+		c->barrier_passed = false;
+		return false;
+	}
+	return shard_barrier_wait(c->shard, c);
+}
+
+static bool conn_park_before(struct conn *c, uint8_t type)
+{
+	return conn_park_for_reload(c, type) || conn_park_for_barrier(c, type);
+}
+
 /* Completes a packet split across receives; returns bytes of data used,
  * or -1 when the connection closed. *go_on turns false when the packet
  * stopped the input (a CONNECT whose session is on another shard): what
@@ -365,7 +386,7 @@ static long conn_finish_partial(struct conn *c, const uint8_t *data,
 	if (conn_stash(c, data + used, take, total) < 0)
 		return -1;
 	used += take;
-	if (c->in_len < total || conn_park_for_reload(c, h.type))
+	if (c->in_len < total || conn_park_before(c, h.type))
 		return (long)used;
 	uint32_t pkt_len;
 	uint8_t *pkt = conn_take_input(c, &pkt_len);
@@ -407,7 +428,7 @@ void conn_on_plain(struct conn *c, const uint8_t *data, size_t len)
 			conn_stash(c, data, len, want);
 			return;
 		}
-		if (conn_park_for_reload(c, h.type)) {
+		if (conn_park_before(c, h.type)) {
 			conn_stash(c, data, len, 0);
 			return;
 		}

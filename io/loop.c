@@ -104,6 +104,70 @@ static void shard_unpark_input(struct shard *s)
 }
 
 static void shard_takeover_done(struct shard *s, struct takeover *t);
+static void shard_turn(struct shard *s, bool *tick);
+
+/* ---- barriers (shard_barrier_wait) ---------------------------------------- */
+
+static struct xitem barrier_item(uint8_t kind, uint32_t round, unsigned shard)
+{
+	return (struct xitem){kind, (void *)(((uintptr_t)round << 8) | shard)};
+}
+
+/* Before this turn's wait: a round for the SUBSCRIBEs parked since the
+ * last one left, unless one is still out (they wait for the next). */
+static void shard_barrier_post(struct shard *s)
+{
+	if (!s->barrier_want || s->barrier_acks)
+		return;
+	s->barrier_want = false;
+	s->barrier_round++;
+	s->barrier_acks = s->b->nshards - 1;
+	for (unsigned dst = 0; dst < s->b->nshards; dst++)
+		if (dst != s->idx)
+			shard_post(s, dst, barrier_item(XK_BARRIER, s->barrier_round, s->idx));
+}
+
+/* Every other shard answered the round: its waiters' SUBSCRIBEs run. */
+static void shard_barrier_done(struct shard *s)
+{
+	struct barrier_waiter *w = s->barrier_waiters;
+	uint32_t n = s->barrier_n;
+	/* Unparking runs what the clients sent, which may park again (and
+	 * append here): work on the list as it was. */
+	s->barrier_waiters = NULL;
+	s->barrier_n = s->barrier_cap = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		struct conn *c = shard_conn_lookup(s, w[i].conn_id, w[i].conn_gen);
+		if (!c || !(c->parked & PARK_BARRIER))
+			continue; /* gone meanwhile */
+		if (w[i].round > s->barrier_round) {
+			/* Parked after the round left: the next one. */
+			c->parked &= (uint8_t)~PARK_BARRIER;
+			if (shard_barrier_wait(s, c))
+				continue;
+			c->parked |= PARK_BARRIER; /* out of memory: go on now */
+		}
+		c->barrier_passed = true;
+		shard_unpark_conn(s, c, PARK_BARRIER);
+	}
+	free(w);
+}
+
+/* Asked by other shards: once what reached this shard before their
+ * question has been served, answer. That input may still wait as task
+ * work (DEFER_TASKRUN runs it on the next enter): take it first. */
+static void shard_barrier_answer(struct shard *s, bool *tick)
+{
+	io_uring_get_events(&s->ring);
+	shard_turn(s, tick);
+	s->barrier_asked = false;
+	for (unsigned src = 0; src < s->b->nshards; src++)
+		if (s->barrier_ask[src]) {
+			shard_post(s, src, barrier_item(XK_BARRIER_ACK,
+							s->barrier_ask[src], s->idx));
+			s->barrier_ask[src] = 0;
+		}
+}
 
 static void shard_handle_xitem(struct shard *s, struct xitem it)
 {
@@ -165,6 +229,20 @@ static void shard_handle_xitem(struct shard *s, struct xitem it)
 		atomic_fetch_add(&s->b->reload_acks, 1);
 		session_pump_deferred(s);
 		shard_unpark_input(s);
+		break;
+	}
+	case XK_BARRIER: {
+		uintptr_t v = (uintptr_t)it.ptr;
+		assert((v & 0xff) < s->b->nshards && (v & 0xff) != s->idx);
+		s->barrier_ask[v & 0xff] = (uint32_t)(v >> 8);
+		s->barrier_asked = true;
+		break;
+	}
+	case XK_BARRIER_ACK: {
+		uint32_t round = (uint32_t)((uintptr_t)it.ptr >> 8);
+		assert(round == s->barrier_round && s->barrier_acks > 0);
+		if (--s->barrier_acks == 0)
+			shard_barrier_done(s);
 		break;
 	}
 	default:
@@ -999,6 +1077,7 @@ static void *shard_main(void *arg)
 			       s->takeover_next_turn;
 		if (s->input_paused)
 			shard_resume_input(s);
+		shard_barrier_post(s);
 		shard_send_wakeups(s);
 		if (s->stopping) {
 			if (!stop_deadline)
@@ -1020,6 +1099,8 @@ static void *shard_main(void *arg)
 		shard_drain_rings(s);
 		shard_turn(s, &tick);
 		shard_drain_rings(s);
+		if (s->barrier_asked)
+			shard_barrier_answer(s, &tick);
 		shard_run_takeovers(s);
 		if (s->b->cluster)
 			cluster_drain(s);
@@ -1246,6 +1327,7 @@ void loop_fini(struct shard *s)
 	free(s->scratch);
 	free(s->tls_scratch);
 	free(s->q2_waiters);
+	free(s->barrier_waiters);
 	conn_pools_free(s);
 	tls_buf_free(&s->tls_plain);
 }

@@ -127,6 +127,9 @@ enum xkind {
 	XK_Q2_RELEASE,	/* ptr: struct msg *: its QoS 2 deliveries may go */
 	XK_STOP,	/* from main: close everything and exit the loop */
 	XK_RELOAD,	/* from main: ptr is the new config snapshot */
+	XK_BARRIER,	/* ptr: round << 8 | asking shard: answer once what
+			   reached this shard before it has been served */
+	XK_BARRIER_ACK, /* ptr: round << 8 | answering shard */
 };
 
 struct xitem {
@@ -329,6 +332,23 @@ struct shard {
 	 * connection to be unparked (whatever unparks it wakes the shard):
 	 * the shard's wait must not sleep. */
 	bool takeover_next_turn;
+	/* Barriers (shard_barrier_wait): SUBSCRIBEs parked until every other
+	 * shard has served the input that reached it before them, so that a
+	 * retained PUBLISH a client sent (and closed) before another client
+	 * subscribed is stored when the subscription looks, as in
+	 * Mosquitto's one loop. A round goes to every other shard at once;
+	 * its waiters go on when all have answered. */
+	struct barrier_waiter {
+		uint32_t conn_id, conn_gen;
+		uint32_t round; /* the round that covers it */
+	} *barrier_waiters;
+	uint32_t barrier_n, barrier_cap;
+	uint32_t barrier_round; /* the last round posted (0: none yet) */
+	uint32_t barrier_acks;	/* answers to it still to come */
+	bool barrier_want;	/* a waiter needs the round after it */
+	/* Rounds other shards asked this one to answer (0: none). */
+	uint32_t barrier_ask[KITE_SHARDS_MAX];
+	bool barrier_asked;
 	uint32_t waits; /* io_uring waits so far (takeover.queued_at) */
 
 	/* Finished send contexts for reuse, by class (conn.c). */

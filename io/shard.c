@@ -344,6 +344,26 @@ void shard_park_input(struct shard *s, struct conn *c, uint8_t why)
 	c->parked |= why;
 }
 
+bool shard_barrier_wait(struct shard *s, struct conn *c)
+{
+	assert(s->b->nshards > 1 && !(c->parked & PARK_BARRIER));
+	if (s->barrier_n == s->barrier_cap) {
+		uint32_t cap = s->barrier_cap ? s->barrier_cap * 2 : 16;
+		struct barrier_waiter *w =
+			realloc(s->barrier_waiters, cap * sizeof(*w));
+		if (!w)
+			return false;
+		s->barrier_waiters = w;
+		s->barrier_cap = cap;
+	}
+	/* The round in flight left before this SUBSCRIBE came: the next one. */
+	s->barrier_waiters[s->barrier_n++] = (struct barrier_waiter){
+		c->id, c->gen, s->barrier_round + 1};
+	s->barrier_want = true;
+	shard_park_input(s, c, PARK_BARRIER);
+	return true;
+}
+
 void shard_queue_takeover(struct shard *s, struct takeover *t)
 {
 	t->next = NULL;

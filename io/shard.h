@@ -43,6 +43,11 @@ bool shard_reload_coming(const struct shard *s);
  * PARK_TAKEOVER, XK_TAKEN came. Then the input c buffered runs (the
  * loop unparks it: loop.c, shard_unpark_conn). */
 void shard_park_input(struct shard *s, struct conn *c, uint8_t why);
+/* A SUBSCRIBE on c, one of several shards: parks c (PARK_BARRIER) until
+ * every other shard has served the input that reached it before now
+ * (the loop posts the round and unparks, loop.c). False when it cannot
+ * wait (out of memory): the SUBSCRIBE then runs at once. */
+bool shard_barrier_wait(struct shard *s, struct conn *c);
 /* A takeover of a session of this shard, run by the loop after this
  * turn's completions (XK_TAKEOVER, or a local one whose old connection
  * is parked and has not run what it sent). */
