@@ -153,13 +153,20 @@ static void shard_barrier_done(struct shard *s)
 	free(w);
 }
 
-/* Asked by other shards: once what reached this shard before their
- * question has been served, answer. That input may still wait as task
- * work (DEFER_TASKRUN runs it on the next enter): take it first. */
-static void shard_barrier_answer(struct shard *s, bool *tick)
+/* A ring item (another shard's question, main's stop) can be seen
+ * before the completions of what clients sent before it: DEFER_TASKRUN
+ * runs their task work on our next enter. This serves them now. */
+static void shard_serve_earlier_input(struct shard *s, bool *tick)
 {
 	io_uring_get_events(&s->ring);
 	shard_turn(s, tick);
+}
+
+/* Asked by other shards: once what reached this shard before their
+ * question has been served, answer. */
+static void shard_barrier_answer(struct shard *s, bool *tick)
+{
+	shard_serve_earlier_input(s, tick);
 	s->barrier_asked = false;
 	for (unsigned src = 0; src < s->b->nshards; src++)
 		if (s->barrier_ask[src]) {
@@ -1034,7 +1041,8 @@ static void *shard_main(void *arg)
 	pthread_setname_np(pthread_self(), name);
 	cpu_set_t allowed, set;
 	CPU_ZERO(&set);
-	if (s->cfg->pin_shards && sched_getaffinity(0, sizeof(allowed), &allowed) == 0 &&
+	if (s->cfg->pin_shards &&
+	    sched_getaffinity(0, sizeof(allowed), &allowed) == 0 &&
 	    CPU_COUNT(&allowed) > 0) {
 		unsigned want = s->idx % (unsigned)CPU_COUNT(&allowed), seen = 0;
 		for (unsigned cpu = 0; cpu < CPU_SETSIZE; cpu++) {
@@ -1105,13 +1113,10 @@ static void *shard_main(void *arg)
 		if (s->b->cluster)
 			cluster_drain(s);
 		if (s->stop_pending && !s->stopping) {
-			/* The ring item can be seen before the completions of
-			 * what clients sent before the signal (DEFER_TASKRUN
-			 * runs them on our next enter): take those first, so
-			 * that an acknowledgement sent just before SIGTERM
-			 * counts, as with Mosquitto. */
-			io_uring_get_events(&s->ring);
-			shard_turn(s, &tick);
+			/* What clients sent before the signal first: an
+			 * acknowledgement sent just before SIGTERM counts, as
+			 * with Mosquitto. */
+			shard_serve_earlier_input(s, &tick);
 			shard_stop_all(s);
 		}
 		if (tick) {

@@ -16,7 +16,6 @@ the rounds where the two clients were on different shards."""
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 

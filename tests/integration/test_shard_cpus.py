@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-import harness
+from clients import Paho
 
 pytestmark = pytest.mark.kite_only("shards and pin_shards are kite's own")
 
@@ -68,7 +68,6 @@ def test_pin_shards_binds_each_shard_to_one_cpu(broker_factory):
         assert allowed == {mask[idx % len(mask)]}, (idx, allowed, mask)
     # Bound or not, the shards serve: a round trip through each of them
     # is what the rest of the suite checks; here one is enough.
-    from clients import Paho
     sub = Paho(b.port, client_id="s")
     sub.subscribe("t", 1)
     pub = Paho(b.port, client_id="p")
