@@ -60,6 +60,8 @@ PREP_VERSION = "1"
 TIMEOUTS = {"06-bridge-clean-session.py": 240.0}
 # Ports of job N start at PORT + N * PORT_STRIDE (a test uses up to 3).
 PORT_STRIDE = 10
+# How much of a failed test's log is printed (the rest stays in logs/).
+LOG_TAIL_LINES = 60
 # Run alone, after the parallel part: tests that lose kite's cross-shard
 # race (docs/MOSQUITTO-SUITE.md) when other tests load the CPUs: a client
 # publishes (or closes) and at once another connects, on the other shard,
@@ -71,6 +73,16 @@ ALONE = {"04-retain-check-source-persist-diff-port.py", "11-subscription-id.py",
 
 def log(msg):
     print(msg, flush=True)
+
+
+def log_tail(path, lines):
+    """The last lines of a test's log, indented as a quote."""
+    try:
+        with open(path, errors="replace") as f:
+            tail = f.read().splitlines()[-lines:]
+    except OSError as e:
+        return "    (no log: %s)" % e
+    return "\n".join("    | " + line for line in tail)
 
 
 def sh(cmd, cwd, logf, env=None):
@@ -467,6 +479,10 @@ def main():
                 if regression:
                     regressions.append(t)
                 log("%s %s (%s)" % (status, t, note))
+                if regression:
+                    # CI keeps only what is printed: the log's end says what
+                    # the test received instead, and what the brokers logged.
+                    log(log_tail(os.path.join(logdir, t.replace(".py", ".log")), LOG_TAIL_LINES))
 
     threads = [threading.Thread(target=job, args=(j,)) for j in range(jobs)]
     for th in threads:
