@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -108,10 +109,10 @@ static void broker_log_listeners(struct broker *b)
 					    "records in the kernel (kTLS)"
 					  : "TLS in userspace (OpenSSL): this kernel "
 					    "has no TLS ULP, so no kTLS";
-		log_msg(KITE_LOG_NOTICE, "Opening %slisten socket on %s:%u (%s, %u shards).",
+		log_msg(KITE_LOG_NOTICE, "Opening %slisten socket on %s:%u (%s, %u shard%s).",
 			l->protocol == LISTENER_PROTO_WEBSOCKETS ? "websockets " : "",
 			l->bind_address[0] ? l->bind_address : "*", l->port,
-			mode, b->nshards);
+			mode, b->nshards, b->nshards == 1 ? "" : "s");
 	}
 	/* Once here, not at every reconnection. */
 	for (unsigned i = 0; i < cfg->bridge_count; i++)
@@ -446,10 +447,58 @@ static void broker_free(struct broker *b, unsigned inited)
 		io_uring_queue_exit(&b->ctl_ring);
 }
 
+/* Shard `idx` got no io_uring for want of memory (LOOP_INIT_NO_RING_MEMORY).
+ * Kernels that charge rings to RLIMIT_MEMLOCK (Linux 6.18 does) count every
+ * process of the user against one budget, 8 MiB by default: about 15
+ * shards. With the shard count left to kite it runs with the shards it has
+ * rather than not at all, and says so; a count the operator set is
+ * refused. Returns true when the start goes on with idx shards. */
+static bool broker_ring_memory_short(struct broker *b, unsigned idx)
+{
+	char limit[32] = "unknown";
+	struct rlimit r;
+	if (getrlimit(RLIMIT_MEMLOCK, &r) == 0) {
+		if (r.rlim_cur == RLIM_INFINITY)
+			snprintf(limit, sizeof(limit), "unlimited");
+		else
+			snprintf(limit, sizeof(limit), "%llu KiB",
+				 (unsigned long long)r.rlim_cur / 1024u);
+	}
+	char user[64];
+	const struct passwd *pw = getpwuid(geteuid());
+	if (pw)
+		snprintf(user, sizeof(user), "'%s'", pw->pw_name);
+	else
+		snprintf(user, sizeof(user), "%u", (unsigned)geteuid());
+	char why[256];
+	snprintf(why, sizeof(why),
+		 "the kernel charges each shard's io_uring (about 0.5 MiB) to "
+		 "the locked memory of user %s, shared by all its processes "
+		 "(RLIMIT_MEMLOCK %s)",
+		 user, limit);
+	if (idx > 0 && !b->cfg->shards) {
+		log_msg(KITE_LOG_WARNING,
+			"Running %u of %u shards (one per CPU): shard %u got no "
+			"io_uring (Cannot allocate memory): %s. Raise that limit "
+			"(systemd: LimitMEMLOCK=; limits.conf: memlock) for a "
+			"shard per CPU.",
+			idx, b->nshards, idx, why);
+		b->nshards = idx;
+		return true;
+	}
+	log_msg(KITE_LOG_ERR,
+		"Error: shard %u: io_uring setup failed: Cannot allocate memory: "
+		"%s. Raise that limit (systemd: LimitMEMLOCK=; limits.conf: "
+		"memlock) or set `shards` lower.",
+		idx, why);
+	return false;
+}
+
 int broker_start(struct broker *b)
 {
 	broker_wire();
 	b->nshards = config_shard_count(b->cfg);
+	b->nshards_asked = b->nshards;
 	assert(b->nshards >= 1 && b->nshards <= KITE_SHARDS_MAX);
 	b->start_s = (uint64_t)time(NULL);
 	unsigned inited = 0;
@@ -457,12 +506,19 @@ int broker_start(struct broker *b)
 		log_msg(KITE_LOG_ERR, "Error: out of memory at startup");
 		goto fail;
 	}
+	/* Before anything is sized by the shard count but the rings, which
+	 * fit any smaller count: the kernel may give fewer shards. */
+	for (; inited < b->nshards; inited++) {
+		int rc = loop_init(&b->shards[inited], b, inited);
+		if (rc == 0)
+			continue;
+		loop_fini(&b->shards[inited]);
+		if (rc == LOOP_INIT_NO_RING_MEMORY &&
+		    broker_ring_memory_short(b, inited))
+			break;
+		goto fail;
+	}
 	broker_log_listeners(b);
-	for (; inited < b->nshards; inited++)
-		if (loop_init(&b->shards[inited], b, inited) < 0) {
-			inited++; /* loop_fini undoes a partial loop_init */
-			goto fail;
-		}
 	/* The port first: a second kite on the same config stops there,
 	 * before it touches the first one's persistence files. */
 	if (broker_listen(b) < 0)
@@ -536,7 +592,7 @@ void broker_reload(struct broker *b, const struct kite_config *next,
 		cfg->listener_count = b->cfg->listener_count;
 		cfg->local_only = b->cfg->local_only;
 	}
-	if (config_shard_count(cfg) != b->nshards)
+	if (config_shard_count(cfg) != b->nshards_asked)
 		log_msg(KITE_LOG_WARNING, "A new shard count needs a restart.");
 	cfg->shards = b->nshards;
 	struct kite_config *old = b->cfg;

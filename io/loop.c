@@ -921,6 +921,53 @@ void loop_tick(struct shard *s)
 	}
 }
 
+/* At SIGTERM: whether to serve on because deliveries await their
+ * acknowledgement. A peer's PUBACK, PUBREC or PUBCOMP may be on its way:
+ * a remote broker acknowledges a bridge's message only once the message is
+ * durable there, which can be after its subscriber has it and after
+ * whoever watches that subscriber restarts us. Stopping at once would send
+ * the message again after the restart, a duplicate for the subscriber
+ * (Mosquitto's 06-bridge-clean-session saw it). The connections that owe
+ * an acknowledgement at the signal are named once; the shard serves on,
+ * as if the signal had come later, until each paid, closed or went
+ * elsewhere, or SHARD_STOP_ACK_WAIT_MS passed. More than
+ * SHARD_STOP_ACK_CONNS of them: a busy broker, which stops at once. */
+static bool shard_acks_awaited(struct shard *s)
+{
+	if (!s->stop_acks_listed) {
+		s->stop_acks_listed = true;
+		s->stop_acks_deadline_ms = s->now_ms + SHARD_STOP_ACK_WAIT_MS;
+		for (uint32_t i = 0; i < s->conns_cap; i++) {
+			const struct conn *c = s->conns[i];
+			if (!c || c->state != CONN_ACTIVE || !c->session ||
+			    !c->session->inflight_count)
+				continue;
+			if (s->stop_acks_n == SHARD_STOP_ACK_CONNS) {
+				s->stop_acks_n = 0;
+				return false;
+			}
+			s->stop_acks_id[s->stop_acks_n] = c->id;
+			s->stop_acks_gen[s->stop_acks_n++] = c->gen;
+		}
+	}
+	if (s->now_ms >= s->stop_acks_deadline_ms)
+		return false;
+	for (unsigned k = 0; k < s->stop_acks_n;) {
+		const struct conn *c = s->stop_acks_id[k] < s->conns_cap
+					       ? s->conns[s->stop_acks_id[k]]
+					       : NULL;
+		if (c && c->gen == s->stop_acks_gen[k] && c->state == CONN_ACTIVE &&
+		    c->session && c->session->inflight_count) {
+			k++;
+			continue;
+		}
+		s->stop_acks_n--;
+		s->stop_acks_id[k] = s->stop_acks_id[s->stop_acks_n];
+		s->stop_acks_gen[k] = s->stop_acks_gen[s->stop_acks_n];
+	}
+	return s->stop_acks_n > 0;
+}
+
 static void shard_stop_all(struct shard *s)
 {
 	if (s->stopping)
@@ -1117,7 +1164,8 @@ static void *shard_main(void *arg)
 			 * acknowledgement sent just before SIGTERM counts, as
 			 * with Mosquitto. */
 			shard_serve_earlier_input(s, &tick);
-			shard_stop_all(s);
+			if (!shard_acks_awaited(s))
+				shard_stop_all(s);
 		}
 		if (tick) {
 			loop_tick(s);
@@ -1156,13 +1204,14 @@ static int shard_setup_ring(struct shard *s)
 	s->min_wait_ok = p.features & IORING_FEAT_MIN_TIMEOUT;
 	size_t brsz = SHARD_RECV_BUFS * sizeof(struct io_uring_buf);
 	void *mem = NULL;
+	/* Our own allocations: not the kernel's ENOMEM the caller explains. */
 	if (posix_memalign(&mem, 4096, brsz))
-		return -ENOMEM;
+		return -ENOBUFS;
 	memset(mem, 0, brsz);
 	s->br = mem;
 	s->recv_bufs = malloc((size_t)SHARD_RECV_BUFS * SHARD_RECV_BUF_SIZE);
 	if (!s->recv_bufs)
-		return -ENOMEM;
+		return -ENOBUFS;
 	io_uring_buf_ring_init(s->br);
 	struct io_uring_buf_reg reg = {
 		.ring_addr = (unsigned long)s->br,
@@ -1199,6 +1248,8 @@ int loop_init(struct shard *s, struct broker *b, unsigned idx)
 	for (unsigned i = 0; i < KITE_LISTENERS_MAX; i++)
 		s->listen_fds[i] = -1;
 	int ret = shard_setup_ring(s);
+	if (ret == -ENOMEM)
+		return LOOP_INIT_NO_RING_MEMORY;
 	if (ret < 0) {
 		log_msg(KITE_LOG_ERR, "shard %u: io_uring setup failed: %s", idx,
 			strerror(-ret));

@@ -7,6 +7,14 @@
 
 #include "io/shard-t.h"
 
+/* Sets shard idx up (its io_uring, trie, epoll), not its thread. Returns
+ * 0; LOOP_INIT_NO_RING_MEMORY when the kernel refused the shard its
+ * io_uring for want of memory, not logged: the caller knows why the shard
+ * was wanted and what the operator can change (on kernels that charge
+ * io_uring's rings to the user's RLIMIT_MEMLOCK, that limit is the usual
+ * reason); -1 on any other failure, logged. loop_fini undoes a failed
+ * loop_init. */
+#define LOOP_INIT_NO_RING_MEMORY (-2)
 int loop_init(struct shard *s, struct broker *b, unsigned idx);
 int loop_start(struct shard *s);
 void loop_fini(struct shard *s);

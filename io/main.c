@@ -249,6 +249,17 @@ static void raise_fd_limit(void)
 			(unsigned long long)r.rlim_cur);
 }
 
+/* Kernels that charge io_uring's rings to RLIMIT_MEMLOCK cap how many
+ * shards kite gets (broker_start): take all the hard limit allows. */
+static void raise_memlock_limit(void)
+{
+	struct rlimit r;
+	if (getrlimit(RLIMIT_MEMLOCK, &r) == 0 && r.rlim_cur < r.rlim_max) {
+		r.rlim_cur = r.rlim_max;
+		setrlimit(RLIMIT_MEMLOCK, &r);
+	}
+}
+
 int main(int argc, char **argv)
 {
 	/* Tools that share the binary: kite filter ... */
@@ -301,6 +312,7 @@ int main(int argc, char **argv)
 		log_msg(KITE_LOG_NOTICE, "Config loaded from %s.", o.config_path);
 	log_config_warnings(cfg);
 	raise_fd_limit();
+	raise_memlock_limit();
 	/* Before `user` drops root, as Mosquitto writes it. */
 	write_pid_file(cfg->pid_file);
 	struct broker b = {.cfg = cfg, .sec = sec};

@@ -73,6 +73,11 @@
  * only to be closed at once when the process is out of descriptors: a
  * burst beyond it waits for the closes already queued, then goes on. */
 #define SHARD_REFUSE_SLOTS 32
+/* At SIGTERM a shard waits for the acknowledgements its connections owe,
+ * if at most this many owe any (a busy broker stops at once), for at most
+ * SHARD_STOP_ACK_WAIT_MS. */
+#define SHARD_STOP_ACK_CONNS 64
+#define SHARD_STOP_ACK_WAIT_MS 250
 /* Clients accepted from one listener before the shard's other work
  * gets a turn. */
 #define SHARD_ACCEPT_BATCH 256
@@ -401,8 +406,14 @@ struct shard {
 	uint64_t next_session_deadline_ms;
 	bool stopping;
 	/* XK_STOP seen: the shard stops after one more pass over what the
-	 * kernel already received (shard_main). */
+	 * kernel already received (shard_main), and once the connections
+	 * whose deliveries then awaited an acknowledgement have it, or at
+	 * stop_acks_deadline_ms (shard_acks_awaited). */
 	bool stop_pending;
+	bool stop_acks_listed;
+	uint8_t stop_acks_n;
+	uint64_t stop_acks_deadline_ms;
+	uint32_t stop_acks_id[SHARD_STOP_ACK_CONNS], stop_acks_gen[SHARD_STOP_ACK_CONNS];
 	struct shard_stats stats;
 	/* Scrapes of metrics listeners served by this shard (metrics.c). */
 	struct scrape *scrapes[METRICS_SCRAPE_SLOTS];
@@ -441,6 +452,9 @@ struct broker {
 	 * memory_limit is set. */
 	_Atomic uint64_t heap_bytes;
 	unsigned nshards;
+	/* What the config asked for: nshards, or more when the kernel gave
+	 * fewer rings (broker_ring_memory_short); a reload compares to it. */
+	unsigned nshards_asked;
 	struct shard *shards;
 	struct xring *xrings; /* [(nshards + 1) * nshards]: src row, dst col */
 	struct gtrie *gtrie;

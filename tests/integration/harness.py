@@ -195,10 +195,14 @@ def assert_no_sanitizer_report(out):
 class Broker:
     """One broker process. `log` is its stdout+stderr, captured to a file.
     `nofile` (optional) is the broker's RLIMIT_NOFILE, soft and hard, as
-    `ulimit -n` would set it. `pid` is the broker's process id."""
+    `ulimit -n` would set it; `memlock` its RLIMIT_MEMLOCK, (soft, hard) in
+    bytes; `uid` a user (and group) id to run it as, from root, as a
+    service manager's User= does (workdir must be open to it). `pid` is
+    the broker's process id."""
 
     def __init__(self, binary, flav, workdir, conf_text=None, port=None,
-                 args=None, wait_port=True, env=None, nofile=None, keep_root=True):
+                 args=None, wait_port=True, env=None, nofile=None, keep_root=True,
+                 memlock=None, uid=None):
         self.binary = binary
         self.flavour = flav
         self.dir = Path(workdir)
@@ -223,9 +227,16 @@ class Broker:
             full_env = dict(os.environ)
             full_env.update(env)
         preexec = None
-        if nofile is not None:
+        if nofile is not None or memlock is not None or uid is not None:
             def preexec():
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+                if nofile is not None:
+                    resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+                if memlock is not None:
+                    resource.setrlimit(resource.RLIMIT_MEMLOCK, memlock)
+                if uid is not None:
+                    os.setgroups([])
+                    os.setgid(uid)
+                    os.setuid(uid)
         self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=str(self.dir),
                                      env=full_env, preexec_fn=preexec)

@@ -60,6 +60,8 @@ PREP_VERSION = "1"
 TIMEOUTS = {"06-bridge-clean-session.py": 240.0}
 # Ports of job N start at PORT + N * PORT_STRIDE (a test uses up to 3).
 PORT_STRIDE = 10
+# RLIMIT_MEMLOCK of the tests run as a user, and so of their brokers.
+SUITE_MEMLOCK = 64 << 20
 # How much of a failed test's log is printed (the rest stays in logs/).
 LOG_TAIL_LINES = 60
 # Run alone, after the parallel part: tests that lose kite's cross-shard
@@ -258,6 +260,11 @@ def run_test(name, ports, broker_dir, root, logdir, timeout, user):
         pw = pwd.getpwnam(user)
         cmd = ["setpriv", "--reuid=%d" % pw.pw_uid, "--regid=%d" % pw.pw_gid,
                "--init-groups", "--"] + cmd
+        # The jobs' brokers are all this user's, and the kernel charges
+        # their io_uring rings (about 0.5 MiB a shard) to one locked-memory
+        # budget, 8 MiB by default: nine brokers at once, as three jobs of
+        # bridge tests start, would overdraw it. A deployment runs one.
+        cmd = ["prlimit", "--memlock=%d" % SUITE_MEMLOCK] + cmd
         env["HOME"] = broker_dir
     logf = os.path.join(logdir, name.replace(".py", ".log"))
     start = time.time()
