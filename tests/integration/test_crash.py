@@ -260,7 +260,7 @@ def retained_now(port):
     # (docs/ENGINE.md, "Shutdown and reload"): under load, with flows in
     # both directions, it must still keep everything it acknowledged.
     ("1000", signal.SIGTERM)], ids=["1000-kill9", "always-kill9", "1000-sigterm"])
-def test_nothing_acknowledged_is_lost_across_kill_9(broker_factory, tmp_path, sync, sig):
+def test_nothing_acknowledged_is_lost_across_stops(broker_factory, tmp_path, sync, sig):
     data = tmp_path / "data"
     data.mkdir()
     port = harness.free_port()
