@@ -233,31 +233,30 @@ static void serve(struct broker *b, const struct options *o)
 	}
 }
 
-/* Every client is a descriptor: take all the kernel allows this process
- * (the soft limit is often 1024 while the hard one is far higher). What
- * happens at the limit is shard.c's business. */
-static void raise_fd_limit(void)
+/* Takes all the kernel allows this process of `resource`: the soft limit
+ * up to the hard one. */
+static void raise_soft_limit(int resource)
 {
 	struct rlimit r;
-	if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur < r.rlim_max) {
+	if (getrlimit(resource, &r) == 0 && r.rlim_cur < r.rlim_max) {
 		r.rlim_cur = r.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &r);
+		setrlimit(resource, &r);
 	}
+}
+
+/* Every client is a descriptor (the soft limit is often 1024 while the
+ * hard one is far higher). What happens at the limit is shard.c's
+ * business. Kernels that charge io_uring's rings to RLIMIT_MEMLOCK cap how
+ * many shards kite gets (broker_start). */
+static void raise_limits(void)
+{
+	raise_soft_limit(RLIMIT_NOFILE);
+	raise_soft_limit(RLIMIT_MEMLOCK);
+	struct rlimit r;
 	if (getrlimit(RLIMIT_NOFILE, &r) == 0 && r.rlim_cur != RLIM_INFINITY)
 		log_msg(KITE_LOG_INFO, "Open file limit: %llu (about as many "
 			"clients; beyond it new clients are refused).",
 			(unsigned long long)r.rlim_cur);
-}
-
-/* Kernels that charge io_uring's rings to RLIMIT_MEMLOCK cap how many
- * shards kite gets (broker_start): take all the hard limit allows. */
-static void raise_memlock_limit(void)
-{
-	struct rlimit r;
-	if (getrlimit(RLIMIT_MEMLOCK, &r) == 0 && r.rlim_cur < r.rlim_max) {
-		r.rlim_cur = r.rlim_max;
-		setrlimit(RLIMIT_MEMLOCK, &r);
-	}
 }
 
 int main(int argc, char **argv)
@@ -311,8 +310,7 @@ int main(int argc, char **argv)
 	if (o.config_path)
 		log_msg(KITE_LOG_NOTICE, "Config loaded from %s.", o.config_path);
 	log_config_warnings(cfg);
-	raise_fd_limit();
-	raise_memlock_limit();
+	raise_limits();
 	/* Before `user` drops root, as Mosquitto writes it. */
 	write_pid_file(cfg->pid_file);
 	struct broker b = {.cfg = cfg, .sec = sec};

@@ -78,6 +78,11 @@ def log(msg):
     print(msg, flush=True)
 
 
+def test_log(logdir, name):
+    """Where test `name`'s output is kept."""
+    return os.path.join(logdir, name.replace(".py", ".log"))
+
+
 def log_tail(path, lines):
     """The last lines of a test's log, indented as a quote."""
     try:
@@ -273,9 +278,8 @@ def run_test(name, ports, broker_dir, root, logdir, timeout, user):
         pw = pwd.getpwnam(user)
         cmd = ["setpriv", "--reuid=%d" % pw.pw_uid, "--regid=%d" % pw.pw_gid,
                "--init-groups", "--"] + cmd
-
         env["HOME"] = broker_dir
-    logf = os.path.join(logdir, name.replace(".py", ".log"))
+    logf = test_log(logdir, name)
     start = time.time()
     with open(logf, "w") as f:
         f.write("$ %s  (in %s)\n" % (" ".join(cmd), broker_dir))
@@ -499,7 +503,7 @@ def main():
                 if regression:
                     # CI keeps only what is printed: the log's end says what
                     # the test received instead, and what the brokers logged.
-                    log(log_tail(os.path.join(logdir, t.replace(".py", ".log")), LOG_TAIL_LINES))
+                    log(log_tail(test_log(logdir, t), LOG_TAIL_LINES))
 
     threads = [threading.Thread(target=job, args=(j,)) for j in range(jobs)]
     for th in threads:
